@@ -1,0 +1,1 @@
+"""The thin top layer: the `codesign` command, sweeps, the results store, Pareto fronts, plots, reports."""

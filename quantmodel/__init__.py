@@ -1,0 +1,1 @@
+"""STDiT in PyTorch, checkpoints, samplers, op traces, calibration, quantization and the integer emulator."""

@@ -1,0 +1,227 @@
+"""Workload presets: which STDiT, at which video size, sampled how.
+
+A workload is plain data (no torch): the model's dimensions, the video (frames x height x width in
+pixels), the latent codec's compression factors, the sampler, its step count and the
+classifier-free-guidance scale. Presets live as YAML files in ``workloads/presets/``; users write
+their own in the same format. ``gemm:M,K,N`` names a single GEMM for checking one layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from workloads.errors import (
+    ConfigError,
+    check_known_fields,
+    require_positive_float,
+    require_positive_int,
+)
+
+PRESET_DIR = Path(__file__).with_name("presets")
+ARCHS = ("stdit",)  # OpenSora v1.0 STDiT (spatial + temporal + cross attention in one block)
+SAMPLERS = ("iddpm", "rflow")
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """STDiT hyper-parameters (OpenSora names). Defaults are STDiT-XL/2 of OpenSora v1.0."""
+
+    arch: str = "stdit"
+    depth: int = 28
+    hidden_size: int = 1152
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    in_channels: int = 4
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    caption_channels: int = 4096  # T5-XXL feature width
+    model_max_length: int = 120  # text tokens
+    pred_sigma: bool = True  # learned variance doubles the output channels
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError("model.arch", self.arch, " or ".join(ARCHS))
+        for f in ("depth", "hidden_size", "num_heads", "in_channels", "caption_channels",
+                  "model_max_length"):
+            require_positive_int(f"model.{f}", getattr(self, f))
+        require_positive_float("model.mlp_ratio", self.mlp_ratio)
+        if (not isinstance(self.patch_size, (tuple, list)) or len(self.patch_size) != 3):
+            raise ConfigError("model.patch_size", self.patch_size, "three positive integers [t, h, w]")
+        for p in self.patch_size:
+            require_positive_int("model.patch_size", p)
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("model.num_heads", self.num_heads,
+                              f"a divisor of hidden_size={self.hidden_size}")
+        if int(self.hidden_size * self.mlp_ratio) != self.hidden_size * self.mlp_ratio:
+            raise ConfigError("model.mlp_ratio", self.mlp_ratio, "a ratio giving an integer MLP width")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.pred_sigma else self.in_channels
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One video-generation job: model, video size, latent codec and sampler."""
+
+    name: str
+    model: ModelDims
+    num_frames: int
+    height: int  # pixels
+    width: int  # pixels
+    vae_spatial_factor: int = 8  # SD VAE: 8x spatial (1 = pixel-space model)
+    vae_temporal_factor: int = 1  # v1.0 uses a 2D VAE; v1.2's 3D VAE compresses time 4x
+    sampler: str = "iddpm"
+    num_steps: int = 100
+    cfg_scale: float = 7.0
+    batch: int = 1  # videos per sampling run (CFG doubles the model batch)
+    space_scale: float = 1.0  # OpenSora's positional-embedding scale (0.5 at 256px, 1.0 at 512px)
+    time_scale: float = 1.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        for f in ("num_frames", "height", "width", "vae_spatial_factor", "vae_temporal_factor",
+                  "num_steps", "batch"):
+            require_positive_int(f, getattr(self, f))
+        if self.sampler not in SAMPLERS:
+            raise ConfigError("sampler", self.sampler, " or ".join(SAMPLERS))
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) \
+                or self.cfg_scale < 1.0:
+            raise ConfigError("cfg_scale", self.cfg_scale, "a number >= 1.0 (1.0 turns guidance off)")
+        require_positive_float("space_scale", self.space_scale)
+        require_positive_float("time_scale", self.time_scale)
+        pt, ph, pw = self.model.patch_size
+        for field, size, vae, patch in (("height", self.height, self.vae_spatial_factor, ph),
+                                        ("width", self.width, self.vae_spatial_factor, pw)):
+            if size % (vae * patch):
+                raise ConfigError(field, size, f"a multiple of {vae * patch} "
+                                  f"(VAE factor {vae} x patch {patch})")
+        if self.vae_temporal_factor > 1:
+            # a causal 3D VAE keeps the first frame: 1 + 4k frames, or a multiple of 4 (OpenSora v1.2)
+            if self.num_frames % self.vae_temporal_factor:
+                raise ConfigError("num_frames", self.num_frames,
+                                  f"a multiple of the VAE's temporal factor {self.vae_temporal_factor}")
+        if self.latent_size[0] % pt:
+            raise ConfigError("num_frames", self.num_frames,
+                              f"a number whose latent frames divide by the temporal patch {pt}")
+
+    @property
+    def latent_size(self) -> tuple[int, int, int]:
+        """Latent video (T, H, W) that the transformer sees."""
+        return (self.num_frames // self.vae_temporal_factor, self.height // self.vae_spatial_factor,
+                self.width // self.vae_spatial_factor)
+
+    @property
+    def num_temporal(self) -> int:
+        return self.latent_size[0] // self.model.patch_size[0]
+
+    @property
+    def num_spatial(self) -> int:
+        _, h, w = self.latent_size
+        return (h // self.model.patch_size[1]) * (w // self.model.patch_size[2])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_temporal * self.num_spatial
+
+    @property
+    def model_batch(self) -> int:
+        """Batch the transformer runs per step: CFG runs conditional and unconditional together."""
+        return self.batch * (2 if self.cfg_scale != 1.0 else 1)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model"]["patch_size"] = list(self.model.patch_size)
+        return d
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A single GEMM ``[M,K] x [K,N]`` (``gemm:M,K,N``), for checking one layer."""
+
+    m: int
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        for f in ("m", "k", "n"):
+            require_positive_int(f"gemm.{f}", getattr(self, f))
+
+    @property
+    def name(self) -> str:
+        return f"gemm:{self.m},{self.k},{self.n}"
+
+
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelDims)}
+_WORKLOAD_FIELDS = {f.name for f in dataclasses.fields(Workload)}
+
+
+def workload_from_dict(data: object, default_name: str = "custom") -> Workload:
+    """Build and validate a Workload from a YAML mapping; unknown fields are refused."""
+    if not isinstance(data, dict):
+        raise ConfigError("workload", type(data).__name__, "a YAML mapping of workload fields")
+    check_known_fields("workload", data, _WORKLOAD_FIELDS)
+    model = data.get("model", {})
+    check_known_fields("model", model, _MODEL_FIELDS)
+    if "patch_size" in model and isinstance(model["patch_size"], list):
+        model = {**model, "patch_size": tuple(model["patch_size"])}
+    fields = {k: v for k, v in data.items() if k != "model"}
+    fields.setdefault("name", default_name)
+    try:
+        return Workload(model=ModelDims(**model), **fields)
+    except TypeError as e:  # a required field is missing
+        missing = str(e).split("argument")[-1].strip(": '")
+        raise ConfigError(f"workload.{missing}", None, "a value (the field is required)") from None
+
+
+def load_workload_file(path: str | Path) -> Workload:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("workload", str(path), "a preset name (codesign workloads) or an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError("workload", str(path), f"valid YAML{where}") from None
+    return workload_from_dict(data, default_name=path.stem)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def parse_gemm(spec: str) -> Gemm:
+    body = spec[len("gemm:"):]
+    parts = body.split(",")
+    if len(parts) != 3:
+        raise ConfigError("workload", spec, "gemm:M,K,N with three positive integers")
+    try:
+        m, k, n = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError("workload", spec, "gemm:M,K,N with three positive integers") from None
+    return Gemm(m, k, n)
+
+
+def get_workload(name_or_path: str) -> Workload | Gemm:
+    """A preset name, a YAML file path, or ``gemm:M,K,N``."""
+    if name_or_path.startswith("gemm:"):
+        return parse_gemm(name_or_path)
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return load_workload_file(preset)
+    if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).exists():
+        return load_workload_file(name_or_path)
+    raise ConfigError("workload", name_or_path,
+                      "one of " + ", ".join(preset_names()) + ", a YAML file, or gemm:M,K,N")

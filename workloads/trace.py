@@ -1,0 +1,172 @@
+"""The op trace: the contract between the model half and the hardware half.
+
+``quantmodel`` writes a trace (every operation of every denoising step, with its shapes, MACs and
+bytes, and, once a quantization recipe is applied, its bit-widths and weight set); ``hwsim`` reads
+it. It is plain data: a list of frozen ``Op`` records plus a metadata dict, versioned, saved as
+Parquet or CSV.
+
+GEMM convention: an op of kind linear/conv/matmul_* computes ``batch`` independent products
+``[m, k] x [k, n]``; ``macs = batch * m * k * n``. Vector ops (softmax, norms, modulation, ...) touch
+``elements`` elements of their output. Bytes are at the op's bit-widths (float ops: 2 bytes, FP16).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workloads.errors import ConfigError
+
+TRACE_VERSION = 1
+
+GEMM_KINDS = ("linear", "conv", "matmul_qk", "matmul_av")
+VECTOR_KINDS = (
+    "softmax",  # row softmax (exp, sum, reciprocal, multiply)
+    "layernorm",  # no affine weights in STDiT
+    "modulate",  # x * (1 + scale) + shift (adaLN)
+    "gelu",
+    "silu",
+    "elementwise",  # residual adds, gated residuals, positional-embedding adds
+    "embedding",  # sinusoidal timestep embedding, table lookups
+    "smooth_mul",  # SmoothQuant per-channel multiply that could not be folded (static recipes)
+    "dyn_stats",  # dynamic quantization: per-token abs-max reduction + scale + quantize
+    "dyn_rescale",  # dynamic quantization: per-row rescale of the GEMM output
+)
+KINDS = GEMM_KINDS + VECTOR_KINDS
+
+
+@dataclass(frozen=True)
+class Op:
+    step: int  # denoising step index, 0 = first step run
+    name: str  # module path, e.g. blocks.3.attn.qkv
+    kind: str
+    batch: int = 1
+    m: int = 0
+    k: int = 0
+    n: int = 0
+    elements: int = 0  # output elements (vector ops: elements processed)
+    macs: int = 0
+    weight_bytes: int = 0  # static operand (weights); 0 for activation x activation matmuls
+    input_bytes: int = 0  # activation operands read
+    output_bytes: int = 0
+    w_bits: int = 16  # weight (or second operand) bits; 16 = FP16
+    a_bits: int = 16  # activation bits
+    weight_set: int = -1  # which quantized weight set the step uses; -1 = no weights / float
+    block: int = -1  # transformer block index; -1 outside the blocks
+
+    @property
+    def is_gemm(self) -> bool:
+        return self.kind in GEMM_KINDS
+
+
+OP_FIELDS = tuple(f.name for f in dataclasses.fields(Op))
+_INT_FIELDS = tuple(f for f in OP_FIELDS if f not in ("name", "kind"))
+
+
+@dataclass
+class Trace:
+    """Ops of a whole sampling run plus metadata (workload, recipe, version)."""
+
+    ops: list[Op]
+    meta: dict = field(default_factory=dict)
+    version: int = TRACE_VERSION
+
+    @property
+    def num_steps(self) -> int:
+        return 1 + max((op.step for op in self.ops), default=-1)
+
+    def step_ops(self, step: int) -> list[Op]:
+        return [op for op in self.ops if op.step == step]
+
+    def summary(self) -> dict:
+        """Totals a user checks first: steps, ops, MACs, weight and activation bytes."""
+        steps = self.num_steps
+        per_set: dict[int, dict[str, int]] = {}
+        for op in self.ops:
+            if op.weight_bytes:
+                per_set.setdefault(op.weight_set, {})[op.name] = op.weight_bytes
+        weight_bytes_per_set = max((sum(v.values()) for v in per_set.values()), default=0)
+        return {
+            "workload": self.meta.get("workload", ""),
+            "recipe": self.meta.get("recipe", "fp16"),
+            "trace_version": self.version,
+            "steps": steps,
+            "ops": len(self.ops),
+            "ops_per_step": len(self.ops) // steps if steps else 0,
+            "total_macs": sum(op.macs for op in self.ops),
+            "macs_per_step": sum(op.macs for op in self.ops) // steps if steps else 0,
+            "weight_bytes": weight_bytes_per_set,
+            "weight_sets": len(per_set),
+            "weight_bytes_all_sets": sum(sum(v.values()) for v in per_set.values()),
+            "activation_bytes": sum(op.input_bytes + op.output_bytes for op in self.ops),
+        }
+
+    # ---- files ---------------------------------------------------------------------------------
+    def to_columns(self) -> dict[str, list]:
+        return {f: [getattr(op, f) for op in self.ops] for f in OP_FIELDS}
+
+    def save(self, path: str | Path) -> Path:
+        """Write Parquet (``.parquet``) or CSV (``.csv``); written to a temp file, then renamed."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        header = json.dumps({"trace_version": self.version, "meta": self.meta})
+        if path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table(self.to_columns()).replace_schema_metadata({"trace": header})
+            pq.write_table(table, tmp)
+        elif path.suffix == ".csv":
+            with open(tmp, "w", newline="") as fh:
+                fh.write(f"# {header}\n")
+                w = csv.writer(fh)
+                w.writerow(OP_FIELDS)
+                for op in self.ops:
+                    w.writerow([getattr(op, f) for f in OP_FIELDS])
+        else:
+            raise ConfigError("out", str(path), "a file ending in .parquet or .csv")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trace":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("trace", str(path), "an existing .parquet or .csv trace file")
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            header = json.loads((table.schema.metadata or {}).get(b"trace", b"{}"))
+            cols = table.to_pydict()
+        elif path.suffix == ".csv":
+            with open(path, newline="") as fh:
+                first = fh.readline()
+                header = json.loads(first[2:]) if first.startswith("# ") else {}
+                rows = list(csv.reader(fh))
+            names, body = rows[0], rows[1:]
+            cols = {n: [r[i] for r in body] for i, n in enumerate(names)}
+            for f in _INT_FIELDS:
+                if f in cols:
+                    cols[f] = [int(v) for v in cols[f]]
+        else:
+            raise ConfigError("trace", str(path), "a file ending in .parquet or .csv")
+        version = header.get("trace_version")
+        if version != TRACE_VERSION:
+            raise ConfigError("trace_version", version, f"{TRACE_VERSION} (this build's trace format)")
+        missing = [f for f in OP_FIELDS if f not in cols]
+        if missing:
+            raise ConfigError("trace column", missing[0], "the columns " + ", ".join(OP_FIELDS))
+        n = len(cols["name"])
+        ops = [Op(**{f: cols[f][i] for f in OP_FIELDS}) for i in range(n)]
+        return cls(ops=ops, meta=header.get("meta", {}), version=version)
+
+
+def gemm_trace(m: int, k: int, n: int, w_bits: int = 16, a_bits: int = 16) -> Trace:
+    """Trace of one linear layer ``[m,k] x [k,n]`` (``--workload gemm:M,K,N``), built without torch."""
+    op = Op(step=0, name="gemm", kind="linear", batch=1, m=m, k=k, n=n, elements=m * n,
+            macs=m * k * n, weight_bytes=k * n * w_bits // 8, input_bytes=m * k * a_bits // 8,
+            output_bytes=m * n * 2, w_bits=w_bits, a_bits=a_bits, weight_set=0)
+    return Trace(ops=[op], meta={"workload": f"gemm:{m},{k},{n}", "num_steps": 1})
