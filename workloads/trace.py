@@ -87,7 +87,8 @@ class Trace:
         for op in self.ops:
             if op.weight_bytes:
                 per_set.setdefault(op.weight_set, {})[op.name] = op.weight_bytes
-        weight_bytes_per_set = max((sum(v.values()) for v in per_set.values()), default=0)
+        float_bytes = sum(per_set.pop(-1, {}).values())  # float weights, shared by every step
+        set_bytes = [sum(v.values()) for v in per_set.values()]
         return {
             "workload": self.meta.get("workload", ""),
             "recipe": self.meta.get("recipe", "fp16"),
@@ -97,9 +98,10 @@ class Trace:
             "ops_per_step": len(self.ops) // steps if steps else 0,
             "total_macs": sum(op.macs for op in self.ops),
             "macs_per_step": sum(op.macs for op in self.ops) // steps if steps else 0,
-            "weight_bytes": weight_bytes_per_set,
-            "weight_sets": len(per_set),
-            "weight_bytes_all_sets": sum(sum(v.values()) for v in per_set.values()),
+            "weight_sets": len(set_bytes),
+            "weight_bytes_per_set": max(set_bytes, default=0),
+            "float_weight_bytes": float_bytes,
+            "weight_storage_bytes": float_bytes + sum(set_bytes),
             "activation_bytes": sum(op.input_bytes + op.output_bytes for op in self.ops),
         }
 
