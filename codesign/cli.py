@@ -13,6 +13,7 @@ from workloads.errors import ConfigError
 # subcommand modules, in the order `codesign --help` lists them
 COMMAND_MODULES = [
     "codesign.cmd_trace",
+    "codesign.cmd_sample",
 ]
 
 

@@ -171,6 +171,8 @@ def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None =
     ``step_to_set`` overrides the uniform step split (a calibrated split comes from the artifact).
     """
     steps = trace.num_steps
+    if trace.meta.get("single_gemm"):  # `gemm:M,K,N`: the one GEMM is the layer being checked
+        recipe = dataclasses.replace(recipe, layers=("*",))
     if step_to_set is None:
         step_to_set = recipe.uniform_step_to_set(steps)
     if len(step_to_set) != steps:

@@ -170,5 +170,5 @@ def gemm_trace(m: int, k: int, n: int, w_bits: int = 16, a_bits: int = 16) -> Tr
     """Trace of one linear layer ``[m,k] x [k,n]`` (``--workload gemm:M,K,N``), built without torch."""
     op = Op(step=0, name="gemm", kind="linear", batch=1, m=m, k=k, n=n, elements=m * n,
             macs=m * k * n, weight_bytes=k * n * w_bits // 8, input_bytes=m * k * a_bits // 8,
-            output_bytes=m * n * 2, w_bits=w_bits, a_bits=a_bits, weight_set=0)
-    return Trace(ops=[op], meta={"workload": f"gemm:{m},{k},{n}", "num_steps": 1})
+            output_bytes=m * n * 2, w_bits=w_bits, a_bits=a_bits)
+    return Trace(ops=[op], meta={"workload": f"gemm:{m},{k},{n}", "num_steps": 1, "single_gemm": True})
