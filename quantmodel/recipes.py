@@ -48,7 +48,8 @@ class Recipe:
     num_groups: int = 1  # for scheme "groups"
     group_split: str = "uniform"
     quantize_attention: bool = False  # also quantize QK^T and AV (integer-only chips need it)
-    layers: tuple[str, ...] = ("blocks.*",)  # glob patterns over linear-layer names
+    layers: tuple[str, ...] = ("*blocks.*",)  # glob patterns over linear-layer names (v1.0 blocks.N,
+    # v1.2 spatial_blocks.N / temporal_blocks.N)
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -101,7 +102,7 @@ class Recipe:
         if kind == "linear":
             return any(fnmatch.fnmatchcase(name, p) for p in self.layers)
         if kind in ("matmul_qk", "matmul_av"):
-            return self.quantize_attention and name.startswith("blocks.")
+            return self.quantize_attention and "blocks." in name
         return False
 
     def to_dict(self) -> dict:
