@@ -1,0 +1,147 @@
+"""Exact int8 x int8 -> int32 matrix products, with accumulator-overflow detection.
+
+The chip's MAC array multiplies int8 operands and accumulates in int32 two's complement adders.
+Wrapping adders make the final sum correct whenever it fits in int32, whatever happens to the
+partial sums, so overflow is decided on the *final* sum: if it leaves int32 the hardware result is
+wrong and :class:`AccumulatorOverflowError` is raised naming the layer (never silent wrap).
+
+Cheap first: ``bound = K * max|a| * max|b| (+ max|bias|)``. With the dtype bounds (128 * 128) this
+is below 2**31 for every K < 131072, so the usual case costs nothing; only when the bound exceeds
+int32 are the real maxima scanned, and only if that bound still exceeds int32 is the exact sum
+(computed in float64, exact below 2**53) checked element by element.
+
+Paths (all exact, all give the same integers; ``backend=`` forces one, for tests):
+- ``int_mm``: ``torch._int_mm`` (2-D only; CPU takes any shape, CUDA needs M > 16 and K, N
+  multiples of 8, so CUDA operands are zero-padded, which adds zeros to the sums);
+- ``float``: float32 matmul when the bound is <= 2**24 (every product and partial sum is an
+  integer of magnitude <= 2**24, exactly representable, so any summation order, FMA included, is
+  exact), else float64 (exact while the bound is < 2**53). Used for batched operands (attention)
+  where a loop over ``_int_mm`` calls would be slow.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workloads.errors import ConfigError
+
+INT32_MAX = 2 ** 31 - 1
+FLOAT32_EXACT = 2 ** 24
+FLOAT64_EXACT = 2 ** 53
+BACKENDS = ("auto", "int_mm", "float")
+
+
+class AccumulatorOverflowError(ArithmeticError):
+    """An int32 accumulator would overflow: the hardware result would be wrong."""
+
+    def __init__(self, layer: str, max_abs: int, k: int):
+        self.layer = layer
+        self.max_abs = max_abs
+        self.k = k
+        super().__init__(f"int32 accumulator overflow in layer {layer!r}: |acc| reaches {max_abs} "
+                         f"> {INT32_MAX} (K={k}); lower the activation/weight range or split K")
+
+
+def _absmax(t: torch.Tensor) -> int:
+    return int(t.abs().max().item()) if t.numel() else 0
+
+
+def _dtype_absmax(t: torch.Tensor) -> int:
+    return 2 ** (torch.iinfo(t.dtype).bits - 1)
+
+
+def accumulator_bound(k: int, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+                      scan: bool = False) -> int:
+    """Upper bound of |acc| for ``a @ b + bias``: dtype bounds of a, b (or their scanned maxima if
+    ``scan``) plus the largest |bias|."""
+    am = _absmax(a) if scan else _dtype_absmax(a)
+    bm = _absmax(b) if scan else _dtype_absmax(b)
+    cm = 0 if bias is None else _absmax(bias)  # N values: always scanned
+    return k * am * bm + cm
+
+
+def _check_int8(name: str, t: torch.Tensor) -> None:
+    if t.dtype != torch.int8:
+        raise ConfigError(f"{name}.dtype", t.dtype, "torch.int8")
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, layer: str = "?",
+               device: str | torch.device | None = None, backend: str = "auto") -> torch.Tensor:
+    """Exact ``a @ b (+ bias)`` as int32: a int8 [..., M, K], b int8 [K, N] or [..., K, N].
+
+    bias: int32 [N] (added to the int32 accumulator, overflow included in the check).
+    device: where to compute (default: a's device); the result stays there.
+    Raises AccumulatorOverflowError(layer) when any sum leaves int32.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, ", ".join(BACKENDS))
+    _check_int8("a", a)
+    _check_int8("b", b)
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ConfigError("shapes", (tuple(a.shape), tuple(b.shape)), "[..., M, K] x [..., K, N]")
+    if bias is not None and (bias.dtype != torch.int32 or bias.shape != (b.shape[-1],)):
+        raise ConfigError("bias", (bias.dtype, tuple(bias.shape)), f"int32 [{b.shape[-1]}]")
+    dev = torch.device(device) if device is not None else a.device
+    a, b = a.to(dev), b.to(dev)
+    bias = bias.to(dev) if bias is not None else None
+    k = a.shape[-1]
+
+    bound = accumulator_bound(k, a, b, bias)
+    if bound > INT32_MAX:
+        bound = accumulator_bound(k, a, b, bias, scan=True)
+    if bound > INT32_MAX:  # possible overflow: compute exactly in wide precision and check
+        if bound >= FLOAT64_EXACT:
+            raise AccumulatorOverflowError(layer, bound, k)
+        wide = _float_matmul(a, b, torch.float64)
+        if bias is not None:
+            wide = wide + bias.to(torch.float64)
+        max_abs = int(wide.abs().max().item()) if wide.numel() else 0
+        if max_abs > INT32_MAX:
+            raise AccumulatorOverflowError(layer, max_abs, k)
+        return wide.to(torch.int32)
+
+    use_int_mm = backend == "int_mm" or (backend == "auto" and b.dim() == 2)
+    if use_int_mm:
+        acc = _int_mm_nd(a, b)
+    else:
+        acc = _float_matmul(a, b, torch.float32 if bound <= FLOAT32_EXACT else torch.float64).to(torch.int32)
+    if bias is not None:
+        acc = acc + bias  # in int32; cannot wrap, the bound includes the bias
+    return acc
+
+
+def int_linear(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None, *, layer: str = "?",
+               device: str | torch.device | None = None) -> torch.Tensor:
+    """Linear layer ``x @ w_t + bias``: x int8 [..., K], w_t int8 [K, N] (transposed nn.Linear weight;
+    store it contiguous once), bias int32 [N] -> int32 [..., N]."""
+    lead = x.shape[:-1]
+    out = int_matmul(x.reshape(-1, x.shape[-1]), w_t, bias, layer=layer, device=device)
+    return out.reshape(*lead, w_t.shape[-1])
+
+
+def _float_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.matmul(a.to(dtype), b.to(dtype))
+
+
+def _int_mm_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M, K] x [K, N] -> [M, N] int32
+    if a.device.type != "cuda":
+        return torch._int_mm(a, b)
+    m, k = a.shape
+    n = b.shape[1]
+    mp, kp, np_ = max(m, 17), -(-k // 8) * 8, -(-n // 8) * 8
+    if (mp, kp, np_) != (m, k, n):  # zero padding: extra terms are 0 * x, sums unchanged
+        a = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
+        b = torch.nn.functional.pad(b, (0, np_ - n, 0, kp - k))
+    return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
+
+
+def _int_mm_nd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    m, k = a.shape[-2], a.shape[-1]
+    if b.dim() == 2:  # one GEMM over all leading rows
+        lead = a.shape[:-2]
+        return _int_mm_2d(a.reshape(-1, k), b).reshape(*lead, m, b.shape[-1])
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = a.expand(*batch, m, k).reshape(-1, m, k)
+    b3 = b.expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    out = torch.stack([_int_mm_2d(a3[i], b3[i]) for i in range(a3.shape[0])])
+    return out.reshape(*batch, m, b.shape[-1])
