@@ -1,0 +1,207 @@
+"""The results store: a folder of small immutable Parquet part files, safe to kill at any moment.
+
+Layout of a results folder ``DIR``::
+
+    DIR/manifest.json            which spec(s) own the folder (content hashes), written atomically
+    DIR/points/part-*.parquet    cost rows, one per design point (hardware point x recipe)
+    DIR/quality/part-*.parquet   quality rows, one per (quality workload, recipe)
+    DIR/.lock                    held (flock) while a sweep writes; the kernel drops it on SIGKILL
+
+Why parts: a sweep appends by writing a whole part to a temp name, fsyncing it and renaming it
+into place (``os.replace`` is atomic on POSIX), so a SIGKILL leaves either the complete part or an
+ignored ``.tmp`` file, never a torn one. Rows are keyed by a content hash; loading dedupes by key,
+so a part that was compacted but not yet deleted when the process died counts once. ``compact``
+merges the parts into one when a sweep ends.
+
+Columns of ``load_results(DIR)`` (one row per design point):
+
+=====================  =====================================================================
+key                    content hash of (cost workload, recipe, full hardware config, prefetch
+                       policy, hwsim.SIM_VERSION): the identity of a design point
+status                 ``ok`` or ``failed`` (the hardware point failed validation)
+error                  why it failed (one line); empty when ok
+spec_hash, spec_name   the spec that computed the row
+point_index            index of the hardware point in its spec's point list
+hw_key                 content hash of (full hardware config, prefetch): equal hardware across recipes
+cost_workload          workload the costs are for (full size, traced)
+recipe, scheme         quantization recipe name and scheme (quantmodel.recipes)
+w_bits, a_bits         weight / activation bit-widths (16 = FP16)
+num_weight_sets        weight sets the recipe stores (1 static/ASQ/dynamic, K groups, steps TSQ+TSW)
+hw_base, prefetch      hardware preset the axes override; weight-prefetch policy (jit | early)
+hw.<field>             every leaf field of the hardware config, dotted (hwsim.hw_to_dict)
+sim_version            hwsim.SIM_VERSION that produced the numbers
+latency_s ... swap_bytes   hwsim SimResult scalars: latency_s, latency_per_step_s, energy_j,
+                       area_mm2, storage_bytes, swap_stall_s, swap_hidden_s, swap_bytes
+energy_j.<component>   energy breakdown (J); area_mm2.<component>; stall_s.<cause>;
+                       util.<engine> (fraction busy)
+sim_wall_s             wall seconds the simulation of this point took
+quality_workload       workload the quality was measured on (small; None if the spec has none)
+quality_key            content hash of (quality workload, recipe, quality options)
+q.<metric>             quality metrics of the recipe (quantmodel.quality), joined on quality_key
+=====================  =====================================================================
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from codesign.spec import SweepSpec
+from workloads.errors import ConfigError
+
+STORE_FORMAT = 1
+POINTS = "points"
+QUALITY = "quality"
+SCALAR_METRICS = ("latency_s", "latency_per_step_s", "energy_j", "area_mm2", "storage_bytes",
+                  "swap_stall_s", "swap_hidden_s", "swap_bytes")
+BREAKDOWN_PREFIXES = {"energy_breakdown_j": "energy_j.", "area_breakdown_mm2": "area_mm2.",
+                      "stall_breakdown_s": "stall_s.", "utilisation": "util."}
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _parts(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("part-*.parquet"))
+
+
+def _read_parts(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    frames = [pq.read_table(p, columns=columns).to_pandas() for p in _parts(folder)]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=columns or ["key"])
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return df.drop_duplicates(subset="key", keep="first").reset_index(drop=True)
+
+
+class ResultStore:
+    """One results folder. Open it for writing with ``ResultStore.open(dir, spec, append)``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._lock_fh = None
+
+    # ---- ownership ---------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            return {"format": STORE_FORMAT, "specs": []}
+        return json.loads(self.manifest_path.read_text())
+
+    @classmethod
+    def open(cls, root: str | Path, spec: SweepSpec, append: bool = False) -> "ResultStore":
+        """Open (or create) a results folder for ``spec``; refuse another spec's folder unless append.
+
+        Takes an exclusive lock for the life of the sweep: two sweeps never write one folder.
+        """
+        store = cls(root)
+        root = store.root
+        if root.exists() and not root.is_dir():
+            raise ConfigError("--out", str(root), "a folder (this is a file)")
+        if root.is_dir() and any(root.iterdir()) and not store.manifest_path.is_file():
+            raise ConfigError("--out", str(root), "an empty or new folder, or a codesign results folder")
+        for sub in (POINTS, QUALITY):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        store._lock_fh = open(root / ".lock", "w")
+        try:
+            fcntl.flock(store._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            store._lock_fh.close()
+            raise ConfigError("--out", str(root), "a folder no other sweep is writing now") from None
+        man = store.manifest()
+        if man.get("format") != STORE_FORMAT:
+            store.close()
+            raise ConfigError("--out", str(root), f"a results folder of store format {STORE_FORMAT}")
+        hashes = [s["hash"] for s in man["specs"]]
+        if hashes and spec.spec_hash not in hashes and not append:
+            names = ", ".join(s["name"] for s in man["specs"])
+            store.close()
+            raise ConfigError("--out", str(root), f"a folder of this spec's results (it holds {names}; "
+                              "pass --append to add these points to it, or pick another folder)")
+        if spec.spec_hash not in hashes:
+            man["specs"].append({"hash": spec.spec_hash, "name": spec.name, "spec": spec.source})
+            _atomic_write_bytes(store.manifest_path, json.dumps(man, indent=1).encode())
+        for tmp in list(root.glob(f"{POINTS}/.*.tmp")) + list(root.glob(f"{QUALITY}/.*.tmp")):
+            tmp.unlink(missing_ok=True)  # torn writes of a killed sweep (we hold the lock)
+        return store
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- rows ---------------------------------------------------------------------------------
+    def done_keys(self, kind: str = POINTS) -> set[str]:
+        df = _read_parts(self.root / kind, columns=["key"])
+        return set(df["key"])
+
+    def write_rows(self, rows: list[dict], kind: str = POINTS) -> Path | None:
+        """Append rows as one new immutable part file (atomic)."""
+        if not rows:
+            return None
+        table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+        path = self.root / kind / f"part-{uuid.uuid4().hex}.parquet"
+        _atomic_write_table(path, table)
+        return path
+
+    def compact(self, kind: str = POINTS) -> None:
+        """Merge the parts into one (written first, then the old parts are deleted)."""
+        parts = _parts(self.root / kind)
+        if len(parts) <= 1:
+            return
+        df = _read_parts(self.root / kind)
+        path = self.root / kind / f"part-{uuid.uuid4().hex}.parquet"
+        _atomic_write_table(path, pa.Table.from_pandas(df, preserve_index=False))
+        for p in parts:
+            p.unlink(missing_ok=True)
+
+    def load(self) -> pd.DataFrame:
+        return load_results(self.root)
+
+
+def load_results(root: str | Path) -> pd.DataFrame:
+    """All design points of a results folder as one DataFrame (columns: see the module docstring)."""
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise ConfigError("results", str(root), "a results folder written by `codesign sweep`")
+    points = _read_parts(root / POINTS)
+    quality = _read_parts(root / QUALITY)
+    if len(points) and len(quality):
+        qcols = ["quality_key"] + [c for c in quality.columns if c.startswith("q.")]
+        points = points.merge(quality[qcols], on="quality_key", how="left")
+    return points
+
+
+def load_quality(root: str | Path) -> pd.DataFrame:
+    """Quality rows only (one per quality workload x recipe)."""
+    return _read_parts(Path(root) / QUALITY)
