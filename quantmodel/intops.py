@@ -1,0 +1,322 @@
+"""The vector unit's non-linear ops, in two modes: ``fp16`` and ``int`` (integer only).
+
+``fp16`` mode (a vector unit with fp16 storage and fp32 arithmetic): inputs are dequantized to
+float16; every elementwise step is computed in float32 and rounded to float16 (round to nearest
+even); reductions accumulate in float32 in a fixed pairwise-tree order (:func:`tree_sum`), so the
+result does not depend on the library's summation order. Transcendentals (exp, tanh) are torch's
+float32 functions rounded to fp16 (bit identity across devices is not promised for those).
+Functions: ``softmax_fp16, layernorm_fp16, gelu_fp16, silu_fp16, modulate_fp16, gated_add_fp16``;
+each takes and returns float16 tensors.
+
+``int`` mode (I-BERT, Kim et al. 2021, and I-ViT, Li & Gu 2023, style): integer tensors with a
+float scale in, ``(q_out, out_scale)`` out. Scales only enter through constants computed once
+("at compile time") from them in float64; at run time there are only integer adds, multiplies,
+shifts, compares and one integer division per row (softmax, LayerNorm) or element (SiLU).
+Rounding: the polynomial kernels **floor** (as I-BERT: arithmetic right shifts and floor
+division); the fixed-point modulate / gated residual use :mod:`quantmodel.fixedpoint`'s round half
+to even with saturation. Inputs are first brought to a working scale ``S_w`` of about
+``2**-WORK_FRAC_BITS`` by a floor right shift (a finer scale is coarsened; a coarser one is kept),
+which bounds every intermediate below 2**53 (so the float64 reference in
+:mod:`quantmodel.reference` is exact) and, except the LayerNorm sums, below 2**32.
+
+| op | input | output | output scale |
+| --- | --- | --- | --- |
+| softmax_int | int32 [..., n], scale S (<= ln 2 after coarsening) | [0, 2^(b-1)-1] | 2^-(b-1) |
+| layernorm_int | int32 [..., n], scale S | int32, abs < 2^30 | sqrt(n) / 2^30 |
+| gelu_int | int32, scale S | int32 | S_w * a * (S_w^2 / 2) * 2^T / 2 |
+| silu_int | int32, scale S | int32 | S_w |
+| modulate_int / gated_add_int | int32 operands, scales | clamp to [qmin, qmax] | s_out (given) |
+
+Constants: i-exp ``exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344`` on p in (-ln2, 0] with
+``exp(x) = 2^-z exp(p)`` (I-BERT Alg. 2); i-erf ``erf(x) ~ sign(x)[-0.2888 (min(|x|, 1.769) -
+1.769)^2 + 1]`` (I-BERT Alg. 3; GELU = x/2 (1 + erf(x/sqrt 2)); the model's tanh GELU differs from
+erf GELU by < 5e-4); i-sqrt: integer Newton iterations (I-BERT Alg. 4). SiLU's sigmoid is a
+two-element softmax of (x, 0) built on i-exp (I-ViT's Shiftmax idea of reusing the exp kernel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from quantmodel.fixedpoint import INT32_MAX, INT32_MIN, requantize_scale, rounding_right_shift
+from workloads.errors import ConfigError
+
+MODES = ("fp16", "int")
+WORK_FRAC_BITS = 12  # working precision of the polynomial kernels: S_w ~ 2^-12
+EXP_A, EXP_B, EXP_C = 0.3585, 1.353, 0.344  # I-BERT i-exp polynomial (Kim et al. 2021, Sec. 3.4)
+ERF_A, ERF_B = 0.2888, 1.769  # I-BERT i-erf: -0.2888 (min(|x|,1.769) - 1.769)^2 + 1 (Sec. 3.5)
+SOFTMAX_NORM_BITS = 52  # factor = 2^52 // row_sum: e * factor <= 2^52
+LN_VAR_BITS = 15  # LayerNorm rows are right-shifted so |y| <= 2^15 before squaring
+LN_FACTOR_BITS = 50  # factor = 2^50 // std
+LN_OUT_BITS = 30  # out = y * factor >> 20, scale sqrt(n) / 2^30
+SAT_BITS = 22  # GELU/SiLU inputs saturate at |q_w| <= 2^22 (|x| <= 1024 at S_w = 2^-12)
+GUARD_BITS = 8  # modulate / gated add work at s_out / 2^8 before the final rounding
+GATE_FRAC_BITS = 16  # (1 + scale) and gate as Q16 fixed point
+MAX_ROW = 2 ** 20
+
+
+# ---- fp16 mode ------------------------------------------------------------------------------------------
+def _h(x: torch.Tensor) -> torch.Tensor:
+    """Round a float32 result to fp16 (one rounding per vector-unit step)."""
+    return x.to(torch.float16)
+
+
+def tree_sum(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Sum over ``dim`` in float32 by a fixed pairwise tree (pad to a power of two with zeros, add
+    halves): a defined order, the same on every device. Returns float32."""
+    x = x.to(torch.float32).movedim(dim, -1)
+    n = x.shape[-1]
+    width = 1 << max(0, (n - 1).bit_length())
+    if width != n:
+        x = torch.nn.functional.pad(x, (0, width - n))
+    while x.shape[-1] > 1:
+        h = x.shape[-1] // 2
+        x = x[..., :h] + x[..., h:]
+    return x[..., 0]
+
+
+def softmax_fp16(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """softmax in fp16: x - max, exp, fp32 tree sum, one reciprocal per row, multiply."""
+    x = _h(x).movedim(dim, -1)
+    d = _h(x.float() - x.amax(-1, keepdim=True).float())
+    e = _h(torch.exp(d.float()))
+    r = 1.0 / tree_sum(e)  # fp32 [...]
+    return _h(e.float() * r.unsqueeze(-1)).movedim(-1, dim)
+
+
+def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """LayerNorm without affine over the last dim: fp32 mean and variance (tree sums), fp16 output."""
+    x = _h(x)
+    n = x.shape[-1]
+    mean = tree_sum(x) / n  # fp32 [...]
+    d = x.float() - mean.unsqueeze(-1)  # fp32 (vector unit keeps the centred value in fp32)
+    var = tree_sum(d * d) / n
+    rstd = torch.rsqrt(var + eps)
+    return _h(d * rstd.unsqueeze(-1))
+
+
+def gelu_fp16(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU, each step rounded to fp16."""
+    x = _h(x).float()
+    inner = _h(0.7978845608028654 * (x + _h(0.044715 * _h(x * x * x).float()).float()))
+    t = _h(torch.tanh(inner.float()))
+    return _h(0.5 * x * (1.0 + t.float()))
+
+
+def silu_fp16(x: torch.Tensor) -> torch.Tensor:
+    x = _h(x).float()
+    return _h(x * _h(torch.sigmoid(x)).float())
+
+
+def modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift, one fp16 rounding per step."""
+    one_p = _h(1.0 + _h(scale).float())
+    return _h(_h(_h(x).float() * one_p.float()).float() + _h(shift).float())
+
+
+def gated_add_fp16(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + gate * y, one fp16 rounding per step."""
+    return _h(_h(x).float() + _h(_h(gate).float() * _h(y).float()).float())
+
+
+# ---- int mode: shared pieces ------------------------------------------------------------------------
+def _check_scale(name: str, s: float) -> float:
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+        raise ConfigError(name, s, "a finite positive float")
+    return float(s)
+
+
+def _check_int(name: str, q: torch.Tensor) -> torch.Tensor:
+    if q.is_floating_point() or q.dtype == torch.bool:
+        raise ConfigError(f"{name}.dtype", q.dtype, "an integer dtype")
+    return q.to(torch.int64)
+
+
+def working_shift(scale: float, frac_bits: int = WORK_FRAC_BITS) -> int:
+    """k >= 0 with scale * 2^k <= 2^-frac_bits < scale * 2^(k+1) (0 when scale is already coarser)."""
+    k, target = 0, 2.0 ** -frac_bits
+    while scale * 2.0 ** (k + 1) <= target:
+        k += 1
+    return k
+
+
+def _to_working(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
+    k = working_shift(scale)
+    return torch.bitwise_right_shift(q, k), scale * 2.0 ** k  # floor
+
+
+def exp_constants(s_w: float) -> tuple[int, int, int]:
+    """(q_ln2, q_b, q_c) of i-exp at input scale s_w; output scale is EXP_A * s_w^2."""
+    if s_w > math.log(2):
+        raise ConfigError("exp input scale", s_w, "<= ln 2 (finer input resolution)")
+    return (math.floor(math.log(2) / s_w), math.floor(EXP_B / s_w), math.floor(EXP_C / (EXP_A * s_w * s_w)))
+
+
+def i_exp(q: torch.Tensor, s_w: float) -> torch.Tensor:
+    """exp of q * s_w for q <= 0 (int64): floor arithmetic; result int64 < 2^28, scale EXP_A*s_w^2.
+
+    x = -z ln2 + p, p in (-ln2, 0]: z = floor(-q / q_ln2), q_p = q + z q_ln2,
+    poly = (q_p + q_b)^2 + q_c, out = poly >> z (z capped at 40, where poly >> z is 0).
+    """
+    q_ln2, q_b, q_c = exp_constants(s_w)
+    z = torch.div(-q, q_ln2, rounding_mode="floor")
+    q_p = q + z * q_ln2
+    poly = (q_p + q_b) ** 2 + q_c
+    return torch.bitwise_right_shift(poly, z.clamp(max=40))
+
+
+# ---- int mode ops ------------------------------------------------------------------------------------
+def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch.Tensor, float]:
+    """Integer softmax over the last dim (I-BERT): q int [..., n] at ``scale`` (the 1/sqrt(D) of
+    attention folded in) -> probabilities in [0, 2^(out_bits-1)-1] (int32; int8 for 8 bits) with
+    scale 2^-(out_bits-1). A probability of 1 saturates to 127/128 (8 bits); all floor.
+    """
+    scale = _check_scale("scale", scale)
+    if out_bits not in (4, 6, 8):
+        raise ConfigError("out_bits", out_bits, "4, 6 or 8")
+    x = _check_int("q", q)
+    if x.shape[-1] > MAX_ROW:
+        raise ConfigError("softmax row length", x.shape[-1], f"<= {MAX_ROW}")
+    d = x - x.amax(dim=-1, keepdim=True)  # <= 0, |d| < 2^32
+    d_w, s_w = _to_working(d, scale)
+    e = i_exp(d_w, s_w)  # [..., n] < 2^28
+    total = e.sum(dim=-1, keepdim=True)  # >= poly(0) > 0
+    factor = torch.div(torch.full_like(total, 2 ** SOFTMAX_NORM_BITS), total, rounding_mode="floor")
+    p = out_bits - 1
+    out = torch.bitwise_right_shift(e * factor, SOFTMAX_NORM_BITS - p).clamp_(max=2 ** p - 1)
+    return out.to(torch.int32), 2.0 ** -p
+
+
+def isqrt(v: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(v)) for int64 v >= 0 (v < 2^62) by integer Newton iterations from 2^ceil(bits/2)."""
+    v = v.to(torch.int64)
+    bits = torch.zeros_like(v)
+    for j in range(62):
+        bits += (v >= (1 << j)).to(torch.int64)  # bit length of v
+    x = torch.bitwise_left_shift(torch.ones_like(v), (bits + 1) // 2)  # >= sqrt(v), >= 1
+    while True:
+        y = torch.bitwise_right_shift(x + torch.div(v, x, rounding_mode="floor"), 1)
+        done = y >= x
+        if bool(done.all()):
+            return x
+        x = torch.where(done, x, y)
+
+
+def ln_eps_table(scale: float, n: int, eps: float) -> list[int]:
+    """eps in units of the integer variance after a row shift k: floor(eps n / (S^2 4^k)), <= 2^50."""
+    return [math.floor(min(eps * n / (scale * scale) / 4.0 ** k, 2.0 ** 50)) for k in range(19)]
+
+
+def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[torch.Tensor, float]:
+    """LayerNorm without affine over the last dim (I-BERT): int32 out, scale sqrt(n) / 2^30.
+
+    mean = floor(sum / n); y = q - mean; each row is shifted right by k (floor) so |y_k| <= 2^15
+    (k from the row's bit length: a leading-zero count); var = sum(y_k^2) + eps_k;
+    std = isqrt(var) (>= 1); out = (y_k * (2^50 // std)) >> 20.
+    """
+    scale = _check_scale("scale", scale)
+    x = _check_int("q", q)
+    n = x.shape[-1]
+    if n > MAX_ROW:
+        raise ConfigError("layernorm row length", n, f"<= {MAX_ROW}")
+    mean = torch.div(x.sum(dim=-1, keepdim=True), n, rounding_mode="floor")
+    y = x - mean  # |y| < 2^32
+    amax = y.abs().amax(dim=-1, keepdim=True)
+    k = torch.zeros_like(amax)
+    for j in range(18):
+        k += (amax >= (1 << (LN_VAR_BITS + j))).to(torch.int64)
+    y_k = torch.bitwise_right_shift(y, k)
+    eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=x.device)[k]
+    var = (y_k * y_k).sum(dim=-1, keepdim=True) + eps_k  # < 2^51
+    std = isqrt(var.clamp(min=1))
+    factor = torch.div(torch.full_like(std, 2 ** LN_FACTOR_BITS), std, rounding_mode="floor")
+    out = torch.bitwise_right_shift(y_k * factor, LN_FACTOR_BITS - LN_OUT_BITS)
+    return out.to(torch.int32), math.sqrt(n) / 2.0 ** LN_OUT_BITS
+
+
+def gelu_constants(s_w: float) -> tuple[int, int, int, float]:
+    """(q_bb, q_one, T, out_scale) of i-GELU at working scale s_w (erf input scale s_w / sqrt 2)."""
+    s_e = s_w / math.sqrt(2.0)
+    q_bb = math.floor(ERF_B / s_e)
+    q_one = math.floor(1.0 / (ERF_A * s_e * s_e))
+    t = (2 * q_one - 1).bit_length()  # smallest T with 2^T >= 2 q_one
+    return q_bb, q_one, t, s_w * (ERF_A * s_e * s_e) * 2.0 ** t / 2.0
+
+
+def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
+    """i-GELU (I-BERT): x/2 (1 + i-erf(x / sqrt 2)), floor; int32 out with |out| <= |q_w|."""
+    scale = _check_scale("scale", scale)
+    x_w, s_w = _to_working(_check_int("q", q), scale)
+    x_w = x_w.clamp(-2 ** SAT_BITS, 2 ** SAT_BITS)
+    q_bb, q_one, t, out_scale = gelu_constants(s_w)
+    u = x_w.abs().clamp(max=q_bb)
+    erf = torch.sign(x_w) * (q_one - (u - q_bb) ** 2)  # scale ERF_A * s_e^2
+    out = torch.bitwise_right_shift(x_w * (erf + q_one), t)
+    return out.to(torch.int32), out_scale
+
+
+SIG_BITS = 15  # sigmoid as Q15
+
+
+def silu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
+    """SiLU x * sigmoid(x): sigmoid = e^min(x,0) / (e^min(x,0) + e^min(-x,0)) with i-exp, as Q15
+    (floor division), then (x * sig) >> 15 (floor); int32 out at the working scale S_w."""
+    scale = _check_scale("scale", scale)
+    x_w, s_w = _to_working(_check_int("q", q), scale)
+    x_w = x_w.clamp(-2 ** SAT_BITS, 2 ** SAT_BITS)
+    e1 = i_exp(x_w.clamp(max=0), s_w)
+    e2 = i_exp((-x_w).clamp(max=0), s_w)
+    sig = torch.div(torch.bitwise_left_shift(e1, SIG_BITS), e1 + e2, rounding_mode="floor")
+    out = torch.bitwise_right_shift(x_w * sig, SIG_BITS)
+    return out.to(torch.int32), s_w
+
+
+def _sat32(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(INT32_MIN, INT32_MAX)
+
+
+def _q16(q: torch.Tensor, s: float) -> torch.Tensor:
+    """A tensor at scale s as Q16 fixed point (half even, saturated to int32), int64."""
+    return requantize_scale(q, s * 2.0 ** GATE_FRAC_BITS, INT32_MIN, INT32_MAX, torch.int64)
+
+
+def _at(q: torch.Tensor, s_in: float, s_t: float) -> torch.Tensor:
+    return requantize_scale(q, s_in / s_t, INT32_MIN, INT32_MAX, torch.int64)
+
+
+def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: float, q_scale: torch.Tensor,
+                 s_scale: float, s_out: float, qmin: int, qmax: int) -> torch.Tensor:
+    """adaLN modulation x * (1 + scale) + shift in fixed point -> int32 in [qmin, qmax] at s_out.
+
+    Work scale s_t = s_out / 2^8: x_t = requant(x -> s_t); m = requant(scale -> Q16) + 2^16;
+    p = round(x_t * m / 2^16); sh_t = requant(shift -> s_t); out = clamp(round((p + sh_t) / 2^8)).
+    Every rounding is half to even; intermediates saturate to int32. Operands broadcast
+    (shift/scale [B, 1, C] against x [B, N, C]); all operands int32-range integer tensors.
+    """
+    for name, s in (("s_x", s_x), ("s_shift", s_shift), ("s_scale", s_scale), ("s_out", s_out)):
+        _check_scale(name, s)
+    s_t = s_out / 2.0 ** GUARD_BITS
+    x_t = _at(_check_int("q_x", q_x), s_x, s_t)
+    m = _sat32(_q16(_check_int("q_scale", q_scale), s_scale) + 2 ** GATE_FRAC_BITS)
+    p = _sat32(rounding_right_shift(x_t * m, GATE_FRAC_BITS))
+    acc = _sat32(p + _at(_check_int("q_shift", q_shift), s_shift, s_t))
+    return rounding_right_shift(acc, GUARD_BITS).clamp_(qmin, qmax).to(torch.int32)
+
+
+def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, q_gate: torch.Tensor,
+                  s_gate: float, s_out: float, qmin: int, qmax: int) -> torch.Tensor:
+    """Gated residual x + gate * y in fixed point -> int32 in [qmin, qmax] at s_out.
+
+    s_t = s_out / 2^8: y_t = requant(y -> s_t); g = requant(gate -> Q16); p = round(y_t * g / 2^16);
+    out = clamp(round((requant(x -> s_t) + p) / 2^8)); half to even, int32 saturation inside.
+    """
+    for name, s in (("s_x", s_x), ("s_y", s_y), ("s_gate", s_gate), ("s_out", s_out)):
+        _check_scale(name, s)
+    s_t = s_out / 2.0 ** GUARD_BITS
+    y_t = _at(_check_int("q_y", q_y), s_y, s_t)
+    g = _q16(_check_int("q_gate", q_gate), s_gate)
+    p = _sat32(rounding_right_shift(y_t * g, GATE_FRAC_BITS))
+    acc = _sat32(p + _at(_check_int("q_x", q_x), s_x, s_t))
+    return rounding_right_shift(acc, GUARD_BITS).clamp_(qmin, qmax).to(torch.int32)
