@@ -23,7 +23,7 @@ def run(args) -> int:
     import torch
 
     from quantmodel.checkpoint import load_checkpoint
-    from quantmodel.samplers import make_sampler
+    from quantmodel.samplers import sampler_for
     from quantmodel.stdit import STDiTConfig, build_stdit
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
@@ -47,7 +47,7 @@ def run(args) -> int:
     else:
         y = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
     z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
-    sampler = make_sampler(w.sampler, steps, w.cfg_scale)
+    sampler = sampler_for(w, steps)
     t0 = time.perf_counter()
     with torch.no_grad():
         x = sampler.sample(lambda x, t, yy, step: model(x, t, yy), z, y,

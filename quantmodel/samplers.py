@@ -222,9 +222,18 @@ class RFlow:
         return {"loss": mse, "mse": mse}
 
 
-def make_sampler(name: str, num_steps: int, cfg_scale: float) -> IDDPM | RFlow:
+def make_sampler(name: str, num_steps: int, cfg_scale: float, shift: float = 1.0) -> IDDPM | RFlow:
     if name == "iddpm":
         return IDDPM(num_steps=num_steps, cfg_scale=cfg_scale)
     if name == "rflow":
-        return RFlow(num_steps=num_steps, cfg_scale=cfg_scale)
+        return RFlow(num_steps=num_steps, cfg_scale=cfg_scale, shift=shift)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+def sampler_for(workload, num_steps: int | None = None) -> IDDPM | RFlow:
+    """The sampler a workload runs. For rectified flow on a v1.2 model, OpenSora v1.2's timestep
+    transform shifts the schedule by sqrt(H*W / 512^2) * sqrt(latent frames)."""
+    shift = 1.0
+    if workload.sampler == "rflow" and workload.model.arch == "stdit3":
+        shift = math.sqrt(workload.height * workload.width / 512 ** 2) * math.sqrt(workload.latent_size[0])
+    return make_sampler(workload.sampler, num_steps or workload.num_steps, workload.cfg_scale, shift)

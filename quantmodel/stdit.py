@@ -35,6 +35,10 @@ class STDiTConfig:
     pred_sigma: bool = True
     space_scale: float = 1.0
     time_scale: float = 1.0
+    arch: str = "stdit"  # "stdit" (v1.0) or "stdit3" (v1.2, quantmodel/stdit3.py)
+    fps: int = 24  # v1.2 conditions on the frame rate
+    pixel_height: int = 512  # v1.2 scales its positional embedding by the pixel resolution
+    pixel_width: int = 512
 
     @classmethod
     def from_workload(cls, w: Workload) -> "STDiTConfig":
@@ -43,7 +47,8 @@ class STDiTConfig:
                    hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
                    mlp_ratio=m.mlp_ratio, caption_channels=m.caption_channels,
                    model_max_length=m.model_max_length, pred_sigma=m.pred_sigma,
-                   space_scale=w.space_scale, time_scale=w.time_scale)
+                   space_scale=w.space_scale, time_scale=w.time_scale, arch=m.arch, fps=w.fps,
+                   pixel_height=w.height, pixel_width=w.width)
 
     @property
     def out_channels(self) -> int:
@@ -363,10 +368,15 @@ class STDiT(nn.Module):
         return self.y_embedder.y_embedding[None, None].expand(batch, 1, -1, -1)
 
 
-def build_stdit(cfg: STDiTConfig, device: str | torch.device = "cpu", seed: int = 0) -> STDiT:
-    """A randomly initialised STDiT (seeded), or a shape-only one on ``device='meta'``."""
+def build_stdit(cfg: STDiTConfig, device: str | torch.device = "cpu", seed: int = 0) -> nn.Module:
+    """A randomly initialised STDiT (v1.0) or STDiT3 (v1.2) of ``cfg`` (seeded), or a shape-only one
+    on ``device='meta'``."""
+    if cfg.arch == "stdit3":
+        from quantmodel.stdit3 import STDiT3 as cls
+    else:
+        cls = STDiT
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
-            model = STDiT(cfg)
+            model = cls(cfg)
     return model.eval()

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from quantmodel.stdit import STDiT, STDiTConfig, Add, GatedAdd, MatMul, Modulate, Softmax, build_stdit
+from quantmodel.stdit import STDiTConfig, Add, GatedAdd, MatMul, Modulate, Softmax, build_stdit
+from quantmodel.stdit3 import RMSNorm, Rope
 from workloads.presets import Gemm, Workload
 from workloads.trace import Op, Trace, gemm_trace
 
@@ -25,8 +26,15 @@ def _numel(shape) -> int:
 
 
 def _block_index(name: str) -> int:
+    """Block position in execution order: v1.0 ``blocks.N`` -> N; v1.2 runs ``spatial_blocks.N``
+    then ``temporal_blocks.N`` -> 2N and 2N+1; -1 outside the blocks."""
     parts = name.split(".")
-    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 else -1
+    if len(parts) < 2 or not parts[1].isdigit():
+        return -1
+    offset = {"blocks": None, "spatial_blocks": 0, "temporal_blocks": 1}.get(parts[0], -1)
+    if offset == -1:
+        return -1
+    return int(parts[1]) if offset is None else 2 * int(parts[1]) + offset
 
 
 def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> Op | None:
@@ -54,8 +62,11 @@ def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> O
         return Op(0, name, kind, batch, m, k, n, out_el, batch * m * k * n,
                   input_bytes=(_numel(a.shape) + _numel(b.shape)) * FP_BYTES,
                   output_bytes=out_el * FP_BYTES, block=blk)
-    vector_kind = {Softmax: "softmax", nn.LayerNorm: "layernorm", Modulate: "modulate",
-                   nn.GELU: "gelu", nn.SiLU: "silu", GatedAdd: "elementwise", Add: "elementwise"}
+    # RMS QK-norm (v1.2) costs what a LayerNorm does (reduction, rsqrt, scale): counted as one;
+    # rotary embedding is an elementwise multiply-add
+    vector_kind = {Softmax: "softmax", nn.LayerNorm: "layernorm", RMSNorm: "layernorm",
+                   Modulate: "modulate", nn.GELU: "gelu", nn.SiLU: "silu", GatedAdd: "elementwise",
+                   Add: "elementwise", Rope: "elementwise"}
     for cls, kind in vector_kind.items():
         if isinstance(mod, cls):
             in_bytes = sum(_numel(t.shape) for t in inputs if isinstance(t, torch.Tensor)) * FP_BYTES
@@ -64,7 +75,7 @@ def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> O
     return None
 
 
-def record_forward(model: STDiT, batch: int) -> list[Op]:
+def record_forward(model: nn.Module, batch: int) -> list[Op]:
     """Ops of one forward pass at the given model batch, in execution order (meta device)."""
     cfg = model.cfg
     ops: list[Op] = []
@@ -82,9 +93,11 @@ def record_forward(model: STDiT, batch: int) -> list[Op]:
     finally:
         for h in hooks:
             h.remove()
-    # the sinusoidal timestep embedding is a function, not a module: count it once
-    ops.insert(0, Op(0, "t_embedder.freq", "embedding", 1, elements=batch * 256,
-                     output_bytes=batch * 256 * FP_BYTES))
+    # the sinusoidal timestep (and v1.2 fps) embeddings are functions, not modules: count them
+    for name in ("t_embedder", "fps_embedder"):
+        if hasattr(model, name):
+            ops.insert(0, Op(0, f"{name}.freq", "embedding", 1, elements=batch * 256,
+                             output_bytes=batch * 256 * FP_BYTES))
     return ops
 
 

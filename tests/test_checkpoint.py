@@ -73,3 +73,16 @@ def test_missing_and_corrupt_files(tmp_path, tiny):
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(ConfigError, match="readable checkpoint"):
         load_checkpoint(bad, cfg)
+
+
+def test_v12_stdit3_round_trip(tmp_path, tiny_workload):
+    import dataclasses
+
+    cfg = dataclasses.replace(STDiTConfig.from_workload(tiny_workload), arch="stdit3")
+    model = build_stdit(cfg, seed=2)
+    assert "rope.freqs" in model.state_dict()
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size)
+    t, y = torch.tensor([3.0, 800.0]), torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels)
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "v12.safetensors"), cfg)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y), loaded(x, t, y))

@@ -57,3 +57,27 @@ def test_temporal_attention_mixes_frames_and_spatial_does_not_leak(tiny_workload
             blk.attn_temp.proj.bias.zero_()
         d = (model(x, t, y) - model(x2, t, y)).abs().amax(dim=(0, 1, 3, 4))
     assert d[0] > 0 and d[1:].max() == 0
+
+
+def test_v12_stdit3_parameter_layout():
+    """OpenSora v1.2 STDiT3-XL/2: 28 spatial + 28 temporal blocks with QK-norm, fps embedder."""
+    w = get_workload("opensora-v1.2-51x240x240")
+    model = build_stdit(STDiTConfig.from_workload(w), device="meta")
+    params = dict(model.named_parameters())
+    assert len(model.spatial_blocks) == 28 and len(model.temporal_blocks) == 28
+    assert params["temporal_blocks.3.attn.q_norm.weight"].shape == (72,)
+    assert params["spatial_blocks.0.cross_attn.kv_linear.weight"].shape == (2304, 1152)
+    assert params["fps_embedder.mlp.0.weight"].shape == (1152, 256)
+    assert params["rope.freqs"].shape == (36,)
+    assert dict(model.named_buffers())["y_embedder.y_embedding"].shape == (300, 4096)
+    # 56 blocks of 21,255,696 + embedders and final layer (counted by hand from the v1.2 layout)
+    assert sum(p.numel() for p in params.values()) == 56 * 21_255_696 + 17_324_996
+
+
+def test_v12_rope_is_a_rotation(tiny_workload):
+    from quantmodel.stdit3 import Rope, RopeTable
+
+    x = torch.randn(3, 4, 5, 8)  # [B, H, L, D]
+    out = Rope()(x, RopeTable.default_freqs(8))
+    assert torch.allclose(out.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # norms kept per position
+    assert torch.equal(out[..., 0, :], x[..., 0, :])  # position 0 is not rotated

@@ -30,13 +30,32 @@ def analytic_macs_per_forward(w) -> int:
     return m.depth * per_block + outside
 
 
-@pytest.mark.parametrize("name", ["stdit-tiny", "opensora-v1.0-16x256x256", "opensora-v1.0-16x512x512"])
+def analytic_macs_per_forward_v12(w) -> int:
+    """STDiT3 (v1.2): per layer a spatial and a temporal block, each with self-attention, cross-
+    attention and MLP; an fps embedder beside the timestep embedder."""
+    m = w.model
+    b, c, t, s, l = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
+    n = t * s
+    patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
+    common = (b * n * 4 * c * c  # qkv + proj
+              + b * n * 2 * c * c + b * l * 2 * c * c + 2 * b * n * l * c  # cross q+proj, kv, QK/AV
+              + 2 * b * n * c * m.mlp_hidden)
+    spatial = common + 2 * b * t * s * s * c
+    temporal = common + 2 * b * s * t * t * c
+    outside = (b * n * m.in_channels * patch * c + 2 * b * (256 * c + c * c) + b * c * 6 * c
+               + b * l * (m.caption_channels * c + c * c) + b * n * c * patch * m.out_channels)
+    return m.depth * (spatial + temporal) + outside
+
+
+@pytest.mark.parametrize("name", ["stdit-tiny", "opensora-v1.0-16x256x256", "opensora-v1.0-16x512x512",
+                                  "opensora-v1.2-51x240x240", "opensora-v1.2-51x720x1280"])
 def test_trace_macs_match_analytic_count(name):
     w = get_workload(name)
     tr = build_trace(w)
     s = tr.summary()
     assert s["steps"] == w.num_steps
-    assert s["total_macs"] == w.num_steps * analytic_macs_per_forward(w)
+    count = analytic_macs_per_forward_v12 if w.model.arch == "stdit3" else analytic_macs_per_forward
+    assert s["total_macs"] == w.num_steps * count(w)
     assert all(op.macs == op.batch * op.m * op.k * op.n for op in tr.ops if op.is_gemm)
 
 

@@ -21,7 +21,7 @@ from workloads.errors import (
 )
 
 PRESET_DIR = Path(__file__).with_name("presets")
-ARCHS = ("stdit",)  # OpenSora v1.0 STDiT (spatial + temporal + cross attention in one block)
+ARCHS = ("stdit", "stdit3")  # OpenSora v1.0 STDiT; v1.2 STDiT3 (separate spatial/temporal blocks)
 SAMPLERS = ("iddpm", "rflow")
 
 
@@ -88,6 +88,8 @@ class Workload:
     batch: int = 1  # videos per sampling run (CFG doubles the model batch)
     space_scale: float = 1.0  # OpenSora's positional-embedding scale (0.5 at 256px, 1.0 at 512px)
     time_scale: float = 1.0
+    latent_frames: int = 0  # latent frames when the VAE is not a plain stride (v1.2: 17 frames -> 5)
+    fps: int = 24  # frame-rate conditioning (v1.2 only)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -107,7 +109,12 @@ class Workload:
             if size % (vae * patch):
                 raise ConfigError(field, size, f"a multiple of {vae * patch} "
                                   f"(VAE factor {vae} x patch {patch})")
-        if self.vae_temporal_factor > 1:
+        require_positive_int("fps", self.fps)
+        if isinstance(self.latent_frames, bool) or not isinstance(self.latent_frames, int) \
+                or self.latent_frames < 0:
+            raise ConfigError("latent_frames", self.latent_frames, "0 (num_frames / vae_temporal_factor) "
+                              "or a positive integer")
+        if self.vae_temporal_factor > 1 and not self.latent_frames:
             # a causal 3D VAE keeps the first frame: 1 + 4k frames, or a multiple of 4 (OpenSora v1.2)
             if self.num_frames % self.vae_temporal_factor:
                 raise ConfigError("num_frames", self.num_frames,
@@ -119,7 +126,8 @@ class Workload:
     @property
     def latent_size(self) -> tuple[int, int, int]:
         """Latent video (T, H, W) that the transformer sees."""
-        return (self.num_frames // self.vae_temporal_factor, self.height // self.vae_spatial_factor,
+        frames = self.latent_frames or self.num_frames // self.vae_temporal_factor
+        return (frames, self.height // self.vae_spatial_factor,
                 self.width // self.vae_spatial_factor)
 
     @property
