@@ -14,6 +14,7 @@ from workloads.errors import ConfigError
 COMMAND_MODULES = [
     "codesign.cmd_trace",
     "codesign.cmd_sample",
+    "codesign.cmd_sweep",
 ]
 
 

@@ -1,0 +1,49 @@
+"""`codesign sweep` and `codesign report`: run a design-space sweep into a results folder; turn a
+results folder into plots and a Markdown summary."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="sweep quantization recipes x hardware points (resumable)")
+    p.add_argument("spec", help="sweep spec YAML (or a name in codesign/specs/, e.g. default)")
+    p.add_argument("--out", required=True, help="results folder (Parquet parts; rerun resumes)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="local worker processes (default: one per core)")
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address (tcp://host:8786) to run on a cluster instead")
+    p.add_argument("--append", action="store_true",
+                   help="add this spec's points to a folder holding another spec's results")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_sweep_cmd)
+
+    p = sub.add_parser("report", help="plots (PNG) and a Markdown summary of a results folder")
+    p.add_argument("results", help="results folder written by `codesign sweep`")
+    p.add_argument("--out", required=True, help="report folder (report.md + PNG plots)")
+    p.set_defaults(func=run_report_cmd)
+
+
+def run_sweep_cmd(args) -> int:
+    from codesign.spec import load_spec
+    from codesign.sweep import run_sweep
+    from workloads.errors import ConfigError
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError("--jobs", args.jobs, "a positive integer")
+    if args.jobs is not None and args.scheduler:
+        raise ConfigError("--jobs", args.jobs, "no value with --scheduler (the cluster sets the workers)")
+    spec = load_spec(args.spec)
+    summary = run_sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, append=args.append,
+                        progress=not args.quiet)
+    print(summary.line())
+    print(f"results: {args.out} (codesign report {args.out} --out REPORT_DIR)")
+    return 0
+
+
+def run_report_cmd(args) -> int:
+    from codesign.report import write_report
+
+    path = write_report(args.results, args.out)
+    print(f"report: {path}", file=sys.stdout)
+    return 0

@@ -1,0 +1,120 @@
+"""Plots of a results table (matplotlib, Agg backend, PNG). Each function draws one figure from the
+DataFrame that ``codesign.store.load_results`` returns and writes it to ``path``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from codesign.pareto import pareto_mask  # noqa: E402
+
+SCHEME_ORDER = ("static", "asq", "groups", "tsq+tsw", "dynamic", "fp16")
+SCHEME_COLORS = {"static": "tab:gray", "asq": "tab:blue", "groups": "tab:green", "tsq+tsw": "tab:purple",
+                 "dynamic": "tab:red", "fp16": "black"}
+BITS_MARKERS = {(8, 8): "o", (6, 6): "s", (4, 8): "^", (16, 16): "D"}
+LABELS = {"latency_s": "latency per video (s)", "energy_j": "energy per video (J)",
+          "area_mm2": "chip area (mm²)", "storage_bytes": "weight storage (bytes)",
+          "swap_stall_s": "weight-swap stall (s)", "swap_bytes": "weight-swap traffic (bytes)"}
+DPI = 110
+
+
+def label(col: str) -> str:
+    return LABELS.get(col, col)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _schemes(df: pd.DataFrame) -> list[str]:
+    present = set(df["scheme"])
+    return [s for s in SCHEME_ORDER if s in present] + sorted(present - set(SCHEME_ORDER))
+
+
+def pareto_plot(df: pd.DataFrame, x: str, y: str, senses: dict[str, str], path: str | Path,
+                title: str, logx: bool = False, logy: bool = False) -> Path:
+    """All points (colour = scheme, marker = bit-widths), the Pareto front of (x, y) drawn on top."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    d = df.dropna(subset=[x, y])
+    for scheme in _schemes(d):
+        sub = d[d["scheme"] == scheme]
+        for bits, grp in sub.groupby(["w_bits", "a_bits"]):
+            ax.scatter(grp[x], grp[y], s=10, alpha=0.35, color=SCHEME_COLORS.get(scheme, "tab:olive"),
+                       marker=BITS_MARKERS.get(tuple(bits), "x"), linewidths=0,
+                       label=f"{scheme} W{bits[0]}A{bits[1]}")
+    front = d[pareto_mask(d, {x: senses[x], y: senses[y]})].sort_values(x)
+    ax.step(front[x], front[y], where="post", color="k", lw=1.2, label="Pareto front")
+    ax.scatter(front[x], front[y], s=28, facecolors="none", edgecolors="k", linewidths=1.0)
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(label(y))
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=6.5, ncol=2, loc="best", markerscale=1.6, framealpha=0.8)
+    return _save(fig, path)
+
+
+def ratio_boxes(ratios: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Box plots of ``ratio`` per (metric, static scheme): one box per group of paired points."""
+    metrics = list(dict.fromkeys(ratios["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sub = ratios[ratios["metric"] == metric]
+        groups = list(dict.fromkeys(sub["versus"]))
+        data = [sub[sub["versus"] == g]["ratio"].to_numpy() for g in groups]
+        ax.boxplot(data, showfliers=True, flierprops={"markersize": 2})
+        ax.set_xticks(range(1, len(groups) + 1), groups, rotation=30, ha="right", fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_ylabel(f"dynamic / static {metric} at equal hardware")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def stacked_bars(df: pd.DataFrame, prefix: str, labels: list[str], path: str | Path, title: str,
+                 ylabel: str) -> Path:
+    """Stacked bars of the ``prefix*`` breakdown columns, one bar per row of ``df``."""
+    cols = [c for c in df.columns if c.startswith(prefix) and df[c].fillna(0).abs().sum() > 0]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(df) + 2.5), 4.6))
+    bottom = np.zeros(len(df))
+    cmap = plt.get_cmap("tab20")
+    for i, c in enumerate(cols):
+        vals = df[c].fillna(0).to_numpy(dtype=float)
+        ax.bar(range(len(df)), vals, bottom=bottom, color=cmap(i % 20), label=c[len(prefix):])
+        bottom += vals
+    ax.set_xticks(range(len(df)), labels, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def swap_vs_k(curves: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Swap stall and latency against the number of weight sets K, one line per curve label."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for lab, grp in curves.groupby("curve", sort=False):
+        grp = grp.sort_values("num_weight_sets")
+        axes[0].plot(grp["num_weight_sets"], grp["swap_stall_s"], marker="o", ms=3, label=lab)
+        axes[1].plot(grp["num_weight_sets"], grp["latency_s"], marker="o", ms=3, label=lab)
+    for ax, col in zip(axes, ("swap_stall_s", "latency_s")):
+        ax.set_xscale("log")
+        ax.set_xlabel("weight sets K (1 = ASQ, steps = TSQ+TSW)")
+        ax.set_ylabel(label(col))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

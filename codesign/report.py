@@ -1,0 +1,193 @@
+"""`codesign report`: a results folder -> PNG plots + a Markdown summary (report.md).
+
+What it shows (the paper's open questions, answered from the sweep):
+- Pareto fronts: quality vs latency, quality vs energy, energy vs area, storage vs quality;
+- static vs dynamic at equal hardware: the dynamic recipe's latency and energy over each static
+  recipe's on the very same hardware point (same ``hw_key``) and bit-widths;
+- stacked latency (stall causes) and energy breakdowns of each recipe's best point;
+- the weight-swap stall as the number of weight sets K grows (ASQ = 1 ... TSQ+TSW = steps);
+- a table of the Pareto-optimal design points.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from codesign import plots
+from codesign.pareto import pareto_mask
+from codesign.store import load_results
+from workloads.errors import ConfigError
+
+# quality metrics quantmodel.quality may report, in order of preference, with their direction
+QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.psnr_db", "max"),
+                   ("q.sqnr_db", "max"), ("q.cosine", "max"), ("q.mse", "min"))
+STATIC_SCHEMES = ("static", "asq", "groups", "tsq+tsw")
+MAX_TABLE_ROWS = 25
+
+
+def quality_metric(df: pd.DataFrame) -> tuple[str, str] | None:
+    """The quality column the report uses, and whether higher (max) or lower (min) is better."""
+    for col, sense in QUALITY_METRICS:
+        if col in df.columns and df[col].notna().any():
+            return col, sense
+    return None
+
+
+def static_vs_dynamic(ok: pd.DataFrame) -> pd.DataFrame:
+    """Pairs (dynamic, static recipe) on the same hardware point and bit-widths: their cost ratios."""
+    rows = []
+    dyn = ok[ok["scheme"] == "dynamic"]
+    for (w, a), dgrp in dyn.groupby(["w_bits", "a_bits"]):
+        d = dgrp.set_index("hw_key")
+        stat = ok[(ok["scheme"].isin(STATIC_SCHEMES)) & (ok["w_bits"] == w) & (ok["a_bits"] == a)]
+        for recipe, sgrp in stat.groupby("recipe"):
+            s = sgrp.set_index("hw_key")
+            common = d.index.intersection(s.index)
+            for metric, col in (("latency", "latency_s"), ("energy", "energy_j")):
+                r = (d.loc[common, col] / s.loc[common, col]).to_numpy(dtype=float)
+                rows += [{"metric": metric, "versus": recipe, "w_bits": w, "a_bits": a, "ratio": x}
+                         for x in r]
+    return pd.DataFrame(rows, columns=["metric", "versus", "w_bits", "a_bits", "ratio"])
+
+
+def swap_curves(ok: pd.DataFrame) -> pd.DataFrame:
+    """Median (over the hardware points every recipe shares) swap stall and latency per K."""
+    sm = ok[ok["scheme"].isin(("asq", "groups", "tsq+tsw"))]
+    rows = []
+    for (w, a, pf), grp in sm.groupby(["w_bits", "a_bits", "prefetch"]):
+        shared = set.intersection(*(set(g["hw_key"]) for _, g in grp.groupby("recipe")))
+        g = grp[grp["hw_key"].isin(shared)]
+        for k, kg in g.groupby("num_weight_sets"):
+            rows.append({"curve": f"W{w}A{a} {pf}", "num_weight_sets": int(k),
+                         "swap_stall_s": kg["swap_stall_s"].median(), "latency_s": kg["latency_s"].median(),
+                         "points": len(kg)})
+    return pd.DataFrame(rows)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "–"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write report.md and its PNG figures into ``out_dir``; return report.md's path."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    df = load_results(results_dir)
+    if not len(df):
+        raise ConfigError("results", str(results_dir), "a results folder with at least one design point")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((results_dir / "manifest.json").read_text())
+    axes = list(dict.fromkeys(a for s in manifest["specs"] for a in s["spec"]["hardware"]["axes"]))
+    axis_cols = [f"hw.{a}" for a in axes if f"hw.{a}" in df.columns]
+    if "prefetch" in axes:
+        axis_cols.append("prefetch")
+    ok = df[df["status"] == "ok"].copy()
+    failed = df[df["status"] != "ok"]
+    q = quality_metric(ok)
+    figs: list[tuple[str, Path]] = []
+    md = [f"# Design-space report: {', '.join(s['name'] for s in manifest['specs'])}", ""]
+    md.append(f"Results: `{results_dir}` — {len(df)} design points ({len(ok)} simulated, {len(failed)} "
+              f"failed validation), {df['recipe'].nunique()} recipes x {df['hw_key'].nunique()} hardware "
+              f"points; cost workload {', '.join(map(str, df['cost_workload'].unique()))}; "
+              f"simulator version {', '.join(map(str, df['sim_version'].unique()))}.")
+    if q:
+        md.append(f"Quality: `{q[0]}` ({'higher' if q[1] == 'max' else 'lower'} is better) measured on "
+                  f"{', '.join(map(str, ok['quality_workload'].dropna().unique()))}, once per recipe.")
+    else:
+        md.append("Quality: not in these results (the spec has no quality workload); the plots that "
+                  "need it are left out.")
+    md.append("")
+
+    # ---- Pareto fronts -----------------------------------------------------------------------
+    md += ["## Pareto fronts", ""]
+    senses = {"latency_s": "min", "energy_j": "min", "area_mm2": "min", "storage_bytes": "min"}
+    pairs = [("area_mm2", "energy_j", "energy vs area")]
+    if q:
+        senses[q[0]] = q[1]
+        pairs = [("latency_s", q[0], "quality vs latency"), ("energy_j", q[0], "quality vs energy"),
+                 ("area_mm2", "energy_j", "energy vs area"), ("storage_bytes", q[0], "storage vs quality")]
+    for x, y, title in pairs:
+        if ok[[x, y]].dropna().empty:
+            continue
+        name = f"pareto_{title.replace(' vs ', '_vs_').replace(' ', '_')}.png"
+        path = plots.pareto_plot(ok, x, y, senses, out_dir / name, f"{title} (black: Pareto front)",
+                                 logx=x in ("storage_bytes",))
+        figs.append((title, path))
+        md += [f"### {title}", "", f"![{title}]({name})", ""]
+
+    # ---- static vs dynamic -------------------------------------------------------------------
+    md += ["## Static vs dynamic at equal hardware", ""]
+    ratios = static_vs_dynamic(ok)
+    if len(ratios):
+        path = plots.ratio_boxes(ratios, out_dir / "static_vs_dynamic.png",
+                                 "dynamic (per-token) over static recipes, same chip and bit-widths")
+        figs.append(("static vs dynamic", path))
+        summ = (ratios.groupby(["metric", "versus"], sort=False)["ratio"]
+                .agg(pairs="count", median="median", min="min", max="max").reset_index())
+        md += ["Ratio > 1: the dynamic recipe costs more than the static one on the same chip.", "",
+               "![static vs dynamic](static_vs_dynamic.png)", "", _md_table(summ), ""]
+    else:
+        md += ["No dynamic and static recipes at the same bit-widths in these results.", ""]
+
+    # ---- breakdowns of the best points -------------------------------------------------------
+    md += ["## Where the time and energy go (each recipe's lowest-latency point)", ""]
+    best = ok.loc[ok.groupby("recipe")["latency_s"].idxmin()].sort_values("latency_s")
+    labels = list(best["recipe"])
+    for prefix, fname, ylabel, title in (
+            ("stall_s.", "breakdown_latency.png", "seconds per video", "latency breakdown (stall causes)"),
+            ("energy_j.", "breakdown_energy.png", "joules per video", "energy breakdown")):
+        if any(c.startswith(prefix) for c in best.columns):
+            path = plots.stacked_bars(best, prefix, labels, out_dir / fname, title, ylabel)
+            figs.append((title, path))
+            md += [f"![{title}]({fname})", ""]
+    cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s"]
+    md += [_md_table(best[[c for c in cols if c in best.columns]]), ""]
+
+    # ---- swap stall across K ---------------------------------------------------------------------
+    md += ["## Weight-swap stall across step groups K", ""]
+    curves = swap_curves(ok)
+    if len(curves) and curves["num_weight_sets"].nunique() > 1:
+        path = plots.swap_vs_k(curves, out_dir / "swap_vs_k.png",
+                               "median over shared hardware points: swap stall and latency vs K")
+        figs.append(("swap stall vs K", path))
+        md += ["![swap stall vs K](swap_vs_k.png)", "", _md_table(curves), ""]
+    else:
+        md += ["Fewer than two values of K among the smoothing recipes in these results.", ""]
+
+    # ---- Pareto-optimal points -----------------------------------------------------------------
+    objectives = {c: s for c, s in senses.items() if c in ("latency_s", "energy_j", "area_mm2")}
+    if q:
+        objectives[q[0]] = q[1]
+    front = ok[pareto_mask(ok, objectives)].sort_values("latency_s")
+    md += [f"## Pareto-optimal design points ({', '.join(objectives)})", "",
+           f"{len(front)} of {len(ok)} points are on the front"
+           + (f"; the {MAX_TABLE_ROWS} fastest are listed" if len(front) > MAX_TABLE_ROWS else "") + ".", ""]
+    cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes"] + ([q[0]] if q else [])
+    md += [_md_table(front[cols].head(MAX_TABLE_ROWS)), ""]
+    front.to_csv(out_dir / "pareto_points.csv", index=False)
+
+    if len(failed):
+        md += ["## Hardware points that failed validation", ""]
+        reasons = failed.groupby("error").size().reset_index(name="rows").sort_values("rows", ascending=False)
+        md += [_md_table(reasons.head(10)), ""]
+
+    path = out_dir / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(md) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,402 @@
+"""Run a sweep: every (recipe x hardware point) of a spec through hwsim, on a local process pool
+or a Dask cluster, into a resumable results store.
+
+Work is planned in the parent: each design point gets its content key, points already in the store
+are skipped, and the rest are cut into chunks per recipe. The quantized trace of a (workload,
+recipe) is built once in the parent and shipped to workers once: through a pickle file the pool's
+workers load and keep (local), or ``Client.scatter(broadcast=True)`` (Dask). A chunk returns its
+rows; the parent alone writes them to the store, in small atomic part files, so a killed sweep
+loses at most the last second of work and a rerun computes only what is missing.
+
+Quality is a property of the recipe, not of the chip: it is computed once per (quality workload,
+recipe) and joined onto the cost rows when the results are loaded.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codesign.spec import SweepSpec, content_hash, flatten, set_dotted
+from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore
+from workloads.errors import ConfigError
+
+FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
+MAX_CHUNK = 64
+
+
+# ---- worker side (runs in pool processes / Dask workers; imports no torch) ----------------------
+_TRACE_CACHE: dict[str, object] = {}
+
+
+def _resolve_trace(ref):
+    """A Trace, or the path of a pickled one (local pool): loaded once per worker, latest kept."""
+    if not isinstance(ref, str):
+        return ref
+    if ref not in _TRACE_CACHE:
+        _TRACE_CACHE.clear()  # chunks arrive recipe by recipe: keep one trace, bound the memory
+        with open(ref, "rb") as fh:
+            _TRACE_CACHE[ref] = pickle.load(fh)
+    return _TRACE_CACHE[ref]
+
+
+def result_columns(result: dict) -> dict:
+    """Flatten a ``SimResult.to_dict()`` into the store's metric columns."""
+    row = {m: result[m] for m in SCALAR_METRICS if m in result}
+    for src, prefix in BREAKDOWN_PREFIXES.items():
+        for k, v in (result.get(src) or {}).items():
+            row[prefix + k] = v
+    return row
+
+
+def simulate_chunk(trace_ref, items: list[tuple[str, dict, str]]) -> list[dict]:
+    """Simulate one chunk of design points of one recipe: ``items`` = (key, hw dict, prefetch)."""
+    import hwsim
+
+    trace = _resolve_trace(trace_ref)
+    rows = []
+    for key, hw_dict, prefetch in items:
+        t0 = time.perf_counter()
+        try:
+            hw = hwsim.hw_from_dict(hw_dict)
+            res = hwsim.simulate(trace, hw, prefetch=prefetch)
+            row = {"key": key, "status": "ok", "error": "", **result_columns(res.to_dict())}
+        except ConfigError as e:  # the point is not a valid chip: a failed row, the sweep goes on
+            row = {"key": key, "status": "failed", "error": str(e)}
+        row["sim_wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
+def evaluate_quality(quality_workload: str, recipe_name: str, options: dict) -> dict:
+    """Quality metrics of one recipe on the small quality workload (quantmodel.quality)."""
+    from quantmodel import quality
+
+    res = quality.evaluate_recipe_by_name(quality_workload, recipe_name, **options)
+    return {f"q.{k}": v for k, v in res.items()}
+
+
+# ---- planning --------------------------------------------------------------------------------
+@dataclass
+class RecipePlan:
+    recipe: str
+    rows: list[dict]  # the columns the parent knows (identity, recipe, hw.*) for pending points
+    items: list[tuple[str, dict, str]]  # what the worker needs for the pending points
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    total_points: int
+    done_points: int
+    recipes: list[RecipePlan]
+    quality_pending: list[tuple[str, str]] = field(default_factory=list)  # (quality_key, recipe)
+
+    @property
+    def pending_points(self) -> int:
+        return sum(len(r.items) for r in self.recipes)
+
+
+def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
+    if spec.quality_workload is None:
+        return None
+    from quantmodel.recipes import get_recipe
+    from workloads.presets import get_workload
+
+    return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
+                         "recipe": get_recipe(recipe_name).to_dict(), "options": spec.quality_options})
+
+
+def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
+    """Keys of every design point; what is not in the store yet, grouped by recipe."""
+    import hwsim
+    from quantmodel.recipes import get_recipe
+    from workloads.presets import get_workload
+
+    workload = get_workload(spec.cost_workload)
+    wl = workload.to_dict()
+    base = hwsim.hw_to_dict(hwsim.load_hw(spec.hw_base))
+    points = spec.hardware_points()
+    hw_dicts = []
+    for p in points:
+        d = base
+        for name, value in p.overrides:
+            d = set_dotted(d, name, value)
+        hw_dicts.append(d)
+    hw_cols = [{f"hw.{k}": (v if not isinstance(v, (list, dict)) else str(v))
+                for k, v in flatten(d).items()} for d in hw_dicts]
+    done = store.done_keys(POINTS)
+    plans, n_done = [], 0
+    for rname in spec.recipes:
+        recipe = get_recipe(rname)
+        rdict = recipe.to_dict()
+        qkey = quality_key(spec, rname)
+        common = {"spec_hash": spec.spec_hash, "spec_name": spec.name, "cost_workload": spec.cost_workload,
+                  "recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits,
+                  "a_bits": recipe.a_bits, "num_weight_sets": recipe.num_weight_sets(workload.num_steps),
+                  "hw_base": spec.hw_base, "sim_version": hwsim.SIM_VERSION,
+                  "quality_workload": spec.quality_workload, "quality_key": qkey}
+        rp = RecipePlan(rname, [], [])
+        seen = set()
+        for p, d, cols in zip(points, hw_dicts, hw_cols):
+            key = content_hash({"workload": wl, "recipe": rdict, "hw": d, "prefetch": p.prefetch,
+                                "sim_version": hwsim.SIM_VERSION})
+            if key in done or key in seen:
+                n_done += key in done
+                continue
+            seen.add(key)
+            hw_key = content_hash({"hw": d, "prefetch": p.prefetch})
+            rp.rows.append({"key": key, **common, "point_index": p.index, "hw_key": hw_key,
+                            "prefetch": p.prefetch, **cols})
+            rp.items.append((key, d, p.prefetch))
+        if rp.items:
+            plans.append(rp)
+    total = len(points) * len(spec.recipes)
+    q_pending = []
+    if spec.quality_workload is not None:
+        q_done = store.done_keys(QUALITY)
+        q_pending = [(quality_key(spec, r), r) for r in spec.recipes if quality_key(spec, r) not in q_done]
+    return SweepPlan(spec, total, n_done, plans, q_pending)
+
+
+# ---- executors ---------------------------------------------------------------------------------
+class InlineRunner:
+    """``--jobs 1``: compute in this process (no pool to start; notebooks and small sweeps)."""
+
+    jobs = 1
+
+    def ship(self, name: str, trace):
+        return trace
+
+    def release(self, ref) -> None:
+        pass
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - re-raised by fut.result() in the collector
+            fut.set_exception(e)
+        return fut
+
+    def wait_some(self, futures: set, timeout: float | None):
+        return set(futures)
+
+    def close(self) -> None:
+        pass
+
+
+class LocalRunner:
+    """A process pool on this machine; traces travel as pickle files the workers load once."""
+
+    def __init__(self, jobs: int, cache_dir: Path):
+        import multiprocessing as mp
+
+        self.jobs = jobs
+        self.cache_dir = cache_dir
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        cache_dir.mkdir(parents=True)
+        # spawn: the parent has torch loaded (tracing); forking a threaded process is unsafe
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+
+    def ship(self, name: str, trace) -> str:
+        path = self.cache_dir / f"{name}.pkl"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(trace, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        return str(path)
+
+    def release(self, ref) -> None:
+        Path(ref).unlink(missing_ok=True)
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    def wait_some(self, futures: set, timeout: float | None):
+        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return done
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+
+class DaskRunner:
+    """A Dask distributed cluster (``--scheduler tcp://host:port``): how a sweep leaves one machine."""
+
+    def __init__(self, address, connect_timeout_s: float = 5.0):
+        from dask.distributed import Client
+
+        try:
+            self.client = address if not isinstance(address, str) else \
+                Client(address, timeout=f"{connect_timeout_s}s", set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise ConfigError("--scheduler", address, "the address of a running Dask scheduler, "
+                              f"e.g. tcp://host:8786 (connecting failed: {type(e).__name__})") from None
+        self._own = isinstance(address, str)
+        self.jobs = max(1, sum(w.get("nthreads", 1) for w in
+                               self.client.scheduler_info(n_workers=-1)["workers"].values()))
+
+    def ship(self, name: str, trace):
+        return self.client.scatter(trace, broadcast=True, hash=False)
+
+    def release(self, ref) -> None:
+        ref.release()
+
+    def submit(self, fn, *args):
+        return self.client.submit(fn, *args, pure=False)
+
+    def wait_some(self, futures: set, timeout: float | None):
+        from dask.distributed import wait as dwait
+
+        try:
+            done, _ = dwait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return set()
+        return set(done)
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()
+
+
+# ---- the sweep -----------------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    total_points: int
+    skipped_points: int
+    computed_points: int
+    failed_points: int
+    quality_computed: int
+    wall_s: float
+
+    def line(self) -> str:
+        rate = self.computed_points / self.wall_s if self.wall_s > 0 else 0.0
+        return (f"{self.total_points} design points: {self.skipped_points} already done, "
+                f"{self.computed_points} computed ({self.failed_points} failed validation), "
+                f"{self.quality_computed} quality evaluations, {self.wall_s:.1f} s ({rate:.1f} points/s)")
+
+
+def _chunk_size(n: int, jobs: int) -> int:
+    return max(1, min(MAX_CHUNK, math.ceil(n / (4 * jobs))))
+
+
+def build_traces(spec: SweepSpec, recipes: list[str]):
+    """Yield (recipe, quantized trace) for the recipes, tracing the float model once."""
+    from quantmodel.recipes import annotate_trace, get_recipe
+    from quantmodel.tracing import build_trace
+    from workloads.presets import get_workload
+
+    if not recipes:
+        return
+    float_trace = build_trace(get_workload(spec.cost_workload))
+    for r in recipes:
+        yield r, annotate_trace(float_trace, get_recipe(r))
+
+
+def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, scheduler=None,
+              append: bool = False, progress: bool = True) -> SweepSummary:
+    """Compute every missing design point of ``spec`` into the results folder ``out``.
+
+    ``scheduler``: None (local process pool of ``jobs`` workers), a Dask scheduler address, or a
+    ``dask.distributed.Client``.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    if spec.quality_workload is not None:
+        try:
+            from quantmodel import quality as _q  # noqa: F401
+        except ImportError:
+            raise ConfigError("spec.quality", spec.quality_workload,
+                              "null (quantmodel.quality is not in this build yet)") from None
+    dask_runner = DaskRunner(scheduler) if scheduler is not None else None  # fail before writing
+    with ResultStore.open(out, spec, append=append) as store:
+        plan = plan_sweep(spec, store)
+        n_pending = plan.pending_points
+        summary = SweepSummary(plan.total_points, plan.done_points, 0, 0, 0, 0.0)
+        if n_pending == 0 and not plan.quality_pending:
+            if dask_runner is not None:
+                dask_runner.close()
+            summary.wall_s = time.perf_counter() - t0
+            return summary
+        if dask_runner is not None:
+            runner = dask_runner
+        elif (jobs or os.cpu_count() or 1) == 1:
+            runner = InlineRunner()
+        else:
+            runner = LocalRunner(jobs or os.cpu_count() or 1, store.root / ".traces")
+        bar = tqdm(total=n_pending, unit="pt", desc=f"sweep {spec.name}", file=sys.stderr,
+                   disable=not progress, smoothing=0.1, dynamic_ncols=True)
+        buffers = {POINTS: [], QUALITY: []}
+        last_flush = [time.monotonic()]
+        futures: dict = {}  # future -> ("points", rows-by-key, recipe) | ("quality", qkey, recipe)
+        refs_left: dict[str, list] = {}  # recipe -> [trace ref, chunks still running]
+
+        def flush(force: bool = False) -> None:
+            if force or time.monotonic() - last_flush[0] >= FLUSH_EVERY_S:
+                for kind, buf in buffers.items():
+                    if buf:
+                        store.write_rows(buf, kind)
+                        buf.clear()
+                last_flush[0] = time.monotonic()
+
+        def collect(done_futures) -> None:
+            for fut in done_futures:
+                what = futures.pop(fut)
+                result = fut.result()  # a bug in a worker stops the sweep loudly; stored parts stay
+                if what[0] == QUALITY:
+                    _, qkey, recipe = what
+                    buffers[QUALITY].append({"key": qkey, "quality_key": qkey, "recipe": recipe,
+                                             "quality_workload": spec.quality_workload, **result})
+                    summary.quality_computed += 1
+                else:
+                    _, known, recipe = what
+                    for row in result:
+                        buffers[POINTS].append({**known[row["key"]], **row})
+                        summary.failed_points += row["status"] == "failed"
+                    summary.computed_points += len(result)
+                    bar.update(len(result))
+                    ref = refs_left[recipe]
+                    ref[1] -= 1
+                    if ref[1] == 0:
+                        runner.release(ref[0])
+            flush()
+
+        try:
+            for qkey, recipe in plan.quality_pending:
+                fut = runner.submit(evaluate_quality, spec.quality_workload, recipe, spec.quality_options)
+                futures[fut] = (QUALITY, qkey, recipe)
+            by_recipe = {rp.recipe: rp for rp in plan.recipes}
+            for recipe, trace in build_traces(spec, list(by_recipe)):
+                rp = by_recipe[recipe]
+                ref = runner.ship(content_hash([spec.cost_workload, recipe]), trace)
+                del trace
+                size = _chunk_size(len(rp.items), runner.jobs)
+                chunks = [slice(i, i + size) for i in range(0, len(rp.items), size)]
+                refs_left[recipe] = [ref, len(chunks)]
+                for sl in chunks:
+                    fut = runner.submit(simulate_chunk, ref, rp.items[sl])
+                    futures[fut] = (POINTS, {r["key"]: r for r in rp.rows[sl]}, recipe)
+                collect(runner.wait_some(set(futures), timeout=0))
+            while futures:
+                collect(runner.wait_some(set(futures), timeout=FLUSH_EVERY_S))
+            flush(force=True)
+            bar.close()
+            store.compact(POINTS)
+            store.compact(QUALITY)
+        finally:
+            flush(force=True)  # whatever finished before an error or Ctrl-C is kept
+            bar.close()
+            runner.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
