@@ -1,0 +1,151 @@
+"""Fixed-point core: multipliers, half-to-even requantization, symmetric quantization, vs the
+independent float64 reference and exact rational arithmetic (Python's Fraction)."""
+
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from quantmodel import fixedpoint as fp
+from quantmodel import reference as ref
+from workloads.errors import ConfigError
+
+I32 = (fp.INT32_MIN, fp.INT32_MAX)
+SCALES = st.one_of(st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False),
+                   st.sampled_from([0.5, 1.0, 2.0 ** -31, 2.0 ** -32, 2.0 ** -33, 2.0 ** 31, 5e-324, 1 - 2.0 ** -53]))
+
+
+def exact_requant(acc: int, mult: int, shift: int, qmin: int, qmax: int) -> int:
+    """Oracle: round() of a Fraction is round half to even, exactly."""
+    v = round(Fraction(acc * mult) / Fraction(2) ** (31 + shift)) if 31 + shift >= 0 else acc * mult * 2 ** -(31 + shift)
+    return max(qmin, min(qmax, v))
+
+
+@settings(max_examples=300, deadline=None)
+@given(SCALES)
+def test_multiplier_normalised_accurate_and_matches_reference(r):
+    mult, shift = fp.quantize_multiplier(r)
+    assert 2 ** 30 <= mult < 2 ** 31
+    approx = Fraction(mult) / Fraction(2) ** (31 + shift)
+    assert abs(approx - Fraction(r)) <= Fraction(r) * Fraction(1, 2 ** 31)
+    assert (mult, shift) == ref.quantize_multiplier(r)
+
+
+def test_multiplier_zero_and_bad_scales():
+    assert fp.quantize_multiplier(0.0) == (0, 0)
+    acc = torch.tensor([5, -7, fp.INT32_MAX], dtype=torch.int32)
+    assert fp.requantize(acc, 0, 0, -127, 127).tolist() == [0, 0, 0]
+    for bad in (-1.0, float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(ConfigError):
+            fp.quantize_multiplier(bad)
+    assert fp.quantize_multiplier(3.0) == (3 * 2 ** 29, -2)  # scale > 1: negative shift
+
+
+def test_ties_round_half_to_even_both_signs():
+    m, s = fp.quantize_multiplier(0.5)
+    acc = torch.tensor([1, 3, 5, 7, -1, -3, -5, -7, 2, -2], dtype=torch.int32)
+    want = [0, 2, 2, 4, 0, -2, -2, -4, 1, -1]
+    assert fp.requantize(acc, m, s, *I32).tolist() == want
+    assert ref.requantize(acc, m, s, *I32).long().tolist() == want
+
+
+@pytest.mark.parametrize("total_shift", [1, 2, 17, 31, 32, 33, 45, 61, 62])
+def test_ties_at_every_shift_match_fraction_oracle(total_shift):
+    mult, shift = 2 ** 30, total_shift - 31  # value = acc / 2^(total_shift - 30)
+    k = total_shift - 30
+    if k >= 1:
+        vals = [(2 * j + 1) * 2 ** (k - 1) for j in range(-6, 6)]  # exact halves
+    else:  # below one: use multiplier 3 * 2^29 so that acc * 1.5 * 2^-k has halves
+        mult, vals = 3 * 2 ** 29, list(range(-9, 10))
+    vals = [v for v in vals if fp.INT32_MIN <= v <= fp.INT32_MAX]
+    acc = torch.tensor(vals, dtype=torch.int64)
+    want = [exact_requant(v, mult, shift, *I32) for v in vals]
+    assert fp.requantize(acc, mult, shift, *I32).tolist() == want
+    assert ref.requantize(acc, mult, shift, *I32).long().tolist() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(SCALES, st.integers(0, 2 ** 31), st.sampled_from([(-127, 127), (-7, 7), (-31, 31), I32, (0, 255)]))
+def test_requantize_matches_reference_and_oracle(r, seed, qrange):
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.cat([torch.randint(fp.INT32_MIN, fp.INT32_MAX, (400,), generator=g),
+                     torch.randint(-1000, 1000, (400,), generator=g),
+                     torch.tensor([fp.INT32_MIN, fp.INT32_MAX, 0, 1, -1])]).to(torch.int32)
+    m, s = fp.quantize_multiplier(r)
+    got = fp.requantize(acc, m, s, *qrange)
+    assert got.dtype == torch.int32
+    assert torch.equal(got.long(), ref.requantize(acc, m, s, *qrange).long())
+    for v in acc[-5:].tolist():
+        assert int(fp.requantize(torch.tensor([v]), m, s, *qrange)) == exact_requant(v, m, s, *qrange)
+
+
+def test_requantize_per_channel_matches_reference_with_extreme_scales():
+    g = torch.Generator().manual_seed(3)
+    scales = torch.tensor([1e-12, 2.0 ** -40, 3e-5, 0.37, 1.0, 1.5, 2.0 ** 20, 0.0, 1e30, 2.0 ** -62])
+    mult, shift = fp.quantize_multipliers(scales)
+    acc = torch.randint(fp.INT32_MIN, fp.INT32_MAX, (64, scales.numel()), generator=g, dtype=torch.int64)
+    acc[0] = fp.INT32_MIN
+    acc[1] = fp.INT32_MAX
+    got = fp.requantize(acc.to(torch.int32), mult, shift, -127, 127)
+    assert torch.equal(got.long(), ref.requantize(acc, mult, shift, -127, 127).long())
+    assert (got[:, 0] == 0).all() and (got[:, 7] == 0).all()  # tiny and zero scales
+    assert (got[2:, 8].abs() == 127).all()  # huge scale saturates every nonzero accumulator
+    per_tensor = [fp.requantize(acc[:, j], int(mult[j]), int(shift[j]), -127, 127) for j in range(scales.numel())]
+    assert torch.equal(got, torch.stack(per_tensor, dim=1))
+
+
+def test_requantize_scale_convenience():
+    acc = torch.arange(-50, 50, dtype=torch.int32).reshape(10, 10)
+    scales = torch.linspace(0.01, 2.0, 10, dtype=torch.float64)
+    got = fp.requantize_scale(acc, scales, -127, 127)
+    assert torch.equal(got.long(), ref.requantize_scale(acc, scales, -127, 127).long())
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_quantize_ranges_ties_and_reference(bits):
+    qmin, qmax = fp.qrange(bits)
+    assert (qmin, qmax) == (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+    scale = 0.25
+    x = torch.tensor([0.625, -0.625, 0.375, -0.375, 0.125, -0.125, 1e9, -1e9, 0.0])  # halves: 2.5, 1.5, 0.5
+    q = fp.quantize(x, scale, bits)
+    assert q.dtype == torch.int8
+    assert q.tolist() == [2, -2, 2, -2, 0, 0, qmax, qmin, 0]
+    g = torch.Generator().manual_seed(bits)
+    y = torch.randn(33, 17, generator=g) * 3
+    assert torch.equal(fp.quantize(y, 0.1, bits).double(), ref.quantize(y, 0.1, bits))
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_weight_per_channel_roundtrip_and_zero_channel(bits):
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(12, 40, generator=g) * torch.logspace(-3, 2, 12).unsqueeze(1)
+    w[5] = 0.0
+    q, scale = fp.quantize_weight_per_channel(w, bits)
+    assert q.shape == w.shape and scale.shape == (12,) and scale.dtype == torch.float32
+    _, qmax = fp.qrange(bits)
+    assert (q.abs() <= qmax).all() and (q.abs().amax(dim=1)[torch.arange(12) != 5] == qmax).all()
+    assert (q[5] == 0).all() and scale[5] == 1.0
+    err = (fp.dequantize(q, scale, axis=0).double() - w.double()).abs()
+    assert (err <= scale.double().unsqueeze(1) / 2 * (1 + 1e-6)).all()
+    assert torch.equal(q.double(), ref.quantize(w, scale, bits, axis=0))
+
+
+def test_bad_quantize_arguments():
+    with pytest.raises(ConfigError):
+        fp.quantize(torch.ones(3), 0.0, 8)
+    with pytest.raises(ConfigError):
+        fp.quantize(torch.ones(3, 2), torch.ones(3), 8)  # per-channel needs an axis
+    with pytest.raises(ConfigError):
+        fp.qrange(1)
+    with pytest.raises(ConfigError):
+        fp.requantize(torch.ones(3), 2 ** 30, 0, -127, 127)  # float accumulator
+
+
+def test_rounding_right_shift_tensor_shift_equals_scalar():
+    x = torch.tensor([-7, -6, -5, -3, -2, -1, 0, 1, 2, 3, 5, 6, 7] * 3, dtype=torch.int64)
+    s = torch.tensor([0] * 13 + [1] * 13 + [2] * 13)
+    got = fp.rounding_right_shift(x, s)
+    want = torch.cat([fp.rounding_right_shift(x[:13], k) for k in range(3)])
+    assert torch.equal(got, want)
+    assert fp.rounding_right_shift(torch.tensor([6, 10, -6, -10]), 2).tolist() == [2, 2, -2, -2]
