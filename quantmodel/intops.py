@@ -191,7 +191,8 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
 
 def isqrt(v: torch.Tensor) -> torch.Tensor:
     """floor(sqrt(v)) for int64 v >= 0 (v < 2^62) by integer Newton iterations from 2^ceil(bits/2)."""
-    v = v.to(torch.int64)
+    v0 = v.to(torch.int64)
+    v = v0.clamp(min=1)  # Newton needs x >= 1; isqrt(0) = 0 is restored at the end
     bits = torch.zeros_like(v)
     for j in range(62):
         bits += (v >= (1 << j)).to(torch.int64)  # bit length of v
@@ -200,7 +201,7 @@ def isqrt(v: torch.Tensor) -> torch.Tensor:
         y = torch.bitwise_right_shift(x + torch.div(v, x, rounding_mode="floor"), 1)
         done = y >= x
         if bool(done.all()):
-            return x
+            return torch.where(v0 == 0, torch.zeros_like(x), x)
         x = torch.where(done, x, y)
 
 
@@ -292,7 +293,9 @@ def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: 
 
     Work scale s_t = s_out / 2^8: x_t = requant(x -> s_t); m = requant(scale -> Q16) + 2^16;
     p = round(x_t * m / 2^16); sh_t = requant(shift -> s_t); out = clamp(round((p + sh_t) / 2^8)).
-    Every rounding is half to even; intermediates saturate to int32. Operands broadcast
+    Every rounding is half to even; intermediates saturate to int32. Error vs exact, in output
+    units: <= 0.5 + (|x| 2^-17 + s_t (|1 + scale| / 2 + 1.5)) / s_out (the Q16 factor limits very
+    fine output scales; |1 + scale| must stay below 2^15). Operands broadcast
     (shift/scale [B, 1, C] against x [B, N, C]); all operands int32-range integer tensors.
     """
     for name, s in (("s_x", s_x), ("s_shift", s_shift), ("s_scale", s_scale), ("s_out", s_out)):

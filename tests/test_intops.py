@@ -1,0 +1,153 @@
+"""Vector-unit ops: integer kernels bit-exact vs the float64 reference, close to the float ops;
+fp16 mode close to float64 and order-defined."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from quantmodel import intops as io
+from quantmodel import reference as ref
+from workloads.errors import ConfigError
+
+KERNELS = ["softmax_int", "layernorm_int", "gelu_int", "silu_int"]
+SCALES = [2.0 ** -30, 1.37e-7, 2.0 ** -13, 3e-4, 2.0 ** -12, 0.01, 0.3]
+
+
+def int_input(g, shape, scale, real_std=3.0):
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * real_std
+    return torch.round(x / scale).clamp(-2 ** 31, 2 ** 31 - 1).to(torch.int32)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("scale", SCALES)
+def test_int_kernels_bit_exact_vs_reference(name, scale):
+    g = torch.Generator().manual_seed(int(-math.log2(scale) * 10))
+    q = int_input(g, (3, 5, 37), scale)
+    q[0, 0] = 0  # all-zero row
+    q[0, 1] = q[0, 1, :1]  # constant row
+    q[1, 0, ::2] = 2 ** 31 - 1  # saturating extremes
+    q[1, 0, 1::2] = -2 ** 31
+    got, s_got = getattr(io, name)(q, scale)
+    want, s_want = getattr(ref, name)(q, scale)
+    assert got.dtype == torch.int32
+    assert s_got == s_want
+    assert int((got.double() != want).sum()) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(KERNELS), st.floats(1e-9, 0.5), st.integers(1, 300), st.integers(0, 2 ** 31))
+def test_int_kernels_bit_exact_random(name, scale, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = int_input(g, (4, n), scale, real_std=float(torch.rand(1, generator=g)) * 20)
+    got, _ = getattr(io, name)(q, scale)
+    want, _ = getattr(ref, name)(q, scale)
+    assert torch.equal(got.double(), want)
+
+
+def test_int_kernels_close_to_float_ops():
+    g = torch.Generator().manual_seed(0)
+    scale = 1.37 * 2.0 ** -20
+    q = int_input(g, (4, 64, 96), scale)
+    x = q.double() * scale
+    o, s = io.softmax_int(q, scale)
+    assert (o.double() * s - torch.softmax(x, -1)).abs().max() < 1 / 128 + 2e-3  # 7-bit output, floor
+    o, s = io.layernorm_int(q, scale)
+    assert (o.double() * s - F.layer_norm(x, (96,), eps=1e-6)).abs().max() < 1e-3
+    o, s = io.gelu_int(q, scale)  # i-GELU (erf polynomial) vs the model's tanh GELU
+    assert (o.double() * s - F.gelu(x, approximate="tanh")).abs().max() < 0.02
+    o, s = io.silu_int(q, scale)
+    assert (o.double() * s - F.silu(x)).abs().max() < 2e-3
+
+
+def test_softmax_int_one_hot_saturates_and_rows_sum_below_one():
+    q = torch.tensor([[0, -10 ** 6, -10 ** 6, -10 ** 6], [5, 5, 5, 5]], dtype=torch.int32)
+    o, s = io.softmax_int(q, 1e-4)
+    assert s == 2.0 ** -7
+    assert o[0].tolist() == [127, 0, 0, 0]
+    assert o[1].tolist() == [31, 31, 31, 31]  # floor of 128/4 minus the i-exp floors
+    o4, s4 = io.softmax_int(q, 1e-4, out_bits=4)
+    assert s4 == 2.0 ** -3 and o4[0, 0] == 7
+
+
+@pytest.mark.parametrize("fn", ["modulate_int", "gated_add_int"])
+def test_fixed_point_modulate_and_gate_exact_and_close(fn):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 30, 16, generator=g, dtype=torch.float64) * 4
+    a = torch.randn(2, 1, 16, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 1, 16, generator=g, dtype=torch.float64) * 0.5
+    s_x, s_a, s_b = 2.0 ** -10, 0.013, 0.0021
+    q_x, q_a, q_b = (torch.round(t / s).to(torch.int32) for t, s in ((x, s_x), (a, s_a), (b, s_b)))
+    xs, as_, bs = q_x.double() * s_x, q_a.double() * s_a, q_b.double() * s_b
+    for s_out, (qmin, qmax) in ((0.05, (-127, 127)), (2.0 ** -12, (-2 ** 31, 2 ** 31 - 1))):
+        if fn == "modulate_int":  # x * (1 + scale) + shift with shift = a, scale = b
+            got = io.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
+            want = ref.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
+            exact = xs * (1 + bs) + as_
+            mag, fac = xs.abs(), (1 + bs).abs()  # Q16 factor error 2^-17 acts on |x|
+        else:  # x + gate * y with y = x.flip, gate = b
+            q_y = q_x.flip(1)
+            got = io.gated_add_int(q_x, s_x, q_y, s_x, q_b, s_b, s_out, qmin, qmax)
+            want = ref.gated_add_int(q_x, s_x, q_y, s_x, q_b, s_b, s_out, qmin, qmax)
+            exact = xs + bs * q_y.double() * s_x
+            mag, fac = q_y.double().abs() * s_x, bs.abs()
+        assert torch.equal(got.double(), want)
+        target = exact / s_out
+        inside = (target > qmin + 1) & (target < qmax - 1)
+        s_t = s_out / 2 ** 8  # three roundings at s_t, the Q16 factor, the final rounding
+        bound = 0.5 + (mag * 2.0 ** -17 + s_t * (fac / 2 + 1.5)) / s_out + 1e-9
+        assert ((got.double() - target).abs() <= bound)[inside].all()
+        assert (got[target > qmax + 1] == qmax).all() and (got[target < qmin - 1] == qmin).all()
+        if qmax == 127:
+            assert (target.abs() > 128).any()  # the saturating case is exercised
+
+
+def test_int_kernels_reject_bad_input():
+    with pytest.raises(ConfigError):
+        io.softmax_int(torch.zeros(2, 3, dtype=torch.int32), 0.0)
+    with pytest.raises(ConfigError):
+        io.gelu_int(torch.zeros(3), 0.1)  # float input
+    with pytest.raises(ConfigError):
+        io.softmax_int(torch.zeros(2, 3, dtype=torch.int32), 2.0)  # coarser than ln 2
+    with pytest.raises(ConfigError):
+        io.softmax_int(torch.zeros(2, 3, dtype=torch.int32), 0.01, out_bits=7)
+
+
+def test_isqrt_exact():
+    v = torch.cat([torch.arange(0, 2000), torch.randint(0, 2 ** 51, (2000,), generator=torch.Generator().manual_seed(1)),
+                   torch.tensor([2 ** 50, 2 ** 50 - 1, (2 ** 25 + 1) ** 2, (2 ** 25 + 1) ** 2 - 1])])
+    r = io.isqrt(v)
+    assert ((r * r <= v) & ((r + 1) * (r + 1) > v)).all()
+    assert torch.equal(r.double(), ref.isqrt(v.double()))
+
+
+# ---- fp16 mode ------------------------------------------------------------------------------------------
+def test_fp16_ops_close_to_float64_and_fp16_typed():
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(4, 33, 96, generator=g) * 3).half()
+    xd = x.double()
+    sh = torch.randn(4, 1, 96, generator=g).half()
+    sc = (torch.randn(4, 1, 96, generator=g) * 0.3).half()
+    cases = [
+        (io.softmax_fp16(x), torch.softmax(xd, -1), 1e-3),
+        (io.layernorm_fp16(x), F.layer_norm(xd, (96,), eps=1e-6), 4e-3),
+        (io.gelu_fp16(x), F.gelu(xd, approximate="tanh"), 1e-2),
+        (io.silu_fp16(x), F.silu(xd), 1e-2),
+        (io.modulate_fp16(x, sh, sc), xd * (1 + sc.double()) + sh.double(), 2e-2),
+        (io.gated_add_fp16(x, x.flip(1), sc), xd + sc.double() * xd.flip(1), 2e-2),
+    ]
+    for got, want, tol in cases:
+        assert got.dtype == torch.float16
+        assert (got.double() - want).abs().max() <= tol
+
+
+def test_tree_sum_order_is_defined():
+    x = torch.tensor([1e8, 1.0, -1e8, 1.0, 3.0], dtype=torch.float32)
+    # padded to 8: [1e8+3, 1+0, -1e8+0, 1+0] -> 3 is lost in 1e8 (fp32 spacing 8) -> [0, 2] -> 2;
+    # a left-to-right fp32 sum gives 4: the tree fixes which roundings happen
+    assert float(io.tree_sum(x)) == 2.0
+    y = torch.randn(7, 300, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(io.tree_sum(y), io.tree_sum(y.clone()))
+    assert torch.allclose(io.tree_sum(y).double(), y.double().sum(-1), atol=1e-4)
