@@ -106,7 +106,7 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     else:
         acc = _float_matmul(a, b, torch.float32 if bound <= FLOAT32_EXACT else torch.float64).to(torch.int32)
     if bias is not None:
-        acc = acc + bias  # in int32; cannot wrap, the bound includes the bias
+        acc = acc.add_(bias)  # in int32 (acc is a fresh tensor); cannot wrap, the bound includes it
     return acc
 
 

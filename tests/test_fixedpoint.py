@@ -149,3 +149,13 @@ def test_rounding_right_shift_tensor_shift_equals_scalar():
     want = torch.cat([fp.rounding_right_shift(x[:13], k) for k in range(3)])
     assert torch.equal(got, want)
     assert fp.rounding_right_shift(torch.tensor([6, 10, -6, -10]), 2).tolist() == [2, 2, -2, -2]
+
+
+def test_requantize_leaves_input_untouched_and_handles_large_tensors():
+    g = torch.Generator().manual_seed(11)
+    acc = torch.randint(fp.INT32_MIN, fp.INT32_MAX, (300, 700), generator=g, dtype=torch.int64)  # > 1 chunk
+    before = acc.clone()
+    mult, shift = fp.quantize_multipliers(torch.rand(700, generator=g, dtype=torch.float64) * 1e-6)
+    got = fp.requantize(acc, mult, shift, -127, 127, torch.int8)
+    assert torch.equal(acc, before)
+    assert got.dtype == torch.int8 and torch.equal(got.double(), ref.requantize(acc, mult, shift, -127, 127))

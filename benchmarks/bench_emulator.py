@@ -1,0 +1,167 @@
+"""Speed goal: the integer emulator must cost no more than the float32 forward pass.
+
+GEMM level (this part): for every GEMM shape of one STDiT block, time the integer path
+(int_matmul + int32 bias + per-channel requantize to int8) and the float32 path (matmul + bias)
+side by side in one run and print the ratio int/float (<= 1.0 meets the goal).
+
+    python benchmarks/bench_emulator.py [--configs tiny,mid] [--repeats 5]
+
+Functions are kept small so the full-forward comparison can be added here as further functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from quantmodel.fixedpoint import qrange, quantize_multipliers, requantize
+from quantmodel.intgemm import int_linear, int_matmul
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    hidden: int
+    frames: int  # latent frames T
+    tokens_per_frame: int  # S
+    heads: int
+    text_tokens: int
+    batch: int = 2  # CFG doubles the batch
+
+
+CONFIGS = {
+    # stdit-tiny preset: hidden 64, 8x64x64 video -> latent 8x8x8, patch 1x2x2 -> 8 frames x 16 tokens
+    "tiny": BenchConfig("stdit-tiny", 64, 8, 16, 4, 8),
+    # mid-size: hidden 384 (6 heads), 16x128x128 video -> latent 16x16x16 -> 16 frames x 64 tokens
+    "mid": BenchConfig("hidden384-16x128x128", 384, 16, 64, 6, 120),
+}
+
+
+def linear_shapes(c: BenchConfig) -> list[tuple[str, int, int, int]]:
+    """(layer, M, K, N) of the linear layers of one block."""
+    m = c.batch * c.frames * c.tokens_per_frame
+    h = c.hidden
+    return [("attn.qkv", m, h, 3 * h), ("attn.proj", m, h, h), ("attn_temp.qkv", m, h, 3 * h),
+            ("cross_attn.q_linear", m, h, h), ("cross_attn.kv_linear", c.batch * c.text_tokens, h, 2 * h),
+            ("mlp.fc1", m, h, 4 * h), ("mlp.fc2", m, 4 * h, h)]
+
+
+def attention_shapes(c: BenchConfig) -> list[tuple[str, int, int, int, int]]:
+    """(name, batch, M, K, N) of the batched attention products of one block."""
+    d = c.hidden // c.heads
+    sb = c.batch * c.frames * c.heads  # spatial: one attention per frame
+    tb = c.batch * c.tokens_per_frame * c.heads  # temporal: one per spatial position
+    s, t = c.tokens_per_frame, c.frames
+    return [("attn.qk", sb, s, d, s), ("attn.av", sb, s, s, d), ("attn_temp.qk", tb, t, d, t),
+            ("attn_temp.av", tb, t, t, d)]
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_linear(m: int, k: int, n: int, repeats: int, seed: int = 0) -> tuple[float, float]:
+    """(int_s, float_s): int8 GEMM + bias + per-channel requant vs float32 GEMM + bias."""
+    g = torch.Generator().manual_seed(seed)
+    x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    w_t = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int8)  # stored transposed, contiguous
+    bias = torch.randint(-2 ** 16, 2 ** 16, (n,), generator=g, dtype=torch.int32)
+    mult, shift = quantize_multipliers(torch.rand(n, generator=g, dtype=torch.float64) * 1e-3)
+    qmin, qmax = qrange(8)
+    x_f, w_f, b_f = x_q.float(), w_t.float().t().contiguous(), bias.float()
+
+    def run_int():
+        return requantize(int_linear(x_q, w_t, bias), mult, shift, qmin, qmax, torch.int8)
+
+    def run_float():
+        return torch.nn.functional.linear(x_f, w_f, b_f)
+
+    return _time(run_int, repeats), _time(run_float, repeats)
+
+
+def bench_attention(b: int, m: int, k: int, n: int, repeats: int, seed: int = 0) -> tuple[float, float]:
+    """(int_s, float_s): batched int8 product (exact float path) vs float32 bmm."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(-127, 128, (b, m, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (b, k, n), generator=g, dtype=torch.int8)
+    a_f, w_f = a.float(), w.float()
+    return _time(lambda: int_matmul(a, w), repeats), _time(lambda: torch.matmul(a_f, w_f), repeats)
+
+
+def run_gemm_comparison(names: list[str], repeats: int) -> float:
+    """Print one row per shape and per config the totals; returns the worst total ratio."""
+    worst = 0.0
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'config':22s} {'op':22s} {'shape':>24s} {'int_ms':>8s} {'f32_ms':>8s} {'int/f32':>8s}")
+    for name in names:
+        c = CONFIGS[name]
+        tot_i = tot_f = 0.0
+        for layer, m, k, n in linear_shapes(c):
+            ti, tf = bench_linear(m, k, n, repeats)
+            tot_i, tot_f = tot_i + ti, tot_f + tf
+            print(f"{c.name:22s} {layer:22s} {f'{m}x{k}x{n}':>24s} {ti * 1e3:8.3f} {tf * 1e3:8.3f} {ti / tf:8.2f}")
+        for op, b, m, k, n in attention_shapes(c):
+            ti, tf = bench_attention(b, m, k, n, repeats)
+            tot_i, tot_f = tot_i + ti, tot_f + tf
+            print(f"{c.name:22s} {op:22s} {f'{b}x[{m}x{k}x{n}]':>24s} {ti * 1e3:8.3f} {tf * 1e3:8.3f} {ti / tf:8.2f}")
+        ratio = tot_i / tot_f
+        worst = max(worst, ratio)
+        print(f"{c.name:22s} {'TOTAL one block':22s} {'':>24s} {tot_i * 1e3:8.3f} {tot_f * 1e3:8.3f} {ratio:8.2f}")
+    return worst
+
+
+def cuda_check(seed: int = 0) -> int:
+    """CUDA == CPU bit for bit for int_matmul (int_mm path with padding, batched path) and
+    requantize; prints the number of mismatching elements per case and returns their total."""
+    g = torch.Generator().manual_seed(seed)
+    bad = 0
+    mult, shift = quantize_multipliers(torch.rand(40, generator=g, dtype=torch.float64) * 1e-3)
+    for m, k, n, lead in ((5, 13, 40, ()), (300, 384, 40, ()), (7, 1536, 40, (3,)), (64, 64, 40, (2,))):
+        a = torch.randint(-128, 128, (*lead, m, k), generator=g, dtype=torch.int8)
+        w = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+        bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32)
+        cpu = requantize(int_matmul(a, w, bias), mult, shift, -127, 127)
+        acc_gpu = int_matmul(a, w, bias, device="cuda")
+        gpu = requantize(acc_gpu, mult.cuda(), shift.cuda(), -127, 127)
+        wb = torch.randint(-128, 128, (*lead, k, n), generator=g, dtype=torch.int8)
+        nb = int((int_matmul(a, wb).cpu() != int_matmul(a, wb, device="cuda").cpu()).sum())
+        nacc = int((int_matmul(a, w, bias) != acc_gpu.cpu()).sum())
+        nreq = int((cpu != gpu.cpu()).sum())
+        print(f"cuda check {lead}x{m}x{k}x{n}: acc mismatches {nacc}, requant {nreq}, batched {nb}")
+        bad += nacc + nreq + nb
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="tiny,mid", help="comma list of: " + ", ".join(CONFIGS))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cuda-check", action="store_true", help="only check CUDA == CPU bit for bit")
+    args = p.parse_args(argv)
+    if args.cuda_check:
+        bad = cuda_check()
+        print(f"CUDA vs CPU: {bad} mismatching elements")
+        return 1 if bad else 0
+    names = [s for s in args.configs.split(",") if s]
+    bad = [s for s in names if s not in CONFIGS]
+    if bad:
+        print(f"--configs: got {bad[0]!r}; allowed: {', '.join(CONFIGS)}", file=sys.stderr)
+        return 2
+    worst = run_gemm_comparison(names, args.repeats)
+    print(f"GEMM level: worst int/f32 total ratio {worst:.2f} (goal <= 1.00)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
