@@ -159,3 +159,13 @@ def test_requantize_leaves_input_untouched_and_handles_large_tensors():
     got = fp.requantize(acc, mult, shift, -127, 127, torch.int8)
     assert torch.equal(acc, before)
     assert got.dtype == torch.int8 and torch.equal(got.double(), ref.requantize(acc, mult, shift, -127, 127))
+
+
+def test_prepared_requantizer_equals_requantize():
+    g = torch.Generator().manual_seed(12)
+    acc = torch.randint(fp.INT32_MIN, fp.INT32_MAX, (5, 9), generator=g, dtype=torch.int32)
+    scales = torch.tensor([1e-3, 0.0, 2.0 ** 40, 1e-25, 0.5, 3.0, 2.0 ** 31, 2.0 ** 30, 7e-8])  # incl. s == 0
+    mult, shift = fp.quantize_multipliers(scales)
+    rq = fp.Requantizer(mult, shift, -2 ** 31, 2 ** 31 - 1)
+    assert torch.equal(rq(acc), fp.requantize(acc, mult, shift, -2 ** 31, 2 ** 31 - 1))
+    assert torch.equal(rq(acc).double(), ref.requantize(acc, mult, shift, -2 ** 31, 2 ** 31 - 1))
