@@ -1,0 +1,303 @@
+"""Hardware configuration of an edge AI processor: frozen dataclasses, loaded from YAML, validated.
+
+The YAML mirrors the dataclasses (one mapping per section). Every field is checked at load time;
+a bad field raises ``ConfigError`` naming the dotted field, the value and what is allowed, and an
+unknown field is refused (a typo must not silently fall back to a default). The sources of the
+numbers live beside them in ``hwsim/presets/*.yaml``; the per-operation energies and areas at
+45 nm (Horowitz, ISSCC 2014) live in ``hwsim/energy.py`` and ``hwsim/area.py``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from workloads.errors import ConfigError
+
+PRESET_DIR = Path(__file__).with_name("presets")
+DATAFLOWS = ("output_stationary", "weight_stationary")
+PRECISIONS = ("int8", "int4", "fp16")
+
+
+@dataclass(frozen=True)
+class Clock:
+    freq_hz: float  # NPU core clock; the simulator's time unit is one cycle of it
+
+
+@dataclass(frozen=True)
+class MacArrays:
+    """``arrays`` systolic arrays of ``rows x cols`` processing elements (PEs)."""
+
+    arrays: int
+    rows: int
+    cols: int
+    dataflow: str  # output_stationary | weight_stationary (SCALE-Sim naming)
+    macs_per_pe_cycle: dict  # precision -> MACs one PE retires per cycle (int8 1, int4 packed 2, ...)
+
+    def rate(self, precision: str) -> float:
+        return float(self.macs_per_pe_cycle[precision])
+
+    @property
+    def pes(self) -> int:
+        return self.arrays * self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """SIMD unit for softmax, norms, modulation, activations and (optionally) dynamic-quant stats."""
+
+    lanes: int  # FP16 lanes
+    cycles_per_element: dict  # basic (add/mul/compare), exp, rsqrt, gelu: cycles per element per lane
+    online_reduction: bool  # abs-max reduction + reciprocal + quantizer for dynamic quantization
+    reciprocal_cycles_per_row: int  # scalar reciprocal of one row's abs-max (dynamic scale)
+
+
+@dataclass(frozen=True)
+class Sram:
+    weight_buffer_bytes: int  # holds weight tiles (double-buffered) or resident weights
+    activation_buffer_bytes: int  # input and output tiles (double-buffered)
+    banks: int  # banks over both buffers; bank size sets the energy per access (CACTI-style)
+    bytes_per_cycle: int  # read bandwidth from the buffers into the arrays
+
+
+@dataclass(frozen=True)
+class Dma:
+    engines: int
+    bandwidth_bytes_per_s: float  # per engine
+    setup_cycles: int  # descriptor fetch / address setup per transfer
+
+
+@dataclass(frozen=True)
+class Dram:
+    capacity_bytes: int
+    weight_capacity_bytes: int  # part of DRAM the model's weights may occupy (the rest: OS, apps)
+    bandwidth_bytes_per_s: float
+    energy_pj_per_byte: float
+
+
+@dataclass(frozen=True)
+class Flash:
+    capacity_bytes: int
+    bandwidth_bytes_per_s: float  # sequential read
+    energy_pj_per_byte: float
+    chunk_bytes: int  # size of one read command of a weight-set transfer
+
+
+@dataclass(frozen=True)
+class Tech:
+    node_nm: float
+    energy_scale: float  # energy per op / per access relative to 45 nm
+    area_scale: float  # logic area relative to 45 nm
+    sram_bitcell_um2: float  # 6T bitcell area at this node
+    sram_array_efficiency: float  # bitcell area / macro area (periphery overhead)
+    leakage_mw_per_mm2: float  # static power density
+
+
+@dataclass(frozen=True)
+class HWConfig:
+    name: str
+    description: str
+    clock: Clock
+    mac: MacArrays
+    vector: VectorUnit
+    sram: Sram
+    dma: Dma
+    dram: Dram
+    flash: Flash
+    tech: Tech
+
+    @property
+    def peak_macs_per_cycle(self) -> dict:
+        return {p: self.mac.pes * self.mac.rate(p) for p in PRECISIONS}
+
+
+_SECTIONS = {"clock": Clock, "mac": MacArrays, "vector": VectorUnit, "sram": Sram, "dma": Dma,
+             "dram": Dram, "flash": Flash, "tech": Tech}
+
+
+# ---- validation ---------------------------------------------------------------------------------
+def _number(v: object) -> object:
+    """YAML 1.1 reads ``1.0e9`` (no sign in the exponent) as a string: accept numeric strings."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _integral(v: object) -> object:
+    v = _number(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _pos_int(field: str, v: object) -> int:
+    v = _integral(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(field, v, "a positive integer")
+    return v
+
+
+def _pos_num(field: str, v: object) -> float:
+    v = _number(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v or v == float("inf"):
+        raise ConfigError(field, v, "a positive finite number")
+    return float(v)
+
+
+def _nonneg_int(field: str, v: object) -> int:
+    v = _integral(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(field, v, "an integer >= 0")
+    return v
+
+
+def _fraction(field: str, v: object) -> float:
+    x = _pos_num(field, v)
+    if x > 1:
+        raise ConfigError(field, v, "a number in (0, 1]")
+    return x
+
+
+def _bool(field: str, v: object) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(field, v, "true or false")
+    return v
+
+
+def _known(where: str, data: object, cls) -> dict:
+    known = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        raise ConfigError(where, data, "a mapping with fields " + ", ".join(sorted(known)))
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", data[key], "one of " + ", ".join(sorted(known)))
+    for key in known:
+        if key not in data:
+            raise ConfigError(f"{where}.{key}", None, "a value (the field is required)")
+    return data
+
+
+def _table(field: str, v: object, keys: tuple[str, ...], check) -> dict:
+    if not isinstance(v, dict):
+        raise ConfigError(field, v, "a mapping with keys " + ", ".join(keys))
+    for k in v:
+        if k not in keys:
+            raise ConfigError(f"{field}.{k}", v[k], "one of " + ", ".join(keys))
+    for k in keys:
+        if k not in v:
+            raise ConfigError(f"{field}.{k}", None, "a value (the field is required)")
+    return {k: check(f"{field}.{k}", v[k]) for k in keys}
+
+
+def hw_from_dict(d: object) -> HWConfig:
+    """Build and validate an HWConfig from a nested mapping (the YAML layout)."""
+    d = _known("hw", d, HWConfig)
+    if not isinstance(d["name"], str) or not d["name"]:
+        raise ConfigError("hw.name", d["name"], "a non-empty string")
+    if not isinstance(d["description"], str):
+        raise ConfigError("hw.description", d["description"], "a string")
+    s = {name: _known(name, d[name], cls) for name, cls in _SECTIONS.items()}
+
+    clock = Clock(freq_hz=_pos_num("clock.freq_hz", s["clock"]["freq_hz"]))
+
+    m = s["mac"]
+    if m["dataflow"] not in DATAFLOWS:
+        raise ConfigError("mac.dataflow", m["dataflow"], " or ".join(DATAFLOWS))
+    mac = MacArrays(arrays=_pos_int("mac.arrays", m["arrays"]), rows=_pos_int("mac.rows", m["rows"]),
+                    cols=_pos_int("mac.cols", m["cols"]), dataflow=m["dataflow"],
+                    macs_per_pe_cycle=_table("mac.macs_per_pe_cycle", m["macs_per_pe_cycle"],
+                                             PRECISIONS, _pos_num))
+
+    v = s["vector"]
+    vector = VectorUnit(
+        lanes=_pos_int("vector.lanes", v["lanes"]),
+        cycles_per_element=_table("vector.cycles_per_element", v["cycles_per_element"],
+                                  ("basic", "exp", "rsqrt", "gelu"), _pos_num),
+        online_reduction=_bool("vector.online_reduction", v["online_reduction"]),
+        reciprocal_cycles_per_row=_pos_int("vector.reciprocal_cycles_per_row",
+                                           v["reciprocal_cycles_per_row"]))
+
+    r = s["sram"]
+    sram = Sram(weight_buffer_bytes=_pos_int("sram.weight_buffer_bytes", r["weight_buffer_bytes"]),
+                activation_buffer_bytes=_pos_int("sram.activation_buffer_bytes",
+                                                 r["activation_buffer_bytes"]),
+                banks=_pos_int("sram.banks", r["banks"]),
+                bytes_per_cycle=_pos_int("sram.bytes_per_cycle", r["bytes_per_cycle"]))
+
+    a = s["dma"]
+    dma = Dma(engines=_pos_int("dma.engines", a["engines"]),
+              bandwidth_bytes_per_s=_pos_num("dma.bandwidth_bytes_per_s", a["bandwidth_bytes_per_s"]),
+              setup_cycles=_nonneg_int("dma.setup_cycles", a["setup_cycles"]))
+
+    r = s["dram"]
+    dram = Dram(capacity_bytes=_pos_int("dram.capacity_bytes", r["capacity_bytes"]),
+                weight_capacity_bytes=_pos_int("dram.weight_capacity_bytes", r["weight_capacity_bytes"]),
+                bandwidth_bytes_per_s=_pos_num("dram.bandwidth_bytes_per_s", r["bandwidth_bytes_per_s"]),
+                energy_pj_per_byte=_pos_num("dram.energy_pj_per_byte", r["energy_pj_per_byte"]))
+    if dram.weight_capacity_bytes > dram.capacity_bytes:
+        raise ConfigError("dram.weight_capacity_bytes", dram.weight_capacity_bytes,
+                          f"at most dram.capacity_bytes ({dram.capacity_bytes})")
+
+    f = s["flash"]
+    flash = Flash(capacity_bytes=_pos_int("flash.capacity_bytes", f["capacity_bytes"]),
+                  bandwidth_bytes_per_s=_pos_num("flash.bandwidth_bytes_per_s", f["bandwidth_bytes_per_s"]),
+                  energy_pj_per_byte=_pos_num("flash.energy_pj_per_byte", f["energy_pj_per_byte"]),
+                  chunk_bytes=_pos_int("flash.chunk_bytes", f["chunk_bytes"]))
+
+    t = s["tech"]
+    tech = Tech(node_nm=_pos_num("tech.node_nm", t["node_nm"]),
+                energy_scale=_pos_num("tech.energy_scale", t["energy_scale"]),
+                area_scale=_pos_num("tech.area_scale", t["area_scale"]),
+                sram_bitcell_um2=_pos_num("tech.sram_bitcell_um2", t["sram_bitcell_um2"]),
+                sram_array_efficiency=_fraction("tech.sram_array_efficiency", t["sram_array_efficiency"]),
+                leakage_mw_per_mm2=_pos_num("tech.leakage_mw_per_mm2", t["leakage_mw_per_mm2"]))
+    return HWConfig(name=d["name"], description=d["description"], clock=clock, mac=mac, vector=vector,
+                    sram=sram, dma=dma, dram=dram, flash=flash, tech=tech)
+
+
+def hw_to_dict(hw: HWConfig) -> dict:
+    return dataclasses.asdict(hw)
+
+
+def hw_preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_hw(name_or_path: str) -> HWConfig:
+    """A preset name (``codesign hw`` lists them) or a YAML file in the preset layout."""
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    path = preset if preset.is_file() else Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError("hw", name_or_path,
+                          "one of " + ", ".join(hw_preset_names()) + " or an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError("hw", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) \
+            from None
+    return hw_from_dict(data)
+
+
+def with_overrides(hw: HWConfig, overrides: dict) -> HWConfig:
+    """A copy of ``hw`` with dotted fields replaced (sweep axes), validated like a loaded file."""
+    d = copy.deepcopy(hw_to_dict(hw))
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = d
+        for i, p in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or p not in node:
+                raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
+                                  "dram.bandwidth_bytes_per_s")
+            node = node[p]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
+                              "dram.bandwidth_bytes_per_s")
+        node[parts[-1]] = value
+    return hw_from_dict(d)

@@ -1,0 +1,234 @@
+"""The SimPy model of the processor: DMA engines, MAC arrays and the vector unit as processes that
+share SRAM capacity (``simpy.Container`` per buffer) and DRAM bandwidth (one memory controller
+serving transfers in turn at full bandwidth, so concurrent transfers slow each other down).
+
+Time is counted in integer cycles of the NPU clock. Integers make the sums exact, so a unit
+simulated once and replayed from the memo gives bit-for-bit the numbers of simulating it again.
+
+One ``Machine`` simulates one denoising step. A step runs its execution units in order (a layer
+finishes before the next starts; ops hand over through DRAM), each unit as three processes:
+
+- loader: reserves SRAM for the next input/weight tile, DMAs it in (both operands in parallel on
+  two engines when both change), runs a fused pre-stage on the vector unit;
+- compute: takes ready tiles, reserves output SRAM, runs the tile on the MAC arrays (or vector
+  unit), frees the input tiles it no longer needs;
+- storer: runs a fused post-stage on the vector unit, DMAs the output tile out, frees its SRAM.
+
+Double buffering falls out of the buffer capacities (two tiles of each operand). A weight-set swap
+is a background process: flash -> DRAM (-> SRAM when weights are resident) in flash-sized chunks,
+competing with the layers for DMA engines and the DRAM bus.
+"""
+from __future__ import annotations
+
+import math
+
+import simpy
+
+from hwsim.config import HWConfig
+from hwsim.tiling import Plan
+
+STAT_KEYS = ("crit_mac", "crit_vector", "mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy", "wait_memory", "wait_vector",
+             "wait_store", "tail")
+
+
+class Machine:
+    def __init__(self, hw: HWConfig, record: bool = False):
+        self.env = simpy.Environment()
+        self.hw = hw
+        # FIFO servers kept as "free at" times: a request made now is served in request order, which
+        # is what simpy.Resource does, without its per-request events (service times are known when
+        # a request is made). DMA engines: one free time per engine; the DRAM bus, the flash device
+        # and the vector unit: one each. The MAC arrays are used by one unit's compute at a time.
+        self.dma_free = [0] * hw.dma.engines
+        self.bus_free = 0
+        self.flash_free = 0
+        self.vec_free = 0
+        freq = hw.clock.freq_hz
+        self.cpb_dram = freq / hw.dram.bandwidth_bytes_per_s  # cycles per byte
+        self.cpb_dma = freq / hw.dma.bandwidth_bytes_per_s
+        self.cpb_flash = freq / hw.flash.bandwidth_bytes_per_s
+        self.setup = hw.dma.setup_cycles
+        self.st = dict.fromkeys(STAT_KEYS, 0)  # the layers' counters
+        self.swap_st = dict.fromkeys(STAT_KEYS, 0)  # the background swap's counters
+        self.swap_proc = None
+        self.events = [] if record else None  # (engine, start, end, label)
+
+    # ---- transfers ------------------------------------------------------------------------------
+    def reserve_xfer(self, nbytes: int, st: dict, label: str) -> int:
+        """Book one DMA transfer between DRAM and SRAM requested now; returns its end time.
+
+        The earliest-free DMA engine takes it, spends ``setup_cycles``, then queues for the DRAM bus,
+        holds the bus for bytes / DRAM bandwidth and stays busy until bytes / engine bandwidth
+        (an engine slower than DRAM lets other engines use the bus in between)."""
+        now = self.env.now
+        free = self.dma_free
+        for e, f in enumerate(free):  # the lowest-numbered idle engine, else the first to free up
+            if f <= now:
+                break
+        else:
+            e = free.index(min(free))
+        t0 = max(now, free[e])
+        tb0 = max(t0 + self.setup, self.bus_free)
+        tb = math.ceil(nbytes * self.cpb_dram)
+        self.bus_free = tb0 + tb
+        end = max(tb0 + tb, t0 + self.setup + math.ceil(nbytes * self.cpb_dma))
+        free[e] = end
+        st["dram_busy"] += tb
+        st["dma_busy"] += end - t0
+        if self.events is not None:
+            self.events.append(("dram", tb0, tb0 + tb, label))
+            self.events.append((f"dma{e}", t0, end, label))
+        return end
+
+    def xfer(self, nbytes: int, st: dict, label: str):
+        end = self.reserve_xfer(nbytes, st, label)
+        yield self.env.timeout(end - self.env.now)
+
+    def reserve_vector(self, cycles: int, st: dict, label: str) -> int:
+        v0 = max(self.env.now, self.vec_free)
+        self.vec_free = v0 + cycles
+        st["vector_busy"] += cycles
+        if self.events is not None:
+            self.events.append(("vector", v0, v0 + cycles, label))
+        return v0 + cycles
+
+    # ---- one execution unit -------------------------------------------------------------------------
+    def run_unit(self, plan: Plan, label: str):
+        """Replay a unit's tiles; returns when its last output tile is in DRAM."""
+        env = self.env
+        st = self.st
+        tiles = plan.tiles
+        if not tiles:
+            return
+        in_buf = simpy.Container(env, plan.in_cap, init=plan.in_cap)
+        w_buf = simpy.Container(env, plan.w_cap, init=plan.w_cap)
+        out_buf = simpy.Container(env, plan.out_cap, init=plan.out_cap)
+        ready = simpy.Store(env)
+        outq = simpy.Store(env)
+        env.process(self._loader(tiles, in_buf, w_buf, ready, label))
+        storer = env.process(self._storer(outq, out_buf, label))
+        is_mac = plan.engine == "mac"
+        busy_key = "mac_busy" if plan.engine == "mac" else "vector_busy"
+        crit_key = "crit_mac" if plan.engine == "mac" else "crit_vector"  # the engine the unit waits on
+        ev = self.events
+        eng_name = plan.engine
+        alloc = 0
+        for t in tiles:
+            t0 = env.now
+            yield ready.get()
+            waited = env.now - t0
+            if waited:
+                pre = min(waited, t[6])  # part of the wait spent in the fused pre-stage
+                st["wait_vector"] += pre
+                st["wait_memory"] += waited - pre
+            if t[8]:
+                alloc = t[8]
+                t1 = env.now
+                yield out_buf.get(alloc)
+                st["wait_store"] += env.now - t1
+            c0 = env.now
+            if is_mac:  # the arrays belong to this unit
+                st[busy_key] += t[7]
+                end = c0 + t[7]
+                if ev is not None:
+                    ev.append((eng_name, c0, end, label))
+            else:  # the vector unit may be shared with a background user
+                end = self.reserve_vector(t[7], st, label)
+            st[crit_key] += end - c0
+            if end > c0:
+                yield env.timeout(end - c0)
+            if t[2]:
+                in_buf.put(t[2])
+            if t[5]:
+                w_buf.put(t[5])
+            if t[9]:
+                outq.put((t[9], t[10], alloc))
+        outq.put(None)
+        t_end = env.now
+        yield storer
+        st["tail"] += env.now - t_end
+
+    def _loader(self, tiles, in_buf, w_buf, ready, label):
+        env = self.env
+        st = self.st
+        for t in tiles:
+            if t[1]:
+                yield in_buf.get(t[1])
+            if t[4]:
+                yield w_buf.get(t[4])
+            end = env.now
+            if t[0]:  # input and weight tiles go out on separate engines, in parallel
+                end = self.reserve_xfer(t[0], st, label)
+            if t[3]:
+                end = max(end, self.reserve_xfer(t[3], st, label))
+            if end > env.now:
+                yield env.timeout(end - env.now)
+            if t[6]:
+                yield env.timeout(self.reserve_vector(t[6], st, label + " (pre)") - env.now)
+            ready.put(t)
+
+    def _storer(self, outq, out_buf, label):
+        env = self.env
+        st = self.st
+        while True:
+            item = yield outq.get()
+            if item is None:
+                return
+            nbytes, post, alloc = item
+            if post:
+                yield env.timeout(self.reserve_vector(post, st, label + " (post)") - env.now)
+            yield from self.xfer(nbytes, st, label)
+            out_buf.put(alloc)
+
+    # ---- weight-set swap ------------------------------------------------------------------------------
+    def start_swap(self, pieces: list, from_flash: bool, to_sram: bool, arrivals: list):
+        """Stream ``pieces`` (bytes per unit, in execution order) into place in the background.
+
+        ``arrivals[i]`` (an event or None) fires when unit i's weights are in place. Flash reads are
+        ``flash.chunk_bytes`` commands; a reader and a writer overlap through a two-chunk queue.
+        """
+        env = self.env
+        chunk = self.hw.flash.chunk_bytes
+        q = simpy.Store(env, capacity=2)
+        st = self.swap_st
+
+        def reader():
+            for i, nbytes in enumerate(pieces):
+                left = nbytes
+                while left > 0:
+                    c = min(chunk, left)
+                    left -= c
+                    if from_flash:
+                        f0 = max(env.now, self.flash_free)
+                        tf = math.ceil(c * self.cpb_flash)
+                        self.flash_free = f0 + tf
+                        st["flash_busy"] += tf
+                        if self.events is not None:
+                            self.events.append(("flash", f0, f0 + tf, "swap"))
+                        yield env.timeout(f0 + tf - env.now)
+                    yield q.put((c, i if left == 0 else -1))
+                if nbytes == 0 and arrivals[i] is not None:
+                    yield q.put((0, i))
+            yield q.put(None)
+
+        def writer():
+            while True:
+                item = yield q.get()
+                if item is None:
+                    return
+                c, i = item
+                if c:
+                    if from_flash:  # flash -> DRAM
+                        yield from self.xfer(c, st, "swap")
+                    if to_sram:  # DRAM -> SRAM (resident weights)
+                        yield from self.xfer(c, st, "swap")
+                if i >= 0 and arrivals[i] is not None:
+                    arrivals[i].succeed()
+
+        env.process(reader())
+        self.swap_proc = env.process(writer())
+        return self.swap_proc
+
+    @property
+    def background_active(self) -> bool:
+        return self.swap_proc is not None and self.swap_proc.is_alive

@@ -1,0 +1,467 @@
+"""``simulate(trace, hw)``: run a quantized op trace on the processor model.
+
+Speed comes from memoisation, never from a coarser model:
+
+- a step's op list (shapes, bits, names) and its weight-set transition (none, a set coming in now,
+  the next set being prefetched) determine its numbers, so each distinct (op list, transition) is
+  simulated once and the others replayed;
+- inside a step, a unit (one GEMM with its fused vector stages, or one vector op) starts from an
+  idle machine (the previous unit has drained) unless a background swap runs, so its cycles and
+  counters depend on the unit alone: the 28 identical blocks are simulated once each shape.
+
+Both hold exactly because time is integer cycles; ``memo=False`` simulates everything and must give
+the same numbers bit for bit (tests/test_hwsim_memo.py).
+"""
+from __future__ import annotations
+
+import math
+from operator import attrgetter
+
+from hwsim.area import area_breakdown_mm2
+from hwsim.config import HWConfig
+from hwsim.energy import energy_breakdown_j
+from hwsim.engine import Machine
+from hwsim.result import SimResult
+from hwsim.swap import WeightPlan, plan_weights
+from hwsim.tiling import (FP16_BYTES, GemmUnit, NoFit, Plan, VectorOpUnit, plan_gemm, plan_vector,
+                          precision_of, vector_cycles)
+from workloads.errors import ConfigError
+from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
+
+SIM_VERSION = "hwsim-1"
+_OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
+                     "output_bytes", "w_bits", "a_bits", "name")
+_INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
+PRE_KINDS = ("smooth_mul", "dyn_stats")
+
+
+# ---- trace -> units ---------------------------------------------------------------------------------
+def _check_op(op, where: str) -> None:
+    for f in _INT_FIELDS:
+        v = getattr(op, f)
+        if not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{where}.{f}", v, "an integer >= 0")
+    if op.kind not in KINDS:
+        raise ConfigError(f"{where}.kind", op.kind, ", ".join(KINDS))
+    if op.kind in GEMM_KINDS:
+        for f in ("batch", "m", "k", "n"):
+            if getattr(op, f) <= 0:
+                raise ConfigError(f"{where}.{f}", getattr(op, f), "a positive integer for a GEMM")
+    for f in ("w_bits", "a_bits"):
+        if getattr(op, f) not in (4, 6, 8, 16):
+            raise ConfigError(f"{where}.{f}", getattr(op, f), "4, 6, 8 or 16")
+
+
+def _gemm_unit(op, wplan: WeightPlan, pre=None, post=None) -> GemmUnit:
+    per_item = op.kind.startswith("matmul")
+    if per_item:  # both operands in input_bytes, split by element count
+        a_el, b_el = op.batch * op.m * op.k, op.batch * op.k * op.n
+        a_bytes = op.input_bytes * a_el // (a_el + b_el)
+        b_bytes = op.input_bytes - a_bytes
+    else:
+        a_bytes, b_bytes = op.input_bytes, op.weight_bytes
+    extra, pre_kind, pre_w = 0.0, "", 0
+    if pre is not None:  # the input arrives in FP16; the quantized copy is made in SRAM
+        extra = FP16_BYTES
+        a_bytes = pre.input_bytes
+        pre_kind, pre_w = pre.kind, pre.weight_bytes
+    return GemmUnit(batch=op.batch, m=op.m, k=op.k, n=op.n, precision=precision_of(op.w_bits, op.a_bits),
+                    a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, op.output_bytes),
+                    b_per_item=per_item, b_resident=wplan.resident and not per_item,
+                    a_extra_sram_bpe=extra, pre=pre_kind, post=post.kind if post is not None else "",
+                    pre_weight_bytes=0 if wplan.resident else pre_w)
+
+
+class _Units:
+    """The execution units of one step's op list, with their plans and which ops they cover."""
+
+    def __init__(self, ops: list, hw: HWConfig, wplan: WeightPlan, plans: dict):
+        self.units, self.plans, self.labels, self.set_bytes = [], [], [], []
+        self.op_unit: list[int] = []  # op index -> unit index
+        self.primary: list[bool] = []  # op carries the unit's latency
+        wbuf = hw.sram.weight_buffer_bytes
+        if wplan.resident:  # resident weights take half the weight buffer (see swap.py)
+            hw_plan = _with_wbuf(hw, wbuf - wbuf // 2)
+        else:
+            hw_plan = hw
+        i, n = 0, len(ops)
+        while i < n:
+            op = ops[i]
+            _check_op(op, f"trace op {op.name!r}")
+            covered = [i]
+            pre = post = None
+            if op.kind in PRE_KINDS and i + 1 < n and ops[i + 1].kind in GEMM_KINDS \
+                    and op.name == ops[i + 1].name + (".smooth" if op.kind == "smooth_mul" else ".dyn_stats"):
+                pre, gemm = op, ops[i + 1]
+            elif op.kind in GEMM_KINDS:
+                gemm = op
+            else:
+                gemm = None
+            if gemm is not None:
+                j = i + (2 if pre is not None else 1)
+                if j < n and ops[j].kind == "dyn_rescale" and ops[j].name == gemm.name + ".dyn_rescale":
+                    post = ops[j]
+                unit = plan = None
+                if pre is not None or post is not None:
+                    unit = _gemm_unit(gemm, wplan, pre, post)
+                    try:
+                        plan = _plan(unit, hw_plan, plans, need_full_k=pre is not None and pre.kind == "dyn_stats")
+                    except NoFit:  # the whole row does not fit: spill, run the stages as their own ops
+                        unit = None
+                if unit is None:
+                    if pre is not None:  # standalone pre op first
+                        self._add_vector(pre, [i], hw_plan, wplan, plans)
+                        i += 1
+                        pre = None
+                    post = None
+                    unit = _gemm_unit(gemm, wplan)
+                    plan = _plan(unit, hw_plan, plans)
+                covered = list(range(i, i + 1 + (1 if pre is not None else 0) + (1 if post is not None else 0)))
+                if post is not None:
+                    _check_op(post, f"trace op {post.name!r}")
+                if pre is not None:
+                    _check_op(gemm, f"trace op {gemm.name!r}")
+                wb = sum(ops[c].weight_bytes for c in covered if ops[c].weight_set >= 0)
+                self._append(unit, plan, gemm.name, wb, covered, i + 1 if pre is not None else i)
+                i = covered[-1] + 1
+                continue
+            self._add_vector(op, [i], hw_plan, wplan, plans)
+            i += 1
+
+    def _add_vector(self, op, covered, hw, wplan, plans):
+        unit = VectorOpUnit(kind=op.kind, elements=op.elements, in_bytes=op.input_bytes,
+                            out_bytes=op.output_bytes, weight_bytes=0 if wplan.resident else op.weight_bytes,
+                            rows=op.batch * op.m if op.kind == "dyn_stats" else 0)
+        plan = _plan(unit, hw, plans)
+        wb = op.weight_bytes if op.weight_set >= 0 else 0
+        self._append(unit, plan, op.name, wb, covered, covered[0])
+
+    def _append(self, unit, plan, label, set_bytes, covered, primary):
+        u = len(self.units)
+        self.units.append(unit)
+        self.plans.append(plan)
+        self.labels.append(label)
+        self.set_bytes.append(set_bytes)
+        for c in covered:
+            self.op_unit.append(u)
+            self.primary.append(c == primary)
+
+
+def _with_wbuf(hw: HWConfig, wbuf: int) -> HWConfig:
+    import dataclasses
+    return dataclasses.replace(hw, sram=dataclasses.replace(hw.sram, weight_buffer_bytes=wbuf))
+
+
+def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
+    key = (unit, need_full_k)
+    p = plans.get(key)
+    if p is None:
+        try:
+            p = plan_gemm(unit, hw, need_full_k) if isinstance(unit, GemmUnit) else plan_vector(unit, hw)
+        except NoFit as e:
+            if need_full_k:
+                raise
+            raise e.config_error() from None
+        plans[key] = p
+    return p
+
+
+# ---- one step ---------------------------------------------------------------------------------------
+class _StepOut:
+    __slots__ = ("cycles", "ops_end", "unit_cycles", "st", "swap_st", "swap_wait", "swap_end", "events")
+
+
+def _run_step(hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, wplan: WeightPlan,
+              record: bool) -> _StepOut:
+    m = Machine(hw, record)
+    env = m.env
+    n = len(us.units)
+    arrivals = [None] * n
+    out = _StepOut()
+    out.swap_end = 0
+    if swap is not None:
+        kind, pieces = swap
+        if kind == "jit":
+            arrivals = [env.event() if p else None for p in pieces]
+            proc = m.start_swap(list(pieces), wplan.from_flash, wplan.resident, arrivals)
+        else:
+            proc = m.start_swap(list(pieces), wplan.from_flash, wplan.resident, [None] * len(pieces))
+
+        def _mark_end(_ev):
+            out.swap_end = env.now
+        proc.callbacks.append(_mark_end)
+    unit_cycles = [0] * n
+    st = m.st
+    waits = [0]
+
+    def sequence():
+        for i in range(n):
+            ev = arrivals[i]
+            if ev is not None and not ev.triggered:
+                t = env.now
+                yield ev
+                waits[0] += env.now - t
+            t0 = env.now
+            unit = us.units[i]
+            bg = m.background_active
+            if memo is not None and not bg:
+                hit = memo.get(unit)
+                if hit is not None and (not record or hit[2] is not None):
+                    if hit[0]:
+                        yield env.timeout(hit[0])
+                    for k, v in hit[1].items():
+                        st[k] += v
+                    if record:
+                        lab = us.labels[i]
+                        m.events.extend((e, t0 + a, t0 + b, lab + sfx) for e, a, b, sfx in hit[2])
+                    unit_cycles[i] = hit[0]
+                    continue
+            snap = dict(st)
+            nev = len(m.events) if record else 0
+            yield from m.run_unit(us.plans[i], us.labels[i])
+            unit_cycles[i] = env.now - t0
+            if memo is not None and not bg:
+                delta = {k: st[k] - snap[k] for k in st if st[k] != snap[k]}
+                lab = us.labels[i]
+                evs = [(e, a - t0, b - t0, x[len(lab):]) for e, a, b, x in m.events[nev:]] if record else None
+                memo[unit] = (unit_cycles[i], delta, evs)
+        out.ops_end = env.now
+
+    env.process(sequence())
+    env.run()
+    out.cycles = env.now
+    out.unit_cycles = unit_cycles
+    out.st = st
+    out.swap_st = m.swap_st
+    out.swap_wait = waits[0]
+    out.events = m.events
+    return out
+
+
+# ---- the whole run ----------------------------------------------------------------------------------
+def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool = False,
+             memo: bool = True) -> SimResult:
+    """Latency, energy, area, storage and swap costs of running ``trace`` on ``hw``."""
+    if getattr(trace, "version", None) != TRACE_VERSION:
+        raise ConfigError("trace_version", getattr(trace, "version", None),
+                          f"{TRACE_VERSION} (this build's trace format)")
+    if not trace.ops:
+        raise ConfigError("trace", "no ops", "a trace with at least one op")
+    # group ops by step; a step's signature is its op list (names included: they decide fusion)
+    by_step: dict[int, list] = {}
+    for op in trace.ops:
+        by_step.setdefault(op.step, []).append(op)
+    steps = sorted(by_step)
+    if steps[0] < 0 or steps != list(range(len(steps))):
+        raise ConfigError("trace op step", steps[0] if steps[0] < 0 else len(steps),
+                          "steps numbered 0..num_steps-1 without gaps")
+    num_steps = len(steps)
+    sig_ids: dict[tuple, int] = {}
+    step_sig: list[int] = []
+    reps: list[int] = []  # a representative step per signature
+    step_set: list[int] = []
+    for s in steps:
+        ops = by_step[s]
+        # the set index does not change timing (transitions are keyed separately); whether an op
+        # carries quantized weights does
+        keys = (tuple(map(_OP_KEY, ops)), tuple(op.weight_set >= 0 for op in ops))
+        sid = sig_ids.get(keys)
+        if sid is None:
+            sid = sig_ids[keys] = len(reps)
+            reps.append(s)
+        step_sig.append(sid)
+        step_set.append(next((op.weight_set for op in ops if op.weight_set >= 0), -1))
+    if not hw.vector.online_reduction:
+        for sid, s in enumerate(reps):
+            if any(op.kind in ("dyn_stats", "dyn_rescale") for op in by_step[s]):
+                raise ConfigError("recipe", trace.meta.get("recipe", "dynamic"),
+                                  f"a static recipe: hardware {hw.name} has no on-line reduction unit "
+                                  "for dynamic quantization (vector.online_reduction: false)")
+    wplan = plan_weights(trace, hw, prefetch)
+    plans: dict = {}
+    units = [_Units(by_step[s], hw, wplan, plans) for s in reps]
+    _check_dram(units, by_step, reps, hw)
+
+    # weight-set transitions per step
+    def swap_of(s: int):
+        if not wplan.swaps:
+            return None
+        if wplan.prefetch_used == "jit":
+            if s > 0 and step_set[s] != step_set[s - 1]:
+                return ("jit", tuple(units[step_sig[s]].set_bytes))
+            return None
+        if s + 1 < num_steps and step_set[s + 1] != step_set[s]:
+            return ("early", tuple(b for b in units[step_sig[s + 1]].set_bytes if b))
+        return None
+
+    swaps = [swap_of(s) for s in steps]
+    record_steps: set[int] = set()
+    if timeline:
+        record_steps.add(0)
+        first = next((s for s in steps if swaps[s] is not None), None)
+        if first is not None:
+            record_steps.update({first, first + 1} if wplan.prefetch_used == "early" else {first - 1, first})
+        record_steps = {s for s in record_steps if 0 <= s < num_steps}
+
+    unit_memo: dict | None = {} if memo else None
+    rec_memo: dict | None = {} if memo else None
+    step_memo: dict = {}
+    outs: list[_StepOut] = []
+    twins: list[_StepOut] = []
+    simulated_steps = 0
+
+    def run(s: int, swap, record: bool) -> _StepOut:
+        nonlocal simulated_steps
+        key = (step_sig[s], swap)
+        if memo and not record and key in step_memo:
+            return step_memo[key]
+        simulated_steps += 1
+        o = _run_step(hw, units[step_sig[s]], rec_memo if record else unit_memo, swap, wplan, record)
+        if memo and not record:
+            step_memo[key] = o
+        return o
+
+    for s in steps:
+        o = run(s, swaps[s], s in record_steps)
+        outs.append(o)
+        twins.append(run(s, None, False) if swaps[s] is not None else o)
+
+    return _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, twins, swaps,
+                   record_steps, plans, unit_memo, simulated_steps)
+
+
+def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
+    room = hw.dram.capacity_bytes - hw.dram.weight_capacity_bytes
+    for s in reps:
+        for op in by_step[s]:
+            if op.input_bytes + op.output_bytes > room:
+                raise ConfigError("dram.capacity_bytes", hw.dram.capacity_bytes,
+                                  f"room for op {op.name}'s {op.input_bytes + op.output_bytes} activation "
+                                  f"bytes beside dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}")
+
+
+def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
+    """Roofline lower bound of one unit: its busiest resource working flat out, alone."""
+    freq = hw.clock.freq_hz
+    cpb = freq / hw.dram.bandwidth_bytes_per_s
+    dma_cpb = freq / hw.dma.bandwidth_bytes_per_s / hw.dma.engines
+    if isinstance(unit, GemmUnit):
+        compute = math.ceil(unit.macs / hw.peak_macs_per_cycle[unit.precision])
+        min_bytes = unit.a_bytes + (0 if unit.b_resident else unit.b_bytes) + unit.out_bytes + unit.pre_weight_bytes
+        vec = 0
+        if unit.pre:
+            vec += vector_cycles(hw, unit.pre, unit.batch * unit.m * unit.k,
+                                 unit.batch * unit.m if unit.pre == "dyn_stats" else 0)
+        if unit.post:
+            vec += vector_cycles(hw, unit.post, unit.batch * unit.m * unit.n)
+    else:
+        compute = 0
+        min_bytes = unit.in_bytes + unit.out_bytes + unit.weight_bytes
+        vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows) if unit.elements else 0
+    if not plan.tiles:
+        return 0
+    return max(compute, vec, math.floor(min_bytes * cpb), math.floor(min_bytes * dma_cpb))
+
+
+def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, twins, swaps,
+            record_steps, plans, unit_memo, simulated_steps) -> SimResult:
+    freq = hw.clock.freq_hz
+    num_steps = len(outs)
+    total_cycles = sum(o.cycles for o in outs)
+    latency_s = total_cycles / freq
+    # event counts: the plans' static counts per step + the swaps' traffic
+    counts: dict[str, int] = {}
+    plan_counts_per_sig = []
+    for us in units:
+        c: dict[str, int] = {}
+        for p in us.plans:
+            for k, v in p.counts.items():
+                c[k] = c.get(k, 0) + v
+        plan_counts_per_sig.append(c)
+    swap_bytes = swap_count = 0
+    for s, o in enumerate(outs):
+        for k, v in plan_counts_per_sig[step_sig[s]].items():
+            counts[k] = counts.get(k, 0) + v
+        if swaps[s] is not None:
+            b = sum(swaps[s][1])
+            swap_bytes += b
+            swap_count += 1
+            if wplan.from_flash:
+                counts["flash_rd"] = counts.get("flash_rd", 0) + b
+                counts["dram_wr"] = counts.get("dram_wr", 0) + b
+            if wplan.resident:
+                counts["dram_rd"] = counts.get("dram_rd", 0) + b
+                counts["sram_wr"] = counts.get("sram_wr", 0) + b
+    area = area_breakdown_mm2(hw)
+    area_mm2 = sum(area.values())
+    energy = energy_breakdown_j(hw, counts, latency_s, area_mm2)
+
+    # stalls: each step's twin without swap decomposes exactly; swaps add the difference
+    agg = dict.fromkeys(("crit_mac", "crit_vector", "wait_memory", "wait_vector", "wait_store", "tail",
+                         "mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy"), 0)
+    swap_stall = swap_dur = 0
+    for s, o in enumerate(outs):
+        tw = twins[s]
+        for k in ("crit_mac", "crit_vector", "wait_memory", "wait_vector", "wait_store", "tail"):
+            agg[k] += tw.st.get(k, 0)
+        for k in ("mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy"):
+            agg[k] += o.st.get(k, 0) + o.swap_st.get(k, 0)
+        if swaps[s] is not None:
+            swap_stall += max(0, o.cycles - tw.cycles)
+            swap_dur += o.swap_end
+    ideal = sum(counts.get(f"macs_{p}", 0) / hw.peak_macs_per_cycle[p] for p in ("int8", "int4", "fp16"))
+    stall = {
+        "mac_compute": ideal / freq,
+        "mac_fill_drain": (agg["crit_mac"] - ideal) / freq,
+        "vector_ops": agg["crit_vector"] / freq,
+        "memory": (agg["wait_memory"] + agg["tail"]) / freq,
+        "vector_stage": agg["wait_vector"] / freq,
+        "store": agg["wait_store"] / freq,
+        "swap": swap_stall / freq,
+    }
+    util = {
+        "mac_useful": ideal / total_cycles if total_cycles else 0.0,
+        "mac_arrays": agg["mac_busy"] / total_cycles if total_cycles else 0.0,
+        "vector": agg["vector_busy"] / total_cycles if total_cycles else 0.0,
+        "dram": agg["dram_busy"] / total_cycles if total_cycles else 0.0,
+        "dma": agg["dma_busy"] / (total_cycles * hw.dma.engines) if total_cycles else 0.0,
+        "flash": agg["flash_busy"] / total_cycles if total_cycles else 0.0,
+    }
+    # per-op table of step 0
+    us0 = units[step_sig[0]]
+    o0 = outs[0]
+    per_op = []
+    bounds = [unit_bound_cycles(u, hw, p) for u, p in zip(us0.units, us0.plans)]
+    for op, ui, prim in zip(by_step[0], us0.op_unit, us0.primary):
+        pc = us0.plans[ui].counts
+        unit = us0.units[ui]
+        per_op.append({"name": op.name, "kind": op.kind, "unit": ui,
+                       "engine": us0.plans[ui].engine,
+                       "latency_s": o0.unit_cycles[ui] / freq if prim else 0.0,
+                       "bound_s": bounds[ui] / freq if prim else 0.0,
+                       "macs": (unit.macs if isinstance(unit, GemmUnit) else 0) if prim else 0,
+                       "dram_bytes": pc.get("dram_rd", 0) + pc.get("dram_wr", 0) if prim else 0,
+                       "precision": unit.precision if isinstance(unit, GemmUnit) else "fp16",
+                       "fused_into": "" if prim else us0.labels[ui]})
+    tl = {}
+    for s in sorted(record_steps):
+        tl[s] = [(e, a / freq, b / freq, lab) for e, a, b, lab in (outs[s].events or [])]
+    init_s = wplan.initial_load_bytes / hw.flash.bandwidth_bytes_per_s
+    return SimResult(
+        sim_version=SIM_VERSION, hw=hw.name, workload=str(trace.meta.get("workload", "")),
+        recipe=str(trace.meta.get("recipe", "fp16")), prefetch=prefetch, prefetch_used=wplan.prefetch_used,
+        weight_placement=wplan.placement, num_steps=num_steps, latency_s=latency_s,
+        latency_per_step_s=[o.cycles / freq for o in outs], energy_j=sum(energy.values()),
+        energy_breakdown_j=energy, area_mm2=area_mm2, area_breakdown_mm2=area,
+        storage_bytes=wplan.storage_bytes, float_weight_bytes=wplan.float_bytes,
+        weight_set_bytes=max(wplan.set_bytes.values(), default=0), num_weight_sets=len(wplan.set_bytes),
+        swap_count=swap_count, swap_bytes=swap_bytes, swap_stall_s=swap_stall / freq,
+        swap_hidden_s=max(0, swap_dur - swap_stall) / freq, initial_load_bytes=wplan.initial_load_bytes,
+        initial_load_s=init_s, stall_breakdown_s=stall, utilisation=util,
+        macs=sum(counts.get(f"macs_{p}", 0) for p in ("int8", "int4", "fp16")),
+        dram_bytes=counts.get("dram_rd", 0) + counts.get("dram_wr", 0), flash_bytes=counts.get("flash_rd", 0),
+        sram_bytes=counts.get("sram_rd", 0) + counts.get("sram_wr", 0), per_op=per_op,
+        memo={"distinct_steps": len(reps), "steps_simulated": simulated_steps,
+              "units_per_step": len(us0.units), "units_simulated": len(unit_memo) if unit_memo is not None else None,
+              "plans": len(plans)},
+        note=wplan.note, timeline=tl)

@@ -1,0 +1,382 @@
+"""Execution units and their tile plans: how an op (or a GEMM with its fused vector stages) is cut
+into tiles that fit the SRAM buffers, in which order they stream, and how many cycles each tile
+takes on the MAC arrays (SCALE-Sim's systolic formula) or the vector unit.
+
+A plan is a pure function of the unit and the hardware, so it is computed once per distinct unit
+and reused; the SimPy engine (``engine.py``) replays its tiles through DMA, MAC arrays and vector
+unit to find the timing under contention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hwsim.config import HWConfig
+from workloads.errors import ConfigError
+
+FP16_BYTES = 2
+PSUM_BYTES = 4  # int32 / fp32 partial sums kept in SRAM when K is split
+
+
+def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, rate: float = 1.0) -> int:
+    """Cycles of one ``[m,k] x [k,n]`` GEMM on one ``rows x cols`` systolic array.
+
+    SCALE-Sim's analytical runtime (Samajdar et al., "A Systematic Methodology for Characterizing
+    Scalability of DNN Accelerators using SCALE-Sim", ISPASS 2020): each fold of the array costs
+    ``2*R + C + T - 2`` cycles (R + C - 2 to fill the skewed wavefront, T streamed steps, R to drain),
+    and the GEMM needs ``ceil(Sr/R) * ceil(Sc/C)`` folds.
+
+    - output stationary: outputs pinned to PEs, Sr = m, Sc = n, T = k streamed;
+    - weight stationary: weights pinned, Sr = k, Sc = n, T = m streamed.
+
+    ``rate`` = MACs one PE retires per cycle at the precision (int4 packed 2, fp16 0.5): it shortens
+    the streamed dimension, ``T = ceil(T / rate)``; fill and drain do not change.
+    """
+    if dataflow == "output_stationary":
+        sr, sc, t = m, n, k
+    else:
+        sr, sc, t = k, n, m
+    t_eff = math.ceil(t / rate)
+    folds = math.ceil(sr / rows) * math.ceil(sc / cols)
+    return folds * (2 * rows + cols + t_eff - 2)
+
+
+def precision_of(w_bits: int, a_bits: int) -> str:
+    """MAC mode: int4 only when both operands fit 4 bits; W4A8 / W6A6 run on the int8 datapath."""
+    if w_bits <= 4 and a_bits <= 4:
+        return "int4"
+    if w_bits <= 8 and a_bits <= 8:
+        return "int8"
+    return "fp16"
+
+
+# ---- units ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GemmUnit:
+    """A GEMM ``batch x [m,k] x [k,n]`` with optional fused vector stages on its input and output.
+
+    ``pre``: ``smooth_mul`` (static SmoothQuant multiply + quantize) or ``dyn_stats`` (per-row
+    abs-max, reciprocal, quantize: the whole row must sit in SRAM) applied to each input tile
+    before it enters the arrays; the input then arrives from DRAM in FP16. ``post``: ``dyn_rescale``
+    (per-row dynamic scale) applied to each output tile before it is written back.
+    """
+
+    batch: int
+    m: int
+    k: int
+    n: int
+    precision: str
+    a_bytes: int  # A operand bytes read from DRAM (all of it, once)
+    b_bytes: int  # B operand: weights (linear/conv) or the second activation (attention matmuls)
+    out_bytes: int
+    b_per_item: bool  # B differs per batch item (attention) vs shared weights
+    b_resident: bool  # weights already resident in SRAM: not loaded per op
+    a_extra_sram_bpe: float = 0.0  # extra SRAM bytes per A element (FP16 copy kept for the pre-stage)
+    pre: str = ""
+    post: str = ""
+    pre_weight_bytes: int = 0  # SmoothQuant factors of a fused smooth_mul (loaded with the first B tile)
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * self.k * self.n
+
+
+@dataclass(frozen=True)
+class VectorOpUnit:
+    """A standalone vector-unit op (softmax, norms, modulation, activations, unfused quant ops)."""
+
+    kind: str
+    elements: int
+    in_bytes: int
+    out_bytes: int
+    weight_bytes: int = 0  # per-channel factors loaded once (smooth_mul)
+    rows: int = 0  # rows of a dyn_stats op (one reciprocal each)
+
+
+# Vector-unit work per element, as (function, count) pairs over vector.cycles_per_element.
+VECTOR_WORK = {
+    "elementwise": (("basic", 1),),  # residual add / gated add / positional add
+    "modulate": (("basic", 2),),  # x * (1 + scale) + shift
+    "layernorm": (("basic", 4),),  # sum, sum of squares, subtract, scale (one rsqrt per row: negligible)
+    "softmax": (("basic", 3), ("exp", 1)),  # max, exp, sum, multiply by reciprocal
+    "gelu": (("gelu", 1),),
+    "silu": (("basic", 2), ("exp", 1)),  # x * 1/(1+exp(-x))
+    "embedding": (("exp", 1),),  # sin/cos on the transcendental path
+    "smooth_mul": (("basic", 2),),  # multiply by 1/s, quantize with the static scale
+    "dyn_stats": (("basic", 3),),  # |x| max-reduce, multiply by reciprocal, round/clip
+    "dyn_rescale": (("basic", 2),),  # multiply by row scale x column scale, convert to FP16
+}
+DYN_KINDS = ("dyn_stats", "dyn_rescale")
+
+
+def vector_cycles_per_element(hw: HWConfig, kind: str) -> float:
+    cpe = hw.vector.cycles_per_element
+    return sum(cpe[f] * n for f, n in VECTOR_WORK[kind])
+
+
+def vector_cycles(hw: HWConfig, kind: str, elements: int, rows: int = 0) -> int:
+    c = math.ceil(elements * vector_cycles_per_element(hw, kind) / hw.vector.lanes)
+    if kind == "dyn_stats":
+        c += rows * hw.vector.reciprocal_cycles_per_row
+    return c
+
+
+# ---- plans ----------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """Tiles of one unit, as tuples for a fast replay:
+    ``(a_load, a_get, a_put, b_load, b_get, b_put, pre_cycles, cycles, out_alloc, out_store, post_cycles)``:
+    bytes DMA'd from DRAM, SRAM reserved before the load and released after the tile's compute, for
+    the input (a) and weight (b) operands; vector cycles before (pre) and after (post) the compute;
+    output SRAM reserved before the first K step and bytes written back after the last.
+    """
+
+    engine: str  # "mac" or "vector": the engine that computes the tiles
+    tiles: list
+    in_cap: int
+    w_cap: int
+    out_cap: int
+    counts: dict = field(default_factory=dict)  # integer event counts for the energy model
+    tile_shape: tuple = ()
+
+
+class NoFit(Exception):
+    """No tile of this unit fits the buffers (raised to the caller, who decides what it means)."""
+
+    def __init__(self, buffer: str, value: int, need: int, what: str):
+        super().__init__(buffer)
+        self.buffer, self.value, self.need, self.what = buffer, value, need, what
+
+    def config_error(self) -> ConfigError:
+        return ConfigError(self.buffer, self.value, f">= {self.need} bytes to hold one double-buffered "
+                           f"tile of {self.what}")
+
+
+def _round_down(x: int, q: int) -> int:
+    return x if x < q else x - x % q
+
+
+def _round_up(x: int, q: int) -> int:
+    return -(-x // q) * q
+
+
+def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
+    mac = hw.mac
+    R, C, A = mac.rows, mac.cols, mac.arrays
+    wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+    a_el = u.batch * u.m * u.k
+    b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
+    o_el = u.batch * u.m * u.n
+    a_bpe = u.a_bytes / a_el
+    b_bpe = u.b_bytes / b_el if b_el else 0.0
+    o_bpe = u.out_bytes / o_el
+    a_sram_bpe = a_bpe + u.a_extra_sram_bpe
+    what = f"GEMM [{u.m}x{u.k}]x[{u.k}x{u.n}]"
+
+    # minimal tile: one fold of an array, R rows x C columns x min(K, R) deep (or the full row)
+    kmin = u.k if need_full_k else min(u.k, R)
+    rmin, nmin = min(u.m, R), min(u.n, C)
+    if not u.b_resident and 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes > wbuf:
+        raise NoFit("sram.weight_buffer_bytes", wbuf,
+                    2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes, what)
+    need_a = 2 * math.ceil(rmin * kmin * a_sram_bpe) + 2 * rmin * nmin * (o_bpe if kmin == u.k else PSUM_BYTES)
+    if need_a > abuf:
+        raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
+
+    # search tile shapes: least DRAM traffic (+ per-tile DMA setup and array fill/drain), the
+    # loop order that reloads the cheaper operand; K is split only when that helps
+    cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
+    per_tile = hw.dma.setup_cycles + 2 * R + C
+    k_opts = {u.k}
+    if not need_full_k:
+        for d in (2, 3, 4, 6, 8, 12, 16, 24, 32):
+            kt_c = _round_up(math.ceil(u.k / d), R)
+            if kmin <= kt_c < u.k:
+                k_opts.add(kt_c)
+        k_opts.add(kmin)
+    cands = []
+    for kt in sorted(k_opts, reverse=True):
+        nb_k = math.ceil(u.k / kt)
+        out_bpe_sram = o_bpe if nb_k == 1 else PSUM_BYTES
+        if u.b_resident:
+            n_opts = [u.n]
+        else:
+            col = kt * b_bpe
+            max_n = int((wbuf // 2 - u.pre_weight_bytes) // col) if col else u.n
+            max_n = min(u.n, max_n)
+            if max_n < 1:
+                continue
+            step = A * C if max_n >= A * C else (C if max_n >= C else max_n)
+            n_opts = sorted({max_n if max_n == u.n else _round_down(max_n, step)}
+                            | {min(u.n, step * j) for j in (1, 2, 4, 8, 16) if step * j <= max_n})
+        for nt in n_opts:
+            rows = int(abuf // (2 * kt * a_sram_bpe + 2 * nt * out_bpe_sram))
+            if rows < 1:
+                continue
+            if rows >= u.m:
+                mt, bt = u.m, 1
+                if nt == u.n and nb_k == 1:
+                    bt = min(u.batch, rows // u.m)
+                    if u.b_per_item and not u.b_resident:
+                        bt = min(bt, max(1, int((wbuf // 2) // max(1.0, u.k * u.n * b_bpe))))
+                    bt = max(1, bt)
+            else:
+                mt, bt = _round_down(rows, R), 1
+            nb_m, nb_n = math.ceil(u.m / mt), math.ceil(u.n / nt)
+            ntiles = math.ceil(u.batch / bt) * nb_m * nb_n * nb_k
+            b_traffic = 0 if u.b_resident else u.b_bytes
+            for wr in (True, False):
+                if nb_k > 1:
+                    traffic = u.a_bytes * nb_n + b_traffic * nb_m
+                elif wr:
+                    traffic = u.a_bytes * (nb_n if nb_m > 1 else 1) + b_traffic
+                else:
+                    traffic = u.a_bytes + b_traffic * (nb_m if nb_n > 1 else 1)
+                cands.append((traffic * cpb + ntiles * per_tile, ntiles, -kt, not wr, (kt, nt, mt, bt, wr)))
+    if not cands:
+        raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
+    # within 5% of the least-cost shape, take the fewest tiles (less control overhead per byte)
+    least = min(c[0] for c in cands)
+    best = min((c for c in cands if c[0] <= 1.05 * least), key=lambda c: (c[1], c[0], c[2], c[3]))
+    kt, nt, mt, bt, weight_reuse = best[-1]
+    nb_b, nb_m, nb_n, nb_k = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt),
+                              math.ceil(u.k / kt))
+
+    rate = mac.rate(u.precision)
+    lanes = hw.vector.lanes
+    pre_cpe = vector_cycles_per_element(hw, u.pre) if u.pre else 0.0
+    post_cpe = vector_cycles_per_element(hw, u.post) if u.post else 0.0
+    sram_bw = hw.sram.bytes_per_cycle
+    counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
+    cycle_cache: dict = {}
+
+    def tile_cycles(b: int, m: int, k: int, n: int) -> tuple[int, int]:
+        key = (b, m, k, n)
+        hit = cycle_cache.get(key)
+        if hit is None:
+            if b >= A:  # whole batch items per array
+                sys_c = math.ceil(b / A) * systolic_cycles(m, k, n, R, C, mac.dataflow, rate)
+            else:  # split the output columns over the arrays
+                sys_c = b * systolic_cycles(m, k, math.ceil(n / A), R, C, mac.dataflow, rate)
+            # every A row block is read once per column fold, every B column block once per row fold
+            rd = b * (math.ceil(m * k * a_bpe) * math.ceil(n / (A * C)) + math.ceil(k * n * b_bpe) * math.ceil(m / R))
+            hit = (max(sys_c, math.ceil(rd / sram_bw)), rd)
+            cycle_cache[key] = hit
+        return hit
+
+    def sizes(i: int, tile: int, total: int) -> int:
+        return min(tile, total - i * tile)
+
+    # iteration order: batch blocks, then (n outer, m inner) for weight reuse or (m outer, n inner)
+    order = []
+    for ib in range(nb_b):
+        if weight_reuse:
+            for jn in range(nb_n):
+                for im in range(nb_m):
+                    for kk in range(nb_k):
+                        order.append((ib, im, jn, kk))
+        else:
+            for im in range(nb_m):
+                for jn in range(nb_n):
+                    for kk in range(nb_k):
+                        order.append((ib, im, jn, kk))
+
+    def a_id(t):
+        return (t[0], t[1], t[3])
+
+    def b_id(t):
+        return (t[0] if u.b_per_item else 0, t[2], t[3])
+
+    tiles = []
+    first_b = True
+    for idx, t in enumerate(order):
+        ib, im, jn, kk = t
+        b, m, n, k = sizes(ib, bt, u.batch), sizes(im, mt, u.m), sizes(jn, nt, u.n), sizes(kk, kt, u.k)
+        prev = order[idx - 1] if idx else None
+        nxt = order[idx + 1] if idx + 1 < len(order) else None
+        a_new = prev is None or a_id(prev) != a_id(t)
+        a_free = nxt is None or a_id(nxt) != a_id(t)
+        a_el_t = b * m * k
+        a_load = math.ceil(a_el_t * a_bpe) if a_new else 0
+        a_sram = math.ceil(a_el_t * a_sram_bpe)
+        if u.b_resident:
+            b_new, b_free, b_load, b_sram = False, False, 0, 0
+        else:
+            b_new = prev is None or b_id(prev) != b_id(t)
+            b_free = nxt is None or b_id(nxt) != b_id(t)
+            b_el_t = (b if u.b_per_item else 1) * k * n
+            b_load = math.ceil(b_el_t * b_bpe) if b_new else 0
+            b_sram = math.ceil(b_el_t * b_bpe)
+        if first_b and u.pre_weight_bytes:
+            b_load += u.pre_weight_bytes  # factors stay in their own corner of the weight buffer
+        first_b = False
+        pre_c = 0
+        if u.pre and a_new:
+            pre_c = math.ceil(a_el_t * pre_cpe / lanes)
+            if u.pre == "dyn_stats":
+                pre_c += b * m * hw.vector.reciprocal_cycles_per_row
+            counts["dyn_cycles" if u.pre == "dyn_stats" else "vec_cycles"] += pre_c
+            counts["sram_rd"] += math.ceil(a_el_t * FP16_BYTES)  # read FP16, write quantized
+            counts["sram_wr"] += math.ceil(a_el_t * (a_sram_bpe - a_bpe))
+        cyc, rd = tile_cycles(b, m, k, n)
+        counts["sram_rd"] += rd
+        k_first, k_last = kk == 0, kk == nb_k - 1
+        o_sram_bpe = o_bpe if nb_k == 1 else PSUM_BYTES
+        out_alloc = math.ceil(b * m * n * o_sram_bpe) if k_first else 0
+        out_store = math.ceil(b * m * n * o_bpe) if k_last else 0
+        post_c = 0
+        if k_last and u.post:
+            post_c = math.ceil(b * m * n * post_cpe / lanes)
+            counts["dyn_cycles" if u.post in DYN_KINDS else "vec_cycles"] += post_c
+            counts["sram_rd"] += out_store
+            counts["sram_wr"] += out_store
+        counts["sram_wr"] += a_load + b_load + (math.ceil(b * m * n * o_sram_bpe))  # DMA fills, array writes
+        if nb_k > 1 and not k_first:
+            counts["sram_rd"] += math.ceil(b * m * n * PSUM_BYTES)  # read-modify-write of partial sums
+        counts["sram_rd"] += out_store  # DMA drains the output tile
+        tiles.append((a_load, a_sram if a_new else 0, a_sram if a_free else 0,
+                      b_load, b_sram if b_new else 0, b_sram if b_free else 0, pre_c, cyc,
+                      out_alloc, out_store, post_c))
+    in_cap = 2 * math.ceil(bt * mt * kt * a_sram_bpe)
+    w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
+    out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
+    counts["macs_" + u.precision] = u.macs
+    counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
+    counts["dram_wr"] = sum(t[9] for t in tiles)
+    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt))
+
+
+def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
+    abuf = hw.sram.activation_buffer_bytes
+    lanes = hw.vector.lanes
+    counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0, "dram_rd": 0, "dram_wr": 0}
+    if u.elements == 0:
+        return Plan("vector", [], 1, 1, 1, counts, (0,))
+    in_bpe, out_bpe = u.in_bytes / u.elements, u.out_bytes / u.elements
+    need = 2 * math.ceil(lanes * in_bpe) + 2 * math.ceil(lanes * out_bpe)
+    if need > abuf:
+        raise NoFit("sram.activation_buffer_bytes", abuf, need, f"{u.kind} over {lanes} lanes")
+    et = int(abuf // (2 * (in_bpe + out_bpe)))
+    et = min(u.elements, _round_down(et, lanes))
+    ntiles = math.ceil(u.elements / et)
+    cpe = vector_cycles_per_element(hw, u.kind)
+    row_len = u.elements // u.rows if u.rows else 0
+    tiles = []
+    for i in range(ntiles):
+        e = min(et, u.elements - i * et)
+        a_load = math.ceil(e * in_bpe)
+        o = math.ceil(e * out_bpe)
+        c = math.ceil(e * cpe / lanes)
+        if u.kind == "dyn_stats" and row_len:
+            c += math.ceil(e / row_len) * hw.vector.reciprocal_cycles_per_row
+        w = u.weight_bytes if i == 0 else 0
+        w_put = u.weight_bytes if i == ntiles - 1 else 0
+        tiles.append((a_load, a_load, a_load, w, w, w_put, 0, c, o, o, 0))
+        counts["dyn_cycles" if u.kind in DYN_KINDS else "vec_cycles"] += c
+        counts["sram_wr"] += a_load + w + o
+        counts["sram_rd"] += a_load + o + w
+    counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
+    counts["dram_wr"] = sum(t[9] for t in tiles)
+    in_cap = 2 * math.ceil(et * in_bpe)
+    out_cap = 2 * math.ceil(et * out_bpe)
+    return Plan("vector", tiles, max(1, in_cap), max(1, u.weight_bytes), max(1, out_cap), counts, (et,))
