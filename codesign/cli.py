@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "codesign.cmd_trace",
     "codesign.cmd_sample",
     "codesign.cmd_sweep",
+    "codesign.cmd_simulate",
 ]
 
 
