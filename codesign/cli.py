@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "codesign.cmd_sample",
     "codesign.cmd_sweep",
     "codesign.cmd_simulate",
+    "codesign.cmd_quant",
 ]
 
 
