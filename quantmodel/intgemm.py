@@ -11,8 +11,9 @@ int32 are the real maxima scanned, and only if that bound still exceeds int32 is
 (computed in float64, exact below 2**53) checked element by element.
 
 Paths (all exact, all give the same integers; ``backend=`` forces one, for tests):
-- ``int_mm``: ``torch._int_mm`` (2-D only; CPU takes any shape, CUDA needs M > 16 and K, N
-  multiples of 8, so CUDA operands are zero-padded, which adds zeros to the sums);
+- ``int_mm``: ``torch._int_mm`` (2-D only; CPU takes any shape, CUDA needs M > 16, K and N
+  multiples of 8 and a column-major right operand, so CUDA operands are zero-padded, which adds
+  zeros to the sums, and transposed in memory);
 - ``float``: float32 matmul when the bound is <= 2**24 (every product and partial sum is an
   integer of magnitude <= 2**24, exactly representable, so any summation order, FMA included, is
   exact), else float64 (exact while the bound is < 2**53). Used for batched operands (attention)
@@ -132,7 +133,8 @@ def _int_mm_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M, K] x [K
     if (mp, kp, np_) != (m, k, n):  # zero padding: extra terms are 0 * x, sums unchanged
         a = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
         b = torch.nn.functional.pad(b, (0, np_ - n, 0, kp - k))
-    return torch._int_mm(a.contiguous(), b.contiguous())[:m, :n]
+    # cuBLASLt int8 wants the right operand column-major (its "TN" layout)
+    return torch._int_mm(a.contiguous(), b.t().contiguous().t())[:m, :n]
 
 
 def _int_mm_nd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
