@@ -30,8 +30,12 @@ num_weight_sets        weight sets the recipe stores (1 static/ASQ/dynamic, K gr
 hw_base, prefetch      hardware preset the axes override; weight-prefetch policy (jit | early)
 hw.<field>             every leaf field of the hardware config, dotted (hwsim.hw_to_dict)
 sim_version            hwsim.SIM_VERSION that produced the numbers
-latency_s ... swap_bytes   hwsim SimResult scalars: latency_s, latency_per_step_s, energy_j,
-                       area_mm2, storage_bytes, swap_stall_s, swap_hidden_s, swap_bytes
+latency_s ... prefetch_used   hwsim SimResult scalars (units in the names; see hwsim/result.py):
+                       latency_s, energy_j, area_mm2, storage_bytes, swap_stall_s, swap_hidden_s,
+                       swap_bytes, swap_count, weight_set_bytes, float_weight_bytes, initial_load_s,
+                       dram_bytes, flash_bytes, macs, weight_placement (sram|dram|flash),
+                       prefetch_used (the policy hwsim applied)
+latency_step_max_s     slowest denoising step (latency_per_step_s is a list; only its max is kept)
 energy_j.<component>   energy breakdown (J); area_mm2.<component>; stall_s.<cause>;
                        util.<engine> (fraction busy)
 sim_wall_s             wall seconds the simulation of this point took
@@ -58,8 +62,9 @@ from workloads.errors import ConfigError
 STORE_FORMAT = 1
 POINTS = "points"
 QUALITY = "quality"
-SCALAR_METRICS = ("latency_s", "latency_per_step_s", "energy_j", "area_mm2", "storage_bytes",
-                  "swap_stall_s", "swap_hidden_s", "swap_bytes")
+SCALAR_METRICS = ("latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s", "swap_hidden_s",
+                  "swap_bytes", "swap_count", "weight_set_bytes", "float_weight_bytes", "initial_load_s",
+                  "dram_bytes", "flash_bytes", "macs", "weight_placement", "prefetch_used")
 BREAKDOWN_PREFIXES = {"energy_breakdown_j": "energy_j.", "area_breakdown_mm2": "area_mm2.",
                       "stall_breakdown_s": "stall_s.", "utilisation": "util."}
 

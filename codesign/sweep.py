@@ -29,10 +29,24 @@ from workloads.errors import ConfigError
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
 MAX_CHUNK = 64
+RECIPES_IN_FLIGHT = 2  # traces held by workers at once: the next is queued while one runs
 
 
 # ---- worker side (runs in pool processes / Dask workers; imports no torch) ----------------------
 _TRACE_CACHE: dict[str, object] = {}
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: exit when the sweep process dies (a SIGKILLed parent cannot shut
+    its pool down, and a worker blocked on the task queue would otherwise live on as an orphan)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _resolve_trace(ref):
@@ -49,6 +63,8 @@ def _resolve_trace(ref):
 def result_columns(result: dict) -> dict:
     """Flatten a ``SimResult.to_dict()`` into the store's metric columns."""
     row = {m: result[m] for m in SCALAR_METRICS if m in result}
+    if result.get("latency_per_step_s"):
+        row["latency_step_max_s"] = max(result["latency_per_step_s"])
     for src, prefix in BREAKDOWN_PREFIXES.items():
         for k, v in (result.get(src) or {}).items():
             row[prefix + k] = v
@@ -205,7 +221,8 @@ class LocalRunner:
         shutil.rmtree(cache_dir, ignore_errors=True)
         cache_dir.mkdir(parents=True)
         # spawn: the parent has torch loaded (tracing); forking a threaded process is unsafe
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                        initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def ship(self, name: str, trace) -> str:
         path = self.cache_dir / f"{name}.pkl"
@@ -233,7 +250,7 @@ class LocalRunner:
 class DaskRunner:
     """A Dask distributed cluster (``--scheduler tcp://host:port``): how a sweep leaves one machine."""
 
-    def __init__(self, address, connect_timeout_s: float = 5.0):
+    def __init__(self, address, connect_timeout_s: float = 10.0):
         from dask.distributed import Client
 
         try:
@@ -304,11 +321,12 @@ def build_traces(spec: SweepSpec, recipes: list[str]):
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, scheduler=None,
-              append: bool = False, progress: bool = True) -> SweepSummary:
+              append: bool = False, progress: bool = True, connect_timeout_s: float = 10.0,
+              flush_every_s: float = FLUSH_EVERY_S) -> SweepSummary:
     """Compute every missing design point of ``spec`` into the results folder ``out``.
 
     ``scheduler``: None (local process pool of ``jobs`` workers), a Dask scheduler address, or a
-    ``dask.distributed.Client``.
+    ``dask.distributed.Client``. ``flush_every_s``: the most finished work a kill can lose.
     """
     from tqdm import tqdm
 
@@ -319,7 +337,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
         except ImportError:
             raise ConfigError("spec.quality", spec.quality_workload,
                               "null (quantmodel.quality is not in this build yet)") from None
-    dask_runner = DaskRunner(scheduler) if scheduler is not None else None  # fail before writing
+    # connect first: an unreachable scheduler must fail before anything is written
+    dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:
         plan = plan_sweep(spec, store)
         n_pending = plan.pending_points
@@ -343,7 +362,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
         refs_left: dict[str, list] = {}  # recipe -> [trace ref, chunks still running]
 
         def flush(force: bool = False) -> None:
-            if force or time.monotonic() - last_flush[0] >= FLUSH_EVERY_S:
+            if force or time.monotonic() - last_flush[0] >= flush_every_s:
                 for kind, buf in buffers.items():
                     if buf:
                         store.write_rows(buf, kind)
@@ -378,6 +397,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                 futures[fut] = (QUALITY, qkey, recipe)
             by_recipe = {rp.recipe: rp for rp in plan.recipes}
             for recipe, trace in build_traces(spec, list(by_recipe)):
+                while sum(1 for r in refs_left.values() if r[1]) >= RECIPES_IN_FLIGHT:
+                    collect(runner.wait_some(set(futures), timeout=flush_every_s))
                 rp = by_recipe[recipe]
                 ref = runner.ship(content_hash([spec.cost_workload, recipe]), trace)
                 del trace
@@ -389,7 +410,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                     futures[fut] = (POINTS, {r["key"]: r for r in rp.rows[sl]}, recipe)
                 collect(runner.wait_some(set(futures), timeout=0))
             while futures:
-                collect(runner.wait_some(set(futures), timeout=FLUSH_EVERY_S))
+                collect(runner.wait_some(set(futures), timeout=flush_every_s))
             flush(force=True)
             bar.close()
             store.compact(POINTS)
