@@ -31,6 +31,54 @@ STAT_KEYS = ("crit_mac", "crit_vector", "mac_busy", "vector_busy", "dram_busy", 
              "wait_store", "tail")
 
 
+class Buffer:
+    """SRAM capacity shared by the processes of a unit (the semantics of ``simpy.Container`` with
+    FIFO waiters), without an event when a request can be served at once."""
+
+    __slots__ = ("env", "level", "waiters")
+
+    def __init__(self, env: simpy.Environment, capacity: int):
+        self.env, self.level, self.waiters = env, capacity, []
+
+    def take(self, amount: int):
+        """None when taken now, else an event that fires once it is taken."""
+        if not self.waiters and self.level >= amount:
+            self.level -= amount
+            return None
+        ev = self.env.event()
+        self.waiters.append((amount, ev))
+        return ev
+
+    def give(self, amount: int) -> None:
+        self.level += amount
+        w = self.waiters
+        while w and self.level >= w[0][0]:
+            amount, ev = w.pop(0)
+            self.level -= amount
+            ev.succeed()
+
+
+class Queue:
+    """Hand-over queue between two processes (``simpy.Store`` semantics, no event when not empty)."""
+
+    __slots__ = ("env", "items", "waiter")
+
+    def __init__(self, env: simpy.Environment):
+        self.env, self.items, self.waiter = env, [], None
+
+    def put(self, item) -> None:
+        if self.waiter is not None:
+            ev, self.waiter = self.waiter, None
+            ev.succeed(item)
+        else:
+            self.items.append(item)
+
+    def wait(self):
+        ev = self.env.event()
+        self.waiter = ev
+        return ev
+
+
 class Machine:
     def __init__(self, hw: HWConfig, record: bool = False):
         self.env = simpy.Environment()
@@ -100,11 +148,8 @@ class Machine:
         tiles = plan.tiles
         if not tiles:
             return
-        in_buf = simpy.Container(env, plan.in_cap, init=plan.in_cap)
-        w_buf = simpy.Container(env, plan.w_cap, init=plan.w_cap)
-        out_buf = simpy.Container(env, plan.out_cap, init=plan.out_cap)
-        ready = simpy.Store(env)
-        outq = simpy.Store(env)
+        in_buf, w_buf, out_buf = Buffer(env, plan.in_cap), Buffer(env, plan.w_cap), Buffer(env, plan.out_cap)
+        ready, outq = Queue(env), Queue(env)
         env.process(self._loader(tiles, in_buf, w_buf, ready, label))
         storer = env.process(self._storer(outq, out_buf, label))
         is_mac = plan.engine == "mac"
@@ -115,7 +160,10 @@ class Machine:
         alloc = 0
         for t in tiles:
             t0 = env.now
-            yield ready.get()
+            if ready.items:
+                ready.items.pop(0)
+            else:
+                yield ready.wait()
             waited = env.now - t0
             if waited:
                 pre = min(waited, t[6])  # part of the wait spent in the fused pre-stage
@@ -124,8 +172,10 @@ class Machine:
             if t[8]:
                 alloc = t[8]
                 t1 = env.now
-                yield out_buf.get(alloc)
-                st["wait_store"] += env.now - t1
+                ev_ = out_buf.take(alloc)
+                if ev_ is not None:
+                    yield ev_
+                    st["wait_store"] += env.now - t1
             c0 = env.now
             if is_mac:  # the arrays belong to this unit
                 st[busy_key] += t[7]
@@ -138,9 +188,9 @@ class Machine:
             if end > c0:
                 yield env.timeout(end - c0)
             if t[2]:
-                in_buf.put(t[2])
+                in_buf.give(t[2])
             if t[5]:
-                w_buf.put(t[5])
+                w_buf.give(t[5])
             if t[9]:
                 outq.put((t[9], t[10], alloc))
         outq.put(None)
@@ -153,9 +203,13 @@ class Machine:
         st = self.st
         for t in tiles:
             if t[1]:
-                yield in_buf.get(t[1])
+                ev = in_buf.take(t[1])
+                if ev is not None:
+                    yield ev
             if t[4]:
-                yield w_buf.get(t[4])
+                ev = w_buf.take(t[4])
+                if ev is not None:
+                    yield ev
             end = env.now
             if t[0]:  # input and weight tiles go out on separate engines, in parallel
                 end = self.reserve_xfer(t[0], st, label)
@@ -171,14 +225,17 @@ class Machine:
         env = self.env
         st = self.st
         while True:
-            item = yield outq.get()
+            if outq.items:
+                item = outq.items.pop(0)
+            else:
+                item = yield outq.wait()
             if item is None:
                 return
             nbytes, post, alloc = item
             if post:
                 yield env.timeout(self.reserve_vector(post, st, label + " (post)") - env.now)
             yield from self.xfer(nbytes, st, label)
-            out_buf.put(alloc)
+            out_buf.give(alloc)
 
     # ---- weight-set swap ------------------------------------------------------------------------------
     def start_swap(self, pieces: list, from_flash: bool, to_sram: bool, arrivals: list):

@@ -33,15 +33,19 @@ def gantt(res: SimResult, step: int, path: Path, window_s: tuple | None = None) 
     engines = sorted({e for e, *_ in events}, key=lambda e: (e[:3] != "mac", e[:3] == "dma", e))
     fig, ax = plt.subplots(figsize=(12, 0.5 + 0.45 * len(engines)))
     for row, eng in enumerate(engines):
-        spans = [(a, b - a) for e, a, b, _ in events if e == eng and b > a
-                 and (window_s is None or (b >= window_s[0] and a <= window_s[1]))]
-        color = _COLORS.get(eng.rstrip("0123456789"), "tab:purple")
-        ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=color, linewidth=0)
-    swap = [(a, b - a) for e, a, b, lab in events if lab == "swap" and e == "flash"]
+        for is_swap in (False, True):
+            spans = [(a, b - a) for e, a, b, lab in events if e == eng and b > a and (lab == "swap") == is_swap
+                     and (window_s is None or (b >= window_s[0] and a <= window_s[1]))]
+            color = "tab:red" if is_swap else _COLORS.get(eng.rstrip("0123456789"), "tab:purple")
+            if spans:
+                ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=color, linewidth=0)
+    swap = [(a, b) for e, a, b, lab in events if lab == "swap"]
     if swap:
-        ax.axvspan(swap[0][0], swap[-1][0] + swap[-1][1], color="tab:red", alpha=0.08, label="weight-set swap")
-        ax.legend(loc="upper right")
+        ax.axvspan(min(a for a, _ in swap), max(b for _, b in swap), color="tab:red", alpha=0.06,
+                   label="weight-set swap in flight (red bars: its transfers)")
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_yticks(range(len(engines)), engines)
+    ax.invert_yaxis()
     ax.set_xlabel("time in step (s)")
     if window_s is not None:
         ax.set_xlim(*window_s)
