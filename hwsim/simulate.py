@@ -23,8 +23,8 @@ from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
 from hwsim.swap import WeightPlan, plan_weights
-from hwsim.tiling import (FP16_BYTES, GemmUnit, NoFit, Plan, VectorOpUnit, plan_gemm, plan_vector,
-                          precision_of, vector_cycles)
+from hwsim.tiling import (FP16_BYTES, AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, plan_attention,
+                          plan_gemm, plan_vector, precision_of, vector_cycles)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
@@ -88,6 +88,20 @@ class _Units:
         while i < n:
             op = ops[i]
             _check_op(op, f"trace op {op.name!r}")
+            if op.kind == "matmul_qk" and i + 2 < n and ops[i + 1].kind == "softmax" \
+                    and ops[i + 2].kind == "matmul_av" and op.name.endswith(".qk") \
+                    and ops[i + 1].name == op.name[:-3] + ".softmax" and ops[i + 2].name == op.name[:-3] + ".av":
+                _check_op(ops[i + 2], f"trace op {ops[i + 2].name!r}")
+                unit = _attention_unit(op, ops[i + 2])
+                if unit is not None:
+                    try:
+                        plan = _plan(unit, hw_plan, plans, need_full_k=True)
+                    except NoFit:  # the score tile does not fit: run the three ops one by one
+                        plan = None
+                    if plan is not None:
+                        self._append(unit, plan, op.name, 0, [i, i + 1, i + 2], i)
+                        i += 3
+                        continue
             covered = [i]
             pre = post = None
             if op.kind in PRE_KINDS and i + 1 < n and ops[i + 1].kind in GEMM_KINDS \
@@ -152,12 +166,32 @@ def _with_wbuf(hw: HWConfig, wbuf: int) -> HWConfig:
     return dataclasses.replace(hw, sram=dataclasses.replace(hw.sram, weight_buffer_bytes=wbuf))
 
 
+def _attention_unit(qk, av) -> AttentionUnit | None:
+    """The fused attention of a QK^T / softmax / PV triple, when the shapes chain."""
+    if (qk.batch, qk.m, qk.n) != (av.batch, av.m, av.k):
+        return None
+    q_el, k_el = qk.m * qk.k, qk.k * qk.n
+    p_el, v_el = av.m * av.k, av.k * av.n
+    q_bytes = qk.input_bytes * q_el // (q_el + k_el)
+    v_bytes = av.input_bytes * v_el // (p_el + v_el)
+    return AttentionUnit(batch=qk.batch, m=qk.m, n=qk.n, d=qk.k, dv=av.n,
+                         precision_qk=precision_of(qk.w_bits, qk.a_bits),
+                         precision_av=precision_of(av.w_bits, av.a_bits),
+                         q_bytes=max(1, q_bytes), k_bytes=max(1, qk.input_bytes - q_bytes),
+                         v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes))
+
+
 def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
     key = (unit, need_full_k)
     p = plans.get(key)
     if p is None:
         try:
-            p = plan_gemm(unit, hw, need_full_k) if isinstance(unit, GemmUnit) else plan_vector(unit, hw)
+            if isinstance(unit, GemmUnit):
+                p = plan_gemm(unit, hw, need_full_k)
+            elif isinstance(unit, AttentionUnit):
+                p = plan_attention(unit, hw)
+            else:
+                p = plan_vector(unit, hw)
         except NoFit as e:
             if need_full_k:
                 raise
@@ -331,13 +365,20 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
 
 
 def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
+    """Each unit's activations (what it reads and writes in DRAM) must fit beside the weights."""
     room = hw.dram.capacity_bytes - hw.dram.weight_capacity_bytes
-    for s in reps:
-        for op in by_step[s]:
-            if op.input_bytes + op.output_bytes > room:
+    for us in units:
+        for unit, label in zip(us.units, us.labels):
+            if isinstance(unit, AttentionUnit):
+                act = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
+            elif isinstance(unit, GemmUnit):
+                act = unit.a_bytes + (unit.b_bytes if unit.b_per_item else 0) + unit.out_bytes
+            else:
+                act = unit.in_bytes + unit.out_bytes
+            if act > room:
                 raise ConfigError("dram.capacity_bytes", hw.dram.capacity_bytes,
-                                  f"room for op {op.name}'s {op.input_bytes + op.output_bytes} activation "
-                                  f"bytes beside dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}")
+                                  f"room for {label}'s {act} activation bytes beside "
+                                  f"dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}")
 
 
 def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
@@ -345,7 +386,13 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
     freq = hw.clock.freq_hz
     cpb = freq / hw.dram.bandwidth_bytes_per_s
     dma_cpb = freq / hw.dma.bandwidth_bytes_per_s / hw.dma.engines
-    if isinstance(unit, GemmUnit):
+    if isinstance(unit, AttentionUnit):
+        peak = hw.peak_macs_per_cycle
+        compute = math.ceil(unit.batch * unit.m * unit.n * unit.d / peak[unit.precision_qk]
+                            + unit.batch * unit.m * unit.n * unit.dv / peak[unit.precision_av])
+        min_bytes = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
+        vec = vector_cycles(hw, "softmax", unit.batch * unit.m * unit.n)
+    elif isinstance(unit, GemmUnit):
         compute = math.ceil(unit.macs / hw.peak_macs_per_cycle[unit.precision])
         min_bytes = unit.a_bytes + (0 if unit.b_resident else unit.b_bytes) + unit.out_bytes + unit.pre_weight_bytes
         vec = 0
@@ -439,9 +486,9 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
                        "engine": us0.plans[ui].engine,
                        "latency_s": o0.unit_cycles[ui] / freq if prim else 0.0,
                        "bound_s": bounds[ui] / freq if prim else 0.0,
-                       "macs": (unit.macs if isinstance(unit, GemmUnit) else 0) if prim else 0,
+                       "macs": getattr(unit, "macs", 0) if prim else 0,
                        "dram_bytes": pc.get("dram_rd", 0) + pc.get("dram_wr", 0) if prim else 0,
-                       "precision": unit.precision if isinstance(unit, GemmUnit) else "fp16",
+                       "precision": getattr(unit, "precision", getattr(unit, "precision_qk", "fp16")),
                        "fused_into": "" if prim else us0.labels[ui]})
     tl = {}
     for s in sorted(record_steps):

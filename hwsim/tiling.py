@@ -380,3 +380,134 @@ def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
     in_cap = 2 * math.ceil(et * in_bpe)
     out_cap = 2 * math.ceil(et * out_bpe)
     return Plan("vector", tiles, max(1, in_cap), max(1, u.weight_bytes), max(1, out_cap), counts, (et,))
+
+
+# ---- fused attention --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttentionUnit:
+    """``softmax(Q K^T) V`` of ``batch`` heads with the scores kept in SRAM (flash-attention style):
+    per tile of query rows, QK^T and PV run on the MAC arrays and the softmax on the vector unit; when
+    the keys do not fit at once they are streamed in blocks with an on-line softmax (running max and
+    sum, O rescaled per block). Only Q, K, V and O cross DRAM."""
+
+    batch: int
+    m: int  # queries per head
+    n: int  # keys per head
+    d: int  # head dim of Q and K
+    dv: int  # head dim of V / O
+    precision_qk: str
+    precision_av: str
+    q_bytes: int
+    k_bytes: int
+    v_bytes: int
+    out_bytes: int
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * self.n * (self.d + self.dv)
+
+
+def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
+    mac = hw.mac
+    R, C, A = mac.rows, mac.cols, mac.arrays
+    wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+    q_bpe = u.q_bytes / (u.batch * u.m * u.d)
+    kv_bpe_row = u.k_bytes / (u.batch * u.n) + u.v_bytes / (u.batch * u.n)  # bytes per key (K and V rows)
+    o_bpe = u.out_bytes / (u.batch * u.m * u.dv)
+    what = f"attention [{u.m}x{u.d}] over {u.n} keys"
+    cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
+    per_tile = hw.dma.setup_cycles + 2 * R + C
+    cands = []
+    k_opts = {u.n} | {_round_up(math.ceil(u.n / d), R) for d in (2, 4, 8, 16, 32) if math.ceil(u.n / d) >= R}
+    for nk in sorted(k_opts, reverse=True):
+        nk = min(nk, u.n)
+        nb_k = math.ceil(u.n / nk)
+        if 2 * math.ceil(nk * kv_bpe_row) > wbuf:
+            continue
+        o_sram = o_bpe if nb_k == 1 else PSUM_BYTES
+        # per query row: Q (double-buffered) + the score row (FP16) + O (double-buffered)
+        per_row = 2 * u.d * q_bpe + 2 * nk * FP16_BYTES + 2 * u.dv * o_sram
+        rows = int(abuf // per_row)
+        if rows < 1:
+            continue
+        if rows >= u.m:
+            mq, bt = u.m, 1
+            if nb_k == 1:
+                bt = max(1, min(u.batch, rows // u.m, int((wbuf // 2) // max(1.0, u.n * kv_bpe_row))))
+        else:
+            mq, bt = _round_down(rows, R), 1
+        nb_m = math.ceil(u.m / mq)
+        ntiles = math.ceil(u.batch / bt) * nb_m * nb_k
+        traffic = u.q_bytes + (u.k_bytes + u.v_bytes) * (nb_m if nb_k > 1 or nb_m > 1 else 1) + u.out_bytes
+        if nb_k == 1 and nb_m > 1:
+            traffic = u.q_bytes + u.k_bytes + u.v_bytes + u.out_bytes  # K/V of the head stay while its q-blocks pass
+        cands.append((traffic * cpb + ntiles * per_tile, ntiles, (nk, mq, bt)))
+    if not cands:
+        need = 2 * math.ceil(min(u.n, R) * kv_bpe_row)
+        if need > wbuf:
+            raise NoFit("sram.weight_buffer_bytes", wbuf, need, what)
+        raise NoFit("sram.activation_buffer_bytes", abuf,
+                    math.ceil(min(u.m, R) * (2 * u.d * q_bpe + 2 * min(u.n, R) * FP16_BYTES + 2 * u.dv * PSUM_BYTES)),
+                    what)
+    least = min(c[0] for c in cands)
+    nk, mq, bt = min((c for c in cands if c[0] <= 1.05 * least), key=lambda c: (c[1], c[0]))[-1]
+    nb_b, nb_m, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mq), math.ceil(u.n / nk)
+    lanes = hw.vector.lanes
+    soft_cpe = vector_cycles_per_element(hw, "softmax")
+    basic = hw.vector.cycles_per_element["basic"]
+    sram_bw = hw.sram.bytes_per_cycle
+    r_qk, r_av = mac.rate(u.precision_qk), mac.rate(u.precision_av)
+    counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
+    cache: dict = {}
+
+    def cycles(b, m, nkk):
+        key = (b, m, nkk)
+        if key not in cache:
+            def one(mm, kk, nn, rate, a_bpe, b_bpe):
+                if b >= A:
+                    c = math.ceil(b / A) * systolic_cycles(mm, kk, nn, R, C, mac.dataflow, rate)
+                else:
+                    c = b * systolic_cycles(mm, kk, math.ceil(nn / A), R, C, mac.dataflow, rate)
+                rd = b * (math.ceil(mm * kk * a_bpe) * math.ceil(nn / (A * C)) + math.ceil(kk * nn * b_bpe) * math.ceil(mm / R))
+                return c, rd
+            c1, rd1 = one(m, u.d, nkk, r_qk, q_bpe, q_bpe)  # S = Q K^T
+            c2, rd2 = one(m, nkk, u.dv, r_av, FP16_BYTES, o_bpe)  # O += P V
+            cache[key] = (max(c1 + c2, math.ceil((rd1 + rd2) / sram_bw)), rd1 + rd2)
+        return cache[key]
+
+    tiles = []
+    for ib in range(nb_b):
+        b = min(bt, u.batch - ib * bt)
+        for im in range(nb_m):
+            m = min(mq, u.m - im * mq)
+            for kk in range(nb_k):
+                nkk = min(nk, u.n - kk * nk)
+                first, last = kk == 0, kk == nb_k - 1
+                q_load = math.ceil(b * m * u.d * q_bpe) if first else 0
+                q_sram = math.ceil(b * m * u.d * q_bpe) + b * m * nkk * FP16_BYTES
+                kv_new = nb_k > 1 or im == 0
+                kv_load = math.ceil(b * nkk * kv_bpe_row) if kv_new else 0
+                kv_free = nb_k > 1 or im == nb_m - 1
+                kv_sram = math.ceil(b * nkk * kv_bpe_row)
+                # softmax of the score tile (+ O rescale per key block when streaming keys)
+                pre = math.ceil(b * m * nkk * soft_cpe / lanes) + (math.ceil(b * m * u.dv * 2 * basic / lanes) if nb_k > 1 else 0)
+                cyc, rd = cycles(b, m, nkk)
+                o_alloc = math.ceil(b * m * u.dv * (o_bpe if nb_k == 1 else PSUM_BYTES)) if first else 0
+                o_store = math.ceil(b * m * u.dv * o_bpe) if last else 0
+                a_get = q_sram if (first or nb_k > 1) else 0
+                tiles.append((q_load, q_sram if first or nb_k > 1 else 0,
+                              q_sram if (last or nb_k > 1) else 0,
+                              kv_load, kv_sram if kv_new else 0, kv_sram if kv_free else 0,
+                              pre, cyc, o_alloc, o_store, 0))
+                del a_get
+                counts["vec_cycles"] += pre
+                counts["sram_rd"] += rd + 2 * b * m * nkk * FP16_BYTES + o_store  # scores in and out of the vector unit
+                counts["sram_wr"] += q_load + kv_load + 2 * b * m * nkk * FP16_BYTES + math.ceil(b * m * u.dv * o_bpe)
+    counts["macs_" + u.precision_qk] = counts.get("macs_" + u.precision_qk, 0) + u.batch * u.m * u.n * u.d
+    counts["macs_" + u.precision_av] = counts.get("macs_" + u.precision_av, 0) + u.batch * u.m * u.n * u.dv
+    counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
+    counts["dram_wr"] = sum(t[9] for t in tiles)
+    in_cap = 2 * (math.ceil(bt * mq * u.d * q_bpe) + bt * mq * nk * FP16_BYTES)
+    w_cap = 2 * math.ceil(bt * nk * kv_bpe_row)
+    out_cap = 2 * math.ceil(bt * mq * u.dv * (o_bpe if nb_k == 1 else PSUM_BYTES))
+    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mq, nk))
