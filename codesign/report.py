@@ -23,8 +23,8 @@ from codesign.store import load_results
 from workloads.errors import ConfigError
 
 # quality metrics quantmodel.quality may report, in order of preference, with their direction
-QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.psnr_db", "max"),
-                   ("q.sqnr_db", "max"), ("q.cosine", "max"), ("q.mse", "min"))
+QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.sqnr_db", "max"),
+                   ("q.psnr_db", "max"))
 STATIC_SCHEMES = ("static", "asq", "groups", "tsq+tsw")
 MAX_TABLE_ROWS = 25
 

@@ -45,6 +45,9 @@ PREFETCH_AXIS = "prefetch"  # not a HWConfig field: the weight-prefetch policy h
 PREFETCH_POLICIES = ("jit", "early")
 _TOP_FIELDS = {"name", "description", "cost_workload", "quality", "recipes", "hardware"}
 _QUALITY_FIELDS = {"workload", "options"}
+# keyword arguments of the quality evaluation (quantmodel.quality): calibration prompts, evaluation
+# samples, emulator backend and non-linear mode, a checkpoint for the quality model
+QUALITY_OPTIONS = {"num_prompts", "num_samples", "backend", "nonlinear", "checkpoint"}
 _HW_FIELDS = {"base", "sampling", "samples", "seed", "axes", "prefetch"}
 _RANGE_FIELDS = {"min", "max", "scale", "integer"}
 
@@ -239,6 +242,7 @@ def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
         q_opts = quality.get("options") or {}
         if not isinstance(q_opts, dict):
             raise ConfigError("spec.quality.options", q_opts, "a mapping of keyword arguments")
+        check_known_fields("spec.quality.options", q_opts, QUALITY_OPTIONS)
 
     hw = data["hardware"]
     check_known_fields("spec.hardware", hw, _HW_FIELDS)

@@ -5,6 +5,7 @@ Layout of a results folder ``DIR``::
     DIR/manifest.json            which spec(s) own the folder (content hashes), written atomically
     DIR/points/part-*.parquet    cost rows, one per design point (hardware point x recipe)
     DIR/quality/part-*.parquet   quality rows, one per (quality workload, recipe)
+    DIR/quality/prep-*.pkl       calibration stats + float reference sample shared by the recipes
     DIR/.lock                    held (flock) while a sweep writes; the kernel drops it on SIGKILL
 
 Why parts: a sweep appends by writing a whole part to a temp name, fsyncing it and renaming it
@@ -178,6 +179,12 @@ class ResultStore:
         path = self.root / kind / f"part-{uuid.uuid4().hex}.parquet"
         _atomic_write_table(path, table)
         return path
+
+    def write_pickle(self, path: Path, obj: object) -> None:
+        """A cache file beside the parts (e.g. shared quality calibration), written atomically."""
+        import pickle
+
+        _atomic_write_bytes(Path(path), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
     def compact(self, kind: str = POINTS) -> None:
         """Merge the parts into one (written first, then the old parts are deleted)."""

@@ -36,10 +36,14 @@ RECIPES_IN_FLIGHT = 2  # traces held by workers at once: the next is queued whil
 _TRACE_CACHE: dict[str, object] = {}
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Pool-worker initializer: exit when the sweep process dies (a SIGKILLed parent cannot shut
-    its pool down, and a worker blocked on the task queue would otherwise live on as an orphan)."""
+def _init_worker(parent_pid: int, threads: int) -> None:
+    """Pool-worker initializer: share the cores between the workers (torch reads these before its
+    first import), and exit when the sweep process dies (a SIGKILLed parent cannot shut its pool
+    down; a worker blocked on the task queue would otherwise live on as an orphan)."""
     import threading
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -49,12 +53,14 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _resolve_trace(ref):
-    """A Trace, or the path of a pickled one (local pool): loaded once per worker, latest kept."""
+def _resolve(ref):
+    """A shipped object (trace, quality preparation), or the path of a pickled one (local pool):
+    loaded once per worker; the most recent few are kept (chunks arrive recipe by recipe)."""
     if not isinstance(ref, str):
         return ref
     if ref not in _TRACE_CACHE:
-        _TRACE_CACHE.clear()  # chunks arrive recipe by recipe: keep one trace, bound the memory
+        while len(_TRACE_CACHE) >= RECIPES_IN_FLIGHT + 1:
+            _TRACE_CACHE.pop(next(iter(_TRACE_CACHE)))
         with open(ref, "rb") as fh:
             _TRACE_CACHE[ref] = pickle.load(fh)
     return _TRACE_CACHE[ref]
@@ -75,7 +81,7 @@ def simulate_chunk(trace_ref, items: list[tuple[str, dict, str]]) -> list[dict]:
     """Simulate one chunk of design points of one recipe: ``items`` = (key, hw dict, prefetch)."""
     import hwsim
 
-    trace = _resolve_trace(trace_ref)
+    trace = _resolve(trace_ref)
     rows = []
     for key, hw_dict, prefetch in items:
         t0 = time.perf_counter()
@@ -90,12 +96,45 @@ def simulate_chunk(trace_ref, items: list[tuple[str, dict, str]]) -> list[dict]:
     return rows
 
 
-def evaluate_quality(quality_workload: str, recipe_name: str, options: dict) -> dict:
-    """Quality metrics of one recipe on the small quality workload (quantmodel.quality)."""
-    from quantmodel import quality
+_MODELS: dict = {}
 
-    res = quality.evaluate_recipe_by_name(quality_workload, recipe_name, **options)
-    return {f"q.{k}": v for k, v in res.items()}
+
+def _quality_model(workload_name: str, options: dict):
+    from quantmodel import quality
+    from workloads.presets import get_workload
+
+    key = (workload_name, options.get("checkpoint"))
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = quality.load_model(get_workload(workload_name), checkpoint=options.get("checkpoint"))
+    return _MODELS[key]
+
+
+def prepare_quality(workload_name: str, options: dict, need_stats: bool = True) -> dict:
+    """What every recipe's quality shares, computed once per quality workload: the per-step
+    calibration statistics (static recipes only) and the float model's reference sample."""
+    from quantmodel import quality
+    from workloads.presets import get_workload
+
+    w = get_workload(workload_name)
+    model = _quality_model(workload_name, options)
+    stats = quality.get_stats(model, w, num_prompts=options.get("num_prompts", 4)) if need_stats else None
+    z, y = quality.eval_inputs(model, options.get("num_samples", 1))
+    ref = quality.sample(lambda x, t, yy, step: model(x, t, yy), model, w, z, y)
+    return {"stats": stats, "reference": ref}
+
+
+def evaluate_quality(workload_name: str, recipe_name: str, options: dict, prep_ref) -> dict:
+    """Quality metrics of one recipe on the quality workload (quantmodel.quality.evaluate_recipe)."""
+    from quantmodel import quality
+    from workloads.presets import get_workload
+
+    prep = _resolve(prep_ref)
+    model = _quality_model(workload_name, options)
+    kw = {k: options[k] for k in ("backend", "nonlinear", "num_samples") if k in options}
+    res = quality.evaluate_recipe(model, get_workload(workload_name), recipe_name, stats=prep["stats"],
+                                  reference_sample=prep["reference"], **kw)
+    return {f"q.{k}": v for k, v in res.items() if k not in ("recipe", "scheme", "w_bits", "a_bits")}
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -117,6 +156,13 @@ class SweepPlan:
     @property
     def pending_points(self) -> int:
         return sum(len(r.items) for r in self.recipes)
+
+
+def quality_prep_key(spec: SweepSpec) -> str:
+    from workloads.presets import get_workload
+
+    return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
+                         "options": spec.quality_options})
 
 
 def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
@@ -222,7 +268,8 @@ class LocalRunner:
         cache_dir.mkdir(parents=True)
         # spawn: the parent has torch loaded (tracing); forking a threaded process is unsafe
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                        initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                        initializer=_init_worker,
+                                        initargs=(os.getpid(), max(1, (os.cpu_count() or 1) // jobs)))
 
     def ship(self, name: str, trace) -> str:
         path = self.cache_dir / f"{name}.pkl"
@@ -358,7 +405,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                    disable=not progress, smoothing=0.1, dynamic_ncols=True)
         buffers = {POINTS: [], QUALITY: []}
         last_flush = [time.monotonic()]
-        futures: dict = {}  # future -> ("points", rows-by-key, recipe) | ("quality", qkey, recipe)
+        futures: dict = {}  # future -> (POINTS, rows-by-key, recipe) | (QUALITY, qkey, recipe) | ("prep", path, None)
         refs_left: dict[str, list] = {}  # recipe -> [trace ref, chunks still running]
 
         def flush(force: bool = False) -> None:
@@ -373,11 +420,15 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
             for fut in done_futures:
                 what = futures.pop(fut)
                 result = fut.result()  # a bug in a worker stops the sweep loudly; stored parts stay
-                if what[0] == QUALITY:
+                if what[0] == "prep":
+                    store.write_pickle(what[1], result)
+                    submit_quality(result)
+                elif what[0] == QUALITY:
                     _, qkey, recipe = what
                     buffers[QUALITY].append({"key": qkey, "quality_key": qkey, "recipe": recipe,
                                              "quality_workload": spec.quality_workload, **result})
                     summary.quality_computed += 1
+                    bar.set_postfix_str(f"quality {summary.quality_computed}/{len(plan.quality_pending)} recipes")
                 else:
                     _, known, recipe = what
                     for row in result:
@@ -391,10 +442,25 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                         runner.release(ref[0])
             flush()
 
-        try:
+        def submit_quality(prep) -> None:
+            ref = runner.ship("quality-prep", prep)
             for qkey, recipe in plan.quality_pending:
-                fut = runner.submit(evaluate_quality, spec.quality_workload, recipe, spec.quality_options)
+                fut = runner.submit(evaluate_quality, spec.quality_workload, recipe, spec.quality_options, ref)
                 futures[fut] = (QUALITY, qkey, recipe)
+
+        try:
+            if plan.quality_pending:
+                # calibration and the float reference are shared by all recipes; kept across reruns
+                from quantmodel.recipes import get_recipe
+
+                need_stats = any(get_recipe(r).scheme not in ("fp16", "dynamic") for _, r in plan.quality_pending)
+                prep_path = store.root / QUALITY / f"prep-{quality_prep_key(spec)}-{int(need_stats)}.pkl"
+                if prep_path.is_file():
+                    with open(prep_path, "rb") as fh:
+                        submit_quality(pickle.load(fh))
+                else:
+                    fut = runner.submit(prepare_quality, spec.quality_workload, spec.quality_options, need_stats)
+                    futures[fut] = ("prep", prep_path, None)
             by_recipe = {rp.recipe: rp for rp in plan.recipes}
             for recipe, trace in build_traces(spec, list(by_recipe)):
                 while sum(1 for r in refs_left.values() if r[1]) >= RECIPES_IN_FLIGHT:

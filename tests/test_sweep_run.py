@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -150,3 +151,21 @@ def test_unreachable_scheduler_exit_2(tmp_path):
                  "--connect-timeout", "1")
     assert r.returncode == 2 and "--scheduler" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_quality_once_per_recipe_joined_on_every_point(tmp_path):
+    data = yaml.safe_load(TINY.read_text())
+    data["recipes"] = ["dynamic-w8a8"]  # no calibration needed: keeps the test quick
+    data["quality"] = {"workload": "stdit-tiny", "options": {"num_samples": 1}}
+    data["hardware"]["axes"] = {"mac.rows": [16, 32]}
+    spec = spec_from_dict(data)
+    summary = run_sweep(spec, tmp_path / "q", jobs=1, progress=False)
+    assert summary.quality_computed == 1 and summary.computed_points == 2
+    df = load_results(tmp_path / "q")
+    assert df["q.sqnr_db"].nunique() == 1 and np.isfinite(df["q.sqnr_db"]).all()
+    assert (df["q.num_weight_sets"] == 1).all()
+    again = run_sweep(spec, tmp_path / "q", jobs=1, progress=False)
+    assert again.quality_computed == 0 and again.computed_points == 0
+    bad = {**data, "quality": {"workload": "stdit-tiny", "options": {"num_promts": 1}}}
+    with pytest.raises(ConfigError, match="num_promts"):
+        spec_from_dict(bad)
