@@ -145,12 +145,78 @@ def cuda_check(seed: int = 0) -> int:
     return bad
 
 
+# ---- full forward (Q2): emulator forward vs float32 PyTorch forward of the whole model ------------------
+def _forward_workload(name: str):
+    """stdit-tiny, or a mid-size STDiT (hidden 384, 6 heads, depth 4, 16x128x128 video -> 16 frames x
+    64 tokens, T5-width captions of 120 tokens), both with 2 sampling steps for a quick calibration."""
+    import dataclasses
+
+    from workloads.presets import get_workload
+
+    w = get_workload("stdit-tiny")
+    if name == "mid":
+        w = dataclasses.replace(w, name="stdit-mid", num_frames=16, height=128, width=128,
+                                model=dataclasses.replace(w.model, hidden_size=384, num_heads=6, depth=4,
+                                                          caption_channels=4096, model_max_length=120))
+    return dataclasses.replace(w, num_steps=2)
+
+
+def bench_forward(name: str, recipe: str, mode: str, repeats: int, device: str = "cpu") -> tuple[float, float]:
+    """(emulator_s, float_s) of one model forward (CFG batch 2) at step 0, timed interleaved."""
+    from quantmodel.calibrate import calibrate
+    from quantmodel.emulator import IntegerEmulator
+    from quantmodel.quantize import build_artifact
+    from quantmodel.recipes import get_recipe
+    from quantmodel.stdit import STDiTConfig, build_stdit
+
+    w = _forward_workload(name)
+    model = build_stdit(STDiTConfig.from_workload(w), seed=0)
+    r = get_recipe(recipe)
+    stats = calibrate(model, w, num_prompts=1) if r.scheme != "dynamic" else None
+    art = build_artifact(model, r, stats, w.num_steps, w.name)
+    model = model.to(device)
+    emu = IntegerEmulator(model, art, nonlinear=mode, device=device)
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g).to(device)
+    y = torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(device)
+    t = torch.tensor([999, 999], device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run_emu():
+        emu.forward(x, t, y, 0)
+        sync()
+
+    def run_float():
+        with torch.no_grad():
+            model(x, t, y)
+        sync()
+
+    return _time_pair(run_emu, run_float, repeats)
+
+
+def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
+                           recipes: tuple[str, ...] = ("asq-w8a8", "dynamic-w8a8")) -> float:
+    worst = 0.0
+    print(f"full forward on {device}: emulator (integer GEMMs, vector unit in each mode) vs float32 model")
+    print(f"{'config':12s} {'recipe':14s} {'mode':5s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}")
+    for name in names:
+        for recipe in recipes:
+            for mode in ("fp16", "int"):
+                te, tf = bench_forward(name, recipe, mode, repeats, device)
+                worst = max(worst, te / tf)
+                print(f"{name:12s} {recipe:14s} {mode:5s} {te * 1e3:9.2f} {tf * 1e3:9.2f} {te / tf:8.2f}")
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="tiny,mid", help="comma list of: " + ", ".join(CONFIGS))
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--cuda-check", action="store_true", help="only check CUDA == CPU bit for bit")
+    p.add_argument("--forward", action="store_true", help="also compare full forwards (emulator vs float32)")
+    p.add_argument("--device", default="cpu", help="device of the full-forward comparison (cpu or cuda)")
     args = p.parse_args(argv)
     if args.cuda_check:
         bad = cuda_check()
@@ -165,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     worst = run_gemm_comparison(names, args.repeats)
     print(f"GEMM level: worst int/f32 total ratio {worst:.2f} (goal <= 1.00)")
+    if args.forward:
+        fw = run_forward_comparison(names, args.repeats, args.device)
+        print(f"full forward: worst emulator/f32 ratio {fw:.2f} (goal <= 1.00)")
     return 0
 
 

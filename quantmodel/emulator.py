@@ -144,6 +144,7 @@ class _LinearParams:
     smooth: torch.Tensor | None = None  # f32 [k] factors s (None: no smoothing)
     fold: str = ""  # modulate | vrows | text | mul | ""
     row_scale: torch.Tensor | None = None  # f32 [n]: 1/s of a consumer folded into V rows
+    rq: object = None  # fixedpoint.Requantizer prepared for (mult, shift, -QO, QO)
 
 
 class IntegerEmulator:
@@ -192,6 +193,7 @@ class IntegerEmulator:
             p.bias_q = a.get(g, name, "bias_q").to(dev)
             p.mult = a.get(g, name, "multiplier").to(dev, torch.int64)
             p.shift = a.get(g, name, "shift").to(dev, torch.int64)
+            p.rq = fixedpoint.Requantizer(p.mult, p.shift, -QO, QO, torch.int32, device=dev)
             p.x_scale = float(a.get(g, name, "x_scale"))
             p.y_scale = float(a.get(g, name, "y_scale"))
         else:
@@ -295,7 +297,7 @@ class IntegerEmulator:
         if self.static:
             q = self._input_int8(name, v, p)
             acc = intgemm.int_linear(q, p.w_t, p.bias_q, layer=name)  # int32 [..., n]
-            out = fixedpoint.requantize(acc, p.mult, p.shift, -QO, QO)
+            out = p.rq(acc)  # == fixedpoint.requantize(acc, mult, shift, -QO, QO), prepared once
             res = IntVal(out, p.y_scale)
             if self.exact:
                 k = q.shape[-1]

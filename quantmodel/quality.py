@@ -175,6 +175,8 @@ def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlin
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
     art = artifact or quantize_model(model, workload, recipe, stats, **calib)
     z, y = eval_inputs(model, num_samples, seed)
+    if device is not None:  # the float reference samples with the same device's noise generator
+        model = model.to(device)
     ref = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
     emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
     overflow = None
