@@ -76,9 +76,9 @@ def roofline(res: SimResult, hw: HWConfig, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 5))
     bw = hw.dram.bandwidth_bytes_per_s
-    xs = [1e-2, 1e4]
     for prec, ls in (("int8", "-"), ("fp16", "--")):
         peak = hw.peak_macs_per_cycle[prec] * hw.clock.freq_hz
+        xs = [1e-2, peak / bw, 1e4]  # the knee: where DRAM bandwidth stops limiting
         ax.plot(xs, [min(peak, bw * x) for x in xs], ls, color="k", lw=1)
         ax.axhline(peak, ls=ls, color="grey", lw=0.5)
         ax.text(xs[1], peak, f" {prec} peak", va="bottom", ha="right", fontsize=8)
@@ -94,7 +94,6 @@ def roofline(res: SimResult, hw: HWConfig, path: Path) -> Path:
         perf = row["macs"] / row["latency_s"]
         ax.scatter(oi, perf, s=18, color="tab:blue" if row["precision"] != "fp16" else "tab:orange")
         ax.annotate(row["name"].split(".", 2)[-1], (oi, perf), fontsize=6)
-    # sample logarithmic points of the roof for the grid (keeps log scale valid)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("operational intensity (MAC / DRAM byte)")
