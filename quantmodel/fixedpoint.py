@@ -160,56 +160,232 @@ def rounding_right_shift(x: torch.Tensor, s: int | torch.Tensor) -> torch.Tensor
     return torch.where(s == 0, x, out)
 
 
+_CHUNK_ELEMS = 1 << 16  # 64K float64 = 512 KiB per temporary: stays in L2 between the passes
+_CACHE_MAX = 1024  # prepared Requantizers kept by requantize() (keyed by their constants' values)
+_F64_EXP_BIAS = 1023
+
+
+def _pow2_neg(s: torch.Tensor) -> torch.Tensor:
+    """Exactly ``2.0 ** -s`` (float64) for int64 ``0 <= s <= 1022``, built from the exponent bits."""
+    return torch.bitwise_left_shift(_F64_EXP_BIAS - s, 52).view(torch.float64)
+
+
 class Requantizer:
     """Prepared :func:`requantize` for fixed (multiplier, shift, qmin, qmax): build once per layer,
     call per forward (saves the per-call validation and constant set-up, which dominate small
     layers). ``Requantizer(m, s, qmin, qmax, dtype)(acc) == requantize(acc, m, s, qmin, qmax, dtype)``.
+
+    **Float64 fast path, bit-exact.** With ``s = 31 + shift`` in [0, 62] the constant
+    ``c = m * 2**-s`` (m < 2**31) and every accumulator (|acc| <= 2**31) are exact float64 values,
+    so ``v = fl(acc * c) = x (1 + d)`` with ``x = acc * m / 2**s`` the exact quotient and
+    ``|d| <= u = 2**-53`` (round to nearest; x is 0 or >= 2**-62, never subnormal). The output
+    ``f(y) = clamp(round_half_even(y), qmin, qmax)`` is monotone and changes value only at half
+    integers ``h`` with ``qmin + 1/2 <= h <= qmax - 1/2``, so ``|h| <= Q - 1/2`` with
+    ``Q = max(|qmin|, |qmax|)``. Hence ``f(v) != f(x)`` needs such an ``h`` between x and v, and
+    ``x != h`` (a half integer below 2**52 is exact in float64, so x == h gives v == x). Then:
+
+    1. ``|x| <= |h| + |x - h| <= Q - 1/2 + u|x|``, so ``|x| < Q`` (as ``Q u < 1/2``);
+    2. ``x * 2**s = acc * m`` and ``h * 2**s`` are distinct integers (s >= 1; for s == 0, x is an
+       integer and |x - h| >= 1/2), so ``|x - h| >= 2**-s``;
+    3. ``|x - h| <= |x - v| <= u |x| < Q * 2**-53``.
+
+    So ``Q <= 2**(53 - s)`` (a channel is *safe*) proves ``f(v) == f(x)`` for every accumulator:
+    int8 outputs (Q = 127) for ``s <= 46`` (real scale >= 2**-16), int16 for ``s <= 38``. For the
+    other channels, by 3., a wrong element has ``|v - h| <= |v - x| < Q * 2**-53``, i.e. its
+    distance to the nearest integer ``|v - round(v)| > 1/2 - Q * 2**-53``; every element at least
+    ``1/2 - Q * 2**-52`` from the nearest integer (a superset) is recomputed exactly in int64
+    (``v - round(v)`` is exact in float64 below 2**52, and |v| < Q < 2**52 for every element that
+    can be wrong). ``s >= 63`` (|x| < 1/2: zero) and ``s < 0`` (saturation of nonzero
+    accumulators) use ``c = 0`` and ``c = 2**32``; ``m == 0`` uses ``c = 0``.
     """
 
     def __init__(self, multiplier: int | torch.Tensor, shift: int | torch.Tensor, qmin: int, qmax: int,
                  out_dtype: torch.dtype = torch.int32, device: str | torch.device | None = None):
         if not (INT32_MIN <= qmin <= qmax <= INT32_MAX):
             raise ConfigError("qmin,qmax", (qmin, qmax), "INT32_MIN <= qmin <= qmax <= INT32_MAX")
+        self.qmin, self.qmax, self.out_dtype = qmin, qmax, out_dtype
+        q = max(abs(qmin), abs(qmax))
+        q_bits = max(q - 1, 0).bit_length()  # smallest b with Q <= 2**b (Q = 0: every output is 0)
+        tie_lim = 0.5 - q * 2.0 ** -52  # exact in float64 (Q < 2**31)
+        if _is_int(multiplier) and _is_int(shift):  # per tensor: plain python arithmetic, no tensor ops
+            mi, si = int(multiplier), MULT_BITS + int(shift)
+            if not 0 <= mi < 2 ** 31:
+                raise ConfigError("multiplier", multiplier, "values in [0, 2**31)")
+            self.per_channel = False
+            self.m = torch.tensor(mi, dtype=torch.int64, device=device)
+            self.s = torch.tensor(si, dtype=torch.int64, device=device)
+            if si >= 63 or mi == 0:
+                self.c = 0.0
+            elif si < 0:
+                self.c = 2.0 ** 32
+            else:
+                self.c = math.ldexp(float(mi), -si)  # exact
+            self.check = not (si <= 53 - q_bits or si >= 63 or mi == 0)
+            self.lim = tie_lim if self.check else 2.0
+            return
         m = torch.as_tensor(multiplier, dtype=torch.int64, device=device)
         sh = torch.as_tensor(shift, dtype=torch.int64, device=device)
         if bool(((m < 0) | (m >= 2 ** 31)).any()):
             raise ConfigError("multiplier", multiplier, "values in [0, 2**31)")
+        m, sh = torch.broadcast_tensors(m, sh)
+        if m.numel() == 1:  # a one-element tensor broadcasts like a scalar
+            self.__init__(int(m.reshape(())), int(sh.reshape(())), qmin, qmax, out_dtype, m.device)
+            return
+        if m.dim() > 1:
+            raise ConfigError("multiplier.dim", m.dim(), "0 (per tensor) or 1 (per output channel)")
         s = MULT_BITS + sh
-        self.qmin, self.qmax, self.out_dtype = qmin, qmax, out_dtype
-        self.m = m
-        self.sc = s.clamp(1, 62)
-        self.half_m1 = torch.bitwise_left_shift(torch.ones_like(self.sc), self.sc - 1) - 1
-        self.zero = s >= 63  # |acc * m| < 2**62: the quotient is below 1/2 in magnitude
-        self.sat = s < 0  # |acc * m| >= 2**30 for acc != 0, times >= 2: beyond int32, saturate by sign
-        self.keep = s == 0
-        self.special = bool((self.zero | self.sat | self.keep).any())
+        self.per_channel = True
+        self.m, self.s = m, s  # exact constants (int64) for the near-tie recomputation
+        c = m.to(torch.float64) * _pow2_neg(s.clamp(0, 62))  # exact: 31-bit m times a power of two
+        c = torch.where((s >= 63) | (m == 0), torch.zeros_like(c), c)
+        c = torch.where((s < 0) & (m > 0), torch.full_like(c, 2.0 ** 32), c)
+        safe = (s <= 53 - q_bits) | (s >= 63) | (m == 0)  # safe: Q <= 2**(53 - s)
+        self.check = not bool(safe.all())
+        self.c = c
+        self.lim = torch.where(safe, torch.full_like(c, 2.0), torch.full_like(c, tie_lim))
 
-    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
-        if acc.is_floating_point():
+    def block(self, j0: int, j1: int) -> "Requantizer":
+        """The Requantizer of output channels ``j0:j1`` (itself when per tensor); memoised."""
+        if not self.per_channel:
+            return self
+        blocks = self.__dict__.setdefault("_blocks", {})
+        rq = blocks.get((j0, j1))
+        if rq is None:
+            rq = object.__new__(Requantizer)
+            rq.qmin, rq.qmax, rq.out_dtype, rq.per_channel = self.qmin, self.qmax, self.out_dtype, True
+            for k in ("c", "lim", "m", "s"):
+                setattr(rq, k, getattr(self, k)[j0:j1])
+            rq.check = bool((rq.lim < 1.0).any())
+            blocks[(j0, j1)] = rq
+        return rq
+
+    def _exact(self, acc: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """round_half_even(acc * m / 2**s) in int64 for elements of channels ``cols`` (1 <= s <= 62)."""
+        m, s = (self.m, self.s) if cols is None else (self.m[cols], self.s[cols])
+        return rounding_right_shift(acc.to(torch.int64) * m, s.clamp(0, 62))
+
+    def _to(self, dev: torch.device) -> None:
+        self.__dict__.pop("_blocks", None)
+        self.__dict__.pop("_ucols", None)
+        for k in ("c", "lim", "m", "s"):
+            t = getattr(self, k)
+            if isinstance(t, torch.Tensor):
+                setattr(self, k, t.to(dev))
+
+    def _pass(self, a: torch.Tensor, v: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
+        """The float64 pipeline on one block: ``v`` [R, C] holds ``a`` as float64; returns the
+        rounded, clamped values (in ``v`` or ``r``)."""
+        v.mul_(self.c)  # one rounding (see the class docstring)
+        if not self.check:
+            return v.round_().clamp_(self.qmin, self.qmax)  # round: half to even
+        cols = self._unsafe_cols()
+        if cols is not None:  # few unchecked channels: check only their columns
+            vu = v.index_select(1, cols)  # [R, U]
+            v.round_()
+            ru = self._checked_round(a.index_select(1, cols), vu, None, self.lim[cols], cols)
+            v.index_copy_(1, cols, ru)
+            return v.clamp_(self.qmin, self.qmax)
+        return self._checked_round(a, v, r, self.lim, None).clamp_(self.qmin, self.qmax)
+
+    def _checked_round(self, a: torch.Tensor, v: torch.Tensor, r: torch.Tensor | None, lim, cols) -> torch.Tensor:
+        """round_half_even of the exact quotients: float64 ``round(v)``, with the elements near a half
+        integer (a superset of the wrong ones) recomputed in int64. ``v`` is overwritten."""
+        r = torch.round(v, out=r) if r is not None else torch.round(v)
+        near = v.sub_(r).abs_().ge_(lim)
+        if bool(near.any()):
+            rr, cc = near.nonzero(as_tuple=True)
+            if self.per_channel:
+                ch = cc if cols is None else cols[cc]
+                r[rr, cc] = self._exact(a[rr, cc], ch).to(torch.float64)
+            else:
+                r[rr, cc] = self._exact(a[rr, cc], None).to(torch.float64)
+        return r
+
+    def _unsafe_cols(self) -> torch.Tensor | None:
+        """Indices of the checked channels when they are at most a quarter of all (else None)."""
+        if not self.per_channel:
+            return None
+        if "_ucols" not in self.__dict__:
+            idx = (self.lim < 1.0).nonzero().reshape(-1)
+            self._ucols = idx if 4 * idx.numel() <= self.lim.numel() else None
+        return self._ucols
+
+    def __call__(self, acc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Requantize ``acc`` [..., N]; ``out`` (optional, same shape, ``out_dtype``, may be a strided
+        view) receives the result."""
+        if acc.is_floating_point() or acc.is_complex() or acc.dtype == torch.bool:
             raise ConfigError("acc.dtype", acc.dtype, "an integer dtype (int32 accumulator)")
-        out = torch.empty(acc.shape, dtype=self.out_dtype, device=acc.device)
+        if self.per_channel:
+            n = acc.shape[-1] if acc.dim() > 0 else 1
+            if self.c.shape[0] != n:
+                raise ConfigError("acc.shape[-1]", n, f"{self.c.shape[0]} (one per multiplier)")
+            if self.c.device != acc.device:
+                self._to(acc.device)
+            a2 = acc.reshape(-1, n)  # [R, N]
+        else:
+            if self.m.device != acc.device:
+                self._to(acc.device)
+            # [numel, 1], or acc itself when writing into a 2-D block view of a wider output
+            a2 = acc if out is not None and out.dim() == 2 and out.shape == acc.shape else acc.reshape(-1, 1)
+        total_rows, ncols = a2.shape
+        cpu = acc.device.type == "cpu"
+        if out is None and (total_rows * ncols <= _CHUNK_ELEMS or not cpu):  # one block: fewest ops
+            if acc.numel() == 0:
+                return torch.empty(acc.shape, dtype=self.out_dtype, device=acc.device)
+            return self._pass(a2, a2.to(torch.float64), None).to(self.out_dtype).reshape(acc.shape)
+        if out is None:
+            out = torch.empty(acc.shape, dtype=self.out_dtype, device=acc.device)
+        elif out.shape != acc.shape or out.dtype != self.out_dtype:
+            raise ConfigError("out", (tuple(out.shape), out.dtype), f"{tuple(acc.shape)} {self.out_dtype}")
         if acc.numel() == 0:
             return out
-        m, sc, half_m1 = self.m.to(acc.device), self.sc.to(acc.device), self.half_m1.to(acc.device)
-        # Row chunks of ~64K elements: the int64 temporaries stay in cache and are updated in place
-        # (same arithmetic as rounding_right_shift; about 3x faster than whole-tensor temporaries).
-        a2 = acc.reshape(-1, acc.shape[-1]) if acc.dim() > 0 else acc.reshape(1, 1)
-        o2 = out.view(a2.shape)
-        rows = max(1, (1 << 16) // max(1, a2.shape[1]))
-        for i in range(0, a2.shape[0], rows):
-            p = a2[i:i + rows].to(torch.int64, copy=True)  # never modify the caller's tensor
-            p.mul_(m)
-            if self.special:
-                p0 = p.clone()
-            lsb = torch.bitwise_right_shift(p, sc).bitwise_and_(1)
-            p.add_(lsb).add_(half_m1).bitwise_right_shift_(sc)
-            if self.special:
-                dev = p.device
-                p = torch.where(self.keep.to(dev), p0, p)
-                p = torch.where(self.zero.to(dev), torch.zeros_like(p), p)
-                p = torch.where(self.sat.to(dev), torch.sign(p0) * (2 ** 40), p)
-            o2[i:i + rows] = p.clamp_(self.qmin, self.qmax)
+        if out.dim() == 2 and a2.shape == out.shape:
+            o2 = out  # 2-D, possibly a column block of a wider output
+        elif out.is_contiguous():
+            o2 = out.view(a2.shape)
+        else:
+            raise ConfigError("out", "non-contiguous", "contiguous, or a 2-D view shaped like acc")
+        # Row blocks of ~64K elements: the float64 temporaries stay in cache and are reused in place
+        rows = min(total_rows, total_rows if not cpu else max(1, _CHUNK_ELEMS // ncols))
+        buf = torch.empty((rows, ncols), dtype=torch.float64, device=acc.device)
+        rbuf = torch.empty_like(buf) if self.check else None
+        for i in range(0, total_rows, rows):
+            a = a2[i:i + rows]
+            k = a.shape[0]
+            v = buf[:k]
+            v.copy_(a)  # exact: |acc| <= 2**31
+            res = self._pass(a, v, rbuf[:k] if rbuf is not None else None)
+            o2[i:i + rows] = res
         return out
+
+
+def _is_int(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    return isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.device.type == "cpu"
+
+
+_REQUANTIZERS: dict = {}
+
+
+def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype,
+                 device: torch.device) -> Requantizer:
+    """A prepared Requantizer, memoised by the *values* of its constants (never by object identity),
+    so repeated :func:`requantize` calls with the same layer constants skip the set-up."""
+    def val(t):
+        if isinstance(t, torch.Tensor):
+            return (str(t.dtype), tuple(t.shape), t.detach().cpu().numpy().tobytes())
+        return ("py", int(t))
+    key = (val(multiplier), val(shift), qmin, qmax, out_dtype, str(device))
+    rq = _REQUANTIZERS.get(key)
+    if rq is None:
+        if len(_REQUANTIZERS) >= _CACHE_MAX:
+            _REQUANTIZERS.clear()
+        rq = Requantizer(multiplier, shift, qmin, qmax, out_dtype, device)
+        _REQUANTIZERS[key] = rq
+    return rq
 
 
 def requantize(acc: torch.Tensor, multiplier: int | torch.Tensor, shift: int | torch.Tensor,
@@ -222,7 +398,9 @@ def requantize(acc: torch.Tensor, multiplier: int | torch.Tensor, shift: int | t
     qmin, qmax: saturation bounds within int32. Returns ``out_dtype`` (int32 default).
     For repeated calls with the same constants use :class:`Requantizer`.
     """
-    return Requantizer(multiplier, shift, qmin, qmax, out_dtype, acc.device)(acc)
+    if acc.is_floating_point():
+        raise ConfigError("acc.dtype", acc.dtype, "an integer dtype (int32 accumulator)")
+    return _requantizer(multiplier, shift, qmin, qmax, out_dtype, acc.device)(acc)
 
 
 def requantize_scale(acc: torch.Tensor, real_scale: float | torch.Tensor, qmin: int, qmax: int,

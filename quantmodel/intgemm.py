@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from quantmodel.fixedpoint import Requantizer
 from workloads.errors import ConfigError
 
 INT32_MAX = 2 ** 31 - 1
@@ -47,6 +48,20 @@ def _absmax(t: torch.Tensor) -> int:
     return int(t.abs().max().item()) if t.numel() else 0
 
 
+def _bias_absmax(bias: torch.Tensor) -> int:
+    """max|bias|, remembered on the tensor with its version counter (a layer's bias is scanned once,
+    not per call; an in-place change bumps ``_version`` and forces a new scan)."""
+    memo = getattr(bias, "_q1_absmax", None)
+    if memo is not None and memo[0] == bias._version:
+        return memo[1]
+    v = _absmax(bias)
+    try:
+        bias._q1_absmax = (bias._version, v)
+    except (AttributeError, RuntimeError):  # e.g. tensor subclasses without a __dict__
+        pass
+    return v
+
+
 def _dtype_absmax(t: torch.Tensor) -> int:
     return 2 ** (torch.iinfo(t.dtype).bits - 1)
 
@@ -57,13 +72,49 @@ def accumulator_bound(k: int, a: torch.Tensor, b: torch.Tensor, bias: torch.Tens
     ``scan``) plus the largest |bias|."""
     am = _absmax(a) if scan else _dtype_absmax(a)
     bm = _absmax(b) if scan else _dtype_absmax(b)
-    cm = 0 if bias is None else _absmax(bias)  # N values: always scanned
+    cm = 0 if bias is None else _bias_absmax(bias)  # N values: scanned once per bias tensor
     return k * am * bm + cm
 
 
 def _check_int8(name: str, t: torch.Tensor) -> None:
     if t.dtype != torch.int8:
         raise ConfigError(f"{name}.dtype", t.dtype, "torch.int8")
+
+
+def _prepare(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, layer: str,
+             device: str | torch.device | None):
+    """Validate, move to the device, and decide overflow. Returns (a, b, bias, bound, wide): ``wide``
+    is the exact int32 result when the cheap bound exceeded int32 (computed in float64 and checked),
+    else None."""
+    _check_int8("a", a)
+    _check_int8("b", b)
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ConfigError("shapes", (tuple(a.shape), tuple(b.shape)), "[..., M, K] x [..., K, N]")
+    if bias is not None and (bias.dtype != torch.int32 or bias.shape != (b.shape[-1],)):
+        raise ConfigError("bias", (bias.dtype, tuple(bias.shape)), f"int32 [{b.shape[-1]}]")
+    if device is not None:
+        dev = torch.device(device)
+        a, b = a.to(dev), b.to(dev)
+        bias = bias.to(dev) if bias is not None else None
+    elif b.device != a.device or (bias is not None and bias.device != a.device):
+        b = b.to(a.device)
+        bias = bias.to(a.device) if bias is not None else None
+    k = a.shape[-1]
+    bound = accumulator_bound(k, a, b, bias)
+    if bound > INT32_MAX:
+        bound = accumulator_bound(k, a, b, bias, scan=True)
+    if bound <= INT32_MAX:
+        return a, b, bias, bound, None
+    # possible overflow: compute exactly in wide precision and check
+    if bound >= FLOAT64_EXACT:
+        raise AccumulatorOverflowError(layer, bound, k)
+    wide = _float_matmul(a, b, torch.float64)
+    if bias is not None:
+        wide = wide + bias.to(torch.float64)
+    max_abs = int(wide.abs().max().item()) if wide.numel() else 0
+    if max_abs > INT32_MAX:
+        raise AccumulatorOverflowError(layer, max_abs, k)
+    return a, b, bias, bound, wide.to(torch.int32)
 
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, layer: str = "?",
@@ -76,33 +127,15 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     """
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, ", ".join(BACKENDS))
-    _check_int8("a", a)
-    _check_int8("b", b)
-    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
-        raise ConfigError("shapes", (tuple(a.shape), tuple(b.shape)), "[..., M, K] x [..., K, N]")
-    if bias is not None and (bias.dtype != torch.int32 or bias.shape != (b.shape[-1],)):
-        raise ConfigError("bias", (bias.dtype, tuple(bias.shape)), f"int32 [{b.shape[-1]}]")
-    dev = torch.device(device) if device is not None else a.device
-    a, b = a.to(dev), b.to(dev)
-    bias = bias.to(dev) if bias is not None else None
-    k = a.shape[-1]
-
-    bound = accumulator_bound(k, a, b, bias)
-    if bound > INT32_MAX:
-        bound = accumulator_bound(k, a, b, bias, scan=True)
-    if bound > INT32_MAX:  # possible overflow: compute exactly in wide precision and check
-        if bound >= FLOAT64_EXACT:
-            raise AccumulatorOverflowError(layer, bound, k)
-        wide = _float_matmul(a, b, torch.float64)
-        if bias is not None:
-            wide = wide + bias.to(torch.float64)
-        max_abs = int(wide.abs().max().item()) if wide.numel() else 0
-        if max_abs > INT32_MAX:
-            raise AccumulatorOverflowError(layer, max_abs, k)
-        return wide.to(torch.int32)
-
+    a, b, bias, bound, wide = _prepare(a, b, bias, layer, device)
+    if wide is not None:
+        return wide
     use_int_mm = backend == "int_mm" or (backend == "auto" and b.dim() == 2)
     if use_int_mm:
+        if b.dim() == 2:  # one GEMM over all leading rows, bias fused
+            k = a.shape[-1]
+            acc = _int_mm_2d(a.reshape(-1, k), b, bias)
+            return acc.reshape(*a.shape[:-1], b.shape[-1])
         acc = _int_mm_nd(a, b)
     else:
         acc = _float_matmul(a, b, torch.float32 if bound <= FLOAT32_EXACT else torch.float64).to(torch.int32)
@@ -120,13 +153,74 @@ def int_linear(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = N
     return out.reshape(*lead, w_t.shape[-1])
 
 
+def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None, rq: Requantizer, *,
+                       layer: str = "?", device: str | torch.device | None = None) -> torch.Tensor:
+    """``rq(int_linear(x, w_t, bias))`` fused: x int8 [..., K], w_t int8 [K, N], bias int32 [N] or None,
+    ``rq`` a prepared per-channel or per-tensor :class:`~quantmodel.fixedpoint.Requantizer`
+    -> ``rq.out_dtype`` [..., N]; the same integers, overflow detection included.
+
+    On CPU the product is formed in column blocks (see :func:`_column_blocks`) and each block's
+    int32 sums are requantized while they are still in cache, straight into the output: no full
+    int32 accumulator is written or read back.
+    """
+    k, n = x.shape[-1], w_t.shape[-1]
+    lead = x.shape[:-1]
+    x2, w_t, bias, _, wide = _prepare(x.reshape(-1, k), w_t, bias, layer, device)
+    if w_t.dim() != 2:
+        raise ConfigError("w_t.dim", w_t.dim(), "2 ([K, N])")
+    if wide is not None or x2.device.type != "cpu" or x2.shape[0] == 0:
+        acc = wide if wide is not None else _int_mm_2d(x2, w_t, bias)
+        return rq(acc).reshape(*lead, n)
+    out = torch.empty((x2.shape[0], n), dtype=rq.out_dtype, device=x2.device)
+    blocks = _column_blocks(x2.shape[0], n)
+    if len(blocks) == 1:
+        rq(_mm_bias(x2, w_t, bias), out=out)
+    else:
+        for j0, j1 in blocks:
+            acc = _mm_bias(x2, w_t[:, j0:j1].contiguous(), None if bias is None else bias[j0:j1])
+            rq.block(j0, j1)(acc, out=out[:, j0:j1])
+    return out.reshape(*lead, n)
+
+
 def _float_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.matmul(a.to(dtype), b.to(dtype))
 
 
-def _int_mm_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M, K] x [K, N] -> [M, N] int32
+_BLOCK_N = 384  # column block of the CPU int8 GEMM (see _column_blocks)
+_WIDE_N = 768  # wider outputs are split on CPU
+_BLOCK_MIN_M = 256  # only tall products: small ones are overhead-bound
+
+
+def _column_blocks(m: int, n: int) -> list[tuple[int, int]]:
+    """Column ranges for the CPU ``_int_mm``: measured on this project's CPU (oneDNN, torch 2.13),
+    2048x384x1152 takes ~5 ms whole but ~2.8 ms as three 384-column products, 2048x384x1536 ~7 ms vs
+    ~3.7 ms (benchmarks/bench_emulator.py); up to 768 columns the whole product is as fast."""
+    if n <= _WIDE_N or m < _BLOCK_MIN_M:
+        return [(0, n)]
+    nb = -(-n // _BLOCK_N)
+    step = -(-n // nb)
+    return [(j, min(n, j + step)) for j in range(0, n, step)]
+
+
+def _mm_bias(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    acc = torch._int_mm(a, b)
+    return acc if bias is None else acc.add_(bias)  # int32, cannot wrap: the bound includes the bias
+
+
+def _int_mm_2d(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """[M, K] x [K, N] (+ bias [N]) -> [M, N] int32."""
     if a.device.type != "cuda":
-        return torch._int_mm(a, b)
+        blocks = _column_blocks(a.shape[0], b.shape[1])
+        if len(blocks) == 1:
+            return _mm_bias(a, b, bias)
+        out = torch.empty((a.shape[0], b.shape[1]), dtype=torch.int32, device=a.device)
+        for j0, j1 in blocks:
+            blk = torch._int_mm(a, b[:, j0:j1].contiguous())
+            if bias is None:
+                out[:, j0:j1] = blk
+            else:
+                torch.add(blk, bias[j0:j1], out=out[:, j0:j1])
+        return out
     m, k = a.shape
     n = b.shape[1]
     mp, kp, np_ = max(m, 17), -(-k // 8) * 8, -(-n // 8) * 8
@@ -134,7 +228,8 @@ def _int_mm_2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [M, K] x [K
         a = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
         b = torch.nn.functional.pad(b, (0, np_ - n, 0, kp - k))
     # cuBLASLt int8 wants the right operand column-major (its "TN" layout)
-    return torch._int_mm(a.contiguous(), b.t().contiguous().t())[:m, :n]
+    acc = torch._int_mm(a.contiguous(), b.t().contiguous().t())[:m, :n]
+    return acc if bias is None else acc + bias
 
 
 def _int_mm_nd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

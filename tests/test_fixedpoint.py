@@ -169,3 +169,37 @@ def test_prepared_requantizer_equals_requantize():
     rq = fp.Requantizer(mult, shift, -2 ** 31, 2 ** 31 - 1)
     assert torch.equal(rq(acc), fp.requantize(acc, mult, shift, -2 ** 31, 2 ** 31 - 1))
     assert torch.equal(rq(acc).double(), ref.requantize(acc, mult, shift, -2 ** 31, 2 ** 31 - 1))
+
+
+# (acc, multiplier, s = 31 + shift): acc * multiplier is a few units from an odd multiple of 2**(s-1),
+# so the float64 product acc * (multiplier * 2**-s) rounds onto or across the half integer and a plain
+# float64 round would be off by one. Found by factoring (2j+1) * 2**(s-1) + d (sympy.divisors).
+NEAR_TIES = [(1967848214, 1171758570, 62), (1770657511, 1302252409, 62), (2072967687, 1112339099, 62),
+             (708377561, 1126293188, 48), (505796296, 1492807739, 48), (528736261, 1924194307, 48),
+             (1283343006, 1154394974, 40), (1467737763, 1080388646, 40), (1399670075, 1094655688, 40)]
+
+
+@pytest.mark.parametrize("qrange", [(-127, 127), (-32767, 32767), I32])
+def test_near_tie_fallback_is_exact_per_tensor_and_per_channel(qrange):
+    naive_wrong = 0
+    cols_acc, cols_m, cols_s = [], [], []
+    for acc_v, mult, s in NEAR_TIES:
+        acc = torch.tensor([acc_v, -acc_v, acc_v - 1, 7, 0], dtype=torch.int32)
+        want = [exact_requant(int(v), mult, s - 31, *qrange) for v in acc.tolist()]
+        naive = torch.round(acc.double() * (mult * 2.0 ** -s)).clamp(*qrange)  # float64 without the fallback
+        naive_wrong += int((naive != torch.tensor(want, dtype=torch.float64)).sum())
+        assert fp.requantize(acc, mult, s - 31, *qrange).tolist() == want
+        assert ref.requantize(acc, mult, s - 31, *qrange).long().tolist() == want
+        cols_acc.append(acc), cols_m.append(mult), cols_s.append(s - 31)
+    if qrange != I32:  # tie half integers beyond the clamp do not matter: only check where they do
+        assert naive_wrong > 0
+    # per channel, mixed with safe channels (real scale 1e-3): near-tie channels in the majority (whole
+    # tensor checked) and in the minority (only their columns checked)
+    for n_safe in (1, 40):
+        safe_acc = torch.tensor([123456, -98765, 5, -5, 0]).unsqueeze(1).expand(5, n_safe)
+        acc = torch.cat([torch.stack(cols_acc, dim=1), safe_acc], dim=1).to(torch.int32)  # [5, 9 + n_safe]
+        m_safe, s_safe = fp.quantize_multiplier(1e-3)
+        mult = torch.tensor(cols_m + [m_safe] * n_safe)
+        shift = torch.tensor(cols_s + [s_safe] * n_safe)
+        got = fp.requantize(acc, mult, shift, *qrange)
+        assert torch.equal(got.long(), ref.requantize(acc, mult, shift, *qrange).long())

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from quantmodel import fixedpoint as fp
 from quantmodel import reference as ref
-from quantmodel.intgemm import AccumulatorOverflowError, int_linear, int_matmul
+from quantmodel.intgemm import AccumulatorOverflowError, int_linear, int_linear_requant, int_matmul
 from workloads.errors import ConfigError
 
 
@@ -107,3 +107,42 @@ def test_quantized_linear_pipeline_matches_reference(bits):
     assert ((got.double() - y).abs() <= bound)[inside].all()
     high = y > 127 + bound  # surely above the range: saturated, not wrapped
     assert high.any() and (got[high] == 127).all()
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_wide_column_blocks_and_fused_requant_match_reference(per_channel):
+    """CPU splits wide products (N > 768, M >= 256) into column blocks; the fused GEMM + requant
+    writes each block straight into the output. Both equal the reference; scales span the float64
+    fast path and its near-tie recomputation (tiny scales) and saturation."""
+    g = torch.Generator().manual_seed(5)
+    m, k, n = 260, 24, 801
+    x = rand_i8((2, m // 2, k), g)
+    w_t = rand_i8((k, n), g)
+    bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32)
+    acc = int_linear(x, w_t, bias)
+    want_acc, _ = ref.matmul(x.reshape(m, k), w_t, bias)
+    assert torch.equal(acc.reshape(m, n).double(), want_acc)
+    if per_channel:
+        scales = torch.rand(n, generator=g, dtype=torch.float64) * 1e-3
+        scales[::7] *= 1e-9  # s > 46: the checked path
+        scales[3] = 0.0
+        scales[5] = 2.0 ** 40
+        mult, shift = fp.quantize_multipliers(scales)
+    else:
+        mult, shift = fp.quantize_multiplier(3e-14)
+    for qmin, qmax, dtype in ((-127, 127, torch.int8), (-32767, 32767, torch.int32)):
+        rq = fp.Requantizer(mult, shift, qmin, qmax, dtype)
+        got = int_linear_requant(x, w_t, bias, rq, layer="blocks.0.mlp.fc1")
+        want = ref.requantize(want_acc, mult, shift, qmin, qmax)
+        assert got.dtype == dtype and got.shape == (2, m // 2, n)
+        assert torch.equal(got.reshape(m, n).double(), want)
+        assert torch.equal(rq(acc), got)
+
+
+def test_fused_requant_detects_overflow():
+    k = 140_000
+    a = torch.full((2, k), 127, dtype=torch.int8)
+    b = torch.full((k, 3), 127, dtype=torch.int8)
+    rq = fp.Requantizer(2 ** 30, 0, -127, 127, torch.int8)
+    with pytest.raises(AccumulatorOverflowError, match="blocks.2.attn.proj"):
+        int_linear_requant(a, b, None, rq, layer="blocks.2.attn.proj")
