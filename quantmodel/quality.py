@@ -21,7 +21,7 @@ import torch
 
 from quantmodel.calibrate import CalibStats, calibrate, calibration_prompts
 from quantmodel.emulator import FakeQuantModel, IntegerEmulator, NONLINEAR_MODES, sqnr_db
-from quantmodel.quantize import QuantArtifact, build_artifact
+from quantmodel.quantize import QuantArtifact, build_artifact, quantized_linears
 from quantmodel.recipes import Recipe, get_recipe
 from quantmodel.samplers import sampler_for
 from quantmodel.stdit import STDiT, STDiTConfig, build_stdit
@@ -69,6 +69,7 @@ def get_stats(model: STDiT, workload: Workload, stats: CalibStats | str | Path |
 def quantize_model(model: STDiT, workload: Workload, recipe: Recipe | str,
                    stats: CalibStats | str | Path | None = None, **calib) -> QuantArtifact:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
     need_stats = recipe.scheme != "dynamic"
     st = get_stats(model, workload, stats, **calib) if need_stats else None
     return build_artifact(model, recipe, st, workload.num_steps, workload.name)

@@ -16,7 +16,7 @@ from quantmodel.stdit import STDiTConfig, build_stdit
 
 @pytest.fixture(scope="module")
 def setup(tiny_workload):
-    w = dataclasses.replace(tiny_workload, num_steps=3)
+    w = dataclasses.replace(tiny_workload, num_steps=2)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
     stats = calibrate(model, w, num_prompts=2)
     z, y = eval_inputs(model, 1)
@@ -24,8 +24,8 @@ def setup(tiny_workload):
     return w, model, stats, z, y, ref
 
 
-CASES = [("static-w8a8", "fp16", False), ("asq-w6a6", "int", False), ("tsq-tsw-w4a8", "fp16", False),
-         ("dynamic-w8a8", "int", False), ("groups2-cal-w8a8", "int", True), ("asq-w8a8", "fp16", True)]
+CASES = [("static-w8a8", "fp16", False), ("tsq-tsw-w4a8", "int", False), ("dynamic-w6a6", "fp16", True),
+         ("groups2-cal-w6a6", "int", True)]
 
 
 @pytest.mark.parametrize("name,mode,attn", CASES)
@@ -60,10 +60,10 @@ def test_step_selects_weight_set_and_fakequant_tracks_emulator(setup):
     yy = torch.cat([y, model.null_caption(1)])
     t = torch.tensor([500, 500])
     outs = []
-    for step in range(3):
+    for step in range(2):
         outs.append(emu.model_fn(x, t, yy, step))
         assert emu.wset == step
-    assert not torch.equal(outs[0], outs[2])  # same input, other weight set and scales
+    assert not torch.equal(outs[0], outs[1])  # same input, other weight set and scales
     fq = FakeQuantModel(model, art)
     em_out = sample(emu.model_fn, model, w, z, y)
     fq_out = sample(fq.model_fn, model, w, z, y)
