@@ -28,6 +28,7 @@ range ``[-(2**(b-1)-1), 2**(b-1)-1]`` (int8 holds 4/6/8-bit values), scale = abs
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 
@@ -38,6 +39,7 @@ SUPPORTED_BITS = (4, 6, 8)
 INT32_MIN = -(2 ** 31)
 INT32_MAX = 2 ** 31 - 1
 MULT_BITS = 31  # multiplier is a Q0.31 fraction in [0.5, 1)
+_CHUNK_ELEMS = 1 << 16  # 64K float64 = 512 KiB per temporary: stays in L2 between the passes
 
 
 # ---- ranges and scales ------------------------------------------------------------------------------
@@ -68,17 +70,79 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | float, bits: int, axis: int 
     per-channel scales along ``axis`` of ``x``.
     """
     qmin, qmax = qrange(bits)
+    out_dtype = torch.int8 if bits <= 8 else torch.int16
+    if _is_number(scale):  # per tensor: checks in python, chunked in-place float64 pipeline
+        sf = float(scale)
+        if not (math.isfinite(sf) and sf > 0):
+            raise ConfigError("scale", scale, "finite positive values")
+        return _quantize_per_tensor(x, sf, qmin, qmax, out_dtype)
     s = _broadcast_scale(scale, x, axis)
     if (s <= 0).any() or not torch.isfinite(s).all():
         raise ConfigError("scale", scale, "finite positive values")
-    q = torch.round(x.to(torch.float64) / s).clamp_(qmin, qmax)  # torch.round: half to even
-    return q.to(torch.int8 if bits <= 8 else torch.int16)
+    q = torch.round(_as_f64(x) / s).clamp_(qmin, qmax)  # torch.round: half to even
+    return q.to(out_dtype)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+        isinstance(v, torch.Tensor) and v.dim() == 0 and v.device.type == "cpu")
+
+
+def _as_f64(x: torch.Tensor) -> torch.Tensor:
+    """x as float64 (values unchanged); half/bfloat16 go through float32, which is twice as fast."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float().double()
+    return x.to(torch.float64)
+
+
+def _quantize_per_tensor(x: torch.Tensor, s: float, qmin: int, qmax: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """clamp(round_half_even(fl64(x / s))) with the float64 temporaries in ~64K-element blocks
+    (the same operations as the unblocked form, element by element: the same bits)."""
+    n = x.numel()
+    if n <= _CHUNK_ELEMS or x.device.type != "cpu":
+        xd = _as_f64(x)
+        xd = xd.clone() if xd is x else xd
+        return xd.div_(s).round_().clamp_(qmin, qmax).to(out_dtype)
+    flat = x.reshape(-1)
+    out = torch.empty(n, dtype=out_dtype, device=x.device)
+    buf = torch.empty(_CHUNK_ELEMS, dtype=torch.float64, device=x.device)
+    for i in range(0, n, _CHUNK_ELEMS):
+        xc = flat[i:i + _CHUNK_ELEMS]
+        b = buf[:xc.numel()]
+        b.copy_(xc.float() if xc.dtype in (torch.float16, torch.bfloat16) else xc)
+        out[i:i + _CHUNK_ELEMS] = b.div_(s).round_().clamp_(qmin, qmax)
+    return out.reshape(x.shape)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor | float, axis: int | None = None) -> torch.Tensor:
-    """``q * scale`` in float32 (the value a float consumer sees)."""
+    """``q * scale`` in float32 (the value a float consumer sees).
+
+    Defined as the float64 product rounded once to float32. When |q| < 2**24 and the scale is a
+    float32 value, the float64 product of these two 24-bit-mantissa numbers is exact, so its one
+    rounding to float32 equals float32's own correctly rounded ``q * scale``: that cheaper product is
+    used then (int8/int16 codes always, int32 after a min/max scan), with the same bits.
+    """
+    if _is_number(scale) and not q.is_floating_point() and q.device.type == "cpu":
+        sf = float(scale)
+        if _is_f32(sf) and (q.dtype in (torch.int8, torch.int16, torch.uint8) or _below_2_24(q)):
+            return q.to(torch.float32).mul_(sf)
     s = _broadcast_scale(scale, q, axis)
     return (q.to(torch.float64) * s).to(torch.float32)
+
+
+def _is_f32(v: float) -> bool:
+    """v is exactly a (finite) float32 value."""
+    try:
+        return math.isfinite(v) and struct.unpack("f", struct.pack("f", v))[0] == v
+    except OverflowError:
+        return False
+
+
+def _below_2_24(q: torch.Tensor) -> bool:
+    if q.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(q)
+    return -(2 ** 24) < int(lo) and int(hi) < 2 ** 24
 
 
 def quantize_weight_per_channel(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +224,6 @@ def rounding_right_shift(x: torch.Tensor, s: int | torch.Tensor) -> torch.Tensor
     return torch.where(s == 0, x, out)
 
 
-_CHUNK_ELEMS = 1 << 16  # 64K float64 = 512 KiB per temporary: stays in L2 between the passes
 _CACHE_MAX = 1024  # prepared Requantizers kept by requantize() (keyed by their constants' values)
 _F64_EXP_BIAS = 1023
 

@@ -203,3 +203,20 @@ def test_near_tie_fallback_is_exact_per_tensor_and_per_channel(qrange):
         shift = torch.tensor(cols_s + [s_safe] * n_safe)
         got = fp.requantize(acc, mult, shift, *qrange)
         assert torch.equal(got.long(), ref.requantize(acc, mult, shift, *qrange).long())
+
+
+@pytest.mark.parametrize("scale", [0.0123, float(torch.tensor(0.0123, dtype=torch.float32)), 2.0 ** -20])
+def test_dequantize_and_blocked_quantize_equal_the_float64_definitions(scale):
+    """dequantize's float32 product (int8/int16 codes, int32 codes below 2**24, float32 scales) and
+    quantize's blocked per-tensor pipeline (> 64K elements) give the bits of their float64 definitions."""
+    g = torch.Generator().manual_seed(4)
+    q32 = torch.randint(-2 ** 25, 2 ** 25, (3000,), generator=g, dtype=torch.int32)
+    for q in (q32, q32 // 4, q32.clamp(-32767, 32767).to(torch.int16), q32.clamp(-127, 127).to(torch.int8)):
+        want = (q.double() * scale).float()
+        assert torch.equal(fp.dequantize(q, scale).view(torch.int32), want.view(torch.int32))
+    x = torch.randn(70_000, generator=g) * 100 * scale
+    x[:1000] = (torch.arange(-500, 500) + 0.5) * scale  # exact ties x / s = k + 1/2 where representable
+    for xx in (x, x.half()):
+        got = fp.quantize(xx, scale, 8)
+        assert torch.equal(got.double(), ref.quantize(xx, scale, 8))
+        assert torch.equal(got, torch.round(xx.double() / scale).clamp(-127, 127).to(torch.int8))
