@@ -296,8 +296,9 @@ class IntegerEmulator:
         vf = self.verifier
         if self.static:
             q = self._input_int8(name, v, p)
-            acc = intgemm.int_linear(q, p.w_t, p.bias_q, layer=name)  # int32 [..., n]
-            out = p.rq(acc)  # == fixedpoint.requantize(acc, mult, shift, -QO, QO), prepared once
+            # int8 GEMM + int32 bias + requantization (Q1's fused kernel: the same integers as
+            # fixedpoint.requantize(int_linear(q, w_t, bias), mult, shift, -QO, QO))
+            out = intgemm.int_linear_requant(q, p.w_t, p.bias_q, p.rq, layer=name)  # int32 [..., n]
             res = IntVal(out, p.y_scale)
             if self.exact:
                 k = q.shape[-1]
