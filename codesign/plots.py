@@ -19,7 +19,9 @@ SCHEME_COLORS = {"static": "tab:gray", "asq": "tab:blue", "groups": "tab:green",
 BITS_MARKERS = {(8, 8): "o", (6, 6): "s", (4, 8): "^", (16, 16): "D"}
 LABELS = {"latency_s": "latency per video (s)", "energy_j": "energy per video (J)",
           "area_mm2": "chip area (mm²)", "storage_bytes": "weight storage (bytes)",
-          "swap_stall_s": "weight-swap stall (s)", "swap_bytes": "weight-swap traffic (bytes)"}
+          "swap_stall_s": "weight-swap stall (s)", "swap_bytes": "weight-swap traffic (bytes)",
+          "q.sqnr_db": "quality: final-sample SQNR vs float (dB)", "q.psnr_db": "quality: PSNR vs float (dB)",
+          "q.semantic_accuracy": "quality: semantic accuracy", "q.frechet_distance": "Frechet distance"}
 DPI = 110
 
 
@@ -104,16 +106,22 @@ def stacked_bars(df: pd.DataFrame, prefix: str, labels: list[str], path: str | P
 
 
 def swap_vs_k(curves: pd.DataFrame, path: str | Path, title: str) -> Path:
-    """Swap stall and latency against the number of weight sets K, one line per curve label."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    """Against the number of weight sets K, one line per curve label: swap stall, weight storage,
+    and (where the curves carry it) energy relative to K=1 on the same chips."""
+    cols = [c for c in ("swap_stall_s", "storage_bytes", "energy_vs_k1") if c in curves.columns
+            and curves[c].notna().any()]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 4.2), squeeze=False)
+    axes = axes[0]
     for lab, grp in curves.groupby("curve", sort=False):
         grp = grp.sort_values("num_weight_sets")
-        axes[0].plot(grp["num_weight_sets"], grp["swap_stall_s"], marker="o", ms=3, label=lab)
-        axes[1].plot(grp["num_weight_sets"], grp["latency_s"], marker="o", ms=3, label=lab)
-    for ax, col in zip(axes, ("swap_stall_s", "latency_s")):
+        for ax, col in zip(axes, cols):
+            ax.plot(grp["num_weight_sets"], grp[col], marker="o", ms=3, label=lab)
+    for ax, col in zip(axes, cols):
         ax.set_xscale("log")
         ax.set_xlabel("weight sets K (1 = ASQ, steps = TSQ+TSW)")
-        ax.set_ylabel(label(col))
+        ax.set_ylabel({"energy_vs_k1": "energy / energy at K=1, same chip"}.get(col, label(col)))
+        if col == "storage_bytes":
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

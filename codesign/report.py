@@ -38,8 +38,10 @@ def quality_metric(df: pd.DataFrame) -> tuple[str, str] | None:
 
 
 def static_vs_dynamic(ok: pd.DataFrame) -> pd.DataFrame:
-    """Pairs (dynamic, static recipe) on the same hardware point and bit-widths: their cost ratios."""
+    """Pairs (dynamic, static recipe) on the same hardware point and bit-widths: their cost ratios,
+    ordered by bit-widths, then scheme (static, ASQ, groups by K, TSQ+TSW)."""
     rows = []
+    order = {s: i for i, s in enumerate(plots.SCHEME_ORDER)}
     dyn = ok[ok["scheme"] == "dynamic"]
     for (w, a), dgrp in dyn.groupby(["w_bits", "a_bits"]):
         d = dgrp.set_index("hw_key")
@@ -47,24 +49,39 @@ def static_vs_dynamic(ok: pd.DataFrame) -> pd.DataFrame:
         for recipe, sgrp in stat.groupby("recipe"):
             s = sgrp.set_index("hw_key")
             common = d.index.intersection(s.index)
+            rank = (-w, -a, order.get(sgrp["scheme"].iloc[0], 99), int(sgrp["num_weight_sets"].iloc[0]))
             for metric, col in (("latency", "latency_s"), ("energy", "energy_j")):
                 r = (d.loc[common, col] / s.loc[common, col]).to_numpy(dtype=float)
-                rows += [{"metric": metric, "versus": recipe, "w_bits": w, "a_bits": a, "ratio": x}
-                         for x in r]
-    return pd.DataFrame(rows, columns=["metric", "versus", "w_bits", "a_bits", "ratio"])
+                rows += [{"metric": metric, "versus": recipe, "w_bits": w, "a_bits": a, "ratio": x,
+                          "_rank": rank} for x in r]
+    cols = ["metric", "versus", "w_bits", "a_bits", "ratio"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows)
+    df = df.iloc[sorted(range(len(df)), key=lambda i: (df["metric"].iat[i] != "latency", df["_rank"].iat[i]))]
+    return df[cols].reset_index(drop=True)
 
 
 def swap_curves(ok: pd.DataFrame) -> pd.DataFrame:
-    """Median (over the hardware points every recipe shares) swap stall and latency per K."""
+    """Per K (weight sets), over the hardware points every recipe of a curve shares: median swap
+    stall, storage, swap traffic, and the median energy and latency over K=1 (ASQ) on the same chip."""
     sm = ok[ok["scheme"].isin(("asq", "groups", "tsq+tsw"))]
     rows = []
     for (w, a, pf), grp in sm.groupby(["w_bits", "a_bits", "prefetch"]):
         shared = set.intersection(*(set(g["hw_key"]) for _, g in grp.groupby("recipe")))
         g = grp[grp["hw_key"].isin(shared)]
+        base = g[g["num_weight_sets"] == 1].set_index("hw_key")
         for k, kg in g.groupby("num_weight_sets"):
+            kk = kg.set_index("hw_key")
+            has_base = len(base) and kk.index.isin(base.index).all()
             rows.append({"curve": f"W{w}A{a} {pf}", "num_weight_sets": int(k),
-                         "swap_stall_s": kg["swap_stall_s"].median(), "latency_s": kg["latency_s"].median(),
-                         "points": len(kg)})
+                         "swap_stall_s": kk["swap_stall_s"].median(), "latency_s": kk["latency_s"].median(),
+                         "swap_bytes": kk["swap_bytes"].median(), "storage_bytes": kk["storage_bytes"].median(),
+                         "energy_vs_k1": (kk["energy_j"] / base.loc[kk.index, "energy_j"]).median()
+                         if has_base else float("nan"),
+                         "latency_vs_k1": (kk["latency_s"] / base.loc[kk.index, "latency_s"]).median()
+                         if has_base else float("nan"),
+                         "points": len(kk)})
     return pd.DataFrame(rows)
 
 
@@ -113,6 +130,17 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
                   "need it are left out.")
     md.append("")
 
+    if q:  # one row per recipe: quality does not depend on the chip
+        qcols = [c for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy",
+                             "q.frechet_distance") if c in ok.columns]
+        per = ok.groupby("recipe", sort=False).first().reset_index()
+        per = per.sort_values(["w_bits", "a_bits", "num_weight_sets"], ascending=[False, False, True])
+        md += ["## Quality per recipe", "",
+               f"Measured on {', '.join(map(str, ok['quality_workload'].dropna().unique()))} "
+               f"({int(per['q.num_weight_sets'].max()) if 'q.num_weight_sets' in per else '?'} weight sets at most "
+               "there); storage and weight sets K are the cost workload's.", "",
+               _md_table(per[["recipe", "num_weight_sets", "storage_bytes"] + qcols]), ""]
+
     # ---- Pareto fronts -----------------------------------------------------------------------
     md += ["## Pareto fronts", ""]
     senses = {"latency_s": "min", "energy_j": "min", "area_mm2": "min", "storage_bytes": "min"}
@@ -137,10 +165,14 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         path = plots.ratio_boxes(ratios, out_dir / "static_vs_dynamic.png",
                                  "dynamic (per-token) over static recipes, same chip and bit-widths")
         figs.append(("static vs dynamic", path))
-        summ = (ratios.groupby(["metric", "versus"], sort=False)["ratio"]
-                .agg(pairs="count", median="median", min="min", max="max").reset_index())
-        md += ["Ratio > 1: the dynamic recipe costs more than the static one on the same chip.", "",
-               "![static vs dynamic](static_vs_dynamic.png)", "", _md_table(summ), ""]
+        g = ratios.groupby(["versus", "metric"], sort=False)["ratio"]
+        summ = g.median().unstack("metric")
+        summ = pd.DataFrame({"static recipe": summ.index, "pairs": g.count().unstack("metric")["latency"].values,
+                             **{f"{m} median (min–max)": [f"{summ.loc[v, m]:.3f} ({g.min()[v, m]:.3f}–{g.max()[v, m]:.3f})"
+                                                          for v in summ.index] for m in ("latency", "energy")}})
+        md += ["Each pair: the dynamic recipe and a static recipe of the same bit-widths on the very same "
+               "hardware point (only chips with the dynamic-quant unit run dynamic recipes). Ratio > 1: "
+               "dynamic costs more.", "", "![static vs dynamic](static_vs_dynamic.png)", "", _md_table(summ), ""]
     else:
         md += ["No dynamic and static recipes at the same bit-widths in these results.", ""]
 
