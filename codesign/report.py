@@ -195,7 +195,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     curves = swap_curves(ok)
     if len(curves) and curves["num_weight_sets"].nunique() > 1:
         path = plots.swap_vs_k(curves, out_dir / "swap_vs_k.png",
-                               "median over shared hardware points: swap stall and latency vs K")
+                               "swap stall, weight storage and energy vs K (medians over the hardware points a curve shares)")
         figs.append(("swap stall vs K", path))
         md += ["![swap stall vs K](swap_vs_k.png)", "", _md_table(curves), ""]
     else:
