@@ -57,7 +57,7 @@ def gantt(res: SimResult, step: int, path: Path, window_s: tuple | None = None) 
 
 def breakdown(res: SimResult, path: Path) -> Path:
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4), layout="constrained")
     for ax, (title, d, unit) in zip(axes, (("energy per video", res.energy_breakdown_j, "J"),
                                             ("area", res.area_breakdown_mm2, "mm$^2$"),
                                             ("latency by cause", res.stall_breakdown_s, "s"))):
