@@ -179,6 +179,13 @@ class QuantArtifact:
             raise ConfigError("artifact", f"model fingerprint {self.meta['model_fingerprint']}",
                               f"an artifact quantized from this model ({model_fingerprint(model)})")
 
+    def annotate(self, trace):
+        """The quantized op trace of this artifact (its recipe and its step-to-set map, which for a
+        calibrated split is not the uniform one) for the hardware model."""
+        from quantmodel.recipes import annotate_trace
+
+        return annotate_trace(trace, self.recipe, self.step_to_set)
+
     def weight_storage_bytes(self) -> int:
         """Bytes of all weight sets as the chip stores them (CONTRACT.md's formula): packed integer
         weights + fp32 per-channel scale + int32 bias per quantized linear per set, FP16 factors of the

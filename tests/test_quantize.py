@@ -60,7 +60,8 @@ def test_tsq_tsw_has_one_weight_set_per_step_and_steps_times_asq_storage(setup):
     # the sets really differ (per-step smoothing and scales)
     assert not torch.equal(tsq.get(0, "blocks.0.mlp.fc2", "weight_q"), tsq.get(3, "blocks.0.mlp.fc2", "weight_q"))
     # the artifact's quantized storage matches the hardware trace's (CONTRACT.md formula)
-    trace = annotate_trace(build_trace(w), tsq.recipe, tsq.step_to_set)
+    trace = tsq.annotate(build_trace(w))
+    assert trace.meta["step_to_set"] == [0, 1, 2, 3]
     seen = {}
     for op in trace.ops:
         if op.weight_set >= 0:
