@@ -67,6 +67,13 @@ def load_shapes_model(device: str | torch.device = "cpu", model_path: Path | Non
     return model.eval(), enc.eval()
 
 
+@torch.no_grad()
+def caption_features(encoder: CaptionEncoder, prompts: list[str]) -> torch.Tensor:
+    """Text features ``[B, 1, L, Ct]`` of prompts: what calibration needs as ``text_features``
+    (save as safetensors ``{"y": ...}``); random features would calibrate off-distribution."""
+    return encoder.encode(prompts).float()
+
+
 def float_model_fn(model: STDiT) -> ModelFn:
     def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         return model(x, t, y)
@@ -108,7 +115,7 @@ def generate(model: STDiT, encoder: CaptionEncoder, prompts: list[str], seed: in
     dev = next(model.parameters()).device
     sampler = make_sampler(w.sampler, num_steps or w.num_steps,
                            w.cfg_scale if cfg_scale is None else cfg_scale)
-    y = encoder.encode(prompts)  # [B, 1, L, Ct]
+    y = caption_features(encoder, prompts)  # [B, 1, L, Ct]
     b = len(prompts)
     g = torch.Generator(device=dev).manual_seed(seed)
     z = torch.randn((b, w.model.in_channels, *w.latent_size), generator=g, device=dev)

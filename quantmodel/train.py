@@ -61,6 +61,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False
     log_every: int = 200
+    init_from: str = ""  # a folder with stdit-shapes*.safetensors to start from (fine-tuning)
 
     def __post_init__(self) -> None:
         for f in ("steps", "batch", "log_every"):
@@ -105,6 +106,11 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     model = build_stdit(mcfg, device=dev, seed=cfg.seed).train()
     init_zero(model)
     enc = CaptionEncoder(w.model.caption_channels, w.model.model_max_length).to(dev).train()
+    if cfg.init_from:
+        from quantmodel.shapes_model import _load
+
+        _load(model, Path(cfg.init_from) / "stdit-shapes.safetensors", skip=RECOMPUTED)
+        _load(enc, Path(cfg.init_from) / "stdit-shapes-captions.safetensors")
     params = [p for p in list(model.parameters()) + list(enc.parameters()) if p.requires_grad]
     ema = [p.detach().clone().float() for p in params]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
@@ -203,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget-s", type=float, default=d.time_budget_s)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--init-from", default="")
     p.add_argument("--log-every", type=int, default=d.log_every)
     a = p.parse_args(argv)
     try:
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                           warmup_steps=a.warmup_steps, caption_dropout=a.caption_dropout,
                           offset_noise=a.offset_noise,
                           ema_decay=a.ema_decay, seed=a.seed, time_budget_s=a.time_budget_s,
-                          amp=not a.no_amp, compile=a.compile, log_every=a.log_every)
+                          amp=not a.no_amp, compile=a.compile, log_every=a.log_every,
+                          init_from=a.init_from)
         log = train(cfg, device=a.device, out_dir=a.out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,7 +106,7 @@ def train_classifier(steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: 
         opt.step()
         sched.step()
     return clf.eval(), {"steps": steps, "batch": batch, "wall_s": time.time() - t0,
-                        "final_loss": float(loss)}
+                        "final_loss": float(loss.detach())}
 
 
 def save_classifier(clf: ShapesClassifier, path: Path = CLASSIFIER_FILE) -> None:
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--prompts", type=int, default=32)
     c.add_argument("--steps", type=int, nargs="+", default=[25])
     c.add_argument("--cfg", type=float, nargs="+", default=[4.0])
+    c.add_argument("--clip", choices=("both", "on", "off"), default="both")
     c.add_argument("--device", default="cpu")
     c.add_argument("--save", type=Path, default=None, help="save the clips (safetensors)")
     a = p.parse_args(argv)
@@ -296,7 +297,7 @@ def _sample_check(a: argparse.Namespace) -> int:
     saved = {}
     for steps in a.steps:
         for cfg in a.cfg:
-            for clip in (True, False):
+            for clip in {"both": (True, False), "on": (True,), "off": (False,)}[a.clip]:
                 t0 = time.time()
                 video = generate(model, enc, prompts, seed=0, num_steps=steps, cfg_scale=cfg,
                                  clip=clip)
