@@ -28,7 +28,7 @@ from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, 
 from workloads.errors import ConfigError
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
-MAX_CHUNK = 64
+MAX_CHUNK = 16  # points per task: small enough for a smooth progress bar and frequent parts
 RECIPES_IN_FLIGHT = 2  # traces held by workers at once: the next is queued while one runs
 
 
