@@ -159,7 +159,9 @@ def psnr_db(reference: torch.Tensor, test: torch.Tensor, data_range: float = 2.0
     """Mean over clips of 20 log10(range / RMSE), on clips clamped to [-1, 1] (what is shown)."""
     ref, tst = reference.clamp(-1, 1).double(), test.clamp(-1, 1).double()
     mse = (tst - ref).pow(2).flatten(1).mean(dim=1)  # [B]
-    psnr = 20 * np.log10(data_range) - 10 * torch.log10(mse.clamp(min=1e-20))
+    if bool((mse == 0).any()):
+        return float("inf")
+    psnr = 20 * np.log10(data_range) - 10 * torch.log10(mse)
     return float(psnr.mean())
 
 

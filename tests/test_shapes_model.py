@@ -1,0 +1,97 @@
+"""The shapes text-to-video model: data determinism, caption tokens, a CPU training step, and the
+shipped float model following its prompts (classifier accuracy far above chance)."""
+from __future__ import annotations
+
+import torch
+import pytest
+
+from quantmodel import captions, shapes, videometrics
+from quantmodel.shapes_model import CAPTION_FILE, MODEL_FILE, generate, load_shapes_model
+from quantmodel.train import TrainConfig, train
+from workloads.errors import ConfigError
+
+
+def test_dataset_is_deterministic_and_in_range():
+    a, la = shapes.sample_batch(6, torch.Generator().manual_seed(3))
+    b, lb = shapes.sample_batch(6, torch.Generator().manual_seed(3))
+    c, _ = shapes.sample_batch(6, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+    assert not torch.equal(a, c)
+    assert a.shape == (6, 3, 16, 32, 32)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_shape_moves_in_the_captioned_direction():
+    labels = {"shape": torch.tensor([0, 1, 2, 3]), "colour": torch.tensor([0, 1, 2, 3]),
+              "direction": torch.tensor([0, 1, 2, 3]), "speed": torch.tensor([1, 1, 0, 0]),
+              "background": torch.tensor([0, 0, 0, 0])}
+    v = shapes.render(labels, torch.Generator().manual_seed(0))  # black background
+    mass = (v + 1).sum(dim=1)  # [B, T, H, W], zero on background
+    xs, ys = torch.arange(32.0), torch.arange(32.0)
+    cx = (mass.sum(2) * xs).sum(-1) / mass.sum((2, 3))  # [B, T]
+    cy = (mass.sum(3) * ys).sum(-1) / mass.sum((2, 3))
+    dx, dy = cx[:, -1] - cx[:, 0], cy[:, -1] - cy[:, 0]
+    # left fast (1.2 px/frame x 15), right fast, up slow (0.5 x 15), down slow
+    assert dx[0] == pytest.approx(-18.0, abs=0.3) and dy[0] == pytest.approx(0.0, abs=0.3)
+    assert dx[1] == pytest.approx(18.0, abs=0.3)
+    assert dy[2] == pytest.approx(-7.5, abs=0.3) and dx[2] == pytest.approx(0.0, abs=0.3)
+    assert dy[3] == pytest.approx(7.5, abs=0.3)
+
+
+def test_caption_ids_match_tokenizer_and_unknown_words_fail():
+    labels = shapes.random_labels(40, torch.Generator().manual_seed(0))
+    assert torch.equal(captions.ids_from_labels(labels), captions.tokenize(shapes.captions(labels)))
+    with pytest.raises(ConfigError):
+        captions.tokenize(["a slow purple circle moving up on black"])
+
+
+def test_training_step_runs_on_cpu_and_saves(tmp_path):
+    cfg = TrainConfig(steps=2, batch=2, log_every=1, warmup_steps=1)
+    log = train(cfg, device="cpu", out_dir=tmp_path, progress=False)
+    assert log["steps_done"] == 2
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log["curve"])
+    model, enc = load_shapes_model("cpu", tmp_path / "stdit-shapes.safetensors",
+                                   tmp_path / "stdit-shapes-captions.safetensors")
+    # the saved (float16) weights are the trained EMA weights
+    sd = log["model"].state_dict()
+    for k, v in model.state_dict().items():
+        if k not in ("pos_embed", "pos_embed_temporal"):
+            assert torch.equal(v, sd[k].half().float()), k
+
+
+def test_metrics_on_known_inputs():
+    v, labels = shapes.sample_batch(8, torch.Generator().manual_seed(0))
+    assert videometrics.sqnr_db(v, v) == float("inf")
+    half = 0.5 * v  # inside [-1, 1] after noise, so clamping does not cut the noise
+    noisy = half + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+    # PSNR with range 2 and noise std 0.01: 20 log10(2 / 0.01) = 46.02 dB
+    assert videometrics.psnr_db(half, noisy) == pytest.approx(46.02, abs=0.05)
+    # SQNR: signal power over noise power
+    expected = 10 * torch.log10(half.double().pow(2).sum() / (noisy - half).double().pow(2).sum())
+    assert videometrics.sqnr_db(half, noisy) == pytest.approx(float(expected), rel=1e-9)
+    f = torch.randn(64, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert videometrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-9)
+    # shifting the mean by 1 in each of 4 dims adds exactly 4
+    assert videometrics.frechet_distance(f, f + 1) == pytest.approx(4.0, abs=1e-9)
+    tc = videometrics.temporal_consistency(v)
+    assert tc["jerk_px"] < 0.15 and tc["empty_frames"] == 0.0
+
+
+def test_shipped_classifier_reads_real_clips():
+    clf = videometrics.load_classifier()
+    v, labels = shapes.sample_batch(64, torch.Generator().manual_seed(777))
+    acc = videometrics.semantic_accuracy(clf, v, labels)
+    assert acc["mean"] > 0.95, acc
+
+
+@pytest.mark.skipif(not MODEL_FILE.is_file() or not CAPTION_FILE.is_file(),
+                    reason="weights not shipped")
+def test_shipped_float_model_follows_prompts():
+    model, enc = load_shapes_model("cpu")
+    clf = videometrics.load_classifier()
+    labels = shapes.prompt_set(8, seed=0)
+    video = generate(model, enc, shapes.captions(labels), seed=0, num_steps=10)
+    acc = videometrics.semantic_accuracy(clf, video, labels)
+    chance = sum(videometrics.CHANCE.values()) / len(videometrics.CHANCE)  # 0.317
+    assert acc["mean"] > chance + 0.35, acc
