@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import hwsim
-from codesign.spec import load_spec, spec_from_dict
+from codesign.spec import flatten, load_spec, spec_from_dict
 from codesign.store import POINTS, load_results
 from codesign.sweep import run_sweep
 from quantmodel.recipes import annotate_trace, get_recipe
@@ -169,3 +169,18 @@ def test_quality_once_per_recipe_joined_on_every_point(tmp_path):
     bad = {**data, "quality": {"workload": "stdit-tiny", "options": {"num_promts": 1}}}
     with pytest.raises(ConfigError, match="num_promts"):
         spec_from_dict(bad)
+
+
+def test_shipped_specs_load_and_sample_reproducibly():
+    from codesign.spec import SPEC_DIR
+
+    for path in sorted(SPEC_DIR.glob("*.yaml")):
+        spec = load_spec(path)
+        points = spec.hardware_points()
+        if spec.sampling == "random":
+            assert len(points) == spec.samples, path.name
+            assert points == load_spec(path).hardware_points()  # same seed, same points
+            assert len({p.overrides + (p.prefetch,) for p in points}) == len(points)  # distinct
+        for p in points[:5]:  # the axes land on the chip's fields (section axes set several at once)
+            hw = flatten(hwsim.hw_to_dict(hwsim.with_overrides(hwsim.load_hw(spec.hw_base), p.as_dict())))
+            assert all(hw[k] == v for k, v in p.overrides), path.name
