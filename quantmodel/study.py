@@ -33,6 +33,21 @@ def default_recipes() -> list[str]:
     return ["fp16"] + [f"{s}-{b}" for b in BITS for s in SCHEMES]
 
 
+def _params_on(runner, dev: torch.device) -> None:
+    """FakeQuantModel keeps its dequantized weights on the CPU; move each layer's cached entry to
+    ``dev`` on first use, so the fake-quant study also runs on a GPU."""
+    get = runner.params
+
+    def params(name: str) -> dict:
+        p = get(name)
+        for k, v in p.items():
+            if isinstance(v, torch.Tensor) and v.device != dev:
+                p[k] = v.to(dev)
+        return p
+
+    runner.params = params
+
+
 def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: int = 0,
               calib_prompts: int = 8, backend: str = "fakequant", device: str = "cpu",
               num_steps: int | None = None) -> pd.DataFrame:
@@ -44,6 +59,8 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
 
         w = dataclasses.replace(w, num_steps=num_steps)
     model, enc = load_shapes_model(device)
+    # calibration and artifact building run on the CPU (the quantizer keeps its tensors there)
+    model_cpu = model if device == "cpu" else load_shapes_model("cpu")[0]
     clf = videometrics.load_classifier()
     labels = shapes.prompt_set(num_prompts, seed=seed)
     prompts = shapes.captions(labels)
@@ -70,11 +87,13 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
             t0 = time.time()
             if recipe.quantized:
                 if stats is None and recipe.scheme != "dynamic":
-                    stats = quality.get_stats(model, w, None, num_prompts=calib_prompts,
+                    stats = quality.get_stats(model_cpu, w, None, num_prompts=calib_prompts,
                                               seed=seed + 7, text_features=str(feat_file))
-                art = quality.quantize_model(model, w, recipe, stats)
-                fn, _ = quality.recipe_model_fn(model, w, recipe, backend=backend, artifact=art,
-                                                device=device)
+                art = quality.quantize_model(model_cpu, w, recipe, stats)
+                fn, runner = quality.recipe_model_fn(model, w, recipe, backend=backend,
+                                                     artifact=art, device=device)
+                if backend == "fakequant" and device != "cpu":
+                    _params_on(runner, torch.device(device))
                 video = generate(model, enc, prompts, seed=seed, num_steps=w.num_steps,
                                  model_fn=fn).cpu()
                 storage, sets = art.weight_storage_bytes(), art.num_sets
