@@ -45,7 +45,7 @@ def _schemes(df: pd.DataFrame) -> list[str]:
 def pareto_plot(df: pd.DataFrame, x: str, y: str, senses: dict[str, str], path: str | Path,
                 title: str, logx: bool = False, logy: bool = False) -> Path:
     """All points (colour = scheme, marker = bit-widths), the Pareto front of (x, y) drawn on top."""
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(8.6, 4.8))
     d = df.dropna(subset=[x, y])
     for scheme in _schemes(d):
         sub = d[d["scheme"] == scheme]
@@ -65,7 +65,7 @@ def pareto_plot(df: pd.DataFrame, x: str, y: str, senses: dict[str, str], path: 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, labels, fontsize=6.5, ncol=2, loc="best", markerscale=1.6, framealpha=0.8)
+    ax.legend(handles, labels, fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=1.6)
     return _save(fig, path)
 
 
