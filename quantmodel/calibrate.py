@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantmodel.samplers import make_sampler
+from quantmodel.samplers import sampler_for
 from quantmodel.stdit import STDiT, Add, GatedAdd, MatMul, Modulate, Softmax
 from workloads.errors import ConfigError
 from workloads.presets import Workload
@@ -209,7 +209,7 @@ def calibrate(model: STDiT, workload: Workload, num_prompts: int = 4, seed: int 
     if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
         raise ConfigError("num_prompts", num_prompts, "a positive integer")
     cfg = model.cfg
-    sampler = make_sampler(workload.sampler, workload.num_steps, workload.cfg_scale)
+    sampler = sampler_for(workload)
     ys = calibration_prompts(model, num_prompts, seed, text_features)
     num_prompts = ys.shape[0]
     dev = next(model.parameters()).device

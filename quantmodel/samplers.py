@@ -74,8 +74,10 @@ class GaussianDiffusion:
                 + _extract(self.posterior_mean_coef2, t, x_t) * x_t)
         return mean, _extract(self.posterior_log_variance_clipped, t, x_t)
 
-    def p_mean_variance(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor):
-        """Mean and log-variance of p(x_{t-1} | x_t) from [eps, variance values] (learned range)."""
+    def p_mean_variance(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                        clip_denoised: bool = False):
+        """Mean and log-variance of p(x_{t-1} | x_t) from [eps, variance values] (learned range);
+        ``clip_denoised`` clamps the predicted x0 to the data range [-1, 1] first."""
         c = x.shape[1]
         eps, var_values = model_out[:, :c], model_out[:, c:]
         min_log = _extract(self.posterior_log_variance_clipped, t, x)
@@ -84,6 +86,8 @@ class GaussianDiffusion:
         log_var = frac * max_log + (1 - frac) * min_log
         x0 = _extract(self.sqrt_recip_alphas_cumprod, t, x) * x - _extract(
             self.sqrt_recipm1_alphas_cumprod, t, x) * eps
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
         mean, _ = self.q_posterior(x0, x, t)
         return mean, log_var, x0
 
@@ -131,6 +135,7 @@ class IDDPM:
     num_steps: int = 100
     cfg_scale: float = 7.0
     num_timesteps: int = 1000
+    clip_denoised: bool = False  # OpenSora's latent models don't clip; pixel-space models do
 
     def __post_init__(self) -> None:
         self.base = GaussianDiffusion(linear_betas(self.num_timesteps))
@@ -172,7 +177,7 @@ class IDDPM:
                 out = torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
             else:
                 out = model_fn(x, t_model, y_in, step)
-            mean, log_var, _ = self.spaced.p_mean_variance(out, x, t)
+            mean, log_var, _ = self.spaced.p_mean_variance(out, x, t, self.clip_denoised)
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             nonzero = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))
             x = mean + nonzero * torch.exp(0.5 * log_var) * noise
@@ -222,9 +227,10 @@ class RFlow:
         return {"loss": mse, "mse": mse}
 
 
-def make_sampler(name: str, num_steps: int, cfg_scale: float, shift: float = 1.0) -> IDDPM | RFlow:
+def make_sampler(name: str, num_steps: int, cfg_scale: float, shift: float = 1.0,
+                 clip_denoised: bool = False) -> IDDPM | RFlow:
     if name == "iddpm":
-        return IDDPM(num_steps=num_steps, cfg_scale=cfg_scale)
+        return IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised)
     if name == "rflow":
         return RFlow(num_steps=num_steps, cfg_scale=cfg_scale, shift=shift)
     raise ValueError(f"unknown sampler {name!r}")
@@ -232,8 +238,10 @@ def make_sampler(name: str, num_steps: int, cfg_scale: float, shift: float = 1.0
 
 def sampler_for(workload, num_steps: int | None = None) -> IDDPM | RFlow:
     """The sampler a workload runs. For rectified flow on a v1.2 model, OpenSora v1.2's timestep
-    transform shifts the schedule by sqrt(H*W / 512^2) * sqrt(latent frames)."""
+    transform shifts the schedule by sqrt(H*W / 512^2) * sqrt(latent frames). A pixel-space model
+    (no VAE: vae_spatial_factor 1) has data in [-1, 1], so IDDPM clips its predicted x0 there."""
     shift = 1.0
     if workload.sampler == "rflow" and workload.model.arch == "stdit3":
         shift = math.sqrt(workload.height * workload.width / 512 ** 2) * math.sqrt(workload.latent_size[0])
-    return make_sampler(workload.sampler, num_steps or workload.num_steps, workload.cfg_scale, shift)
+    return make_sampler(workload.sampler, num_steps or workload.num_steps, workload.cfg_scale, shift,
+                        clip_denoised=workload.vae_spatial_factor == 1)

@@ -324,7 +324,10 @@ class STDiT(nn.Module):
                                                          cfg.time_scale))
 
     def initialize_weights(self) -> None:
-        """OpenSora's init: xavier linears, zeroed final layer and cross-attention output."""
+        """OpenSora's init (xavier linears, N(0, 0.02) embedders), except that the final layer and the
+        cross-attention outputs are NOT zeroed as OpenSora does before training: an untrained model
+        must give non-trivial outputs for quantization and emulator checks. Training code zeroes
+        them itself (``quantmodel.shapes_model``)."""
         if self.pos_embed.device.type == "meta":
             return
         for m in self.modules():

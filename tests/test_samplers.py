@@ -62,3 +62,19 @@ def test_iddpm_training_loss_is_finite_and_differentiable(tiny_workload):
     assert torch.isfinite(losses["loss"]).all()
     losses["loss"].mean().backward()
     assert model.final_layer.linear.weight.grad.abs().sum() > 0
+
+
+def test_pixel_space_workloads_clip_the_predicted_x0():
+    from quantmodel.samplers import sampler_for
+    from workloads.presets import get_workload
+
+    assert sampler_for(get_workload("stdit-shapes")).clip_denoised  # pixels in [-1, 1]
+    assert not sampler_for(get_workload("opensora-v1.0-16x256x256")).clip_denoised  # latents: OpenSora
+    s = IDDPM(num_steps=5)
+    x = torch.full((1, 1, 2, 2, 2), 50.0)
+    out = torch.cat([torch.zeros_like(x), torch.zeros_like(x)], dim=1)  # eps 0 -> x0 = x / sqrt(ac)
+    t = torch.tensor([4])
+    _, _, x0 = s.spaced.p_mean_variance(out, x, t)
+    mean_clip, _, _ = s.spaced.p_mean_variance(out, x, t, clip_denoised=True)
+    mean, _, _ = s.spaced.p_mean_variance(out, x, t)
+    assert x0.min() > 1 and mean_clip.max() < mean.min()
