@@ -224,8 +224,9 @@ class IntegerEmulator:
         """Static scale from the artifact's calibrated range, or (dynamic recipes, which have the
         reduction hardware) the tensor's own abs-max."""
         r = self._absmax(name, fld)
-        if r is None:
-            r = float(dynamic_of.abs().max()) if dynamic_of is not None else 1.0
+        if r is None:  # dynamic_of: the tensor, or a function computing it (only evaluated here)
+            d = dynamic_of() if callable(dynamic_of) else dynamic_of
+            r = float(d.abs().max()) if d is not None else 1.0
         return _scale(r * headroom, bits)
 
     # ---- value conversions -------------------------------------------------------------------------
@@ -437,7 +438,8 @@ class IntegerEmulator:
         if p is not None and p.static:  # straight into the GEMM's int8 input
             s_out, lo, hi = p.x_scale, -self.qa, self.qa
         else:
-            s_out = self._static_scale(name, "out", 16, RES_HEADROOM, dynamic_of=self._f32(iv) * (1 + scale) + shift)
+            s_out = self._static_scale(name, "out", 16, RES_HEADROOM,
+                                       dynamic_of=lambda: self._f32(iv) * (1 + scale) + shift)
             lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
         q = intops.modulate_int(iv.q, iv.scale, sh.q, sh.scale, sc.q, sc.scale, s_out, lo, hi)
         if self.exact:
@@ -449,14 +451,14 @@ class IntegerEmulator:
         """x + gate * y (gate None: plain add); int mode keeps the residual stream as RES_BITS codes."""
         if self.mode == "fp16":
             if gate is None:
-                return _h(self._float(x).float() + self._float(y).float())
+                return self._float(x) + self._float(y)  # fp16 add = fp32 add rounded (intops doc)
             return intops.gated_add_fp16(self._float(x), self._float(y), gate)
         ix = self._int(name, "in0", x, RES_BITS)
         iy = self._int(name, "in1", y, 16)
         g = self._param_int(gate) if gate is not None else IntVal(torch.ones(1, dtype=torch.int32,
                                                                              device=ix.q.device), 1.0)
         s_out = self._static_scale(name, "out", RES_BITS, RES_HEADROOM,
-                                   dynamic_of=self._f32(ix) + self._f32(g) * self._f32(iy))
+                                   dynamic_of=lambda: self._f32(ix) + self._f32(g) * self._f32(iy))
         q = intops.gated_add_int(ix.q, ix.scale, iy.q, iy.scale, g.q, g.scale, s_out, -QR, QR)
         if self.exact:
             self._check_int(name, q, reference.gated_add_int(ix.q.cpu(), ix.scale, iy.q.cpu(), iy.scale,

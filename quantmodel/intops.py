@@ -2,7 +2,13 @@
 
 ``fp16`` mode (a vector unit with fp16 storage and fp32 arithmetic): inputs are dequantized to
 float16; every elementwise step is computed in float32 and rounded to float16 (round to nearest
-even); reductions accumulate in float32 in a fixed pairwise-tree order (:func:`tree_sum`), so the
+even). Where both operands of +, - or * are fp16 values the kernels use torch's float16 ops: the
+float32 result of such an op rounded to fp16 is the correctly rounded fp16 result (binary32 has
+24 >= 2*11 + 2 significand bits, so double rounding is innocuous: Figueroa, "When is double
+rounding innocuous?", SIGNUM 1995; Roux, "Innocuous double rounding of basic arithmetic
+operations", JFR 2014), and so is torch's fp16 op (native fp16 or convert-compute-round), which is
+also 3-4x faster on CPU; ``tests/test_intops.py`` checks the identity on every fp16 value (only
+NaN payloads may differ). Reductions accumulate in float32 in a fixed pairwise-tree order (:func:`tree_sum`), so the
 result does not depend on the library's summation order. Transcendentals (exp, tanh) are torch's
 float32 functions rounded to fp16 (bit identity across devices is not promised for those).
 Functions: ``softmax_fp16, layernorm_fp16, gelu_fp16, silu_fp16, modulate_fp16, gated_add_fp16``;
@@ -80,10 +86,10 @@ def tree_sum(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def softmax_fp16(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """softmax in fp16: x - max, exp, fp32 tree sum, one reciprocal per row, multiply."""
     x = _h(x).movedim(dim, -1)
-    d = _h(x.float() - x.amax(-1, keepdim=True).float())
+    d = x - x.amax(-1, keepdim=True)  # fp16 op = fp32 op rounded to fp16 (see module doc)
     e = _h(torch.exp(d.float()))
     r = 1.0 / tree_sum(e)  # fp32 [...]
-    return _h(e.float() * r.unsqueeze(-1)).movedim(-1, dim)
+    return _h(torch.mul(e, r.unsqueeze(-1))).movedim(-1, dim)  # fp16 * fp32 -> fp32 product, rounded
 
 
 def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -113,12 +119,12 @@ def silu_fp16(x: torch.Tensor) -> torch.Tensor:
 def modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift, one fp16 rounding per step."""
     one_p = _h(1.0 + _h(scale).float())
-    return _h(_h(_h(x).float() * one_p.float()).float() + _h(shift).float())
+    return _h(x) * one_p + _h(shift)  # two fp16 ops, each = fp32 op rounded to fp16
 
 
 def gated_add_fp16(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + gate * y, one fp16 rounding per step."""
-    return _h(_h(x).float() + _h(_h(gate).float() * _h(y).float()).float())
+    return _h(x) + _h(gate) * _h(y)  # two fp16 ops, each = fp32 op rounded to fp16
 
 
 # ---- int mode: shared pieces ------------------------------------------------------------------------
@@ -128,9 +134,12 @@ def _check_scale(name: str, s: float) -> float:
     return float(s)
 
 
-def _check_int(name: str, q: torch.Tensor) -> torch.Tensor:
+def _check_int(name: str, q: torch.Tensor, keep32: bool = False) -> torch.Tensor:
+    """q as int64 (int32 kept as is with ``keep32``: callers that stay in range)."""
     if q.is_floating_point() or q.dtype == torch.bool:
         raise ConfigError(f"{name}.dtype", q.dtype, "an integer dtype")
+    if keep32 and q.dtype in (torch.int8, torch.int16, torch.int32):
+        return q.to(torch.int32)
     return q.to(torch.int64)
 
 
@@ -163,7 +172,8 @@ def i_exp(q: torch.Tensor, s_w: float) -> torch.Tensor:
     q_ln2, q_b, q_c = exp_constants(s_w)
     z = torch.div(-q, q_ln2, rounding_mode="floor")
     q_p = q + z * q_ln2
-    poly = (q_p + q_b) ** 2 + q_c
+    a = q_p + q_b
+    poly = a * a + q_c
     return torch.bitwise_right_shift(poly, z.clamp(max=40))
 
 
@@ -189,13 +199,19 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
     return out.to(torch.int32), 2.0 ** -p
 
 
+def bit_length(v: torch.Tensor) -> torch.Tensor:
+    """Bit length of int64 v >= 0 (0 for 0), vectorised: the float64 exponent, corrected by one where
+    the conversion rounded v (> 2^53) up to the next power of two."""
+    bl = torch.frexp(v.to(torch.float64))[1].to(torch.int64).clamp_(max=63)  # 2^63 - small rounds to 2^63
+    over = (torch.bitwise_left_shift(torch.ones_like(bl), (bl - 1).clamp_(min=0)) > v) & (v > 0)
+    return bl - over.to(torch.int64)
+
+
 def isqrt(v: torch.Tensor) -> torch.Tensor:
     """floor(sqrt(v)) for int64 v >= 0 (v < 2^62) by integer Newton iterations from 2^ceil(bits/2)."""
     v0 = v.to(torch.int64)
     v = v0.clamp(min=1)  # Newton needs x >= 1; isqrt(0) = 0 is restored at the end
-    bits = torch.zeros_like(v)
-    for j in range(62):
-        bits += (v >= (1 << j)).to(torch.int64)  # bit length of v
+    bits = bit_length(v)
     x = torch.bitwise_left_shift(torch.ones_like(v), (bits + 1) // 2)  # >= sqrt(v), >= 1
     while True:
         y = torch.bitwise_right_shift(x + torch.div(v, x, rounding_mode="floor"), 1)
@@ -225,9 +241,7 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
     mean = torch.div(x.sum(dim=-1, keepdim=True), n, rounding_mode="floor")
     y = x - mean  # |y| < 2^32
     amax = y.abs().amax(dim=-1, keepdim=True)
-    k = torch.zeros_like(amax)
-    for j in range(18):
-        k += (amax >= (1 << (LN_VAR_BITS + j))).to(torch.int64)
+    k = (bit_length(amax) - LN_VAR_BITS).clamp_(0, 18)  # #{j < 18: amax >= 2^(15+j)}
     y_k = torch.bitwise_right_shift(y, k)
     eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=x.device)[k]
     var = (y_k * y_k).sum(dim=-1, keepdim=True) + eps_k  # < 2^51
@@ -249,12 +263,19 @@ def gelu_constants(s_w: float) -> tuple[int, int, int, float]:
 def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     """i-GELU (I-BERT): x/2 (1 + i-erf(x / sqrt 2)), floor; int32 out with |out| <= |q_w|."""
     scale = _check_scale("scale", scale)
-    x_w, s_w = _to_working(_check_int("q", q), scale)
-    x_w = x_w.clamp(-2 ** SAT_BITS, 2 ** SAT_BITS)
+    x = _check_int("q", q, keep32=True)
+    k = working_shift(scale)
+    s_w = scale * 2.0 ** k
+    x_w = torch.bitwise_right_shift(x, k).clamp_(-2 ** SAT_BITS, 2 ** SAT_BITS)  # floor
     q_bb, q_one, t, out_scale = gelu_constants(s_w)
-    u = x_w.abs().clamp(max=q_bb)
-    erf = torch.sign(x_w) * (q_one - (u - q_bb) ** 2)  # scale ERF_A * s_e^2
-    out = torch.bitwise_right_shift(x_w * (erf + q_one), t)
+    # erf + q_one = 2 q_one - (u - q_bb)^2 (x > 0), (u - q_bb)^2 (x < 0); at x = 0 the product is 0
+    # whichever is taken. Both are <= 2 q_one: int32 when that fits, the product x_w * (...) int64.
+    small = 2 * q_one < 2 ** 31 and q_bb * q_bb < 2 ** 31
+    x_w = x_w.to(torch.int32 if small else torch.int64)
+    d = x_w.abs().clamp_(max=q_bb).sub_(q_bb)
+    d2 = d.mul_(d)  # (u - q_bb)^2
+    f = torch.where(x_w >= 0, 2 * q_one - d2, d2)
+    out = torch.bitwise_right_shift(x_w.to(torch.int64) * f, t)
     return out.to(torch.int32), out_scale
 
 

@@ -151,3 +151,71 @@ def test_tree_sum_order_is_defined():
     y = torch.randn(7, 300, generator=torch.Generator().manual_seed(0))
     assert torch.equal(io.tree_sum(y), io.tree_sum(y.clone()))
     assert torch.allclose(io.tree_sum(y).double(), y.double().sum(-1), atol=1e-4)
+
+
+# ---- fp16 ops == fp32 op rounded to fp16 (the identity the fp16 kernels rely on) -------------------------
+def _same_fp16(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit equality of fp16 tensors, any NaN equal to any NaN (payloads are not defined values)."""
+    nan = torch.isnan(a)
+    return bool(torch.equal(nan, torch.isnan(b))) and bool(torch.equal(a.view(torch.int16)[~nan],
+                                                                       b.view(torch.int16)[~nan]))
+
+
+@pytest.mark.parametrize("op", [torch.add, torch.sub, torch.mul])
+def test_fp16_op_equals_fp32_op_rounded_on_every_fp16_value(op):
+    """Every fp16 bit pattern (subnormals, +-0, +-65504, inf, NaN) against random and edge partners,
+    through the vectorised (contiguous), scalar (strided) and broadcast loops."""
+    every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    g = torch.Generator().manual_seed(1)
+    edge = torch.tensor([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 1.0, -1.0, 2.0, 0.5, 65504.0, -65504.0, 1e-3,
+                         float("inf"), -float("inf"), 3.0, 1.0009765625], dtype=torch.float16)
+    for t in range(6):
+        partner = every[torch.randint(0, 2 ** 16, (2 ** 16,), generator=g)]
+        want = op(every.float(), partner.float()).to(torch.float16)
+        assert _same_fp16(op(every, partner), want)
+        assert _same_fp16(op(every[t::7], partner[t::7]), want[t::7])
+    for e in edge:  # broadcast of one partner, as the per-channel modulation/gate operands do
+        assert _same_fp16(op(every, e), op(every.float(), e.float()).to(torch.float16))
+        assert _same_fp16(op(every.reshape(256, 256), e.reshape(1, 1).expand(256, 1)),
+                          op(every.float(), e.float()).to(torch.float16).reshape(256, 256))
+
+
+def _fp32_path_kernels():
+    """The fp16 kernels as first written (every step in fp32, then rounded): the definition."""
+    h = io._h
+
+    def modulate(x, shift, scale):
+        one_p = h(1.0 + h(scale).float())
+        return h(h(h(x).float() * one_p.float()).float() + h(shift).float())
+
+    def gated_add(x, y, gate):
+        return h(h(x).float() + h(h(gate).float() * h(y).float()).float())
+
+    def softmax(x):
+        d = h(x.float() - x.amax(-1, keepdim=True).float())
+        e = h(torch.exp(d.float()))
+        return h(e.float() * (1.0 / io.tree_sum(e)).unsqueeze(-1))
+
+    return modulate, gated_add, softmax
+
+
+def test_fp16_kernels_bit_identical_to_fp32_path():
+    modulate, gated_add, softmax = _fp32_path_kernels()
+    g = torch.Generator().manual_seed(2)
+    for mag in (1e-6, 1.0, 300.0, 3e4):  # subnormal products, normal, overflow to inf
+        x = (torch.randn(2, 33, 24, generator=g) * mag).half()
+        y = (torch.randn(2, 33, 24, generator=g) * mag).half()
+        sh, sc, gt = (torch.randn(2, 1, 24, generator=g) * mag for _ in range(3))
+        assert _same_fp16(io.modulate_fp16(x, sh, sc), modulate(x, sh, sc))
+        assert _same_fp16(io.gated_add_fp16(x, y, gt), gated_add(x, y, gt))
+        assert _same_fp16(io.softmax_fp16(x), softmax(x))
+        assert _same_fp16(io.softmax_fp16(x[..., ::3]), softmax(x[..., ::3]))
+
+
+def test_bit_length_vectorised_matches_python():
+    vals = [0, 1, 2, 3, 2 ** 15 - 1, 2 ** 15, 2 ** 53 - 1, 2 ** 53, 2 ** 53 + 1, 2 ** 62 - 1, 2 ** 62, 2 ** 63 - 1]
+    vals += [2 ** k + d for k in range(54, 63) for d in (-1, 0, 1)]
+    g = torch.Generator().manual_seed(3)
+    vals += torch.randint(0, 2 ** 62, (1000,), generator=g).tolist()
+    got = io.bit_length(torch.tensor(vals, dtype=torch.int64)).tolist()
+    assert got == [v.bit_length() for v in vals]
