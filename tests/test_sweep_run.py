@@ -156,7 +156,7 @@ def test_unreachable_scheduler_exit_2(tmp_path):
 def test_quality_once_per_recipe_joined_on_every_point(tmp_path):
     data = yaml.safe_load(TINY.read_text())
     data["recipes"] = ["dynamic-w8a8"]  # no calibration needed: keeps the test quick
-    data["quality"] = {"workload": "stdit-tiny", "options": {"num_samples": 1}}
+    data["quality"] = {"workload": "stdit-tiny", "options": {"num_samples": 1, "backend": "fakequant"}}
     data["hardware"]["axes"] = {"mac.rows": [16, 32]}
     spec = spec_from_dict(data)
     summary = run_sweep(spec, tmp_path / "q", jobs=1, progress=False)
