@@ -62,6 +62,12 @@ class TrainConfig:
     compile: bool = False
     log_every: int = 200
     init_from: str = ""  # a folder with stdit-shapes*.safetensors to start from (fine-tuning)
+    # eps-MSE weight per sample: 0 = plain (OpenSora); > 0 = clamp(1/SNR(t), 1, cap), i.e. the x0
+    # error at high noise ("truncated SNR", Salimans & Ho 2022), normalised to mean 1 over t
+    snr_weight_cap: float = 0.0
+    fast_attention: bool = False  # train with F.scaled_dot_product_attention (same weights)
+    # init of the caption projection y_proj: "opensora" (normal std 0.02, as stdit.py) or "xavier"
+    caption_proj_init: str = "opensora"
 
     def __post_init__(self) -> None:
         for f in ("steps", "batch", "log_every"):
@@ -74,6 +80,67 @@ class TrainConfig:
             raise ConfigError("train.ema_decay", self.ema_decay, "a number in [0, 1)")
         if not self.lr > 0:
             raise ConfigError("train.lr", self.lr, "a positive number")
+        if self.caption_proj_init not in ("opensora", "xavier"):
+            raise ConfigError("train.caption_proj_init", self.caption_proj_init, "opensora, xavier")
+        if not (self.snr_weight_cap == 0.0 or self.snr_weight_cap >= 1.0):
+            raise ConfigError("train.snr_weight_cap", self.snr_weight_cap, "0 (off) or a number >= 1")
+
+
+def snr_weights(alphas_cumprod, cap: float) -> torch.Tensor:
+    """Per-timestep eps-MSE weights ``clamp(1/SNR, 1, cap)``, normalised to mean 1 over all steps.
+
+    Why: eps-MSE scales the x0 error by SNR(t), so at the high-noise steps where the caption must
+    decide shape and motion (t > ~600 here: the clip's position is not yet readable from x_t) that
+    error weighs ~1e-4 of the loss and is learned last. Weighting by 1/SNR turns it into x0-MSE
+    there (capped, so the low-noise steps keep 1/cap of the high-noise weight, not ~0)."""
+    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    w = ((1 - ac) / ac).clamp(1.0, cap)  # [T]
+    return (w / w.mean()).float()
+
+
+def xavier_caption_proj(model: torch.nn.Module) -> None:
+    """Re-initialise the caption projection ``y_embedder.y_proj`` with xavier-uniform weights.
+
+    Why: with OpenSora's std-0.02 init both layers of y_proj start near zero, and a near-zero
+    two-layer map learns its input directions one at a time, strongest gradient first (deep linear
+    network dynamics, Saxe et al. 2014). On the shipped model that left the shape, direction and
+    speed words almost collapsed after y_proj (pairwise cosine 0.72 / 0.94 / 0.93, norm 0.4-1.4)
+    while colour and background are distinct (cosine 0.27 / 0.07, norm 3-4), although the caption
+    encoder's outputs for all five are distinct (cosine <= 0.13). A full-scale init passes every
+    direction through from step 0."""
+    with torch.no_grad():
+        for lin in (model.y_embedder.y_proj.fc1, model.y_embedder.y_proj.fc2):
+            torch.nn.init.xavier_uniform_(lin.weight)
+            lin.bias.zero_()
+
+
+def use_fast_attention(model: torch.nn.Module) -> None:
+    """Swap each attention's forward for PyTorch's fused SDPA (training speed only: the weights
+    and the math are the same; the leaf-module forward stays what quantizers and tracers see)."""
+    import types
+
+    import torch.nn.functional as F
+
+    from quantmodel.stdit import Attention, MultiHeadCrossAttention
+
+    def self_fwd(self, x):  # [B', L, C]
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)  # [B', H, L, D]
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+    def cross_fwd(self, x, y):  # x [B, N, C], y [B, L, C]
+        b, n, c = x.shape
+        q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, D]
+        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.forward = types.MethodType(self_fwd, m)
+        elif isinstance(m, MultiHeadCrossAttention):
+            m.forward = types.MethodType(cross_fwd, m)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -105,6 +172,8 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     torch.manual_seed(cfg.seed)
     model = build_stdit(mcfg, device=dev, seed=cfg.seed).train()
     init_zero(model)
+    if cfg.caption_proj_init == "xavier":
+        xavier_caption_proj(model)
     enc = CaptionEncoder(w.model.caption_channels, w.model.model_max_length).to(dev).train()
     if cfg.init_from:
         from quantmodel.shapes_model import _load
@@ -117,7 +186,11 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     diffusion = IDDPM(num_steps=w.num_steps, cfg_scale=w.cfg_scale).base  # 1000 training steps
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     use_amp = cfg.amp and dev.type == "cuda"
+    if cfg.fast_attention:
+        use_fast_attention(model)
     fwd = torch.compile(model) if cfg.compile else model
+    w_t = snr_weights(diffusion.alphas_cumprod, cfg.snr_weight_cap).to(dev) if cfg.snr_weight_cap \
+        else None
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -150,7 +223,10 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
             noise = noise + cfg.offset_noise * torch.randn(cfg.batch, x0.shape[1], 1, 1, 1,
                                                            generator=gen, device=dev)
         losses = diffusion.training_losses(model_fn, x0, t, y, noise)
-        loss = losses["loss"].mean()
+        if w_t is None:
+            loss = losses["loss"].mean()
+        else:
+            loss = (w_t[t] * losses["mse"]).mean() + losses["vb"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -210,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--init-from", default="")
+    p.add_argument("--snr-weight-cap", type=float, default=d.snr_weight_cap)
+    p.add_argument("--fast-attention", action="store_true")
+    p.add_argument("--caption-proj-init", default=d.caption_proj_init, choices=("opensora", "xavier"))
     p.add_argument("--log-every", type=int, default=d.log_every)
     a = p.parse_args(argv)
     try:
@@ -218,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                           offset_noise=a.offset_noise,
                           ema_decay=a.ema_decay, seed=a.seed, time_budget_s=a.time_budget_s,
                           amp=not a.no_amp, compile=a.compile, log_every=a.log_every,
-                          init_from=a.init_from)
+                          init_from=a.init_from, snr_weight_cap=a.snr_weight_cap,
+                          fast_attention=a.fast_attention,
+                          caption_proj_init=a.caption_proj_init)
         log = train(cfg, device=a.device, out_dir=a.out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

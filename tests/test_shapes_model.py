@@ -99,3 +99,41 @@ def test_shipped_float_model_follows_prompts():
     assert acc["colour"] >= 0.875 and acc["background"] >= 0.875, acc
     chance = sum(videometrics.CHANCE.values()) / len(videometrics.CHANCE)  # 0.317
     assert acc["mean"] > chance + 0.13, acc
+
+
+def test_snr_weights_are_normalised_and_capped():
+    from quantmodel.samplers import linear_betas
+    from quantmodel.train import snr_weights
+
+    ac = torch.from_numpy(linear_betas(1000)).neg().add(1).cumprod(0)
+    w = snr_weights(ac, 20.0)
+    assert float(w.mean()) == pytest.approx(1.0, rel=1e-6)
+    # low noise (SNR > 1) gets the floor, high noise the cap: their ratio is exactly the cap
+    assert float(w[-1] / w[0]) == pytest.approx(20.0, rel=1e-5)
+    assert bool((w[1:] >= w[:-1]).all())  # non-decreasing in t
+    with pytest.raises(ConfigError):
+        TrainConfig(snr_weight_cap=0.5)
+
+
+def test_fast_attention_matches_the_leaf_module_forward():
+    import copy
+
+    from quantmodel.stdit import STDiTConfig, build_stdit
+    from quantmodel.train import use_fast_attention, xavier_caption_proj
+
+    cfg = STDiTConfig(input_size=(4, 8, 8), in_channels=3, patch_size=(1, 2, 2), hidden_size=32,
+                      depth=2, num_heads=2, caption_channels=16, model_max_length=8)
+    m = build_stdit(cfg, seed=1)
+    xavier_caption_proj(m)  # non-trivial caption path, so cross-attention matters
+    for p in m.parameters():  # the zero-init output layers would hide any difference
+        if p.dim() == 2 and float(p.detach().abs().max()) == 0:
+            torch.nn.init.normal_(p, std=0.1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, 4, 8, 8, generator=g), torch.randn(2, 1, 8, 16, generator=g)
+    t = torch.tensor([10, 900])
+    fast = copy.deepcopy(m)
+    use_fast_attention(fast)
+    with torch.no_grad():
+        ref, out = m(x, t, y), fast(x, t, y)
+    assert ref.abs().max() > 1e-2
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
