@@ -123,3 +123,32 @@ def generate(model: STDiT, encoder: CaptionEncoder, prompts: list[str], seed: in
     if clip:
         fn = clip_denoised(fn)
     return sampler.sample(fn, z, y, model.null_caption(b), g, progress=progress)
+
+
+@torch.no_grad()
+def caption_separation(model: STDiT, encoder: CaptionEncoder, projected: bool = True
+                       ) -> dict[str, dict[str, float]]:
+    """How far apart the words of each attribute are, as the model sees them.
+
+    For each attribute, captions that differ only in that attribute's word are encoded; the
+    feature at that word's slot (after the model's ``y_embedder.y_proj`` when ``projected``, else
+    the encoder's output) gives ``cos_mean`` (mean pairwise cosine of the words) and ``norm``
+    (mean feature norm). Why: words that y_proj maps to nearly one vector (cosine near 1) cannot
+    steer cross-attention, whatever the sampler does (docs/shapes_model.md, diagnosis)."""
+    from quantmodel import shapes
+    from quantmodel.captions import ids_from_labels
+
+    dev = next(model.parameters()).device
+    slots = {"speed": 1, "colour": 2, "shape": 3, "direction": 5, "background": 7}  # caption()
+    out = {}
+    for attr, slot in slots.items():
+        n = len(shapes.ATTRIBUTES[attr])
+        labels = {k: torch.zeros(n, dtype=torch.long, device=dev) for k in shapes.ATTRIBUTES}
+        labels[attr] = torch.arange(n, device=dev)
+        y = encoder(ids_from_labels(labels))  # [n, 1, L, Ct]
+        h = (model.y_embedder(y) if projected else y)[:, 0, slot].float()  # [n, C]
+        hn = torch.nn.functional.normalize(h, dim=-1)
+        cos = hn @ hn.T
+        off = cos[~torch.eye(n, dtype=torch.bool, device=dev)]
+        out[attr] = {"cos_mean": float(off.mean()), "norm": float(h.norm(dim=-1).mean())}
+    return out

@@ -137,3 +137,20 @@ def test_fast_attention_matches_the_leaf_module_forward():
         ref, out = m(x, t, y), fast(x, t, y)
     assert ref.abs().max() > 1e-2
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_caption_separation_sees_distinct_words_through_a_full_scale_projection():
+    from quantmodel.shapes_model import caption_separation, shapes_workload
+    from quantmodel.stdit import STDiTConfig, build_stdit
+    from quantmodel.train import xavier_caption_proj
+
+    w = shapes_workload()
+    model = build_stdit(STDiTConfig.from_workload(w), seed=0)
+    xavier_caption_proj(model)
+    enc = captions.CaptionEncoder(w.model.caption_channels, w.model.model_max_length)
+    raw = caption_separation(model, enc, projected=False)
+    proj = caption_separation(model, enc)
+    assert set(proj) == set(shapes.ATTRIBUTES)
+    for attr in shapes.ATTRIBUTES:  # random word embeddings in 64 dims: nearly orthogonal
+        assert raw[attr]["cos_mean"] < 0.5 and proj[attr]["cos_mean"] < 0.6, (attr, raw, proj)
+        assert proj[attr]["norm"] > 0.1
