@@ -132,7 +132,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
 
     if q:  # one row per recipe: quality does not depend on the chip
         qcols = [c for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy",
-                             "q.frechet_distance") if c in ok.columns]
+                             "q.frechet_distance") if c in ok.columns and ok[c].notna().any()]
         per = ok.groupby("recipe", sort=False).first().reset_index()
         per = per.sort_values(["w_bits", "a_bits", "num_weight_sets"], ascending=[False, False, True])
         md += ["## Quality per recipe", "",
