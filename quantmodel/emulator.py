@@ -12,7 +12,9 @@ Between GEMMs the vector unit runs in one of two modes (:mod:`quantmodel.intops`
 - ``fp16``: activations are float16; LayerNorm, modulate, softmax, GELU, gated and plain residual adds
   are Q1's fp16 kernels (fp32 arithmetic, one fp16 rounding per step); a GEMM's int16 output is
   converted to fp16 where a vector op reads it; SmoothQuant's explicit multiply is an fp16 multiply
-  by fp16 factors; float->int quantization is Q1's ``quantize`` (half to even).
+  by fp16 factors; float->int activation quantization is Q1's :class:`~quantmodel.fixedpoint.ActQuantizer`
+  (a float32 multiply by the scale's float32 reciprocal, prepared once per layer and weight set, then
+  round half to even and saturation: the chip's vector unit has no divider).
 - ``int`` (integer only, I-BERT / I-ViT): the residual stream is int32 (``RES_BITS`` = 24-bit codes at
   a static scale from calibration, 2x headroom); LayerNorm, softmax, GELU, modulate and the gated
   residual adds are Q1's integer kernels; the explicit smoothing multiply becomes a per-channel
@@ -57,12 +59,6 @@ def _scale(absmax: float, bits: int) -> float:
     """Symmetric scale absmax / qmax as float32 (fixedpoint.symmetric_scale, any width <= 31)."""
     q = 2 ** (bits - 1) - 1
     return float(torch.tensor(absmax / q if absmax > 0 else 1.0, dtype=torch.float32))
-
-
-def _quant(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
-    """clamp(round_half_even(x / scale)) in float64 -> int32 (fixedpoint.quantize, any width <= 31)."""
-    q = 2 ** (bits - 1) - 1
-    return torch.round(x.to(torch.float64) / scale).clamp_(-q, q).to(torch.int32)
 
 
 @dataclass
@@ -144,7 +140,8 @@ class _LinearParams:
     smooth: torch.Tensor | None = None  # f32 [k] factors s (None: no smoothing)
     fold: str = ""  # modulate | vrows | text | mul | ""
     row_scale: torch.Tensor | None = None  # f32 [n]: 1/s of a consumer folded into V rows
-    rq: object = None  # fixedpoint.Requantizer prepared for (mult, shift, -QO, QO)
+    rq: object = None  # fixedpoint.Requantizer prepared for (mult, shift, -QO, QO), int16 out
+    xq: object = None  # fixedpoint.ActQuantizer prepared for x_scale (reciprocal computed once)
 
 
 class IntegerEmulator:
@@ -177,6 +174,7 @@ class IntegerEmulator:
         self.wset = 0
         self._cache: dict = {}
         self._mult_cache: dict = {}
+        self._aq_cache: dict = {}  # (wset, name, field, bits) -> ActQuantizer of a static scale
 
     # ---- per-set parameters ---------------------------------------------------------------------
     def _lp(self, name: str) -> _LinearParams | None:
@@ -193,8 +191,9 @@ class IntegerEmulator:
             p.bias_q = a.get(g, name, "bias_q").to(dev)
             p.mult = a.get(g, name, "multiplier").to(dev, torch.int64)
             p.shift = a.get(g, name, "shift").to(dev, torch.int64)
-            p.rq = fixedpoint.Requantizer(p.mult, p.shift, -QO, QO, torch.int32, device=dev)
+            p.rq = fixedpoint.Requantizer(p.mult, p.shift, -QO, QO, torch.int16, device=dev)  # QO fits int16
             p.x_scale = float(a.get(g, name, "x_scale"))
+            p.xq = fixedpoint.ActQuantizer(p.x_scale, self.a_bits)
             p.y_scale = float(a.get(g, name, "y_scale"))
         else:
             p.bias = a.get(g, name, "bias").to(dev)
@@ -269,23 +268,24 @@ class IntegerEmulator:
             self.verifier.compare(name + ".requant_in", out, ref)
         return IntVal(out, out_scale)
 
-    def _input_int8(self, name: str, v, p: _LinearParams) -> torch.Tensor:
-        """A static quantized layer's int8 input at its x_scale, smoothing multiply included."""
+    def _input_int8(self, name: str, v, p: _LinearParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A static quantized layer's int8 input at its x_scale, smoothing multiply included, and the
+        float tensor that was quantized (None when the input was already integer)."""
         mul = p.smooth is not None and p.fold in ("mul", "text")
         if isinstance(v, IntVal):
             if mul:
                 real = (v.scale / (p.smooth.double().cpu() * p.x_scale))
-                return self._requant(name + ".smooth", v, real, -self.qa, self.qa, p.x_scale).q.to(torch.int8)
+                return self._requant(name + ".smooth", v, real, -self.qa, self.qa, p.x_scale).q.to(torch.int8), None
             if v.scale == p.x_scale and v.q.dtype == torch.int8:
-                return v.q
-            return self._requant(name, v, v.scale / p.x_scale, -self.qa, self.qa, p.x_scale).q.to(torch.int8)
+                return v.q, None
+            return self._requant(name, v, v.scale / p.x_scale, -self.qa, self.qa, p.x_scale).q.to(torch.int8), None
         x = v
         if mul:
             if self.mode == "fp16":
                 x = _h(_h(x).float() * _h(1.0 / p.smooth).float())
             else:
                 x = x.float() * (1.0 / p.smooth)
-        return fixedpoint.quantize(x, p.x_scale, self.a_bits)
+        return p.xq(x), x
 
     # ---- ops -------------------------------------------------------------------------------------------
     def linear(self, name: str, v):
@@ -296,14 +296,15 @@ class IntegerEmulator:
             return self._hs(out) if self.mode == "fp16" else out
         vf = self.verifier
         if self.static:
-            q = self._input_int8(name, v, p)
+            q, xf = self._input_int8(name, v, p)
             # int8 GEMM + int32 bias + requantization (Q1's fused kernel: the same integers as
             # fixedpoint.requantize(int_linear(q, w_t, bias), mult, shift, -QO, QO))
             out = intgemm.int_linear_requant(q, p.w_t, p.bias_q, p.rq, layer=name)  # int32 [..., n]
             res = IntVal(out, p.y_scale)
             if self.exact:
                 k = q.shape[-1]
-                ref = reference.linear_requant(q.reshape(-1, k).cpu(), p.w_t.cpu(), p.bias_q.cpu(),
+                q_ref = q if xf is None else reference.quantize_act(xf.cpu(), p.x_scale, self.a_bits)
+                ref = reference.linear_requant(q_ref.reshape(-1, k).cpu(), p.w_t.cpu(), p.bias_q.cpu(),
                                                p.mult.cpu(), p.shift.cpu(), -QO, QO)
                 vf.compare(name, out.reshape(-1, out.shape[-1]), ref)
             if vf is not None:
@@ -348,7 +349,9 @@ class IntegerEmulator:
             acc = intgemm.int_matmul(qa_, qb_, layer=name)
             out = fixedpoint.requantize(acc, m, s, -qo, qo)
             if self.exact:
-                ref_acc, _ = reference.matmul(qa_.cpu(), qb_.cpu())
+                ra = qa_ if isinstance(a, IntVal) else reference.quantize_act(a.cpu(), sa, self.a_bits)
+                rb = qb_ if isinstance(b, IntVal) else reference.quantize_act(b.cpu(), sb, self.a_bits)
+                ref_acc, _ = reference.matmul(ra.cpu(), rb.cpu())
                 self.verifier.compare(name, out, reference.requantize(ref_acc, m, s, -qo, qo))
             if self.verifier is not None:
                 self.verifier.count_saturation(name, out, qo)
@@ -377,15 +380,30 @@ class IntegerEmulator:
             if v.scale == scale and v.q.abs().max() <= self.qa:
                 return v.q.to(torch.int8)
             return self._requant(name, v, v.scale / scale, -self.qa, self.qa, scale).q.to(torch.int8)
-        return fixedpoint.quantize(v, scale, self.a_bits)
+        key = (self.wset, name, "act", scale)
+        aq = self._aq_cache.get(key)
+        if aq is None:
+            aq = self._aq_cache[key] = fixedpoint.ActQuantizer(scale, self.a_bits)
+        return aq(v)
 
     def _int(self, name: str, fld: str, v, bits: int = 16, headroom: float = RES_HEADROOM) -> IntVal:
         """An integer view of a value for an integer kernel: float values are quantized at the op's
         static calibrated scale (dynamic abs-max for dynamic recipes)."""
         if isinstance(v, IntVal):
             return v
-        s = self._static_scale(name, fld, bits, headroom, dynamic_of=v)
-        return IntVal(_quant(v, s, bits), s)
+        key = (self.wset, name, fld, bits, headroom)
+        aq = self._aq_cache.get(key)
+        if aq is None:
+            if self._absmax(name, fld) is None:  # dynamic recipe: the tensor's own range, per call
+                s = self._static_scale(name, fld, bits, headroom, dynamic_of=v)
+                aq = fixedpoint.ActQuantizer(s, bits, torch.int32)
+            else:  # static: scale and reciprocal prepared once per (weight set, op)
+                aq = self._aq_cache[key] = fixedpoint.ActQuantizer(
+                    self._static_scale(name, fld, bits, headroom), bits, torch.int32)
+        q = aq(v)
+        if self.exact:
+            self.verifier.compare(name, q, reference.quantize_act(v.cpu(), aq.scale, bits))
+        return IntVal(q, aq.scale)
 
     def _check_int(self, name: str, got: torch.Tensor, ref) -> None:
         if self.exact:

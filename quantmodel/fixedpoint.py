@@ -23,6 +23,17 @@ nonzero accumulator, which is what the exact result does for int32 output ranges
 
 Symmetric quantization (weights per output channel, activations per tensor) uses the narrow
 range ``[-(2**(b-1)-1), 2**(b-1)-1]`` (int8 holds 4/6/8-bit values), scale = absmax / qmax.
+
+**Activation quantization (per tensor) is a multiply, as the chip's vector unit does it** (it has no
+divider in the data path; the reciprocal is a constant prepared with the layer)::
+
+    r = fp32(1 / s)                        # float64 quotient rounded once to float32, prepared once
+    q = clamp(round_half_even(fp32(fp32(x) * r)), -qmax, qmax)
+
+``fp32(x) * r`` is one float32 multiply (correctly rounded), then round half to even to an integer,
+then saturation (:class:`ActQuantizer`, :func:`quantize_act`; ``ACT_QUANT`` names the definition).
+It can differ from ``round(x / s)`` by one code where ``x / s`` is within float32 rounding of a half
+integer. Weights (offline, per channel) keep :func:`quantize`: ``round_half_even(fl64(w / s))``.
 """
 
 from __future__ import annotations
@@ -59,6 +70,52 @@ def symmetric_scale(absmax: torch.Tensor | float, bits: int) -> torch.Tensor:
         raise ConfigError("absmax", a, "finite, non-negative values")
     s = torch.where(a > 0, a / qmax, torch.ones_like(a))
     return s.to(torch.float32)
+
+
+# ---- activation quantization: multiply by a prepared float32 reciprocal ------------------------------
+ACT_QUANT = "fp32-reciprocal-multiply"  # q = clamp(rhe(fp32(fp32(x) * fp32(1/s)))), see the module doc
+
+
+def act_reciprocal(scale: float) -> float:
+    """``fp32(1 / s)``: the float64 quotient rounded once to float32 (a python float holding it)."""
+    if isinstance(scale, bool) or not _is_number(scale):
+        raise ConfigError("scale", scale, "a finite positive number (per-tensor scale)")
+    sf = float(scale)
+    if not (math.isfinite(sf) and sf > 0):
+        raise ConfigError("scale", scale, "a finite positive number (per-tensor scale)")
+    r = struct.unpack("f", struct.pack("f", 1.0 / sf))[0] if 1.0 / sf < 3.4028234663852886e38 else math.inf
+    if not math.isfinite(r):
+        raise ConfigError("scale", scale, "a scale whose reciprocal is a finite float32")
+    return r
+
+
+class ActQuantizer:
+    """Prepared per-tensor activation quantizer (the module doc's definition): build once per
+    (layer, weight set) with the static scale, call per forward. ``out_dtype``: int8 up to 8 bits,
+    int16 up to 16, int32 above (at most 31 bits)."""
+
+    __slots__ = ("scale", "recip", "qmax", "out_dtype")
+
+    def __init__(self, scale: float, bits: int, out_dtype: torch.dtype | None = None):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 31:
+            raise ConfigError("bits", bits, "an integer bit-width in 2..31")
+        self.scale = float(scale)
+        self.recip = act_reciprocal(scale)
+        self.qmax = 2 ** (bits - 1) - 1
+        self.out_dtype = out_dtype or (torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise ConfigError("x.dtype", x.dtype, "a floating-point activation")
+        xf = x.to(torch.float32)
+        y = xf.mul_(self.recip) if xf is not x else x * self.recip  # one fp32 multiply, correctly rounded
+        # clamp before rounding: the bounds are integers, so clamp(round(y)) == round(clamp(y))
+        return y.clamp_(-self.qmax, self.qmax).round_().to(self.out_dtype)  # round_: half to even
+
+
+def quantize_act(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
+    """Per-tensor activation quantization by the prepared-reciprocal definition (module doc)."""
+    return ActQuantizer(scale, bits)(x)
 
 
 # ---- float <-> int ------------------------------------------------------------------------------------

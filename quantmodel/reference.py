@@ -152,6 +152,21 @@ def quantize(x: torch.Tensor, scale, bits: int, axis: int | None = None) -> torc
     return torch.round(_t(x) / s).clamp(-q, q)
 
 
+def act_reciprocal(scale: float) -> float:
+    """fp32(1/s): the float64 reciprocal rounded to float32 by torch's conversion."""
+    return float(torch.tensor(1.0, dtype=F64).div(float(scale)).to(torch.float32))
+
+
+def quantize_act(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
+    """Per-tensor activation quantization as the vector unit does it: the float64 product of the two
+    float32 values fp32(x) and r = fp32(1/s) is exact (24 + 24 significand bits <= 53), rounding it
+    to float32 gives the hardware's float32 product, then round half to even and clamp."""
+    q = 2.0 ** (bits - 1) - 1
+    r = act_reciprocal(scale)
+    prod = x.to(torch.float32).to(F64) * r  # exact
+    return torch.round(prod.to(torch.float32).to(F64)).clamp(-q, q)
+
+
 def dequantize(q: torch.Tensor, scale, axis: int | None = None) -> torch.Tensor:
     s = _t(scale)
     if s.dim() == 1:

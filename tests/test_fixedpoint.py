@@ -220,3 +220,44 @@ def test_dequantize_and_blocked_quantize_equal_the_float64_definitions(scale):
         got = fp.quantize(xx, scale, 8)
         assert torch.equal(got.double(), ref.quantize(xx, scale, 8))
         assert torch.equal(got, torch.round(xx.double() / scale).clamp(-127, 127).to(torch.int8))
+
+
+# ---- activation quantization: multiply by the prepared float32 reciprocal ----------------------------
+def test_activation_quantization_multiplies_by_fp32_reciprocal_ties_even():
+    aq = fp.ActQuantizer(0.25, 8)
+    assert aq.recip == 4.0 and aq.out_dtype == torch.int8
+    x = torch.tensor([0.625, -0.625, 0.375, -0.375, 0.125, -0.125, 1e9, -1e9, 0.0])  # 2.5, 1.5, 0.5
+    assert aq(x).tolist() == [2, -2, 2, -2, 0, 0, 127, -127, 0]
+    # the definition is the multiply, not the division: 0.35f / 0.1f = 3.4999999 in float64 (-> 3), but
+    # 0.35f * fp32(1/0.1f) = 0.35f * 10 = 3.49999994, whose float32 rounding is the tie 3.5 (-> 4)
+    s = float(torch.tensor(0.1, dtype=torch.float32))
+    x = torch.tensor([0.35, -0.35], dtype=torch.float32)
+    assert fp.act_reciprocal(s) == 10.0
+    assert fp.quantize_act(x, s, 8).tolist() == [4, -4] and fp.quantize(x, s, 8).tolist() == [3, -3]
+    assert ref.quantize_act(x, s, 8).tolist() == [4.0, -4.0]
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8, 16, 24])
+def test_activation_quantization_equals_reference_on_every_fp16_value(bits):
+    bits_all = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
+    h = bits_all.view(torch.float16)
+    h = h[torch.isfinite(h)]  # every finite fp16 value
+    g = torch.Generator().manual_seed(bits)
+    f32 = torch.randn(50_000, generator=g) * torch.logspace(-6, 6, 50_000)  # float32 activations
+    f64 = f32.double() * (1 + 1e-9)  # float64 input: rounded to float32 first
+    for s in (0.0123, float(torch.tensor(0.1, dtype=torch.float32)), 3.0 / 7.0, 2.0 ** -20, 1.7e3):
+        aq = fp.ActQuantizer(s, bits)
+        for x in (h, f32, f64):
+            got = aq(x)
+            assert got.dtype == (torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
+            assert torch.equal(got.double(), ref.quantize_act(x, s, bits)), (s, x.dtype)
+
+
+def test_activation_quantizer_refuses_bad_arguments():
+    for s in (0.0, -1.0, float("inf"), float("nan"), 1e-300, True):
+        with pytest.raises(ConfigError):
+            fp.ActQuantizer(s, 8)
+    with pytest.raises(ConfigError):
+        fp.ActQuantizer(0.1, 32)
+    with pytest.raises(ConfigError):
+        fp.ActQuantizer(0.1, 8)(torch.ones(3, dtype=torch.int32))
