@@ -14,7 +14,10 @@ the same numbers bit for bit (tests/test_hwsim_memo.py).
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import operator
+from collections import OrderedDict
 from operator import attrgetter
 
 from hwsim.area import area_breakdown_mm2
@@ -22,7 +25,7 @@ from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
-from hwsim.swap import WeightPlan, plan_weights
+from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.tiling import (FP16_BYTES, AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, plan_attention,
                           plan_gemm, plan_vector, precision_of, vector_cycles)
 from workloads.errors import ConfigError
@@ -272,10 +275,93 @@ def _run_step(hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, w
     return out
 
 
-# ---- the whole run ----------------------------------------------------------------------------------
-def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool = False,
-             memo: bool = True) -> SimResult:
-    """Latency, energy, area, storage and swap costs of running ``trace`` on ``hw``."""
+# ---- process-level caches --------------------------------------------------------------------------
+class _LRU:
+    """A bounded mapping that drops the least recently used entry (a sweep worker meets endless
+    hardware points; it must not grow without end)."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize, self.d = maxsize, OrderedDict()
+
+    def get(self, key):
+        v = self.d.get(key)
+        if v is not None:
+            self.d.move_to_end(key)
+        return v
+
+    def put(self, key, value) -> None:
+        self.d[key] = value
+        self.d.move_to_end(key)
+        if len(self.d) > self.maxsize:
+            self.d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.d)
+
+
+class _Scoped:
+    """One call's view of a process-level cache: keys prefixed with what the entry depends on
+    beyond the key (the hardware's content hash, prefetch policy, weight residency)."""
+
+    def __init__(self, lru: _LRU | None, prefix: tuple):
+        self.lru, self.prefix = (lru if lru is not None else _LRU(1 << 62)), prefix
+        self.added = 0
+        self.used: set = set()
+
+    def get(self, key):
+        self.used.add(key)
+        return self.lru.get((self.prefix, key))
+
+    def __setitem__(self, key, value) -> None:
+        self.added += 1
+        self.used.add(key)
+        self.lru.put((self.prefix, key), value)
+
+    def __len__(self) -> int:
+        return len(self.used)
+
+
+# Sizes: a sweep worker runs all recipes of one hardware point in a row (codesign/sweep.py), so the
+# caches need to hold about one hardware point's worth (tens of distinct units per recipe family).
+_TRACES = _LRU(32)  # id(trace) -> _TraceInfo
+_PLANS = _LRU(4096)  # (hw hash, resident), (unit, need_full_k) -> Plan
+_UNIT_RUNS = _LRU(8192)  # (hw hash, prefetch, resident), unit -> (cycles, counter deltas, None)
+_UNIT_SETS = _LRU(64)  # (hw hash, step signature, resident) -> _Units
+_STEPS = _LRU(512)  # (hw hash, prefetch, step signature, resident, from_flash, swap) -> _StepOut
+
+
+def clear_cache() -> None:
+    """Forget every cached trace analysis, plan, unit and step (the next call starts cold)."""
+    for c in (_TRACES, _PLANS, _UNIT_RUNS, _UNIT_SETS, _STEPS):
+        c.d.clear()
+
+
+def cache_info() -> dict:
+    return {"traces": len(_TRACES), "plans": len(_PLANS), "unit_runs": len(_UNIT_RUNS),
+            "unit_sets": len(_UNIT_SETS), "steps": len(_STEPS)}
+
+
+def hw_hash(hw: HWConfig) -> str:
+    """Content hash of a hardware config: ``repr`` of the frozen dataclasses spells every field
+    (floats exactly), so equal hashes mean equal configs."""
+    return hashlib.sha256(repr(hw).encode()).hexdigest()
+
+
+class _TraceInfo:
+    """What simulate() reads from a trace regardless of the hardware: ops grouped by step, step
+    signatures, weight sets. Computed once per trace object (a sweep simulates one trace on many
+    chips); ``ops`` keeps the op objects so a list changed in place is noticed."""
+
+    __slots__ = ("trace", "ops", "meta", "by_step", "steps", "step_sig", "reps", "step_set", "sig_keys",
+                 "dyn", "sets")
+
+    def still_valid(self, trace: Trace) -> bool:
+        ops = trace.ops
+        return (trace is self.trace and len(ops) == len(self.ops) and trace.meta == self.meta
+                and all(map(operator.is_, ops, self.ops)))
+
+
+def _analyse(trace: Trace) -> _TraceInfo:
     if getattr(trace, "version", None) != TRACE_VERSION:
         raise ConfigError("trace_version", getattr(trace, "version", None),
                           f"{TRACE_VERSION} (this build's trace format)")
@@ -289,11 +375,11 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
     if steps[0] < 0 or steps != list(range(len(steps))):
         raise ConfigError("trace op step", steps[0] if steps[0] < 0 else len(steps),
                           "steps numbered 0..num_steps-1 without gaps")
-    num_steps = len(steps)
     sig_ids: dict[tuple, int] = {}
     step_sig: list[int] = []
     reps: list[int] = []  # a representative step per signature
     step_set: list[int] = []
+    sig_keys: list[str] = []
     for s in steps:
         ops = by_step[s]
         # the set index does not change timing (transitions are keyed separately); whether an op
@@ -303,17 +389,60 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
         if sid is None:
             sid = sig_ids[keys] = len(reps)
             reps.append(s)
+            # content hash of the signature: the same op list in another recipe's trace shares it
+            sig_keys.append(hashlib.sha256(repr(keys).encode()).hexdigest())
         step_sig.append(sid)
         step_set.append(next((op.weight_set for op in ops if op.weight_set >= 0), -1))
+    info = _TraceInfo()
+    info.trace, info.ops, info.meta = trace, tuple(trace.ops), dict(trace.meta)
+    info.by_step, info.steps, info.step_sig, info.reps, info.step_set = by_step, steps, step_sig, reps, step_set
+    info.sig_keys = sig_keys
+    info.dyn = [any(op.kind in ("dyn_stats", "dyn_rescale") for op in by_step[s]) for s in reps]
+    info.sets = weight_sets(trace)
+    return info
+
+
+def _trace_info(trace: Trace, use_cache: bool) -> _TraceInfo:
+    if not use_cache:
+        return _analyse(trace)
+    info = _TRACES.get(id(trace))
+    if info is None or not info.still_valid(trace):
+        info = _analyse(trace)
+        _TRACES.put(id(trace), info)  # holds the trace, so its id is not reused while cached
+    return info
+
+
+# ---- the whole run ----------------------------------------------------------------------------------
+def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool = False,
+             memo: bool = True) -> SimResult:
+    """Latency, energy, area, storage and swap costs of running ``trace`` on ``hw``.
+
+    ``memo=True`` reuses, within the call and across calls in this process, whatever depends only
+    on what it is keyed by (trace analysis; plans, unit runs, unit lists and whole steps keyed by
+    the hardware's content hash, the prefetch policy and weight residency): the numbers are those of
+    ``memo=False``, which computes everything afresh, bit for bit (tests/test_hwsim_model.py).
+    """
+    info = _trace_info(trace, memo)
+    by_step, steps, step_sig, reps, step_set = info.by_step, info.steps, info.step_sig, info.reps, info.step_set
+    num_steps = len(steps)
     if not hw.vector.online_reduction:
         for sid, s in enumerate(reps):
-            if any(op.kind in ("dyn_stats", "dyn_rescale") for op in by_step[s]):
+            if info.dyn[sid]:
                 raise ConfigError("recipe", trace.meta.get("recipe", "dynamic"),
                                   f"a static recipe: hardware {hw.name} has no on-line reduction unit "
                                   "for dynamic quantization (vector.online_reduction: false)")
-    wplan = plan_weights(trace, hw, prefetch)
-    plans: dict = {}
-    units = [_Units(by_step[s], hw, wplan, plans) for s in reps]
+    wplan = plan_weights(trace, hw, prefetch, info.sets)
+    hkey = hw_hash(hw)
+    plans = _Scoped(_PLANS if memo else None, (hkey, wplan.resident))
+    units = []
+    for sid, s in enumerate(reps):
+        ukey = (hkey, info.sig_keys[sid], wplan.resident)
+        us = _UNIT_SETS.get(ukey) if memo else None
+        if us is None:
+            us = _Units(by_step[s], hw, wplan, plans)
+            if memo:
+                _UNIT_SETS.put(ukey, us)
+        units.append(us)
     _check_dram(units, by_step, reps, hw)
 
     # weight-set transitions per step
@@ -337,7 +466,7 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
             record_steps.update({first, first + 1} if wplan.prefetch_used == "early" else {first - 1, first})
         record_steps = {s for s in record_steps if 0 <= s < num_steps}
 
-    unit_memo: dict | None = {} if memo else None
+    unit_memo = _Scoped(_UNIT_RUNS, (hkey, prefetch, wplan.resident)) if memo else None
     rec_memo: dict | None = {} if memo else None
     step_memo: dict = {}
     outs: list[_StepOut] = []
@@ -347,12 +476,20 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
     def run(s: int, swap, record: bool) -> _StepOut:
         nonlocal simulated_steps
         key = (step_sig[s], swap)
-        if memo and not record and key in step_memo:
-            return step_memo[key]
+        if memo and not record:
+            o = step_memo.get(key)
+            if o is not None:
+                return o
+            gkey = (hkey, prefetch, info.sig_keys[step_sig[s]], wplan.resident, wplan.from_flash, swap)
+            o = _STEPS.get(gkey)
+            if o is not None:
+                step_memo[key] = o
+                return o
         simulated_steps += 1
         o = _run_step(hw, units[step_sig[s]], rec_memo if record else unit_memo, swap, wplan, record)
         if memo and not record:
             step_memo[key] = o
+            _STEPS.put(gkey, o)
         return o
 
     for s in steps:
@@ -509,6 +646,6 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
         dram_bytes=counts.get("dram_rd", 0) + counts.get("dram_wr", 0), flash_bytes=counts.get("flash_rd", 0),
         sram_bytes=counts.get("sram_rd", 0) + counts.get("sram_wr", 0), per_op=per_op,
         memo={"distinct_steps": len(reps), "steps_simulated": simulated_steps,
-              "units_per_step": len(us0.units), "units_simulated": len(unit_memo) if unit_memo is not None else None,
-              "plans": len(plans)},
+              "units_per_step": len(us0.units), "units_simulated": unit_memo.added if unit_memo is not None else None,
+              "plans": len({id(p) for us in units for p in us.plans})},
         note=wplan.note, timeline=tl)

@@ -50,10 +50,12 @@ def weight_sets(trace: Trace) -> tuple[int, dict]:
     return float_bytes, {s: sum(v.values()) for s, v in sorted(per.items())}
 
 
-def plan_weights(trace: Trace, hw: HWConfig, prefetch: str) -> WeightPlan:
+def plan_weights(trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple | None = None) -> WeightPlan:
+    """``sets_of_trace``: ``weight_sets(trace)`` when the caller already has it (it reads every op)."""
     if prefetch not in PREFETCH:
         raise ConfigError("prefetch", prefetch, " or ".join(PREFETCH))
-    float_bytes, sets = weight_sets(trace)
+    float_bytes, sets = sets_of_trace if sets_of_trace is not None else weight_sets(trace)
+    sets = dict(sets)
     total = float_bytes + sum(sets.values())
     biggest = max(sets.values(), default=0)
     many = len(sets) > 1

@@ -164,3 +164,51 @@ def test_timeline_only_when_asked_and_consistent():
     assert any(e == "flash" for e, *_ in rec.timeline[1])
     mac = sorted((a, b) for e, a, b, _ in step0 if e == "mac")
     assert all(b1 <= a2 + 1e-15 for (_, b1), (a2, _) in zip(mac, mac[1:]))  # one tile at a time
+
+
+def test_cross_call_cache_gives_cold_numbers_exactly():
+    """Recipes on one chip share plans, unit runs and whole steps through the process-level cache;
+    every result with a warm cache must equal a cold call's (and an unmemoised one's) bit for bit."""
+    base = hwsim.load_hw("edge-npu")
+    hws = [base, _swapping_hw(), hwsim.with_overrides(base, {"mac.rows": 16, "dram.bandwidth_bytes_per_s": 2.56e10}),
+           hwsim.with_overrides(_swapping_hw(), {"mac.arrays": 4}),
+           # half the weight buffer holds the W8 weights (resident) but not the FP16 ones
+           hwsim.with_overrides(base, {"sram.weight_buffer_bytes": 800_000})]
+    recipes = ["asq-w8a8", "tsq-tsw-w8a8", "groups4-w8a8", "static-w8a8", "dynamic-w8a8", "fp16"]
+    traces = {r: tiny(r) for r in recipes}
+
+    def strip(res):
+        d = res.to_dict()
+        d.pop("memo")
+        return d
+
+    hwsim.clear_cache()
+    warm = {}
+    for h, hw in enumerate(hws):  # recipes of one chip in a row, as a sweep worker runs them
+        for r in recipes:
+            for pf in ("jit", "early"):
+                warm[h, r, pf] = hwsim.simulate(traces[r], hw, prefetch=pf)
+    assert hwsim.cache_info()["steps"] > 0
+    reused = sum(v.memo["steps_simulated"] == 0 for v in warm.values())
+    assert reused > 0  # later recipes found whole steps in the cache
+    for (h, r, pf), res in warm.items():
+        hw = hws[h]
+        hwsim.clear_cache()
+        cold = hwsim.simulate(traces[r], hw, prefetch=pf)
+        assert strip(res) == strip(cold), (hw.name, r, pf)
+        if r in ("tsq-tsw-w8a8", "dynamic-w8a8"):
+            assert strip(res) == strip(hwsim.simulate(traces[r], hw, prefetch=pf, memo=False))
+
+
+def test_trace_changed_in_place_is_not_served_from_cache():
+    trace = tiny("asq-w8a8")
+    hw = hwsim.load_hw("edge-npu")
+    first = hwsim.simulate(trace, hw)
+    i = next(i for i, op in enumerate(trace.ops) if op.kind == "linear")
+    import dataclasses
+    trace.ops[i] = dataclasses.replace(trace.ops[i], m=trace.ops[i].m * 4,
+                                       input_bytes=trace.ops[i].input_bytes * 4,
+                                       output_bytes=trace.ops[i].output_bytes * 4)
+    again = hwsim.simulate(trace, hw)
+    assert again.latency_s > first.latency_s
+    assert again.to_dict()["latency_s"] == hwsim.simulate(trace, hw, memo=False).latency_s
