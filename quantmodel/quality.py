@@ -10,9 +10,16 @@ model's, plus what the recipe costs in weight storage. The entry points other la
 Metrics. ``sqnr_db = 10 log10(sum ref^2 / sum (q - ref)^2)`` over the whole final latent;
 ``psnr_db = 20 log10((max ref - min ref) / rmse)`` (peak = the float sample's dynamic range).
 Evaluation prompts are seeded differently from calibration prompts (held out).
+
+On the trained ``stdit-shapes`` workload the prompts are real captions (calibration too, with other
+captions), and the row also carries the video metrics of ``quantmodel.videometrics``: semantic
+accuracy of the clips against their prompts (the CLIP-score analogue), the Frechet distance of
+classifier features to real clips (the FVD analogue) and a temporal-consistency figure. That is the
+quality axis the design-space sweep uses for the small workload.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Callable
@@ -55,10 +62,44 @@ def load_model(workload: Workload | str, checkpoint: str | None = None, seed: in
     return build_stdit(cfg, device=device, seed=seed)
 
 
+def _is_shapes(workload: Workload | None) -> bool:
+    from quantmodel import shapes_model
+
+    return workload is not None and workload.name == shapes_model.WORKLOAD
+
+
+@functools.lru_cache(maxsize=1)
+def _shapes_encoder():
+    from quantmodel import shapes_model
+
+    return shapes_model.load_shapes_model("cpu")[1]
+
+
+def shapes_prompts(num_samples: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """(labels, caption features [n, 1, L, Ct]) of the shapes prompt set drawn with ``seed``."""
+    from quantmodel import shapes
+    from quantmodel.shapes_model import caption_features
+
+    labels = shapes.prompt_set(num_samples, seed=seed)
+    with torch.no_grad():
+        y = caption_features(_shapes_encoder(), shapes.captions(labels)).cpu()
+    return labels, y
+
+
 def get_stats(model: STDiT, workload: Workload, stats: CalibStats | str | Path | None = None,
               num_prompts: int = 4, seed: int = 0, text_features: str | None = None) -> CalibStats:
-    """Stats from a file (checked against the model and step count) or a fresh calibration."""
-    if stats is None:
+    """Stats from a file (checked against the model and step count) or a fresh calibration
+    (on ``stdit-shapes``: real caption features of a held-out prompt set)."""
+    if stats is None and text_features is None and _is_shapes(workload):
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "calib_y.safetensors")
+            save_file({"y": shapes_prompts(num_prompts, seed + 101)[1].contiguous()}, path)
+            stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path)
+    elif stats is None:
         stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features)
     elif not isinstance(stats, CalibStats):
         stats = CalibStats.load(stats)
@@ -99,10 +140,15 @@ def recipe_model_fn(model: STDiT, workload: Workload, recipe: Recipe | str,
 
 
 def eval_inputs(model: STDiT, num_samples: int = 1, seed: int = EVAL_SEED,
-                text_features: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts), seeded."""
+                text_features: str | None = None, workload: Workload | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts), seeded; real captions on
+    ``stdit-shapes``."""
     cfg = model.cfg
-    y = calibration_prompts(model, num_samples, seed, text_features)
+    if _is_shapes(workload) and text_features is None:
+        y = shapes_prompts(num_samples, seed)[1]
+    else:
+        y = calibration_prompts(model, num_samples, seed, text_features)
     g = torch.Generator().manual_seed(seed + 1)
     z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
     return z, y
@@ -127,6 +173,29 @@ def sample_metrics(ref: torch.Tensor, out: torch.Tensor) -> dict:
             "psnr_db": float("inf") if rmse == 0 else 20 * math.log10(peak / rmse)}
 
 
+def video_metrics(workload: Workload, video: torch.Tensor, reference: torch.Tensor, num_samples: int,
+                  seed: int = EVAL_SEED) -> dict:
+    """The video metrics of ``stdit-shapes`` clips (empty for other workloads): semantic accuracy
+    (mean over attributes, and all five right), Frechet distance to real clips with its real-vs-real
+    floor, and centroid jerk (temporal consistency)."""
+    if not _is_shapes(workload):
+        return {}
+    from quantmodel import videometrics
+
+    labels, _ = shapes_prompts(num_samples, seed)
+    res = videometrics.evaluate(video, labels, _classifier(), reference=reference)
+    return {"semantic_accuracy": res["acc_mean"], "semantic_accuracy_all": res["acc_all"],
+            "frechet_distance": res["fd"], "frechet_distance_real_floor": res["fd_real_floor"],
+            "temporal_jerk_px": res["tc_jerk_px"]}
+
+
+@functools.lru_cache(maxsize=1)
+def _classifier():
+    from quantmodel import videometrics
+
+    return videometrics.load_classifier()
+
+
 def float_weight_bytes(model: STDiT) -> int:
     return sum(2 * p.numel() for p in model.parameters())
 
@@ -138,7 +207,7 @@ def evaluate_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, stat
     """Final-sample SQNR/PSNR vs the float model, worst-layer SQNR (emulator backend), weight storage
     bytes of all weight sets and the number of weight sets."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    z, y = eval_inputs(model, num_samples, seed)
+    z, y = eval_inputs(model, num_samples, seed, workload=workload)
     if reference_sample is None:
         reference_sample = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
     row = {"recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits, "a_bits": recipe.a_bits,
@@ -147,12 +216,14 @@ def evaluate_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, stat
         row.update(sqnr_db=float("inf"), psnr_db=float("inf"), worst_layer_sqnr_db=float("inf"),
                    worst_layer="", weight_storage_bytes=float_weight_bytes(model), num_weight_sets=0,
                    step_to_set="")
+        row.update(video_metrics(workload, reference_sample, reference_sample, num_samples, seed))
         return row
     art = artifact or quantize_model(model, workload, recipe, stats, **calib)
     fn, runner = recipe_model_fn(model, workload, recipe, backend, nonlinear, artifact=art,
                                  layer_sqnr=(backend == "emulator"))
     out = sample(fn, model, workload, z, y, seed)
     row.update(sample_metrics(reference_sample, out))
+    row.update(video_metrics(workload, out, reference_sample, num_samples, seed))
     worst, worst_db = "", float("nan")
     if backend == "emulator":
         layers = runner.verifier.layer_sqnr_db()
@@ -175,7 +246,7 @@ def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlin
     if not recipe.quantized:
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
     art = artifact or quantize_model(model, workload, recipe, stats, **calib)
-    z, y = eval_inputs(model, num_samples, seed)
+    z, y = eval_inputs(model, num_samples, seed, workload=workload)
     if device is not None:  # the float reference samples with the same device's noise generator
         model = model.to(device)
     ref = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
