@@ -80,6 +80,18 @@ def _h(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16)
 
 
+def _dequant_fp16(q: torch.Tensor, scale: float) -> torch.Tensor:
+    """Saturating fp16 of ``fixedpoint.dequantize(q, scale)`` for int8/int16 codes and a float32 scale
+    (where that dequantize is the float32 product): the same steps, in cache-sized blocks."""
+    n = q.numel()
+    flat = q.reshape(-1)
+    out = torch.empty(n, dtype=torch.float16, device=q.device)
+    blk = intops.CHUNK_ELEMS
+    for i in range(0, n, blk):
+        out[i:i + blk] = flat[i:i + blk].to(torch.float32).mul_(scale).clamp_(-FP16_MAX, FP16_MAX)
+    return out.reshape(q.shape)
+
+
 def sqnr_db(signal_power: float, noise_power: float) -> float:
     if noise_power == 0:
         return float("inf")
@@ -240,6 +252,9 @@ class IntegerEmulator:
 
     def _float(self, v) -> torch.Tensor:
         """The value as the vector unit holds it: fp16 (fp16 mode) or float32."""
+        if (isinstance(v, IntVal) and self.mode == "fp16" and self.verifier is None
+                and v.q.dtype in (torch.int8, torch.int16) and fixedpoint._is_f32(v.scale)):
+            return _dequant_fp16(v.q, v.scale)
         if isinstance(v, IntVal):
             f = fixedpoint.dequantize(v.q, v.scale)
         else:

@@ -107,10 +107,21 @@ class ActQuantizer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             raise ConfigError("x.dtype", x.dtype, "a floating-point activation")
+        n = x.numel()
+        if n <= _CHUNK_ELEMS or x.device.type != "cpu":
+            return self._block(x).to(self.out_dtype)
+        # elementwise: blocks of ~64K elements keep the float32 temporary in cache; the same values
+        flat = x.reshape(-1)
+        out = torch.empty(n, dtype=self.out_dtype, device=x.device)
+        for i in range(0, n, _CHUNK_ELEMS):
+            out[i:i + _CHUNK_ELEMS] = self._block(flat[i:i + _CHUNK_ELEMS])
+        return out.reshape(x.shape)
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.to(torch.float32)
         y = xf.mul_(self.recip) if xf is not x else x * self.recip  # one fp32 multiply, correctly rounded
         # clamp before rounding: the bounds are integers, so clamp(round(y)) == round(clamp(y))
-        return y.clamp_(-self.qmax, self.qmax).round_().to(self.out_dtype)  # round_: half to even
+        return y.clamp_(-self.qmax, self.qmax).round_()  # round_: half to even (integral float32)
 
 
 def quantize_act(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:

@@ -69,6 +69,42 @@ def _h(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16)
 
 
+# Large tensors are processed in blocks of about CHUNK_ELEMS elements (rows for the row-wise kernels):
+# the float32 temporaries of a kernel's steps then stay in the CPU's L2 cache instead of streaming
+# through memory once per step (3x faster GELU on this project's CPU). Every step is elementwise or
+# per row, so blocks give the same values; block starts are multiples of CHUNK_ALIGN elements, so
+# torch's vectorised loops see the same element positions as on the whole tensor (a loop's scalar
+# tail, whose exp/tanh may differ in the last bit from the vector code, stays the whole tensor's tail).
+CHUNK_ELEMS = 1 << 16
+CHUNK_ALIGN = 64
+
+
+def _flat_chunked(fn, x: torch.Tensor) -> torch.Tensor:
+    """fn (elementwise, fp16 out) applied blockwise over the flattened x."""
+    n = x.numel()
+    if n <= CHUNK_ELEMS or x.device.type != "cpu":
+        return fn(x)
+    flat = x.reshape(-1)
+    out = torch.empty(n, dtype=torch.float16, device=x.device)
+    for i in range(0, n, CHUNK_ELEMS):
+        out[i:i + CHUNK_ELEMS] = fn(flat[i:i + CHUNK_ELEMS])
+    return out.reshape(x.shape)
+
+
+def _row_chunked(fn, x: torch.Tensor) -> torch.Tensor:
+    """fn (row-wise over the last dim, fp16 out) applied to blocks of rows of x."""
+    n = x.shape[-1] if x.dim() else 1
+    rows = x.numel() // max(n, 1)
+    block = (CHUNK_ELEMS // max(n, 1)) // CHUNK_ALIGN * CHUNK_ALIGN  # rows per block, aligned
+    if x.numel() <= CHUNK_ELEMS or x.device.type != "cpu" or block == 0 or rows <= block:
+        return fn(x)
+    x2 = x.reshape(rows, n)
+    out = torch.empty((rows, n), dtype=torch.float16, device=x.device)
+    for i in range(0, rows, block):
+        out[i:i + block] = fn(x2[i:i + block])
+    return out.reshape(x.shape)
+
+
 def tree_sum(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Sum over ``dim`` in float32 by a fixed pairwise tree (pad to a power of two with zeros, add
     halves): a defined order, the same on every device. Returns float32."""
@@ -85,6 +121,12 @@ def tree_sum(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def softmax_fp16(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """softmax in fp16: x - max, exp, fp32 tree sum, one reciprocal per row, multiply."""
+    if dim in (-1, x.dim() - 1):
+        return _row_chunked(_softmax_fp16_last, x)
+    return _softmax_fp16_last(x.movedim(dim, -1)).movedim(-1, dim)
+
+
+def _softmax_fp16_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     x = _h(x).movedim(dim, -1)
     d = x - x.amax(-1, keepdim=True)  # fp16 op = fp32 op rounded to fp16 (see module doc)
     e = _h(torch.exp(d.float()))
@@ -94,6 +136,10 @@ def softmax_fp16(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """LayerNorm without affine over the last dim: fp32 mean and variance (tree sums), fp16 output."""
+    return _row_chunked(lambda b: _layernorm_fp16(b, eps), x)
+
+
+def _layernorm_fp16(x: torch.Tensor, eps: float) -> torch.Tensor:
     x = _h(x)
     n = x.shape[-1]
     mean = tree_sum(x) / n  # fp32 [...]
@@ -105,6 +151,10 @@ def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def gelu_fp16(x: torch.Tensor) -> torch.Tensor:
     """tanh-approximated GELU, each step rounded to fp16."""
+    return _flat_chunked(_gelu_fp16, x)
+
+
+def _gelu_fp16(x: torch.Tensor) -> torch.Tensor:
     x = _h(x).float()
     inner = _h(0.7978845608028654 * (x + _h(0.044715 * _h(x * x * x).float()).float()))
     t = _h(torch.tanh(inner.float()))

@@ -219,3 +219,16 @@ def test_bit_length_vectorised_matches_python():
     vals += torch.randint(0, 2 ** 62, (1000,), generator=g).tolist()
     got = io.bit_length(torch.tensor(vals, dtype=torch.int64)).tolist()
     assert got == [v.bit_length() for v in vals]
+
+
+def test_blocked_fp16_kernels_equal_the_whole_tensor_computation():
+    """Large tensors run in cache-sized blocks (rows for LayerNorm/softmax): the same bits as one pass."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(3, 700, 384, generator=g) * 4).half()  # > CHUNK_ELEMS, rows not a block multiple
+    s = (torch.randn(2, 6, 333, 64, generator=g) * 6).half()
+    assert x.numel() > io.CHUNK_ELEMS and s.numel() > io.CHUNK_ELEMS
+    same = lambda a, b: torch.equal(a.view(torch.int16), b.view(torch.int16))
+    assert same(io.gelu_fp16(x), io._gelu_fp16(x))
+    assert same(io.layernorm_fp16(x), io._layernorm_fp16(x, 1e-6))
+    assert same(io.softmax_fp16(s), io._softmax_fp16_last(s))
+    assert same(io.softmax_fp16(s, dim=2), io._softmax_fp16_last(s.movedim(2, -1)).movedim(-1, 2))
