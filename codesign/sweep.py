@@ -2,11 +2,15 @@
 or a Dask cluster, into a resumable results store.
 
 Work is planned in the parent: each design point gets its content key, points already in the store
-are skipped, and the rest are cut into chunks per recipe. The quantized trace of a (workload,
-recipe) is built once in the parent and shipped to workers once: through a pickle file the pool's
-workers load and keep (local), or ``Client.scatter(broadcast=True)`` (Dask). A chunk returns its
-rows; the parent alone writes them to the store, in small atomic part files, so a killed sweep
-loses at most the last second of work and a rerun computes only what is missing.
+are skipped, and the rest are cut into chunks **by hardware point**: a chunk holds every pending
+recipe of one hardware point (or of a few, when there are few recipes), so the worker that runs it
+finds the plans, unit runs and whole steps the recipes share in hwsim's process-level cache (the
+W8A8 static / ASQ / groups / TSQ+TSW recipes differ only in a few smoothing multiplies and swaps).
+The quantized trace of a (workload, recipe) is built once in the parent and shipped to workers
+once: through a pickle file the pool's workers load and keep (local), or
+``Client.scatter(broadcast=True)`` (Dask). A chunk returns its rows; the parent alone writes them to
+the store, in small atomic part files, so a killed sweep loses at most the last second of work and
+a rerun computes only what is missing.
 
 Quality is a property of the recipe, not of the chip: it is computed once per (quality workload,
 recipe) and joined onto the cost rows when the results are loaded.
@@ -28,8 +32,7 @@ from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, 
 from workloads.errors import ConfigError
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
-MAX_CHUNK = 16  # points per task: small enough for a smooth progress bar and frequent parts
-RECIPES_IN_FLIGHT = 2  # traces held by workers at once: the next is queued while one runs
+MAX_CHUNK = 16  # points per task (a hardware point's recipes are never split, so one may hold more)
 
 
 # ---- worker side (runs in pool processes / Dask workers; imports no torch) ----------------------
@@ -55,15 +58,19 @@ def _init_worker(parent_pid: int, threads: int) -> None:
 
 def _resolve(ref):
     """A shipped object (trace, quality preparation), or the path of a pickled one (local pool):
-    loaded once per worker; the most recent few are kept (chunks arrive recipe by recipe)."""
+    loaded once per worker and kept (every chunk needs every recipe's trace); ``_forget`` drops
+    the files a finished sweep deleted."""
     if not isinstance(ref, str):
         return ref
     if ref not in _TRACE_CACHE:
-        while len(_TRACE_CACHE) >= RECIPES_IN_FLIGHT + 1:
-            _TRACE_CACHE.pop(next(iter(_TRACE_CACHE)))
         with open(ref, "rb") as fh:
             _TRACE_CACHE[ref] = pickle.load(fh)
     return _TRACE_CACHE[ref]
+
+
+def _forget() -> None:
+    for ref in [r for r in _TRACE_CACHE if not os.path.exists(r)]:
+        del _TRACE_CACHE[ref]
 
 
 def result_columns(result: dict) -> dict:
@@ -77,13 +84,17 @@ def result_columns(result: dict) -> dict:
     return row
 
 
-def simulate_chunk(trace_ref, items: list[tuple[str, dict, str]]) -> list[dict]:
-    """Simulate one chunk of design points of one recipe: ``items`` = (key, hw dict, prefetch)."""
+def simulate_chunk(trace_refs: dict, items: list[tuple[str, str, dict, str]]) -> list[dict]:
+    """Simulate one chunk of design points: ``items`` = (recipe, key, hw dict, prefetch), the
+    recipes of a hardware point next to each other (they share hwsim's cache);
+    ``trace_refs`` = recipe -> shipped trace."""
     import hwsim
 
-    trace = _resolve(trace_ref)
+    if len(_TRACE_CACHE) > len(trace_refs) + 1:
+        _forget()
     rows = []
-    for key, hw_dict, prefetch in items:
+    for recipe, key, hw_dict, prefetch in items:
+        trace = _resolve(trace_refs[recipe])
         t0 = time.perf_counter()
         try:
             hw = hwsim.hw_from_dict(hw_dict)
@@ -119,7 +130,7 @@ def prepare_quality(workload_name: str, options: dict, need_stats: bool = True) 
     w = get_workload(workload_name)
     model = _quality_model(workload_name, options)
     stats = quality.get_stats(model, w, num_prompts=options.get("num_prompts", 4)) if need_stats else None
-    z, y = quality.eval_inputs(model, options.get("num_samples", 1))
+    z, y = quality.eval_inputs(model, options.get("num_samples", 1), workload=w)
     ref = quality.sample(lambda x, t, yy, step: model(x, t, yy), model, w, z, y)
     return {"stats": stats, "reference": ref}
 
@@ -354,6 +365,26 @@ def _chunk_size(n: int, jobs: int) -> int:
     return max(1, min(MAX_CHUNK, math.ceil(n / (4 * jobs))))
 
 
+def hardware_chunks(plan: SweepPlan, jobs: int) -> list[list[tuple[str, int]]]:
+    """Pending points as chunks of whole hardware points: a chunk is a list of (recipe index in
+    ``plan.recipes``, item index), every pending recipe of each of its hardware points together,
+    in hardware-point order; about ``_chunk_size`` points each (one hardware point at least)."""
+    by_hw: dict[str, list[tuple[int, int]]] = {}
+    for ri, rp in enumerate(plan.recipes):
+        for ii, row in enumerate(rp.rows):
+            by_hw.setdefault(row["hw_key"], []).append((ri, ii))
+    size = _chunk_size(plan.pending_points, jobs)
+    chunks, cur = [], []
+    for pts in by_hw.values():
+        if cur and len(cur) + len(pts) > size:
+            chunks.append(cur)
+            cur = []
+        cur = cur + pts
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
 def build_traces(spec: SweepSpec, recipes: list[str]):
     """Yield (recipe, quantized trace) for the recipes, tracing the float model once."""
     from quantmodel.recipes import annotate_trace, get_recipe
@@ -405,7 +436,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                    disable=not progress, smoothing=0.1, dynamic_ncols=True)
         buffers = {POINTS: [], QUALITY: []}
         last_flush = [time.monotonic()]
-        futures: dict = {}  # future -> (POINTS, rows-by-key, recipe) | (QUALITY, qkey, recipe) | ("prep", path, None)
+        futures: dict = {}  # future -> (POINTS, rows-by-key, recipes) | (QUALITY, qkey, recipe) | ("prep", path, None)
         refs_left: dict[str, list] = {}  # recipe -> [trace ref, chunks still running]
 
         def flush(force: bool = False) -> None:
@@ -430,16 +461,17 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                     summary.quality_computed += 1
                     bar.set_postfix_str(f"quality {summary.quality_computed}/{len(plan.quality_pending)} recipes")
                 else:
-                    _, known, recipe = what
+                    _, known, recipes = what
                     for row in result:
                         buffers[POINTS].append({**known[row["key"]], **row})
                         summary.failed_points += row["status"] == "failed"
                     summary.computed_points += len(result)
                     bar.update(len(result))
-                    ref = refs_left[recipe]
-                    ref[1] -= 1
-                    if ref[1] == 0:
-                        runner.release(ref[0])
+                    for recipe in recipes:
+                        ref = refs_left[recipe]
+                        ref[1] -= 1
+                        if ref[1] == 0:
+                            runner.release(ref[0])
             flush()
 
         def submit_quality(prep) -> None:
@@ -461,20 +493,26 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                 else:
                     fut = runner.submit(prepare_quality, spec.quality_workload, spec.quality_options, need_stats)
                     futures[fut] = ("prep", prep_path, None)
-            by_recipe = {rp.recipe: rp for rp in plan.recipes}
-            for recipe, trace in build_traces(spec, list(by_recipe)):
-                while sum(1 for r in refs_left.values() if r[1]) >= RECIPES_IN_FLIGHT:
-                    collect(runner.wait_some(set(futures), timeout=flush_every_s))
-                rp = by_recipe[recipe]
-                ref = runner.ship(content_hash([spec.cost_workload, recipe]), trace)
+            # every pending recipe's trace first (workers run the quality evaluations meanwhile),
+            # then the chunks, each all recipes of its hardware point(s)
+            refs = {}
+            for recipe, trace in build_traces(spec, [rp.recipe for rp in plan.recipes]):
+                refs[recipe] = runner.ship(content_hash([spec.cost_workload, recipe]), trace)
                 del trace
-                size = _chunk_size(len(rp.items), runner.jobs)
-                chunks = [slice(i, i + size) for i in range(0, len(rp.items), size)]
-                refs_left[recipe] = [ref, len(chunks)]
-                for sl in chunks:
-                    fut = runner.submit(simulate_chunk, ref, rp.items[sl])
-                    futures[fut] = (POINTS, {r["key"]: r for r in rp.rows[sl]}, recipe)
                 collect(runner.wait_some(set(futures), timeout=0))
+            for chunk in hardware_chunks(plan, runner.jobs):
+                items, known, used = [], {}, set()
+                for ri, ii in chunk:
+                    rp = plan.recipes[ri]
+                    key, hw_dict, prefetch = rp.items[ii]
+                    items.append((rp.recipe, key, hw_dict, prefetch))
+                    known[key] = rp.rows[ii]
+                    used.add(rp.recipe)
+                for recipe in used:
+                    refs_left.setdefault(recipe, [refs[recipe], 0])[1] += 1
+                fut = runner.submit(simulate_chunk, {r: refs[r] for r in used}, items)
+                futures[fut] = (POINTS, known, sorted(used))
+            collect(runner.wait_some(set(futures), timeout=0))
             while futures:
                 collect(runner.wait_some(set(futures), timeout=flush_every_s))
             flush(force=True)
