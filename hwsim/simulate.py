@@ -330,9 +330,10 @@ _UNIT_SETS = _LRU(64)  # (hw hash, step signature, resident) -> _Units
 _STEPS = _LRU(512)  # (hw hash, prefetch, step signature, resident, from_flash, swap) -> _StepOut
 
 
-def clear_cache() -> None:
-    """Forget every cached trace analysis, plan, unit and step (the next call starts cold)."""
-    for c in (_TRACES, _PLANS, _UNIT_RUNS, _UNIT_SETS, _STEPS):
+def clear_cache(traces: bool = True) -> None:
+    """Forget every cached plan, unit and step, and (``traces``) trace analysis: the next call
+    starts cold (``traces=False``: as for a new chip in a sweep, whose traces are already known)."""
+    for c in ((_TRACES,) if traces else ()) + (_PLANS, _UNIT_RUNS, _UNIT_SETS, _STEPS):
         c.d.clear()
 
 

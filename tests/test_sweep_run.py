@@ -184,3 +184,26 @@ def test_shipped_specs_load_and_sample_reproducibly():
         for p in points[:5]:  # the axes land on the chip's fields (section axes set several at once)
             hw = flatten(hwsim.hw_to_dict(hwsim.with_overrides(hwsim.load_hw(spec.hw_base), p.as_dict())))
             assert all(hw[k] == v for k, v in p.overrides), path.name
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 8])
+def test_chunks_hold_whole_hardware_points(tmp_path, jobs):
+    """A worker runs every recipe of a hardware point (they share hwsim's cache): no hardware point
+    is split over chunks, and every pending point is in exactly one chunk."""
+    from codesign.store import ResultStore
+    from codesign.sweep import hardware_chunks, plan_sweep
+
+    spec = load_spec(TINY)
+    with ResultStore.open(tmp_path / "r", spec) as store:
+        plan = plan_sweep(spec, store)
+    chunks = hardware_chunks(plan, jobs)
+    seen = [(ri, ii) for c in chunks for ri, ii in c]
+    assert sorted(seen) == sorted((ri, ii) for ri, rp in enumerate(plan.recipes) for ii in range(len(rp.items)))
+    owner = {}
+    for n, c in enumerate(chunks):
+        for ri, ii in c:
+            assert owner.setdefault(plan.recipes[ri].rows[ii]["hw_key"], n) == n
+    assert len(owner) == len(spec.hardware_points())
+    per_hw = {k: sum(1 for c in chunks for ri, ii in c if plan.recipes[ri].rows[ii]["hw_key"] == k) for k in owner}
+    assert set(per_hw.values()) == {len(spec.recipes)}
+    assert len(chunks) > 1
