@@ -350,12 +350,29 @@ def _sat32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _q16(q: torch.Tensor, s: float) -> torch.Tensor:
-    """A tensor at scale s as Q16 fixed point (half even, saturated to int32), int64."""
-    return requantize_scale(q, s * 2.0 ** GATE_FRAC_BITS, INT32_MIN, INT32_MAX, torch.int64)
+    """A tensor at scale s as Q16 fixed point (half even, saturated to int32), as float64 integers."""
+    return requantize_scale(q, s * 2.0 ** GATE_FRAC_BITS, INT32_MIN, INT32_MAX, torch.float64)
 
 
 def _at(q: torch.Tensor, s_in: float, s_t: float) -> torch.Tensor:
-    return requantize_scale(q, s_in / s_t, INT32_MIN, INT32_MAX, torch.int64)
+    """q rescaled from s_in to s_t (half even, saturated to int32), as float64 integers."""
+    return requantize_scale(q, s_in / s_t, INT32_MIN, INT32_MAX, torch.float64)
+
+
+def _mul_round_q16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sat32(round_half_even(a * b / 2^16))`` for float64 integers |a|, |b| <= 2^31, in place in a.
+
+    Exact in float64 by the proof of :class:`~quantmodel.fixedpoint.Requantizer` (acc = a,
+    multiplier = b, s = 16; the sign of b does not enter the relative error bound): outputs saturate
+    at Q = 2^31 <= 2^(53 - 16), so every channel is safe and no near-tie check is needed.
+    ``fl(a * b) * 2^-16`` equals ``fl(a * b * 2^-16)`` (scaling by a power of two is exact here).
+    """
+    return a.mul_(b).mul_(2.0 ** -GATE_FRAC_BITS).round_().clamp_(INT32_MIN, INT32_MAX)
+
+
+def _finish(acc: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """clamp(round_half_even(acc / 2^8)) of float64 integers |acc| <= 2^31: exact (acc / 2^8 is)."""
+    return acc.mul_(2.0 ** -GUARD_BITS).round_().clamp_(qmin, qmax).to(torch.int32)
 
 
 def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: float, q_scale: torch.Tensor,
@@ -368,15 +385,21 @@ def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: 
     units: <= 0.5 + (|x| 2^-17 + s_t (|1 + scale| / 2 + 1.5)) / s_out (the Q16 factor limits very
     fine output scales; |1 + scale| must stay below 2^15). Operands broadcast
     (shift/scale [B, 1, C] against x [B, N, C]); all operands int32-range integer tensors.
+    The integers are carried in float64 (exact: every value is below 2^32, see _mul_round_q16).
     """
     for name, s in (("s_x", s_x), ("s_shift", s_shift), ("s_scale", s_scale), ("s_out", s_out)):
         _check_scale(name, s)
     s_t = s_out / 2.0 ** GUARD_BITS
-    x_t = _at(_check_int("q_x", q_x), s_x, s_t)
-    m = _sat32(_q16(_check_int("q_scale", q_scale), s_scale) + 2 ** GATE_FRAC_BITS)
-    p = _sat32(rounding_right_shift(x_t * m, GATE_FRAC_BITS))
-    acc = _sat32(p + _at(_check_int("q_shift", q_shift), s_shift, s_t))
-    return rounding_right_shift(acc, GUARD_BITS).clamp_(qmin, qmax).to(torch.int32)
+    _check_int("q_x", q_x, keep32=True), _check_int("q_scale", q_scale, keep32=True)
+    _check_int("q_shift", q_shift, keep32=True)
+    m = _sat32(_q16(q_scale, s_scale) + 2 ** GATE_FRAC_BITS)
+    x_t = _at(q_x, s_x, s_t)
+    if x_t.shape != torch.broadcast_shapes(x_t.shape, m.shape):
+        x_t = x_t.expand(torch.broadcast_shapes(x_t.shape, m.shape)).clone()
+    p = _mul_round_q16(x_t, m)
+    acc = p.add_(_at(q_shift, s_shift, s_t)).clamp_(INT32_MIN, INT32_MAX) if p.shape == torch.broadcast_shapes(
+        p.shape, q_shift.shape) else _sat32(p + _at(q_shift, s_shift, s_t))
+    return _finish(acc, qmin, qmax)
 
 
 def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, q_gate: torch.Tensor,
@@ -385,12 +408,17 @@ def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, 
 
     s_t = s_out / 2^8: y_t = requant(y -> s_t); g = requant(gate -> Q16); p = round(y_t * g / 2^16);
     out = clamp(round((requant(x -> s_t) + p) / 2^8)); half to even, int32 saturation inside.
+    The integers are carried in float64 (exact, see _mul_round_q16).
     """
     for name, s in (("s_x", s_x), ("s_y", s_y), ("s_gate", s_gate), ("s_out", s_out)):
         _check_scale(name, s)
     s_t = s_out / 2.0 ** GUARD_BITS
-    y_t = _at(_check_int("q_y", q_y), s_y, s_t)
-    g = _q16(_check_int("q_gate", q_gate), s_gate)
-    p = _sat32(rounding_right_shift(y_t * g, GATE_FRAC_BITS))
-    acc = _sat32(p + _at(_check_int("q_x", q_x), s_x, s_t))
-    return rounding_right_shift(acc, GUARD_BITS).clamp_(qmin, qmax).to(torch.int32)
+    _check_int("q_x", q_x, keep32=True), _check_int("q_y", q_y, keep32=True)
+    _check_int("q_gate", q_gate, keep32=True)
+    g = _q16(q_gate, s_gate)
+    y_t = _at(q_y, s_y, s_t)
+    shape = torch.broadcast_shapes(y_t.shape, g.shape, q_x.shape)
+    if y_t.shape != shape:
+        y_t = y_t.expand(shape).clone()
+    p = _mul_round_q16(y_t, g)
+    return _finish(p.add_(_at(q_x, s_x, s_t)).clamp_(INT32_MIN, INT32_MAX), qmin, qmax)

@@ -232,3 +232,25 @@ def test_blocked_fp16_kernels_equal_the_whole_tensor_computation():
     assert same(io.layernorm_fp16(x), io._layernorm_fp16(x, 1e-6))
     assert same(io.softmax_fp16(s), io._softmax_fp16_last(s))
     assert same(io.softmax_fp16(s, dim=2), io._softmax_fp16_last(s.movedim(2, -1)).movedim(-1, 2))
+
+
+@pytest.mark.parametrize("fn", ["modulate_int", "gated_add_int"])
+def test_fixed_point_modulate_and_gate_exact_at_int32_extremes_on_large_tensors(fn):
+    """Full int32-range operands (saturating products, ties) over more than one 64K block."""
+    g = torch.Generator().manual_seed(9)
+    lo, hi = -2 ** 31, 2 ** 31 - 1
+    q_x = torch.randint(lo, hi, (2, 260, 128), generator=g, dtype=torch.int64).to(torch.int32)
+    q_x[0, :5] = torch.tensor([lo, hi, 0, 1, -1], dtype=torch.int32)[:, None]
+    q_y = torch.randint(-2 ** 20, 2 ** 20, (2, 260, 128), generator=g, dtype=torch.int32)
+    q_a = torch.randint(lo, hi, (2, 1, 128), generator=g, dtype=torch.int64).to(torch.int32)
+    q_b = torch.randint(-2 ** 16, 2 ** 16, (2, 1, 128), generator=g, dtype=torch.int32)
+    for s_x, s_a, s_b, s_out, (qmin, qmax) in ((2.0 ** -10, 0.013, 0.0021, 0.05, (-127, 127)),
+                                               (1e-3, 3e-5, 0.7, 2.0 ** -12, (-2 ** 31, 2 ** 31 - 1)),
+                                               (0.37, 1e-6, 1e-4, 1e-3, (-2 ** 23 + 1, 2 ** 23 - 1))):
+        if fn == "modulate_int":
+            got = io.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
+            want = ref.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
+        else:
+            got = io.gated_add_int(q_x, s_x, q_y, s_a * 100, q_b, s_b, s_out, qmin, qmax)
+            want = ref.gated_add_int(q_x, s_x, q_y, s_a * 100, q_b, s_b, s_out, qmin, qmax)
+        assert got.dtype == torch.int32 and torch.equal(got.double(), want)
