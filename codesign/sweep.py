@@ -6,9 +6,10 @@ are skipped, and the rest are cut into chunks **by hardware point**: a chunk hol
 recipe of one hardware point (or of a few, when there are few recipes), so the worker that runs it
 finds the plans, unit runs and whole steps the recipes share in hwsim's process-level cache (the
 W8A8 static / ASQ / groups / TSQ+TSW recipes differ only in a few smoothing multiplies and swaps).
-The quantized trace of a (workload, recipe) is built once in the parent and shipped to workers
-once: through a pickle file the pool's workers load and keep (local), or
-``Client.scatter(broadcast=True)`` (Dask). A chunk returns its rows; the parent alone writes them to
+The float trace of the cost workload is built once in the parent and shipped to workers once:
+through a pickle file the pool's workers load and keep (local), or
+``Client.scatter(broadcast=True)`` (Dask); each worker annotates it per recipe
+(``quantmodel.recipes``, plain Python) once and keeps the quantized traces. A chunk returns its rows; the parent alone writes them to
 the store, in small atomic part files, so a killed sweep loses at most the last second of work and
 a rerun computes only what is missing.
 
@@ -84,17 +85,36 @@ def result_columns(result: dict) -> dict:
     return row
 
 
-def simulate_chunk(trace_refs: dict, items: list[tuple[str, str, dict, str]]) -> list[dict]:
-    """Simulate one chunk of design points: ``items`` = (recipe, key, hw dict, prefetch), the
-    recipes of a hardware point next to each other (they share hwsim's cache);
-    ``trace_refs`` = recipe -> shipped trace."""
+_QUANTIZED: dict = {}  # recipe -> quantized trace, for the float trace in _QUANTIZED_OF
+_QUANTIZED_OF: list = [None]
+
+
+def quantized_trace(float_trace, recipe):
+    """The recipe's annotated trace (``quantmodel.recipes.annotate_trace``: plain Python, no torch),
+    made once per worker: annotating in the workers, in parallel, beats annotating every recipe
+    in the parent and shipping each big trace."""
+    from quantmodel.recipes import annotate_trace
+
+    if _QUANTIZED_OF[0] is not float_trace:  # a new sweep (the reference keeps the id unique)
+        _QUANTIZED.clear()
+        _QUANTIZED_OF[0] = float_trace
+    key = repr(recipe)
+    if key not in _QUANTIZED:
+        _QUANTIZED[key] = annotate_trace(float_trace, recipe)
+    return _QUANTIZED[key]
+
+
+def simulate_chunk(float_ref, recipes: dict, items: list[tuple[str, str, dict, str]]) -> list[dict]:
+    """Simulate one chunk of design points: ``items`` = (recipe name, key, hw dict, prefetch), the
+    recipes of a hardware point next to each other (they share hwsim's cache); ``float_ref`` = the
+    shipped float trace, ``recipes`` = name -> ``Recipe``."""
     import hwsim
 
-    if len(_TRACE_CACHE) > len(trace_refs) + 1:
-        _forget()
+    _forget()
+    float_trace = _resolve(float_ref)
     rows = []
     for recipe, key, hw_dict, prefetch in items:
-        trace = _resolve(trace_refs[recipe])
+        trace = quantized_trace(float_trace, recipes[recipe])
         t0 = time.perf_counter()
         try:
             hw = hwsim.hw_from_dict(hw_dict)
@@ -385,17 +405,11 @@ def hardware_chunks(plan: SweepPlan, jobs: int) -> list[list[tuple[str, int]]]:
     return chunks
 
 
-def build_traces(spec: SweepSpec, recipes: list[str]):
-    """Yield (recipe, quantized trace) for the recipes, tracing the float model once."""
-    from quantmodel.recipes import annotate_trace, get_recipe
+def build_float_trace(spec: SweepSpec):
     from quantmodel.tracing import build_trace
     from workloads.presets import get_workload
 
-    if not recipes:
-        return
-    float_trace = build_trace(get_workload(spec.cost_workload))
-    for r in recipes:
-        yield r, annotate_trace(float_trace, get_recipe(r))
+    return build_trace(get_workload(spec.cost_workload))
 
 
 def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, scheduler=None,
@@ -437,7 +451,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
         buffers = {POINTS: [], QUALITY: []}
         last_flush = [time.monotonic()]
         futures: dict = {}  # future -> (POINTS, rows-by-key, recipes) | (QUALITY, qkey, recipe) | ("prep", path, None)
-        refs_left: dict[str, list] = {}  # recipe -> [trace ref, chunks still running]
+        refs_left: dict[str, list] = {}  # shipped trace -> [its ref, chunks still running]
 
         def flush(force: bool = False) -> None:
             if force or time.monotonic() - last_flush[0] >= flush_every_s:
@@ -461,14 +475,14 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                     summary.quality_computed += 1
                     bar.set_postfix_str(f"quality {summary.quality_computed}/{len(plan.quality_pending)} recipes")
                 else:
-                    _, known, recipes = what
+                    _, known, shipped = what
                     for row in result:
                         buffers[POINTS].append({**known[row["key"]], **row})
                         summary.failed_points += row["status"] == "failed"
                     summary.computed_points += len(result)
                     bar.update(len(result))
-                    for recipe in recipes:
-                        ref = refs_left[recipe]
+                    for name in shipped:
+                        ref = refs_left[name]
                         ref[1] -= 1
                         if ref[1] == 0:
                             runner.release(ref[0])
@@ -493,26 +507,26 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
                 else:
                     fut = runner.submit(prepare_quality, spec.quality_workload, spec.quality_options, need_stats)
                     futures[fut] = ("prep", prep_path, None)
-            # every pending recipe's trace first (workers run the quality evaluations meanwhile),
-            # then the chunks, each all recipes of its hardware point(s)
-            refs = {}
-            for recipe, trace in build_traces(spec, [rp.recipe for rp in plan.recipes]):
-                refs[recipe] = runner.ship(content_hash([spec.cost_workload, recipe]), trace)
-                del trace
+            # the float trace once; workers annotate it per recipe (and run the quality
+            # evaluations meanwhile); then the chunks, each all recipes of its hardware point(s)
+            if plan.recipes:
+                from quantmodel.recipes import get_recipe
+
+                float_ref = runner.ship(content_hash(["float", spec.cost_workload]), build_float_trace(spec))
+                recipe_objs = {rp.recipe: get_recipe(rp.recipe) for rp in plan.recipes}
+                chunks = hardware_chunks(plan, runner.jobs)
+                refs_left["float"] = [float_ref, len(chunks)]
+                for chunk in chunks:
+                    items, known, used = [], {}, set()
+                    for ri, ii in chunk:
+                        rp = plan.recipes[ri]
+                        key, hw_dict, prefetch = rp.items[ii]
+                        items.append((rp.recipe, key, hw_dict, prefetch))
+                        known[key] = rp.rows[ii]
+                        used.add(rp.recipe)
+                    fut = runner.submit(simulate_chunk, float_ref, {r: recipe_objs[r] for r in used}, items)
+                    futures[fut] = (POINTS, known, ["float"])
                 collect(runner.wait_some(set(futures), timeout=0))
-            for chunk in hardware_chunks(plan, runner.jobs):
-                items, known, used = [], {}, set()
-                for ri, ii in chunk:
-                    rp = plan.recipes[ri]
-                    key, hw_dict, prefetch = rp.items[ii]
-                    items.append((rp.recipe, key, hw_dict, prefetch))
-                    known[key] = rp.rows[ii]
-                    used.add(rp.recipe)
-                for recipe in used:
-                    refs_left.setdefault(recipe, [refs[recipe], 0])[1] += 1
-                fut = runner.submit(simulate_chunk, {r: refs[r] for r in used}, items)
-                futures[fut] = (POINTS, known, sorted(used))
-            collect(runner.wait_some(set(futures), timeout=0))
             while futures:
                 collect(runner.wait_some(set(futures), timeout=flush_every_s))
             flush(force=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import threading
 from collections import OrderedDict
 from operator import attrgetter
 
@@ -282,18 +283,21 @@ class _LRU:
 
     def __init__(self, maxsize: int):
         self.maxsize, self.d = maxsize, OrderedDict()
+        self.lock = threading.Lock()  # a Dask worker may run several simulations in threads
 
     def get(self, key):
-        v = self.d.get(key)
-        if v is not None:
-            self.d.move_to_end(key)
-        return v
+        with self.lock:
+            v = self.d.get(key)
+            if v is not None:
+                self.d.move_to_end(key)
+            return v
 
     def put(self, key, value) -> None:
-        self.d[key] = value
-        self.d.move_to_end(key)
-        if len(self.d) > self.maxsize:
-            self.d.popitem(last=False)
+        with self.lock:
+            self.d[key] = value
+            self.d.move_to_end(key)
+            if len(self.d) > self.maxsize:
+                self.d.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self.d)
