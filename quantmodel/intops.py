@@ -79,27 +79,27 @@ CHUNK_ELEMS = 1 << 16
 CHUNK_ALIGN = 64
 
 
-def _flat_chunked(fn, x: torch.Tensor) -> torch.Tensor:
-    """fn (elementwise, fp16 out) applied blockwise over the flattened x."""
+def _flat_chunked(fn, x: torch.Tensor, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """fn (elementwise, ``out_dtype`` out) applied blockwise over the flattened x."""
     n = x.numel()
     if n <= CHUNK_ELEMS or x.device.type != "cpu":
         return fn(x)
     flat = x.reshape(-1)
-    out = torch.empty(n, dtype=torch.float16, device=x.device)
+    out = torch.empty(n, dtype=out_dtype, device=x.device)
     for i in range(0, n, CHUNK_ELEMS):
         out[i:i + CHUNK_ELEMS] = fn(flat[i:i + CHUNK_ELEMS])
     return out.reshape(x.shape)
 
 
-def _row_chunked(fn, x: torch.Tensor) -> torch.Tensor:
-    """fn (row-wise over the last dim, fp16 out) applied to blocks of rows of x."""
+def _row_chunked(fn, x: torch.Tensor, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """fn (row-wise over the last dim, ``out_dtype`` out) applied to blocks of rows of x."""
     n = x.shape[-1] if x.dim() else 1
     rows = x.numel() // max(n, 1)
     block = (CHUNK_ELEMS // max(n, 1)) // CHUNK_ALIGN * CHUNK_ALIGN  # rows per block, aligned
     if x.numel() <= CHUNK_ELEMS or x.device.type != "cpu" or block == 0 or rows <= block:
         return fn(x)
     x2 = x.reshape(rows, n)
-    out = torch.empty((rows, n), dtype=torch.float16, device=x.device)
+    out = torch.empty((rows, n), dtype=out_dtype, device=x.device)
     for i in range(0, rows, block):
         out[i:i + block] = fn(x2[i:i + block])
     return out.reshape(x.shape)
@@ -236,17 +236,23 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
     scale = _check_scale("scale", scale)
     if out_bits not in (4, 6, 8):
         raise ConfigError("out_bits", out_bits, "4, 6 or 8")
+    _check_int("q", q, keep32=True)
+    if q.dim() == 0 or q.shape[-1] > MAX_ROW:
+        raise ConfigError("softmax row length", q.shape[-1] if q.dim() else 0, f"<= {MAX_ROW}")
+    p = out_bits - 1
+    # rows are independent: blocks of rows keep the int64 temporaries in cache (the same integers)
+    return _row_chunked(lambda b: _softmax_int_rows(b, scale, p), q, torch.int32), 2.0 ** -p
+
+
+def _softmax_int_rows(q: torch.Tensor, scale: float, p: int) -> torch.Tensor:
     x = _check_int("q", q)
-    if x.shape[-1] > MAX_ROW:
-        raise ConfigError("softmax row length", x.shape[-1], f"<= {MAX_ROW}")
     d = x - x.amax(dim=-1, keepdim=True)  # <= 0, |d| < 2^32
     d_w, s_w = _to_working(d, scale)
     e = i_exp(d_w, s_w)  # [..., n] < 2^28
     total = e.sum(dim=-1, keepdim=True)  # >= poly(0) > 0
     factor = torch.div(torch.full_like(total, 2 ** SOFTMAX_NORM_BITS), total, rounding_mode="floor")
-    p = out_bits - 1
     out = torch.bitwise_right_shift(e * factor, SOFTMAX_NORM_BITS - p).clamp_(max=2 ** p - 1)
-    return out.to(torch.int32), 2.0 ** -p
+    return out.to(torch.int32)
 
 
 def bit_length(v: torch.Tensor) -> torch.Tensor:
@@ -313,11 +319,17 @@ def gelu_constants(s_w: float) -> tuple[int, int, int, float]:
 def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     """i-GELU (I-BERT): x/2 (1 + i-erf(x / sqrt 2)), floor; int32 out with |out| <= |q_w|."""
     scale = _check_scale("scale", scale)
-    x = _check_int("q", q, keep32=True)
+    _check_int("q", q, keep32=True)
     k = working_shift(scale)
     s_w = scale * 2.0 ** k
-    x_w = torch.bitwise_right_shift(x, k).clamp_(-2 ** SAT_BITS, 2 ** SAT_BITS)  # floor
     q_bb, q_one, t, out_scale = gelu_constants(s_w)
+    # elementwise: cache-sized blocks give the same integers
+    return _flat_chunked(lambda b: _gelu_int_block(b, k, q_bb, q_one, t), q, torch.int32), out_scale
+
+
+def _gelu_int_block(q: torch.Tensor, k: int, q_bb: int, q_one: int, t: int) -> torch.Tensor:
+    x = _check_int("q", q, keep32=True)
+    x_w = torch.bitwise_right_shift(x, k).clamp_(-2 ** SAT_BITS, 2 ** SAT_BITS)  # floor
     # erf + q_one = 2 q_one - (u - q_bb)^2 (x > 0), (u - q_bb)^2 (x < 0); at x = 0 the product is 0
     # whichever is taken. Both are <= 2 q_one: int32 when that fits, the product x_w * (...) int64.
     small = 2 * q_one < 2 ** 31 and q_bb * q_bb < 2 ** 31
@@ -326,7 +338,7 @@ def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     d2 = d.mul_(d)  # (u - q_bb)^2
     f = torch.where(x_w >= 0, 2 * q_one - d2, d2)
     out = torch.bitwise_right_shift(x_w.to(torch.int64) * f, t)
-    return out.to(torch.int32), out_scale
+    return out.to(torch.int32)
 
 
 SIG_BITS = 15  # sigmoid as Q15

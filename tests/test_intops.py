@@ -254,3 +254,16 @@ def test_fixed_point_modulate_and_gate_exact_at_int32_extremes_on_large_tensors(
             got = io.gated_add_int(q_x, s_x, q_y, s_a * 100, q_b, s_b, s_out, qmin, qmax)
             want = ref.gated_add_int(q_x, s_x, q_y, s_a * 100, q_b, s_b, s_out, qmin, qmax)
         assert got.dtype == torch.int32 and torch.equal(got.double(), want)
+
+
+def test_blocked_integer_kernels_equal_reference_on_large_tensors():
+    """GELU and softmax (int mode) run in cache-sized blocks on large tensors: still the reference."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randint(-2 ** 20, 2 ** 20, (3, 200, 160), generator=g, dtype=torch.int32)  # 96000 elements
+    assert x.numel() > io.CHUNK_ELEMS
+    q, s = io.gelu_int(x, 3e-5)
+    rq, rs = ref.gelu_int(x, 3e-5)
+    assert s == rs and torch.equal(q.double(), rq)
+    q, s = io.softmax_int(x, 2e-5, out_bits=8)
+    rq, rs = ref.softmax_int(x, 2e-5, 8)
+    assert s == rs and torch.equal(q.double(), rq)
