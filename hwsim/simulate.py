@@ -485,7 +485,9 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
             o = step_memo.get(key)
             if o is not None:
                 return o
-            gkey = (hkey, prefetch, info.sig_keys[step_sig[s]], wplan.resident, wplan.from_flash, swap)
+            # where swaps read from matters only to a step that swaps
+            gkey = (hkey, prefetch, info.sig_keys[step_sig[s]], wplan.resident,
+                    wplan.from_flash if swap is not None else None, swap)
             o = _STEPS.get(gkey)
             if o is not None:
                 step_memo[key] = o
