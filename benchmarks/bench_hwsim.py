@@ -1,6 +1,8 @@
 """hwsim speed: (1) one design point of opensora-v1.0-16x512x512 (100 steps x 800 ops, CFG) on edge-npu,
-tile-level, goal under 1 s; (2) memoised vs unmemoised simulation side by side on smaller workloads,
-with a check that both give identical numbers.
+tile-level, on a chip new to the process (hwsim's cross-call cache cleared; the trace already analysed,
+as in a sweep), goal <= 0.15 s; (1b) the same recipes one after another on one chip, as a sweep worker
+runs a hardware point, with the cache kept (and identical numbers to the cold runs); (2) memoised vs
+unmemoised simulation side by side on smaller workloads, with a check that both give identical numbers.
 
     python benchmarks/bench_hwsim.py
     python benchmarks/bench_hwsim.py --repeat 1 --hw edge-npu-pro
@@ -49,15 +51,32 @@ def main() -> int:
     print(f"    {'recipe':16s} {'prefetch':8s} {'sim s':>7s} {'goal':>5s} {'latency s':>10s} {'energy J':>9s} "
           f"{'ops':>6s} {'units sim.':>10s}")
     worst = 0.0
-    for recipe in ("asq-w8a8", "tsq-tsw-w8a8", "dynamic-w8a8"):
-        trace = annotate_trace(float_trace, get_recipe(recipe))
+    traces = {r: annotate_trace(float_trace, get_recipe(r)) for r in ("asq-w8a8", "tsq-tsw-w8a8", "dynamic-w8a8")}
+    cold = {}
+    for recipe, trace in traces.items():
+        hwsim.simulate(trace, hw)  # analyse the trace once (a sweep does it once per worker)
         for prefetch in ("jit", "early"):
-            sec, res = best_of(lambda: hwsim.simulate(trace, hw, prefetch=prefetch), args.repeat)
+            def run():
+                hwsim.clear_cache(traces=False)
+                return hwsim.simulate(trace, hw, prefetch=prefetch)
+            sec, res = best_of(run, args.repeat)
+            cold[recipe, prefetch] = res
             worst = max(worst, sec)
-            print(f"    {recipe:16s} {prefetch:8s} {sec:7.3f} {sec / 1.0:4.2f}x {res.latency_s:10.1f} "
+            print(f"    {recipe:16s} {prefetch:8s} {sec:7.3f} {sec / 0.15:4.2f}x {res.latency_s:10.1f} "
                   f"{res.energy_j:9.1f} {len(trace.ops):6d} {res.memo['units_simulated']:10d}")
-    print(f"    slowest design point {worst:.3f} s = {worst:.2f}x the 1 s goal "
-          f"({'met' if worst < 1.0 else 'MISSED'})")
+    print(f"    slowest design point {worst:.3f} s = {worst / 0.15:.2f}x the 0.15 s goal "
+          f"({'met' if worst <= 0.15 else 'MISSED'})")
+    hwsim.clear_cache(traces=False)
+    t0 = time.perf_counter()
+    same = True
+    for prefetch in ("jit", "early"):
+        for recipe, trace in traces.items():
+            a, b = hwsim.simulate(trace, hw, prefetch=prefetch).to_dict(), cold[recipe, prefetch].to_dict()
+            a.pop("memo"), b.pop("memo")
+            same &= a == b
+    per = (time.perf_counter() - t0) / (2 * len(traces))
+    print(f"(1b) the {2 * len(traces)} points above in a row on one chip, cache kept: {per:.3f} s/point; "
+          f"identical to the cold runs: {same}")
 
     print("\n(2) memoised vs unmemoised (same numbers required)")
     print(f"    {'workload':40s} {'memo s':>8s} {'no-memo s':>10s} {'speed-up':>9s} {'identical':>9s}")
@@ -69,7 +88,10 @@ def main() -> int:
                                     get_recipe("tsq-tsw-w8a8")), 3)),
     ]
     for label, trace in cases:
-        fast_s, fast = best_of(lambda: hwsim.simulate(trace, hw), args.repeat)
+        def fresh(trace=trace):  # nothing cached from an earlier call
+            hwsim.clear_cache()
+            return hwsim.simulate(trace, hw)
+        fast_s, fast = best_of(fresh, args.repeat)
         slow_s, slow = best_of(lambda: hwsim.simulate(trace, hw, memo=False), 1)
         a, b = fast.to_dict(), slow.to_dict()
         a.pop("memo"), b.pop("memo")
