@@ -166,15 +166,41 @@ def silu_fp16(x: torch.Tensor) -> torch.Tensor:
     return _h(x * _h(torch.sigmoid(x)).float())
 
 
+def _batch_rows_chunked(fn, x: torch.Tensor, full: tuple, per_batch: tuple) -> torch.Tensor:
+    """fn(x, *full, *per_batch) (elementwise, fp16 out) for x [B, N, C]: ``full`` tensors shaped like
+    x, ``per_batch`` ones [B, 1, C] (broadcast over N); in blocks of rows of one batch element."""
+    shapes_ok = x.dim() == 3 and all(t.shape == x.shape for t in full) and all(
+        t.dim() == 3 and t.shape[0] == x.shape[0] and t.shape[1] == 1 and t.shape[2] == x.shape[2]
+        for t in per_batch)
+    if not shapes_ok or x.numel() <= CHUNK_ELEMS or x.device.type != "cpu":
+        return fn(x, *full, *per_batch)
+    b_, n, c = x.shape
+    block = max(1, CHUNK_ELEMS // c)
+    out = torch.empty(x.shape, dtype=torch.float16, device=x.device)
+    for b in range(b_):
+        pb = [t[b] for t in per_batch]  # [1, C]
+        for i in range(0, n, block):
+            out[b, i:i + block] = fn(x[b, i:i + block], *(t[b, i:i + block] for t in full), *pb)
+    return out
+
+
 def modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift, one fp16 rounding per step."""
     one_p = _h(1.0 + _h(scale).float())
-    return _h(x) * one_p + _h(shift)  # two fp16 ops, each = fp32 op rounded to fp16
+    return _batch_rows_chunked(_mul_add_fp16, _h(x), (), (one_p, _h(shift)))
+
+
+def _mul_add_fp16(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x * a + b  # two fp16 ops, each = fp32 op rounded to fp16
 
 
 def gated_add_fp16(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + gate * y, one fp16 rounding per step."""
-    return _h(x) + _h(gate) * _h(y)  # two fp16 ops, each = fp32 op rounded to fp16
+    return _batch_rows_chunked(_gated_add_fp16, _h(x), (_h(y),), (_h(gate),))
+
+
+def _gated_add_fp16(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return x + gate * y  # two fp16 ops, each = fp32 op rounded to fp16
 
 
 # ---- int mode: shared pieces ------------------------------------------------------------------------

@@ -232,6 +232,10 @@ def test_blocked_fp16_kernels_equal_the_whole_tensor_computation():
     assert same(io.layernorm_fp16(x), io._layernorm_fp16(x, 1e-6))
     assert same(io.softmax_fp16(s), io._softmax_fp16_last(s))
     assert same(io.softmax_fp16(s, dim=2), io._softmax_fp16_last(s.movedim(2, -1)).movedim(-1, 2))
+    y = (torch.randn(3, 700, 384, generator=g) * 4).half()
+    gate, shift = torch.randn(3, 1, 384, generator=g), torch.randn(3, 1, 384, generator=g)
+    assert same(io.gated_add_fp16(x, y, gate), x + gate.half() * y)
+    assert same(io.modulate_fp16(x, shift, gate), x * (1.0 + gate.half().float()).half() + shift.half())
 
 
 @pytest.mark.parametrize("fn", ["modulate_int", "gated_add_int"])
