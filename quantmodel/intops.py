@@ -110,13 +110,20 @@ def tree_sum(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     halves): a defined order, the same on every device. Returns float32."""
     x = x.to(torch.float32).movedim(dim, -1)
     n = x.shape[-1]
-    width = 1 << max(0, (n - 1).bit_length())
-    if width != n:
-        x = torch.nn.functional.pad(x, (0, width - n))
-    while x.shape[-1] > 1:
-        h = x.shape[-1] // 2
-        x = x[..., :h] + x[..., h:]
-    return x[..., 0]
+    if n <= 1:
+        return x[..., 0] if n == 1 else x.sum(-1)
+    width = 1 << (n - 1).bit_length()
+    h = width // 2
+    # level 1 of the zero-padded tree without the padded copy: t[i] = x[i] + x[i + h] where i + h < n,
+    # else x[i] + 0 (a real add of +0: it maps -0 to +0 exactly as the padded tree does)
+    t = torch.empty((*x.shape[:-1], h), dtype=torch.float32, device=x.device)
+    torch.add(x[..., :n - h], x[..., h:], out=t[..., :n - h])
+    if n - h < h:
+        torch.add(x[..., n - h:h], 0.0, out=t[..., n - h:])
+    while h > 1:  # further levels in place: t[i] += t[i + h/2] (disjoint halves)
+        h //= 2
+        t[..., :h].add_(t[..., h:2 * h])
+    return t[..., 0]
 
 
 def softmax_fp16(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

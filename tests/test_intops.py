@@ -271,3 +271,25 @@ def test_blocked_integer_kernels_equal_reference_on_large_tensors():
     q, s = io.softmax_int(x, 2e-5, out_bits=8)
     rq, rs = ref.softmax_int(x, 2e-5, 8)
     assert s == rs and torch.equal(q.double(), rq)
+
+
+def test_tree_sum_equals_the_zero_padded_pairwise_tree():
+    """tree_sum (level 1 without the padded copy, later levels in place) == the textbook definition:
+    pad to a power of two with +0, add halves until one value is left (signed zeros included)."""
+    def padded_tree(x, dim=-1):
+        x = x.to(torch.float32).movedim(dim, -1)
+        n = x.shape[-1]
+        x = F.pad(x, (0, (1 << max(0, (n - 1).bit_length())) - n))
+        while x.shape[-1] > 1:
+            h = x.shape[-1] // 2
+            x = x[..., :h] + x[..., h:]
+        return x[..., 0]
+
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 7, 8, 9, 16, 17, 64, 65, 100, 384, 385):
+        x = (torch.randn(37, n, generator=g) * torch.logspace(-8, 8, n)).half()
+        x[0] = -0.0
+        for dim in (-1, 0):
+            assert torch.equal(io.tree_sum(x, dim).view(torch.int32), padded_tree(x, dim).view(torch.int32)), n
+        xf = torch.randn(5, n, generator=g) * 1e30  # overflowing partial sums
+        assert torch.equal(io.tree_sum(xf).view(torch.int32), padded_tree(xf).view(torch.int32)), n
