@@ -88,3 +88,17 @@ def test_verifier_counts_mismatches():
     v = Verifier()
     v.compare("a", torch.tensor([1, 2, 3]), torch.tensor([1.0, 5.0, 3.0]))
     assert (v.mismatches, v.max_abs_diff_lsb, v.checks) == (1, 3, 1)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+def test_fast_path_equals_verified_path_bit_for_bit(setup, mode):
+    """Without the verifier the emulator takes its fused conversions (blocked fp16 dequantize); the
+    output must be the verified run's, bit for bit."""
+    w, model, stats, z, y, ref = setup
+    art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    x = z.repeat(2, 1, 1, 1, 1)
+    yy = torch.cat([y, model.null_caption(1)])
+    t = torch.tensor([999, 999])
+    fast = IntegerEmulator(model, art, nonlinear=mode).model_fn(x, t, yy, 0)
+    checked = IntegerEmulator(model, art, nonlinear=mode, verify=True)
+    assert torch.equal(fast, checked.model_fn(x, t, yy, 0)) and checked.verifier.mismatches == 0
