@@ -34,6 +34,16 @@ def make_spec(base: dict, recipe: str, points: int, seed: int):
     return spec_from_dict(d)
 
 
+def cold_worker() -> None:
+    """Forget what an earlier sweep left in a long-lived worker (hwsim's cache, quantized traces)."""
+    import hwsim
+    from codesign import sweep
+
+    hwsim.clear_cache()
+    sweep._QUANTIZED.clear()
+    sweep._QUANTIZED_OF[0] = None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=1000, help="hardware points of the local-pool sweep")
@@ -70,6 +80,8 @@ def main() -> int:
             runs = {"local": [], "dask": []}
             for i, kind in enumerate(("local", "dask", "dask", "local")):
                 out = f"{tmp}/{kind}{i}"
+                if kind == "dask":  # the workers outlive a sweep: start each run as cold as a new pool
+                    client.run(cold_worker)
                 runs[kind].append(run_sweep(spec, out, jobs=args.jobs, progress=False) if kind == "local"
                                   else run_sweep(spec, out, scheduler=client, progress=False))
         loc = min(runs["local"], key=lambda r: r.wall_s)
