@@ -1,6 +1,6 @@
 """hwsim speed: (1) one design point of opensora-v1.0-16x512x512 (100 steps x 800 ops, CFG) on edge-npu,
 tile-level, on a chip new to the process (hwsim's cross-call cache cleared; the trace already analysed,
-as in a sweep), goal <= 0.15 s; (1b) the same recipes one after another on one chip, as a sweep worker
+as in a sweep), goal < 1 s (issue 4), with 0.15 s the target that sizes the default sweep; (1b) the same recipes one after another on one chip, as a sweep worker
 runs a hardware point, with the cache kept (and identical numbers to the cold runs); (2) memoised vs
 unmemoised simulation side by side on smaller workloads, with a check that both give identical numbers.
 
@@ -64,8 +64,8 @@ def main() -> int:
             worst = max(worst, sec)
             print(f"    {recipe:16s} {prefetch:8s} {sec:7.3f} {sec / 0.15:4.2f}x {res.latency_s:10.1f} "
                   f"{res.energy_j:9.1f} {len(trace.ops):6d} {res.memo['units_simulated']:10d}")
-    print(f"    slowest design point {worst:.3f} s = {worst / 0.15:.2f}x the 0.15 s goal "
-          f"({'met' if worst <= 0.15 else 'MISSED'})")
+    print(f"    slowest design point {worst:.3f} s: issue goal < 1 s "
+          f"({'met' if worst < 1.0 else 'MISSED'}); {worst / 0.15:.2f}x the 0.15 s sweep-sizing target")
     hwsim.clear_cache(traces=False)
     t0 = time.perf_counter()
     same = True
