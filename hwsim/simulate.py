@@ -32,7 +32,7 @@ from hwsim.tiling import (FP16_BYTES, AttentionUnit, GemmUnit, NoFit, Plan, Vect
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
-SIM_VERSION = "hwsim-1"
+SIM_VERSION = "hwsim-2"  # 2: GEMM tile search weighs array cycles against DRAM traffic (tiling.py)
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
                      "output_bytes", "w_bits", "a_bits", "name")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")

@@ -160,6 +160,14 @@ def _round_up(x: int, q: int) -> int:
     return -(-x // q) * q
 
 
+def _tile_compute_cycles(b: int, m: int, k: int, n: int, R: int, C: int, A: int, dataflow: str,
+                         rate: float) -> int:
+    """Array cycles of one full ``b x [m,k] x [k,n]`` tile, split over the arrays as the replay does."""
+    if b >= A:  # whole batch items per array
+        return math.ceil(b / A) * systolic_cycles(m, k, n, R, C, dataflow, rate)
+    return b * systolic_cycles(m, k, math.ceil(n / A), R, C, dataflow, rate)  # output columns over arrays
+
+
 def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     mac = hw.mac
     R, C, A = mac.rows, mac.cols, mac.arrays
@@ -183,10 +191,11 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     if need_a > abuf:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
 
-    # search tile shapes: least DRAM traffic (+ per-tile DMA setup and array fill/drain), the
+    # search tile shapes: least max(DRAM traffic, array cycles) (+ per-tile DMA setup and fill/drain), the
     # loop order that reloads the cheaper operand; K is split only when that helps
     cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
     per_tile = hw.dma.setup_cycles + 2 * R + C
+    rate = mac.rate(u.precision)
     k_opts = {u.k}
     if not need_full_k:
         for d in (2, 3, 4, 6, 8, 12, 16, 24, 32):
@@ -225,6 +234,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
             nb_m, nb_n = math.ceil(u.m / mt), math.ceil(u.n / nt)
             ntiles = math.ceil(u.batch / bt) * nb_m * nb_n * nb_k
             b_traffic = 0 if u.b_resident else u.b_bytes
+            compute = ntiles * _tile_compute_cycles(bt, mt, kt, nt, R, C, A, mac.dataflow, rate)
             for wr in (True, False):
                 if nb_k > 1:
                     traffic = u.a_bytes * nb_n + b_traffic * nb_m
@@ -232,7 +242,12 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
                     traffic = u.a_bytes * (nb_n if nb_m > 1 else 1) + b_traffic
                 else:
                     traffic = u.a_bytes + b_traffic * (nb_m if nb_n > 1 else 1)
-                cands.append((traffic * cpb + ntiles * per_tile, ntiles, -kt, not wr, (kt, nt, mt, bt, wr)))
+                # DMA and arrays overlap across double-buffered tiles, so the slower of the two
+                # bounds: a shape that starves the arrays (few output columns per array) is not
+                # taken to save a little traffic. The output is written once whatever the shape,
+                # but it shares the DRAM port, so it counts against the traffic bound.
+                cost = max((traffic + u.out_bytes) * cpb, compute) + ntiles * per_tile
+                cands.append((cost, ntiles, -kt, not wr, (kt, nt, mt, bt, wr)))
     if not cands:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
     # within 5% of the least-cost shape, take the fewest tiles (less control overhead per byte)
@@ -242,7 +257,6 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     nb_b, nb_m, nb_n, nb_k = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt),
                               math.ceil(u.k / kt))
 
-    rate = mac.rate(u.precision)
     lanes = hw.vector.lanes
     pre_cpe = vector_cycles_per_element(hw, u.pre) if u.pre else 0.0
     post_cpe = vector_cycles_per_element(hw, u.post) if u.post else 0.0
@@ -254,10 +268,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
         key = (b, m, k, n)
         hit = cycle_cache.get(key)
         if hit is None:
-            if b >= A:  # whole batch items per array
-                sys_c = math.ceil(b / A) * systolic_cycles(m, k, n, R, C, mac.dataflow, rate)
-            else:  # split the output columns over the arrays
-                sys_c = b * systolic_cycles(m, k, math.ceil(n / A), R, C, mac.dataflow, rate)
+            sys_c = _tile_compute_cycles(b, m, k, n, R, C, A, mac.dataflow, rate)
             # every A row block is read once per column fold, every B column block once per row fold
             rd = b * (math.ceil(m * k * a_bpe) * math.ceil(n / (A * C)) + math.ceil(k * n * b_bpe) * math.ceil(m / R))
             hit = (max(sys_c, math.ceil(rd / sram_bw)), rd)
