@@ -237,7 +237,11 @@ class QuantArtifact:
         return art
 
     def validate(self) -> None:
-        """Every tensor the emulator will read is present with a consistent dtype (corrupt -> error)."""
+        """Every tensor the emulator will read is present with a consistent dtype (corrupt -> error),
+        and the artifact was built under this emulator's activation-quantization definition."""
+        if self.meta.get("act_quant") != fixedpoint.ACT_QUANT:
+            raise ConfigError("artifact act_quant", self.meta.get("act_quant"),
+                              f"{fixedpoint.ACT_QUANT} (rebuild it with codesign quantize)")
         recipe = self.recipe
         static = recipe.scheme != "dynamic"
         sts = self.step_to_set
@@ -373,5 +377,6 @@ def build_artifact(model: STDiT, recipe: Recipe, stats: CalibStats | None, num_s
             "num_sets": num_sets, "linears": linears, "matmuls": matmuls, "folds": folds,
             "model_config": model_config_dict(model), "model_fingerprint": model_fingerprint(model),
             "workload": workload_name, "float_weight_bytes": float_bytes,
-            "stats": dict(stats.meta) if stats is not None else None}
+            "stats": dict(stats.meta) if stats is not None else None,
+            "act_quant": fixedpoint.ACT_QUANT}  # the activation-quantization definition the integers follow
     return QuantArtifact(meta=meta, tensors=tensors)

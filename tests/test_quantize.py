@@ -137,6 +137,11 @@ def test_artifact_round_trip_is_bit_exact_and_corruption_is_refused(tmp_path, se
               metadata={"format": art.meta["format"], "meta": json.dumps(art.meta)})
     with pytest.raises(ConfigError, match="artifact"):
         QuantArtifact.load(tmp_path / "partial.safetensors")
+    # an artifact built under another activation-quantization definition is refused
+    save_file(art.tensors, str(tmp_path / "olddef.safetensors"),
+              metadata={"format": art.meta["format"], "meta": json.dumps({**art.meta, "act_quant": "division"})})
+    with pytest.raises(ConfigError, match="act_quant"):
+        QuantArtifact.load(tmp_path / "olddef.safetensors")
     assert not list(tmp_path.glob("*.tmp"))
 
 
