@@ -168,6 +168,12 @@ def _tile_compute_cycles(b: int, m: int, k: int, n: int, R: int, C: int, A: int,
     return b * systolic_cycles(m, k, math.ceil(n / A), R, C, dataflow, rate)  # output columns over arrays
 
 
+def _blocks(total: int, tile: int) -> list[tuple[int, int]]:
+    """``(count, size)`` of the full blocks and the edge block when ``total`` is cut in ``tile``s."""
+    full, rest = divmod(total, tile)
+    return [(c, sz) for c, sz in ((full, tile), (1 if rest else 0, rest)) if c]
+
+
 def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     mac = hw.mac
     R, C, A = mac.rows, mac.cols, mac.arrays
@@ -234,7 +240,13 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
             nb_m, nb_n = math.ceil(u.m / mt), math.ceil(u.n / nt)
             ntiles = math.ceil(u.batch / bt) * nb_m * nb_n * nb_k
             b_traffic = 0 if u.b_resident else u.b_bytes
-            compute = ntiles * _tile_compute_cycles(bt, mt, kt, nt, R, C, A, mac.dataflow, rate)
+            compute = 0  # array cycles of all tiles, edge tiles at their own size
+            for b_n, b_s in _blocks(u.batch, bt):
+                for m_n, m_s in _blocks(u.m, mt):
+                    for k_n, k_s in _blocks(u.k, kt):
+                        for n_n, n_s in _blocks(u.n, nt):
+                            compute += b_n * m_n * k_n * n_n * _tile_compute_cycles(b_s, m_s, k_s, n_s, R, C, A,
+                                                                                    mac.dataflow, rate)
             for wr in (True, False):
                 if nb_k > 1:
                     traffic = u.a_bytes * nb_n + b_traffic * nb_m
@@ -247,12 +259,13 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
                 # taken to save a little traffic. The output is written once whatever the shape,
                 # but it shares the DRAM port, so it counts against the traffic bound.
                 cost = max((traffic + u.out_bytes) * cpb, compute) + ntiles * per_tile
-                cands.append((cost, ntiles, -kt, not wr, (kt, nt, mt, bt, wr)))
+                cands.append((cost, ntiles, traffic, -kt, not wr, (kt, nt, mt, bt, wr)))
     if not cands:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
-    # within 5% of the least-cost shape, take the fewest tiles (less control overhead per byte)
+    # within 5% of the least-cost shape, take the fewest tiles (less control overhead per byte);
+    # between equal costs (compute-bound shapes) the less DRAM traffic (less energy, less contention)
     least = min(c[0] for c in cands)
-    best = min((c for c in cands if c[0] <= 1.05 * least), key=lambda c: (c[1], c[0], c[2], c[3]))
+    best = min((c for c in cands if c[0] <= 1.05 * least), key=lambda c: (c[1], c[0], c[2], c[3], c[4]))
     kt, nt, mt, bt, weight_reuse = best[-1]
     nb_b, nb_m, nb_n, nb_k = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt),
                               math.ceil(u.k / kt))
