@@ -83,6 +83,9 @@ def _h(x: torch.Tensor) -> torch.Tensor:
 def _dequant_fp16(q: torch.Tensor, scale: float) -> torch.Tensor:
     """Saturating fp16 of ``fixedpoint.dequantize(q, scale)`` for int8/int16 codes and a float32 scale
     (where that dequantize is the float32 product): the same steps, in cache-sized blocks."""
+    out = fixedpoint.dequantize_c(q, scale, torch.float16)  # one C loop, the same steps
+    if out is not None:
+        return out
     n = q.numel()
     flat = q.reshape(-1)
     out = torch.empty(n, dtype=torch.float16, device=q.device)
@@ -436,6 +439,8 @@ class IntegerEmulator:
     def softmax(self, name: str, v, out_bits: int):
         sm = self.mods[name]
         if self.mode == "fp16":
+            if self.verifier is None and not isinstance(v, IntVal) and v.dtype == torch.float32:
+                return intops.softmax_fp16_scaled(v, sm.scale)  # the same fp16 values, fused
             return intops.softmax_fp16(self._hs(self._f32(v) * sm.scale))
         iv = self._int(name, "in0", v, QK_OUT_BITS)
         q, s = intops.softmax_int(iv.q, iv.scale * sm.scale, out_bits=out_bits)
@@ -457,13 +462,25 @@ class IntegerEmulator:
         s = float(fixedpoint.symmetric_scale(float(t.abs().max()), PARAM_BITS))
         return IntVal(fixedpoint.quantize(t, s, PARAM_BITS).to(torch.int32), s)
 
-    def modulate(self, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
-        """x * (1 + scale) + shift, with the consumer's SmoothQuant factors folded in if it has them."""
+    def _fold_mod(self, consumer: str, shift: torch.Tensor, scale: torch.Tensor):
+        """(p, shift, scale) with the consumer's SmoothQuant factors folded in if it has them."""
         p = self._lp(consumer)
         if p is not None and p.smooth is not None and p.fold == "modulate":
             inv = 1.0 / p.smooth
             scale = (1 + scale) * inv - 1
             shift = shift * inv
+        return p, shift, scale
+
+    def norm_modulate(self, norm: str, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
+        """modulate(layernorm(v)): in fp16 mode (not verifying) one fused pass with the same values."""
+        if self.mode == "fp16" and self.verifier is None:
+            _, shift, scale = self._fold_mod(consumer, shift, scale)
+            return intops.layernorm_modulate_fp16(self._float(v), shift, scale, eps=self.mods[norm].eps)
+        return self.modulate(name, self.layernorm(norm, v), shift, scale, consumer)
+
+    def modulate(self, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
+        """x * (1 + scale) + shift, with the consumer's SmoothQuant factors folded in if it has them."""
+        p, shift, scale = self._fold_mod(consumer, shift, scale)
         if self.mode == "fp16":
             return intops.modulate_fp16(self._float(v), shift, scale)
         iv = self._int(name, "in0", v, RES_BITS)
@@ -503,12 +520,20 @@ class IntegerEmulator:
     def attention(self, pre: str, v, num_heads: int):
         b, n, c = v.q.shape if isinstance(v, IntVal) else v.shape
         d = c // num_heads
-        qkv = self.linear(pre + ".qkv", v)
+        qkv = self._float_operand(pre, self.linear(pre + ".qkv", v))
         qkv = _vmap(qkv, lambda t: t.reshape(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4))
         q = _vmap(qkv, lambda t: t[0])
         k = _vmap(qkv, lambda t: t[1].transpose(-2, -1))
         vv = _vmap(qkv, lambda t: t[2])
         return self._attend(pre, q, k, vv, b, n, c)
+
+    def _float_operand(self, pre: str, v):
+        """A GEMM output that only float attention products read: dequantized once, whole and
+        contiguous (elementwise, so the same float32 values as dequantizing each view later)."""
+        if isinstance(v, IntVal) and self.verifier is None and pre + ".qk" not in self.matmuls \
+                and pre + ".av" not in self.matmuls:
+            return self._f32(v)
+        return v
 
     def _attend(self, pre: str, q, k, vv, b: int, n: int, c: int):
         scores = self.matmul(pre + ".qk", q, k)
@@ -521,10 +546,10 @@ class IntegerEmulator:
     def cross_attention(self, pre: str, v, y: torch.Tensor, num_heads: int):
         b, n, c = v.q.shape if isinstance(v, IntVal) else v.shape
         d = c // num_heads
-        q = self.linear(pre + ".q_linear", v)
+        q = self._float_operand(pre, self.linear(pre + ".q_linear", v))
         q = _vmap(q, lambda t: t.reshape(b, n, num_heads, d).transpose(1, 2))
         yv = self._hs(y) if self.mode == "fp16" else y  # projected text: float, the same every step
-        kv = self.linear(pre + ".kv_linear", yv)
+        kv = self._float_operand(pre, self.linear(pre + ".kv_linear", yv))
         kv = _vmap(kv, lambda t: t.reshape(b, -1, 2, num_heads, d).permute(2, 0, 3, 1, 4))
         k = _vmap(kv, lambda t: t[0].transpose(-2, -1))
         vv = _vmap(kv, lambda t: t[1])
@@ -537,8 +562,7 @@ class IntegerEmulator:
         heads = blk.attn.num_heads
         mod = blk.scale_shift_table[None] + t0.reshape(b, 6, -1)  # [B, 6, C] float32
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
-        x_m = self.modulate(pre + ".modulate1", self.layernorm(pre + ".norm1", x), shift_msa, scale_msa,
-                            pre + ".attn.qkv")
+        x_m = self.norm_modulate(pre + ".norm1", pre + ".modulate1", x, shift_msa, scale_msa, pre + ".attn.qkv")
         x_s = self.attention(pre + ".attn", _vmap(x_m, lambda t: t.reshape(b * blk.d_t, blk.d_s, c)), heads)
         x = self.residual(pre + ".res_attn", x, _vmap(x_s, lambda t: t.reshape(b, n, c)), gate_msa)
         x_t = _vmap(x, lambda t: t.reshape(b, blk.d_t, blk.d_s, c).transpose(1, 2).reshape(b * blk.d_s, blk.d_t, c))
@@ -548,8 +572,7 @@ class IntegerEmulator:
         x_t = _vmap(x_t, lambda t: t.reshape(b, blk.d_s, blk.d_t, c).transpose(1, 2).reshape(b, n, c))
         x = self.residual(pre + ".res_temp", x, x_t, gate_msa)
         x = self.residual(pre + ".res_cross", x, self.cross_attention(pre + ".cross_attn", x, y, heads), None)
-        x_m = self.modulate(pre + ".modulate2", self.layernorm(pre + ".norm2", x), shift_mlp, scale_mlp,
-                            pre + ".mlp.fc1")
+        x_m = self.norm_modulate(pre + ".norm2", pre + ".modulate2", x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
         h = self.gelu(pre + ".mlp.act", self.linear(pre + ".mlp.fc1", x_m))
         return self.residual(pre + ".res_mlp", x, self.linear(pre + ".mlp.fc2", h), gate_mlp)
 

@@ -43,6 +43,7 @@ import struct
 
 import torch
 
+from quantmodel import ckernels
 from workloads.errors import ConfigError
 
 ROUNDING = "half_to_even"
@@ -108,6 +109,12 @@ class ActQuantizer:
         if not x.is_floating_point():
             raise ConfigError("x.dtype", x.dtype, "a floating-point activation")
         n = x.numel()
+        in_kind = ckernels.IN_KIND_FLOAT.get(x.dtype)
+        if in_kind is not None and self.qmax < 2 ** 24 and ckernels.usable(x) and ckernels.lib() is not None:
+            out = torch.empty(x.shape, dtype=self.out_dtype, device=x.device)  # one C loop, same steps
+            ckernels.lib().qm_act_quant(x.data_ptr(), in_kind, n, self.recip, float(self.qmax), out.data_ptr(),
+                                        ckernels.OUT_KIND[self.out_dtype])
+            return out
         if n <= _CHUNK_ELEMS or x.device.type != "cpu":
             return self._block(x).to(self.out_dtype)
         # elementwise: blocks of ~64K elements keep the float32 temporary in cache; the same values
@@ -192,10 +199,27 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor | float, axis: int | None = 
     """
     if _is_number(scale) and not q.is_floating_point() and q.device.type == "cpu":
         sf = float(scale)
+        if _is_f32(sf):
+            out = dequantize_c(q, sf, torch.float32)
+            if out is not None:
+                return out
         if _is_f32(sf) and (q.dtype in (torch.int8, torch.int16, torch.uint8) or _below_2_24(q)):
             return q.to(torch.float32).mul_(sf)
     s = _broadcast_scale(scale, q, axis)
     return (q.to(torch.float64) * s).to(torch.float32)
+
+
+def dequantize_c(q: torch.Tensor, scale: float, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """The C loop of ``fp32(q) * scale`` (float32 ``scale``; int8/16/32 codes, int32 ones below 2**24),
+    as float32, or as float16 saturated to +-65504 (``out_dtype``); None when it does not apply."""
+    kind = ckernels.IN_KIND_INT.get(q.dtype)
+    if kind is None or not _is_f32(scale) or not ckernels.usable(q) or ckernels.lib() is None:
+        return None
+    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    if ckernels.lib().qm_dequant(q.data_ptr(), kind, q.numel(), scale, out.data_ptr(),
+                                 0 if out_dtype == torch.float32 else 1):
+        return None  # an int32 code beyond 2**24: the float64 definition below applies
+    return out
 
 
 def _is_f32(v: float) -> bool:
@@ -441,11 +465,62 @@ class Requantizer:
             self._ucols = idx if 4 * idx.numel() <= self.lim.numel() else None
         return self._ucols
 
+    def _c_consts(self, n: int, dev: torch.device):
+        """(c, lim, m, s) as contiguous [N] CPU tensors for the C loop (per-tensor constants expanded
+        once per width N); memoised."""
+        memo = self.__dict__.setdefault("_cc", {})
+        cs = memo.get(n)
+        if cs is None:
+            def vec(t, dt):
+                t = torch.as_tensor(t, dtype=dt, device=dev)
+                return (t.expand(n) if t.dim() == 0 else t).contiguous()
+            cs = memo[n] = (vec(self.c, torch.float64), vec(self.lim, torch.float64),
+                            vec(self.m, torch.int64), vec(self.s, torch.int64))
+        return cs
+
+    def fused(self, acc2: torch.Tensor, out2: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+        """``out2 = self(acc2 + bias)`` in one C loop (:mod:`quantmodel.ckernels`): acc2 int32 [R, N]
+        with unit column stride, out2 [R, N] ``out_dtype`` with unit column stride (may be a column
+        block of a wider tensor), bias int32 [N] contiguous or None (the int32 sum cannot wrap: the
+        caller's accumulator bound includes the bias). The same operations as :meth:`_pass`, element by
+        element. Returns False (nothing done) when the C kernels are not available or do not apply."""
+        dll = ckernels.lib()
+        if dll is None or acc2.dtype != torch.int32 or acc2.device.type != "cpu" or acc2.dim() != 2:
+            return False
+        kind = ckernels.OUT_KIND.get(self.out_dtype)
+        if kind is None or out2.shape != acc2.shape or out2.dtype != self.out_dtype or out2.device.type != "cpu":
+            return False
+        r, n = acc2.shape
+        if (n > 1 and (acc2.stride(1) != 1 or out2.stride(1) != 1)) or (bias is not None and (
+                bias.dtype != torch.int32 or not bias.is_contiguous() or bias.shape != (n,))):
+            return False
+        if r == 0 or n == 0:
+            return True
+        c, lim, m, s = self._c_consts(n, acc2.device)
+        dll.qm_requant(acc2.data_ptr(), r, n, acc2.stride(0) if r > 1 else n,
+                       bias.data_ptr() if bias is not None else None, c.data_ptr(), lim.data_ptr(),
+                       m.data_ptr(), s.data_ptr(), float(self.qmin), float(self.qmax), out2.data_ptr(), kind,
+                       out2.stride(0) if r > 1 else n)
+        return True
+
     def __call__(self, acc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Requantize ``acc`` [..., N]; ``out`` (optional, same shape, ``out_dtype``, may be a strided
         view) receives the result."""
         if acc.is_floating_point() or acc.is_complex() or acc.dtype == torch.bool:
             raise ConfigError("acc.dtype", acc.dtype, "an integer dtype (int32 accumulator)")
+        if acc.dtype == torch.int32 and acc.device.type == "cpu" and acc.is_contiguous() and acc.dim() > 0 and (
+                not self.per_channel or self.c.shape[0] == acc.shape[-1]):  # one C loop (same bits)
+            n = acc.shape[-1]
+            if out is None:
+                res = torch.empty(acc.shape, dtype=self.out_dtype, device=acc.device)
+                o2 = res.view(-1, n)
+            elif out.shape == acc.shape and out.dtype == self.out_dtype and out.device == acc.device:
+                res = out
+                o2 = out.view(-1, n) if out.is_contiguous() else out if out.dim() == 2 else None
+            else:
+                res = o2 = None
+            if o2 is not None and self.fused(acc.view(-1, n), o2):
+                return res
         if self.per_channel:
             n = acc.shape[-1] if acc.dim() > 0 else 1
             if self.c.shape[0] != n:

@@ -173,6 +173,16 @@ def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | 
         return rq(acc).reshape(*lead, n)
     out = torch.empty((x2.shape[0], n), dtype=rq.out_dtype, device=x2.device)
     blocks = _column_blocks(x2.shape[0], n)
+    if bias is None or bias.is_contiguous():  # bias add + requantization in one C loop (same integers)
+        done = True
+        for j0, j1 in blocks:
+            wb = w_t if len(blocks) == 1 else _weight_block(w_t, j0, j1)
+            if not rq.block(j0, j1).fused(torch._int_mm(x2, wb), out[:, j0:j1],
+                                          None if bias is None else bias[j0:j1]):
+                done = False
+                break
+        if done:
+            return out.reshape(*lead, n)
     if len(blocks) == 1:
         rq(_mm_bias(x2, w_t, bias), out=out)
     else:
@@ -180,6 +190,22 @@ def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | 
             acc = _mm_bias(x2, w_t[:, j0:j1].contiguous(), None if bias is None else bias[j0:j1])
             rq.block(j0, j1)(acc, out=out[:, j0:j1])
     return out.reshape(*lead, n)
+
+
+def _weight_block(w_t: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+    """``w_t[:, j0:j1]`` contiguous, remembered on the weight tensor (with its version counter) so a
+    layer's column blocks are copied once, not per call."""
+    memo = getattr(w_t, "_q1_blocks", None)
+    if memo is None or memo[0] != w_t._version:
+        memo = (w_t._version, {})
+        try:
+            w_t._q1_blocks = memo
+        except (AttributeError, RuntimeError):
+            return w_t[:, j0:j1].contiguous()
+    blk = memo[1].get((j0, j1))
+    if blk is None:
+        blk = memo[1][(j0, j1)] = w_t[:, j0:j1].contiguous()
+    return blk
 
 
 def _float_matmul(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

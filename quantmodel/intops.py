@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from quantmodel import ckernels
 from quantmodel.fixedpoint import INT32_MAX, INT32_MIN, requantize_scale, rounding_right_shift
 from workloads.errors import ConfigError
 
@@ -77,6 +78,7 @@ def _h(x: torch.Tensor) -> torch.Tensor:
 # tail, whose exp/tanh may differ in the last bit from the vector code, stays the whole tensor's tail).
 CHUNK_ELEMS = 1 << 16
 CHUNK_ALIGN = 64
+FP16_MAX = 65504.0
 
 
 def _flat_chunked(fn, x: torch.Tensor, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -133,7 +135,38 @@ def softmax_fp16(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return _softmax_fp16_last(x.movedim(dim, -1)).movedim(-1, dim)
 
 
+def _c_ok(*ts: torch.Tensor):
+    """The compiled kernels, when every tensor is a contiguous CPU tensor (else None: torch ops)."""
+    return ckernels.lib() if ckernels.usable(*ts) else None
+
+
+def _softmax_fp16_c(dll, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """:func:`_softmax_fp16_last` (of ``_hs(x * scale)`` for float32 x) as two C loops around torch's
+    float32 exp: the same operations, and torch.exp on a tensor of the block's shape (same lanes)."""
+    n = x.shape[-1]
+    rows = x.numel() // n
+    d = torch.empty(x.shape, dtype=torch.float32)
+    ws = torch.empty(2 * n, dtype=torch.float32)
+    is16 = x.dtype == torch.float16
+    dll.qm_softmax_pre(x.data_ptr(), int(is16), 1.0 if scale is None else scale, int(scale is not None), rows, n,
+                       d.data_ptr(), ws.data_ptr())
+    torch.exp(d, out=d)
+    out = torch.empty(x.shape, dtype=torch.float16)
+    dll.qm_softmax_post(d.data_ptr(), rows, n, out.data_ptr(), ws.data_ptr())
+    return out
+
+
+def softmax_fp16_scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax_fp16(fp16(clamp(x * scale, +-65504)))`` over the last dim for float32 x (attention
+    scores times 1/sqrt(D), saturating conversion, softmax): fused when the C kernels apply."""
+    if x.dtype == torch.float32 and x.dim() > 0 and x.shape[-1] > 0 and _c_ok(x) is not None:
+        return _row_chunked(lambda b: _softmax_fp16_c(ckernels.lib(), b, scale), x)
+    return softmax_fp16(x.mul(scale).clamp_(-FP16_MAX, FP16_MAX).to(torch.float16))
+
+
 def _softmax_fp16_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    if dim in (-1, x.dim() - 1) and x.dtype == torch.float16 and x.numel() and _c_ok(x) is not None:
+        return _softmax_fp16_c(ckernels.lib(), x)
     x = _h(x).movedim(dim, -1)
     d = x - x.amax(-1, keepdim=True)  # fp16 op = fp32 op rounded to fp16 (see module doc)
     e = _h(torch.exp(d.float()))
@@ -146,7 +179,39 @@ def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return _row_chunked(lambda b: _layernorm_fp16(b, eps), x)
 
 
+def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                            eps: float = 1e-6) -> torch.Tensor:
+    """``modulate_fp16(layernorm_fp16(x, eps), shift, scale)`` (x [B, N, C] fp16, shift/scale
+    [B, 1, C]): one pass for both when the C kernels apply, the same fp16 values."""
+    if x.dtype == torch.float16 and x.dim() == 3 and x.shape[-1] > 0 and _c_ok(x.contiguous()) is not None:
+        x = x.contiguous()
+        b_, n_, c = x.shape
+        a = _h(1.0 + _h(scale).float()).expand(b_, 1, c).contiguous()
+        sh = _h(shift).expand(b_, 1, c).contiguous()
+        return _layernorm_fp16_c(ckernels.lib(), x, eps, a, sh, n_)
+    return modulate_fp16(layernorm_fp16(x, eps), shift, scale)
+
+
+def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, a=None, b=None, rows_per_batch: int = 1) -> torch.Tensor:
+    """:func:`_layernorm_fp16` as two C loops around torch's float32 rsqrt (of the [rows] vector of
+    var + eps, as eager), optionally followed by the modulation h(h(y * a) + b)."""
+    n = x.shape[-1]
+    rows = x.numel() // n
+    mean = torch.empty(rows, dtype=torch.float32)
+    ve = torch.empty(rows, dtype=torch.float32)
+    ws = torch.empty(4 * n, dtype=torch.float32)
+    dll.qm_ln_stats(x.data_ptr(), rows, n, eps, mean.data_ptr(), ve.data_ptr(), ws.data_ptr())
+    rstd = torch.rsqrt(ve)
+    out = torch.empty(x.shape, dtype=torch.float16)
+    mod = a is not None
+    dll.qm_ln_apply(x.data_ptr(), rows, n, mean.data_ptr(), rstd.data_ptr(), out.data_ptr(), int(mod),
+                    a.data_ptr() if mod else None, b.data_ptr() if mod else None, rows_per_batch, ws.data_ptr())
+    return out
+
+
 def _layernorm_fp16(x: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float16 and x.numel() and _c_ok(x) is not None:
+        return _layernorm_fp16_c(ckernels.lib(), x, eps)
     x = _h(x)
     n = x.shape[-1]
     mean = tree_sum(x) / n  # fp32 [...]
@@ -162,6 +227,14 @@ def gelu_fp16(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gelu_fp16(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float16 and _c_ok(x) is not None:  # two C loops around torch's float32 tanh
+        dll = ckernels.lib()
+        inner = torch.empty(x.shape, dtype=torch.float32)
+        dll.qm_gelu_pre(x.data_ptr(), x.numel(), inner.data_ptr())
+        torch.tanh(inner, out=inner)
+        out = torch.empty(x.shape, dtype=torch.float16)
+        dll.qm_gelu_post(x.data_ptr(), x.numel(), inner.data_ptr(), out.data_ptr())
+        return out
     x = _h(x).float()
     inner = _h(0.7978845608028654 * (x + _h(0.044715 * _h(x * x * x).float()).float()))
     t = _h(torch.tanh(inner.float()))
@@ -194,6 +267,9 @@ def _batch_rows_chunked(fn, x: torch.Tensor, full: tuple, per_batch: tuple) -> t
 def modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift, one fp16 rounding per step."""
     one_p = _h(1.0 + _h(scale).float())
+    out = _axpy_c(_h(x), None, one_p, _h(shift), 1)
+    if out is not None:
+        return out
     return _batch_rows_chunked(_mul_add_fp16, _h(x), (), (one_p, _h(shift)))
 
 
@@ -203,7 +279,30 @@ def _mul_add_fp16(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
 
 def gated_add_fp16(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + gate * y, one fp16 rounding per step."""
+    out = _axpy_c(_h(x), _h(y), _h(gate), None, 0)
+    if out is not None:
+        return out
     return _batch_rows_chunked(_gated_add_fp16, _h(x), (_h(y),), (_h(gate),))
+
+
+def _axpy_c(x: torch.Tensor, y, g: torch.Tensor, c2, op: int):
+    """One C loop of x + h(g * y) (op 0) or h(x * g) + c2 (op 1) for x (and y) [B, N, C] fp16 and
+    per-batch g, c2 [B, 1, C]; None when the shapes or the kernels do not fit."""
+    if x.dim() != 3 or x.numel() == 0 or (y is not None and y.shape != x.shape):
+        return None
+    b_, n_, c = x.shape
+    per = [t for t in (g, c2) if t is not None]
+    if any(t.dim() != 3 or t.shape[1] != 1 or t.shape[2] != c or t.shape[0] not in (1, b_) for t in per):
+        return None
+    g, c2 = (None if t is None else t.expand(b_, 1, c).contiguous() for t in (g, c2))
+    x, y = x.contiguous(), None if y is None else y.contiguous()
+    if _c_ok(x, *(t for t in (y, g, c2) if t is not None)) is None:
+        return None
+    out = torch.empty(x.shape, dtype=torch.float16)
+    ws = torch.empty(4 * c, dtype=torch.float32)
+    ckernels.lib().qm_fp16_axpy(x.data_ptr(), None if y is None else y.data_ptr(), g.data_ptr(),
+                                None if c2 is None else c2.data_ptr(), b_, n_, c, op, out.data_ptr(), ws.data_ptr())
+    return out
 
 
 def _gated_add_fp16(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -101,3 +101,24 @@ def test_fast_path_equals_verified_path_bit_for_bit(setup, mode="fp16"):
     fast = IntegerEmulator(model, art, nonlinear=mode).model_fn(x, t, yy, 0)
     checked = IntegerEmulator(model, art, nonlinear=mode, verify=True)
     assert torch.equal(fast, checked.model_fn(x, t, yy, 0)) and checked.verifier.mismatches == 0
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+def test_compiled_kernels_leave_the_emulator_output_unchanged(setup, mode):
+    """The C loops (quantmodel.ckernels) are a speed-up only: a forward with them equals the eager
+    torch-only forward bit for bit (static and dynamic recipes)."""
+    from quantmodel import ckernels
+
+    if ckernels.lib() is None:
+        pytest.skip("no C compiler: the torch path is the only path")
+    w, model, stats, z, y, ref = setup
+    x = z.repeat(2, 1, 1, 1, 1)
+    yy = torch.cat([y, model.null_caption(1)])
+    t = torch.tensor([999, 999])
+    for name in ("asq-w8a8", "dynamic-w6a6"):
+        art = build_artifact(model, get_recipe(name), stats if name != "dynamic-w6a6" else None, w.num_steps)
+        emu = IntegerEmulator(model, art, nonlinear=mode)
+        fast = emu.model_fn(x, t, yy, 1)
+        with ckernels.disabled():
+            eager = IntegerEmulator(model, art, nonlinear=mode).model_fn(x, t, yy, 1)
+        assert torch.equal(fast, eager)

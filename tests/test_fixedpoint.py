@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from quantmodel import ckernels
 from quantmodel import fixedpoint as fp
 from quantmodel import reference as ref
 from workloads.errors import ConfigError
@@ -261,3 +262,68 @@ def test_activation_quantizer_refuses_bad_arguments():
         fp.ActQuantizer(0.1, 32)
     with pytest.raises(ConfigError):
         fp.ActQuantizer(0.1, 8)(torch.ones(3, dtype=torch.int32))
+
+
+# ---- compiled C loops (quantmodel.ckernels) == the eager torch definitions, bit for bit ---------------
+needs_c = pytest.mark.skipif(ckernels.lib() is None, reason="no C compiler: the torch path is the only path")
+
+
+@needs_c
+@pytest.mark.parametrize("out_dtype", [torch.int8, torch.int16, torch.int32, torch.float64])
+def test_compiled_requantize_equals_torch_path_and_oracle(out_dtype):
+    """Safe, near-tie (checked) and saturating channels, per channel and per tensor, whole tensors and
+    column blocks of a wider output, with the bias fused: the same values as the torch ops."""
+    g = torch.Generator().manual_seed(3)
+    q = {torch.int8: 127, torch.int16: 32767}.get(out_dtype, fp.INT32_MAX)
+    tie_m = [m for _, m, _ in NEAR_TIES]
+    tie_s = [s - 31 for _, _, s in NEAR_TIES]
+    m_safe, s_safe = fp.quantize_multiplier(0.37)
+    m_sat, s_sat = fp.quantize_multiplier(3.0e9)  # real scale > 2**31: saturates
+    mult = torch.tensor(tie_m + [m_safe, m_sat, 0])
+    shift = torch.tensor(tie_s + [s_safe, s_sat, 0])
+    n = mult.numel()
+    acc = torch.randint(-2 ** 31, 2 ** 31, (37, n), generator=g, dtype=torch.int64).to(torch.int32)
+    acc[:9, :9] = torch.tensor([a for a, _, _ in NEAR_TIES], dtype=torch.int32).expand(9, 9)  # the near ties
+    acc[9, :] = 0
+    bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32)
+    acc_b = acc.clamp(-2 ** 31 + 2 ** 20, 2 ** 31 - 1 - 2 ** 20)  # the sum with the bias stays in int32
+    for m, s in ((mult, shift), (tie_m[0], tie_s[0]), (m_safe, s_safe)):
+        rq = fp.Requantizer(m, s, -q, q, out_dtype)
+        got = rq(acc)
+        with ckernels.disabled():
+            want = rq(acc)
+        assert got.dtype == out_dtype and torch.equal(got, want)
+        wide = torch.zeros((37, n + 5), dtype=out_dtype)  # a column block of a wider output
+        assert rq.fused(acc_b, wide[:, 2:2 + n], bias)
+        with ckernels.disabled():
+            want_b = rq(acc_b + bias)
+        assert torch.equal(wide[:, 2:2 + n], want_b) and not wide[:, :2].any() and not wide[:, 2 + n:].any()
+    exact = [[exact_requant(int(a), mi, si, -q, q) for a in acc[:, j].tolist()] for j, (mi, si) in
+             enumerate(zip(mult.tolist(), shift.tolist()))]
+    assert fp.Requantizer(mult, shift, -q, q, out_dtype)(acc).t().long().tolist() == exact
+
+
+@needs_c
+def test_compiled_activation_quantize_and_dequantize_equal_torch_path():
+    every_fp16 = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    every_fp16 = every_fp16[torch.isfinite(every_fp16)]
+    g = torch.Generator().manual_seed(5)
+    x32 = torch.randn(70001, generator=g) * 50
+    for scale, bits in ((0.0123, 8), (2.0 ** -7, 8), (0.3, 6), (1e-3, 16), (2.0 ** -20, 24)):
+        aq = fp.ActQuantizer(scale, bits, torch.int32 if bits > 16 else None)
+        for x in (every_fp16, x32, x32[:70000].reshape(7, 10000)[:, :1000]):  # the last: not contiguous
+            got = aq(x)
+            with ckernels.disabled():
+                assert torch.equal(got, aq(x))
+    s = float(torch.tensor(0.0123, dtype=torch.float32))
+    for q in (torch.randint(-127, 128, (999,), generator=g, dtype=torch.int8),
+              torch.randint(-32767, 32768, (70001,), generator=g, dtype=torch.int16),
+              torch.randint(-2 ** 24 + 1, 2 ** 24, (5000,), generator=g, dtype=torch.int32),
+              torch.tensor([2 ** 24 + 1, -7], dtype=torch.int32)):  # beyond 2**24: the float64 definition
+        got = fp.dequantize(q, s)
+        with ckernels.disabled():
+            assert torch.equal(got, fp.dequantize(q, s))
+        if q.dtype != torch.int32 or q.abs().max() < 2 ** 24:
+            big = float(torch.tensor(s * 1e4, dtype=torch.float32))  # saturating fp16 (the emulator's)
+            h = fp.dequantize_c(q, big, torch.float16)
+            assert torch.equal(h, (q.double() * big).float().clamp(-65504, 65504).half())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+from quantmodel import ckernels
 from quantmodel import intops as io
 from quantmodel import reference as ref
 from workloads.errors import ConfigError
@@ -293,3 +294,34 @@ def test_tree_sum_equals_the_zero_padded_pairwise_tree():
             assert torch.equal(io.tree_sum(x, dim).view(torch.int32), padded_tree(x, dim).view(torch.int32)), n
         xf = torch.randn(5, n, generator=g) * 1e30  # overflowing partial sums
         assert torch.equal(io.tree_sum(xf).view(torch.int32), padded_tree(xf).view(torch.int32)), n
+
+
+@pytest.mark.skipif(ckernels.lib() is None, reason="no C compiler: the torch path is the only path")
+def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
+    """The C loops of the fp16 vector unit (around torch's exp / tanh / rsqrt) give the torch ops'
+    fp16 values: odd widths, rows of one element, blocked tensors, extremes, signed zeros, non-contiguous
+    inputs; GELU on every finite fp16 value; LayerNorm + modulate fused equals the two ops."""
+    g = torch.Generator().manual_seed(11)
+
+    def same(f, *args):
+        got = f(*args)
+        with ckernels.disabled():
+            want = f(*args)
+        return got.dtype == want.dtype and torch.equal(got.view(torch.int16), want.view(torch.int16))
+
+    for shape in [(2, 7, 33), (3, 5, 1), (2, 600, 130)]:
+        x = (torch.randn(shape, generator=g) * 3).half()
+        x.view(-1)[:5] = torch.tensor([0.0, -0.0, 65504, -65504, 6e-8])
+        y = torch.randn(shape, generator=g).half()
+        gate = torch.randn(shape[0], 1, shape[2], generator=g).half()
+        sh, sc = torch.randn(shape[0], 1, shape[2], generator=g), torch.randn(shape[0], 1, shape[2], generator=g)
+        scores = torch.randn(shape, generator=g) * 300  # some beyond fp16 after scaling: saturate
+        assert same(io.softmax_fp16, x) and same(io.softmax_fp16_scaled, scores, 0.7)
+        assert same(io.layernorm_fp16, x, 1e-6) and same(io.gelu_fp16, x)
+        assert same(io.gated_add_fp16, x, y, gate) and same(io.modulate_fp16, x, sh, sc)
+        assert same(io.layernorm_fp16, x.transpose(0, 1).contiguous().transpose(0, 1), 1e-6)
+        fused = io.layernorm_modulate_fp16(x.transpose(0, 1).contiguous().transpose(0, 1), sh, sc)
+        with ckernels.disabled():
+            assert torch.equal(fused, io.modulate_fp16(io.layernorm_fp16(x, 1e-6), sh, sc))
+    every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    assert same(io.gelu_fp16, every[torch.isfinite(every)].contiguous())

@@ -1,0 +1,411 @@
+"""Fused CPU loops for the emulator's elementwise integer pipelines (requantize, activation
+quantization, dequantization), compiled once from the C source below with the system's C compiler.
+
+Why: on the CPU every eager torch op is one pass over memory plus several microseconds of dispatch;
+a requantization is 5 such passes (int32 -> float64, multiply, round, clamp, narrow) and on the
+emulator's shapes those passes cost more than the int8 GEMM itself. Here each pipeline is one loop
+that keeps the value in a register.
+
+Bit exactness: every loop performs *the same IEEE operations in the same order* as the eager torch
+code it replaces (documented at each function in fixedpoint.py / emulator.py): float64 or float32
+multiplies, ``rint`` (round half to even in the default rounding mode), compares for the clamps,
+correctly rounded float -> fp16 conversion (``_Float16``). The compiler flags forbid anything that
+could change a value: no ``-ffast-math``, and ``-ffp-contract=off`` (no fused multiply-add).
+``-fno-math-errno``/``-fno-trapping-math`` only let ``rint`` and the compares vectorise (they do not
+change results). Tests compare these loops with the eager torch path bit for bit
+(tests/test_fixedpoint.py, tests/test_intgemm.py).
+
+The eager torch path stays the definition and the fallback: when no C compiler is found, the build
+fails, or ``QUANTMODEL_CKERNELS=0`` is set, :func:`lib` returns None and callers use torch ops.
+The shared object is cached per (source, flags, compiler, CPU flags) under
+``$QUANTMODEL_CKERNELS_DIR`` (default ``~/.cache/quantmodel-ckernels``), written to a temporary
+name and renamed (never half-written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import torch
+
+_SRC = r"""
+#include <stdint.h>
+#include <math.h>
+
+#include <immintrin.h>
+
+typedef _Float16 f16;
+#define BLK 1024  /* elements per stack buffer of the fp16 conversions */
+
+/* fp16 <-> fp32 conversions of a block (exact widening; narrowing rounds to nearest even, as a
+   C cast does): F16C/AVX-512 instructions where available (gcc does not vectorise _Float16 casts). */
+static void h2f(const f16* in, float* out, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(in + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(in + i))));
+#endif
+    for (; i < n; i++) out[i] = (float)in[i];
+}
+
+static void f2h(const float* in, f16* out, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(out + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; i++) out[i] = (f16)in[i];
+}
+
+/* round_half_even(x * m / 2**s) in int64 for 1 <= s <= 62, |x * m| < 2**62 (fixedpoint.rounding_right_shift) */
+static inline int64_t rrs(int64_t x, int64_t m, int64_t s) {
+    int64_t p = x * m;
+    int64_t lsb = (p >> s) & 1;
+    return (p + lsb + ((((int64_t)1) << (s - 1)) - 1)) >> s;
+}
+
+/* clamp of a non-NaN value, written as two selects so that they compile to vmax/vmin */
+static inline double clampd(double v, double lo, double hi) { v = v < lo ? lo : v; v = v > hi ? hi : v; return v; }
+static inline float clampf(float v, float lo, float hi) { v = v < lo ? lo : v; v = v > hi ? hi : v; return v; }
+
+/* Requantizer: out[r, j] = clamp(rint((acc[r, j] + bias[j]) * c[j]), qmin, qmax), elements with
+   |v - rint(v)| >= lim[j] recomputed exactly (lim NULL: no channel needs the check); out kinds 0 int8, 1 int16, 2 int32, 3 float64.
+   acc rows are acc_stride apart, out rows out_stride apart (column blocks of a wider output). */
+#define RQ_BODY(OT)                                                                                   \
+    for (int64_t r = 0; r < rows; r++) {                                                              \
+        const int32_t* a = acc + r * acc_stride;                                                      \
+        OT* o = ((OT*)out) + r * out_stride;                                                          \
+        int any = 0;                                                                                  \
+        if (!lim) { /* every channel safe: no near-tie check */                                       \
+            if (bias)                                                                                 \
+                for (int64_t j = 0; j < n; j++)                                                       \
+                    o[j] = (OT)clampd(rint((double)(a[j] + bias[j]) * c[j]), qmin, qmax);             \
+            else                                                                                      \
+                for (int64_t j = 0; j < n; j++) o[j] = (OT)clampd(rint((double)a[j] * c[j]), qmin, qmax); \
+        } else if (bias) {                                                                            \
+            for (int64_t j = 0; j < n; j++) {                                                         \
+                double v = (double)(a[j] + bias[j]) * c[j];                                           \
+                double t = rint(v);                                                                   \
+                any |= fabs(v - t) >= lim[j];                                                         \
+                o[j] = (OT)clampd(t, qmin, qmax);                                                     \
+            }                                                                                         \
+        } else {                                                                                      \
+            for (int64_t j = 0; j < n; j++) {                                                         \
+                double v = (double)a[j] * c[j];                                                       \
+                double t = rint(v);                                                                   \
+                any |= fabs(v - t) >= lim[j];                                                         \
+                o[j] = (OT)clampd(t, qmin, qmax);                                                     \
+            }                                                                                         \
+        }                                                                                             \
+        if (any) {                                                                                    \
+            for (int64_t j = 0; j < n; j++) {                                                         \
+                int64_t x = (int64_t)a[j] + (bias ? bias[j] : 0);                                     \
+                double v = (double)x * c[j];                                                          \
+                if (fabs(v - rint(v)) >= lim[j])                                                      \
+                    o[j] = (OT)clampd((double)rrs(x, m[j], s[j]), qmin, qmax);                        \
+            }                                                                                         \
+        }                                                                                             \
+    }
+
+void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride, const int32_t* bias,
+                const double* c, const double* lim, const int64_t* m, const int64_t* s,
+                double qmin, double qmax, void* out, int out_kind, int64_t out_stride) {
+    if (out_kind == 0) { RQ_BODY(int8_t) }
+    else if (out_kind == 1) { RQ_BODY(int16_t) }
+    else if (out_kind == 2) { RQ_BODY(int32_t) }
+    else { RQ_BODY(double) }
+}
+
+/* ActQuantizer: q = rint(clamp(fp32(x) * recip, -qmax, qmax)); in kinds 0 f32, 1 f16; out 0 i8, 1 i16, 2 i32 */
+#define AQ_BODY(OT)                                                                                   \
+    for (int64_t i = 0; i < k; i++) o[i] = (OT)rintf(clampf(xs[i] * recip, -qmax, qmax));
+
+void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind) {
+    float buf[BLK];
+    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+        int64_t k = n - i0 < BLK ? n - i0 : BLK;
+        const float* xs = (const float*)x + i0;
+        if (in_kind == 1) { h2f((const f16*)x + i0, buf, k); xs = buf; }
+        if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
+        else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
+        else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
+    }
+}
+
+/* dequantize: fp32(q) * scale (exact product rounded once: |q| < 2**24, scale a float32 value);
+   out kinds 0 float32, 1 float16 saturated to +-65504. in kinds 0 i8, 1 i16, 2 i32.
+   Returns 1 (nothing trustworthy written) if an int32 code has |q| >= 2**24. */
+#define DQ_BODY(IT)                                                                                   \
+    for (int64_t i0 = 0; i0 < n; i0 += BLK) {                                                         \
+        int64_t k = n - i0 < BLK ? n - i0 : BLK;                                                      \
+        const IT* qs = (const IT*)q + i0;                                                             \
+        if (out_kind == 0) {                                                                          \
+            float* o = (float*)out + i0;                                                              \
+            for (int64_t i = 0; i < k; i++) o[i] = (float)qs[i] * scale;                              \
+        } else {                                                                                      \
+            for (int64_t i = 0; i < k; i++) buf[i] = clampf((float)qs[i] * scale, -65504.0f, 65504.0f); \
+            f2h(buf, (f16*)out + i0, k);                                                              \
+        }                                                                                             \
+    }
+
+int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind) {
+    float buf[BLK];
+    if (in_kind == 0) { DQ_BODY(int8_t) }
+    else if (in_kind == 1) { DQ_BODY(int16_t) }
+    else {
+        const int32_t* qi = (const int32_t*)q;
+        int bad = 0;
+        for (int64_t i = 0; i < n; i++) bad |= (qi[i] >= (1 << 24)) | (qi[i] <= -(1 << 24));
+        if (bad) return 1;
+        DQ_BODY(int32_t)
+    }
+    return 0;
+}
+
+/* ---- fp16 vector-unit kernels (intops fp16 mode): the same float32 operations in the same order ---- */
+static inline f16 h1(float v) { return (f16)v; }  /* one rounding to fp16 (scalar, round to nearest even) */
+
+/* intops.tree_sum of n floats: zero-padded pairwise tree; t has room for n floats */
+static float tree_sum_f(const float* x, int64_t n, float* t) {
+    if (n <= 0) return 0.0f;
+    if (n == 1) return x[0];
+    int64_t width = 1;
+    while (width < n) width <<= 1;
+    int64_t h = width / 2, i;
+    for (i = 0; i < n - h; i++) t[i] = x[i] + x[i + h];
+    for (i = n - h; i < h; i++) t[i] = x[i] + 0.0f;  /* a real add of +0 (maps -0 to +0), as eager */
+    while (h > 1) {
+        h /= 2;
+        for (i = 0; i < h; i++) t[i] += t[i + h];
+    }
+    return t[0];
+}
+
+/* LayerNorm statistics per row of fp16 x [rows, n]: mean = tree(x) / n, d = x - mean,
+   ve = tree(d * d) / n + eps (all float32). ws: 3 * n floats. */
+void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws) {
+    float* xf = ws; float* d = ws + n; float* t = ws + 2 * n;
+    for (int64_t r = 0; r < rows; r++) {
+        h2f(x + r * n, xf, n);
+        float mean = tree_sum_f(xf, n, t) / (float)n;
+        for (int64_t i = 0; i < n; i++) { float di = xf[i] - mean; d[i] = di * di; }
+        float var = tree_sum_f(d, n, t) / (float)n;
+        mean_out[r] = mean;
+        ve_out[r] = var + eps;
+    }
+}
+
+/* LayerNorm output h((x - mean) * rstd) per row, then (mod != 0) the modulation h(h(y * a) + b) with
+   a, b fp16 [n] vectors of batch element r / rows_per_batch (a = h(1 + scale), b = shift). */
+void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, f16* out,
+                 int mod, const f16* a, const f16* b, int64_t rows_per_batch, float* ws) {
+    float* xf = ws; float* af = ws + n; float* bf = ws + 2 * n; float* y = ws + 3 * n;
+    int64_t cur = -1;
+    for (int64_t r = 0; r < rows; r++) {
+        h2f(x + r * n, xf, n);
+        float m = mean[r], s = rstd[r];
+        for (int64_t i = 0; i < n; i++) y[i] = (float)h1((xf[i] - m) * s);
+        if (mod) {
+            int64_t bi = r / rows_per_batch;
+            if (bi != cur) { h2f(a + bi * n, af, n); h2f(b + bi * n, bf, n); cur = bi; }
+            for (int64_t i = 0; i < n; i++) y[i] = (float)h1((float)h1(y[i] * af[i]) + bf[i]);
+        }
+        f2h(y, out + r * n, n);
+    }
+}
+
+/* softmax step 1 per row: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when scaled == 0),
+   d = h(s - max(s)) written as float32 to dbuf (torch.exp runs on it next). ws: 2 * n floats. */
+void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf, float* ws) {
+    float* s = ws;
+    for (int64_t r = 0; r < rows; r++) {
+        float* o = dbuf + r * n;
+        if (x_f16) h2f((const f16*)x + r * n, s, n);
+        else {
+            const float* xr = (const float*)x + r * n;
+            if (scaled) for (int64_t i = 0; i < n; i++) s[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
+            else for (int64_t i = 0; i < n; i++) s[i] = clampf(xr[i], -65504.0f, 65504.0f);
+            for (int64_t i = 0; i < n; i++) s[i] = (float)h1(s[i]);
+        }
+        float mx = s[0];
+        for (int64_t i = 1; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+        for (int64_t i = 0; i < n; i++) o[i] = (float)h1(s[i] - mx);
+    }
+}
+
+/* softmax step 2 per row: e = h(exp(d)) (exp done by torch in ebuf), r = 1 / tree(e), out = h(e * r). */
+void qm_softmax_post(const float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
+    float* e = ws; float* t = ws + n;
+    for (int64_t r = 0; r < rows; r++) {
+        const float* er = ebuf + r * n;
+        for (int64_t i = 0; i < n; i++) e[i] = (float)h1(er[i]);
+        float rc = 1.0f / tree_sum_f(e, n, t);
+        for (int64_t i = 0; i < n; i++) e[i] = e[i] * rc;
+        f2h(e, out + r * n, n);
+    }
+}
+
+/* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next) */
+void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
+    float xf[BLK];
+    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+        int64_t k = n - i0 < BLK ? n - i0 : BLK;
+        h2f(x + i0, xf, k);
+        float* o = inner + i0;
+        for (int64_t i = 0; i < k; i++) {
+            float v = xf[i];
+            float c3 = (float)h1(v * v * v);
+            float a = (float)h1((float)0.044715 * c3);  /* python scalar -> float32, as torch */
+            o[i] = (float)h1((float)0.7978845608028654 * (v + a));
+        }
+    }
+}
+
+/* tanh-GELU step 2: out = h((0.5 * x) * (1 + h(tanh))) */
+void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out) {
+    float xf[BLK], y[BLK];
+    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+        int64_t k = n - i0 < BLK ? n - i0 : BLK;
+        h2f(x + i0, xf, k);
+        const float* t = th + i0;
+        for (int64_t i = 0; i < k; i++) y[i] = (0.5f * xf[i]) * (1.0f + (float)h1(t[i]));
+        f2h(y, out + i0, k);
+    }
+}
+
+/* gated add x + h(g * y) (op 0) or modulate h(x * g) + y2 (op 1), each step rounded to fp16;
+   x [B, N, C] fp16, y [B, N, C] fp16 (op 0), g / y2 fp16 [B, C] per batch element. */
+void qm_fp16_axpy(const f16* x, const f16* y, const f16* g, const f16* c2, int64_t bsz, int64_t nrow, int64_t c,
+                  int op, f16* out, float* ws) {
+    float* xf = ws; float* yf = ws + c; float* gf = ws + 2 * c; float* cf = ws + 3 * c;
+    for (int64_t b = 0; b < bsz; b++) {
+        h2f(g + b * c, gf, c);
+        if (op == 1) h2f(c2 + b * c, cf, c);
+        for (int64_t r = 0; r < nrow; r++) {
+            int64_t off = (b * nrow + r) * c;
+            h2f(x + off, xf, c);
+            if (op == 0) {
+                h2f(y + off, yf, c);
+                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + (float)h1(gf[i] * yf[i]);
+            } else {
+                for (int64_t i = 0; i < c; i++) xf[i] = (float)h1(xf[i] * gf[i]) + cf[i];
+            }
+            f2h(xf, out + off, c);
+        }
+    }
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+          "-fPIC", "-shared", "-std=gnu11"]
+_LOCK = threading.Lock()
+_STATE: dict = {}
+_ENABLED = [os.environ.get("QUANTMODEL_CKERNELS", "1") != "0"]
+
+I8, I16, I32, F64 = 0, 1, 2, 3
+OUT_KIND = {torch.int8: I8, torch.int16: I16, torch.int32: I32, torch.float64: F64}
+IN_KIND_FLOAT = {torch.float32: 0, torch.float16: 1}
+IN_KIND_INT = {torch.int8: 0, torch.int16: 1, torch.int32: 2}
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return ""
+
+
+def _build() -> ctypes.CDLL | None:
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if cc is None:
+        return None
+    try:
+        ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    key = hashlib.sha256("\0".join([_SRC, " ".join(_FLAGS), ver, _cpu_flags()]).encode()).hexdigest()[:16]
+    root = os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                       "quantmodel-ckernels")
+    so = os.path.join(root, f"qmk-{key}.so")
+    if not os.path.exists(so):
+        try:
+            os.makedirs(root, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                src = os.path.join(tmp, "qmk.c")
+                with open(src, "w") as f:
+                    f.write(_SRC)
+                tmp_so = os.path.join(tmp, "qmk.so")
+                r = subprocess.run([cc, *_FLAGS, src, "-o", tmp_so, "-lm"], capture_output=True, text=True,
+                                   timeout=300)
+                if r.returncode != 0:
+                    return None
+                os.replace(tmp_so, so)  # atomic: another process may have won the race, same bytes
+        except (OSError, subprocess.SubprocessError):
+            return None
+    try:
+        dll = ctypes.CDLL(so)
+    except OSError:
+        return None
+    vp, i64, f64, f32, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_float, ctypes.c_int
+    dll.qm_requant.argtypes = [vp, i64, i64, i64, vp, vp, vp, vp, vp, f64, f64, vp, ci, i64]
+    dll.qm_requant.restype = None
+    dll.qm_act_quant.argtypes = [vp, ci, i64, f32, f32, vp, ci]
+    dll.qm_act_quant.restype = None
+    dll.qm_dequant.argtypes = [vp, ci, i64, f32, vp, ci]
+    dll.qm_dequant.restype = ci
+    dll.qm_ln_stats.argtypes = [vp, i64, i64, f32, vp, vp, vp]
+    dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp]
+    dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp, vp]
+    dll.qm_softmax_post.argtypes = [vp, i64, i64, vp, vp]
+    dll.qm_gelu_pre.argtypes = [vp, i64, vp]
+    dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]
+    dll.qm_fp16_axpy.argtypes = [vp, vp, vp, vp, i64, i64, i64, ci, vp, vp]
+    for fn in ("qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
+               "qm_fp16_axpy"):
+        getattr(dll, fn).restype = None
+    return dll
+
+
+def lib() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (disabled, or no working compiler): callers then use torch."""
+    if not _ENABLED[0]:
+        return None
+    if "dll" not in _STATE:
+        with _LOCK:
+            if "dll" not in _STATE:
+                _STATE["dll"] = _build()
+    return _STATE["dll"]
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the eager torch path inside the block (tests compare both paths)."""
+    old = _ENABLED[0]
+    _ENABLED[0] = False
+    try:
+        yield
+    finally:
+        _ENABLED[0] = old
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """All CPU and contiguous (the loops index raw memory)."""
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
