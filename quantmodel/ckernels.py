@@ -51,6 +51,11 @@ static void h2f(const f16* in, float* out, int64_t n) {
 #if defined(__AVX512F__)
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(in + i))));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(out + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, in + i)));
+        return;
+    }
 #elif defined(__F16C__)
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(in + i))));
@@ -64,6 +69,12 @@ static void f2h(const float* in, f16* out, int64_t n) {
     for (; i + 16 <= n; i += 16)
         _mm256_storeu_si256((__m256i*)(out + i),
                             _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(out + i, k, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, in + i),
+                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        return;
+    }
 #elif defined(__F16C__)
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
@@ -177,7 +188,26 @@ int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, in
 }
 
 /* ---- fp16 vector-unit kernels (intops fp16 mode): the same float32 operations in the same order ---- */
-static inline f16 h1(float v) { return (f16)v; }  /* one rounding to fp16 (scalar, round to nearest even) */
+/* rh: round every float of b to fp16 and back (one fp16 rounding per step, as torch's fp16 ops);
+   done blockwise with F16C/AVX-512 instructions because gcc does not vectorise _Float16 casts */
+static void rh(float* b, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(b + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(b + i),
+                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(b + i, k, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, b + i),
+                                                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        return;
+    }
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(b + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(b + i), _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < n; i++) b[i] = (float)(f16)b[i];
+}
 
 /* intops.tree_sum of n floats: zero-padded pairwise tree; t has room for n floats */
 static float tree_sum_f(const float* x, int64_t n, float* t) {
@@ -210,7 +240,7 @@ void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_o
 }
 
 /* LayerNorm output h((x - mean) * rstd) per row, then (mod != 0) the modulation h(h(y * a) + b) with
-   a, b fp16 [n] vectors of batch element r / rows_per_batch (a = h(1 + scale), b = shift). */
+   a, b fp16 [n] vectors of batch element r / rows_per_batch (a = h(1 + scale), b = shift). ws: 4 * n. */
 void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, f16* out,
                  int mod, const f16* a, const f16* b, int64_t rows_per_batch, float* ws) {
     float* xf = ws; float* af = ws + n; float* bf = ws + 2 * n; float* y = ws + 3 * n;
@@ -218,60 +248,67 @@ void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const
     for (int64_t r = 0; r < rows; r++) {
         h2f(x + r * n, xf, n);
         float m = mean[r], s = rstd[r];
-        for (int64_t i = 0; i < n; i++) y[i] = (float)h1((xf[i] - m) * s);
+        for (int64_t i = 0; i < n; i++) y[i] = (xf[i] - m) * s;
         if (mod) {
             int64_t bi = r / rows_per_batch;
             if (bi != cur) { h2f(a + bi * n, af, n); h2f(b + bi * n, bf, n); cur = bi; }
-            for (int64_t i = 0; i < n; i++) y[i] = (float)h1((float)h1(y[i] * af[i]) + bf[i]);
+            rh(y, n);
+            for (int64_t i = 0; i < n; i++) y[i] = y[i] * af[i];
+            rh(y, n);
+            for (int64_t i = 0; i < n; i++) y[i] = y[i] + bf[i];
         }
         f2h(y, out + r * n, n);
     }
 }
 
-/* softmax step 1 per row: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when scaled == 0),
-   d = h(s - max(s)) written as float32 to dbuf (torch.exp runs on it next). ws: 2 * n floats. */
-void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf, float* ws) {
-    float* s = ws;
+/* softmax step 1: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when x_f16), then per row
+   d = h(s - max(s)), written as float32 to dbuf [rows, n] (torch.exp runs on it next). */
+void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf) {
+    int64_t tot = rows * n;
+    if (x_f16) h2f((const f16*)x, dbuf, tot);
+    else {
+        const float* xr = (const float*)x;
+        if (scaled) for (int64_t i = 0; i < tot; i++) dbuf[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
+        else for (int64_t i = 0; i < tot; i++) dbuf[i] = clampf(xr[i], -65504.0f, 65504.0f);
+        rh(dbuf, tot);
+    }
     for (int64_t r = 0; r < rows; r++) {
         float* o = dbuf + r * n;
-        if (x_f16) h2f((const f16*)x + r * n, s, n);
-        else {
-            const float* xr = (const float*)x + r * n;
-            if (scaled) for (int64_t i = 0; i < n; i++) s[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
-            else for (int64_t i = 0; i < n; i++) s[i] = clampf(xr[i], -65504.0f, 65504.0f);
-            for (int64_t i = 0; i < n; i++) s[i] = (float)h1(s[i]);
-        }
-        float mx = s[0];
-        for (int64_t i = 1; i < n; i++) mx = s[i] > mx ? s[i] : mx;
-        for (int64_t i = 0; i < n; i++) o[i] = (float)h1(s[i] - mx);
+        float mx = o[0];
+        for (int64_t i = 1; i < n; i++) mx = o[i] > mx ? o[i] : mx;
+        for (int64_t i = 0; i < n; i++) o[i] = o[i] - mx;
     }
+    rh(dbuf, tot);
 }
 
-/* softmax step 2 per row: e = h(exp(d)) (exp done by torch in ebuf), r = 1 / tree(e), out = h(e * r). */
-void qm_softmax_post(const float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
-    float* e = ws; float* t = ws + n;
+/* softmax step 2: e = h(exp(d)) (torch's exp in ebuf, overwritten), per row r = 1 / tree(e),
+   out = h(e * r). ws: n floats. */
+void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
+    int64_t tot = rows * n;
+    rh(ebuf, tot);
     for (int64_t r = 0; r < rows; r++) {
-        const float* er = ebuf + r * n;
-        for (int64_t i = 0; i < n; i++) e[i] = (float)h1(er[i]);
-        float rc = 1.0f / tree_sum_f(e, n, t);
+        float* e = ebuf + r * n;
+        float rc = 1.0f / tree_sum_f(e, n, ws);
         for (int64_t i = 0; i < n; i++) e[i] = e[i] * rc;
-        f2h(e, out + r * n, n);
     }
+    f2h(ebuf, out, tot);
 }
 
-/* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next) */
+/* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next);
+   python scalars become float32 constants, as in torch's float32 ops */
 void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
-    float xf[BLK];
+    float xf[BLK], t[BLK];
+    const float c1 = (float)0.044715, c2 = (float)0.7978845608028654;
     for (int64_t i0 = 0; i0 < n; i0 += BLK) {
         int64_t k = n - i0 < BLK ? n - i0 : BLK;
         h2f(x + i0, xf, k);
         float* o = inner + i0;
-        for (int64_t i = 0; i < k; i++) {
-            float v = xf[i];
-            float c3 = (float)h1(v * v * v);
-            float a = (float)h1((float)0.044715 * c3);  /* python scalar -> float32, as torch */
-            o[i] = (float)h1((float)0.7978845608028654 * (v + a));
-        }
+        for (int64_t i = 0; i < k; i++) t[i] = xf[i] * xf[i] * xf[i];
+        rh(t, k);
+        for (int64_t i = 0; i < k; i++) t[i] = c1 * t[i];
+        rh(t, k);
+        for (int64_t i = 0; i < k; i++) o[i] = c2 * (xf[i] + t[i]);
+        rh(o, k);
     }
 }
 
@@ -282,13 +319,15 @@ void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out) {
         int64_t k = n - i0 < BLK ? n - i0 : BLK;
         h2f(x + i0, xf, k);
         const float* t = th + i0;
-        for (int64_t i = 0; i < k; i++) y[i] = (0.5f * xf[i]) * (1.0f + (float)h1(t[i]));
+        for (int64_t i = 0; i < k; i++) y[i] = t[i];
+        rh(y, k);
+        for (int64_t i = 0; i < k; i++) y[i] = (0.5f * xf[i]) * (1.0f + y[i]);
         f2h(y, out + i0, k);
     }
 }
 
 /* gated add x + h(g * y) (op 0) or modulate h(x * g) + y2 (op 1), each step rounded to fp16;
-   x [B, N, C] fp16, y [B, N, C] fp16 (op 0), g / y2 fp16 [B, C] per batch element. */
+   x [B, N, C] fp16, y [B, N, C] fp16 (op 0), g / y2 fp16 [B, C] per batch element. ws: 4 * c floats. */
 void qm_fp16_axpy(const f16* x, const f16* y, const f16* g, const f16* c2, int64_t bsz, int64_t nrow, int64_t c,
                   int op, f16* out, float* ws) {
     float* xf = ws; float* yf = ws + c; float* gf = ws + 2 * c; float* cf = ws + 3 * c;
@@ -300,9 +339,13 @@ void qm_fp16_axpy(const f16* x, const f16* y, const f16* g, const f16* c2, int64
             h2f(x + off, xf, c);
             if (op == 0) {
                 h2f(y + off, yf, c);
-                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + (float)h1(gf[i] * yf[i]);
+                for (int64_t i = 0; i < c; i++) yf[i] = gf[i] * yf[i];
+                rh(yf, c);
+                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + yf[i];
             } else {
-                for (int64_t i = 0; i < c; i++) xf[i] = (float)h1(xf[i] * gf[i]) + cf[i];
+                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] * gf[i];
+                rh(xf, c);
+                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + cf[i];
             }
             f2h(xf, out + off, c);
         }
@@ -373,7 +416,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_dequant.restype = ci
     dll.qm_ln_stats.argtypes = [vp, i64, i64, f32, vp, vp, vp]
     dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp]
-    dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp, vp]
+    dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp]
     dll.qm_softmax_post.argtypes = [vp, i64, i64, vp, vp]
     dll.qm_gelu_pre.argtypes = [vp, i64, vp]
     dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]

@@ -498,7 +498,8 @@ class Requantizer:
             return True
         c, lim, m, s = self._c_consts(n, acc2.device)
         dll.qm_requant(acc2.data_ptr(), r, n, acc2.stride(0) if r > 1 else n,
-                       bias.data_ptr() if bias is not None else None, c.data_ptr(), lim.data_ptr(),
+                       bias.data_ptr() if bias is not None else None, c.data_ptr(),
+                       lim.data_ptr() if self.check else None,  # no channel near a tie: no check
                        m.data_ptr(), s.data_ptr(), float(self.qmin), float(self.qmax), out2.data_ptr(), kind,
                        out2.stride(0) if r > 1 else n)
         return True

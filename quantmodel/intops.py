@@ -146,10 +146,10 @@ def _softmax_fp16_c(dll, x: torch.Tensor, scale: float | None = None) -> torch.T
     n = x.shape[-1]
     rows = x.numel() // n
     d = torch.empty(x.shape, dtype=torch.float32)
-    ws = torch.empty(2 * n, dtype=torch.float32)
+    ws = torch.empty(n, dtype=torch.float32)
     is16 = x.dtype == torch.float16
     dll.qm_softmax_pre(x.data_ptr(), int(is16), 1.0 if scale is None else scale, int(scale is not None), rows, n,
-                       d.data_ptr(), ws.data_ptr())
+                       d.data_ptr())
     torch.exp(d, out=d)
     out = torch.empty(x.shape, dtype=torch.float16)
     dll.qm_softmax_post(d.data_ptr(), rows, n, out.data_ptr(), ws.data_ptr())
