@@ -93,6 +93,27 @@ static inline int64_t rrs(int64_t x, int64_t m, int64_t s) {
 static inline double clampd(double v, double lo, double hi) { v = v < lo ? lo : v; v = v > hi ? hi : v; return v; }
 static inline float clampf(float v, float lo, float hi) { v = v < lo ? lo : v; v = v > hi ? hi : v; return v; }
 
+/* rh: round every float of b to fp16 and back (one fp16 rounding per step, as torch's fp16 ops);
+   done blockwise with F16C/AVX-512 instructions because gcc does not vectorise _Float16 casts */
+static void rh(float* b, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(b + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(b + i),
+                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(b + i, k, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, b + i),
+                                                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+        return;
+    }
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(b + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(b + i), _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < n; i++) b[i] = (float)(f16)b[i];
+}
+
 /* Requantizer: out[r, j] = clamp(rint((acc[r, j] + bias[j]) * c[j]), qmin, qmax), elements with
    |v - rint(v)| >= lim[j] recomputed exactly (lim NULL: no channel needs the check); out kinds 0 int8, 1 int16, 2 int32, 3 float64.
    acc rows are acc_stride apart, out rows out_stride apart (column blocks of a wider output). */
@@ -141,19 +162,33 @@ void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride,
     else { RQ_BODY(double) }
 }
 
-/* ActQuantizer: q = rint(clamp(fp32(x) * recip, -qmax, qmax)); in kinds 0 f32, 1 f16; out 0 i8, 1 i16, 2 i32 */
+/* ActQuantizer: q = rint(clamp(fp32(x) * recip, -qmax, qmax)); in kinds 0 f32, 1 f16; out 0 i8, 1 i16, 2 i32.
+   chmul (optional, float32 holding fp16 values, one per channel of the last dim c): first the fp16-mode
+   SmoothQuant multiply x = h(h(x) * chmul[j]) (emulator._input_int8). */
 #define AQ_BODY(OT)                                                                                   \
     for (int64_t i = 0; i < k; i++) o[i] = (OT)rintf(clampf(xs[i] * recip, -qmax, qmax));
 
-void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind) {
+void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
+                  const float* chmul, int64_t c) {
     float buf[BLK];
-    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
-        int64_t k = n - i0 < BLK ? n - i0 : BLK;
-        const float* xs = (const float*)x + i0;
-        if (in_kind == 1) { h2f((const f16*)x + i0, buf, k); xs = buf; }
-        if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
-        else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
-        else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
+    int64_t step = chmul ? (c < BLK ? c : BLK) : BLK;  /* with chmul: chunks never cross a row */
+    for (int64_t r0 = 0; r0 < n; r0 += (chmul ? c : n)) {
+        int64_t rn = chmul ? c : n;
+        for (int64_t j0 = 0; j0 < rn; j0 += step) {
+            int64_t i0 = r0 + j0;
+            int64_t k = rn - j0 < step ? rn - j0 : step;
+            const float* xs = (const float*)x + i0;
+            if (in_kind == 1) { h2f((const f16*)x + i0, buf, k); xs = buf; }
+            if (chmul) {
+                if (in_kind == 0) { for (int64_t i = 0; i < k; i++) buf[i] = xs[i]; rh(buf, k); }
+                for (int64_t i = 0; i < k; i++) buf[i] = buf[i] * chmul[j0 + i];
+                rh(buf, k);
+                xs = buf;
+            }
+            if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
+            else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
+            else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
+        }
     }
 }
 
@@ -188,27 +223,6 @@ int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, in
 }
 
 /* ---- fp16 vector-unit kernels (intops fp16 mode): the same float32 operations in the same order ---- */
-/* rh: round every float of b to fp16 and back (one fp16 rounding per step, as torch's fp16 ops);
-   done blockwise with F16C/AVX-512 instructions because gcc does not vectorise _Float16 casts */
-static void rh(float* b, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(b + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(b + i),
-                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(b + i, k, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, b + i),
-                                                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-        return;
-    }
-#elif defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(b + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(b + i), _MM_FROUND_TO_NEAREST_INT)));
-#endif
-    for (; i < n; i++) b[i] = (float)(f16)b[i];
-}
-
 /* intops.tree_sum of n floats: zero-padded pairwise tree; t has room for n floats */
 static float tree_sum_f(const float* x, int64_t n, float* t) {
     if (n <= 0) return 0.0f;
@@ -410,7 +424,7 @@ def _build() -> ctypes.CDLL | None:
     vp, i64, f64, f32, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_float, ctypes.c_int
     dll.qm_requant.argtypes = [vp, i64, i64, i64, vp, vp, vp, vp, vp, f64, f64, vp, ci, i64]
     dll.qm_requant.restype = None
-    dll.qm_act_quant.argtypes = [vp, ci, i64, f32, f32, vp, ci]
+    dll.qm_act_quant.argtypes = [vp, ci, i64, f32, f32, vp, ci, vp, i64]
     dll.qm_act_quant.restype = None
     dll.qm_dequant.argtypes = [vp, ci, i64, f32, vp, ci]
     dll.qm_dequant.restype = ci

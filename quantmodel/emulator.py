@@ -157,6 +157,8 @@ class _LinearParams:
     row_scale: torch.Tensor | None = None  # f32 [n]: 1/s of a consumer folded into V rows
     rq: object = None  # fixedpoint.Requantizer prepared for (mult, shift, -QO, QO), int16 out
     xq: object = None  # fixedpoint.ActQuantizer prepared for x_scale (reciprocal computed once)
+    gemm: object = None  # intgemm.PreparedLinear (static recipes)
+    inv_h: torch.Tensor | None = None  # f32 [k] holding fp16(1 / smooth) (fp16 mode's smoothing multiply)
 
 
 class IntegerEmulator:
@@ -207,6 +209,7 @@ class IntegerEmulator:
             p.mult = a.get(g, name, "multiplier").to(dev, torch.int64)
             p.shift = a.get(g, name, "shift").to(dev, torch.int64)
             p.rq = fixedpoint.Requantizer(p.mult, p.shift, -QO, QO, torch.int16, device=dev)  # QO fits int16
+            p.gemm = intgemm.PreparedLinear(p.w_t, p.bias_q, p.rq, name)  # overflow proof at load time
             p.x_scale = float(a.get(g, name, "x_scale"))
             p.xq = fixedpoint.ActQuantizer(p.x_scale, self.a_bits)
             p.y_scale = float(a.get(g, name, "y_scale"))
@@ -298,6 +301,12 @@ class IntegerEmulator:
                 return v.q, None
             return self._requant(name, v, v.scale / p.x_scale, -self.qa, self.qa, p.x_scale).q.to(torch.int8), None
         x = v
+        if mul and self.mode == "fp16" and not self.exact:  # multiply + quantize in one C loop (same values)
+            if p.inv_h is None:
+                p.inv_h = _h(1.0 / p.smooth).float()  # a per-layer constant: fp16 factors 1/s
+            q = fixedpoint.smooth_quantize_fp16(p.xq, x, p.inv_h)
+            if q is not None:
+                return q, None
         if mul:
             if self.mode == "fp16":
                 x = _h(_h(x).float() * _h(1.0 / p.smooth).float())
@@ -317,7 +326,7 @@ class IntegerEmulator:
             q, xf = self._input_int8(name, v, p)
             # int8 GEMM + int32 bias + requantization (Q1's fused kernel: the same integers as
             # fixedpoint.requantize(int_linear(q, w_t, bias), mult, shift, -QO, QO))
-            out = intgemm.int_linear_requant(q, p.w_t, p.bias_q, p.rq, layer=name)  # int32 [..., n]
+            out = p.gemm(q)  # int16 [..., n]: int_linear_requant(q, p.w_t, p.bias_q, p.rq), prepared
             res = IntVal(out, p.y_scale)
             if self.exact:
                 k = q.shape[-1]

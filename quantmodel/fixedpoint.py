@@ -113,7 +113,7 @@ class ActQuantizer:
         if in_kind is not None and self.qmax < 2 ** 24 and ckernels.usable(x) and ckernels.lib() is not None:
             out = torch.empty(x.shape, dtype=self.out_dtype, device=x.device)  # one C loop, same steps
             ckernels.lib().qm_act_quant(x.data_ptr(), in_kind, n, self.recip, float(self.qmax), out.data_ptr(),
-                                        ckernels.OUT_KIND[self.out_dtype])
+                                        ckernels.OUT_KIND[self.out_dtype], None, 0)
             return out
         if n <= _CHUNK_ELEMS or x.device.type != "cpu":
             return self._block(x).to(self.out_dtype)
@@ -129,6 +129,21 @@ class ActQuantizer:
         y = xf.mul_(self.recip) if xf is not x else x * self.recip  # one fp32 multiply, correctly rounded
         # clamp before rounding: the bounds are integers, so clamp(round(y)) == round(clamp(y))
         return y.clamp_(-self.qmax, self.qmax).round_()  # round_: half to even (integral float32)
+
+
+def smooth_quantize_fp16(aq: ActQuantizer, x: torch.Tensor, inv_h: torch.Tensor) -> torch.Tensor | None:
+    """``aq(fp16(fp16(x) * inv_h))`` for fp16/fp32 x [..., C] and float32 ``inv_h`` [C] holding fp16
+    values (fp16 mode's explicit SmoothQuant multiply, then the activation quantizer) in one C loop;
+    None when the C kernels do not apply (the caller runs the torch ops)."""
+    in_kind = ckernels.IN_KIND_FLOAT.get(x.dtype)
+    c = x.shape[-1] if x.dim() else 0
+    if (in_kind is None or c == 0 or aq.qmax >= 2 ** 24 or inv_h.dtype != torch.float32 or inv_h.shape != (c,)
+            or not ckernels.usable(x, inv_h) or ckernels.lib() is None):
+        return None
+    out = torch.empty(x.shape, dtype=aq.out_dtype, device=x.device)
+    ckernels.lib().qm_act_quant(x.data_ptr(), in_kind, x.numel(), aq.recip, float(aq.qmax), out.data_ptr(),
+                                ckernels.OUT_KIND[aq.out_dtype], inv_h.data_ptr(), c)
+    return out
 
 
 def quantize_act(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:

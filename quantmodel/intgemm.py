@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from quantmodel import ckernels
 from quantmodel.fixedpoint import Requantizer
 from workloads.errors import ConfigError
 
@@ -190,6 +191,61 @@ def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | 
             acc = _mm_bias(x2, w_t[:, j0:j1].contiguous(), None if bias is None else bias[j0:j1])
             rq.block(j0, j1)(acc, out=out[:, j0:j1])
     return out.reshape(*lead, n)
+
+
+class PreparedLinear:
+    """``int_linear_requant(x, w_t, bias, rq)`` of one layer with the per-call set-up moved to load
+    time: the same integers, the same overflow guarantee.
+
+    Overflow: the dtype bound ``K * 128 * 128 + max|bias|`` is evaluated once here; when it is below
+    2**31 no int32 sum of any int8 input can overflow (a static proof), so calls skip the check. When
+    the proof fails, or off the CPU / without the C kernels, every call goes through
+    :func:`int_linear_requant` (its runtime check: scanned maxima, then the exact wide sum)."""
+
+    def __init__(self, w_t: torch.Tensor, bias: torch.Tensor | None, rq: Requantizer, layer: str = "?"):
+        if w_t.dtype != torch.int8 or w_t.dim() != 2:
+            raise ConfigError("w_t", (w_t.dtype, tuple(w_t.shape)), "int8 [K, N]")
+        self.w_t, self.bias, self.rq, self.layer = w_t.contiguous(), bias, rq, layer
+        k, n = w_t.shape
+        self.k, self.n = k, n
+        cm = 0 if bias is None else _bias_absmax(bias)
+        self.proved = k * 128 * 128 + cm <= INT32_MAX and (bias is None or (
+            bias.dtype == torch.int32 and bias.shape == (n,) and bias.is_contiguous()))
+        self._plans: dict = {}  # column-block plan per row count class
+
+    def _plan(self, m: int):
+        blocks = _column_blocks(m, self.n)
+        key = tuple(blocks)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = []
+            for j0, j1 in blocks:
+                rqb = self.rq.block(j0, j1)
+                c, lim, mm, ss = rqb._c_consts(j1 - j0, self.w_t.device)
+                wb = self.w_t if len(blocks) == 1 else self.w_t[:, j0:j1].contiguous()
+                bb = None if self.bias is None else self.bias[j0:j1].contiguous()
+                plan.append((j0, j1, wb, bb, c, lim if rqb.check else None, mm, ss))
+            self._plans[key] = plan
+        return plan
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x int8 [..., K] -> ``rq.out_dtype`` [..., N]."""
+        dll = ckernels.lib()
+        kind = ckernels.OUT_KIND.get(self.rq.out_dtype)
+        if (not self.proved or dll is None or kind is None or x.dtype != torch.int8 or x.device.type != "cpu"
+                or self.w_t.device.type != "cpu" or x.shape[-1] != self.k or x.numel() == 0):
+            return int_linear_requant(x, self.w_t, self.bias, self.rq, layer=self.layer)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.k)
+        m, n = x2.shape[0], self.n
+        out = torch.empty((m, n), dtype=self.rq.out_dtype)
+        qmin, qmax = float(self.rq.qmin), float(self.rq.qmax)
+        for j0, j1, wb, bb, c, lim, mm, ss in self._plan(m):
+            acc = torch._int_mm(x2, wb)  # [M, j1 - j0] int32, exact (cannot overflow: proved above)
+            dll.qm_requant(acc.data_ptr(), m, j1 - j0, j1 - j0, None if bb is None else bb.data_ptr(),
+                           c.data_ptr(), None if lim is None else lim.data_ptr(), mm.data_ptr(), ss.data_ptr(),
+                           qmin, qmax, out.data_ptr() + j0 * out.element_size(), kind, n)
+        return out.reshape(*lead, n)
 
 
 def _weight_block(w_t: torch.Tensor, j0: int, j1: int) -> torch.Tensor:

@@ -315,6 +315,12 @@ def test_compiled_activation_quantize_and_dequantize_equal_torch_path():
             got = aq(x)
             with ckernels.disabled():
                 assert torch.equal(got, aq(x))
+    for c in (1, 7, 64, 1500):  # fp16-mode smoothing multiply fused with the quantizer
+        inv_h = (torch.rand(c, generator=g) * 4 + 0.01).half().float()
+        aq = fp.ActQuantizer(0.05, 8)
+        for x in ((torch.randn(3, 5, c, generator=g) * 9).half(), torch.randn(3, 5, c, generator=g) * 9):
+            want = aq((x.half().float() * inv_h).half())
+            assert torch.equal(fp.smooth_quantize_fp16(aq, x, inv_h), want)
     s = float(torch.tensor(0.0123, dtype=torch.float32))
     for q in (torch.randint(-127, 128, (999,), generator=g, dtype=torch.int8),
               torch.randint(-32767, 32768, (70001,), generator=g, dtype=torch.int16),

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from quantmodel import fixedpoint as fp
 from quantmodel import reference as ref
-from quantmodel.intgemm import AccumulatorOverflowError, int_linear, int_linear_requant, int_matmul
+from quantmodel.intgemm import AccumulatorOverflowError, PreparedLinear, int_linear, int_linear_requant, int_matmul
 from workloads.errors import ConfigError
 
 
@@ -137,6 +137,10 @@ def test_wide_column_blocks_and_fused_requant_match_reference(per_channel):
         assert got.dtype == dtype and got.shape == (2, m // 2, n)
         assert torch.equal(got.reshape(m, n).double(), want)
         assert torch.equal(rq(acc), got)
+        for b in (bias, None):  # the load-time prepared layer: the same integers
+            prep = PreparedLinear(w_t, b, rq, "blocks.0.mlp.fc1")
+            assert prep.proved and torch.equal(prep(x), int_linear_requant(x, w_t, b, rq))
+            assert torch.equal(prep(x[:1, :5]), int_linear_requant(x[:1, :5], w_t, b, rq))  # one column block
 
 
 def test_fused_requant_detects_overflow():
@@ -146,3 +150,9 @@ def test_fused_requant_detects_overflow():
     rq = fp.Requantizer(2 ** 30, 0, -127, 127, torch.int8)
     with pytest.raises(AccumulatorOverflowError, match="blocks.2.attn.proj"):
         int_linear_requant(a, b, None, rq, layer="blocks.2.attn.proj")
+    prep = PreparedLinear(b, None, rq, "blocks.2.attn.proj")  # no static proof: checked at run time
+    assert not prep.proved
+    with pytest.raises(AccumulatorOverflowError, match="blocks.2.attn.proj"):
+        prep(a)
+    small = torch.full((2, k), 1, dtype=torch.int8)  # these inputs fit: the exact result
+    assert torch.equal(prep(small), int_linear_requant(small, b, None, rq))
