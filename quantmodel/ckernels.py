@@ -254,9 +254,12 @@ void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_o
 }
 
 /* LayerNorm output h((x - mean) * rstd) per row, then (mod != 0) the modulation h(h(y * a) + b) with
-   a, b fp16 [n] vectors of batch element r / rows_per_batch (a = h(1 + scale), b = shift). ws: 4 * n. */
+   a = h(1 + h(sc)), b = h(sh) per batch element (r / rows_per_batch), where sc, sh are the float32
+   scale and shift rows (row stride pstride) with the consumer's SmoothQuant factors folded in when inv
+   is given: sc = ((1 + scale) * inv) - 1, sh = shift * inv (emulator._fold_mod, float32 ops). ws: 4 * n. */
 void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, f16* out,
-                 int mod, const f16* a, const f16* b, int64_t rows_per_batch, float* ws) {
+                 int mod, const float* scale, const float* shift, int64_t pstride, const float* inv,
+                 int64_t rows_per_batch, float* ws) {
     float* xf = ws; float* af = ws + n; float* bf = ws + 2 * n; float* y = ws + 3 * n;
     int64_t cur = -1;
     for (int64_t r = 0; r < rows; r++) {
@@ -265,13 +268,57 @@ void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const
         for (int64_t i = 0; i < n; i++) y[i] = (xf[i] - m) * s;
         if (mod) {
             int64_t bi = r / rows_per_batch;
-            if (bi != cur) { h2f(a + bi * n, af, n); h2f(b + bi * n, bf, n); cur = bi; }
+            if (bi != cur) {
+                const float* sc = scale + bi * pstride; const float* sh = shift + bi * pstride;
+                if (inv) {
+                    for (int64_t i = 0; i < n; i++) { af[i] = ((1.0f + sc[i]) * inv[i]) - 1.0f; bf[i] = sh[i] * inv[i]; }
+                } else {
+                    for (int64_t i = 0; i < n; i++) { af[i] = sc[i]; bf[i] = sh[i]; }
+                }
+                rh(af, n);
+                for (int64_t i = 0; i < n; i++) af[i] = 1.0f + af[i];
+                rh(af, n);
+                rh(bf, n);
+                cur = bi;
+            }
             rh(y, n);
             for (int64_t i = 0; i < n; i++) y[i] = y[i] * af[i];
             rh(y, n);
             for (int64_t i = 0; i < n; i++) y[i] = y[i] + bf[i];
         }
         f2h(y, out + r * n, n);
+    }
+}
+
+/* fp16 residual add out = h(x + h(g * y)) (gate given) or h(x + y), x [B, N, C] fp16; y [B, N, C] as fp16
+   (y_kind 1) or int8 / int16 codes (y_kind 0 / 2) dequantized on the fly to h(clamp(q * y_scale, +-65504));
+   gate float32 rows [B, C] (row stride gstride), rounded to fp16 (h(gate)) before use. ws: 3 * c floats. */
+void qm_residual_fp16(const f16* x, const void* y, int y_kind, float y_scale, const float* gate, int64_t gstride,
+                      int64_t bsz, int64_t nrow, int64_t c, f16* out, float* ws) {
+    float* xf = ws; float* yf = ws + c; float* gf = ws + 2 * c;
+    for (int64_t b = 0; b < bsz; b++) {
+        if (gate) {
+            for (int64_t i = 0; i < c; i++) gf[i] = gate[b * gstride + i];
+            rh(gf, c);
+        }
+        for (int64_t r = 0; r < nrow; r++) {
+            int64_t off = (b * nrow + r) * c;
+            h2f(x + off, xf, c);
+            if (y_kind == 1) h2f((const f16*)y + off, yf, c);
+            else {
+                if (y_kind == 0) { const int8_t* q = (const int8_t*)y + off;
+                    for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
+                else { const int16_t* q = (const int16_t*)y + off;
+                    for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
+                rh(yf, c);
+            }
+            if (gate) {
+                for (int64_t i = 0; i < c; i++) yf[i] = gf[i] * yf[i];
+                rh(yf, c);
+            }
+            for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + yf[i];
+            f2h(xf, out + off, c);
+        }
     }
 }
 
@@ -429,13 +476,14 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_dequant.argtypes = [vp, ci, i64, f32, vp, ci]
     dll.qm_dequant.restype = ci
     dll.qm_ln_stats.argtypes = [vp, i64, i64, f32, vp, vp, vp]
-    dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp]
+    dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp, i64, vp]
+    dll.qm_residual_fp16.argtypes = [vp, vp, ci, f32, vp, i64, i64, i64, i64, vp, vp]
     dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp]
     dll.qm_softmax_post.argtypes = [vp, i64, i64, vp, vp]
     dll.qm_gelu_pre.argtypes = [vp, i64, vp]
     dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]
     dll.qm_fp16_axpy.argtypes = [vp, vp, vp, vp, i64, i64, i64, ci, vp, vp]
-    for fn in ("qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
+    for fn in ("qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None
     return dll

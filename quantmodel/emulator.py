@@ -158,6 +158,7 @@ class _LinearParams:
     rq: object = None  # fixedpoint.Requantizer prepared for (mult, shift, -QO, QO), int16 out
     xq: object = None  # fixedpoint.ActQuantizer prepared for x_scale (reciprocal computed once)
     gemm: object = None  # intgemm.PreparedLinear (static recipes)
+    inv_s: torch.Tensor | None = None  # f32 [k]: 1 / smooth (folded into the modulation)
     inv_h: torch.Tensor | None = None  # f32 [k] holding fp16(1 / smooth) (fp16 mode's smoothing multiply)
 
 
@@ -483,8 +484,13 @@ class IntegerEmulator:
     def norm_modulate(self, norm: str, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """modulate(layernorm(v)): in fp16 mode (not verifying) one fused pass with the same values."""
         if self.mode == "fp16" and self.verifier is None:
-            _, shift, scale = self._fold_mod(consumer, shift, scale)
-            return intops.layernorm_modulate_fp16(self._float(v), shift, scale, eps=self.mods[norm].eps)
+            p = self._lp(consumer)
+            inv = None
+            if p is not None and p.smooth is not None and p.fold == "modulate":
+                if p.inv_s is None:
+                    p.inv_s = 1.0 / p.smooth  # the float32 factors _fold_mod uses (a per-layer constant)
+                inv = p.inv_s
+            return intops.layernorm_modulate_fp16(self._float(v), shift, scale, eps=self.mods[norm].eps, inv=inv)
         return self.modulate(name, self.layernorm(norm, v), shift, scale, consumer)
 
     def modulate(self, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
@@ -509,6 +515,15 @@ class IntegerEmulator:
     def residual(self, name: str, x, y, gate: torch.Tensor | None):
         """x + gate * y (gate None: plain add); int mode keeps the residual stream as RES_BITS codes."""
         if self.mode == "fp16":
+            if self.verifier is None:  # one C pass: dequantize y, gate, add (the same fp16 values)
+                xf = self._float(x)
+                out = None
+                if isinstance(y, IntVal) and y.q.dtype in (torch.int8, torch.int16):
+                    out = intops.residual_fp16(xf, y.q, y.scale, gate)
+                elif not isinstance(y, IntVal) and y.dtype == torch.float16:
+                    out = intops.residual_fp16(xf, y, None, gate)
+                if out is not None:
+                    return out
             if gate is None:
                 return self._float(x) + self._float(y)  # fp16 add = fp32 add rounded (intops doc)
             return intops.gated_add_fp16(self._float(x), self._float(y), gate)

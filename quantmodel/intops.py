@@ -47,7 +47,7 @@ import math
 import torch
 
 from quantmodel import ckernels
-from quantmodel.fixedpoint import INT32_MAX, INT32_MIN, requantize_scale, rounding_right_shift
+from quantmodel.fixedpoint import INT32_MAX, INT32_MIN, _is_f32, requantize_scale, rounding_right_shift
 from workloads.errors import ConfigError
 
 MODES = ("fp16", "int")
@@ -179,33 +179,73 @@ def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return _row_chunked(lambda b: _layernorm_fp16(b, eps), x)
 
 
-def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                            eps: float = 1e-6) -> torch.Tensor:
-    """``modulate_fp16(layernorm_fp16(x, eps), shift, scale)`` (x [B, N, C] fp16, shift/scale
-    [B, 1, C]): one pass for both when the C kernels apply, the same fp16 values."""
-    if x.dtype == torch.float16 and x.dim() == 3 and x.shape[-1] > 0 and _c_ok(x.contiguous()) is not None:
+def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
+                            inv: torch.Tensor | None = None) -> torch.Tensor:
+    """``modulate_fp16(layernorm_fp16(x, eps), shift', scale')`` for x [B, N, C] fp16 and float32
+    shift/scale [B, 1, C], where (``inv`` float32 [C] given: a consumer's SmoothQuant factors 1/s)
+    ``scale' = (1 + scale) * inv - 1`` and ``shift' = shift * inv`` in float32 (else unchanged):
+    one C pass for all of it when the kernels apply, the same fp16 values."""
+    dll = ckernels.lib()
+    if (dll is not None and x.dtype == torch.float16 and x.dim() == 3 and x.shape[-1] > 0 and x.device.type == "cpu"
+            and all(t.dtype == torch.float32 and t.dim() == 3 and t.shape[1] == 1 and t.shape[2] == x.shape[2]
+                    and t.shape[0] in (1, x.shape[0]) and t.stride(2) == 1 for t in (shift, scale))
+            and (inv is None or (inv.dtype == torch.float32 and inv.is_contiguous() and inv.shape == (x.shape[2],)))
+            and shift.stride(0) == scale.stride(0) and shift.shape[0] == scale.shape[0]):
         x = x.contiguous()
         b_, n_, c = x.shape
-        a = _h(1.0 + _h(scale).float()).expand(b_, 1, c).contiguous()
-        sh = _h(shift).expand(b_, 1, c).contiguous()
-        return _layernorm_fp16_c(ckernels.lib(), x, eps, a, sh, n_)
+        pstride = scale.stride(0) if scale.shape[0] > 1 else 0
+        return _layernorm_fp16_c(dll, x, eps, (scale, shift, pstride, inv), n_)
+    if inv is not None:
+        scale = (1 + scale) * inv - 1
+        shift = shift * inv
     return modulate_fp16(layernorm_fp16(x, eps), shift, scale)
 
 
-def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, a=None, b=None, rows_per_batch: int = 1) -> torch.Tensor:
+def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, mod=None, rows_per_batch: int = 1) -> torch.Tensor:
     """:func:`_layernorm_fp16` as two C loops around torch's float32 rsqrt (of the [rows] vector of
-    var + eps, as eager), optionally followed by the modulation h(h(y * a) + b)."""
+    var + eps, as eager), optionally followed by the modulation (see layernorm_modulate_fp16)."""
     n = x.shape[-1]
     rows = x.numel() // n
-    mean = torch.empty(rows, dtype=torch.float32)
-    ve = torch.empty(rows, dtype=torch.float32)
-    ws = torch.empty(4 * n, dtype=torch.float32)
-    dll.qm_ln_stats(x.data_ptr(), rows, n, eps, mean.data_ptr(), ve.data_ptr(), ws.data_ptr())
-    rstd = torch.rsqrt(ve)
+    ws = torch.empty(2 * rows + 4 * n, dtype=torch.float32)  # mean [rows], var + eps [rows], scratch
+    wp = ws.data_ptr()
+    dll.qm_ln_stats(x.data_ptr(), rows, n, eps, wp, wp + 4 * rows, wp + 8 * rows)
+    rstd = ws[rows:2 * rows]
+    torch.rsqrt(rstd, out=rstd)
     out = torch.empty(x.shape, dtype=torch.float16)
-    mod = a is not None
-    dll.qm_ln_apply(x.data_ptr(), rows, n, mean.data_ptr(), rstd.data_ptr(), out.data_ptr(), int(mod),
-                    a.data_ptr() if mod else None, b.data_ptr() if mod else None, rows_per_batch, ws.data_ptr())
+    if mod is None:
+        dll.qm_ln_apply(x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 0, None, None, 0, None, 1,
+                        wp + 8 * rows)
+    else:
+        scale, shift, pstride, inv = mod
+        dll.qm_ln_apply(x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 1, scale.data_ptr(),
+                        shift.data_ptr(), pstride, None if inv is None else inv.data_ptr(), rows_per_batch,
+                        wp + 8 * rows)
+    return out
+
+
+def residual_fp16(x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate: torch.Tensor | None):
+    """fp16 residual ``x + gate * y`` (gated_add_fp16 with gate = fp16(gate)) or ``x + y`` in one C pass,
+    x [B, N, C] fp16, y fp16 (``y_scale`` None) or int8/int16 codes at the float32 scale ``y_scale``
+    (dequantized as the emulator's saturating fp16 conversion), gate float32 [B, 1, C]. Returns None
+    when the C kernels do not apply (the caller runs the torch ops)."""
+    dll = ckernels.lib()
+    if dll is None or x.dtype != torch.float16 or x.dim() != 3 or y.shape != x.shape or x.numel() == 0:
+        return None
+    kind = {torch.float16: 1, torch.int8: 0, torch.int16: 2}.get(y.dtype)
+    if kind is None or (kind == 1) != (y_scale is None) or x.device.type != "cpu" or y.device.type != "cpu":
+        return None
+    if y_scale is not None and not _is_f32(y_scale):  # the float32 product is the dequantization only then
+        return None
+    b_, n_, c = x.shape
+    if gate is not None and not (gate.dtype == torch.float32 and gate.dim() == 3 and gate.shape[1] == 1
+                                 and gate.shape[2] == c and gate.shape[0] in (1, b_) and gate.stride(2) == 1):
+        return None
+    x, y = x.contiguous(), y.contiguous()
+    out = torch.empty(x.shape, dtype=torch.float16)
+    ws = torch.empty(3 * c, dtype=torch.float32)
+    gs = 0 if gate is None or gate.shape[0] == 1 else gate.stride(0)
+    dll.qm_residual_fp16(x.data_ptr(), y.data_ptr(), kind, 1.0 if y_scale is None else y_scale,
+                         None if gate is None else gate.data_ptr(), gs, b_, n_, c, out.data_ptr(), ws.data_ptr())
     return out
 
 

@@ -321,7 +321,23 @@ def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
         assert same(io.gated_add_fp16, x, y, gate) and same(io.modulate_fp16, x, sh, sc)
         assert same(io.layernorm_fp16, x.transpose(0, 1).contiguous().transpose(0, 1), 1e-6)
         fused = io.layernorm_modulate_fp16(x.transpose(0, 1).contiguous().transpose(0, 1), sh, sc)
+        inv = torch.rand(shape[2], generator=g) * 3 + 0.1
+        mod6 = torch.randn(shape[0], 6, shape[2], generator=g)  # chunks of a [B, 6, C] tensor: strided rows
+        fused_inv = io.layernorm_modulate_fp16(x, mod6[:, 0:1], mod6[:, 1:2], 1e-6, inv)
+        q16 = torch.randint(-32767, 32768, shape, generator=g, dtype=torch.int16)
+        s_y = float(torch.tensor(3e-3, dtype=torch.float32))
+        res = [io.residual_fp16(x, y, None, None), io.residual_fp16(x, y, None, mod6[:, 2:3]),
+               io.residual_fp16(x, q16, s_y, mod6[:, 2:3]), io.residual_fp16(x, q16.to(torch.int8), s_y * 1e4, None)]
         with ckernels.disabled():
             assert torch.equal(fused, io.modulate_fp16(io.layernorm_fp16(x, 1e-6), sh, sc))
+            want = io.modulate_fp16(io.layernorm_fp16(x, 1e-6), mod6[:, 0:1] * inv, (1 + mod6[:, 1:2]) * inv - 1)
+            assert torch.equal(fused_inv, want)
+            deq = (q16.float() * s_y).half()
+            deq8 = (q16.to(torch.int8).float() * float(torch.tensor(s_y * 1e4, dtype=torch.float32))).clamp(
+                -65504, 65504).half()
+            wants = [x + y, io.gated_add_fp16(x, y, mod6[:, 2:3]), io.gated_add_fp16(x, deq, mod6[:, 2:3]), x + deq8]
+        assert io.residual_fp16(x, q16.to(torch.int8), s_y * 1e4, None) is None  # not a float32 scale
+        res[3] = io.residual_fp16(x, q16.to(torch.int8), float(torch.tensor(s_y * 1e4, dtype=torch.float32)), None)
+        assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(res, wants))
     every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
     assert same(io.gelu_fp16, every[torch.isfinite(every)].contiguous())
