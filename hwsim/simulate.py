@@ -27,12 +27,17 @@ from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
-from hwsim.tiling import (FP16_BYTES, AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, plan_attention,
-                          plan_gemm, plan_vector, precision_of, vector_cycles)
+from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit,
+                          plan_attention, plan_estimate, plan_gemm, plan_vector, precision_of, vector_cycles)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
-SIM_VERSION = "hwsim-2"  # 2: GEMM tile search weighs array cycles against DRAM traffic (tiling.py)
+# 2: GEMM tile search weighs array cycles against DRAM traffic (tiling.py)
+# 3: tile search minimises estimated energy x delay^2 (DRAM/SRAM/vector/leakage energy, DMA engine
+#    rate, pre-stage work per input reload); a GEMM with quantization stages starts from its static
+#    twin's tiling; stages fused or run as their own ops by the same figure of merit; a fused
+#    pre-stage's quantized copy counted at its own bytes (was FP16 again)
+SIM_VERSION = "hwsim-3"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
                      "output_bytes", "w_bits", "a_bits", "name")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
@@ -65,8 +70,8 @@ def _gemm_unit(op, wplan: WeightPlan, pre=None, post=None) -> GemmUnit:
     else:
         a_bytes, b_bytes = op.input_bytes, op.weight_bytes
     extra, pre_kind, pre_w = 0.0, "", 0
-    if pre is not None:  # the input arrives in FP16; the quantized copy is made in SRAM
-        extra = FP16_BYTES
+    if pre is not None:  # the input arrives in FP16; the quantized copy is made in SRAM beside it
+        extra = a_bytes / (op.batch * op.m * op.k)  # bytes per element of the quantized copy
         a_bytes = pre.input_bytes
         pre_kind, pre_w = pre.kind, pre.weight_bytes
     return GemmUnit(batch=op.batch, m=op.m, k=op.k, n=op.n, precision=precision_of(op.w_bits, op.a_bits),
@@ -119,6 +124,9 @@ class _Units:
                 j = i + (2 if pre is not None else 1)
                 if j < n and ops[j].kind == "dyn_rescale" and ops[j].name == gemm.name + ".dyn_rescale":
                     post = ops[j]
+                for o in (gemm, post):
+                    if o is not None:
+                        _check_op(o, f"trace op {o.name!r}")
                 unit = plan = None
                 if pre is not None or post is not None:
                     unit = _gemm_unit(gemm, wplan, pre, post)
@@ -126,9 +134,19 @@ class _Units:
                         plan = _plan(unit, hw_plan, plans, need_full_k=pre is not None and pre.kind == "dyn_stats")
                     except NoFit:  # the whole row does not fit: spill, run the stages as their own ops
                         unit = None
+                if unit is not None and pre is not None:
+                    # the stages could also run as their own ops through DRAM, the GEMM then planned
+                    # as the static one (no row held, quantized input): fuse only where that is not
+                    # better by the tile search's own figure of merit (tiling.figure_of_merit)
+                    alone = [_plan(_vector_unit(pre, wplan, gemm), hw_plan, plans),
+                             _plan(_gemm_unit(gemm, wplan), hw_plan, plans)]
+                    if post is not None:
+                        alone.append(_plan(_vector_unit(post, wplan), hw_plan, plans))
+                    if _merit(alone, hw_plan) < _merit([plan], hw_plan):
+                        unit = None
                 if unit is None:
                     if pre is not None:  # standalone pre op first
-                        self._add_vector(pre, [i], hw_plan, wplan, plans)
+                        self._add_vector(pre, [i], hw_plan, wplan, plans, feeds=gemm)
                         i += 1
                         pre = None
                     post = None
@@ -146,10 +164,8 @@ class _Units:
             self._add_vector(op, [i], hw_plan, wplan, plans)
             i += 1
 
-    def _add_vector(self, op, covered, hw, wplan, plans):
-        unit = VectorOpUnit(kind=op.kind, elements=op.elements, in_bytes=op.input_bytes,
-                            out_bytes=op.output_bytes, weight_bytes=0 if wplan.resident else op.weight_bytes,
-                            rows=op.batch * op.m if op.kind == "dyn_stats" else 0)
+    def _add_vector(self, op, covered, hw, wplan, plans, feeds=None):
+        unit = _vector_unit(op, wplan, feeds)
         plan = _plan(unit, hw, plans)
         wb = op.weight_bytes if op.weight_set >= 0 else 0
         self._append(unit, plan, op.name, wb, covered, covered[0])
@@ -163,6 +179,24 @@ class _Units:
         for c in covered:
             self.op_unit.append(u)
             self.primary.append(c == primary)
+
+
+def _vector_unit(op, wplan: WeightPlan, feeds=None) -> VectorOpUnit:
+    """``feeds``: the quantized GEMM a standalone smoothing multiply feeds. It quantizes as it
+    multiplies (``tiling.VECTOR_WORK``), so it writes the tensor that GEMM reads, not the FP16 copy
+    the trace records for an unfused smooth op (quantmodel: output_bytes = rows x k x 2)."""
+    out = op.output_bytes
+    if feeds is not None and op.kind == "smooth_mul" and not feeds.kind.startswith("matmul"):
+        out = min(out, feeds.input_bytes)
+    return VectorOpUnit(kind=op.kind, elements=op.elements, in_bytes=op.input_bytes,
+                        out_bytes=out, weight_bytes=0 if wplan.resident else op.weight_bytes,
+                        rows=op.batch * op.m if op.kind == "dyn_stats" else 0)
+
+
+def _merit(plans: list, hw: HWConfig) -> float:
+    """The tile search's figure of merit (energy x delay^2, estimated) of plans run one after another."""
+    est = [plan_estimate(p, hw) for p in plans]
+    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est))
 
 
 def _with_wbuf(hw: HWConfig, wbuf: int) -> HWConfig:

@@ -71,7 +71,7 @@ class GemmUnit:
     out_bytes: int
     b_per_item: bool  # B differs per batch item (attention) vs shared weights
     b_resident: bool  # weights already resident in SRAM: not loaded per op
-    a_extra_sram_bpe: float = 0.0  # extra SRAM bytes per A element (FP16 copy kept for the pre-stage)
+    a_extra_sram_bpe: float = 0.0  # SRAM bytes per A element of the quantized copy a pre-stage writes beside the FP16 input
     pre: str = ""
     post: str = ""
     pre_weight_bytes: int = 0  # SmoothQuant factors of a fused smooth_mul (loaded with the first B tile)
@@ -138,6 +138,7 @@ class Plan:
     out_cap: int
     counts: dict = field(default_factory=dict)  # integer event counts for the energy model
     tile_shape: tuple = ()
+    estimate: tuple = ()  # (cycles, pJ) once plan_estimate has run (a plan belongs to one hardware)
 
 
 class NoFit(Exception):
@@ -174,17 +175,290 @@ def _blocks(total: int, tile: int) -> list[tuple[int, int]]:
     return [(c, sz) for c, sz in ((full, tile), (1 if rest else 0, rest)) if c]
 
 
+def figure_of_merit(cycles: float, energy_pj: float) -> float:
+    """What the planner minimises: energy x delay^2 (the E*T^2 metric of Martin, Nystrom & Penzes,
+    "ET^2: a metric for time and energy efficiency of computation", Power Aware Computing, 2002:
+    unlike E*T it does not change under voltage scaling, so it ranks schedules, not operating
+    points). Measured on the default sweep's chips, E*T (and deciding fusion by dominance)
+    left cases where a static twin traded a few % of time for energy, or back; E*T^2 left none
+    (tests/test_hwsim_recipe_order.py)."""
+    return cycles * cycles * energy_pj
+
+
+def _per_tile_cycles(hw: HWConfig, engine: str) -> int:
+    """Fixed cost of one tile: its DMA descriptor setup, and on the arrays their fill and drain
+    between tiles (SCALE-Sim's 2R + C per fold, paid again when the next tile cannot stream in)."""
+    return hw.dma.setup_cycles + (2 * hw.mac.rows + hw.mac.cols if engine == "mac" else 0)
+
+
+def _pipeline_cycles(a_in: float, b_in: float, d_out: float, comp: float, pre: float, post: float, ntiles: int,
+                     hw: HWConfig, per_tile: int) -> float:
+    """Time of a double-buffered unit: its slowest pipeline, plus the per-tile fixed cost. Loader:
+    each tile's input and weight transfers (in parallel, on two engines, each no faster than one
+    DMA engine or the DRAM bus), then its pre-stage; the engine; storer: post-stage, then the output
+    transfer; all bytes over the one DRAM bus; pre and post on the one vector unit."""
+    cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
+    cpb_eng = max(cpb, hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s)
+    d_in = a_in + b_in
+    load = max(a_in * cpb_eng, b_in * cpb_eng, d_in * cpb) + pre
+    return max(load, (d_in + d_out) * cpb, comp, post + d_out * cpb_eng, pre + post) + ntiles * per_tile
+
+
+def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
+    """(cycles, pJ) of a plan run alone, from its tiles and event counts: the tile search's closed
+    form for time, ``energy.py`` for energy (leakage over that time). Used to choose between running
+    a GEMM's quantization stages fused into it or as their own ops."""
+    from hwsim.area import area_breakdown_mm2
+    from hwsim.energy import energy_breakdown_j
+
+    if plan.estimate:
+        return plan.estimate
+    tiles = plan.tiles
+    if not tiles:
+        return 0.0, 0.0
+    a_in = sum(t[0] for t in tiles)
+    b_in = sum(t[3] for t in tiles)
+    d_out = sum(t[9] for t in tiles)
+    comp = sum(t[7] for t in tiles)
+    pre = sum(t[6] for t in tiles)
+    post = sum(t[10] for t in tiles)
+    cycles = _pipeline_cycles(a_in, b_in, d_out, comp, pre, post, len(tiles), hw, _per_tile_cycles(hw, plan.engine))
+    area_mm2 = sum(area_breakdown_mm2(hw).values())
+    energy_j = sum(energy_breakdown_j(hw, plan.counts, cycles / hw.clock.freq_hz, area_mm2).values())
+    plan.estimate = (cycles, energy_j * 1e12)
+    return plan.estimate
+
+
+class _Estimate:
+    """Closed-form time (cycles) and energy (pJ) of one GEMM tiling, for the tile search.
+
+    The counts follow the replay in ``plan_gemm``: an operand tile is loaded again whenever the
+    loop order moves to another tile of it, a fused pre-stage runs on every input load, and the
+    energies per event are those of ``energy.py`` (Horowitz ISSCC 2014 scaled by the node; DRAM
+    from the config), leakage from ``area.py``'s area x ``tech.leakage_mw_per_mm2``.
+    """
+
+    def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
+        from hwsim.area import area_breakdown_mm2
+        from hwsim.energy import DYN_LANE_CYCLE_PJ_45NM, MAC_PJ_45NM, VECTOR_LANE_CYCLE_PJ_45NM, sram_pj_per_byte
+
+        self.u, self.tile_cycles = u, tile_cycles
+        self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
+        s = hw.tech.energy_scale
+        self.hw = hw
+        self.per_tile = _per_tile_cycles(hw, "mac")
+        lanes = hw.vector.lanes
+        self.a_el = u.batch * u.m * u.k
+        self.o_el = u.batch * u.m * u.n
+        self.pre_cycles = 0.0  # vector cycles of the pre-stage over all of A, once
+        if u.pre:
+            self.pre_cycles = self.a_el * vector_cycles_per_element(hw, u.pre) / lanes
+            if u.pre == "dyn_stats":
+                self.pre_cycles += u.batch * u.m * hw.vector.reciprocal_cycles_per_row
+        self.post_cycles = self.o_el * vector_cycles_per_element(hw, u.post) / lanes if u.post else 0.0
+        self.pre_lane_pj = lanes * (DYN_LANE_CYCLE_PJ_45NM if u.pre == "dyn_stats" else VECTOR_LANE_CYCLE_PJ_45NM) * s
+        self.post_lane_pj = lanes * (DYN_LANE_CYCLE_PJ_45NM if u.post in DYN_KINDS else VECTOR_LANE_CYCLE_PJ_45NM) * s
+        self.dram_pj = hw.dram.energy_pj_per_byte
+        self.sram_pj = sram_pj_per_byte(hw)
+        self.mac_pj = u.macs * MAC_PJ_45NM[u.precision] * s
+        self.leak_pj_per_cycle = (sum(area_breakdown_mm2(hw).values()) * hw.tech.leakage_mw_per_mm2 * 1e-3
+                                  / hw.clock.freq_hz * 1e12)
+
+    def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
+        u = self.u
+        nb_b, nb_m, nb_n, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt)
+        ntiles = nb_b * nb_m * nb_n * nb_k
+        # how many times each operand crosses DRAM -> SRAM under the loop order (see the replay's
+        # a_id / b_id): batch blocks outermost, then (n, m, k) with weight reuse or (m, n, k)
+        if wr:
+            fa = nb_n if (nb_m > 1 or nb_k > 1) else 1
+            fb_item = nb_m if nb_k > 1 else 1
+        else:
+            fa = nb_n if nb_k > 1 else 1
+            fb_item = nb_m if (nb_n > 1 or nb_k > 1) else 1
+        if u.b_resident:
+            b_in = 0
+        elif u.b_per_item or (nb_n == 1 and nb_k == 1):
+            b_in = u.b_bytes * fb_item
+        else:  # shared weights come in again for every batch block
+            b_in = u.b_bytes * fb_item * nb_b
+        a_in = u.a_bytes * fa
+        d_in = a_in + b_in + u.pre_weight_bytes
+        d_out = u.out_bytes
+        comp = rd = 0
+        for b_n, b_s in _blocks(u.batch, bt):
+            for m_n, m_s in _blocks(u.m, mt):
+                for k_n, k_s in _blocks(u.k, kt):
+                    for n_n, n_s in _blocks(u.n, nt):
+                        c, r = self.tile_cycles(b_s, m_s, k_s, n_s)
+                        w = b_n * m_n * k_n * n_n
+                        comp += w * c
+                        rd += w * r
+        pre = self.pre_cycles * fa
+        post = self.post_cycles
+        cycles = _pipeline_cycles(a_in, b_in + u.pre_weight_bytes, d_out, comp, pre, post, ntiles, self.hw,
+                                  self.per_tile)
+        o_sram_bpe = self.o_bpe if nb_k == 1 else PSUM_BYTES
+        sram = d_in + self.o_el * nb_k * o_sram_bpe + rd + d_out  # fills, array writes and reads, drains
+        if nb_k > 1:
+            sram += (nb_k - 1) * self.o_el * PSUM_BYTES  # partial-sum read-modify-write
+        if u.pre:
+            sram += fa * self.a_el * (FP16_BYTES + self.a_sram_bpe - self.a_bpe)  # read FP16, write quantized
+        if u.post:
+            sram += 2 * d_out
+        energy_pj = (self.mac_pj + (d_in + d_out) * self.dram_pj + sram * self.sram_pj
+                     + pre * self.pre_lane_pj + post * self.post_lane_pj + cycles * self.leak_pj_per_cycle)
+        return cycles, energy_pj, ntiles
+
+
+# Output-column tile sizes tried, in multiples of one array's columns (C) and of all arrays' columns
+# (A*C), plus equal splits of N: they depend on the GEMM's dimensions and the arrays' geometry only,
+# never on operand bytes or buffer sizes, so every recipe of one GEMM draws from the same list and a
+# recipe that needs more SRAM per tile (dynamic, smoothed) keeps a subset of what static keeps.
+N_MULTIPLES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128)
+N_SPLITS = (2, 3, 4, 5, 6, 8)
+K_SPLITS = (2, 3, 4, 6, 8, 12, 16, 24, 32)  # K cut in d near-equal parts rounded up to R
+
+
+def _gemm_tile_options(u: GemmUnit, R: int, C: int, A: int, need_full_k: bool) -> tuple[list[int], list[int]]:
+    """Depths ``kt`` and widths ``nt`` a GEMM may be tiled with, from its shape and the arrays alone."""
+    k_opts = {u.k}
+    if not need_full_k:
+        kmin = min(u.k, R)
+        k_opts.add(kmin)
+        for d in K_SPLITS:
+            kt = _round_up(math.ceil(u.k / d), R)
+            if kmin <= kt < u.k:
+                k_opts.add(kt)
+    n_opts = {u.n}
+    if not u.b_resident:
+        n_opts |= {s * j for s in (C, A * C) for j in N_MULTIPLES if s * j < u.n}
+        n_opts |= {nt for d in N_SPLITS if (nt := _round_up(math.ceil(u.n / d), C)) < u.n}
+    return sorted(k_opts, reverse=True), sorted(n_opts, reverse=True)
+
+
+class _GemmSearch:
+    """A GEMM unit's operand geometry, per-tile costs and the tile search over its candidates."""
+
+    def __init__(self, u: GemmUnit, hw: HWConfig):
+        mac = hw.mac
+        self.u, self.hw = u, hw
+        R, C, A = self.R, self.C, self.A = mac.rows, mac.cols, mac.arrays
+        a_el = u.batch * u.m * u.k
+        b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
+        self.a_bpe = u.a_bytes / a_el
+        self.b_bpe = b_bpe = u.b_bytes / b_el if b_el else 0.0
+        self.o_bpe = u.out_bytes / (u.batch * u.m * u.n)
+        self.a_sram_bpe = self.a_bpe + u.a_extra_sram_bpe
+        a_mac_bpe = u.a_extra_sram_bpe if u.pre else self.a_bpe  # the arrays read the quantized copy
+        rate = mac.rate(u.precision)
+        sram_bw = hw.sram.bytes_per_cycle
+        dataflow = mac.dataflow
+        cycle_cache: dict = {}
+
+        def tile_cycles(b: int, m: int, k: int, n: int) -> tuple[int, int]:
+            """Cycles of one tile (arrays, or SRAM read bandwidth when slower), SRAM bytes it reads."""
+            key = (b, m, k, n)
+            hit = cycle_cache.get(key)
+            if hit is None:
+                sys_c = _tile_compute_cycles(b, m, k, n, R, C, A, dataflow, rate)
+                # every A row block is read once per column fold, every B column block once per row fold
+                rd = b * (math.ceil(m * k * a_mac_bpe) * math.ceil(n / (A * C))
+                          + math.ceil(k * n * b_bpe) * math.ceil(m / R))
+                hit = (max(sys_c, math.ceil(rd / sram_bw)), rd)
+                cycle_cache[key] = hit
+            return hit
+
+        self.tile_cycles = tile_cycles
+        self.est = _Estimate(u, hw, tile_cycles, self.a_bpe, self.a_sram_bpe, self.o_bpe)
+
+    def rows_that_fit(self, kt: int, nt: int) -> tuple[int, int] | None:
+        """(mt, bt): the most rows (whole rows of the arrays) and batch items that fit beside a
+        ``kt x nt`` weight tile, double-buffered; None when the tile does not fit. For fixed
+        (kt, nt, order) more rows never cost more (same row folds, fewer reloads and tiles)."""
+        u, wbuf, abuf = self.u, self.hw.sram.weight_buffer_bytes, self.hw.sram.activation_buffer_bytes
+        if not u.b_resident and nt * kt * self.b_bpe > wbuf // 2 - u.pre_weight_bytes:
+            return None
+        nb_k = math.ceil(u.k / kt)
+        out_bpe_sram = self.o_bpe if nb_k == 1 else PSUM_BYTES
+        rows = int(abuf // (2 * kt * self.a_sram_bpe + 2 * nt * out_bpe_sram))
+        if rows < 1:
+            return None
+        if rows < u.m:
+            return _round_down(rows, self.R), 1
+        bt = 1
+        if nt == u.n and nb_k == 1:
+            bt = min(u.batch, rows // u.m)
+            if u.b_per_item and not u.b_resident:
+                bt = min(bt, max(1, int((wbuf // 2) // max(1.0, u.k * u.n * self.b_bpe))))
+            bt = max(1, bt)
+        return u.m, bt
+
+    def search(self, need_full_k: bool) -> tuple | None:
+        """The candidate (kt, nt, mt, bt, weight_reuse) of least figure of merit, None if none fits."""
+        k_opts, n_opts = _gemm_tile_options(self.u, self.R, self.C, self.A, need_full_k)
+        best = None
+        for kt in k_opts:
+            for nt in n_opts:
+                fit = self.rows_that_fit(kt, nt)
+                if fit is None:
+                    continue
+                mt, bt = fit
+                for wr in (True, False):
+                    cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
+                    key = (figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr)
+                    if best is None or key < best[0]:
+                        best = (key, (kt, nt, mt, bt, wr))
+        return None if best is None else best[1]
+
+
+def static_twin(u: GemmUnit) -> GemmUnit:
+    """The same GEMM as a static recipe runs it: the quantized input straight from DRAM, no fused
+    quantization stages."""
+    if not (u.pre or u.post):
+        return u
+    a_bytes = round(u.batch * u.m * u.k * u.a_extra_sram_bpe) if u.pre else u.a_bytes
+    return GemmUnit(batch=u.batch, m=u.m, k=u.k, n=u.n, precision=u.precision, a_bytes=a_bytes,
+                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident)
+
+
 def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
+    """Tile plan of a GEMM unit (with its fused quantization stages, if any).
+
+    Candidates: every (K depth, N width) of ``_gemm_tile_options`` that fits the weight buffer, with
+    the most rows (and batch items) that fit the activation buffer beside it, in both loop orders.
+    Each is costed by ``_Estimate`` from closed forms of what the replay does: DRAM bytes with the
+    replay's operand reuse, array cycles of every tile at its own size (SCALE-Sim), the fused
+    vector work repeated on every input reload, SRAM bytes; time = the slowest pipeline + per-tile
+    setup, energy = those counts x ``energy.py``'s per-event energies + leakage x time. The search
+    minimises ``figure_of_merit`` (energy x delay^2), so energy counts as well as time.
+
+    A GEMM with fused stages (dynamic: FP16 row held, ``need_full_k``; smoothed: FP16 input) starts
+    from the tiling of its static twin (``static_twin``: the same GEMM fed its quantized input from
+    DRAM) and keeps its (kt, nt, order) with the rows that still fit; it searches its own candidates
+    only when that tiling is not open to it (the twin splits K where the full row must be held, or
+    not even one row fits).
+
+    Why the dynamic recipe is then never cheaper than its static twin:
+    - twin tiling kept: on one (kt, nt, order) the fused GEMM moves at least the twin's bytes (FP16
+      input), does at least its vector work, and fits no more rows, and fewer rows never cost less
+      in any term (same row folds, more reloads and tiles): it costs at least as much time AND
+      energy, by construction (up to the replay's timing, which follows the same tiles);
+    - own search: its candidates are a subset of the twin's (same (kt, nt) lists, byte-free; fewer
+      rows), each at least as costly, so its least energy x delay^2 is at least the twin's; that
+      orders the product, not each factor: it may come out faster but hungrier, or the reverse;
+    - stages run as their own ops instead (``simulate._Units`` picks that when its figure of merit
+      is lower): the GEMM is then the static twin's, plus the stages' own ops: at least as costly.
+    Only the second case can invert one metric; tests/test_hwsim_recipe_order.py checks both on the
+    default sweep's chips. The same holds against ASQ (smoothed) GEMMs, except that ASQ's factors
+    take weight-buffer room, so near a buffer limit ASQ can lose a width the dynamic GEMM keeps.
+    """
     mac = hw.mac
     R, C, A = mac.rows, mac.cols, mac.arrays
     wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
-    a_el = u.batch * u.m * u.k
-    b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
-    o_el = u.batch * u.m * u.n
-    a_bpe = u.a_bytes / a_el
-    b_bpe = u.b_bytes / b_el if b_el else 0.0
-    o_bpe = u.out_bytes / o_el
-    a_sram_bpe = a_bpe + u.a_extra_sram_bpe
+    srch = _GemmSearch(u, hw)
+    a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
+    tile_cycles = srch.tile_cycles
     what = f"GEMM [{u.m}x{u.k}]x[{u.k}x{u.n}]"
 
     # minimal tile: one fold of an array, R rows x C columns x min(K, R) deep (or the full row)
@@ -197,99 +471,26 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     if need_a > abuf:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
 
-    # search tile shapes: least max(DRAM traffic, array cycles) (+ per-tile DMA setup and fill/drain), the
-    # loop order that reloads the cheaper operand; K is split only when that helps
-    cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
-    per_tile = hw.dma.setup_cycles + 2 * R + C
-    rate = mac.rate(u.precision)
-    k_opts = {u.k}
-    if not need_full_k:
-        for d in (2, 3, 4, 6, 8, 12, 16, 24, 32):
-            kt_c = _round_up(math.ceil(u.k / d), R)
-            if kmin <= kt_c < u.k:
-                k_opts.add(kt_c)
-        k_opts.add(kmin)
-    cands = []
-    for kt in sorted(k_opts, reverse=True):
-        nb_k = math.ceil(u.k / kt)
-        out_bpe_sram = o_bpe if nb_k == 1 else PSUM_BYTES
-        if u.b_resident:
-            n_opts = [u.n]
-        else:
-            col = kt * b_bpe
-            max_n = int((wbuf // 2 - u.pre_weight_bytes) // col) if col else u.n
-            max_n = min(u.n, max_n)
-            if max_n < 1:
-                continue
-            step = A * C if max_n >= A * C else (C if max_n >= C else max_n)
-            n_opts = sorted({max_n if max_n == u.n else _round_down(max_n, step)}
-                            | {min(u.n, step * j) for j in (1, 2, 4, 8, 16) if step * j <= max_n})
-        for nt in n_opts:
-            rows = int(abuf // (2 * kt * a_sram_bpe + 2 * nt * out_bpe_sram))
-            if rows < 1:
-                continue
-            if rows >= u.m:
-                mt, bt = u.m, 1
-                if nt == u.n and nb_k == 1:
-                    bt = min(u.batch, rows // u.m)
-                    if u.b_per_item and not u.b_resident:
-                        bt = min(bt, max(1, int((wbuf // 2) // max(1.0, u.k * u.n * b_bpe))))
-                    bt = max(1, bt)
-            else:
-                mt, bt = _round_down(rows, R), 1
-            nb_m, nb_n = math.ceil(u.m / mt), math.ceil(u.n / nt)
-            ntiles = math.ceil(u.batch / bt) * nb_m * nb_n * nb_k
-            b_traffic = 0 if u.b_resident else u.b_bytes
-            compute = 0  # array cycles of all tiles, edge tiles at their own size
-            for b_n, b_s in _blocks(u.batch, bt):
-                for m_n, m_s in _blocks(u.m, mt):
-                    for k_n, k_s in _blocks(u.k, kt):
-                        for n_n, n_s in _blocks(u.n, nt):
-                            compute += b_n * m_n * k_n * n_n * _tile_compute_cycles(b_s, m_s, k_s, n_s, R, C, A,
-                                                                                    mac.dataflow, rate)
-            for wr in (True, False):
-                if nb_k > 1:
-                    traffic = u.a_bytes * nb_n + b_traffic * nb_m
-                elif wr:
-                    traffic = u.a_bytes * (nb_n if nb_m > 1 else 1) + b_traffic
-                else:
-                    traffic = u.a_bytes + b_traffic * (nb_m if nb_n > 1 else 1)
-                # DMA and arrays overlap across double-buffered tiles, so the slower of the two
-                # bounds: a shape that starves the arrays (few output columns per array) is not
-                # taken to save a little traffic. The output is written once whatever the shape,
-                # but it shares the DRAM port, so it counts against the traffic bound.
-                cost = max((traffic + u.out_bytes) * cpb, compute) + ntiles * per_tile
-                cands.append((cost, ntiles, traffic, -kt, not wr, (kt, nt, mt, bt, wr)))
-    if not cands:
+    shape = None
+    twin = static_twin(u)
+    if twin is not u:  # start from the static twin's tiling, with the rows that fit beside the stages
+        anchor = _GemmSearch(twin, hw).search(False)
+        if anchor is not None and not (need_full_k and anchor[0] != u.k):
+            fit = srch.rows_that_fit(anchor[0], anchor[1])
+            if fit is not None:
+                shape = (anchor[0], anchor[1], *fit, anchor[4])
+    if shape is None:
+        shape = srch.search(need_full_k)
+    if shape is None:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
-    # within 5% of the least-cost shape, prefer less DRAM traffic: the overlap bound above hides
-    # traffic behind compute only in part (edge tiles, DMA setup, output drains contend), so a
-    # quarter of the traffic time is added as a search-only tie-break (tuned on the edge-npu
-    # presets against the SimPy replay, which alone decides the timing); then fewer tiles
-    least = min(c[0] for c in cands)
-    best = min((c for c in cands if c[0] <= 1.05 * least),
-               key=lambda c: (c[0] + 0.25 * c[2] * cpb, c[1], c[3], c[4]))
-    kt, nt, mt, bt, weight_reuse = best[-1]
+    kt, nt, mt, bt, weight_reuse = shape
     nb_b, nb_m, nb_n, nb_k = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt),
                               math.ceil(u.k / kt))
 
     lanes = hw.vector.lanes
     pre_cpe = vector_cycles_per_element(hw, u.pre) if u.pre else 0.0
     post_cpe = vector_cycles_per_element(hw, u.post) if u.post else 0.0
-    sram_bw = hw.sram.bytes_per_cycle
     counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
-    cycle_cache: dict = {}
-
-    def tile_cycles(b: int, m: int, k: int, n: int) -> tuple[int, int]:
-        key = (b, m, k, n)
-        hit = cycle_cache.get(key)
-        if hit is None:
-            sys_c = _tile_compute_cycles(b, m, k, n, R, C, A, mac.dataflow, rate)
-            # every A row block is read once per column fold, every B column block once per row fold
-            rd = b * (math.ceil(m * k * a_bpe) * math.ceil(n / (A * C)) + math.ceil(k * n * b_bpe) * math.ceil(m / R))
-            hit = (max(sys_c, math.ceil(rd / sram_bw)), rd)
-            cycle_cache[key] = hit
-        return hit
 
     def sizes(i: int, tile: int, total: int) -> int:
         return min(tile, total - i * tile)
