@@ -412,6 +412,110 @@ void qm_fp16_axpy(const f16* x, const f16* y, const f16* g, const f16* c2, int64
         }
     }
 }
+
+/* ---- int mode kernels (intops, I-BERT style): integer arithmetic, identical integers by construction ---- */
+static inline int64_t floordiv(int64_t a, int64_t b) {  /* b > 0 */
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+static inline int64_t bitlen(int64_t v) { return v > 0 ? 64 - __builtin_clzll((uint64_t)v) : 0; }
+
+static inline int64_t isqrt64(int64_t v) {  /* floor(sqrt(v)) for 0 <= v < 2**62 */
+    int64_t r = (int64_t)sqrt((double)v);
+    while (r > 0 && r * r > v) r--;
+    while ((r + 1) * (r + 1) <= v) r++;
+    return r;
+}
+
+/* intops.layernorm_int per row of int32 x [rows, n]; eps_k: the 19-entry ln_eps_table */
+void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* eps_k, int32_t* out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t* xr = x + r * n;
+        int64_t sum = 0;
+        for (int64_t i = 0; i < n; i++) sum += xr[i];
+        int64_t mean = floordiv(sum, n), amax = 0;
+        for (int64_t i = 0; i < n; i++) { int64_t y = xr[i] - mean; y = y < 0 ? -y : y; amax = y > amax ? y : amax; }
+        int64_t k = bitlen(amax) - 15;
+        k = k < 0 ? 0 : (k > 18 ? 18 : k);
+        int64_t var = 0;
+        for (int64_t i = 0; i < n; i++) { int64_t yk = (xr[i] - mean) >> k; var += yk * yk; }
+        var += eps_k[k];
+        int64_t sd = isqrt64(var < 1 ? 1 : var);
+        int64_t factor = (((int64_t)1) << 50) / sd;
+        int32_t* o = out + r * n;
+        for (int64_t i = 0; i < n; i++) o[i] = (int32_t)((((xr[i] - mean) >> k) * factor) >> 20);
+    }
+}
+
+/* intops.softmax_int per row: d = q - max, d_w = d >> k, i-exp (q_ln2, q_b, q_c), out = min((e * (2^52 // sum e))
+   >> (52 - p), 2^p - 1) */
+void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b, int64_t q_c,
+                    int64_t p, int32_t* out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t* qr = q + r * n;
+        int32_t* o = out + r * n;
+        int64_t mx = qr[0], total = 0;
+        for (int64_t i = 1; i < n; i++) mx = qr[i] > mx ? qr[i] : mx;
+        for (int pass = 0; pass < 2; pass++) {
+            int64_t factor = pass ? (((int64_t)1) << 52) / total : 0, lim = (((int64_t)1) << p) - 1;
+            for (int64_t i = 0; i < n; i++) {
+                int64_t dw = (qr[i] - mx) >> k;
+                int64_t z = (-dw) / q_ln2;
+                int64_t a = dw + z * q_ln2 + q_b;
+                int64_t e = (a * a + q_c) >> (z < 40 ? z : 40);
+                if (!pass) total += e;
+                else { int64_t v = (e * factor) >> (52 - p); o[i] = (int32_t)(v < lim ? v : lim); }
+            }
+        }
+    }
+}
+
+/* intops.gelu_int elementwise: x_w = clamp(x >> k, +-sat), d = min(|x_w|, q_bb) - q_bb,
+   out = (x_w * (x_w >= 0 ? 2 q_one - d^2 : d^2)) >> t */
+void qm_gelu_int(const int32_t* x, int64_t n, int64_t k, int64_t sat, int64_t q_bb, int64_t q_one, int64_t t,
+                 int32_t* out) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t xw = ((int64_t)x[i]) >> k;
+        xw = xw < -sat ? -sat : (xw > sat ? sat : xw);
+        int64_t ax = xw < 0 ? -xw : xw;
+        int64_t d = (ax < q_bb ? ax : q_bb) - q_bb;
+        int64_t d2 = d * d;
+        int64_t f = xw >= 0 ? 2 * q_one - d2 : d2;
+        out[i] = (int32_t)((xw * f) >> t);
+    }
+}
+
+/* per-tensor requantization to the int32 range, as a float64 integer (fixedpoint.Requantizer with
+   qmin, qmax = INT32_MIN, INT32_MAX and float64 output: c, lim, m, s its prepared constants) */
+static inline double rq_i32(int64_t a, double c, double lim, int64_t m, int64_t s) {
+    double v = (double)a * c;
+    double t = rint(v);
+    if (fabs(v - t) >= lim) t = (double)rrs(a, m, s);
+    return clampd(t, -2147483648.0, 2147483647.0);
+}
+
+/* intops fixed-point modulate / gated add over [B, N, C]:
+   P = rq(A), p = sat32(rint(fl(P * F[b, c]) * 2^-16)), acc = sat32(p + R), out = clamp(rint(acc * 2^-8), qmin, qmax)
+   with R = rq(Bq) (Bq given: the gated add's x) or R = Rbc[b, c] (the modulation's shift). */
+void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa, const double* F,
+                 const int32_t* Bq, double cb, double lb, int64_t mb, int64_t sb, const double* Rbc,
+                 int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out) {
+    for (int64_t b = 0; b < bsz; b++) {
+        const double* f = F + b * c;
+        const double* rb = Rbc ? Rbc + b * c : 0;
+        for (int64_t r = 0; r < nrow; r++) {
+            int64_t off = (b * nrow + r) * c;
+            for (int64_t j = 0; j < c; j++) {
+                double P = rq_i32(A[off + j], ca, la, ma, sa);
+                double pq = clampd(rint((P * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
+                double R = Bq ? rq_i32(Bq[off + j], cb, lb, mb, sb) : rb[j];
+                double acc = clampd(pq + R, -2147483648.0, 2147483647.0);
+                out[off + j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
+            }
+        }
+    }
+}
 """
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -483,7 +587,11 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_gelu_pre.argtypes = [vp, i64, vp]
     dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]
     dll.qm_fp16_axpy.argtypes = [vp, vp, vp, vp, i64, i64, i64, ci, vp, vp]
-    for fn in ("qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
+    dll.qm_layernorm_int.argtypes = [vp, i64, i64, vp, vp]
+    dll.qm_softmax_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, i64, vp]
+    dll.qm_gelu_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, vp]
+    dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp]
+    for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None
     return dll

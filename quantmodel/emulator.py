@@ -35,6 +35,7 @@ each quantized layer's output against the float layer on the same input is accum
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 import torch
@@ -469,8 +470,15 @@ class IntegerEmulator:
 
     def _param_int(self, t: torch.Tensor) -> IntVal:
         """Per-step parameters (shift, scale, gate; [B, 1, C]) quantized once per step to 16 bits."""
-        s = float(fixedpoint.symmetric_scale(float(t.abs().max()), PARAM_BITS))
-        return IntVal(fixedpoint.quantize(t, s, PARAM_BITS).to(torch.int32), s)
+        a = float(t.abs().max())
+        if not (math.isfinite(a) and t.dtype == torch.float32 and t.device.type == "cpu"):
+            s = float(fixedpoint.symmetric_scale(a, PARAM_BITS))  # raises on a non-finite range
+            return IntVal(fixedpoint.quantize(t, s, PARAM_BITS).to(torch.int32), s)
+        # the same values in fewer ops: symmetric_scale = fp32(absmax / qmax) (float64 quotient rounded
+        # once), quantize = clamp(round_half_even(fl64(t / s)))
+        q = 2 ** (PARAM_BITS - 1) - 1
+        s = struct.unpack("f", struct.pack("f", a / q))[0] if a > 0 else 1.0
+        return IntVal(torch.round(t.double().div_(s)).clamp_(-q, q).to(torch.int32), s)
 
     def _fold_mod(self, consumer: str, shift: torch.Tensor, scale: torch.Tensor):
         """(p, shift, scale) with the consumer's SmoothQuant factors folded in if it has them."""

@@ -47,7 +47,8 @@ import math
 import torch
 
 from quantmodel import ckernels
-from quantmodel.fixedpoint import INT32_MAX, INT32_MIN, _is_f32, requantize_scale, rounding_right_shift
+from quantmodel.fixedpoint import (INT32_MAX, INT32_MIN, _is_f32, _requantizer, quantize_multiplier, requantize_scale,
+                                   rounding_right_shift)
 from workloads.errors import ConfigError
 
 MODES = ("fp16", "int")
@@ -412,6 +413,13 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
     if q.dim() == 0 or q.shape[-1] > MAX_ROW:
         raise ConfigError("softmax row length", q.shape[-1] if q.dim() else 0, f"<= {MAX_ROW}")
     p = out_bits - 1
+    if q.dtype == torch.int32 and q.numel() and _c_ok(q) is not None:  # one C pass per row, same integers
+        k = working_shift(scale)
+        q_ln2, q_b, q_c = exp_constants(scale * 2.0 ** k)
+        out = torch.empty(q.shape, dtype=torch.int32)
+        n = q.shape[-1]
+        ckernels.lib().qm_softmax_int(q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, p, out.data_ptr())
+        return out, 2.0 ** -p
     # rows are independent: blocks of rows keep the int64 temporaries in cache (the same integers)
     return _row_chunked(lambda b: _softmax_int_rows(b, scale, p), q, torch.int32), 2.0 ** -p
 
@@ -466,6 +474,11 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
     n = x.shape[-1]
     if n > MAX_ROW:
         raise ConfigError("layernorm row length", n, f"<= {MAX_ROW}")
+    if q.dtype == torch.int32 and q.numel() and _c_ok(q) is not None:  # one C pass per row, same integers
+        out = torch.empty(q.shape, dtype=torch.int32)
+        eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64)
+        ckernels.lib().qm_layernorm_int(q.data_ptr(), q.numel() // n, n, eps_k.data_ptr(), out.data_ptr())
+        return out, math.sqrt(n) / 2.0 ** LN_OUT_BITS
     mean = torch.div(x.sum(dim=-1, keepdim=True), n, rounding_mode="floor")
     y = x - mean  # |y| < 2^32
     amax = y.abs().amax(dim=-1, keepdim=True)
@@ -495,6 +508,11 @@ def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     k = working_shift(scale)
     s_w = scale * 2.0 ** k
     q_bb, q_one, t, out_scale = gelu_constants(s_w)
+    if q.dtype in (torch.int16, torch.int32) and _c_ok(q) is not None:  # one C pass, same integers
+        q32 = q.to(torch.int32).contiguous()
+        out = torch.empty(q.shape, dtype=torch.int32)
+        ckernels.lib().qm_gelu_int(q32.data_ptr(), q32.numel(), k, 2 ** SAT_BITS, q_bb, q_one, t, out.data_ptr())
+        return out, out_scale
     # elementwise: cache-sized blocks give the same integers
     return _flat_chunked(lambda b: _gelu_int_block(b, k, q_bb, q_one, t), q, torch.int32), out_scale
 
@@ -577,6 +595,9 @@ def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: 
     _check_int("q_x", q_x, keep32=True), _check_int("q_scale", q_scale, keep32=True)
     _check_int("q_shift", q_shift, keep32=True)
     m = _sat32(_q16(q_scale, s_scale) + 2 ** GATE_FRAC_BITS)
+    out = _fix_madd_c(q_x, s_x / s_t, m, None, None, _at(q_shift, s_shift, s_t), qmin, qmax)
+    if out is not None:
+        return out
     x_t = _at(q_x, s_x, s_t)
     if x_t.shape != torch.broadcast_shapes(x_t.shape, m.shape):
         x_t = x_t.expand(torch.broadcast_shapes(x_t.shape, m.shape)).clone()
@@ -600,9 +621,50 @@ def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, 
     _check_int("q_x", q_x, keep32=True), _check_int("q_y", q_y, keep32=True)
     _check_int("q_gate", q_gate, keep32=True)
     g = _q16(q_gate, s_gate)
+    out = _fix_madd_c(q_y, s_y / s_t, g, q_x, s_x / s_t, None, qmin, qmax)
+    if out is not None:
+        return out
     y_t = _at(q_y, s_y, s_t)
     shape = torch.broadcast_shapes(y_t.shape, g.shape, q_x.shape)
     if y_t.shape != shape:
         y_t = y_t.expand(shape).clone()
     p = _mul_round_q16(y_t, g)
     return _finish(p.add_(_at(q_x, s_x, s_t)).clamp_(INT32_MIN, INT32_MAX), qmin, qmax)
+
+
+def _rq_consts(real: float) -> tuple[float, float, int, int]:
+    """(c, lim, m, s) of the prepared per-tensor Requantizer that ``_at`` uses for ``real``."""
+    m, sh = quantize_multiplier(float(real))
+    rq = _requantizer(m, sh, INT32_MIN, INT32_MAX, torch.float64, torch.device("cpu"))
+    return float(rq.c), float(rq.lim), int(rq.m), int(rq.s)
+
+
+def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, r_bc, qmin: int, qmax: int):
+    """The fixed-point modulate / gated add pipeline in one C pass (see ckernels ``qm_fix_madd``):
+    ``_finish(sat32(_mul_round_q16(_at(q_a), f) + R))`` with R = ``_at(q_b)`` (q_b given, same shape as
+    q_a) or the per-(batch, channel) float64 integers ``r_bc`` [B, 1, C]; f float64 [B or 1, 1, C or 1].
+    q_a [B, N, C]. None when the shapes or the kernels do not fit (the caller runs the torch ops)."""
+    dll = ckernels.lib()
+    if dll is None or q_a.dim() != 3 or q_a.device.type != "cpu" or q_a.numel() == 0:
+        return None
+    b_, n_, c = q_a.shape
+    if q_b is not None and q_b.shape != q_a.shape:
+        return None
+
+    def per_bc(t):
+        if t.dim() > 3 or any(d not in (1, e) for d, e in zip(t.shape[::-1], (c, 1, b_))) or (t.dim() == 3 and t.shape[1] != 1):
+            return None
+        return t.to(torch.float64).reshape(*([1] * (3 - t.dim())), *t.shape).expand(b_, 1, c).contiguous()
+
+    f = per_bc(f)
+    r_bc = None if r_bc is None else per_bc(r_bc)
+    if f is None or (q_b is None and r_bc is None):
+        return None
+    qa = q_a.to(torch.int32).contiguous()
+    qb = None if q_b is None else q_b.to(torch.int32).contiguous()
+    ca, la, ma, sa = _rq_consts(real_a)
+    cb, lb, mb, sb = _rq_consts(real_b) if qb is not None else (0.0, 2.0, 0, 0)
+    out = torch.empty(qa.shape, dtype=torch.int32)
+    dll.qm_fix_madd(qa.data_ptr(), ca, la, ma, sa, f.data_ptr(), None if qb is None else qb.data_ptr(), cb, lb, mb, sb,
+                    None if r_bc is None else r_bc.data_ptr(), b_, n_, c, float(qmin), float(qmax), out.data_ptr())
+    return out

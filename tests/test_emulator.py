@@ -122,3 +122,16 @@ def test_compiled_kernels_leave_the_emulator_output_unchanged(setup, mode):
         with ckernels.disabled():
             eager = IntegerEmulator(model, art, nonlinear=mode).model_fn(x, t, yy, 1)
         assert torch.equal(fast, eager)
+
+
+def test_step_parameter_quantization_equals_symmetric_quantize():
+    """int mode's per-step 16-bit parameters (the lean path) = fixedpoint.symmetric_scale + quantize."""
+    from quantmodel import fixedpoint
+    from quantmodel.emulator import PARAM_BITS
+
+    g = torch.Generator().manual_seed(2)
+    for mag in (0.0, 1e-7, 0.37, 3.0, 2e4):
+        t = torch.randn(2, 1, 64, generator=g) * mag
+        got = IntegerEmulator._param_int(None, t)
+        s = float(fixedpoint.symmetric_scale(float(t.abs().max()), PARAM_BITS))
+        assert got.scale == s and torch.equal(got.q, fixedpoint.quantize(t, s, PARAM_BITS).to(torch.int32))

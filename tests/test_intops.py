@@ -341,3 +341,30 @@ def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
         assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(res, wants))
     every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
     assert same(io.gelu_fp16, every[torch.isfinite(every)].contiguous())
+
+
+@pytest.mark.skipif(ckernels.lib() is None, reason="no C compiler: the torch path is the only path")
+@pytest.mark.parametrize("scale", [2.0 ** -30, 3e-4, 0.01, 0.3])
+def test_compiled_int_kernels_equal_the_torch_ops(scale):
+    """The C loops of the integer kernels give the torch ops' integers (and so the reference's): int32
+    extremes, constant rows, broadcast gates / per-batch parameters, int16 inputs."""
+    g = torch.Generator().manual_seed(13)
+    x = int_input(g, (2, 9, 37), scale)
+    x[0, 0] = 2 ** 31 - 1
+    x[0, 1] = -2 ** 31
+    x[1, 2] = 5  # a constant row
+    y16 = torch.randint(-32767, 32768, (2, 9, 37), generator=g, dtype=torch.int16)
+    prm = torch.randint(-32767, 32768, (2, 1, 37), generator=g, dtype=torch.int32)
+    cases = [(io.softmax_int, (x, scale, 8)), (io.softmax_int, (x, scale, 6)), (io.layernorm_int, (x, scale)),
+             (io.gelu_int, (x, scale)), (io.gelu_int, (y16, scale)),
+             (io.modulate_int, (x, scale, prm, 1e-3, prm, 2e-5, 0.07, -127, 127)),
+             (io.gated_add_int, (x, scale, y16, 3e-3, prm, 1e-5, 0.5, -2 ** 23 + 1, 2 ** 23 - 1)),
+             (io.gated_add_int, (x, scale, y16, 3e-3, torch.ones(1, dtype=torch.int32), 1.0, 2e-3, -2 ** 23, 2 ** 23))]
+    for fn, args in cases:
+        if fn is io.softmax_int and scale * 2 ** io.working_shift(scale) > math.log(2):
+            continue
+        got = fn(*args)
+        with ckernels.disabled():
+            want = fn(*args)
+        got, want = (got[0], want[0]) if isinstance(got, tuple) else (got, want)
+        assert got.dtype == want.dtype and torch.equal(got, want), fn.__name__
