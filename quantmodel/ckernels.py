@@ -486,32 +486,44 @@ void qm_gelu_int(const int32_t* x, int64_t n, int64_t k, int64_t sat, int64_t q_
     }
 }
 
-/* per-tensor requantization to the int32 range, as a float64 integer (fixedpoint.Requantizer with
-   qmin, qmax = INT32_MIN, INT32_MAX and float64 output: c, lim, m, s its prepared constants) */
-static inline double rq_i32(int64_t a, double c, double lim, int64_t m, int64_t s) {
-    double v = (double)a * c;
-    double t = rint(v);
-    if (fabs(v - t) >= lim) t = (double)rrs(a, m, s);
-    return clampd(t, -2147483648.0, 2147483647.0);
+/* per-tensor requantization of a row to the int32 range, as float64 integers (fixedpoint.Requantizer
+   with qmin, qmax = INT32_MIN, INT32_MAX and float64 output; c, lim, m, s its prepared constants):
+   a vectorisable pass, then the exact recomputation of the near-tie elements if there are any */
+static void rq_row_i32(const int32_t* a, int64_t n, double c, double lim, int64_t m, int64_t s, double* out) {
+    int any = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double v = (double)a[i] * c;
+        double t = rint(v);
+        any |= fabs(v - t) >= lim;
+        out[i] = t;
+    }
+    if (any)
+        for (int64_t i = 0; i < n; i++) {
+            double v = (double)a[i] * c;
+            if (fabs(v - rint(v)) >= lim) out[i] = (double)rrs(a[i], m, s);
+        }
+    for (int64_t i = 0; i < n; i++) out[i] = clampd(out[i], -2147483648.0, 2147483647.0);
 }
 
 /* intops fixed-point modulate / gated add over [B, N, C]:
    P = rq(A), p = sat32(rint(fl(P * F[b, c]) * 2^-16)), acc = sat32(p + R), out = clamp(rint(acc * 2^-8), qmin, qmax)
-   with R = rq(Bq) (Bq given: the gated add's x) or R = Rbc[b, c] (the modulation's shift). */
+   with R = rq(Bq) (Bq given: the gated add's x) or R = Rbc[b, c] (the modulation's shift). ws: 2 * c doubles. */
 void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa, const double* F,
                  const int32_t* Bq, double cb, double lb, int64_t mb, int64_t sb, const double* Rbc,
-                 int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out) {
+                 int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out, double* ws) {
+    double* P = ws; double* R = ws + c;
     for (int64_t b = 0; b < bsz; b++) {
         const double* f = F + b * c;
-        const double* rb = Rbc ? Rbc + b * c : 0;
         for (int64_t r = 0; r < nrow; r++) {
             int64_t off = (b * nrow + r) * c;
+            rq_row_i32(A + off, c, ca, la, ma, sa, P);
+            const double* rr = Rbc ? Rbc + b * c : R;
+            if (Bq) rq_row_i32(Bq + off, c, cb, lb, mb, sb, R);
+            int32_t* o = out + off;
             for (int64_t j = 0; j < c; j++) {
-                double P = rq_i32(A[off + j], ca, la, ma, sa);
-                double pq = clampd(rint((P * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
-                double R = Bq ? rq_i32(Bq[off + j], cb, lb, mb, sb) : rb[j];
-                double acc = clampd(pq + R, -2147483648.0, 2147483647.0);
-                out[off + j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
+                double pq = clampd(rint((P[j] * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
+                double acc = clampd(pq + rr[j], -2147483648.0, 2147483647.0);
+                o[j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
             }
         }
     }
@@ -590,7 +602,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_layernorm_int.argtypes = [vp, i64, i64, vp, vp]
     dll.qm_softmax_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, i64, vp]
     dll.qm_gelu_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, vp]
-    dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp]
+    dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
     for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None

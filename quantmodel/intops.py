@@ -665,6 +665,8 @@ def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, 
     ca, la, ma, sa = _rq_consts(real_a)
     cb, lb, mb, sb = _rq_consts(real_b) if qb is not None else (0.0, 2.0, 0, 0)
     out = torch.empty(qa.shape, dtype=torch.int32)
+    ws = torch.empty(2 * c, dtype=torch.float64)
     dll.qm_fix_madd(qa.data_ptr(), ca, la, ma, sa, f.data_ptr(), None if qb is None else qb.data_ptr(), cb, lb, mb, sb,
-                    None if r_bc is None else r_bc.data_ptr(), b_, n_, c, float(qmin), float(qmax), out.data_ptr())
+                    None if r_bc is None else r_bc.data_ptr(), b_, n_, c, float(qmin), float(qmax), out.data_ptr(),
+                    ws.data_ptr())
     return out
