@@ -448,25 +448,34 @@ void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* 
     }
 }
 
-/* intops.softmax_int per row: d = q - max, d_w = d >> k, i-exp (q_ln2, q_b, q_c), out = min((e * (2^52 // sum e))
-   >> (52 - p), 2^p - 1) */
+/* intops.softmax_int per row: d = q - max, d_w = d >> k, i-exp: z = floor(-d_w / q_ln2) (a float64 quotient of
+   integers below 2**53, corrected by one with exact products: vectorisable, unlike an integer division),
+   e = ((d_w + z q_ln2 + q_b)^2 + q_c) >> min(z, 40); out = min((e * (2^52 // sum e)) >> (52 - p), 2^p - 1).
+   ebuf: n int64. */
 void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b, int64_t q_c,
-                    int64_t p, int32_t* out) {
+                    int64_t p, int32_t* out, int64_t* ebuf) {
+    const double dl = (double)q_ln2;
+    const int64_t lim = (((int64_t)1) << p) - 1;
     for (int64_t r = 0; r < rows; r++) {
         const int32_t* qr = q + r * n;
         int32_t* o = out + r * n;
         int64_t mx = qr[0], total = 0;
         for (int64_t i = 1; i < n; i++) mx = qr[i] > mx ? qr[i] : mx;
-        for (int pass = 0; pass < 2; pass++) {
-            int64_t factor = pass ? (((int64_t)1) << 52) / total : 0, lim = (((int64_t)1) << p) - 1;
-            for (int64_t i = 0; i < n; i++) {
-                int64_t dw = (qr[i] - mx) >> k;
-                int64_t z = (-dw) / q_ln2;
-                int64_t a = dw + z * q_ln2 + q_b;
-                int64_t e = (a * a + q_c) >> (z < 40 ? z : 40);
-                if (!pass) total += e;
-                else { int64_t v = (e * factor) >> (52 - p); o[i] = (int32_t)(v < lim ? v : lim); }
-            }
+        for (int64_t i = 0; i < n; i++) {
+            int64_t dw = ((int64_t)qr[i] - mx) >> k;
+            int64_t u = -dw;  /* 0 <= u < 2**33 */
+            int64_t z = (int64_t)((double)u / dl);
+            z -= (z * q_ln2 > u);
+            z += ((z + 1) * q_ln2 <= u);
+            int64_t a = dw + z * q_ln2 + q_b;
+            int64_t e = (a * a + q_c) >> (z < 40 ? z : 40);
+            ebuf[i] = e;
+            total += e;
+        }
+        int64_t factor = (((int64_t)1) << 52) / total;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t v = (ebuf[i] * factor) >> (52 - p);
+            o[i] = (int32_t)(v < lim ? v : lim);
         }
     }
 }
@@ -600,7 +609,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]
     dll.qm_fp16_axpy.argtypes = [vp, vp, vp, vp, i64, i64, i64, ci, vp, vp]
     dll.qm_layernorm_int.argtypes = [vp, i64, i64, vp, vp]
-    dll.qm_softmax_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, i64, vp]
+    dll.qm_softmax_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, i64, vp, vp]
     dll.qm_gelu_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, vp]
     dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
     for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",

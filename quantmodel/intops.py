@@ -418,7 +418,9 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
         q_ln2, q_b, q_c = exp_constants(scale * 2.0 ** k)
         out = torch.empty(q.shape, dtype=torch.int32)
         n = q.shape[-1]
-        ckernels.lib().qm_softmax_int(q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, p, out.data_ptr())
+        ebuf = torch.empty(n, dtype=torch.int64)
+        ckernels.lib().qm_softmax_int(q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, p, out.data_ptr(),
+                                      ebuf.data_ptr())
         return out, 2.0 ** -p
     # rows are independent: blocks of rows keep the int64 temporaries in cache (the same integers)
     return _row_chunked(lambda b: _softmax_int_rows(b, scale, p), q, torch.int32), 2.0 ** -p
