@@ -194,6 +194,7 @@ class IntegerEmulator:
         self._cache: dict = {}
         self._mult_cache: dict = {}
         self._aq_cache: dict = {}  # (wset, name, field, bits) -> ActQuantizer of a static scale
+        self._scale_cache: dict = {}  # (wset, name, field, bits, headroom) -> static scale
 
     # ---- per-set parameters ---------------------------------------------------------------------
     def _lp(self, name: str) -> _LinearParams | None:
@@ -242,10 +243,16 @@ class IntegerEmulator:
     def _static_scale(self, name: str, fld: str, bits: int, headroom: float, dynamic_of=None) -> float:
         """Static scale from the artifact's calibrated range, or (dynamic recipes, which have the
         reduction hardware) the tensor's own abs-max."""
+        key = (self.wset, name, fld, bits, headroom)
+        sc = self._scale_cache.get(key)
+        if sc is not None:
+            return sc
         r = self._absmax(name, fld)
-        if r is None:  # dynamic_of: the tensor, or a function computing it (only evaluated here)
-            d = dynamic_of() if callable(dynamic_of) else dynamic_of
-            r = float(d.abs().max()) if d is not None else 1.0
+        if r is not None:  # calibrated: a per-(weight set, op) constant, computed once
+            sc = self._scale_cache[key] = _scale(r * headroom, bits)
+            return sc
+        d = dynamic_of() if callable(dynamic_of) else dynamic_of  # the tensor, or a function computing it
+        r = float(d.abs().max()) if d is not None else 1.0
         return _scale(r * headroom, bits)
 
     # ---- value conversions -------------------------------------------------------------------------

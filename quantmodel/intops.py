@@ -653,10 +653,13 @@ def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, 
     if q_b is not None and q_b.shape != q_a.shape:
         return None
 
-    def per_bc(t):
-        if t.dim() > 3 or any(d not in (1, e) for d, e in zip(t.shape[::-1], (c, 1, b_))) or (t.dim() == 3 and t.shape[1] != 1):
+    def per_bc(t):  # [B or 1, 1, C or 1] (or fewer leading dims) -> contiguous float64 [B, 1, C]
+        if t.dim() == 3 and t.shape[0] == b_ and t.shape[1] == 1 and t.shape[2] == c:
+            return t.to(torch.float64).contiguous()
+        sh = (1,) * (3 - t.dim()) + tuple(t.shape)
+        if len(sh) != 3 or sh[0] not in (1, b_) or sh[1] != 1 or sh[2] not in (1, c):
             return None
-        return t.to(torch.float64).reshape(*([1] * (3 - t.dim())), *t.shape).expand(b_, 1, c).contiguous()
+        return t.to(torch.float64).reshape(sh).expand(b_, 1, c).contiguous()
 
     f = per_bc(f)
     r_bc = None if r_bc is None else per_bc(r_bc)
