@@ -537,6 +537,26 @@ void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa,
         }
     }
 }
+
+/* emulator._param_int: s = fp32(max|t| / qmax) (1 if all zero), q = clamp(rint(fl64(t / s)), +-qmax) as int32,
+   t float32 rows [B, C] with row stride bstride. Returns 1 (nothing trustworthy) on a non-finite value. */
+int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int64_t qmax, int32_t* out, double* s_out) {
+    float a = 0.0f;
+    int bad = 0;
+    for (int64_t b = 0; b < bsz; b++)
+        for (int64_t j = 0; j < c; j++) {
+            float v = fabsf(t[b * bstride + j]);
+            bad |= !(v <= 3.4028234663852886e38f);
+            a = v > a ? v : a;
+        }
+    if (bad) return 1;
+    double s = a > 0.0f ? (double)(float)((double)a / (double)qmax) : 1.0;
+    double qm = (double)qmax;
+    for (int64_t b = 0; b < bsz; b++)
+        for (int64_t j = 0; j < c; j++) out[b * c + j] = (int32_t)clampd(rint((double)t[b * bstride + j] / s), -qm, qm);
+    *s_out = s;
+    return 0;
+}
 """
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -612,6 +632,8 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_softmax_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, i64, vp, vp]
     dll.qm_gelu_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, vp]
     dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
+    dll.qm_param_quant.argtypes = [vp, i64, i64, i64, i64, vp, vp]
+    dll.qm_param_quant.restype = ci
     for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None

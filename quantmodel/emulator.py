@@ -34,6 +34,7 @@ each quantized layer's output against the float layer on the same input is accum
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import struct
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from quantmodel import fixedpoint, intgemm, intops, reference
+from quantmodel import ckernels, fixedpoint, intgemm, intops, reference
 from quantmodel.quantize import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.smoothing import FOLD_VROWS, vrow_producer
 from quantmodel.stdit import STDiT
@@ -477,6 +478,14 @@ class IntegerEmulator:
 
     def _param_int(self, t: torch.Tensor) -> IntVal:
         """Per-step parameters (shift, scale, gate; [B, 1, C]) quantized once per step to 16 bits."""
+        dll = ckernels.lib()
+        if (dll is not None and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 3
+                and t.shape[1] == 1 and t.numel() and t.stride(2) == 1):  # one C pass, the same values
+            out = torch.empty(t.shape, dtype=torch.int32)
+            s_out = ctypes.c_double()
+            if not dll.qm_param_quant(t.data_ptr(), t.shape[0], t.shape[2], t.stride(0), 2 ** (PARAM_BITS - 1) - 1,
+                                      out.data_ptr(), ctypes.byref(s_out)):
+                return IntVal(out, s_out.value)
         a = float(t.abs().max())
         if not (math.isfinite(a) and t.dtype == torch.float32 and t.device.type == "cpu"):
             s = float(fixedpoint.symmetric_scale(a, PARAM_BITS))  # raises on a non-finite range

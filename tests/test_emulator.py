@@ -129,9 +129,15 @@ def test_step_parameter_quantization_equals_symmetric_quantize():
     from quantmodel import fixedpoint
     from quantmodel.emulator import PARAM_BITS
 
+    from quantmodel import ckernels
+
     g = torch.Generator().manual_seed(2)
     for mag in (0.0, 1e-7, 0.37, 3.0, 2e4):
-        t = torch.randn(2, 1, 64, generator=g) * mag
-        got = IntegerEmulator._param_int(None, t)
-        s = float(fixedpoint.symmetric_scale(float(t.abs().max()), PARAM_BITS))
-        assert got.scale == s and torch.equal(got.q, fixedpoint.quantize(t, s, PARAM_BITS).to(torch.int32))
+        mod = torch.randn(2, 6, 64, generator=g) * mag
+        for t in (mod[:, 2:3], mod[:, 0:1].contiguous(), mod[:1, 1:2]):  # chunks of the [B, 6, C] modulation
+            s = float(fixedpoint.symmetric_scale(float(t.abs().max()), PARAM_BITS))
+            want = fixedpoint.quantize(t, s, PARAM_BITS).to(torch.int32)
+            got = IntegerEmulator._param_int(None, t)
+            with ckernels.disabled():
+                eager = IntegerEmulator._param_int(None, t)
+            assert got.scale == s == eager.scale and torch.equal(got.q, want) and torch.equal(eager.q, want)
