@@ -6,6 +6,7 @@ side by side in one run and print the ratio int/float (<= 1.0 meets the goal).
 
     python benchmarks/bench_emulator.py [--configs tiny,mid,mid768] [--repeats 5] [--threads 1,2]
     python benchmarks/bench_emulator.py --forward-only --threads 1,2   # whole model, the issue-3 goal
+    QUANTMODEL_CKERNELS=0 python benchmarks/bench_emulator.py --forward-only   # torch ops only (no C loops)
 
 Functions are kept small so the full-forward comparison can be added here as further functions.
 """
@@ -277,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--threads: got {args.threads!r}; allowed: comma list of positive integers", file=sys.stderr)
         return 2
     print(f"torch {torch.__version__}")
+    from quantmodel import ckernels
+
+    t0 = time.perf_counter()
+    dll = ckernels.lib()  # compiled once per machine and cached; timed apart from the forwards
+    print(f"C kernels (quantmodel/ckernels.py): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
+          f" in {time.perf_counter() - t0:.2f} s (build or cache load, not part of any forward below)")
     if not args.forward_only:
         torch.set_num_threads(threads[0])
         worst = run_gemm_comparison(names, args.repeats)

@@ -472,8 +472,9 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
     std = isqrt(var) (>= 1); out = (y_k * (2^50 // std)) >> 20.
     """
     scale = _check_scale("scale", scale)
-    x = _check_int("q", q)
-    n = x.shape[-1]
+    if q.is_floating_point() or q.dtype == torch.bool:
+        raise ConfigError("q.dtype", q.dtype, "an integer dtype")
+    n = q.shape[-1] if q.dim() else 1
     if n > MAX_ROW:
         raise ConfigError("layernorm row length", n, f"<= {MAX_ROW}")
     if q.dtype == torch.int32 and q.numel() and _c_ok(q) is not None:  # one C pass per row, same integers
@@ -481,6 +482,7 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
         eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64)
         ckernels.lib().qm_layernorm_int(q.data_ptr(), q.numel() // n, n, eps_k.data_ptr(), out.data_ptr())
         return out, math.sqrt(n) / 2.0 ** LN_OUT_BITS
+    x = _check_int("q", q)
     mean = torch.div(x.sum(dim=-1, keepdim=True), n, rounding_mode="floor")
     y = x - mean  # |y| < 2^32
     amax = y.abs().amax(dim=-1, keepdim=True)
