@@ -27,6 +27,15 @@ Outside the blocks (patch/timestep/caption embedders, final layer) the model sta
 layers are not quantized by any recipe. CPU and CUDA give the same integers for the same integer
 inputs (exact GEMMs and integer requantization); float parts may differ by float rounding.
 
+Speed (CPU): the elementwise pipelines (activation quantization, bias add + requantization straight
+from ``_int_mm``, dequantization, the fp16 vector-unit kernels and the integer kernels) run as single
+compiled C loops (:mod:`quantmodel.ckernels`) that perform the same IEEE / integer operations in the
+same order as the torch ops they replace, so the integers and fp16 values are the same (tests compare
+both paths bit for bit; ``QUANTMODEL_CKERNELS=0`` runs the torch ops only). Each static linear layer is
+prepared once (:class:`~quantmodel.intgemm.PreparedLinear`): its int32 accumulator overflow is decided
+at load time by the bound ``K * 128 * 128 + max|bias| < 2**31`` (any int8 input; then no per-call check
+is needed), and only layers where that proof fails are checked at run time (scan, then exact sum).
+
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by Q1's float64 reference
 (:mod:`quantmodel.reference`) on the same integer inputs and compared exactly; per-layer SQNR of

@@ -10,6 +10,9 @@ is below 2**31 for every K < 131072, so the usual case costs nothing; only when 
 int32 are the real maxima scanned, and only if that bound still exceeds int32 is the exact sum
 (computed in float64, exact below 2**53) checked element by element.
 
+:class:`PreparedLinear` moves this decision to load time for a layer: the dtype bound holds for every
+int8 input, so it is a static proof; layers where it fails keep the run-time check.
+
 Paths (all exact, all give the same integers; ``backend=`` forces one, for tests):
 - ``int_mm``: ``torch._int_mm`` (2-D only; CPU takes any shape, CUDA needs M > 16, K and N
   multiples of 8 and a column-major right operand, so CUDA operands are zero-padded, which adds

@@ -265,7 +265,7 @@ def test_activation_quantizer_refuses_bad_arguments():
 
 
 # ---- compiled C loops (quantmodel.ckernels) == the eager torch definitions, bit for bit ---------------
-needs_c = pytest.mark.skipif(ckernels.lib() is None, reason="no C compiler: the torch path is the only path")
+needs_c = pytest.mark.skipif(ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
 
 
 @needs_c

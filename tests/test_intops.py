@@ -296,7 +296,7 @@ def test_tree_sum_equals_the_zero_padded_pairwise_tree():
         assert torch.equal(io.tree_sum(xf).view(torch.int32), padded_tree(xf).view(torch.int32)), n
 
 
-@pytest.mark.skipif(ckernels.lib() is None, reason="no C compiler: the torch path is the only path")
+@pytest.mark.skipif(ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
 def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
     """The C loops of the fp16 vector unit (around torch's exp / tanh / rsqrt) give the torch ops'
     fp16 values: odd widths, rows of one element, blocked tensors, extremes, signed zeros, non-contiguous
@@ -343,7 +343,7 @@ def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
     assert same(io.gelu_fp16, every[torch.isfinite(every)].contiguous())
 
 
-@pytest.mark.skipif(ckernels.lib() is None, reason="no C compiler: the torch path is the only path")
+@pytest.mark.skipif(ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
 @pytest.mark.parametrize("scale", [2.0 ** -30, 3e-4, 0.01, 0.3])
 def test_compiled_int_kernels_equal_the_torch_ops(scale):
     """The C loops of the integer kernels give the torch ops' integers (and so the reference's): int32
