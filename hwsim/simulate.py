@@ -27,15 +27,15 @@ from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
-from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit,
-                          plan_attention, plan_estimate, plan_gemm, plan_vector, precision_of, vector_cycles)
+from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, plan_attention, plan_estimate,
+                          plan_gemm, plan_vector, precision_of, static_twin, vector_cycles)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
 # 2: GEMM tile search weighs array cycles against DRAM traffic (tiling.py)
 # 3: tile search minimises estimated energy x delay^2 (DRAM/SRAM/vector/leakage energy, DMA engine
 #    rate, pre-stage work per input reload); a GEMM with quantization stages starts from its static
-#    twin's tiling; stages fused or run as their own ops by the same figure of merit; a fused
+#    twin's tiling; stages fused or run as their own ops, whichever is faster; a fused
 #    pre-stage's quantized copy counted at its own bytes (was FP16 again)
 SIM_VERSION = "hwsim-3"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
@@ -136,13 +136,15 @@ class _Units:
                         unit = None
                 if unit is not None and pre is not None:
                     # the stages could also run as their own ops through DRAM, the GEMM then planned
-                    # as the static one (no row held, quantized input): fuse only where that is not
-                    # better by the tile search's own figure of merit (tiling.figure_of_merit)
+                    # as the static one (no row held, quantized input): fuse when that is faster
+                    # (estimated; energy breaks a tie), as fusion is a latency optimisation. Both
+                    # options are energy-aware plans already; picking by time keeps the latency
+                    # order of recipes whose options are ordered (see tiling.plan_gemm)
                     alone = [_plan(_vector_unit(pre, wplan, gemm), hw_plan, plans),
                              _plan(_gemm_unit(gemm, wplan), hw_plan, plans)]
                     if post is not None:
                         alone.append(_plan(_vector_unit(post, wplan), hw_plan, plans))
-                    if _merit(alone, hw_plan) < _merit([plan], hw_plan):
+                    if _time_energy(alone, hw_plan) < _time_energy([plan], hw_plan):
                         unit = None
                 if unit is None:
                     if pre is not None:  # standalone pre op first
@@ -193,10 +195,10 @@ def _vector_unit(op, wplan: WeightPlan, feeds=None) -> VectorOpUnit:
                         rows=op.batch * op.m if op.kind == "dyn_stats" else 0)
 
 
-def _merit(plans: list, hw: HWConfig) -> float:
-    """The tile search's figure of merit (energy x delay^2, estimated) of plans run one after another."""
+def _time_energy(plans: list, hw: HWConfig) -> tuple[float, float]:
+    """Estimated (cycles, pJ) of plans run one after another."""
     est = [plan_estimate(p, hw) for p in plans]
-    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est))
+    return sum(c for c, _ in est), sum(e for _, e in est)
 
 
 def _with_wbuf(hw: HWConfig, wbuf: int) -> HWConfig:
@@ -225,7 +227,15 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
     if p is None:
         try:
             if isinstance(unit, GemmUnit):
-                p = plan_gemm(unit, hw, need_full_k)
+                anchor = None
+                twin = static_twin(unit)
+                if twin is not unit:  # the static twin's plan (shared with the static recipe's GEMM)
+                    try:
+                        _, _, kt, nt, wr = _plan(twin, hw, plans).tile_shape
+                        anchor = (kt, nt, wr)
+                    except ConfigError:
+                        pass
+                p = plan_gemm(unit, hw, need_full_k, anchor)
             elif isinstance(unit, AttentionUnit):
                 p = plan_attention(unit, hw)
             else:

@@ -137,7 +137,7 @@ class Plan:
     w_cap: int
     out_cap: int
     counts: dict = field(default_factory=dict)  # integer event counts for the energy model
-    tile_shape: tuple = ()
+    tile_shape: tuple = ()  # GEMM: (bt, mt, kt, nt, weight_reuse); attention: (bt, mq, nk); vector: (et,)
     estimate: tuple = ()  # (cycles, pJ) once plan_estimate has run (a plan belongs to one hardware)
 
 
@@ -179,9 +179,9 @@ def figure_of_merit(cycles: float, energy_pj: float) -> float:
     """What the planner minimises: energy x delay^2 (the E*T^2 metric of Martin, Nystrom & Penzes,
     "ET^2: a metric for time and energy efficiency of computation", Power Aware Computing, 2002:
     unlike E*T it does not change under voltage scaling, so it ranks schedules, not operating
-    points). Measured on the default sweep's chips, E*T (and deciding fusion by dominance)
-    left cases where a static twin traded a few % of time for energy, or back; E*T^2 left none
-    (tests/test_hwsim_recipe_order.py)."""
+    points), and it weights time above energy, latency being the figure a video model is judged by
+    on a phone. (With the static-twin start and latency-first fusion, E*T gave the same recipe
+    ordering over the default sweep's 200 chips, measured on opensora-v1.0-16x256x256, 2 steps.)"""
     return cycles * cycles * energy_pj
 
 
@@ -422,7 +422,7 @@ def static_twin(u: GemmUnit) -> GemmUnit:
                     b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident)
 
 
-def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
+def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None) -> Plan:
     """Tile plan of a GEMM unit (with its fused quantization stages, if any).
 
     Candidates: every (K depth, N width) of ``_gemm_tile_options`` that fits the weight buffer, with
@@ -447,11 +447,15 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     - own search: its candidates are a subset of the twin's (same (kt, nt) lists, byte-free; fewer
       rows), each at least as costly, so its least energy x delay^2 is at least the twin's; that
       orders the product, not each factor: it may come out faster but hungrier, or the reverse;
-    - stages run as their own ops instead (``simulate._Units`` picks that when its figure of merit
-      is lower): the GEMM is then the static twin's, plus the stages' own ops: at least as costly.
+    - stages run as their own ops instead (``simulate._Units`` picks the faster of fused and
+      alone, by estimate): the GEMM is then the static twin's, plus the stages' own ops: at least
+      as costly in both.
     Only the second case can invert one metric; tests/test_hwsim_recipe_order.py checks both on the
-    default sweep's chips. The same holds against ASQ (smoothed) GEMMs, except that ASQ's factors
-    take weight-buffer room, so near a buffer limit ASQ can lose a width the dynamic GEMM keeps.
+    default sweep's chips. Against ASQ (smoothed, not row-held) the same holds option by option
+    (ASQ's fused and alone options each cost no more than the dynamic ones, its smoothing being
+    cheaper than per-row statistics plus rescale), and picking the faster option keeps that order in
+    time; in energy it rests on the same measurement. ASQ's factors take weight-buffer room, so near
+    a buffer limit ASQ can lose a width the dynamic GEMM keeps.
     """
     mac = hw.mac
     R, C, A = mac.rows, mac.cols, mac.arrays
@@ -474,11 +478,14 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     shape = None
     twin = static_twin(u)
     if twin is not u:  # start from the static twin's tiling, with the rows that fit beside the stages
-        anchor = _GemmSearch(twin, hw).search(False)
-        if anchor is not None and not (need_full_k and anchor[0] != u.k):
-            fit = srch.rows_that_fit(anchor[0], anchor[1])
+        if anchor is None:
+            found = _GemmSearch(twin, hw).search(False)
+            anchor = None if found is None else (found[0], found[1], found[4])
+        kt, nt, wr = anchor if anchor is not None else (0, 0, True)
+        if anchor is not None and not (need_full_k and kt != u.k):
+            fit = srch.rows_that_fit(kt, nt)
             if fit is not None:
-                shape = (anchor[0], anchor[1], *fit, anchor[4])
+                shape = (kt, nt, *fit, wr)
     if shape is None:
         shape = srch.search(need_full_k)
     if shape is None:
@@ -571,7 +578,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False) -> Plan:
     counts["macs_" + u.precision] = u.macs
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
-    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt))
+    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt, weight_reuse))
 
 
 def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
