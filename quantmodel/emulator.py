@@ -644,14 +644,16 @@ class IntegerEmulator:
         x, timestep, y = x.to(dev), timestep.to(dev), y.to(dev)
         b = x.shape[0]
         h = m.x_embedder(x)
-        h = m.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), m.pos_embed[:, None])
+        pe = m.input_pos_embed() if hasattr(m, "input_pos_embed") else m.pos_embed[:, None]  # as STDiT.forward
+        h = m.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), pe)
         h = h.reshape(b, cfg.num_temporal * cfg.num_spatial, -1)
         t = m.t_embedder(timestep)
         t0 = m.t_block(t)
         yy = m.y_embedder(y).squeeze(1)
         v = self._hs(h) if self.mode == "fp16" else self._int("blocks.0.norm1", "in0", h, RES_BITS)
         for i in range(len(m.blocks)):
-            v = self.block(i, v, yy, t0, m.pos_embed_temporal if i == 0 else None)
+            tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
+            v = self.block(i, v, yy, t0, tpe)
         h = self._f32(v) if isinstance(v, IntVal) else v.float()
         return m.unpatchify(m.final_layer(h, t))
 
