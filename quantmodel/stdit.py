@@ -36,6 +36,7 @@ class STDiTConfig:
     space_scale: float = 1.0
     time_scale: float = 1.0
     arch: str = "stdit"  # "stdit" (v1.0) or "stdit3" (v1.2, quantmodel/stdit3.py)
+    temporal_pos: str = "attention"  # workloads.presets.TEMPORAL_POS: where the frame index enters
     fps: int = 24  # v1.2 conditions on the frame rate
     pixel_height: int = 512  # v1.2 scales its positional embedding by the pixel resolution
     pixel_width: int = 512
@@ -47,7 +48,8 @@ class STDiTConfig:
                    hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
                    mlp_ratio=m.mlp_ratio, caption_channels=m.caption_channels,
                    model_max_length=m.model_max_length, pred_sigma=m.pred_sigma,
-                   space_scale=w.space_scale, time_scale=w.time_scale, arch=m.arch, fps=w.fps,
+                   space_scale=w.space_scale, time_scale=w.time_scale, arch=m.arch,
+                   temporal_pos=m.temporal_pos, fps=w.fps,
                    pixel_height=w.height, pixel_width=w.width)
 
     @property
@@ -342,17 +344,28 @@ class STDiT(nn.Module):
         nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
         nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
 
+    def input_pos_embed(self) -> torch.Tensor:
+        """What ``pos_add`` adds to the patch tokens ``[B, T, S, C]``: the spatial embedding
+        ``[1, 1, S, C]``, plus the temporal one ``[1, T, 1, C]`` when ``temporal_pos`` is residual."""
+        if self.cfg.temporal_pos == "residual":
+            return self.pos_embed[:, None] + self.pos_embed_temporal[:, :, None]  # [1, T, S, C]
+        return self.pos_embed[:, None]
+
+    def block_tpe(self, i: int) -> torch.Tensor | None:
+        """The temporal embedding block ``i`` adds to its temporal attention's input (v1.0: block 0)."""
+        return self.pos_embed_temporal if i == 0 and self.cfg.temporal_pos == "attention" else None
+
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         b = x.shape[0]
         x = self.x_embedder(x)  # [B, N, C]
-        x = self.pos_add(x.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), self.pos_embed[:, None])
+        x = self.pos_add(x.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), self.input_pos_embed())
         x = x.reshape(b, cfg.num_temporal * cfg.num_spatial, -1)
         t = self.t_embedder(timestep)  # [B, C]
         t0 = self.t_block(t)  # [B, 6C]
         y = self.y_embedder(y).squeeze(1)  # [B, L, C]
         for i, block in enumerate(self.blocks):
-            x = block(x, y, t0, self.pos_embed_temporal if i == 0 else None)
+            x = block(x, y, t0, self.block_tpe(i))
         x = self.final_layer(x, t)  # [B, N, p_t*p_h*p_w*Cout]
         return self.unpatchify(x)
 

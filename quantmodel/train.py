@@ -62,8 +62,11 @@ class TrainConfig:
     compile: bool = False
     log_every: int = 200
     init_from: str = ""  # a folder with stdit-shapes*.safetensors to start from (fine-tuning)
+    # a training-state file (``save_state``): resumed from when it exists, (re)written at the end, so
+    # one schedule can run as several time-limited jobs (the GPU machines here allow 10 min a call)
+    state: str = ""
     # eps-MSE weight per sample: 0 = plain (OpenSora); > 0 = clamp(1/SNR(t), 1, cap), i.e. the x0
-    # error at high noise ("truncated SNR", Salimans & Ho 2022), normalised to mean 1 over t
+    # error at high noise ("truncated SNR", Salimans & Ho 2022), the x0 part capped at the cap
     snr_weight_cap: float = 0.0
     fast_attention: bool = False  # train with F.scaled_dot_product_attention (same weights)
     # init of the caption projection y_proj: "opensora" (normal std 0.02, as stdit.py) or "xavier"
@@ -87,15 +90,17 @@ class TrainConfig:
 
 
 def snr_weights(alphas_cumprod, cap: float) -> torch.Tensor:
-    """Per-timestep eps-MSE weights ``clamp(1/SNR, 1, cap)``, normalised to mean 1 over all steps.
+    """Per-timestep eps-MSE weights ``clamp(1/SNR(t), 1, cap)``: the "truncated SNR" weighting of
+    Salimans & Ho 2022, i.e. max(x0-MSE, eps-MSE), with the x0 part capped at ``cap``.
 
-    Why: eps-MSE scales the x0 error by SNR(t), so at the high-noise steps where the caption must
-    decide shape and motion (t > ~600 here: the clip's position is not yet readable from x_t) that
-    error weighs ~1e-4 of the loss and is learned last. Weighting by 1/SNR turns it into x0-MSE
-    there (capped, so the low-noise steps keep 1/cap of the high-noise weight, not ~0)."""
+    Why: eps-MSE is the x0 error times SNR(t), and SNR falls to 4e-5 at t = 999 on the linear
+    schedule, so plain eps-MSE leaves the high-noise x0 prediction, E[clip | caption], untrained:
+    the shipped model predicted the same static centred blob there for every direction and speed
+    (docs/shapes_model.md), and sampling starts from exactly those predictions. A cap of 1000
+    gives t >= ~830 the full x0 error at the scale of the low-noise eps error (the weight is 1
+    where SNR >= 1, so the VB term keeps its balance with the MSE)."""
     ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    w = ((1 - ac) / ac).clamp(1.0, cap)  # [T]
-    return (w / w.mean()).float()
+    return ((1 - ac) / ac).clamp(1.0, cap).float()  # [T]
 
 
 def xavier_caption_proj(model: torch.nn.Module) -> None:
@@ -143,6 +148,37 @@ def use_fast_attention(model: torch.nn.Module) -> None:
             m.forward = types.MethodType(cross_fwd, m)
 
 
+def save_state(path: Path, step: int, model: torch.nn.Module, enc: torch.nn.Module,
+               opt: torch.optim.Optimizer, ema: list[torch.Tensor], gen: torch.Generator,
+               curve: list[dict]) -> None:
+    """Everything needed to continue the run bit-for-bit in schedule (step, weights, EMA, data
+    generator) and nearly so in Adam: its moment estimates are stored as bfloat16 (half the bytes:
+    the state must travel back from the GPU machine in files of at most 16 MiB each)."""
+    osd = opt.state_dict()
+    for st in osd["state"].values():
+        for k in ("exp_avg", "exp_avg_sq"):
+            st[k] = st[k].to(torch.bfloat16)
+    state = {"step": step, "model": model.state_dict(), "enc": enc.state_dict(), "opt": osd,
+             "ema": [e.cpu() for e in ema], "gen": gen.get_state(), "curve": curve}
+    tmp = Path(str(path) + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path, model: torch.nn.Module, enc: torch.nn.Module,
+               opt: torch.optim.Optimizer, ema: list[torch.Tensor], gen: torch.Generator
+               ) -> tuple[int, list[dict]]:
+    """Restore what ``save_state`` wrote; returns (next step, loss curve so far)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    enc.load_state_dict(state["enc"])
+    opt.load_state_dict(state["opt"])  # casts the moments back to the parameters' dtype
+    for e, saved in zip(ema, state["ema"]):
+        e.copy_(saved)
+    gen.set_state(state["gen"])
+    return int(state["step"]), list(state["curve"])
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``cfg.steps``."""
     if step < cfg.warmup_steps:
@@ -185,6 +221,9 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     diffusion = IDDPM(num_steps=w.num_steps, cfg_scale=w.cfg_scale).base  # 1000 training steps
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    start, curve = 0, []
+    if cfg.state and Path(cfg.state).is_file():
+        start, curve = load_state(Path(cfg.state), model, enc, opt, ema, gen)
     use_amp = cfg.amp and dev.type == "cuda"
     if cfg.fast_attention:
         use_fast_attention(model)
@@ -200,15 +239,15 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "params": sum(p.numel() for p in model.parameters()),
            "caption_params": sum(p.numel() for p in enc.parameters()),
-           "curve": []}
-    it = range(cfg.steps)
+           "curve": curve, "resumed_at_step": start}
+    it = range(start, cfg.steps)
     if progress:
         from tqdm import tqdm
 
         it = tqdm(it, desc="train", unit="step", file=sys.stderr, mininterval=5.0)
     t_start = time.time()
     acc = torch.zeros(3, device=dev)
-    steps_done = 0
+    steps_done = last_logged = start
     for step in it:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -238,7 +277,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
                                 losses["vb"].mean().detach()])
         steps_done = step + 1
         if steps_done % cfg.log_every == 0 or steps_done == cfg.steps:
-            n = steps_done - (log["curve"][-1]["step"] if log["curve"] else 0)
+            n, last_logged = steps_done - last_logged, steps_done
             vals = (acc / n).tolist()
             acc.zero_()
             entry = {"step": steps_done, "loss": vals[0], "mse": vals[1], "vb": vals[2],
@@ -251,6 +290,8 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         torch.cuda.synchronize(dev)
     log["steps_done"] = steps_done
     log["train_wall_s"] = time.time() - t_start
+    if cfg.state:
+        save_state(Path(cfg.state), steps_done, model, enc, opt, ema, gen, log["curve"])
     # copy the EMA weights into the modules, then save
     with torch.no_grad():
         for p, e in zip(params, ema):
@@ -286,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--init-from", default="")
+    p.add_argument("--state", default="", help="training-state file: resume from it if it exists, "
+                   "save to it at the end")
     p.add_argument("--snr-weight-cap", type=float, default=d.snr_weight_cap)
     p.add_argument("--fast-attention", action="store_true")
     p.add_argument("--caption-proj-init", default=d.caption_proj_init, choices=("opensora", "xavier"))
@@ -297,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                           offset_noise=a.offset_noise,
                           ema_decay=a.ema_decay, seed=a.seed, time_budget_s=a.time_budget_s,
                           amp=not a.no_amp, compile=a.compile, log_every=a.log_every,
-                          init_from=a.init_from, snr_weight_cap=a.snr_weight_cap,
+                          init_from=a.init_from, state=a.state, snr_weight_cap=a.snr_weight_cap,
                           fast_attention=a.fast_attention,
                           caption_proj_init=a.caption_proj_init)
         log = train(cfg, device=a.device, out_dir=a.out)

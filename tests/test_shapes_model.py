@@ -78,6 +78,37 @@ def test_metrics_on_known_inputs():
     assert tc["jerk_px"] < 0.15 and tc["empty_frames"] == 0.0
 
 
+def test_training_resumes_from_its_state_file(tmp_path):
+    """A run split in two jobs through ``--state`` continues the same schedule and data stream:
+    the step count and loss curve carry on, and the resumed weights match an unbroken run to
+    within what bfloat16 Adam moments allow."""
+    base = dict(steps=4, batch=2, log_every=1, warmup_steps=1)
+    straight = train(TrainConfig(**base), device="cpu", progress=False)
+    state = tmp_path / "state.pt"
+    first = train(TrainConfig(**{**base, "steps": 4, "time_budget_s": 1e-9}, state=str(state)),
+                  device="cpu", progress=False)
+    assert first["steps_done"] == 1 and state.is_file()
+    second = train(TrainConfig(**base, state=str(state)), device="cpu", progress=False)
+    assert second["resumed_at_step"] == 1 and second["steps_done"] == 4
+    assert [e["step"] for e in second["curve"]] == [1, 2, 3, 4]
+    # step 1 ran before the split, so its loss is the unbroken run's exactly
+    assert second["curve"][0]["loss"] == straight["curve"][0]["loss"]
+    a, b = straight["model"].state_dict(), second["model"].state_dict()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-4, worst
+
+
+def test_position_jitter_makes_the_words_visible_in_the_conditional_mean():
+    """Why the clips are centred: with free positions the shape and motion words hardly move
+    E[clip | caption]; a 1 px jitter raises each word's share of the variance several-fold."""
+    free = shapes.caption_explained_variance(shapes.ShapesConfig(position_jitter_px=None), n=800)
+    centred = shapes.caption_explained_variance(shapes.ShapesConfig(), n=800)
+    for word in ("shape", "direction", "speed"):
+        assert centred[word] > 3 * free[word], (word, free, centred)
+    with pytest.raises(ConfigError):
+        shapes.ShapesConfig(position_jitter_px=-1.0)
+
+
 def test_shipped_classifier_reads_real_clips():
     clf = videometrics.load_classifier()
     v, labels = shapes.sample_batch(64, torch.Generator().manual_seed(777))
@@ -93,23 +124,25 @@ def test_shipped_float_model_follows_prompts():
     labels = shapes.prompt_set(8, seed=0)
     video = generate(model, enc, shapes.captions(labels), seed=0, num_steps=20)
     acc = videometrics.semantic_accuracy(clf, video, labels)
-    # colour and background are followed (chance 1/4 and 1/3); shape and motion are not yet (see
-    # docs/shapes_model.md), so the mean is held to what the shipped model does: far above chance
-    # on the attributes it learned, and a mean well above the 0.317 of guessing
-    assert acc["colour"] >= 0.875 and acc["background"] >= 0.875, acc
+    # colour, background, direction and speed are followed (chance 1/4, 1/3, 1/4, 1/2; measured
+    # 1.0 / 0.875 / 1.0 / 1.0 here); the shape only partly (0.375 against 0.25, see
+    # docs/shapes_model.md), so it is held only through the mean: 0.85 measured, 0.317 by guessing
+    for attr in ("colour", "background", "direction", "speed"):
+        assert acc[attr] >= 0.875, acc
     chance = sum(videometrics.CHANCE.values()) / len(videometrics.CHANCE)  # 0.317
-    assert acc["mean"] > chance + 0.13, acc
+    assert acc["mean"] > chance + 0.45, acc
 
 
-def test_snr_weights_are_normalised_and_capped():
+def test_snr_weights_are_truncated_snr_and_capped():
     from quantmodel.samplers import linear_betas
     from quantmodel.train import snr_weights
 
     ac = torch.from_numpy(linear_betas(1000)).neg().add(1).cumprod(0)
-    w = snr_weights(ac, 20.0)
-    assert float(w.mean()) == pytest.approx(1.0, rel=1e-6)
-    # low noise (SNR > 1) gets the floor, high noise the cap: their ratio is exactly the cap
-    assert float(w[-1] / w[0]) == pytest.approx(20.0, rel=1e-5)
+    w = snr_weights(ac, 1000.0)
+    # low noise (SNR > 1) keeps plain eps-MSE (weight exactly 1), the noisiest steps get the cap
+    assert float(w[0]) == 1.0 and float(w[-1]) == 1000.0
+    t = 600  # in between: 1/SNR itself, i.e. the x0 error
+    assert float(w[t]) == pytest.approx(float((1 - ac[t]) / ac[t]), rel=1e-6)
     assert bool((w[1:] >= w[:-1]).all())  # non-decreasing in t
     with pytest.raises(ConfigError):
         TrainConfig(snr_weight_cap=0.5)

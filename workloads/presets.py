@@ -23,6 +23,10 @@ from workloads.errors import (
 PRESET_DIR = Path(__file__).with_name("presets")
 ARCHS = ("stdit", "stdit3")  # OpenSora v1.0 STDiT; v1.2 STDiT3 (separate spatial/temporal blocks)
 SAMPLERS = ("iddpm", "rflow")
+# where STDiT's temporal position embedding enters: "attention" (OpenSora v1.0: added to the input of
+# block 0's temporal attention only) or "residual" (added to every token at the input, beside the
+# spatial one, as Latte does), so every layer knows each token's frame (see docs/shapes_model.md)
+TEMPORAL_POS = ("attention", "residual")
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,16 @@ class ModelDims:
     caption_channels: int = 4096  # T5-XXL feature width
     model_max_length: int = 120  # text tokens
     pred_sigma: bool = True  # learned variance doubles the output channels
+    temporal_pos: str = "attention"  # one of TEMPORAL_POS; STDiT (v1.0) only
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ConfigError("model.arch", self.arch, " or ".join(ARCHS))
+        if self.temporal_pos not in TEMPORAL_POS:
+            raise ConfigError("model.temporal_pos", self.temporal_pos, " or ".join(TEMPORAL_POS))
+        if self.arch != "stdit" and self.temporal_pos != "attention":
+            raise ConfigError("model.temporal_pos", self.temporal_pos,
+                              "attention for arch stdit3 (its temporal attention uses RoPE)")
         for f in ("depth", "hidden_size", "num_heads", "in_channels", "caption_channels",
                   "model_max_length"):
             require_positive_int(f"model.{f}", getattr(self, f))
