@@ -13,9 +13,19 @@ background colour from the noise instead of the caption (we saw exactly that: ra
 even at guidance 1). Offset noise hides that leak during training (Guttenberg 2023, "Diffusion with
 offset noise"; Lin et al. 2023, "Common diffusion noise schedules and sample steps are flawed").
 
-One command reproduces the shipped weights (on one H100, about 9 minutes):
+Loss weighting: plain eps-MSE leaves the high-noise x0 prediction (where sampling decides where the
+shape goes and how it moves) almost untrained; from ``snr_weight_start_step`` on, the MSE is weighted
+by ``snr_weights`` (truncated SNR). That switch is what made direction and speed follow the caption
+(docs/shapes_model.md has the before / after numbers).
 
-    python -m quantmodel.train --device cuda --out quantmodel/assets
+One command reproduces the shipped weights (one H100, about 16 minutes of training):
+
+    python -m quantmodel.train --device cuda --compile --fast-attention --state out/state.pt \
+        --out quantmodel/assets
+
+The shipped run was that command cut into three jobs by ``--time-budget-s`` (450 s, 400 s, rest),
+each resuming from ``--state``; the resumes round Adam's moments to bfloat16, so a run in one
+piece is equivalent but not bit-identical.
 
 It also runs, slowly, on a CPU (``--device cpu`` and small ``--steps`` / ``--batch``).
 Outputs (float16 safetensors, written via temp file + rename): ``stdit-shapes.safetensors`` (the EMA
@@ -46,7 +56,7 @@ from workloads.presets import get_workload
 @dataclass(frozen=True)
 class TrainConfig:
     workload: str = WORKLOAD
-    steps: int = 12000
+    steps: int = 22000
     batch: int = 128
     lr: float = 6e-4
     warmup_steps: int = 300
@@ -67,7 +77,8 @@ class TrainConfig:
     state: str = ""
     # eps-MSE weight per sample: 0 = plain (OpenSora); > 0 = clamp(1/SNR(t), 1, cap), i.e. the x0
     # error at high noise ("truncated SNR", Salimans & Ho 2022), the x0 part capped at the cap
-    snr_weight_cap: float = 0.0
+    snr_weight_cap: float = 1000.0
+    snr_weight_start_step: int = 10085  # plain eps-MSE before this step (as the shipped run did)
     fast_attention: bool = False  # train with F.scaled_dot_product_attention (same weights)
     # init of the caption projection y_proj: "opensora" (normal std 0.02, as stdit.py) or "xavier"
     caption_proj_init: str = "opensora"
@@ -77,6 +88,10 @@ class TrainConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{f}", v, "a positive integer")
+        if isinstance(self.snr_weight_start_step, bool) or not isinstance(
+                self.snr_weight_start_step, int) or self.snr_weight_start_step < 0:
+            raise ConfigError("train.snr_weight_start_step", self.snr_weight_start_step,
+                              "an integer >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError("train.caption_dropout", self.caption_dropout, "a number in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -262,7 +277,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
             noise = noise + cfg.offset_noise * torch.randn(cfg.batch, x0.shape[1], 1, 1, 1,
                                                            generator=gen, device=dev)
         losses = diffusion.training_losses(model_fn, x0, t, y, noise)
-        if w_t is None:
+        if w_t is None or step < cfg.snr_weight_start_step:
             loss = losses["loss"].mean()
         else:
             loss = (w_t[t] * losses["mse"]).mean() + losses["vb"].mean()
@@ -329,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", default="")
     p.add_argument("--state", default="", help="training-state file: resume from it if it exists, "
                    "save to it at the end")
-    p.add_argument("--snr-weight-cap", type=float, default=d.snr_weight_cap)
+    p.add_argument("--snr-weight-cap", type=float, default=d.snr_weight_cap,
+                   help="0 = plain eps-MSE (OpenSora)")
+    p.add_argument("--snr-weight-start-step", type=int, default=d.snr_weight_start_step)
     p.add_argument("--fast-attention", action="store_true")
     p.add_argument("--caption-proj-init", default=d.caption_proj_init, choices=("opensora", "xavier"))
     p.add_argument("--log-every", type=int, default=d.log_every)
@@ -341,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                           ema_decay=a.ema_decay, seed=a.seed, time_budget_s=a.time_budget_s,
                           amp=not a.no_amp, compile=a.compile, log_every=a.log_every,
                           init_from=a.init_from, state=a.state, snr_weight_cap=a.snr_weight_cap,
+                          snr_weight_start_step=a.snr_weight_start_step,
                           fast_attention=a.fast_attention,
                           caption_proj_init=a.caption_proj_init)
         log = train(cfg, device=a.device, out_dir=a.out)
