@@ -214,41 +214,47 @@ class PreparedLinear:
         cm = 0 if bias is None else _bias_absmax(bias)
         self.proved = k * 128 * 128 + cm <= INT32_MAX and (bias is None or (
             bias.dtype == torch.int32 and bias.shape == (n,) and bias.is_contiguous()))
-        self._plans: dict = {}  # column-block plan per row count class
+        self._plans: dict = {}  # row count -> column-block plan (C arguments resolved once)
+        self.rq_size = torch.empty((), dtype=rq.out_dtype).element_size()
+        self.fast = (self.proved and w_t.device.type == "cpu" and rq.out_dtype in ckernels.OUT_KIND
+                     and (bias is None or bias.device.type == "cpu"))
 
     def _plan(self, m: int):
-        blocks = _column_blocks(m, self.n)
-        key = tuple(blocks)
-        plan = self._plans.get(key)
+        """The C calls of an [m, K] input, per column block: ``(j0, weight block, C arguments after the
+        accumulator pointer and row count)``, with every constant pointer resolved once (per row count)."""
+        plan = self._plans.get(m)
         if plan is None:
+            blocks = _column_blocks(m, self.n)
+            kind = ckernels.OUT_KIND[self.rq.out_dtype]
+            qmin, qmax = float(self.rq.qmin), float(self.rq.qmax)
             plan = []
             for j0, j1 in blocks:
                 rqb = self.rq.block(j0, j1)
                 c, lim, mm, ss = rqb._c_consts(j1 - j0, self.w_t.device)
                 wb = self.w_t if len(blocks) == 1 else self.w_t[:, j0:j1].contiguous()
                 bb = None if self.bias is None else self.bias[j0:j1].contiguous()
-                plan.append((j0, j1, wb, bb, c, lim if rqb.check else None, mm, ss))
-            self._plans[key] = plan
+                keep = (wb, bb, c, lim, mm, ss)  # the pointers below stay valid while these live
+                args = (j1 - j0, j1 - j0, None if bb is None else bb.data_ptr(), c.data_ptr(),
+                        lim.data_ptr() if rqb.check else None, mm.data_ptr(), ss.data_ptr(), qmin, qmax)
+                plan.append((j0 * self.rq_size, wb, args, kind, keep))
+            self._plans[m] = plan
         return plan
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x int8 [..., K] -> ``rq.out_dtype`` [..., N]."""
         dll = ckernels.lib()
-        kind = ckernels.OUT_KIND.get(self.rq.out_dtype)
-        if (not self.proved or dll is None or kind is None or x.dtype != torch.int8 or x.device.type != "cpu"
-                or self.w_t.device.type != "cpu" or x.shape[-1] != self.k or x.numel() == 0):
+        if (not self.fast or dll is None or x.dtype != torch.int8 or x.device.type != "cpu"
+                or x.shape[-1] != self.k or x.numel() == 0):
             return int_linear_requant(x, self.w_t, self.bias, self.rq, layer=self.layer)
-        lead = x.shape[:-1]
         x2 = x.reshape(-1, self.k)
         m, n = x2.shape[0], self.n
-        out = torch.empty((m, n), dtype=self.rq.out_dtype)
-        qmin, qmax = float(self.rq.qmin), float(self.rq.qmax)
-        for j0, j1, wb, bb, c, lim, mm, ss in self._plan(m):
-            acc = torch._int_mm(x2, wb)  # [M, j1 - j0] int32, exact (cannot overflow: proved above)
-            dll.qm_requant(acc.data_ptr(), m, j1 - j0, j1 - j0, None if bb is None else bb.data_ptr(),
-                           c.data_ptr(), None if lim is None else lim.data_ptr(), mm.data_ptr(), ss.data_ptr(),
-                           qmin, qmax, out.data_ptr() + j0 * out.element_size(), kind, n)
-        return out.reshape(*lead, n)
+        out = torch.empty((*x.shape[:-1], n), dtype=self.rq.out_dtype)
+        optr = out.data_ptr()
+        req = dll.qm_requant
+        for off, wb, args, kind, _ in self._plan(m):
+            acc = torch._int_mm(x2, wb)  # [M, block] int32, exact (cannot overflow: proved at load time)
+            req(acc.data_ptr(), m, *args, optr + off, kind, n)
+        return out
 
 
 def _weight_block(w_t: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
