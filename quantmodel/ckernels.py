@@ -43,6 +43,11 @@ _SRC = r"""
 
 typedef _Float16 f16;
 #define BLK 1024  /* elements per stack buffer of the fp16 conversions */
+/* Row / block loops run on torch's OpenMP threads (the same libgomp, so torch.set_num_threads applies)
+   when a call has at least PAR_MIN elements: each row or block is computed by the same operations as
+   serially, only by another thread, so the values are unchanged. Without -fopenmp the pragmas are ignored. */
+#define PAR_MIN 16384
+#define PAR_FOR _Pragma("omp parallel for schedule(static) if(par)")
 
 /* fp16 <-> fp32 conversions of a block (exact widening; narrowing rounds to nearest even, as a
    C cast does): F16C/AVX-512 instructions where available (gcc does not vectorise _Float16 casts). */
@@ -118,6 +123,7 @@ static void rh(float* b, int64_t n) {
    |v - rint(v)| >= lim[j] recomputed exactly (lim NULL: no channel needs the check); out kinds 0 int8, 1 int16, 2 int32, 3 float64.
    acc rows are acc_stride apart, out rows out_stride apart (column blocks of a wider output). */
 #define RQ_BODY(OT)                                                                                   \
+    PAR_FOR                                                                                           \
     for (int64_t r = 0; r < rows; r++) {                                                              \
         const int32_t* a = acc + r * acc_stride;                                                      \
         OT* o = ((OT*)out) + r * out_stride;                                                          \
@@ -156,6 +162,7 @@ static void rh(float* b, int64_t n) {
 void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride, const int32_t* bias,
                 const double* c, const double* lim, const int64_t* m, const int64_t* s,
                 double qmin, double qmax, void* out, int out_kind, int64_t out_stride) {
+    int par = rows > 1 && rows * n >= PAR_MIN;
     if (out_kind == 0) { RQ_BODY(int8_t) }
     else if (out_kind == 1) { RQ_BODY(int16_t) }
     else if (out_kind == 2) { RQ_BODY(int32_t) }
@@ -170,25 +177,27 @@ void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride,
 
 void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
                   const float* chmul, int64_t c) {
-    float buf[BLK];
     int64_t step = chmul ? (c < BLK ? c : BLK) : BLK;  /* with chmul: chunks never cross a row */
-    for (int64_t r0 = 0; r0 < n; r0 += (chmul ? c : n)) {
-        int64_t rn = chmul ? c : n;
-        for (int64_t j0 = 0; j0 < rn; j0 += step) {
-            int64_t i0 = r0 + j0;
-            int64_t k = rn - j0 < step ? rn - j0 : step;
-            const float* xs = (const float*)x + i0;
-            if (in_kind == 1) { h2f((const f16*)x + i0, buf, k); xs = buf; }
-            if (chmul) {
-                if (in_kind == 0) { for (int64_t i = 0; i < k; i++) buf[i] = xs[i]; rh(buf, k); }
-                for (int64_t i = 0; i < k; i++) buf[i] = buf[i] * chmul[j0 + i];
-                rh(buf, k);
-                xs = buf;
-            }
-            if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
-            else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
-            else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
+    int64_t rn = chmul ? c : n, rows = chmul ? (c > 0 ? n / c : 0) : 1;
+    int64_t nch = rn > 0 ? (rn + step - 1) / step : 0, tot = rows * nch;
+    int par = tot > 1 && n >= PAR_MIN;
+    PAR_FOR
+    for (int64_t ch = 0; ch < tot; ch++) {
+        float buf[BLK];
+        int64_t j0 = (ch % nch) * step;
+        int64_t i0 = (ch / nch) * rn + j0;
+        int64_t k = rn - j0 < step ? rn - j0 : step;
+        const float* xs = (const float*)x + i0;
+        if (in_kind == 1) { h2f((const f16*)x + i0, buf, k); xs = buf; }
+        if (chmul) {
+            if (in_kind == 0) { for (int64_t i = 0; i < k; i++) buf[i] = xs[i]; rh(buf, k); }
+            for (int64_t i = 0; i < k; i++) buf[i] = buf[i] * chmul[j0 + i];
+            rh(buf, k);
+            xs = buf;
         }
+        if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
+        else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
+        else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
     }
 }
 
@@ -196,7 +205,9 @@ void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax
    out kinds 0 float32, 1 float16 saturated to +-65504. in kinds 0 i8, 1 i16, 2 i32.
    Returns 1 (nothing trustworthy written) if an int32 code has |q| >= 2**24. */
 #define DQ_BODY(IT)                                                                                   \
+    PAR_FOR                                                                                           \
     for (int64_t i0 = 0; i0 < n; i0 += BLK) {                                                         \
+        float buf[BLK];                                                                               \
         int64_t k = n - i0 < BLK ? n - i0 : BLK;                                                      \
         const IT* qs = (const IT*)q + i0;                                                             \
         if (out_kind == 0) {                                                                          \
@@ -209,7 +220,7 @@ void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax
     }
 
 int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind) {
-    float buf[BLK];
+    int par = n >= PAR_MIN;
     if (in_kind == 0) { DQ_BODY(int8_t) }
     else if (in_kind == 1) { DQ_BODY(int16_t) }
     else {
@@ -241,126 +252,222 @@ static float tree_sum_f(const float* x, int64_t n, float* t) {
 
 /* LayerNorm statistics per row of fp16 x [rows, n]: mean = tree(x) / n, d = x - mean,
    ve = tree(d * d) / n + eps (all float32). ws: 3 * n floats. */
+static void ln_stats_row(const f16* x, int64_t n, float eps, float* mean_out, float* ve_out, float* xf, float* d,
+                         float* t) {
+    h2f(x, xf, n);
+    float mean = tree_sum_f(xf, n, t) / (float)n;
+    for (int64_t i = 0; i < n; i++) { float di = xf[i] - mean; d[i] = di * di; }
+    float var = tree_sum_f(d, n, t) / (float)n;
+    *mean_out = mean;
+    *ve_out = var + eps;
+}
+
+#define VLA_MAX 8192  /* rows up to this many floats get per-thread scratch on the stack (else serial) */
 void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws) {
-    float* xf = ws; float* d = ws + n; float* t = ws + 2 * n;
-    for (int64_t r = 0; r < rows; r++) {
-        h2f(x + r * n, xf, n);
-        float mean = tree_sum_f(xf, n, t) / (float)n;
-        for (int64_t i = 0; i < n; i++) { float di = xf[i] - mean; d[i] = di * di; }
-        float var = tree_sum_f(d, n, t) / (float)n;
-        mean_out[r] = mean;
-        ve_out[r] = var + eps;
+    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX) {
+        int par = 1;
+        PAR_FOR
+        for (int64_t r = 0; r < rows; r++) {
+            float sc[3 * n];
+            ln_stats_row(x + r * n, n, eps, mean_out + r, ve_out + r, sc, sc + n, sc + 2 * n);
+        }
+        return;
     }
+    for (int64_t r = 0; r < rows; r++)
+        ln_stats_row(x + r * n, n, eps, mean_out + r, ve_out + r, ws, ws + n, ws + 2 * n);
 }
 
 /* LayerNorm output h((x - mean) * rstd) per row, then (mod != 0) the modulation h(h(y * a) + b) with
    a = h(1 + h(sc)), b = h(sh) per batch element (r / rows_per_batch), where sc, sh are the float32
    scale and shift rows (row stride pstride) with the consumer's SmoothQuant factors folded in when inv
    is given: sc = ((1 + scale) * inv) - 1, sh = shift * inv (emulator._fold_mod, float32 ops). ws: 4 * n. */
+static void ln_mod_params(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bi,
+                          int64_t n, float* af, float* bf) {
+    const float* sc = scale + bi * pstride; const float* sh = shift + bi * pstride;
+    if (inv) {
+        for (int64_t i = 0; i < n; i++) { af[i] = ((1.0f + sc[i]) * inv[i]) - 1.0f; bf[i] = sh[i] * inv[i]; }
+    } else {
+        for (int64_t i = 0; i < n; i++) { af[i] = sc[i]; bf[i] = sh[i]; }
+    }
+    rh(af, n);
+    for (int64_t i = 0; i < n; i++) af[i] = 1.0f + af[i];
+    rh(af, n);
+    rh(bf, n);
+}
+
+static void ln_apply_row(const f16* x, int64_t n, float m, float s, const float* af, const float* bf, float* xf,
+                         float* y, f16* out) {
+    h2f(x, xf, n);
+    for (int64_t i = 0; i < n; i++) y[i] = (xf[i] - m) * s;
+    if (af) {
+        rh(y, n);
+        for (int64_t i = 0; i < n; i++) y[i] = y[i] * af[i];
+        rh(y, n);
+        for (int64_t i = 0; i < n; i++) y[i] = y[i] + bf[i];
+    }
+    f2h(y, out, n);
+}
+
 void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, f16* out,
                  int mod, const float* scale, const float* shift, int64_t pstride, const float* inv,
                  int64_t rows_per_batch, float* ws) {
+    int64_t nb = mod ? (rows + rows_per_batch - 1) / rows_per_batch : 0;
+    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && nb * n <= 4 * VLA_MAX) {
+        float ab[2 * (nb > 0 ? nb : 1) * n];  /* per batch element: a [n], b [n] */
+        for (int64_t bi = 0; bi < nb; bi++) ln_mod_params(scale, shift, pstride, inv, bi, n, ab + 2 * bi * n,
+                                                          ab + (2 * bi + 1) * n);
+        int par = 1;
+        PAR_FOR
+        for (int64_t r = 0; r < rows; r++) {
+            float sc[2 * n];
+            int64_t bi = mod ? r / rows_per_batch : 0;
+            ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? ab + 2 * bi * n : 0, ab + (2 * bi + 1) * n, sc,
+                         sc + n, out + r * n);
+        }
+        return;
+    }
     float* xf = ws; float* af = ws + n; float* bf = ws + 2 * n; float* y = ws + 3 * n;
     int64_t cur = -1;
     for (int64_t r = 0; r < rows; r++) {
-        h2f(x + r * n, xf, n);
-        float m = mean[r], s = rstd[r];
-        for (int64_t i = 0; i < n; i++) y[i] = (xf[i] - m) * s;
         if (mod) {
             int64_t bi = r / rows_per_batch;
-            if (bi != cur) {
-                const float* sc = scale + bi * pstride; const float* sh = shift + bi * pstride;
-                if (inv) {
-                    for (int64_t i = 0; i < n; i++) { af[i] = ((1.0f + sc[i]) * inv[i]) - 1.0f; bf[i] = sh[i] * inv[i]; }
-                } else {
-                    for (int64_t i = 0; i < n; i++) { af[i] = sc[i]; bf[i] = sh[i]; }
-                }
-                rh(af, n);
-                for (int64_t i = 0; i < n; i++) af[i] = 1.0f + af[i];
-                rh(af, n);
-                rh(bf, n);
-                cur = bi;
-            }
-            rh(y, n);
-            for (int64_t i = 0; i < n; i++) y[i] = y[i] * af[i];
-            rh(y, n);
-            for (int64_t i = 0; i < n; i++) y[i] = y[i] + bf[i];
+            if (bi != cur) { ln_mod_params(scale, shift, pstride, inv, bi, n, af, bf); cur = bi; }
         }
-        f2h(y, out + r * n, n);
+        ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? af : 0, bf, xf, y, out + r * n);
     }
 }
 
 /* fp16 residual add out = h(x + h(g * y)) (gate given) or h(x + y), x [B, N, C] fp16; y [B, N, C] as fp16
    (y_kind 1) or int8 / int16 codes (y_kind 0 / 2) dequantized on the fly to h(clamp(q * y_scale, +-65504));
    gate float32 rows [B, C] (row stride gstride), rounded to fp16 (h(gate)) before use. ws: 3 * c floats. */
+static void residual_row(const f16* x, const void* y, int y_kind, float y_scale, const float* gf, int64_t off,
+                         int64_t c, f16* out, float* xf, float* yf) {
+    h2f(x + off, xf, c);
+    if (y_kind == 1) h2f((const f16*)y + off, yf, c);
+    else {
+        if (y_kind == 0) { const int8_t* q = (const int8_t*)y + off;
+            for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
+        else { const int16_t* q = (const int16_t*)y + off;
+            for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
+        rh(yf, c);
+    }
+    if (gf) {
+        for (int64_t i = 0; i < c; i++) yf[i] = gf[i] * yf[i];
+        rh(yf, c);
+    }
+    for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + yf[i];
+    f2h(xf, out + off, c);
+}
+
 void qm_residual_fp16(const f16* x, const void* y, int y_kind, float y_scale, const float* gate, int64_t gstride,
                       int64_t bsz, int64_t nrow, int64_t c, f16* out, float* ws) {
+    int64_t rows = bsz * nrow;
+    if (rows > 1 && rows * c >= PAR_MIN && c <= VLA_MAX && bsz * c <= 4 * VLA_MAX) {
+        float gall[(gate ? bsz : 1) * c];  /* h(gate) rows */
+        if (gate)
+            for (int64_t b = 0; b < bsz; b++) {
+                for (int64_t i = 0; i < c; i++) gall[b * c + i] = gate[b * gstride + i];
+                rh(gall + b * c, c);
+            }
+        int par = 1;
+        PAR_FOR
+        for (int64_t r = 0; r < rows; r++) {
+            float sc[2 * c];
+            residual_row(x, y, y_kind, y_scale, gate ? gall + (r / nrow) * c : 0, r * c, c, out, sc, sc + c);
+        }
+        return;
+    }
     float* xf = ws; float* yf = ws + c; float* gf = ws + 2 * c;
     for (int64_t b = 0; b < bsz; b++) {
         if (gate) {
             for (int64_t i = 0; i < c; i++) gf[i] = gate[b * gstride + i];
             rh(gf, c);
         }
-        for (int64_t r = 0; r < nrow; r++) {
-            int64_t off = (b * nrow + r) * c;
-            h2f(x + off, xf, c);
-            if (y_kind == 1) h2f((const f16*)y + off, yf, c);
-            else {
-                if (y_kind == 0) { const int8_t* q = (const int8_t*)y + off;
-                    for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
-                else { const int16_t* q = (const int16_t*)y + off;
-                    for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
-                rh(yf, c);
-            }
-            if (gate) {
-                for (int64_t i = 0; i < c; i++) yf[i] = gf[i] * yf[i];
-                rh(yf, c);
-            }
-            for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + yf[i];
-            f2h(xf, out + off, c);
-        }
+        for (int64_t r = 0; r < nrow; r++)
+            residual_row(x, y, y_kind, y_scale, gate ? gf : 0, (b * nrow + r) * c, c, out, xf, yf);
     }
 }
 
 /* softmax step 1: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when x_f16), then per row
    d = h(s - max(s)), written as float32 to dbuf [rows, n] (torch.exp runs on it next). */
 void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf) {
-    int64_t tot = rows * n;
-    if (x_f16) h2f((const f16*)x, dbuf, tot);
-    else {
-        const float* xr = (const float*)x;
-        if (scaled) for (int64_t i = 0; i < tot; i++) dbuf[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
-        else for (int64_t i = 0; i < tot; i++) dbuf[i] = clampf(xr[i], -65504.0f, 65504.0f);
-        rh(dbuf, tot);
-    }
-    for (int64_t r = 0; r < rows; r++) {
+    int par = rows > 1 && rows * n >= PAR_MIN;
+    PAR_FOR
+    for (int64_t r = 0; r < rows; r++) {  /* row by row: the same elementwise steps */
         float* o = dbuf + r * n;
+        if (x_f16) h2f((const f16*)x + r * n, o, n);
+        else {
+            const float* xr = (const float*)x + r * n;
+            if (scaled) for (int64_t i = 0; i < n; i++) o[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
+            else for (int64_t i = 0; i < n; i++) o[i] = clampf(xr[i], -65504.0f, 65504.0f);
+            rh(o, n);
+        }
         float mx = o[0];
         for (int64_t i = 1; i < n; i++) mx = o[i] > mx ? o[i] : mx;
         for (int64_t i = 0; i < n; i++) o[i] = o[i] - mx;
+        rh(o, n);
     }
-    rh(dbuf, tot);
 }
 
 /* softmax step 2: e = h(exp(d)) (torch's exp in ebuf, overwritten), per row r = 1 / tree(e),
    out = h(e * r). ws: n floats. */
+static void softmax_post_row(float* e, int64_t n, f16* out, float* t) {
+    rh(e, n);
+    float rc = 1.0f / tree_sum_f(e, n, t);
+    for (int64_t i = 0; i < n; i++) e[i] = e[i] * rc;
+    if (out) f2h(e, out, n);
+    else rh(e, n);  /* out NULL: the fp16 values stay in ebuf as float32 (exact widening) */
+}
+
 void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
-    int64_t tot = rows * n;
-    rh(ebuf, tot);
-    for (int64_t r = 0; r < rows; r++) {
-        float* e = ebuf + r * n;
-        float rc = 1.0f / tree_sum_f(e, n, ws);
-        for (int64_t i = 0; i < n; i++) e[i] = e[i] * rc;
+    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX) {
+        int par = 1;
+        PAR_FOR
+        for (int64_t r = 0; r < rows; r++) {
+            float t[n];
+            softmax_post_row(ebuf + r * n, n, out ? out + r * n : 0, t);
+        }
+        return;
     }
-    f2h(ebuf, out, tot);
+    for (int64_t r = 0; r < rows; r++) softmax_post_row(ebuf + r * n, n, out ? out + r * n : 0, ws);
+}
+
+/* attention operands straight from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes (in_kind 0 / 1)
+   dequantized as fp32(q) * scale (the dequantize loop's one float32 product) and split into P contiguous
+   float32 tensors out + p * B*H*N*D, each [B, H, N, D], or [B, H, D, N] where bit p of tmask is set (K^T) */
+#define SPLIT_BODY(IT)                                                                                \
+    for (int64_t b = 0; b < B; b++)                                                                   \
+        for (int64_t t = 0; t < N; t++)                                                               \
+            for (int64_t p = 0; p < P; p++) {                                                         \
+                const IT* src = (const IT*)q + ((b * N + t) * P + p) * C;                             \
+                float* o = out + p * per;                                                             \
+                if ((tmask >> p) & 1)                                                                 \
+                    for (int64_t h = 0; h < H; h++) {                                                 \
+                        float* oo = o + (b * H + h) * D * N + t;                                      \
+                        for (int64_t d = 0; d < D; d++) oo[d * N] = (float)src[h * D + d] * scale;    \
+                    }                                                                                 \
+                else                                                                                  \
+                    for (int64_t h = 0; h < H; h++) {                                                 \
+                        float* oo = o + ((b * H + h) * N + t) * D;                                    \
+                        for (int64_t d = 0; d < D; d++) oo[d] = (float)src[h * D + d] * scale;        \
+                    }                                                                                 \
+            }
+
+void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t N, int64_t P, int64_t H,
+                    int64_t D, float* out, int64_t tmask) {
+    int64_t C = H * D, per = B * H * N * D;
+    if (in_kind == 0) { SPLIT_BODY(int8_t) }
+    else { SPLIT_BODY(int16_t) }
 }
 
 /* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next);
    python scalars become float32 constants, as in torch's float32 ops */
 void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
-    float xf[BLK], t[BLK];
     const float c1 = (float)0.044715, c2 = (float)0.7978845608028654;
+    int par = n >= PAR_MIN;
+    PAR_FOR
     for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+        float xf[BLK], t[BLK];
         int64_t k = n - i0 < BLK ? n - i0 : BLK;
         h2f(x + i0, xf, k);
         float* o = inner + i0;
@@ -375,8 +482,10 @@ void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
 
 /* tanh-GELU step 2: out = h((0.5 * x) * (1 + h(tanh))) */
 void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out) {
-    float xf[BLK], y[BLK];
+    int par = n >= PAR_MIN;
+    PAR_FOR
     for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+        float xf[BLK], y[BLK];
         int64_t k = n - i0 < BLK ? n - i0 : BLK;
         h2f(x + i0, xf, k);
         const float* t = th + i0;
@@ -602,9 +711,12 @@ def _build() -> ctypes.CDLL | None:
                 with open(src, "w") as f:
                     f.write(_SRC)
                 tmp_so = os.path.join(tmp, "qmk.so")
-                r = subprocess.run([cc, *_FLAGS, src, "-o", tmp_so, "-lm"], capture_output=True, text=True,
-                                   timeout=300)
-                if r.returncode != 0:
+                for omp in (["-fopenmp"], []):  # serial loops where the compiler has no OpenMP
+                    r = subprocess.run([cc, *_FLAGS, *omp, src, "-o", tmp_so, "-lm"], capture_output=True,
+                                       text=True, timeout=300)
+                    if r.returncode == 0:
+                        break
+                else:
                     return None
                 os.replace(tmp_so, so)  # atomic: another process may have won the race, same bytes
         except (OSError, subprocess.SubprocessError):
@@ -625,6 +737,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_residual_fp16.argtypes = [vp, vp, ci, f32, vp, i64, i64, i64, i64, vp, vp]
     dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp]
     dll.qm_softmax_post.argtypes = [vp, i64, i64, vp, vp]
+    dll.qm_split_heads.argtypes = [vp, ci, f32, i64, i64, i64, i64, i64, vp, i64]
     dll.qm_gelu_pre.argtypes = [vp, i64, vp]
     dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]
     dll.qm_fp16_axpy.argtypes = [vp, vp, vp, vp, i64, i64, i64, ci, vp, vp]
@@ -634,7 +747,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
     dll.qm_param_quant.argtypes = [vp, i64, i64, i64, i64, vp, vp]
     dll.qm_param_quant.restype = ci
-    for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_gelu_pre", "qm_gelu_post",
+    for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None
     return dll

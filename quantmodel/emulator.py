@@ -574,10 +574,46 @@ class IntegerEmulator:
         return IntVal(q, s_out)
 
     # ---- the model -------------------------------------------------------------------------------------
+    def _fast_attention(self, pre: str) -> bool:
+        """fp16 mode, not verifying, attention products in float (the recipe leaves them unquantized):
+        the operands go straight from the GEMM codes to head-major float32 (:meth:`_split_heads`)."""
+        return (self.mode == "fp16" and self.verifier is None and pre + ".qk" not in self.matmuls
+                and pre + ".av" not in self.matmuls)
+
+    def _split_heads(self, v, parts: int, heads: int, tmask: int):
+        """A GEMM output v [B, N, parts * C] (int8/int16 codes) as ``parts`` contiguous float32 tensors
+        [B, H, N, D] ([B, H, D, N] where bit p of ``tmask`` is set): one C pass with the values of
+        dequantizing, then viewing the heads (what the float products read after their own copies);
+        None when it does not apply."""
+        if not isinstance(v, IntVal) or v.q.dtype not in (torch.int8, torch.int16) or v.q.dim() != 3:
+            return None
+        dll = ckernels.lib()
+        if dll is None or v.q.device.type != "cpu" or not v.q.is_contiguous() or not fixedpoint._is_f32(v.scale):
+            return None
+        b, n, pc = v.q.shape
+        d = pc // (parts * heads)
+        out = torch.empty((parts, b, heads, n * d), dtype=torch.float32)
+        dll.qm_split_heads(v.q.data_ptr(), 0 if v.q.dtype == torch.int8 else 1, v.scale, b, n, parts, heads, d,
+                           out.data_ptr(), tmask)
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
+                for p in range(parts)]
+
+    def _attend_float(self, pre: str, q: torch.Tensor, k_t: torch.Tensor, vv: torch.Tensor, b: int, n: int, c: int):
+        """:meth:`_attend` for :meth:`_fast_attention` with contiguous float32 operands: the same float32
+        products, the fused softmax handing its fp16 values over as float32 (exact widening)."""
+        probs = intops.softmax_fp16_scaled(torch.matmul(q, k_t), self.mods[pre + ".softmax"].scale, f32_out=True)
+        out = torch.matmul(probs, vv)  # [B', H, L, D]
+        return self.linear(pre + ".proj", out.transpose(1, 2).reshape(b, n, c))
+
     def attention(self, pre: str, v, num_heads: int):
         b, n, c = v.q.shape if isinstance(v, IntVal) else v.shape
         d = c // num_heads
-        qkv = self._float_operand(pre, self.linear(pre + ".qkv", v))
+        qkv = self.linear(pre + ".qkv", v)
+        if self._fast_attention(pre):
+            hs = self._split_heads(qkv, 3, num_heads, 0b010)
+            if hs is not None:
+                return self._attend_float(pre, hs[0], hs[1], hs[2], b, n, c)
+        qkv = self._float_operand(pre, qkv)
         qkv = _vmap(qkv, lambda t: t.reshape(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4))
         q = _vmap(qkv, lambda t: t[0])
         k = _vmap(qkv, lambda t: t[1].transpose(-2, -1))
@@ -603,10 +639,17 @@ class IntegerEmulator:
     def cross_attention(self, pre: str, v, y: torch.Tensor, num_heads: int):
         b, n, c = v.q.shape if isinstance(v, IntVal) else v.shape
         d = c // num_heads
-        q = self._float_operand(pre, self.linear(pre + ".q_linear", v))
-        q = _vmap(q, lambda t: t.reshape(b, n, num_heads, d).transpose(1, 2))
+        q = self.linear(pre + ".q_linear", v)
         yv = self._hs(y) if self.mode == "fp16" else y  # projected text: float, the same every step
-        kv = self._float_operand(pre, self.linear(pre + ".kv_linear", yv))
+        kv = self.linear(pre + ".kv_linear", yv)
+        if self._fast_attention(pre):
+            hq = self._split_heads(q, 1, num_heads, 0)
+            hkv = self._split_heads(kv, 2, num_heads, 0b01) if hq is not None else None
+            if hkv is not None:
+                return self._attend_float(pre, hq[0], hkv[0], hkv[1], b, n, c)
+        q = self._float_operand(pre, q)
+        q = _vmap(q, lambda t: t.reshape(b, n, num_heads, d).transpose(1, 2))
+        kv = self._float_operand(pre, kv)
         kv = _vmap(kv, lambda t: t.reshape(b, -1, 2, num_heads, d).permute(2, 0, 3, 1, 4))
         k = _vmap(kv, lambda t: t[0].transpose(-2, -1))
         vv = _vmap(kv, lambda t: t[1])

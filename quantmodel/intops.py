@@ -141,9 +141,10 @@ def _c_ok(*ts: torch.Tensor):
     return ckernels.lib() if ckernels.usable(*ts) else None
 
 
-def _softmax_fp16_c(dll, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def _softmax_fp16_c(dll, x: torch.Tensor, scale: float | None = None, f32_out: bool = False) -> torch.Tensor:
     """:func:`_softmax_fp16_last` (of ``_hs(x * scale)`` for float32 x) as two C loops around torch's
-    float32 exp: the same operations, and torch.exp on a tensor of the block's shape (same lanes)."""
+    float32 exp: the same operations, and torch.exp on a tensor of the block's shape (same lanes).
+    ``f32_out``: the fp16 values returned widened to float32 (what a float32 product reads next)."""
     n = x.shape[-1]
     rows = x.numel() // n
     d = torch.empty(x.shape, dtype=torch.float32)
@@ -152,17 +153,25 @@ def _softmax_fp16_c(dll, x: torch.Tensor, scale: float | None = None) -> torch.T
     dll.qm_softmax_pre(x.data_ptr(), int(is16), 1.0 if scale is None else scale, int(scale is not None), rows, n,
                        d.data_ptr())
     torch.exp(d, out=d)
+    if f32_out:
+        dll.qm_softmax_post(d.data_ptr(), rows, n, None, ws.data_ptr())
+        return d
     out = torch.empty(x.shape, dtype=torch.float16)
     dll.qm_softmax_post(d.data_ptr(), rows, n, out.data_ptr(), ws.data_ptr())
     return out
 
 
-def softmax_fp16_scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+def softmax_fp16_scaled(x: torch.Tensor, scale: float, f32_out: bool = False) -> torch.Tensor:
     """``softmax_fp16(fp16(clamp(x * scale, +-65504)))`` over the last dim for float32 x (attention
-    scores times 1/sqrt(D), saturating conversion, softmax): fused when the C kernels apply."""
+    scores times 1/sqrt(D), saturating conversion, softmax): fused when the C kernels apply.
+    ``f32_out``: the same fp16 values, returned as float32 (exact widening)."""
     if x.dtype == torch.float32 and x.dim() > 0 and x.shape[-1] > 0 and _c_ok(x) is not None:
-        return _row_chunked(lambda b: _softmax_fp16_c(ckernels.lib(), b, scale), x)
-    return softmax_fp16(x.mul(scale).clamp_(-FP16_MAX, FP16_MAX).to(torch.float16))
+        if f32_out and x.numel() <= CHUNK_ELEMS:
+            return _softmax_fp16_c(ckernels.lib(), x, scale, True)
+        out = _row_chunked(lambda b: _softmax_fp16_c(ckernels.lib(), b, scale), x)
+    else:
+        out = softmax_fp16(x.mul(scale).clamp_(-FP16_MAX, FP16_MAX).to(torch.float16))
+    return out.float() if f32_out else out
 
 
 def _softmax_fp16_last(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
