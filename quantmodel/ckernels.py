@@ -47,7 +47,15 @@ typedef _Float16 f16;
    when a call has at least PAR_MIN elements: each row or block is computed by the same operations as
    serially, only by another thread, so the values are unchanged. Without -fopenmp the pragmas are ignored. */
 #define PAR_MIN 16384
-#define PAR_FOR _Pragma("omp parallel for schedule(static) if(par)")
+#ifdef _OPENMP
+#include <omp.h>
+#define NTHR omp_get_max_threads()
+#else
+#define NTHR 1
+#endif
+#define PAR_FOR _Pragma("omp parallel for schedule(static)")
+/* the loop on the threads when cond, else the same loop compiled plainly (no outlined-function cost) */
+#define PAR_LOOP(cond, ...) if (cond) { PAR_FOR __VA_ARGS__ } else { __VA_ARGS__ }
 
 /* fp16 <-> fp32 conversions of a block (exact widening; narrowing rounds to nearest even, as a
    C cast does): F16C/AVX-512 instructions where available (gcc does not vectorise _Float16 casts). */
@@ -122,8 +130,8 @@ static void rh(float* b, int64_t n) {
 /* Requantizer: out[r, j] = clamp(rint((acc[r, j] + bias[j]) * c[j]), qmin, qmax), elements with
    |v - rint(v)| >= lim[j] recomputed exactly (lim NULL: no channel needs the check); out kinds 0 int8, 1 int16, 2 int32, 3 float64.
    acc rows are acc_stride apart, out rows out_stride apart (column blocks of a wider output). */
-#define RQ_BODY(OT)                                                                                   \
-    PAR_FOR                                                                                           \
+#define RQ_BODY(OT) PAR_LOOP(par, RQ_ROWS(OT))
+#define RQ_ROWS(OT)                                                                                   \
     for (int64_t r = 0; r < rows; r++) {                                                              \
         const int32_t* a = acc + r * acc_stride;                                                      \
         OT* o = ((OT*)out) + r * out_stride;                                                          \
@@ -162,7 +170,7 @@ static void rh(float* b, int64_t n) {
 void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride, const int32_t* bias,
                 const double* c, const double* lim, const int64_t* m, const int64_t* s,
                 double qmin, double qmax, void* out, int out_kind, int64_t out_stride) {
-    int par = rows > 1 && rows * n >= PAR_MIN;
+    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
     if (out_kind == 0) { RQ_BODY(int8_t) }
     else if (out_kind == 1) { RQ_BODY(int16_t) }
     else if (out_kind == 2) { RQ_BODY(int32_t) }
@@ -180,9 +188,8 @@ void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax
     int64_t step = chmul ? (c < BLK ? c : BLK) : BLK;  /* with chmul: chunks never cross a row */
     int64_t rn = chmul ? c : n, rows = chmul ? (c > 0 ? n / c : 0) : 1;
     int64_t nch = rn > 0 ? (rn + step - 1) / step : 0, tot = rows * nch;
-    int par = tot > 1 && n >= PAR_MIN;
-    PAR_FOR
-    for (int64_t ch = 0; ch < tot; ch++) {
+    int par = tot > 1 && n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t ch = 0; ch < tot; ch++) {
         float buf[BLK];
         int64_t j0 = (ch % nch) * step;
         int64_t i0 = (ch / nch) * rn + j0;
@@ -198,14 +205,14 @@ void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax
         if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
         else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
         else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
-    }
+    })
 }
 
 /* dequantize: fp32(q) * scale (exact product rounded once: |q| < 2**24, scale a float32 value);
    out kinds 0 float32, 1 float16 saturated to +-65504. in kinds 0 i8, 1 i16, 2 i32.
    Returns 1 (nothing trustworthy written) if an int32 code has |q| >= 2**24. */
-#define DQ_BODY(IT)                                                                                   \
-    PAR_FOR                                                                                           \
+#define DQ_BODY(IT) PAR_LOOP(par, DQ_BLOCKS(IT))
+#define DQ_BLOCKS(IT)                                                                                 \
     for (int64_t i0 = 0; i0 < n; i0 += BLK) {                                                         \
         float buf[BLK];                                                                               \
         int64_t k = n - i0 < BLK ? n - i0 : BLK;                                                      \
@@ -220,7 +227,7 @@ void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax
     }
 
 int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind) {
-    int par = n >= PAR_MIN;
+    int par = n >= PAR_MIN && NTHR > 1;
     if (in_kind == 0) { DQ_BODY(int8_t) }
     else if (in_kind == 1) { DQ_BODY(int16_t) }
     else {
@@ -264,8 +271,7 @@ static void ln_stats_row(const f16* x, int64_t n, float eps, float* mean_out, fl
 
 #define VLA_MAX 8192  /* rows up to this many floats get per-thread scratch on the stack (else serial) */
 void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws) {
-    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX) {
-        int par = 1;
+    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && NTHR > 1) {
         PAR_FOR
         for (int64_t r = 0; r < rows; r++) {
             float sc[3 * n];
@@ -312,11 +318,10 @@ void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const
                  int mod, const float* scale, const float* shift, int64_t pstride, const float* inv,
                  int64_t rows_per_batch, float* ws) {
     int64_t nb = mod ? (rows + rows_per_batch - 1) / rows_per_batch : 0;
-    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && nb * n <= 4 * VLA_MAX) {
+    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && nb * n <= 4 * VLA_MAX && NTHR > 1) {
         float ab[2 * (nb > 0 ? nb : 1) * n];  /* per batch element: a [n], b [n] */
         for (int64_t bi = 0; bi < nb; bi++) ln_mod_params(scale, shift, pstride, inv, bi, n, ab + 2 * bi * n,
                                                           ab + (2 * bi + 1) * n);
-        int par = 1;
         PAR_FOR
         for (int64_t r = 0; r < rows; r++) {
             float sc[2 * n];
@@ -362,14 +367,13 @@ static void residual_row(const f16* x, const void* y, int y_kind, float y_scale,
 void qm_residual_fp16(const f16* x, const void* y, int y_kind, float y_scale, const float* gate, int64_t gstride,
                       int64_t bsz, int64_t nrow, int64_t c, f16* out, float* ws) {
     int64_t rows = bsz * nrow;
-    if (rows > 1 && rows * c >= PAR_MIN && c <= VLA_MAX && bsz * c <= 4 * VLA_MAX) {
+    if (rows > 1 && rows * c >= PAR_MIN && c <= VLA_MAX && bsz * c <= 4 * VLA_MAX && NTHR > 1) {
         float gall[(gate ? bsz : 1) * c];  /* h(gate) rows */
         if (gate)
             for (int64_t b = 0; b < bsz; b++) {
                 for (int64_t i = 0; i < c; i++) gall[b * c + i] = gate[b * gstride + i];
                 rh(gall + b * c, c);
             }
-        int par = 1;
         PAR_FOR
         for (int64_t r = 0; r < rows; r++) {
             float sc[2 * c];
@@ -391,9 +395,8 @@ void qm_residual_fp16(const f16* x, const void* y, int y_kind, float y_scale, co
 /* softmax step 1: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when x_f16), then per row
    d = h(s - max(s)), written as float32 to dbuf [rows, n] (torch.exp runs on it next). */
 void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf) {
-    int par = rows > 1 && rows * n >= PAR_MIN;
-    PAR_FOR
-    for (int64_t r = 0; r < rows; r++) {  /* row by row: the same elementwise steps */
+    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {  /* row by row: the same elementwise steps */
         float* o = dbuf + r * n;
         if (x_f16) h2f((const f16*)x + r * n, o, n);
         else {
@@ -406,7 +409,7 @@ void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t r
         for (int64_t i = 1; i < n; i++) mx = o[i] > mx ? o[i] : mx;
         for (int64_t i = 0; i < n; i++) o[i] = o[i] - mx;
         rh(o, n);
-    }
+    })
 }
 
 /* softmax step 2: e = h(exp(d)) (torch's exp in ebuf, overwritten), per row r = 1 / tree(e),
@@ -420,8 +423,7 @@ static void softmax_post_row(float* e, int64_t n, f16* out, float* t) {
 }
 
 void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
-    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX) {
-        int par = 1;
+    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && NTHR > 1) {
         PAR_FOR
         for (int64_t r = 0; r < rows; r++) {
             float t[n];
@@ -464,9 +466,8 @@ void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t 
    python scalars become float32 constants, as in torch's float32 ops */
 void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
     const float c1 = (float)0.044715, c2 = (float)0.7978845608028654;
-    int par = n >= PAR_MIN;
-    PAR_FOR
-    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+    int par = n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t i0 = 0; i0 < n; i0 += BLK) {
         float xf[BLK], t[BLK];
         int64_t k = n - i0 < BLK ? n - i0 : BLK;
         h2f(x + i0, xf, k);
@@ -477,14 +478,13 @@ void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
         rh(t, k);
         for (int64_t i = 0; i < k; i++) o[i] = c2 * (xf[i] + t[i]);
         rh(o, k);
-    }
+    })
 }
 
 /* tanh-GELU step 2: out = h((0.5 * x) * (1 + h(tanh))) */
 void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out) {
-    int par = n >= PAR_MIN;
-    PAR_FOR
-    for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+    int par = n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t i0 = 0; i0 < n; i0 += BLK) {
         float xf[BLK], y[BLK];
         int64_t k = n - i0 < BLK ? n - i0 : BLK;
         h2f(x + i0, xf, k);
@@ -493,7 +493,7 @@ void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out) {
         rh(y, k);
         for (int64_t i = 0; i < k; i++) y[i] = (0.5f * xf[i]) * (1.0f + y[i]);
         f2h(y, out + i0, k);
-    }
+    })
 }
 
 /* gated add x + h(g * y) (op 0) or modulate h(x * g) + y2 (op 1), each step rounded to fp16;
