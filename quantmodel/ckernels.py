@@ -56,6 +56,13 @@ typedef _Float16 f16;
 #define PAR_FOR _Pragma("omp parallel for schedule(static)")
 /* the loop on the threads when cond, else the same loop compiled plainly (no outlined-function cost) */
 #define PAR_LOOP(cond, ...) if (cond) { PAR_FOR __VA_ARGS__ } else { __VA_ARGS__ }
+/* the statements once per thread, with [lo, hi) the thread's share of [0, total) */
+#ifdef _OPENMP
+#define PAR_RANGE(total, ...) _Pragma("omp parallel") { int64_t _nt = omp_get_num_threads(), _id = omp_get_thread_num(); \
+    int64_t lo = (total) * _id / _nt, hi = (total) * (_id + 1) / _nt; __VA_ARGS__ }
+#else
+#define PAR_RANGE(total, ...) { int64_t lo = 0, hi = (total); __VA_ARGS__ }
+#endif
 
 /* fp16 <-> fp32 conversions of a block (exact widening; narrowing rounds to nearest even, as a
    C cast does): F16C/AVX-512 instructions where available (gcc does not vectorise _Float16 casts). */
@@ -394,44 +401,51 @@ void qm_residual_fp16(const f16* x, const void* y, int y_kind, float y_scale, co
 
 /* softmax step 1: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when x_f16), then per row
    d = h(s - max(s)), written as float32 to dbuf [rows, n] (torch.exp runs on it next). */
-void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf) {
-    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {  /* row by row: the same elementwise steps */
-        float* o = dbuf + r * n;
-        if (x_f16) h2f((const f16*)x + r * n, o, n);
-        else {
-            const float* xr = (const float*)x + r * n;
-            if (scaled) for (int64_t i = 0; i < n; i++) o[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
-            else for (int64_t i = 0; i < n; i++) o[i] = clampf(xr[i], -65504.0f, 65504.0f);
-            rh(o, n);
-        }
+static void softmax_pre_rows(const void* x, int x_f16, float scale, int scaled, int64_t r0, int64_t r1, int64_t n,
+                             float* dbuf) {
+    int64_t i0 = r0 * n, tot = (r1 - r0) * n;  /* rows r0..r1: elementwise steps over the whole block */
+    float* d = dbuf + i0;
+    if (x_f16) h2f((const f16*)x + i0, d, tot);
+    else {
+        const float* xr = (const float*)x + i0;
+        if (scaled) for (int64_t i = 0; i < tot; i++) d[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
+        else for (int64_t i = 0; i < tot; i++) d[i] = clampf(xr[i], -65504.0f, 65504.0f);
+        rh(d, tot);
+    }
+    for (int64_t r = 0; r < r1 - r0; r++) {
+        float* o = d + r * n;
         float mx = o[0];
         for (int64_t i = 1; i < n; i++) mx = o[i] > mx ? o[i] : mx;
         for (int64_t i = 0; i < n; i++) o[i] = o[i] - mx;
-        rh(o, n);
-    })
+    }
+    rh(d, tot);
+}
+
+void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf) {
+    if (rows > 1 && rows * n >= PAR_MIN && NTHR > 1) {
+        PAR_RANGE(rows, softmax_pre_rows(x, x_f16, scale, scaled, lo, hi, n, dbuf);)
+    } else softmax_pre_rows(x, x_f16, scale, scaled, 0, rows, n, dbuf);
 }
 
 /* softmax step 2: e = h(exp(d)) (torch's exp in ebuf, overwritten), per row r = 1 / tree(e),
-   out = h(e * r). ws: n floats. */
-static void softmax_post_row(float* e, int64_t n, f16* out, float* t) {
-    rh(e, n);
-    float rc = 1.0f / tree_sum_f(e, n, t);
-    for (int64_t i = 0; i < n; i++) e[i] = e[i] * rc;
-    if (out) f2h(e, out, n);
-    else rh(e, n);  /* out NULL: the fp16 values stay in ebuf as float32 (exact widening) */
+   out = h(e * r) (out NULL: the fp16 values stay in ebuf as float32, an exact widening). ws: n floats. */
+static void softmax_post_rows(float* ebuf, int64_t r0, int64_t r1, int64_t n, f16* out, float* t) {
+    int64_t i0 = r0 * n, tot = (r1 - r0) * n;
+    float* e = ebuf + i0;
+    rh(e, tot);
+    for (int64_t r = 0; r < r1 - r0; r++) {
+        float* er = e + r * n;
+        float rc = 1.0f / tree_sum_f(er, n, t);
+        for (int64_t i = 0; i < n; i++) er[i] = er[i] * rc;
+    }
+    if (out) f2h(e, out + i0, tot);
+    else rh(e, tot);
 }
 
 void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
     if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && NTHR > 1) {
-        PAR_FOR
-        for (int64_t r = 0; r < rows; r++) {
-            float t[n];
-            softmax_post_row(ebuf + r * n, n, out ? out + r * n : 0, t);
-        }
-        return;
-    }
-    for (int64_t r = 0; r < rows; r++) softmax_post_row(ebuf + r * n, n, out ? out + r * n : 0, ws);
+        PAR_RANGE(rows, float t[n]; softmax_post_rows(ebuf, lo, hi, n, out, t);)
+    } else softmax_post_rows(ebuf, 0, rows, n, out, ws);
 }
 
 /* attention operands straight from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes (in_kind 0 / 1)
