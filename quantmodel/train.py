@@ -18,14 +18,18 @@ shape goes and how it moves) almost untrained; from ``snr_weight_start_step`` on
 by ``snr_weights`` (truncated SNR). That switch is what made direction and speed follow the caption
 (docs/shapes_model.md has the before / after numbers).
 
-One command reproduces the shipped weights (one H100, about 16 minutes of training):
+The shipped weights come from two stages (one H100, 22 minutes of training in all; the defaults are
+stage 1's settings):
 
     python -m quantmodel.train --device cuda --compile --fast-attention --state out/state.pt \
+        --out /tmp/stage1
+    python -m quantmodel.train --device cuda --compile --fast-attention --init-from /tmp/stage1 \
+        --steps 9000 --lr 2e-4 --warmup-steps 200 --snr-weight-start-step 0 --time-budget-s 370 \
         --out quantmodel/assets
 
-The shipped run was that command cut into three jobs by ``--time-budget-s`` (450 s, 400 s, rest),
-each resuming from ``--state``; the resumes round Adam's moments to bfloat16, so a run in one
-piece is equivalent but not bit-identical.
+Stage 1 ran cut into three jobs by ``--time-budget-s`` (450 s, 400 s, rest), each resuming from
+``--state``; the resumes round Adam's moments to bfloat16, so a run in one piece is equivalent but
+not bit-identical. Stage 2 stopped on its time budget at step 8,331.
 
 It also runs, slowly, on a CPU (``--device cpu`` and small ``--steps`` / ``--batch``).
 Outputs (float16 safetensors, written via temp file + rename): ``stdit-shapes.safetensors`` (the EMA

@@ -125,10 +125,11 @@ def test_shipped_float_model_follows_prompts():
     video = generate(model, enc, shapes.captions(labels), seed=0, num_steps=20)
     acc = videometrics.semantic_accuracy(clf, video, labels)
     # colour, background, direction and speed are followed (chance 1/4, 1/3, 1/4, 1/2; measured
-    # 1.0 / 0.875 / 1.0 / 1.0 here); the shape only partly (0.375 against 0.25, see
-    # docs/shapes_model.md), so it is held only through the mean: 0.85 measured, 0.317 by guessing
+    # 1.0 / 1.0 / 0.875 / 1.0 here, one clip of slack for another CPU's float rounding); the shape
+    # only partly (0.625 here, 0.59 on 32 prompts: docs/shapes_model.md), so it is held only
+    # through the mean: 0.90 measured, 0.317 by guessing
     for attr in ("colour", "background", "direction", "speed"):
-        assert acc[attr] >= 0.875, acc
+        assert acc[attr] >= 0.75, acc
     chance = sum(videometrics.CHANCE.values()) / len(videometrics.CHANCE)  # 0.317
     assert acc["mean"] > chance + 0.45, acc
 
