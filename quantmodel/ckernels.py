@@ -309,7 +309,7 @@ static void ln_mod_params(const float* scale, const float* shift, int64_t pstrid
 }
 
 static void ln_apply_row(const f16* x, int64_t n, float m, float s, const float* af, const float* bf, float* xf,
-                         float* y, f16* out) {
+                         float* y, void* out, float qrecip, float qmax) {
     h2f(x, xf, n);
     for (int64_t i = 0; i < n; i++) y[i] = (xf[i] - m) * s;
     if (af) {
@@ -318,12 +318,17 @@ static void ln_apply_row(const f16* x, int64_t n, float m, float s, const float*
         rh(y, n);
         for (int64_t i = 0; i < n; i++) y[i] = y[i] + bf[i];
     }
-    f2h(y, out, n);
+    if (qmax > 0) {  /* straight into the consumer's activation quantizer: q = rint(clamp(h(y) * recip)) */
+        rh(y, n);
+        int8_t* o = (int8_t*)out;
+        for (int64_t i = 0; i < n; i++) o[i] = (int8_t)rintf(clampf(y[i] * qrecip, -qmax, qmax));
+    } else f2h(y, (f16*)out, n);
 }
 
-void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, f16* out,
+void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, void* out,
                  int mod, const float* scale, const float* shift, int64_t pstride, const float* inv,
-                 int64_t rows_per_batch, float* ws) {
+                 int64_t rows_per_batch, float* ws, float qrecip, float qmax) {
+    int64_t osz = qmax > 0 ? 1 : 2;  /* int8 codes (qmax > 0) or fp16 values out */
     int64_t nb = mod ? (rows + rows_per_batch - 1) / rows_per_batch : 0;
     if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && nb * n <= 4 * VLA_MAX && NTHR > 1) {
         float ab[2 * (nb > 0 ? nb : 1) * n];  /* per batch element: a [n], b [n] */
@@ -334,7 +339,7 @@ void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const
             float sc[2 * n];
             int64_t bi = mod ? r / rows_per_batch : 0;
             ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? ab + 2 * bi * n : 0, ab + (2 * bi + 1) * n, sc,
-                         sc + n, out + r * n);
+                         sc + n, (char*)out + r * n * osz, qrecip, qmax);
         }
         return;
     }
@@ -345,7 +350,7 @@ void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const
             int64_t bi = r / rows_per_batch;
             if (bi != cur) { ln_mod_params(scale, shift, pstride, inv, bi, n, af, bf); cur = bi; }
         }
-        ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? af : 0, bf, xf, y, out + r * n);
+        ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? af : 0, bf, xf, y, (char*)out + r * n * osz, qrecip, qmax);
     }
 }
 
@@ -468,6 +473,19 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
                         for (int64_t d = 0; d < D; d++) oo[d] = (float)src[h * D + d] * scale;        \
                     }                                                                                 \
             }
+
+/* attention output in [B, H, N, D] float32 to the next layer's int8 input [B, N, H * D]: the head merge and
+   the activation quantizer q = rint(clamp(x * recip, -qmax, qmax)) (qm_act_quant's steps) in one pass */
+void qm_merge_heads_quant(const float* in, int64_t B, int64_t H, int64_t N, int64_t D, float recip, float qmax,
+                          int8_t* out) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < N; t++) {
+                const float* xs = in + ((b * H + h) * N + t) * D;
+                int8_t* o = out + (b * N + t) * H * D + h * D;
+                for (int64_t d = 0; d < D; d++) o[d] = (int8_t)rintf(clampf(xs[d] * recip, -qmax, qmax));
+            }
+}
 
 void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t N, int64_t P, int64_t H,
                     int64_t D, float* out, int64_t tmask) {
@@ -747,7 +765,8 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_dequant.argtypes = [vp, ci, i64, f32, vp, ci]
     dll.qm_dequant.restype = ci
     dll.qm_ln_stats.argtypes = [vp, i64, i64, f32, vp, vp, vp]
-    dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp, i64, vp]
+    dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp, i64, vp, f32, f32]
+    dll.qm_merge_heads_quant.argtypes = [vp, i64, i64, i64, i64, f32, f32, vp]
     dll.qm_residual_fp16.argtypes = [vp, vp, ci, f32, vp, i64, i64, i64, i64, vp, vp]
     dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp]
     dll.qm_softmax_post.argtypes = [vp, i64, i64, vp, vp]
@@ -761,7 +780,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
     dll.qm_param_quant.argtypes = [vp, i64, i64, i64, i64, vp, vp]
     dll.qm_param_quant.restype = ci
-    for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_gelu_pre", "qm_gelu_post",
+    for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_merge_heads_quant", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None
     return dll

@@ -523,7 +523,9 @@ class IntegerEmulator:
                 if p.inv_s is None:
                     p.inv_s = 1.0 / p.smooth  # the float32 factors _fold_mod uses (a per-layer constant)
                 inv = p.inv_s
-            return intops.layernorm_modulate_fp16(self._float(v), shift, scale, eps=self.mods[norm].eps, inv=inv)
+            aq = self._direct_quantizer(p)
+            out = intops.layernorm_modulate_fp16(self._float(v), shift, scale, eps=self.mods[norm].eps, inv=inv, aq=aq)
+            return out if aq is None else IntVal(out, p.x_scale)  # the consumer's int8 input (_input_int8)
         return self.modulate(name, self.layernorm(norm, v), shift, scale, consumer)
 
     def modulate(self, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
@@ -598,11 +600,29 @@ class IntegerEmulator:
         return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
                 for p in range(parts)]
 
+    @staticmethod
+    def _direct_quantizer(p: _LinearParams | None):
+        """The consumer's activation quantizer when its int8 input is just ``xq`` of the producer's
+        value (static recipe, no explicit smoothing multiply, 8-bit codes): producers may then emit the
+        codes themselves (the same values :meth:`_input_int8` computes), else None."""
+        if (p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8
+                or (p.smooth is not None and p.fold in ("mul", "text"))):
+            return None
+        return p.xq
+
     def _attend_float(self, pre: str, q: torch.Tensor, k_t: torch.Tensor, vv: torch.Tensor, b: int, n: int, c: int):
         """:meth:`_attend` for :meth:`_fast_attention` with contiguous float32 operands: the same float32
         products, the fused softmax handing its fp16 values over as float32 (exact widening)."""
         probs = intops.softmax_fp16_scaled(torch.matmul(q, k_t), self.mods[pre + ".softmax"].scale, f32_out=True)
         out = torch.matmul(probs, vv)  # [B', H, L, D]
+        p = self._lp(pre + ".proj")
+        aq = self._direct_quantizer(p)
+        dll = ckernels.lib()
+        if aq is not None and dll is not None and out.is_contiguous():  # head merge + quantizer, one C pass
+            q = torch.empty((b, n, c), dtype=torch.int8)
+            h, d = out.shape[1], out.shape[3]
+            dll.qm_merge_heads_quant(out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax), q.data_ptr())
+            return self.linear(pre + ".proj", IntVal(q, p.x_scale))
         return self.linear(pre + ".proj", out.transpose(1, 2).reshape(b, n, c))
 
     def attention(self, pre: str, v, num_heads: int):

@@ -190,11 +190,13 @@ def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
-                            inv: torch.Tensor | None = None) -> torch.Tensor:
+                            inv: torch.Tensor | None = None, aq=None) -> torch.Tensor:
     """``modulate_fp16(layernorm_fp16(x, eps), shift', scale')`` for x [B, N, C] fp16 and float32
     shift/scale [B, 1, C], where (``inv`` float32 [C] given: a consumer's SmoothQuant factors 1/s)
     ``scale' = (1 + scale) * inv - 1`` and ``shift' = shift * inv`` in float32 (else unchanged):
-    one C pass for all of it when the kernels apply, the same fp16 values."""
+    one C pass for all of it when the kernels apply, the same fp16 values. ``aq`` (a
+    :class:`~quantmodel.fixedpoint.ActQuantizer` with int8 output): the result is ``aq`` of those fp16
+    values, quantized in the same pass."""
     dll = ckernels.lib()
     if (dll is not None and x.dtype == torch.float16 and x.dim() == 3 and x.shape[-1] > 0 and x.device.type == "cpu"
             and all(t.dtype == torch.float32 and t.dim() == 3 and t.shape[1] == 1 and t.shape[2] == x.shape[2]
@@ -204,14 +206,16 @@ def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.T
         x = x.contiguous()
         b_, n_, c = x.shape
         pstride = scale.stride(0) if scale.shape[0] > 1 else 0
-        return _layernorm_fp16_c(dll, x, eps, (scale, shift, pstride, inv), n_)
+        if aq is None or (aq.out_dtype == torch.int8 and aq.qmax < 2 ** 24):
+            return _layernorm_fp16_c(dll, x, eps, (scale, shift, pstride, inv), n_, aq)
     if inv is not None:
         scale = (1 + scale) * inv - 1
         shift = shift * inv
-    return modulate_fp16(layernorm_fp16(x, eps), shift, scale)
+    y = modulate_fp16(layernorm_fp16(x, eps), shift, scale)
+    return y if aq is None else aq(y)
 
 
-def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, mod=None, rows_per_batch: int = 1) -> torch.Tensor:
+def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, mod=None, rows_per_batch: int = 1, aq=None) -> torch.Tensor:
     """:func:`_layernorm_fp16` as two C loops around torch's float32 rsqrt (of the [rows] vector of
     var + eps, as eager), optionally followed by the modulation (see layernorm_modulate_fp16)."""
     n = x.shape[-1]
@@ -221,15 +225,16 @@ def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, mod=None, rows_per_batch
     dll.qm_ln_stats(x.data_ptr(), rows, n, eps, wp, wp + 4 * rows, wp + 8 * rows)
     rstd = ws[rows:2 * rows]
     torch.rsqrt(rstd, out=rstd)
-    out = torch.empty(x.shape, dtype=torch.float16)
+    out = torch.empty(x.shape, dtype=torch.float16 if aq is None else torch.int8)
+    qr, qm = (0.0, 0.0) if aq is None else (aq.recip, float(aq.qmax))
     if mod is None:
         dll.qm_ln_apply(x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 0, None, None, 0, None, 1,
-                        wp + 8 * rows)
+                        wp + 8 * rows, qr, qm)
     else:
         scale, shift, pstride, inv = mod
         dll.qm_ln_apply(x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 1, scale.data_ptr(),
                         shift.data_ptr(), pstride, None if inv is None else inv.data_ptr(), rows_per_batch,
-                        wp + 8 * rows)
+                        wp + 8 * rows, qr, qm)
     return out
 
 
