@@ -577,10 +577,9 @@ class IntegerEmulator:
 
     # ---- the model -------------------------------------------------------------------------------------
     def _fast_attention(self, pre: str) -> bool:
-        """fp16 mode, not verifying, attention products in float (the recipe leaves them unquantized):
-        the operands go straight from the GEMM codes to head-major float32 (:meth:`_split_heads`)."""
-        return (self.mode == "fp16" and self.verifier is None and pre + ".qk" not in self.matmuls
-                and pre + ".av" not in self.matmuls)
+        """Not verifying, attention products in float (the recipe leaves them unquantized): the operands
+        go straight from the GEMM codes to head-major float32 (:meth:`_split_heads`)."""
+        return self.verifier is None and pre + ".qk" not in self.matmuls and pre + ".av" not in self.matmuls
 
     def _split_heads(self, v, parts: int, heads: int, tmask: int):
         """A GEMM output v [B, N, parts * C] (int8/int16 codes) as ``parts`` contiguous float32 tensors
@@ -612,8 +611,12 @@ class IntegerEmulator:
 
     def _attend_float(self, pre: str, q: torch.Tensor, k_t: torch.Tensor, vv: torch.Tensor, b: int, n: int, c: int):
         """:meth:`_attend` for :meth:`_fast_attention` with contiguous float32 operands: the same float32
-        products, the fused softmax handing its fp16 values over as float32 (exact widening)."""
-        probs = intops.softmax_fp16_scaled(torch.matmul(q, k_t), self.mods[pre + ".softmax"].scale, f32_out=True)
+        products; fp16 mode's fused softmax hands its fp16 values over as float32 (exact widening), int
+        mode's integer softmax is dequantized as :meth:`matmul` does."""
+        if self.mode == "fp16":
+            probs = intops.softmax_fp16_scaled(torch.matmul(q, k_t), self.mods[pre + ".softmax"].scale, f32_out=True)
+        else:
+            probs = self._f32(self.softmax(pre + ".softmax", torch.matmul(q, k_t), 8))
         out = torch.matmul(probs, vv)  # [B', H, L, D]
         p = self._lp(pre + ".proj")
         aq = self._direct_quantizer(p)

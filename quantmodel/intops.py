@@ -42,6 +42,7 @@ two-element softmax of (x, 0) built on i-exp (I-ViT's Shiftmax idea of reusing t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -650,8 +651,10 @@ def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, 
     return _finish(p.add_(_at(q_x, s_x, s_t)).clamp_(INT32_MIN, INT32_MAX), qmin, qmax)
 
 
+@functools.lru_cache(maxsize=4096)
 def _rq_consts(real: float) -> tuple[float, float, int, int]:
-    """(c, lim, m, s) of the prepared per-tensor Requantizer that ``_at`` uses for ``real``."""
+    """(c, lim, m, s) of the prepared per-tensor Requantizer that ``_at`` uses for ``real`` (a pure
+    function of the float: memoised, the static scales repeat every forward)."""
     m, sh = quantize_multiplier(float(real))
     rq = _requantizer(m, sh, INT32_MIN, INT32_MAX, torch.float64, torch.device("cpu"))
     return float(rq.c), float(rq.lim), int(rq.m), int(rq.s)
@@ -683,8 +686,8 @@ def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, 
         return None
     qa = q_a.to(torch.int32).contiguous()
     qb = None if q_b is None else q_b.to(torch.int32).contiguous()
-    ca, la, ma, sa = _rq_consts(real_a)
-    cb, lb, mb, sb = _rq_consts(real_b) if qb is not None else (0.0, 2.0, 0, 0)
+    ca, la, ma, sa = _rq_consts(float(real_a))
+    cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
     out = torch.empty(qa.shape, dtype=torch.int32)
     ws = torch.empty(2 * c, dtype=torch.float64)
     dll.qm_fix_madd(qa.data_ptr(), ca, la, ma, sa, f.data_ptr(), None if qb is None else qb.data_ptr(), cb, lb, mb, sb,
