@@ -1,0 +1,66 @@
+"""The compiled loops (quantmodel.ckernels) split rows / blocks over torch's OpenMP threads when a call
+is large enough: every value must be the one-thread value, bit for bit; and the fused producer-side
+quantizers (LayerNorm+modulate straight to int8, softmax handing fp16 values over as float32) equal
+the separate steps."""
+import pytest
+import torch
+
+from quantmodel import ckernels, fixedpoint, intops
+
+pytestmark = pytest.mark.skipif(ckernels.lib() is None,
+                                reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
+
+
+def _ops(g: torch.Generator):
+    """name -> zero-argument function, on inputs above the threading threshold (16384 elements)."""
+    x = (torch.randn(2, 160, 96, generator=g) * 3).to(torch.float16)  # [B, N, C]
+    y = torch.randint(-3000, 3000, (2, 160, 96), generator=g, dtype=torch.int16)
+    gate = torch.randn(2, 1, 96, generator=g)
+    shift, scale = torch.randn(2, 1, 96, generator=g), torch.randn(2, 1, 96, generator=g) * 0.3
+    inv = torch.rand(96, generator=g) + 0.5
+    aq = fixedpoint.ActQuantizer(0.02, 8)
+    s_y = float(torch.tensor(0.01))  # a float32 scale (the dequantization is then one float32 product)
+    scores = torch.randn(64, 4, 16, 8, generator=g) * 20  # 8-token rows (temporal attention)
+    acc = torch.randint(-2 ** 20, 2 ** 20, (320, 96), generator=g, dtype=torch.int32)
+    mult, shift_q = fixedpoint.quantize_multipliers(torch.rand(96, generator=g, dtype=torch.float64) * 1e-3)
+    rq = fixedpoint.Requantizer(mult, shift_q, -32767, 32767, torch.int16)
+    return {
+        "residual": lambda: intops.residual_fp16(x, y, s_y, gate),
+        "layernorm_modulate": lambda: intops.layernorm_modulate_fp16(x, shift, scale, inv=inv),
+        "layernorm_modulate_q": lambda: intops.layernorm_modulate_fp16(x, shift, scale, inv=inv, aq=aq),
+        "layernorm": lambda: intops.layernorm_fp16(x),
+        "softmax": lambda: intops.softmax_fp16_scaled(scores, 0.25),
+        "softmax_f32": lambda: intops.softmax_fp16_scaled(scores, 0.25, f32_out=True),
+        "gelu": lambda: intops.gelu_fp16(x),
+        "act_quant": lambda: aq(x),
+        "smooth_quant": lambda: fixedpoint.smooth_quantize_fp16(aq, x, inv.half().float()),
+        "requant": lambda: rq(acc),
+        "dequant": lambda: fixedpoint.dequantize_c(y, s_y, torch.float16),
+    }
+
+
+def test_threaded_loops_equal_one_thread():
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = {k: f() for k, f in _ops(torch.Generator().manual_seed(0)).items()}
+        torch.set_num_threads(2)
+        two = {k: f() for k, f in _ops(torch.Generator().manual_seed(0)).items()}
+    finally:
+        torch.set_num_threads(n0)
+    for k in one:
+        assert one[k] is not None and one[k].dtype == two[k].dtype, k
+        assert torch.equal(one[k], two[k]), k
+
+
+def test_fused_producer_quantizers_equal_separate_steps():
+    ops = _ops(torch.Generator().manual_seed(1))
+    aq = fixedpoint.ActQuantizer(0.02, 8)
+    q = ops["layernorm_modulate_q"]()
+    assert q.dtype == torch.int8 and torch.equal(q, aq(ops["layernorm_modulate"]()))
+    assert q.abs().max() > 0 and (q.abs() == 127).any()  # the range is exercised, saturation included
+    p32 = ops["softmax_f32"]()
+    assert p32.dtype == torch.float32 and torch.equal(p32, ops["softmax"]().float())
+    with ckernels.disabled():  # the eager torch path gives the same values
+        assert torch.equal(q, ops["layernorm_modulate_q"]())
+        assert torch.equal(p32, ops["softmax_f32"]())
