@@ -15,6 +15,11 @@ could change a value: no ``-ffast-math``, and ``-ffp-contract=off`` (no fused mu
 change results). Tests compare these loops with the eager torch path bit for bit
 (tests/test_fixedpoint.py, tests/test_intgemm.py).
 
+Threads: built with ``-fopenmp`` where the compiler has it (linking the libgomp that torch has already
+loaded, so ``torch.set_num_threads`` applies), row / block loops of at least ``PAR_MIN`` elements run
+on several threads when more than one is set; every row or block is computed by the same operations as
+in the serial loop, so the values do not depend on the thread count (tests/test_ckernels_threads.py).
+
 The eager torch path stays the definition and the fallback: when no C compiler is found, the build
 fails, or ``QUANTMODEL_CKERNELS=0`` is set, :func:`lib` returns None and callers use torch ops.
 The shared object is cached per (source, flags, compiler, CPU flags) under

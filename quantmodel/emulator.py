@@ -35,6 +35,12 @@ both paths bit for bit; ``QUANTMODEL_CKERNELS=0`` runs the torch ops only). Each
 prepared once (:class:`~quantmodel.intgemm.PreparedLinear`): its int32 accumulator overflow is decided
 at load time by the bound ``K * 128 * 128 + max|bias| < 2**31`` (any int8 input; then no per-call check
 is needed), and only layers where that proof fails are checked at run time (scan, then exact sum).
+When the attention products are float (not verifying), the qkv / q / kv GEMM codes go in one C pass to
+contiguous head-major float32 operands (K already transposed), the layout the float products would copy
+them into anyway, so the products and their values are unchanged; fp16 LayerNorm+modulate and the
+attention output's head merge emit the next static layer's int8 codes directly (the same values as
+quantizing the fp16 / float32 tensor). Large C loops run on torch's OpenMP threads (rows split, values
+unchanged).
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by Q1's float64 reference
@@ -621,7 +627,7 @@ class IntegerEmulator:
         p = self._lp(pre + ".proj")
         aq = self._direct_quantizer(p)
         dll = ckernels.lib()
-        if aq is not None and dll is not None and out.is_contiguous():  # head merge + quantizer, one C pass
+        if aq is not None and dll is not None and out.device.type == "cpu" and out.is_contiguous():  # one C pass
             q = torch.empty((b, n, c), dtype=torch.int8)
             h, d = out.shape[1], out.shape[3]
             dll.qm_merge_heads_quant(out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax), q.data_ptr())
