@@ -113,7 +113,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     axis_cols = [f"hw.{a}" for a in axes if f"hw.{a}" in df.columns]
     if "prefetch" in axes:
         axis_cols.append("prefetch")
-    ok = df[df["status"] == "ok"].copy()
+    # rows in content-hash order, whatever order the sweep's parts finished in, so that ties (equal
+    # latency on different chips) come out the same way on every run
+    ok = df[df["status"] == "ok"].sort_values("key", kind="stable").reset_index(drop=True)
     failed = df[df["status"] != "ok"]
     q = quality_metric(ok)
     figs: list[tuple[str, Path]] = []
@@ -178,7 +180,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
 
     # ---- breakdowns of the best points -------------------------------------------------------
     md += ["## Where the time and energy go (each recipe's lowest-latency point)", ""]
-    best = ok.loc[ok.groupby("recipe")["latency_s"].idxmin()].sort_values("latency_s")
+    best = ok.loc[ok.groupby("recipe")["latency_s"].idxmin()].sort_values("latency_s", kind="stable")
     labels = list(best["recipe"])
     for prefix, fname, ylabel, title in (
             ("stall_s.", "breakdown_latency.png", "seconds per video", "latency breakdown (stall causes)"),
@@ -205,7 +207,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     objectives = {c: s for c, s in senses.items() if c in ("latency_s", "energy_j", "area_mm2")}
     if q:
         objectives[q[0]] = q[1]
-    front = ok[pareto_mask(ok, objectives)].sort_values("latency_s")
+    front = ok[pareto_mask(ok, objectives)].sort_values("latency_s", kind="stable")
     md += [f"## Pareto-optimal design points ({', '.join(objectives)})", "",
            f"{len(front)} of {len(ok)} points are on the front"
            + (f"; the {MAX_TABLE_ROWS} fastest are listed" if len(front) > MAX_TABLE_ROWS else "") + ".", ""]
