@@ -68,3 +68,26 @@ def test_report_of_missing_folder_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "codesign.cli", "report", str(tmp_path / "nope"), "--out",
                         str(tmp_path / "rep")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_report_does_not_depend_on_row_order(report, tmp_path):
+    """A sweep's parts finish in any order; the report must read the same (ties included)."""
+    import shutil
+
+    from codesign.report import write_report
+
+    res, rep = report
+    shuffled = tmp_path / "r"
+    shutil.copytree(res, shuffled)
+    parts = sorted(shuffled.rglob("*.parquet"))
+    assert parts
+    for p in parts:  # rows reversed inside each part, and the parts' names reversed
+        pd.read_parquet(p).iloc[::-1].to_parquet(p.with_suffix(".tmp"), index=False)
+    for p, q in zip(parts, reversed(parts)):
+        p.with_suffix(".tmp").replace(q)
+    write_report(shuffled, tmp_path / "rep")
+
+    def body(path):
+        return [ln for ln in (path / "report.md").read_text().splitlines() if not ln.startswith("Results:")]
+
+    assert body(tmp_path / "rep") == body(rep)
