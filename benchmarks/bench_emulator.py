@@ -65,9 +65,9 @@ def attention_shapes(c: BenchConfig) -> list[tuple[str, int, int, int, int]]:
             ("attn_temp.av", tb, t, t, d)]
 
 
-def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds of two functions, measured interleaved (a, b, a, b, ...) so that
-    load from other processes hits both alike; the minimum is the least disturbed run."""
+def _interleaved(fn_a, fn_b, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` runs of two functions, measured interleaved (a, b, a, b, ...) after one
+    warm-up each, so that load from other processes on the shared machine hits both alike."""
     fn_a(), fn_b()  # warm-up
     ta, tb = [], []
     for _ in range(repeats):
@@ -75,6 +75,12 @@ def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
+    return ta, tb
+
+
+def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` seconds of two functions: the minimum is the least disturbed run."""
+    ta, tb = _interleaved(fn_a, fn_b, repeats)
     return min(ta), min(tb)
 
 
@@ -175,15 +181,8 @@ def _forward_workload(name: str):
 
 
 def _time_pair_median(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Median seconds of two functions measured interleaved (a, b, a, b, ...) after one warm-up each:
-    load from other processes on the shared machine hits both alike."""
-    fn_a(), fn_b()
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, acc in ((fn_a, ta), (fn_b, tb)):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
+    """Median seconds of two functions measured interleaved."""
+    ta, tb = _interleaved(fn_a, fn_b, repeats)
     return statistics.median(ta), statistics.median(tb)
 
 
