@@ -125,13 +125,12 @@ def snr_weights(alphas_cumprod, cap: float) -> torch.Tensor:
 def xavier_caption_proj(model: torch.nn.Module) -> None:
     """Re-initialise the caption projection ``y_embedder.y_proj`` with xavier-uniform weights.
 
-    Why: with OpenSora's std-0.02 init both layers of y_proj start near zero, and a near-zero
-    two-layer map learns its input directions one at a time, strongest gradient first (deep linear
-    network dynamics, Saxe et al. 2014). On the shipped model that left the shape, direction and
-    speed words almost collapsed after y_proj (pairwise cosine 0.72 / 0.94 / 0.93, norm 0.4-1.4)
-    while colour and background are distinct (cosine 0.27 / 0.07, norm 3-4), although the caption
-    encoder's outputs for all five are distinct (cosine <= 0.13). A full-scale init passes every
-    direction through from step 0."""
+    Why (a hypothesis, since refuted): with OpenSora's std-0.02 init both layers of y_proj start
+    near zero, and a near-zero two-layer map learns its input directions one at a time, strongest
+    gradient first (deep linear network dynamics, Saxe et al. 2014). On the first shipped model the
+    shape, direction and speed words were almost collapsed after y_proj (pairwise cosine 0.72 /
+    0.94 / 0.93) while colour and background were distinct. A xavier init did not help; the real
+    cause was the loss weighting (``snr_weights``, docs/shapes_model.md). Kept as an option."""
     with torch.no_grad():
         for lin in (model.y_embedder.y_proj.fc1, model.y_embedder.y_proj.fc2):
             torch.nn.init.xavier_uniform_(lin.weight)
