@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from quantmodel import ckernels, fixedpoint, intgemm, intops, reference
+from quantmodel import ckernels, emuprogram, fixedpoint, intgemm, intops, reference
 from quantmodel.quantize import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.smoothing import FOLD_VROWS, vrow_producer
 from quantmodel.stdit import STDiT
@@ -211,6 +211,9 @@ class IntegerEmulator:
         self._mult_cache: dict = {}
         self._aq_cache: dict = {}  # (wset, name, field, bits) -> ActQuantizer of a static scale
         self._scale_cache: dict = {}  # (wset, name, field, bits, headroom) -> static scale
+        self.use_program = True  # run the blocks as a compiled emuprogram.BlockProgram where it applies
+        self._programs: dict = {}  # (wset, x shape, y shape) -> BlockProgram or None (out of its scope)
+        self._program_pools: dict = {}  # (x shape, y shape) -> buffers shared by the programs
 
     # ---- per-set parameters ---------------------------------------------------------------------
     def _lp(self, name: str) -> _LinearParams | None:
@@ -722,6 +725,9 @@ class IntegerEmulator:
         t = m.t_embedder(timestep)
         t0 = m.t_block(t)
         yy = m.y_embedder(y).squeeze(1)
+        prog = self._program(tuple(h.shape), tuple(yy.shape))
+        if prog is not None:  # the same values as the loop below, with the per-op work done once
+            return m.unpatchify(m.final_layer(prog.run(h, yy, t0).float(), t))
         v = self._hs(h) if self.mode == "fp16" else self._int("blocks.0.norm1", "in0", h, RES_BITS)
         for i in range(len(m.blocks)):
             tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
@@ -731,6 +737,17 @@ class IntegerEmulator:
 
     def model_fn(self, x, t, y, step):
         return self.forward(x, t, y, step)
+
+    def _program(self, x_shape: tuple, y_shape: tuple):
+        """The compiled blocks (:mod:`quantmodel.emuprogram`) of this weight set and shapes, built on
+        first use; None where the emulator's configuration is outside their scope."""
+        if not self.use_program or self.mode != "fp16" or self.verifier is not None or ckernels.lib() is None:
+            return None
+        key = (self.wset, x_shape, y_shape)
+        if key not in self._programs:
+            pool = self._program_pools.setdefault((x_shape, y_shape), [])
+            self._programs[key] = emuprogram.build(self, x_shape, y_shape, pool)
+        return self._programs[key]
 
 
 # ---- fake quantization (fast float path for quality sweeps) ------------------------------------------
