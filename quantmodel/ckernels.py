@@ -703,6 +703,61 @@ int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int6
     *s_out = s;
     return 0;
 }
+
+/* fixedpoint.quantize_multiplier of a finite r >= 0: r ~ m * 2**-(31 + sh), m in [2**30, 2**31), half to even */
+static void qmult(double r, int64_t* m, int64_t* sh) {
+    if (r == 0.0) { *m = 0; *sh = 0; return; }
+    int e;
+    double f = frexp(r, &e);
+    int64_t mi = (int64_t)rint(ldexp(f, 31));  /* exact product; rint: half to even */
+    if (mi == ((int64_t)1 << 31)) { mi >>= 1; e += 1; }
+    *m = mi;
+    *sh = -e;
+}
+
+/* fixedpoint.requantize(q, m, sh, INT32_MIN, INT32_MAX) of one int32-range value, exactly (int64):
+   round_half_even(q * m / 2**(31 + sh)), saturated; as the Requantizer's cases (s >= 63: 0; s < 0: saturate) */
+static double rq_exact(int64_t q, int64_t m, int64_t sh) {
+    int64_t s = 31 + sh, v;
+    if (m == 0 || q == 0 || s >= 63) return 0.0;
+    if (s < 0) return q > 0 ? 2147483647.0 : -2147483648.0;
+    v = s == 0 ? q * m : rrs(q, m, s);
+    return clampd((double)v, -2147483648.0, 2147483647.0);
+}
+
+/* The per-step operands of one int-mode modulation or gated add (emulator: _fold_mod, _param_int,
+   intops.modulate_factors / gate_q16), from float32 parameters [B, 1, C] with batch stride pstride:
+   with inv (a consumer's 1/s): scale' = (1 + scale) * inv - 1, shift' = shift * inv (float32 ops), else as is;
+   each quantized to 16 bits (qm_param_quant); f = sat32(Q16(scale') + 2**16) and r = shift' at s_out / 2**8,
+   or (shift NULL: a gate) f = Q16(gate). f, r float64 [B, C]; fw float [2 B C], qw int32 [2 B C] scratch.
+   Returns 1 on a non-finite parameter (the caller runs the Python definition, which reports it). */
+int qm_mod_operands(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bsz,
+                    int64_t c, double s_out, int64_t qmax, double* f, double* r, float* fw, int32_t* qw) {
+    int64_t n = bsz * c, m, sh;
+    double s_sc, s_sh;
+    for (int64_t b = 0; b < bsz; b++)
+        for (int64_t j = 0; j < c; j++) {
+            float sc = scale[b * pstride + j];
+            if (inv) sc = (1.0f + sc) * inv[j] - 1.0f;
+            fw[b * c + j] = sc;
+            if (shift) {
+                float v = shift[b * pstride + j];
+                if (inv) v = v * inv[j];
+                fw[n + b * c + j] = v;
+            }
+        }
+    if (qm_param_quant(fw, bsz, c, c, qmax, qw, &s_sc)) return 1;
+    qmult(s_sc * 65536.0, &m, &sh);
+    for (int64_t i = 0; i < n; i++) {
+        double q16 = rq_exact(qw[i], m, sh);
+        f[i] = shift ? clampd(q16 + 65536.0, -2147483648.0, 2147483647.0) : q16;
+    }
+    if (!shift) return 0;
+    if (qm_param_quant(fw + n, bsz, c, c, qmax, qw + n, &s_sh)) return 1;
+    qmult(s_sh / (s_out / 256.0), &m, &sh);
+    for (int64_t i = 0; i < n; i++) r[i] = rq_exact(qw[n + i], m, sh);
+    return 0;
+}
 """
 
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
@@ -785,6 +840,8 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
     dll.qm_param_quant.argtypes = [vp, i64, i64, i64, i64, vp, vp]
     dll.qm_param_quant.restype = ci
+    dll.qm_mod_operands.argtypes = [vp, vp, i64, vp, i64, i64, f64, i64, vp, vp, vp, vp]
+    dll.qm_mod_operands.restype = ci
     for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_merge_heads_quant", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None

@@ -741,7 +741,7 @@ class IntegerEmulator:
     def _program(self, x_shape: tuple, y_shape: tuple):
         """The compiled blocks (:mod:`quantmodel.emuprogram`) of this weight set and shapes, built on
         first use; None where the emulator's configuration is outside their scope."""
-        if not self.use_program or self.mode != "fp16" or self.verifier is not None or ckernels.lib() is None:
+        if not self.use_program or self.verifier is not None or ckernels.lib() is None:
             return None
         key = (self.wset, x_shape, y_shape)
         if key not in self._programs:

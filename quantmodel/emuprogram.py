@@ -21,10 +21,12 @@ Anything else (dynamic recipes, quantized attention, ``int`` mode, ``verify``) r
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
-from quantmodel import ckernels, intops
+from quantmodel import ckernels, fixedpoint, intops
+from quantmodel.quantize import QK_OUT_BITS
 
 FP16_MAX = 65504.0
 
@@ -65,18 +67,21 @@ class _Builder:
 
 
 class BlockProgram:
-    """All blocks of one (weight set, batch, tokens, text length) for the fp16 fast path. ``run``
-    takes the block input (fp16 values of the embedded tokens), the projected text and t0 and returns
-    the last block's fp16 output (a buffer of the program: read it before the next run)."""
+    """All blocks of one (weight set, batch, tokens, text length). ``run`` takes the block input (the
+    embedded tokens, float32), the projected text and t0 and returns the last block's output as the
+    emulator holds it before the final layer: fp16 values (``fp16`` mode) or the dequantized float32
+    residual codes (``int`` mode); a buffer of the program: read it before the next run."""
 
-    def __init__(self, steps, keep, x_in, y_in, t0_in, out):
+    def __init__(self, steps, keep, x_in, y_in, t0_in, out, saturate_inputs: bool):
         self.steps, self._keep = steps, keep
         self.x_in, self.y_in, self.t0_in, self.out = x_in, y_in, t0_in, out
+        self.saturate = saturate_inputs
 
     def run(self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
-        # the emulator's saturating fp16 conversion of its inputs (clamp to +-65504, then round)
-        self.x_in.copy_(x.clamp(-FP16_MAX, FP16_MAX))
-        self.y_in.copy_(y.clamp(-FP16_MAX, FP16_MAX))
+        if self.saturate:  # fp16 mode: the emulator's saturating fp16 conversion (clamp, then round)
+            x, y = x.clamp(-FP16_MAX, FP16_MAX), y.clamp(-FP16_MAX, FP16_MAX)
+        self.x_in.copy_(x)
+        self.y_in.copy_(y)
         self.t0_in.copy_(t0)
         for s in self.steps:
             s()
@@ -88,12 +93,11 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: list) -> BlockProgram | Non
     None when the emulator's configuration is outside the scope in the module doc. ``pool``: the
     buffer pool of these shapes (see :class:`_Builder`)."""
     dll = ckernels.lib()
-    if (dll is None or emu.mode != "fp16" or emu.verifier is not None or not emu.static or emu.matmuls
-            or emu.device.type != "cpu"):
+    if (dll is None or emu.verifier is not None or not emu.static or emu.matmuls or emu.device.type != "cpu"
+            or emu.mode not in ("fp16", "int")):
         return None
-    m = emu.model
     try:
-        return _Compiler(emu, dll, _Builder(pool)).compile(m, x_shape, y_shape)
+        return _Compiler(emu, dll, _Builder(pool)).compile(emu.model, x_shape, y_shape)
     except _Unsupported:
         return None
 
@@ -105,6 +109,11 @@ class _Unsupported(Exception):
 class _Compiler:
     def __init__(self, emu, dll, bld: _Builder):
         self.emu, self.dll, self.b = emu, dll, bld
+        self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
+        self.memo: dict = {}
+        from quantmodel.emulator import PARAM_BITS, RES_BITS, RES_HEADROOM  # (emulator imports this module)
+
+        self.res_bits, self.res_headroom, self.param_bits = RES_BITS, RES_HEADROOM, PARAM_BITS
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
@@ -114,32 +123,42 @@ class _Compiler:
         return p
 
     def quant_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """``_input_int8`` of a float (fp16 or float32) tensor: the explicit smoothing multiply fused
-        into the quantizer for ``mul`` / ``text`` folds, else the plain quantizer."""
+        """``_input_int8`` of a float tensor. Explicit smoothing (``mul`` / ``text`` folds): fp16 mode
+        multiplies by fp16 factors inside the quantizer's loop; int mode multiplies the float32 input by
+        the float32 factors 1/s first. Otherwise the plain quantizer."""
         p = self.lp(name)
         out = self.b.buf(x.shape, torch.int8)
         c = x.shape[-1]
         inv = None
         if p.smooth is not None and p.fold in ("mul", "text"):
-            if p.inv_h is None:
-                p.inv_h = (1.0 / p.smooth).to(torch.float16).float()  # as IntegerEmulator._input_int8
-            inv = self.b.const(p.inv_h)
+            if self.emu.mode == "fp16":
+                if p.inv_h is None:
+                    p.inv_h = (1.0 / p.smooth).to(torch.float16).float()  # as IntegerEmulator._input_int8
+                inv = self.b.const(p.inv_h)
+            else:
+                xs = self.b.buf(x.shape, torch.float32)
+                self.b.call(torch.mul, x, self.b.const(1.0 / p.smooth), out=xs)  # x.float() * (1.0 / p.smooth)
+                x = xs
         self.b.call(self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), p.xq.recip,
                     float(p.xq.qmax), out.data_ptr(), ckernels.OUT_KIND[torch.int8],
                     None if inv is None else inv.data_ptr(), 0 if inv is None else c)
         return out
 
-    def gemm(self, name: str, q: torch.Tensor) -> torch.Tensor:
-        """PreparedLinear.__call__ of int8 codes q [..., K] -> int16 codes [..., N] at y_scale."""
+    def gemm(self, name: str, q: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """PreparedLinear.__call__ of int8 codes q [..., K] -> codes [..., N] at y_scale, as int16 (the
+        layer's requantizer) or ``out_dtype`` (int32 for int-mode consumers, which widen them anyway)."""
         p = self.lp(name)
         g = p.gemm
         x2 = q.view(-1, g.k)
         rows = x2.shape[0]
-        out = self.b.buf((*q.shape[:-1], g.n), g.rq.out_dtype)
+        dt = out_dtype or g.rq.out_dtype
+        out = self.b.buf((*q.shape[:-1], g.n), dt)
+        esize = out.element_size()
         for off, wb, args, kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
             self.b.call(torch._int_mm, x2, wb, out=acc)
-            self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off, kind, g.n)
+            self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off // g.rq_size * esize,
+                        ckernels.OUT_KIND[dt], g.n)
         return out
 
     def split_heads(self, codes: torch.Tensor, scale: float, parts: int, heads: int, tmask: int):
@@ -217,40 +236,50 @@ class _Compiler:
                     wp + 8 * rows, qr, qm)
         return out  # int8 codes at p.x_scale (aq given) or fp16
 
-    def linear_in(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """The GEMM of a layer whose input is either its own int8 codes (from a fused producer) or fp16."""
-        return self.gemm(name, v if v.dtype == torch.int8 else self.quant_input(name, v))
+    def linear_in(self, name: str, v: torch.Tensor, s_v: float | None = None,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The GEMM of a layer whose input is its own int8 codes (from a fused producer), float values,
+        or (int mode) int32 codes at scale ``s_v``."""
+        if v.dtype == torch.int32:
+            q = self.requant_input(name, v, s_v)
+        else:
+            q = v if v.dtype == torch.int8 else self.quant_input(name, v)
+        return self.gemm(name, q, out_dtype)
 
     def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
-        """IntegerEmulator._attend_float (fp16 mode) -> the proj layer's int16 codes [b, n, c]."""
+        """IntegerEmulator._attend_float -> the proj layer's codes [b, n, c] (int16; int32 in int mode)."""
         emu = self.emu
         scores = self.b.buf((*q.shape[:-1], k_t.shape[-1]), torch.float32)
         self.b.call(torch.matmul, q, k_t, out=scores)
-        probs = self.softmax_f32(scores, emu.mods[pre + ".softmax"].scale)
+        scale = emu.mods[pre + ".softmax"].scale
+        probs = self.softmax_f32(scores, scale) if emu.mode == "fp16" else self.softmax_int(pre + ".softmax", scores,
+                                                                                            scale)
         out = self.b.buf((*probs.shape[:-1], vv.shape[-1]), torch.float32)  # [B', H, L, D]
         self.b.call(torch.matmul, probs, vv, out=out)
         p = self.lp(pre + ".proj")
         aq = emu._direct_quantizer(p)
         h, d = out.shape[1], out.shape[3]
+        odt = self.res_dtype
         if aq is not None:
             q8 = self.b.buf((b, n, c), torch.int8)
             self.b.call(self.dll.qm_merge_heads_quant, out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax),
                         q8.data_ptr())
-            return self.gemm(pre + ".proj", q8)
+            return self.gemm(pre + ".proj", q8, odt)
         merged = self.b.buf((b, n, c), torch.float32)  # out.transpose(1, 2).reshape(b, n, c)
         self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-        return self.gemm(pre + ".proj", self.quant_input(pre + ".proj", merged))
+        return self.gemm(pre + ".proj", self.quant_input(pre + ".proj", merged), odt)
 
-    def self_attention(self, pre: str, v: torch.Tensor, heads: int) -> torch.Tensor:
+    def self_attention(self, pre: str, v: torch.Tensor, heads: int, s_v: float | None = None) -> torch.Tensor:
         b, n, c = v.shape
-        qkv = self.linear_in(pre + ".qkv", v)
+        qkv = self.linear_in(pre + ".qkv", v, s_v)
         q, k_t, vv = self.split_heads(qkv, self.lp(pre + ".qkv").y_scale, 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
 
-    def cross_attention(self, pre: str, x: torch.Tensor, y_h: torch.Tensor, heads: int) -> torch.Tensor:
+    def cross_attention(self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int,
+                        s_x: float | None = None) -> torch.Tensor:
         b, n, c = x.shape
-        q = self.linear_in(pre + ".q_linear", x)
-        kv = self.linear_in(pre + ".kv_linear", y_h)
+        q = self.linear_in(pre + ".q_linear", x, s_x)
+        kv = self.linear_in(pre + ".kv_linear", y)
         (hq,) = self.split_heads(q, self.lp(pre + ".q_linear").y_scale, 1, heads, 0)
         hk, hv = self.split_heads(kv, self.lp(pre + ".kv_linear").y_scale, 2, heads, 0b01)
         return self.attend(pre, hq, hk, hv, b, n, c)
@@ -272,6 +301,198 @@ class _Compiler:
             self.b.call(self.dll.qm_gelu_post, xh.data_ptr() + 2 * i, cnt, inner.data_ptr(), out.data_ptr() + 2 * i)
         return out
 
+    # ---- int mode (integer-only vector unit) ------------------------------------------------------------
+    def static_scale(self, name: str, fld: str, bits: int) -> float:
+        """IntegerEmulator._static_scale of a calibrated range (a range taken on line is out of scope)."""
+        if self.emu._absmax(name, fld) is None:
+            raise _Unsupported(f"{name}/{fld}")
+        return self.emu._static_scale(name, fld, bits, self.res_headroom)
+
+    def to_int(self, name: str, fld: str, x: torch.Tensor, bits: int):
+        """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale."""
+        aq = fixedpoint.ActQuantizer(self.static_scale(name, fld, bits), bits, torch.int32)
+        out = self.b.buf(x.shape, torch.int32)
+        self.b.call(self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), aq.recip,
+                    float(aq.qmax), out.data_ptr(), ckernels.OUT_KIND[torch.int32], None, 0)
+        return out, aq.scale
+
+    def requant_input(self, name: str, v: torch.Tensor, s_v: float) -> torch.Tensor:
+        """``_input_int8`` of int32 codes at s_v: one requantization to the layer's x_scale, per channel
+        with the explicit smoothing factors (``s_v / (s * x_scale)``), per tensor without; written as
+        int8 (the eager path's int32 result narrowed: the values are within +-qmax)."""
+        p = self.lp(name)
+        qa = self.emu.qa
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            mult, shift = fixedpoint.quantize_multipliers(s_v / (p.smooth.double().cpu() * p.x_scale))
+        else:
+            mult, shift = fixedpoint.quantize_multiplier(float(s_v / p.x_scale))
+        rq = fixedpoint._requantizer(mult, shift, -qa, qa, torch.int32, torch.device("cpu"))
+        n = v.shape[-1]
+        c, lim, mm, ss = (self.b.const(t) for t in rq._c_consts(n, torch.device("cpu")))
+        out = self.b.buf(v.shape, torch.int8)
+        self.b.call(self.dll.qm_requant, v.data_ptr(), v.numel() // n, n, n, None, c.data_ptr(),
+                    lim.data_ptr() if rq.check else None, mm.data_ptr(), ss.data_ptr(), float(-qa), float(qa),
+                    out.data_ptr(), ckernels.OUT_KIND[torch.int8], n)
+        return out
+
+    def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
+        """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
+        q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
+        scale = s_q * attn_scale
+        n = scores.shape[-1]
+        k = intops.working_shift(scale)
+        q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** k)
+        probs_q = self.b.buf(scores.shape, torch.int32)
+        ebuf = self.b.buf(n, torch.int64)
+        self.b.call(self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, 7, probs_q.data_ptr(),
+                    ebuf.data_ptr())
+        return self.dequant(probs_q, 2.0 ** -7)
+
+    def dequant(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product."""
+        if not fixedpoint._is_f32(scale):
+            raise _Unsupported("scale")
+        out = self.b.buf(q.shape, torch.float32)
+        self.b.call(self.dll.qm_dequant, q.data_ptr(), ckernels.IN_KIND_INT[q.dtype], q.numel(), scale,
+                    out.data_ptr(), 0)
+        return out
+
+    def fix_madd(self, qa_: torch.Tensor, real_a: float, f: torch.Tensor, qb: torch.Tensor | None, real_b: float,
+                 r_bc: torch.Tensor | None, qmin: int, qmax: int) -> torch.Tensor:
+        """intops._fix_madd_c with f / r_bc float64 [B, 1, C] buffers (filled per step)."""
+        b_, n_, c = qa_.shape
+        ca, la, ma, sa = intops._rq_consts(float(real_a))
+        cb, lb, mb, sb = intops._rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
+        out = self.b.buf(qa_.shape, torch.int32)
+        ws = self.b.buf(2 * c, torch.float64)
+        self.b.call(self.dll.qm_fix_madd, qa_.data_ptr(), ca, la, ma, sa, f.data_ptr(),
+                    None if qb is None else qb.data_ptr(), cb, lb, mb, sb, None if r_bc is None else r_bc.data_ptr(),
+                    b_, n_, c, float(qmin), float(qmax), out.data_ptr(), ws.data_ptr())
+        return out
+
+    def norm_modulate_int(self, norm: str, x: torch.Tensor, s_x: float, shift, scale, consumer: str) -> torch.Tensor:
+        """IntegerEmulator.modulate(layernorm(x)) in int mode for a static consumer: integer LayerNorm,
+        then the fixed-point modulation straight to the consumer's int8 codes. The per-step operands
+        (the folded shift / scale quantized to 16 bits, their Q16 forms) are one Python step, as eager."""
+        emu, bld = self.emu, self.b
+        b_, n_, c = x.shape
+        eps_k = bld.const(torch.tensor(intops.ln_eps_table(s_x, c, emu.mods[norm].eps), dtype=torch.int64))
+        ln = bld.buf(x.shape, torch.int32)
+        bld.call(self.dll.qm_layernorm_int, x.data_ptr(), b_ * n_, c, eps_k.data_ptr(), ln.data_ptr())
+        s_ln = math.sqrt(c) / 2.0 ** intops.LN_OUT_BITS
+        p = self.lp(consumer)
+        s_out = p.x_scale
+        f, r = bld.buf((b_, 1, c), torch.float64), bld.buf((b_, 1, c), torch.float64)
+
+        def operands():  # the eager definition; also what a non-finite parameter falls back to (and reports)
+            _, sh, sc = emu._fold_mod(consumer, shift, scale)
+            shq, scq = emu._param_int(sh), emu._param_int(sc)
+            m, rr = intops.modulate_factors(shq.q, shq.scale, scq.q, scq.scale, s_out)
+            f.copy_(m)
+            r.copy_(rr)
+
+        inv = None
+        if p.smooth is not None and p.fold == "modulate":  # _fold_mod's factors
+            inv = bld.const(1.0 / p.smooth)
+        self.operands_step(operands, scale, shift, inv, s_out, f, r)
+        q32 = self.fix_madd(ln, s_ln / (s_out / 2.0 ** intops.GUARD_BITS), f, None, 0.0, r, -emu.qa, emu.qa)
+        q8 = bld.buf(x.shape, torch.int8)
+        bld.call(q8.copy_, q32)  # .to(torch.int8): the values are within +-qmax
+        return q8
+
+    def operands_step(self, eager, scale, shift, inv, s_out: float, f, r) -> None:
+        """The per-step operands of a modulation (scale and shift) or a gate (shift None) as one C call
+        (ckernels ``qm_mod_operands``: the same float32, rounding and integer steps as ``eager``), which
+        runs instead when a parameter is not finite (it then raises the eager path's error)."""
+        if (intops.GATE_FRAC_BITS, intops.GUARD_BITS) != (16, 8) or scale.stride(2) != 1 or (
+                shift is not None and shift.stride() != scale.stride()):  # the constants the C loop has built in
+            self.b.steps.append(eager)
+            return
+        b_, _, c = scale.shape
+        fw, qw = self.b.buf(2 * b_ * c, torch.float32), self.b.buf(2 * b_ * c, torch.int32)
+        call = functools.partial(self.dll.qm_mod_operands, scale.data_ptr(), None if shift is None else shift.data_ptr(),
+                                 scale.stride(0) if b_ > 1 else 0, None if inv is None else inv.data_ptr(), b_, c,
+                                 s_out, 2 ** (self.param_bits - 1) - 1, f.data_ptr(),
+                                 None if r is None else r.data_ptr(), fw.data_ptr(), qw.data_ptr())
+
+        def step():
+            if call():
+                eager()
+
+        self.b.steps.append(step)
+
+    def gate(self, gate: torch.Tensor | None, b_: int, c: int) -> torch.Tensor:
+        """The Q16 gate as float64 [B, 1, C]: per step from the modulation, or the constant 1 (no gate)."""
+        emu, bld = self.emu, self.b
+        if gate is None:  # IntVal(ones(1), 1.0) broadcast as intops._fix_madd_c does
+            one = intops.gate_q16(torch.ones(1, dtype=torch.int32), 1.0)
+            return bld.const(one.to(torch.float64).reshape(1, 1, 1).expand(b_, 1, c).contiguous())
+        key = ("gate", gate.data_ptr())
+        if key in self.memo:  # gate_msa gates two adds: quantized once, the same values
+            return self.memo[key]
+        f = bld.buf((b_, 1, c), torch.float64)
+
+        def operands():
+            g = emu._param_int(gate)
+            f.copy_(intops.gate_q16(g.q, g.scale))
+
+        self.operands_step(operands, gate, None, None, 1.0, f, None)
+        self.memo[key] = f
+        return f
+
+    def residual_int(self, name: str, x: torch.Tensor, s_x: float, y: torch.Tensor, s_y: float, gate):
+        """IntegerEmulator.residual (int): x + gate * y -> RES_BITS codes at the op's static scale."""
+        s_out = self.static_scale(name, "out", self.res_bits)
+        s_t = s_out / 2.0 ** intops.GUARD_BITS
+        f = self.gate(gate, x.shape[0], x.shape[2])
+        qr = 2 ** (self.res_bits - 1) - 1
+        return self.fix_madd(y, s_y / s_t, f, x, s_x / s_t, None, -qr, qr), s_out
+
+    def gelu_int(self, codes: torch.Tensor, scale: float):
+        k = intops.working_shift(scale)
+        q_bb, q_one, t, out_scale = intops.gelu_constants(scale * 2.0 ** k)
+        out = self.b.buf(codes.shape, torch.int32)
+        self.b.call(self.dll.qm_gelu_int, codes.data_ptr(), codes.numel(), k, 2 ** intops.SAT_BITS, q_bb, q_one, t,
+                    out.data_ptr())
+        return out, out_scale
+
+    def block_int(self, i: int, x: torch.Tensor, s_x: float, y: torch.Tensor, t0: torch.Tensor, tpe):
+        """IntegerEmulator.block in int mode: x int32 residual codes [B, N, C] at s_x -> (next x, scale)."""
+        emu, bld = self.emu, self.b
+        blk = emu.model.blocks[i]
+        pre = f"blocks.{i}"
+        b, n, c = x.shape
+        heads = blk.attn.num_heads
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
+        x_m = self.norm_modulate_int(pre + ".norm1", x, s_x, shift_msa, scale_msa, pre + ".attn.qkv")
+        x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
+        x, s_x = self.residual_int(pre + ".res_attn", x, s_x, x_s.view(b, n, c), self.lp(pre + ".attn.proj").y_scale,
+                                   gate_msa)
+        x_t = bld.buf((b * blk.d_s, blk.d_t, c), torch.int32)
+        bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
+        s_t = s_x
+        if tpe is not None:  # the embedding's codes are a constant of the model
+            aq = fixedpoint.ActQuantizer(self.static_scale(pre + ".tpe_add", "in1", 16), 16, torch.int32)
+            tq = bld.const(aq(tpe.detach().expand(b * blk.d_s, -1, -1).contiguous()))
+            x_t, s_t = self.residual_int(pre + ".tpe_add", x_t, s_t, tq, aq.scale, None)
+        t_codes = self.self_attention(pre + ".attn_temp", x_t, heads, s_t)
+        back = bld.buf((b, n, c), t_codes.dtype)
+        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_codes.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
+        x, s_x = self.residual_int(pre + ".res_temp", x, s_x, back, self.lp(pre + ".attn_temp.proj").y_scale, gate_msa)
+        xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
+        x, s_x = self.residual_int(pre + ".res_cross", x, s_x, xc, self.lp(pre + ".cross_attn.proj").y_scale, None)
+        x_m = self.norm_modulate_int(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
+        h, s_h = self.gelu_int(self.gemm(pre + ".mlp.fc1", x_m, torch.int32), self.lp(pre + ".mlp.fc1").y_scale)
+        y2 = self.gemm(pre + ".mlp.fc2", self.requant_input(pre + ".mlp.fc2", h, s_h), torch.int32)
+        return self.residual_int(pre + ".res_mlp", x, s_x, y2, self.lp(pre + ".mlp.fc2").y_scale, gate_mlp)
+
+    def modulation(self, blk, t0: torch.Tensor, b: int, c: int):
+        """scale_shift_table + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
+        table = self.b.const(blk.scale_shift_table.detach()[None])
+        mod = self.b.buf((b, 6, c), torch.float32)
+        self.b.call(torch.add, table, t0.view(b, 6, -1), out=mod)
+        return mod.chunk(6, dim=1)
+
     # ---- the blocks -----------------------------------------------------------------------------------
     def block(self, i: int, x: torch.Tensor, y_h: torch.Tensor, t0: torch.Tensor, tpe) -> torch.Tensor:
         """IntegerEmulator.block for the program's scope: x fp16 [B, N, C] -> the next x."""
@@ -280,10 +501,7 @@ class _Compiler:
         pre = f"blocks.{i}"
         b, n, c = x.shape
         heads = blk.attn.num_heads
-        table = bld.const(blk.scale_shift_table.detach()[None])
-        mod = bld.buf((b, 6, c), torch.float32)
-        bld.call(torch.add, table, t0.view(b, 6, -1), out=mod)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
         x_m = self.norm_modulate(pre + ".norm1", x, shift_msa, scale_msa, pre + ".attn.qkv")
         x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
         x = self.residual(x, x_s.view(b, n, c), self.lp(pre + ".attn.proj").y_scale, gate_msa)
@@ -308,14 +526,22 @@ class _Compiler:
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
         bld = self.b
         b, n, c = x_shape
-        x_in = bld.buf(x_shape, torch.float16)
-        y_in = bld.buf(y_shape, torch.float16)
+        fp16 = self.emu.mode == "fp16"
+        x_in = bld.buf(x_shape, torch.float16 if fp16 else torch.float32)
+        y_in = bld.buf(y_shape, torch.float16 if fp16 else torch.float32)  # fp16 mode: _hs(y); int: y
         t0_in = bld.buf((b, 6 * c), torch.float32)
         for name in self.emu.linears:  # every block linear quantized with int8 codes
             if name.startswith("blocks."):
                 self.lp(name)
-        x = x_in
+        if fp16:
+            x = x_in
+        else:
+            x, s_x = self.to_int("blocks.0.norm1", "in0", x_in, self.res_bits)
         for i in range(len(m.blocks)):
             tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
-            x = self.block(i, x, y_in, t0_in, tpe)
-        return BlockProgram(bld.steps, bld.keep, x_in, y_in, t0_in, x)
+            if fp16:
+                x = self.block(i, x, y_in, t0_in, tpe)
+            else:
+                x, s_x = self.block_int(i, x, s_x, y_in, t0_in, tpe)
+        out = x if fp16 else self.dequant(x, s_x)
+        return BlockProgram(bld.steps, bld.keep, x_in, y_in, t0_in, out, saturate_inputs=fp16)

@@ -613,17 +613,30 @@ def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: 
     s_t = s_out / 2.0 ** GUARD_BITS
     _check_int("q_x", q_x, keep32=True), _check_int("q_scale", q_scale, keep32=True)
     _check_int("q_shift", q_shift, keep32=True)
-    m = _sat32(_q16(q_scale, s_scale) + 2 ** GATE_FRAC_BITS)
-    out = _fix_madd_c(q_x, s_x / s_t, m, None, None, _at(q_shift, s_shift, s_t), qmin, qmax)
+    m, r = modulate_factors(q_shift, s_shift, q_scale, s_scale, s_out)
+    out = _fix_madd_c(q_x, s_x / s_t, m, None, None, r, qmin, qmax)
     if out is not None:
         return out
     x_t = _at(q_x, s_x, s_t)
     if x_t.shape != torch.broadcast_shapes(x_t.shape, m.shape):
         x_t = x_t.expand(torch.broadcast_shapes(x_t.shape, m.shape)).clone()
     p = _mul_round_q16(x_t, m)
-    acc = p.add_(_at(q_shift, s_shift, s_t)).clamp_(INT32_MIN, INT32_MAX) if p.shape == torch.broadcast_shapes(
-        p.shape, q_shift.shape) else _sat32(p + _at(q_shift, s_shift, s_t))
+    acc = p.add_(r).clamp_(INT32_MIN, INT32_MAX) if p.shape == torch.broadcast_shapes(
+        p.shape, r.shape) else _sat32(p + r)
     return _finish(acc, qmin, qmax)
+
+
+def modulate_factors(q_shift: torch.Tensor, s_shift: float, q_scale: torch.Tensor, s_scale: float,
+                     s_out: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """modulate_int's per-step operands as float64 integers: ``m`` = sat32(Q16(scale) + 2^16) (the
+    factor 1 + scale) and the shift requantized to the work scale s_out / 2^8."""
+    s_t = s_out / 2.0 ** GUARD_BITS
+    return _sat32(_q16(q_scale, s_scale) + 2 ** GATE_FRAC_BITS), _at(q_shift, s_shift, s_t)
+
+
+def gate_q16(q_gate: torch.Tensor, s_gate: float) -> torch.Tensor:
+    """gated_add_int's gate as Q16 fixed point (float64 integers)."""
+    return _q16(q_gate, s_gate)
 
 
 def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, q_gate: torch.Tensor,
@@ -639,7 +652,7 @@ def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, 
     s_t = s_out / 2.0 ** GUARD_BITS
     _check_int("q_x", q_x, keep32=True), _check_int("q_y", q_y, keep32=True)
     _check_int("q_gate", q_gate, keep32=True)
-    g = _q16(q_gate, s_gate)
+    g = gate_q16(q_gate, s_gate)
     out = _fix_madd_c(q_y, s_y / s_t, g, q_x, s_x / s_t, None, qmin, qmax)
     if out is not None:
         return out

@@ -1,14 +1,16 @@
 """The compiled blocks (quantmodel.emuprogram) are a speed-up only: a forward through them equals the
-emulator's eager forward bit for bit, for every static recipe family, both temporal-embedding
-placements, several steps and inputs (weight sets sharing one buffer pool), one and two threads, and
-on shapes where the eager path splits its work (row-blocked softmax, flat-blocked GELU, column-blocked
-GEMMs); configurations outside the program's scope keep the eager path."""
+emulator's eager forward bit for bit, in both vector-unit modes, for every static recipe family, both
+temporal-embedding placements, several steps and inputs (weight sets sharing one buffer pool), one and
+two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
+GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
+non-finite parameter is still reported; configurations outside the program's scope keep the eager path."""
+import ctypes
 import dataclasses
 
 import pytest
 import torch
 
-from quantmodel import ckernels
+from quantmodel import ckernels, intops
 from quantmodel.calibrate import calibrate
 from quantmodel.emulator import IntegerEmulator
 from quantmodel.quantize import build_artifact
@@ -31,34 +33,36 @@ def _inputs(model, g, step: int, rep: int):
     return x, torch.tensor([999 - 300 * step - 11 * rep] * 2), y
 
 
-def _compare(model, art, steps: int, seed: int = 0) -> IntegerEmulator:
+def _compare(model, art, steps: int, seed: int = 0, mode: str = "fp16") -> IntegerEmulator:
     """Program and eager forwards on the same inputs, two inputs per step; returns the program's emulator."""
-    fast = IntegerEmulator(model, art, nonlinear="fp16")
-    eager = IntegerEmulator(model, art, nonlinear="fp16")
+    fast = IntegerEmulator(model, art, nonlinear=mode)
+    eager = IntegerEmulator(model, art, nonlinear=mode)
     eager.use_program = False
     g = torch.Generator().manual_seed(seed)
     for step in range(steps):
         for rep in range(2):
             x, t, y = _inputs(model, g, step, rep)
             a, b = fast.forward(x, t, y, step), eager.forward(x, t, y, step)
-            assert torch.equal(a, b), (art.recipe.name, step, rep, int((a != b).sum()))
+            assert torch.equal(a, b), (art.recipe.name, mode, step, rep, int((a != b).sum()))
     assert fast._programs and all(p is not None for p in fast._programs.values())  # the program ran
     return fast
 
 
+@pytest.mark.parametrize("mode", ["fp16", "int"])
 @pytest.mark.parametrize("temporal_pos", ["attention", "residual"])
-def test_program_equals_eager_forward_for_static_recipes(tiny_workload, temporal_pos):
+def test_program_equals_eager_forward_for_static_recipes(tiny_workload, temporal_pos, mode):
     w = dataclasses.replace(tiny_workload, num_steps=3,
                             model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos))
     model, stats = _setup(w)
     for name in ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6"):
         art = build_artifact(model, get_recipe(name), stats, w.num_steps)
-        emu = _compare(model, art, w.num_steps)
+        emu = _compare(model, art, w.num_steps, mode=mode)
         assert len(emu._programs) == len(set(art.step_to_set))  # one program per weight set
         assert len(emu._program_pools) == 1  # sharing one set of buffers
 
 
-def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload):
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload, mode):
     """hidden 256 on 4 x 128 x 128: 64-token frames (the 131k-score softmax runs in row blocks), GELU
     over 512 x 1024 values (flat blocks), fc1 with 1024 outputs (column-blocked GEMM)."""
     w = dataclasses.replace(tiny_workload, num_frames=4, height=128, width=128, num_steps=2,
@@ -69,7 +73,7 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload)
     try:
         for nt in (1, 2):
             torch.set_num_threads(nt)
-            _compare(model, art, w.num_steps, seed=nt)
+            _compare(model, art, w.num_steps, seed=nt, mode=mode)
     finally:
         torch.set_num_threads(n0)
 
@@ -79,10 +83,62 @@ def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
     model, stats = _setup(w)
     x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
     attn = dataclasses.replace(get_recipe("asq-w8a8"), quantize_attention=True)
-    cases = [(get_recipe("dynamic-w8a8"), "fp16", False), (attn, "fp16", False),
-             (get_recipe("asq-w8a8"), "int", False), (get_recipe("asq-w8a8"), "fp16", True)]
+    cases = [(get_recipe("dynamic-w8a8"), "fp16", False), (get_recipe("dynamic-w6a6"), "int", False),
+             (attn, "fp16", False), (attn, "int", False), (get_recipe("asq-w8a8"), "fp16", True),
+             (get_recipe("asq-w8a8"), "int", True)]
     for recipe, mode, verify in cases:
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = IntegerEmulator(model, art, nonlinear=mode, verify=verify)
         emu.forward(x, t, y, 0)
         assert all(p is None for p in emu._programs.values()), (recipe.name, mode, verify)
+
+
+def test_int_step_operands_in_c_equal_python_definition():
+    """ckernels qm_mod_operands = _fold_mod + _param_int + intops.modulate_factors (a modulation, with
+    and without a consumer's folded 1/s) and + intops.gate_q16 (a gate), over magnitudes from all-zero
+    (scale 1.0) to large, on strided [B, 1, C] chunks of the [B, 6, C] modulation."""
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(4)
+    c = 48
+    inv = torch.rand(c, generator=g) + 0.5
+    for mag in (0.0, 1e-7, 0.37, 3.0, 2e4):
+        mod = torch.randn(2, 6, c, generator=g) * mag
+        shift, scale, gate = mod[:, 0:1], mod[:, 1:2], mod[:, 2:3]
+        for s_out in (0.0123, 3.5e-5):
+            for fold in (None, inv):
+                f, r = torch.empty(2, 1, c, dtype=torch.float64), torch.empty(2, 1, c, dtype=torch.float64)
+                fw, qw = torch.empty(4 * c), torch.empty(4 * c, dtype=torch.int32)
+                assert dll.qm_mod_operands(scale.data_ptr(), shift.data_ptr(), scale.stride(0),
+                                           None if fold is None else fold.data_ptr(), 2, c, s_out, 32767,
+                                           f.data_ptr(), r.data_ptr(), fw.data_ptr(), qw.data_ptr()) == 0
+                sc, sh = (scale, shift) if fold is None else ((1 + scale) * fold - 1, shift * fold)
+                q_sh, q_sc = IntegerEmulator._param_int(None, sh), IntegerEmulator._param_int(None, sc)
+                m, rr = intops.modulate_factors(q_sh.q, q_sh.scale, q_sc.q, q_sc.scale, s_out)
+                assert torch.equal(f, m) and torch.equal(r, rr), (mag, s_out, fold is None)
+        fg = torch.empty(2, 1, c, dtype=torch.float64)
+        assert dll.qm_mod_operands(gate.data_ptr(), None, gate.stride(0), None, 2, c, 1.0, 32767, fg.data_ptr(),
+                                   None, fw.data_ptr(), qw.data_ptr()) == 0
+        q_g = IntegerEmulator._param_int(None, gate)
+        assert torch.equal(fg, intops.gate_q16(q_g.q, q_g.scale)), mag
+    bad = torch.full((2, 1, c), float("inf"))
+    assert dll.qm_mod_operands(bad.data_ptr(), None, c, None, 2, c, 1.0, 32767, fg.data_ptr(), None,
+                               fw.data_ptr(), qw.data_ptr()) == 1  # non-finite: refused, not computed
+
+
+def test_program_reports_a_non_finite_step_parameter_as_eager_does(tiny_workload):
+    from workloads.errors import ConfigError
+
+    w = dataclasses.replace(tiny_workload, num_steps=2)
+    model, stats = _setup(w)
+    art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="int")
+    x, t, y = _inputs(model, torch.Generator().manual_seed(5), 0, 0)
+    emu.forward(x, t, y, 0)
+    (prog,) = emu._programs.values()
+    b, c = 2, model.cfg.hidden_size
+    h = torch.zeros(b, model.cfg.num_temporal * model.cfg.num_spatial, c)
+    yy = torch.zeros(b, model.cfg.model_max_length, c)
+    t0 = torch.zeros(b, 6 * c)
+    t0[0, 5] = float("nan")
+    with pytest.raises(ConfigError):
+        prog.run(h, yy, t0)
