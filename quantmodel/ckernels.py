@@ -461,40 +461,93 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
 /* attention operands straight from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes (in_kind 0 / 1)
    dequantized as fp32(q) * scale (the dequantize loop's one float32 product) and split into P contiguous
    float32 tensors out + p * B*H*N*D, each [B, H, N, D], or [B, H, D, N] where bit p of tmask is set (K^T) */
+/* Non-transposed parts: per token row and head, D codes converted straight into place. Transposed parts
+   (K^T, [B, H, D, N]): per (b, h) in tiles of SPLIT_TT tokens, converted into a small buffer and written
+   along N, so the stores stay contiguous. Independent rows / tiles: on several threads when the call is
+   large (the same values). */
+#define SPLIT_TT 16
+#define SPLIT_DMAX 256
 #define SPLIT_BODY(IT)                                                                                \
-    for (int64_t b = 0; b < B; b++)                                                                   \
-        for (int64_t t = 0; t < N; t++)                                                               \
-            for (int64_t p = 0; p < P; p++) {                                                         \
-                const IT* src = (const IT*)q + ((b * N + t) * P + p) * C;                             \
-                float* o = out + p * per;                                                             \
-                if ((tmask >> p) & 1)                                                                 \
-                    for (int64_t h = 0; h < H; h++) {                                                 \
-                        float* oo = o + (b * H + h) * D * N + t;                                      \
-                        for (int64_t d = 0; d < D; d++) oo[d * N] = (float)src[h * D + d] * scale;    \
-                    }                                                                                 \
-                else                                                                                  \
-                    for (int64_t h = 0; h < H; h++) {                                                 \
-                        float* oo = o + ((b * H + h) * N + t) * D;                                    \
-                        for (int64_t d = 0; d < D; d++) oo[d] = (float)src[h * D + d] * scale;        \
-                    }                                                                                 \
-            }
+    for (int64_t p = 0; p < P; p++) {                                                                 \
+        float* o = out + p * per;                                                                     \
+        if (!((tmask >> p) & 1)) {                                                                    \
+            PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {                                    \
+                int64_t b = bt / N, t = bt % N;                                                       \
+                const IT* src = (const IT*)q + (bt * P + p) * C;                                      \
+                for (int64_t h = 0; h < H; h++) {                                                     \
+                    float* oo = o + ((b * H + h) * N + t) * D;                                        \
+                    for (int64_t d = 0; d < D; d++) oo[d] = (float)src[h * D + d] * scale;            \
+                }                                                                                     \
+            })                                                                                        \
+        } else {                                                                                      \
+            int64_t ntile = (N + SPLIT_TT - 1) / SPLIT_TT;                                            \
+            PAR_LOOP(par, for (int64_t job = 0; job < B * H * ntile; job++) {                         \
+                float tmp[SPLIT_TT * SPLIT_DMAX];                                                     \
+                int64_t bh = job / ntile, t0 = (job % ntile) * SPLIT_TT, b = bh / H, h = bh % H;      \
+                int64_t nt = N - t0 < SPLIT_TT ? N - t0 : SPLIT_TT;                                   \
+                for (int64_t tt = 0; tt < nt; tt++) {                                                 \
+                    const IT* src = (const IT*)q + ((b * N + t0 + tt) * P + p) * C + h * D;           \
+                    for (int64_t d = 0; d < D; d++) tmp[tt * D + d] = (float)src[d] * scale;          \
+                }                                                                                     \
+                for (int64_t d = 0; d < D; d++) {                                                     \
+                    float* oo = o + (bh * D + d) * N + t0;                                            \
+                    for (int64_t tt = 0; tt < nt; tt++) oo[tt] = tmp[tt * D + d];                     \
+                }                                                                                     \
+            })                                                                                        \
+        }                                                                                             \
+    }
+
+#define SPLIT_WIDE(IT)                                                                                \
+    for (int64_t bt = 0; bt < B * N; bt++)                                                            \
+        for (int64_t p = 0; p < P; p++) {                                                             \
+            int64_t b = bt / N, t = bt % N;                                                           \
+            const IT* src = (const IT*)q + (bt * P + p) * C;                                          \
+            float* o = out + p * per;                                                                 \
+            for (int64_t h = 0; h < H; h++) {                                                         \
+                int tr = (tmask >> p) & 1;                                                            \
+                float* oo = tr ? o + (b * H + h) * D * N + t : o + ((b * H + h) * N + t) * D;         \
+                for (int64_t d = 0; d < D; d++) oo[tr ? d * N : d] = (float)src[h * D + d] * scale;   \
+            }                                                                                         \
+        }
 
 /* attention output in [B, H, N, D] float32 to the next layer's int8 input [B, N, H * D]: the head merge and
-   the activation quantizer q = rint(clamp(x * recip, -qmax, qmax)) (qm_act_quant's steps) in one pass */
+   the activation quantizer q = rint(clamp(x * recip, -qmax, qmax)) (qm_act_quant's steps) in one pass;
+   per token row, the heads are gathered first so the quantizer runs over C contiguous values */
 void qm_merge_heads_quant(const float* in, int64_t B, int64_t H, int64_t N, int64_t D, float recip, float qmax,
                           int8_t* out) {
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t t = 0; t < N; t++) {
-                const float* xs = in + ((b * H + h) * N + t) * D;
-                int8_t* o = out + (b * N + t) * H * D + h * D;
-                for (int64_t d = 0; d < D; d++) o[d] = (int8_t)rintf(clampf(xs[d] * recip, -qmax, qmax));
-            }
+    int64_t C = H * D;
+    if (C > BLK) {
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t t = 0; t < N; t++) {
+                    const float* xs = in + ((b * H + h) * N + t) * D;
+                    int8_t* o = out + (b * N + t) * C + h * D;
+                    for (int64_t d = 0; d < D; d++) o[d] = (int8_t)rintf(clampf(xs[d] * recip, -qmax, qmax));
+                }
+        return;
+    }
+    int par = B * N > 1 && B * N * C >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {
+        float buf[BLK];
+        int64_t b = bt / N, t = bt % N;
+        for (int64_t h = 0; h < H; h++) {
+            const float* xs = in + ((b * H + h) * N + t) * D;
+            for (int64_t d = 0; d < D; d++) buf[h * D + d] = xs[d];
+        }
+        int8_t* o = out + bt * C;
+        for (int64_t i = 0; i < C; i++) o[i] = (int8_t)rintf(clampf(buf[i] * recip, -qmax, qmax));
+    })
 }
 
 void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t N, int64_t P, int64_t H,
                     int64_t D, float* out, int64_t tmask) {
     int64_t C = H * D, per = B * H * N * D;
+    int par = B * N > 1 && B * N * P * C >= PAR_MIN && NTHR > 1;
+    if (D > SPLIT_DMAX) {  /* heads wider than the tile buffer: element by element */
+        if (in_kind == 0) { SPLIT_WIDE(int8_t) }
+        else { SPLIT_WIDE(int16_t) }
+        return;
+    }
     if (in_kind == 0) { SPLIT_BODY(int8_t) }
     else { SPLIT_BODY(int16_t) }
 }

@@ -213,7 +213,7 @@ class IntegerEmulator:
         self._scale_cache: dict = {}  # (wset, name, field, bits, headroom) -> static scale
         self.use_program = True  # run the blocks as a compiled emuprogram.BlockProgram where it applies
         self._programs: dict = {}  # (wset, x shape, y shape) -> BlockProgram or None (out of its scope)
-        self._program_pools: dict = {}  # (x shape, y shape) -> buffers shared by the programs
+        self._program_pools: dict = {}  # (x shape, y shape) -> the arena shared by those programs
 
     # ---- per-set parameters ---------------------------------------------------------------------
     def _lp(self, name: str) -> _LinearParams | None:
@@ -745,7 +745,7 @@ class IntegerEmulator:
             return None
         key = (self.wset, x_shape, y_shape)
         if key not in self._programs:
-            pool = self._program_pools.setdefault((x_shape, y_shape), [])
+            pool = self._program_pools.setdefault((x_shape, y_shape), {})
             self._programs[key] = emuprogram.build(self, x_shape, y_shape, pool)
         return self._programs[key]
 

@@ -31,30 +31,32 @@ from quantmodel.quantize import QK_OUT_BITS
 FP16_MAX = 65504.0
 
 
+ALIGN_BYTES = 64  # arena offsets: cache-line aligned
+
+
 class _Builder:
-    """Allocates the program's buffers and appends its steps (zero-argument callables).
+    """Allocates the program's buffers and appends its steps (zero-argument callables), remembering
+    what each step touches: the tensors and raw pointers among a kernel call's arguments, or the tensors
+    named for a Python step.
 
-    ``pool``: buffers of an earlier program of the same shapes (another weight set), reused in
-    allocation order where shape and dtype match, so per-step weight sets (TSQ+TSW) share one set of
-    intermediate buffers (programs run one at a time)."""
+    Without ``offsets`` every buffer is a fresh tensor (the planning pass); with them, buffer ``i`` is a
+    view of ``arena`` at ``offsets[i]`` (see :func:`_plan_arena`)."""
 
-    def __init__(self, pool: list):
+    def __init__(self, arena: torch.Tensor | None = None, offsets: list | None = None):
         self.steps: list = []
+        self.touches: list = []  # per step: what it reads or writes
+        self.bufs: list = []  # the buffers, in request order
         self.keep: list = []  # every tensor a bound pointer refers to stays alive with the program
-        self.pool, self.n_buf = pool, 0
+        self.arena, self.offsets = arena, offsets
 
     def buf(self, shape, dtype) -> torch.Tensor:
         shape = torch.Size([shape] if isinstance(shape, int) else shape)
-        i = self.n_buf
-        self.n_buf += 1
-        if i < len(self.pool) and self.pool[i].shape == shape and self.pool[i].dtype == dtype:
-            t = self.pool[i]
-        else:
+        if self.offsets is None:
             t = torch.empty(shape, dtype=dtype)
-            if i < len(self.pool):
-                self.pool[i] = t
-            else:
-                self.pool.append(t)
+        else:
+            off = self.offsets[len(self.bufs)]
+            t = self.arena[off:off + shape.numel() * dtype.itemsize].view(dtype).view(shape)
+        self.bufs.append(t)
         self.keep.append(t)
         return t
 
@@ -64,6 +66,52 @@ class _Builder:
 
     def call(self, fn, *args, **kwargs) -> None:
         self.steps.append(functools.partial(fn, *args, **kwargs))
+        owner = getattr(fn, "__self__", None)  # a tensor method (copy_) writes its tensor
+        self.touches.append((*args, *kwargs.values(), *((owner,) if isinstance(owner, torch.Tensor) else ())))
+
+    def py(self, fn, *tensors: torch.Tensor) -> None:
+        """A Python step that reads or writes (only) ``tensors``."""
+        self.steps.append(fn)
+        self.touches.append(tensors)
+
+
+def _plan_arena(bld: _Builder, pinned: list) -> tuple[list, int]:
+    """Offsets that let buffers share memory when their live ranges (first to last step touching them)
+    do not overlap: the working set then stays in the CPU caches instead of spanning one buffer per op.
+    ``pinned`` buffers live throughout (the inputs written before the first step, the output read after
+    the last). First fit in order of first use. Returns (offsets, arena bytes)."""
+    import bisect
+
+    n = len(bld.bufs)
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(bld.bufs))
+    starts = [sp[0] for sp in spans]
+    first, last = [len(bld.steps)] * n, [-1] * n
+    for k, items in enumerate(bld.touches):
+        for a in items:
+            addr = a.data_ptr() if isinstance(a, torch.Tensor) else a if type(a) is int else None
+            if addr is None:
+                continue
+            j = bisect.bisect_right(starts, addr) - 1
+            if j >= 0 and addr < spans[j][1]:
+                i = spans[j][2]
+                first[i], last[i] = min(first[i], k), max(last[i], k)
+    pin = {id(t) for t in pinned}
+    for i, t in enumerate(bld.bufs):
+        if id(t) in pin or last[i] < 0:  # pinned, or never touched (kept whole, to be safe)
+            first[i], last[i] = -1, len(bld.steps)
+    offsets, placed, total = [0] * n, [], 0
+    for i in sorted(range(n), key=lambda i: (first[i], i)):
+        size = -(-bld.bufs[i].numel() * bld.bufs[i].element_size() // ALIGN_BYTES) * ALIGN_BYTES
+        busy = sorted((o, o + sz) for o, sz, f, la in placed if f <= last[i] and first[i] <= la)
+        off = 0
+        for lo, hi in busy:  # first gap that fits
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        offsets[i] = off
+        placed.append((off, size, first[i], last[i]))
+        total = max(total, off + size)
+    return offsets, total
 
 
 class BlockProgram:
@@ -72,8 +120,8 @@ class BlockProgram:
     emulator holds it before the final layer: fp16 values (``fp16`` mode) or the dequantized float32
     residual codes (``int`` mode); a buffer of the program: read it before the next run."""
 
-    def __init__(self, steps, keep, x_in, y_in, t0_in, out, saturate_inputs: bool):
-        self.steps, self._keep = steps, keep
+    def __init__(self, builder: _Builder, x_in, y_in, t0_in, out, saturate_inputs: bool):
+        self.builder, self.steps = builder, builder.steps  # the builder keeps the buffers alive
         self.x_in, self.y_in, self.t0_in, self.out = x_in, y_in, t0_in, out
         self.saturate = saturate_inputs
 
@@ -88,18 +136,25 @@ class BlockProgram:
         return self.out
 
 
-def build(emu, x_shape: tuple, y_shape: tuple, pool: list) -> BlockProgram | None:
+def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | None:
     """The program of ``emu``'s current weight set for block input [B, N, C] and text [B, L, C], or
-    None when the emulator's configuration is outside the scope in the module doc. ``pool``: the
-    buffer pool of these shapes (see :class:`_Builder`)."""
+    None when the emulator's configuration is outside the scope in the module doc. Compiled twice: once
+    with a fresh tensor per buffer to find the live ranges, then into one arena (:func:`_plan_arena`).
+    ``pool``: per shapes, the arena of the emulator's earlier programs, reused (programs run one at a
+    time), so per-step weight sets (TSQ+TSW) share one arena."""
     dll = ckernels.lib()
     if (dll is None or emu.verifier is not None or not emu.static or emu.matmuls or emu.device.type != "cpu"
             or emu.mode not in ("fp16", "int")):
         return None
     try:
-        return _Compiler(emu, dll, _Builder(pool)).compile(emu.model, x_shape, y_shape)
+        first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
     except _Unsupported:
         return None
+    offsets, nbytes = _plan_arena(first.builder, [first.x_in, first.y_in, first.t0_in, first.out])
+    arena = pool.get("arena")
+    if arena is None or arena.numel() < nbytes:
+        arena = pool["arena"] = torch.empty(nbytes, dtype=torch.uint8)
+    return _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
 
 
 class _Unsupported(Exception):
@@ -406,7 +461,7 @@ class _Compiler:
         runs instead when a parameter is not finite (it then raises the eager path's error)."""
         if (intops.GATE_FRAC_BITS, intops.GUARD_BITS) != (16, 8) or scale.stride(2) != 1 or (
                 shift is not None and shift.stride() != scale.stride()):  # the constants the C loop has built in
-            self.b.steps.append(eager)
+            self.b.py(eager, *(t for t in (scale, shift, inv, f, r) if t is not None))
             return
         b_, _, c = scale.shape
         fw, qw = self.b.buf(2 * b_ * c, torch.float32), self.b.buf(2 * b_ * c, torch.int32)
@@ -419,7 +474,7 @@ class _Compiler:
             if call():
                 eager()
 
-        self.b.steps.append(step)
+        self.b.py(step, *(t for t in (scale, shift, inv, f, r, fw, qw) if t is not None))
 
     def gate(self, gate: torch.Tensor | None, b_: int, c: int) -> torch.Tensor:
         """The Q16 gate as float64 [B, 1, C]: per step from the modulation, or the constant 1 (no gate)."""
@@ -544,4 +599,4 @@ class _Compiler:
             else:
                 x, s_x = self.block_int(i, x, s_x, y_in, t0_in, tpe)
         out = x if fp16 else self.dequant(x, s_x)
-        return BlockProgram(bld.steps, bld.keep, x_in, y_in, t0_in, out, saturate_inputs=fp16)
+        return BlockProgram(bld, x_in, y_in, t0_in, out, saturate_inputs=fp16)
