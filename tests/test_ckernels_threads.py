@@ -64,3 +64,39 @@ def test_fused_producer_quantizers_equal_separate_steps():
     with ckernels.disabled():  # the eager torch path gives the same values
         assert torch.equal(q, ops["layernorm_modulate_q"]())
         assert torch.equal(p32, ops["softmax_f32"]())
+
+
+def _split_ref(codes: torch.Tensor, scale: float, parts: int, heads: int, tmask: int) -> list:
+    """The head split by torch ops: dequantize (one float32 product), view heads, K^T contiguous."""
+    b, n, pc = codes.shape
+    d = pc // (parts * heads)
+    f = codes.to(torch.float32) * scale
+    hs = f.reshape(b, n, parts, heads, d).permute(2, 0, 3, 1, 4)  # [P, B, H, N, D]
+    return [hs[p].transpose(-2, -1).contiguous() if (tmask >> p) & 1 else hs[p].contiguous() for p in range(parts)]
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 4, 16), (2, 1024, 6, 64), (3, 40, 4, 300)])  # D > 256, C > 1024: wide paths
+def test_head_split_and_merge_equal_torch_at_one_and_two_threads(shape):
+    """qm_split_heads (row-vectorised, K^T in tiles, heads wider than the tile buffer element by element)
+    and qm_merge_heads_quant (heads gathered per row) = the torch definitions, at 1 and 2 threads."""
+    b, n, h, d = shape
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(7)
+    aq = fixedpoint.ActQuantizer(0.01, 8)
+    n0 = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            for dtype, kind in ((torch.int8, 0), (torch.int16, 1)):
+                for parts, tmask in ((3, 0b010), (2, 0b01), (1, 0)):
+                    codes = torch.randint(-120, 120, (b, n, parts * h * d), generator=g, dtype=dtype)
+                    out = torch.empty((parts, b, h, n * d))
+                    dll.qm_split_heads(codes.data_ptr(), kind, 0.0125, b, n, parts, h, d, out.data_ptr(), tmask)
+                    for p, want in enumerate(_split_ref(codes, 0.0125, parts, h, tmask)):
+                        assert torch.equal(out[p].reshape(want.shape), want), (nt, dtype, parts, p)
+            att = torch.randn(b, h, n, d, generator=g)
+            q = torch.empty((b, n, h * d), dtype=torch.int8)
+            dll.qm_merge_heads_quant(att.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax), q.data_ptr())
+            assert torch.equal(q, aq(att.transpose(1, 2).reshape(b, n, h * d))), nt
+    finally:
+        torch.set_num_threads(n0)
