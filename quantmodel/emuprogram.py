@@ -154,7 +154,11 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
     arena = pool.get("arena")
     if arena is None or arena.numel() < nbytes:
         arena = pool["arena"] = torch.empty(nbytes, dtype=torch.uint8)
-    return _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
+    prog = _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
+    if len(prog.steps) != len(first.steps) or [(t.shape, t.dtype) for t in prog.builder.bufs] != [
+            (t.shape, t.dtype) for t in first.builder.bufs]:  # the plan is only valid for the same program
+        raise RuntimeError("emuprogram: the two compile passes differ (internal error)")
+    return prog
 
 
 class _Unsupported(Exception):
@@ -482,9 +486,9 @@ class _Compiler:
         if gate is None:  # IntVal(ones(1), 1.0) broadcast as intops._fix_madd_c does
             one = intops.gate_q16(torch.ones(1, dtype=torch.int32), 1.0)
             return bld.const(one.to(torch.float64).reshape(1, 1, 1).expand(b_, 1, c).contiguous())
-        key = ("gate", gate.data_ptr())
+        key = ("gate", id(gate))  # the view object (addresses repeat across buffers sharing the arena)
         if key in self.memo:  # gate_msa gates two adds: quantized once, the same values
-            return self.memo[key]
+            return self.memo[key][0]
         f = bld.buf((b_, 1, c), torch.float64)
 
         def operands():
@@ -492,7 +496,7 @@ class _Compiler:
             f.copy_(intops.gate_q16(g.q, g.scale))
 
         self.operands_step(operands, gate, None, None, 1.0, f, None)
-        self.memo[key] = f
+        self.memo[key] = (f, gate)  # the view is kept, so its id is not reused during the compile
         return f
 
     def residual_int(self, name: str, x: torch.Tensor, s_x: float, y: torch.Tensor, s_y: float, gate):

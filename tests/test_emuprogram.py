@@ -64,9 +64,10 @@ def test_program_equals_eager_forward_for_static_recipes(tiny_workload, temporal
 @pytest.mark.parametrize("mode", ["fp16", "int"])
 def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload, mode):
     """hidden 256 on 4 x 128 x 128: 64-token frames (the 131k-score softmax runs in row blocks), GELU
-    over 512 x 1024 values (flat blocks), fc1 with 1024 outputs (column-blocked GEMM)."""
+    over 512 x 1024 values (flat blocks), fc1 with 1024 outputs (column-blocked GEMM); depth 3, so later
+    blocks' buffers reuse arena memory of earlier ones."""
     w = dataclasses.replace(tiny_workload, num_frames=4, height=128, width=128, num_steps=2,
-                            model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=1))
+                            model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=3))
     model, stats = _setup(w)
     art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
     n0 = torch.get_num_threads()
