@@ -458,7 +458,8 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
     } else softmax_post_rows(ebuf, 0, rows, n, out, ws);
 }
 
-/* attention operands straight from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes (in_kind 0 / 1)
+/* attention operands straight from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes (in_kind 0 / 1;
+   2: fp16 values, with scale 1 an exact widening)
    dequantized as fp32(q) * scale (the dequantize loop's one float32 product) and split into P contiguous
    float32 tensors out + p * B*H*N*D, each [B, H, N, D], or [B, H, D, N] where bit p of tmask is set (K^T) */
 /* Non-transposed parts: per token row and head, D codes converted straight into place. Transposed parts
@@ -489,6 +490,32 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
                     const IT* src = (const IT*)q + ((b * N + t0 + tt) * P + p) * C + h * D;           \
                     for (int64_t d = 0; d < D; d++) tmp[tt * D + d] = (float)src[d] * scale;          \
                 }                                                                                     \
+                for (int64_t d = 0; d < D; d++) {                                                     \
+                    float* oo = o + (bh * D + d) * N + t0;                                            \
+                    for (int64_t tt = 0; tt < nt; tt++) oo[tt] = tmp[tt * D + d];                     \
+                }                                                                                     \
+            })                                                                                        \
+        }                                                                                             \
+    }
+
+/* fp16 values (in_kind 2): widened exactly (the scale is 1) with the block conversion h2f, segment by segment */
+#define SPLIT_F16                                                                                     \
+    for (int64_t p = 0; p < P; p++) {                                                                 \
+        float* o = out + p * per;                                                                     \
+        if (!((tmask >> p) & 1)) {                                                                    \
+            PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {                                    \
+                int64_t b = bt / N, t = bt % N;                                                       \
+                const f16* src = (const f16*)q + (bt * P + p) * C;                                    \
+                for (int64_t h = 0; h < H; h++) h2f(src + h * D, o + ((b * H + h) * N + t) * D, D);   \
+            })                                                                                        \
+        } else {                                                                                      \
+            int64_t ntile = (N + SPLIT_TT - 1) / SPLIT_TT;                                            \
+            PAR_LOOP(par, for (int64_t job = 0; job < B * H * ntile; job++) {                         \
+                float tmp[SPLIT_TT * SPLIT_DMAX];                                                     \
+                int64_t bh = job / ntile, t0 = (job % ntile) * SPLIT_TT, b = bh / H, h = bh % H;      \
+                int64_t nt = N - t0 < SPLIT_TT ? N - t0 : SPLIT_TT;                                   \
+                for (int64_t tt = 0; tt < nt; tt++)                                                   \
+                    h2f((const f16*)q + ((b * N + t0 + tt) * P + p) * C + h * D, tmp + tt * D, D);    \
                 for (int64_t d = 0; d < D; d++) {                                                     \
                     float* oo = o + (bh * D + d) * N + t0;                                            \
                     for (int64_t tt = 0; tt < nt; tt++) oo[tt] = tmp[tt * D + d];                     \
@@ -545,11 +572,13 @@ void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t 
     int par = B * N > 1 && B * N * P * C >= PAR_MIN && NTHR > 1;
     if (D > SPLIT_DMAX) {  /* heads wider than the tile buffer: element by element */
         if (in_kind == 0) { SPLIT_WIDE(int8_t) }
-        else { SPLIT_WIDE(int16_t) }
+        else if (in_kind == 1) { SPLIT_WIDE(int16_t) }
+        else { SPLIT_WIDE(f16) }
         return;
     }
     if (in_kind == 0) { SPLIT_BODY(int8_t) }
-    else { SPLIT_BODY(int16_t) }
+    else if (in_kind == 1) { SPLIT_BODY(int16_t) }
+    else { SPLIT_F16 }
 }
 
 /* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next);
@@ -757,6 +786,85 @@ int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int6
     return 0;
 }
 
+/* Dynamic recipes' per-token activation quantization (emulator.linear, dynamic branch): per row of k
+   values (float32, or fp16 widened exactly), s = fp32(fl64(max|x|) / qmax) (1 when the row is all zero:
+   fixedpoint.symmetric_scale), q = clamp(rint(fl64(x) / fl64(s)), +-qmax) (fixedpoint.quantize).
+   Returns 1 on a non-finite value (the caller runs the Python definition, which reports it). */
+int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* out, float* s_out) {
+    int par = rows > 1 && rows * k >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
+        float buf[BLK];
+        float a = 0.0f;
+        int rb = 0;
+        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 1: max |x| */
+            int64_t m = k - j0 < BLK ? k - j0 : BLK;
+            const float* v = (const float*)x + r * k + j0;
+            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+            int64_t j = 0;
+#if defined(__AVX512F__)
+            /* max of |x| (exact in any order: non-negative values; non-finite ones are flagged separately) */
+            __m512 am = _mm512_setzero_ps(), big = _mm512_set1_ps(3.4028234663852886e38f);
+            for (; j + 16 <= m; j += 16) {
+                __m512 u = _mm512_abs_ps(_mm512_loadu_ps(v + j));
+                rb |= _mm512_cmp_ps_mask(u, big, _CMP_LE_OQ) != 0xFFFF;
+                am = _mm512_max_ps(am, u);
+            }
+            float ar = _mm512_reduce_max_ps(am);
+            a = ar > a ? ar : a;
+#endif
+            for (; j < m; j++) {
+                float u = fabsf(v[j]);
+                rb |= !(u <= 3.4028234663852886e38f);
+                a = u > a ? u : a;
+            }
+        }
+        if (rb) { s_out[r] = -1.0f; continue; }  /* marked; reported after the loop */
+        float s = a > 0.0f ? (float)((double)a / (double)qmax) : 1.0f;
+        s_out[r] = s;
+        double qm = (double)qmax, sd = (double)s;
+        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 2: the codes */
+            int64_t m = k - j0 < BLK ? k - j0 : BLK;
+            const float* v = (const float*)x + r * k + j0;
+            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+            int8_t* o = out + r * k + j0;
+            int64_t j = 0;
+#if defined(__AVX512F__)
+            /* the same IEEE steps, 8 at a time: float64 quotient, round half to even, clamp, narrow */
+            __m512d vs = _mm512_set1_pd(sd), lo = _mm512_set1_pd(-qm), hi = _mm512_set1_pd(qm);
+            for (; j + 8 <= m; j += 8) {
+                __m512d d = _mm512_div_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v + j)), vs);
+                d = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                d = _mm512_min_pd(_mm512_max_pd(d, lo), hi);
+                _mm_storel_epi64((__m128i*)(o + j), _mm256_cvtepi32_epi8(_mm512_cvtpd_epi32(d)));
+            }
+#endif
+            for (; j < m; j++) o[j] = (int8_t)clampd(rint((double)v[j] / sd), -qm, qm);
+        }
+    })
+    for (int64_t r = 0; r < rows; r++)
+        if (s_out[r] < 0.0f) return 1;
+    return 0;
+}
+
+/* Dynamic recipes' rescale of the int32 sums (the dyn_rescale op): y = (fp32(acc) * s_row) * w_scale + bias
+   in float32 (no fused multiply-add), then the emulator's saturating fp16 conversion (clamp to +-65504,
+   round to nearest even). acc [rows, n]; s_row [rows]; w_scale, bias [n]. */
+void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const float* w_scale,
+                    const float* bias, f16* out) {
+    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
+        float buf[BLK];
+        float sr = s_row[r];
+        for (int64_t j0 = 0; j0 < n; j0 += BLK) {
+            int64_t m = n - j0 < BLK ? n - j0 : BLK;
+            const int32_t* a = acc + r * n + j0;
+            for (int64_t j = 0; j < m; j++)
+                buf[j] = clampf(((float)a[j] * sr) * w_scale[j0 + j] + bias[j0 + j], -65504.0f, 65504.0f);
+            f2h(buf, out + r * n + j0, m);
+        }
+    })
+}
+
 /* fixedpoint.quantize_multiplier of a finite r >= 0: r ~ m * 2**-(31 + sh), m in [2**30, 2**31), half to even */
 static void qmult(double r, int64_t* m, int64_t* sh) {
     if (r == 0.0) { *m = 0; *sh = 0; return; }
@@ -895,6 +1003,10 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_param_quant.restype = ci
     dll.qm_mod_operands.argtypes = [vp, vp, i64, vp, i64, i64, f64, i64, vp, vp, vp, vp]
     dll.qm_mod_operands.restype = ci
+    dll.qm_dyn_quant.argtypes = [vp, ci, i64, i64, i64, vp, vp]
+    dll.qm_dyn_quant.restype = ci
+    dll.qm_dyn_rescale.argtypes = [vp, i64, i64, vp, vp, vp, vp]
+    dll.qm_dyn_rescale.restype = None
     for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_merge_heads_quant", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None

@@ -143,8 +143,8 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
     ``pool``: per shapes, the arena of the emulator's earlier programs, reused (programs run one at a
     time), so per-step weight sets (TSQ+TSW) share one arena."""
     dll = ckernels.lib()
-    if (dll is None or emu.verifier is not None or not emu.static or emu.matmuls or emu.device.type != "cpu"
-            or emu.mode not in ("fp16", "int")):
+    if (dll is None or emu.verifier is not None or emu.matmuls or emu.device.type != "cpu"
+            or emu.mode not in ("fp16", "int") or (emu.mode == "int" and not emu.static)):
         return None
     try:
         first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
@@ -176,10 +176,52 @@ class _Compiler:
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
+        """A static layer's prepared parameters (int8 codes, fast prepared GEMM), else out of scope."""
         p = self.emu._lp(name)
         if p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8 or not p.gemm.fast:
             raise _Unsupported(name)
         return p
+
+    def lp_dyn(self, name: str):
+        """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
+        which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
+        p = self.emu._lp(name)
+        if (p is None or p.static or p.smooth is not None or p.bias is None or p.bias.dtype != torch.float32
+                or p.w_scale.dtype != torch.float32 or p.w_t.shape[0] * 128 * 128 >= 2 ** 31):
+            raise _Unsupported(name)
+        return p
+
+    def dyn_linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """IntegerEmulator.linear of a dynamic recipe (fp16 mode): per-token scales from the row's abs-max,
+        int8 codes, the int8 GEMM, the float32 rescale with bias, the saturating fp16 conversion."""
+        emu, bld = self.emu, self.b
+        p = self.lp_dyn(name)
+        k, n = p.w_t.shape
+        rows = x.numel() // k
+        q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
+        acc, out = bld.buf((rows, n), torch.int32), bld.buf((*x.shape[:-1], n), torch.float16)
+        quant = functools.partial(self.dll.qm_dyn_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], rows, k,
+                                  emu.qa, q.data_ptr(), s_row.data_ptr())
+
+        def step():
+            if quant():  # a non-finite activation: the eager definition reports it
+                emu.linear(name, x.clone())
+                raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
+
+        bld.py(step, x, q, s_row)
+        bld.call(torch._int_mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        bld.call(self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(),
+                 bld.const(p.w_scale.contiguous()).data_ptr(), bld.const(p.bias.contiguous()).data_ptr(),
+                 out.data_ptr())
+        return out
+
+    def linear(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """fp16 mode: a static layer's int16 codes (from int8 codes or float input), a dynamic one's fp16."""
+        return self.linear_in(name, v) if self.emu.static else self.dyn_linear(name, v)
+
+    def out_scale(self, name: str) -> float | None:
+        """The scale of a layer's output codes (None: fp16 values, dynamic recipes)."""
+        return self.lp(name).y_scale if self.emu.static else None
 
     def quant_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``_input_int8`` of a float tensor. Explicit smoothing (``mul`` / ``text`` folds): fp16 mode
@@ -225,7 +267,8 @@ class _Compiler:
         b, n, pc = codes.shape
         d = pc // (parts * heads)
         out = self.b.buf((parts, b, heads, n * d), torch.float32)
-        self.b.call(self.dll.qm_split_heads, codes.data_ptr(), 0 if codes.dtype == torch.int8 else 1, scale, b, n,
+        kind = {torch.int8: 0, torch.int16: 1, torch.float16: 2}[codes.dtype]
+        self.b.call(self.dll.qm_split_heads, codes.data_ptr(), kind, 1.0 if scale is None else scale, b, n,
                     parts, heads, d, out.data_ptr(), tmask)
         return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
                 for p in range(parts)]
@@ -273,7 +316,7 @@ class _Compiler:
         """IntegerEmulator.norm_modulate (fp16): LayerNorm + modulation (consumer's smoothing folded)
         emitting the consumer's int8 codes directly when it reads them as they are, else fp16."""
         emu = self.emu
-        p = self.lp(consumer)
+        p = self.lp(consumer) if emu.static else self.lp_dyn(consumer)
         inv = None
         if p.smooth is not None and p.fold == "modulate":
             if p.inv_s is None:
@@ -315,9 +358,13 @@ class _Compiler:
                                                                                             scale)
         out = self.b.buf((*probs.shape[:-1], vv.shape[-1]), torch.float32)  # [B', H, L, D]
         self.b.call(torch.matmul, probs, vv, out=out)
+        h, d = out.shape[1], out.shape[3]
+        if not emu.static:  # the float product's output, heads merged, into the dynamic proj layer
+            merged = self.b.buf((b, n, c), torch.float32)
+            self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
+            return self.dyn_linear(pre + ".proj", merged)
         p = self.lp(pre + ".proj")
         aq = emu._direct_quantizer(p)
-        h, d = out.shape[1], out.shape[3]
         odt = self.res_dtype
         if aq is not None:
             q8 = self.b.buf((b, n, c), torch.int8)
@@ -330,26 +377,30 @@ class _Compiler:
 
     def self_attention(self, pre: str, v: torch.Tensor, heads: int, s_v: float | None = None) -> torch.Tensor:
         b, n, c = v.shape
-        qkv = self.linear_in(pre + ".qkv", v, s_v)
-        q, k_t, vv = self.split_heads(qkv, self.lp(pre + ".qkv").y_scale, 3, heads, 0b010)
+        qkv = self.linear_in(pre + ".qkv", v, s_v) if self.emu.static else self.dyn_linear(pre + ".qkv", v)
+        q, k_t, vv = self.split_heads(qkv, self.out_scale(pre + ".qkv"), 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
 
     def cross_attention(self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int,
                         s_x: float | None = None) -> torch.Tensor:
         b, n, c = x.shape
-        q = self.linear_in(pre + ".q_linear", x, s_x)
-        kv = self.linear_in(pre + ".kv_linear", y)
-        (hq,) = self.split_heads(q, self.lp(pre + ".q_linear").y_scale, 1, heads, 0)
-        hk, hv = self.split_heads(kv, self.lp(pre + ".kv_linear").y_scale, 2, heads, 0b01)
+        if self.emu.static:
+            q, kv = self.linear_in(pre + ".q_linear", x, s_x), self.linear_in(pre + ".kv_linear", y)
+        else:
+            q, kv = self.dyn_linear(pre + ".q_linear", x), self.dyn_linear(pre + ".kv_linear", y)
+        (hq,) = self.split_heads(q, self.out_scale(pre + ".q_linear"), 1, heads, 0)
+        hk, hv = self.split_heads(kv, self.out_scale(pre + ".kv_linear"), 2, heads, 0b01)
         return self.attend(pre, hq, hk, hv, b, n, c)
 
     def gelu(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
         """gelu_fp16(_dequant_fp16(codes)): the C dequantization, then intops._gelu_fp16 per flat
         block of CHUNK_ELEMS (the eager path's blocks, so tanh sees the same lanes)."""
         n = codes.numel()
-        xh = self.b.buf(codes.shape, torch.float16)
-        self.b.call(self.dll.qm_dequant, codes.data_ptr(), ckernels.IN_KIND_INT[codes.dtype], n, scale,
-                    xh.data_ptr(), 1)
+        xh = codes
+        if codes.dtype != torch.float16:  # codes: the saturating fp16 dequantization first
+            xh = self.b.buf(codes.shape, torch.float16)
+            self.b.call(self.dll.qm_dequant, codes.data_ptr(), ckernels.IN_KIND_INT[codes.dtype], n, scale,
+                        xh.data_ptr(), 1)
         out = self.b.buf(codes.shape, torch.float16)
         ch = intops.CHUNK_ELEMS
         blocks = [(0, n)] if n <= ch else [(i, min(ch, n - i)) for i in range(0, n, ch)]
@@ -563,7 +614,7 @@ class _Compiler:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
         x_m = self.norm_modulate(pre + ".norm1", x, shift_msa, scale_msa, pre + ".attn.qkv")
         x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
-        x = self.residual(x, x_s.view(b, n, c), self.lp(pre + ".attn.proj").y_scale, gate_msa)
+        x = self.residual(x, x_s.view(b, n, c), self.out_scale(pre + ".attn.proj"), gate_msa)
         x_t = bld.buf((b * blk.d_s, blk.d_t, c), torch.float16)  # [B, T, S, C] -> [B * S, T, C]
         bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
         if tpe is not None:  # fp16 add of the saturated fp16 embedding (IntegerEmulator.residual)
@@ -571,16 +622,16 @@ class _Compiler:
             x_t2 = bld.buf(x_t.shape, torch.float16)
             bld.call(torch.add, x_t, tpe_h, out=x_t2)
             x_t = x_t2
-        t_codes = self.self_attention(pre + ".attn_temp", x_t, heads)  # int16 [B * S, T, C]
+        t_codes = self.self_attention(pre + ".attn_temp", x_t, heads)  # int16 codes (fp16: dynamic) [B * S, T, C]
         back = bld.buf((b, n, c), t_codes.dtype)  # [B * S, T, C] -> [B, T * S, C]
         bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_codes.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
-        x = self.residual(x, back, self.lp(pre + ".attn_temp.proj").y_scale, gate_msa)
+        x = self.residual(x, back, self.out_scale(pre + ".attn_temp.proj"), gate_msa)
         xc = self.cross_attention(pre + ".cross_attn", x, y_h, heads)
-        x = self.residual(x, xc, self.lp(pre + ".cross_attn.proj").y_scale, None)
+        x = self.residual(x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
         x_m = self.norm_modulate(pre + ".norm2", x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        h = self.gelu(self.linear_in(pre + ".mlp.fc1", x_m), self.lp(pre + ".mlp.fc1").y_scale)
-        y2 = self.gemm(pre + ".mlp.fc2", self.quant_input(pre + ".mlp.fc2", h))
-        return self.residual(x, y2, self.lp(pre + ".mlp.fc2").y_scale, gate_mlp)
+        h = self.gelu(self.linear(pre + ".mlp.fc1", x_m), self.out_scale(pre + ".mlp.fc1"))
+        y2 = self.linear(pre + ".mlp.fc2", h)
+        return self.residual(x, y2, self.out_scale(pre + ".mlp.fc2"), gate_mlp)
 
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
         bld = self.b
@@ -589,9 +640,9 @@ class _Compiler:
         x_in = bld.buf(x_shape, torch.float16 if fp16 else torch.float32)
         y_in = bld.buf(y_shape, torch.float16 if fp16 else torch.float32)  # fp16 mode: _hs(y); int: y
         t0_in = bld.buf((b, 6 * c), torch.float32)
-        for name in self.emu.linears:  # every block linear quantized with int8 codes
+        for name in self.emu.linears:  # every block linear quantized (int8 codes)
             if name.startswith("blocks."):
-                self.lp(name)
+                self.lp(name) if self.emu.static else self.lp_dyn(name)
         if fp16:
             x = x_in
         else:

@@ -50,12 +50,16 @@ def _compare(model, art, steps: int, seed: int = 0, mode: str = "fp16") -> Integ
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])
 @pytest.mark.parametrize("temporal_pos", ["attention", "residual"])
-def test_program_equals_eager_forward_for_static_recipes(tiny_workload, temporal_pos, mode):
+def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, temporal_pos, mode):
     w = dataclasses.replace(tiny_workload, num_steps=3,
                             model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos))
     model, stats = _setup(w)
-    for name in ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6"):
-        art = build_artifact(model, get_recipe(name), stats, w.num_steps)
+    names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6")
+    if mode == "fp16":  # dynamic recipes are compiled in fp16 mode only
+        names += ("dynamic-w8a8", "dynamic-w4a8")
+    for name in names:
+        recipe = get_recipe(name)
+        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = _compare(model, art, w.num_steps, mode=mode)
         assert len(emu._programs) == len(set(art.step_to_set))  # one program per weight set
         assert len(emu._program_pools) == 1  # sharing one set of buffers
@@ -69,12 +73,15 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload,
     w = dataclasses.replace(tiny_workload, num_frames=4, height=128, width=128, num_steps=2,
                             model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=3))
     model, stats = _setup(w)
-    art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    arts = [build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)]
+    if mode == "fp16":
+        arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
     n0 = torch.get_num_threads()
     try:
         for nt in (1, 2):
             torch.set_num_threads(nt)
-            _compare(model, art, w.num_steps, seed=nt, mode=mode)
+            for art in arts:
+                _compare(model, art, w.num_steps, seed=nt, mode=mode)
     finally:
         torch.set_num_threads(n0)
 
@@ -84,9 +91,9 @@ def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
     model, stats = _setup(w)
     x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
     attn = dataclasses.replace(get_recipe("asq-w8a8"), quantize_attention=True)
-    cases = [(get_recipe("dynamic-w8a8"), "fp16", False), (get_recipe("dynamic-w6a6"), "int", False),
-             (attn, "fp16", False), (attn, "int", False), (get_recipe("asq-w8a8"), "fp16", True),
-             (get_recipe("asq-w8a8"), "int", True)]
+    cases = [(get_recipe("dynamic-w6a6"), "int", False), (attn, "fp16", False), (attn, "int", False),
+             (get_recipe("asq-w8a8"), "fp16", True), (get_recipe("asq-w8a8"), "int", True),
+             (get_recipe("dynamic-w8a8"), "fp16", True)]
     for recipe, mode, verify in cases:
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = IntegerEmulator(model, art, nonlinear=mode, verify=verify)
@@ -143,3 +150,36 @@ def test_program_reports_a_non_finite_step_parameter_as_eager_does(tiny_workload
     t0[0, 5] = float("nan")
     with pytest.raises(ConfigError):
         prog.run(h, yy, t0)
+
+
+def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
+    """qm_dyn_quant = fixedpoint.symmetric_scale(row abs-max) + fixedpoint.quantize(axis 0) (fp16 and
+    float32 rows, all-zero rows, exact half-way quotients, rows longer than the C block), non-finite
+    rows refused; qm_dyn_rescale = the emulator's float32 (acc * s_row) * w_scale + bias, then _hs."""
+    from quantmodel import fixedpoint
+
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(6)
+    for rows, k, dtype, bits in ((256, 64, torch.float16, 8), (7, 1500, torch.float32, 6), (16, 40, torch.float32, 4)):
+        x = (torch.randn(rows, k, generator=g) * 3).to(dtype)
+        x[1] = 0
+        qmax = 2 ** (bits - 1) - 1
+        x[2] = 0
+        x[2, 0] = qmax * 0.25  # row max qmax / 4 -> scale exactly 0.25, so these quotients are exact ties
+        x[2, 1:6] = torch.tensor([0.5, 1.5, 2.5, -0.5, -3.5]) * 0.25
+        q, s = torch.empty(rows, k, dtype=torch.int8), torch.empty(rows)
+        kind = 1 if dtype == torch.float16 else 0
+        assert dll.qm_dyn_quant(x.data_ptr(), kind, rows, k, qmax, q.data_ptr(), s.data_ptr()) == 0
+        s_ref = fixedpoint.symmetric_scale(x.float().abs().amax(dim=1).double(), bits)
+        assert torch.equal(s, s_ref) and torch.equal(q, fixedpoint.quantize(x.float(), s_ref, bits, axis=0))
+        assert s[2] == 0.25 and q[2, 1:6].tolist() == [0, 2, 2, 0, -4]  # half to even
+        w = torch.randint(-127, 128, (k, 24), generator=g, dtype=torch.int8)
+        acc = torch._int_mm(q, w) if rows > 16 else q.int() @ w.int()
+        w_scale, bias = torch.rand(24, generator=g) * 1e-2, torch.randn(24, generator=g)
+        y = torch.empty(rows, 24, dtype=torch.float16)
+        dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
+                           y.data_ptr())
+        want = ((acc.float() * s[:, None]) * w_scale[None, :] + bias).clamp(-65504, 65504).half()
+        assert torch.equal(y, want)
+    x[3, 5] = float("nan")
+    assert dll.qm_dyn_quant(x.data_ptr(), 0, rows, k, 7, q.data_ptr(), s.data_ptr()) == 1
