@@ -886,6 +886,33 @@ static double rq_exact(int64_t q, int64_t m, int64_t sh) {
     return clampd((double)v, -2147483648.0, 2147483647.0);
 }
 
+/* Quantized attention's operands from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes
+   (in_kind 0 / 1), part p requantized to the product's input scale, clamp(round_half_even(q * m_p /
+   2**(31 + s_p)), +-qmax) (fixedpoint.requantize, per tensor, exactly in int64), split as
+   qm_split_heads does ([B, H, N, D], or [B, H, D, N] where bit p of tmask is set), as float32 values
+   (the small integers the exact float product reads). */
+void qm_split_heads_q8(const void* q, int in_kind, int64_t B, int64_t N, int64_t P, int64_t H, int64_t D,
+                       const int64_t* mult, const int64_t* shift, int64_t qmax, float* out, int64_t tmask) {
+    int64_t C = H * D, per = B * H * N * D;
+    double qm = (double)qmax;
+    int par = B * N > 1 && B * N * P * C >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {
+        int64_t b = bt / N, t = bt % N;
+        for (int64_t p = 0; p < P; p++) {
+            int64_t base = (bt * P + p) * C;
+            float* o = out + p * per;
+            int tr = (tmask >> p) & 1;
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t d = 0; d < D; d++) {
+                    int64_t v = in_kind == 0 ? ((const int8_t*)q)[base + h * D + d] : ((const int16_t*)q)[base + h * D + d];
+                    float r = (float)clampd(rq_exact(v, mult[p], shift[p]), -qm, qm);
+                    if (tr) o[((b * H + h) * D + d) * N + t] = r;
+                    else o[((b * H + h) * N + t) * D + d] = r;
+                }
+        }
+    })
+}
+
 /* The per-step operands of one int-mode modulation or gated add (emulator: _fold_mod, _param_int,
    intops.modulate_factors / gate_q16), from float32 parameters [B, 1, C] with batch stride pstride:
    with inv (a consumer's 1/s): scale' = (1 + scale) * inv - 1, shift' = shift * inv (float32 ops), else as is;
@@ -1007,6 +1034,8 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_dyn_quant.restype = ci
     dll.qm_dyn_rescale.argtypes = [vp, i64, i64, vp, vp, vp, vp]
     dll.qm_dyn_rescale.restype = None
+    dll.qm_split_heads_q8.argtypes = [vp, ci, i64, i64, i64, i64, i64, vp, vp, i64, vp, i64]
+    dll.qm_split_heads_q8.restype = None
     for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_merge_heads_quant", "qm_gelu_pre", "qm_gelu_post",
                "qm_fp16_axpy"):
         getattr(dll, fn).restype = None

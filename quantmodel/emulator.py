@@ -42,6 +42,12 @@ attention output's head merge emit the next static layer's int8 codes directly (
 quantizing the fp16 / float32 tensor). Large C loops run on torch's OpenMP threads (rows split, values
 unchanged).
 
+Outside verification, the blocks of static recipes (both modes) and of dynamic recipes (fp16 mode),
+with float attention products, run as a compiled program (:mod:`quantmodel.emuprogram`): per weight set
+and input shape the op sequence below is resolved once into a flat list of the same kernel calls over
+buffers that share one arena by live range, so a forward pays neither Python dispatch nor allocation
+per op. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
+
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by Q1's float64 reference
 (:mod:`quantmodel.reference`) on the same integer inputs and compared exactly; per-layer SQNR of

@@ -26,7 +26,7 @@ import math
 import torch
 
 from quantmodel import ckernels, fixedpoint, intops
-from quantmodel.quantize import QK_OUT_BITS
+from quantmodel.quantize import OUT_BITS, QK_OUT_BITS
 
 FP16_MAX = 65504.0
 
@@ -143,8 +143,8 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
     ``pool``: per shapes, the arena of the emulator's earlier programs, reused (programs run one at a
     time), so per-step weight sets (TSQ+TSW) share one arena."""
     dll = ckernels.lib()
-    if (dll is None or emu.verifier is not None or emu.matmuls or emu.device.type != "cpu"
-            or emu.mode not in ("fp16", "int") or (emu.mode == "int" and not emu.static)):
+    if (dll is None or emu.verifier is not None or emu.device.type != "cpu" or emu.mode not in ("fp16", "int")
+            or (not emu.static and (emu.mode == "int" or emu.matmuls))):
         return None
     try:
         first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
@@ -378,8 +378,94 @@ class _Compiler:
     def self_attention(self, pre: str, v: torch.Tensor, heads: int, s_v: float | None = None) -> torch.Tensor:
         b, n, c = v.shape
         qkv = self.linear_in(pre + ".qkv", v, s_v) if self.emu.static else self.dyn_linear(pre + ".qkv", v)
+        if self.emu.matmuls:  # integer QK^T and AV: each operand requantized to its product's input scale
+            q, k_t, vv = self.split_heads_q8(qkv, self.out_scale(pre + ".qkv"), heads, 0b010,
+                                             [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")])
+            return self.attend_int(pre, q, k_t, vv, b, n, c)
         q, k_t, vv = self.split_heads(qkv, self.out_scale(pre + ".qkv"), 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
+
+    # ---- quantized attention products (static recipes) ---------------------------------------------------
+    def mm_scale(self, name: str, fld: str) -> float:
+        return float(self.emu.art.get(self.emu.wset, name, fld))
+
+    def split_heads_q8(self, codes: torch.Tensor, s_codes: float, heads: int, tmask: int, targets: list):
+        """IntegerEmulator._to_int8 of each head-split part of a GEMM's codes (the requantization to the
+        product input scale of ``targets[p]``, as in ``_requant``), laid out as split_heads does, held as
+        float32 values for the exact float product."""
+        parts = len(targets)
+        b, n, pc = codes.shape
+        d = pc // (parts * heads)
+        pairs = [fixedpoint.quantize_multiplier(float(s_codes / self.mm_scale(nm, fld))) for nm, fld in targets]
+        mult = self.b.const(torch.tensor([m for m, _ in pairs], dtype=torch.int64))
+        shift = self.b.const(torch.tensor([sh for _, sh in pairs], dtype=torch.int64))
+        out = self.b.buf((parts, b, heads, n * d), torch.float32)
+        self.b.call(self.dll.qm_split_heads_q8, codes.data_ptr(), 0 if codes.dtype == torch.int8 else 1, b, n, parts,
+                    heads, d, mult.data_ptr(), shift.data_ptr(), self.emu.qa, out.data_ptr(), tmask)
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
+                for p in range(parts)]
+
+    def requant(self, acc: torch.Tensor, mult, shift, qmin: int, qmax: int, out_dtype=torch.int32) -> torch.Tensor:
+        """fixedpoint.requantize(acc, mult, shift, qmin, qmax) of int32 [..., N] (per tensor), written as
+        ``out_dtype`` (the eager int32 result, or its narrowing where the values fit)."""
+        n = acc.shape[-1]
+        rq = fixedpoint._requantizer(mult, shift, qmin, qmax, torch.int32, torch.device("cpu"))
+        c, lim, mm, ss = (self.b.const(t) for t in rq._c_consts(n, torch.device("cpu")))
+        out = self.b.buf(acc.shape, out_dtype)
+        self.b.call(self.dll.qm_requant, acc.data_ptr(), acc.numel() // n, n, n, None, c.data_ptr(),
+                    lim.data_ptr() if rq.check else None, mm.data_ptr(), ss.data_ptr(), float(qmin), float(qmax),
+                    out.data_ptr(), ckernels.OUT_KIND[out_dtype], n)
+        return out
+
+    def int_product(self, name: str, a: torch.Tensor, b_: torch.Tensor, qo: int) -> torch.Tensor:
+        """IntegerEmulator.matmul (static): the exact product of int8 values (a float32 product is exact
+        when every partial sum stays below 2**24, which the bound K * qmax**2 guarantees), then the
+        requantization by the artifact's multiplier -> int32 codes at the product's y_scale."""
+        k = a.shape[-1]
+        if k * self.emu.qa * self.emu.qa > 2 ** 24:
+            raise _Unsupported(name + " (a float32 product would not be exact)")
+        acc_f = self.b.buf((*a.shape[:-1], b_.shape[-1]), torch.float32)
+        self.b.call(torch.matmul, a, b_, out=acc_f)
+        acc = self.b.buf(acc_f.shape, torch.int32)
+        self.b.call(acc.copy_, acc_f)
+        g, art = self.emu.wset, self.emu.art
+        m, sh = int(art.get(g, name, "multiplier")[0]), int(art.get(g, name, "shift")[0])
+        return self.requant(acc, m, sh, -qo, qo)
+
+    def attend_int(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
+        """IntegerEmulator._attend with integer products: QK^T, the softmax (fp16 of the dequantized
+        scores times 1/sqrt(D), or the integer softmax), the probabilities quantized to AV's input scale,
+        AV, the heads merged, the proj layer's input requantization and GEMM."""
+        emu, bld = self.emu, self.b
+        sm_scale = emu.mods[pre + ".softmax"].scale
+        scores = self.int_product(pre + ".qk", q, k_t, 2 ** (QK_OUT_BITS - 1) - 1)  # int32 at y_scale
+        s_scores = self.mm_scale(pre + ".qk", "y_scale")
+        sa = self.mm_scale(pre + ".av", "a_scale")
+        p8 = bld.buf(scores.shape, torch.int8)
+        if emu.mode == "fp16":
+            probs = self.softmax_f32(self.dequant(scores, s_scores), sm_scale)  # fp16 values, widened
+            aq = fixedpoint.ActQuantizer(sa, emu.a_bits)  # _to_int8 of a float tensor
+            bld.call(self.dll.qm_act_quant, probs.data_ptr(), 0, probs.numel(), aq.recip, float(aq.qmax),
+                     p8.data_ptr(), ckernels.OUT_KIND[torch.int8], None, 0)
+        else:
+            n_k = scores.shape[-1]
+            scale = s_scores * sm_scale
+            kk = intops.working_shift(scale)
+            q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** kk)
+            pq = bld.buf(scores.shape, torch.int32)
+            ebuf = bld.buf(n_k, torch.int64)
+            bld.call(self.dll.qm_softmax_int, scores.data_ptr(), scores.numel() // n_k, n_k, kk, q_ln2, q_b, q_c,
+                     emu.a_bits - 1, pq.data_ptr(), ebuf.data_ptr())
+            m, sh = fixedpoint.quantize_multiplier(float(2.0 ** -(emu.a_bits - 1) / sa))
+            p8 = self.requant(pq, m, sh, -emu.qa, emu.qa, torch.int8)
+        pf = bld.buf(p8.shape, torch.float32)
+        bld.call(pf.copy_, p8)
+        out = self.int_product(pre + ".av", pf, vv, 2 ** (OUT_BITS - 1) - 1)  # int32 [B', H, L, D]
+        h, d = out.shape[1], out.shape[3]
+        merged = bld.buf((b, n, c), torch.int32)
+        bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
+        q8 = self.requant_input(pre + ".proj", merged, self.mm_scale(pre + ".av", "y_scale"))
+        return self.gemm(pre + ".proj", q8, self.res_dtype)
 
     def cross_attention(self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int,
                         s_x: float | None = None) -> torch.Tensor:
@@ -388,6 +474,11 @@ class _Compiler:
             q, kv = self.linear_in(pre + ".q_linear", x, s_x), self.linear_in(pre + ".kv_linear", y)
         else:
             q, kv = self.dyn_linear(pre + ".q_linear", x), self.dyn_linear(pre + ".kv_linear", y)
+        if self.emu.matmuls:
+            (hq,) = self.split_heads_q8(q, self.out_scale(pre + ".q_linear"), heads, 0, [(pre + ".qk", "a_scale")])
+            hk, hv = self.split_heads_q8(kv, self.out_scale(pre + ".kv_linear"), heads, 0b01,
+                                         [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")])
+            return self.attend_int(pre, hq, hk, hv, b, n, c)
         (hq,) = self.split_heads(q, self.out_scale(pre + ".q_linear"), 1, heads, 0)
         hk, hv = self.split_heads(kv, self.out_scale(pre + ".kv_linear"), 2, heads, 0b01)
         return self.attend(pre, hq, hk, hv, b, n, c)

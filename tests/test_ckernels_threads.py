@@ -100,3 +100,30 @@ def test_head_split_and_merge_equal_torch_at_one_and_two_threads(shape):
             assert torch.equal(q, aq(att.transpose(1, 2).reshape(b, n, h * d))), nt
     finally:
         torch.set_num_threads(n0)
+
+
+def test_quantized_attention_operand_split_equals_requantize():
+    """qm_split_heads_q8 = fixedpoint.requantize of each part to its product's input scale (exact half
+    to even, saturation to +-qmax), head-split as qm_split_heads, at 1 and 2 threads."""
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(8)
+    b, n, h, d = 4, 96, 4, 16
+    codes = torch.randint(-32767, 32768, (b, n, 3 * h * d), generator=g, dtype=torch.int16)
+    reals = (3e-3, 0.0123, 1.0)  # the last keeps the codes: only the saturation to +-127 applies
+    pairs = [fixedpoint.quantize_multiplier(r) for r in reals]
+    mult = torch.tensor([m for m, _ in pairs], dtype=torch.int64)
+    shift = torch.tensor([s for _, s in pairs], dtype=torch.int64)
+    n0 = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            out = torch.empty((3, b, h, n * d))
+            dll.qm_split_heads_q8(codes.data_ptr(), 1, b, n, 3, h, d, mult.data_ptr(), shift.data_ptr(), 127,
+                                  out.data_ptr(), 0b010)
+            parts = codes.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+            for p, (m, s) in enumerate(pairs):
+                want = fixedpoint.requantize(parts[p].contiguous(), m, s, -127, 127).float()
+                want = want.transpose(-2, -1).contiguous() if p == 1 else want
+                assert torch.equal(out[p].reshape(want.shape), want), (nt, p)
+    finally:
+        torch.set_num_threads(n0)

@@ -1,5 +1,6 @@
 """The compiled blocks (quantmodel.emuprogram) are a speed-up only: a forward through them equals the
-emulator's eager forward bit for bit, in both vector-unit modes, for every static recipe family, both
+emulator's eager forward bit for bit, in both vector-unit modes, for every recipe family (dynamic in fp16
+mode), float and integer attention products, both
 temporal-embedding placements, several steps and inputs (weight sets sharing one buffer pool), one and
 two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
 GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
@@ -57,12 +58,14 @@ def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, tem
     names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6")
     if mode == "fp16":  # dynamic recipes are compiled in fp16 mode only
         names += ("dynamic-w8a8", "dynamic-w4a8")
-    for name in names:
-        recipe = get_recipe(name)
+    recipes = [get_recipe(name) for name in names]
+    recipes += [dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
+                for name in ("asq-w8a8", "tsq-tsw-w4a8")]
+    for recipe in recipes:
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = _compare(model, art, w.num_steps, mode=mode)
         assert len(emu._programs) == len(set(art.step_to_set))  # one program per weight set
-        assert len(emu._program_pools) == 1  # sharing one set of buffers
+        assert len(emu._program_pools) == 1  # sharing one arena
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])
@@ -73,7 +76,9 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload,
     w = dataclasses.replace(tiny_workload, num_frames=4, height=128, width=128, num_steps=2,
                             model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=3))
     model, stats = _setup(w)
-    arts = [build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)]
+    arts = [build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps),
+            build_artifact(model, dataclasses.replace(get_recipe("static-w8a8"), quantize_attention=True), stats,
+                           w.num_steps)]
     if mode == "fp16":
         arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
     n0 = torch.get_num_threads()
@@ -90,8 +95,8 @@ def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
     w = dataclasses.replace(tiny_workload, num_steps=2)
     model, stats = _setup(w)
     x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
-    attn = dataclasses.replace(get_recipe("asq-w8a8"), quantize_attention=True)
-    cases = [(get_recipe("dynamic-w6a6"), "int", False), (attn, "fp16", False), (attn, "int", False),
+    dyn_attn = dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True)
+    cases = [(get_recipe("dynamic-w6a6"), "int", False), (dyn_attn, "fp16", False),
              (get_recipe("asq-w8a8"), "fp16", True), (get_recipe("asq-w8a8"), "int", True),
              (get_recipe("dynamic-w8a8"), "fp16", True)]
     for recipe, mode, verify in cases:
