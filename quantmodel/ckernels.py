@@ -847,10 +847,10 @@ int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qm
 }
 
 /* Dynamic recipes' rescale of the int32 sums (the dyn_rescale op): y = (fp32(acc) * s_row) * w_scale + bias
-   in float32 (no fused multiply-add), then the emulator's saturating fp16 conversion (clamp to +-65504,
-   round to nearest even). acc [rows, n]; s_row [rows]; w_scale, bias [n]. */
+   in float32 (no fused multiply-add), then (out_f16) the emulator's saturating fp16 conversion (clamp to
+   +-65504, round to nearest even), else float32. acc [rows, n]; s_row [rows]; w_scale, bias [n]. */
 void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const float* w_scale,
-                    const float* bias, f16* out) {
+                    const float* bias, void* out, int out_f16) {
     int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
     PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
         float buf[BLK];
@@ -858,9 +858,14 @@ void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_
         for (int64_t j0 = 0; j0 < n; j0 += BLK) {
             int64_t m = n - j0 < BLK ? n - j0 : BLK;
             const int32_t* a = acc + r * n + j0;
+            if (!out_f16) {  /* float32 (int mode keeps the value) */
+                float* o = (float*)out + r * n + j0;
+                for (int64_t j = 0; j < m; j++) o[j] = ((float)a[j] * sr) * w_scale[j0 + j] + bias[j0 + j];
+                continue;
+            }
             for (int64_t j = 0; j < m; j++)
                 buf[j] = clampf(((float)a[j] * sr) * w_scale[j0 + j] + bias[j0 + j], -65504.0f, 65504.0f);
-            f2h(buf, out + r * n + j0, m);
+            f2h(buf, (f16*)out + r * n + j0, m);
         }
     })
 }
@@ -1032,7 +1037,7 @@ def _build() -> ctypes.CDLL | None:
     dll.qm_mod_operands.restype = ci
     dll.qm_dyn_quant.argtypes = [vp, ci, i64, i64, i64, vp, vp]
     dll.qm_dyn_quant.restype = ci
-    dll.qm_dyn_rescale.argtypes = [vp, i64, i64, vp, vp, vp, vp]
+    dll.qm_dyn_rescale.argtypes = [vp, i64, i64, vp, vp, vp, vp, ci]
     dll.qm_dyn_rescale.restype = None
     dll.qm_split_heads_q8.argtypes = [vp, ci, i64, i64, i64, i64, i64, vp, vp, i64, vp, i64]
     dll.qm_split_heads_q8.restype = None

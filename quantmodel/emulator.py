@@ -183,6 +183,7 @@ class _LinearParams:
     gemm: object = None  # intgemm.PreparedLinear (static recipes)
     inv_s: torch.Tensor | None = None  # f32 [k]: 1 / smooth (folded into the modulation)
     inv_h: torch.Tensor | None = None  # f32 [k] holding fp16(1 / smooth) (fp16 mode's smoothing multiply)
+    ws_c: tuple | None = None  # (w_scale, bias) contiguous, for the dynamic rescale's C loop
 
 
 class IntegerEmulator:
@@ -372,6 +373,9 @@ class IntegerEmulator:
                 vf.count_saturation(name, out, QO)
                 got = fixedpoint.dequantize(out, p.y_scale)
         else:
+            fast = self._dyn_linear_c(p, v) if vf is None else None
+            if fast is not None:
+                return fast
             x = self._f32(v)
             k = x.shape[-1]
             rows = x.reshape(-1, k)
@@ -394,6 +398,35 @@ class IntegerEmulator:
             ref_f = F.linear(x_in.float(), lin.weight, lin.bias) * p.row_scale
             vf.add_power(name, ref_f, got.float())
         return res
+
+    def _dyn_linear_c(self, p: _LinearParams, v):
+        """The dynamic branch of :meth:`linear` (not verifying) with its per-token quantization and its
+        rescale as C loops (ckernels ``qm_dyn_quant`` / ``qm_dyn_rescale``: the same steps); None where
+        they do not apply or an activation is not finite (the torch ops then run, and report it)."""
+        dll = ckernels.lib()
+        if (dll is None or p.bias is None or p.bias.dtype != torch.float32 or p.w_scale.dtype != torch.float32
+                or self.device.type != "cpu"):
+            return None
+        x = v if not isinstance(v, IntVal) and v.dtype == torch.float16 else self._f32(v)  # fp16 widened in C
+        k, n = p.w_t.shape
+        if x.shape[-1] != k:
+            return None
+        rows = x.reshape(-1, k).contiguous()
+        q = torch.empty(rows.shape, dtype=torch.int8)
+        s_row = torch.empty(rows.shape[0], dtype=torch.float32)
+        if dll.qm_dyn_quant(rows.data_ptr(), ckernels.IN_KIND_FLOAT[rows.dtype], rows.shape[0], k, self.qa,
+                            q.data_ptr(), s_row.data_ptr()):
+            return None
+        # int8 x int8 -> int32, exact: K * 128 * 128 < 2**31 rules out overflow (else the checked GEMM)
+        acc = (torch._int_mm(q, p.w_t) if k * 128 * 128 < 2 ** 31 and q.shape[0] > 16
+               else intgemm.int_linear(q, p.w_t, None).contiguous())
+        fp16 = self.mode == "fp16"
+        out = torch.empty((*x.shape[:-1], n), dtype=torch.float16 if fp16 else torch.float32)
+        if p.ws_c is None:
+            p.ws_c = (p.w_scale.contiguous(), p.bias.contiguous())
+        dll.qm_dyn_rescale(acc.data_ptr(), rows.shape[0], n, s_row.data_ptr(), p.ws_c[0].data_ptr(),
+                           p.ws_c[1].data_ptr(), out.data_ptr(), int(fp16))
+        return out
 
     def matmul(self, name: str, a, b, scale_hint: float = 1.0):
         """Attention product a @ b (QK^T or AV); integer when the recipe quantizes it."""

@@ -212,7 +212,7 @@ class _Compiler:
         bld.call(torch._int_mm, q, bld.const(p.w_t.contiguous()), out=acc)
         bld.call(self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(),
                  bld.const(p.w_scale.contiguous()).data_ptr(), bld.const(p.bias.contiguous()).data_ptr(),
-                 out.data_ptr())
+                 out.data_ptr(), 1)
         return out
 
     def linear(self, name: str, v: torch.Tensor) -> torch.Tensor:

@@ -183,8 +183,11 @@ def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
         w_scale, bias = torch.rand(24, generator=g) * 1e-2, torch.randn(24, generator=g)
         y = torch.empty(rows, 24, dtype=torch.float16)
         dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
-                           y.data_ptr())
-        want = ((acc.float() * s[:, None]) * w_scale[None, :] + bias).clamp(-65504, 65504).half()
-        assert torch.equal(y, want)
+                           y.data_ptr(), 1)
+        y32 = torch.empty(rows, 24)
+        dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
+                           y32.data_ptr(), 0)
+        want = (acc.float() * s[:, None]) * w_scale[None, :] + bias
+        assert torch.equal(y32, want) and torch.equal(y, want.clamp(-65504, 65504).half())
     x[3, 5] = float("nan")
     assert dll.qm_dyn_quant(x.data_ptr(), 0, rows, k, 7, q.data_ptr(), s.data_ptr()) == 1
