@@ -14,6 +14,7 @@ Functions are kept small so the full-forward comparison can be added here as fur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -165,7 +166,6 @@ def _forward_workload(name: str):
     """stdit-tiny, or a mid-size STDiT of depth 4 on a 16x128x128 video (16 frames x 64 tokens,
     T5-width captions of 120 tokens): ``mid`` hidden 384 (6 heads), ``mid768`` hidden 768 (12 heads);
     both between tiny's 64 and OpenSora's 1152. 2 sampling steps for a quick calibration."""
-    import dataclasses
 
     from workloads.presets import get_workload
 
@@ -187,7 +187,8 @@ def _time_pair_median(fn_a, fn_b, repeats: int) -> tuple[float, float]:
 
 
 def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
-    """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each."""
+    """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
+    name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
     from quantmodel.calibrate import calibrate
     from quantmodel.emulator import IntegerEmulator
     from quantmodel.quantize import build_artifact
@@ -196,7 +197,10 @@ def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
-    r = get_recipe(recipe)
+    attn = recipe.endswith("+attn")
+    r = get_recipe(recipe[:-len("+attn")] if attn else recipe)
+    if attn:
+        r = dataclasses.replace(r, name=recipe, quantize_attention=True)
     stats = calibrate(model, w, num_prompts=1) if r.scheme != "dynamic" else None
     art = build_artifact(model, r, stats, w.num_steps, w.name)
     model = model.to(device)
@@ -233,7 +237,7 @@ def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
     worst = 0.0
     print(f"full forward on {device}: emulator (integer GEMMs, vector unit in each mode) vs float32 model; "
           f"median of {repeats} interleaved runs")
-    print(f"{'config':8s} {'recipe':14s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}")
+    print(f"{'config':8s} {'recipe':19s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}")
     for name in names:
         for recipe in recipes:
             for mode in modes:
@@ -242,7 +246,7 @@ def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
                     torch.set_num_threads(nt)
                     te, tf = _time_pair_median(*pair, repeats)
                     worst = max(worst, te / tf)
-                    print(f"{name:8s} {recipe:14s} {mode:5s} {nt:3d} {te * 1e3:9.2f} {tf * 1e3:9.2f} "
+                    print(f"{name:8s} {recipe:19s} {mode:5s} {nt:3d} {te * 1e3:9.2f} {tf * 1e3:9.2f} "
                           f"{te / tf:8.2f}", flush=True)
     return worst
 
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forward", action="store_true", help="also compare full forwards (emulator vs float32)")
     p.add_argument("--forward-only", action="store_true", help="only the full-forward comparison")
     p.add_argument("--modes", default="fp16,int", help="non-linear modes of the forward comparison")
-    p.add_argument("--recipes", default="asq-w8a8", help="recipes of the forward comparison")
+    p.add_argument("--recipes", default="asq-w8a8", help="recipes of the forward comparison (a preset name; "
+                   "NAME+attn: with integer attention products)")
     p.add_argument("--device", default="cpu", help="device of the full-forward comparison (cpu or cuda)")
     args = p.parse_args(argv)
     if args.cuda_check:
