@@ -901,16 +901,44 @@ void qm_split_heads_q8(const void* q, int in_kind, int64_t B, int64_t N, int64_t
     int64_t C = H * D, per = B * H * N * D;
     double qm = (double)qmax;
     int par = B * N > 1 && B * N * P * C >= PAR_MIN && NTHR > 1;
+    if (C > BLK) { par = 0; }
     PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {
+        float buf[BLK];
         int64_t b = bt / N, t = bt % N;
         for (int64_t p = 0; p < P; p++) {
-            int64_t base = (bt * P + p) * C;
+            int64_t base = (bt * P + p) * C, m = mult[p], sh = 31 + shift[p];
             float* o = out + p * per;
             int tr = (tmask >> p) & 1;
+            if (C <= BLK && m > 0 && sh >= 1 && sh <= 62) {  /* rrs's exact int64 rounding, vectorisable */
+                int64_t half = ((int64_t)1 << (sh - 1)) - 1, lim = qmax;
+                if (in_kind == 0) {
+                    const int8_t* src = (const int8_t*)q + base;
+                    for (int64_t i = 0; i < C; i++) {
+                        int64_t pr = (int64_t)src[i] * m, r = (pr + ((pr >> sh) & 1) + half) >> sh;
+                        r = r < -lim ? -lim : r; r = r > lim ? lim : r;
+                        buf[i] = (float)r;
+                    }
+                } else {
+                    const int16_t* src = (const int16_t*)q + base;
+                    for (int64_t i = 0; i < C; i++) {
+                        int64_t pr = (int64_t)src[i] * m, r = (pr + ((pr >> sh) & 1) + half) >> sh;
+                        r = r < -lim ? -lim : r; r = r > lim ? lim : r;
+                        buf[i] = (float)r;
+                    }
+                }
+                for (int64_t h = 0; h < H; h++) {
+                    if (tr) for (int64_t d = 0; d < D; d++) o[((b * H + h) * D + d) * N + t] = buf[h * D + d];
+                    else {
+                        float* oo = o + ((b * H + h) * N + t) * D;
+                        for (int64_t d = 0; d < D; d++) oo[d] = buf[h * D + d];
+                    }
+                }
+                continue;
+            }
             for (int64_t h = 0; h < H; h++)
                 for (int64_t d = 0; d < D; d++) {
                     int64_t v = in_kind == 0 ? ((const int8_t*)q)[base + h * D + d] : ((const int16_t*)q)[base + h * D + d];
-                    float r = (float)clampd(rq_exact(v, mult[p], shift[p]), -qm, qm);
+                    float r = (float)clampd(rq_exact(v, m, shift[p]), -qm, qm);
                     if (tr) o[((b * H + h) * D + d) * N + t] = r;
                     else o[((b * H + h) * N + t) * D + d] = r;
                 }
