@@ -468,45 +468,15 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
    large (the same values). */
 #define SPLIT_TT 16
 #define SPLIT_DMAX 256
-#define SPLIT_BODY(IT)                                                                                \
+/* LOAD(dst, i): the D values at element i of q (one head of one token row) as float32 into dst */
+#define SPLIT_BODY(LOAD)                                                                              \
     for (int64_t p = 0; p < P; p++) {                                                                 \
         float* o = out + p * per;                                                                     \
         if (!((tmask >> p) & 1)) {                                                                    \
             PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {                                    \
                 int64_t b = bt / N, t = bt % N;                                                       \
-                const IT* src = (const IT*)q + (bt * P + p) * C;                                      \
-                for (int64_t h = 0; h < H; h++) {                                                     \
-                    float* oo = o + ((b * H + h) * N + t) * D;                                        \
-                    for (int64_t d = 0; d < D; d++) oo[d] = (float)src[h * D + d] * scale;            \
-                }                                                                                     \
-            })                                                                                        \
-        } else {                                                                                      \
-            int64_t ntile = (N + SPLIT_TT - 1) / SPLIT_TT;                                            \
-            PAR_LOOP(par, for (int64_t job = 0; job < B * H * ntile; job++) {                         \
-                float tmp[SPLIT_TT * SPLIT_DMAX];                                                     \
-                int64_t bh = job / ntile, t0 = (job % ntile) * SPLIT_TT, b = bh / H, h = bh % H;      \
-                int64_t nt = N - t0 < SPLIT_TT ? N - t0 : SPLIT_TT;                                   \
-                for (int64_t tt = 0; tt < nt; tt++) {                                                 \
-                    const IT* src = (const IT*)q + ((b * N + t0 + tt) * P + p) * C + h * D;           \
-                    for (int64_t d = 0; d < D; d++) tmp[tt * D + d] = (float)src[d] * scale;          \
-                }                                                                                     \
-                for (int64_t d = 0; d < D; d++) {                                                     \
-                    float* oo = o + (bh * D + d) * N + t0;                                            \
-                    for (int64_t tt = 0; tt < nt; tt++) oo[tt] = tmp[tt * D + d];                     \
-                }                                                                                     \
-            })                                                                                        \
-        }                                                                                             \
-    }
-
-/* fp16 values (in_kind 2): widened exactly (the scale is 1) with the block conversion h2f, segment by segment */
-#define SPLIT_F16                                                                                     \
-    for (int64_t p = 0; p < P; p++) {                                                                 \
-        float* o = out + p * per;                                                                     \
-        if (!((tmask >> p) & 1)) {                                                                    \
-            PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {                                    \
-                int64_t b = bt / N, t = bt % N;                                                       \
-                const f16* src = (const f16*)q + (bt * P + p) * C;                                    \
-                for (int64_t h = 0; h < H; h++) h2f(src + h * D, o + ((b * H + h) * N + t) * D, D);   \
+                for (int64_t h = 0; h < H; h++)                                                       \
+                    LOAD(o + ((b * H + h) * N + t) * D, (bt * P + p) * C + h * D)                     \
             })                                                                                        \
         } else {                                                                                      \
             int64_t ntile = (N + SPLIT_TT - 1) / SPLIT_TT;                                            \
@@ -515,7 +485,7 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
                 int64_t bh = job / ntile, t0 = (job % ntile) * SPLIT_TT, b = bh / H, h = bh % H;      \
                 int64_t nt = N - t0 < SPLIT_TT ? N - t0 : SPLIT_TT;                                   \
                 for (int64_t tt = 0; tt < nt; tt++)                                                   \
-                    h2f((const f16*)q + ((b * N + t0 + tt) * P + p) * C + h * D, tmp + tt * D, D);    \
+                    LOAD(tmp + tt * D, ((b * N + t0 + tt) * P + p) * C + h * D)                       \
                 for (int64_t d = 0; d < D; d++) {                                                     \
                     float* oo = o + (bh * D + d) * N + t0;                                            \
                     for (int64_t tt = 0; tt < nt; tt++) oo[tt] = tmp[tt * D + d];                     \
@@ -523,6 +493,12 @@ void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) 
             })                                                                                        \
         }                                                                                             \
     }
+#define SPLIT_I8(dst, i) { float* _o = (dst); const int8_t* _s = (const int8_t*)q + (i);              \
+    for (int64_t d = 0; d < D; d++) _o[d] = (float)_s[d] * scale; }
+#define SPLIT_I16(dst, i) { float* _o = (dst); const int16_t* _s = (const int16_t*)q + (i);            \
+    for (int64_t d = 0; d < D; d++) _o[d] = (float)_s[d] * scale; }
+/* fp16 values (in_kind 2): widened exactly (the scale is 1) by the block conversion */
+#define SPLIT_F16(dst, i) h2f((const f16*)q + (i), (dst), D);
 
 #define SPLIT_WIDE(IT)                                                                                \
     for (int64_t bt = 0; bt < B * N; bt++)                                                            \
@@ -576,9 +552,9 @@ void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t 
         else { SPLIT_WIDE(f16) }
         return;
     }
-    if (in_kind == 0) { SPLIT_BODY(int8_t) }
-    else if (in_kind == 1) { SPLIT_BODY(int16_t) }
-    else { SPLIT_F16 }
+    if (in_kind == 0) { SPLIT_BODY(SPLIT_I8) }
+    else if (in_kind == 1) { SPLIT_BODY(SPLIT_I16) }
+    else { SPLIT_BODY(SPLIT_F16) }
 }
 
 /* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next);

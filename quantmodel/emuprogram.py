@@ -657,36 +657,6 @@ class _Compiler:
                     out.data_ptr())
         return out, out_scale
 
-    def block_int(self, i: int, x: torch.Tensor, s_x: float, y: torch.Tensor, t0: torch.Tensor, tpe):
-        """IntegerEmulator.block in int mode: x int32 residual codes [B, N, C] at s_x -> (next x, scale)."""
-        emu, bld = self.emu, self.b
-        blk = emu.model.blocks[i]
-        pre = f"blocks.{i}"
-        b, n, c = x.shape
-        heads = blk.attn.num_heads
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
-        x_m = self.norm_modulate_int(pre + ".norm1", x, s_x, shift_msa, scale_msa, pre + ".attn.qkv")
-        x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
-        x, s_x = self.residual_int(pre + ".res_attn", x, s_x, x_s.view(b, n, c), self.lp(pre + ".attn.proj").y_scale,
-                                   gate_msa)
-        x_t = bld.buf((b * blk.d_s, blk.d_t, c), torch.int32)
-        bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
-        s_t = s_x
-        if tpe is not None:  # the embedding's codes are a constant of the model
-            aq = fixedpoint.ActQuantizer(self.static_scale(pre + ".tpe_add", "in1", 16), 16, torch.int32)
-            tq = bld.const(aq(tpe.detach().expand(b * blk.d_s, -1, -1).contiguous()))
-            x_t, s_t = self.residual_int(pre + ".tpe_add", x_t, s_t, tq, aq.scale, None)
-        t_codes = self.self_attention(pre + ".attn_temp", x_t, heads, s_t)
-        back = bld.buf((b, n, c), t_codes.dtype)
-        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_codes.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
-        x, s_x = self.residual_int(pre + ".res_temp", x, s_x, back, self.lp(pre + ".attn_temp.proj").y_scale, gate_msa)
-        xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
-        x, s_x = self.residual_int(pre + ".res_cross", x, s_x, xc, self.lp(pre + ".cross_attn.proj").y_scale, None)
-        x_m = self.norm_modulate_int(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        h, s_h = self.gelu_int(self.gemm(pre + ".mlp.fc1", x_m, torch.int32), self.lp(pre + ".mlp.fc1").y_scale)
-        y2 = self.gemm(pre + ".mlp.fc2", self.requant_input(pre + ".mlp.fc2", h, s_h), torch.int32)
-        return self.residual_int(pre + ".res_mlp", x, s_x, y2, self.lp(pre + ".mlp.fc2").y_scale, gate_mlp)
-
     def modulation(self, blk, t0: torch.Tensor, b: int, c: int):
         """scale_shift_table + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
         table = self.b.const(blk.scale_shift_table.detach()[None])
@@ -694,35 +664,65 @@ class _Compiler:
         self.b.call(torch.add, table, t0.view(b, 6, -1), out=mod)
         return mod.chunk(6, dim=1)
 
-    # ---- the blocks -----------------------------------------------------------------------------------
-    def block(self, i: int, x: torch.Tensor, y_h: torch.Tensor, t0: torch.Tensor, tpe) -> torch.Tensor:
-        """IntegerEmulator.block for the program's scope: x fp16 [B, N, C] -> the next x."""
-        emu, bld = self.emu, self.b
-        blk = emu.model.blocks[i]
+    # ---- the blocks: values are (tensor, scale); the scale is None for fp16 values ---------------------
+    def norm_mod(self, norm: str, x, s_x, shift, scale, consumer: str):
+        if self.emu.mode == "fp16":
+            return self.norm_modulate(norm, x, shift, scale, consumer)
+        return self.norm_modulate_int(norm, x, s_x, shift, scale, consumer)
+
+    def add(self, name: str, x, s_x, y, s_y, gate):
+        """IntegerEmulator.residual: fp16 values (y fp16, or int16 codes at s_y), or int mode's RES_BITS codes."""
+        if self.emu.mode == "fp16":
+            return self.residual(x, y, s_y, gate), None
+        return self.residual_int(name, x, s_x, y, s_y, gate)
+
+    def add_tpe(self, name: str, x_t, s_t, tpe: torch.Tensor):
+        """The temporal embedding (a constant of the model) added to the temporal attention's input:
+        fp16 mode adds its saturated fp16 values; int mode its codes at the op's static input scale."""
+        bld, n_rows = self.b, x_t.shape[0]
+        if self.emu.mode == "fp16":
+            tpe_h = bld.const(tpe.detach().clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
+            out = bld.buf(x_t.shape, torch.float16)
+            bld.call(torch.add, x_t, tpe_h, out=out)  # as IntegerEmulator.residual's fp16 add
+            return out, None
+        aq = fixedpoint.ActQuantizer(self.static_scale(name, "in1", 16), 16, torch.int32)
+        tq = bld.const(aq(tpe.detach().expand(n_rows, -1, -1).contiguous()))
+        return self.residual_int(name, x_t, s_t, tq, aq.scale, None)
+
+    def mlp(self, pre: str, x_m) -> torch.Tensor:
+        """fc1, GELU, fc2 -> fc2's output (int16 codes / fp16 values; int32 codes in int mode)."""
+        if self.emu.mode == "fp16":
+            h = self.gelu(self.linear(pre + ".fc1", x_m), self.out_scale(pre + ".fc1"))
+            return self.linear(pre + ".fc2", h)
+        h, s_h = self.gelu_int(self.gemm(pre + ".fc1", x_m, torch.int32), self.lp(pre + ".fc1").y_scale)
+        return self.gemm(pre + ".fc2", self.requant_input(pre + ".fc2", h, s_h), torch.int32)
+
+    def block(self, i: int, x: torch.Tensor, s_x: float | None, y: torch.Tensor, t0: torch.Tensor, tpe):
+        """IntegerEmulator.block for the program's scope: the residual stream x [B, N, C] (fp16 values,
+        or int mode's int32 codes at s_x) -> (next x, its scale)."""
+        bld = self.b
+        blk = self.emu.model.blocks[i]
         pre = f"blocks.{i}"
         b, n, c = x.shape
         heads = blk.attn.num_heads
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
-        x_m = self.norm_modulate(pre + ".norm1", x, shift_msa, scale_msa, pre + ".attn.qkv")
+        x_m = self.norm_mod(pre + ".norm1", x, s_x, shift_msa, scale_msa, pre + ".attn.qkv")
         x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
-        x = self.residual(x, x_s.view(b, n, c), self.out_scale(pre + ".attn.proj"), gate_msa)
-        x_t = bld.buf((b * blk.d_s, blk.d_t, c), torch.float16)  # [B, T, S, C] -> [B * S, T, C]
+        x, s_x = self.add(pre + ".res_attn", x, s_x, x_s.view(b, n, c), self.out_scale(pre + ".attn.proj"), gate_msa)
+        x_t = bld.buf((b * blk.d_s, blk.d_t, c), x.dtype)  # [B, T, S, C] -> [B * S, T, C]
         bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
-        if tpe is not None:  # fp16 add of the saturated fp16 embedding (IntegerEmulator.residual)
-            tpe_h = bld.const(tpe.detach().clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
-            x_t2 = bld.buf(x_t.shape, torch.float16)
-            bld.call(torch.add, x_t, tpe_h, out=x_t2)
-            x_t = x_t2
-        t_codes = self.self_attention(pre + ".attn_temp", x_t, heads)  # int16 codes (fp16: dynamic) [B * S, T, C]
-        back = bld.buf((b, n, c), t_codes.dtype)  # [B * S, T, C] -> [B, T * S, C]
-        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_codes.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
-        x = self.residual(x, back, self.out_scale(pre + ".attn_temp.proj"), gate_msa)
-        xc = self.cross_attention(pre + ".cross_attn", x, y_h, heads)
-        x = self.residual(x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
-        x_m = self.norm_modulate(pre + ".norm2", x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        h = self.gelu(self.linear(pre + ".mlp.fc1", x_m), self.out_scale(pre + ".mlp.fc1"))
-        y2 = self.linear(pre + ".mlp.fc2", h)
-        return self.residual(x, y2, self.out_scale(pre + ".mlp.fc2"), gate_mlp)
+        s_t = s_x
+        if tpe is not None:
+            x_t, s_t = self.add_tpe(pre + ".tpe_add", x_t, s_t, tpe)
+        t_out = self.self_attention(pre + ".attn_temp", x_t, heads, s_t)  # [B * S, T, C]
+        back = bld.buf((b, n, c), t_out.dtype)  # -> [B, T * S, C]
+        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_out.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
+        x, s_x = self.add(pre + ".res_temp", x, s_x, back, self.out_scale(pre + ".attn_temp.proj"), gate_msa)
+        xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
+        x, s_x = self.add(pre + ".res_cross", x, s_x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
+        x_m = self.norm_mod(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
+        return self.add(pre + ".res_mlp", x, s_x, self.mlp(pre + ".mlp", x_m), self.out_scale(pre + ".mlp.fc2"),
+                        gate_mlp)
 
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
         bld = self.b
@@ -734,15 +734,9 @@ class _Compiler:
         for name in self.emu.linears:  # every block linear quantized (int8 codes)
             if name.startswith("blocks."):
                 self.lp(name) if self.emu.static else self.lp_dyn(name)
-        if fp16:
-            x = x_in
-        else:
-            x, s_x = self.to_int("blocks.0.norm1", "in0", x_in, self.res_bits)
+        x, s_x = (x_in, None) if fp16 else self.to_int("blocks.0.norm1", "in0", x_in, self.res_bits)
         for i in range(len(m.blocks)):
             tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
-            if fp16:
-                x = self.block(i, x, y_in, t0_in, tpe)
-            else:
-                x, s_x = self.block_int(i, x, s_x, y_in, t0_in, tpe)
+            x, s_x = self.block(i, x, s_x, y_in, t0_in, tpe)
         out = x if fp16 else self.dequant(x, s_x)
         return BlockProgram(bld, x_in, y_in, t0_in, out, saturate_inputs=fp16)
