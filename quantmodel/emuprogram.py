@@ -1,22 +1,26 @@
-"""The emulator's transformer blocks compiled once into a flat list of kernel calls (fp16 vector unit).
+"""The emulator's transformer blocks compiled once into a flat list of kernel calls.
 
 Why: on stdit-tiny every op works on a few thousand values, so an eager forward spends as much time
 in Python (type checks, dict lookups, argument preparation) and in allocating tensors as in the
 kernels themselves. A :class:`BlockProgram` resolves all of that once per (weight set, input
-shapes): it allocates every intermediate buffer, binds each C kernel (:mod:`quantmodel.ckernels`) to
-its pointers and constants, and keeps the few torch ops that remain (the int8 GEMMs, the float
-attention products, torch's float32 exp / tanh / rsqrt) as ``out=`` calls on those buffers. A forward
-then copies its inputs in and runs the list.
+shapes): it binds each C kernel (:mod:`quantmodel.ckernels`) to its pointers and constants, and keeps
+the few torch ops that remain (the int8 GEMMs, the float attention products, torch's float32
+exp / tanh / rsqrt, strided copies) as ``out=`` calls. A forward copies its inputs in and runs the list.
+The intermediates share one arena laid out by live range (:func:`_plan_arena`), so the working set
+of a forward stays in the CPU caches.
 
-Values: each step is the call the emulator's eager C path makes for that op, with the same
-arguments, the same constants and tensors of the same shapes (so torch's vectorised exp / tanh see
-the same lanes), so the program's output equals :meth:`IntegerEmulator.forward` without it bit for
-bit (tests/test_emuprogram.py compares them over several steps, recipes and thread counts).
+Values: each step is the call the emulator's eager path makes for that op (or a C loop with the same
+operations in the same order), with the same constants and tensors of the same shapes (so torch's
+vectorised exp / tanh see the same lanes), so the program's output equals
+:meth:`IntegerEmulator.forward` without it bit for bit (tests/test_emuprogram.py compares them over
+recipes, steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation
+quantized to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
 
-Scope: static recipes (per-tensor activation scales) whose attention products stay float, every
-block linear quantized with int8 codes, fp16 vector unit, CPU with the C kernels, not verifying.
-Anything else (dynamic recipes, quantized attention, ``int`` mode, ``verify``) runs the eager path:
-:func:`build` returns None for it.
+Scope: CPU with the C kernels, not verifying; static recipes in both vector-unit modes, with float
+or integer attention products; dynamic recipes in fp16 mode with float attention products. Dynamic
+recipes in ``int`` mode take every op's scale from the tensor on line (so every op's integer
+constants would be derived per call) and run the eager path, as do dynamic recipes with integer
+attention and ``verify`` runs: :func:`build` returns None for them.
 """
 from __future__ import annotations
 
@@ -166,6 +170,9 @@ class _Unsupported(Exception):
 
 
 class _Compiler:
+    """Mirrors IntegerEmulator.block op by op, appending to the builder the calls the eager path would
+    make; raises :class:`_Unsupported` for anything outside the program's scope."""
+
     def __init__(self, emu, dll, bld: _Builder):
         self.emu, self.dll, self.b = emu, dll, bld
         self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
