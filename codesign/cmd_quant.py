@@ -194,7 +194,9 @@ def run_verify(args) -> int:
               f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
               f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
               f"{rep['worst_layer_sqnr_db']:.2f} dB; final sample SQNR {rep['sample_sqnr_db']:.2f} dB, "
-              f"PSNR {rep['sample_psnr_db']:.2f} dB")
+              f"PSNR {rep['sample_psnr_db']:.2f} dB; unchecked {rep['fast_path']} path "
+              f"{'equal' if rep['fast_path_equal'] else 'NOT equal' if rep['fast_path_equal'] is False else 'not run'}"
+              f" to the checked one")
     return 0 if rep["ok"] else 1
 
 

@@ -257,6 +257,11 @@ def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlin
         metrics = sample_metrics(ref, out)
     except AccumulatorOverflowError as e:
         overflow, metrics = str(e), {"sqnr_db": float("nan"), "psnr_db": float("nan")}
+    # the emulator as users run it (no checks; its compiled blocks where they apply) must give the same
+    # final sample, bit for bit, as the checked run
+    fast_equal, fast = None, IntegerEmulator(model, art, nonlinear=nonlinear, device=device)
+    if overflow is None:
+        fast_equal = bool(torch.equal(sample(fast.model_fn, model, workload, z, y, seed), out))
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""
@@ -269,4 +274,6 @@ def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlin
             "worst_layer": worst, "worst_layer_sqnr_db": layers.get(worst, float("nan")),
             "layer_sqnr_db": layers, "sample_sqnr_db": metrics["sqnr_db"],
             "sample_psnr_db": metrics["psnr_db"],
-            "ok": v.mismatches == 0 and overflow is None}
+            "fast_path": "compiled" if any(p is not None for p in fast._programs.values()) else "eager",
+            "fast_path_equal": fast_equal,
+            "ok": v.mismatches == 0 and overflow is None and fast_equal is True}

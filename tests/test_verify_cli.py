@@ -35,6 +35,11 @@ def test_verify_json_reports_zero_mismatches(capsys, wl):
         assert key in rep
     assert rep["mismatches"] == 0 and rep["max_abs_diff_lsb"] == 0 and rep["layers_checked"] == 18
     assert set(rep["layer_sqnr_db"]) >= {"blocks.0.attn.qkv", "blocks.1.mlp.fc2"}
+    # the unchecked emulator users run (compiled blocks where the C kernels are built) gives the same sample
+    from quantmodel import ckernels
+
+    assert rep["fast_path_equal"] is True and rep["ok"] is True
+    assert rep["fast_path"] == ("compiled" if ckernels.lib() is not None else "eager")
 
 
 def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
