@@ -42,8 +42,9 @@ attention output's head merge emit the next static layer's int8 codes directly (
 quantizing the fp16 / float32 tensor). Large C loops run on torch's OpenMP threads (rows split, values
 unchanged).
 
-Outside verification, the blocks of static recipes (both modes) and of dynamic recipes (fp16 mode),
-with float attention products, run as a compiled program (:mod:`quantmodel.emuprogram`): per weight set
+Outside verification, the blocks of static recipes (both modes, float or integer attention products)
+and of dynamic recipes (fp16 mode, float attention products) run as a compiled program
+(:mod:`quantmodel.emuprogram`): per weight set
 and input shape the op sequence below is resolved once into a flat list of the same kernel calls over
 buffers that share one arena by live range, so a forward pays neither Python dispatch nor allocation
 per op. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
@@ -418,7 +419,7 @@ class IntegerEmulator:
                             q.data_ptr(), s_row.data_ptr()):
             return None
         # int8 x int8 -> int32, exact: K * 128 * 128 < 2**31 rules out overflow (else the checked GEMM)
-        acc = (torch._int_mm(q, p.w_t) if k * 128 * 128 < 2 ** 31 and q.shape[0] > 16
+        acc = (torch._int_mm(q, p.w_t) if k * 128 * 128 < 2 ** 31
                else intgemm.int_linear(q, p.w_t, None).contiguous())
         fp16 = self.mode == "fp16"
         out = torch.empty((*x.shape[:-1], n), dtype=torch.float16 if fp16 else torch.float32)

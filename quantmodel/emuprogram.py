@@ -24,16 +24,15 @@ attention and ``verify`` runs: :func:`build` returns None for them.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 
 import torch
 
 from quantmodel import ckernels, fixedpoint, intops
+from quantmodel.intops import FP16_MAX
 from quantmodel.quantize import OUT_BITS, QK_OUT_BITS
-
-FP16_MAX = 65504.0
-
 
 ALIGN_BYTES = 64  # arena offsets: cache-line aligned
 
@@ -84,8 +83,6 @@ def _plan_arena(bld: _Builder, pinned: list) -> tuple[list, int]:
     do not overlap: the working set then stays in the CPU caches instead of spanning one buffer per op.
     ``pinned`` buffers live throughout (the inputs written before the first step, the output read after
     the last). First fit in order of first use. Returns (offsets, arena bytes)."""
-    import bisect
-
     n = len(bld.bufs)
     spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(bld.bufs))
     starts = [sp[0] for sp in spans]
@@ -455,14 +452,7 @@ class _Compiler:
             bld.call(self.dll.qm_act_quant, probs.data_ptr(), 0, probs.numel(), aq.recip, float(aq.qmax),
                      p8.data_ptr(), ckernels.OUT_KIND[torch.int8], None, 0)
         else:
-            n_k = scores.shape[-1]
-            scale = s_scores * sm_scale
-            kk = intops.working_shift(scale)
-            q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** kk)
-            pq = bld.buf(scores.shape, torch.int32)
-            ebuf = bld.buf(n_k, torch.int64)
-            bld.call(self.dll.qm_softmax_int, scores.data_ptr(), scores.numel() // n_k, n_k, kk, q_ln2, q_b, q_c,
-                     emu.a_bits - 1, pq.data_ptr(), ebuf.data_ptr())
+            pq = self.int_softmax(scores, s_scores * sm_scale, emu.a_bits)
             m, sh = fixedpoint.quantize_multiplier(float(2.0 ** -(emu.a_bits - 1) / sa))
             p8 = self.requant(pq, m, sh, -emu.qa, emu.qa, torch.int8)
         pf = bld.buf(p8.shape, torch.float32)
@@ -529,32 +519,28 @@ class _Compiler:
         with the explicit smoothing factors (``s_v / (s * x_scale)``), per tensor without; written as
         int8 (the eager path's int32 result narrowed: the values are within +-qmax)."""
         p = self.lp(name)
-        qa = self.emu.qa
         if p.smooth is not None and p.fold in ("mul", "text"):
             mult, shift = fixedpoint.quantize_multipliers(s_v / (p.smooth.double().cpu() * p.x_scale))
         else:
             mult, shift = fixedpoint.quantize_multiplier(float(s_v / p.x_scale))
-        rq = fixedpoint._requantizer(mult, shift, -qa, qa, torch.int32, torch.device("cpu"))
-        n = v.shape[-1]
-        c, lim, mm, ss = (self.b.const(t) for t in rq._c_consts(n, torch.device("cpu")))
-        out = self.b.buf(v.shape, torch.int8)
-        self.b.call(self.dll.qm_requant, v.data_ptr(), v.numel() // n, n, n, None, c.data_ptr(),
-                    lim.data_ptr() if rq.check else None, mm.data_ptr(), ss.data_ptr(), float(-qa), float(qa),
-                    out.data_ptr(), ckernels.OUT_KIND[torch.int8], n)
+        return self.requant(v, mult, shift, -self.emu.qa, self.emu.qa, torch.int8)
+
+    def int_softmax(self, q: torch.Tensor, scale: float, out_bits: int) -> torch.Tensor:
+        """intops.softmax_int of int32 codes q at ``scale`` (1/sqrt(D) folded in) -> int32 probabilities
+        at 2**-(out_bits - 1)."""
+        n = q.shape[-1]
+        k = intops.working_shift(scale)
+        q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** k)
+        out = self.b.buf(q.shape, torch.int32)
+        ebuf = self.b.buf(n, torch.int64)
+        self.b.call(self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, out_bits - 1,
+                    out.data_ptr(), ebuf.data_ptr())
         return out
 
     def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
         """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
         q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
-        scale = s_q * attn_scale
-        n = scores.shape[-1]
-        k = intops.working_shift(scale)
-        q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** k)
-        probs_q = self.b.buf(scores.shape, torch.int32)
-        ebuf = self.b.buf(n, torch.int64)
-        self.b.call(self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, 7, probs_q.data_ptr(),
-                    ebuf.data_ptr())
-        return self.dequant(probs_q, 2.0 ** -7)
+        return self.dequant(self.int_softmax(q, s_q * attn_scale, 8), 2.0 ** -7)
 
     def dequant(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product."""
