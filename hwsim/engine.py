@@ -25,8 +25,11 @@ import math
 import simpy
 
 from hwsim.config import HWConfig
-from hwsim.tiling import Plan
+from hwsim.tiling import Plan, dram_cycles_per_byte
 
+# assumption: a transfer is cut into descriptors of at least 64 KiB (a DMA descriptor moves up to a
+# few hundred KiB; below 64 KiB the extra setup is not worth a second engine)
+SPLIT_MIN_BYTES = 65536
 STAT_KEYS = ("crit_mac", "crit_vector", "mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy", "wait_memory", "wait_vector",
              "wait_store", "tail")
 
@@ -92,7 +95,7 @@ class Machine:
         self.flash_free = 0
         self.vec_free = 0
         freq = hw.clock.freq_hz
-        self.cpb_dram = freq / hw.dram.bandwidth_bytes_per_s  # cycles per byte
+        self.cpb_dram = dram_cycles_per_byte(hw)  # cycles per byte at the sustained bandwidth
         self.cpb_dma = freq / hw.dma.bandwidth_bytes_per_s
         self.cpb_flash = freq / hw.flash.bandwidth_bytes_per_s
         self.setup = hw.dma.setup_cycles
@@ -105,27 +108,39 @@ class Machine:
     def reserve_xfer(self, nbytes: int, st: dict, label: str) -> int:
         """Book one DMA transfer between DRAM and SRAM requested now; returns its end time.
 
-        The earliest-free DMA engine takes it, spends ``setup_cycles``, then queues for the DRAM bus,
-        holds the bus for bytes / DRAM bandwidth and stays busy until bytes / engine bandwidth
-        (an engine slower than DRAM lets other engines use the bus in between)."""
+        A transfer of at least two descriptors' worth (``SPLIT_MIN_BYTES`` each) is cut over the
+        engines idle now, as a driver splits a large copy into descriptors; otherwise the
+        lowest-numbered idle engine (or the first to free up) takes it whole. Each piece: its
+        engine spends ``setup_cycles``, then the piece queues for the DRAM controller, holds it for
+        bytes / sustained DRAM bandwidth, and its engine stays busy until bytes / engine bandwidth.
+        The engines thus share the controller, and a transfer moves at the slower of the two."""
         now = self.env.now
         free = self.dma_free
-        for e, f in enumerate(free):  # the lowest-numbered idle engine, else the first to free up
-            if f <= now:
-                break
+        idle = [e for e, f in enumerate(free) if f <= now]
+        pieces = min(len(idle), nbytes // SPLIT_MIN_BYTES)
+        if pieces >= 2:
+            engines = idle[:pieces]
         else:
-            e = free.index(min(free))
-        t0 = max(now, free[e])
-        tb0 = max(t0 + self.setup, self.bus_free)
-        tb = math.ceil(nbytes * self.cpb_dram)
-        self.bus_free = tb0 + tb
-        end = max(tb0 + tb, t0 + self.setup + math.ceil(nbytes * self.cpb_dma))
-        free[e] = end
-        st["dram_busy"] += tb
-        st["dma_busy"] += end - t0
-        if self.events is not None:
-            self.events.append(("dram", tb0, tb0 + tb, label))
-            self.events.append((f"dma{e}", t0, end, label))
+            engines = [idle[0] if idle else free.index(min(free))]
+        share, extra = divmod(nbytes, len(engines))
+        end = now
+        done = bus_done = 0  # bytes and controller cycles booked so far (pieces cost no rounding)
+        for i, e in enumerate(engines):
+            b = share + (1 if i < extra else 0)
+            done += b
+            t0 = max(now, free[e])
+            tb0 = max(t0 + self.setup, self.bus_free)
+            tb = math.ceil(done * self.cpb_dram) - bus_done
+            bus_done += tb
+            self.bus_free = tb0 + tb
+            e_end = max(tb0 + tb, t0 + self.setup + math.ceil(b * self.cpb_dma))
+            free[e] = e_end
+            end = max(end, e_end)
+            st["dram_busy"] += tb
+            st["dma_busy"] += e_end - t0
+            if self.events is not None:
+                self.events.append(("dram", tb0, tb0 + tb, label))
+                self.events.append((f"dma{e}", t0, e_end, label))
         return end
 
     def xfer(self, nbytes: int, st: dict, label: str):

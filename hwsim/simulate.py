@@ -31,7 +31,8 @@ from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.schedule import (FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements,
                             side_bytes)
 from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit, plan_attention,
-                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, vector_cycles)
+                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, transfer_cycles_per_byte,
+                          vector_cycles)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
@@ -287,9 +288,9 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
                 twin = static_twin(unit)
                 if twin is not unit:  # the static twin's plan (shared with the static recipe's GEMM)
                     try:
-                        _, _, kt, nt, wr = _plan(twin, hw, plans).tile_shape
+                        _, _, kt, nt, wr = _plan(twin, hw, plans, _needs_full_k(twin)).tile_shape
                         anchor = (kt, nt, wr)
-                    except ConfigError:
+                    except (ConfigError, NoFit):
                         pass
                 p = plan_gemm(unit, hw, need_full_k, anchor)
             elif isinstance(unit, AttentionUnit):
@@ -627,9 +628,7 @@ def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
 
 def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
     """Roofline lower bound of one unit: its busiest resource working flat out, alone."""
-    freq = hw.clock.freq_hz
-    cpb = freq / hw.dram.bandwidth_bytes_per_s
-    dma_cpb = freq / hw.dma.bandwidth_bytes_per_s / hw.dma.engines
+    cpb = transfer_cycles_per_byte(hw)
     if isinstance(unit, AttentionUnit):
         peak = hw.peak_macs_per_cycle
         compute = math.ceil(unit.batch * unit.m * unit.n * unit.d / peak[unit.precision_qk]
@@ -652,7 +651,7 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
         vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows) if unit.elements else 0
     if not plan.tiles:
         return 0
-    return max(compute, vec, math.floor(min_bytes * cpb), math.floor(min_bytes * dma_cpb))
+    return max(compute, vec, math.floor(min_bytes * cpb))
 
 
 def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, twins, swaps,

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from hwsim.config import HWConfig
+from hwsim.schedule import ROW_KINDS
 from workloads.errors import ConfigError
 
 FP16_BYTES = 2
@@ -222,17 +223,29 @@ def _per_tile_cycles(hw: HWConfig, engine: str) -> int:
     return hw.dma.setup_cycles + (2 * hw.mac.rows + hw.mac.cols if engine == "mac" else 0)
 
 
+def dram_cycles_per_byte(hw: HWConfig) -> float:
+    """NPU cycles per byte at the DRAM's sustained bandwidth."""
+    return hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
+
+
+def transfer_cycles_per_byte(hw: HWConfig) -> float:
+    """Cycles per byte of one transfer cut over every DMA engine: the slower of the DRAM controller
+    and the engines together (``engine.Machine.reserve_xfer``)."""
+    return max(dram_cycles_per_byte(hw), hw.clock.freq_hz / (hw.dma.bandwidth_bytes_per_s * hw.dma.engines))
+
+
 def _pipeline_cycles(a_in: float, b_in: float, d_out: float, comp: float, pre: float, post: float, ntiles: int,
-                     hw: HWConfig, per_tile: int) -> float:
-    """Time of a double-buffered unit: its slowest pipeline, plus the per-tile fixed cost. Loader:
-    each tile's input and weight transfers (in parallel, on two engines, each no faster than one
-    DMA engine or the DRAM bus), then its pre-stage; the engine; storer: post-stage, then the output
-    transfer; all bytes over the one DRAM bus; pre and post on the one vector unit."""
-    cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
-    cpb_eng = max(cpb, hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s)
+                     hw: HWConfig, per_tile: int, first_in: float = 0.0, last_out: float = 0.0) -> float:
+    """Time of a double-buffered unit: its slowest pipeline, plus the per-tile fixed cost, plus the
+    pipeline's fill and drain (the first tile's load, ``first_in`` bytes, and the last tile's
+    store, ``last_out`` bytes, overlap nothing: bigger tiles start and finish later). Loader: each
+    tile's input and weight transfers (over the DMA engines, no faster than the engines together or
+    the DRAM controller), then its pre-stage; the engine; storer: post-stage, then the output
+    transfer; all bytes through the one DRAM controller; pre and post on the one vector unit."""
+    cpb = transfer_cycles_per_byte(hw)
     d_in = a_in + b_in
-    load = max(a_in * cpb_eng, b_in * cpb_eng, d_in * cpb) + pre
-    return max(load, (d_in + d_out) * cpb, comp, post + d_out * cpb_eng, pre + post) + ntiles * per_tile
+    steady = max(d_in * cpb + pre, (d_in + d_out) * cpb, comp, post + d_out * cpb, pre + post)
+    return steady + ntiles * per_tile + (first_in + last_out) * cpb
 
 
 def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
@@ -253,7 +266,8 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     comp = sum(t[7] for t in tiles)
     pre = sum(t[6] for t in tiles)
     post = sum(t[10] for t in tiles)
-    cycles = _pipeline_cycles(a_in, b_in, d_out, comp, pre, post, len(tiles), hw, _per_tile_cycles(hw, plan.engine))
+    cycles = _pipeline_cycles(a_in, b_in, d_out, comp, pre, post, len(tiles), hw, _per_tile_cycles(hw, plan.engine),
+                              tiles[0][0] + tiles[0][3], tiles[-1][9])
     area_mm2 = sum(area_breakdown_mm2(hw).values())
     energy_j = sum(energy_breakdown_j(hw, plan.counts, cycles / hw.clock.freq_hz, area_mm2).values())
     plan.estimate = (cycles, energy_j * 1e12)
@@ -275,6 +289,8 @@ class _Estimate:
 
         self.u, self.tile_cycles = u, tile_cycles
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
+        b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
+        self.b_bpe_of_item = u.b_bytes / b_el if b_el else 0.0  # per batch item when B differs per item
         s = hw.tech.energy_scale
         self.hw = hw
         self.per_tile = _per_tile_cycles(hw, "mac")
@@ -328,8 +344,11 @@ class _Estimate:
                         rd += w * r
         pre = self.pre_cycles * fa
         post = self.post_cycles
+        first_in = ((math.ceil(min(bt, u.batch) * min(mt, u.m) * min(kt, u.k) * self.a_bpe) if u.dram_in else 0)
+                    + (0 if u.b_resident else math.ceil(min(kt, u.k) * min(nt, u.n) * self.b_bpe_of_item)))
+        last_out = math.ceil(min(bt, u.batch) * min(mt, u.m) * min(nt, u.n) * self.o_bpe) if u.dram_out else 0
         cycles = _pipeline_cycles(a_in + u.res_bytes, b_in + u.pre_weight_bytes, d_out, comp, pre, post, ntiles,
-                                  self.hw, self.per_tile)
+                                  self.hw, self.per_tile, first_in, last_out)
         o_sram_bpe = self.o_bpe if nb_k == 1 else PSUM_BYTES
         sram = d_in + self.o_el * nb_k * o_sram_bpe + rd + d_out  # fills, array writes and reads, drains
         if nb_k > 1:
@@ -429,6 +448,10 @@ class _GemmSearch:
             bt = max(1, bt)
         return u.m, bt
 
+    def merit(self, shape: tuple) -> float:
+        kt, nt, mt, bt, wr = shape
+        return figure_of_merit(*self.est(kt, nt, mt, bt, wr)[:2])
+
     def search(self, need_full_k: bool) -> tuple | None:
         """The candidate (kt, nt, mt, bt, weight_reuse) of least figure of merit, None if none fits."""
         k_opts, n_opts = _gemm_tile_options(self.u, self.R, self.C, self.A, need_full_k)
@@ -447,14 +470,23 @@ class _GemmSearch:
         return None if best is None else best[1]
 
 
+QUANT_STAGES = ("smooth_mul", "dyn_stats", "dyn_rescale")
+
+
 def static_twin(u: GemmUnit) -> GemmUnit:
-    """The same GEMM as a static recipe runs it: the quantized input straight from DRAM, no fused
-    quantization stages."""
-    if not (u.pre or u.post):
+    """The same GEMM as a static recipe runs it: without its fused quantization stages (SmoothQuant
+    multiply, dynamic statistics and rescale), the other fused stages (norm, modulation, activation,
+    residual add) kept; with no prologue left, the quantized input straight from DRAM."""
+    pre = "+".join(x for x in stages_of(u.pre) if x not in QUANT_STAGES)
+    post = "+".join(x for x in stages_of(u.post) if x not in QUANT_STAGES)
+    if (pre, post) == (u.pre, u.post):
         return u
-    a_bytes = round(u.batch * u.m * u.k * u.a_extra_sram_bpe) if u.pre else u.a_bytes
+    a_bytes = u.a_bytes if pre else round(u.batch * u.m * u.k * u.a_extra_sram_bpe) if u.pre else u.a_bytes
     return GemmUnit(batch=u.batch, m=u.m, k=u.k, n=u.n, precision=u.precision, a_bytes=a_bytes,
-                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident)
+                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident,
+                    a_extra_sram_bpe=u.a_extra_sram_bpe if pre else 0.0, pre=pre, post=post,
+                    pre_weight_bytes=u.pre_weight_bytes if pre else 0, res_bytes=u.res_bytes if post else 0,
+                    dram_in=u.dram_in, dram_out=u.dram_out)
 
 
 def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None) -> Plan:
@@ -513,15 +545,16 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     twin = static_twin(u)
     if twin is not u:  # start from the static twin's tiling, with the rows that fit beside the stages
         if anchor is None:
-            found = _GemmSearch(twin, hw).search(False)
+            found = _GemmSearch(twin, hw).search(any(x in ROW_KINDS for x in stages_of(twin.pre)))
             anchor = None if found is None else (found[0], found[1], found[4])
         kt, nt, wr = anchor if anchor is not None else (0, 0, True)
         if anchor is not None and not (need_full_k and kt != u.k):
             fit = srch.rows_that_fit(kt, nt)
             if fit is not None:
                 shape = (kt, nt, *fit, wr)
-    if shape is None:
-        shape = srch.search(need_full_k)
+    own = srch.search(need_full_k)  # the unit's own best, kept when its figure of merit is lower
+    if shape is None or (own is not None and srch.merit(own) < srch.merit(shape)):
+        shape = own
     if shape is None:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
     kt, nt, mt, bt, weight_reuse = shape
@@ -764,7 +797,10 @@ class _AttnCost:
                 for k_n, k_s in _blocks(u.n, nk):
                     comp += b_n * m_n * k_n * self.cycles(b_s, m_s, k_s)[0]
                     soft += b_n * m_n * k_n * self.softmax_cycles(b_s, m_s, k_s, nb_k > 1)
-        cycles = _pipeline_cycles(u.q_bytes, kv_in, u.out_bytes, comp, soft, 0, ntiles, hw, self.per_tile)
+        b0, m0, k0 = min(bt, u.batch), min(mq, u.m), min(nk, u.n)
+        first_in = b0 * m0 * u.d * self.q_bpe + b0 * k0 * self.kv_bpe_row
+        cycles = _pipeline_cycles(u.q_bytes, kv_in, u.out_bytes, comp, soft, 0, ntiles, hw, self.per_tile,
+                                  first_in, b0 * m0 * u.dv * self.o_bpe)
         energy = (u.q_bytes + kv_in + u.out_bytes) * hw.dram.energy_pj_per_byte + cycles * self.leak_pj_per_cycle
         return cycles, energy, ntiles
 
