@@ -8,8 +8,8 @@ simulated once and replayed from the memo gives bit-for-bit the numbers of simul
 One ``Machine`` simulates one denoising step. A step runs its execution units in order (a layer
 finishes before the next starts; ops hand over through DRAM), each unit as three processes:
 
-- loader: reserves SRAM for the next input/weight tile, DMAs it in (both operands in parallel on
-  two engines when both change), runs a fused pre-stage on the vector unit;
+- two loaders, one per operand (input, weights), each in tile order: reserve SRAM for the next
+  tile of its operand, DMA it in; the input loader then runs the fused pre-stage on the vector unit;
 - compute: takes ready tiles, reserves output SRAM, runs the tile on the MAC arrays (or vector
   unit), frees the input tiles it no longer needs;
 - storer: runs a fused post-stage on the vector unit, DMAs the output tile out, frees its SRAM.
@@ -25,11 +25,8 @@ import math
 import simpy
 
 from hwsim.config import HWConfig
-from hwsim.tiling import Plan, dram_cycles_per_byte
+from hwsim.tiling import SPLIT_MIN_BYTES, Plan, dram_cycles_per_byte
 
-# assumption: a transfer is cut into descriptors of at least 64 KiB (a DMA descriptor moves up to a
-# few hundred KiB; below 64 KiB the extra setup is not worth a second engine)
-SPLIT_MIN_BYTES = 65536
 STAT_KEYS = ("crit_mac", "crit_vector", "mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy", "wait_memory", "wait_vector",
              "wait_store", "tail")
 
@@ -164,8 +161,9 @@ class Machine:
         if not tiles:
             return
         in_buf, w_buf, out_buf = Buffer(env, plan.in_cap), Buffer(env, plan.w_cap), Buffer(env, plan.out_cap)
-        ready, outq = Queue(env), Queue(env)
-        env.process(self._loader(tiles, in_buf, w_buf, ready, label))
+        qa, qb, outq = Queue(env), Queue(env), Queue(env)
+        env.process(self._loader(tiles, in_buf, 1, 0, 6, qa, label))
+        env.process(self._loader(tiles, w_buf, 4, 3, -1, qb, label))
         storer = env.process(self._storer(outq, out_buf, label))
         is_mac = plan.engine == "mac"
         busy_key = "mac_busy" if plan.engine == "mac" else "vector_busy"
@@ -175,10 +173,11 @@ class Machine:
         alloc = 0
         for t in tiles:
             t0 = env.now
-            if ready.items:
-                ready.items.pop(0)
-            else:
-                yield ready.wait()
+            for q in (qa, qb):
+                if q.items:
+                    q.items.pop(0)
+                else:
+                    yield q.wait()
             waited = env.now - t0
             if waited:
                 pre = min(waited, t[6])  # part of the wait spent in the fused pre-stage
@@ -213,27 +212,23 @@ class Machine:
         yield storer
         st["tail"] += env.now - t_end
 
-    def _loader(self, tiles, in_buf, w_buf, ready, label):
+    def _loader(self, tiles, buf, get_i: int, load_i: int, pre_i: int, ready, label):
+        """One operand's loads, in tile order (input and weights each have their own DMA queue, so
+        the next input block and its pre-stage run ahead of the weight tiles): reserve its SRAM,
+        DMA it in, run the fused pre-stage (input only) on the vector unit, hand it to compute."""
         env = self.env
         st = self.st
         for t in tiles:
-            if t[1]:
-                ev = in_buf.take(t[1])
+            if t[get_i]:
+                ev = buf.take(t[get_i])
                 if ev is not None:
                     yield ev
-            if t[4]:
-                ev = w_buf.take(t[4])
-                if ev is not None:
-                    yield ev
-            end = env.now
-            if t[0]:  # input and weight tiles go out on separate engines, in parallel
-                end = self.reserve_xfer(t[0], st, label)
-            if t[3]:
-                end = max(end, self.reserve_xfer(t[3], st, label))
-            if end > env.now:
-                yield env.timeout(end - env.now)
-            if t[6]:
-                yield env.timeout(self.reserve_vector(t[6], st, label + " (pre)") - env.now)
+            if t[load_i]:
+                end = self.reserve_xfer(t[load_i], st, label)
+                if end > env.now:
+                    yield env.timeout(end - env.now)
+            if pre_i >= 0 and t[pre_i]:
+                yield env.timeout(self.reserve_vector(t[pre_i], st, label + " (pre)") - env.now)
             ready.put(t)
 
     def _storer(self, outq, out_buf, label):

@@ -733,6 +733,7 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
                        "engine": us0.plans[ui].engine,
                        "latency_s": o0.unit_cycles[ui] / freq if prim else 0.0,
                        "bound_s": bounds[ui] / freq if prim else 0.0,
+                       "estimate_s": plan_estimate(us0.plans[ui], us0.hw)[0] / freq if prim else 0.0,
                        "macs": getattr(unit, "macs", 0) if prim else 0,
                        "dram_bytes": pc.get("dram_rd", 0) + pc.get("dram_wr", 0) if prim else 0,
                        "dram_lower_bound_bytes": sum(us0.lower[j] for j in us0.covered[ui]) if prim else 0,

@@ -234,18 +234,42 @@ def transfer_cycles_per_byte(hw: HWConfig) -> float:
     return max(dram_cycles_per_byte(hw), hw.clock.freq_hz / (hw.dma.bandwidth_bytes_per_s * hw.dma.engines))
 
 
-def _pipeline_cycles(a_in: float, b_in: float, d_out: float, comp: float, pre: float, post: float, ntiles: int,
-                     hw: HWConfig, per_tile: int, first_in: float = 0.0, last_out: float = 0.0) -> float:
-    """Time of a double-buffered unit: its slowest pipeline, plus the per-tile fixed cost, plus the
-    pipeline's fill and drain (the first tile's load, ``first_in`` bytes, and the last tile's
-    store, ``last_out`` bytes, overlap nothing: bigger tiles start and finish later). Loader: each
-    tile's input and weight transfers (over the DMA engines, no faster than the engines together or
-    the DRAM controller), then its pre-stage; the engine; storer: post-stage, then the output
-    transfer; all bytes through the one DRAM controller; pre and post on the one vector unit."""
-    cpb = transfer_cycles_per_byte(hw)
-    d_in = a_in + b_in
-    steady = max(d_in * cpb + pre, (d_in + d_out) * cpb, comp, post + d_out * cpb, pre + post)
-    return steady + ntiles * per_tile + (first_in + last_out) * cpb
+# assumption: a transfer is cut into descriptors of at least 64 KiB (a DMA descriptor moves up to a
+# few hundred KiB; below 64 KiB the extra setup is not worth a second engine)
+SPLIT_MIN_BYTES = 65536
+
+
+def _one_transfer_cpb(hw: HWConfig, nbytes: float) -> float:
+    """Cycles per byte of one transfer alone: over every engine when it is cut in descriptors."""
+    if nbytes >= 2 * SPLIT_MIN_BYTES:
+        return transfer_cycles_per_byte(hw)
+    return max(dram_cycles_per_byte(hw), hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s)
+
+
+def _pipeline_cycles(xfers: tuple, comp: float, pre: float, post: float, ntiles: int, hw: HWConfig,
+                     engine: str, first_in: float = 0.0, last_out: float = 0.0) -> float:
+    """Closed-form time of a unit as the replay runs it (``engine.Machine.run_unit``).
+
+    ``xfers`` = ((input bytes, loads), (weight bytes, loads), (output bytes, stores)). Three
+    in-order streams, each paying a DMA setup per transfer: the input loader (transfers, then the
+    fused pre-stage), the weight loader, the storer (post-stage, then the transfer); the engine
+    (``comp``, plus the arrays' fill and drain per tile); all bytes through the one DRAM controller
+    and the DMA engines together. Double-buffered, they run ``ntiles`` x the slowest stream plus one
+    tile of each other stage: the first tile's load and the last tile's compute and store overlap
+    nothing."""
+    setup = hw.dma.setup_cycles
+    (a_b, a_n), (b_b, b_n), (o_b, o_n) = xfers
+    lane = [b * _one_transfer_cpb(hw, b / n) + n * setup if n else 0.0 for b, n in xfers]
+    comp_all = comp + ntiles * (_per_tile_cycles(hw, engine) - setup)
+    dma_all = ((a_b + b_b + o_b) * hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s + (a_n + b_n + o_n) * setup) \
+        / hw.dma.engines
+    steady = max(lane[0] + pre, lane[1], comp_all, lane[2] + post, (a_b + b_b + o_b) * dram_cycles_per_byte(hw),
+                 dma_all, pre + post)
+    n = max(1, ntiles)
+    first = (first_in * _one_transfer_cpb(hw, first_in) + setup if first_in else 0.0) + pre / n
+    mid = comp_all / n
+    last = (last_out * _one_transfer_cpb(hw, last_out) + setup if last_out else 0.0) + post / n
+    return steady + first + mid + last - max(first, mid, last)
 
 
 def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
@@ -260,14 +284,12 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     tiles = plan.tiles
     if not tiles:
         return 0.0, 0.0
-    a_in = sum(t[0] for t in tiles)
-    b_in = sum(t[3] for t in tiles)
-    d_out = sum(t[9] for t in tiles)
+    xfers = tuple((sum(t[i] for t in tiles), sum(1 for t in tiles if t[i])) for i in (0, 3, 9))
     comp = sum(t[7] for t in tiles)
     pre = sum(t[6] for t in tiles)
     post = sum(t[10] for t in tiles)
-    cycles = _pipeline_cycles(a_in, b_in, d_out, comp, pre, post, len(tiles), hw, _per_tile_cycles(hw, plan.engine),
-                              tiles[0][0] + tiles[0][3], tiles[-1][9])
+    cycles = _pipeline_cycles(xfers, comp, pre, post, len(tiles), hw, plan.engine, max(tiles[0][0], tiles[0][3]),
+                              tiles[-1][9])
     area_mm2 = sum(area_breakdown_mm2(hw).values())
     energy_j = sum(energy_breakdown_j(hw, plan.counts, cycles / hw.clock.freq_hz, area_mm2).values())
     plan.estimate = (cycles, energy_j * 1e12)
@@ -344,11 +366,14 @@ class _Estimate:
                         rd += w * r
         pre = self.pre_cycles * fa
         post = self.post_cycles
-        first_in = ((math.ceil(min(bt, u.batch) * min(mt, u.m) * min(kt, u.k) * self.a_bpe) if u.dram_in else 0)
-                    + (0 if u.b_resident else math.ceil(min(kt, u.k) * min(nt, u.n) * self.b_bpe_of_item)))
+        first_in = max((math.ceil(min(bt, u.batch) * min(mt, u.m) * min(kt, u.k) * self.a_bpe) if u.dram_in else 0),
+                       (0 if u.b_resident else math.ceil(min(kt, u.k) * min(nt, u.n) * self.b_bpe_of_item)))
         last_out = math.ceil(min(bt, u.batch) * min(mt, u.m) * min(nt, u.n) * self.o_bpe) if u.dram_out else 0
-        cycles = _pipeline_cycles(a_in + u.res_bytes, b_in + u.pre_weight_bytes, d_out, comp, pre, post, ntiles,
-                                  self.hw, self.per_tile, first_in, last_out)
+        n_a = (nb_b * nb_m * nb_k * fa if u.dram_in else 0) + (nb_b * nb_m * nb_n if u.res_bytes else 0)
+        n_b = 0 if u.b_resident else (nb_n * nb_k * fb_item * (nb_b if (u.b_per_item or nb_n > 1 or nb_k > 1) else 1))
+        xfers = ((a_in + u.res_bytes, n_a), (b_in + u.pre_weight_bytes, max(n_b, 1 if u.pre_weight_bytes else 0)),
+                 (d_out, nb_b * nb_m * nb_n if d_out else 0))
+        cycles = _pipeline_cycles(xfers, comp, pre, post, ntiles, self.hw, "mac", first_in, last_out)
         o_sram_bpe = self.o_bpe if nb_k == 1 else PSUM_BYTES
         sram = d_in + self.o_el * nb_k * o_sram_bpe + rd + d_out  # fills, array writes and reads, drains
         if nb_k > 1:
@@ -461,13 +486,29 @@ class _GemmSearch:
                 fit = self.rows_that_fit(kt, nt)
                 if fit is None:
                     continue
-                mt, bt = fit
-                for wr in (True, False):
-                    cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
-                    key = (figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr)
-                    if best is None or key < best[0]:
-                        best = (key, (kt, nt, mt, bt, wr))
+                for mt, bt in self.row_options(*fit):
+                    for wr in (True, False):
+                        cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
+                        key = (figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr)
+                        if best is None or key < best[0]:
+                            best = (key, (kt, nt, mt, bt, wr))
         return None if best is None else best[1]
+
+    def row_options(self, mt: int, bt: int) -> list[tuple[int, int]]:
+        """The most rows (and batch items) that fit, and 2x and 4x as many balanced blocks: fewer,
+        bigger tiles move fewer bytes but fill and drain the pipeline longer (the first load and
+        the last store overlap nothing), so the search weighs both."""
+        u, R = self.u, self.R
+        opts = [(mt, bt)]
+        for f in (2, 4):
+            if bt >= f:
+                opts.append((mt, math.ceil(bt / f)))
+            elif bt == 1:
+                blocks = math.ceil(u.m / mt) * f
+                m2 = _round_up(math.ceil(u.m / blocks), R)
+                if m2 < mt and m2 >= min(R, u.m):
+                    opts.append((m2, 1))
+        return opts
 
 
 QUANT_STAGES = ("smooth_mul", "dyn_stats", "dyn_rescale")
@@ -798,9 +839,10 @@ class _AttnCost:
                     comp += b_n * m_n * k_n * self.cycles(b_s, m_s, k_s)[0]
                     soft += b_n * m_n * k_n * self.softmax_cycles(b_s, m_s, k_s, nb_k > 1)
         b0, m0, k0 = min(bt, u.batch), min(mq, u.m), min(nk, u.n)
-        first_in = b0 * m0 * u.d * self.q_bpe + b0 * k0 * self.kv_bpe_row
-        cycles = _pipeline_cycles(u.q_bytes, kv_in, u.out_bytes, comp, soft, 0, ntiles, hw, self.per_tile,
-                                  first_in, b0 * m0 * u.dv * self.o_bpe)
+        first_in = max(b0 * m0 * u.d * self.q_bpe, b0 * k0 * self.kv_bpe_row)
+        nb_b = math.ceil(u.batch / bt)
+        xfers = ((u.q_bytes, nb_b * nb_m), (kv_in, nb_b * nb_k * (nb_m if nb_k > 1 else 1)), (u.out_bytes, nb_b * nb_m))
+        cycles = _pipeline_cycles(xfers, comp, soft, 0, ntiles, hw, "mac", first_in, b0 * m0 * u.dv * self.o_bpe)
         energy = (u.q_bytes + kv_in + u.out_bytes) * hw.dram.energy_pj_per_byte + cycles * self.leak_pj_per_cycle
         return cycles, energy, ntiles
 
