@@ -31,7 +31,7 @@ from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.schedule import (FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements,
                             side_bytes)
 from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit, plan_attention,
-                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, transfer_cycles_per_byte,
+                          gemm_shape, plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, transfer_cycles_per_byte,
                           vector_cycles)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
@@ -201,26 +201,26 @@ class _Units:
                 fused_post, alone_post = g.post[:nq], g.post[nq:]
                 unit = _gemm_unit(gemm, wplan, [ops[j] for j in fused_pre], [ops[j] for j in fused_post],
                                   ops[alone_post[0]] if alone_post else nxt)
+                full_k = any(ops[j].kind in ROW_KINDS for j in fused_pre)
                 try:
-                    plan = self._plan(unit, need_full_k=any(ops[j].kind in ROW_KINDS for j in fused_pre))
+                    cyc, pj = _shape(unit, self.hw, self.cache, full_k)[1]
                 except NoFit:  # the fused row does not fit: spill, run those stages as their own ops
                     continue
-                parts, plans = [], []
+                parts = []
                 if alone_pre:
-                    v = _vector_unit([ops[j] for j in alone_pre], wplan, gemm)
-                    parts.append((v, alone_pre))
-                    plans.append(self._plan(v))
+                    parts.append((_vector_unit([ops[j] for j in alone_pre], wplan, gemm), alone_pre))
                 parts.append((unit, [*fused_pre, gi, *fused_post]))
-                plans.append(plan)
                 if alone_post:
-                    v = _vector_unit([ops[j] for j in alone_post], wplan, nxt)
-                    parts.append((v, alone_post))
-                    plans.append(self._plan(v))
-                cyc, pj = _time_energy(plans, self.hw)
+                    parts.append((_vector_unit([ops[j] for j in alone_post], wplan, nxt), alone_post))
+                for v, _ in parts:
+                    if v is not unit:
+                        c, e = plan_estimate(self._plan(v), self.hw)
+                        cyc, pj = cyc + c, pj + e
                 key = (figure_of_merit(cyc, pj), len(parts))
                 if best is None or key < best[0]:
-                    best = (key, parts, plans)
-        self._append(best[1], best[2])
+                    best = (key, parts, full_k)
+        _, parts, full_k = best
+        self._append(parts, [self._plan(u, full_k if isinstance(u, GemmUnit) else False) for u, _ in parts])
 
     def _hand_over(self) -> None:
         """A unit's output stays in SRAM for the next unit when that unit reads it whole as its
@@ -253,12 +253,6 @@ def _needs_full_k(unit) -> bool:
     return isinstance(unit, GemmUnit) and any(s in ROW_KINDS for s in stages_of(unit.pre))
 
 
-def _time_energy(plans: list, hw: HWConfig) -> tuple[float, float]:
-    """Estimated (cycles, pJ) of plans run one after another."""
-    est = [plan_estimate(p, hw) for p in plans]
-    return sum(c for c, _ in est), sum(e for _, e in est)
-
-
 def _with_wbuf(hw: HWConfig, wbuf: int) -> HWConfig:
     return dataclasses.replace(hw, sram=dataclasses.replace(hw.sram, weight_buffer_bytes=wbuf))
 
@@ -278,21 +272,37 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
                          v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes))
 
 
+def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> tuple:
+    """(tiling, (cycles, pJ)) of a GEMM unit (``tiling.gemm_shape``), cached beside the plans; a
+    unit with quantization stages starts from its static twin's tiling."""
+    key = ("shape", unit, need_full_k)
+    hit = plans.get(key)
+    if hit is None:
+        anchor = None
+        twin = static_twin(unit)
+        if twin is not unit:  # the static twin's tiling (shared with the static recipe's GEMM)
+            try:
+                kt, nt, _, _, wr = _shape(twin, hw, plans, _needs_full_k(twin))[0]
+                anchor = (kt, nt, wr)
+            except (ConfigError, NoFit):
+                pass
+        try:
+            hit = gemm_shape(unit, hw, need_full_k, anchor)
+        except NoFit as e:
+            if need_full_k:
+                raise
+            raise e.config_error() from None
+        plans[key] = hit
+    return hit
+
+
 def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
     key = (unit, need_full_k)
     p = plans.get(key)
     if p is None:
         try:
             if isinstance(unit, GemmUnit):
-                anchor = None
-                twin = static_twin(unit)
-                if twin is not unit:  # the static twin's plan (shared with the static recipe's GEMM)
-                    try:
-                        _, _, kt, nt, wr = _plan(twin, hw, plans, _needs_full_k(twin)).tile_shape
-                        anchor = (kt, nt, wr)
-                    except (ConfigError, NoFit):
-                        pass
-                p = plan_gemm(unit, hw, need_full_k, anchor)
+                p = plan_gemm(unit, hw, need_full_k, shape=_shape(unit, hw, plans, need_full_k)[0])
             elif isinstance(unit, AttentionUnit):
                 p = plan_attention(unit, hw)
             else:

@@ -480,19 +480,26 @@ class _GemmSearch:
     def search(self, need_full_k: bool) -> tuple | None:
         """The candidate (kt, nt, mt, bt, weight_reuse) of least figure of merit, None if none fits."""
         k_opts, n_opts = _gemm_tile_options(self.u, self.R, self.C, self.A, need_full_k)
-        best = None
+        first = []  # pass 1: every (kt, nt, order) with the most rows that fit
         for kt in k_opts:
             for nt in n_opts:
                 fit = self.rows_that_fit(kt, nt)
                 if fit is None:
                     continue
-                for mt, bt in self.row_options(*fit):
-                    for wr in (True, False):
-                        cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
-                        key = (figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr)
-                        if best is None or key < best[0]:
-                            best = (key, (kt, nt, mt, bt, wr))
-        return None if best is None else best[1]
+                for wr in (True, False):
+                    cycles, energy_pj, ntiles = self.est(kt, nt, *fit, wr)
+                    first.append(((figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr), (kt, nt, *fit, wr)))
+        if not first:
+            return None
+        first.sort()
+        best = first[0]
+        for _, (kt, nt, mt0, bt0, wr) in first[:SECOND_PASS]:  # pass 2: fewer rows for the best few
+            for mt, bt in self.row_options(mt0, bt0)[1:]:
+                cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
+                key = (figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr)
+                if key < best[0]:
+                    best = (key, (kt, nt, mt, bt, wr))
+        return best[1]
 
     def row_options(self, mt: int, bt: int) -> list[tuple[int, int]]:
         """The most rows (and batch items) that fit, and 2x and 4x as many balanced blocks: fewer,
@@ -511,6 +518,7 @@ class _GemmSearch:
         return opts
 
 
+SECOND_PASS = 6  # (kt, nt, order) candidates whose smaller row blocks are costed too
 QUANT_STAGES = ("smooth_mul", "dyn_stats", "dyn_rescale")
 
 
@@ -530,8 +538,10 @@ def static_twin(u: GemmUnit) -> GemmUnit:
                     dram_in=u.dram_in, dram_out=u.dram_out)
 
 
-def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None) -> Plan:
-    """Tile plan of a GEMM unit (with its fused quantization stages, if any).
+def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
+               anchor: tuple | None = None) -> tuple[tuple, tuple[float, float]]:
+    """The tiling ``plan_gemm`` uses, (kt, nt, mt, bt, weight_reuse), and its closed-form (cycles,
+    pJ), without building the tiles (the schedule compares fusion options with it).
 
     Candidates: every (K depth, N width) of ``_gemm_tile_options`` that fits the weight buffer, with
     the most rows (and batch items) that fit the activation buffer beside it, in both loop orders.
@@ -598,6 +608,17 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
         shape = own
     if shape is None:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
+    return shape, srch.est(*shape)[:2]
+
+
+def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None,
+              shape: tuple | None = None) -> Plan:
+    """Tile plan of a GEMM unit: its tiles in replay order for the tiling of ``gemm_shape`` (or
+    ``shape`` when the caller has it)."""
+    if shape is None:
+        shape = gemm_shape(u, hw, need_full_k, anchor)[0]
+    srch = _GemmSearch(u, hw)
+    b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     kt, nt, mt, bt, weight_reuse = shape
     nb_k = math.ceil(u.k / kt)
     tiles, counts = _gemm_tiles(u, hw, srch, (kt, nt, mt, bt, weight_reuse))
@@ -872,10 +893,16 @@ def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tupl
         else:
             most = _round_down(rows, R)
             mq, bt = min(most, _round_up(math.ceil(u.m / math.ceil(u.m / most)), R)), 1
-        cycles, energy, ntiles = cost.estimate(nk, mq, bt)
-        key = (figure_of_merit(cycles, energy), ntiles)
-        if best is None or key < best[0]:
-            best = (key, (nk, mq, bt))
+        # the most heads (or query rows) that fit, and 2x and 4x as many blocks (smaller tiles fill
+        # and drain the pipeline faster; the estimate weighs both)
+        opts = [(mq, bt)] + [(mq, math.ceil(bt / f)) for f in (2, 4) if bt >= f]
+        if bt == 1:
+            opts += [(m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq]
+        for mq_, bt_ in opts:
+            cycles, energy, ntiles = cost.estimate(nk, mq_, bt_)
+            key = (figure_of_merit(cycles, energy), ntiles)
+            if best is None or key < best[0]:
+                best = (key, (nk, mq_, bt_))
     if best is None:
         what = f"attention [{u.m}x{u.d}] over {u.n} keys"
         need = 2 * math.ceil(min(u.n, R) * cost.kv_bpe_row)
