@@ -16,13 +16,12 @@ about 10 % of the replay, so a bigger buffer (whose accesses cost more energy) c
 few percent slower. The worst measured ratio is beside each tolerance.
 """
 import dataclasses
-import random
 
 import pytest
 
 import hwsim
-from quantmodel.recipes import annotate_trace, get_recipe
-from quantmodel.tracing import build_trace
+from workloads.recipes import annotate_trace, get_recipe
+from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
 
 CHIPS = 200
