@@ -113,6 +113,24 @@ class Machine:
         The engines thus share the controller, and a transfer moves at the slower of the two."""
         now = self.env.now
         free = self.dma_free
+        if nbytes < 2 * SPLIT_MIN_BYTES or len(free) == 1:  # one engine: the common, fast path
+            for e, f in enumerate(free):  # the lowest-numbered idle engine, else the first to free up
+                if f <= now:
+                    break
+            else:
+                e = free.index(min(free))
+            t0 = max(now, free[e])
+            tb0 = max(t0 + self.setup, self.bus_free)
+            tb = math.ceil(nbytes * self.cpb_dram)
+            self.bus_free = tb0 + tb
+            end = max(tb0 + tb, t0 + self.setup + math.ceil(nbytes * self.cpb_dma))
+            free[e] = end
+            st["dram_busy"] += tb
+            st["dma_busy"] += end - t0
+            if self.events is not None:
+                self.events.append(("dram", tb0, tb0 + tb, label))
+                self.events.append((f"dma{e}", t0, end, label))
+            return end
         idle = [e for e, f in enumerate(free) if f <= now]
         pieces = min(len(idle), nbytes // SPLIT_MIN_BYTES)
         if pieces >= 2:

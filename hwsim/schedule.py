@@ -14,9 +14,9 @@ the tile search's own) choose, per group, how much of it to fuse:
 - QK^T, softmax and PV of a head are one FlashAttention-style unit (``tiling.plan_attention``);
 - vector ops that are not fused into a GEMM stream through SRAM together when they chain
   (e.g. LayerNorm + modulate as one pass);
-- residency: a unit whose whole output fits a quarter of the activation buffer in one tile hands it
-  to the next unit in SRAM when that unit reads it whole as its main input (neither DRAM write nor
-  read).
+- residency: a unit whose output fits a quarter of the activation buffer hands it to the next unit
+  in SRAM when that unit reads it as its main input (neither DRAM write nor read) and the pair's
+  energy x delay^2 is no worse (``simulate._Units._hand_over``).
 
 ``dram_lower_bound`` gives the compulsory DRAM traffic of the same op list on the same chip (the
 yardstick the result reports each op against).

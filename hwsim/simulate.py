@@ -223,8 +223,9 @@ class _Units:
         self._append(parts, [self._plan(u, full_k if isinstance(u, GemmUnit) else False) for u, _ in parts])
 
     def _hand_over(self) -> None:
-        """A unit's output stays in SRAM for the next unit when that unit reads it whole as its
-        main input, it fits a quarter of the activation buffer, and both move it as one tile."""
+        """A unit's output stays in SRAM for the next unit when that unit reads it as its main
+        input, it fits a quarter of the activation buffer (the two units' tiles are planned in the
+        whole buffer beside it: an approximation), and the pair's figure of merit is no worse."""
         quarter = self.hw.sram.activation_buffer_bytes // 4
         for u in range(len(self.units) - 1):
             a, b = self.units[u], self.units[u + 1]
@@ -234,15 +235,20 @@ class _Units:
             head = self.ops[self.covered[u + 1][0]]
             if a.out_bytes > quarter or out_el != in_elements(head):
                 continue
-            pa, pb = self.plans[u], self.plans[u + 1]
-            if sum(t[11] for t in pa.tiles) != 1 or sum(1 for t in pb.tiles if t[1]) > 1:
-                continue
             na, nb = dataclasses.replace(a, dram_out=False), dataclasses.replace(b, dram_in=False)
             try:
-                self.plans[u], self.plans[u + 1] = self._plan(na, _needs_full_k(na)), self._plan(nb, _needs_full_k(nb))
+                qa, qb = self._plan(na, _needs_full_k(na)), self._plan(nb, _needs_full_k(nb))
             except NoFit:
                 continue
-            self.units[u], self.units[u + 1] = na, nb
+            if _merit([qa, qb], self.hw) <= _merit([self.plans[u], self.plans[u + 1]], self.hw):
+                self.units[u], self.units[u + 1] = na, nb
+                self.plans[u], self.plans[u + 1] = qa, qb
+
+
+def _merit(plans: list, hw: HWConfig) -> float:
+    """Energy x delay^2 of plans run one after another, from their closed-form estimates."""
+    est = [plan_estimate(p, hw) for p in plans]
+    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est))
 
 
 def _handover_kind(unit) -> bool:

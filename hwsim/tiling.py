@@ -264,12 +264,14 @@ def _pipeline_cycles(xfers: tuple, comp: float, pre: float, post: float, ntiles:
     dma_all = ((a_b + b_b + o_b) * hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s + (a_n + b_n + o_n) * setup) \
         / hw.dma.engines
     steady = max(lane[0] + pre, lane[1], comp_all, lane[2] + post, (a_b + b_b + o_b) * dram_cycles_per_byte(hw),
-                 dma_all, pre + post)
+                 dma_all)
     n = max(1, ntiles)
-    first = (first_in * _one_transfer_cpb(hw, first_in) + setup if first_in else 0.0) + pre / n
-    mid = comp_all / n
-    last = (last_out * _one_transfer_cpb(hw, last_out) + setup if last_out else 0.0) + post / n
-    return steady + first + mid + last - max(first, mid, last)
+    load1 = first_in * _one_transfer_cpb(hw, first_in) + setup if first_in else 0.0
+    store1 = last_out * _one_transfer_cpb(hw, last_out) + setup if last_out else 0.0
+    first, mid, last = load1 + pre / n, comp_all / n, store1 + post / n
+    pipeline = steady + first + mid + last - max(first, mid, last)
+    # the one vector unit runs every pre- and post-stage: at least those, plus what cannot overlap them
+    return max(pipeline, pre + post + load1 + mid + store1)
 
 
 def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
@@ -473,10 +475,6 @@ class _GemmSearch:
             bt = max(1, bt)
         return u.m, bt
 
-    def merit(self, shape: tuple) -> float:
-        kt, nt, mt, bt, wr = shape
-        return figure_of_merit(*self.est(kt, nt, mt, bt, wr)[:2])
-
     def search(self, need_full_k: bool) -> tuple | None:
         """The candidate (kt, nt, mt, bt, weight_reuse) of least figure of merit, None if none fits."""
         k_opts, n_opts = _gemm_tile_options(self.u, self.R, self.C, self.A, need_full_k)
@@ -552,8 +550,8 @@ def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
     minimises ``figure_of_merit`` (energy x delay^2), so energy counts as well as time.
 
     A GEMM with fused stages (dynamic: FP16 row held, ``need_full_k``; smoothed: FP16 input) starts
-    from the tiling of its static twin (``static_twin``: the same GEMM fed its quantized input from
-    DRAM) and keeps its (kt, nt, order) with the rows that still fit; it searches its own candidates
+    from the tiling of its static twin (``static_twin``: the same GEMM without its quantization
+    stages) and keeps its (kt, nt, order) with the rows that still fit; it searches its own candidates
     only when that tiling is not open to it (the twin splits K where the full row must be held, or
     not even one row fits).
 
@@ -603,9 +601,8 @@ def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
             fit = srch.rows_that_fit(kt, nt)
             if fit is not None:
                 shape = (kt, nt, *fit, wr)
-    own = srch.search(need_full_k)  # the unit's own best, kept when its figure of merit is lower
-    if shape is None or (own is not None and srch.merit(own) < srch.merit(shape)):
-        shape = own
+    if shape is None:
+        shape = srch.search(need_full_k)
     if shape is None:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
     return shape, srch.est(*shape)[:2]

