@@ -288,8 +288,7 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
         twin = static_twin(unit)
         if twin is not unit:  # the static twin's tiling (shared with the static recipe's GEMM)
             try:
-                kt, nt, _, _, wr = _shape(twin, hw, plans, _needs_full_k(twin))[0]
-                anchor = (kt, nt, wr)
+                anchor = _shape(twin, hw, plans, _needs_full_k(twin))[0]
             except (ConfigError, NoFit):
                 pass
         try:

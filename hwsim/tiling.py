@@ -551,7 +551,7 @@ def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
 
     A GEMM with fused stages (dynamic: FP16 row held, ``need_full_k``; smoothed: FP16 input) starts
     from the tiling of its static twin (``static_twin``: the same GEMM without its quantization
-    stages) and keeps its (kt, nt, order) with the rows that still fit; it searches its own candidates
+    stages) and keeps its tiling (its rows too where they fit); it searches its own candidates
     only when that tiling is not open to it (the twin splits K where the full row must be held, or
     not even one row fits).
 
@@ -594,13 +594,13 @@ def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
     twin = static_twin(u)
     if twin is not u:  # start from the static twin's tiling, with the rows that fit beside the stages
         if anchor is None:
-            found = _GemmSearch(twin, hw).search(any(x in ROW_KINDS for x in stages_of(twin.pre)))
-            anchor = None if found is None else (found[0], found[1], found[4])
-        kt, nt, wr = anchor if anchor is not None else (0, 0, True)
-        if anchor is not None and not (need_full_k and kt != u.k):
+            anchor = _GemmSearch(twin, hw).search(any(x in ROW_KINDS for x in stages_of(twin.pre)))
+        if anchor is not None and not (need_full_k and anchor[0] != u.k):
+            kt, nt, mt0, bt0, wr = anchor
             fit = srch.rows_that_fit(kt, nt)
-            if fit is not None:
-                shape = (kt, nt, *fit, wr)
+            if fit is not None:  # the twin's rows and batch items where they fit, else the most that do
+                mt, bt = (mt0, min(bt0, fit[1])) if mt0 <= fit[0] else fit
+                shape = (kt, nt, mt, bt, wr)
     if shape is None:
         shape = srch.search(need_full_k)
     if shape is None:
