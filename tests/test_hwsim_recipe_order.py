@@ -15,9 +15,8 @@ from workloads.presets import get_workload
 # on opensora-v1.0-16x512x512, prefetch early, SIM_VERSION hwsim-1)
 SMALL_SRAM = {"clock.freq_hz": 8e8, "mac.arrays": 4, "mac.rows": 32, "mac.cols": 64,
               "sram.weight_buffer_bytes": 524288, "sram.activation_buffer_bytes": 1572864,
-              "dram.bandwidth_bytes_per_s": 2.56e10, "flash.bandwidth_bytes_per_s": 2.1e9,
-              "vector.online_reduction": True, "tech.node_nm": 7, "tech.energy_scale": 0.28,
-              "tech.area_scale": 0.0365, "tech.sram_bitcell_um2": 0.027}
+              "dram.part": "lpddr5-6400", "dram.channels": 2, "flash.part": "ufs3.1",
+              "vector.online_reduction": True, "tech.node_nm": 7}
 
 
 @pytest.fixture(scope="module")
