@@ -353,10 +353,10 @@ def with_overrides(hw: HWConfig, overrides: dict) -> HWConfig:
         for i, p in enumerate(parts[:-1]):
             if not isinstance(node, dict) or p not in node:
                 raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
-                                  "dram.bandwidth_bytes_per_s")
+                                  "dram.channels")
             node = node[p]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
-                              "dram.bandwidth_bytes_per_s")
+                              "dram.channels")
         node[parts[-1]] = value
     return hw_from_dict(d)
