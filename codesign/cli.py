@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "codesign.cmd_sweep",
     "codesign.cmd_simulate",
     "codesign.cmd_quant",
+    "codesign.cmd_validate",
 ]
 
 

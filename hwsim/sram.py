@@ -1,13 +1,15 @@
 """On-chip SRAM banks: access energy, leakage and area fitted to CACTI 7.
 
 ``hwsim/data/cacti7_sram.csv`` holds CACTI 7 runs of single-bank scratchpad RAMs from 8 KiB to 8 MiB
-at the nodes CACTI covers (its header names the CACTI commit and configuration;
-``tools/regen_cacti.py`` regenerates it). Per node and per quantity the model is piecewise linear in
-log(capacity) -> log(value) through the table's rows (a power law between neighbouring capacities),
-extended past 8 MiB / below 8 KiB by the power law of the two end rows. A single power law per node
-does not do: CACTI's organisation search (sub-array counts, mux degrees) makes its outputs jump by up
-to 2x between neighbouring capacities, so one least-squares power law misses rows by up to that much
-(``single_power_law_worst``); ``codesign validate`` reports both.
+at the nodes CACTI covers at and below 45 nm (its header names the CACTI commit and configuration;
+``tools/regen_cacti.py`` regenerates it).
+
+Per node, read energy and area are a power law in capacity, ``y = a * capacity^b``, least squares in
+log-log over the node's rows (``POWER_LAW``): within +-13 % of every CACTI row. Write energy and
+leakage are not: CACTI's organisation search (sub-array counts, mux degrees, sense-amp sharing) makes
+them jump by 2-4x between neighbouring capacities, so a single power law misses rows by up to 2.8x
+(``single_power_law_worst``); for those two the model interpolates the table itself, piecewise
+linear in log(capacity) -> log(value) (``TABLE``), and says so in ``codesign validate``.
 
 Between CACTI nodes the fitted value is interpolated as a power law in the node (as in
 ``technology.py``); below the smallest CACTI node (22 nm) it is carried by the technology model:
@@ -29,6 +31,8 @@ from workloads.errors import ConfigError
 
 CACTI_CSV = Path(__file__).with_name("data") / "cacti7_sram.csv"
 QUANTITIES = ("read_pj", "write_pj", "leakage_mw", "area_mm2")
+POWER_LAW = ("read_pj", "area_mm2")  # fitted: a * capacity^b per node
+TABLE = ("write_pj", "leakage_mw")  # interpolated between the table's capacities
 WORD_BYTES = 16  # CACTI runs use a 128-bit word (tools/regen_cacti.py)
 
 
@@ -72,6 +76,18 @@ def _table() -> dict:
     return {nm: sorted(rows, key=lambda t: t[0]) for nm, rows in by_node.items()}
 
 
+@functools.cache
+def power_law(nm: float, quantity: str) -> tuple[float, float]:
+    """(a, b) of ``y = a * capacity_bytes^b``: least squares in log-log over the node's rows."""
+    rows = _table()[nm]
+    xs = [r[0] for r in rows]
+    ys = [r[1][quantity] for r in rows]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return math.exp(my - b * mx), b
+
+
 def _at_cacti_node(nm: float, capacity_bytes: float) -> dict:
     rows = _table()[nm]
     x = math.log(capacity_bytes)
@@ -79,19 +95,17 @@ def _at_cacti_node(nm: float, capacity_bytes: float) -> dict:
     i = min(max(bisect.bisect_left(xs, x), 1), len(rows) - 1)
     (x0, y0), (x1, y1) = rows[i - 1], rows[i]
     t = (x - x0) / (x1 - x0)
-    return {q: math.exp(y0[q] + t * (y1[q] - y0[q])) for q in QUANTITIES}
+    out = {q: math.exp(y0[q] + t * (y1[q] - y0[q])) for q in TABLE}
+    for q in POWER_LAW:
+        a, b = power_law(nm, q)
+        out[q] = a * capacity_bytes ** b
+    return out
 
 
 def single_power_law_worst(nm: float, quantity: str) -> float:
-    """Worst row ratio (>= 1) of one least-squares power law through a node's rows: how far a
-    single-power-law model would sit from CACTI (documentation of why the model interpolates)."""
-    rows = _table()[nm]
-    xs = [r[0] for r in rows]
-    ys = [r[1][quantity] for r in rows]
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return math.exp(max(abs(y - (my + b * (x - mx))) for x, y in zip(xs, ys)))
+    """Worst row ratio (>= 1) of the node's least-squares power law for ``quantity``."""
+    a, b = power_law(nm, quantity)
+    return max(max(v, 1 / v) for v in (a * math.exp(x * b) / math.exp(y[quantity]) for x, y in _table()[nm]))
 
 
 def cacti_nodes() -> list[float]:

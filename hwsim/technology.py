@@ -8,7 +8,8 @@ node) evaluated at each node's nominal supply. Past 7 nm, published foundry rati
 carry the 7 nm figures to 5, 4 and 3 nm.
 
 Between tabulated nodes every factor is interpolated linearly in log(node) against log(factor), i.e. a
-power law between neighbours; outside ``NODE_RANGE_NM`` the model refuses the node (``ConfigError``).
+power law between neighbours; outside ``NODE_RANGE_NM`` (3-45 nm: nothing is extrapolated past
+Horowitz's 45 nm anchor or the 3 nm foundry data) the model refuses the node (``ConfigError``).
 
 Voltage and frequency: each node has a nominal point (vnom, fnom) and the alpha-power law of Sakurai &
 Newton (IEEE JSSC 25(2), 1990), f ~ (V - Vth)^alpha / V, gives the voltage a clock needs. Dynamic
@@ -32,8 +33,6 @@ ALPHA = 1.3  # alpha-power-law exponent: Sakurai & Newton 1990 fit alpha ~ 1.2-1
 # PTM/ITRS device models each node's fit is centred on.
 #   node_nm: (a, b, c, area_vs_45nm, vnom_v)
 _STILLMAKER = {
-    90: (4.762, -4.781, 2.092, 2.8, 1.2),
-    65: (3.755, -4.398, 1.975, 1.5, 1.1),
     45: (1.103, -0.362, 0.2767, 1.0, 1.0),
     32: (0.9559, -0.7823, 0.471, 0.46, 0.9),
     20: (0.373, -0.1582, 0.04104, 0.21, 0.9),
@@ -75,15 +74,16 @@ _A7 = _STILLMAKER[7][3]
 # TSMC N5 vs N7: 1.84x logic density, -30 % power at iso speed, +15 % speed at iso power
 #   (Yeap et al., "5nm CMOS production technology platform", IEDM 2019).
 _E5, _A5 = _E7 * 0.70, _A7 / 1.84
-# TSMC N4P vs N5: -22 % power (+22 % power efficiency), 6 % higher density, +11 % performance
-#   (TSMC N4P announcement, Oct 2021).
-_E4, _A4 = _E5 * 0.78, _A5 / 1.06
+# TSMC N4 vs N5: 6 % smaller area (TSMC N4 announcement, 2020), an N5-family shrink with no
+#   quantified power or speed gain: energy and clock kept at N5's (assumption). (N4P's later -22 %
+#   power claim is a different process; Samsung's 4LPE, the 4 nm NPU's process, is likewise N5-class.)
+_E4, _A4 = _E5, _A5 / 1.06
 # TSMC N3 vs N5: 1.7x logic density, -25 to -30 % power (midpoint -27.5 %), +10 to 15 % speed
 #   (TSMC Technology Symposium 2020, N3 announcement).
 _E3, _A3 = _E5 * 0.725, _A5 / 1.7
 
 # NPU clock at nominal voltage: 1,196 MHz for Samsung's 5 nm NPU (Park et al., ISSCC 2021, 9.5);
-# other nodes by the foundry speed ratios above (7 nm = 5 nm / 1.15, 4 nm = 5 nm x 1.11,
+# other nodes by the foundry speed ratios above (7 nm = 5 nm / 1.15, 4 nm = 5 nm,
 # 3 nm = 5 nm x 1.125); 10 nm and above: assumption, delay ~ node^0.5 from 7 nm (Stillmaker & Baas's
 # FO4 delay falls more slowly than the feature size below 32 nm).
 _F5 = 1.196e9
@@ -107,11 +107,8 @@ def _row(nm, energy, area, vnom, fnom, bitcell):
 # 0.171 (Natarajan et al., IEDM 2008), Intel 22 nm 0.092 (Auth et al., VLSI 2012), Intel 14 nm 0.0588
 # (Natarajan et al., IEDM 2014), Intel 10 nm 0.0312 (Auth et al., IEDM 2017), TSMC N7 0.027 (Wu et al.,
 # IEDM 2016), TSMC N5 0.021 (Yeap et al., IEDM 2019), N4 shares N5's cell, TSMC N3 0.0199 (TSMC N3
-# announcement, 2022 VLSI Symposium). 90/65 nm: Intel 1.0 and 0.57 um2 (Intel 90 nm and 65 nm process
-# papers, IEDM 2003 / 2004). 20/16 nm: TSMC 16FF 0.07 um2 (Wu et al., IEDM 2013), 20 nm interpolated.
+# announcement, 2022 VLSI Symposium). 20/16 nm: TSMC 16FF 0.07 um2 (Wu et al., IEDM 2013), 20 nm interpolated.
 NODES = tuple(sorted((
-    _row(90, _stillmaker_energy_vs_horowitz(90), _STILLMAKER[90][3], 1.2, _f_big(90), 1.0),
-    _row(65, _stillmaker_energy_vs_horowitz(65), _STILLMAKER[65][3], 1.1, _f_big(65), 0.57),
     _row(45, _stillmaker_energy_vs_horowitz(45), 1.0, 1.0, _f_big(45), 0.346),
     _row(32, _stillmaker_energy_vs_horowitz(32), _STILLMAKER[32][3], 0.9, _f_big(32), 0.171),
     _row(20, _stillmaker_energy_vs_horowitz(20), _STILLMAKER[20][3], 0.9, _f_big(20), 0.084),
@@ -122,7 +119,7 @@ NODES = tuple(sorted((
     # 5/4/3 nm nominal supply 0.75 V: TSMC N5's reported operating voltage for its logic/SRAM
     # characterisation (Yeap et al., IEDM 2019); N4 and N3 kept at it (assumption).
     _row(5, _E5, _A5, 0.75, _F5, 0.021),
-    _row(4, _E4, _A4, 0.75, _F5 * 1.11, 0.021),
+    _row(4, _E4, _A4, 0.75, _F5, 0.021),
     _row(3, _E3, _A3, 0.75, _F5 * 1.125, 0.0199),
 ), key=lambda n: n.node_nm))
 NODE_RANGE_NM = (NODES[0].node_nm, NODES[-1].node_nm)
@@ -141,7 +138,8 @@ def node(node_nm: float, field: str = "tech.node_nm") -> Node:
     lo_nm, hi_nm = NODE_RANGE_NM
     if not (isinstance(node_nm, (int, float)) and lo_nm <= node_nm <= hi_nm):
         raise ConfigError(field, node_nm, f"a node between {lo_nm:g} and {hi_nm:g} nm (the technology "
-                          "model's range: Stillmaker & Baas 90-7 nm, foundry data 5/4/3 nm)")
+                          "model's range: Horowitz 45 nm scaled by Stillmaker & Baas to 7 nm, foundry "
+                          "data for 5/4/3 nm)")
     i = bisect.bisect_left(_NMS, node_nm)
     if _NMS[i] == node_nm:
         return NODES[i]

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-NODES_UM = (0.090, 0.065, 0.045, 0.032, 0.022)  # the nodes this CACTI 7 build accepts (16 nm is disabled in its parameter.cc)
+NODES_UM = (0.045, 0.032, 0.022)  # the nodes this CACTI 7 build accepts at and below 45 nm (its parameter.cc disables 16 nm)
 CAPACITIES_BYTES = tuple(8192 << i for i in range(11))  # 8 KiB .. 8 MiB
 WORD_BYTES = 16  # 128-bit port: one NPU scratchpad access
 # Lines of CACTI's own cache.cfg (shipped beside the binary) replaced for each run, by prefix.
