@@ -78,8 +78,12 @@ def sweep_chips(tmp_path_factory):
 
 
 def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
-    """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ,
-    in latency and in energy (issue 4's ordering, on what `codesign sweep default` runs)."""
+    """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ
+    in energy and in energy x delay^2, the figure the schedule minimises (issue 4's ordering, on
+    what `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule: the
+    static twin also runs fc2's on-line smoothing multiply, and on one sampled chip (1 x 64x64 array,
+    1.2 GHz, 7 nm) ASQ-W4A8 takes a plan 0.24 % slower than dynamic's but 4.7 % cheaper in energy;
+    the two checks together still bound dynamic's latency lead by sqrt(E_static / E_dynamic)."""
     items, twins, chips, traces = sweep_chips
     bad = []
     for i in chips:
@@ -90,7 +94,8 @@ def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
             for s in stat:
                 assert items[s][i] == (d_hw, pf)
                 r = hwsim.simulate(traces[s], hw, prefetch=pf)
-                for m in ("latency_s", "energy_j"):
-                    if getattr(d, m) < getattr(r, m):
-                        bad.append((i, dyn, s, m, round(getattr(d, m) / getattr(r, m), 4)))
+                fom_d, fom_r = d.energy_j * d.latency_s ** 2, r.energy_j * r.latency_s ** 2
+                for m, vd, vr in (("energy_j", d.energy_j, r.energy_j), ("energy x delay^2", fom_d, fom_r)):
+                    if vd < vr:
+                        bad.append((i, dyn, s, m, round(vd / vr, 4)))
     assert not bad, bad
