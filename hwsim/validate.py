@@ -60,6 +60,7 @@ class Row:
 def sram_rows() -> list[Row]:
     """Worst row per node and quantity of the SRAM model against the CACTI table."""
     header = sram.cacti_header()[0]
+    commit = header.split("commit ")[1].split(";")[0][:7] if "commit " in header else "?"
     worst: dict = {}
     for r in sram.cacti_rows():
         b = sram.bank(r["node_nm"], r["capacity_bytes"])
@@ -72,7 +73,7 @@ def sram_rows() -> list[Row]:
     for (nm, q), (_, r, model) in sorted(worst.items()):
         how = "power-law fit" if q in sram.POWER_LAW else "table interpolation"
         rows.append(Row(f"sram {nm:g} nm {q} ({how}, worst row)", model, r[q],
-                        q.split("_")[-1], f"{header.split(';')[0]}, {int(r['capacity_bytes'])} B bank",
+                        q.split("_")[-1], f"CACTI 7.0 ({commit}), {int(r['capacity_bytes'])} B bank",
                         SRAM_BAND))
     return rows
 
@@ -111,9 +112,9 @@ def npu_rows() -> list[Row]:
     for name, chip in calibration_chips().items():
         hw = chip_config(chip)
         area = sum(hw.costs.area_mm2.values())
-        rows.append(Row(f"npu {name} area", area, chip["area_mm2"], "mm2", chip["source"], NPU_BAND))
+        rows.append(Row(f"npu {name} area", area, chip["area_mm2"], "mm2", chip["cite"], NPU_BAND))
         e = npu_energy_per_mac_pj(hw, chip["utilization"])
-        rows.append(Row(f"npu {name} energy per MAC", e, 2.0 / chip["tops_per_w"], "pJ", chip["source"], NPU_BAND))
+        rows.append(Row(f"npu {name} energy per MAC", e, 2.0 / chip["tops_per_w"], "pJ", chip["cite"], NPU_BAND))
     return rows
 
 
