@@ -21,6 +21,7 @@ competing with the layers for DMA engines and the DRAM bus.
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import simpy
 
@@ -271,30 +272,53 @@ class Machine:
         """Stream ``pieces`` (bytes per unit, in execution order) into place in the background.
 
         ``arrivals[i]`` (an event or None) fires when unit i's weights are in place. Flash reads are
-        ``flash.chunk_bytes`` commands; a reader and a writer overlap through a two-chunk queue.
+        ``flash.chunk_bytes`` commands, queued as UFS queues them (``flash.queue_depth`` in flight,
+        ``flash.command_latency_s`` each); a reader and a writer overlap through a two-chunk queue.
         """
         env = self.env
         chunk = self.hw.flash.chunk_bytes
         q = simpy.Store(env, capacity=2)
         st = self.swap_st
 
-        def reader():
+        flash = self.hw.flash
+        latency = math.ceil(flash.command_latency_s * self.hw.clock.freq_hz)
+        depth = flash.queue_depth
+
+        def commands():
             for i, nbytes in enumerate(pieces):
                 left = nbytes
                 while left > 0:
                     c = min(chunk, left)
                     left -= c
-                    if from_flash:
-                        f0 = max(env.now, self.flash_free)
-                        tf = math.ceil(c * self.cpb_flash)
-                        self.flash_free = f0 + tf
-                        st["flash_busy"] += tf
-                        if self.events is not None:
-                            self.events.append(("flash", f0, f0 + tf, "swap"))
-                        yield env.timeout(f0 + tf - env.now)
-                    yield q.put((c, i if left == 0 else -1))
+                    yield c, i if left == 0 else -1
                 if nbytes == 0 and arrivals[i] is not None:
-                    yield q.put((0, i))
+                    yield 0, i
+
+        def reader():
+            """UFS reads: up to ``queue_depth`` commands in flight; a command's data starts
+            ``command_latency_s`` after it is issued, once the device has sent the earlier ones
+            (so with a deep queue the latency hides behind the previous transfers)."""
+            inflight = deque()  # (data end, bytes, tag)
+            todo = commands()
+            nxt = next(todo, None)
+            while nxt is not None or inflight:
+                while nxt is not None and (len(inflight) < depth or not from_flash):
+                    c, tag = nxt
+                    nxt = next(todo, None)
+                    if not from_flash or not c:
+                        inflight.append((env.now, c, tag))
+                        continue
+                    f0 = max(env.now + latency, self.flash_free)
+                    tf = math.ceil(c * self.cpb_flash)
+                    self.flash_free = f0 + tf
+                    st["flash_busy"] += tf
+                    if self.events is not None:
+                        self.events.append(("flash", f0, f0 + tf, "swap"))
+                    inflight.append((f0 + tf, c, tag))
+                end, c, tag = inflight.popleft()
+                if end > env.now:
+                    yield env.timeout(end - env.now)
+                yield q.put((c, tag))
             yield q.put(None)
 
         def writer():
