@@ -1,5 +1,6 @@
 """The schedule: which ops run fused, the DRAM lower bound the result reports them against, and
 balanced tiles. Traces are the saved stdit-tiny fixtures or built from the trace format."""
+import dataclasses
 from pathlib import Path
 
 import hwsim
@@ -70,3 +71,43 @@ def test_gemm_rows_in_balanced_blocks():
     bt, mt, kt, nt, wr = us.plans[0].tile_shape
     blocks = -(-1000 // mt)
     assert blocks > 1 and blocks * mt - 1000 < hw.mac.rows * blocks  # the last block is not a sliver
+
+
+# ---- weight-set swaps ----------------------------------------------------------------------------
+def _flash_hw(part: str, **extra):
+    """edge-npu shrunk so stdit-tiny's TSQ+TSW weight sets (183 kB each) live in flash and one is
+    copied every step, in 16 KiB read commands (12 per set)."""
+    return hwsim.with_overrides(hwsim.load_hw("edge-npu"), {
+        "sram.weight_buffer_bytes": 65536, "sram.activation_buffer_bytes": 262144,
+        "dram.weight_capacity_bytes": 1_000_000, "flash.part": part, "flash.chunk_bytes": 16384, **extra})
+
+
+def test_early_prefetch_hides_what_jit_cannot():
+    """A step (149 us) longer than a set's copy (UFS 4.0: 80 us command latency + 44 us of data):
+    copying during the previous step (early) hides it; starting it with the step (jit) cannot, the
+    first layers wait for their weights. On UFS 3.1 (100 us + 87 us) the step is too short for
+    early to hide it all, but it still hides more than jit."""
+    t = tiny("tsq-tsw-w8a8")
+    fast = _flash_hw("ufs4.0")
+    jit, early = hwsim.simulate(t, fast, prefetch="jit"), hwsim.simulate(t, fast, prefetch="early")
+    assert jit.weight_placement == "flash" and early.prefetch_used == "early"
+    assert jit.swap_stall_s > 0 and early.swap_stall_s < 0.01 * jit.swap_stall_s
+    slow = _flash_hw("ufs3.1")
+    jit, early = hwsim.simulate(t, slow, prefetch="jit"), hwsim.simulate(t, slow, prefetch="early")
+    assert 0 < early.swap_stall_s < jit.swap_stall_s
+
+
+def test_ufs_queue_depth_and_command_latency(monkeypatch):
+    """With 32 commands in flight the command latency is paid about once per set; with one in
+    flight, once per 16 KiB command; a longer command latency costs more."""
+    from hwsim import memory
+
+    ufs4 = memory.FLASH_PARTS["ufs4.0"]
+    monkeypatch.setitem(memory.FLASH_PARTS, "ufs4.0-qd1", dataclasses.replace(ufs4, name="ufs4.0-qd1", queue_depth=1))
+    monkeypatch.setitem(memory.FLASH_PARTS, "ufs4.0-1ms", dataclasses.replace(ufs4, name="ufs4.0-1ms",
+                                                                             command_latency_s=1e-3))
+    t = tiny("tsq-tsw-w8a8")
+    stall = {p: hwsim.simulate(t, _flash_hw(p), prefetch="jit").swap_stall_s for p in ("ufs4.0", "ufs4.0-qd1", "ufs4.0-1ms")}
+    swaps = t.num_steps - 1
+    assert stall["ufs4.0-qd1"] - stall["ufs4.0"] > swaps * 11 * ufs4.command_latency_s * 0.9  # 11 more latencies
+    assert stall["ufs4.0-1ms"] > stall["ufs4.0"] + swaps * (1e-3 - ufs4.command_latency_s) * 0.9
