@@ -36,11 +36,17 @@ def test_dynamic_not_cheaper_than_static_on_small_sram(results):
 
 def test_each_static_gemm_no_slower_than_its_dynamic_twin(results):
     """Op by op in step 0: a GEMM the static recipe runs must not take longer than the same GEMM
-    with the dynamic recipe's extra FP16 input and full-row constraint."""
+    with the dynamic recipe's extra FP16 input and full-row constraint, its quantization ops
+    counted with it (where they run on their own, the statistics op may hand the quantized input
+    to the GEMM in SRAM, which the static GEMM, fed from DRAM, cannot use)."""
     dyn = {o["name"]: o for o in results["dynamic-w8a8"].per_op}
-    slower = [(o["name"], o["latency_s"], dyn[o["name"]]["latency_s"])
+
+    def with_stages(name):
+        return sum(dyn[n]["latency_s"] for n in (name, name + ".dyn_stats", name + ".dyn_rescale") if n in dyn)
+
+    slower = [(o["name"], o["latency_s"], with_stages(o["name"]))
               for o in results["static-w8a8"].per_op
-              if o["kind"] == "linear" and o["name"] in dyn and o["latency_s"] > dyn[o["name"]]["latency_s"]]
+              if o["kind"] == "linear" and o["name"] in dyn and o["latency_s"] > with_stages(o["name"])]
     assert not slower, slower[:5]
 
 
