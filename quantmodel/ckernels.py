@@ -980,6 +980,12 @@ def _cpu_flags() -> str:
     return ""
 
 
+def cache_dir() -> str:
+    """Where compiled kernels (and the GEMM path calibration) are cached."""
+    return os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                      "quantmodel-ckernels")
+
+
 def _build() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
@@ -989,8 +995,7 @@ def _build() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     key = hashlib.sha256("\0".join([_SRC, " ".join(_FLAGS), ver, _cpu_flags()]).encode()).hexdigest()[:16]
-    root = os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                       "quantmodel-ckernels")
+    root = cache_dir()
     so = os.path.join(root, f"qmk-{key}.so")
     if not os.path.exists(so):
         try:
