@@ -133,7 +133,7 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     """
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, ", ".join(BACKENDS))
-    a, b, bias, bound, wide = _prepare(a, b, bias, layer, device)
+    a, b, bias, _, wide = _prepare(a, b, bias, layer, device)
     if wide is not None:
         return wide
     use_int_mm = backend == "int_mm" or (backend == "auto" and b.dim() == 2)

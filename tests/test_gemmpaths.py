@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantmodel import emulator as emu_mod
 from quantmodel import fixedpoint as fp
@@ -153,9 +154,8 @@ def test_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_bad_path_names_are_clear_errors(monkeypatch):
-    with pytest.raises(ConfigError, match="gemm path"):
-        with gemmpaths.forced("avx"):
-            pass
+    with pytest.raises(ConfigError, match="gemm path"), gemmpaths.forced("avx"):
+        pass
     monkeypatch.setenv("QUANTMODEL_GEMM", "fast")
     with pytest.raises(ConfigError, match="QUANTMODEL_GEMM"):
         gemmpaths.choose(1, 1, 1)
