@@ -17,6 +17,9 @@ slower than the float units. Every path below returns the same integers, by cons
 a one-time measurement found fastest on this machine. The measurement (a few products of each class,
 best of several interleaved runs) is cached as JSON beside the compiled C kernels, keyed by torch
 version, ATen CPU capability, oneDNN ISA limit and CPU flags, so it runs once per machine and setting.
+A path is chosen only where it gave the exact integers on the probes (checked against float64): with
+oneDNN limited to AVX2 on this project's VNNI CPU, ``torch._int_mm`` returns wrong integers (int16
+saturation of its AVX2 kernel), so a fast answer is not trusted unchecked.
 ``QUANTMODEL_GEMM=int_mm|float32|float64`` (or :func:`forced`, for tests) overrides the choice.
 Float copies of a right operand are remembered on that tensor (a layer's weight is widened once).
 """
@@ -165,30 +168,48 @@ def _cache_file() -> str:
     return os.path.join(ckernels.cache_dir(), f"gemm-paths-{_cpu_key()}.json")
 
 
-def measure(repeats: int = _REPEATS, paths: tuple[str, ...] = ("int_mm", "float32")) -> dict:
-    """Best-of-``repeats`` seconds of each path on each probe shape, runs interleaved (path after
-    path, so load from other processes hits all alike). Returns {class: {path: seconds}}."""
+def _probe(m: int, k: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-range random int8 operands with extreme rows and columns: a row of -128 against columns of
+    -128 and of 127 (the largest sums), and a row of 127."""
+    a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+    a[0], a[1], b[:, 0], b[:, 1] = -128, 127, -128, 127
+    return a, b
+
+
+def measure(repeats: int = _REPEATS, paths: tuple[str, ...] = ("int_mm", "float32")) -> tuple[dict, dict]:
+    """Best-of-``repeats`` seconds of each path on each probe shape, runs interleaved (path after path,
+    so load from other processes hits all alike), and whether each path gave the exact integers there
+    (checked against float64, which is exact by construction: a setting such as ``ONEDNN_MAX_CPU_ISA=AVX2``
+    on a VNNI CPU makes ``torch._int_mm`` saturate int16 pair sums, measured here: wrong integers).
+    Returns ({class: {path: seconds}}, {class: {path: exact}})."""
     g = torch.Generator().manual_seed(0)
-    res: dict = {}
+    secs: dict = {}
+    exact: dict = {}
     for cls, (m, k, n) in _PROBES.items():
-        a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
-        b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+        a, b = _probe(m, k, n, g)
+        want = mm(a, b, path="float64")
         out = torch.empty((m, n), dtype=torch.int32)
         best = {p: float("inf") for p in paths}
-        for p in paths:  # warm-up (and the weight widening, done once per layer in use)
-            mm(a, b, out, path=p)
+        exact[cls] = {p: bool(torch.equal(mm(a, b, out, path=p), want)) for p in paths}  # also the warm-up
         for _ in range(repeats):
             for p in paths:
                 t0 = time.perf_counter()
                 mm(a, b, out, path=p)
                 best[p] = min(best[p], time.perf_counter() - t0)
-        res[cls] = best
-    return res
+        secs[cls] = best
+    return secs, exact
+
+
+def _choose_from(secs: dict, exact: dict) -> dict:
+    """{class: the fastest path that was exact} (float64 if none was: it is exact by construction)."""
+    return {c: min((p for p in t if exact[c][p]), key=t.get, default="float64") for c, t in secs.items()}
 
 
 def calibration() -> dict:
-    """{"choice": {class: path}, "seconds": {class: {path: s}}, "capability": ...}: read from the cache,
-    else measured now (once per process at most) and cached (written to a temporary name, renamed)."""
+    """{"choice": {class: path}, "seconds": {class: {path: s}}, "exact": {class: {path: bool}},
+    "capability": ...}: read from the cache, else measured now (once per process at most) and cached
+    (written to a temporary name, renamed)."""
     cal = _STATE.get("cal")
     if cal is not None:
         return cal
@@ -204,10 +225,14 @@ def calibration() -> dict:
         except (OSError, ValueError):
             cal = None
         if cal is None:
-            secs = measure()
+            secs, exact = measure()
             cal = {"capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                   "seconds": secs, "choice": {c: min(t, key=t.get) for c, t in secs.items()}}
+                   "seconds": secs, "exact": exact, "choice": _choose_from(secs, exact)}
             _write_json(path, cal)
+        wrong = sorted({p for c in cal.get("exact", {}).values() for p, ok in c.items() if not ok})
+        if wrong:
+            _log.warning("int8 GEMM: %s gave wrong integers on this CPU setting (capability %s); not used",
+                         ", ".join(wrong), cal.get("capability"))
         _log.info("int8 GEMM paths (CPU capability %s): %s", cal.get("capability"), cal["choice"])
         _STATE["cal"] = cal
         return cal

@@ -141,7 +141,8 @@ def test_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert len(files) == 1 and json.loads(files[0].read_text()) == cal
     assert set(cal["choice"]) == {"small", "one_chunk", "multi_chunk"}
     for cls, secs in cal["seconds"].items():
-        assert cal["choice"][cls] == min(secs, key=secs.get)
+        assert cal["choice"][cls] == min((p for p in secs if cal["exact"][cls][p]), key=secs.get)
+        assert cal["exact"][cls]["float32"]
     # a later process reads the file instead of measuring: an edited choice is obeyed
     cal["choice"] = {c: "float64" for c in cal["choice"]}
     files[0].write_text(json.dumps(cal))
@@ -151,6 +152,18 @@ def test_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert gemmpaths.choose(300, 2000, 300) == "float32"
     with gemmpaths.forced("int_mm"):
         assert gemmpaths.choose(300, 2000, 300) == "int_mm"
+
+
+def test_a_fast_but_wrong_path_is_never_chosen():
+    """Measured on this project's CPU: with oneDNN limited to AVX2, torch._int_mm saturates and returns
+    wrong integers; the choice takes the fastest path among those that were exact on the probes."""
+    secs = {"small": {"int_mm": 1.0, "float32": 2.0}, "one_chunk": {"int_mm": 1.0, "float32": 2.0},
+            "multi_chunk": {"int_mm": 3.0, "float32": 2.0}}
+    exact = {"small": {"int_mm": True, "float32": True}, "one_chunk": {"int_mm": False, "float32": True},
+             "multi_chunk": {"int_mm": True, "float32": True}}
+    assert gemmpaths._choose_from(secs, exact) == {"small": "int_mm", "one_chunk": "float32",
+                                                   "multi_chunk": "float32"}
+    assert gemmpaths._choose_from({"small": {"int_mm": 1.0}}, {"small": {"int_mm": False}}) == {"small": "float64"}
 
 
 def test_bad_path_names_are_clear_errors(monkeypatch):
