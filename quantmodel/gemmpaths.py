@@ -12,16 +12,21 @@ slower than the float units. Every path below returns the same integers, by cons
   results (each below 2**24) are converted to int32 exactly and added in int32 (which cannot wrap:
   callers have proved that the whole sum fits int32).
 - ``float64``: one float64 product (exact while K * 2**14 < 2**53, i.e. for every K that fits memory).
+- ``ckernel``: the C kernel ``qm_gemm_s8`` (csrc/qmk.c): int16 pair products summed in int32
+  (``vpmaddwd`` where built for AVX2, plain C elsewhere), integer arithmetic throughout; the right
+  operand is packed once per layer. Without the C kernels it runs the float32 path (same integers).
 
 :func:`choose` picks per shape class (small products; K within one float32 chunk; K past it) the path
 a one-time measurement found fastest on this machine. The measurement (a few products of each class,
 best of several interleaved runs) is cached as JSON beside the compiled C kernels, keyed by torch
-version, ATen CPU capability, oneDNN ISA limit and CPU flags, so it runs once per machine and setting.
+version, ATen CPU capability, oneDNN ISA limit, C kernel target and CPU flags, so it runs once per
+machine and setting.
 A path is chosen only where it gave the exact integers on the probes (checked against float64): with
 oneDNN limited to AVX2 on this project's VNNI CPU, ``torch._int_mm`` returns wrong integers (int16
 saturation of its AVX2 kernel), so a fast answer is not trusted unchecked.
-``QUANTMODEL_GEMM=int_mm|float32|float64`` (or :func:`forced`, for tests) overrides the choice.
-Float copies of a right operand are remembered on that tensor (a layer's weight is widened once).
+``QUANTMODEL_GEMM=int_mm|float32|float64|ckernel`` (or :func:`forced`, for tests) overrides the choice.
+The float copy (4 bytes per weight) or packed copy (2 bytes) of a right operand is remembered on that
+tensor, so a layer's weight is converted once, not per call.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import torch
 
 from workloads.errors import ConfigError
 
-PATHS = ("int_mm", "float32", "float64")
+PATHS = ("int_mm", "float32", "float64", "ckernel")
 F32_CHUNK_K = 1024  # 1024 * 128 * 128 = 2**24: the largest exact K per float32 chunk
 SMALL_MACS = 2 ** 22  # below this many multiply-adds a product counts as "small" (overhead-bound)
 # one probe shape (M, K, N) per shape class; small enough that the slowest path takes well under a second
@@ -97,6 +102,39 @@ def _mm_float64(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Te
     return out
 
 
+def _packed(b: torch.Tensor, dll) -> torch.Tensor:
+    """``b`` packed for ``qm_gemm_s8`` (int16 pairs per 16-column panel), remembered on ``b``."""
+    memo = getattr(b, "_q1_packed", None)
+    if memo is not None and memo[0] == b._version:
+        return memo[1]
+    k, n = b.shape
+    bc = b.contiguous()
+    bp = torch.empty(dll.qm_gemm_pack_b_size(k, n), dtype=torch.int16)
+    dll.qm_gemm_pack_b(bc.data_ptr(), k, n, bp.data_ptr())
+    try:
+        b._q1_packed = (b._version, bp)
+    except (AttributeError, RuntimeError):
+        pass
+    return bp
+
+
+def _mm_ckernel(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    from quantmodel import ckernels
+
+    dll = ckernels.lib()
+    m, k = a.shape
+    n = b.shape[1]
+    if dll is None:  # no compiler: the float32 path gives the same integers
+        return _mm_float32(a, b, out)
+    if k == 0 or m == 0 or n == 0:
+        return out.zero_()
+    a = a.contiguous()
+    res = out if out.is_contiguous() else torch.empty((m, n), dtype=torch.int32)
+    ap = torch.empty(dll.qm_gemm_pack_a_size(m, k), dtype=torch.int16)  # A as int16 rows
+    dll.qm_gemm_s8(a.data_ptr(), m, k, _packed(b, dll).data_ptr(), n, res.data_ptr(), ap.data_ptr())
+    return res if res is out else out.copy_(res)
+
+
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *, path: str | None = None) -> torch.Tensor:
     """Exact ``a @ b``: a int8 [M, K], b int8 [K, N] (CPU) -> int32 [M, N] (written into ``out`` if given).
 
@@ -113,6 +151,8 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *, pat
         return _mm_float32(a, b, out)
     if p == "float64":
         return _mm_float64(a, b, out)
+    if p == "ckernel":
+        return _mm_ckernel(a, b, out)
     raise ConfigError("gemm path", p, ", ".join(PATHS))
 
 
@@ -139,8 +179,9 @@ def _env_path() -> str | None:
 
 
 def choose(m: int, k: int, n: int) -> str:
-    """The path for an [m, k] x [k, n] product: forced, else from the environment, else the fastest of
-    ``int_mm`` and ``float32`` for its shape class as measured once on this machine."""
+    """The path for an [m, k] x [k, n] product: forced, else from the environment, else the fastest
+    exact one of ``int_mm``, ``float32`` and ``ckernel`` for its shape class as measured once on this
+    machine."""
     if _FORCED[0] is not None:
         return _FORCED[0]
     env = _env_path()
@@ -150,7 +191,8 @@ def choose(m: int, k: int, n: int) -> str:
 
 
 def _cpu_key() -> str:
-    """What the measurement depends on: torch build, ATen capability, oneDNN ISA limit, CPU flags."""
+    """What the measurement depends on: torch build, ATen capability, oneDNN ISA limit, C kernel target,
+    CPU flags."""
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -158,7 +200,7 @@ def _cpu_key() -> str:
     except OSError:
         pass
     parts = [torch.__version__, torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-             os.environ.get("ATEN_CPU_CAPABILITY", ""), flags]
+             os.environ.get("ATEN_CPU_CAPABILITY", ""), os.environ.get("QUANTMODEL_CKERNELS_MARCH", ""), flags]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -177,7 +219,7 @@ def _probe(m: int, k: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, to
     return a, b
 
 
-def measure(repeats: int = _REPEATS, paths: tuple[str, ...] = ("int_mm", "float32")) -> tuple[dict, dict]:
+def measure(repeats: int = _REPEATS, paths: tuple[str, ...] = ("int_mm", "float32", "ckernel")) -> tuple[dict, dict]:
     """Best-of-``repeats`` seconds of each path on each probe shape, runs interleaved (path after path,
     so load from other processes hits all alike), and whether each path gave the exact integers there
     (checked against float64, which is exact by construction: a setting such as ``ONEDNN_MAX_CPU_ISA=AVX2``

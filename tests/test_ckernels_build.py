@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from quantmodel import ckernels, fixedpoint
+from quantmodel import ckernels, fixedpoint, gemmpaths
 
-_DEF = re.compile(r"^(void|int)\s+(qm_\w+)\s*\(([^)]*)\)\s*\{", re.MULTILINE)
+_DEF = re.compile(r"^(void|int|int64_t)\s+(qm_\w+)\s*\(([^)]*)\)\s*\{", re.MULTILINE)
 
 
 def _norm(args: str) -> list[str]:
@@ -22,7 +22,7 @@ def test_header_declares_exactly_the_defined_kernels():
     hdr = (ckernels.SRC_DIR / "qmk.h").read_text()
     defined = {name: (ret, _norm(args)) for ret, name, args in _DEF.findall(src)}
     declared = {name: (ret, _norm(args)) for ret, name, args in ckernels._PROTO.findall(hdr)}
-    assert declared == defined and len(declared) == 22
+    assert declared == defined and len(declared) == 26
     table = ckernels.declarations()
     assert set(table) == set(defined)
     assert all(len(table[n][1]) == len(defined[n][1]) for n in table)
@@ -46,12 +46,16 @@ def test_intrinsics_only_behind_guards():
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler")
-def test_portable_build_gives_the_same_values(tmp_path, monkeypatch):
-    """An x86-64-v3 (AVX2, no AVX-512) or default-target build requantizes to the same integers."""
-    monkeypatch.setenv("QUANTMODEL_CKERNELS_DIR", str(tmp_path))
+@pytest.mark.parametrize("march", ["x86-64-v3", ""])
+def test_portable_build_gives_the_same_values(tmp_path, monkeypatch, march):
+    """An x86-64-v3 (AVX2, no AVX-512) build and a default-target build (plain C loops: no AVX2 on
+    x86-64) requantize, quantize and multiply to the same integers."""
     import platform
 
-    monkeypatch.setenv("QUANTMODEL_CKERNELS_MARCH", "x86-64-v3" if platform.machine() == "x86_64" else "")
+    if march and platform.machine() != "x86_64":
+        pytest.skip("x86 target")
+    monkeypatch.setenv("QUANTMODEL_CKERNELS_DIR", str(tmp_path))
+    monkeypatch.setenv("QUANTMODEL_CKERNELS_MARCH", march)
     monkeypatch.setattr(ckernels, "_STATE", {})
     dll = ckernels.lib()
     assert dll is not None, ckernels.unavailable_reason()
@@ -69,6 +73,10 @@ def test_portable_build_gives_the_same_values(tmp_path, monkeypatch):
     s_ref = fixedpoint.symmetric_scale(x.abs().amax(dim=1).double(), 8)
     assert torch.equal(s, s_ref.float())
     assert torch.equal(q, fixedpoint.quantize(x, s_ref, 8, axis=0))
+    a = torch.randint(-128, 128, (13, 1031), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (1031, 37), generator=g, dtype=torch.int8)
+    a[0], b[:, 0] = -128, -128
+    assert torch.equal(gemmpaths.mm(a, b, path="ckernel"), gemmpaths.mm(a, b, path="float64"))
 
 
 def test_failed_build_is_logged_once_with_the_compiler_error(tmp_path, monkeypatch, caplog):

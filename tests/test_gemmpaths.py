@@ -105,10 +105,10 @@ def test_requantization_ties_identical_on_every_path(path, k):
         assert torch.equal(int_linear_requant(a, w, bias, rq).double(), want.double())
 
 
-@pytest.mark.parametrize("path", ["float32", "float64"])
-def test_emulator_forward_identical_on_forced_float_paths(tiny_workload, path):
+@pytest.mark.parametrize("path", ["float32", "float64", "ckernel"])
+def test_emulator_forward_identical_on_every_forced_path(tiny_workload, path):
     """Whole emulator forwards (a static and a dynamic recipe, both modes) give the same bits when every
-    2-D GEMM takes a float path as with ``torch._int_mm``."""
+    2-D GEMM takes another path as with ``torch._int_mm``."""
     from quantmodel.calibrate import calibrate
     from quantmodel.quantize import build_artifact
     from quantmodel.recipes import get_recipe

@@ -952,3 +952,102 @@ int qm_mod_operands(const float* scale, const float* shift, int64_t pstride, con
     for (int64_t i = 0; i < n; i++) r[i] = rq_exact(qw[n + i], m, sh);
     return 0;
 }
+
+/* ---- exact int8 x int8 -> int32 GEMM for CPUs without fast int8 dot products (gemmpaths "ckernel") ----
+   C = A B with A int8 [M, K] (row-major), B int8 [K, N] prepacked by qm_gemm_pack_b. Products are formed as
+   int16 pairs: each output accumulates a[m, 2p] b[2p, n] + a[m, 2p+1] b[2p+1, n] (vpmaddwd under AVX2: two
+   int16 products summed exactly in int32; |pair| <= 2 * 128 * 128), then int32 adds. Integer arithmetic
+   throughout, so any order gives the same sums; the caller proves the sums fit int32 (as for torch._int_mm),
+   so no partial sum can wrap either. Blocking: 6 x 16 register tiles, KC values of K per pass so a 16-column
+   slice of B (KC * 16 int16) stays in L1 while the rows of an MC block (in L2) stream past it. */
+#define GM_NR 16
+#define GM_MR 6
+#define GM_KC 512
+#define GM_MC 96
+
+int64_t qm_gemm_pack_b_size(int64_t k, int64_t n) {
+    return ((n + GM_NR - 1) / GM_NR) * GM_NR * ((k + 1) & ~(int64_t)1);
+}
+
+/* B [K, N] int8 -> bp: per 16-column panel, per k pair p, the 16 columns as (b[2p, j], b[2p+1, j]) int16 pairs
+   (zeros past K and N) */
+void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp) {
+    int64_t kp = (k + 1) & ~(int64_t)1, npan = (n + GM_NR - 1) / GM_NR;
+    for (int64_t jp = 0; jp < npan; jp++)
+        for (int64_t p = 0; p < kp / 2; p++) {
+            int16_t* d = bp + (jp * (kp / 2) + p) * 2 * GM_NR;
+            for (int64_t c = 0; c < GM_NR; c++) {
+                int64_t j = jp * GM_NR + c;
+                d[2 * c] = j < n ? b[2 * p * n + j] : 0;
+                d[2 * c + 1] = (j < n && 2 * p + 1 < k) ? b[(2 * p + 1) * n + j] : 0;
+            }
+        }
+}
+
+/* one 6 x 16 tile over np k pairs: a rows lda int16 apart (pairs adjacent), b a packed panel slice */
+static void gm_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t np, int32_t* tile) {
+#if defined(__AVX2__)
+    /* twelve named accumulators (an array of them is kept on the stack by gcc) */
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#define GM_ROW(r, x0, x1) { int32_t pair; memcpy(&pair, a + (r) * lda + 2 * p, 4); __m256i av = _mm256_set1_epi32(pair); \
+        x0 = _mm256_add_epi32(x0, _mm256_madd_epi16(av, b0)); x1 = _mm256_add_epi32(x1, _mm256_madd_epi16(av, b1)); }
+    for (int64_t p = 0; p < np; p++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i*)(b + p * 32));
+        __m256i b1 = _mm256_loadu_si256((const __m256i*)(b + p * 32 + 16));
+        GM_ROW(0, c00, c01) GM_ROW(1, c10, c11) GM_ROW(2, c20, c21)
+        GM_ROW(3, c30, c31) GM_ROW(4, c40, c41) GM_ROW(5, c50, c51)
+    }
+#undef GM_ROW
+    __m256i* t = (__m256i*)tile;
+    _mm256_storeu_si256(t + 0, c00); _mm256_storeu_si256(t + 1, c01); _mm256_storeu_si256(t + 2, c10);
+    _mm256_storeu_si256(t + 3, c11); _mm256_storeu_si256(t + 4, c20); _mm256_storeu_si256(t + 5, c21);
+    _mm256_storeu_si256(t + 6, c30); _mm256_storeu_si256(t + 7, c31); _mm256_storeu_si256(t + 8, c40);
+    _mm256_storeu_si256(t + 9, c41); _mm256_storeu_si256(t + 10, c50); _mm256_storeu_si256(t + 11, c51);
+#else
+    for (int r = 0; r < GM_MR; r++) {
+        int32_t acc[GM_NR] = {0};
+        for (int64_t p = 0; p < np; p++) {
+            int32_t a0 = a[r * lda + 2 * p], a1 = a[r * lda + 2 * p + 1];
+            const int16_t* bb = b + p * 32;
+            for (int cc = 0; cc < GM_NR; cc++) acc[cc] += a0 * bb[2 * cc] + a1 * bb[2 * cc + 1];
+        }
+        for (int cc = 0; cc < GM_NR; cc++) tile[r * GM_NR + cc] = acc[cc];
+    }
+#endif
+}
+
+/* out [M, N] int32 = A B; bp from qm_gemm_pack_b; ap: scratch of qm_gemm_pack_a_size(m, k) int16 */
+int64_t qm_gemm_pack_a_size(int64_t m, int64_t k) {
+    return ((m + GM_MR - 1) / GM_MR) * GM_MR * ((k + 1) & ~(int64_t)1);
+}
+
+void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_t n, int32_t* out, int16_t* ap) {
+    int64_t kp = (k + 1) & ~(int64_t)1, mp = (m + GM_MR - 1) / GM_MR * GM_MR, npan = (n + GM_NR - 1) / GM_NR;
+    int par = m * n * k >= 64 * PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < mp; r++) {  /* A as int16 rows of kp values, zero padded */
+        int16_t* d = ap + r * kp;
+        for (int64_t i = 0; i < kp; i++) d[i] = (r < m && i < k) ? a[r * k + i] : 0;
+    })
+    int64_t nmb = (mp + GM_MC - 1) / GM_MC;
+    for (int64_t k0 = 0; k0 < kp; k0 += GM_KC) {
+        int64_t np = (kp - k0 < GM_KC ? kp - k0 : GM_KC) / 2;
+        int first = k0 == 0;
+        PAR_LOOP(par, for (int64_t job = 0; job < nmb * npan; job++) {
+            int64_t mb = job / npan, jp = job % npan;
+            int32_t tile[GM_MR * GM_NR];
+            const int16_t* bs = bp + (jp * (kp / 2) + k0 / 2) * 2 * GM_NR;
+            int64_t r1 = (mb + 1) * GM_MC < mp ? (mb + 1) * GM_MC : mp;
+            for (int64_t r0 = mb * GM_MC; r0 < r1; r0 += GM_MR) {
+                gm_tile(ap + r0 * kp + k0, kp, bs, np, tile);
+                for (int64_t r = 0; r < GM_MR && r0 + r < m; r++) {
+                    int32_t* o = out + (r0 + r) * n + jp * GM_NR;
+                    int64_t nc = n - jp * GM_NR < GM_NR ? n - jp * GM_NR : GM_NR;
+                    const int32_t* t = tile + r * GM_NR;
+                    if (first) for (int64_t cc = 0; cc < nc; cc++) o[cc] = t[cc];
+                    else for (int64_t cc = 0; cc < nc; cc++) o[cc] = (int32_t)((uint32_t)o[cc] + (uint32_t)t[cc]);
+                }
+            }
+        })
+    }
+}

@@ -8,6 +8,11 @@
 
 #if !defined(__FLT16_MAX__)
 #error "the kernels need the C compiler's _Float16 type (gcc >= 12 or clang on x86-64 / AArch64)"
+int64_t qm_gemm_pack_b_size(int64_t k, int64_t n);
+void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp);
+int64_t qm_gemm_pack_a_size(int64_t m, int64_t k);
+void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_t n, int32_t* out, int16_t* ap);
+
 #endif
 typedef _Float16 f16;
 
@@ -51,5 +56,10 @@ void qm_split_heads_q8(const void* q, int in_kind, int64_t B, int64_t N, int64_t
                        const int64_t* mult, const int64_t* shift, int64_t qmax, float* out, int64_t tmask);
 int qm_mod_operands(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bsz,
                     int64_t c, double s_out, int64_t qmax, double* f, double* r, float* fw, int32_t* qw);
+
+int64_t qm_gemm_pack_b_size(int64_t k, int64_t n);
+void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp);
+int64_t qm_gemm_pack_a_size(int64_t m, int64_t k);
+void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_t n, int32_t* out, int16_t* ap);
 
 #endif
