@@ -79,11 +79,16 @@ def attention_shapes(c: BenchConfig) -> list[tuple[str, int, int, int, int]]:
             ("attn_temp.av", tb, t, t, d)]
 
 
-def _interleaved(fns, repeats: int) -> list[list[float]]:
+def _interleaved(fns, repeats: int, min_s: float = 0.0) -> list[list[float]]:
     """Seconds of ``repeats`` runs of each function, measured interleaved (a, b, ..., a, b, ...) after one
-    warm-up each, so that load from other processes on the shared machine hits all alike."""
+    warm-up each, so that load from other processes on the shared machine hits all alike. With ``min_s``,
+    fast functions get more runs (up to 200), so that each is timed for about ``min_s`` seconds."""
+    t0 = time.perf_counter()
     for fn in fns:  # warm-up
         fn()
+    warm = (time.perf_counter() - t0) / len(fns)
+    if min_s > 0:
+        repeats = max(repeats, min(200, int(min_s / max(warm, 1e-6))))
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, acc in zip(fns, times):
@@ -287,7 +292,7 @@ def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
     worst = 0.0
     cpu = device == "cpu"
     print(f"full forward on {device}, {isa_label()}: emulator (integer GEMMs, vector unit in each mode) vs "
-          f"float32 model; best of {repeats} interleaved runs" + ("; f32path: every int8 GEMM on the chunked "
+          f"float32 model; best of >= {repeats} interleaved runs (more for fast ones: ~1 s each)" + ("; f32path: every int8 GEMM on the chunked "
                                                                   "float32 path" if cpu else ""))
     print(f"{'config':8s} {'recipe':19s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}"
           + (f" {'f32path_ms':>10s} {'f32path/f32':>11s}" if cpu else ""))
@@ -298,7 +303,7 @@ def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
                 fns = (run_emu, run_float) + ((_forced("float32", run_emu),) if cpu else ())
                 for nt in threads:
                     torch.set_num_threads(nt)
-                    best = [min(t) for t in _interleaved(fns, repeats)]
+                    best = [min(t) for t in _interleaved(fns, repeats, min_s=1.0)]
                     te, tf = best[0], best[1]
                     worst = max(worst, te / tf)
                     extra = f" {best[2] * 1e3:10.2f} {best[2] / tf:11.2f}" if cpu else ""
