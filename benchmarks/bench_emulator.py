@@ -4,7 +4,7 @@ without AVX-512.
 GEMM level: for every GEMM shape of one STDiT block, time the integer path
 (int_linear_requant: int8 GEMM + int32 bias + per-channel requantize to int8, fused) and the float32 path (matmul + bias)
 side by side in one run and print the ratio int/float (<= 1.0 meets the goal). GEMM paths: each exact
-int8 GEMM path of quantmodel.gemmpaths (torch._int_mm, chunked float32, float64) on each linear shape,
+int8 GEMM path of quantmodel.intarith.gemmpaths (torch._int_mm, chunked float32, float64, C kernel) on each linear shape,
 with the path the per-shape choice takes on this CPU.
 
     python benchmarks/bench_emulator.py [--configs tiny,mid,mid768] [--repeats 5] [--threads 1,2]
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
-from quantmodel import gemmpaths
-from quantmodel.fixedpoint import Requantizer, qrange, quantize_multipliers, requantize
-from quantmodel.intgemm import int_linear_requant, int_matmul
+from quantmodel.intarith import gemmpaths
+from quantmodel.intarith.fixedpoint import Requantizer, qrange, quantize_multipliers, requantize
+from quantmodel.intarith.intgemm import int_linear_requant, int_matmul
 
 
 @dataclass(frozen=True)
@@ -235,11 +235,11 @@ def _forward_workload(name: str):
 def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
     name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
-    from quantmodel.calibrate import calibrate
-    from quantmodel.emulator import IntegerEmulator
-    from quantmodel.quantize import build_artifact
-    from quantmodel.recipes import get_recipe
-    from quantmodel.stdit import STDiTConfig, build_stdit
+    from quantmodel.quant.calibrate import calibrate
+    from quantmodel.emulator.integer import IntegerEmulator
+    from quantmodel.quant.artifact import build_artifact
+    from workloads.recipes import get_recipe
+    from quantmodel.model.stdit import STDiTConfig, build_stdit
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
@@ -370,11 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     if "native" not in isas:
         return run_avx2_child(raw)
     print(f"torch {torch.__version__}, {isa_label()}")
-    from quantmodel import ckernels
+    from quantmodel.intarith import ckernels
 
     t0 = time.perf_counter()
     dll = ckernels.lib()  # compiled once per machine and cached; timed apart from the forwards
-    print(f"C kernels (quantmodel/csrc): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
+    print(f"C kernels (quantmodel/intarith/csrc): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
           f" in {time.perf_counter() - t0:.2f} s (build or cache load, not part of any forward below)")
     torch.set_num_threads(threads[0])
     if not args.no_paths and args.device == "cpu":
