@@ -35,7 +35,12 @@ from dataclasses import dataclass
 import torch
 
 from quantmodel.intarith import gemmpaths
-from quantmodel.intarith.fixedpoint import Requantizer, qrange, quantize_multipliers, requantize
+from quantmodel.intarith.fixedpoint import (
+    Requantizer,
+    qrange,
+    quantize_multipliers,
+    requantize,
+)
 from quantmodel.intarith.intgemm import int_linear_requant, int_matmul
 
 
@@ -235,11 +240,11 @@ def _forward_workload(name: str):
 def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
     name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
-    from quantmodel.quant.calibrate import calibrate
     from quantmodel.emulator.integer import IntegerEmulator
-    from quantmodel.quant.artifact import build_artifact
-    from workloads.recipes import get_recipe
     from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.quant.artifact import build_artifact
+    from quantmodel.quant.calibrate import calibrate
+    from workloads.recipes import get_recipe
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
