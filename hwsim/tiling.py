@@ -11,34 +11,54 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hwsim.config import HWConfig
+from hwsim.config import DATAFLOWS, HWConfig
 from workloads.errors import ConfigError
 
 FP16_BYTES = 2
 PSUM_BYTES = 4  # int32 / fp32 partial sums kept in SRAM when K is split
 
 
-def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, rate: float = 1.0) -> int:
-    """Cycles of one ``[m,k] x [k,n]`` GEMM on one ``rows x cols`` systolic array.
+def systolic_dims(m: int, k: int, n: int, dataflow: str) -> tuple[int, int, int, int]:
+    """``(Sr, Sc, T, fill)`` of a ``[m,k] x [k,n]`` GEMM under a dataflow, in SCALE-Sim v3's terms
+    (``scalesim/compute/systolic_compute_{os,ws,is}.py``): the operand dimension mapped on the array
+    rows (Sr) and columns (Sc), the one streamed through it (T), and the cycles spent loading the
+    stationary operand into the array before a fold streams (R for WS and IS, none for OS).
 
-    SCALE-Sim's analytical runtime (Samajdar et al., "A Systematic Methodology for Characterizing
-    Scalability of DNN Accelerators using SCALE-Sim", ISPASS 2020): each fold of the array costs
-    ``2*R + C + T - 2`` cycles (R + C - 2 to fill the skewed wavefront, T streamed steps, R to drain),
-    and the GEMM needs ``ceil(Sr/R) * ceil(Sc/C)`` folds.
-
-    - output stationary: outputs pinned to PEs, Sr = m, Sc = n, T = k streamed;
-    - weight stationary: weights pinned, Sr = k, Sc = n, T = m streamed.
-
-    ``rate`` = MACs one PE retires per cycle at the precision (int4 packed 2, fp16 0.5): it shortens
-    the streamed dimension, ``T = ceil(T / rate)``; fill and drain do not change.
+    - output stationary: outputs pinned to PEs, Sr = m (output rows), Sc = n, T = k;
+    - weight stationary: weights pinned, Sr = k, Sc = n, T = m;
+    - input stationary: inputs pinned, Sr = k, Sc = m, T = n.
     """
     if dataflow == "output_stationary":
-        sr, sc, t = m, n, k
-    else:
-        sr, sc, t = k, n, m
+        return m, n, k, 0
+    if dataflow == "weight_stationary":
+        return k, n, m, 1
+    if dataflow == "input_stationary":
+        return k, m, n, 1
+    raise ConfigError("mac.dataflow", dataflow, " or ".join(DATAFLOWS))
+
+
+def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, rate: float = 1.0) -> int:
+    """Stall-free cycles of one ``[m,k] x [k,n]`` GEMM on one ``rows x cols`` systolic array, exactly
+    as SCALE-Sim v3 counts them (the rows of its demand matrices; tested against every row of
+    ``hwsim/data/scalesim_v3_cycles.csv``, SCALE-Sim's own runs):
+
+    - output stationary: ``ceil(M/R) * ceil(N/C) * (K + R + C - 2)``;
+    - weight stationary: ``ceil(K/R) * ceil(N/C) * (M + 2R + C - 2)``;
+    - input stationary:  ``ceil(K/R) * ceil(M/C) * (N + 2R + C - 2)``.
+
+    Each fold streams T operand vectors, skewed over the rows (R - 1 cycles) and drained over the
+    columns (C - 1); WS and IS first load the stationary tile into the array (R cycles). A partial
+    fold (a dimension not a multiple of R or C) costs a full fold: SCALE-Sim pads it with idle PEs.
+    SCALE-Sim's COMPUTE_REPORT prints the index of the last cycle (counted from 0), one less.
+
+    ``rate`` = MACs one PE retires per cycle at the precision (int4 packed 2, fp16 0.5): it shortens
+    the streamed dimension, ``T = ceil(T / rate)``; fill, skew and drain do not change (an int4 pair
+    shares one PE's pipeline slot, an FP16 MAC occupies it two cycles).
+    """
+    sr, sc, t, fill = systolic_dims(m, k, n, dataflow)
     t_eff = math.ceil(t / rate)
     folds = math.ceil(sr / rows) * math.ceil(sc / cols)
-    return folds * (2 * rows + cols + t_eff - 2)
+    return folds * (t_eff + (1 + fill) * rows + cols - 2)
 
 
 def precision_of(w_bits: int, a_bits: int) -> str:
@@ -186,9 +206,12 @@ def figure_of_merit(cycles: float, energy_pj: float) -> float:
 
 
 def _per_tile_cycles(hw: HWConfig, engine: str) -> int:
-    """Fixed cost of one tile: its DMA descriptor setup, and on the arrays their fill and drain
-    between tiles (SCALE-Sim's 2R + C per fold, paid again when the next tile cannot stream in)."""
-    return hw.dma.setup_cycles + (2 * hw.mac.rows + hw.mac.cols if engine == "mac" else 0)
+    """Fixed cost of one tile beyond its compute: its DMA descriptor setup. The arrays' fill, skew
+    and drain are already in every tile's cycles (``systolic_cycles`` counts them per fold, as
+    SCALE-Sim does, and the replay runs a tile for exactly those cycles), so they are not added
+    again here."""
+    del engine
+    return hw.dma.setup_cycles
 
 
 def _pipeline_cycles(a_in: float, b_in: float, d_out: float, comp: float, pre: float, post: float, ntiles: int,
@@ -651,7 +674,7 @@ def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
     o_bpe = u.out_bytes / (u.batch * u.m * u.dv)
     what = f"attention [{u.m}x{u.d}] over {u.n} keys"
     cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
-    per_tile = hw.dma.setup_cycles + 2 * R + C
+    per_tile = _per_tile_cycles(hw, "mac")
     cands = []
     k_opts = {u.n} | {_round_up(math.ceil(u.n / d), R) for d in (2, 4, 8, 16, 32) if math.ceil(u.n / d) >= R}
     for nk in sorted(k_opts, reverse=True):
