@@ -38,6 +38,8 @@ def sram_pj_per_byte(hw: HWConfig) -> float:
 
 def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: float) -> dict:
     """Joules per component from the run's integer counts."""
+    from hwsim.tiling import epilogue_pj_45nm  # the quantization stages' table lives with VECTOR_WORK
+
     s = hw.tech.energy_scale
     pj = {
         "mac_int8": counts.get("macs_int8", 0) * MAC_PJ_45NM["int8"] * s,
@@ -45,6 +47,7 @@ def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: f
         "mac_fp16": counts.get("macs_fp16", 0) * MAC_PJ_45NM["fp16"] * s,
         "vector": counts.get("vec_cycles", 0) * hw.vector.lanes * VECTOR_LANE_CYCLE_PJ_45NM * s,
         "dyn_quant": counts.get("dyn_cycles", 0) * hw.vector.lanes * DYN_LANE_CYCLE_PJ_45NM * s,
+        "quant_epilogue": epilogue_pj_45nm(counts) * s,  # requant / quant / dequant lanes beside the arrays
         "sram": (counts.get("sram_rd", 0) + counts.get("sram_wr", 0)) * sram_pj_per_byte(hw),
         "dram": (counts.get("dram_rd", 0) + counts.get("dram_wr", 0)) * hw.dram.energy_pj_per_byte,
         "flash": counts.get("flash_rd", 0) * hw.flash.energy_pj_per_byte,

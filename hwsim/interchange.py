@@ -22,7 +22,7 @@ from pathlib import Path
 from hwsim.config import HWConfig, with_overrides
 from hwsim.tiling import systolic_cycles
 from workloads.errors import ConfigError
-from workloads.trace import GEMM_KINDS, Op, Trace
+from workloads.trace import GEMM_KINDS, Op, Trace, reads_str
 
 WORD_BYTES = 1  # one SCALE-Sim word = one int8 operand (assumption stated in the module docstring)
 DATAFLOW_NAMES = {"os": "output_stationary", "ws": "weight_stationary", "is": "input_stationary"}
@@ -137,9 +137,12 @@ def is_scalesim_topology(path: str | Path) -> bool:
 
 
 def _gemm_op(name: str, m: int, k: int, n: int, kind: str, input_bytes: int) -> Op:
+    """One layer as an int8 GEMM that writes int8 (SCALE-Sim's one-word outputs): its int32 sums are
+    requantized on the arrays' epilogue lanes (energy only; they keep pace with the arrays)."""
     return Op(step=0, name=name, kind=kind, batch=1, m=m, k=k, n=n, elements=m * n, macs=m * k * n,
               weight_bytes=k * n * WORD_BYTES, input_bytes=input_bytes, output_bytes=m * n * WORD_BYTES,
-              w_bits=8, a_bits=8)
+              w_bits=8, a_bits=8, out_bits=8 * WORD_BYTES, epilogue="requant",
+              reads=reads_str([("", 0, input_bytes // WORD_BYTES, 8 * WORD_BYTES)]))
 
 
 def read_scalesim_topology(path: str | Path) -> Trace:

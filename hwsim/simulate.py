@@ -28,7 +28,7 @@ from hwsim.engine import Machine
 from hwsim.result import SimResult
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, plan_attention, plan_estimate,
-                          plan_gemm, plan_vector, precision_of, static_twin, vector_cycles)
+                          plan_gemm, plan_vector, precision_of, static_twin, vector_cycles, vector_unit_cpe)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
@@ -39,9 +39,10 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    pre-stage's quantized copy counted at its own bytes (was FP16 again)
 SIM_VERSION = "hwsim-3"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
-                     "output_bytes", "w_bits", "a_bits", "name")
+                     "output_bytes", "w_bits", "a_bits", "name", "epilogue", "dequant_elements")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
-PRE_KINDS = ("smooth_mul", "dyn_stats")
+PRE_KINDS = ("smooth_mul", "dyn_stats", "quantize")
+PRE_SUFFIX = {"smooth_mul": ".smooth", "dyn_stats": ".dyn_stats", "quantize": ".quant"}
 
 
 # ---- trace -> units ---------------------------------------------------------------------------------
@@ -74,11 +75,14 @@ def _gemm_unit(op, wplan: WeightPlan, pre=None, post=None) -> GemmUnit:
         extra = a_bytes / (op.batch * op.m * op.k)  # bytes per element of the quantized copy
         a_bytes = pre.input_bytes
         pre_kind, pre_w = pre.kind, pre.weight_bytes
+    # a fused post-stage (dyn_rescale) writes the unit's output; the int32 sums stay in SRAM
+    out_bytes = op.output_bytes if post is None else post.output_bytes
     return GemmUnit(batch=op.batch, m=op.m, k=op.k, n=op.n, precision=precision_of(op.w_bits, op.a_bits),
-                    a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, op.output_bytes),
+                    a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, out_bytes),
                     b_per_item=per_item, b_resident=wplan.resident and not per_item,
                     a_extra_sram_bpe=extra, pre=pre_kind, post=post.kind if post is not None else "",
-                    pre_weight_bytes=0 if wplan.resident else pre_w)
+                    pre_weight_bytes=0 if wplan.resident else pre_w, epilogue=op.epilogue,
+                    dequant_elements=op.dequant_elements)
 
 
 class _Units:
@@ -114,7 +118,7 @@ class _Units:
             covered = [i]
             pre = post = None
             if op.kind in PRE_KINDS and i + 1 < n and ops[i + 1].kind in GEMM_KINDS \
-                    and op.name == ops[i + 1].name + (".smooth" if op.kind == "smooth_mul" else ".dyn_stats"):
+                    and op.name == ops[i + 1].name + PRE_SUFFIX[op.kind]:
                 pre, gemm = op, ops[i + 1]
             elif op.kind in GEMM_KINDS:
                 gemm = op
@@ -185,14 +189,15 @@ class _Units:
 
 def _vector_unit(op, wplan: WeightPlan, feeds=None) -> VectorOpUnit:
     """``feeds``: the quantized GEMM a standalone smoothing multiply feeds. It quantizes as it
-    multiplies (``tiling.VECTOR_WORK``), so it writes the tensor that GEMM reads, not the FP16 copy
-    the trace records for an unfused smooth op (quantmodel: output_bytes = rows x k x 2)."""
+    multiplies (``tiling.VECTOR_WORK``), so it writes the tensor that GEMM reads (the trace says so
+    since version 2; the bound is kept for traces whose smooth op is wider than its reader)."""
     out = op.output_bytes
     if feeds is not None and op.kind == "smooth_mul" and not feeds.kind.startswith("matmul"):
         out = min(out, feeds.input_bytes)
     return VectorOpUnit(kind=op.kind, elements=op.elements, in_bytes=op.input_bytes,
                         out_bytes=out, weight_bytes=0 if wplan.resident else op.weight_bytes,
-                        rows=op.batch * op.m if op.kind == "dyn_stats" else 0)
+                        rows=op.batch * op.m if op.kind == "dyn_stats" else 0, epilogue=op.epilogue,
+                        dequant_elements=op.dequant_elements)
 
 
 def _time_energy(plans: list, hw: HWConfig) -> tuple[float, float]:
@@ -218,7 +223,8 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
                          precision_qk=precision_of(qk.w_bits, qk.a_bits),
                          precision_av=precision_of(av.w_bits, av.a_bits),
                          q_bytes=max(1, q_bytes), k_bytes=max(1, qk.input_bytes - q_bytes),
-                         v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes))
+                         v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes), epilogue=av.epilogue,
+                         dequant_elements=qk.dequant_elements + av.dequant_elements)
 
 
 def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
@@ -592,7 +598,7 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
     else:
         compute = 0
         min_bytes = unit.in_bytes + unit.out_bytes + unit.weight_bytes
-        vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows) if unit.elements else 0
+        vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows, vector_unit_cpe(hw, unit)) if unit.elements else 0
     if not plan.tiles:
         return 0
     return max(compute, vec, math.floor(min_bytes * cpb), math.floor(min_bytes * dma_cpb))

@@ -95,6 +95,8 @@ class GemmUnit:
     pre: str = ""
     post: str = ""
     pre_weight_bytes: int = 0  # SmoothQuant factors of a fused smooth_mul (loaded with the first B tile)
+    epilogue: str = ""  # output conversion on the arrays' epilogue lanes: EPILOGUE_PJ_45NM's kinds
+    dequant_elements: int = 0  # operand elements converted from integer codes to FP16 at the array input
 
     @property
     def macs(self) -> int:
@@ -111,9 +113,15 @@ class VectorOpUnit:
     out_bytes: int
     weight_bytes: int = 0  # per-channel factors loaded once (smooth_mul)
     rows: int = 0  # rows of a dyn_stats op (one reciprocal each)
+    epilogue: str = ""  # "quant": the op quantizes its output as it writes it (QUANT_ON_WRITE_WORK)
+    dequant_elements: int = 0  # input elements converted from integer codes as they are read
 
 
 # Vector-unit work per element, as (function, count) pairs over vector.cycles_per_element.
+# Quantization stages count the steps the emulator's datapath performs (quantmodel/emulator.py,
+# fixedpoint.ActQuantizer: a float32 multiply by the scale's prepared reciprocal, then round half to
+# even + saturate), one lane operation each: the counts are ours (assumption), the datapath is the
+# emulator's, bit for bit.
 VECTOR_WORK = {
     "elementwise": (("basic", 1),),  # residual add / gated add / positional add
     "modulate": (("basic", 2),),  # x * (1 + scale) + shift
@@ -122,20 +130,71 @@ VECTOR_WORK = {
     "gelu": (("gelu", 1),),
     "silu": (("basic", 2), ("exp", 1)),  # x * 1/(1+exp(-x))
     "embedding": (("exp", 1),),  # sin/cos on the transcendental path
-    "smooth_mul": (("basic", 2),),  # multiply by 1/s, quantize with the static scale
+    "quantize": (("basic", 2),),  # static: multiply by 1/scale, round half to even + saturate to int8
+    "smooth_mul": (("basic", 3),),  # multiply by the FP16 factor 1/s, then quantize as above (2)
     "dyn_stats": (("basic", 3),),  # |x| max-reduce, multiply by reciprocal, round/clip
-    "dyn_rescale": (("basic", 2),),  # multiply by row scale x column scale, convert to FP16
+    "dyn_rescale": (("basic", 3),),  # int32 -> float, x row scale, x column scale (FP16 on write)
 }
 DYN_KINDS = ("dyn_stats", "dyn_rescale")
+QUANT_ON_WRITE_WORK = (("basic", 2),)  # a vector op that quantizes its output: as "quantize", per output element
+DEQUANT_ON_READ_WORK = (("basic", 2),)  # int16 codes -> float, multiply by the static scale, per input element
+
+# Epilogue lanes beside the MAC arrays convert what the arrays read and write: energy per element at
+# 45 nm from Horowitz ("Computing's energy problem", ISSCC 2014): 32-bit integer multiply 3.1 pJ,
+# 32-bit add 0.1 pJ, FP16 multiply 1.1 pJ, FP16 add 0.4 pJ (hwsim.energy holds the ones it already
+# uses). A shift, a rounding increment and a clamp compare are costed as 32-bit adds (assumption).
+INT32_MULT_PJ_45NM = 3.1
+EPILOGUE_PJ_45NM = {
+    # static int32 accumulator -> int16 codes: x int32 multiplier, add the rounding bit, shift, clamp
+    "requant": INT32_MULT_PJ_45NM + 3 * 0.1,
+    # the same codes turned to FP16 where they are written (x scale, int -> float as in "dequant"
+    # below): the value the emulator's reader computes, made once at the source
+    "requant_dequant": INT32_MULT_PJ_45NM + 3 * 0.1 + 0.4 + 1.1,
+    # FP16 -> int8 codes (a float GEMM feeding an int8 one): x 1/scale (FP16), round, saturate
+    "quant": 1.1 + 2 * 0.1,
+    # int16 codes -> FP16 at the array input (a float GEMM reading a static GEMM's output):
+    # int -> float conversion (costed as an FP16 add, assumption) and x scale (FP16 multiply)
+    "dequant": 0.4 + 1.1,
+}
+# The lanes take one element per array column (output) or row (input) per cycle (assumption). An
+# output-stationary fold of R x C outputs takes K + R + C - 2 >= R cycles, a weight- or input-
+# stationary fold of at most (streamed T) x C outputs takes T + 2R + C - 2 > T cycles: the lanes
+# are never slower than the arrays, so they add energy and no latency (they run alongside).
 
 
-def vector_cycles_per_element(hw: HWConfig, kind: str) -> float:
+def epilogue_counts(u) -> dict:
+    """Energy-only events of a GEMM or attention unit's conversions (``epi_<kind>``: elements)."""
+    out = {}
+    if u.epilogue:
+        el = u.batch * u.m * (u.n if isinstance(u, GemmUnit) else u.dv)
+        out["epi_" + u.epilogue] = el
+    if u.dequant_elements:
+        out["epi_dequant"] = u.dequant_elements
+    return out
+
+
+def epilogue_pj_45nm(counts: dict) -> float:
+    """45 nm energy of a plan's epilogue events (scaled to the node by the caller)."""
+    return sum(counts.get("epi_" + k, 0) * pj for k, pj in EPILOGUE_PJ_45NM.items())
+
+
+def vector_cycles_per_element(hw: HWConfig, kind: str, work: tuple | None = None) -> float:
     cpe = hw.vector.cycles_per_element
-    return sum(cpe[f] * n for f, n in VECTOR_WORK[kind])
+    return sum(cpe[f] * n for f, n in (VECTOR_WORK[kind] if work is None else work))
 
 
-def vector_cycles(hw: HWConfig, kind: str, elements: int, rows: int = 0) -> int:
-    c = math.ceil(elements * vector_cycles_per_element(hw, kind) / hw.vector.lanes)
+def vector_unit_cpe(hw: HWConfig, u: "VectorOpUnit") -> float:
+    """Cycles per output element of a vector op with its quantize-on-write and dequantize-on-read."""
+    cpe = vector_cycles_per_element(hw, u.kind)
+    if u.epilogue == "quant":
+        cpe += vector_cycles_per_element(hw, u.kind, QUANT_ON_WRITE_WORK)
+    if u.dequant_elements and u.elements:
+        cpe += vector_cycles_per_element(hw, u.kind, DEQUANT_ON_READ_WORK) * u.dequant_elements / u.elements
+    return cpe
+
+
+def vector_cycles(hw: HWConfig, kind: str, elements: int, rows: int = 0, cpe: float | None = None) -> int:
+    c = math.ceil(elements * (vector_cycles_per_element(hw, kind) if cpe is None else cpe) / hw.vector.lanes)
     if kind == "dyn_stats":
         c += rows * hw.vector.reciprocal_cycles_per_row
     return c
@@ -283,7 +342,7 @@ class _Estimate:
         self.post_lane_pj = lanes * (DYN_LANE_CYCLE_PJ_45NM if u.post in DYN_KINDS else VECTOR_LANE_CYCLE_PJ_45NM) * s
         self.dram_pj = hw.dram.energy_pj_per_byte
         self.sram_pj = sram_pj_per_byte(hw)
-        self.mac_pj = u.macs * MAC_PJ_45NM[u.precision] * s
+        self.mac_pj = (u.macs * MAC_PJ_45NM[u.precision] + epilogue_pj_45nm(epilogue_counts(u))) * s
         self.leak_pj_per_cycle = (sum(area_breakdown_mm2(hw).values()) * hw.tech.leakage_mw_per_mm2 * 1e-3
                                   / hw.clock.freq_hz * 1e12)
 
@@ -442,7 +501,8 @@ def static_twin(u: GemmUnit) -> GemmUnit:
         return u
     a_bytes = round(u.batch * u.m * u.k * u.a_extra_sram_bpe) if u.pre else u.a_bytes
     return GemmUnit(batch=u.batch, m=u.m, k=u.k, n=u.n, precision=u.precision, a_bytes=a_bytes,
-                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident)
+                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident,
+                    epilogue=u.epilogue, dequant_elements=u.dequant_elements)
 
 
 def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None) -> Plan:
@@ -599,6 +659,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
     out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
     counts["macs_" + u.precision] = u.macs
+    counts.update(epilogue_counts(u))
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
     return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt, weight_reuse))
@@ -617,7 +678,7 @@ def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
     et = int(abuf // (2 * (in_bpe + out_bpe)))
     et = min(u.elements, _round_down(et, lanes))
     ntiles = math.ceil(u.elements / et)
-    cpe = vector_cycles_per_element(hw, u.kind)
+    cpe = vector_unit_cpe(hw, u)
     row_len = u.elements // u.rows if u.rows else 0
     tiles = []
     for i in range(ntiles):
@@ -659,6 +720,8 @@ class AttentionUnit:
     k_bytes: int
     v_bytes: int
     out_bytes: int
+    epilogue: str = ""  # "quant": the output written as int8 codes for the next (static) GEMM
+    dequant_elements: int = 0  # Q, K, V elements read as int16 codes of a static GEMM, converted at the input
 
     @property
     def macs(self) -> int:
@@ -763,6 +826,7 @@ def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
                 counts["sram_wr"] += q_load + kv_load + 2 * b * m * nkk * FP16_BYTES + math.ceil(b * m * u.dv * o_bpe)
     counts["macs_" + u.precision_qk] = counts.get("macs_" + u.precision_qk, 0) + u.batch * u.m * u.n * u.d
     counts["macs_" + u.precision_av] = counts.get("macs_" + u.precision_av, 0) + u.batch * u.m * u.n * u.dv
+    counts.update(epilogue_counts(u))
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
     in_cap = 2 * (math.ceil(bt * mq * u.d * q_bpe) + bt * mq * nk * FP16_BYTES)
