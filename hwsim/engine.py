@@ -191,7 +191,7 @@ class Machine:
                 in_buf.give(t[2])
             if t[5]:
                 w_buf.give(t[5])
-            if t[9]:
+            if t[11]:
                 outq.put((t[9], t[10], alloc))
         outq.put(None)
         t_end = env.now
@@ -234,7 +234,8 @@ class Machine:
             nbytes, post, alloc = item
             if post:
                 yield env.timeout(self.reserve_vector(post, st, label + " (post)") - env.now)
-            yield from self.xfer(nbytes, st, label)
+            if nbytes:  # 0: the output stays in SRAM for the next unit
+                yield from self.xfer(nbytes, st, label)
             out_buf.give(alloc)
 
     # ---- weight-set swap ------------------------------------------------------------------------------

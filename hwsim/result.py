@@ -40,6 +40,8 @@ class SimResult:
     per_op: list  # one row per op of step 0
     memo: dict  # how much was simulated vs replayed
     note: str = ""
+    dram_lower_bound_bytes: int = 0  # compulsory DRAM traffic on this chip (hwsim/schedule.py), swaps included
+    dram_over_bound: float = 0.0  # dram_bytes / dram_lower_bound_bytes
     timeline: dict = field(default_factory=dict)  # step -> [(engine, start_s, end_s, label)]
 
     def to_dict(self, timeline: bool = False) -> dict:

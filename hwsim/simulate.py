@@ -14,6 +14,7 @@ the same numbers bit for bit (tests/test_hwsim_memo.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import operator
@@ -27,8 +28,11 @@ from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
-from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, plan_attention, plan_estimate,
-                          plan_gemm, plan_vector, precision_of, static_twin, vector_cycles, vector_unit_cpe)
+from hwsim.schedule import (FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements,
+                            side_bytes)
+from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit, plan_attention,
+                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, vector_cycles,
+                          op_stages)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
@@ -37,12 +41,13 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    rate, pre-stage work per input reload); a GEMM with quantization stages starts from its static
 #    twin's tiling; stages fused or run as their own ops, whichever is faster; a fused
 #    pre-stage's quantized copy counted at its own bytes (was FP16 again)
-SIM_VERSION = "hwsim-3"
+# 4: schedule (hwsim/schedule.py): prologue/epilogue fusion chosen by energy x delay^2, vector chains,
+#    SRAM hand-over of small tensors; balanced row blocks; DRAM lower bound reported
+SIM_VERSION = "hwsim-4"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
                      "output_bytes", "w_bits", "a_bits", "name", "epilogue", "dequant_elements")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
-PRE_KINDS = ("smooth_mul", "dyn_stats", "quantize")
-PRE_SUFFIX = {"smooth_mul": ".smooth", "dyn_stats": ".dyn_stats", "quantize": ".quant"}
+PRE_QUANT = ("smooth_mul", "quantize", "dyn_stats")  # the quantization stage right before a GEMM
 
 
 # ---- trace -> units ---------------------------------------------------------------------------------
@@ -62,7 +67,12 @@ def _check_op(op, where: str) -> None:
             raise ConfigError(f"{where}.{f}", getattr(op, f), "4, 6, 8 or 16")
 
 
-def _gemm_unit(op, wplan: WeightPlan, pre=None, post=None) -> GemmUnit:
+def _gemm_unit(op, wplan: WeightPlan, pre_ops=(), post_ops=(), next_op=None) -> GemmUnit:
+    """The GEMM ``op`` with the vector ops ``pre_ops`` fused as its prologue and ``post_ops`` as its
+    epilogue (``schedule.group_ops``). With a prologue the input arrives as the first stage reads it
+    (FP16) and the quantized copy is made in SRAM beside it; an epilogue writes what its last stage
+    writes (the next GEMM's quantized input after its SmoothQuant multiply) and reads the side
+    operand of a residual add per output tile."""
     per_item = op.kind.startswith("matmul")
     if per_item:  # both operands in input_bytes, split by element count
         a_el, b_el = op.batch * op.m * op.k, op.batch * op.k * op.n
@@ -70,134 +80,178 @@ def _gemm_unit(op, wplan: WeightPlan, pre=None, post=None) -> GemmUnit:
         b_bytes = op.input_bytes - a_bytes
     else:
         a_bytes, b_bytes = op.input_bytes, op.weight_bytes
-    extra, pre_kind, pre_w = 0.0, "", 0
-    if pre is not None:  # the input arrives in FP16; the quantized copy is made in SRAM beside it
+    extra, pre_w = 0.0, 0
+    if pre_ops:
         extra = a_bytes / (op.batch * op.m * op.k)  # bytes per element of the quantized copy
-        a_bytes = pre.input_bytes
-        pre_kind, pre_w = pre.kind, pre.weight_bytes
-    # a fused post-stage (dyn_rescale) writes the unit's output; the int32 sums stay in SRAM
-    out_bytes = op.output_bytes if post is None else post.output_bytes
+        a_bytes = pre_ops[0].input_bytes - side_bytes(pre_ops[0])
+        pre_w = sum(side_bytes(p) for p in pre_ops)  # modulation tables
+    out, res = op.output_bytes, 0
+    if post_ops:
+        out = _chain_out(post_ops[-1], next_op)
+        res = sum(side_bytes(q) for q in post_ops)
+    if not wplan.resident:  # SmoothQuant factors come with the weights
+        pre_w += sum(o.weight_bytes for o in (*pre_ops, *post_ops))
     return GemmUnit(batch=op.batch, m=op.m, k=op.k, n=op.n, precision=precision_of(op.w_bits, op.a_bits),
-                    a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, out_bytes),
+                    a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, out),
                     b_per_item=per_item, b_resident=wplan.resident and not per_item,
-                    a_extra_sram_bpe=extra, pre=pre_kind, post=post.kind if post is not None else "",
-                    pre_weight_bytes=0 if wplan.resident else pre_w, epilogue=op.epilogue,
-                    dequant_elements=op.dequant_elements)
+                    a_extra_sram_bpe=extra, pre="+".join(op_stages(p) for p in pre_ops),
+                    post="+".join(op_stages(q) for q in post_ops), pre_weight_bytes=pre_w, res_bytes=res,
+                    epilogue=op.epilogue, dequant_elements=op.dequant_elements)
+
+
+def _chain_out(last, next_op) -> int:
+    """Bytes a chain ending in ``last`` writes: a SmoothQuant multiply quantizes as it multiplies
+    (``tiling.VECTOR_WORK``), so it writes the tensor the GEMM after it reads, not the FP16 copy
+    the trace records for an unfused smooth op (quantmodel: output_bytes = rows x k x 2)."""
+    if last.kind in ("smooth_mul", "quantize") and next_op is not None and next_op.kind in FUSED_GEMMS:
+        return min(last.output_bytes, next_op.input_bytes)
+    return last.output_bytes
+
+
+def _vector_unit(chain: list, wplan: WeightPlan, next_op=None) -> VectorOpUnit:
+    """Vector ops that stream through SRAM as one pass (one op, or a chain such as LayerNorm +
+    modulate): the first op's input (+ every side input) in, the last op's output out."""
+    first = chain[0]
+    side = sum(side_bytes(o) for o in chain)
+    dyn = next((o for o in chain if o.kind == "dyn_stats"), None)
+    return VectorOpUnit(kind="+".join(op_stages(o) for o in chain), elements=first.elements,
+                        in_bytes=first.input_bytes - side_bytes(first) + side,
+                        out_bytes=_chain_out(chain[-1], next_op),
+                        weight_bytes=0 if wplan.resident else sum(o.weight_bytes for o in chain),
+                        rows=dyn.batch * dyn.m if dyn is not None else 0, side_bytes=side)
 
 
 class _Units:
-    """The execution units of one step's op list, with their plans and which ops they cover."""
+    """The execution units of one step's op list, with their plans and which ops they cover.
+
+    ``schedule.group_ops`` proposes the fusions; per GEMM group the options (prologue: all, only
+    the quantization stage next to the GEMM, none; epilogue: all, none) are planned and the one of
+    least figure of merit (``tiling.figure_of_merit`` of the estimated cycles and energy of its
+    units run one after another) is kept; then units hand small tensors over in SRAM."""
 
     def __init__(self, ops: list, hw: HWConfig, wplan: WeightPlan, plans: dict):
-        self.units, self.plans, self.labels, self.set_bytes = [], [], [], []
-        self.op_unit: list[int] = []  # op index -> unit index
-        self.primary: list[bool] = []  # op carries the unit's latency
+        self.units, self.plans, self.labels, self.covered = [], [], [], []
+        for op in ops:
+            _check_op(op, f"trace op {op.name!r}")
+        self.ops, self.wplan, self.cache = ops, wplan, plans
         wbuf = hw.sram.weight_buffer_bytes
         if wplan.resident:  # resident weights take half the weight buffer (see swap.py)
-            hw_plan = _with_wbuf(hw, wbuf - wbuf // 2)
-        else:
-            hw_plan = hw
-        i, n = 0, len(ops)
-        while i < n:
-            op = ops[i]
-            _check_op(op, f"trace op {op.name!r}")
-            if op.kind == "matmul_qk" and i + 2 < n and ops[i + 1].kind == "softmax" \
-                    and ops[i + 2].kind == "matmul_av" and op.name.endswith(".qk") \
-                    and ops[i + 1].name == op.name[:-3] + ".softmax" and ops[i + 2].name == op.name[:-3] + ".av":
-                _check_op(ops[i + 2], f"trace op {ops[i + 2].name!r}")
-                unit = _attention_unit(op, ops[i + 2])
-                if unit is not None:
-                    try:
-                        plan = _plan(unit, hw_plan, plans, need_full_k=True)
-                    except NoFit:  # the score tile does not fit: run the three ops one by one
-                        plan = None
-                    if plan is not None:
-                        self._append(unit, plan, op.name, 0, [i, i + 1, i + 2], i)
-                        i += 3
-                        continue
-            covered = [i]
-            pre = post = None
-            if op.kind in PRE_KINDS and i + 1 < n and ops[i + 1].kind in GEMM_KINDS \
-                    and op.name == ops[i + 1].name + PRE_SUFFIX[op.kind]:
-                pre, gemm = op, ops[i + 1]
-            elif op.kind in GEMM_KINDS:
-                gemm = op
+            hw = _with_wbuf(hw, wbuf - wbuf // 2)
+        self.hw = hw
+        groups = group_ops(ops)
+        for g in groups:
+            if g.kind == "attention":
+                self._add_attention(g.core)
+            elif g.kind == "vector":
+                self._append([(_vector_unit([ops[j] for j in g.core], wplan, self._next(g.core[-1])), g.core)])
             else:
-                gemm = None
-            if gemm is not None:
-                j = i + (2 if pre is not None else 1)
-                if j < n and ops[j].kind == "dyn_rescale" and ops[j].name == gemm.name + ".dyn_rescale":
-                    post = ops[j]
-                for o in (gemm, post):
-                    if o is not None:
-                        _check_op(o, f"trace op {o.name!r}")
-                unit = plan = None
-                if pre is not None or post is not None:
-                    unit = _gemm_unit(gemm, wplan, pre, post)
-                    try:
-                        plan = _plan(unit, hw_plan, plans, need_full_k=pre is not None and pre.kind == "dyn_stats")
-                    except NoFit:  # the whole row does not fit: spill, run the stages as their own ops
-                        unit = None
-                if unit is not None and pre is not None:
-                    # the stages could also run as their own ops through DRAM, the GEMM then planned
-                    # as the static one (no row held, quantized input): fuse when that is faster
-                    # (estimated; energy breaks a tie), as fusion is a latency optimisation. Both
-                    # options are energy-aware plans already; picking by time keeps the latency
-                    # order of recipes whose options are ordered (see tiling.plan_gemm)
-                    alone = [_plan(_vector_unit(pre, wplan, gemm), hw_plan, plans),
-                             _plan(_gemm_unit(gemm, wplan), hw_plan, plans)]
-                    if post is not None:
-                        alone.append(_plan(_vector_unit(post, wplan), hw_plan, plans))
-                    if _time_energy(alone, hw_plan) < _time_energy([plan], hw_plan):
-                        unit = None
-                if unit is None:
-                    if pre is not None:  # standalone pre op first
-                        self._add_vector(pre, [i], hw_plan, wplan, plans, feeds=gemm)
-                        i += 1
-                        pre = None
-                    post = None
-                    unit = _gemm_unit(gemm, wplan)
-                    plan = _plan(unit, hw_plan, plans)
-                covered = list(range(i, i + 1 + (1 if pre is not None else 0) + (1 if post is not None else 0)))
-                if post is not None:
-                    _check_op(post, f"trace op {post.name!r}")
-                if pre is not None:
-                    _check_op(gemm, f"trace op {gemm.name!r}")
-                wb = sum(ops[c].weight_bytes for c in covered if ops[c].weight_set >= 0)
-                self._append(unit, plan, gemm.name, wb, covered, i + 1 if pre is not None else i)
-                i = covered[-1] + 1
+                self._add_gemm(g)
+        self._hand_over()
+        self.op_unit, self.primary = [0] * len(ops), [False] * len(ops)
+        for u, cov in enumerate(self.covered):
+            prim = next((j for j in cov if ops[j].kind in GEMM_KINDS), cov[0])
+            for j in cov:
+                self.op_unit[j], self.primary[j] = u, j == prim
+        self.set_bytes = [sum(ops[j].weight_bytes for j in cov if ops[j].weight_set >= 0) for cov in self.covered]
+        self.lower = dram_lower_bound(ops, groups, wplan.resident, hw.sram.weight_buffer_bytes,
+                                      hw.sram.activation_buffer_bytes)
+
+    def _next(self, j: int):
+        return self.ops[j + 1] if j + 1 < len(self.ops) else None
+
+    def _plan(self, unit, need_full_k: bool = False) -> Plan:
+        return _plan(unit, self.hw, self.cache, need_full_k)
+
+    def _append(self, parts: list, plans: list | None = None) -> None:
+        for n, (unit, cov) in enumerate(parts):
+            self.units.append(unit)
+            self.plans.append(plans[n] if plans is not None else self._plan(unit))
+            self.labels.append(self.ops[next((j for j in cov if self.ops[j].kind in GEMM_KINDS), cov[0])].name)
+            self.covered.append(list(cov))
+
+    def _add_attention(self, core: list) -> None:
+        qk, av = self.ops[core[0]], self.ops[core[2]]
+        unit = _attention_unit(qk, av)
+        if unit is not None:
+            try:
+                plan = self._plan(unit, need_full_k=True)
+            except NoFit:  # the score tile does not fit: run the three ops one by one
+                plan = None
+            if plan is not None:
+                self._append([(unit, core)], [plan])
+                return
+        self._append([(_gemm_unit(qk, self.wplan), [core[0]]),
+                      (_vector_unit([self.ops[core[1]]], self.wplan), [core[1]]),
+                      (_gemm_unit(av, self.wplan), [core[2]])])
+
+    def _add_gemm(self, g) -> None:
+        """Plan every fusion option of a GEMM group and keep the one of least figure of merit
+        (ties: fewer units)."""
+        ops, wplan = self.ops, self.wplan
+        gi = g.core[0]
+        gemm, nxt = ops[gi], self._next((g.post or g.core)[-1])
+        pre_opts = [len(g.pre)]
+        if len(g.pre) > 1 and ops[g.pre[-1]].kind in PRE_QUANT:
+            pre_opts.append(1)
+        if g.pre:
+            pre_opts.append(0)
+        best = None
+        for np_ in pre_opts:
+            for nq in ([len(g.post), 0] if g.post else [0]):
+                alone_pre, fused_pre = g.pre[:len(g.pre) - np_], g.pre[len(g.pre) - np_:]
+                fused_post, alone_post = g.post[:nq], g.post[nq:]
+                unit = _gemm_unit(gemm, wplan, [ops[j] for j in fused_pre], [ops[j] for j in fused_post],
+                                  ops[alone_post[0]] if alone_post else nxt)
+                try:
+                    plan = self._plan(unit, need_full_k=any(ops[j].kind in ROW_KINDS for j in fused_pre))
+                except NoFit:  # the fused row does not fit: spill, run those stages as their own ops
+                    continue
+                parts, plans = [], []
+                if alone_pre:
+                    v = _vector_unit([ops[j] for j in alone_pre], wplan, gemm)
+                    parts.append((v, alone_pre))
+                    plans.append(self._plan(v))
+                parts.append((unit, [*fused_pre, gi, *fused_post]))
+                plans.append(plan)
+                if alone_post:
+                    v = _vector_unit([ops[j] for j in alone_post], wplan, nxt)
+                    parts.append((v, alone_post))
+                    plans.append(self._plan(v))
+                cyc, pj = _time_energy(plans, self.hw)
+                key = (figure_of_merit(cyc, pj), len(parts))
+                if best is None or key < best[0]:
+                    best = (key, parts, plans)
+        self._append(best[1], best[2])
+
+    def _hand_over(self) -> None:
+        """A unit's output stays in SRAM for the next unit when that unit reads it whole as its
+        main input, it fits a quarter of the activation buffer, and both move it as one tile."""
+        quarter = self.hw.sram.activation_buffer_bytes // 4
+        for u in range(len(self.units) - 1):
+            a, b = self.units[u], self.units[u + 1]
+            if not (_handover_kind(a) and _handover_kind(b)) or self.covered[u][-1] + 1 != self.covered[u + 1][0]:
                 continue
-            self._add_vector(op, [i], hw_plan, wplan, plans)
-            i += 1
-
-    def _add_vector(self, op, covered, hw, wplan, plans, feeds=None):
-        unit = _vector_unit(op, wplan, feeds)
-        plan = _plan(unit, hw, plans)
-        wb = op.weight_bytes if op.weight_set >= 0 else 0
-        self._append(unit, plan, op.name, wb, covered, covered[0])
-
-    def _append(self, unit, plan, label, set_bytes, covered, primary):
-        u = len(self.units)
-        self.units.append(unit)
-        self.plans.append(plan)
-        self.labels.append(label)
-        self.set_bytes.append(set_bytes)
-        for c in covered:
-            self.op_unit.append(u)
-            self.primary.append(c == primary)
+            out_el = out_elements(self.ops[self.covered[u][-1]])
+            head = self.ops[self.covered[u + 1][0]]
+            if a.out_bytes > quarter or out_el != in_elements(head):
+                continue
+            pa, pb = self.plans[u], self.plans[u + 1]
+            if sum(t[11] for t in pa.tiles) != 1 or sum(1 for t in pb.tiles if t[1]) > 1:
+                continue
+            na, nb = dataclasses.replace(a, dram_out=False), dataclasses.replace(b, dram_in=False)
+            try:
+                self.plans[u], self.plans[u + 1] = self._plan(na, _needs_full_k(na)), self._plan(nb, _needs_full_k(nb))
+            except NoFit:
+                continue
+            self.units[u], self.units[u + 1] = na, nb
 
 
-def _vector_unit(op, wplan: WeightPlan, feeds=None) -> VectorOpUnit:
-    """``feeds``: the quantized GEMM a standalone smoothing multiply feeds. It quantizes as it
-    multiplies (``tiling.VECTOR_WORK``), so it writes the tensor that GEMM reads (the trace says so
-    since version 2; the bound is kept for traces whose smooth op is wider than its reader)."""
-    out = op.output_bytes
-    if feeds is not None and op.kind == "smooth_mul" and not feeds.kind.startswith("matmul"):
-        out = min(out, feeds.input_bytes)
-    return VectorOpUnit(kind=op.kind, elements=op.elements, in_bytes=op.input_bytes,
-                        out_bytes=out, weight_bytes=0 if wplan.resident else op.weight_bytes,
-                        rows=op.batch * op.m if op.kind == "dyn_stats" else 0, epilogue=op.epilogue,
-                        dequant_elements=op.dequant_elements)
+def _handover_kind(unit) -> bool:
+    return isinstance(unit, VectorOpUnit) or (isinstance(unit, GemmUnit) and not unit.b_per_item)
+
+
+def _needs_full_k(unit) -> bool:
+    return isinstance(unit, GemmUnit) and any(s in ROW_KINDS for s in stages_of(unit.pre))
 
 
 def _time_energy(plans: list, hw: HWConfig) -> tuple[float, float]:
@@ -207,7 +261,6 @@ def _time_energy(plans: list, hw: HWConfig) -> tuple[float, float]:
 
 
 def _with_wbuf(hw: HWConfig, wbuf: int) -> HWConfig:
-    import dataclasses
     return dataclasses.replace(hw, sram=dataclasses.replace(hw.sram, weight_buffer_bytes=wbuf))
 
 
@@ -588,17 +641,18 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
         vec = vector_cycles(hw, "softmax", unit.batch * unit.m * unit.n)
     elif isinstance(unit, GemmUnit):
         compute = math.ceil(unit.macs / hw.peak_macs_per_cycle[unit.precision])
-        min_bytes = unit.a_bytes + (0 if unit.b_resident else unit.b_bytes) + unit.out_bytes + unit.pre_weight_bytes
+        min_bytes = (unit.a_bytes * unit.dram_in + (0 if unit.b_resident else unit.b_bytes)
+                     + unit.out_bytes * unit.dram_out + unit.pre_weight_bytes + unit.res_bytes)
         vec = 0
         if unit.pre:
-            vec += vector_cycles(hw, unit.pre, unit.batch * unit.m * unit.k,
-                                 unit.batch * unit.m if unit.pre == "dyn_stats" else 0)
+            vec += vector_cycles(hw, unit.pre, unit.batch * unit.m * unit.k, unit.batch * unit.m)
         if unit.post:
             vec += vector_cycles(hw, unit.post, unit.batch * unit.m * unit.n)
     else:
         compute = 0
-        min_bytes = unit.in_bytes + unit.out_bytes + unit.weight_bytes
-        vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows, vector_unit_cpe(hw, unit)) if unit.elements else 0
+        min_bytes = ((unit.in_bytes if unit.dram_in else unit.side_bytes) + unit.out_bytes * unit.dram_out
+                     + unit.weight_bytes)
+        vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows) if unit.elements else 0
     if not plan.tiles:
         return 0
     return max(compute, vec, math.floor(min_bytes * cpb), math.floor(min_bytes * dma_cpb))
@@ -620,7 +674,9 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
                 c[k] = c.get(k, 0) + v
         plan_counts_per_sig.append(c)
     swap_bytes = swap_count = 0
+    bound_bytes = 0  # compulsory DRAM traffic of the video (schedule.dram_lower_bound + swaps)
     for s, o in enumerate(outs):
+        bound_bytes += sum(units[step_sig[s]].lower)
         for k, v in plan_counts_per_sig[step_sig[s]].items():
             counts[k] = counts.get(k, 0) + v
         if swaps[s] is not None:
@@ -633,6 +689,7 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
             if wplan.resident:
                 counts["dram_rd"] = counts.get("dram_rd", 0) + b
                 counts["sram_wr"] = counts.get("sram_wr", 0) + b
+            bound_bytes += b * (wplan.from_flash + wplan.resident)
     area = area_breakdown_mm2(hw)
     area_mm2 = sum(area.values())
     energy = energy_breakdown_j(hw, counts, latency_s, area_mm2)
@@ -682,6 +739,7 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
                        "bound_s": bounds[ui] / freq if prim else 0.0,
                        "macs": getattr(unit, "macs", 0) if prim else 0,
                        "dram_bytes": pc.get("dram_rd", 0) + pc.get("dram_wr", 0) if prim else 0,
+                       "dram_lower_bound_bytes": sum(us0.lower[j] for j in us0.covered[ui]) if prim else 0,
                        "precision": getattr(unit, "precision", getattr(unit, "precision_qk", "fp16")),
                        "fused_into": "" if prim else us0.labels[ui]})
     tl = {}
@@ -702,6 +760,8 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
         macs=sum(counts.get(f"macs_{p}", 0) for p in ("int8", "int4", "fp16")),
         dram_bytes=counts.get("dram_rd", 0) + counts.get("dram_wr", 0), flash_bytes=counts.get("flash_rd", 0),
         sram_bytes=counts.get("sram_rd", 0) + counts.get("sram_wr", 0), per_op=per_op,
+        dram_lower_bound_bytes=bound_bytes,
+        dram_over_bound=(counts.get("dram_rd", 0) + counts.get("dram_wr", 0)) / bound_bytes if bound_bytes else 0.0,
         memo={"distinct_steps": len(reps), "steps_simulated": simulated_steps,
               "units_per_step": len(us0.units), "units_simulated": unit_memo.added if unit_memo is not None else None,
               "plans": len({id(p) for us in units for p in us.plans})},

@@ -95,6 +95,11 @@ class GemmUnit:
     pre: str = ""
     post: str = ""
     pre_weight_bytes: int = 0  # SmoothQuant factors of a fused smooth_mul (loaded with the first B tile)
+    # schedule (hwsim/schedule.py): ``pre`` / ``post`` may be "+"-joined chains of vector stages
+    # (e.g. "layernorm+modulate", "gelu+smooth_mul", "dyn_rescale+elementwise")
+    res_bytes: int = 0  # second operand of a fused epilogue add (the residual), read per output tile
+    dram_in: bool = True  # False: A is handed over in SRAM by the previous unit (not read from DRAM)
+    dram_out: bool = True  # False: the output stays in SRAM for the next unit (not written to DRAM)
     epilogue: str = ""  # output conversion on the arrays' epilogue lanes: EPILOGUE_PJ_45NM's kinds
     dequant_elements: int = 0  # operand elements converted from integer codes to FP16 at the array input
 
@@ -113,15 +118,18 @@ class VectorOpUnit:
     out_bytes: int
     weight_bytes: int = 0  # per-channel factors loaded once (smooth_mul)
     rows: int = 0  # rows of a dyn_stats op (one reciprocal each)
-    epilogue: str = ""  # "quant": the op quantizes its output as it writes it (QUANT_ON_WRITE_WORK)
-    dequant_elements: int = 0  # input elements converted from integer codes as they are read
+    side_bytes: int = 0  # part of in_bytes that is not the producer's tensor (a residual, a table)
+    dram_in: bool = True  # False: the main input is handed over in SRAM (only side_bytes are read)
+    dram_out: bool = True  # False: the output stays in SRAM for the next unit
 
 
 # Vector-unit work per element, as (function, count) pairs over vector.cycles_per_element.
 # Quantization stages count the steps the emulator's datapath performs (quantmodel/emulator.py,
 # fixedpoint.ActQuantizer: a float32 multiply by the scale's prepared reciprocal, then round half to
 # even + saturate), one lane operation each: the counts are ours (assumption), the datapath is the
-# emulator's, bit for bit.
+# emulator's, bit for bit. A vector op that quantizes what it writes (trace ``epilogue="quant"``)
+# runs the "quantize" stage after its own; one that reads integer codes as floats (trace
+# ``dequant_elements``) runs "dequant" first (``op_stages``).
 VECTOR_WORK = {
     "elementwise": (("basic", 1),),  # residual add / gated add / positional add
     "modulate": (("basic", 2),),  # x * (1 + scale) + shift
@@ -131,30 +139,41 @@ VECTOR_WORK = {
     "silu": (("basic", 2), ("exp", 1)),  # x * 1/(1+exp(-x))
     "embedding": (("exp", 1),),  # sin/cos on the transcendental path
     "quantize": (("basic", 2),),  # static: multiply by 1/scale, round half to even + saturate to int8
+    "dequant": (("basic", 2),),  # static int16 codes -> float, multiply by the scale
     "smooth_mul": (("basic", 3),),  # multiply by the FP16 factor 1/s, then quantize as above (2)
     "dyn_stats": (("basic", 3),),  # |x| max-reduce, multiply by reciprocal, round/clip
     "dyn_rescale": (("basic", 3),),  # int32 -> float, x row scale, x column scale (FP16 on write)
 }
 DYN_KINDS = ("dyn_stats", "dyn_rescale")
-QUANT_ON_WRITE_WORK = (("basic", 2),)  # a vector op that quantizes its output: as "quantize", per output element
-DEQUANT_ON_READ_WORK = (("basic", 2),)  # int16 codes -> float, multiply by the static scale, per input element
+
+
+def op_stages(op) -> str:
+    """The vector stages a trace op runs: its kind, with the conversions the trace gives it."""
+    kind = op.kind
+    if getattr(op, "dequant_elements", 0):
+        kind = "dequant+" + kind
+    if getattr(op, "epilogue", "") == "quant":
+        kind += "+quantize"
+    return kind
+
 
 # Epilogue lanes beside the MAC arrays convert what the arrays read and write: energy per element at
 # 45 nm from Horowitz ("Computing's energy problem", ISSCC 2014): 32-bit integer multiply 3.1 pJ,
-# 32-bit add 0.1 pJ, FP16 multiply 1.1 pJ, FP16 add 0.4 pJ (hwsim.energy holds the ones it already
-# uses). A shift, a rounding increment and a clamp compare are costed as 32-bit adds (assumption).
+# 32-bit add 0.1 pJ, FP16 multiply 1.1 pJ, FP16 add 0.4 pJ. A shift, a rounding increment and a clamp
+# compare are costed as 32-bit adds, an int -> float conversion as an FP16 add (assumptions).
 INT32_MULT_PJ_45NM = 3.1
+INT32_ADD_PJ_45NM = 0.1
+FP16_MULT_PJ_45NM, FP16_ADD_PJ_45NM = 1.1, 0.4
 EPILOGUE_PJ_45NM = {
     # static int32 accumulator -> int16 codes: x int32 multiplier, add the rounding bit, shift, clamp
-    "requant": INT32_MULT_PJ_45NM + 3 * 0.1,
-    # the same codes turned to FP16 where they are written (x scale, int -> float as in "dequant"
-    # below): the value the emulator's reader computes, made once at the source
-    "requant_dequant": INT32_MULT_PJ_45NM + 3 * 0.1 + 0.4 + 1.1,
-    # FP16 -> int8 codes (a float GEMM feeding an int8 one): x 1/scale (FP16), round, saturate
-    "quant": 1.1 + 2 * 0.1,
-    # int16 codes -> FP16 at the array input (a float GEMM reading a static GEMM's output):
-    # int -> float conversion (costed as an FP16 add, assumption) and x scale (FP16 multiply)
-    "dequant": 0.4 + 1.1,
+    "requant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM,
+    # the same codes turned to FP16 where they are written (the value the emulator's float reader
+    # computes, made once at the source): requant, then int -> float and x scale
+    "requant_dequant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM + FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
+    # FP16 -> int8 codes (a float GEMM feeding an int8 one): x 1/scale, round, saturate
+    "quant": FP16_MULT_PJ_45NM + 2 * INT32_ADD_PJ_45NM,
+    # int16 codes -> FP16 at the array input (a float GEMM reading a static GEMM's codes)
+    "dequant": FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
 }
 # The lanes take one element per array column (output) or row (input) per cycle (assumption). An
 # output-stationary fold of R x C outputs takes K + R + C - 2 >= R cycles, a weight- or input-
@@ -166,8 +185,7 @@ def epilogue_counts(u) -> dict:
     """Energy-only events of a GEMM or attention unit's conversions (``epi_<kind>``: elements)."""
     out = {}
     if u.epilogue:
-        el = u.batch * u.m * (u.n if isinstance(u, GemmUnit) else u.dv)
-        out["epi_" + u.epilogue] = el
+        out["epi_" + u.epilogue] = u.batch * u.m * (u.n if isinstance(u, GemmUnit) else u.dv)
     if u.dequant_elements:
         out["epi_dequant"] = u.dequant_elements
     return out
@@ -178,36 +196,49 @@ def epilogue_pj_45nm(counts: dict) -> float:
     return sum(counts.get("epi_" + k, 0) * pj for k, pj in EPILOGUE_PJ_45NM.items())
 
 
-def vector_cycles_per_element(hw: HWConfig, kind: str, work: tuple | None = None) -> float:
+def vector_cycles_per_element(hw: HWConfig, kind: str) -> float:
     cpe = hw.vector.cycles_per_element
-    return sum(cpe[f] * n for f, n in (VECTOR_WORK[kind] if work is None else work))
+    return sum(cpe[f] * n for f, n in VECTOR_WORK[kind])
 
 
-def vector_unit_cpe(hw: HWConfig, u: "VectorOpUnit") -> float:
-    """Cycles per output element of a vector op with its quantize-on-write and dequantize-on-read."""
-    cpe = vector_cycles_per_element(hw, u.kind)
-    if u.epilogue == "quant":
-        cpe += vector_cycles_per_element(hw, u.kind, QUANT_ON_WRITE_WORK)
-    if u.dequant_elements and u.elements:
-        cpe += vector_cycles_per_element(hw, u.kind, DEQUANT_ON_READ_WORK) * u.dequant_elements / u.elements
-    return cpe
-
-
-def vector_cycles(hw: HWConfig, kind: str, elements: int, rows: int = 0, cpe: float | None = None) -> int:
-    c = math.ceil(elements * (vector_cycles_per_element(hw, kind) if cpe is None else cpe) / hw.vector.lanes)
-    if kind == "dyn_stats":
+def vector_cycles(hw: HWConfig, kind: str, elements: int, rows: int = 0) -> int:
+    """Cycles of a vector op or a "+"-joined chain of stages over ``elements`` (``rows`` reciprocals
+    when the chain computes dynamic-quant statistics)."""
+    vec, dyn = stage_cycles_per_element(hw, kind)
+    c = math.ceil(elements * (vec + dyn) / hw.vector.lanes)
+    if "dyn_stats" in stages_of(kind):
         c += rows * hw.vector.reciprocal_cycles_per_row
     return c
+
+
+def stages_of(chain: str) -> tuple[str, ...]:
+    """The vector stages of a fused chain ("layernorm+modulate" -> ("layernorm", "modulate"))."""
+    return tuple(chain.split("+")) if chain else ()
+
+
+def stage_cycles_per_element(hw: HWConfig, chain: str) -> tuple[float, float]:
+    """(ordinary vector, dynamic-quant) cycles per element of a chain: the energy model charges
+    the two to different hardware (``energy.py``: vec_cycles, dyn_cycles)."""
+    vec = dyn = 0.0
+    for s in stages_of(chain):
+        c = vector_cycles_per_element(hw, s)
+        if s in DYN_KINDS:
+            dyn += c
+        else:
+            vec += c
+    return vec, dyn
 
 
 # ---- plans ----------------------------------------------------------------------------------------
 @dataclass
 class Plan:
     """Tiles of one unit, as tuples for a fast replay:
-    ``(a_load, a_get, a_put, b_load, b_get, b_put, pre_cycles, cycles, out_alloc, out_store, post_cycles)``:
-    bytes DMA'd from DRAM, SRAM reserved before the load and released after the tile's compute, for
-    the input (a) and weight (b) operands; vector cycles before (pre) and after (post) the compute;
-    output SRAM reserved before the first K step and bytes written back after the last.
+    ``(a_load, a_get, a_put, b_load, b_get, b_put, pre_cycles, cycles, out_alloc, out_store, post_cycles,
+    out_done)``: bytes DMA'd from DRAM, SRAM reserved before the load and released after the tile's
+    compute, for the input (a) and weight (b) operands; vector cycles before (pre) and after (post)
+    the compute; output SRAM reserved before the first K step and bytes written back after the last
+    (0 when the output stays in SRAM for the next unit); ``out_done`` 1 on a tile that completes an
+    output tile (its epilogue runs and its SRAM is released then).
     """
 
     engine: str  # "mac" or "vector": the engine that computes the tiles
@@ -332,14 +363,15 @@ class _Estimate:
         lanes = hw.vector.lanes
         self.a_el = u.batch * u.m * u.k
         self.o_el = u.batch * u.m * u.n
-        self.pre_cycles = 0.0  # vector cycles of the pre-stage over all of A, once
-        if u.pre:
-            self.pre_cycles = self.a_el * vector_cycles_per_element(hw, u.pre) / lanes
-            if u.pre == "dyn_stats":
-                self.pre_cycles += u.batch * u.m * hw.vector.reciprocal_cycles_per_row
-        self.post_cycles = self.o_el * vector_cycles_per_element(hw, u.post) / lanes if u.post else 0.0
-        self.pre_lane_pj = lanes * (DYN_LANE_CYCLE_PJ_45NM if u.pre == "dyn_stats" else VECTOR_LANE_CYCLE_PJ_45NM) * s
-        self.post_lane_pj = lanes * (DYN_LANE_CYCLE_PJ_45NM if u.post in DYN_KINDS else VECTOR_LANE_CYCLE_PJ_45NM) * s
+        # vector cycles (and their pJ) of the pre-stages over all of A, once, and of the post-stages
+        pv, pd = stage_cycles_per_element(hw, u.pre)
+        qv, qd = stage_cycles_per_element(hw, u.post)
+        recip = u.batch * u.m * hw.vector.reciprocal_cycles_per_row if "dyn_stats" in stages_of(u.pre) else 0
+        self.pre_cycles = self.a_el * (pv + pd) / lanes + recip
+        self.post_cycles = self.o_el * (qv + qd) / lanes
+        vl, dl = lanes * VECTOR_LANE_CYCLE_PJ_45NM * s, lanes * DYN_LANE_CYCLE_PJ_45NM * s
+        self.pre_pj = (self.a_el * pv / lanes) * vl + (self.a_el * pd / lanes + recip) * dl
+        self.post_pj = (self.o_el * qv / lanes) * vl + (self.o_el * qd / lanes) * dl
         self.dram_pj = hw.dram.energy_pj_per_byte
         self.sram_pj = sram_pj_per_byte(hw)
         self.mac_pj = (u.macs * MAC_PJ_45NM[u.precision] + epilogue_pj_45nm(epilogue_counts(u))) * s
@@ -364,9 +396,9 @@ class _Estimate:
             b_in = u.b_bytes * fb_item
         else:  # shared weights come in again for every batch block
             b_in = u.b_bytes * fb_item * nb_b
-        a_in = u.a_bytes * fa
-        d_in = a_in + b_in + u.pre_weight_bytes
-        d_out = u.out_bytes
+        a_in = u.a_bytes * fa if u.dram_in else 0
+        d_in = a_in + b_in + u.pre_weight_bytes + u.res_bytes
+        d_out = u.out_bytes if u.dram_out else 0
         comp = rd = 0
         for b_n, b_s in _blocks(u.batch, bt):
             for m_n, m_s in _blocks(u.m, mt):
@@ -378,8 +410,8 @@ class _Estimate:
                         rd += w * r
         pre = self.pre_cycles * fa
         post = self.post_cycles
-        cycles = _pipeline_cycles(a_in, b_in + u.pre_weight_bytes, d_out, comp, pre, post, ntiles, self.hw,
-                                  self.per_tile)
+        cycles = _pipeline_cycles(a_in + u.res_bytes, b_in + u.pre_weight_bytes, d_out, comp, pre, post, ntiles,
+                                  self.hw, self.per_tile)
         o_sram_bpe = self.o_bpe if nb_k == 1 else PSUM_BYTES
         sram = d_in + self.o_el * nb_k * o_sram_bpe + rd + d_out  # fills, array writes and reads, drains
         if nb_k > 1:
@@ -387,9 +419,9 @@ class _Estimate:
         if u.pre:
             sram += fa * self.a_el * (FP16_BYTES + self.a_sram_bpe - self.a_bpe)  # read FP16, write quantized
         if u.post:
-            sram += 2 * d_out
+            sram += 2 * u.out_bytes + 2 * u.res_bytes
         energy_pj = (self.mac_pj + (d_in + d_out) * self.dram_pj + sram * self.sram_pj
-                     + pre * self.pre_lane_pj + post * self.post_lane_pj + cycles * self.leak_pj_per_cycle)
+                     + fa * self.pre_pj + self.post_pj + cycles * self.leak_pj_per_cycle)
         return cycles, energy_pj, ntiles
 
 
@@ -432,6 +464,7 @@ class _GemmSearch:
         self.b_bpe = b_bpe = u.b_bytes / b_el if b_el else 0.0
         self.o_bpe = u.out_bytes / (u.batch * u.m * u.n)
         self.a_sram_bpe = self.a_bpe + u.a_extra_sram_bpe
+        self.res_bpe = u.res_bytes / (u.batch * u.m * u.n)
         a_mac_bpe = u.a_extra_sram_bpe if u.pre else self.a_bpe  # the arrays read the quantized copy
         rate = mac.rate(u.precision)
         sram_bw = hw.sram.bytes_per_cycle
@@ -463,11 +496,13 @@ class _GemmSearch:
             return None
         nb_k = math.ceil(u.k / kt)
         out_bpe_sram = self.o_bpe if nb_k == 1 else PSUM_BYTES
-        rows = int(abuf // (2 * kt * self.a_sram_bpe + 2 * nt * out_bpe_sram))
+        rows = int(abuf // (2 * kt * self.a_sram_bpe + 2 * nt * (out_bpe_sram + self.res_bpe)))
         if rows < 1:
             return None
-        if rows < u.m:
-            return _round_down(rows, self.R), 1
+        if rows < u.m:  # balanced row blocks: as many blocks as the most rows need, evened out
+            most = _round_down(rows, self.R)
+            blocks = math.ceil(u.m / most)
+            return min(most, _round_up(math.ceil(u.m / blocks), self.R)), 1
         bt = 1
         if nt == u.n and nb_k == 1:
             bt = min(u.batch, rows // u.m)
@@ -541,11 +576,10 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     a buffer limit ASQ can lose a width the dynamic GEMM keeps.
     """
     mac = hw.mac
-    R, C, A = mac.rows, mac.cols, mac.arrays
+    R, C = mac.rows, mac.cols
     wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
     srch = _GemmSearch(u, hw)
-    a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
-    tile_cycles = srch.tile_cycles
+    b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     what = f"GEMM [{u.m}x{u.k}]x[{u.k}x{u.n}]"
 
     # minimal tile: one fold of an array, R rows x C columns x min(K, R) deep (or the full row)
@@ -574,30 +608,53 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     if shape is None:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
     kt, nt, mt, bt, weight_reuse = shape
-    nb_b, nb_m, nb_n, nb_k = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt),
-                              math.ceil(u.k / kt))
+    nb_k = math.ceil(u.k / kt)
+    tiles, counts = _gemm_tiles(u, hw, srch, (kt, nt, mt, bt, weight_reuse))
+    res_bpe = u.res_bytes / (u.batch * u.m * u.n)
+    in_cap = 2 * math.ceil(bt * mt * kt * a_sram_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
+    w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
+    out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
+    counts["macs_" + u.precision] = u.macs
+    counts.update(epilogue_counts(u))
+    counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
+    counts["dram_wr"] = sum(t[9] for t in tiles)
+    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt, weight_reuse))
 
+
+def _gemm_order(u: GemmUnit, nb: tuple, weight_reuse: bool) -> list:
+    """Tile visiting order: batch blocks, then (n outer, m inner) for weight reuse or (m outer,
+    n inner), K innermost."""
+    nb_b, nb_m, nb_n, nb_k = nb
+    order = []
+    for ib in range(nb_b):
+        outer, inner = (nb_n, nb_m) if weight_reuse else (nb_m, nb_n)
+        for jo in range(outer):
+            for ji in range(inner):
+                im, jn = (ji, jo) if weight_reuse else (jo, ji)
+                for kk in range(nb_k):
+                    order.append((ib, im, jn, kk))
+    return order
+
+
+def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, dict]:
+    """The replay's tiles of a GEMM tiled as ``shape`` = (kt, nt, mt, bt, weight_reuse) and their
+    event counts. An operand tile is loaded when the order moves to a new tile of it; a fused
+    pre-stage runs on every input load; the epilogue (post-stages, and a residual read with the
+    last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM."""
+    kt, nt, mt, bt, weight_reuse = shape
+    a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
+    tile_cycles = srch.tile_cycles
+    nb = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt))
+    nb_k = nb[3]
     lanes = hw.vector.lanes
-    pre_cpe = vector_cycles_per_element(hw, u.pre) if u.pre else 0.0
-    post_cpe = vector_cycles_per_element(hw, u.post) if u.post else 0.0
+    pv, pd = stage_cycles_per_element(hw, u.pre)
+    qv, qd = stage_cycles_per_element(hw, u.post)
+    recip = hw.vector.reciprocal_cycles_per_row if "dyn_stats" in stages_of(u.pre) else 0
+    res_bpe = u.res_bytes / (u.batch * u.m * u.n)
     counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
 
     def sizes(i: int, tile: int, total: int) -> int:
         return min(tile, total - i * tile)
-
-    # iteration order: batch blocks, then (n outer, m inner) for weight reuse or (m outer, n inner)
-    order = []
-    for ib in range(nb_b):
-        if weight_reuse:
-            for jn in range(nb_n):
-                for im in range(nb_m):
-                    for kk in range(nb_k):
-                        order.append((ib, im, jn, kk))
-        else:
-            for im in range(nb_m):
-                for jn in range(nb_n):
-                    for kk in range(nb_k):
-                        order.append((ib, im, jn, kk))
 
     def a_id(t):
         return (t[0], t[1], t[3])
@@ -605,6 +662,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     def b_id(t):
         return (t[0] if u.b_per_item else 0, t[2], t[3])
 
+    order = _gemm_order(u, nb, weight_reuse)
     tiles = []
     first_b = True
     for idx, t in enumerate(order):
@@ -615,7 +673,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
         a_new = prev is None or a_id(prev) != a_id(t)
         a_free = nxt is None or a_id(nxt) != a_id(t)
         a_el_t = b * m * k
-        a_load = math.ceil(a_el_t * a_bpe) if a_new else 0
+        a_load = math.ceil(a_el_t * a_bpe) if a_new and u.dram_in else 0
         a_sram = math.ceil(a_el_t * a_sram_bpe)
         if u.b_resident:
             b_new, b_free, b_load, b_sram = False, False, 0, 0
@@ -630,10 +688,11 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
         first_b = False
         pre_c = 0
         if u.pre and a_new:
-            pre_c = math.ceil(a_el_t * pre_cpe / lanes)
-            if u.pre == "dyn_stats":
-                pre_c += b * m * hw.vector.reciprocal_cycles_per_row
-            counts["dyn_cycles" if u.pre == "dyn_stats" else "vec_cycles"] += pre_c
+            pre_v = math.ceil(a_el_t * pv / lanes) if pv else 0
+            pre_d = math.ceil(a_el_t * pd / lanes) + b * m * recip if pd else 0
+            pre_c = pre_v + pre_d
+            counts["vec_cycles"] += pre_v
+            counts["dyn_cycles"] += pre_d
             counts["sram_rd"] += math.ceil(a_el_t * FP16_BYTES)  # read FP16, write quantized
             counts["sram_wr"] += math.ceil(a_el_t * (a_sram_bpe - a_bpe))
         cyc, rd = tile_cycles(b, m, k, n)
@@ -641,28 +700,26 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
         k_first, k_last = kk == 0, kk == nb_k - 1
         o_sram_bpe = o_bpe if nb_k == 1 else PSUM_BYTES
         out_alloc = math.ceil(b * m * n * o_sram_bpe) if k_first else 0
-        out_store = math.ceil(b * m * n * o_bpe) if k_last else 0
+        out_tile = math.ceil(b * m * n * o_bpe) if k_last else 0
+        out_store = out_tile if u.dram_out else 0
+        res_t = math.ceil(b * m * n * res_bpe) if k_last and u.res_bytes else 0
         post_c = 0
         if k_last and u.post:
-            post_c = math.ceil(b * m * n * post_cpe / lanes)
-            counts["dyn_cycles" if u.post in DYN_KINDS else "vec_cycles"] += post_c
-            counts["sram_rd"] += out_store
-            counts["sram_wr"] += out_store
-        counts["sram_wr"] += a_load + b_load + (math.ceil(b * m * n * o_sram_bpe))  # DMA fills, array writes
+            post_v = math.ceil(b * m * n * qv / lanes) if qv else 0
+            post_d = math.ceil(b * m * n * qd / lanes) if qd else 0
+            post_c = post_v + post_d
+            counts["vec_cycles"] += post_v
+            counts["dyn_cycles"] += post_d
+            counts["sram_rd"] += out_tile + res_t
+            counts["sram_wr"] += out_tile
+        counts["sram_wr"] += a_load + b_load + res_t + (math.ceil(b * m * n * o_sram_bpe))  # DMA fills, array writes
         if nb_k > 1 and not k_first:
             counts["sram_rd"] += math.ceil(b * m * n * PSUM_BYTES)  # read-modify-write of partial sums
         counts["sram_rd"] += out_store  # DMA drains the output tile
-        tiles.append((a_load, a_sram if a_new else 0, a_sram if a_free else 0,
+        tiles.append((a_load + res_t, (a_sram if a_new else 0) + res_t, (a_sram if a_free else 0) + res_t,
                       b_load, b_sram if b_new else 0, b_sram if b_free else 0, pre_c, cyc,
-                      out_alloc, out_store, post_c))
-    in_cap = 2 * math.ceil(bt * mt * kt * a_sram_bpe)
-    w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
-    out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
-    counts["macs_" + u.precision] = u.macs
-    counts.update(epilogue_counts(u))
-    counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
-    counts["dram_wr"] = sum(t[9] for t in tiles)
-    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt, weight_reuse))
+                      out_alloc, out_store, post_c, 1 if k_last else 0))
+    return tiles, counts
 
 
 def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
@@ -672,28 +729,34 @@ def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
     if u.elements == 0:
         return Plan("vector", [], 1, 1, 1, counts, (0,))
     in_bpe, out_bpe = u.in_bytes / u.elements, u.out_bytes / u.elements
+    dram_in_bpe = in_bpe if u.dram_in else u.side_bytes / u.elements  # handed over in SRAM: side input only
     need = 2 * math.ceil(lanes * in_bpe) + 2 * math.ceil(lanes * out_bpe)
     if need > abuf:
         raise NoFit("sram.activation_buffer_bytes", abuf, need, f"{u.kind} over {lanes} lanes")
     et = int(abuf // (2 * (in_bpe + out_bpe)))
     et = min(u.elements, _round_down(et, lanes))
     ntiles = math.ceil(u.elements / et)
-    cpe = vector_unit_cpe(hw, u)
+    cv, cd = stage_cycles_per_element(hw, u.kind)
     row_len = u.elements // u.rows if u.rows else 0
     tiles = []
     for i in range(ntiles):
         e = min(et, u.elements - i * et)
-        a_load = math.ceil(e * in_bpe)
+        a_sram = math.ceil(e * in_bpe)
+        a_load = math.ceil(e * dram_in_bpe)
         o = math.ceil(e * out_bpe)
-        c = math.ceil(e * cpe / lanes)
-        if u.kind == "dyn_stats" and row_len:
-            c += math.ceil(e / row_len) * hw.vector.reciprocal_cycles_per_row
+        o_store = o if u.dram_out else 0
+        c_v = math.ceil(e * cv / lanes) if cv else 0
+        c_d = math.ceil(e * cd / lanes) if cd else 0
+        if "dyn_stats" in stages_of(u.kind) and row_len:
+            c_d += math.ceil(e / row_len) * hw.vector.reciprocal_cycles_per_row
+        c = c_v + c_d
         w = u.weight_bytes if i == 0 else 0
         w_put = u.weight_bytes if i == ntiles - 1 else 0
-        tiles.append((a_load, a_load, a_load, w, w, w_put, 0, c, o, o, 0))
-        counts["dyn_cycles" if u.kind in DYN_KINDS else "vec_cycles"] += c
+        tiles.append((a_load, a_sram, a_sram, w, w, w_put, 0, c, o, o_store, 0, 1))
+        counts["vec_cycles"] += c_v
+        counts["dyn_cycles"] += c_d
         counts["sram_wr"] += a_load + w + o
-        counts["sram_rd"] += a_load + o + w
+        counts["sram_rd"] += a_sram + o_store + w
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
     in_cap = 2 * math.ceil(et * in_bpe)
@@ -728,62 +791,35 @@ class AttentionUnit:
         return self.batch * self.m * self.n * (self.d + self.dv)
 
 
-def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
-    mac = hw.mac
-    R, C, A = mac.rows, mac.cols, mac.arrays
-    wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
-    q_bpe = u.q_bytes / (u.batch * u.m * u.d)
-    kv_bpe_row = u.k_bytes / (u.batch * u.n) + u.v_bytes / (u.batch * u.n)  # bytes per key (K and V rows)
-    o_bpe = u.out_bytes / (u.batch * u.m * u.dv)
-    what = f"attention [{u.m}x{u.d}] over {u.n} keys"
-    cpb = hw.clock.freq_hz / hw.dram.bandwidth_bytes_per_s
-    per_tile = _per_tile_cycles(hw, "mac")
-    cands = []
-    k_opts = {u.n} | {_round_up(math.ceil(u.n / d), R) for d in (2, 4, 8, 16, 32) if math.ceil(u.n / d) >= R}
-    for nk in sorted(k_opts, reverse=True):
-        nk = min(nk, u.n)
-        nb_k = math.ceil(u.n / nk)
-        if 2 * math.ceil(nk * kv_bpe_row) > wbuf:
-            continue
-        o_sram = o_bpe if nb_k == 1 else PSUM_BYTES
-        # per query row: Q (double-buffered) + the score row (FP16) + O (double-buffered)
-        per_row = 2 * u.d * q_bpe + 2 * nk * FP16_BYTES + 2 * u.dv * o_sram
-        rows = int(abuf // per_row)
-        if rows < 1:
-            continue
-        if rows >= u.m:
-            mq, bt = u.m, 1
-            if nb_k == 1:
-                bt = max(1, min(u.batch, rows // u.m, int((wbuf // 2) // max(1.0, u.n * kv_bpe_row))))
-        else:
-            mq, bt = _round_down(rows, R), 1
-        nb_m = math.ceil(u.m / mq)
-        ntiles = math.ceil(u.batch / bt) * nb_m * nb_k
-        traffic = u.q_bytes + (u.k_bytes + u.v_bytes) * (nb_m if nb_k > 1 or nb_m > 1 else 1) + u.out_bytes
-        if nb_k == 1 and nb_m > 1:
-            traffic = u.q_bytes + u.k_bytes + u.v_bytes + u.out_bytes  # K/V of the head stay while its q-blocks pass
-        cands.append((traffic * cpb + ntiles * per_tile, ntiles, (nk, mq, bt)))
-    if not cands:
-        need = 2 * math.ceil(min(u.n, R) * kv_bpe_row)
-        if need > wbuf:
-            raise NoFit("sram.weight_buffer_bytes", wbuf, need, what)
-        raise NoFit("sram.activation_buffer_bytes", abuf,
-                    math.ceil(min(u.m, R) * (2 * u.d * q_bpe + 2 * min(u.n, R) * FP16_BYTES + 2 * u.dv * PSUM_BYTES)),
-                    what)
-    least = min(c[0] for c in cands)
-    nk, mq, bt = min((c for c in cands if c[0] <= 1.05 * least), key=lambda c: (c[1], c[0]))[-1]
-    nb_b, nb_m, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mq), math.ceil(u.n / nk)
-    lanes = hw.vector.lanes
-    soft_cpe = vector_cycles_per_element(hw, "softmax")
-    basic = hw.vector.cycles_per_element["basic"]
-    sram_bw = hw.sram.bytes_per_cycle
-    r_qk, r_av = mac.rate(u.precision_qk), mac.rate(u.precision_av)
-    counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
-    cache: dict = {}
+class _AttnCost:
+    """Per-tile array cycles of a fused attention and the closed-form cost of a blocking, for
+    ``plan_attention``'s search (compute, softmax on the vector unit and DRAM traffic together)."""
 
-    def cycles(b, m, nkk):
+    def __init__(self, u: AttentionUnit, hw: HWConfig):
+        from hwsim.area import area_breakdown_mm2
+
+        mac = hw.mac
+        self.u, self.hw = u, hw
+        self.R, self.C, self.A = mac.rows, mac.cols, mac.arrays
+        self.q_bpe = u.q_bytes / (u.batch * u.m * u.d)
+        self.kv_bpe_row = u.k_bytes / (u.batch * u.n) + u.v_bytes / (u.batch * u.n)  # bytes per key (K and V rows)
+        self.o_bpe = u.out_bytes / (u.batch * u.m * u.dv)
+        self.r_qk, self.r_av = mac.rate(u.precision_qk), mac.rate(u.precision_av)
+        self.soft_cpe = vector_cycles_per_element(hw, "softmax")
+        self.basic = hw.vector.cycles_per_element["basic"]
+        self.per_tile = _per_tile_cycles(hw, "mac")
+        self.leak_pj_per_cycle = (sum(area_breakdown_mm2(hw).values()) * hw.tech.leakage_mw_per_mm2 * 1e-3
+                                  / hw.clock.freq_hz * 1e12)
+        self.cache: dict = {}
+
+    def cycles(self, b: int, m: int, nkk: int) -> tuple[int, int]:
+        """Array cycles of one tile (S = Q K^T, then O += P V; or SRAM read bandwidth when slower)
+        and the SRAM bytes the arrays read."""
         key = (b, m, nkk)
-        if key not in cache:
+        hit = self.cache.get(key)
+        if hit is None:
+            u, R, C, A, mac = self.u, self.R, self.C, self.A, self.hw.mac
+
             def one(mm, kk, nn, rate, a_bpe, b_bpe):
                 if b >= A:
                     c = math.ceil(b / A) * systolic_cycles(mm, kk, nn, R, C, mac.dataflow, rate)
@@ -791,11 +827,82 @@ def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
                     c = b * systolic_cycles(mm, kk, math.ceil(nn / A), R, C, mac.dataflow, rate)
                 rd = b * (math.ceil(mm * kk * a_bpe) * math.ceil(nn / (A * C)) + math.ceil(kk * nn * b_bpe) * math.ceil(mm / R))
                 return c, rd
-            c1, rd1 = one(m, u.d, nkk, r_qk, q_bpe, q_bpe)  # S = Q K^T
-            c2, rd2 = one(m, nkk, u.dv, r_av, FP16_BYTES, o_bpe)  # O += P V
-            cache[key] = (max(c1 + c2, math.ceil((rd1 + rd2) / sram_bw)), rd1 + rd2)
-        return cache[key]
+            c1, rd1 = one(m, u.d, nkk, self.r_qk, self.q_bpe, self.q_bpe)  # S = Q K^T
+            c2, rd2 = one(m, nkk, u.dv, self.r_av, FP16_BYTES, self.o_bpe)  # O += P V
+            hit = self.cache[key] = (max(c1 + c2, math.ceil((rd1 + rd2) / self.hw.sram.bytes_per_cycle)), rd1 + rd2)
+        return hit
 
+    def softmax_cycles(self, b: int, m: int, nkk: int, streamed: bool) -> int:
+        """Softmax of a score tile (+ the O rescale per key block when keys are streamed)."""
+        lanes = self.hw.vector.lanes
+        return (math.ceil(b * m * nkk * self.soft_cpe / lanes)
+                + (math.ceil(b * m * self.u.dv * 2 * self.basic / lanes) if streamed else 0))
+
+    def estimate(self, nk: int, mq: int, bt: int) -> tuple[float, float, int]:
+        """(cycles, pJ of what differs between blockings: DRAM and leakage, tiles) of one blocking."""
+        u, hw = self.u, self.hw
+        nb_m, nb_k = math.ceil(u.m / mq), math.ceil(u.n / nk)
+        ntiles = math.ceil(u.batch / bt) * nb_m * nb_k
+        kv_in = (u.k_bytes + u.v_bytes) * (nb_m if nb_k > 1 else 1)  # K/V of a head stay while its q-blocks pass
+        comp = soft = 0
+        for b_n, b_s in _blocks(u.batch, bt):
+            for m_n, m_s in _blocks(u.m, mq):
+                for k_n, k_s in _blocks(u.n, nk):
+                    comp += b_n * m_n * k_n * self.cycles(b_s, m_s, k_s)[0]
+                    soft += b_n * m_n * k_n * self.softmax_cycles(b_s, m_s, k_s, nb_k > 1)
+        cycles = _pipeline_cycles(u.q_bytes, kv_in, u.out_bytes, comp, soft, 0, ntiles, hw, self.per_tile)
+        energy = (u.q_bytes + kv_in + u.out_bytes) * hw.dram.energy_pj_per_byte + cycles * self.leak_pj_per_cycle
+        return cycles, energy, ntiles
+
+
+def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tuple[int, int, int]:
+    """(keys per block nk, query rows per block mq, heads per tile bt) of least figure of merit.
+    Query rows are cut in balanced blocks (1,024 rows that fit 896 at a time: 512 + 512)."""
+    R = hw.mac.rows
+    wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+    best = None
+    k_opts = {u.n} | {_round_up(math.ceil(u.n / d), R) for d in (2, 4, 8, 16, 32) if math.ceil(u.n / d) >= R}
+    for nk in sorted(k_opts, reverse=True):
+        nk = min(nk, u.n)
+        nb_k = math.ceil(u.n / nk)
+        if 2 * math.ceil(nk * cost.kv_bpe_row) > wbuf:
+            continue
+        o_sram = cost.o_bpe if nb_k == 1 else PSUM_BYTES
+        # per query row: Q (double-buffered) + the score row (FP16) + O (double-buffered)
+        per_row = 2 * u.d * cost.q_bpe + 2 * nk * FP16_BYTES + 2 * u.dv * o_sram
+        rows = int(abuf // per_row)
+        if rows < 1:
+            continue
+        if rows >= u.m:
+            mq, bt = u.m, 1
+            if nb_k == 1:
+                bt = max(1, min(u.batch, rows // u.m, int((wbuf // 2) // max(1.0, u.n * cost.kv_bpe_row))))
+        else:
+            most = _round_down(rows, R)
+            mq, bt = min(most, _round_up(math.ceil(u.m / math.ceil(u.m / most)), R)), 1
+        cycles, energy, ntiles = cost.estimate(nk, mq, bt)
+        key = (figure_of_merit(cycles, energy), ntiles)
+        if best is None or key < best[0]:
+            best = (key, (nk, mq, bt))
+    if best is None:
+        what = f"attention [{u.m}x{u.d}] over {u.n} keys"
+        need = 2 * math.ceil(min(u.n, R) * cost.kv_bpe_row)
+        if need > wbuf:
+            raise NoFit("sram.weight_buffer_bytes", wbuf, need, what)
+        raise NoFit("sram.activation_buffer_bytes", abuf,
+                    math.ceil(min(u.m, R) * (2 * u.d * cost.q_bpe + 2 * min(u.n, R) * FP16_BYTES
+                                             + 2 * u.dv * PSUM_BYTES)), what)
+    return best[1]
+
+
+def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
+    """Tiles of a fused attention: per block of heads and query rows, key blocks streamed with an
+    on-line softmax when all keys do not fit; the blocking from ``_attention_blocking``."""
+    cost = _AttnCost(u, hw)
+    nk, mq, bt = _attention_blocking(u, hw, cost)
+    q_bpe, kv_bpe_row, o_bpe = cost.q_bpe, cost.kv_bpe_row, cost.o_bpe
+    nb_b, nb_m, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mq), math.ceil(u.n / nk)
+    counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
     tiles = []
     for ib in range(nb_b):
         b = min(bt, u.batch - ib * bt)
@@ -810,17 +917,14 @@ def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
                 kv_load = math.ceil(b * nkk * kv_bpe_row) if kv_new else 0
                 kv_free = nb_k > 1 or im == nb_m - 1
                 kv_sram = math.ceil(b * nkk * kv_bpe_row)
-                # softmax of the score tile (+ O rescale per key block when streaming keys)
-                pre = math.ceil(b * m * nkk * soft_cpe / lanes) + (math.ceil(b * m * u.dv * 2 * basic / lanes) if nb_k > 1 else 0)
-                cyc, rd = cycles(b, m, nkk)
+                pre = cost.softmax_cycles(b, m, nkk, nb_k > 1)
+                cyc, rd = cost.cycles(b, m, nkk)
                 o_alloc = math.ceil(b * m * u.dv * (o_bpe if nb_k == 1 else PSUM_BYTES)) if first else 0
                 o_store = math.ceil(b * m * u.dv * o_bpe) if last else 0
-                a_get = q_sram if (first or nb_k > 1) else 0
                 tiles.append((q_load, q_sram if first or nb_k > 1 else 0,
                               q_sram if (last or nb_k > 1) else 0,
                               kv_load, kv_sram if kv_new else 0, kv_sram if kv_free else 0,
-                              pre, cyc, o_alloc, o_store, 0))
-                del a_get
+                              pre, cyc, o_alloc, o_store, 0, 1 if last else 0))
                 counts["vec_cycles"] += pre
                 counts["sram_rd"] += rd + 2 * b * m * nkk * FP16_BYTES + o_store  # scores in and out of the vector unit
                 counts["sram_wr"] += q_load + kv_load + 2 * b * m * nkk * FP16_BYTES + math.ceil(b * m * u.dv * o_bpe)
