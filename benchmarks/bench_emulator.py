@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from quantmodel.fixedpoint import Requantizer, qrange, quantize_multipliers, requantize
-from quantmodel.intgemm import int_linear_requant, int_matmul
+from quantmodel.intarith.fixedpoint import Requantizer, qrange, quantize_multipliers, requantize
+from quantmodel.intarith.intgemm import int_linear_requant, int_matmul
 
 
 @dataclass(frozen=True)
@@ -189,11 +189,11 @@ def _time_pair_median(fn_a, fn_b, repeats: int) -> tuple[float, float]:
 def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
     name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
-    from quantmodel.calibrate import calibrate
-    from quantmodel.emulator import IntegerEmulator
-    from quantmodel.quantize import build_artifact
-    from quantmodel.recipes import get_recipe
-    from quantmodel.stdit import STDiTConfig, build_stdit
+    from quantmodel.quant.calibrate import calibrate
+    from quantmodel.emulator.integer import IntegerEmulator
+    from quantmodel.quant.artifact import build_artifact
+    from workloads.recipes import get_recipe
+    from quantmodel.model.stdit import STDiTConfig, build_stdit
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
@@ -282,11 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--threads: got {args.threads!r}; allowed: comma list of positive integers", file=sys.stderr)
         return 2
     print(f"torch {torch.__version__}")
-    from quantmodel import ckernels
+    from quantmodel.intarith import ckernels
 
     t0 = time.perf_counter()
     dll = ckernels.lib()  # compiled once per machine and cached; timed apart from the forwards
-    print(f"C kernels (quantmodel/ckernels.py): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
+    print(f"C kernels (quantmodel/intarith/ckernels.py): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
           f" in {time.perf_counter() - t0:.2f} s (build or cache load, not part of any forward below)")
     if not args.forward_only:
         torch.set_num_threads(threads[0])

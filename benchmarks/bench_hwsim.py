@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hwsim  # noqa: E402
-from quantmodel.recipes import annotate_trace, get_recipe  # noqa: E402
-from quantmodel.tracing import build_trace  # noqa: E402
+from workloads.recipes import annotate_trace, get_recipe  # noqa: E402
+from quantmodel.model.tracing import build_trace  # noqa: E402
 from workloads.presets import get_workload  # noqa: E402
 from workloads.trace import Trace  # noqa: E402
 

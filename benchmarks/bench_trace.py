@@ -5,7 +5,7 @@ import sys
 import time
 import tracemalloc
 
-from quantmodel.tracing import build_trace
+from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
 
 

@@ -22,7 +22,7 @@ from codesign.pareto import pareto_mask
 from codesign.store import load_results
 from workloads.errors import ConfigError
 
-# quality metrics quantmodel.quality may report, in order of preference, with their direction
+# quality metrics quantmodel.eval.quality may report, in order of preference, with their direction
 QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.sqnr_db", "max"),
                    ("q.psnr_db", "max"))
 STATIC_SCHEMES = ("static", "asq", "groups", "tsq+tsw")

@@ -6,7 +6,7 @@ A spec is a YAML file (``codesign/specs/default.yaml`` is the worked example)::
     cost_workload: opensora-v1.0-16x512x512    # traced at full size for latency / energy / storage
     quality:                                   # optional; omit (or null) to skip quality
       workload: stdit-tiny                     # small enough to run the integer emulator on a CPU
-      options: {}                              # keyword arguments for quantmodel.quality
+      options: {}                              # keyword arguments for quantmodel.eval.quality
     recipes: [static-w8a8, asq-w8a8, tsq-tsw-w8a8, groups4-w8a8, dynamic-w8a8]
     hardware:
       base: edge-npu                           # hwsim preset name or YAML file
@@ -45,7 +45,7 @@ PREFETCH_AXIS = "prefetch"  # not a HWConfig field: the weight-prefetch policy h
 PREFETCH_POLICIES = ("jit", "early")
 _TOP_FIELDS = {"name", "description", "cost_workload", "quality", "recipes", "hardware"}
 _QUALITY_FIELDS = {"workload", "options"}
-# keyword arguments of the quality evaluation (quantmodel.quality): calibration prompts, evaluation
+# keyword arguments of the quality evaluation (quantmodel.eval.quality): calibration prompts, evaluation
 # samples, emulator backend and non-linear mode, a checkpoint for the quality model
 QUALITY_OPTIONS = {"num_prompts", "num_samples", "backend", "nonlinear", "checkpoint"}
 _HW_FIELDS = {"base", "sampling", "samples", "seed", "axes", "prefetch"}
@@ -211,7 +211,7 @@ def _check_axis_values(name: str, raw: object, sampling: str) -> object:
 def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
     """Validate a spec mapping (see the module docstring) and resolve its names."""
     import hwsim
-    from quantmodel.recipes import get_recipe
+    from workloads.recipes import get_recipe
     from workloads.presets import Gemm, get_workload
 
     check_known_fields("spec", data, _TOP_FIELDS)

@@ -25,7 +25,7 @@ spec_hash, spec_name   the spec that computed the row
 point_index            index of the hardware point in its spec's point list
 hw_key                 content hash of (full hardware config, prefetch): equal hardware across recipes
 cost_workload          workload the costs are for (full size, traced)
-recipe, scheme         quantization recipe name and scheme (quantmodel.recipes)
+recipe, scheme         quantization recipe name and scheme (workloads.recipes)
 w_bits, a_bits         weight / activation bit-widths (16 = FP16)
 num_weight_sets        weight sets the recipe stores (1 static/ASQ/dynamic, K groups, steps TSQ+TSW)
 hw_base, prefetch      hardware preset the axes override; weight-prefetch policy (jit | early)
@@ -42,7 +42,7 @@ energy_j.<component>   energy breakdown (J); area_mm2.<component>; stall_s.<caus
 sim_wall_s             wall seconds the simulation of this point took
 quality_workload       workload the quality was measured on (small; None if the spec has none)
 quality_key            content hash of (quality workload, recipe, quality options)
-q.<metric>             quality metrics of the recipe (quantmodel.quality), joined on quality_key
+q.<metric>             quality metrics of the recipe (quantmodel.eval.quality), joined on quality_key
 =====================  =====================================================================
 """
 from __future__ import annotations

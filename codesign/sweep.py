@@ -9,7 +9,7 @@ W8A8 static / ASQ / groups / TSQ+TSW recipes differ only in a few smoothing mult
 The float trace of the cost workload is built once in the parent and shipped to workers once:
 through a pickle file the pool's workers load and keep (local), or
 ``Client.scatter(broadcast=True)`` (Dask); each worker annotates it per recipe
-(``quantmodel.recipes``, plain Python) once and keeps the quantized traces. A chunk returns its rows; the parent alone writes them to
+(``workloads.recipes``, plain Python) once and keeps the quantized traces. A chunk returns its rows; the parent alone writes them to
 the store, in small atomic part files, so a killed sweep loses at most the last second of work and
 a rerun computes only what is missing.
 
@@ -90,10 +90,10 @@ _QUANTIZED_OF: list = [None]
 
 
 def quantized_trace(float_trace, recipe):
-    """The recipe's annotated trace (``quantmodel.recipes.annotate_trace``: plain Python, no torch),
+    """The recipe's annotated trace (``workloads.recipes.annotate_trace``: plain Python, no torch),
     made once per worker: annotating in the workers, in parallel, beats annotating every recipe
     in the parent and shipping each big trace."""
-    from quantmodel.recipes import annotate_trace
+    from workloads.recipes import annotate_trace
 
     if _QUANTIZED_OF[0] is not float_trace:  # a new sweep (the reference keeps the id unique)
         _QUANTIZED.clear()
@@ -131,7 +131,7 @@ _MODELS: dict = {}
 
 
 def _quality_model(workload_name: str, options: dict):
-    from quantmodel import quality
+    from quantmodel.eval import quality
     from workloads.presets import get_workload
 
     key = (workload_name, options.get("checkpoint"))
@@ -144,7 +144,7 @@ def _quality_model(workload_name: str, options: dict):
 def prepare_quality(workload_name: str, options: dict, need_stats: bool = True) -> dict:
     """What every recipe's quality shares, computed once per quality workload: the per-step
     calibration statistics (static recipes only) and the float model's reference sample."""
-    from quantmodel import quality
+    from quantmodel.eval import quality
     from workloads.presets import get_workload
 
     w = get_workload(workload_name)
@@ -156,8 +156,8 @@ def prepare_quality(workload_name: str, options: dict, need_stats: bool = True) 
 
 
 def evaluate_quality(workload_name: str, recipe_name: str, options: dict, prep_ref) -> dict:
-    """Quality metrics of one recipe on the quality workload (quantmodel.quality.evaluate_recipe)."""
-    from quantmodel import quality
+    """Quality metrics of one recipe on the quality workload (quantmodel.eval.quality.evaluate_recipe)."""
+    from quantmodel.eval import quality
     from workloads.presets import get_workload
 
     prep = _resolve(prep_ref)
@@ -199,7 +199,7 @@ def quality_prep_key(spec: SweepSpec) -> str:
 def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
     if spec.quality_workload is None:
         return None
-    from quantmodel.recipes import get_recipe
+    from workloads.recipes import get_recipe
     from workloads.presets import get_workload
 
     return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
@@ -209,7 +209,7 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
 def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
     """Keys of every design point; what is not in the store yet, grouped by recipe."""
     import hwsim
-    from quantmodel.recipes import get_recipe
+    from workloads.recipes import get_recipe
     from workloads.presets import get_workload
 
     workload = get_workload(spec.cost_workload)
@@ -406,7 +406,7 @@ def hardware_chunks(plan: SweepPlan, jobs: int) -> list[list[tuple[str, int]]]:
 
 
 def build_float_trace(spec: SweepSpec):
-    from quantmodel.tracing import build_trace
+    from quantmodel.model.tracing import build_trace
     from workloads.presets import get_workload
 
     return build_trace(get_workload(spec.cost_workload))
@@ -425,10 +425,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
     t0 = time.perf_counter()
     if spec.quality_workload is not None:
         try:
-            from quantmodel import quality as _q  # noqa: F401
+            from quantmodel.eval import quality as _q  # noqa: F401
         except ImportError:
             raise ConfigError("spec.quality", spec.quality_workload,
-                              "null (quantmodel.quality is not in this build yet)") from None
+                              "null (quantmodel.eval.quality is not in this build yet)") from None
     # connect first: an unreachable scheduler must fail before anything is written
     dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:
@@ -497,7 +497,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
         try:
             if plan.quality_pending:
                 # calibration and the float reference are shared by all recipes; kept across reruns
-                from quantmodel.recipes import get_recipe
+                from workloads.recipes import get_recipe
 
                 need_stats = any(get_recipe(r).scheme not in ("fp16", "dynamic") for _, r in plan.quality_pending)
                 prep_path = store.root / QUALITY / f"prep-{quality_prep_key(spec)}-{int(need_stats)}.pkl"
@@ -510,7 +510,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
             # the float trace once; workers annotate it per recipe (and run the quality
             # evaluations meanwhile); then the chunks, each all recipes of its hardware point(s)
             if plan.recipes:
-                from quantmodel.recipes import get_recipe
+                from workloads.recipes import get_recipe
 
                 float_ref = runner.ship(content_hash(["float", spec.cost_workload]), build_float_trace(spec))
                 recipe_objs = {rp.recipe: get_recipe(rp.recipe) for rp in plan.recipes}

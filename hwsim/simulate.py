@@ -528,7 +528,7 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
     ``memo=True`` reuses, within the call and across calls in this process, whatever depends only
     on what it is keyed by (trace analysis; plans, unit runs, unit lists and whole steps keyed by
     the hardware's content hash, the prefetch policy and weight residency): the numbers are those of
-    ``memo=False``, which computes everything afresh, bit for bit (tests/test_hwsim_model.py).
+    ``memo=False``, which computes everything afresh, bit for bit (tests/hwsim/test_hwsim_model.py).
     """
     info = _trace_info(trace, memo)
     by_step, steps, step_sig, reps, step_set = info.by_step, info.steps, info.step_sig, info.reps, info.step_set

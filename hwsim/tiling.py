@@ -568,7 +568,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     - stages run as their own ops instead (``simulate._Units`` picks the faster of fused and
       alone, by estimate): the GEMM is then the static twin's, plus the stages' own ops: at least
       as costly in both.
-    Only the second case can invert one metric; tests/test_hwsim_recipe_order.py checks both on the
+    Only the second case can invert one metric; tests/codesign/test_hwsim_recipe_order.py checks both on the
     default sweep's chips. Against ASQ (smoothed, not row-held) the same holds option by option
     (ASQ's fused and alone options each cost no more than the dynamic ones, its smoothing being
     cheaper than per-row statistics plus rescale), and picking the faster option keeps that order in

@@ -1,0 +1,255 @@
+"""`codesign recipes | calibrate | quantize | verify | quality`: the quantization half of the project.
+
+- ``recipes``: the preset recipe names with scheme, bits and weight sets;
+- ``calibrate``: per-step activation statistics of a workload's float model -> safetensors file;
+- ``quantize``: recipe + stats -> the quantized-model artifact (safetensors + JSON header);
+- ``verify``: one sampling loop in the integer emulator, every integer op checked against the float64
+  reference (exit 1 on any mismatch or overflow), per-layer SQNR, final sample SQNR/PSNR;
+- ``quality``: recipe x bits -> final-sample SQNR/PSNR, worst-layer SQNR, weight storage, weight sets.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+BITS_DEFAULT = "w8a8,w6a6,w4a8"
+
+
+def _common(p, stats: bool = True) -> None:
+    p.add_argument("--workload", required=True, help="preset name or YAML file")
+    p.add_argument("--checkpoint", help="OpenSora STDiT checkpoint (default: shipped weights of "
+                                        "stdit-shapes, else a seeded random init)")
+    p.add_argument("--seed", type=int, default=0, help="random-init and calibration seed")
+    if stats:
+        p.add_argument("--stats", help="calibration stats file (default: calibrate now)")
+        p.add_argument("--prompts", type=int, default=4, help="calibration prompts when calibrating now")
+        p.add_argument("--text", help="T5 features [n,1,L,Ct] (.pt/.safetensors) for calibration")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("recipes", help="list the preset quantization recipes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_recipes)
+
+    p = sub.add_parser("calibrate", help="per-step activation statistics of a workload")
+    _common(p, stats=False)
+    p.add_argument("--prompts", type=int, default=4, help="number of calibration prompts")
+    p.add_argument("--text", help="T5 features [n,1,L,Ct] (.pt/.safetensors); seeded random otherwise")
+    p.add_argument("--out", required=True, help="stats file (.safetensors)")
+    p.set_defaults(func=run_calibrate)
+
+    p = sub.add_parser("quantize", help="build the quantized-model artifact of a recipe")
+    _common(p)
+    p.add_argument("--recipe", required=True, help="preset name (codesign recipes) or YAML file")
+    p.add_argument("--out", required=True, help="artifact file (.safetensors)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_quantize)
+
+    p = sub.add_parser("verify", help="integer emulator vs float64 reference, layer by layer")
+    _common(p)
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--artifact", help="use this artifact instead of quantizing now")
+    p.add_argument("--nonlinear", default="fp16", help="vector-unit mode: fp16 or int")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_verify)
+
+    p = sub.add_parser("quality", help="quality table: recipe x bits -> SQNR/PSNR, storage")
+    _common(p)
+    p.add_argument("--recipes", required=True,
+                   help="comma list; names without -wXaY are crossed with --bits (e.g. asq,tsq-tsw)")
+    p.add_argument("--bits", default=BITS_DEFAULT, help=f"bit pairs for bare names (default {BITS_DEFAULT})")
+    p.add_argument("--backend", default="emulator", help="emulator (integer, default) or fakequant")
+    p.add_argument("--nonlinear", default="fp16", help="fp16 or int")
+    p.add_argument("--samples", type=int, default=1, help="evaluation samples")
+    p.add_argument("--out", help="write the table (.csv or .parquet)")
+    p.set_defaults(func=run_quality)
+
+
+def _workload(name: str):
+    from workloads.errors import ConfigError
+    from workloads.presets import Gemm, get_workload
+
+    w = get_workload(name)
+    if isinstance(w, Gemm):
+        raise ConfigError("workload", name, "a model workload (a preset or YAML file), not a GEMM")
+    return w
+
+
+def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
+    from workloads.errors import ConfigError
+
+    if not path.endswith(suffixes):
+        raise ConfigError("out", path, "a file ending in " + " or ".join(suffixes))
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise ConfigError("out", path, "a path in an existing directory")
+
+
+def _calib_kwargs(args) -> dict:
+    from workloads.errors import require_positive_int
+
+    return {"num_prompts": require_positive_int("prompts", args.prompts), "seed": args.seed,
+            "text_features": args.text}
+
+
+def run_recipes(args) -> int:
+    from workloads.recipes import get_recipe, preset_recipe_names
+
+    rows = []
+    for name in preset_recipe_names():
+        r = get_recipe(name)
+        sets = {"tsq+tsw": "steps", "groups": str(r.num_groups)}.get(r.scheme, "1" if r.quantized else "0")
+        rows.append({"name": name, "scheme": r.scheme, "w_bits": r.w_bits, "a_bits": r.a_bits,
+                     "weight_sets": sets, "split": r.group_split if r.scheme == "groups" else "",
+                     "smoothing": r.smoothing, "activations": "dynamic per-token" if r.scheme == "dynamic"
+                     else ("float" if not r.quantized else "static per-tensor")})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'name':<22} {'scheme':<8} {'W':>2} {'A':>2} {'sets':>5}  {'split':<10} {'smooth':<6} activations")
+    for r in rows:
+        print(f"{r['name']:<22} {r['scheme']:<8} {r['w_bits']:>2} {r['a_bits']:>2} {r['weight_sets']:>5}  "
+              f"{r['split']:<10} {str(r['smoothing']):<6} {r['activations']}")
+    return 0
+
+
+def run_calibrate(args) -> int:
+    from quantmodel.quant.calibrate import calibrate
+    from quantmodel.eval.quality import load_model
+
+    _check_out(args.out, (".safetensors",))
+    w = _workload(args.workload)
+    model = load_model(w, args.checkpoint, args.seed)
+    st = calibrate(model, w, progress=True, **_calib_kwargs(args))
+    st.save(args.out)
+    print(f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
+          f"{len(st.layers())} ops -> {args.out}")
+    return 0
+
+
+def run_quantize(args) -> int:
+    from quantmodel.eval.quality import load_model, quantize_model
+    from workloads.recipes import get_recipe
+
+    _check_out(args.out, (".safetensors",))
+    w = _workload(args.workload)
+    recipe = get_recipe(args.recipe)
+    model = load_model(w, args.checkpoint, args.seed)
+    art = quantize_model(model, w, recipe, args.stats, **_calib_kwargs(args))
+    art.save(args.out)
+    summary = {"recipe": recipe.name, "workload": w.name, "num_weight_sets": art.num_sets,
+               "step_to_set": art.step_to_set, "weight_storage_bytes": art.weight_storage_bytes(),
+               "layers": len(art.linears), "out": args.out}
+    print(json.dumps(summary) if args.json else
+          f"quantized {w.name} with {recipe.name}: {art.num_sets} weight set(s), "
+          f"{summary['weight_storage_bytes']} weight bytes, step->set {art.step_to_set} -> {args.out}")
+    return 0
+
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def run_verify(args) -> int:
+    from quantmodel.emulator.integer import NONLINEAR_MODES
+    from quantmodel.eval.quality import load_model, verify_recipe
+    from quantmodel.quant.artifact import QuantArtifact
+    from workloads.recipes import get_recipe
+    from workloads.errors import ConfigError
+
+    if args.nonlinear not in NONLINEAR_MODES:
+        raise ConfigError("nonlinear", args.nonlinear, " or ".join(NONLINEAR_MODES))
+    if args.device not in ("cpu", "cuda"):
+        raise ConfigError("device", args.device, "cpu or cuda")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
+    w = _workload(args.workload)
+    recipe = get_recipe(args.recipe)
+    model = load_model(w, args.checkpoint, args.seed)
+    art = None
+    if args.artifact:
+        art = QuantArtifact.load(args.artifact)
+        art.check_model(model)
+        if art.recipe.name != recipe.name:
+            raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
+    rep = verify_recipe(model, w, recipe, args.nonlinear, stats=args.stats, artifact=art,
+                        device=args.device, **_calib_kwargs(args))
+    if args.json:
+        print(json.dumps(_json_safe(rep)))
+    else:
+        print(f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}): "
+              f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls, "
+              f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
+              f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
+              f"{rep['worst_layer_sqnr_db']:.2f} dB; final sample SQNR {rep['sample_sqnr_db']:.2f} dB, "
+              f"PSNR {rep['sample_psnr_db']:.2f} dB; unchecked {rep['fast_path']} path "
+              f"{'equal' if rep['fast_path_equal'] else 'NOT equal' if rep['fast_path_equal'] is False else 'not run'}"
+              f" to the checked one")
+    return 0 if rep["ok"] else 1
+
+
+def expand_recipes(spec: str, bits: str) -> list[str]:
+    """``asq,tsq-tsw-w4a8,fp16`` with bits ``w8a8,w6a6`` -> asq-w8a8, asq-w6a6, tsq-tsw-w4a8, fp16."""
+    import re
+
+    names = []
+    pairs = [b.strip() for b in bits.split(",") if b.strip()]
+    for r in (s.strip() for s in spec.split(",")):
+        if not r:
+            continue
+        if r == "fp16" or re.search(r"-w\d+a\d+$", r) or r.endswith((".yaml", ".yml")):
+            names.append(r)
+        else:
+            names += [f"{r}-{b}" for b in pairs]
+    return names
+
+
+def run_quality(args) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from quantmodel.eval.quality import BACKENDS, evaluate_recipe, eval_inputs, get_stats, load_model, sample
+    from workloads.recipes import get_recipe
+    from workloads.errors import ConfigError, require_positive_int
+
+    if args.out:
+        _check_out(args.out, (".csv", ".parquet"))
+    if args.backend not in BACKENDS:
+        raise ConfigError("backend", args.backend, " or ".join(BACKENDS))
+    require_positive_int("samples", args.samples)
+    w = _workload(args.workload)
+    recipes = [get_recipe(n) for n in expand_recipes(args.recipes, args.bits)]  # all validated first
+    if not recipes:
+        raise ConfigError("recipes", args.recipes, "a comma-separated list of recipe names")
+    model = load_model(w, args.checkpoint, args.seed)
+    stats = None
+    if any(r.quantized and r.scheme != "dynamic" for r in recipes):
+        stats = get_stats(model, w, args.stats, **_calib_kwargs(args))
+    z, y = eval_inputs(model, args.samples)
+    ref = sample(lambda x, t, yy, s: model(x, t, yy), model, w, z, y)
+    rows = []
+    for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False):
+        rows.append(evaluate_recipe(model, w, r, stats=stats, backend=args.backend, nonlinear=args.nonlinear,
+                                    num_samples=args.samples, reference_sample=ref))
+    df = pd.DataFrame(rows)
+    if args.out:
+        tmp = Path(args.out + ".tmp")
+        (df.to_csv(tmp, index=False) if args.out.endswith(".csv") else df.to_parquet(tmp, index=False))
+        tmp.replace(args.out)
+    cols = ["recipe", "w_bits", "a_bits", "num_weight_sets", "weight_storage_bytes", "sqnr_db", "psnr_db",
+            "worst_layer_sqnr_db", "worst_layer"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    return 0

@@ -1,0 +1,735 @@
+"""The emulator's transformer blocks compiled once into a flat list of kernel calls.
+
+Why: on stdit-tiny every op works on a few thousand values, so an eager forward spends as much time
+in Python (type checks, dict lookups, argument preparation) and in allocating tensors as in the
+kernels themselves. A :class:`BlockProgram` resolves all of that once per (weight set, input
+shapes): it binds each C kernel (:mod:`quantmodel.intarith.ckernels`) to its pointers and constants, and keeps
+the few torch ops that remain (the int8 GEMMs, the float attention products, torch's float32
+exp / tanh / rsqrt, strided copies) as ``out=`` calls. A forward copies its inputs in and runs the list.
+The intermediates share one arena laid out by live range (:func:`_plan_arena`), so the working set
+of a forward stays in the CPU caches.
+
+Values: each step is the call the emulator's eager path makes for that op (or a C loop with the same
+operations in the same order), with the same constants and tensors of the same shapes (so torch's
+vectorised exp / tanh see the same lanes), so the program's output equals
+:meth:`IntegerEmulator.forward` without it bit for bit (tests/test_emuprogram.py compares them over
+recipes, steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation
+quantized to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
+
+Scope: CPU with the C kernels, not verifying; static recipes in both vector-unit modes, with float
+or integer attention products; dynamic recipes in fp16 mode with float attention products. Dynamic
+recipes in ``int`` mode take every op's scale from the tensor on line (so every op's integer
+constants would be derived per call) and run the eager path, as do dynamic recipes with integer
+attention and ``verify`` runs: :func:`build` returns None for them.
+"""
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+
+import torch
+
+from quantmodel.intarith import ckernels, fixedpoint, intops
+from quantmodel.intarith.intops import FP16_MAX
+from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
+
+ALIGN_BYTES = 64  # arena offsets: cache-line aligned
+
+
+class _Builder:
+    """Allocates the program's buffers and appends its steps (zero-argument callables), remembering
+    what each step touches: the tensors and raw pointers among a kernel call's arguments, or the tensors
+    named for a Python step.
+
+    Without ``offsets`` every buffer is a fresh tensor (the planning pass); with them, buffer ``i`` is a
+    view of ``arena`` at ``offsets[i]`` (see :func:`_plan_arena`)."""
+
+    def __init__(self, arena: torch.Tensor | None = None, offsets: list | None = None):
+        self.steps: list = []
+        self.touches: list = []  # per step: what it reads or writes
+        self.bufs: list = []  # the buffers, in request order
+        self.keep: list = []  # every tensor a bound pointer refers to stays alive with the program
+        self.arena, self.offsets = arena, offsets
+
+    def buf(self, shape, dtype) -> torch.Tensor:
+        shape = torch.Size([shape] if isinstance(shape, int) else shape)
+        if self.offsets is None:
+            t = torch.empty(shape, dtype=dtype)
+        else:
+            off = self.offsets[len(self.bufs)]
+            t = self.arena[off:off + shape.numel() * dtype.itemsize].view(dtype).view(shape)
+        self.bufs.append(t)
+        self.keep.append(t)
+        return t
+
+    def const(self, t: torch.Tensor) -> torch.Tensor:
+        self.keep.append(t)
+        return t
+
+    def call(self, fn, *args, **kwargs) -> None:
+        self.steps.append(functools.partial(fn, *args, **kwargs))
+        owner = getattr(fn, "__self__", None)  # a tensor method (copy_) writes its tensor
+        self.touches.append((*args, *kwargs.values(), *((owner,) if isinstance(owner, torch.Tensor) else ())))
+
+    def py(self, fn, *tensors: torch.Tensor) -> None:
+        """A Python step that reads or writes (only) ``tensors``."""
+        self.steps.append(fn)
+        self.touches.append(tensors)
+
+
+def _plan_arena(bld: _Builder, pinned: list) -> tuple[list, int]:
+    """Offsets that let buffers share memory when their live ranges (first to last step touching them)
+    do not overlap: the working set then stays in the CPU caches instead of spanning one buffer per op.
+    ``pinned`` buffers live throughout (the inputs written before the first step, the output read after
+    the last). First fit in order of first use. Returns (offsets, arena bytes)."""
+    n = len(bld.bufs)
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(bld.bufs))
+    starts = [sp[0] for sp in spans]
+    first, last = [len(bld.steps)] * n, [-1] * n
+    for k, items in enumerate(bld.touches):
+        for a in items:
+            addr = a.data_ptr() if isinstance(a, torch.Tensor) else a if type(a) is int else None
+            if addr is None:
+                continue
+            j = bisect.bisect_right(starts, addr) - 1
+            if j >= 0 and addr < spans[j][1]:
+                i = spans[j][2]
+                first[i], last[i] = min(first[i], k), max(last[i], k)
+    pin = {id(t) for t in pinned}
+    for i, t in enumerate(bld.bufs):
+        if id(t) in pin or last[i] < 0:  # pinned, or never touched (kept whole, to be safe)
+            first[i], last[i] = -1, len(bld.steps)
+    offsets, placed, total = [0] * n, [], 0
+    for i in sorted(range(n), key=lambda i: (first[i], i)):
+        size = -(-bld.bufs[i].numel() * bld.bufs[i].element_size() // ALIGN_BYTES) * ALIGN_BYTES
+        busy = sorted((o, o + sz) for o, sz, f, la in placed if f <= last[i] and first[i] <= la)
+        off = 0
+        for lo, hi in busy:  # first gap that fits
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        offsets[i] = off
+        placed.append((off, size, first[i], last[i]))
+        total = max(total, off + size)
+    return offsets, total
+
+
+class BlockProgram:
+    """All blocks of one (weight set, batch, tokens, text length). ``run`` takes the block input (the
+    embedded tokens, float32), the projected text and t0 and returns the last block's output as the
+    emulator holds it before the final layer: fp16 values (``fp16`` mode) or the dequantized float32
+    residual codes (``int`` mode); a buffer of the program: read it before the next run."""
+
+    def __init__(self, builder: _Builder, x_in, y_in, t0_in, out, saturate_inputs: bool):
+        self.builder, self.steps = builder, builder.steps  # the builder keeps the buffers alive
+        self.x_in, self.y_in, self.t0_in, self.out = x_in, y_in, t0_in, out
+        self.saturate = saturate_inputs
+
+    def run(self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
+        if self.saturate:  # fp16 mode: the emulator's saturating fp16 conversion (clamp, then round)
+            x, y = x.clamp(-FP16_MAX, FP16_MAX), y.clamp(-FP16_MAX, FP16_MAX)
+        self.x_in.copy_(x)
+        self.y_in.copy_(y)
+        self.t0_in.copy_(t0)
+        for s in self.steps:
+            s()
+        return self.out
+
+
+def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | None:
+    """The program of ``emu``'s current weight set for block input [B, N, C] and text [B, L, C], or
+    None when the emulator's configuration is outside the scope in the module doc. Compiled twice: once
+    with a fresh tensor per buffer to find the live ranges, then into one arena (:func:`_plan_arena`).
+    ``pool``: per shapes, the arena of the emulator's earlier programs, reused (programs run one at a
+    time), so per-step weight sets (TSQ+TSW) share one arena."""
+    dll = ckernels.lib()
+    if (dll is None or emu.verifier is not None or emu.device.type != "cpu" or emu.mode not in ("fp16", "int")
+            or (not emu.static and (emu.mode == "int" or emu.matmuls))):
+        return None
+    try:
+        first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
+    except _Unsupported:
+        return None
+    offsets, nbytes = _plan_arena(first.builder, [first.x_in, first.y_in, first.t0_in, first.out])
+    arena = pool.get("arena")
+    if arena is None or arena.numel() < nbytes:
+        arena = pool["arena"] = torch.empty(nbytes, dtype=torch.uint8)
+    prog = _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
+    if len(prog.steps) != len(first.steps) or [(t.shape, t.dtype) for t in prog.builder.bufs] != [
+            (t.shape, t.dtype) for t in first.builder.bufs]:  # the plan is only valid for the same program
+        raise RuntimeError("emuprogram: the two compile passes differ (internal error)")
+    return prog
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class _Compiler:
+    """Mirrors IntegerEmulator.block op by op, appending to the builder the calls the eager path would
+    make; raises :class:`_Unsupported` for anything outside the program's scope."""
+
+    def __init__(self, emu, dll, bld: _Builder):
+        self.emu, self.dll, self.b = emu, dll, bld
+        self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
+        self.memo: dict = {}
+        from quantmodel.emulator.integer import PARAM_BITS, RES_BITS, RES_HEADROOM  # (emulator imports this module)
+
+        self.res_bits, self.res_headroom, self.param_bits = RES_BITS, RES_HEADROOM, PARAM_BITS
+
+    # ---- pieces ---------------------------------------------------------------------------------------
+    def lp(self, name: str):
+        """A static layer's prepared parameters (int8 codes, fast prepared GEMM), else out of scope."""
+        p = self.emu._lp(name)
+        if p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8 or not p.gemm.fast:
+            raise _Unsupported(name)
+        return p
+
+    def lp_dyn(self, name: str):
+        """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
+        which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
+        p = self.emu._lp(name)
+        if (p is None or p.static or p.smooth is not None or p.bias is None or p.bias.dtype != torch.float32
+                or p.w_scale.dtype != torch.float32 or p.w_t.shape[0] * 128 * 128 >= 2 ** 31):
+            raise _Unsupported(name)
+        return p
+
+    def dyn_linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """IntegerEmulator.linear of a dynamic recipe (fp16 mode): per-token scales from the row's abs-max,
+        int8 codes, the int8 GEMM, the float32 rescale with bias, the saturating fp16 conversion."""
+        emu, bld = self.emu, self.b
+        p = self.lp_dyn(name)
+        k, n = p.w_t.shape
+        rows = x.numel() // k
+        q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
+        acc, out = bld.buf((rows, n), torch.int32), bld.buf((*x.shape[:-1], n), torch.float16)
+        quant = functools.partial(self.dll.qm_dyn_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], rows, k,
+                                  emu.qa, q.data_ptr(), s_row.data_ptr())
+
+        def step():
+            if quant():  # a non-finite activation: the eager definition reports it
+                emu.linear(name, x.clone())
+                raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
+
+        bld.py(step, x, q, s_row)
+        bld.call(torch._int_mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        bld.call(self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(),
+                 bld.const(p.w_scale.contiguous()).data_ptr(), bld.const(p.bias.contiguous()).data_ptr(),
+                 out.data_ptr(), 1)
+        return out
+
+    def linear(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        """fp16 mode: a static layer's int16 codes (from int8 codes or float input), a dynamic one's fp16."""
+        return self.linear_in(name, v) if self.emu.static else self.dyn_linear(name, v)
+
+    def out_scale(self, name: str) -> float | None:
+        """The scale of a layer's output codes (None: fp16 values, dynamic recipes)."""
+        return self.lp(name).y_scale if self.emu.static else None
+
+    def quant_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``_input_int8`` of a float tensor. Explicit smoothing (``mul`` / ``text`` folds): fp16 mode
+        multiplies by fp16 factors inside the quantizer's loop; int mode multiplies the float32 input by
+        the float32 factors 1/s first. Otherwise the plain quantizer."""
+        p = self.lp(name)
+        out = self.b.buf(x.shape, torch.int8)
+        c = x.shape[-1]
+        inv = None
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            if self.emu.mode == "fp16":
+                if p.inv_h is None:
+                    p.inv_h = (1.0 / p.smooth).to(torch.float16).float()  # as IntegerEmulator._input_int8
+                inv = self.b.const(p.inv_h)
+            else:
+                xs = self.b.buf(x.shape, torch.float32)
+                self.b.call(torch.mul, x, self.b.const(1.0 / p.smooth), out=xs)  # x.float() * (1.0 / p.smooth)
+                x = xs
+        self.b.call(self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), p.xq.recip,
+                    float(p.xq.qmax), out.data_ptr(), ckernels.OUT_KIND[torch.int8],
+                    None if inv is None else inv.data_ptr(), 0 if inv is None else c)
+        return out
+
+    def gemm(self, name: str, q: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """PreparedLinear.__call__ of int8 codes q [..., K] -> codes [..., N] at y_scale, as int16 (the
+        layer's requantizer) or ``out_dtype`` (int32 for int-mode consumers, which widen them anyway)."""
+        p = self.lp(name)
+        g = p.gemm
+        x2 = q.view(-1, g.k)
+        rows = x2.shape[0]
+        dt = out_dtype or g.rq.out_dtype
+        out = self.b.buf((*q.shape[:-1], g.n), dt)
+        esize = out.element_size()
+        for off, wb, args, kind, _ in g._plan(rows):
+            acc = self.b.buf((rows, wb.shape[1]), torch.int32)
+            self.b.call(torch._int_mm, x2, wb, out=acc)
+            self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off // g.rq_size * esize,
+                        ckernels.OUT_KIND[dt], g.n)
+        return out
+
+    def split_heads(self, codes: torch.Tensor, scale: float, parts: int, heads: int, tmask: int):
+        """IntegerEmulator._split_heads: int16 codes [B, N, P*C] -> P float32 [B, H, N, D] ([B, H, D, N])."""
+        b, n, pc = codes.shape
+        d = pc // (parts * heads)
+        out = self.b.buf((parts, b, heads, n * d), torch.float32)
+        kind = {torch.int8: 0, torch.int16: 1, torch.float16: 2}[codes.dtype]
+        self.b.call(self.dll.qm_split_heads, codes.data_ptr(), kind, 1.0 if scale is None else scale, b, n,
+                    parts, heads, d, out.data_ptr(), tmask)
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
+                for p in range(parts)]
+
+    def softmax_f32(self, s: torch.Tensor, scale: float) -> torch.Tensor:
+        """intops.softmax_fp16_scaled(s, scale, f32_out=True) for float32 scores s."""
+        n = s.shape[-1]
+        if s.numel() <= intops.CHUNK_ELEMS:  # _softmax_fp16_c(..., f32_out=True): exp in place
+            d = self.b.buf(s.shape, torch.float32)
+            ws = self.b.buf(n, torch.float32)
+            self.b.call(self.dll.qm_softmax_pre, s.data_ptr(), 0, scale, 1, s.numel() // n, n, d.data_ptr())
+            self.b.call(torch.exp, d, out=d)
+            self.b.call(self.dll.qm_softmax_post, d.data_ptr(), s.numel() // n, n, None, ws.data_ptr())
+            return d
+        # intops._row_chunked over aligned blocks of rows, fp16 out, then widened
+        rows = s.numel() // n
+        block = (intops.CHUNK_ELEMS // n) // intops.CHUNK_ALIGN * intops.CHUNK_ALIGN
+        if block == 0:
+            raise _Unsupported("softmax row")
+        s2 = s.view(rows, n)
+        h = self.b.buf((rows, n), torch.float16)
+        ws = self.b.buf(n, torch.float32)
+        for i in range(0, rows, block):
+            r = min(block, rows - i)
+            d = self.b.buf((r, n), torch.float32)
+            self.b.call(self.dll.qm_softmax_pre, s2[i].data_ptr(), 0, scale, 1, r, n, d.data_ptr())
+            self.b.call(torch.exp, d, out=d)
+            self.b.call(self.dll.qm_softmax_post, d.data_ptr(), r, n, h[i].data_ptr(), ws.data_ptr())
+        out = self.b.buf(s.shape, torch.float32)
+        self.b.call(out.view(rows, n).copy_, h)
+        return out
+
+    def residual(self, x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate: torch.Tensor | None):
+        """intops.residual_fp16: x fp16 [B, N, C] + gate * y (y int16 codes at y_scale, or fp16)."""
+        b_, n_, c = x.shape
+        out = self.b.buf(x.shape, torch.float16)
+        ws = self.b.buf(3 * c, torch.float32)
+        kind = {torch.float16: 1, torch.int8: 0, torch.int16: 2}[y.dtype]
+        gs = 0 if gate is None or gate.shape[0] == 1 else gate.stride(0)
+        self.b.call(self.dll.qm_residual_fp16, x.data_ptr(), y.data_ptr(), kind, 1.0 if y_scale is None else y_scale,
+                    None if gate is None else gate.data_ptr(), gs, b_, n_, c, out.data_ptr(), ws.data_ptr())
+        return out
+
+    def norm_modulate(self, norm: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
+        """IntegerEmulator.norm_modulate (fp16): LayerNorm + modulation (consumer's smoothing folded)
+        emitting the consumer's int8 codes directly when it reads them as they are, else fp16."""
+        emu = self.emu
+        p = self.lp(consumer) if emu.static else self.lp_dyn(consumer)
+        inv = None
+        if p.smooth is not None and p.fold == "modulate":
+            if p.inv_s is None:
+                p.inv_s = 1.0 / p.smooth
+            inv = self.b.const(p.inv_s)
+        aq = emu._direct_quantizer(p)
+        b_, n_, c = x.shape
+        rows = b_ * n_
+        ws = self.b.buf(2 * rows + 4 * c, torch.float32)
+        wp = ws.data_ptr()
+        rstd = ws[rows:2 * rows]
+        out = self.b.buf(x.shape, torch.float16 if aq is None else torch.int8)
+        qr, qm = (0.0, 0.0) if aq is None else (aq.recip, float(aq.qmax))
+        pstride = scale.stride(0) if scale.shape[0] > 1 else 0
+        self.b.call(self.dll.qm_ln_stats, x.data_ptr(), rows, c, emu.mods[norm].eps, wp, wp + 4 * rows, wp + 8 * rows)
+        self.b.call(torch.rsqrt, rstd, out=rstd)
+        self.b.call(self.dll.qm_ln_apply, x.data_ptr(), rows, c, wp, rstd.data_ptr(), out.data_ptr(), 1,
+                    scale.data_ptr(), shift.data_ptr(), pstride, None if inv is None else inv.data_ptr(), n_,
+                    wp + 8 * rows, qr, qm)
+        return out  # int8 codes at p.x_scale (aq given) or fp16
+
+    def linear_in(self, name: str, v: torch.Tensor, s_v: float | None = None,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The GEMM of a layer whose input is its own int8 codes (from a fused producer), float values,
+        or (int mode) int32 codes at scale ``s_v``."""
+        if v.dtype == torch.int32:
+            q = self.requant_input(name, v, s_v)
+        else:
+            q = v if v.dtype == torch.int8 else self.quant_input(name, v)
+        return self.gemm(name, q, out_dtype)
+
+    def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
+        """IntegerEmulator._attend_float -> the proj layer's codes [b, n, c] (int16; int32 in int mode)."""
+        emu = self.emu
+        scores = self.b.buf((*q.shape[:-1], k_t.shape[-1]), torch.float32)
+        self.b.call(torch.matmul, q, k_t, out=scores)
+        scale = emu.mods[pre + ".softmax"].scale
+        probs = self.softmax_f32(scores, scale) if emu.mode == "fp16" else self.softmax_int(pre + ".softmax", scores,
+                                                                                            scale)
+        out = self.b.buf((*probs.shape[:-1], vv.shape[-1]), torch.float32)  # [B', H, L, D]
+        self.b.call(torch.matmul, probs, vv, out=out)
+        h, d = out.shape[1], out.shape[3]
+        if not emu.static:  # the float product's output, heads merged, into the dynamic proj layer
+            merged = self.b.buf((b, n, c), torch.float32)
+            self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
+            return self.dyn_linear(pre + ".proj", merged)
+        p = self.lp(pre + ".proj")
+        aq = emu._direct_quantizer(p)
+        odt = self.res_dtype
+        if aq is not None:
+            q8 = self.b.buf((b, n, c), torch.int8)
+            self.b.call(self.dll.qm_merge_heads_quant, out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax),
+                        q8.data_ptr())
+            return self.gemm(pre + ".proj", q8, odt)
+        merged = self.b.buf((b, n, c), torch.float32)  # out.transpose(1, 2).reshape(b, n, c)
+        self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
+        return self.gemm(pre + ".proj", self.quant_input(pre + ".proj", merged), odt)
+
+    def self_attention(self, pre: str, v: torch.Tensor, heads: int, s_v: float | None = None) -> torch.Tensor:
+        b, n, c = v.shape
+        qkv = self.linear_in(pre + ".qkv", v, s_v) if self.emu.static else self.dyn_linear(pre + ".qkv", v)
+        if self.emu.matmuls:  # integer QK^T and AV: each operand requantized to its product's input scale
+            q, k_t, vv = self.split_heads_q8(qkv, self.out_scale(pre + ".qkv"), heads, 0b010,
+                                             [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")])
+            return self.attend_int(pre, q, k_t, vv, b, n, c)
+        q, k_t, vv = self.split_heads(qkv, self.out_scale(pre + ".qkv"), 3, heads, 0b010)
+        return self.attend(pre, q, k_t, vv, b, n, c)
+
+    # ---- quantized attention products (static recipes) ---------------------------------------------------
+    def mm_scale(self, name: str, fld: str) -> float:
+        return float(self.emu.art.get(self.emu.wset, name, fld))
+
+    def split_heads_q8(self, codes: torch.Tensor, s_codes: float, heads: int, tmask: int, targets: list):
+        """IntegerEmulator._to_int8 of each head-split part of a GEMM's codes (the requantization to the
+        product input scale of ``targets[p]``, as in ``_requant``), laid out as split_heads does, held as
+        float32 values for the exact float product."""
+        parts = len(targets)
+        b, n, pc = codes.shape
+        d = pc // (parts * heads)
+        pairs = [fixedpoint.quantize_multiplier(float(s_codes / self.mm_scale(nm, fld))) for nm, fld in targets]
+        mult = self.b.const(torch.tensor([m for m, _ in pairs], dtype=torch.int64))
+        shift = self.b.const(torch.tensor([sh for _, sh in pairs], dtype=torch.int64))
+        out = self.b.buf((parts, b, heads, n * d), torch.float32)
+        self.b.call(self.dll.qm_split_heads_q8, codes.data_ptr(), 0 if codes.dtype == torch.int8 else 1, b, n, parts,
+                    heads, d, mult.data_ptr(), shift.data_ptr(), self.emu.qa, out.data_ptr(), tmask)
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
+                for p in range(parts)]
+
+    def requant(self, acc: torch.Tensor, mult, shift, qmin: int, qmax: int, out_dtype=torch.int32) -> torch.Tensor:
+        """fixedpoint.requantize(acc, mult, shift, qmin, qmax) of int32 [..., N] (per tensor), written as
+        ``out_dtype`` (the eager int32 result, or its narrowing where the values fit)."""
+        n = acc.shape[-1]
+        rq = fixedpoint._requantizer(mult, shift, qmin, qmax, torch.int32, torch.device("cpu"))
+        c, lim, mm, ss = (self.b.const(t) for t in rq._c_consts(n, torch.device("cpu")))
+        out = self.b.buf(acc.shape, out_dtype)
+        self.b.call(self.dll.qm_requant, acc.data_ptr(), acc.numel() // n, n, n, None, c.data_ptr(),
+                    lim.data_ptr() if rq.check else None, mm.data_ptr(), ss.data_ptr(), float(qmin), float(qmax),
+                    out.data_ptr(), ckernels.OUT_KIND[out_dtype], n)
+        return out
+
+    def int_product(self, name: str, a: torch.Tensor, b_: torch.Tensor, qo: int) -> torch.Tensor:
+        """IntegerEmulator.matmul (static): the exact product of int8 values (a float32 product is exact
+        when every partial sum stays below 2**24, which the bound K * qmax**2 guarantees), then the
+        requantization by the artifact's multiplier -> int32 codes at the product's y_scale."""
+        k = a.shape[-1]
+        if k * self.emu.qa * self.emu.qa > 2 ** 24:
+            raise _Unsupported(name + " (a float32 product would not be exact)")
+        acc_f = self.b.buf((*a.shape[:-1], b_.shape[-1]), torch.float32)
+        self.b.call(torch.matmul, a, b_, out=acc_f)
+        acc = self.b.buf(acc_f.shape, torch.int32)
+        self.b.call(acc.copy_, acc_f)
+        g, art = self.emu.wset, self.emu.art
+        m, sh = int(art.get(g, name, "multiplier")[0]), int(art.get(g, name, "shift")[0])
+        return self.requant(acc, m, sh, -qo, qo)
+
+    def attend_int(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
+        """IntegerEmulator._attend with integer products: QK^T, the softmax (fp16 of the dequantized
+        scores times 1/sqrt(D), or the integer softmax), the probabilities quantized to AV's input scale,
+        AV, the heads merged, the proj layer's input requantization and GEMM."""
+        emu, bld = self.emu, self.b
+        sm_scale = emu.mods[pre + ".softmax"].scale
+        scores = self.int_product(pre + ".qk", q, k_t, 2 ** (QK_OUT_BITS - 1) - 1)  # int32 at y_scale
+        s_scores = self.mm_scale(pre + ".qk", "y_scale")
+        sa = self.mm_scale(pre + ".av", "a_scale")
+        p8 = bld.buf(scores.shape, torch.int8)
+        if emu.mode == "fp16":
+            probs = self.softmax_f32(self.dequant(scores, s_scores), sm_scale)  # fp16 values, widened
+            aq = fixedpoint.ActQuantizer(sa, emu.a_bits)  # _to_int8 of a float tensor
+            bld.call(self.dll.qm_act_quant, probs.data_ptr(), 0, probs.numel(), aq.recip, float(aq.qmax),
+                     p8.data_ptr(), ckernels.OUT_KIND[torch.int8], None, 0)
+        else:
+            pq = self.int_softmax(scores, s_scores * sm_scale, emu.a_bits)
+            m, sh = fixedpoint.quantize_multiplier(float(2.0 ** -(emu.a_bits - 1) / sa))
+            p8 = self.requant(pq, m, sh, -emu.qa, emu.qa, torch.int8)
+        pf = bld.buf(p8.shape, torch.float32)
+        bld.call(pf.copy_, p8)
+        out = self.int_product(pre + ".av", pf, vv, 2 ** (OUT_BITS - 1) - 1)  # int32 [B', H, L, D]
+        h, d = out.shape[1], out.shape[3]
+        merged = bld.buf((b, n, c), torch.int32)
+        bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
+        q8 = self.requant_input(pre + ".proj", merged, self.mm_scale(pre + ".av", "y_scale"))
+        return self.gemm(pre + ".proj", q8, self.res_dtype)
+
+    def cross_attention(self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int,
+                        s_x: float | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        if self.emu.static:
+            q, kv = self.linear_in(pre + ".q_linear", x, s_x), self.linear_in(pre + ".kv_linear", y)
+        else:
+            q, kv = self.dyn_linear(pre + ".q_linear", x), self.dyn_linear(pre + ".kv_linear", y)
+        if self.emu.matmuls:
+            (hq,) = self.split_heads_q8(q, self.out_scale(pre + ".q_linear"), heads, 0, [(pre + ".qk", "a_scale")])
+            hk, hv = self.split_heads_q8(kv, self.out_scale(pre + ".kv_linear"), heads, 0b01,
+                                         [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")])
+            return self.attend_int(pre, hq, hk, hv, b, n, c)
+        (hq,) = self.split_heads(q, self.out_scale(pre + ".q_linear"), 1, heads, 0)
+        hk, hv = self.split_heads(kv, self.out_scale(pre + ".kv_linear"), 2, heads, 0b01)
+        return self.attend(pre, hq, hk, hv, b, n, c)
+
+    def gelu(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
+        """gelu_fp16(_dequant_fp16(codes)): the C dequantization, then intops._gelu_fp16 per flat
+        block of CHUNK_ELEMS (the eager path's blocks, so tanh sees the same lanes)."""
+        n = codes.numel()
+        xh = codes
+        if codes.dtype != torch.float16:  # codes: the saturating fp16 dequantization first
+            xh = self.b.buf(codes.shape, torch.float16)
+            self.b.call(self.dll.qm_dequant, codes.data_ptr(), ckernels.IN_KIND_INT[codes.dtype], n, scale,
+                        xh.data_ptr(), 1)
+        out = self.b.buf(codes.shape, torch.float16)
+        ch = intops.CHUNK_ELEMS
+        blocks = [(0, n)] if n <= ch else [(i, min(ch, n - i)) for i in range(0, n, ch)]
+        for i, cnt in blocks:
+            inner = self.b.buf(codes.shape if cnt == n else cnt, torch.float32)
+            self.b.call(self.dll.qm_gelu_pre, xh.data_ptr() + 2 * i, cnt, inner.data_ptr())
+            self.b.call(torch.tanh, inner, out=inner)
+            self.b.call(self.dll.qm_gelu_post, xh.data_ptr() + 2 * i, cnt, inner.data_ptr(), out.data_ptr() + 2 * i)
+        return out
+
+    # ---- int mode (integer-only vector unit) ------------------------------------------------------------
+    def static_scale(self, name: str, fld: str, bits: int) -> float:
+        """IntegerEmulator._static_scale of a calibrated range (a range taken on line is out of scope)."""
+        if self.emu._absmax(name, fld) is None:
+            raise _Unsupported(f"{name}/{fld}")
+        return self.emu._static_scale(name, fld, bits, self.res_headroom)
+
+    def to_int(self, name: str, fld: str, x: torch.Tensor, bits: int):
+        """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale."""
+        aq = fixedpoint.ActQuantizer(self.static_scale(name, fld, bits), bits, torch.int32)
+        out = self.b.buf(x.shape, torch.int32)
+        self.b.call(self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), aq.recip,
+                    float(aq.qmax), out.data_ptr(), ckernels.OUT_KIND[torch.int32], None, 0)
+        return out, aq.scale
+
+    def requant_input(self, name: str, v: torch.Tensor, s_v: float) -> torch.Tensor:
+        """``_input_int8`` of int32 codes at s_v: one requantization to the layer's x_scale, per channel
+        with the explicit smoothing factors (``s_v / (s * x_scale)``), per tensor without; written as
+        int8 (the eager path's int32 result narrowed: the values are within +-qmax)."""
+        p = self.lp(name)
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            mult, shift = fixedpoint.quantize_multipliers(s_v / (p.smooth.double().cpu() * p.x_scale))
+        else:
+            mult, shift = fixedpoint.quantize_multiplier(float(s_v / p.x_scale))
+        return self.requant(v, mult, shift, -self.emu.qa, self.emu.qa, torch.int8)
+
+    def int_softmax(self, q: torch.Tensor, scale: float, out_bits: int) -> torch.Tensor:
+        """intops.softmax_int of int32 codes q at ``scale`` (1/sqrt(D) folded in) -> int32 probabilities
+        at 2**-(out_bits - 1)."""
+        n = q.shape[-1]
+        k = intops.working_shift(scale)
+        q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** k)
+        out = self.b.buf(q.shape, torch.int32)
+        ebuf = self.b.buf(n, torch.int64)
+        self.b.call(self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, out_bits - 1,
+                    out.data_ptr(), ebuf.data_ptr())
+        return out
+
+    def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
+        """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
+        q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
+        return self.dequant(self.int_softmax(q, s_q * attn_scale, 8), 2.0 ** -7)
+
+    def dequant(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product."""
+        if not fixedpoint._is_f32(scale):
+            raise _Unsupported("scale")
+        out = self.b.buf(q.shape, torch.float32)
+        self.b.call(self.dll.qm_dequant, q.data_ptr(), ckernels.IN_KIND_INT[q.dtype], q.numel(), scale,
+                    out.data_ptr(), 0)
+        return out
+
+    def fix_madd(self, qa_: torch.Tensor, real_a: float, f: torch.Tensor, qb: torch.Tensor | None, real_b: float,
+                 r_bc: torch.Tensor | None, qmin: int, qmax: int) -> torch.Tensor:
+        """intops._fix_madd_c with f / r_bc float64 [B, 1, C] buffers (filled per step)."""
+        b_, n_, c = qa_.shape
+        ca, la, ma, sa = intops._rq_consts(float(real_a))
+        cb, lb, mb, sb = intops._rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
+        out = self.b.buf(qa_.shape, torch.int32)
+        ws = self.b.buf(2 * c, torch.float64)
+        self.b.call(self.dll.qm_fix_madd, qa_.data_ptr(), ca, la, ma, sa, f.data_ptr(),
+                    None if qb is None else qb.data_ptr(), cb, lb, mb, sb, None if r_bc is None else r_bc.data_ptr(),
+                    b_, n_, c, float(qmin), float(qmax), out.data_ptr(), ws.data_ptr())
+        return out
+
+    def norm_modulate_int(self, norm: str, x: torch.Tensor, s_x: float, shift, scale, consumer: str) -> torch.Tensor:
+        """IntegerEmulator.modulate(layernorm(x)) in int mode for a static consumer: integer LayerNorm,
+        then the fixed-point modulation straight to the consumer's int8 codes. The per-step operands
+        (the folded shift / scale quantized to 16 bits, their Q16 forms) are one Python step, as eager."""
+        emu, bld = self.emu, self.b
+        b_, n_, c = x.shape
+        eps_k = bld.const(torch.tensor(intops.ln_eps_table(s_x, c, emu.mods[norm].eps), dtype=torch.int64))
+        ln = bld.buf(x.shape, torch.int32)
+        bld.call(self.dll.qm_layernorm_int, x.data_ptr(), b_ * n_, c, eps_k.data_ptr(), ln.data_ptr())
+        s_ln = math.sqrt(c) / 2.0 ** intops.LN_OUT_BITS
+        p = self.lp(consumer)
+        s_out = p.x_scale
+        f, r = bld.buf((b_, 1, c), torch.float64), bld.buf((b_, 1, c), torch.float64)
+
+        def operands():  # the eager definition; also what a non-finite parameter falls back to (and reports)
+            _, sh, sc = emu._fold_mod(consumer, shift, scale)
+            shq, scq = emu._param_int(sh), emu._param_int(sc)
+            m, rr = intops.modulate_factors(shq.q, shq.scale, scq.q, scq.scale, s_out)
+            f.copy_(m)
+            r.copy_(rr)
+
+        inv = None
+        if p.smooth is not None and p.fold == "modulate":  # _fold_mod's factors
+            inv = bld.const(1.0 / p.smooth)
+        self.operands_step(operands, scale, shift, inv, s_out, f, r)
+        q32 = self.fix_madd(ln, s_ln / (s_out / 2.0 ** intops.GUARD_BITS), f, None, 0.0, r, -emu.qa, emu.qa)
+        q8 = bld.buf(x.shape, torch.int8)
+        bld.call(q8.copy_, q32)  # .to(torch.int8): the values are within +-qmax
+        return q8
+
+    def operands_step(self, eager, scale, shift, inv, s_out: float, f, r) -> None:
+        """The per-step operands of a modulation (scale and shift) or a gate (shift None) as one C call
+        (ckernels ``qm_mod_operands``: the same float32, rounding and integer steps as ``eager``), which
+        runs instead when a parameter is not finite (it then raises the eager path's error)."""
+        if (intops.GATE_FRAC_BITS, intops.GUARD_BITS) != (16, 8) or scale.stride(2) != 1 or (
+                shift is not None and shift.stride() != scale.stride()):  # the constants the C loop has built in
+            self.b.py(eager, *(t for t in (scale, shift, inv, f, r) if t is not None))
+            return
+        b_, _, c = scale.shape
+        fw, qw = self.b.buf(2 * b_ * c, torch.float32), self.b.buf(2 * b_ * c, torch.int32)
+        call = functools.partial(self.dll.qm_mod_operands, scale.data_ptr(), None if shift is None else shift.data_ptr(),
+                                 scale.stride(0) if b_ > 1 else 0, None if inv is None else inv.data_ptr(), b_, c,
+                                 s_out, 2 ** (self.param_bits - 1) - 1, f.data_ptr(),
+                                 None if r is None else r.data_ptr(), fw.data_ptr(), qw.data_ptr())
+
+        def step():
+            if call():
+                eager()
+
+        self.b.py(step, *(t for t in (scale, shift, inv, f, r, fw, qw) if t is not None))
+
+    def gate(self, gate: torch.Tensor | None, b_: int, c: int) -> torch.Tensor:
+        """The Q16 gate as float64 [B, 1, C]: per step from the modulation, or the constant 1 (no gate)."""
+        emu, bld = self.emu, self.b
+        if gate is None:  # IntVal(ones(1), 1.0) broadcast as intops._fix_madd_c does
+            one = intops.gate_q16(torch.ones(1, dtype=torch.int32), 1.0)
+            return bld.const(one.to(torch.float64).reshape(1, 1, 1).expand(b_, 1, c).contiguous())
+        key = ("gate", id(gate))  # the view object (addresses repeat across buffers sharing the arena)
+        if key in self.memo:  # gate_msa gates two adds: quantized once, the same values
+            return self.memo[key][0]
+        f = bld.buf((b_, 1, c), torch.float64)
+
+        def operands():
+            g = emu._param_int(gate)
+            f.copy_(intops.gate_q16(g.q, g.scale))
+
+        self.operands_step(operands, gate, None, None, 1.0, f, None)
+        self.memo[key] = (f, gate)  # the view is kept, so its id is not reused during the compile
+        return f
+
+    def residual_int(self, name: str, x: torch.Tensor, s_x: float, y: torch.Tensor, s_y: float, gate):
+        """IntegerEmulator.residual (int): x + gate * y -> RES_BITS codes at the op's static scale."""
+        s_out = self.static_scale(name, "out", self.res_bits)
+        s_t = s_out / 2.0 ** intops.GUARD_BITS
+        f = self.gate(gate, x.shape[0], x.shape[2])
+        qr = 2 ** (self.res_bits - 1) - 1
+        return self.fix_madd(y, s_y / s_t, f, x, s_x / s_t, None, -qr, qr), s_out
+
+    def gelu_int(self, codes: torch.Tensor, scale: float):
+        k = intops.working_shift(scale)
+        q_bb, q_one, t, out_scale = intops.gelu_constants(scale * 2.0 ** k)
+        out = self.b.buf(codes.shape, torch.int32)
+        self.b.call(self.dll.qm_gelu_int, codes.data_ptr(), codes.numel(), k, 2 ** intops.SAT_BITS, q_bb, q_one, t,
+                    out.data_ptr())
+        return out, out_scale
+
+    def modulation(self, blk, t0: torch.Tensor, b: int, c: int):
+        """scale_shift_table + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
+        table = self.b.const(blk.scale_shift_table.detach()[None])
+        mod = self.b.buf((b, 6, c), torch.float32)
+        self.b.call(torch.add, table, t0.view(b, 6, -1), out=mod)
+        return mod.chunk(6, dim=1)
+
+    # ---- the blocks: values are (tensor, scale); the scale is None for fp16 values ---------------------
+    def norm_mod(self, norm: str, x, s_x, shift, scale, consumer: str):
+        if self.emu.mode == "fp16":
+            return self.norm_modulate(norm, x, shift, scale, consumer)
+        return self.norm_modulate_int(norm, x, s_x, shift, scale, consumer)
+
+    def add(self, name: str, x, s_x, y, s_y, gate):
+        """IntegerEmulator.residual: fp16 values (y fp16, or int16 codes at s_y), or int mode's RES_BITS codes."""
+        if self.emu.mode == "fp16":
+            return self.residual(x, y, s_y, gate), None
+        return self.residual_int(name, x, s_x, y, s_y, gate)
+
+    def add_tpe(self, name: str, x_t, s_t, tpe: torch.Tensor):
+        """The temporal embedding (a constant of the model) added to the temporal attention's input:
+        fp16 mode adds its saturated fp16 values; int mode its codes at the op's static input scale."""
+        bld, n_rows = self.b, x_t.shape[0]
+        if self.emu.mode == "fp16":
+            tpe_h = bld.const(tpe.detach().clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
+            out = bld.buf(x_t.shape, torch.float16)
+            bld.call(torch.add, x_t, tpe_h, out=out)  # as IntegerEmulator.residual's fp16 add
+            return out, None
+        aq = fixedpoint.ActQuantizer(self.static_scale(name, "in1", 16), 16, torch.int32)
+        tq = bld.const(aq(tpe.detach().expand(n_rows, -1, -1).contiguous()))
+        return self.residual_int(name, x_t, s_t, tq, aq.scale, None)
+
+    def mlp(self, pre: str, x_m) -> torch.Tensor:
+        """fc1, GELU, fc2 -> fc2's output (int16 codes / fp16 values; int32 codes in int mode)."""
+        if self.emu.mode == "fp16":
+            h = self.gelu(self.linear(pre + ".fc1", x_m), self.out_scale(pre + ".fc1"))
+            return self.linear(pre + ".fc2", h)
+        h, s_h = self.gelu_int(self.gemm(pre + ".fc1", x_m, torch.int32), self.lp(pre + ".fc1").y_scale)
+        return self.gemm(pre + ".fc2", self.requant_input(pre + ".fc2", h, s_h), torch.int32)
+
+    def block(self, i: int, x: torch.Tensor, s_x: float | None, y: torch.Tensor, t0: torch.Tensor, tpe):
+        """IntegerEmulator.block for the program's scope: the residual stream x [B, N, C] (fp16 values,
+        or int mode's int32 codes at s_x) -> (next x, its scale)."""
+        bld = self.b
+        blk = self.emu.model.blocks[i]
+        pre = f"blocks.{i}"
+        b, n, c = x.shape
+        heads = blk.attn.num_heads
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
+        x_m = self.norm_mod(pre + ".norm1", x, s_x, shift_msa, scale_msa, pre + ".attn.qkv")
+        x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
+        x, s_x = self.add(pre + ".res_attn", x, s_x, x_s.view(b, n, c), self.out_scale(pre + ".attn.proj"), gate_msa)
+        x_t = bld.buf((b * blk.d_s, blk.d_t, c), x.dtype)  # [B, T, S, C] -> [B * S, T, C]
+        bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
+        s_t = s_x
+        if tpe is not None:
+            x_t, s_t = self.add_tpe(pre + ".tpe_add", x_t, s_t, tpe)
+        t_out = self.self_attention(pre + ".attn_temp", x_t, heads, s_t)  # [B * S, T, C]
+        back = bld.buf((b, n, c), t_out.dtype)  # -> [B, T * S, C]
+        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_out.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
+        x, s_x = self.add(pre + ".res_temp", x, s_x, back, self.out_scale(pre + ".attn_temp.proj"), gate_msa)
+        xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
+        x, s_x = self.add(pre + ".res_cross", x, s_x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
+        x_m = self.norm_mod(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
+        return self.add(pre + ".res_mlp", x, s_x, self.mlp(pre + ".mlp", x_m), self.out_scale(pre + ".mlp.fc2"),
+                        gate_mlp)
+
+    def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
+        bld = self.b
+        b, n, c = x_shape
+        fp16 = self.emu.mode == "fp16"
+        x_in = bld.buf(x_shape, torch.float16 if fp16 else torch.float32)
+        y_in = bld.buf(y_shape, torch.float16 if fp16 else torch.float32)  # fp16 mode: _hs(y); int: y
+        t0_in = bld.buf((b, 6 * c), torch.float32)
+        for name in self.emu.linears:  # every block linear quantized (int8 codes)
+            if name.startswith("blocks."):
+                self.lp(name) if self.emu.static else self.lp_dyn(name)
+        x, s_x = (x_in, None) if fp16 else self.to_int("blocks.0.norm1", "in0", x_in, self.res_bits)
+        for i in range(len(m.blocks)):
+            tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
+            x, s_x = self.block(i, x, s_x, y_in, t0_in, tpe)
+        out = x if fp16 else self.dequant(x, s_x)
+        return BlockProgram(bld, x_in, y_in, t0_in, out, saturate_inputs=fp16)

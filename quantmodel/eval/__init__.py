@@ -1,0 +1,1 @@
+"""Quality of a quantization recipe against the float model, and numerics verification."""

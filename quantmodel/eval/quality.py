@@ -1,0 +1,279 @@
+"""Quality of a quantization recipe: how far the quantized model's final sample drifts from the float
+model's, plus what the recipe costs in weight storage. The entry points other layers call:
+
+- :func:`recipe_model_fn` -> ``model_fn(x, t, y, step)`` for any recipe (float, fake-quant or the
+  integer emulator), so samplers and metrics can run it;
+- :func:`evaluate_recipe` -> dict with the final sample's SQNR / PSNR against the float model (same
+  noise, same prompts), the worst layer's SQNR, weight storage bytes and weight-set count;
+- :func:`verify_recipe` -> the ``codesign verify`` report (integer ops vs the float64 reference).
+
+Metrics. ``sqnr_db = 10 log10(sum ref^2 / sum (q - ref)^2)`` over the whole final latent;
+``psnr_db = 20 log10((max ref - min ref) / rmse)`` (peak = the float sample's dynamic range).
+Evaluation prompts are seeded differently from calibration prompts (held out).
+
+On the trained ``stdit-shapes`` workload the prompts are real captions (calibration too, with other
+captions), and the row also carries the video metrics of ``shapes.videometrics``: semantic
+accuracy of the clips against their prompts (the CLIP-score analogue), the Frechet distance of
+classifier features to real clips (the FVD analogue) and a temporal-consistency figure. That is the
+quality axis the design-space sweep uses for the small workload.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
+from quantmodel.emulator.integer import FakeQuantModel, IntegerEmulator, NONLINEAR_MODES, sqnr_db
+from quantmodel.quant.artifact import QuantArtifact, build_artifact, quantized_linears
+from workloads.recipes import Recipe, get_recipe
+from quantmodel.model.samplers import sampler_for
+from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from workloads.errors import ConfigError
+from workloads.presets import Gemm, Workload, get_workload
+
+BACKENDS = ("emulator", "fakequant")
+EVAL_SEED = 1234  # evaluation prompts and noise; calibration uses its own seed (default 0)
+
+
+def load_model(workload: Workload | str, checkpoint: str | None = None, seed: int = 0,
+               device: str = "cpu") -> STDiT:
+    """The float model of a workload: a checkpoint, the shipped trained weights of ``stdit-shapes``,
+    or a seeded random init."""
+    w = get_workload(workload) if isinstance(workload, str) else workload
+    if isinstance(w, Gemm):
+        raise ConfigError("workload", w.name, "a model workload (a preset or YAML file), not a GEMM")
+    if w.model.arch != "stdit":
+        raise ConfigError("workload.model.arch", w.model.arch, "stdit (the quantizer and emulator "
+                          "implement OpenSora v1.0 blocks)")
+    cfg = STDiTConfig.from_workload(w)
+    if checkpoint:
+        from quantmodel.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(checkpoint, cfg, device=device)
+    from shapes import model as shapes_model
+
+    if w.name == shapes_model.WORKLOAD:
+        model, _ = shapes_model.load_shapes_model(device=device)
+        return model
+    return build_stdit(cfg, device=device, seed=seed)
+
+
+def _is_shapes(workload: Workload | None) -> bool:
+    from shapes import model as shapes_model
+
+    return workload is not None and workload.name == shapes_model.WORKLOAD
+
+
+@functools.lru_cache(maxsize=1)
+def _shapes_encoder():
+    from shapes import model as shapes_model
+
+    return shapes_model.load_shapes_model("cpu")[1]
+
+
+def shapes_prompts(num_samples: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """(labels, caption features [n, 1, L, Ct]) of the shapes prompt set drawn with ``seed``."""
+    from shapes import dataset as shapes
+    from shapes.model import caption_features
+
+    labels = shapes.prompt_set(num_samples, seed=seed)
+    with torch.no_grad():
+        y = caption_features(_shapes_encoder(), shapes.captions(labels)).cpu()
+    return labels, y
+
+
+def get_stats(model: STDiT, workload: Workload, stats: CalibStats | str | Path | None = None,
+              num_prompts: int = 4, seed: int = 0, text_features: str | None = None) -> CalibStats:
+    """Stats from a file (checked against the model and step count) or a fresh calibration
+    (on ``stdit-shapes``: real caption features of a held-out prompt set)."""
+    if stats is None and text_features is None and _is_shapes(workload):
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "calib_y.safetensors")
+            save_file({"y": shapes_prompts(num_prompts, seed + 101)[1].contiguous()}, path)
+            stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path)
+    elif stats is None:
+        stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features)
+    elif not isinstance(stats, CalibStats):
+        stats = CalibStats.load(stats)
+    stats.check_matches(model, workload.num_steps)
+    return stats
+
+
+def quantize_model(model: STDiT, workload: Workload, recipe: Recipe | str,
+                   stats: CalibStats | str | Path | None = None, **calib) -> QuantArtifact:
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
+    need_stats = recipe.scheme != "dynamic"
+    st = get_stats(model, workload, stats, **calib) if need_stats else None
+    return build_artifact(model, recipe, st, workload.num_steps, workload.name)
+
+
+def recipe_model_fn(model: STDiT, workload: Workload, recipe: Recipe | str,
+                    backend: str = "emulator", nonlinear: str = "fp16",
+                    stats: CalibStats | str | Path | None = None, artifact: QuantArtifact | None = None,
+                    device: str | None = None, verify: bool = False, layer_sqnr: bool = False,
+                    **calib) -> tuple[Callable, object]:
+    """``(model_fn, runner)`` for a recipe: ``fp16`` gives the float model; otherwise the integer
+    emulator (``backend='emulator'``, bit-exact) or the float fake-quant simulation (``'fakequant'``)."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, " or ".join(BACKENDS))
+    if nonlinear not in NONLINEAR_MODES:
+        raise ConfigError("nonlinear", nonlinear, " or ".join(NONLINEAR_MODES))
+    if not recipe.quantized:
+        return (lambda x, t, y, step: model(x, t, y)), model
+    art = artifact or quantize_model(model, workload, recipe, stats, **calib)
+    if backend == "fakequant":
+        runner = FakeQuantModel(model, art)
+    else:
+        runner = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=verify,
+                                 layer_sqnr=layer_sqnr)
+    return runner.model_fn, runner
+
+
+def eval_inputs(model: STDiT, num_samples: int = 1, seed: int = EVAL_SEED,
+                text_features: str | None = None, workload: Workload | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts), seeded; real captions on
+    ``stdit-shapes``."""
+    cfg = model.cfg
+    if _is_shapes(workload) and text_features is None:
+        y = shapes_prompts(num_samples, seed)[1]
+    else:
+        y = calibration_prompts(model, num_samples, seed, text_features)
+    g = torch.Generator().manual_seed(seed + 1)
+    z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
+    return z, y
+
+
+@torch.no_grad()
+def sample(model_fn: Callable, model: STDiT, workload: Workload, z: torch.Tensor, y: torch.Tensor,
+           seed: int = EVAL_SEED, progress: bool = False) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    g = torch.Generator(device=dev).manual_seed(seed + 2)
+    out = sampler_for(workload).sample(model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev),
+                                       g, progress=progress)
+    return out.float().cpu()
+
+
+def sample_metrics(ref: torch.Tensor, out: torch.Tensor) -> dict:
+    ref, out = ref.double(), out.double()
+    err = float(((out - ref) ** 2).sum())
+    rmse = math.sqrt(err / ref.numel())
+    peak = float(ref.max() - ref.min())
+    return {"sqnr_db": sqnr_db(float((ref * ref).sum()), err),
+            "psnr_db": float("inf") if rmse == 0 else 20 * math.log10(peak / rmse)}
+
+
+def video_metrics(workload: Workload, video: torch.Tensor, reference: torch.Tensor, num_samples: int,
+                  seed: int = EVAL_SEED) -> dict:
+    """The video metrics of ``stdit-shapes`` clips (empty for other workloads): semantic accuracy
+    (mean over attributes, and all five right), Frechet distance to real clips with its real-vs-real
+    floor, and centroid jerk (temporal consistency)."""
+    if not _is_shapes(workload):
+        return {}
+    from shapes import videometrics
+
+    labels, _ = shapes_prompts(num_samples, seed)
+    res = videometrics.evaluate(video, labels, _classifier(), reference=reference)
+    return {"semantic_accuracy": res["acc_mean"], "semantic_accuracy_all": res["acc_all"],
+            "frechet_distance": res["fd"], "frechet_distance_real_floor": res["fd_real_floor"],
+            "temporal_jerk_px": res["tc_jerk_px"]}
+
+
+@functools.lru_cache(maxsize=1)
+def _classifier():
+    from shapes import videometrics
+
+    return videometrics.load_classifier()
+
+
+def float_weight_bytes(model: STDiT) -> int:
+    return sum(2 * p.numel() for p in model.parameters())
+
+
+def evaluate_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, stats=None,
+                    backend: str = "emulator", nonlinear: str = "fp16", num_samples: int = 1,
+                    seed: int = EVAL_SEED, artifact: QuantArtifact | None = None,
+                    reference_sample: torch.Tensor | None = None, **calib) -> dict:
+    """Final-sample SQNR/PSNR vs the float model, worst-layer SQNR (emulator backend), weight storage
+    bytes of all weight sets and the number of weight sets."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    z, y = eval_inputs(model, num_samples, seed, workload=workload)
+    if reference_sample is None:
+        reference_sample = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
+    row = {"recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits, "a_bits": recipe.a_bits,
+           "backend": backend if recipe.quantized else "float", "nonlinear": nonlinear}
+    if not recipe.quantized:
+        row.update(sqnr_db=float("inf"), psnr_db=float("inf"), worst_layer_sqnr_db=float("inf"),
+                   worst_layer="", weight_storage_bytes=float_weight_bytes(model), num_weight_sets=0,
+                   step_to_set="")
+        row.update(video_metrics(workload, reference_sample, reference_sample, num_samples, seed))
+        return row
+    art = artifact or quantize_model(model, workload, recipe, stats, **calib)
+    fn, runner = recipe_model_fn(model, workload, recipe, backend, nonlinear, artifact=art,
+                                 layer_sqnr=(backend == "emulator"))
+    out = sample(fn, model, workload, z, y, seed)
+    row.update(sample_metrics(reference_sample, out))
+    row.update(video_metrics(workload, out, reference_sample, num_samples, seed))
+    worst, worst_db = "", float("nan")
+    if backend == "emulator":
+        layers = runner.verifier.layer_sqnr_db()
+        worst = min(layers, key=layers.get)
+        worst_db = layers[worst]
+    row.update(worst_layer_sqnr_db=worst_db, worst_layer=worst,
+               weight_storage_bytes=art.weight_storage_bytes(), num_weight_sets=art.num_sets,
+               step_to_set=",".join(map(str, art.step_to_set)))
+    return row
+
+
+def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlinear: str = "fp16",
+                  stats=None, artifact: QuantArtifact | None = None, device: str | None = None,
+                  num_samples: int = 1, seed: int = EVAL_SEED, **calib) -> dict:
+    """Run one sampling loop in the emulator with every integer op checked against the float64
+    reference on the same integer inputs; per-layer SQNR and the final sample's SQNR/PSNR."""
+    from quantmodel.intarith.intgemm import AccumulatorOverflowError
+
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    if not recipe.quantized:
+        raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
+    art = artifact or quantize_model(model, workload, recipe, stats, **calib)
+    z, y = eval_inputs(model, num_samples, seed, workload=workload)
+    if device is not None:  # the float reference samples with the same device's noise generator
+        model = model.to(device)
+    ref = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
+    emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
+    overflow = None
+    try:
+        out = sample(emu.model_fn, model, workload, z, y, seed)
+        metrics = sample_metrics(ref, out)
+    except AccumulatorOverflowError as e:
+        overflow, metrics = str(e), {"sqnr_db": float("nan"), "psnr_db": float("nan")}
+    # the emulator as users run it (no checks; its compiled blocks where they apply) must give the same
+    # final sample, bit for bit, as the checked run
+    fast_equal, fast = None, IntegerEmulator(model, art, nonlinear=nonlinear, device=device)
+    if overflow is None:
+        fast_equal = bool(torch.equal(sample(fast.model_fn, model, workload, z, y, seed), out))
+    v = emu.verifier
+    layers = v.layer_sqnr_db()
+    worst = min(layers, key=layers.get) if layers else ""
+    return {"workload": workload.name, "recipe": recipe.name, "nonlinear": nonlinear,
+            "device": str(emu.device), "num_steps": workload.num_steps,
+            "num_weight_sets": art.num_sets, "step_to_set": art.step_to_set,
+            "layers_checked": len(v.checked_names), "checks": v.checks, "mismatches": v.mismatches,
+            "max_abs_diff_lsb": v.max_abs_diff_lsb, "overflow": overflow,
+            "saturated_codes": sum(v.saturated.values()), "fp16_saturated": v.fp16_saturated,
+            "worst_layer": worst, "worst_layer_sqnr_db": layers.get(worst, float("nan")),
+            "layer_sqnr_db": layers, "sample_sqnr_db": metrics["sqnr_db"],
+            "sample_psnr_db": metrics["psnr_db"],
+            "fast_path": "compiled" if any(p is not None for p in fast._programs.values()) else "eager",
+            "fast_path_equal": fast_equal,
+            "ok": v.mismatches == 0 and overflow is None and fast_equal is True}

@@ -1,0 +1,1 @@
+"""The float model: STDiT blocks, checkpoint loading, samplers, op traces (meta device)."""

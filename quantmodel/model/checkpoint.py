@@ -1,0 +1,98 @@
+"""Loading and saving STDiT checkpoints in OpenSora's key layout.
+
+Accepts real OpenSora files: ``.pth``/``.pt`` (a flat state dict, or one under ``ema``, ``model`` or
+``state_dict``; read with ``weights_only=True``, never unpickling code) and ``.safetensors``. The
+fixed sin-cos buffers ``pos_embed`` and ``pos_embed_temporal`` are recomputed from the config, not
+trusted from the file. Any missing, unexpected or wrongly shaped key is an error that names them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from workloads.errors import ConfigError
+
+RECOMPUTED = ("pos_embed", "pos_embed_temporal")
+_NESTED_KEYS = ("ema", "model", "state_dict")
+
+
+def _describe(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("checkpoint", str(path), "an existing .pth, .pt or .safetensors file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ConfigError("checkpoint", str(path), "a file ending in .pth, .pt or .safetensors")
+    except ConfigError:
+        raise
+    except Exception as e:  # truncated or foreign file
+        raise ConfigError("checkpoint", str(path),
+                          f"a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+    for key in _NESTED_KEYS:
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ConfigError("checkpoint", str(path), "a state dict of tensors (flat or under 'ema')")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def check_state_dict(model: STDiT, sd: dict[str, torch.Tensor]) -> None:
+    """Raise a ConfigError naming every missing, unexpected or wrongly shaped key."""
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in RECOMPUTED}
+    given = {k: v for k, v in sd.items() if k not in RECOMPUTED}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing:
+        raise ConfigError("checkpoint missing keys", _describe(missing), "every parameter of the model config")
+    if unexpected:
+        raise ConfigError("checkpoint unexpected keys", _describe(unexpected), "only keys of the model config")
+    wrong = [f"{k} {tuple(given[k].shape)} (model {tuple(expected[k])})" for k in sorted(given)
+             if tuple(given[k].shape) != tuple(expected[k])]
+    if wrong:
+        raise ConfigError("checkpoint shapes", _describe(wrong, 3), "the model config's shapes")
+
+
+def load_checkpoint(path: str | Path, cfg: STDiTConfig, device: str = "cpu") -> STDiT:
+    """A float32 STDiT of ``cfg`` with the checkpoint's weights (pos-embed buffers recomputed)."""
+    sd = read_state_dict(path)
+    model = build_stdit(cfg, device=device)
+    check_state_dict(model, sd)
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in sd.items():
+            if k not in RECOMPUTED:
+                own[k].copy_(v.to(own[k].dtype))
+    model.reset_pos_embed()
+    return model.eval()
+
+
+def save_checkpoint(model: STDiT, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write OpenSora's key layout (.safetensors or .pth), via a temp file and rename."""
+    path = Path(path)
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().cpu()
+          for k, v in model.state_dict().items() if k not in RECOMPUTED}
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(tmp))
+    elif path.suffix in (".pth", ".pt"):
+        torch.save(sd, tmp)
+    else:
+        raise ConfigError("checkpoint", str(path), "a file ending in .pth, .pt or .safetensors")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,1 @@
+"""Quantization: per-step calibration statistics, SmoothQuant factors, the quantized model (artifact)."""

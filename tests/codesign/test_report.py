@@ -1,0 +1,93 @@
+"""`codesign report`: plots and Markdown from a real (tiny) sweep; the numbers it shows are the table's."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from codesign.pareto import pareto_mask
+from codesign.report import static_vs_dynamic, swap_curves
+from codesign.spec import load_spec
+from codesign.store import load_results
+from codesign.sweep import run_sweep
+
+TINY = Path(__file__).resolve().parents[2] / "codesign" / "specs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    run_sweep(load_spec(TINY), root / "r", jobs=1, progress=False)
+    r = subprocess.run([sys.executable, "-m", "codesign.cli", "report", str(root / "r"), "--out", str(root / "rep")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return root / "r", root / "rep"
+
+
+def test_report_files(report):
+    _, rep = report
+    md = (rep / "report.md").read_text()
+    for png in ("pareto_energy_vs_area.png", "static_vs_dynamic.png", "breakdown_latency.png",
+                "breakdown_energy.png", "swap_vs_k.png"):
+        data = (rep / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+        assert f"({png})" in md, png
+    assert "failed validation" in md
+
+
+def test_pareto_table_is_the_front(report):
+    res, rep = report
+    ok = load_results(res).query("status == 'ok'")
+    front = pd.read_csv(rep / "pareto_points.csv")
+    expect = ok[pareto_mask(ok, {"latency_s": "min", "energy_j": "min", "area_mm2": "min"})]
+    assert sorted(front["key"]) == sorted(expect["key"])
+
+
+def test_static_vs_dynamic_pairs_equal_hardware(report):
+    ok = load_results(report[0]).query("status == 'ok'")
+    ratios = static_vs_dynamic(ok)
+    # dynamic runs on the 4 chips with the reduction unit; each pairs with ASQ and TSQ+TSW there
+    assert len(ratios) == 4 * 2 * 2
+    lat = ratios[(ratios["metric"] == "latency") & (ratios["versus"] == "asq-w8a8")]["ratio"].sort_values()
+    d = ok[ok["recipe"] == "dynamic-w8a8"].set_index("hw_key")["latency_s"]
+    a = ok[ok["recipe"] == "asq-w8a8"].set_index("hw_key")["latency_s"]
+    np.testing.assert_array_equal(lat.to_numpy(), (d / a.loc[d.index]).sort_values().to_numpy())
+
+
+def test_swap_curves_by_k(report):
+    ok = load_results(report[0]).query("status == 'ok'")
+    curves = swap_curves(ok)
+    steps = int(ok["num_weight_sets"].max())
+    assert sorted(curves["num_weight_sets"].unique()) == [1, steps]
+    assert (curves["points"] == 8).all()  # ASQ and TSQ+TSW share all 8 hardware points
+
+
+def test_report_of_missing_folder_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "codesign.cli", "report", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "rep")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_report_does_not_depend_on_row_order(report, tmp_path):
+    """A sweep's parts finish in any order; the report must read the same (ties included)."""
+    import shutil
+
+    from codesign.report import write_report
+
+    res, rep = report
+    shuffled = tmp_path / "r"
+    shutil.copytree(res, shuffled)
+    parts = sorted(shuffled.rglob("*.parquet"))
+    assert parts
+    for p in parts:  # rows reversed inside each part, and the parts' names reversed
+        pd.read_parquet(p).iloc[::-1].to_parquet(p.with_suffix(".tmp"), index=False)
+    for p, q in zip(parts, reversed(parts)):
+        p.with_suffix(".tmp").replace(q)
+    write_report(shuffled, tmp_path / "rep")
+
+    def body(path):
+        return [ln for ln in (path / "report.md").read_text().splitlines() if not ln.startswith("Results:")]
+
+    assert body(tmp_path / "rep") == body(rep)

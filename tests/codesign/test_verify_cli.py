@@ -1,0 +1,100 @@
+"""`codesign verify / quantize / quality / recipes`: JSON keys, exit codes, bad input as one line."""
+import json
+
+import pytest
+import yaml
+
+from codesign.cli import main
+
+
+@pytest.fixture(scope="module")
+def wl(tmp_path_factory):
+    """stdit-tiny with 2 steps (a YAML workload file)."""
+    from workloads.presets import PRESET_DIR
+
+    d = yaml.safe_load((PRESET_DIR / "stdit-tiny.yaml").read_text())
+    d["num_steps"] = 2
+    path = tmp_path_factory.mktemp("wl") / "tiny2.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_verify_json_reports_zero_mismatches(capsys, wl):
+    rc, out, err = _run(capsys, "verify", "--workload", wl, "--recipe", "asq-w8a8", "--nonlinear", "fp16",
+                        "--prompts", "1", "--json")
+    assert rc == 0
+    rep = json.loads(out)
+    for key in ("layers_checked", "mismatches", "max_abs_diff_lsb", "layer_sqnr_db", "sample_sqnr_db",
+                "sample_psnr_db", "overflow", "step_to_set"):
+        assert key in rep
+    assert rep["mismatches"] == 0 and rep["max_abs_diff_lsb"] == 0 and rep["layers_checked"] == 18
+    assert set(rep["layer_sqnr_db"]) >= {"blocks.0.attn.qkv", "blocks.1.mlp.fc2"}
+    # the unchecked emulator users run (compiled blocks where the C kernels are built) gives the same sample
+    from quantmodel.intarith import ckernels
+
+    assert rep["fast_path_equal"] is True and rep["ok"] is True
+    assert rep["fast_path"] == ("compiled" if ckernels.lib() is not None else "eager")
+
+
+def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
+    art = tmp_path / "a.safetensors"
+    rc, out, _ = _run(capsys, "quantize", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--prompts", "1",
+                      "--out", str(art), "--json")
+    assert rc == 0 and json.loads(out)["num_weight_sets"] == 2 and art.is_file()
+    rc, out, _ = _run(capsys, "verify", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--artifact", str(art),
+                      "--json")
+    assert rc == 0 and json.loads(out)["mismatches"] == 0
+    csv = tmp_path / "q.csv"
+    rc, out, _ = _run(capsys, "quality", "--workload", wl, "--recipes", "fp16,static,dynamic-w4a8",
+                      "--bits", "w8a8", "--prompts", "1", "--out", str(csv))
+    assert rc == 0
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    assert list(df["recipe"]) == ["fp16", "static-w8a8", "dynamic-w4a8"]
+    for col in ("sqnr_db", "psnr_db", "worst_layer_sqnr_db", "weight_storage_bytes", "num_weight_sets"):
+        assert col in df.columns
+    assert df.loc[1, "weight_storage_bytes"] < df.loc[0, "weight_storage_bytes"]
+
+
+def test_recipes_lists_presets(capsys):
+    rc, out, _ = _run(capsys, "recipes", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rc == 0 and rows["tsq-tsw-w6a6"]["weight_sets"] == "steps" and rows["groups4-cal-w8a8"]["split"] == "calibrated"
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys, wl, tmp_path):
+    def bad(*argv):
+        rc, out, err = _run(capsys, *argv)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "recipe" in bad("verify", "--workload", wl, "--recipe", "nope-w8a8")
+    assert "w_bits" in bad("verify", "--workload", wl, "--recipe", "asq-w5a8")
+    assert "nonlinear" in bad("verify", "--workload", wl, "--recipe", "asq-w8a8", "--nonlinear", "bf16")
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text("scheme: static\nw_bits: 8\na_bits: 8\nlayers: ['blocks.*.no_such_layer']\n")
+    assert "recipe.layers" in bad("verify", "--workload", wl, "--recipe", str(rfile))
+    # stats of another model (seed 1) and of another step count
+    stats = tmp_path / "s.safetensors"
+    assert _run(capsys, "calibrate", "--workload", wl, "--seed", "1", "--prompts", "1", "--out", str(stats))[0] == 0
+    assert "fingerprint" in bad("verify", "--workload", wl, "--recipe", "asq-w8a8", "--stats", str(stats))
+    d = yaml.safe_load(open(wl))
+    d["num_steps"] = 3
+    (tmp_path / "tiny3.yaml").write_text(yaml.safe_dump(d))
+    stats10 = tmp_path / "s3.safetensors"
+    assert _run(capsys, "calibrate", "--workload", str(tmp_path / "tiny3.yaml"), "--prompts", "1",
+                "--out", str(stats10))[0] == 0
+    assert "num_steps" in bad("quantize", "--workload", wl, "--recipe", "asq-w8a8", "--stats", str(stats10),
+                              "--out", str(tmp_path / "x.safetensors"))
+    assert not (tmp_path / "x.safetensors").exists()
+    corrupt = tmp_path / "c.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    assert "artifact" in bad("verify", "--workload", wl, "--recipe", "asq-w8a8", "--artifact", str(corrupt))
+    assert not list(tmp_path.glob("*.tmp"))

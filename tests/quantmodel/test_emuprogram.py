@@ -1,0 +1,193 @@
+"""The compiled blocks (quantmodel.emulator.program) are a speed-up only: a forward through them equals the
+emulator's eager forward bit for bit, in both vector-unit modes, for every recipe family (dynamic in fp16
+mode), float and integer attention products, both
+temporal-embedding placements, several steps and inputs (weight sets sharing one buffer pool), one and
+two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
+GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
+non-finite parameter is still reported; configurations outside the program's scope keep the eager path."""
+import ctypes
+import dataclasses
+
+import pytest
+import torch
+
+from quantmodel.intarith import ckernels, intops
+from quantmodel.quant.calibrate import calibrate
+from quantmodel.emulator.integer import IntegerEmulator
+from quantmodel.quant.artifact import build_artifact
+from workloads.recipes import get_recipe
+from quantmodel.model.stdit import STDiTConfig, build_stdit
+
+pytestmark = pytest.mark.skipif(ckernels.lib() is None,
+                                reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
+
+
+def _setup(w):
+    model = build_stdit(STDiTConfig.from_workload(w), seed=0)
+    return model, calibrate(model, w, num_prompts=1)
+
+
+def _inputs(model, g, step: int, rep: int):
+    cfg = model.cfg
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g)
+    y = torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
+    return x, torch.tensor([999 - 300 * step - 11 * rep] * 2), y
+
+
+def _compare(model, art, steps: int, seed: int = 0, mode: str = "fp16") -> IntegerEmulator:
+    """Program and eager forwards on the same inputs, two inputs per step; returns the program's emulator."""
+    fast = IntegerEmulator(model, art, nonlinear=mode)
+    eager = IntegerEmulator(model, art, nonlinear=mode)
+    eager.use_program = False
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        for rep in range(2):
+            x, t, y = _inputs(model, g, step, rep)
+            a, b = fast.forward(x, t, y, step), eager.forward(x, t, y, step)
+            assert torch.equal(a, b), (art.recipe.name, mode, step, rep, int((a != b).sum()))
+    assert fast._programs and all(p is not None for p in fast._programs.values())  # the program ran
+    return fast
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+@pytest.mark.parametrize("temporal_pos", ["attention", "residual"])
+def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, temporal_pos, mode):
+    w = dataclasses.replace(tiny_workload, num_steps=3,
+                            model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos))
+    model, stats = _setup(w)
+    names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6")
+    if mode == "fp16":  # dynamic recipes are compiled in fp16 mode only
+        names += ("dynamic-w8a8", "dynamic-w4a8")
+    recipes = [get_recipe(name) for name in names]
+    recipes += [dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
+                for name in ("asq-w8a8", "tsq-tsw-w4a8")]
+    for recipe in recipes:
+        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
+        emu = _compare(model, art, w.num_steps, mode=mode)
+        assert len(emu._programs) == len(set(art.step_to_set))  # one program per weight set
+        assert len(emu._program_pools) == 1  # sharing one arena
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload, mode):
+    """hidden 256 on 4 x 128 x 128: 64-token frames (the 131k-score softmax runs in row blocks), GELU
+    over 512 x 1024 values (flat blocks), fc1 with 1024 outputs (column-blocked GEMM); depth 3, so later
+    blocks' buffers reuse arena memory of earlier ones."""
+    w = dataclasses.replace(tiny_workload, num_frames=4, height=128, width=128, num_steps=2,
+                            model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=3))
+    model, stats = _setup(w)
+    arts = [build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps),
+            build_artifact(model, dataclasses.replace(get_recipe("static-w8a8"), quantize_attention=True), stats,
+                           w.num_steps)]
+    if mode == "fp16":
+        arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
+    n0 = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            for art in arts:
+                _compare(model, art, w.num_steps, seed=nt, mode=mode)
+    finally:
+        torch.set_num_threads(n0)
+
+
+def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
+    w = dataclasses.replace(tiny_workload, num_steps=2)
+    model, stats = _setup(w)
+    x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
+    dyn_attn = dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True)
+    cases = [(get_recipe("dynamic-w6a6"), "int", False), (dyn_attn, "fp16", False),
+             (get_recipe("asq-w8a8"), "fp16", True), (get_recipe("asq-w8a8"), "int", True),
+             (get_recipe("dynamic-w8a8"), "fp16", True)]
+    for recipe, mode, verify in cases:
+        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
+        emu = IntegerEmulator(model, art, nonlinear=mode, verify=verify)
+        emu.forward(x, t, y, 0)
+        assert all(p is None for p in emu._programs.values()), (recipe.name, mode, verify)
+
+
+def test_int_step_operands_in_c_equal_python_definition():
+    """ckernels qm_mod_operands = _fold_mod + _param_int + intops.modulate_factors (a modulation, with
+    and without a consumer's folded 1/s) and + intops.gate_q16 (a gate), over magnitudes from all-zero
+    (scale 1.0) to large, on strided [B, 1, C] chunks of the [B, 6, C] modulation."""
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(4)
+    c = 48
+    inv = torch.rand(c, generator=g) + 0.5
+    for mag in (0.0, 1e-7, 0.37, 3.0, 2e4):
+        mod = torch.randn(2, 6, c, generator=g) * mag
+        shift, scale, gate = mod[:, 0:1], mod[:, 1:2], mod[:, 2:3]
+        for s_out in (0.0123, 3.5e-5):
+            for fold in (None, inv):
+                f, r = torch.empty(2, 1, c, dtype=torch.float64), torch.empty(2, 1, c, dtype=torch.float64)
+                fw, qw = torch.empty(4 * c), torch.empty(4 * c, dtype=torch.int32)
+                assert dll.qm_mod_operands(scale.data_ptr(), shift.data_ptr(), scale.stride(0),
+                                           None if fold is None else fold.data_ptr(), 2, c, s_out, 32767,
+                                           f.data_ptr(), r.data_ptr(), fw.data_ptr(), qw.data_ptr()) == 0
+                sc, sh = (scale, shift) if fold is None else ((1 + scale) * fold - 1, shift * fold)
+                q_sh, q_sc = IntegerEmulator._param_int(None, sh), IntegerEmulator._param_int(None, sc)
+                m, rr = intops.modulate_factors(q_sh.q, q_sh.scale, q_sc.q, q_sc.scale, s_out)
+                assert torch.equal(f, m) and torch.equal(r, rr), (mag, s_out, fold is None)
+        fg = torch.empty(2, 1, c, dtype=torch.float64)
+        assert dll.qm_mod_operands(gate.data_ptr(), None, gate.stride(0), None, 2, c, 1.0, 32767, fg.data_ptr(),
+                                   None, fw.data_ptr(), qw.data_ptr()) == 0
+        q_g = IntegerEmulator._param_int(None, gate)
+        assert torch.equal(fg, intops.gate_q16(q_g.q, q_g.scale)), mag
+    bad = torch.full((2, 1, c), float("inf"))
+    assert dll.qm_mod_operands(bad.data_ptr(), None, c, None, 2, c, 1.0, 32767, fg.data_ptr(), None,
+                               fw.data_ptr(), qw.data_ptr()) == 1  # non-finite: refused, not computed
+
+
+def test_program_reports_a_non_finite_step_parameter_as_eager_does(tiny_workload):
+    from workloads.errors import ConfigError
+
+    w = dataclasses.replace(tiny_workload, num_steps=2)
+    model, stats = _setup(w)
+    art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="int")
+    x, t, y = _inputs(model, torch.Generator().manual_seed(5), 0, 0)
+    emu.forward(x, t, y, 0)
+    (prog,) = emu._programs.values()
+    b, c = 2, model.cfg.hidden_size
+    h = torch.zeros(b, model.cfg.num_temporal * model.cfg.num_spatial, c)
+    yy = torch.zeros(b, model.cfg.model_max_length, c)
+    t0 = torch.zeros(b, 6 * c)
+    t0[0, 5] = float("nan")
+    with pytest.raises(ConfigError):
+        prog.run(h, yy, t0)
+
+
+def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
+    """qm_dyn_quant = fixedpoint.symmetric_scale(row abs-max) + fixedpoint.quantize(axis 0) (fp16 and
+    float32 rows, all-zero rows, exact half-way quotients, rows longer than the C block), non-finite
+    rows refused; qm_dyn_rescale = the emulator's float32 (acc * s_row) * w_scale + bias, then _hs."""
+    from quantmodel.intarith import fixedpoint
+
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(6)
+    for rows, k, dtype, bits in ((256, 64, torch.float16, 8), (7, 1500, torch.float32, 6), (16, 40, torch.float32, 4)):
+        x = (torch.randn(rows, k, generator=g) * 3).to(dtype)
+        x[1] = 0
+        qmax = 2 ** (bits - 1) - 1
+        x[2] = 0
+        x[2, 0] = qmax * 0.25  # row max qmax / 4 -> scale exactly 0.25, so these quotients are exact ties
+        x[2, 1:6] = torch.tensor([0.5, 1.5, 2.5, -0.5, -3.5]) * 0.25
+        q, s = torch.empty(rows, k, dtype=torch.int8), torch.empty(rows)
+        kind = 1 if dtype == torch.float16 else 0
+        assert dll.qm_dyn_quant(x.data_ptr(), kind, rows, k, qmax, q.data_ptr(), s.data_ptr()) == 0
+        s_ref = fixedpoint.symmetric_scale(x.float().abs().amax(dim=1).double(), bits)
+        assert torch.equal(s, s_ref) and torch.equal(q, fixedpoint.quantize(x.float(), s_ref, bits, axis=0))
+        assert s[2] == 0.25 and q[2, 1:6].tolist() == [0, 2, 2, 0, -4]  # half to even
+        w = torch.randint(-127, 128, (k, 24), generator=g, dtype=torch.int8)
+        acc = torch._int_mm(q, w) if rows > 16 else q.int() @ w.int()
+        w_scale, bias = torch.rand(24, generator=g) * 1e-2, torch.randn(24, generator=g)
+        y = torch.empty(rows, 24, dtype=torch.float16)
+        dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
+                           y.data_ptr(), 1)
+        y32 = torch.empty(rows, 24)
+        dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
+                           y32.data_ptr(), 0)
+        want = (acc.float() * s[:, None]) * w_scale[None, :] + bias
+        assert torch.equal(y32, want) and torch.equal(y, want.clamp(-65504, 65504).half())
+    x[3, 5] = float("nan")
+    assert dll.qm_dyn_quant(x.data_ptr(), 0, rows, k, 7, q.data_ptr(), s.data_ptr()) == 1
