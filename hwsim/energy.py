@@ -38,7 +38,8 @@ def sram_pj_per_byte(hw: HWConfig) -> float:
 
 def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: float) -> dict:
     """Joules per component from the run's integer counts."""
-    from hwsim.tiling import epilogue_pj_45nm  # the quantization stages' table lives with VECTOR_WORK
+    # the quantization stages' energy table lives with VECTOR_WORK
+    from hwsim.tiling import epilogue_pj_45nm
 
     s = hw.tech.energy_scale
     pj = {

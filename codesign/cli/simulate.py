@@ -51,8 +51,8 @@ def _trace(args):
                               "one byte per SCALE-Sim word)")
         return read_scalesim_topology(args.workload)
     from quantmodel.model.tracing import build_trace
-    from workloads.recipes import annotate_trace, get_recipe
     from workloads.presets import get_workload
+    from workloads.recipes import annotate_trace, get_recipe
 
     recipe = get_recipe(args.recipe or "fp16")  # bad names fail before the (slower) trace
     return annotate_trace(build_trace(get_workload(args.workload)), recipe)
@@ -181,5 +181,5 @@ def run_hw(args) -> int:
     for r in rows:
         print(f"{r['name']:18s} {r['int8_macs']:6d} {r['freq_hz'] / 1e9:5.2f} {r['int8_tops']:6.2f} "
               f"{r['sram_bytes'] / 2**20:6.1f}Mi {r['dram_gb_s']:9.1f} {r['flash_gb_s']:10.1f} "
-              f"{str(r['dynamic_quant']):>9s} {r['area_mm2']:6.2f}")
+              f"{r['dynamic_quant']!s:>9s} {r['area_mm2']:6.2f}")
     return 0

@@ -7,7 +7,11 @@ import pytest
 
 import hwsim
 from codesign.cli import main
-from hwsim.interchange import read_scalesim_cfg, read_scalesim_topology, write_scalesim_topology
+from hwsim.interchange import (
+    read_scalesim_cfg,
+    read_scalesim_topology,
+    write_scalesim_topology,
+)
 from hwsim.tiling import systolic_cycles
 from workloads.trace import GEMM_KINDS, Trace
 
