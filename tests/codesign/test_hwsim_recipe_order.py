@@ -15,9 +15,8 @@ from workloads.recipes import annotate_trace, get_recipe
 # on opensora-v1.0-16x512x512, prefetch early, SIM_VERSION hwsim-1)
 SMALL_SRAM = {"clock.freq_hz": 8e8, "mac.arrays": 4, "mac.rows": 32, "mac.cols": 64,
               "sram.weight_buffer_bytes": 524288, "sram.activation_buffer_bytes": 1572864,
-              "dram.bandwidth_bytes_per_s": 2.56e10, "flash.bandwidth_bytes_per_s": 2.1e9,
-              "vector.online_reduction": True, "tech.node_nm": 7, "tech.energy_scale": 0.28,
-              "tech.area_scale": 0.0365, "tech.sram_bitcell_um2": 0.027}
+              "dram.part": "lpddr5-6400", "dram.channels": 2, "flash.part": "ufs3.1",
+              "vector.online_reduction": True, "tech.node_nm": 7}
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +86,13 @@ def _without_quantize_on_write(trace):
 
 def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
     """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ
-    in energy (issue 4's ordering, on what `codesign sweep default` runs), and in latency up to the
-    one piece of work a static recipe does in series that dynamic hides: its vector ops quantize
-    what they write for the next GEMM (the trace says so), where dynamic's statistics run fused
-    into the GEMM behind the arrays. Where dynamic is faster, it is faster by no more than that."""
+    in energy and in energy x delay^2, the figure the schedule minimises (issue 4's ordering, on
+    what `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule (on
+    one sampled chip ASQ-W4A8 takes a plan 0.24 % slower than dynamic's but 4.7 % cheaper in
+    energy), and a static recipe does one piece of work in series that dynamic hides: its vector
+    ops quantize what they write for the next GEMM (the trace says so), where dynamic's statistics
+    run fused into the GEMM behind the arrays. Where dynamic is faster, it is faster by no more than
+    that quantize-on-write time (up to the tie-breaks of the planners' figure of merit)."""
     items, twins, chips, traces = sweep_chips
     bad, inverted = [], 0
     for i in chips:
@@ -101,13 +103,14 @@ def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
             for s in stat:
                 assert items[s][i] == (d_hw, pf)
                 r = hwsim.simulate(traces[s], hw, prefetch=pf)
-                if d.energy_j < r.energy_j:
-                    bad.append((i, dyn, s, "energy_j", round(d.energy_j / r.energy_j, 4)))
+                fom_d, fom_r = d.energy_j * d.latency_s ** 2, r.energy_j * r.latency_s ** 2
+                for m, vd, vr in (("energy_j", d.energy_j, r.energy_j), ("energy x delay^2", fom_d, fom_r)):
+                    if vd < vr:
+                        bad.append((i, dyn, s, m, round(vd / vr, 4)))
                 if d.latency_s < r.latency_s:
                     inverted += 1
                     bare = hwsim.simulate(_without_quantize_on_write(traces[s]), hw, prefetch=pf)
-                    # 0.3 %: plan_attention picks among tilings within 5 % of the least traffic by tile
-                    # count, and an int8 output can tip it (measured: at most 0.16 % on these chips)
+                    # 0.3 %: plans are chosen by energy x delay^2, not time (measured: 0.24 % at most)
                     if d.latency_s < bare.latency_s * (1 - 0.003):
                         bad.append((i, dyn, s, "latency_s", round(d.latency_s / bare.latency_s, 4)))
     assert not bad, bad
