@@ -62,9 +62,10 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
     ``ArrayHeight`` x ``ArrayWidth`` -> one array of that many rows x columns; ``Dataflow``
     os/ws/is -> the dataflow; ``FilterSramSzkB`` -> the weight buffer; ``IfmapSramSzkB`` +
     ``OfmapSramSzkB`` -> the activation buffer (hwsim keeps inputs and outputs in one buffer);
-    ``Bandwidth`` (words per cycle, ``InterfaceBandwidth: USER``) -> DRAM bandwidth at the base
-    clock; with ``CALC`` SCALE-Sim sizes the bandwidth so nothing stalls, and the base preset's DRAM
-    bandwidth is kept. Offsets, request buffers and the SRAM bank layout have no counterpart and are
+    ``Bandwidth`` (words per cycle, ``InterfaceBandwidth: USER``) at the base clock -> the fewest
+    channels of the base preset's DRAM part that give at least that bandwidth (DRAM comes in
+    channels); with ``CALC`` SCALE-Sim sizes the bandwidth so nothing stalls, and the base preset's
+    DRAM is kept. Offsets, request buffers and the SRAM bank layout have no counterpart and are
     read past; sparsity is refused (hwsim models dense arrays).
     """
     path = Path(path)
@@ -105,7 +106,8 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
             words = []
         if len(words) != 1 or words[0] < 1:
             raise _bad(path, "[architecture_presets] Bandwidth", raw, "one integer >= 1 (words per cycle)")
-        over["dram.bandwidth_bytes_per_s"] = float(words[0] * WORD_BYTES * base.clock.freq_hz)
+        want = words[0] * WORD_BYTES * base.clock.freq_hz  # bytes per second at the base clock
+        over["dram.channels"] = max(1, math.ceil(want / base.dram.spec.channel_bandwidth_bytes_per_s))
     name = cp.get("general", "run_name", fallback=path.stem).strip() or path.stem
     hw = with_overrides(base, over)
     return _renamed(hw, name, f"SCALE-Sim {path.name}: {rows}x{cols} {df}, {ifmap_kb}+{filter_kb}+{ofmap_kb} kB "

@@ -228,101 +228,120 @@ def _annotate_step(ops: list[Op], recipe: Recipe, single: bool) -> list[Op]:
     int32 bias and requantizes its int32 sums to int16 codes, which its float readers turn to FP16.
     When all its readers are float the GEMM's epilogue makes that FP16 value where it writes
     (``epilogue="requant_dequant"``, the same numbers); when an integer GEMM also reads the codes it
-    writes them (``"requant"``) and each float reader converts on read (``dequant_elements``). Its int8 input is written by
-    the producer when the GEMM is the producer's only reader (``epilogue="quant"``: quantize on
-    write; folded SmoothQuant factors ride in that producer's parameters), by a SmoothQuant multiply
-    for the layers whose factors cannot be folded (``smooth_mul``: multiply, then quantize), and
-    otherwise by a ``quantize`` op of its own (the producer's other readers keep FP16; each layer has
-    its own static scale). Dynamic: ``dyn_stats`` reads the FP16 tensor and writes int8 codes plus a
-    scale per row; the GEMM writes its int32 sums; ``dyn_rescale`` reads them and the row scales and
-    writes FP16 for the GEMM's readers. Template ops of the quantized weight set carry ``_QSET``.
+    writes them (``"requant"``) and each float reader converts on read (``dequant_elements``).
+    Its int8 input is written by the producer when the GEMM is the producer's only reader
+    (``epilogue="quant"``: quantize on write; folded SmoothQuant factors ride in that producer's
+    parameters), by a SmoothQuant multiply for the layers whose factors cannot be folded
+    (``smooth_mul``: multiply, then quantize), and otherwise by a ``quantize`` op of its own (the
+    producer's other readers keep FP16; each layer has its own static scale). Dynamic: ``dyn_stats``
+    reads the FP16 tensor and writes int8 codes plus a scale per row; the GEMM writes its int32
+    sums; ``dyn_rescale`` reads them and the row scales and writes FP16 for the GEMM's readers.
+    Template ops of the quantized weight set carry ``_QSET``.
     """
-    a = recipe.a_bits
-    dynamic = recipe.scheme == "dynamic"
-    index = {op.name: i for i, op in enumerate(ops)}
-    entries = [op.read_entries() for op in ops]
-    readers: dict[str, int] = {}
-    code_readers: dict[str, list[str]] = {}  # producer -> the ops that read it
-    for op, ents in zip(ops, entries):
-        for p, _, _, _ in ents:
-            readers[p] = readers.get(p, 0) + 1
-            code_readers.setdefault(p, []).append(op.name)
-    quant = [recipe.quantizes(op.name, op.kind) for op in ops]
-    new_entries = [list(e) for e in entries]
-    before: dict[int, list[tuple[Op, list]]] = {}
-    after: dict[int, tuple[Op, list]] = {}
-    write_quant: set[int] = set()
-    rename: dict[str, str] = {}
-    for j, op in enumerate(ops):
-        if not quant[j]:
-            continue
-        ents = new_entries[j]
+    return _StepAnnotator(ops, recipe, single).run()
+
+
+class _StepAnnotator:
+    """The decisions of ``_annotate_step`` (which op writes which width, which ops are inserted),
+    then the ops emitted with their ``reads`` and byte counts made to match."""
+
+    def __init__(self, ops: list[Op], recipe: Recipe, single: bool):
+        self.ops, self.recipe, self.single, self.a = ops, recipe, single, recipe.a_bits
+        self.index = {op.name: i for i, op in enumerate(ops)}
+        self.entries = [op.read_entries() for op in ops]
+        self.readers: dict[str, list[str]] = {}  # producer -> the ops that read it (once per tensor read)
+        for op, ents in zip(ops, self.entries):
+            for p, _, _, _ in ents:
+                self.readers.setdefault(p, []).append(op.name)
+        self.quant = [recipe.quantizes(op.name, op.kind) for op in ops]
+        self.new_entries = [list(e) for e in self.entries]
+        self.before: dict[int, list[tuple[Op, list]]] = {}
+        self.after: dict[int, tuple[Op, list]] = {}
+        self.write_quant: set[int] = set()
+        self.rename: dict[str, str] = {}
+
+    def _is_quant(self, name: str) -> bool:
+        return name in self.index and self.quant[self.index[name]]
+
+    def run(self) -> list[Op]:
+        for j, op in enumerate(self.ops):
+            if self.quant[j]:
+                (self._dynamic if self.recipe.scheme == "dynamic" else self._static)(j, op)
+        out: list[Op] = []
+        for j, op in enumerate(self.ops):
+            for q, src in self.before.get(j, ()):
+                out.append(self._emitted(q, src, {}))
+            out.append(self._emitted(op, self.new_entries[j], self._own_changes(j, op)))
+            if j in self.after:
+                out.append(self._emitted(*self.after[j], {}))
+        return out
+
+    def _dynamic(self, j: int, op: Op) -> None:
+        a, ents, rows = self.a, self.new_entries[j], op.batch * op.m
         n_operands = 1 if op.kind == "linear" else 2
-        rows = op.batch * op.m
-        if dynamic:
-            src = ents[:n_operands]
-            el = sum(e for _, _, e, _ in src)
-            d = Op(op.step, f"{op.name}.dyn_stats", "dyn_stats", op.batch, op.m, op.k, 0, elements=el,
-                   output_bytes=_bytes(el, a) + 4 * rows, out_bits=a, block=op.block)
-            before[j] = [(d, list(src))]
-            offs = [sum(e for _, _, e, _ in src[:i]) for i in range(len(src))]
-            ents[:n_operands] = [(d.name, o, e, a) for o, (_, _, e, _) in zip(offs, src)]
-            r = Op(op.step, f"{op.name}.dyn_rescale", "dyn_rescale", op.batch, op.m, 0, op.n,
-                   elements=rows * op.n, output_bytes=rows * op.n * 2, block=op.block)
-            after[j] = (r, [(op.name, 0, rows * op.n, 32), (d.name, el, rows, 32)])
-            rename[op.name] = r.name
-            continue
-        for e_i in range(n_operands):
+        src = ents[:n_operands]
+        el = sum(e for _, _, e, _ in src)
+        d = Op(op.step, f"{op.name}.dyn_stats", "dyn_stats", op.batch, op.m, op.k, 0, elements=el,
+               output_bytes=_bytes(el, a) + 4 * rows, out_bits=a, block=op.block)
+        self.before[j] = [(d, list(src))]
+        offs = [sum(e for _, _, e, _ in src[:i]) for i in range(len(src))]
+        ents[:n_operands] = [(d.name, o, e, a) for o, (_, _, e, _) in zip(offs, src)]
+        r = Op(op.step, f"{op.name}.dyn_rescale", "dyn_rescale", op.batch, op.m, 0, op.n,
+               elements=rows * op.n, output_bytes=rows * op.n * 2, block=op.block)
+        self.after[j] = (r, [(op.name, 0, rows * op.n, 32), (d.name, el, rows, 32)])
+        self.rename[op.name] = r.name
+
+    def _static(self, j: int, op: Op) -> None:
+        a, ents = self.a, self.new_entries[j]
+        smooth = self.recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES)
+        for e_i in range(1 if op.kind == "linear" else 2):
             p, part, el, bits = ents[e_i]
-            smooth = recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES)
             if smooth:  # SmoothQuant factors multiplied on line, then quantized, by the vector unit
                 q = Op(op.step, f"{op.name}.smooth", "smooth_mul", op.batch, op.m, op.k, 0, elements=el,
                        weight_bytes=2 * op.k, output_bytes=_bytes(el, a), weight_set=_QSET, out_bits=a,
                        block=op.block)
-            elif (p == "" and single) or (p in index and not quant[index[p]] and readers[p] == 1):
+            elif (p == "" and self.single) or (p in self.index and not self._is_quant(p)
+                                               and len(self.readers[p]) == 1):
                 if p:  # the only reader: the producer quantizes as it writes
-                    write_quant.add(index[p])
+                    self.write_quant.add(self.index[p])
                 ents[e_i] = (p, part, el, a)
                 continue
             else:  # the producer's other readers keep FP16 (or int16 codes): a quantize op of its own
-                sfx = ".quant" if e_i == 0 else f".quant{e_i}"
-                q = Op(op.step, op.name + sfx, "quantize", op.batch, op.m, op.k, 0, elements=el,
-                       output_bytes=_bytes(el, a), out_bits=a, block=op.block)
-            before.setdefault(j, []).append((q, [(p, part, el, bits)]))
+                q = Op(op.step, op.name + (".quant" if e_i == 0 else f".quant{e_i}"), "quantize", op.batch,
+                       op.m, op.k, 0, elements=el, output_bytes=_bytes(el, a), out_bits=a, block=op.block)
+            self.before.setdefault(j, []).append((q, [(p, part, el, bits)]))
             ents[e_i] = (q.name, 0, el, a)
-    out: list[Op] = []
 
-    def emit(op: Op, ents: list, changes: dict) -> None:
-        ents = [(p if rename.get(p, op.name) == op.name else rename[p], o, e, b) for p, o, e, b in ents]
+    def _own_changes(self, j: int, op: Op) -> dict:
+        """Field changes of an op of the float trace: its width on write and, for a quantized GEMM,
+        its bits, weights and output."""
+        a, changes = self.a, {}
+        if j in self.write_quant:
+            changes.update(out_bits=a, output_bytes=_bytes(op.elements, a), epilogue="quant")
+        if self.quant[j]:
+            rows = op.batch * op.m
+            changes.update(w_bits=self.recipe.w_bits if op.kind == "linear" else a, a_bits=a)
+            if op.kind == "linear":
+                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, self.recipe.w_bits) + 8 * op.n)
+            if self.recipe.scheme == "dynamic":
+                changes.update(out_bits=32, output_bytes=rows * op.n * 4)
+            else:  # int16 codes or their FP16 values: the same bytes
+                codes = any(self._is_quant(c) for c in self.readers.get(op.name, ()))
+                changes.update(out_bits=16, output_bytes=rows * op.n * 2,
+                               epilogue="requant" if codes else "requant_dequant")
+        return changes
+
+    def _emitted(self, op: Op, ents: list, changes: dict) -> Op:
+        """``op`` reading ``ents`` (producers renamed where a rescale now writes for them), with its
+        input bytes and, in static schemes, the codes it converts on read."""
+        ents = [(p if self.rename.get(p, op.name) == op.name else self.rename[p], o, e, b) for p, o, e, b in ents]
         if ents != op.read_entries():
             changes["reads"] = reads_str(ents)
             used = ents[:1] if op.kind in ("linear", "conv") else ents
             changes["input_bytes"] = sum(entry_bytes(e, b) for _, _, e, b in used)
-        if not dynamic:  # reading a static GEMM's int16 codes as floats converts them
-            deq = sum(e for p, _, e, _ in ents if p in index and quant[index[p]] and p != op.name
-                      and any(quant[index[c]] for c in code_readers[p]))
-            if deq and op.kind not in ("quantize",) and not (op.name in index and quant[index[op.name]]):
+        if self.recipe.scheme != "dynamic" and op.kind != "quantize" and not self._is_quant(op.name):
+            deq = sum(e for p, _, e, _ in ents if self._is_quant(p) and p != op.name
+                      and any(self._is_quant(c) for c in self.readers[p]))
+            if deq:  # reading a static GEMM's int16 codes (also read by an integer GEMM) as floats
                 changes["dequant_elements"] = deq
-        out.append(dataclasses.replace(op, **changes) if changes else op)
-
-    for j, op in enumerate(ops):
-        for q, src in before.get(j, ()):
-            emit(q, src, {})
-        changes: dict = {}
-        if j in write_quant:
-            changes.update(out_bits=a, output_bytes=_bytes(op.elements, a), epilogue="quant")
-        if quant[j]:
-            rows = op.batch * op.m
-            changes.update(w_bits=recipe.w_bits if op.kind == "linear" else a, a_bits=a)
-            if op.kind == "linear":
-                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, recipe.w_bits) + 8 * op.n)
-            if dynamic:
-                changes.update(out_bits=32, output_bytes=rows * op.n * 4)
-            else:  # int16 codes or their FP16 values: the same bytes
-                codes = any(quant[index[c]] for c in code_readers.get(op.name, ()))
-                changes.update(out_bits=16, output_bytes=rows * op.n * 2,
-                               epilogue="requant" if codes else "requant_dequant")
-        emit(op, new_entries[j], changes)
-        if j in after:
-            emit(*after[j], {})
-    return out
+        return dataclasses.replace(op, **changes) if changes else op

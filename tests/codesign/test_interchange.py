@@ -1,6 +1,7 @@
 """SCALE-Sim interchange: its .cfg and topology CSVs read as hwsim inputs, any trace's GEMMs written
 as a topology and read back, SCALE-Sim-like reports, and bad SCALE-Sim files refused in one line."""
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,15 @@ def test_cfg_sets_the_array_buffers_dataflow_and_bandwidth(tmp_path):
     assert (hw.mac.arrays, hw.mac.rows, hw.mac.cols, hw.mac.dataflow) == (1, 16, 48, "weight_stationary")
     assert hw.sram.weight_buffer_bytes == 128 * 1024
     assert hw.sram.activation_buffer_bytes == (64 + 32) * 1024
-    assert hw.dram.bandwidth_bytes_per_s == 10 * base.clock.freq_hz  # 10 one-byte words per cycle
+    # 10 one-byte words per cycle: the fewest channels of the base part that give 10 GB/s at 1 GHz
+    per_channel = base.dram.spec.channel_bandwidth_bytes_per_s
+    assert hw.dram.channels == math.ceil(10 * base.clock.freq_hz / per_channel)
+    assert hw.dram.bandwidth_bytes_per_s >= 10 * base.clock.freq_hz > hw.dram.bandwidth_bytes_per_s - per_channel
+    many = read_scalesim_cfg(_write(tmp_path, "m.cfg", CFG.replace("Bandwidth : 10", "Bandwidth : 100")), base)
+    assert many.dram.channels == math.ceil(100 * base.clock.freq_hz / per_channel) > hw.dram.channels
     assert hw.name == "my_array" and hw.vector == base.vector and hw.flash == base.flash
     calc = read_scalesim_cfg(_write(tmp_path, "c.cfg", CFG.replace("USER", "CALC")), base)
-    assert calc.dram.bandwidth_bytes_per_s == base.dram.bandwidth_bytes_per_s  # CALC: base preset's
+    assert calc.dram == base.dram  # CALC: the base preset's DRAM
 
 
 def test_topology_gemm_and_conv_rows_become_scalesims_gemms(tmp_path):
