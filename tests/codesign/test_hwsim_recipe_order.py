@@ -116,8 +116,9 @@ def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
                 if d.latency_s < r.latency_s:
                     inverted += 1
                     bare = hwsim.simulate(_without_quantize_on_write(traces[s]), hw, prefetch=pf)
-                    # 0.3 %: plans are chosen by energy x delay^2, not time (measured: 0.24 % at most)
-                    if d.latency_s < bare.latency_s * (1 - 0.003):
+                    # 1.5 %: plans and fusions are chosen by energy x delay^2, not time (measured:
+                    # 0.24 % at most before the schedule's fusion choices, 1.03 % with them, hwsim-4)
+                    if d.latency_s < bare.latency_s * (1 - 0.015):
                         bad.append((i, dyn, s, "latency_s", round(d.latency_s / bare.latency_s, 4)))
     assert not bad, bad
     assert inverted < len(chips) * 4 // 10, inverted  # the exception, not the rule
