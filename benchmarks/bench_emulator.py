@@ -193,7 +193,8 @@ def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     from quantmodel.emulator.integer import IntegerEmulator
     from quantmodel.quant.artifact import build_artifact
     from workloads.recipes import get_recipe
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)

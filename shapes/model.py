@@ -13,7 +13,9 @@ import torch
 
 from shapes.captions import CaptionEncoder
 from quantmodel.model.samplers import ModelFn, make_sampler
-from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
+from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 from workloads.presets import Workload, get_workload
 

@@ -52,7 +52,8 @@ from shapes import dataset as shapes
 from shapes.captions import CaptionEncoder, ids_from_labels
 from quantmodel.model.samplers import IDDPM
 from shapes.model import RECOMPUTED, WORKLOAD, init_zero
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from workloads.errors import ConfigError
 from workloads.presets import get_workload
 
@@ -144,7 +145,7 @@ def use_fast_attention(model: torch.nn.Module) -> None:
 
     import torch.nn.functional as F
 
-    from quantmodel.model.stdit import Attention, MultiHeadCrossAttention
+    from quantmodel.model.layers import Attention, MultiHeadCrossAttention
 
     def self_fwd(self, x):  # [B', L, C]
         b, n, c = x.shape

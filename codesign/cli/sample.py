@@ -24,7 +24,8 @@ def run(args) -> int:
 
     from quantmodel.model.checkpoint import load_checkpoint
     from quantmodel.model.samplers import sampler_for
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
 

@@ -66,15 +66,13 @@ import torch.nn.functional as F
 
 from quantmodel.intarith import ckernels, fixedpoint, intgemm, intops, reference
 from quantmodel.emulator import program as emuprogram
+from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.quant.smoothing import FOLD_VROWS, vrow_producer
 from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 
 NONLINEAR_MODES = intops.MODES  # ("fp16", "int")
-RES_BITS = 24  # integer-only residual stream codes (int32 storage)
-RES_HEADROOM = 2.0
-PARAM_BITS = 16  # per-step modulation / gate parameters in int mode
 QO = fixedpoint.qrange(OUT_BITS)[1]
 FP16_MAX = 65504.0
 QR = 2 ** (RES_BITS - 1) - 1  # fixedpoint.qrange stops at 16 bits; the residual needs 24
@@ -225,7 +223,7 @@ class IntegerEmulator:
         self._program_pools: dict = {}  # (x shape, y shape) -> the arena shared by those programs
 
     # ---- per-set parameters ---------------------------------------------------------------------
-    def _lp(self, name: str) -> _LinearParams | None:
+    def linear_params(self, name: str) -> _LinearParams | None:
         if name not in self.linears:
             return None
         key = (self.wset, name)
@@ -353,7 +351,7 @@ class IntegerEmulator:
 
     # ---- ops -------------------------------------------------------------------------------------------
     def linear(self, name: str, v):
-        p = self._lp(name)
+        p = self.linear_params(name)
         lin = self.mods[name]
         if p is None:  # not quantized by the recipe: float layer
             out = F.linear(self._f32(v), lin.weight, lin.bias)
@@ -557,7 +555,7 @@ class IntegerEmulator:
 
     def _fold_mod(self, consumer: str, shift: torch.Tensor, scale: torch.Tensor):
         """(p, shift, scale) with the consumer's SmoothQuant factors folded in if it has them."""
-        p = self._lp(consumer)
+        p = self.linear_params(consumer)
         if p is not None and p.smooth is not None and p.fold == "modulate":
             inv = 1.0 / p.smooth
             scale = (1 + scale) * inv - 1
@@ -567,7 +565,7 @@ class IntegerEmulator:
     def norm_modulate(self, norm: str, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """modulate(layernorm(v)): in fp16 mode (not verifying) one fused pass with the same values."""
         if self.mode == "fp16" and self.verifier is None:
-            p = self._lp(consumer)
+            p = self.linear_params(consumer)
             inv = None
             if p is not None and p.smooth is not None and p.fold == "modulate":
                 if p.inv_s is None:
@@ -668,7 +666,7 @@ class IntegerEmulator:
         else:
             probs = self._f32(self.softmax(pre + ".softmax", torch.matmul(q, k_t), 8))
         out = torch.matmul(probs, vv)  # [B', H, L, D]
-        p = self._lp(pre + ".proj")
+        p = self.linear_params(pre + ".proj")
         aq = self._direct_quantizer(p)
         dll = ckernels.lib()
         if aq is not None and dll is not None and out.device.type == "cpu" and out.is_contiguous():  # one C pass

@@ -32,6 +32,7 @@ import torch
 
 from quantmodel.intarith import ckernels, fixedpoint, intops
 from quantmodel.intarith.intops import FP16_MAX
+from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
 
 ALIGN_BYTES = 64  # arena offsets: cache-line aligned
@@ -174,14 +175,12 @@ class _Compiler:
         self.emu, self.dll, self.b = emu, dll, bld
         self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
         self.memo: dict = {}
-        from quantmodel.emulator.integer import PARAM_BITS, RES_BITS, RES_HEADROOM  # (emulator imports this module)
-
         self.res_bits, self.res_headroom, self.param_bits = RES_BITS, RES_HEADROOM, PARAM_BITS
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
         """A static layer's prepared parameters (int8 codes, fast prepared GEMM), else out of scope."""
-        p = self.emu._lp(name)
+        p = self.emu.linear_params(name)
         if p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8 or not p.gemm.fast:
             raise _Unsupported(name)
         return p
@@ -189,7 +188,7 @@ class _Compiler:
     def lp_dyn(self, name: str):
         """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
         which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
-        p = self.emu._lp(name)
+        p = self.emu.linear_params(name)
         if (p is None or p.static or p.smooth is not None or p.bias is None or p.bias.dtype != torch.float32
                 or p.w_scale.dtype != torch.float32 or p.w_t.shape[0] * 128 * 128 >= 2 ** 31):
             raise _Unsupported(name)

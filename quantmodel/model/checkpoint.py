@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
+from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 
 RECOMPUTED = ("pos_embed", "pos_embed_temporal")

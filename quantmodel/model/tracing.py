@@ -13,7 +13,9 @@ import math
 import torch
 from torch import nn
 
-from quantmodel.model.stdit import STDiTConfig, Add, GatedAdd, MatMul, Modulate, Softmax, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
+from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
 from quantmodel.model.stdit3 import RMSNorm, Rope
 from workloads.presets import Gemm, Workload
 from workloads.trace import Op, Trace, gemm_trace

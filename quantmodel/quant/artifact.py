@@ -39,7 +39,8 @@ from quantmodel.intarith import fixedpoint
 from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fingerprint
 from workloads.recipes import Recipe, recipe_from_dict
 from quantmodel.quant.smoothing import fold_kind, modulate_name, smooth_factors, vrow_producer
-from quantmodel.model.stdit import STDiT, MatMul
+from quantmodel.model.layers import MatMul
+from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 
 ARTIFACT_FORMAT = "stdit-quant-v1"

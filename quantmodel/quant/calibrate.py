@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from quantmodel.model.samplers import sampler_for
-from quantmodel.model.stdit import STDiT, Add, GatedAdd, MatMul, Modulate, Softmax
+from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
+from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 from workloads.presets import Workload
 

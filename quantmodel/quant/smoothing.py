@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from workloads.recipes import UNFOLDABLE_SUFFIXES
-from quantmodel.model.stdit import STDiT, Modulate
+from quantmodel.model.layers import Modulate
+from quantmodel.model.stdit import STDiT
 
 EPS = 1e-5  # SmoothQuant's clamp on both maxima (keeps factors finite for dead channels)
 

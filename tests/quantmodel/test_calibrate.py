@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from workloads.errors import ConfigError
 
 

@@ -11,7 +11,8 @@ from quantmodel.emulator.integer import FakeQuantModel, IntegerEmulator, Verifie
 from quantmodel.eval.quality import eval_inputs, sample, sample_metrics
 from quantmodel.quant.artifact import build_artifact
 from workloads.recipes import get_recipe
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_compiled_kernels_leave_the_emulator_output_unchanged(setup, mode):
 def test_step_parameter_quantization_equals_symmetric_quantize():
     """int mode's per-step 16-bit parameters (the lean path) = fixedpoint.symmetric_scale + quantize."""
     from quantmodel.intarith import fixedpoint
-    from quantmodel.emulator.integer import PARAM_BITS
+    from quantmodel.emulator.datapath import PARAM_BITS
 
     from quantmodel.intarith import ckernels
 

@@ -16,7 +16,8 @@ from quantmodel.quant.calibrate import calibrate
 from quantmodel.emulator.integer import IntegerEmulator
 from quantmodel.quant.artifact import build_artifact
 from workloads.recipes import get_recipe
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 
 pytestmark = pytest.mark.skipif(ckernels.lib() is None,
                                 reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")

@@ -8,7 +8,8 @@ from quantmodel.quant.calibrate import calibrate
 from quantmodel.quant.artifact import (QuantArtifact, build_artifact, optimal_split, split_cost, qmax)
 from workloads.recipes import Recipe, annotate_trace, get_recipe
 from quantmodel.quant.smoothing import smooth_factors, smoothed_model
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.model.tracing import build_trace
 from workloads.errors import ConfigError
 

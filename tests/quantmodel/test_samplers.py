@@ -3,7 +3,8 @@ import numpy as np
 import torch
 
 from quantmodel.model.samplers import IDDPM, RFlow, respaced_timesteps
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 
 
 def _run(sampler, model, cfg, seed):

@@ -152,7 +152,8 @@ def test_snr_weights_are_truncated_snr_and_capped():
 def test_fast_attention_matches_the_leaf_module_forward():
     import copy
 
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from shapes.train import use_fast_attention, xavier_caption_proj
 
     cfg = STDiTConfig(input_size=(4, 8, 8), in_channels=3, patch_size=(1, 2, 2), hidden_size=32,
@@ -175,7 +176,8 @@ def test_fast_attention_matches_the_leaf_module_forward():
 
 def test_caption_separation_sees_distinct_words_through_a_full_scale_projection():
     from shapes.model import caption_separation, shapes_workload
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from shapes.train import xavier_caption_proj
 
     w = shapes_workload()
