@@ -189,12 +189,12 @@ def _time_pair_median(fn_a, fn_b, repeats: int) -> tuple[float, float]:
 def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
     name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
-    from quantmodel.quant.calibrate import calibrate
     from quantmodel.emulator.integer import IntegerEmulator
-    from quantmodel.quant.artifact import build_artifact
-    from workloads.recipes import get_recipe
     from quantmodel.model.build import build_stdit
     from quantmodel.model.config import STDiTConfig
+    from quantmodel.quant.artifact import build_artifact
+    from quantmodel.quant.calibrate import calibrate
+    from workloads.recipes import get_recipe
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)

@@ -211,8 +211,8 @@ def _check_axis_values(name: str, raw: object, sampling: str) -> object:
 def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
     """Validate a spec mapping (see the module docstring) and resolve its names."""
     import hwsim
-    from workloads.recipes import get_recipe
     from workloads.presets import Gemm, get_workload
+    from workloads.recipes import get_recipe
 
     check_known_fields("spec", data, _TOP_FIELDS)
     for req in ("cost_workload", "recipes", "hardware"):
@@ -313,7 +313,7 @@ def load_spec(name_or_path: str | Path) -> SweepSpec:
             raise ConfigError("spec", str(name_or_path), f"an existing YAML file or one of {avail}")
         path = named
     try:
-        data = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(path.read_text(), Loader=_SpecLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError("spec", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) \

@@ -119,7 +119,7 @@ class ResultStore:
         return json.loads(self.manifest_path.read_text())
 
     @classmethod
-    def open(cls, root: str | Path, spec: SweepSpec, append: bool = False) -> "ResultStore":
+    def open(cls, root: str | Path, spec: SweepSpec, append: bool = False) -> ResultStore:
         """Open (or create) a results folder for ``spec``; refuse another spec's folder unless append.
 
         Takes an exclusive lock for the life of the sweep: two sweeps never write one folder.
@@ -160,7 +160,7 @@ class ResultStore:
             self._lock_fh.close()
             self._lock_fh = None
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc) -> None:

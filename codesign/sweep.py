@@ -199,8 +199,8 @@ def quality_prep_key(spec: SweepSpec) -> str:
 def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
     if spec.quality_workload is None:
         return None
-    from workloads.recipes import get_recipe
     from workloads.presets import get_workload
+    from workloads.recipes import get_recipe
 
     return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
                          "recipe": get_recipe(recipe_name).to_dict(), "options": spec.quality_options})
@@ -209,8 +209,8 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
 def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
     """Keys of every design point; what is not in the store yet, grouped by recipe."""
     import hwsim
-    from workloads.recipes import get_recipe
     from workloads.presets import get_workload
+    from workloads.recipes import get_recipe
 
     workload = get_workload(spec.cost_workload)
     wl = workload.to_dict()
@@ -276,7 +276,7 @@ class InlineRunner:
         fut = Future()
         try:
             fut.set_result(fn(*args))
-        except Exception as e:  # noqa: BLE001 - re-raised by fut.result() in the collector
+        except Exception as e:  # re-raised by fut.result() in the collector
             fut.set_exception(e)
         return fut
 

@@ -27,11 +27,24 @@ from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
+from hwsim.schedule import FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements, side_bytes
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
-from hwsim.schedule import (FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements,
-                            side_bytes)
-from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit, plan_attention,
-                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, vector_cycles)
+from hwsim.tiling import (
+    AttentionUnit,
+    GemmUnit,
+    NoFit,
+    Plan,
+    VectorOpUnit,
+    figure_of_merit,
+    plan_attention,
+    plan_estimate,
+    plan_gemm,
+    plan_vector,
+    precision_of,
+    stages_of,
+    static_twin,
+    vector_cycles,
+)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 

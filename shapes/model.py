@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shapes.captions import CaptionEncoder
-from quantmodel.model.samplers import ModelFn, make_sampler
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
+from quantmodel.model.samplers import ModelFn, make_sampler
 from quantmodel.model.stdit import STDiT
+from shapes.captions import CaptionEncoder
 from workloads.errors import ConfigError
 from workloads.presets import Workload, get_workload
 

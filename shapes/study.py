@@ -21,9 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from shapes import dataset as shapes, videometrics
-from workloads.recipes import get_recipe
+from shapes import dataset as shapes
+from shapes import videometrics
 from shapes.model import caption_features, generate, load_shapes_model, shapes_workload
+from workloads.recipes import get_recipe
 
 BITS = ("w8a8", "w6a6", "w4a8")
 SCHEMES = ("dynamic", "static", "asq", "tsq-tsw", "groups4", "groups4-cal")

@@ -48,12 +48,12 @@ from pathlib import Path
 
 import torch
 
-from shapes import dataset as shapes
-from shapes.captions import CaptionEncoder, ids_from_labels
-from quantmodel.model.samplers import IDDPM
-from shapes.model import RECOMPUTED, WORKLOAD, init_zero
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
+from quantmodel.model.samplers import IDDPM
+from shapes import dataset as shapes
+from shapes.captions import CaptionEncoder, ids_from_labels
+from shapes.model import RECOMPUTED, WORKLOAD, init_zero
 from workloads.errors import ConfigError
 from workloads.presets import get_workload
 

@@ -133,7 +133,7 @@ class Trace:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trace":
+    def load(cls, path: str | Path) -> Trace:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("trace", str(path), "an existing .parquet or .csv trace file")

@@ -117,8 +117,8 @@ def run_recipes(args) -> int:
 
 
 def run_calibrate(args) -> int:
-    from quantmodel.quant.calibrate import calibrate
     from quantmodel.eval.quality import load_model
+    from quantmodel.quant.calibrate import calibrate
 
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
@@ -163,8 +163,8 @@ def run_verify(args) -> int:
     from quantmodel.emulator.integer import NONLINEAR_MODES
     from quantmodel.eval.quality import load_model, verify_recipe
     from quantmodel.quant.artifact import QuantArtifact
-    from workloads.recipes import get_recipe
     from workloads.errors import ConfigError
+    from workloads.recipes import get_recipe
 
     if args.nonlinear not in NONLINEAR_MODES:
         raise ConfigError("nonlinear", args.nonlinear, " or ".join(NONLINEAR_MODES))
@@ -220,9 +220,9 @@ def run_quality(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from quantmodel.eval.quality import BACKENDS, evaluate_recipe, eval_inputs, get_stats, load_model, sample
-    from workloads.recipes import get_recipe
+    from quantmodel.eval.quality import BACKENDS, eval_inputs, evaluate_recipe, get_stats, load_model, sample
     from workloads.errors import ConfigError, require_positive_int
+    from workloads.recipes import get_recipe
 
     if args.out:
         _check_out(args.out, (".csv", ".parquet"))

@@ -22,10 +22,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from quantmodel.model.checkpoint import load_checkpoint
-    from quantmodel.model.samplers import sampler_for
     from quantmodel.model.build import build_stdit
+    from quantmodel.model.checkpoint import load_checkpoint
     from quantmodel.model.config import STDiTConfig
+    from quantmodel.model.samplers import sampler_for
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
 

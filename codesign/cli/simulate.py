@@ -38,9 +38,9 @@ def _trace(args):
             from workloads.recipes import annotate_trace, get_recipe
             trace = annotate_trace(trace, get_recipe(args.recipe))
         return trace
-    from workloads.recipes import annotate_trace, get_recipe
     from quantmodel.model.tracing import build_trace
     from workloads.presets import get_workload
+    from workloads.recipes import annotate_trace, get_recipe
 
     recipe = get_recipe(args.recipe or "fp16")  # bad names fail before the (slower) trace
     return annotate_trace(build_trace(get_workload(args.workload)), recipe)

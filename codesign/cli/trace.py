@@ -44,9 +44,9 @@ def run_workloads(args) -> int:
 
 
 def run_trace(args) -> int:
-    from workloads.recipes import annotate_trace, get_recipe
     from quantmodel.model.tracing import build_trace
     from workloads.presets import get_workload
+    from workloads.recipes import annotate_trace, get_recipe
     from workloads.trace import Trace
 
     workload = get_workload(args.workload)

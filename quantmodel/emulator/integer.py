@@ -64,12 +64,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from quantmodel.intarith import ckernels, fixedpoint, intgemm, intops, reference
 from quantmodel.emulator import program as emuprogram
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
+from quantmodel.intarith import ckernels, fixedpoint, intgemm, intops, reference
+from quantmodel.model.stdit import STDiT
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.quant.smoothing import FOLD_VROWS, vrow_producer
-from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 
 NONLINEAR_MODES = intops.MODES  # ("fp16", "int")
@@ -91,7 +91,7 @@ class IntVal:
     q: torch.Tensor
     scale: float
 
-    def map(self, fn) -> "IntVal":
+    def map(self, fn) -> IntVal:
         return IntVal(fn(self.q), self.scale)
 
 

@@ -30,9 +30,9 @@ import math
 
 import torch
 
+from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, intops
 from quantmodel.intarith.intops import FP16_MAX
-from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
 
 ALIGN_BYTES = 64  # arena offsets: cache-line aligned
@@ -258,7 +258,7 @@ class _Compiler:
         dt = out_dtype or g.rq.out_dtype
         out = self.b.buf((*q.shape[:-1], g.n), dt)
         esize = out.element_size()
-        for off, wb, args, kind, _ in g._plan(rows):
+        for off, wb, args, _kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
             self.b.call(torch._int_mm, x2, wb, out=acc)
             self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off // g.rq_size * esize,

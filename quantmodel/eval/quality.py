@@ -22,22 +22,22 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 import torch
 
-from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
-from quantmodel.emulator.integer import FakeQuantModel, IntegerEmulator, NONLINEAR_MODES, sqnr_db
-from quantmodel.quant.artifact import QuantArtifact, build_artifact, quantized_linears
-from workloads.recipes import Recipe, get_recipe
-from quantmodel.model.samplers import sampler_for
+from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
+from quantmodel.model.samplers import sampler_for
 from quantmodel.model.stdit import STDiT
+from quantmodel.quant.artifact import QuantArtifact, build_artifact, quantized_linears
+from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
 from workloads.errors import ConfigError
 from workloads.presets import Gemm, Workload, get_workload
+from workloads.recipes import Recipe, get_recipe
 
 BACKENDS = ("emulator", "fakequant")
 EVAL_SEED = 1234  # evaluation prompts and noise; calibration uses its own seed (default 0)

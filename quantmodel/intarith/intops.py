@@ -48,8 +48,14 @@ import math
 import torch
 
 from quantmodel.intarith import ckernels
-from quantmodel.intarith.fixedpoint import (INT32_MAX, INT32_MIN, _is_f32, _requantizer, quantize_multiplier, requantize_scale,
-                                   rounding_right_shift)
+from quantmodel.intarith.fixedpoint import (
+    INT32_MAX,
+    INT32_MIN,
+    _is_f32,
+    _requantizer,
+    quantize_multiplier,
+    requantize_scale,
+)
 from workloads.errors import ConfigError
 
 MODES = ("fp16", "int")

@@ -28,7 +28,7 @@ class STDiTConfig:
     pixel_width: int = 512
 
     @classmethod
-    def from_workload(cls, w: Workload) -> "STDiTConfig":
+    def from_workload(cls, w: Workload) -> STDiTConfig:
         m = w.model
         return cls(input_size=w.latent_size, in_channels=m.in_channels, patch_size=m.patch_size,
                    hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,

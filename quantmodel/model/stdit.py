@@ -14,9 +14,21 @@ import torch
 from torch import nn
 
 from quantmodel.model.config import STDiTConfig
-from quantmodel.model.layers import (Add, Attention, CaptionEmbedder, GatedAdd, Mlp, Modulate, MultiHeadCrossAttention,
-                                     PatchEmbed3D, T2IFinalLayer, TimestepEmbedder, spatial_pos_embed,
-                                     temporal_pos_embed, unpatchify)
+from quantmodel.model.layers import (
+    Add,
+    Attention,
+    CaptionEmbedder,
+    GatedAdd,
+    Mlp,
+    Modulate,
+    MultiHeadCrossAttention,
+    PatchEmbed3D,
+    T2IFinalLayer,
+    TimestepEmbedder,
+    spatial_pos_embed,
+    temporal_pos_embed,
+    unpatchify,
+)
 
 
 # ---- blocks --------------------------------------------------------------------------------------

@@ -17,8 +17,20 @@ import torch
 from torch import nn
 
 from quantmodel.model.config import STDiTConfig
-from quantmodel.model.layers import (Add, CaptionEmbedder, GatedAdd, MatMul, Mlp, Modulate, MultiHeadCrossAttention,
-                                     PatchEmbed3D, Softmax, T2IFinalLayer, TimestepEmbedder, unpatchify)
+from quantmodel.model.layers import (
+    Add,
+    CaptionEmbedder,
+    GatedAdd,
+    MatMul,
+    Mlp,
+    Modulate,
+    MultiHeadCrossAttention,
+    PatchEmbed3D,
+    Softmax,
+    T2IFinalLayer,
+    TimestepEmbedder,
+    unpatchify,
+)
 
 
 class RMSNorm(nn.Module):

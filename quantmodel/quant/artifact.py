@@ -36,12 +36,12 @@ import torch
 from torch import nn
 
 from quantmodel.intarith import fixedpoint
-from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fingerprint
-from workloads.recipes import Recipe, recipe_from_dict
-from quantmodel.quant.smoothing import fold_kind, modulate_name, smooth_factors, vrow_producer
 from quantmodel.model.layers import MatMul
 from quantmodel.model.stdit import STDiT
+from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fingerprint
+from quantmodel.quant.smoothing import fold_kind, smooth_factors, vrow_producer
 from workloads.errors import ConfigError
+from workloads.recipes import Recipe, recipe_from_dict
 
 ARTIFACT_FORMAT = "stdit-quant-v1"
 OUT_BITS = 16  # requantized GEMM output width, read by the vector unit
@@ -216,7 +216,7 @@ class QuantArtifact:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "QuantArtifact":
+    def load(cls, path: str | Path) -> QuantArtifact:
         from safetensors import safe_open
 
         path = Path(path)

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantmodel.model.samplers import sampler_for
 from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
+from quantmodel.model.samplers import sampler_for
 from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 from workloads.presets import Workload
@@ -105,7 +105,7 @@ class CalibStats:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "CalibStats":
+    def load(cls, path: str | Path) -> CalibStats:
         from safetensors import safe_open
 
         path = Path(path)
@@ -190,7 +190,7 @@ class StatsRecorder:
             self._update(f"{name}:in_ch", x.abs().amax(dim=0))
             self._update(f"{name}:out_ch", output.reshape(-1, mod.out_features).abs().amax(dim=0))
 
-    def __enter__(self) -> "StatsRecorder":
+    def __enter__(self) -> StatsRecorder:
         for name, mod in self.model.named_modules():
             if isinstance(mod, _HOOKED) and not list(mod.children()):
                 self._hooks.append(mod.register_forward_hook(

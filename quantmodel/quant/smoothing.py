@@ -20,9 +20,9 @@ import copy
 import torch
 from torch import nn
 
-from workloads.recipes import UNFOLDABLE_SUFFIXES
 from quantmodel.model.layers import Modulate
 from quantmodel.model.stdit import STDiT
+from workloads.recipes import UNFOLDABLE_SUFFIXES
 
 EPS = 1e-5  # SmoothQuant's clamp on both maxima (keeps factors finite for dead channels)
 

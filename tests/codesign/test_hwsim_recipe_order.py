@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 import hwsim
-from workloads.recipes import annotate_trace, get_recipe
 from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
+from workloads.recipes import annotate_trace, get_recipe
 
 # the sweep's small-SRAM edge point that showed the inversion (static 1886.95 s vs dynamic 1472.18 s
 # on opensora-v1.0-16x512x512, prefetch early, SIM_VERSION hwsim-1)

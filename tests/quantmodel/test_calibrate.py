@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
+from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
 from workloads.errors import ConfigError
 
 

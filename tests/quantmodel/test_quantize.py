@@ -4,14 +4,14 @@ import dataclasses
 import pytest
 import torch
 
-from quantmodel.quant.calibrate import calibrate
-from quantmodel.quant.artifact import (QuantArtifact, build_artifact, optimal_split, split_cost, qmax)
-from workloads.recipes import Recipe, annotate_trace, get_recipe
-from quantmodel.quant.smoothing import smooth_factors, smoothed_model
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.tracing import build_trace
+from quantmodel.quant.artifact import QuantArtifact, build_artifact, optimal_split, qmax, split_cost
+from quantmodel.quant.calibrate import calibrate
+from quantmodel.quant.smoothing import smooth_factors, smoothed_model
 from workloads.errors import ConfigError
+from workloads.recipes import Recipe, get_recipe
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,9 @@ def test_artifact_round_trip_is_bit_exact_and_corruption_is_refused(tmp_path, se
     (tmp_path / "cut.safetensors").write_bytes(data[:-100])
     with pytest.raises(ConfigError, match="artifact"):
         QuantArtifact.load(tmp_path / "cut.safetensors")
-    from safetensors.torch import save_file
     import json
+
+    from safetensors.torch import save_file
 
     partial = {k: v for k, v in art.tensors.items() if not k.endswith("multiplier")}
     save_file(partial, str(tmp_path / "partial.safetensors"),

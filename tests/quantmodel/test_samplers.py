@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
-from quantmodel.model.samplers import IDDPM, RFlow, respaced_timesteps
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
+from quantmodel.model.samplers import IDDPM, RFlow, respaced_timesteps
 
 
 def _run(sampler, model, cfg, seed):

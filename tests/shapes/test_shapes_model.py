@@ -2,10 +2,11 @@
 shipped float model following its prompts (classifier accuracy far above chance)."""
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
-from shapes import captions, dataset as shapes, videometrics
+from shapes import captions, videometrics
+from shapes import dataset as shapes
 from shapes.model import CAPTION_FILE, MODEL_FILE, generate, load_shapes_model
 from shapes.train import TrainConfig, train
 from workloads.errors import ConfigError
@@ -175,9 +176,9 @@ def test_fast_attention_matches_the_leaf_module_forward():
 
 
 def test_caption_separation_sees_distinct_words_through_a_full_scale_projection():
-    from shapes.model import caption_separation, shapes_workload
     from quantmodel.model.build import build_stdit
     from quantmodel.model.config import STDiTConfig
+    from shapes.model import caption_separation, shapes_workload
     from shapes.train import xavier_caption_proj
 
     w = shapes_workload()
