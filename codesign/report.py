@@ -11,7 +11,6 @@ What it shows (the paper's open questions, answered from the sweep):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from codesign import plots
 from codesign.pareto import pareto_mask
 from codesign.store import load_results
 from workloads.errors import ConfigError
+from workloads.io import write_text
 
 # quality metrics quantmodel.eval.quality may report, in order of preference, with their direction
 QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.sqnr_db", "max"),
@@ -220,8 +220,4 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         reasons = failed.groupby("error").size().reset_index(name="rows").sort_values("rows", ascending=False)
         md += [_md_table(reasons.head(10)), ""]
 
-    path = out_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(out_dir / "report.md", "\n".join(md) + "\n")

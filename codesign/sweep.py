@@ -31,6 +31,7 @@ from pathlib import Path
 from codesign.spec import SweepSpec, content_hash, flatten, set_dotted
 from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore
 from workloads.errors import ConfigError
+from workloads.io import atomic_open
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
 MAX_CHUNK = 16  # points per task (a hardware point's recipes are never split, so one may hold more)
@@ -304,10 +305,8 @@ class LocalRunner:
 
     def ship(self, name: str, trace) -> str:
         path = self.cache_dir / f"{name}.pkl"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             pickle.dump(trace, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
         return str(path)
 
     def release(self, ref) -> None:

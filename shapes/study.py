@@ -24,6 +24,7 @@ import torch
 from shapes import dataset as shapes
 from shapes import videometrics
 from shapes.model import caption_features, generate, load_shapes_model, shapes_workload
+from workloads.io import atomic_path
 from workloads.recipes import get_recipe
 
 BITS = ("w8a8", "w6a6", "w4a8")
@@ -109,10 +110,9 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
                    "num_steps": w.num_steps, "cfg_scale": w.cfg_scale, "seed": seed,
                    "eval_s": (time.time() - t0) if recipe.quantized else float_s}
             done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-            tmp_csv = out_csv.with_name(out_csv.name + ".tmp")
             out_csv.parent.mkdir(parents=True, exist_ok=True)
-            done.to_csv(tmp_csv, index=False)
-            tmp_csv.replace(out_csv)
+            with atomic_path(out_csv) as tmp_csv:
+                done.to_csv(tmp_csv, index=False)
     return done
 
 
@@ -148,9 +148,8 @@ def plot(df: pd.DataFrame, path: Path) -> None:
                  fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "cpu",
@@ -182,9 +181,8 @@ def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "
         axes[i, 0].set_title(f"prompt: {prompts[i]}\nclassifier: {read}", fontsize=7, loc="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def main(argv: list[str] | None = None) -> int:

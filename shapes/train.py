@@ -55,6 +55,7 @@ from shapes import dataset as shapes
 from shapes.captions import CaptionEncoder, ids_from_labels
 from shapes.model import RECOMPUTED, WORKLOAD, init_zero
 from workloads.errors import ConfigError
+from workloads.io import atomic_path, write_text
 from workloads.presets import get_workload
 
 
@@ -179,9 +180,8 @@ def save_state(path: Path, step: int, model: torch.nn.Module, enc: torch.nn.Modu
             st[k] = st[k].to(torch.bfloat16)
     state = {"step": step, "model": model.state_dict(), "enc": enc.state_dict(), "opt": osd,
              "ema": [e.cpu() for e in ema], "gen": gen.get_state(), "curve": curve}
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(path: Path, model: torch.nn.Module, enc: torch.nn.Module,
@@ -209,9 +209,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def _save(sd: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in sd.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in sd.items()}, str(tmp))
 
 
 def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
@@ -321,9 +320,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         _save({k: v for k, v in model.state_dict().items() if k not in RECOMPUTED},
               out_dir / "stdit-shapes.safetensors")
         _save(enc.state_dict(), out_dir / "stdit-shapes-captions.safetensors")
-        tmp = out_dir / "train_log.json.tmp"
-        tmp.write_text(json.dumps(log, indent=1))
-        tmp.replace(out_dir / "train_log.json")
+        write_text(out_dir / "train_log.json", json.dumps(log, indent=1))
     log["model"], log["encoder"] = model.eval(), enc.eval()
     return log
 

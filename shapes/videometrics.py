@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from shapes import dataset as shapes
+from workloads.io import atomic_path
 
 ASSETS = Path(__file__).with_name("assets")
 CLASSIFIER_FILE = ASSETS / "shapes-classifier.safetensors"
@@ -112,10 +113,9 @@ def train_classifier(steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: 
 def save_classifier(clf: ShapesClassifier, path: Path = CLASSIFIER_FILE) -> None:
     from safetensors.torch import save_file
 
-    tmp = Path(str(path) + ".tmp")
-    save_file({k: v.to(torch.float16).contiguous().cpu() for k, v in clf.state_dict().items()},
-              str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.to(torch.float16).contiguous().cpu() for k, v in clf.state_dict().items()},
+                  str(tmp))
 
 
 def load_classifier(device: str | torch.device = "cpu", path: Path = CLASSIFIER_FILE

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workloads.errors import ConfigError
+from workloads.io import atomic_open, atomic_path
 
 TRACE_VERSION = 1
 
@@ -110,26 +111,25 @@ class Trace:
         return {f: [getattr(op, f) for op in self.ops] for f in OP_FIELDS}
 
     def save(self, path: str | Path) -> Path:
-        """Write Parquet (``.parquet``) or CSV (``.csv``); written to a temp file, then renamed."""
+        """Write Parquet (``.parquet``) or CSV (``.csv``), atomically (``workloads.io``)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        if path.suffix not in (".parquet", ".csv"):
+            raise ConfigError("out", str(path), "a file ending in .parquet or .csv")
         header = json.dumps({"trace_version": self.version, "meta": self.meta})
         if path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             table = pa.table(self.to_columns()).replace_schema_metadata({"trace": header})
-            pq.write_table(table, tmp)
-        elif path.suffix == ".csv":
-            with open(tmp, "w", newline="") as fh:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+        else:
+            with atomic_open(path, "w", newline="") as fh:
                 fh.write(f"# {header}\n")
                 w = csv.writer(fh)
                 w.writerow(OP_FIELDS)
                 for op in self.ops:
                     w.writerow([getattr(op, f) for f in OP_FIELDS])
-        else:
-            raise ConfigError("out", str(path), "a file ending in .parquet or .csv")
-        tmp.replace(path)
         return path
 
     @classmethod

@@ -14,6 +14,8 @@ import math
 import sys
 from pathlib import Path
 
+from workloads.io import atomic_path
+
 BITS_DEFAULT = "w8a8,w6a6,w4a8"
 
 
@@ -245,9 +247,8 @@ def run_quality(args) -> int:
                                     num_samples=args.samples, reference_sample=ref))
     df = pd.DataFrame(rows)
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        (df.to_csv(tmp, index=False) if args.out.endswith(".csv") else df.to_parquet(tmp, index=False))
-        tmp.replace(args.out)
+        with atomic_path(args.out) as tmp:
+            (df.to_csv(tmp, index=False) if args.out.endswith(".csv") else df.to_parquet(tmp, index=False))
     cols = ["recipe", "w_bits", "a_bits", "num_weight_sets", "weight_storage_bytes", "sqnr_db", "psnr_db",
             "worst_layer_sqnr_db", "worst_layer"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):

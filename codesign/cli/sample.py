@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+
+from workloads.io import atomic_path
 
 
 def register(sub) -> None:
@@ -57,9 +58,8 @@ def run(args) -> int:
     if args.out:
         from safetensors.torch import save_file
 
-        tmp = Path(args.out + ".tmp")
-        save_file({"latent": x.contiguous()}, str(tmp))
-        tmp.replace(args.out)
+        with atomic_path(args.out) as tmp:
+            save_file({"latent": x.contiguous()}, str(tmp))
     summary = {"workload": w.name, "steps": steps, "shape": list(x.shape), "seconds": round(seconds, 3),
                "latent_mean": float(x.mean()), "latent_std": float(x.std())}
     print(json.dumps(summary) if args.json else

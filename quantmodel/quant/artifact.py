@@ -28,7 +28,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from quantmodel.model.stdit import STDiT
 from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fingerprint
 from quantmodel.quant.smoothing import fold_kind, smooth_factors, vrow_producer
 from workloads.errors import ConfigError
+from workloads.io import atomic_path
 from workloads.recipes import Recipe, recipe_from_dict
 
 ARTIFACT_FORMAT = "stdit-quant-v1"
@@ -205,14 +205,9 @@ class QuantArtifact:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"format": ARTIFACT_FORMAT, "meta": json.dumps(self.meta)})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
 from quantmodel.model.samplers import sampler_for
 from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
+from workloads.io import atomic_path
 from workloads.presets import Workload
 
 STATS_FORMAT = "stdit-calib-v1"
@@ -98,10 +98,9 @@ class CalibStats:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
-        save_file(tensors, str(tmp), metadata={"format": STATS_FORMAT, "meta": json.dumps(self.meta)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": STATS_FORMAT, "meta": json.dumps(self.meta)})
         return path
 
     @classmethod
