@@ -44,10 +44,9 @@ def run_workloads(args) -> int:
 
 
 def run_trace(args) -> int:
-    from quantmodel.model.tracing import build_trace
+    from codesign import api
     from workloads.presets import get_workload
-    from workloads.recipes import annotate_trace, get_recipe
-    from workloads.trace import Trace
+    from workloads.recipes import get_recipe
 
     workload = get_workload(args.workload)
     recipe = get_recipe(args.recipe)
@@ -56,7 +55,7 @@ def run_trace(args) -> int:
 
         raise ConfigError("out", args.out, "a file ending in .parquet or .csv")
     t0 = time.perf_counter()
-    trace: Trace = annotate_trace(build_trace(workload), recipe)
+    trace = api.trace(workload, recipe)
     build_s = time.perf_counter() - t0
     if args.out:
         trace.save(args.out)
