@@ -5,7 +5,7 @@ GEMM level (this part): for every GEMM shape of one STDiT block, time the intege
 side by side in one run and print the ratio int/float (<= 1.0 meets the goal).
 
     python benchmarks/bench_emulator.py [--configs tiny,mid,mid768] [--repeats 5] [--threads 1,2]
-    python benchmarks/bench_emulator.py --forward-only --threads 1,2   # whole model, the issue-3 goal
+    python benchmarks/bench_emulator.py --forward-only --threads 1,2   # whole model, the speed goal
     QUANTMODEL_CKERNELS=0 python benchmarks/bench_emulator.py --forward-only   # torch ops only (no C loops)
 
 Functions are kept small so the full-forward comparison can be added here as further functions.
@@ -158,7 +158,7 @@ def cuda_check(seed: int = 0) -> int:
     return bad
 
 
-# ---- full forward (Q2): emulator forward vs float32 PyTorch forward of the whole model ------------------
+# ---- full forward: emulator forward vs float32 PyTorch forward of the whole model ------------------
 FORWARD_CONFIGS = ("tiny", "mid", "mid768")
 
 

@@ -1,6 +1,6 @@
 """hwsim speed: (1) one design point of opensora-v1.0-16x512x512 (100 steps x 800 ops, CFG) on edge-npu,
 tile-level, on a chip new to the process (hwsim's cross-call cache cleared; the trace already analysed,
-as in a sweep), goal < 1 s (issue 4), with 0.15 s the target that sizes the default sweep; (1b) the same recipes one after another on one chip, as a sweep worker
+as in a sweep), goal < 1 s, with 0.15 s the target that sizes the default sweep; (1b) the same recipes one after another on one chip, as a sweep worker
 runs a hardware point, with the cache kept (and identical numbers to the cold runs); (2) memoised vs
 unmemoised simulation side by side on smaller workloads, with a check that both give identical numbers.
 

@@ -422,12 +422,6 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    if spec.quality_workload is not None:
-        try:
-            from quantmodel.eval import quality as _q  # noqa: F401
-        except ImportError:
-            raise ConfigError("spec.quality", spec.quality_workload,
-                              "null (quantmodel.eval.quality is not in this build yet)") from None
     # connect first: an unreachable scheduler must fail before anything is written
     dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:

@@ -10,14 +10,14 @@ quantize each token row on line and rescale the int32 sums in float32 (the ``dyn
 Between GEMMs the vector unit runs in one of two modes (:mod:`quantmodel.intarith.intops`):
 
 - ``fp16``: activations are float16; LayerNorm, modulate, softmax, GELU, gated and plain residual adds
-  are Q1's fp16 kernels (fp32 arithmetic, one fp16 rounding per step); a GEMM's int16 output is
+  are the fp16 kernels of ``intops`` (fp32 arithmetic, one fp16 rounding per step); a GEMM's int16 output is
   converted to fp16 where a vector op reads it; SmoothQuant's explicit multiply is an fp16 multiply
-  by fp16 factors; float->int activation quantization is Q1's :class:`~quantmodel.intarith.fixedpoint.ActQuantizer`
+  by fp16 factors; float->int activation quantization is :class:`~quantmodel.intarith.fixedpoint.ActQuantizer`
   (a float32 multiply by the scale's float32 reciprocal, prepared once per layer and weight set, then
   round half to even and saturation: the chip's vector unit has no divider).
 - ``int`` (integer only, I-BERT / I-ViT): the residual stream is int32 (``RES_BITS`` = 24-bit codes at
   a static scale from calibration, 2x headroom); LayerNorm, softmax, GELU, modulate and the gated
-  residual adds are Q1's integer kernels; the explicit smoothing multiply becomes a per-channel
+  residual adds are the integer kernels of ``intops``; the explicit smoothing multiply becomes a per-channel
   requantization of the integer input (multiplier ``s_in / (s_j * x_scale)``), the folded one a
   modulation with folded shift/scale; the per-step modulation parameters (from the float timestep
   path) are quantized to 16 bits per step. Attention matmuls that the recipe leaves unquantized run
@@ -50,7 +50,7 @@ buffers that share one arena by live range, so a forward pays neither Python dis
 per op. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
-(in ``int`` mode) each integer kernel call is recomputed by Q1's float64 reference
+(in ``int`` mode) each integer kernel call is recomputed by the float64 reference
 (:mod:`quantmodel.intarith.reference`) on the same integer inputs and compared exactly; per-layer SQNR of
 each quantized layer's output against the float layer on the same input is accumulated.
 """
@@ -359,7 +359,7 @@ class IntegerEmulator:
         vf = self.verifier
         if self.static:
             q, xf = self._input_int8(name, v, p)
-            # int8 GEMM + int32 bias + requantization (Q1's fused kernel: the same integers as
+            # int8 GEMM + int32 bias + requantization (the fused kernel: the same integers as
             # fixedpoint.requantize(int_linear(q, w_t, bias), mult, shift, -QO, QO))
             out = p.gemm(q)  # int16 [..., n]: int_linear_requant(q, p.w_t, p.bias_q, p.rq), prepared
             res = IntVal(out, p.y_scale)

@@ -12,7 +12,7 @@ of a forward stays in the CPU caches.
 Values: each step is the call the emulator's eager path makes for that op (or a C loop with the same
 operations in the same order), with the same constants and tensors of the same shapes (so torch's
 vectorised exp / tanh see the same lanes), so the program's output equals
-:meth:`IntegerEmulator.forward` without it bit for bit (tests/test_emuprogram.py compares them over
+:meth:`IntegerEmulator.forward` without it bit for bit (tests/quantmodel/test_emuprogram.py compares them over
 recipes, steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation
 quantized to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
 

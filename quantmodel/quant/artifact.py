@@ -8,7 +8,7 @@ linear layer:
   consumer's factors already divided out of the V rows (``quantmodel.quant.smoothing``);
 - static schemes: ``x_scale`` (per-tensor input scale), ``bias_q`` int32 [n] (bias / (x_scale*w_scale)),
   ``y_scale`` (the int16 output's scale), ``multiplier`` int32 [n] and ``shift`` int32 [n] with
-  ``x_scale*w_scale/y_scale ~= multiplier * 2^-shift`` (Q1's ``quantmodel.intarith.fixedpoint``);
+  ``x_scale*w_scale/y_scale ~= multiplier * 2^-shift`` (``quantmodel.intarith.fixedpoint``);
 - smoothing schemes: ``smooth`` f32 [k] (the factors s; the emulator applies 1/s where the chip does);
 - dynamic: ``bias`` f32 [n] (applied after the on-line per-token rescale).
 Quantized attention matmuls get per-set ``a_scale``, ``b_scale``, ``y_scale``, ``multiplier``, ``shift``.

@@ -1,4 +1,4 @@
-"""A dynamic recipe is never cheaper than its static twin on the same hardware (the issue's ordering),
+"""A dynamic recipe is never cheaper than its static twin on the same hardware (the ordering the study relies on),
 checked on a small-SRAM point where the tile search once gave the static GEMMs a shape that starved
 the MAC arrays (64 output columns over 4 arrays of 64) and made static-w8a8 slower than dynamic-w8a8.
 A top-layer test: it builds real traces with quantmodel, which hwsim itself never imports."""
@@ -80,7 +80,7 @@ def sweep_chips(tmp_path_factory):
 
 def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
     """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ,
-    in latency and in energy (issue 4's ordering, on what `codesign sweep default` runs)."""
+    in latency and in energy (on what `codesign sweep default` runs)."""
     items, twins, chips, traces = sweep_chips
     bad = []
     for i in chips:
