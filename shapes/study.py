@@ -53,6 +53,9 @@ def _params_on(runner, dev: torch.device) -> None:
 def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: int = 0,
               calib_prompts: int = 8, backend: str = "fakequant", device: str = "cpu",
               num_steps: int | None = None) -> pd.DataFrame:
+    """Evaluate each recipe on the shapes model (same prompts and noise for all) into ``out_csv``, one
+    row per recipe, resuming from the rows already there. One piece: the float reference, the
+    calibration and the classifier are built once and shared by every recipe's evaluation."""
     from quantmodel.eval import quality
 
     w = shapes_workload()

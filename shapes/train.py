@@ -215,7 +215,12 @@ def _save(sd: dict[str, torch.Tensor], path: Path) -> None:
 
 def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
           progress: bool = True) -> dict:
-    """Run training; returns the log (losses, steps, wall time). Saves weights when ``out_dir``."""
+    """Run training; returns the log (losses, steps, wall time). Saves weights when ``out_dir``.
+
+    One piece on purpose: every random draw (batch, caption dropout, timesteps, noise) comes from one
+    generator in a fixed order, and the resumable state (model, encoder, optimizer, EMA, generator)
+    is built, stepped and saved together; a resumed run repeats an uninterrupted one only while that
+    order stays in one place."""
     dev = torch.device(device)
     w = get_workload(cfg.workload)
     mcfg = STDiTConfig.from_workload(w)
