@@ -165,7 +165,7 @@ def _bytes(elements: int, bits: int) -> int:
 
 
 def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None = None) -> Trace:
-    """The op trace as the chip runs it under ``recipe`` (contract: /work/briefs/CONTRACT.md).
+    """The op trace as the chip runs it under ``recipe`` (the trace contract: docs/architecture.md).
 
     Quantized GEMMs get their bit-widths, integer weight bytes and weight set; smoothing multiplies
     that cannot be folded and the dynamic-statistics ops are inserted where the chip runs them.

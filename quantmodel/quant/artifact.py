@@ -188,7 +188,7 @@ class QuantArtifact:
         return annotate_trace(trace, self.recipe, self.step_to_set)
 
     def weight_storage_bytes(self) -> int:
-        """Bytes of all weight sets as the chip stores them (CONTRACT.md's formula): packed integer
+        """Bytes of all weight sets as the chip stores them (the trace's formula, docs/architecture.md): packed integer
         weights + fp32 per-channel scale + int32 bias per quantized linear per set, FP16 factors of the
         explicit smoothing multiplies per set, plus the float weights of unquantized layers once."""
         w_bits = self.meta["w_bits"]

@@ -60,7 +60,7 @@ def test_tsq_tsw_has_one_weight_set_per_step_and_steps_times_asq_storage(setup):
     assert tsq.weight_storage_bytes() - fb == 4 * (asq.weight_storage_bytes() - fb)
     # the sets really differ (per-step smoothing and scales)
     assert not torch.equal(tsq.get(0, "blocks.0.mlp.fc2", "weight_q"), tsq.get(3, "blocks.0.mlp.fc2", "weight_q"))
-    # the artifact's quantized storage matches the hardware trace's (CONTRACT.md formula)
+    # the artifact's quantized storage matches the hardware trace's (the same formula)
     trace = tsq.annotate(build_trace(w))
     assert trace.meta["step_to_set"] == [0, 1, 2, 3]
     seen = {}
