@@ -21,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from shapes import dataset as shapes
-from shapes import videometrics
+from shapes import dataset, videometrics
 from shapes.model import caption_features, generate, load_shapes_model, shapes_workload
 from workloads.io import atomic_path
 from workloads.recipes import get_recipe
@@ -67,17 +66,17 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
     # calibration and artifact building run on the CPU (the quantizer keeps its tensors there)
     model_cpu = model if device == "cpu" else load_shapes_model("cpu")[0]
     clf = videometrics.load_classifier()
-    labels = shapes.prompt_set(num_prompts, seed=seed)
-    prompts = shapes.captions(labels)
+    labels = dataset.prompt_set(num_prompts, seed=seed)
+    prompts = dataset.captions(labels)
     done = pd.read_csv(out_csv) if out_csv.is_file() else pd.DataFrame()
     done_names = set(done["recipe"]) if len(done) else set()
     with tempfile.TemporaryDirectory() as tmp:
         # calibration prompts: another seed's prompt set, as real caption features
-        cal_labels = shapes.prompt_set(calib_prompts, seed=seed + 101)
+        cal_labels = dataset.prompt_set(calib_prompts, seed=seed + 101)
         feat_file = Path(tmp) / "calib_y.safetensors"
         from safetensors.torch import save_file
 
-        save_file({"y": caption_features(enc, shapes.captions(cal_labels)).cpu().contiguous()},
+        save_file({"y": caption_features(enc, dataset.captions(cal_labels)).cpu().contiguous()},
                   str(feat_file))
         stats = None
         t0 = time.time()
@@ -165,17 +164,17 @@ def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "
     import matplotlib.pyplot as plt
 
     model, enc = load_shapes_model(device)
-    labels = shapes.prompt_set(16, seed=seed)
+    labels = dataset.prompt_set(16, seed=seed)
     labels = {k: v[:num_prompts] for k, v in labels.items()}
-    prompts = shapes.captions(labels)
+    prompts = dataset.captions(labels)
     video = generate(model, enc, prompts, seed=seed).cpu()
     pred = videometrics.classify(videometrics.load_classifier(), video)
     fig, axes = plt.subplots(num_prompts, len(frames), figsize=(1.3 * len(frames), 1.55 * num_prompts))
     for i in range(num_prompts):
-        read = shapes.caption(shapes.label_names(pred, i))
+        read = dataset.caption(dataset.label_names(pred, i))
         for j, f in enumerate(frames):
             ax = axes[i, j]
-            ax.imshow(shapes.to_uint8(video[i, :, f]).permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.imshow(dataset.to_uint8(video[i, :, f]).permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

@@ -51,7 +51,7 @@ import torch
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import IDDPM
-from shapes import dataset as shapes
+from shapes import dataset
 from shapes.captions import CaptionEncoder, ids_from_labels
 from shapes.model import RECOMPUTED, WORKLOAD, init_zero
 from workloads.errors import ConfigError
@@ -224,7 +224,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     dev = torch.device(device)
     w = get_workload(cfg.workload)
     mcfg = STDiTConfig.from_workload(w)
-    clip = shapes.ShapesConfig(num_frames=w.num_frames, height=w.height, width=w.width)
+    clip = dataset.ShapesConfig(num_frames=w.num_frames, height=w.height, width=w.width)
     if w.vae_spatial_factor != 1 or w.model.in_channels != 3:
         raise ConfigError("workload", cfg.workload, "a pixel-space workload (vae_spatial_factor 1, "
                           "in_channels 3)")
@@ -275,7 +275,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with torch.no_grad():
-            x0, labels = shapes.sample_batch(cfg.batch, gen, clip, device=dev)  # [B, 3, T, H, W]
+            x0, labels = dataset.sample_batch(cfg.batch, gen, clip, device=dev)  # [B, 3, T, H, W]
         y = enc(ids_from_labels(labels))  # [B, 1, L, Ct]
         drop = torch.rand(cfg.batch, generator=gen, device=dev) < cfg.caption_dropout
         y = torch.where(drop.view(-1, 1, 1, 1), model.null_caption(cfg.batch).to(y.dtype), y)
