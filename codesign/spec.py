@@ -15,10 +15,11 @@ A spec is a YAML file (``codesign/specs/default.yaml`` is the worked example)::
       seed: 0
       axes:                                    # dotted HWConfig fields (+ `prefetch`, a simulate option)
         mac.rows: [16, 32, 64]                 # a list: grid values / uniform choice
-        dram.bandwidth_bytes_per_s: {min: 4.0e9, max: 3.2e10, scale: log}   # random only
-        tech:                                  # a section: each value sets several fields together
-          - {node_nm: 5, energy_scale: 0.2}    #   (a technology node moves energy, area, bitcell...)
-          - {node_nm: 7, energy_scale: 0.28}
+        clock.freq_hz: {min: 6.0e8, max: 1.2e9, scale: log}   # random only
+        tech.node_nm: [7, 5, 4]                # a node moves energy, area, leakage and the V-f curve
+        dram:                                  # a section: each value sets several fields together
+          - {part: lpddr5-6400, channels: 2}
+          - {part: lpddr5x-8533, channels: 4}
 
 The spec is validated when it is loaded (unknown keys, unknown axes, empty grids, bad recipes all
 raise ``ConfigError``), so a sweep never dies half-way on a typo. Its content hash names the results

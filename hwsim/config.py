@@ -3,18 +3,22 @@
 The YAML mirrors the dataclasses (one mapping per section). Every field is checked at load time;
 a bad field raises ``ConfigError`` naming the dotted field, the value and what is allowed, and an
 unknown field is refused (a typo must not silently fall back to a default). The sources of the
-numbers live beside them in ``hwsim/presets/*.yaml``; the per-operation energies and areas at
-45 nm (Horowitz, ISSCC 2014) live in ``hwsim/energy.py`` and ``hwsim/area.py``.
+numbers live beside them in ``hwsim/presets/*.yaml``. A preset names a technology node and a clock
+(the supply follows from the node's voltage-frequency curve, ``technology.py``) and memory parts by
+name (``memory.py``); energies and areas are derived from those (``energy.py``, ``area.py``,
+``sram.py``) once per config and cached on it (``HWConfig.costs``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from hwsim import memory, technology
 from workloads.errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -24,6 +28,9 @@ PRECISIONS = ("int8", "int4", "fp16")
 
 @dataclass(frozen=True)
 class Clock:
+    """The operating point: a clock (YAML: a number, or ``nominal`` for the node's nominal clock);
+    the supply voltage follows from the node's voltage-frequency curve (``HWConfig.op``)."""
+
     freq_hz: float  # NPU core clock; the simulator's time unit is one cycle of it
 
 
@@ -72,28 +79,72 @@ class Dma:
 
 @dataclass(frozen=True)
 class Dram:
+    """``channels`` JEDEC channels (x16 for LPDDR4X/5/5X) of one part from ``memory.DRAM_PARTS``."""
+
+    part: str
+    channels: int
     capacity_bytes: int
     weight_capacity_bytes: int  # part of DRAM the model's weights may occupy (the rest: OS, apps)
-    bandwidth_bytes_per_s: float
-    energy_pj_per_byte: float
+
+    @property
+    def spec(self) -> memory.DramPart:
+        return memory.DRAM_PARTS[self.part]
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        """Peak: data rate x bus width (JEDEC)."""
+        return self.spec.channel_bandwidth_bytes_per_s * self.channels
+
+    @property
+    def efficiency(self) -> float:
+        """Sustained / peak for streaming DMA (read/write turnaround, refresh, bank conflicts)."""
+        return self.spec.efficiency
+
+    @property
+    def sustained_bandwidth_bytes_per_s(self) -> float:
+        return self.bandwidth_bytes_per_s * self.efficiency
+
+    @property
+    def access_latency_s(self) -> float:
+        return self.spec.access_latency_s
 
 
 @dataclass(frozen=True)
 class Flash:
+    """Weight storage: one part from ``memory.FLASH_PARTS``."""
+
+    part: str
     capacity_bytes: int
-    bandwidth_bytes_per_s: float  # sequential read
-    energy_pj_per_byte: float
     chunk_bytes: int  # size of one read command of a weight-set transfer
+
+    @property
+    def spec(self) -> memory.FlashPart:
+        return memory.FLASH_PARTS[self.part]
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:  # sequential read
+        return self.spec.read_bandwidth_bytes_per_s
+
+    @property
+    def energy_pj_per_byte(self) -> float:
+        return self.spec.read_pj_per_byte
+
+    @property
+    def command_latency_s(self) -> float:
+        return self.spec.command_latency_s
+
+    @property
+    def queue_depth(self) -> int:
+        return self.spec.queue_depth
 
 
 @dataclass(frozen=True)
 class Tech:
-    node_nm: float
-    energy_scale: float  # energy per op / per access relative to 45 nm
-    area_scale: float  # logic area relative to 45 nm
-    sram_bitcell_um2: float  # 6T bitcell area at this node
-    sram_array_efficiency: float  # bitcell area / macro area (periphery overhead)
-    leakage_mw_per_mm2: float  # static power density
+    node_nm: float  # CMOS node; energy, area, leakage and the V-f curve follow (technology.py)
+
+    @property
+    def node(self) -> technology.Node:
+        return technology.node(self.node_nm)
 
 
 @dataclass(frozen=True)
@@ -112,6 +163,19 @@ class HWConfig:
     @property
     def peak_macs_per_cycle(self) -> dict:
         return {p: self.mac.pes * self.mac.rate(p) for p in PRECISIONS}
+
+    @functools.cached_property
+    def op(self) -> technology.OperatingPoint:
+        """Node + clock -> supply voltage and energy/leakage factors (computed once per config)."""
+        return technology.operating_point(self.tech.node_nm, self.clock.freq_hz)
+
+    @functools.cached_property
+    def costs(self):
+        """Energy per event, static power and area of this config (``energy.EventEnergies``),
+        computed once per config so the simulator and the tile search never recompute them."""
+        from hwsim.energy import compute_costs
+
+        return compute_costs(self)
 
 
 _SECTIONS = {"clock": Clock, "mac": MacArrays, "vector": VectorUnit, "sram": Sram, "dma": Dma,
@@ -204,7 +268,12 @@ def hw_from_dict(d: object) -> HWConfig:
         raise ConfigError("hw.description", d["description"], "a string")
     s = {name: _known(name, d[name], cls) for name, cls in _SECTIONS.items()}
 
-    clock = Clock(freq_hz=_pos_num("clock.freq_hz", s["clock"]["freq_hz"]))
+    node_nm = _pos_num("tech.node_nm", s["tech"]["node_nm"])
+    node = technology.node(node_nm)  # refuses a node outside the model's range
+    tech = Tech(node_nm=node_nm)
+    f = s["clock"]["freq_hz"]
+    clock = Clock(freq_hz=node.fnom_hz if f == "nominal" else _pos_num("clock.freq_hz", f))
+    technology.vdd_for(node, clock.freq_hz)  # refuses a clock above the node's maximum
 
     m = s["mac"]
     if m["dataflow"] not in DATAFLOWS:
@@ -236,27 +305,17 @@ def hw_from_dict(d: object) -> HWConfig:
               setup_cycles=_nonneg_int("dma.setup_cycles", a["setup_cycles"]))
 
     r = s["dram"]
-    dram = Dram(capacity_bytes=_pos_int("dram.capacity_bytes", r["capacity_bytes"]),
-                weight_capacity_bytes=_pos_int("dram.weight_capacity_bytes", r["weight_capacity_bytes"]),
-                bandwidth_bytes_per_s=_pos_num("dram.bandwidth_bytes_per_s", r["bandwidth_bytes_per_s"]),
-                energy_pj_per_byte=_pos_num("dram.energy_pj_per_byte", r["energy_pj_per_byte"]))
+    dram = Dram(part=memory.dram_part(r["part"]).name, channels=_pos_int("dram.channels", r["channels"]),
+                capacity_bytes=_pos_int("dram.capacity_bytes", r["capacity_bytes"]),
+                weight_capacity_bytes=_pos_int("dram.weight_capacity_bytes", r["weight_capacity_bytes"]))
     if dram.weight_capacity_bytes > dram.capacity_bytes:
         raise ConfigError("dram.weight_capacity_bytes", dram.weight_capacity_bytes,
                           f"at most dram.capacity_bytes ({dram.capacity_bytes})")
 
     f = s["flash"]
-    flash = Flash(capacity_bytes=_pos_int("flash.capacity_bytes", f["capacity_bytes"]),
-                  bandwidth_bytes_per_s=_pos_num("flash.bandwidth_bytes_per_s", f["bandwidth_bytes_per_s"]),
-                  energy_pj_per_byte=_pos_num("flash.energy_pj_per_byte", f["energy_pj_per_byte"]),
+    flash = Flash(part=memory.flash_part(f["part"]).name,
+                  capacity_bytes=_pos_int("flash.capacity_bytes", f["capacity_bytes"]),
                   chunk_bytes=_pos_int("flash.chunk_bytes", f["chunk_bytes"]))
-
-    t = s["tech"]
-    tech = Tech(node_nm=_pos_num("tech.node_nm", t["node_nm"]),
-                energy_scale=_pos_num("tech.energy_scale", t["energy_scale"]),
-                area_scale=_pos_num("tech.area_scale", t["area_scale"]),
-                sram_bitcell_um2=_pos_num("tech.sram_bitcell_um2", t["sram_bitcell_um2"]),
-                sram_array_efficiency=_fraction("tech.sram_array_efficiency", t["sram_array_efficiency"]),
-                leakage_mw_per_mm2=_pos_num("tech.leakage_mw_per_mm2", t["leakage_mw_per_mm2"]))
     return HWConfig(name=d["name"], description=d["description"], clock=clock, mac=mac, vector=vector,
                     sram=sram, dma=dma, dram=dram, flash=flash, tech=tech)
 
@@ -294,10 +353,10 @@ def with_overrides(hw: HWConfig, overrides: dict) -> HWConfig:
         for i, p in enumerate(parts[:-1]):
             if not isinstance(node, dict) or p not in node:
                 raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
-                                  "dram.bandwidth_bytes_per_s")
+                                  "dram.channels")
             node = node[p]
         if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
-                              "dram.bandwidth_bytes_per_s")
+                              "dram.channels")
         node[parts[-1]] = value
     return hw_from_dict(d)

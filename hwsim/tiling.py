@@ -239,7 +239,6 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     """(cycles, pJ) of a plan run alone, from its tiles and event counts: the tile search's closed
     form for time, ``energy.py`` for energy (leakage over that time). Used to choose between running
     a GEMM's quantization stages fused into it or as their own ops."""
-    from hwsim.area import area_breakdown_mm2
     from hwsim.energy import energy_breakdown_j
 
     if plan.estimate:
@@ -254,8 +253,7 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     pre = sum(t[6] for t in tiles)
     post = sum(t[10] for t in tiles)
     cycles = _pipeline_cycles(a_in, b_in, d_out, comp, pre, post, len(tiles), hw, _per_tile_cycles(hw, plan.engine))
-    area_mm2 = sum(area_breakdown_mm2(hw).values())
-    energy_j = sum(energy_breakdown_j(hw, plan.counts, cycles / hw.clock.freq_hz, area_mm2).values())
+    energy_j = sum(energy_breakdown_j(hw, plan.counts, cycles / hw.clock.freq_hz).values())
     plan.estimate = (cycles, energy_j * 1e12)
     return plan.estimate
 
@@ -265,17 +263,14 @@ class _Estimate:
 
     The counts follow the replay in ``plan_gemm``: an operand tile is loaded again whenever the
     loop order moves to another tile of it, a fused pre-stage runs on every input load, and the
-    energies per event are those of ``energy.py`` (Horowitz ISSCC 2014 scaled by the node; DRAM
-    from the config), leakage from ``area.py``'s area x ``tech.leakage_mw_per_mm2``.
+    energies per event are those of ``energy.py`` (``hw.costs``: computed once per config from the
+    node, the operating point, the CACTI fit and the memory parts), static power likewise.
     """
 
     def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
-        from hwsim.area import area_breakdown_mm2
-        from hwsim.energy import DYN_LANE_CYCLE_PJ_45NM, MAC_PJ_45NM, VECTOR_LANE_CYCLE_PJ_45NM, sram_pj_per_byte
-
         self.u, self.tile_cycles = u, tile_cycles
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
-        s = hw.tech.energy_scale
+        e = hw.costs  # per-event energies, computed once per config
         self.hw = hw
         self.per_tile = _per_tile_cycles(hw, "mac")
         lanes = hw.vector.lanes
@@ -287,14 +282,13 @@ class _Estimate:
         recip = u.batch * u.m * hw.vector.reciprocal_cycles_per_row if "dyn_stats" in stages_of(u.pre) else 0
         self.pre_cycles = self.a_el * (pv + pd) / lanes + recip
         self.post_cycles = self.o_el * (qv + qd) / lanes
-        vl, dl = lanes * VECTOR_LANE_CYCLE_PJ_45NM * s, lanes * DYN_LANE_CYCLE_PJ_45NM * s
+        vl, dl = lanes * e.vector_lane_cycle_pj, lanes * e.dyn_lane_cycle_pj
         self.pre_pj = (self.a_el * pv / lanes) * vl + (self.a_el * pd / lanes + recip) * dl
         self.post_pj = (self.o_el * qv / lanes) * vl + (self.o_el * qd / lanes) * dl
-        self.dram_pj = hw.dram.energy_pj_per_byte
-        self.sram_pj = sram_pj_per_byte(hw)
-        self.mac_pj = u.macs * MAC_PJ_45NM[u.precision] * s
-        self.leak_pj_per_cycle = (sum(area_breakdown_mm2(hw).values()) * hw.tech.leakage_mw_per_mm2 * 1e-3
-                                  / hw.clock.freq_hz * 1e12)
+        self.dram_pj = e.dram_pj_per_byte
+        self.sram_pj = e.sram_pj_per_byte
+        self.mac_pj = u.macs * e.mac_pj[u.precision]
+        self.leak_pj_per_cycle = e.static_w / hw.clock.freq_hz * 1e12
 
     def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
         u = self.u
@@ -710,8 +704,6 @@ class _AttnCost:
     ``plan_attention``'s search (compute, softmax on the vector unit and DRAM traffic together)."""
 
     def __init__(self, u: AttentionUnit, hw: HWConfig):
-        from hwsim.area import area_breakdown_mm2
-
         mac = hw.mac
         self.u, self.hw = u, hw
         self.R, self.C, self.A = mac.rows, mac.cols, mac.arrays
@@ -722,8 +714,7 @@ class _AttnCost:
         self.soft_cpe = vector_cycles_per_element(hw, "softmax")
         self.basic = hw.vector.cycles_per_element["basic"]
         self.per_tile = _per_tile_cycles(hw, "mac")
-        self.leak_pj_per_cycle = (sum(area_breakdown_mm2(hw).values()) * hw.tech.leakage_mw_per_mm2 * 1e-3
-                                  / hw.clock.freq_hz * 1e12)
+        self.leak_pj_per_cycle = hw.costs.static_w / hw.clock.freq_hz * 1e12  # static power, once per config
         self.cache: dict = {}
 
     def cycles(self, b: int, m: int, nkk: int) -> tuple[int, int]:
@@ -765,7 +756,7 @@ class _AttnCost:
                     comp += b_n * m_n * k_n * self.cycles(b_s, m_s, k_s)[0]
                     soft += b_n * m_n * k_n * self.softmax_cycles(b_s, m_s, k_s, nb_k > 1)
         cycles = _pipeline_cycles(u.q_bytes, kv_in, u.out_bytes, comp, soft, 0, ntiles, hw, self.per_tile)
-        energy = (u.q_bytes + kv_in + u.out_bytes) * hw.dram.energy_pj_per_byte + cycles * self.leak_pj_per_cycle
+        energy = (u.q_bytes + kv_in + u.out_bytes) * hw.costs.dram_pj_per_byte + cycles * self.leak_pj_per_cycle
         return cycles, energy, ntiles
 
 

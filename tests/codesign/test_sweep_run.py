@@ -50,7 +50,7 @@ def test_local_sweep_rows_and_values(tiny_results):
     row = df[(df["status"] == "ok") & (df["recipe"] == "tsq-tsw-w8a8")].iloc[0]
     hw = hwsim.with_overrides(hwsim.load_hw("edge-npu"), {
         "mac.rows": int(row["hw.mac.rows"]),
-        "dram.bandwidth_bytes_per_s": float(row["hw.dram.bandwidth_bytes_per_s"]),
+        "dram.part": row["hw.dram.part"], "dram.channels": int(row["hw.dram.channels"]),
         "vector.online_reduction": bool(row["hw.vector.online_reduction"])})
     trace = annotate_trace(build_trace(get_workload("stdit-tiny")), get_recipe("tsq-tsw-w8a8"))
     direct = hwsim.simulate(trace, hw, prefetch=row["prefetch"]).to_dict()
@@ -105,8 +105,8 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
     """Kill a real `codesign sweep` with SIGKILL while it writes parts; the rerun completes exactly once."""
     data = yaml.safe_load(TINY.read_text())
     data["hardware"] = {"base": "edge-npu", "sampling": "random", "samples": 60, "seed": 3, "axes": {
-        "mac.rows": [16, 32, 64], "mac.cols": [16, 32, 64], "clock.freq_hz": {"min": 5e8, "max": 1.5e9},
-        "dram.bandwidth_bytes_per_s": {"min": 1e10, "max": 8e10, "scale": "log"}}}
+        "mac.rows": [16, 32, 64], "mac.cols": [16, 32, 64], "clock.freq_hz": {"min": 5e8, "max": 1.4e9},
+        "dram.channels": [1, 2, 4, 8]}}
     spec_path = tmp_path / "kill.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     total = 60 * 3

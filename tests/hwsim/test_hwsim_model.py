@@ -20,7 +20,7 @@ def tiny(recipe: str) -> Trace:
 def roomy(hw, **extra):
     """The preset with SRAM and bandwidth so ample that a big GEMM is compute-bound."""
     return hwsim.with_overrides(hw, {"sram.weight_buffer_bytes": 2**27, "sram.activation_buffer_bytes": 2**28,
-                                     "dram.bandwidth_bytes_per_s": 1e14, "dma.bandwidth_bytes_per_s": 1e14,
+                                     "dram.channels": 2**16, "dma.bandwidth_bytes_per_s": 1e14,
                                      "sram.bytes_per_cycle": 2**20, **extra})
 
 
@@ -55,7 +55,7 @@ def _swapping_hw():
     """edge-npu shrunk so stdit-tiny's weight sets live in flash and swap every step."""
     return hwsim.with_overrides(hwsim.load_hw("edge-npu"), {
         "sram.weight_buffer_bytes": 65536, "sram.activation_buffer_bytes": 262144,
-        "dram.weight_capacity_bytes": 1_000_000, "flash.bandwidth_bytes_per_s": 2.0e8})
+        "dram.weight_capacity_bytes": 1_000_000, "flash.part": "emmc5.1"})
 
 
 @pytest.mark.parametrize("prefetch", ["jit", "early"])
@@ -89,7 +89,7 @@ def test_swaps_cost_and_early_prefetch_hides_them():
 def test_doubling_dram_bandwidth_never_slower():
     for name in ("edge-npu", "edge-npu-lite"):
         hw = hwsim.load_hw(name)
-        fast = hwsim.with_overrides(hw, {"dram.bandwidth_bytes_per_s": 2 * hw.dram.bandwidth_bytes_per_s})
+        fast = hwsim.with_overrides(hw, {"dram.channels": 2 * hw.dram.channels})
         for recipe in ("fp16", "asq-w8a8", "dynamic-w8a8"):
             assert hwsim.simulate(tiny(recipe), fast).latency_s <= hwsim.simulate(tiny(recipe), hw).latency_s
         for g in ((512, 1152, 4608), (4096, 4608, 1152)):
@@ -170,7 +170,7 @@ def test_cross_call_cache_gives_cold_numbers_exactly():
     """Recipes on one chip share plans, unit runs and whole steps through the process-level cache;
     every result with a warm cache must equal a cold call's (and an unmemoised one's) bit for bit."""
     base = hwsim.load_hw("edge-npu")
-    hws = [base, _swapping_hw(), hwsim.with_overrides(base, {"mac.rows": 16, "dram.bandwidth_bytes_per_s": 2.56e10}),
+    hws = [base, _swapping_hw(), hwsim.with_overrides(base, {"mac.rows": 16, "dram.part": "lpddr5-6400", "dram.channels": 2}),
            hwsim.with_overrides(_swapping_hw(), {"mac.arrays": 4}),
            # half the weight buffer holds the W8 weights (resident) but not the FP16 ones
            hwsim.with_overrides(base, {"sram.weight_buffer_bytes": 800_000})]
