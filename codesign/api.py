@@ -23,13 +23,23 @@ if TYPE_CHECKING:
     from workloads.trace import Trace
 
 
-def trace(workload: str | Workload | Gemm, recipe: str | Recipe = "fp16") -> Trace:
+def trace(workload: str | Workload | Gemm, recipe: str | Recipe | None = None) -> Trace:
     """The op trace of ``workload`` (every op of every step, traced on the meta device), annotated
-    with ``recipe``'s bit-widths, weight sets and extra ops."""
+    with ``recipe``'s bit-widths, weight sets and extra ops (None: fp16). A SCALE-Sim topology file
+    (``.csv``) is read as SCALE-Sim runs it (int8 operands) and takes no recipe."""
     from quantmodel.model.tracing import build_trace
+    from workloads.errors import ConfigError
     from workloads.presets import get_workload
     from workloads.recipes import annotate_trace, get_recipe
 
+    if isinstance(workload, str) and workload.lower().endswith(".csv"):
+        from hwsim.interchange import read_scalesim_topology
+
+        if recipe:
+            raise ConfigError("recipe", recipe if isinstance(recipe, str) else recipe.name, "none with a SCALE-Sim "
+                              "topology (it runs int8 operands, one byte per SCALE-Sim word)")
+        return read_scalesim_topology(workload)
+    recipe = recipe or "fp16"
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe  # a bad name fails before tracing
     workload = get_workload(workload) if isinstance(workload, str) else workload
     return annotate_trace(build_trace(workload), recipe)
@@ -50,12 +60,17 @@ def load_trace(path: str | Path, recipe: str | Recipe | None = None) -> Trace:
     return annotate_trace(tr, get_recipe(recipe) if isinstance(recipe, str) else recipe)
 
 
-def hardware(hw: str | HWConfig = "edge-npu", overrides: dict | None = None) -> HWConfig:
+def hardware(hw: str | HWConfig = "edge-npu", overrides: dict | None = None, base: str = "edge-npu") -> HWConfig:
     """A hardware preset name or YAML file (or a config), with dotted fields replaced by ``overrides``
-    (e.g. ``{"flash.bandwidth_bytes_per_s": 4.2e9}``)."""
+    (e.g. ``{"flash.part": "ufs4.0"}``). A SCALE-Sim ``.cfg`` is laid over the ``base`` preset."""
     import hwsim
 
-    cfg = hwsim.load_hw(hw) if isinstance(hw, str) else hw
+    if isinstance(hw, str) and hw.lower().endswith(".cfg"):
+        from hwsim.interchange import read_scalesim_cfg
+
+        cfg = read_scalesim_cfg(hw, hwsim.load_hw(base))
+    else:
+        cfg = hwsim.load_hw(hw) if isinstance(hw, str) else hw
     return hwsim.with_overrides(cfg, overrides) if overrides else cfg
 
 

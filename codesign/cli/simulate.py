@@ -10,9 +10,14 @@ import time
 def register(sub) -> None:
     p = sub.add_parser("simulate", help="latency / energy / area of a quantized workload on an edge NPU")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workload", help="preset name, YAML file, or gemm:M,K,N")
+    src.add_argument("--workload", help="preset name, YAML file, gemm:M,K,N, or a SCALE-Sim topology .csv")
     src.add_argument("--trace", help="a saved op trace (.parquet or .csv), float or already quantized")
-    p.add_argument("--hw", default="edge-npu", help="hardware preset (codesign hw) or YAML file")
+    p.add_argument("--hw", default="edge-npu", help="hardware preset (codesign hw), YAML file, or SCALE-Sim .cfg")
+    p.add_argument("--base", default="edge-npu",
+                   help="with a SCALE-Sim .cfg: the preset that supplies the rest of the chip (default edge-npu)")
+    p.add_argument("--scalesim-report", metavar="DIR",
+                   help="write COMPUTE_REPORT.csv and BANDWIDTH_REPORT.csv (SCALE-Sim layout) and "
+                        "HWSIM_PER_OP.csv for step 0's ops to DIR")
     p.add_argument("--recipe", help="quantization recipe name or YAML file (default fp16 for --workload)")
     p.add_argument("--prefetch", default="jit", help="weight-set prefetch policy: jit or early")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -28,15 +33,25 @@ def register(sub) -> None:
 def run(args) -> int:
     from codesign import api
 
-    hw = api.hardware(args.hw)
+    hw = api.hardware(args.hw, base=args.base)
+    if args.scalesim_report:
+        from pathlib import Path
+
+        from workloads.errors import ConfigError
+
+        if Path(args.scalesim_report).exists() and not Path(args.scalesim_report).is_dir():
+            raise ConfigError("scalesim-report", args.scalesim_report, "a directory (created if missing)")
     t0 = time.perf_counter()
-    trace = api.load_trace(args.trace, args.recipe) if args.trace else api.trace(args.workload, args.recipe or "fp16")
+    trace = api.load_trace(args.trace, args.recipe) if args.trace else api.trace(args.workload, args.recipe)
     t1 = time.perf_counter()
     res = api.simulate(trace, hw, prefetch=args.prefetch, timeline=bool(args.plots or args.timeline))
     t2 = time.perf_counter()
     paths = []
+    if args.scalesim_report:
+        from hwsim.interchange import write_reports
+        paths += write_reports(trace, res, hw, args.scalesim_report)
     if args.plots:
-        paths = api.plots(res, hw, args.plots)
+        paths += api.plots(res, hw, args.plots)
     if args.json:
         d = res.to_dict(timeline=args.timeline)
         d["trace_seconds"], d["simulate_seconds"] = t1 - t0, t2 - t1
@@ -73,5 +88,5 @@ def run_hw(args) -> int:
     for r in rows:
         print(f"{r['name']:18s} {r['int8_macs']:6d} {r['freq_hz'] / 1e9:5.2f} {r['int8_tops']:6.2f} "
               f"{r['sram_bytes'] / 2**20:6.1f}Mi {r['dram_gb_s']:9.1f} {r['flash_gb_s']:10.1f} "
-              f"{str(r['dynamic_quant']):>9s} {r['area_mm2']:6.2f}")
+              f"{r['dynamic_quant']!s:>9s} {r['area_mm2']:6.2f}")
     return 0
