@@ -1,12 +1,22 @@
-"""Speed goal: the integer emulator must cost no more than the float32 forward pass.
+"""Speed goal: the integer emulator must cost no more than the float32 forward pass, on CPUs with and
+without AVX-512.
 
-GEMM level (this part): for every GEMM shape of one STDiT block, time the integer path
+GEMM level: for every GEMM shape of one STDiT block, time the integer path
 (int_linear_requant: int8 GEMM + int32 bias + per-channel requantize to int8, fused) and the float32 path (matmul + bias)
-side by side in one run and print the ratio int/float (<= 1.0 meets the goal).
+side by side in one run and print the ratio int/float (<= 1.0 meets the goal). GEMM paths: each exact
+int8 GEMM path of quantmodel.intarith.gemmpaths (torch._int_mm, chunked float32, float64, C kernel) on each linear shape,
+with the path the per-shape choice takes on this CPU.
 
     python benchmarks/bench_emulator.py [--configs tiny,mid,mid768] [--repeats 5] [--threads 1,2]
     python benchmarks/bench_emulator.py --forward-only --threads 1,2   # whole model, the issue-3 goal
+    python benchmarks/bench_emulator.py --forward-only --threads 1 --configs tiny,mid \
+        --recipes asq-w8a8,dynamic-w8a8 --isa native,avx2   # + the same in a forced AVX2-only child
     QUANTMODEL_CKERNELS=0 python benchmarks/bench_emulator.py --forward-only   # torch ops only (no C loops)
+
+``--isa avx2`` reruns the benchmark in a child process limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``,
+``ATEN_CPU_CAPABILITY=avx2``, C kernels built for ``-march=x86-64-v3``); every table names the CPU
+capability it ran on. Timings are best of ``--repeats`` runs, the compared functions interleaved (the
+machine is shared: load hits all alike, the minimum is the least disturbed run).
 
 Functions are kept small so the full-forward comparison can be added here as further functions.
 """
@@ -15,14 +25,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
+import functools
+import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 
-from quantmodel.intarith.fixedpoint import Requantizer, qrange, quantize_multipliers, requantize
+from quantmodel.intarith import gemmpaths
+from quantmodel.intarith.fixedpoint import (
+    Requantizer,
+    qrange,
+    quantize_multipliers,
+    requantize,
+)
 from quantmodel.intarith.intgemm import int_linear_requant, int_matmul
 
 
@@ -66,23 +84,37 @@ def attention_shapes(c: BenchConfig) -> list[tuple[str, int, int, int, int]]:
             ("attn_temp.av", tb, t, t, d)]
 
 
-def _interleaved(fn_a, fn_b, repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``repeats`` runs of two functions, measured interleaved (a, b, a, b, ...) after one
-    warm-up each, so that load from other processes on the shared machine hits both alike."""
-    fn_a(), fn_b()  # warm-up
-    ta, tb = [], []
+def _interleaved(fns, repeats: int, min_s: float = 0.0) -> list[list[float]]:
+    """Seconds of ``repeats`` runs of each function, measured interleaved (a, b, ..., a, b, ...) after one
+    warm-up each, so that load from other processes on the shared machine hits all alike. With ``min_s``,
+    fast functions get more runs (up to 200), so that each is timed for about ``min_s`` seconds."""
+    t0 = time.perf_counter()
+    for fn in fns:  # warm-up
+        fn()
+    warm = (time.perf_counter() - t0) / len(fns)
+    if min_s > 0:
+        repeats = max(repeats, min(200, int(min_s / max(warm, 1e-6))))
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, acc in ((fn_a, ta), (fn_b, tb)):
+        for fn, acc in zip(fns, times):
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
-    return ta, tb
+    return times
 
 
 def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
     """Best-of-``repeats`` seconds of two functions: the minimum is the least disturbed run."""
-    ta, tb = _interleaved(fn_a, fn_b, repeats)
+    ta, tb = _interleaved((fn_a, fn_b), repeats)
     return min(ta), min(tb)
+
+
+def isa_label() -> str:
+    """The CPU capability this process runs with, and the settings that limit it."""
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                                     "QUANTMODEL_CKERNELS_MARCH", "QUANTMODEL_GEMM")
+                    if k in os.environ)
+    return f"CPU capability {torch.backends.cpu.get_cpu_capability()}" + (f" ({env})" if env else " (native)")
 
 
 def bench_linear(m: int, k: int, n: int, repeats: int, seed: int = 0) -> tuple[float, float]:
@@ -117,7 +149,7 @@ def bench_attention(b: int, m: int, k: int, n: int, repeats: int, seed: int = 0)
 def run_gemm_comparison(names: list[str], repeats: int) -> float:
     """Print one row per shape and per config the totals; returns the worst total ratio."""
     worst = 0.0
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {isa_label()}")
     print(f"{'config':22s} {'op':22s} {'shape':>24s} {'int_ms':>8s} {'f32_ms':>8s} {'int/f32':>8s}")
     for name in names:
         c = CONFIGS[name]
@@ -134,6 +166,31 @@ def run_gemm_comparison(names: list[str], repeats: int) -> float:
         worst = max(worst, ratio)
         print(f"{c.name:22s} {'TOTAL one block':22s} {'':>24s} {tot_i * 1e3:8.3f} {tot_f * 1e3:8.3f} {ratio:8.2f}")
     return worst
+
+
+def run_gemm_paths(names: list[str], repeats: int) -> None:
+    """Each exact int8 GEMM path on each distinct linear shape of the configs, best of ``repeats``
+    interleaved runs, and the path the per-shape choice takes here (gemmpaths.choose)."""
+    cal = gemmpaths.calibration()
+    print(f"int8 GEMM paths, {isa_label()}, threads {torch.get_num_threads()}; "
+          f"calibrated choice {cal['choice']}")
+    print(f"{'shape MxKxN':>18s} " + " ".join(f"{p + '_ms':>11s}" for p in gemmpaths.PATHS) + "  chosen")
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for name in names:
+        for _, m, k, n in linear_shapes(CONFIGS[name]):
+            if (m, k, n) in seen:
+                continue
+            seen.add((m, k, n))
+            a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+            b = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
+            want = gemmpaths.mm(a, b, path="float64")  # exact by construction
+            exact = [torch.equal(gemmpaths.mm(a, b, path=p), want) for p in gemmpaths.PATHS]
+            fns = [functools.partial(gemmpaths.mm, a, b, path=p) for p in gemmpaths.PATHS]
+            best = [min(t) for t in _interleaved(fns, repeats)]
+            cells = [f"{t * 1e3:10.3f}" + (" " if ok else "!") for t, ok in zip(best, exact)]
+            print(f"{f'{m}x{k}x{n}':>18s} " + " ".join(cells) + f"  {gemmpaths.choose(m, k, n)}", flush=True)
+    print("(!: that path returned wrong integers for this shape here; the choice never takes such a path)")
 
 
 def cuda_check(seed: int = 0) -> int:
@@ -180,20 +237,14 @@ def _forward_workload(name: str):
     return dataclasses.replace(w, num_steps=2)
 
 
-def _time_pair_median(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Median seconds of two functions measured interleaved."""
-    ta, tb = _interleaved(fn_a, fn_b, repeats)
-    return statistics.median(ta), statistics.median(tb)
-
-
 def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
     name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
-    from quantmodel.quant.calibrate import calibrate
     from quantmodel.emulator.integer import IntegerEmulator
-    from quantmodel.quant.artifact import build_artifact
-    from workloads.recipes import get_recipe
     from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.quant.artifact import build_artifact
+    from quantmodel.quant.calibrate import calibrate
+    from workloads.recipes import get_recipe
 
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
@@ -225,30 +276,62 @@ def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
 
 
 def bench_forward(name: str, recipe: str, mode: str, repeats: int, device: str = "cpu") -> tuple[float, float]:
-    """(emulator_s, float_s): medians of one forward each, timed interleaved."""
-    return _time_pair_median(*forward_pair(name, recipe, mode, device), repeats)
+    """(emulator_s, float_s): best of ``repeats`` forwards each, timed interleaved."""
+    return _time_pair(*forward_pair(name, recipe, mode, device), repeats)
+
+
+def _forced(path: str, fn):
+    def run():
+        with gemmpaths.forced(path):
+            fn()
+    return run
 
 
 def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
                            recipes: tuple[str, ...] = ("asq-w8a8",), threads: tuple[int, ...] = (1, 2),
                            modes: tuple[str, ...] = ("fp16", "int")) -> float:
     """For each config, recipe and mode: emulator vs float32 forward, side by side, at each thread
-    count (the pair is built once and re-timed per thread count). Returns the worst ratio."""
+    count (the pair is built once and re-timed per thread count); on the CPU also the emulator with
+    every 2-D GEMM forced to the chunked float32 path (what CPUs with a slow ``_int_mm`` get).
+    Returns the worst ratio of the emulator as it runs here (its GEMM path chosen per shape)."""
     worst = 0.0
-    print(f"full forward on {device}: emulator (integer GEMMs, vector unit in each mode) vs float32 model; "
-          f"median of {repeats} interleaved runs")
-    print(f"{'config':8s} {'recipe':19s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}")
+    cpu = device == "cpu"
+    print(f"full forward on {device}, {isa_label()}: emulator (integer GEMMs, vector unit in each mode) vs "
+          f"float32 model; best of >= {repeats} interleaved runs (more for fast ones: ~1 s each)" + ("; f32path: every int8 GEMM on the chunked "
+                                                                  "float32 path" if cpu else ""))
+    print(f"{'config':8s} {'recipe':19s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}"
+          + (f" {'f32path_ms':>10s} {'f32path/f32':>11s}" if cpu else ""))
     for name in names:
         for recipe in recipes:
             for mode in modes:
-                pair = forward_pair(name, recipe, mode, device)
+                run_emu, run_float = forward_pair(name, recipe, mode, device)
+                fns = (run_emu, run_float) + ((_forced("float32", run_emu),) if cpu else ())
                 for nt in threads:
                     torch.set_num_threads(nt)
-                    te, tf = _time_pair_median(*pair, repeats)
+                    best = [min(t) for t in _interleaved(fns, repeats, min_s=1.0)]
+                    te, tf = best[0], best[1]
                     worst = max(worst, te / tf)
+                    extra = f" {best[2] * 1e3:10.2f} {best[2] / tf:11.2f}" if cpu else ""
                     print(f"{name:8s} {recipe:19s} {mode:5s} {nt:3d} {te * 1e3:9.2f} {tf * 1e3:9.2f} "
-                          f"{te / tf:8.2f}", flush=True)
+                          f"{te / tf:8.2f}" + extra, flush=True)
     return worst
+
+
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "QUANTMODEL_CKERNELS_MARCH": "x86-64-v3"}
+
+
+def run_avx2_child(argv: list[str]) -> int:
+    """This benchmark again in a child process limited to AVX2 (oneDNN, ATen kernels, C kernels built for
+    x86-64-v3): the tables of an AVX2-only CPU, measured on this one. Its output is passed through."""
+    args = list(argv)
+    i = args.index("--isa") if "--isa" in args else -1
+    if i >= 0:
+        del args[i:i + 2]
+    args = [a for a in args if not a.startswith("--isa=")]
+    env = dict(os.environ, **AVX2_ENV)
+    print(f"---- forced AVX2-only child: {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}", flush=True)
+    return subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--isa", "native"], env=env,
+                          check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default="asq-w8a8", help="recipes of the forward comparison (a preset name; "
                    "NAME+attn: with integer attention products)")
     p.add_argument("--device", default="cpu", help="device of the full-forward comparison (cpu or cuda)")
+    p.add_argument("--isa", default="native", help="comma list of: native (this process), avx2 (a child "
+                   "process limited to AVX2 with C kernels for x86-64-v3)")
+    p.add_argument("--no-paths", action="store_true", help="skip the table of int8 GEMM paths")
+    raw = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.cuda_check:
         bad = cuda_check()
@@ -281,21 +368,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"--threads: got {args.threads!r}; allowed: comma list of positive integers", file=sys.stderr)
         return 2
-    print(f"torch {torch.__version__}")
+    isas = [s for s in args.isa.split(",") if s]
+    if not isas or any(s not in ("native", "avx2") for s in isas):
+        print(f"--isa: got {args.isa!r}; allowed: comma list of native, avx2", file=sys.stderr)
+        return 2
+    if "native" not in isas:
+        return run_avx2_child(raw)
+    print(f"torch {torch.__version__}, {isa_label()}")
     from quantmodel.intarith import ckernels
 
     t0 = time.perf_counter()
     dll = ckernels.lib()  # compiled once per machine and cached; timed apart from the forwards
-    print(f"C kernels (quantmodel/intarith/ckernels.py): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
+    print(f"C kernels (quantmodel/intarith/csrc): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
           f" in {time.perf_counter() - t0:.2f} s (build or cache load, not part of any forward below)")
+    torch.set_num_threads(threads[0])
+    if not args.no_paths and args.device == "cpu":
+        run_gemm_paths(names, args.repeats)
     if not args.forward_only:
-        torch.set_num_threads(threads[0])
         worst = run_gemm_comparison(names, args.repeats)
         print(f"GEMM level: worst int/f32 total ratio {worst:.2f} (goal <= 1.00)")
     if args.forward or args.forward_only:
         fw = run_forward_comparison(names, args.repeats, args.device, tuple(args.recipes.split(",")), threads,
                                     tuple(args.modes.split(",")))
-        print(f"full forward: worst emulator/f32 ratio {fw:.2f} (goal <= 1.00)")
+        print(f"full forward: worst emulator/f32 ratio {fw:.2f} (goal <= 1.00), {isa_label()}")
+    if "avx2" in isas:
+        return run_avx2_child(raw)
     return 0
 
 

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from quantmodel.intarith import ckernels, fixedpoint, intgemm, intops, reference
+from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
 from quantmodel.emulator import program as emuprogram
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.quant.smoothing import FOLD_VROWS, vrow_producer
@@ -420,7 +420,7 @@ class IntegerEmulator:
                             q.data_ptr(), s_row.data_ptr()):
             return None
         # int8 x int8 -> int32, exact: K * 128 * 128 < 2**31 rules out overflow (else the checked GEMM)
-        acc = (torch._int_mm(q, p.w_t) if k * 128 * 128 < 2 ** 31
+        acc = (gemmpaths.mm(q, p.w_t) if k * 128 * 128 < 2 ** 31
                else intgemm.int_linear(q, p.w_t, None).contiguous())
         fp16 = self.mode == "fp16"
         out = torch.empty((*x.shape[:-1], n), dtype=torch.float16 if fp16 else torch.float32)

@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from quantmodel.intarith import ckernels, fixedpoint, intops
+from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
 
@@ -213,7 +213,7 @@ class _Compiler:
                 raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
 
         bld.py(step, x, q, s_row)
-        bld.call(torch._int_mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
         bld.call(self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(),
                  bld.const(p.w_scale.contiguous()).data_ptr(), bld.const(p.bias.contiguous()).data_ptr(),
                  out.data_ptr(), 1)
@@ -261,7 +261,7 @@ class _Compiler:
         esize = out.element_size()
         for off, wb, args, kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
-            self.b.call(torch._int_mm, x2, wb, out=acc)
+            self.b.call(gemmpaths.mm, x2, wb, out=acc)
             self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off // g.rq_size * esize,
                         ckernels.OUT_KIND[dt], g.n)
         return out
@@ -426,12 +426,14 @@ class _Compiler:
         when every partial sum stays below 2**24, which the bound K * qmax**2 guarantees), then the
         requantization by the artifact's multiplier -> int32 codes at the product's y_scale."""
         k = a.shape[-1]
-        if k * self.emu.qa * self.emu.qa > 2 ** 24:
-            raise _Unsupported(name + " (a float32 product would not be exact)")
-        acc_f = self.b.buf((*a.shape[:-1], b_.shape[-1]), torch.float32)
-        self.b.call(torch.matmul, a, b_, out=acc_f)
-        acc = self.b.buf(acc_f.shape, torch.int32)
-        self.b.call(acc.copy_, acc_f)
+        if k * self.emu.qa * self.emu.qa > 2 ** 24:  # float32 over K chunks, added in int32 (exact)
+            acc = self.b.buf((*a.shape[:-1], b_.shape[-1]), torch.int32)
+            self.b.call(gemmpaths.matmul_float_exact, a, b_, out=acc)
+        else:
+            acc_f = self.b.buf((*a.shape[:-1], b_.shape[-1]), torch.float32)
+            self.b.call(torch.matmul, a, b_, out=acc_f)
+            acc = self.b.buf(acc_f.shape, torch.int32)
+            self.b.call(acc.copy_, acc_f)
         g, art = self.emu.wset, self.emu.art
         m, sh = int(art.get(g, name, "multiplier")[0]), int(art.get(g, name, "shift")[0])
         return self.requant(acc, m, sh, -qo, qo)

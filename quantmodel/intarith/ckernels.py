@@ -1,5 +1,7 @@
 """Fused CPU loops for the emulator's elementwise integer pipelines (requantize, activation
-quantization, dequantization), compiled once from the C source below with the system's C compiler.
+quantization, dequantization, the vector-unit kernels), compiled once from the C sources in ``csrc/``
+(``qmk.c``; ``qmk.h``, its prototypes, is the one declaration table: :func:`declarations` reads the
+ctypes argument types from it) with the system's C compiler on first use.
 
 Why: on the CPU every eager torch op is one pass over memory plus several microseconds of dispatch;
 a requantization is 5 such passes (int32 -> float64, multiply, round, clamp, narrow) and on the
@@ -13,18 +15,26 @@ correctly rounded float -> fp16 conversion (``_Float16``). The compiler flags fo
 could change a value: no ``-ffast-math``, and ``-ffp-contract=off`` (no fused multiply-add).
 ``-fno-math-errno``/``-fno-trapping-math`` only let ``rint`` and the compares vectorise (they do not
 change results). Tests compare these loops with the eager torch path bit for bit
-(tests/test_fixedpoint.py, tests/test_intgemm.py).
+(tests/quantmodel/test_fixedpoint.py, test_intgemm.py, test_ckernels_build.py).
 
 Threads: built with ``-fopenmp`` where the compiler has it (linking the libgomp that torch has already
 loaded, so ``torch.set_num_threads`` applies), row / block loops of at least ``PAR_MIN`` elements run
 on several threads when more than one is set; every row or block is computed by the same operations as
-in the serial loop, so the values do not depend on the thread count (tests/test_ckernels_threads.py).
+in the serial loop, so the values do not depend on the thread count (tests/quantmodel/test_ckernels_threads.py).
+
+Build: on first use, not at install, so that ``-march=native`` targets the machine that runs the
+code (a prebuilt binary would fix one instruction set) and an install needs no compiler.
+``QUANTMODEL_CKERNELS_MARCH`` sets the target instead (e.g. ``x86-64-v3`` for an AVX2-only build, or
+empty for the compiler's default); a failed build is retried without ``-march`` (the sources keep every
+x86 intrinsic behind ``__AVX512*__`` / ``__AVX2__`` / ``__F16C__`` guards, each with a plain C loop
+computing the same values, so they build for any CPU with a C11 compiler that has ``_Float16``).
 
 The eager torch path stays the definition and the fallback: when no C compiler is found, the build
-fails, or ``QUANTMODEL_CKERNELS=0`` is set, :func:`lib` returns None and callers use torch ops.
-The shared object is cached per (source, flags, compiler, CPU flags) under
-``$QUANTMODEL_CKERNELS_DIR`` (default ``~/.cache/quantmodel-ckernels``), written to a temporary
-name and renamed (never half-written).
+fails, or ``QUANTMODEL_CKERNELS=0`` is set, :func:`lib` returns None and callers use torch ops (the
+same values); the reason, with the compiler's last error lines, is logged once (``logging`` warning)
+and kept in :func:`unavailable_reason`. The shared object is cached per (sources, flags, target,
+compiler, CPU flags) under ``$QUANTMODEL_CKERNELS_DIR`` (default ``~/.cache/quantmodel-ckernels``),
+written to a temporary name and renamed (never half-written).
 """
 
 from __future__ import annotations
@@ -32,1023 +42,128 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 
 import torch
 
-_SRC = r"""
-#include <stdint.h>
-#include <math.h>
-
-#include <immintrin.h>
-
-typedef _Float16 f16;
-#define BLK 1024  /* elements per stack buffer of the fp16 conversions */
-/* Row / block loops run on torch's OpenMP threads (the same libgomp, so torch.set_num_threads applies)
-   when a call has at least PAR_MIN elements: each row or block is computed by the same operations as
-   serially, only by another thread, so the values are unchanged. Without -fopenmp the pragmas are ignored. */
-#define PAR_MIN 16384
-#ifdef _OPENMP
-#include <omp.h>
-#define NTHR omp_get_max_threads()
-#else
-#define NTHR 1
-#endif
-#define PAR_FOR _Pragma("omp parallel for schedule(static)")
-/* the loop on the threads when cond, else the same loop compiled plainly (no outlined-function cost) */
-#define PAR_LOOP(cond, ...) if (cond) { PAR_FOR __VA_ARGS__ } else { __VA_ARGS__ }
-/* the statements once per thread, with [lo, hi) the thread's share of [0, total) */
-#ifdef _OPENMP
-#define PAR_RANGE(total, ...) _Pragma("omp parallel") { int64_t _nt = omp_get_num_threads(), _id = omp_get_thread_num(); \
-    int64_t lo = (total) * _id / _nt, hi = (total) * (_id + 1) / _nt; __VA_ARGS__ }
-#else
-#define PAR_RANGE(total, ...) { int64_t lo = 0, hi = (total); __VA_ARGS__ }
-#endif
-
-/* fp16 <-> fp32 conversions of a block (exact widening; narrowing rounds to nearest even, as a
-   C cast does): F16C/AVX-512 instructions where available (gcc does not vectorise _Float16 casts). */
-static void h2f(const f16* in, float* out, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(in + i))));
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(out + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, in + i)));
-        return;
-    }
-#elif defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(in + i))));
-#endif
-    for (; i < n; i++) out[i] = (float)in[i];
-}
-
-static void f2h(const float* in, f16* out, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i*)(out + i),
-                            _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        _mm256_mask_storeu_epi16(out + i, k, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, in + i),
-                                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        return;
-    }
-#elif defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
-#endif
-    for (; i < n; i++) out[i] = (f16)in[i];
-}
-
-/* round_half_even(x * m / 2**s) in int64 for 1 <= s <= 62, |x * m| < 2**62 (fixedpoint.rounding_right_shift) */
-static inline int64_t rrs(int64_t x, int64_t m, int64_t s) {
-    int64_t p = x * m;
-    int64_t lsb = (p >> s) & 1;
-    return (p + lsb + ((((int64_t)1) << (s - 1)) - 1)) >> s;
-}
-
-/* clamp of a non-NaN value, written as two selects so that they compile to vmax/vmin */
-static inline double clampd(double v, double lo, double hi) { v = v < lo ? lo : v; v = v > hi ? hi : v; return v; }
-static inline float clampf(float v, float lo, float hi) { v = v < lo ? lo : v; v = v > hi ? hi : v; return v; }
-
-/* rh: round every float of b to fp16 and back (one fp16 rounding per step, as torch's fp16 ops);
-   done blockwise with F16C/AVX-512 instructions because gcc does not vectorise _Float16 casts */
-static void rh(float* b, int64_t n) {
-    int64_t i = 0;
-#if defined(__AVX512F__)
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(b + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(b + i),
-                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(b + i, k, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, b + i),
-                                                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
-        return;
-    }
-#elif defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(b + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(b + i), _MM_FROUND_TO_NEAREST_INT)));
-#endif
-    for (; i < n; i++) b[i] = (float)(f16)b[i];
-}
-
-/* Requantizer: out[r, j] = clamp(rint((acc[r, j] + bias[j]) * c[j]), qmin, qmax), elements with
-   |v - rint(v)| >= lim[j] recomputed exactly (lim NULL: no channel needs the check); out kinds 0 int8, 1 int16, 2 int32, 3 float64.
-   acc rows are acc_stride apart, out rows out_stride apart (column blocks of a wider output). */
-#define RQ_BODY(OT) PAR_LOOP(par, RQ_ROWS(OT))
-#define RQ_ROWS(OT)                                                                                   \
-    for (int64_t r = 0; r < rows; r++) {                                                              \
-        const int32_t* a = acc + r * acc_stride;                                                      \
-        OT* o = ((OT*)out) + r * out_stride;                                                          \
-        int any = 0;                                                                                  \
-        if (!lim) { /* every channel safe: no near-tie check */                                       \
-            if (bias)                                                                                 \
-                for (int64_t j = 0; j < n; j++)                                                       \
-                    o[j] = (OT)clampd(rint((double)(a[j] + bias[j]) * c[j]), qmin, qmax);             \
-            else                                                                                      \
-                for (int64_t j = 0; j < n; j++) o[j] = (OT)clampd(rint((double)a[j] * c[j]), qmin, qmax); \
-        } else if (bias) {                                                                            \
-            for (int64_t j = 0; j < n; j++) {                                                         \
-                double v = (double)(a[j] + bias[j]) * c[j];                                           \
-                double t = rint(v);                                                                   \
-                any |= fabs(v - t) >= lim[j];                                                         \
-                o[j] = (OT)clampd(t, qmin, qmax);                                                     \
-            }                                                                                         \
-        } else {                                                                                      \
-            for (int64_t j = 0; j < n; j++) {                                                         \
-                double v = (double)a[j] * c[j];                                                       \
-                double t = rint(v);                                                                   \
-                any |= fabs(v - t) >= lim[j];                                                         \
-                o[j] = (OT)clampd(t, qmin, qmax);                                                     \
-            }                                                                                         \
-        }                                                                                             \
-        if (any) {                                                                                    \
-            for (int64_t j = 0; j < n; j++) {                                                         \
-                int64_t x = (int64_t)a[j] + (bias ? bias[j] : 0);                                     \
-                double v = (double)x * c[j];                                                          \
-                if (fabs(v - rint(v)) >= lim[j])                                                      \
-                    o[j] = (OT)clampd((double)rrs(x, m[j], s[j]), qmin, qmax);                        \
-            }                                                                                         \
-        }                                                                                             \
-    }
-
-void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride, const int32_t* bias,
-                const double* c, const double* lim, const int64_t* m, const int64_t* s,
-                double qmin, double qmax, void* out, int out_kind, int64_t out_stride) {
-    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
-    if (out_kind == 0) { RQ_BODY(int8_t) }
-    else if (out_kind == 1) { RQ_BODY(int16_t) }
-    else if (out_kind == 2) { RQ_BODY(int32_t) }
-    else { RQ_BODY(double) }
-}
-
-/* ActQuantizer: q = rint(clamp(fp32(x) * recip, -qmax, qmax)); in kinds 0 f32, 1 f16; out 0 i8, 1 i16, 2 i32.
-   chmul (optional, float32 holding fp16 values, one per channel of the last dim c): first the fp16-mode
-   SmoothQuant multiply x = h(h(x) * chmul[j]) (emulator._input_int8). */
-#define AQ_BODY(OT)                                                                                   \
-    for (int64_t i = 0; i < k; i++) o[i] = (OT)rintf(clampf(xs[i] * recip, -qmax, qmax));
-
-void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
-                  const float* chmul, int64_t c) {
-    int64_t step = chmul ? (c < BLK ? c : BLK) : BLK;  /* with chmul: chunks never cross a row */
-    int64_t rn = chmul ? c : n, rows = chmul ? (c > 0 ? n / c : 0) : 1;
-    int64_t nch = rn > 0 ? (rn + step - 1) / step : 0, tot = rows * nch;
-    int par = tot > 1 && n >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t ch = 0; ch < tot; ch++) {
-        float buf[BLK];
-        int64_t j0 = (ch % nch) * step;
-        int64_t i0 = (ch / nch) * rn + j0;
-        int64_t k = rn - j0 < step ? rn - j0 : step;
-        const float* xs = (const float*)x + i0;
-        if (in_kind == 1) { h2f((const f16*)x + i0, buf, k); xs = buf; }
-        if (chmul) {
-            if (in_kind == 0) { for (int64_t i = 0; i < k; i++) buf[i] = xs[i]; rh(buf, k); }
-            for (int64_t i = 0; i < k; i++) buf[i] = buf[i] * chmul[j0 + i];
-            rh(buf, k);
-            xs = buf;
-        }
-        if (out_kind == 0) { int8_t* o = (int8_t*)out + i0; AQ_BODY(int8_t) }
-        else if (out_kind == 1) { int16_t* o = (int16_t*)out + i0; AQ_BODY(int16_t) }
-        else { int32_t* o = (int32_t*)out + i0; AQ_BODY(int32_t) }
-    })
-}
-
-/* dequantize: fp32(q) * scale (exact product rounded once: |q| < 2**24, scale a float32 value);
-   out kinds 0 float32, 1 float16 saturated to +-65504. in kinds 0 i8, 1 i16, 2 i32.
-   Returns 1 (nothing trustworthy written) if an int32 code has |q| >= 2**24. */
-#define DQ_BODY(IT) PAR_LOOP(par, DQ_BLOCKS(IT))
-#define DQ_BLOCKS(IT)                                                                                 \
-    for (int64_t i0 = 0; i0 < n; i0 += BLK) {                                                         \
-        float buf[BLK];                                                                               \
-        int64_t k = n - i0 < BLK ? n - i0 : BLK;                                                      \
-        const IT* qs = (const IT*)q + i0;                                                             \
-        if (out_kind == 0) {                                                                          \
-            float* o = (float*)out + i0;                                                              \
-            for (int64_t i = 0; i < k; i++) o[i] = (float)qs[i] * scale;                              \
-        } else {                                                                                      \
-            for (int64_t i = 0; i < k; i++) buf[i] = clampf((float)qs[i] * scale, -65504.0f, 65504.0f); \
-            f2h(buf, (f16*)out + i0, k);                                                              \
-        }                                                                                             \
-    }
-
-int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind) {
-    int par = n >= PAR_MIN && NTHR > 1;
-    if (in_kind == 0) { DQ_BODY(int8_t) }
-    else if (in_kind == 1) { DQ_BODY(int16_t) }
-    else {
-        const int32_t* qi = (const int32_t*)q;
-        int bad = 0;
-        for (int64_t i = 0; i < n; i++) bad |= (qi[i] >= (1 << 24)) | (qi[i] <= -(1 << 24));
-        if (bad) return 1;
-        DQ_BODY(int32_t)
-    }
-    return 0;
-}
-
-/* ---- fp16 vector-unit kernels (intops fp16 mode): the same float32 operations in the same order ---- */
-/* intops.tree_sum of n floats: zero-padded pairwise tree; t has room for n floats */
-static float tree_sum_f(const float* x, int64_t n, float* t) {
-    if (n <= 0) return 0.0f;
-    if (n == 1) return x[0];
-    int64_t width = 1;
-    while (width < n) width <<= 1;
-    int64_t h = width / 2, i;
-    for (i = 0; i < n - h; i++) t[i] = x[i] + x[i + h];
-    for (i = n - h; i < h; i++) t[i] = x[i] + 0.0f;  /* a real add of +0 (maps -0 to +0), as eager */
-    while (h > 1) {
-        h /= 2;
-        for (i = 0; i < h; i++) t[i] += t[i + h];
-    }
-    return t[0];
-}
-
-/* LayerNorm statistics per row of fp16 x [rows, n]: mean = tree(x) / n, d = x - mean,
-   ve = tree(d * d) / n + eps (all float32). ws: 3 * n floats. */
-static void ln_stats_row(const f16* x, int64_t n, float eps, float* mean_out, float* ve_out, float* xf, float* d,
-                         float* t) {
-    h2f(x, xf, n);
-    float mean = tree_sum_f(xf, n, t) / (float)n;
-    for (int64_t i = 0; i < n; i++) { float di = xf[i] - mean; d[i] = di * di; }
-    float var = tree_sum_f(d, n, t) / (float)n;
-    *mean_out = mean;
-    *ve_out = var + eps;
-}
-
-#define VLA_MAX 8192  /* rows up to this many floats get per-thread scratch on the stack (else serial) */
-void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws) {
-    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && NTHR > 1) {
-        PAR_FOR
-        for (int64_t r = 0; r < rows; r++) {
-            float sc[3 * n];
-            ln_stats_row(x + r * n, n, eps, mean_out + r, ve_out + r, sc, sc + n, sc + 2 * n);
-        }
-        return;
-    }
-    for (int64_t r = 0; r < rows; r++)
-        ln_stats_row(x + r * n, n, eps, mean_out + r, ve_out + r, ws, ws + n, ws + 2 * n);
-}
-
-/* LayerNorm output h((x - mean) * rstd) per row, then (mod != 0) the modulation h(h(y * a) + b) with
-   a = h(1 + h(sc)), b = h(sh) per batch element (r / rows_per_batch), where sc, sh are the float32
-   scale and shift rows (row stride pstride) with the consumer's SmoothQuant factors folded in when inv
-   is given: sc = ((1 + scale) * inv) - 1, sh = shift * inv (emulator._fold_mod, float32 ops). ws: 4 * n. */
-static void ln_mod_params(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bi,
-                          int64_t n, float* af, float* bf) {
-    const float* sc = scale + bi * pstride; const float* sh = shift + bi * pstride;
-    if (inv) {
-        for (int64_t i = 0; i < n; i++) { af[i] = ((1.0f + sc[i]) * inv[i]) - 1.0f; bf[i] = sh[i] * inv[i]; }
-    } else {
-        for (int64_t i = 0; i < n; i++) { af[i] = sc[i]; bf[i] = sh[i]; }
-    }
-    rh(af, n);
-    for (int64_t i = 0; i < n; i++) af[i] = 1.0f + af[i];
-    rh(af, n);
-    rh(bf, n);
-}
-
-static void ln_apply_row(const f16* x, int64_t n, float m, float s, const float* af, const float* bf, float* xf,
-                         float* y, void* out, float qrecip, float qmax) {
-    h2f(x, xf, n);
-    for (int64_t i = 0; i < n; i++) y[i] = (xf[i] - m) * s;
-    if (af) {
-        rh(y, n);
-        for (int64_t i = 0; i < n; i++) y[i] = y[i] * af[i];
-        rh(y, n);
-        for (int64_t i = 0; i < n; i++) y[i] = y[i] + bf[i];
-    }
-    if (qmax > 0) {  /* straight into the consumer's activation quantizer: q = rint(clamp(h(y) * recip)) */
-        rh(y, n);
-        int8_t* o = (int8_t*)out;
-        for (int64_t i = 0; i < n; i++) o[i] = (int8_t)rintf(clampf(y[i] * qrecip, -qmax, qmax));
-    } else f2h(y, (f16*)out, n);
-}
-
-void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, void* out,
-                 int mod, const float* scale, const float* shift, int64_t pstride, const float* inv,
-                 int64_t rows_per_batch, float* ws, float qrecip, float qmax) {
-    int64_t osz = qmax > 0 ? 1 : 2;  /* int8 codes (qmax > 0) or fp16 values out */
-    int64_t nb = mod ? (rows + rows_per_batch - 1) / rows_per_batch : 0;
-    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && nb * n <= 4 * VLA_MAX && NTHR > 1) {
-        float ab[2 * (nb > 0 ? nb : 1) * n];  /* per batch element: a [n], b [n] */
-        for (int64_t bi = 0; bi < nb; bi++) ln_mod_params(scale, shift, pstride, inv, bi, n, ab + 2 * bi * n,
-                                                          ab + (2 * bi + 1) * n);
-        PAR_FOR
-        for (int64_t r = 0; r < rows; r++) {
-            float sc[2 * n];
-            int64_t bi = mod ? r / rows_per_batch : 0;
-            ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? ab + 2 * bi * n : 0, ab + (2 * bi + 1) * n, sc,
-                         sc + n, (char*)out + r * n * osz, qrecip, qmax);
-        }
-        return;
-    }
-    float* xf = ws; float* af = ws + n; float* bf = ws + 2 * n; float* y = ws + 3 * n;
-    int64_t cur = -1;
-    for (int64_t r = 0; r < rows; r++) {
-        if (mod) {
-            int64_t bi = r / rows_per_batch;
-            if (bi != cur) { ln_mod_params(scale, shift, pstride, inv, bi, n, af, bf); cur = bi; }
-        }
-        ln_apply_row(x + r * n, n, mean[r], rstd[r], mod ? af : 0, bf, xf, y, (char*)out + r * n * osz, qrecip, qmax);
-    }
-}
-
-/* fp16 residual add out = h(x + h(g * y)) (gate given) or h(x + y), x [B, N, C] fp16; y [B, N, C] as fp16
-   (y_kind 1) or int8 / int16 codes (y_kind 0 / 2) dequantized on the fly to h(clamp(q * y_scale, +-65504));
-   gate float32 rows [B, C] (row stride gstride), rounded to fp16 (h(gate)) before use. ws: 3 * c floats. */
-static void residual_row(const f16* x, const void* y, int y_kind, float y_scale, const float* gf, int64_t off,
-                         int64_t c, f16* out, float* xf, float* yf) {
-    h2f(x + off, xf, c);
-    if (y_kind == 1) h2f((const f16*)y + off, yf, c);
-    else {
-        if (y_kind == 0) { const int8_t* q = (const int8_t*)y + off;
-            for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
-        else { const int16_t* q = (const int16_t*)y + off;
-            for (int64_t i = 0; i < c; i++) yf[i] = clampf((float)q[i] * y_scale, -65504.0f, 65504.0f); }
-        rh(yf, c);
-    }
-    if (gf) {
-        for (int64_t i = 0; i < c; i++) yf[i] = gf[i] * yf[i];
-        rh(yf, c);
-    }
-    for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + yf[i];
-    f2h(xf, out + off, c);
-}
-
-void qm_residual_fp16(const f16* x, const void* y, int y_kind, float y_scale, const float* gate, int64_t gstride,
-                      int64_t bsz, int64_t nrow, int64_t c, f16* out, float* ws) {
-    int64_t rows = bsz * nrow;
-    if (rows > 1 && rows * c >= PAR_MIN && c <= VLA_MAX && bsz * c <= 4 * VLA_MAX && NTHR > 1) {
-        float gall[(gate ? bsz : 1) * c];  /* h(gate) rows */
-        if (gate)
-            for (int64_t b = 0; b < bsz; b++) {
-                for (int64_t i = 0; i < c; i++) gall[b * c + i] = gate[b * gstride + i];
-                rh(gall + b * c, c);
-            }
-        PAR_FOR
-        for (int64_t r = 0; r < rows; r++) {
-            float sc[2 * c];
-            residual_row(x, y, y_kind, y_scale, gate ? gall + (r / nrow) * c : 0, r * c, c, out, sc, sc + c);
-        }
-        return;
-    }
-    float* xf = ws; float* yf = ws + c; float* gf = ws + 2 * c;
-    for (int64_t b = 0; b < bsz; b++) {
-        if (gate) {
-            for (int64_t i = 0; i < c; i++) gf[i] = gate[b * gstride + i];
-            rh(gf, c);
-        }
-        for (int64_t r = 0; r < nrow; r++)
-            residual_row(x, y, y_kind, y_scale, gate ? gf : 0, (b * nrow + r) * c, c, out, xf, yf);
-    }
-}
-
-/* softmax step 1: s = h(clamp(x * scale)) (x float32, scaled; or fp16 x when x_f16), then per row
-   d = h(s - max(s)), written as float32 to dbuf [rows, n] (torch.exp runs on it next). */
-static void softmax_pre_rows(const void* x, int x_f16, float scale, int scaled, int64_t r0, int64_t r1, int64_t n,
-                             float* dbuf) {
-    int64_t i0 = r0 * n, tot = (r1 - r0) * n;  /* rows r0..r1: elementwise steps over the whole block */
-    float* d = dbuf + i0;
-    if (x_f16) h2f((const f16*)x + i0, d, tot);
-    else {
-        const float* xr = (const float*)x + i0;
-        if (scaled) for (int64_t i = 0; i < tot; i++) d[i] = clampf(xr[i] * scale, -65504.0f, 65504.0f);
-        else for (int64_t i = 0; i < tot; i++) d[i] = clampf(xr[i], -65504.0f, 65504.0f);
-        rh(d, tot);
-    }
-    for (int64_t r = 0; r < r1 - r0; r++) {
-        float* o = d + r * n;
-        float mx = o[0];
-        for (int64_t i = 1; i < n; i++) mx = o[i] > mx ? o[i] : mx;
-        for (int64_t i = 0; i < n; i++) o[i] = o[i] - mx;
-    }
-    rh(d, tot);
-}
-
-void qm_softmax_pre(const void* x, int x_f16, float scale, int scaled, int64_t rows, int64_t n, float* dbuf) {
-    if (rows > 1 && rows * n >= PAR_MIN && NTHR > 1) {
-        PAR_RANGE(rows, softmax_pre_rows(x, x_f16, scale, scaled, lo, hi, n, dbuf);)
-    } else softmax_pre_rows(x, x_f16, scale, scaled, 0, rows, n, dbuf);
-}
-
-/* softmax step 2: e = h(exp(d)) (torch's exp in ebuf, overwritten), per row r = 1 / tree(e),
-   out = h(e * r) (out NULL: the fp16 values stay in ebuf as float32, an exact widening). ws: n floats. */
-static void softmax_post_rows(float* ebuf, int64_t r0, int64_t r1, int64_t n, f16* out, float* t) {
-    int64_t i0 = r0 * n, tot = (r1 - r0) * n;
-    float* e = ebuf + i0;
-    rh(e, tot);
-    for (int64_t r = 0; r < r1 - r0; r++) {
-        float* er = e + r * n;
-        float rc = 1.0f / tree_sum_f(er, n, t);
-        for (int64_t i = 0; i < n; i++) er[i] = er[i] * rc;
-    }
-    if (out) f2h(e, out + i0, tot);
-    else rh(e, tot);
-}
-
-void qm_softmax_post(float* ebuf, int64_t rows, int64_t n, f16* out, float* ws) {
-    if (rows > 1 && rows * n >= PAR_MIN && n <= VLA_MAX && NTHR > 1) {
-        PAR_RANGE(rows, float t[n]; softmax_post_rows(ebuf, lo, hi, n, out, t);)
-    } else softmax_post_rows(ebuf, 0, rows, n, out, ws);
-}
-
-/* attention operands straight from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes (in_kind 0 / 1;
-   2: fp16 values, with scale 1 an exact widening)
-   dequantized as fp32(q) * scale (the dequantize loop's one float32 product) and split into P contiguous
-   float32 tensors out + p * B*H*N*D, each [B, H, N, D], or [B, H, D, N] where bit p of tmask is set (K^T) */
-/* Non-transposed parts: per token row and head, D codes converted straight into place. Transposed parts
-   (K^T, [B, H, D, N]): per (b, h) in tiles of SPLIT_TT tokens, converted into a small buffer and written
-   along N, so the stores stay contiguous. Independent rows / tiles: on several threads when the call is
-   large (the same values). */
-#define SPLIT_TT 16
-#define SPLIT_DMAX 256
-/* LOAD(dst, i): the D values at element i of q (one head of one token row) as float32 into dst */
-#define SPLIT_BODY(LOAD)                                                                              \
-    for (int64_t p = 0; p < P; p++) {                                                                 \
-        float* o = out + p * per;                                                                     \
-        if (!((tmask >> p) & 1)) {                                                                    \
-            PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {                                    \
-                int64_t b = bt / N, t = bt % N;                                                       \
-                for (int64_t h = 0; h < H; h++)                                                       \
-                    LOAD(o + ((b * H + h) * N + t) * D, (bt * P + p) * C + h * D)                     \
-            })                                                                                        \
-        } else {                                                                                      \
-            int64_t ntile = (N + SPLIT_TT - 1) / SPLIT_TT;                                            \
-            PAR_LOOP(par, for (int64_t job = 0; job < B * H * ntile; job++) {                         \
-                float tmp[SPLIT_TT * SPLIT_DMAX];                                                     \
-                int64_t bh = job / ntile, t0 = (job % ntile) * SPLIT_TT, b = bh / H, h = bh % H;      \
-                int64_t nt = N - t0 < SPLIT_TT ? N - t0 : SPLIT_TT;                                   \
-                for (int64_t tt = 0; tt < nt; tt++)                                                   \
-                    LOAD(tmp + tt * D, ((b * N + t0 + tt) * P + p) * C + h * D)                       \
-                for (int64_t d = 0; d < D; d++) {                                                     \
-                    float* oo = o + (bh * D + d) * N + t0;                                            \
-                    for (int64_t tt = 0; tt < nt; tt++) oo[tt] = tmp[tt * D + d];                     \
-                }                                                                                     \
-            })                                                                                        \
-        }                                                                                             \
-    }
-#define SPLIT_I8(dst, i) { float* _o = (dst); const int8_t* _s = (const int8_t*)q + (i);              \
-    for (int64_t d = 0; d < D; d++) _o[d] = (float)_s[d] * scale; }
-#define SPLIT_I16(dst, i) { float* _o = (dst); const int16_t* _s = (const int16_t*)q + (i);            \
-    for (int64_t d = 0; d < D; d++) _o[d] = (float)_s[d] * scale; }
-/* fp16 values (in_kind 2): widened exactly (the scale is 1) by the block conversion */
-#define SPLIT_F16(dst, i) h2f((const f16*)q + (i), (dst), D);
-
-#define SPLIT_WIDE(IT)                                                                                \
-    for (int64_t bt = 0; bt < B * N; bt++)                                                            \
-        for (int64_t p = 0; p < P; p++) {                                                             \
-            int64_t b = bt / N, t = bt % N;                                                           \
-            const IT* src = (const IT*)q + (bt * P + p) * C;                                          \
-            float* o = out + p * per;                                                                 \
-            for (int64_t h = 0; h < H; h++) {                                                         \
-                int tr = (tmask >> p) & 1;                                                            \
-                float* oo = tr ? o + (b * H + h) * D * N + t : o + ((b * H + h) * N + t) * D;         \
-                for (int64_t d = 0; d < D; d++) oo[tr ? d * N : d] = (float)src[h * D + d] * scale;   \
-            }                                                                                         \
-        }
-
-/* attention output in [B, H, N, D] float32 to the next layer's int8 input [B, N, H * D]: the head merge and
-   the activation quantizer q = rint(clamp(x * recip, -qmax, qmax)) (qm_act_quant's steps) in one pass;
-   per token row, the heads are gathered first so the quantizer runs over C contiguous values */
-void qm_merge_heads_quant(const float* in, int64_t B, int64_t H, int64_t N, int64_t D, float recip, float qmax,
-                          int8_t* out) {
-    int64_t C = H * D;
-    if (C > BLK) {
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t t = 0; t < N; t++) {
-                    const float* xs = in + ((b * H + h) * N + t) * D;
-                    int8_t* o = out + (b * N + t) * C + h * D;
-                    for (int64_t d = 0; d < D; d++) o[d] = (int8_t)rintf(clampf(xs[d] * recip, -qmax, qmax));
-                }
-        return;
-    }
-    int par = B * N > 1 && B * N * C >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {
-        float buf[BLK];
-        int64_t b = bt / N, t = bt % N;
-        for (int64_t h = 0; h < H; h++) {
-            const float* xs = in + ((b * H + h) * N + t) * D;
-            for (int64_t d = 0; d < D; d++) buf[h * D + d] = xs[d];
-        }
-        int8_t* o = out + bt * C;
-        for (int64_t i = 0; i < C; i++) o[i] = (int8_t)rintf(clampf(buf[i] * recip, -qmax, qmax));
-    })
-}
-
-void qm_split_heads(const void* q, int in_kind, float scale, int64_t B, int64_t N, int64_t P, int64_t H,
-                    int64_t D, float* out, int64_t tmask) {
-    int64_t C = H * D, per = B * H * N * D;
-    int par = B * N > 1 && B * N * P * C >= PAR_MIN && NTHR > 1;
-    if (D > SPLIT_DMAX) {  /* heads wider than the tile buffer: element by element */
-        if (in_kind == 0) { SPLIT_WIDE(int8_t) }
-        else if (in_kind == 1) { SPLIT_WIDE(int16_t) }
-        else { SPLIT_WIDE(f16) }
-        return;
-    }
-    if (in_kind == 0) { SPLIT_BODY(SPLIT_I8) }
-    else if (in_kind == 1) { SPLIT_BODY(SPLIT_I16) }
-    else { SPLIT_BODY(SPLIT_F16) }
-}
-
-/* tanh-GELU step 1: inner = h(0.7978845608 * (x + h(0.044715 * h(x * x * x)))) as float32 (torch.tanh next);
-   python scalars become float32 constants, as in torch's float32 ops */
-void qm_gelu_pre(const f16* x, int64_t n, float* inner) {
-    const float c1 = (float)0.044715, c2 = (float)0.7978845608028654;
-    int par = n >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t i0 = 0; i0 < n; i0 += BLK) {
-        float xf[BLK], t[BLK];
-        int64_t k = n - i0 < BLK ? n - i0 : BLK;
-        h2f(x + i0, xf, k);
-        float* o = inner + i0;
-        for (int64_t i = 0; i < k; i++) t[i] = xf[i] * xf[i] * xf[i];
-        rh(t, k);
-        for (int64_t i = 0; i < k; i++) t[i] = c1 * t[i];
-        rh(t, k);
-        for (int64_t i = 0; i < k; i++) o[i] = c2 * (xf[i] + t[i]);
-        rh(o, k);
-    })
-}
-
-/* tanh-GELU step 2: out = h((0.5 * x) * (1 + h(tanh))) */
-void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out) {
-    int par = n >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t i0 = 0; i0 < n; i0 += BLK) {
-        float xf[BLK], y[BLK];
-        int64_t k = n - i0 < BLK ? n - i0 : BLK;
-        h2f(x + i0, xf, k);
-        const float* t = th + i0;
-        for (int64_t i = 0; i < k; i++) y[i] = t[i];
-        rh(y, k);
-        for (int64_t i = 0; i < k; i++) y[i] = (0.5f * xf[i]) * (1.0f + y[i]);
-        f2h(y, out + i0, k);
-    })
-}
-
-/* gated add x + h(g * y) (op 0) or modulate h(x * g) + y2 (op 1), each step rounded to fp16;
-   x [B, N, C] fp16, y [B, N, C] fp16 (op 0), g / y2 fp16 [B, C] per batch element. ws: 4 * c floats. */
-void qm_fp16_axpy(const f16* x, const f16* y, const f16* g, const f16* c2, int64_t bsz, int64_t nrow, int64_t c,
-                  int op, f16* out, float* ws) {
-    float* xf = ws; float* yf = ws + c; float* gf = ws + 2 * c; float* cf = ws + 3 * c;
-    for (int64_t b = 0; b < bsz; b++) {
-        h2f(g + b * c, gf, c);
-        if (op == 1) h2f(c2 + b * c, cf, c);
-        for (int64_t r = 0; r < nrow; r++) {
-            int64_t off = (b * nrow + r) * c;
-            h2f(x + off, xf, c);
-            if (op == 0) {
-                h2f(y + off, yf, c);
-                for (int64_t i = 0; i < c; i++) yf[i] = gf[i] * yf[i];
-                rh(yf, c);
-                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + yf[i];
-            } else {
-                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] * gf[i];
-                rh(xf, c);
-                for (int64_t i = 0; i < c; i++) xf[i] = xf[i] + cf[i];
-            }
-            f2h(xf, out + off, c);
-        }
-    }
-}
-
-/* ---- int mode kernels (intops, I-BERT style): integer arithmetic, identical integers by construction ---- */
-static inline int64_t floordiv(int64_t a, int64_t b) {  /* b > 0 */
-    int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
-static inline int64_t bitlen(int64_t v) { return v > 0 ? 64 - __builtin_clzll((uint64_t)v) : 0; }
-
-static inline int64_t isqrt64(int64_t v) {  /* floor(sqrt(v)) for 0 <= v < 2**62 */
-    int64_t r = (int64_t)sqrt((double)v);
-    while (r > 0 && r * r > v) r--;
-    while ((r + 1) * (r + 1) <= v) r++;
-    return r;
-}
-
-/* intops.layernorm_int per row of int32 x [rows, n]; eps_k: the 19-entry ln_eps_table */
-void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* eps_k, int32_t* out) {
-    for (int64_t r = 0; r < rows; r++) {
-        const int32_t* xr = x + r * n;
-        int64_t sum = 0;
-        for (int64_t i = 0; i < n; i++) sum += xr[i];
-        int64_t mean = floordiv(sum, n), amax = 0;
-        for (int64_t i = 0; i < n; i++) { int64_t y = xr[i] - mean; y = y < 0 ? -y : y; amax = y > amax ? y : amax; }
-        int64_t k = bitlen(amax) - 15;
-        k = k < 0 ? 0 : (k > 18 ? 18 : k);
-        int64_t var = 0;
-        for (int64_t i = 0; i < n; i++) { int64_t yk = (xr[i] - mean) >> k; var += yk * yk; }
-        var += eps_k[k];
-        int64_t sd = isqrt64(var < 1 ? 1 : var);
-        int64_t factor = (((int64_t)1) << 50) / sd;
-        int32_t* o = out + r * n;
-        for (int64_t i = 0; i < n; i++) o[i] = (int32_t)((((xr[i] - mean) >> k) * factor) >> 20);
-    }
-}
-
-/* intops.softmax_int per row: d = q - max, d_w = d >> k, i-exp: z = floor(-d_w / q_ln2) (a float64 quotient of
-   integers below 2**53, corrected by one with exact products: vectorisable, unlike an integer division),
-   e = ((d_w + z q_ln2 + q_b)^2 + q_c) >> min(z, 40); out = min((e * (2^52 // sum e)) >> (52 - p), 2^p - 1).
-   ebuf: n int64. */
-void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b, int64_t q_c,
-                    int64_t p, int32_t* out, int64_t* ebuf) {
-    const double dl = (double)q_ln2;
-    const int64_t lim = (((int64_t)1) << p) - 1;
-    for (int64_t r = 0; r < rows; r++) {
-        const int32_t* qr = q + r * n;
-        int32_t* o = out + r * n;
-        int64_t mx = qr[0], total = 0;
-        for (int64_t i = 1; i < n; i++) mx = qr[i] > mx ? qr[i] : mx;
-        for (int64_t i = 0; i < n; i++) {
-            int64_t dw = ((int64_t)qr[i] - mx) >> k;
-            int64_t u = -dw;  /* 0 <= u < 2**33 */
-            int64_t z = (int64_t)((double)u / dl);
-            z -= (z * q_ln2 > u);
-            z += ((z + 1) * q_ln2 <= u);
-            int64_t a = dw + z * q_ln2 + q_b;
-            int64_t e = (a * a + q_c) >> (z < 40 ? z : 40);
-            ebuf[i] = e;
-            total += e;
-        }
-        int64_t factor = (((int64_t)1) << 52) / total;
-        for (int64_t i = 0; i < n; i++) {
-            int64_t v = (ebuf[i] * factor) >> (52 - p);
-            o[i] = (int32_t)(v < lim ? v : lim);
-        }
-    }
-}
-
-/* intops.gelu_int elementwise: x_w = clamp(x >> k, +-sat), d = min(|x_w|, q_bb) - q_bb,
-   out = (x_w * (x_w >= 0 ? 2 q_one - d^2 : d^2)) >> t */
-void qm_gelu_int(const int32_t* x, int64_t n, int64_t k, int64_t sat, int64_t q_bb, int64_t q_one, int64_t t,
-                 int32_t* out) {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t xw = ((int64_t)x[i]) >> k;
-        xw = xw < -sat ? -sat : (xw > sat ? sat : xw);
-        int64_t ax = xw < 0 ? -xw : xw;
-        int64_t d = (ax < q_bb ? ax : q_bb) - q_bb;
-        int64_t d2 = d * d;
-        int64_t f = xw >= 0 ? 2 * q_one - d2 : d2;
-        out[i] = (int32_t)((xw * f) >> t);
-    }
-}
-
-/* per-tensor requantization of a row to the int32 range, as float64 integers (fixedpoint.Requantizer
-   with qmin, qmax = INT32_MIN, INT32_MAX and float64 output; c, lim, m, s its prepared constants):
-   a vectorisable pass, then the exact recomputation of the near-tie elements if there are any */
-static void rq_row_i32(const int32_t* a, int64_t n, double c, double lim, int64_t m, int64_t s, double* out) {
-    int any = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double v = (double)a[i] * c;
-        double t = rint(v);
-        any |= fabs(v - t) >= lim;
-        out[i] = t;
-    }
-    if (any)
-        for (int64_t i = 0; i < n; i++) {
-            double v = (double)a[i] * c;
-            if (fabs(v - rint(v)) >= lim) out[i] = (double)rrs(a[i], m, s);
-        }
-    for (int64_t i = 0; i < n; i++) out[i] = clampd(out[i], -2147483648.0, 2147483647.0);
-}
-
-/* intops fixed-point modulate / gated add over [B, N, C]:
-   P = rq(A), p = sat32(rint(fl(P * F[b, c]) * 2^-16)), acc = sat32(p + R), out = clamp(rint(acc * 2^-8), qmin, qmax)
-   with R = rq(Bq) (Bq given: the gated add's x) or R = Rbc[b, c] (the modulation's shift). ws: 2 * c doubles. */
-void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa, const double* F,
-                 const int32_t* Bq, double cb, double lb, int64_t mb, int64_t sb, const double* Rbc,
-                 int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out, double* ws) {
-    double* P = ws; double* R = ws + c;
-    for (int64_t b = 0; b < bsz; b++) {
-        const double* f = F + b * c;
-        for (int64_t r = 0; r < nrow; r++) {
-            int64_t off = (b * nrow + r) * c;
-            rq_row_i32(A + off, c, ca, la, ma, sa, P);
-            const double* rr = Rbc ? Rbc + b * c : R;
-            if (Bq) rq_row_i32(Bq + off, c, cb, lb, mb, sb, R);
-            int32_t* o = out + off;
-            for (int64_t j = 0; j < c; j++) {
-                double pq = clampd(rint((P[j] * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
-                double acc = clampd(pq + rr[j], -2147483648.0, 2147483647.0);
-                o[j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
-            }
-        }
-    }
-}
-
-/* emulator._param_int: s = fp32(max|t| / qmax) (1 if all zero), q = clamp(rint(fl64(t / s)), +-qmax) as int32,
-   t float32 rows [B, C] with row stride bstride. Returns 1 (nothing trustworthy) on a non-finite value. */
-int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int64_t qmax, int32_t* out, double* s_out) {
-    float a = 0.0f;
-    int bad = 0;
-    for (int64_t b = 0; b < bsz; b++)
-        for (int64_t j = 0; j < c; j++) {
-            float v = fabsf(t[b * bstride + j]);
-            bad |= !(v <= 3.4028234663852886e38f);
-            a = v > a ? v : a;
-        }
-    if (bad) return 1;
-    double s = a > 0.0f ? (double)(float)((double)a / (double)qmax) : 1.0;
-    double qm = (double)qmax;
-    for (int64_t b = 0; b < bsz; b++)
-        for (int64_t j = 0; j < c; j++) out[b * c + j] = (int32_t)clampd(rint((double)t[b * bstride + j] / s), -qm, qm);
-    *s_out = s;
-    return 0;
-}
-
-/* Dynamic recipes' per-token activation quantization (emulator.linear, dynamic branch): per row of k
-   values (float32, or fp16 widened exactly), s = fp32(fl64(max|x|) / qmax) (1 when the row is all zero:
-   fixedpoint.symmetric_scale), q = clamp(rint(fl64(x) / fl64(s)), +-qmax) (fixedpoint.quantize).
-   Returns 1 on a non-finite value (the caller runs the Python definition, which reports it). */
-int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* out, float* s_out) {
-    int par = rows > 1 && rows * k >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
-        float buf[BLK];
-        float a = 0.0f;
-        int rb = 0;
-        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 1: max |x| */
-            int64_t m = k - j0 < BLK ? k - j0 : BLK;
-            const float* v = (const float*)x + r * k + j0;
-            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
-            int64_t j = 0;
-#if defined(__AVX512F__)
-            /* max of |x| (exact in any order: non-negative values; non-finite ones are flagged separately) */
-            __m512 am = _mm512_setzero_ps(), big = _mm512_set1_ps(3.4028234663852886e38f);
-            for (; j + 16 <= m; j += 16) {
-                __m512 u = _mm512_abs_ps(_mm512_loadu_ps(v + j));
-                rb |= _mm512_cmp_ps_mask(u, big, _CMP_LE_OQ) != 0xFFFF;
-                am = _mm512_max_ps(am, u);
-            }
-            float ar = _mm512_reduce_max_ps(am);
-            a = ar > a ? ar : a;
-#endif
-            for (; j < m; j++) {
-                float u = fabsf(v[j]);
-                rb |= !(u <= 3.4028234663852886e38f);
-                a = u > a ? u : a;
-            }
-        }
-        if (rb) { s_out[r] = -1.0f; continue; }  /* marked; reported after the loop */
-        float s = a > 0.0f ? (float)((double)a / (double)qmax) : 1.0f;
-        s_out[r] = s;
-        double qm = (double)qmax, sd = (double)s;
-        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 2: the codes */
-            int64_t m = k - j0 < BLK ? k - j0 : BLK;
-            const float* v = (const float*)x + r * k + j0;
-            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
-            int8_t* o = out + r * k + j0;
-            int64_t j = 0;
-#if defined(__AVX512F__)
-            /* the same IEEE steps, 8 at a time: float64 quotient, round half to even, clamp, narrow */
-            __m512d vs = _mm512_set1_pd(sd), lo = _mm512_set1_pd(-qm), hi = _mm512_set1_pd(qm);
-            for (; j + 8 <= m; j += 8) {
-                __m512d d = _mm512_div_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v + j)), vs);
-                d = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                d = _mm512_min_pd(_mm512_max_pd(d, lo), hi);
-                _mm_storel_epi64((__m128i*)(o + j), _mm256_cvtepi32_epi8(_mm512_cvtpd_epi32(d)));
-            }
-#endif
-            for (; j < m; j++) o[j] = (int8_t)clampd(rint((double)v[j] / sd), -qm, qm);
-        }
-    })
-    for (int64_t r = 0; r < rows; r++)
-        if (s_out[r] < 0.0f) return 1;
-    return 0;
-}
-
-/* Dynamic recipes' rescale of the int32 sums (the dyn_rescale op): y = (fp32(acc) * s_row) * w_scale + bias
-   in float32 (no fused multiply-add), then (out_f16) the emulator's saturating fp16 conversion (clamp to
-   +-65504, round to nearest even), else float32. acc [rows, n]; s_row [rows]; w_scale, bias [n]. */
-void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const float* w_scale,
-                    const float* bias, void* out, int out_f16) {
-    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
-        float buf[BLK];
-        float sr = s_row[r];
-        for (int64_t j0 = 0; j0 < n; j0 += BLK) {
-            int64_t m = n - j0 < BLK ? n - j0 : BLK;
-            const int32_t* a = acc + r * n + j0;
-            if (!out_f16) {  /* float32 (int mode keeps the value) */
-                float* o = (float*)out + r * n + j0;
-                for (int64_t j = 0; j < m; j++) o[j] = ((float)a[j] * sr) * w_scale[j0 + j] + bias[j0 + j];
-                continue;
-            }
-            for (int64_t j = 0; j < m; j++)
-                buf[j] = clampf(((float)a[j] * sr) * w_scale[j0 + j] + bias[j0 + j], -65504.0f, 65504.0f);
-            f2h(buf, (f16*)out + r * n + j0, m);
-        }
-    })
-}
-
-/* fixedpoint.quantize_multiplier of a finite r >= 0: r ~ m * 2**-(31 + sh), m in [2**30, 2**31), half to even */
-static void qmult(double r, int64_t* m, int64_t* sh) {
-    if (r == 0.0) { *m = 0; *sh = 0; return; }
-    int e;
-    double f = frexp(r, &e);
-    int64_t mi = (int64_t)rint(ldexp(f, 31));  /* exact product; rint: half to even */
-    if (mi == ((int64_t)1 << 31)) { mi >>= 1; e += 1; }
-    *m = mi;
-    *sh = -e;
-}
-
-/* fixedpoint.requantize(q, m, sh, INT32_MIN, INT32_MAX) of one int32-range value, exactly (int64):
-   round_half_even(q * m / 2**(31 + sh)), saturated; as the Requantizer's cases (s >= 63: 0; s < 0: saturate) */
-static double rq_exact(int64_t q, int64_t m, int64_t sh) {
-    int64_t s = 31 + sh, v;
-    if (m == 0 || q == 0 || s >= 63) return 0.0;
-    if (s < 0) return q > 0 ? 2147483647.0 : -2147483648.0;
-    v = s == 0 ? q * m : rrs(q, m, s);
-    return clampd((double)v, -2147483648.0, 2147483647.0);
-}
-
-/* Quantized attention's operands from a GEMM's integer output: q [B, N, P, H, D] int8 / int16 codes
-   (in_kind 0 / 1), part p requantized to the product's input scale, clamp(round_half_even(q * m_p /
-   2**(31 + s_p)), +-qmax) (fixedpoint.requantize, per tensor, exactly in int64), split as
-   qm_split_heads does ([B, H, N, D], or [B, H, D, N] where bit p of tmask is set), as float32 values
-   (the small integers the exact float product reads). */
-void qm_split_heads_q8(const void* q, int in_kind, int64_t B, int64_t N, int64_t P, int64_t H, int64_t D,
-                       const int64_t* mult, const int64_t* shift, int64_t qmax, float* out, int64_t tmask) {
-    int64_t C = H * D, per = B * H * N * D;
-    double qm = (double)qmax;
-    int par = B * N > 1 && B * N * P * C >= PAR_MIN && NTHR > 1;
-    if (C > BLK) { par = 0; }
-    PAR_LOOP(par, for (int64_t bt = 0; bt < B * N; bt++) {
-        float buf[BLK];
-        int64_t b = bt / N, t = bt % N;
-        for (int64_t p = 0; p < P; p++) {
-            int64_t base = (bt * P + p) * C, m = mult[p], sh = 31 + shift[p];
-            float* o = out + p * per;
-            int tr = (tmask >> p) & 1;
-            if (C <= BLK && m > 0 && sh >= 1 && sh <= 62) {  /* rrs's exact int64 rounding, vectorisable */
-                int64_t half = ((int64_t)1 << (sh - 1)) - 1, lim = qmax;
-                if (in_kind == 0) {
-                    const int8_t* src = (const int8_t*)q + base;
-                    for (int64_t i = 0; i < C; i++) {
-                        int64_t pr = (int64_t)src[i] * m, r = (pr + ((pr >> sh) & 1) + half) >> sh;
-                        r = r < -lim ? -lim : r; r = r > lim ? lim : r;
-                        buf[i] = (float)r;
-                    }
-                } else {
-                    const int16_t* src = (const int16_t*)q + base;
-                    for (int64_t i = 0; i < C; i++) {
-                        int64_t pr = (int64_t)src[i] * m, r = (pr + ((pr >> sh) & 1) + half) >> sh;
-                        r = r < -lim ? -lim : r; r = r > lim ? lim : r;
-                        buf[i] = (float)r;
-                    }
-                }
-                for (int64_t h = 0; h < H; h++) {
-                    if (tr) for (int64_t d = 0; d < D; d++) o[((b * H + h) * D + d) * N + t] = buf[h * D + d];
-                    else {
-                        float* oo = o + ((b * H + h) * N + t) * D;
-                        for (int64_t d = 0; d < D; d++) oo[d] = buf[h * D + d];
-                    }
-                }
-                continue;
-            }
-            for (int64_t h = 0; h < H; h++)
-                for (int64_t d = 0; d < D; d++) {
-                    int64_t v = in_kind == 0 ? ((const int8_t*)q)[base + h * D + d] : ((const int16_t*)q)[base + h * D + d];
-                    float r = (float)clampd(rq_exact(v, m, shift[p]), -qm, qm);
-                    if (tr) o[((b * H + h) * D + d) * N + t] = r;
-                    else o[((b * H + h) * N + t) * D + d] = r;
-                }
-        }
-    })
-}
-
-/* The per-step operands of one int-mode modulation or gated add (emulator: _fold_mod, _param_int,
-   intops.modulate_factors / gate_q16), from float32 parameters [B, 1, C] with batch stride pstride:
-   with inv (a consumer's 1/s): scale' = (1 + scale) * inv - 1, shift' = shift * inv (float32 ops), else as is;
-   each quantized to 16 bits (qm_param_quant); f = sat32(Q16(scale') + 2**16) and r = shift' at s_out / 2**8,
-   or (shift NULL: a gate) f = Q16(gate). f, r float64 [B, C]; fw float [2 B C], qw int32 [2 B C] scratch.
-   Returns 1 on a non-finite parameter (the caller runs the Python definition, which reports it). */
-int qm_mod_operands(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bsz,
-                    int64_t c, double s_out, int64_t qmax, double* f, double* r, float* fw, int32_t* qw) {
-    int64_t n = bsz * c, m, sh;
-    double s_sc, s_sh;
-    for (int64_t b = 0; b < bsz; b++)
-        for (int64_t j = 0; j < c; j++) {
-            float sc = scale[b * pstride + j];
-            if (inv) sc = (1.0f + sc) * inv[j] - 1.0f;
-            fw[b * c + j] = sc;
-            if (shift) {
-                float v = shift[b * pstride + j];
-                if (inv) v = v * inv[j];
-                fw[n + b * c + j] = v;
-            }
-        }
-    if (qm_param_quant(fw, bsz, c, c, qmax, qw, &s_sc)) return 1;
-    qmult(s_sc * 65536.0, &m, &sh);
-    for (int64_t i = 0; i < n; i++) {
-        double q16 = rq_exact(qw[i], m, sh);
-        f[i] = shift ? clampd(q16 + 65536.0, -2147483648.0, 2147483647.0) : q16;
-    }
-    if (!shift) return 0;
-    if (qm_param_quant(fw + n, bsz, c, c, qmax, qw + n, &s_sh)) return 1;
-    qmult(s_sh / (s_out / 256.0), &m, &sh);
-    for (int64_t i = 0; i < n; i++) r[i] = rq_exact(qw[n + i], m, sh);
-    return 0;
-}
-"""
-
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
-          "-fPIC", "-shared", "-std=gnu11"]
+SRC_DIR = Path(__file__).resolve().parent / "csrc"  # qmk.c, qmk.h (package data)
+_SOURCES = ("qmk.c", "qmk.h")
+# value-preserving flags only (see the module docstring); -march comes from QUANTMODEL_CKERNELS_MARCH
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=gnu11"]
 _LOCK = threading.Lock()
 _STATE: dict = {}
 _ENABLED = [os.environ.get("QUANTMODEL_CKERNELS", "1") != "0"]
+_log = logging.getLogger(__name__)
 
 I8, I16, I32, F64 = 0, 1, 2, 3
 OUT_KIND = {torch.int8: I8, torch.int16: I16, torch.int32: I32, torch.float64: F64}
 IN_KIND_FLOAT = {torch.float32: 0, torch.float16: 1}
 IN_KIND_INT = {torch.int8: 0, torch.int16: 1, torch.int32: 2}
 
+# C types of the prototypes in csrc/qmk.h -> ctypes (every pointer is passed as an address)
+_C_TYPES = {"void": None, "int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float,
+            "double": ctypes.c_double}
+_PROTO = re.compile(r"^(\w+)\s+(qm_\w+)\s*\(([^)]*)\)\s*;", re.MULTILINE)
+
+
+def declarations(header: str | None = None) -> dict[str, tuple[object, list]]:
+    """{name: (restype, argtypes)} of every ``qm_`` prototype in ``csrc/qmk.h`` (the one declaration
+    table: signatures are written once, in C)."""
+    if header is None:
+        header = (SRC_DIR / "qmk.h").read_text()
+    table = {}
+    for ret, name, args in _PROTO.findall(header):
+        types = []
+        for arg in (a.strip() for a in args.split(",") if a.strip()):
+            if "*" in arg:
+                types.append(ctypes.c_void_p)
+                continue
+            ctype = arg.replace("const ", "").split()[0]
+            if ctype not in _C_TYPES or _C_TYPES[ctype] is None:
+                raise ValueError(f"qmk.h: {name}: argument {arg!r} has no ctypes mapping")
+            types.append(_C_TYPES[ctype])
+        if ret not in _C_TYPES:
+            raise ValueError(f"qmk.h: {name}: result type {ret!r} has no ctypes mapping")
+        table[name] = (_C_TYPES[ret], types)
+    return table
+
 
 def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return line
     except OSError:
         pass
     return ""
 
 
-def _build() -> ctypes.CDLL | None:
+def cache_dir() -> str:
+    """Where compiled kernels (and the GEMM path calibration) are cached."""
+    return os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                      "quantmodel-ckernels")
+
+
+def _arch_flags() -> list[list[str]]:
+    """The target flags to try, best first: ``QUANTMODEL_CKERNELS_MARCH`` (default ``native``: the
+    build machine's own instructions) and, if that build fails, the compiler's portable default."""
+    march = os.environ.get("QUANTMODEL_CKERNELS_MARCH", "native")
+    return [[f"-march={march}"], []] if march else [[]]
+
+
+def _compile(cc: str, src_dir: str, so: str) -> str | None:
+    """Compile into ``so`` (written under a temporary name, then renamed: never half-written).
+    Returns None on success, else the reason (the compiler's last error lines)."""
+    errors = []
+    os.makedirs(os.path.dirname(so), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(so)) as tmp:
+        tmp_so = os.path.join(tmp, "qmk.so")
+        for arch in _arch_flags():
+            for omp in (["-fopenmp"], []):  # serial loops where the compiler has no OpenMP
+                cmd = [cc, *_FLAGS, *arch, *omp, os.path.join(src_dir, "qmk.c"), "-o", tmp_so, "-lm"]
+                r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+                if r.returncode == 0:
+                    os.replace(tmp_so, so)  # atomic: another process may have won the race, same bytes
+                    return None
+                errors.append(f"{' '.join(cmd)}: " + " | ".join(r.stderr.strip().splitlines()[-3:]))
+    return errors[0] if len(errors) == 1 else errors[0] + " ; last try: " + errors[-1]
+
+
+def _build() -> tuple[ctypes.CDLL | None, str | None]:
+    """(library, None), or (None, why not)."""
     cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
     if cc is None:
-        return None
+        return None, "no C compiler found (set CC, or install gcc)"
     try:
-        ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    key = hashlib.sha256("\0".join([_SRC, " ".join(_FLAGS), ver, _cpu_flags()]).encode()).hexdigest()[:16]
-    root = os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                       "quantmodel-ckernels")
-    so = os.path.join(root, f"qmk-{key}.so")
+        ver = subprocess.run([cc, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+        texts = [(SRC_DIR / name).read_text() for name in _SOURCES]
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"cannot read the kernel sources or run {cc}: {e}"
+    key = hashlib.sha256("\0".join([*texts, " ".join(_FLAGS), repr(_arch_flags()), ver, _cpu_flags()]).encode())
+    so = os.path.join(cache_dir(), f"qmk-{key.hexdigest()[:16]}.so")
     if not os.path.exists(so):
         try:
-            os.makedirs(root, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                src = os.path.join(tmp, "qmk.c")
-                with open(src, "w") as f:
-                    f.write(_SRC)
-                tmp_so = os.path.join(tmp, "qmk.so")
-                for omp in (["-fopenmp"], []):  # serial loops where the compiler has no OpenMP
-                    r = subprocess.run([cc, *_FLAGS, *omp, src, "-o", tmp_so, "-lm"], capture_output=True,
-                                       text=True, timeout=300)
-                    if r.returncode == 0:
-                        break
-                else:
-                    return None
-                os.replace(tmp_so, so)  # atomic: another process may have won the race, same bytes
-        except (OSError, subprocess.SubprocessError):
-            return None
+            err = _compile(cc, str(SRC_DIR), so)
+        except (OSError, subprocess.SubprocessError) as e:
+            err = f"build failed: {e}"
+        if err is not None:
+            return None, f"build failed: {err}"
     try:
         dll = ctypes.CDLL(so)
-    except OSError:
-        return None
-    vp, i64, f64, f32, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_float, ctypes.c_int
-    dll.qm_requant.argtypes = [vp, i64, i64, i64, vp, vp, vp, vp, vp, f64, f64, vp, ci, i64]
-    dll.qm_requant.restype = None
-    dll.qm_act_quant.argtypes = [vp, ci, i64, f32, f32, vp, ci, vp, i64]
-    dll.qm_act_quant.restype = None
-    dll.qm_dequant.argtypes = [vp, ci, i64, f32, vp, ci]
-    dll.qm_dequant.restype = ci
-    dll.qm_ln_stats.argtypes = [vp, i64, i64, f32, vp, vp, vp]
-    dll.qm_ln_apply.argtypes = [vp, i64, i64, vp, vp, vp, ci, vp, vp, i64, vp, i64, vp, f32, f32]
-    dll.qm_merge_heads_quant.argtypes = [vp, i64, i64, i64, i64, f32, f32, vp]
-    dll.qm_residual_fp16.argtypes = [vp, vp, ci, f32, vp, i64, i64, i64, i64, vp, vp]
-    dll.qm_softmax_pre.argtypes = [vp, ci, f32, ci, i64, i64, vp]
-    dll.qm_softmax_post.argtypes = [vp, i64, i64, vp, vp]
-    dll.qm_split_heads.argtypes = [vp, ci, f32, i64, i64, i64, i64, i64, vp, i64]
-    dll.qm_gelu_pre.argtypes = [vp, i64, vp]
-    dll.qm_gelu_post.argtypes = [vp, i64, vp, vp]
-    dll.qm_fp16_axpy.argtypes = [vp, vp, vp, vp, i64, i64, i64, ci, vp, vp]
-    dll.qm_layernorm_int.argtypes = [vp, i64, i64, vp, vp]
-    dll.qm_softmax_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, i64, vp, vp]
-    dll.qm_gelu_int.argtypes = [vp, i64, i64, i64, i64, i64, i64, vp]
-    dll.qm_fix_madd.argtypes = [vp, f64, f64, i64, i64, vp, vp, f64, f64, i64, i64, vp, i64, i64, i64, f64, f64, vp, vp]
-    dll.qm_param_quant.argtypes = [vp, i64, i64, i64, i64, vp, vp]
-    dll.qm_param_quant.restype = ci
-    dll.qm_mod_operands.argtypes = [vp, vp, i64, vp, i64, i64, f64, i64, vp, vp, vp, vp]
-    dll.qm_mod_operands.restype = ci
-    dll.qm_dyn_quant.argtypes = [vp, ci, i64, i64, i64, vp, vp]
-    dll.qm_dyn_quant.restype = ci
-    dll.qm_dyn_rescale.argtypes = [vp, i64, i64, vp, vp, vp, vp, ci]
-    dll.qm_dyn_rescale.restype = None
-    dll.qm_split_heads_q8.argtypes = [vp, ci, i64, i64, i64, i64, i64, vp, vp, i64, vp, i64]
-    dll.qm_split_heads_q8.restype = None
-    for fn in ("qm_layernorm_int", "qm_softmax_int", "qm_gelu_int", "qm_fix_madd", "qm_residual_fp16", "qm_ln_stats", "qm_ln_apply", "qm_softmax_pre", "qm_softmax_post", "qm_split_heads", "qm_merge_heads_quant", "qm_gelu_pre", "qm_gelu_post",
-               "qm_fp16_axpy"):
-        getattr(dll, fn).restype = None
-    return dll
+        for name, (restype, argtypes) in declarations("\n".join(texts[1:])).items():
+            fn = getattr(dll, name)
+            fn.argtypes, fn.restype = argtypes, restype
+    except (OSError, AttributeError, ValueError) as e:
+        return None, f"cannot load {so}: {e}"
+    return dll, None
 
 
 def lib() -> ctypes.CDLL | None:
@@ -1058,8 +173,17 @@ def lib() -> ctypes.CDLL | None:
     if "dll" not in _STATE:
         with _LOCK:
             if "dll" not in _STATE:
-                _STATE["dll"] = _build()
+                dll, why = _build()
+                if why is not None:  # said once per process; the torch ops give the same values
+                    _log.warning("quantmodel C kernels unavailable, using torch ops (same results, slower): %s",
+                                 why)
+                _STATE["dll"], _STATE["why"] = dll, why
     return _STATE["dll"]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`lib` returned None (after a call to it), or None when the kernels loaded."""
+    return _STATE.get("why")
 
 
 @contextlib.contextmanager

@@ -14,20 +14,22 @@ int32 are the real maxima scanned, and only if that bound still exceeds int32 is
 int8 input, so it is a static proof; layers where it fails keep the run-time check.
 
 Paths (all exact, all give the same integers; ``backend=`` forces one, for tests):
-- ``int_mm``: ``torch._int_mm`` (2-D only; CPU takes any shape, CUDA needs M > 16, K and N
-  multiples of 8 and a column-major right operand, so CUDA operands are zero-padded, which adds
-  zeros to the sums, and transposed in memory);
-- ``float``: float32 matmul when the bound is <= 2**24 (every product and partial sum is an
-  integer of magnitude <= 2**24, exactly representable, so any summation order, FMA included, is
-  exact), else float64 (exact while the bound is < 2**53). Used for batched operands (attention)
-  where a loop over ``_int_mm`` calls would be slow.
+- ``int_mm``: a 2-D product per call (CPU: :func:`quantmodel.intarith.gemmpaths.mm`, which takes
+  ``torch._int_mm`` or an exact chunked float product, whichever was measured faster for the shape
+  class on this CPU; CUDA: ``torch._int_mm``, which needs M > 16, K and N multiples of 8 and a
+  column-major right operand, so CUDA operands are zero-padded, which adds zeros to the sums, and
+  transposed in memory);
+- ``float``: float32 products over K chunks of at most 1024 (every partial sum an integer of magnitude
+  <= 2**24, exactly representable, so any summation order, FMA included, is exact), the chunks added
+  in int32 (:func:`quantmodel.intarith.gemmpaths.matmul_float_exact`). Used for batched operands (attention)
+  where a loop over 2-D GEMM calls would be slow.
 """
 
 from __future__ import annotations
 
 import torch
 
-from quantmodel.intarith import ckernels
+from quantmodel.intarith import ckernels, gemmpaths
 from quantmodel.intarith.fixedpoint import Requantizer
 from workloads.errors import ConfigError
 
@@ -131,7 +133,7 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     """
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, ", ".join(BACKENDS))
-    a, b, bias, bound, wide = _prepare(a, b, bias, layer, device)
+    a, b, bias, _, wide = _prepare(a, b, bias, layer, device)
     if wide is not None:
         return wide
     use_int_mm = backend == "int_mm" or (backend == "auto" and b.dim() == 2)
@@ -142,7 +144,7 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
             return acc.reshape(*a.shape[:-1], b.shape[-1])
         acc = _int_mm_nd(a, b)
     else:
-        acc = _float_matmul(a, b, torch.float32 if bound <= FLOAT32_EXACT else torch.float64).to(torch.int32)
+        acc = gemmpaths.matmul_float_exact(a, b)  # float32 over K chunks: exact for any K
     if bias is not None:
         acc = acc.add_(bias)  # in int32 (acc is a fresh tensor); cannot wrap, the bound includes it
     return acc
@@ -181,7 +183,7 @@ def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | 
         done = True
         for j0, j1 in blocks:
             wb = w_t if len(blocks) == 1 else _weight_block(w_t, j0, j1)
-            if not rq.block(j0, j1).fused(torch._int_mm(x2, wb), out[:, j0:j1],
+            if not rq.block(j0, j1).fused(gemmpaths.mm(x2, wb), out[:, j0:j1],
                                           None if bias is None else bias[j0:j1]):
                 done = False
                 break
@@ -252,7 +254,7 @@ class PreparedLinear:
         optr = out.data_ptr()
         req = dll.qm_requant
         for off, wb, args, kind, _ in self._plan(m):
-            acc = torch._int_mm(x2, wb)  # [M, block] int32, exact (cannot overflow: proved at load time)
+            acc = gemmpaths.mm(x2, wb)  # [M, block] int32, exact (cannot overflow: proved at load time)
             req(acc.data_ptr(), m, *args, optr + off, kind, n)
         return out
 
@@ -294,7 +296,7 @@ def _column_blocks(m: int, n: int) -> list[tuple[int, int]]:
 
 
 def _mm_bias(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    acc = torch._int_mm(a, b)
+    acc = gemmpaths.mm(a, b)
     return acc if bias is None else acc.add_(bias)  # int32, cannot wrap: the bound includes the bias
 
 
@@ -306,7 +308,7 @@ def _int_mm_2d(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
             return _mm_bias(a, b, bias)
         out = torch.empty((a.shape[0], b.shape[1]), dtype=torch.int32, device=a.device)
         for j0, j1 in blocks:
-            blk = torch._int_mm(a, b[:, j0:j1].contiguous())
+            blk = gemmpaths.mm(a, _weight_block(b, j0, j1))
             if bias is None:
                 out[:, j0:j1] = blk
             else:
