@@ -22,7 +22,7 @@ from hwsim import memory, technology
 from workloads.errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("presets")
-DATAFLOWS = ("output_stationary", "weight_stationary")
+DATAFLOWS = ("output_stationary", "weight_stationary", "input_stationary")
 PRECISIONS = ("int8", "int4", "fp16")
 
 
@@ -41,7 +41,7 @@ class MacArrays:
     arrays: int
     rows: int
     cols: int
-    dataflow: str  # output_stationary | weight_stationary (SCALE-Sim naming)
+    dataflow: str  # output_stationary | weight_stationary | input_stationary (SCALE-Sim os, ws, is)
     macs_per_pe_cycle: dict  # precision -> MACs one PE retires per cycle (int8 1, int4 packed 2, ...)
 
     def rate(self, precision: str) -> float:

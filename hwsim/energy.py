@@ -132,6 +132,9 @@ def sram_pj_per_byte(hw: HWConfig) -> float:
 def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: float | None = None) -> dict:
     """Joules per component from the run's integer counts (``area_mm2`` is accepted for callers
     that pass it; static power now comes from the cost model)."""
+    # the quantization stages' energy table lives with VECTOR_WORK
+    from hwsim.tiling import epilogue_pj_45nm
+
     e = hw.costs
     lanes = hw.vector.lanes
     pj = {
@@ -140,6 +143,9 @@ def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: f
         "mac_fp16": counts.get("macs_fp16", 0) * e.mac_pj["fp16"],
         "vector": counts.get("vec_cycles", 0) * lanes * e.vector_lane_cycle_pj,
         "dyn_quant": counts.get("dyn_cycles", 0) * lanes * e.dyn_lane_cycle_pj,
+        # requant / quant / dequant lanes beside the arrays: datapath energy carried to the node
+        # and supply, with the NPU overhead, as the vector lanes' is
+        "quant_epilogue": epilogue_pj_45nm(counts) * e.vector_lane_cycle_pj / VECTOR_LANE_CYCLE_PJ_45NM,
         "sram": counts.get("sram_rd", 0) * e.sram_read_pj_per_byte + counts.get("sram_wr", 0) * e.sram_write_pj_per_byte,
         "dram": counts.get("dram_rd", 0) * e.dram_read_pj_per_byte + counts.get("dram_wr", 0) * e.dram_write_pj_per_byte,
         "flash": counts.get("flash_rd", 0) * e.flash_read_pj_per_byte,

@@ -23,18 +23,21 @@ yardstick the result reports each op against).
 
 The trace is a linear op list without tensor names, so producer -> consumer edges are read from
 adjacency and element counts (an op's elements equal to the next op's input elements), and the
-quantization stages from their names (``<gemm>.smooth``, ``<gemm>.dyn_stats``, ``<gemm>.dyn_rescale``),
-as ``quantmodel``'s tracer writes them.
+quantization stages from their names (``<gemm>.smooth``, ``<gemm>.quant``, ``<gemm>.dyn_stats``,
+``<gemm>.dyn_rescale``), as ``quantmodel``'s tracer writes them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
-PRE_KINDS = ("layernorm", "modulate", "smooth_mul", "dyn_stats", "gelu", "silu", "elementwise")
-POST_KINDS = ("dyn_rescale", "gelu", "silu", "elementwise", "smooth_mul")
+PRE_KINDS = ("layernorm", "modulate", "smooth_mul", "quantize", "dyn_stats", "gelu", "silu", "elementwise")
+POST_KINDS = ("dyn_rescale", "gelu", "silu", "elementwise", "smooth_mul", "quantize")
 ROW_KINDS = ("layernorm", "dyn_stats")  # need the whole row (K) of the GEMM's input in SRAM
-CHAIN_KINDS = ("layernorm", "modulate", "smooth_mul", "dyn_stats", "dyn_rescale", "gelu", "silu", "elementwise")
+CHAIN_KINDS = ("layernorm", "modulate", "smooth_mul", "quantize", "dyn_stats", "dyn_rescale", "gelu", "silu",
+               "elementwise")
+# static quantization stages that write the next GEMM's int8 input, and their name suffix
+QUANT_SUFFIX = {"smooth_mul": ".smooth", "quantize": ".quant"}
 FUSED_GEMMS = ("linear", "conv")
 SMALL_SIDE = 16  # a prologue op's side input (a modulation table) is at most 1/16 of its main input
 
@@ -50,8 +53,13 @@ class Group:
 
 
 def side_bytes(op) -> int:
-    """Bytes an element-wise op reads beside the tensor it transforms (residual, table)."""
+    """Bytes an element-wise op reads beside the tensor it transforms (residual, table): all it
+    reads but one tensor of its own size (the trace's ``reads``; its output may be narrower when it
+    quantizes as it writes)."""
     if op.kind in ("modulate", "elementwise"):
+        for _, _, el, bits in op.read_entries():
+            if el == op.elements:
+                return op.input_bytes - -(-el * bits // 8)
         return max(0, op.input_bytes - op.output_bytes)
     return 0
 
@@ -81,8 +89,8 @@ def _pre_ok(op, consumer) -> bool:
     """``op`` may run as a prologue stage of ``consumer`` (a GEMM or the next prologue stage)."""
     if op.kind not in PRE_KINDS or op.elements != in_elements(consumer) or op.elements == 0:
         return False
-    if op.kind == "smooth_mul":
-        return op.name == consumer.name + ".smooth"
+    if op.kind in QUANT_SUFFIX:
+        return op.name == consumer.name + QUANT_SUFFIX[op.kind]
     if op.kind == "dyn_stats":
         return op.name == consumer.name + ".dyn_stats"
     return side_bytes(op) * SMALL_SIDE <= op.output_bytes
@@ -94,8 +102,9 @@ def _post_ok(ops, j: int, gemm) -> bool:
         return False
     if op.kind == "dyn_rescale":
         return op.name == gemm.name + ".dyn_rescale"
-    if op.kind == "smooth_mul":  # quantizes for the next GEMM: only when that GEMM follows
-        return j + 1 < len(ops) and ops[j + 1].kind in FUSED_GEMMS and op.name == ops[j + 1].name + ".smooth"
+    if op.kind in QUANT_SUFFIX:  # quantizes for the next GEMM: only when that GEMM follows
+        return (j + 1 < len(ops) and ops[j + 1].kind in FUSED_GEMMS
+                and op.name == ops[j + 1].name + QUANT_SUFFIX[op.kind])
     return True
 
 
@@ -142,10 +151,10 @@ def group_ops(ops: list) -> list[Group]:
             post: list[int] = []
             j = i + 1
             while j < n and _post_ok(ops, j, op) and (not post or ops[j].elements == ops[post[-1]].elements):
-                if ops[j].kind == "smooth_mul" and any(side_bytes(ops[q]) for q in post):
+                if ops[j].kind in QUANT_SUFFIX and any(side_bytes(ops[q]) for q in post):
                     break  # a residual add's output is read again later: it must be written as it is
                 post.append(j)
-                if ops[j].kind == "smooth_mul":
+                if ops[j].kind in QUANT_SUFFIX:
                     break
                 j += 1
             groups.append(Group("gemm", [i], pre, post))
@@ -201,7 +210,7 @@ def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, 
             a_in = min([core.input_bytes] + [ops[j].output_bytes for j in g.pre]
                        + ([ops[g.pre[0]].input_bytes - side_bytes(ops[g.pre[0]])] if g.pre else []))
             tail = g.post[-1] if g.post else g.core[0]
-            quantized = ops[tail].kind == "smooth_mul" and tail + 1 < len(ops)
+            quantized = ops[tail].kind in QUANT_SUFFIX and tail + 1 < len(ops)
             out = min([core.output_bytes] + [ops[j].output_bytes for j in g.post]
                       + ([ops[tail + 1].input_bytes] if quantized else []))
         a_in = 0 if a_in <= half else a_in

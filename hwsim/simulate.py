@@ -31,7 +31,8 @@ from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.schedule import (FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements,
                             side_bytes)
 from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit, plan_attention,
-                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, vector_cycles)
+                          plan_estimate, plan_gemm, plan_vector, precision_of, stages_of, static_twin, vector_cycles,
+                          op_stages)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
@@ -46,9 +47,9 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    banks, LPDDR/UFS parts and calibrated NPU overheads (technology.py, sram.py, memory.py)
 SIM_VERSION = "hwsim-5"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
-                     "output_bytes", "w_bits", "a_bits", "name")
+                     "output_bytes", "w_bits", "a_bits", "name", "epilogue", "dequant_elements")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
-PRE_QUANT = ("smooth_mul", "dyn_stats")  # the quantization stage right before a GEMM
+PRE_QUANT = ("smooth_mul", "quantize", "dyn_stats")  # the quantization stage right before a GEMM
 
 
 # ---- trace -> units ---------------------------------------------------------------------------------
@@ -95,15 +96,16 @@ def _gemm_unit(op, wplan: WeightPlan, pre_ops=(), post_ops=(), next_op=None) -> 
     return GemmUnit(batch=op.batch, m=op.m, k=op.k, n=op.n, precision=precision_of(op.w_bits, op.a_bits),
                     a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, out),
                     b_per_item=per_item, b_resident=wplan.resident and not per_item,
-                    a_extra_sram_bpe=extra, pre="+".join(p.kind for p in pre_ops),
-                    post="+".join(q.kind for q in post_ops), pre_weight_bytes=pre_w, res_bytes=res)
+                    a_extra_sram_bpe=extra, pre="+".join(op_stages(p) for p in pre_ops),
+                    post="+".join(op_stages(q) for q in post_ops), pre_weight_bytes=pre_w, res_bytes=res,
+                    epilogue=op.epilogue, dequant_elements=op.dequant_elements)
 
 
 def _chain_out(last, next_op) -> int:
     """Bytes a chain ending in ``last`` writes: a SmoothQuant multiply quantizes as it multiplies
     (``tiling.VECTOR_WORK``), so it writes the tensor the GEMM after it reads, not the FP16 copy
     the trace records for an unfused smooth op (quantmodel: output_bytes = rows x k x 2)."""
-    if last.kind == "smooth_mul" and next_op is not None and next_op.kind in FUSED_GEMMS:
+    if last.kind in ("smooth_mul", "quantize") and next_op is not None and next_op.kind in FUSED_GEMMS:
         return min(last.output_bytes, next_op.input_bytes)
     return last.output_bytes
 
@@ -114,7 +116,7 @@ def _vector_unit(chain: list, wplan: WeightPlan, next_op=None) -> VectorOpUnit:
     first = chain[0]
     side = sum(side_bytes(o) for o in chain)
     dyn = next((o for o in chain if o.kind == "dyn_stats"), None)
-    return VectorOpUnit(kind="+".join(o.kind for o in chain), elements=first.elements,
+    return VectorOpUnit(kind="+".join(op_stages(o) for o in chain), elements=first.elements,
                         in_bytes=first.input_bytes - side_bytes(first) + side,
                         out_bytes=_chain_out(chain[-1], next_op),
                         weight_bytes=0 if wplan.resident else sum(o.weight_bytes for o in chain),
@@ -276,7 +278,8 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
                          precision_qk=precision_of(qk.w_bits, qk.a_bits),
                          precision_av=precision_of(av.w_bits, av.a_bits),
                          q_bytes=max(1, q_bytes), k_bytes=max(1, qk.input_bytes - q_bytes),
-                         v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes))
+                         v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes), epilogue=av.epilogue,
+                         dequant_elements=qk.dequant_elements + av.dequant_elements)
 
 
 def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:

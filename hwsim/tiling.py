@@ -11,34 +11,54 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hwsim.config import HWConfig
+from hwsim.config import DATAFLOWS, HWConfig
 from workloads.errors import ConfigError
 
 FP16_BYTES = 2
 PSUM_BYTES = 4  # int32 / fp32 partial sums kept in SRAM when K is split
 
 
-def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, rate: float = 1.0) -> int:
-    """Cycles of one ``[m,k] x [k,n]`` GEMM on one ``rows x cols`` systolic array.
+def systolic_dims(m: int, k: int, n: int, dataflow: str) -> tuple[int, int, int, int]:
+    """``(Sr, Sc, T, fill)`` of a ``[m,k] x [k,n]`` GEMM under a dataflow, in SCALE-Sim v3's terms
+    (``scalesim/compute/systolic_compute_{os,ws,is}.py``): the operand dimension mapped on the array
+    rows (Sr) and columns (Sc), the one streamed through it (T), and the cycles spent loading the
+    stationary operand into the array before a fold streams (R for WS and IS, none for OS).
 
-    SCALE-Sim's analytical runtime (Samajdar et al., "A Systematic Methodology for Characterizing
-    Scalability of DNN Accelerators using SCALE-Sim", ISPASS 2020): each fold of the array costs
-    ``2*R + C + T - 2`` cycles (R + C - 2 to fill the skewed wavefront, T streamed steps, R to drain),
-    and the GEMM needs ``ceil(Sr/R) * ceil(Sc/C)`` folds.
-
-    - output stationary: outputs pinned to PEs, Sr = m, Sc = n, T = k streamed;
-    - weight stationary: weights pinned, Sr = k, Sc = n, T = m streamed.
-
-    ``rate`` = MACs one PE retires per cycle at the precision (int4 packed 2, fp16 0.5): it shortens
-    the streamed dimension, ``T = ceil(T / rate)``; fill and drain do not change.
+    - output stationary: outputs pinned to PEs, Sr = m (output rows), Sc = n, T = k;
+    - weight stationary: weights pinned, Sr = k, Sc = n, T = m;
+    - input stationary: inputs pinned, Sr = k, Sc = m, T = n.
     """
     if dataflow == "output_stationary":
-        sr, sc, t = m, n, k
-    else:
-        sr, sc, t = k, n, m
+        return m, n, k, 0
+    if dataflow == "weight_stationary":
+        return k, n, m, 1
+    if dataflow == "input_stationary":
+        return k, m, n, 1
+    raise ConfigError("mac.dataflow", dataflow, " or ".join(DATAFLOWS))
+
+
+def systolic_cycles(m: int, k: int, n: int, rows: int, cols: int, dataflow: str, rate: float = 1.0) -> int:
+    """Stall-free cycles of one ``[m,k] x [k,n]`` GEMM on one ``rows x cols`` systolic array, exactly
+    as SCALE-Sim v3 counts them (the rows of its demand matrices; tested against every row of
+    ``hwsim/data/scalesim_v3_cycles.csv``, SCALE-Sim's own runs):
+
+    - output stationary: ``ceil(M/R) * ceil(N/C) * (K + R + C - 2)``;
+    - weight stationary: ``ceil(K/R) * ceil(N/C) * (M + 2R + C - 2)``;
+    - input stationary:  ``ceil(K/R) * ceil(M/C) * (N + 2R + C - 2)``.
+
+    Each fold streams T operand vectors, skewed over the rows (R - 1 cycles) and drained over the
+    columns (C - 1); WS and IS first load the stationary tile into the array (R cycles). A partial
+    fold (a dimension not a multiple of R or C) costs a full fold: SCALE-Sim pads it with idle PEs.
+    SCALE-Sim's COMPUTE_REPORT prints the index of the last cycle (counted from 0), one less.
+
+    ``rate`` = MACs one PE retires per cycle at the precision (int4 packed 2, fp16 0.5): it shortens
+    the streamed dimension, ``T = ceil(T / rate)``; fill, skew and drain do not change (an int4 pair
+    shares one PE's pipeline slot, an FP16 MAC occupies it two cycles).
+    """
+    sr, sc, t, fill = systolic_dims(m, k, n, dataflow)
     t_eff = math.ceil(t / rate)
     folds = math.ceil(sr / rows) * math.ceil(sc / cols)
-    return folds * (2 * rows + cols + t_eff - 2)
+    return folds * (t_eff + (1 + fill) * rows + cols - 2)
 
 
 def precision_of(w_bits: int, a_bits: int) -> str:
@@ -80,6 +100,8 @@ class GemmUnit:
     res_bytes: int = 0  # second operand of a fused epilogue add (the residual), read per output tile
     dram_in: bool = True  # False: A is handed over in SRAM by the previous unit (not read from DRAM)
     dram_out: bool = True  # False: the output stays in SRAM for the next unit (not written to DRAM)
+    epilogue: str = ""  # output conversion on the arrays' epilogue lanes: EPILOGUE_PJ_45NM's kinds
+    dequant_elements: int = 0  # operand elements converted from integer codes to FP16 at the array input
 
     @property
     def macs(self) -> int:
@@ -102,6 +124,12 @@ class VectorOpUnit:
 
 
 # Vector-unit work per element, as (function, count) pairs over vector.cycles_per_element.
+# Quantization stages count the steps the emulator's datapath performs (quantmodel/emulator.py,
+# fixedpoint.ActQuantizer: a float32 multiply by the scale's prepared reciprocal, then round half to
+# even + saturate), one lane operation each: the counts are ours (assumption), the datapath is the
+# emulator's, bit for bit. A vector op that quantizes what it writes (trace ``epilogue="quant"``)
+# runs the "quantize" stage after its own; one that reads integer codes as floats (trace
+# ``dequant_elements``) runs "dequant" first (``op_stages``).
 VECTOR_WORK = {
     "elementwise": (("basic", 1),),  # residual add / gated add / positional add
     "modulate": (("basic", 2),),  # x * (1 + scale) + shift
@@ -110,11 +138,62 @@ VECTOR_WORK = {
     "gelu": (("gelu", 1),),
     "silu": (("basic", 2), ("exp", 1)),  # x * 1/(1+exp(-x))
     "embedding": (("exp", 1),),  # sin/cos on the transcendental path
-    "smooth_mul": (("basic", 2),),  # multiply by 1/s, quantize with the static scale
+    "quantize": (("basic", 2),),  # static: multiply by 1/scale, round half to even + saturate to int8
+    "dequant": (("basic", 2),),  # static int16 codes -> float, multiply by the scale
+    "smooth_mul": (("basic", 3),),  # multiply by the FP16 factor 1/s, then quantize as above (2)
     "dyn_stats": (("basic", 3),),  # |x| max-reduce, multiply by reciprocal, round/clip
-    "dyn_rescale": (("basic", 2),),  # multiply by row scale x column scale, convert to FP16
+    "dyn_rescale": (("basic", 3),),  # int32 -> float, x row scale, x column scale (FP16 on write)
 }
 DYN_KINDS = ("dyn_stats", "dyn_rescale")
+
+
+def op_stages(op) -> str:
+    """The vector stages a trace op runs: its kind, with the conversions the trace gives it."""
+    kind = op.kind
+    if getattr(op, "dequant_elements", 0):
+        kind = "dequant+" + kind
+    if getattr(op, "epilogue", "") == "quant":
+        kind += "+quantize"
+    return kind
+
+
+# Epilogue lanes beside the MAC arrays convert what the arrays read and write: energy per element at
+# 45 nm from Horowitz ("Computing's energy problem", ISSCC 2014): 32-bit integer multiply 3.1 pJ,
+# 32-bit add 0.1 pJ, FP16 multiply 1.1 pJ, FP16 add 0.4 pJ. A shift, a rounding increment and a clamp
+# compare are costed as 32-bit adds, an int -> float conversion as an FP16 add (assumptions).
+INT32_MULT_PJ_45NM = 3.1
+INT32_ADD_PJ_45NM = 0.1
+FP16_MULT_PJ_45NM, FP16_ADD_PJ_45NM = 1.1, 0.4
+EPILOGUE_PJ_45NM = {
+    # static int32 accumulator -> int16 codes: x int32 multiplier, add the rounding bit, shift, clamp
+    "requant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM,
+    # the same codes turned to FP16 where they are written (the value the emulator's float reader
+    # computes, made once at the source): requant, then int -> float and x scale
+    "requant_dequant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM + FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
+    # FP16 -> int8 codes (a float GEMM feeding an int8 one): x 1/scale, round, saturate
+    "quant": FP16_MULT_PJ_45NM + 2 * INT32_ADD_PJ_45NM,
+    # int16 codes -> FP16 at the array input (a float GEMM reading a static GEMM's codes)
+    "dequant": FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
+}
+# The lanes take one element per array column (output) or row (input) per cycle (assumption). An
+# output-stationary fold of R x C outputs takes K + R + C - 2 >= R cycles, a weight- or input-
+# stationary fold of at most (streamed T) x C outputs takes T + 2R + C - 2 > T cycles: the lanes
+# are never slower than the arrays, so they add energy and no latency (they run alongside).
+
+
+def epilogue_counts(u) -> dict:
+    """Energy-only events of a GEMM or attention unit's conversions (``epi_<kind>``: elements)."""
+    out = {}
+    if u.epilogue:
+        out["epi_" + u.epilogue] = u.batch * u.m * (u.n if isinstance(u, GemmUnit) else u.dv)
+    if u.dequant_elements:
+        out["epi_dequant"] = u.dequant_elements
+    return out
+
+
+def epilogue_pj_45nm(counts: dict) -> float:
+    """45 nm energy of a plan's epilogue events (scaled to the node by the caller)."""
+    return sum(counts.get("epi_" + k, 0) * pj for k, pj in EPILOGUE_PJ_45NM.items())
 
 
 def vector_cycles_per_element(hw: HWConfig, kind: str) -> float:
@@ -217,9 +296,12 @@ def figure_of_merit(cycles: float, energy_pj: float) -> float:
 
 
 def _per_tile_cycles(hw: HWConfig, engine: str) -> int:
-    """Fixed cost of one tile: its DMA descriptor setup, and on the arrays their fill and drain
-    between tiles (SCALE-Sim's 2R + C per fold, paid again when the next tile cannot stream in)."""
-    return hw.dma.setup_cycles + (2 * hw.mac.rows + hw.mac.cols if engine == "mac" else 0)
+    """Fixed cost of one tile beyond its compute: its DMA descriptor setup. The arrays' fill, skew
+    and drain are already in every tile's cycles (``systolic_cycles`` counts them per fold, as
+    SCALE-Sim does, and the replay runs a tile for exactly those cycles), so they are not added
+    again here."""
+    del engine
+    return hw.dma.setup_cycles
 
 
 def _pipeline_cycles(a_in: float, b_in: float, d_out: float, comp: float, pre: float, post: float, ntiles: int,
@@ -270,6 +352,8 @@ class _Estimate:
     def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
         self.u, self.tile_cycles = u, tile_cycles
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
+        from hwsim.energy import VECTOR_LANE_CYCLE_PJ_45NM
+
         e = hw.costs  # per-event energies, computed once per config
         self.hw = hw
         self.per_tile = _per_tile_cycles(hw, "mac")
@@ -287,7 +371,8 @@ class _Estimate:
         self.post_pj = (self.o_el * qv / lanes) * vl + (self.o_el * qd / lanes) * dl
         self.dram_pj = e.dram_pj_per_byte
         self.sram_pj = e.sram_pj_per_byte
-        self.mac_pj = u.macs * e.mac_pj[u.precision]
+        self.mac_pj = u.macs * e.mac_pj[u.precision] + epilogue_pj_45nm(epilogue_counts(u)) * vl / (
+            lanes * VECTOR_LANE_CYCLE_PJ_45NM)  # the epilogue lanes, carried to the node as energy.py does
         self.leak_pj_per_cycle = e.static_w / hw.clock.freq_hz * 1e12
 
     def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
@@ -448,7 +533,8 @@ def static_twin(u: GemmUnit) -> GemmUnit:
         return u
     a_bytes = round(u.batch * u.m * u.k * u.a_extra_sram_bpe) if u.pre else u.a_bytes
     return GemmUnit(batch=u.batch, m=u.m, k=u.k, n=u.n, precision=u.precision, a_bytes=a_bytes,
-                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident)
+                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident,
+                    epilogue=u.epilogue, dequant_elements=u.dequant_elements)
 
 
 def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None) -> Plan:
@@ -526,6 +612,7 @@ def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tupl
     w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
     out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
     counts["macs_" + u.precision] = u.macs
+    counts.update(epilogue_counts(u))
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
     return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt, weight_reuse))
@@ -693,6 +780,8 @@ class AttentionUnit:
     k_bytes: int
     v_bytes: int
     out_bytes: int
+    epilogue: str = ""  # "quant": the output written as int8 codes for the next (static) GEMM
+    dequant_elements: int = 0  # Q, K, V elements read as int16 codes of a static GEMM, converted at the input
 
     @property
     def macs(self) -> int:
@@ -835,6 +924,7 @@ def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
                 counts["sram_wr"] += q_load + kv_load + 2 * b * m * nkk * FP16_BYTES + math.ceil(b * m * u.dv * o_bpe)
     counts["macs_" + u.precision_qk] = counts.get("macs_" + u.precision_qk, 0) + u.batch * u.m * u.n * u.d
     counts["macs_" + u.precision_av] = counts.get("macs_" + u.precision_av, 0) + u.batch * u.m * u.n * u.dv
+    counts.update(epilogue_counts(u))
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
     in_cap = 2 * (math.ceil(bt * mq * u.d * q_bpe) + bt * mq * nk * FP16_BYTES)

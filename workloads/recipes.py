@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from workloads.errors import ConfigError, check_known_fields
-from workloads.trace import Op, Trace
+from workloads.trace import Op, Trace, entry_bytes, reads_str
 
 SCHEMES = ("fp16", "dynamic", "static", "asq", "tsq+tsw", "groups")
 SMOOTHING_SCHEMES = ("asq", "tsq+tsw", "groups")
@@ -160,19 +160,25 @@ def preset_recipe_names(group_counts: tuple[int, ...] = (2, 4, 10)) -> list[str]
 
 
 # ---- the quantized op trace -------------------------------------------------------------------
+_QSET = -2  # placeholder weight set of a step template's quantized ops (stamped per step)
+
+
 def _bytes(elements: int, bits: int) -> int:
     return math.ceil(elements * bits / 8)
 
 
 def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None = None) -> Trace:
-    """The op trace as the chip runs it under ``recipe`` (contract: /work/briefs/CONTRACT.md).
+    """The op trace as the chip runs it under ``recipe``.
 
-    Quantized GEMMs get their bit-widths, integer weight bytes and weight set; smoothing multiplies
-    that cannot be folded and the dynamic-statistics ops are inserted where the chip runs them.
+    Quantized GEMMs get their bit-widths, integer weight bytes and weight set, and every tensor is
+    written at the width its readers read it (``_annotate_step``): the ops that do a conversion are
+    named in the trace (quantize-on-write, requantization and dequantization epilogues, explicit
+    quantize, smoothing and dynamic-statistics ops), so the hardware model charges each to its unit.
     ``step_to_set`` overrides the uniform step split (a calibrated split comes from the artifact).
     """
     steps = trace.num_steps
-    if trace.meta.get("single_gemm"):  # `gemm:M,K,N`: the one GEMM is the layer being checked
+    single = bool(trace.meta.get("single_gemm"))
+    if single:  # `gemm:M,K,N`: the one GEMM is the layer being checked
         recipe = dataclasses.replace(recipe, layers=("*",))
     if step_to_set is None:
         step_to_set = recipe.uniform_step_to_set(steps)
@@ -184,37 +190,158 @@ def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None =
             if not any(fnmatch.fnmatchcase(n, pattern) for n in linear_names):
                 raise ConfigError("recipe.layers", pattern, "patterns matching linear layers of the "
                                   "model, e.g. blocks.* or blocks.*.mlp.fc1")
-    out: list[Op] = []
-    for op in trace.ops:
-        if not recipe.quantizes(op.name, op.kind):
-            out.append(op)
-            continue
-        wset = step_to_set[op.step]
-        rows = op.batch * op.m
-        if op.kind == "linear":
-            q = dataclasses.replace(
-                op, w_bits=recipe.w_bits, a_bits=recipe.a_bits, weight_set=wset,
-                weight_bytes=_bytes(op.k * op.n, recipe.w_bits) + 8 * op.n,
-                input_bytes=_bytes(rows * op.k, recipe.a_bits))
-        else:  # attention matmul: both operands are activations at a_bits
-            q = dataclasses.replace(
-                op, w_bits=recipe.a_bits, a_bits=recipe.a_bits,
-                input_bytes=_bytes(op.batch * (op.m * op.k + op.k * op.n), recipe.a_bits))
-        if recipe.scheme == "dynamic":
-            out.append(Op(op.step, f"{op.name}.dyn_stats", "dyn_stats", op.batch, op.m, op.k, 0,
-                          elements=rows * op.k, input_bytes=rows * op.k * 2,
-                          output_bytes=_bytes(rows * op.k, recipe.a_bits) + 4 * rows, block=op.block))
-            out.append(q)
-            out.append(Op(op.step, f"{op.name}.dyn_rescale", "dyn_rescale", op.batch, op.m, 0, op.n,
-                          elements=rows * op.n, input_bytes=rows * op.n * 2,
-                          output_bytes=rows * op.n * 2, block=op.block))
-            continue
-        if recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES):
-            out.append(Op(op.step, f"{op.name}.smooth", "smooth_mul", op.batch, op.m, op.k, 0,
-                          elements=rows * op.k, weight_bytes=2 * op.k, input_bytes=rows * op.k * 2,
-                          output_bytes=rows * op.k * 2, weight_set=wset, block=op.block))
-        out.append(q)
+    out: list[Op] = list(trace.ops)
+    if recipe.quantized:
+        by_step: dict[int, list[Op]] = {}
+        for op in trace.ops:
+            by_step.setdefault(op.step, []).append(op)
+        templates: dict[tuple, list[Op]] = {}
+        out = []
+        for step, ops in by_step.items():
+            key = tuple((op.name, op.kind, op.batch, op.m, op.k, op.n, op.elements, op.input_bytes,
+                         op.output_bytes, op.reads) for op in ops)
+            tpl = templates.get(key)
+            if tpl is None:
+                tpl = templates[key] = _annotate_step(ops, recipe, single)
+            wset = step_to_set[step]
+            for t in tpl:
+                out.append(_stamped(t, step, wset))
     meta = {**trace.meta, "recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits,
             "a_bits": recipe.a_bits, "num_weight_sets": (max(step_to_set) + 1) if recipe.quantized else 0,
             "step_to_set": list(step_to_set) if recipe.quantized else []}
     return Trace(ops=out, meta=meta, version=trace.version)
+
+
+def _stamped(op: Op, step: int, wset: int) -> Op:
+    new = object.__new__(Op)  # dataclasses.replace is ~10x slower; 50k ops per trace
+    new.__dict__.update(op.__dict__)
+    new.__dict__["step"] = step
+    if op.weight_set == _QSET:
+        new.__dict__["weight_set"] = wset
+    return new
+
+
+def _annotate_step(ops: list[Op], recipe: Recipe, single: bool) -> list[Op]:
+    """One step's ops under a quantized recipe, with what each op writes and reads.
+
+    Static schemes (what ``quantmodel.emulator`` runs): a quantized GEMM reads int8 codes, adds its
+    int32 bias and requantizes its int32 sums to int16 codes, which its float readers turn to FP16.
+    When all its readers are float the GEMM's epilogue makes that FP16 value where it writes
+    (``epilogue="requant_dequant"``, the same numbers); when an integer GEMM also reads the codes it
+    writes them (``"requant"``) and each float reader converts on read (``dequant_elements``).
+    Its int8 input is written by the producer when the GEMM is the producer's only reader
+    (``epilogue="quant"``: quantize on write; folded SmoothQuant factors ride in that producer's
+    parameters), by a SmoothQuant multiply for the layers whose factors cannot be folded
+    (``smooth_mul``: multiply, then quantize), and otherwise by a ``quantize`` op of its own (the
+    producer's other readers keep FP16; each layer has its own static scale). Dynamic: ``dyn_stats``
+    reads the FP16 tensor and writes int8 codes plus a scale per row; the GEMM writes its int32
+    sums; ``dyn_rescale`` reads them and the row scales and writes FP16 for the GEMM's readers.
+    Template ops of the quantized weight set carry ``_QSET``.
+    """
+    return _StepAnnotator(ops, recipe, single).run()
+
+
+class _StepAnnotator:
+    """The decisions of ``_annotate_step`` (which op writes which width, which ops are inserted),
+    then the ops emitted with their ``reads`` and byte counts made to match."""
+
+    def __init__(self, ops: list[Op], recipe: Recipe, single: bool):
+        self.ops, self.recipe, self.single, self.a = ops, recipe, single, recipe.a_bits
+        self.index = {op.name: i for i, op in enumerate(ops)}
+        self.entries = [op.read_entries() for op in ops]
+        self.readers: dict[str, list[str]] = {}  # producer -> the ops that read it (once per tensor read)
+        for op, ents in zip(ops, self.entries):
+            for p, _, _, _ in ents:
+                self.readers.setdefault(p, []).append(op.name)
+        self.quant = [recipe.quantizes(op.name, op.kind) for op in ops]
+        self.new_entries = [list(e) for e in self.entries]
+        self.before: dict[int, list[tuple[Op, list]]] = {}
+        self.after: dict[int, tuple[Op, list]] = {}
+        self.write_quant: set[int] = set()
+        self.rename: dict[str, str] = {}
+
+    def _is_quant(self, name: str) -> bool:
+        return name in self.index and self.quant[self.index[name]]
+
+    def run(self) -> list[Op]:
+        for j, op in enumerate(self.ops):
+            if self.quant[j]:
+                (self._dynamic if self.recipe.scheme == "dynamic" else self._static)(j, op)
+        out: list[Op] = []
+        for j, op in enumerate(self.ops):
+            for q, src in self.before.get(j, ()):
+                out.append(self._emitted(q, src, {}))
+            out.append(self._emitted(op, self.new_entries[j], self._own_changes(j, op)))
+            if j in self.after:
+                out.append(self._emitted(*self.after[j], {}))
+        return out
+
+    def _dynamic(self, j: int, op: Op) -> None:
+        a, ents, rows = self.a, self.new_entries[j], op.batch * op.m
+        n_operands = 1 if op.kind == "linear" else 2
+        src = ents[:n_operands]
+        el = sum(e for _, _, e, _ in src)
+        d = Op(op.step, f"{op.name}.dyn_stats", "dyn_stats", op.batch, op.m, op.k, 0, elements=el,
+               output_bytes=_bytes(el, a) + 4 * rows, out_bits=a, block=op.block)
+        self.before[j] = [(d, list(src))]
+        offs = [sum(e for _, _, e, _ in src[:i]) for i in range(len(src))]
+        ents[:n_operands] = [(d.name, o, e, a) for o, (_, _, e, _) in zip(offs, src)]
+        r = Op(op.step, f"{op.name}.dyn_rescale", "dyn_rescale", op.batch, op.m, 0, op.n,
+               elements=rows * op.n, output_bytes=rows * op.n * 2, block=op.block)
+        self.after[j] = (r, [(op.name, 0, rows * op.n, 32), (d.name, el, rows, 32)])
+        self.rename[op.name] = r.name
+
+    def _static(self, j: int, op: Op) -> None:
+        a, ents = self.a, self.new_entries[j]
+        smooth = self.recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES)
+        for e_i in range(1 if op.kind == "linear" else 2):
+            p, part, el, bits = ents[e_i]
+            if smooth:  # SmoothQuant factors multiplied on line, then quantized, by the vector unit
+                q = Op(op.step, f"{op.name}.smooth", "smooth_mul", op.batch, op.m, op.k, 0, elements=el,
+                       weight_bytes=2 * op.k, output_bytes=_bytes(el, a), weight_set=_QSET, out_bits=a,
+                       block=op.block)
+            elif (p == "" and self.single) or (p in self.index and not self._is_quant(p)
+                                               and len(self.readers[p]) == 1):
+                if p:  # the only reader: the producer quantizes as it writes
+                    self.write_quant.add(self.index[p])
+                ents[e_i] = (p, part, el, a)
+                continue
+            else:  # the producer's other readers keep FP16 (or int16 codes): a quantize op of its own
+                q = Op(op.step, op.name + (".quant" if e_i == 0 else f".quant{e_i}"), "quantize", op.batch,
+                       op.m, op.k, 0, elements=el, output_bytes=_bytes(el, a), out_bits=a, block=op.block)
+            self.before.setdefault(j, []).append((q, [(p, part, el, bits)]))
+            ents[e_i] = (q.name, 0, el, a)
+
+    def _own_changes(self, j: int, op: Op) -> dict:
+        """Field changes of an op of the float trace: its width on write and, for a quantized GEMM,
+        its bits, weights and output."""
+        a, changes = self.a, {}
+        if j in self.write_quant:
+            changes.update(out_bits=a, output_bytes=_bytes(op.elements, a), epilogue="quant")
+        if self.quant[j]:
+            rows = op.batch * op.m
+            changes.update(w_bits=self.recipe.w_bits if op.kind == "linear" else a, a_bits=a)
+            if op.kind == "linear":
+                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, self.recipe.w_bits) + 8 * op.n)
+            if self.recipe.scheme == "dynamic":
+                changes.update(out_bits=32, output_bytes=rows * op.n * 4)
+            else:  # int16 codes or their FP16 values: the same bytes
+                codes = any(self._is_quant(c) for c in self.readers.get(op.name, ()))
+                changes.update(out_bits=16, output_bytes=rows * op.n * 2,
+                               epilogue="requant" if codes else "requant_dequant")
+        return changes
+
+    def _emitted(self, op: Op, ents: list, changes: dict) -> Op:
+        """``op`` reading ``ents`` (producers renamed where a rescale now writes for them), with its
+        input bytes and, in static schemes, the codes it converts on read."""
+        ents = [(p if self.rename.get(p, op.name) == op.name else self.rename[p], o, e, b) for p, o, e, b in ents]
+        if ents != op.read_entries():
+            changes["reads"] = reads_str(ents)
+            used = ents[:1] if op.kind in ("linear", "conv") else ents
+            changes["input_bytes"] = sum(entry_bytes(e, b) for _, _, e, b in used)
+        if self.recipe.scheme != "dynamic" and op.kind != "quantize" and not self._is_quant(op.name):
+            deq = sum(e for p, _, e, _ in ents if self._is_quant(p) and p != op.name
+                      and any(self._is_quant(c) for c in self.readers[p]))
+            if deq:  # reading a static GEMM's int16 codes (also read by an integer GEMM) as floats
+                changes["dequant_elements"] = deq
+        return dataclasses.replace(op, **changes) if changes else op

@@ -8,6 +8,18 @@ Parquet or CSV.
 GEMM convention: an op of kind linear/conv/matmul_* computes ``batch`` independent products
 ``[m, k] x [k, n]``; ``macs = batch * m * k * n``. Vector ops (softmax, norms, modulation, ...) touch
 ``elements`` elements of their output. Bytes are at the op's bit-widths (float ops: 2 bytes, FP16).
+
+What each op writes and reads (version 2): ``out_bits`` is the width of every element of the output
+as the op writes it (16: FP16 or int16 codes, 8: int8 codes written by a producer that quantizes on
+write, 32: int32 accumulators); ``reads`` lists the activation tensors the op reads, one
+``producer:part:elements:bits`` entry each (``producer`` the name of the op of the same step that
+wrote it, empty for a model input; ``part`` the offset of the piece read, 0 for the whole tensor);
+``input_bytes`` is their sum. So bytes are conserved: every entry's bits are
+its producer's ``out_bits``, and a producer writes what its consumers read (tests/test_trace_conservation.py).
+``epilogue`` names the conversion an op applies to its output as it writes it (``requant``: int32 x
+multiplier, rounding shift, clamp to int16 codes; ``requant_dequant``: the same codes then scaled to
+FP16; ``quant``: quantize FP16 to int8 at a static scale), and ``dequant_elements`` counts input elements it converts from integer codes to FP16 as it
+reads them: the hardware model charges both to the unit that does them.
 """
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ from pathlib import Path
 
 from workloads.errors import ConfigError
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2  # 2: out_bits, reads, epilogue, dequant_elements (what each op writes and reads)
 
 GEMM_KINDS = ("linear", "conv", "matmul_qk", "matmul_av")
 VECTOR_KINDS = (
@@ -33,7 +45,9 @@ VECTOR_KINDS = (
     "smooth_mul",  # SmoothQuant per-channel multiply that could not be folded (static recipes)
     "dyn_stats",  # dynamic quantization: per-token abs-max reduction + scale + quantize
     "dyn_rescale",  # dynamic quantization: per-row rescale of the GEMM output
+    "quantize",  # static quantization of a tensor that other ops also read in FP16 (scale per consumer)
 )
+EPILOGUES = ("", "requant", "requant_dequant", "quant")
 KINDS = GEMM_KINDS + VECTOR_KINDS
 
 
@@ -55,14 +69,39 @@ class Op:
     a_bits: int = 16  # activation bits
     weight_set: int = -1  # which quantized weight set the step uses; -1 = no weights / float
     block: int = -1  # transformer block index; -1 outside the blocks
+    out_bits: int = 16  # bits per output element as written (16 FP16 / int16 codes, 8 int8, 32 int32)
+    reads: str = ""  # "producer:part:elements:bits" per activation input, ";"-separated ("" = model input)
+    epilogue: str = ""  # conversion on write: "" | requant (int32 -> int16 codes) | requant_dequant (-> FP16)
+    # | quant (FP16 -> int8)
+    dequant_elements: int = 0  # input elements converted from integer codes to FP16 on read
 
     @property
     def is_gemm(self) -> bool:
         return self.kind in GEMM_KINDS
 
+    def read_entries(self) -> list[tuple[str, int, int, int]]:
+        """``(producer, part, elements, bits)`` of each activation input; ``part`` tells apart the
+        pieces of one output that different readers take (its offset in the producer's output:
+        q, k and v of one qkv GEMM, the six chunks of the adaLN parameters), 0 for a whole tensor."""
+        out = []
+        for e in self.reads.split(";") if self.reads else ():
+            name, part, el, bits = e.rsplit(":", 3)
+            out.append((name, int(part), int(el), int(bits)))
+        return out
+
+
+def reads_str(entries) -> str:
+    """The ``reads`` field of ``(producer, part, elements, bits)`` entries."""
+    return ";".join(f"{p}:{o}:{e}:{b}" for p, o, e, b in entries)
+
+
+def entry_bytes(elements: int, bits: int) -> int:
+    return -(-elements * bits // 8)
+
 
 OP_FIELDS = tuple(f.name for f in dataclasses.fields(Op))
-_INT_FIELDS = tuple(f for f in OP_FIELDS if f not in ("name", "kind"))
+_STR_FIELDS = ("name", "kind", "reads", "epilogue")
+_INT_FIELDS = tuple(f for f in OP_FIELDS if f not in _STR_FIELDS)
 
 
 @dataclass
@@ -133,7 +172,7 @@ class Trace:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Trace":
+    def load(cls, path: str | Path) -> Trace:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("trace", str(path), "an existing .parquet or .csv trace file")
@@ -153,11 +192,15 @@ class Trace:
             for f in _INT_FIELDS:
                 if f in cols:
                     cols[f] = [int(v) for v in cols[f]]
+            for f in _STR_FIELDS:  # an empty CSV cell is an empty string
+                if f in cols:
+                    cols[f] = [v or "" for v in cols[f]]
         else:
             raise ConfigError("trace", str(path), "a file ending in .parquet or .csv")
         version = header.get("trace_version")
         if version != TRACE_VERSION:
-            raise ConfigError("trace_version", version, f"{TRACE_VERSION} (this build's trace format)")
+            raise ConfigError("trace_version", version, f"{TRACE_VERSION} (this build's trace format, which says "
+                              "what each op writes and reads; re-create the trace with codesign trace)")
         missing = [f for f in OP_FIELDS if f not in cols]
         if missing:
             raise ConfigError("trace column", missing[0], "the columns " + ", ".join(OP_FIELDS))
@@ -170,5 +213,5 @@ def gemm_trace(m: int, k: int, n: int, w_bits: int = 16, a_bits: int = 16) -> Tr
     """Trace of one linear layer ``[m,k] x [k,n]`` (``--workload gemm:M,K,N``), built without torch."""
     op = Op(step=0, name="gemm", kind="linear", batch=1, m=m, k=k, n=n, elements=m * n,
             macs=m * k * n, weight_bytes=k * n * w_bits // 8, input_bytes=m * k * a_bits // 8,
-            output_bytes=m * n * 2, w_bits=w_bits, a_bits=a_bits)
+            output_bytes=m * n * 2, w_bits=w_bits, a_bits=a_bits, reads=reads_str([("", 0, m * k, a_bits)]))
     return Trace(ops=[op], meta={"workload": f"gemm:{m},{k},{n}", "num_steps": 1, "single_gemm": True})

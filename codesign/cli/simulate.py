@@ -10,9 +10,14 @@ import time
 def register(sub) -> None:
     p = sub.add_parser("simulate", help="latency / energy / area of a quantized workload on an edge NPU")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workload", help="preset name, YAML file, or gemm:M,K,N")
+    src.add_argument("--workload", help="preset name, YAML file, gemm:M,K,N, or a SCALE-Sim topology .csv")
     src.add_argument("--trace", help="a saved op trace (.parquet or .csv), float or already quantized")
-    p.add_argument("--hw", default="edge-npu", help="hardware preset (codesign hw) or YAML file")
+    p.add_argument("--hw", default="edge-npu", help="hardware preset (codesign hw), YAML file, or SCALE-Sim .cfg")
+    p.add_argument("--base", default="edge-npu",
+                   help="with a SCALE-Sim .cfg: the preset that supplies the rest of the chip (default edge-npu)")
+    p.add_argument("--scalesim-report", metavar="DIR",
+                   help="write COMPUTE_REPORT.csv and BANDWIDTH_REPORT.csv (SCALE-Sim layout) and "
+                        "HWSIM_PER_OP.csv for step 0's ops to DIR")
     p.add_argument("--recipe", help="quantization recipe name or YAML file (default fp16 for --workload)")
     p.add_argument("--prefetch", default="jit", help="weight-set prefetch policy: jit or early")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,27 +43,55 @@ def _trace(args):
             from workloads.recipes import annotate_trace, get_recipe
             trace = annotate_trace(trace, get_recipe(args.recipe))
         return trace
-    from workloads.recipes import annotate_trace, get_recipe
+    if args.workload.lower().endswith(".csv"):  # a SCALE-Sim topology: int8 words, as SCALE-Sim runs it
+        from hwsim.interchange import read_scalesim_topology
+
+        if args.recipe:
+            raise ConfigError("recipe", args.recipe, "none with a SCALE-Sim topology (it runs int8 operands, "
+                              "one byte per SCALE-Sim word)")
+        return read_scalesim_topology(args.workload)
     from quantmodel.model.tracing import build_trace
     from workloads.presets import get_workload
+    from workloads.recipes import annotate_trace, get_recipe
 
     recipe = get_recipe(args.recipe or "fp16")  # bad names fail before the (slower) trace
     return annotate_trace(build_trace(get_workload(args.workload)), recipe)
 
 
+def load_hw_arg(hw_arg: str, base: str):
+    """A preset, a YAML file, or a SCALE-Sim ``.cfg`` laid over the ``base`` preset."""
+    import hwsim
+
+    if hw_arg.lower().endswith(".cfg"):
+        from hwsim.interchange import read_scalesim_cfg
+
+        return read_scalesim_cfg(hw_arg, hwsim.load_hw(base))
+    return hwsim.load_hw(hw_arg)
+
+
 def run(args) -> int:
     import hwsim
 
-    hw = hwsim.load_hw(args.hw)
+    hw = load_hw_arg(args.hw, args.base)
+    if args.scalesim_report:
+        from pathlib import Path
+
+        from workloads.errors import ConfigError
+
+        if Path(args.scalesim_report).exists() and not Path(args.scalesim_report).is_dir():
+            raise ConfigError("scalesim-report", args.scalesim_report, "a directory (created if missing)")
     t0 = time.perf_counter()
     trace = _trace(args)
     t1 = time.perf_counter()
     res = hwsim.simulate(trace, hw, prefetch=args.prefetch, timeline=bool(args.plots or args.timeline))
     t2 = time.perf_counter()
     paths = []
+    if args.scalesim_report:
+        from hwsim.interchange import write_reports
+        paths += write_reports(trace, res, hw, args.scalesim_report)
     if args.plots:
         from hwsim.plots import write_plots
-        paths = write_plots(res, hw, args.plots)
+        paths += write_plots(res, hw, args.plots)
     if args.json:
         d = res.to_dict(timeline=args.timeline)
         d["trace_seconds"], d["simulate_seconds"] = t1 - t0, t2 - t1
@@ -148,5 +181,5 @@ def run_hw(args) -> int:
     for r in rows:
         print(f"{r['name']:18s} {r['int8_macs']:6d} {r['freq_hz'] / 1e9:5.2f} {r['int8_tops']:6.2f} "
               f"{r['sram_bytes'] / 2**20:6.1f}Mi {r['dram_gb_s']:9.1f} {r['flash_gb_s']:10.1f} "
-              f"{str(r['dynamic_quant']):>9s} {r['area_mm2']:6.2f}")
+              f"{r['dynamic_quant']!s:>9s} {r['area_mm2']:6.2f}")
     return 0

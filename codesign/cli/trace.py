@@ -14,6 +14,8 @@ def register(sub) -> None:
     p.add_argument("--workload", required=True, help="preset name, YAML file, or gemm:M,K,N")
     p.add_argument("--recipe", default="fp16", help="annotate with a quantization recipe (default fp16)")
     p.add_argument("--out", help="write the trace (.parquet or .csv)")
+    p.add_argument("--scalesim-topology", metavar="CSV",
+                   help="also write the GEMMs of one step as a SCALE-Sim topology (Layer Name, M, N, K)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_trace)
 
@@ -44,17 +46,19 @@ def run_workloads(args) -> int:
 
 
 def run_trace(args) -> int:
-    from workloads.recipes import annotate_trace, get_recipe
     from quantmodel.model.tracing import build_trace
     from workloads.presets import get_workload
+    from workloads.recipes import annotate_trace, get_recipe
     from workloads.trace import Trace
 
     workload = get_workload(args.workload)
     recipe = get_recipe(args.recipe)
-    if args.out and not args.out.endswith((".parquet", ".csv")):
-        from workloads.errors import ConfigError
+    from workloads.errors import ConfigError
 
+    if args.out and not args.out.endswith((".parquet", ".csv")):
         raise ConfigError("out", args.out, "a file ending in .parquet or .csv")
+    if args.scalesim_topology and not args.scalesim_topology.lower().endswith(".csv"):
+        raise ConfigError("scalesim-topology", args.scalesim_topology, "a file ending in .csv")
     t0 = time.perf_counter()
     trace: Trace = annotate_trace(build_trace(workload), recipe)
     build_s = time.perf_counter() - t0
@@ -63,6 +67,11 @@ def run_trace(args) -> int:
     summary = {**trace.summary(), "build_s": round(build_s, 3)}
     if args.out:
         summary["out"] = args.out
+    if args.scalesim_topology:
+        from hwsim.interchange import write_scalesim_topology
+
+        summary["scalesim_topology"] = args.scalesim_topology
+        summary["scalesim_layers"] = write_scalesim_topology(trace, args.scalesim_topology)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -74,5 +83,7 @@ def run_trace(args) -> int:
           f"({summary['weight_sets']} quantized set(s) of {summary['weight_bytes_per_set'] / gib:.3f} GiB"
           f" + {summary['float_weight_bytes'] / gib:.3f} GiB float)")
     print(f"activations {summary['activation_bytes'] / gib:.1f} GiB moved (inputs + outputs of all ops)")
+    if args.scalesim_topology:
+        print(f"SCALE-Sim topology: {summary['scalesim_layers']} GEMM layers of one step in {args.scalesim_topology}")
     print(f"built in {build_s:.2f} s" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0

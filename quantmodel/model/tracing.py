@@ -2,21 +2,29 @@
 arithmetic), record every leaf op through forward hooks, and repeat the step for every denoising
 step of the sampler.
 
+Each op also records which op wrote each tensor it reads (``Op.reads``): a torch-function mode
+carries the name of the op that produced a tensor through the reshapes, splits and transposes between
+modules, so the trace says who writes what and who reads it, and a recipe can put the quantization
+of a tensor on its producer (``workloads.recipes.annotate_trace``).
+
 The transformer's op list does not depend on the step (only the timestep value changes), so one meta
 forward is recorded and stamped with each step index. A quantization recipe later annotates the
 trace with bit-widths, weight sets and the extra ops it needs (``workloads.recipes``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from quantmodel.model.stdit import STDiTConfig, Add, GatedAdd, MatMul, Modulate, Softmax, build_stdit
 from quantmodel.model.stdit3 import RMSNorm, Rope
 from workloads.presets import Gemm, Workload
-from workloads.trace import Op, Trace, gemm_trace
+from workloads.trace import Op, Trace, gemm_trace, reads_str
 
 FP_BYTES = 2  # float ops are counted at FP16
 
@@ -37,23 +45,57 @@ def _block_index(name: str) -> int:
     return int(parts[1]) if offset is None else 2 * int(parts[1]) + offset
 
 
-def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> Op | None:
-    """One trace record for a leaf module call, from its input and output shapes."""
+class _Producers(TorchFunctionMode):
+    """Which recorded op produced each tensor: a module's output is tagged with the module's name
+    by the forward hook; any torch function on tagged tensors (view, permute, unbind, chunk, ...)
+    passes its inputs' tags to its outputs. Tensors are kept alive so their ids stay unique."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: dict[int, str] = {}
+        self._alive: list = []
+
+    def producer(self, t: torch.Tensor) -> str:
+        return self.tags.get(id(t), "")
+
+    def tag(self, obj, name: str) -> None:
+        for t in tree_flatten(obj)[0]:
+            if isinstance(t, torch.Tensor):
+                self.tags[id(t)] = name
+                self._alive.append(t)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        names = {self.tags[id(t)] for t in tree_flatten((args, kwargs))[0]
+                 if isinstance(t, torch.Tensor) and id(t) in self.tags}
+        if len(names) == 1:
+            self.tag(out, names.pop())
+        elif names:  # inside a module (its hook re-tags the output), or combined by no traced op:
+            self.tag(out, "?" + "+".join(sorted(names)))  # a read of it names no producer (a test fails)
+        return out
+
+
+def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor, producers: list[str]) -> Op | None:
+    """One trace record for a leaf module call, from its input and output shapes; ``producers``:
+    the op that wrote each tensor input ("" for a model input or a parameter)."""
     out_el = _numel(output.shape)
     blk = _block_index(name)
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    reads = [(p, t.storage_offset() if p else 0, _numel(t.shape), 8 * FP_BYTES) for p, t in zip(producers, tensors)]
     if isinstance(mod, nn.Linear):
         k, n = mod.in_features, mod.out_features
         m = _numel(inputs[0].shape) // k
         return Op(0, name, "linear", 1, m, k, n, m * n, m * k * n,
                   weight_bytes=(k * n + n) * FP_BYTES, input_bytes=m * k * FP_BYTES,
-                  output_bytes=m * n * FP_BYTES, block=blk)
+                  output_bytes=m * n * FP_BYTES, block=blk, reads=reads_str(reads[:1]))
     if isinstance(mod, nn.Conv3d):  # patch embedding: stride == kernel, i.e. a GEMM over patches
         k = mod.in_channels * _numel(mod.kernel_size)
         n = mod.out_channels
         m = out_el // n
         return Op(0, name, "conv", 1, m, k, n, out_el, m * k * n,
                   weight_bytes=(k * n + n) * FP_BYTES, input_bytes=_numel(inputs[0].shape) * FP_BYTES,
-                  output_bytes=out_el * FP_BYTES, block=blk)
+                  output_bytes=out_el * FP_BYTES, block=blk, reads=reads_str(reads[:1]))
     if isinstance(mod, MatMul):
         a, b = inputs
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -61,7 +103,7 @@ def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> O
         kind = "matmul_qk" if name.endswith(".qk") else "matmul_av"
         return Op(0, name, kind, batch, m, k, n, out_el, batch * m * k * n,
                   input_bytes=(_numel(a.shape) + _numel(b.shape)) * FP_BYTES,
-                  output_bytes=out_el * FP_BYTES, block=blk)
+                  output_bytes=out_el * FP_BYTES, block=blk, reads=reads_str(reads))
     # RMS QK-norm (v1.2) costs what a LayerNorm does (reduction, rsqrt, scale): counted as one;
     # rotary embedding is an elementwise multiply-add
     vector_kind = {Softmax: "softmax", nn.LayerNorm: "layernorm", RMSNorm: "layernorm",
@@ -69,9 +111,9 @@ def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> O
                    Add: "elementwise", Rope: "elementwise"}
     for cls, kind in vector_kind.items():
         if isinstance(mod, cls):
-            in_bytes = sum(_numel(t.shape) for t in inputs if isinstance(t, torch.Tensor)) * FP_BYTES
+            in_bytes = sum(_numel(t.shape) for t in tensors) * FP_BYTES
             return Op(0, name, kind, 1, elements=out_el, input_bytes=in_bytes,
-                      output_bytes=out_el * FP_BYTES, block=blk)
+                      output_bytes=out_el * FP_BYTES, block=blk, reads=reads_str(reads))
     return None
 
 
@@ -80,12 +122,20 @@ def record_forward(model: nn.Module, batch: int) -> list[Op]:
     cfg = model.cfg
     ops: list[Op] = []
     hooks = []
+    prod = _Producers()
+
+    def record(name, mod, inputs, output):
+        producers = [prod.producer(t) for t in inputs if isinstance(t, torch.Tensor)]
+        op = _op_for(name, mod, inputs, output, producers)
+        if op is not None:
+            ops.append(op)
+            prod.tag(output, name)
+
     for name, mod in model.named_modules():
         if len(list(mod.children())) == 0:
-            hooks.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: ops.append(op) if (op := _op_for(name, m, i, o)) else None))
+            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: record(name, m, i, o)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), prod:
             x = torch.empty(batch, cfg.in_channels, *cfg.input_size, device="meta")
             t = torch.empty(batch, device="meta")
             y = torch.empty(batch, 1, cfg.model_max_length, cfg.caption_channels, device="meta")
@@ -93,11 +143,15 @@ def record_forward(model: nn.Module, batch: int) -> list[Op]:
     finally:
         for h in hooks:
             h.remove()
-    # the sinusoidal timestep (and v1.2 fps) embeddings are functions, not modules: count them
+    # the sinusoidal timestep (and v1.2 fps) embeddings are functions, not modules: count them, as
+    # the writers of what their embedder's first linear reads
     for name in ("t_embedder", "fps_embedder"):
         if hasattr(model, name):
             ops.insert(0, Op(0, f"{name}.freq", "embedding", 1, elements=batch * 256,
                              output_bytes=batch * 256 * FP_BYTES))
+            i = next(i for i, op in enumerate(ops) if op.name == f"{name}.mlp.0")
+            if ops[i].reads.startswith(":"):
+                ops[i] = dataclasses.replace(ops[i], reads=f"{name}.freq" + ops[i].reads)
     return ops
 
 

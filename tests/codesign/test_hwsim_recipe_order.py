@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 import hwsim
-from workloads.recipes import annotate_trace, get_recipe
 from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
+from workloads.recipes import annotate_trace, get_recipe
 
 # the sweep's small-SRAM edge point that showed the inversion (static 1886.95 s vs dynamic 1472.18 s
 # on opensora-v1.0-16x512x512, prefetch early, SIM_VERSION hwsim-1)
@@ -77,15 +77,24 @@ def sweep_chips(tmp_path_factory):
     return items, twins, chips, traces
 
 
+def _without_quantize_on_write(trace):
+    """The static trace with its producers' quantize-on-write work taken away (bytes unchanged)."""
+    ops = [dataclasses.replace(op, epilogue="") if op.epilogue == "quant" and not op.is_gemm else op
+           for op in trace.ops]
+    return dataclasses.replace(trace, ops=ops)
+
+
 def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
     """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ
     in energy and in energy x delay^2, the figure the schedule minimises (issue 4's ordering, on
-    what `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule: the
-    static twin also runs fc2's on-line smoothing multiply, and on one sampled chip (1 x 64x64 array,
-    1.2 GHz, 7 nm) ASQ-W4A8 takes a plan 0.24 % slower than dynamic's but 4.7 % cheaper in energy;
-    the two checks together still bound dynamic's latency lead by sqrt(E_static / E_dynamic)."""
+    what `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule (on
+    one sampled chip ASQ-W4A8 takes a plan 0.24 % slower than dynamic's but 4.7 % cheaper in
+    energy), and a static recipe does one piece of work in series that dynamic hides: its vector
+    ops quantize what they write for the next GEMM (the trace says so), where dynamic's statistics
+    run fused into the GEMM behind the arrays. Where dynamic is faster, it is faster by no more than
+    that quantize-on-write time (up to the tie-breaks of the planners' figure of merit)."""
     items, twins, chips, traces = sweep_chips
-    bad = []
+    bad, inverted = [], 0
     for i in chips:
         for dyn, stat in twins:
             d_hw, pf = items[dyn][i]
@@ -98,4 +107,11 @@ def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
                 for m, vd, vr in (("energy_j", d.energy_j, r.energy_j), ("energy x delay^2", fom_d, fom_r)):
                     if vd < vr:
                         bad.append((i, dyn, s, m, round(vd / vr, 4)))
+                if d.latency_s < r.latency_s:
+                    inverted += 1
+                    bare = hwsim.simulate(_without_quantize_on_write(traces[s]), hw, prefetch=pf)
+                    # 0.3 %: plans are chosen by energy x delay^2, not time (measured: 0.24 % at most)
+                    if d.latency_s < bare.latency_s * (1 - 0.003):
+                        bad.append((i, dyn, s, "latency_s", round(d.latency_s / bare.latency_s, 4)))
     assert not bad, bad
+    assert inverted < len(chips) * 4 // 10, inverted  # the exception, not the rule
