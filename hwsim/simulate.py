@@ -56,7 +56,9 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    pre-stage's quantized copy counted at its own bytes (was FP16 again)
 # 4: schedule (hwsim/schedule.py): prologue/epilogue fusion chosen by energy x delay^2, vector chains,
 #    SRAM hand-over of small tensors; balanced row blocks; DRAM lower bound reported
-SIM_VERSION = "hwsim-4"
+# 5: energies and areas from the technology node, the clock's operating point (V-f), CACTI 7 SRAM
+#    banks, LPDDR/UFS parts and calibrated NPU overheads (technology.py, sram.py, memory.py)
+SIM_VERSION = "hwsim-5"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
                      "output_bytes", "w_bits", "a_bits", "name", "epilogue", "dequant_elements")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
