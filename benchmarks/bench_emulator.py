@@ -8,7 +8,7 @@ int8 GEMM path of quantmodel.intarith.gemmpaths (torch._int_mm, chunked float32,
 with the path the per-shape choice takes on this CPU.
 
     python benchmarks/bench_emulator.py [--configs tiny,mid,mid768] [--repeats 5] [--threads 1,2]
-    python benchmarks/bench_emulator.py --forward-only --threads 1,2   # whole model, the issue-3 goal
+    python benchmarks/bench_emulator.py --forward-only --threads 1,2   # whole model, the speed goal
     python benchmarks/bench_emulator.py --forward-only --threads 1 --configs tiny,mid \
         --recipes asq-w8a8,dynamic-w8a8 --isa native,avx2   # + the same in a forced AVX2-only child
     QUANTMODEL_CKERNELS=0 python benchmarks/bench_emulator.py --forward-only   # torch ops only (no C loops)
@@ -215,7 +215,7 @@ def cuda_check(seed: int = 0) -> int:
     return bad
 
 
-# ---- full forward (Q2): emulator forward vs float32 PyTorch forward of the whole model ------------------
+# ---- full forward: emulator forward vs float32 PyTorch forward of the whole model ------------------
 FORWARD_CONFIGS = ("tiny", "mid", "mid768")
 
 
@@ -241,7 +241,8 @@ def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     """(run_emulator, run_float): one model forward (CFG batch 2) at step 0 each. ``recipe``: a preset
     name, ``+attn`` appended for its variant with integer attention products (QK^T, AV)."""
     from quantmodel.emulator.integer import IntegerEmulator
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from quantmodel.quant.artifact import build_artifact
     from quantmodel.quant.calibrate import calibrate
     from workloads.recipes import get_recipe

@@ -1,6 +1,6 @@
 """hwsim speed: (1) one design point of opensora-v1.0-16x512x512 (100 steps x 800 ops, CFG) on edge-npu,
 tile-level, on a chip new to the process (hwsim's cross-call cache cleared; the trace already analysed,
-as in a sweep), goal < 1 s (issue 4), with 0.15 s the target that sizes the default sweep; (1b) the same recipes one after another on one chip, as a sweep worker
+as in a sweep), goal < 1 s, with 0.15 s the target that sizes the default sweep; (1b) the same recipes one after another on one chip, as a sweep worker
 runs a hardware point, with the cache kept (and identical numbers to the cold runs); (2) memoised vs
 unmemoised simulation side by side on smaller workloads, with a check that both give identical numbers.
 
@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import hwsim  # noqa: E402
-from workloads.recipes import annotate_trace, get_recipe  # noqa: E402
 from quantmodel.model.tracing import build_trace  # noqa: E402
 from workloads.presets import get_workload  # noqa: E402
+from workloads.recipes import annotate_trace, get_recipe  # noqa: E402
 from workloads.trace import Trace  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main() -> int:
     for recipe, trace in traces.items():
         hwsim.simulate(trace, hw)  # analyse the trace once (a sweep does it once per worker)
         for prefetch in ("jit", "early"):
-            def run():
+            def run(trace=trace, prefetch=prefetch):
                 hwsim.clear_cache(traces=False)
                 return hwsim.simulate(trace, hw, prefetch=prefetch)
             sec, res = best_of(run, args.repeat)
@@ -92,7 +92,7 @@ def main() -> int:
             hwsim.clear_cache()
             return hwsim.simulate(trace, hw)
         fast_s, fast = best_of(fresh, args.repeat)
-        slow_s, slow = best_of(lambda: hwsim.simulate(trace, hw, memo=False), 1)
+        slow_s, slow = best_of(lambda trace=trace: hwsim.simulate(trace, hw, memo=False), 1)
         a, b = fast.to_dict(), slow.to_dict()
         a.pop("memo"), b.pop("memo")
         print(f"    {label:40s} {fast_s:8.3f} {slow_s:10.3f} {slow_s / fast_s:8.1f}x {str(a == b):>9s}")

@@ -51,7 +51,7 @@ def main() -> int:
     ap.add_argument("--recipe", default="tsq-tsw-w8a8")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    base = yaml.load((SPEC_DIR / "default.yaml").read_text(), Loader=_SpecLoader)  # noqa: S506
+    base = yaml.load((SPEC_DIR / "default.yaml").read_text(), Loader=_SpecLoader)
     print(f"workload {base['cost_workload']}, recipe {args.recipe}, axes of codesign/specs/default.yaml")
 
     with tempfile.TemporaryDirectory() as tmp:

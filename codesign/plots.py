@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from codesign.pareto import pareto_mask  # noqa: E402
+from codesign.pareto import pareto_mask
 
 SCHEME_ORDER = ("static", "asq", "groups", "tsq+tsw", "dynamic", "fp16")
 SCHEME_COLORS = {"static": "tab:gray", "asq": "tab:blue", "groups": "tab:green", "tsq+tsw": "tab:purple",

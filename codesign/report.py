@@ -11,7 +11,6 @@ What it shows (the paper's open questions, answered from the sweep):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from codesign import plots
 from codesign.pareto import pareto_mask
 from codesign.store import load_results
 from workloads.errors import ConfigError
+from workloads.io import write_text
 
 # quality metrics quantmodel.eval.quality may report, in order of preference, with their direction
 QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.sqnr_db", "max"),
@@ -118,7 +118,18 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     ok = df[df["status"] == "ok"].sort_values("key", kind="stable").reset_index(drop=True)
     failed = df[df["status"] != "ok"]
     q = quality_metric(ok)
-    figs: list[tuple[str, Path]] = []
+    senses = {"latency_s": "min", "energy_j": "min", "area_mm2": "min", "storage_bytes": "min"}
+    if q:
+        senses[q[0]] = q[1]
+    md = (_header(results_dir, manifest, df, ok, failed, q) + _quality_section(ok, q)
+          + _pareto_section(ok, q, senses, out_dir) + _static_vs_dynamic_section(ok, out_dir)
+          + _breakdown_section(ok, axis_cols, out_dir) + _swap_section(ok, out_dir)
+          + _front_section(ok, q, senses, axis_cols, out_dir) + _failed_section(failed))
+    return write_text(out_dir / "report.md", "\n".join(md) + "\n")
+
+
+def _header(results_dir: Path, manifest: dict, df: pd.DataFrame, ok: pd.DataFrame, failed: pd.DataFrame,
+            q: tuple | None) -> list[str]:
     md = [f"# Design-space report: {', '.join(s['name'] for s in manifest['specs'])}", ""]
     md.append(f"Results: `{results_dir}` — {len(df)} design points ({len(ok)} simulated, {len(failed)} "
               f"failed validation), {df['recipe'].nunique()} recipes x {df['hw_key'].nunique()} hardware "
@@ -131,97 +142,100 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         md.append("Quality: not in these results (the spec has no quality workload); the plots that "
                   "need it are left out.")
     md.append("")
+    return md
 
-    if q:  # one row per recipe: quality does not depend on the chip
-        qcols = [c for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy",
-                             "q.frechet_distance") if c in ok.columns and ok[c].notna().any()]
-        per = ok.groupby("recipe", sort=False).first().reset_index()
-        per = per.sort_values(["w_bits", "a_bits", "num_weight_sets"], ascending=[False, False, True])
-        md += ["## Quality per recipe", "",
-               f"Measured on {', '.join(map(str, ok['quality_workload'].dropna().unique()))} "
-               f"({int(per['q.num_weight_sets'].max()) if 'q.num_weight_sets' in per else '?'} weight sets at most "
-               "there); storage and weight sets K are the cost workload's.", "",
-               _md_table(per[["recipe", "num_weight_sets", "storage_bytes"] + qcols]), ""]
 
-    # ---- Pareto fronts -----------------------------------------------------------------------
-    md += ["## Pareto fronts", ""]
-    senses = {"latency_s": "min", "energy_j": "min", "area_mm2": "min", "storage_bytes": "min"}
+def _quality_section(ok: pd.DataFrame, q: tuple | None) -> list[str]:
+    if not q:
+        return []
+    # one row per recipe: quality does not depend on the chip
+    qcols = [c for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy",
+                         "q.frechet_distance") if c in ok.columns and ok[c].notna().any()]
+    per = ok.groupby("recipe", sort=False).first().reset_index()
+    per = per.sort_values(["w_bits", "a_bits", "num_weight_sets"], ascending=[False, False, True])
+    return ["## Quality per recipe", "",
+            f"Measured on {', '.join(map(str, ok['quality_workload'].dropna().unique()))} "
+            f"({int(per['q.num_weight_sets'].max()) if 'q.num_weight_sets' in per else '?'} weight sets at most "
+            "there); storage and weight sets K are the cost workload's.", "",
+            _md_table(per[["recipe", "num_weight_sets", "storage_bytes"] + qcols]), ""]
+
+
+def _pareto_section(ok: pd.DataFrame, q: tuple | None, senses: dict, out_dir: Path) -> list[str]:
+    md = ["## Pareto fronts", ""]
     pairs = [("area_mm2", "energy_j", "energy vs area")]
     if q:
-        senses[q[0]] = q[1]
         pairs = [("latency_s", q[0], "quality vs latency"), ("energy_j", q[0], "quality vs energy"),
                  ("area_mm2", "energy_j", "energy vs area"), ("storage_bytes", q[0], "storage vs quality")]
     for x, y, title in pairs:
         if ok[[x, y]].dropna().empty:
             continue
         name = f"pareto_{title.replace(' vs ', '_vs_').replace(' ', '_')}.png"
-        path = plots.pareto_plot(ok, x, y, senses, out_dir / name, f"{title} (black: Pareto front)",
-                                 logx=x in ("storage_bytes",))
-        figs.append((title, path))
+        plots.pareto_plot(ok, x, y, senses, out_dir / name, f"{title} (black: Pareto front)",
+                          logx=x in ("storage_bytes",))
         md += [f"### {title}", "", f"![{title}]({name})", ""]
+    return md
 
-    # ---- static vs dynamic -------------------------------------------------------------------
-    md += ["## Static vs dynamic at equal hardware", ""]
+
+def _static_vs_dynamic_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
+    md = ["## Static vs dynamic at equal hardware", ""]
     ratios = static_vs_dynamic(ok)
-    if len(ratios):
-        path = plots.ratio_boxes(ratios, out_dir / "static_vs_dynamic.png",
-                                 "dynamic (per-token) over static recipes, same chip and bit-widths")
-        figs.append(("static vs dynamic", path))
-        g = ratios.groupby(["versus", "metric"], sort=False)["ratio"]
-        summ = g.median().unstack("metric")
-        summ = pd.DataFrame({"static recipe": summ.index, "pairs": g.count().unstack("metric")["latency"].values,
-                             **{f"{m} median (min–max)": [f"{summ.loc[v, m]:.3f} ({g.min()[v, m]:.3f}–{g.max()[v, m]:.3f})"
-                                                          for v in summ.index] for m in ("latency", "energy")}})
-        md += ["Each pair: the dynamic recipe and a static recipe of the same bit-widths on the very same "
-               "hardware point (only chips with the dynamic-quant unit run dynamic recipes). Ratio > 1: "
-               "dynamic costs more.", "", "![static vs dynamic](static_vs_dynamic.png)", "", _md_table(summ), ""]
-    else:
-        md += ["No dynamic and static recipes at the same bit-widths in these results.", ""]
+    if not len(ratios):
+        return md + ["No dynamic and static recipes at the same bit-widths in these results.", ""]
+    plots.ratio_boxes(ratios, out_dir / "static_vs_dynamic.png",
+                      "dynamic (per-token) over static recipes, same chip and bit-widths")
+    g = ratios.groupby(["versus", "metric"], sort=False)["ratio"]
+    summ = g.median().unstack("metric")
+    summ = pd.DataFrame({"static recipe": summ.index, "pairs": g.count().unstack("metric")["latency"].values,
+                         **{f"{m} median (min–max)": [f"{summ.loc[v, m]:.3f} ({g.min()[v, m]:.3f}–{g.max()[v, m]:.3f})"
+                                                      for v in summ.index] for m in ("latency", "energy")}})
+    return md + ["Each pair: the dynamic recipe and a static recipe of the same bit-widths on the very same "
+                 "hardware point (only chips with the dynamic-quant unit run dynamic recipes). Ratio > 1: "
+                 "dynamic costs more.", "", "![static vs dynamic](static_vs_dynamic.png)", "", _md_table(summ), ""]
 
-    # ---- breakdowns of the best points -------------------------------------------------------
-    md += ["## Where the time and energy go (each recipe's lowest-latency point)", ""]
+
+def _breakdown_section(ok: pd.DataFrame, axis_cols: list[str], out_dir: Path) -> list[str]:
+    """Where the time and energy go, at each recipe's lowest-latency point."""
+    md = ["## Where the time and energy go (each recipe's lowest-latency point)", ""]
     best = ok.loc[ok.groupby("recipe")["latency_s"].idxmin()].sort_values("latency_s", kind="stable")
     labels = list(best["recipe"])
     for prefix, fname, ylabel, title in (
             ("stall_s.", "breakdown_latency.png", "seconds per video", "latency breakdown (stall causes)"),
             ("energy_j.", "breakdown_energy.png", "joules per video", "energy breakdown")):
         if any(c.startswith(prefix) for c in best.columns):
-            path = plots.stacked_bars(best, prefix, labels, out_dir / fname, title, ylabel)
-            figs.append((title, path))
+            plots.stacked_bars(best, prefix, labels, out_dir / fname, title, ylabel)
             md += [f"![{title}]({fname})", ""]
     cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s"]
-    md += [_md_table(best[[c for c in cols if c in best.columns]]), ""]
+    return md + [_md_table(best[[c for c in cols if c in best.columns]]), ""]
 
-    # ---- swap stall across K ---------------------------------------------------------------------
-    md += ["## Weight-swap stall across step groups K", ""]
+
+def _swap_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
+    md = ["## Weight-swap stall across step groups K", ""]
     curves = swap_curves(ok)
-    if len(curves) and curves["num_weight_sets"].nunique() > 1:
-        path = plots.swap_vs_k(curves, out_dir / "swap_vs_k.png",
-                               "swap stall, weight storage and energy vs K (medians over the hardware points a curve shares)")
-        figs.append(("swap stall vs K", path))
-        md += ["![swap stall vs K](swap_vs_k.png)", "", _md_table(curves), ""]
-    else:
-        md += ["Fewer than two values of K among the smoothing recipes in these results.", ""]
+    if not (len(curves) and curves["num_weight_sets"].nunique() > 1):
+        return md + ["Fewer than two values of K among the smoothing recipes in these results.", ""]
+    plots.swap_vs_k(curves, out_dir / "swap_vs_k.png",
+                    "swap stall, weight storage and energy vs K (medians over the hardware points a curve shares)")
+    return md + ["![swap stall vs K](swap_vs_k.png)", "", _md_table(curves), ""]
 
-    # ---- Pareto-optimal points -----------------------------------------------------------------
+
+def _front_section(ok: pd.DataFrame, q: tuple | None, senses: dict, axis_cols: list[str],
+                   out_dir: Path) -> list[str]:
+    """The Pareto-optimal design points as a table (and pareto_points.csv)."""
     objectives = {c: s for c, s in senses.items() if c in ("latency_s", "energy_j", "area_mm2")}
     if q:
         objectives[q[0]] = q[1]
     front = ok[pareto_mask(ok, objectives)].sort_values("latency_s", kind="stable")
-    md += [f"## Pareto-optimal design points ({', '.join(objectives)})", "",
-           f"{len(front)} of {len(ok)} points are on the front"
-           + (f"; the {MAX_TABLE_ROWS} fastest are listed" if len(front) > MAX_TABLE_ROWS else "") + ".", ""]
+    md = [f"## Pareto-optimal design points ({', '.join(objectives)})", "",
+          f"{len(front)} of {len(ok)} points are on the front"
+          + (f"; the {MAX_TABLE_ROWS} fastest are listed" if len(front) > MAX_TABLE_ROWS else "") + ".", ""]
     cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes"] + ([q[0]] if q else [])
     md += [_md_table(front[cols].head(MAX_TABLE_ROWS)), ""]
     front.to_csv(out_dir / "pareto_points.csv", index=False)
+    return md
 
-    if len(failed):
-        md += ["## Hardware points that failed validation", ""]
-        reasons = failed.groupby("error").size().reset_index(name="rows").sort_values("rows", ascending=False)
-        md += [_md_table(reasons.head(10)), ""]
 
-    path = out_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, path)
-    return path
+def _failed_section(failed: pd.DataFrame) -> list[str]:
+    if not len(failed):
+        return []
+    reasons = failed.groupby("error").size().reset_index(name="rows").sort_values("rows", ascending=False)
+    return ["## Hardware points that failed validation", "", _md_table(reasons.head(10)), ""]

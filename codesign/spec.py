@@ -211,8 +211,6 @@ def _check_axis_values(name: str, raw: object, sampling: str) -> object:
 
 def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
     """Validate a spec mapping (see the module docstring) and resolve its names."""
-    import hwsim
-    from workloads.recipes import get_recipe
     from workloads.presets import Gemm, get_workload
 
     check_known_fields("spec", data, _TOP_FIELDS)
@@ -222,15 +220,44 @@ def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
     wl = get_workload(str(data["cost_workload"]))
     if isinstance(wl, Gemm):
         raise ConfigError("spec.cost_workload", data["cost_workload"], "a workload preset or YAML file")
-    recipes = data["recipes"]
+    recipes = _check_recipes(data["recipes"])
+    q_wl, q_opts = _check_quality(data.get("quality"))
+    base_name, sampling, samples, seed, prefetch, axes = _check_hardware(data["hardware"])
+    axes_raw = data["hardware"].get("axes") or {}
+    source = {
+        "cost_workload": str(data["cost_workload"]), "recipes": [str(r) for r in recipes],
+        "quality": None if q_wl is None else {"workload": q_wl, "options": q_opts},
+        "hardware": {"base": base_name, "sampling": sampling, "prefetch": prefetch,
+                     "axes": {n: (list(v) if isinstance(v, tuple) else v.__dict__) for n, v in axes},
+                     **({"samples": samples, "seed": seed} if sampling == "random" else {})},
+        "name": str(data.get("name", default_name)), "description": str(data.get("description", "")),
+    }
+    spec = SweepSpec(name=source["name"], cost_workload=source["cost_workload"],
+                     recipes=tuple(source["recipes"]), hw_base=base_name, sampling=sampling,
+                     axes=tuple(axes), samples=int(samples), seed=int(seed), prefetch=prefetch,
+                     quality_workload=q_wl, quality_options=q_opts,
+                     description=source["description"], source=source)
+    if not spec.hardware_points():
+        raise ConfigError("spec.hardware", axes_raw, "axes giving at least one hardware point")
+    return spec
+
+
+def _check_recipes(recipes: object) -> list:
+    from workloads.recipes import get_recipe
+
     if not isinstance(recipes, list) or not recipes:
         raise ConfigError("spec.recipes", recipes, "a non-empty list of recipe names or YAML files")
     if len(set(map(str, recipes))) != len(recipes):
         raise ConfigError("spec.recipes", recipes, "distinct recipes")
     for r in recipes:
         get_recipe(str(r))  # raises ConfigError on a bad name
+    return recipes
 
-    quality = data.get("quality")
+
+def _check_quality(quality: object) -> tuple[str | None, dict]:
+    """The quality workload and the options of its evaluation (None, {} without one)."""
+    from workloads.presets import get_workload
+
     q_wl, q_opts = None, {}
     if quality is not None:
         if isinstance(quality, str):
@@ -244,8 +271,13 @@ def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
         if not isinstance(q_opts, dict):
             raise ConfigError("spec.quality.options", q_opts, "a mapping of keyword arguments")
         check_known_fields("spec.quality.options", q_opts, QUALITY_OPTIONS)
+    return q_wl, q_opts
 
-    hw = data["hardware"]
+
+def _check_hardware(hw: object) -> tuple[str, str, int, int, str, list]:
+    """(base preset, sampling, samples, seed, prefetch, axes) of the spec's hardware section."""
+    import hwsim
+
     check_known_fields("spec.hardware", hw, _HW_FIELDS)
     base_name = str(hw.get("base", "edge-npu"))
     base = hwsim.load_hw(base_name)
@@ -286,22 +318,7 @@ def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
             if bad:
                 raise ConfigError("spec.hardware.axes.prefetch", bad[0], " or ".join(PREFETCH_POLICIES))
         axes.append((name, vals))
-    source = {
-        "cost_workload": str(data["cost_workload"]), "recipes": [str(r) for r in recipes],
-        "quality": None if q_wl is None else {"workload": q_wl, "options": q_opts},
-        "hardware": {"base": base_name, "sampling": sampling, "prefetch": prefetch,
-                     "axes": {n: (list(v) if isinstance(v, tuple) else v.__dict__) for n, v in axes},
-                     **({"samples": samples, "seed": seed} if sampling == "random" else {})},
-        "name": str(data.get("name", default_name)), "description": str(data.get("description", "")),
-    }
-    spec = SweepSpec(name=source["name"], cost_workload=source["cost_workload"],
-                     recipes=tuple(source["recipes"]), hw_base=base_name, sampling=sampling,
-                     axes=tuple(axes), samples=int(samples), seed=int(seed), prefetch=prefetch,
-                     quality_workload=q_wl, quality_options=q_opts,
-                     description=source["description"], source=source)
-    if not spec.hardware_points():
-        raise ConfigError("spec.hardware", axes_raw, "axes giving at least one hardware point")
-    return spec
+    return base_name, sampling, samples, seed, prefetch, axes
 
 
 def load_spec(name_or_path: str | Path) -> SweepSpec:
@@ -314,7 +331,7 @@ def load_spec(name_or_path: str | Path) -> SweepSpec:
             raise ConfigError("spec", str(name_or_path), f"an existing YAML file or one of {avail}")
         path = named
     try:
-        data = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(path.read_text(), Loader=_SpecLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ConfigError("spec", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) \

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -59,6 +58,7 @@ import pyarrow.parquet as pq
 
 from codesign.spec import SweepSpec
 from workloads.errors import ConfigError
+from workloads.io import atomic_open, write_bytes
 
 STORE_FORMAT = 1
 POINTS = "points"
@@ -70,22 +70,9 @@ BREAKDOWN_PREFIXES = {"energy_breakdown_j": "energy_j.", "area_breakdown_mm2": "
                       "stall_breakdown_s": "stall_s.", "utilisation": "util."}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         pq.write_table(table, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _parts(folder: Path) -> list[Path]:
@@ -119,7 +106,7 @@ class ResultStore:
         return json.loads(self.manifest_path.read_text())
 
     @classmethod
-    def open(cls, root: str | Path, spec: SweepSpec, append: bool = False) -> "ResultStore":
+    def open(cls, root: str | Path, spec: SweepSpec, append: bool = False) -> ResultStore:
         """Open (or create) a results folder for ``spec``; refuse another spec's folder unless append.
 
         Takes an exclusive lock for the life of the sweep: two sweeps never write one folder.
@@ -150,7 +137,7 @@ class ResultStore:
                               "pass --append to add these points to it, or pick another folder)")
         if spec.spec_hash not in hashes:
             man["specs"].append({"hash": spec.spec_hash, "name": spec.name, "spec": spec.source})
-            _atomic_write_bytes(store.manifest_path, json.dumps(man, indent=1).encode())
+            write_bytes(store.manifest_path, json.dumps(man, indent=1).encode())
         for tmp in list(root.glob(f"{POINTS}/.*.tmp")) + list(root.glob(f"{QUALITY}/.*.tmp")):
             tmp.unlink(missing_ok=True)  # torn writes of a killed sweep (we hold the lock)
         return store
@@ -160,7 +147,7 @@ class ResultStore:
             self._lock_fh.close()
             self._lock_fh = None
 
-    def __enter__(self) -> "ResultStore":
+    def __enter__(self) -> ResultStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,7 +171,7 @@ class ResultStore:
         """A cache file beside the parts (e.g. shared quality calibration), written atomically."""
         import pickle
 
-        _atomic_write_bytes(Path(path), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        write_bytes(Path(path), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
     def compact(self, kind: str = POINTS) -> None:
         """Merge the parts into one (written first, then the old parts are deleted)."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from codesign.spec import SweepSpec, content_hash, flatten, set_dotted
 from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore
 from workloads.errors import ConfigError
+from workloads.io import atomic_open
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
 MAX_CHUNK = 16  # points per task (a hardware point's recipes are never split, so one may hold more)
@@ -199,8 +200,8 @@ def quality_prep_key(spec: SweepSpec) -> str:
 def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
     if spec.quality_workload is None:
         return None
-    from workloads.recipes import get_recipe
     from workloads.presets import get_workload
+    from workloads.recipes import get_recipe
 
     return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
                          "recipe": get_recipe(recipe_name).to_dict(), "options": spec.quality_options})
@@ -209,8 +210,8 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
 def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
     """Keys of every design point; what is not in the store yet, grouped by recipe."""
     import hwsim
-    from workloads.recipes import get_recipe
     from workloads.presets import get_workload
+    from workloads.recipes import get_recipe
 
     workload = get_workload(spec.cost_workload)
     wl = workload.to_dict()
@@ -276,7 +277,7 @@ class InlineRunner:
         fut = Future()
         try:
             fut.set_result(fn(*args))
-        except Exception as e:  # noqa: BLE001 - re-raised by fut.result() in the collector
+        except Exception as e:  # re-raised by fut.result() in the collector
             fut.set_exception(e)
         return fut
 
@@ -304,10 +305,8 @@ class LocalRunner:
 
     def ship(self, name: str, trace) -> str:
         path = self.cache_dir / f"{name}.pkl"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             pickle.dump(trace, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
         return str(path)
 
     def release(self, ref) -> None:
@@ -420,22 +419,13 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
     ``scheduler``: None (local process pool of ``jobs`` workers), a Dask scheduler address, or a
     ``dask.distributed.Client``. ``flush_every_s``: the most finished work a kill can lose.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
-    if spec.quality_workload is not None:
-        try:
-            from quantmodel.eval import quality as _q  # noqa: F401
-        except ImportError:
-            raise ConfigError("spec.quality", spec.quality_workload,
-                              "null (quantmodel.eval.quality is not in this build yet)") from None
     # connect first: an unreachable scheduler must fail before anything is written
     dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:
         plan = plan_sweep(spec, store)
-        n_pending = plan.pending_points
         summary = SweepSummary(plan.total_points, plan.done_points, 0, 0, 0, 0.0)
-        if n_pending == 0 and not plan.quality_pending:
+        if plan.pending_points == 0 and not plan.quality_pending:
             if dask_runner is not None:
                 dask_runner.close()
             summary.wall_s = time.perf_counter() - t0
@@ -446,96 +436,124 @@ def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, schedul
             runner = InlineRunner()
         else:
             runner = LocalRunner(jobs or os.cpu_count() or 1, store.root / ".traces")
-        bar = tqdm(total=n_pending, unit="pt", desc=f"sweep {spec.name}", file=sys.stderr,
-                   disable=not progress, smoothing=0.1, dynamic_ncols=True)
-        buffers = {POINTS: [], QUALITY: []}
-        last_flush = [time.monotonic()]
-        futures: dict = {}  # future -> (POINTS, rows-by-key, recipes) | (QUALITY, qkey, recipe) | ("prep", path, None)
-        refs_left: dict[str, list] = {}  # shipped trace -> [its ref, chunks still running]
-
-        def flush(force: bool = False) -> None:
-            if force or time.monotonic() - last_flush[0] >= flush_every_s:
-                for kind, buf in buffers.items():
-                    if buf:
-                        store.write_rows(buf, kind)
-                        buf.clear()
-                last_flush[0] = time.monotonic()
-
-        def collect(done_futures) -> None:
-            for fut in done_futures:
-                what = futures.pop(fut)
-                result = fut.result()  # a bug in a worker stops the sweep loudly; stored parts stay
-                if what[0] == "prep":
-                    store.write_pickle(what[1], result)
-                    submit_quality(result)
-                elif what[0] == QUALITY:
-                    _, qkey, recipe = what
-                    buffers[QUALITY].append({"key": qkey, "quality_key": qkey, "recipe": recipe,
-                                             "quality_workload": spec.quality_workload, **result})
-                    summary.quality_computed += 1
-                    bar.set_postfix_str(f"quality {summary.quality_computed}/{len(plan.quality_pending)} recipes")
-                else:
-                    _, known, shipped = what
-                    for row in result:
-                        buffers[POINTS].append({**known[row["key"]], **row})
-                        summary.failed_points += row["status"] == "failed"
-                    summary.computed_points += len(result)
-                    bar.update(len(result))
-                    for name in shipped:
-                        ref = refs_left[name]
-                        ref[1] -= 1
-                        if ref[1] == 0:
-                            runner.release(ref[0])
-            flush()
-
-        def submit_quality(prep) -> None:
-            ref = runner.ship("quality-prep", prep)
-            for qkey, recipe in plan.quality_pending:
-                fut = runner.submit(evaluate_quality, spec.quality_workload, recipe, spec.quality_options, ref)
-                futures[fut] = (QUALITY, qkey, recipe)
-
-        try:
-            if plan.quality_pending:
-                # calibration and the float reference are shared by all recipes; kept across reruns
-                from workloads.recipes import get_recipe
-
-                need_stats = any(get_recipe(r).scheme not in ("fp16", "dynamic") for _, r in plan.quality_pending)
-                prep_path = store.root / QUALITY / f"prep-{quality_prep_key(spec)}-{int(need_stats)}.pkl"
-                if prep_path.is_file():
-                    with open(prep_path, "rb") as fh:
-                        submit_quality(pickle.load(fh))
-                else:
-                    fut = runner.submit(prepare_quality, spec.quality_workload, spec.quality_options, need_stats)
-                    futures[fut] = ("prep", prep_path, None)
-            # the float trace once; workers annotate it per recipe (and run the quality
-            # evaluations meanwhile); then the chunks, each all recipes of its hardware point(s)
-            if plan.recipes:
-                from workloads.recipes import get_recipe
-
-                float_ref = runner.ship(content_hash(["float", spec.cost_workload]), build_float_trace(spec))
-                recipe_objs = {rp.recipe: get_recipe(rp.recipe) for rp in plan.recipes}
-                chunks = hardware_chunks(plan, runner.jobs)
-                refs_left["float"] = [float_ref, len(chunks)]
-                for chunk in chunks:
-                    items, known, used = [], {}, set()
-                    for ri, ii in chunk:
-                        rp = plan.recipes[ri]
-                        key, hw_dict, prefetch = rp.items[ii]
-                        items.append((rp.recipe, key, hw_dict, prefetch))
-                        known[key] = rp.rows[ii]
-                        used.add(rp.recipe)
-                    fut = runner.submit(simulate_chunk, float_ref, {r: recipe_objs[r] for r in used}, items)
-                    futures[fut] = (POINTS, known, ["float"])
-                collect(runner.wait_some(set(futures), timeout=0))
-            while futures:
-                collect(runner.wait_some(set(futures), timeout=flush_every_s))
-            flush(force=True)
-            bar.close()
-            store.compact(POINTS)
-            store.compact(QUALITY)
-        finally:
-            flush(force=True)  # whatever finished before an error or Ctrl-C is kept
-            bar.close()
-            runner.close()
+        _SweepRun(spec, store, plan, runner, summary, progress, flush_every_s).run()
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+class _SweepRun:
+    """One execution of a sweep plan on a runner: the futures in flight, the finished rows waiting to
+    be flushed to the store, the shipped traces still in use, and the progress bar."""
+
+    def __init__(self, spec: SweepSpec, store: ResultStore, plan: SweepPlan, runner, summary: SweepSummary,
+                 progress: bool, flush_every_s: float):
+        from tqdm import tqdm
+
+        self.spec, self.store, self.plan, self.runner, self.summary = spec, store, plan, runner, summary
+        self.flush_every_s = flush_every_s
+        self.bar = tqdm(total=plan.pending_points, unit="pt", desc=f"sweep {spec.name}", file=sys.stderr,
+                        disable=not progress, smoothing=0.1, dynamic_ncols=True)
+        self.buffers: dict[str, list] = {POINTS: [], QUALITY: []}
+        self.last_flush = time.monotonic()
+        self.futures: dict = {}  # future -> (POINTS, rows-by-key, recipes) | (QUALITY, qkey, recipe) | ("prep", path, None)
+        self.refs_left: dict[str, list] = {}  # shipped trace -> [its ref, chunks still running]
+
+    def run(self) -> None:
+        try:
+            if self.plan.quality_pending:
+                self.start_quality()
+            # the float trace once; workers annotate it per recipe (and run the quality
+            # evaluations meanwhile); then the chunks, each all recipes of its hardware point(s)
+            if self.plan.recipes:
+                self.start_points()
+                self.collect(self.runner.wait_some(set(self.futures), timeout=0))
+            while self.futures:
+                self.collect(self.runner.wait_some(set(self.futures), timeout=self.flush_every_s))
+            self.flush(force=True)
+            self.bar.close()
+            self.store.compact(POINTS)
+            self.store.compact(QUALITY)
+        finally:
+            self.flush(force=True)  # whatever finished before an error or Ctrl-C is kept
+            self.bar.close()
+            self.runner.close()
+
+    def start_quality(self) -> None:
+        """Calibration and the float reference are shared by all recipes and kept across reruns: load
+        them, or compute them first; the recipes' evaluations follow (:meth:`submit_quality`)."""
+        from workloads.recipes import get_recipe
+
+        spec = self.spec
+        need_stats = any(get_recipe(r).scheme not in ("fp16", "dynamic") for _, r in self.plan.quality_pending)
+        prep_path = self.store.root / QUALITY / f"prep-{quality_prep_key(spec)}-{int(need_stats)}.pkl"
+        if prep_path.is_file():
+            with open(prep_path, "rb") as fh:
+                self.submit_quality(pickle.load(fh))
+        else:
+            fut = self.runner.submit(prepare_quality, spec.quality_workload, spec.quality_options, need_stats)
+            self.futures[fut] = ("prep", prep_path, None)
+
+    def submit_quality(self, prep) -> None:
+        ref = self.runner.ship("quality-prep", prep)
+        for qkey, recipe in self.plan.quality_pending:
+            fut = self.runner.submit(evaluate_quality, self.spec.quality_workload, recipe,
+                                     self.spec.quality_options, ref)
+            self.futures[fut] = (QUALITY, qkey, recipe)
+
+    def start_points(self) -> None:
+        """Ship the float trace once and submit the chunks, each all recipes of its hardware point(s)."""
+        from workloads.recipes import get_recipe
+
+        plan, runner = self.plan, self.runner
+        float_ref = runner.ship(content_hash(["float", self.spec.cost_workload]), build_float_trace(self.spec))
+        recipe_objs = {rp.recipe: get_recipe(rp.recipe) for rp in plan.recipes}
+        chunks = hardware_chunks(plan, runner.jobs)
+        self.refs_left["float"] = [float_ref, len(chunks)]
+        for chunk in chunks:
+            items, known, used = [], {}, set()
+            for ri, ii in chunk:
+                rp = plan.recipes[ri]
+                key, hw_dict, prefetch = rp.items[ii]
+                items.append((rp.recipe, key, hw_dict, prefetch))
+                known[key] = rp.rows[ii]
+                used.add(rp.recipe)
+            fut = runner.submit(simulate_chunk, float_ref, {r: recipe_objs[r] for r in used}, items)
+            self.futures[fut] = (POINTS, known, ["float"])
+
+    def collect(self, done_futures) -> None:
+        for fut in done_futures:
+            what = self.futures.pop(fut)
+            result = fut.result()  # a bug in a worker stops the sweep loudly; stored parts stay
+            if what[0] == "prep":
+                self.store.write_pickle(what[1], result)
+                self.submit_quality(result)
+            elif what[0] == QUALITY:
+                _, qkey, recipe = what
+                self.buffers[QUALITY].append({"key": qkey, "quality_key": qkey, "recipe": recipe,
+                                              "quality_workload": self.spec.quality_workload, **result})
+                self.summary.quality_computed += 1
+                self.bar.set_postfix_str(
+                    f"quality {self.summary.quality_computed}/{len(self.plan.quality_pending)} recipes")
+            else:
+                self.collect_points(*what[1:], result)
+        self.flush()
+
+    def collect_points(self, known: dict, shipped: list, result: list) -> None:
+        for row in result:
+            self.buffers[POINTS].append({**known[row["key"]], **row})
+            self.summary.failed_points += row["status"] == "failed"
+        self.summary.computed_points += len(result)
+        self.bar.update(len(result))
+        for name in shipped:
+            ref = self.refs_left[name]
+            ref[1] -= 1
+            if ref[1] == 0:
+                self.runner.release(ref[0])
+
+    def flush(self, force: bool = False) -> None:
+        if force or time.monotonic() - self.last_flush >= self.flush_every_s:
+            for kind, buf in self.buffers.items():
+                if buf:
+                    self.store.write_rows(buf, kind)
+                    buf.clear()
+            self.last_flush = time.monotonic()

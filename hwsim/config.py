@@ -221,13 +221,6 @@ def _nonneg_int(field: str, v: object) -> int:
     return v
 
 
-def _fraction(field: str, v: object) -> float:
-    x = _pos_num(field, v)
-    if x > 1:
-        raise ConfigError(field, v, "a number in (0, 1]")
-    return x
-
-
 def _bool(field: str, v: object) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(field, v, "true or false")

@@ -27,12 +27,27 @@ from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
+from hwsim.schedule import FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements, side_bytes
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
-from hwsim.schedule import (FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements,
-                            side_bytes)
-from hwsim.tiling import (AttentionUnit, GemmUnit, NoFit, Plan, VectorOpUnit, figure_of_merit, plan_attention,
-                          gemm_shape, op_stages, plan_estimate, plan_gemm, plan_vector, precision_of, stages_of,
-                          static_twin, transfer_cycles_per_byte, vector_cycles)
+from hwsim.tiling import (
+    AttentionUnit,
+    GemmUnit,
+    NoFit,
+    Plan,
+    VectorOpUnit,
+    figure_of_merit,
+    gemm_shape,
+    op_stages,
+    plan_attention,
+    plan_estimate,
+    plan_gemm,
+    plan_vector,
+    precision_of,
+    stages_of,
+    static_twin,
+    transfer_cycles_per_byte,
+    vector_cycles,
+)
 from workloads.errors import ConfigError
 from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 
@@ -43,7 +58,9 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    pre-stage's quantized copy counted at its own bytes (was FP16 again)
 # 4: schedule (hwsim/schedule.py): prologue/epilogue fusion chosen by energy x delay^2, vector chains,
 #    SRAM hand-over of small tensors; balanced row blocks; DRAM lower bound reported
-SIM_VERSION = "hwsim-4"
+# 5: energies and areas from the technology node, the clock's operating point (V-f), CACTI 7 SRAM
+#    banks, LPDDR/UFS parts and calibrated NPU overheads (technology.py, sram.py, memory.py)
+SIM_VERSION = "hwsim-5"
 _OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
                      "output_bytes", "w_bits", "a_bits", "name", "epilogue", "dequant_elements")
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")

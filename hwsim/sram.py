@@ -1,13 +1,14 @@
 """On-chip SRAM banks: access energy, leakage and area fitted to CACTI 7.
 
 ``hwsim/data/cacti7_sram.csv`` holds CACTI 7 runs of single-bank scratchpad RAMs from 8 KiB to 8 MiB
+(every 2^k and 3 x 2^k bytes)
 at the nodes CACTI covers at and below 45 nm (its header names the CACTI commit and configuration;
 ``tools/regen_cacti.py`` regenerates it).
 
 Per node, read energy and area are a power law in capacity, ``y = a * capacity^b``, least squares in
-log-log over the node's rows (``POWER_LAW``): within +-13 % of every CACTI row. Write energy and
+log-log over the node's 21 rows (``POWER_LAW``): within +-17 % of every CACTI row. Write energy and
 leakage are not: CACTI's organisation search (sub-array counts, mux degrees, sense-amp sharing) makes
-them jump by 2-4x between neighbouring capacities, so a single power law misses rows by up to 2.8x
+them jump by 2-4x between neighbouring capacities, so a single power law misses rows by up to 3.4x
 (``single_power_law_worst``); for those two the model interpolates the table itself, piecewise
 linear in log(capacity) -> log(value) (``TABLE``), and says so in ``codesign validate``.
 

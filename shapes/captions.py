@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from shapes import dataset as shapes
+from shapes import dataset
 from workloads.errors import ConfigError
 
 PAD = "<pad>"
@@ -21,7 +21,7 @@ MAX_TOKENS = 8  # the caption template has 8 words
 def vocabulary() -> tuple[str, ...]:
     """Fixed word list (index 0 is padding); derived from the dataset's vocabularies."""
     words = [PAD, "a", "moving", "on"]
-    for vocab in shapes.ATTRIBUTES.values():
+    for vocab in dataset.ATTRIBUTES.values():
         words.extend(vocab)
     return tuple(words)
 
@@ -72,8 +72,8 @@ class CaptionEncoder(nn.Module):
 
 
 def ids_from_labels(labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Token ids of ``shapes.caption`` for a batch of labels, vectorised on the labels' device
-    (no host round trip in the training loop). Equal to ``tokenize(shapes.captions(labels))``."""
+    """Token ids of ``dataset.caption`` for a batch of labels, vectorised on the labels' device
+    (no host round trip in the training loop). Equal to ``tokenize(dataset.captions(labels))``."""
     dev = labels["shape"].device
     n = len(labels["shape"])
 
@@ -81,7 +81,7 @@ def ids_from_labels(labels: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.full((n,), _INDEX[w], dtype=torch.long, device=dev)
 
     def attr(name: str) -> torch.Tensor:
-        table = torch.tensor([_INDEX[w] for w in shapes.ATTRIBUTES[name]], device=dev)
+        table = torch.tensor([_INDEX[w] for w in dataset.ATTRIBUTES[name]], device=dev)
         return table[labels[name]]
 
     cols = [word("a"), attr("speed"), attr("colour"), attr("shape"), word("moving"),

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shapes.captions import CaptionEncoder
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import ModelFn, make_sampler
-from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from quantmodel.model.stdit import STDiT
+from shapes.captions import CaptionEncoder
 from workloads.errors import ConfigError
 from workloads.presets import Workload, get_workload
 
@@ -135,15 +137,15 @@ def caption_separation(model: STDiT, encoder: CaptionEncoder, projected: bool = 
     the encoder's output) gives ``cos_mean`` (mean pairwise cosine of the words) and ``norm``
     (mean feature norm). Why: words that y_proj maps to nearly one vector (cosine near 1) cannot
     steer cross-attention, whatever the sampler does (docs/shapes_model.md, diagnosis)."""
-    from shapes import dataset as shapes
+    from shapes import dataset
     from shapes.captions import ids_from_labels
 
     dev = next(model.parameters()).device
     slots = {"speed": 1, "colour": 2, "shape": 3, "direction": 5, "background": 7}  # caption()
     out = {}
     for attr, slot in slots.items():
-        n = len(shapes.ATTRIBUTES[attr])
-        labels = {k: torch.zeros(n, dtype=torch.long, device=dev) for k in shapes.ATTRIBUTES}
+        n = len(dataset.ATTRIBUTES[attr])
+        labels = {k: torch.zeros(n, dtype=torch.long, device=dev) for k in dataset.ATTRIBUTES}
         labels[attr] = torch.arange(n, device=dev)
         y = encoder(ids_from_labels(labels))  # [n, 1, L, Ct]
         h = (model.y_embedder(y) if projected else y)[:, 0, slot].float()  # [n, C]

@@ -21,9 +21,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from shapes import dataset as shapes, videometrics
-from workloads.recipes import get_recipe
+from shapes import dataset, videometrics
 from shapes.model import caption_features, generate, load_shapes_model, shapes_workload
+from workloads.io import atomic_path
+from workloads.recipes import get_recipe
 
 BITS = ("w8a8", "w6a6", "w4a8")
 SCHEMES = ("dynamic", "static", "asq", "tsq-tsw", "groups4", "groups4-cal")
@@ -51,6 +52,9 @@ def _params_on(runner, dev: torch.device) -> None:
 def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: int = 0,
               calib_prompts: int = 8, backend: str = "fakequant", device: str = "cpu",
               num_steps: int | None = None) -> pd.DataFrame:
+    """Evaluate each recipe on the shapes model (same prompts and noise for all) into ``out_csv``, one
+    row per recipe, resuming from the rows already there. One piece: the float reference, the
+    calibration and the classifier are built once and shared by every recipe's evaluation."""
     from quantmodel.eval import quality
 
     w = shapes_workload()
@@ -62,17 +66,17 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
     # calibration and artifact building run on the CPU (the quantizer keeps its tensors there)
     model_cpu = model if device == "cpu" else load_shapes_model("cpu")[0]
     clf = videometrics.load_classifier()
-    labels = shapes.prompt_set(num_prompts, seed=seed)
-    prompts = shapes.captions(labels)
+    labels = dataset.prompt_set(num_prompts, seed=seed)
+    prompts = dataset.captions(labels)
     done = pd.read_csv(out_csv) if out_csv.is_file() else pd.DataFrame()
     done_names = set(done["recipe"]) if len(done) else set()
     with tempfile.TemporaryDirectory() as tmp:
         # calibration prompts: another seed's prompt set, as real caption features
-        cal_labels = shapes.prompt_set(calib_prompts, seed=seed + 101)
+        cal_labels = dataset.prompt_set(calib_prompts, seed=seed + 101)
         feat_file = Path(tmp) / "calib_y.safetensors"
         from safetensors.torch import save_file
 
-        save_file({"y": caption_features(enc, shapes.captions(cal_labels)).cpu().contiguous()},
+        save_file({"y": caption_features(enc, dataset.captions(cal_labels)).cpu().contiguous()},
                   str(feat_file))
         stats = None
         t0 = time.time()
@@ -108,10 +112,9 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
                    "num_steps": w.num_steps, "cfg_scale": w.cfg_scale, "seed": seed,
                    "eval_s": (time.time() - t0) if recipe.quantized else float_s}
             done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-            tmp_csv = out_csv.with_name(out_csv.name + ".tmp")
             out_csv.parent.mkdir(parents=True, exist_ok=True)
-            done.to_csv(tmp_csv, index=False)
-            tmp_csv.replace(out_csv)
+            with atomic_path(out_csv) as tmp_csv:
+                done.to_csv(tmp_csv, index=False)
     return done
 
 
@@ -147,9 +150,8 @@ def plot(df: pd.DataFrame, path: Path) -> None:
                  fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "cpu",
@@ -162,17 +164,17 @@ def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "
     import matplotlib.pyplot as plt
 
     model, enc = load_shapes_model(device)
-    labels = shapes.prompt_set(16, seed=seed)
+    labels = dataset.prompt_set(16, seed=seed)
     labels = {k: v[:num_prompts] for k, v in labels.items()}
-    prompts = shapes.captions(labels)
+    prompts = dataset.captions(labels)
     video = generate(model, enc, prompts, seed=seed).cpu()
     pred = videometrics.classify(videometrics.load_classifier(), video)
     fig, axes = plt.subplots(num_prompts, len(frames), figsize=(1.3 * len(frames), 1.55 * num_prompts))
     for i in range(num_prompts):
-        read = shapes.caption(shapes.label_names(pred, i))
+        read = dataset.caption(dataset.label_names(pred, i))
         for j, f in enumerate(frames):
             ax = axes[i, j]
-            ax.imshow(shapes.to_uint8(video[i, :, f]).permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.imshow(dataset.to_uint8(video[i, :, f]).permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -181,9 +183,8 @@ def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "
         axes[i, 0].set_title(f"prompt: {prompts[i]}\nclassifier: {read}", fontsize=7, loc="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,12 +48,14 @@ from pathlib import Path
 
 import torch
 
-from shapes import dataset as shapes
-from shapes.captions import CaptionEncoder, ids_from_labels
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import IDDPM
+from shapes import dataset
+from shapes.captions import CaptionEncoder, ids_from_labels
 from shapes.model import RECOMPUTED, WORKLOAD, init_zero
-from quantmodel.model.stdit import STDiTConfig, build_stdit
 from workloads.errors import ConfigError
+from workloads.io import atomic_path, write_text
 from workloads.presets import get_workload
 
 
@@ -144,7 +146,7 @@ def use_fast_attention(model: torch.nn.Module) -> None:
 
     import torch.nn.functional as F
 
-    from quantmodel.model.stdit import Attention, MultiHeadCrossAttention
+    from quantmodel.model.layers import Attention, MultiHeadCrossAttention
 
     def self_fwd(self, x):  # [B', L, C]
         b, n, c = x.shape
@@ -178,9 +180,8 @@ def save_state(path: Path, step: int, model: torch.nn.Module, enc: torch.nn.Modu
             st[k] = st[k].to(torch.bfloat16)
     state = {"step": step, "model": model.state_dict(), "enc": enc.state_dict(), "opt": osd,
              "ema": [e.cpu() for e in ema], "gen": gen.get_state(), "curve": curve}
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(path: Path, model: torch.nn.Module, enc: torch.nn.Module,
@@ -208,18 +209,22 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def _save(sd: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in sd.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in sd.items()}, str(tmp))
 
 
 def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
           progress: bool = True) -> dict:
-    """Run training; returns the log (losses, steps, wall time). Saves weights when ``out_dir``."""
+    """Run training; returns the log (losses, steps, wall time). Saves weights when ``out_dir``.
+
+    One piece on purpose: every random draw (batch, caption dropout, timesteps, noise) comes from one
+    generator in a fixed order, and the resumable state (model, encoder, optimizer, EMA, generator)
+    is built, stepped and saved together; a resumed run repeats an uninterrupted one only while that
+    order stays in one place."""
     dev = torch.device(device)
     w = get_workload(cfg.workload)
     mcfg = STDiTConfig.from_workload(w)
-    clip = shapes.ShapesConfig(num_frames=w.num_frames, height=w.height, width=w.width)
+    clip = dataset.ShapesConfig(num_frames=w.num_frames, height=w.height, width=w.width)
     if w.vae_spatial_factor != 1 or w.model.in_channels != 3:
         raise ConfigError("workload", cfg.workload, "a pixel-space workload (vae_spatial_factor 1, "
                           "in_channels 3)")
@@ -270,7 +275,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with torch.no_grad():
-            x0, labels = shapes.sample_batch(cfg.batch, gen, clip, device=dev)  # [B, 3, T, H, W]
+            x0, labels = dataset.sample_batch(cfg.batch, gen, clip, device=dev)  # [B, 3, T, H, W]
         y = enc(ids_from_labels(labels))  # [B, 1, L, Ct]
         drop = torch.rand(cfg.batch, generator=gen, device=dev) < cfg.caption_dropout
         y = torch.where(drop.view(-1, 1, 1, 1), model.null_caption(cfg.batch).to(y.dtype), y)
@@ -320,9 +325,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         _save({k: v for k, v in model.state_dict().items() if k not in RECOMPUTED},
               out_dir / "stdit-shapes.safetensors")
         _save(enc.state_dict(), out_dir / "stdit-shapes-captions.safetensors")
-        tmp = out_dir / "train_log.json.tmp"
-        tmp.write_text(json.dumps(log, indent=1))
-        tmp.replace(out_dir / "train_log.json")
+        write_text(out_dir / "train_log.json", json.dumps(log, indent=1))
     log["model"], log["encoder"] = model.eval(), enc.eval()
     return log
 

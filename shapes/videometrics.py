@@ -37,12 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from shapes import dataset as shapes
+from shapes import dataset
+from workloads.io import atomic_path
 
 ASSETS = Path(__file__).with_name("assets")
 CLASSIFIER_FILE = ASSETS / "shapes-classifier.safetensors"
 FEATURE_DIM = 32
-CHANCE = {k: 1.0 / len(v) for k, v in shapes.ATTRIBUTES.items()}
+CHANCE = {k: 1.0 / len(v) for k, v in dataset.ATTRIBUTES.items()}
 
 
 # ---- the classifier --------------------------------------------------------------------------
@@ -61,7 +62,7 @@ class ShapesClassifier(nn.Module):
         )
         self.feature = nn.Linear(4 * w, FEATURE_DIM)
         self.heads = nn.ModuleDict({k: nn.Linear(FEATURE_DIM, len(v))
-                                    for k, v in shapes.ATTRIBUTES.items()})
+                                    for k, v in dataset.ATTRIBUTES.items()})
 
     def features(self, video: torch.Tensor) -> torch.Tensor:  # -> [B, 32]
         h = self.net(video).mean(dim=(2, 3, 4))  # [B, 4w]
@@ -97,7 +98,7 @@ def train_classifier(steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: 
     t0 = time.time()
     for _ in it:
         with torch.no_grad():
-            video, labels = shapes.sample_batch(batch, g, device=dev)
+            video, labels = dataset.sample_batch(batch, g, device=dev)
             video = _augment(video, g)
         logits = clf(video)
         loss = sum(nn.functional.cross_entropy(logits[k], labels[k]) for k in logits)
@@ -112,10 +113,9 @@ def train_classifier(steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: 
 def save_classifier(clf: ShapesClassifier, path: Path = CLASSIFIER_FILE) -> None:
     from safetensors.torch import save_file
 
-    tmp = Path(str(path) + ".tmp")
-    save_file({k: v.to(torch.float16).contiguous().cpu() for k, v in clf.state_dict().items()},
-              str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.to(torch.float16).contiguous().cpu() for k, v in clf.state_dict().items()},
+                  str(tmp))
 
 
 def load_classifier(device: str | torch.device = "cpu", path: Path = CLASSIFIER_FILE
@@ -135,7 +135,7 @@ def load_classifier(device: str | torch.device = "cpu", path: Path = CLASSIFIER_
 def classify(clf: ShapesClassifier, video: torch.Tensor, chunk: int = 64) -> dict[str, torch.Tensor]:
     """Predicted label index per attribute, ``{attr: long [B]}``."""
     outs = [clf(video[i:i + chunk].clamp(-1, 1)) for i in range(0, len(video), chunk)]
-    return {k: torch.cat([o[k] for o in outs]).argmax(dim=1) for k in shapes.ATTRIBUTES}
+    return {k: torch.cat([o[k] for o in outs]).argmax(dim=1) for k in dataset.ATTRIBUTES}
 
 
 @torch.no_grad()
@@ -170,9 +170,9 @@ def semantic_accuracy(clf: ShapesClassifier, video: torch.Tensor,
     """Accuracy per attribute, their mean (``mean``) and the share of clips with all five right
     (``all``)."""
     pred = classify(clf, video)
-    hits = {k: (pred[k].cpu() == labels[k].cpu()) for k in shapes.ATTRIBUTES}
+    hits = {k: (pred[k].cpu() == labels[k].cpu()) for k in dataset.ATTRIBUTES}
     out = {k: float(v.float().mean()) for k, v in hits.items()}
-    out["mean"] = float(np.mean([out[k] for k in shapes.ATTRIBUTES]))
+    out["mean"] = float(np.mean([out[k] for k in dataset.ATTRIBUTES]))
     out["all"] = float(torch.stack(list(hits.values())).all(dim=0).float().mean())
     return out
 
@@ -222,7 +222,7 @@ def temporal_consistency(video: torch.Tensor, threshold: float = 0.3) -> dict[st
 
 def real_clips(labels: dict[str, torch.Tensor], seed: int = 1) -> torch.Tensor:
     """Real clips of the given labels (positions drawn from ``seed``): the FD reference set."""
-    return shapes.render(labels, torch.Generator().manual_seed(seed))
+    return dataset.render(labels, torch.Generator().manual_seed(seed))
 
 
 def evaluate(video: torch.Tensor, labels: dict[str, torch.Tensor], clf: ShapesClassifier,
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         clf, info = load_classifier(), {}
     g = torch.Generator().manual_seed(getattr(a, "clips", 0) and a.seed or 12345)
-    video, labels = shapes.sample_batch(getattr(a, "clips", 512), g)
+    video, labels = dataset.sample_batch(getattr(a, "clips", 512), g)
     info["real_accuracy"] = semantic_accuracy(clf, video, labels)
     info["real_tc"] = temporal_consistency(video)
     print(json.dumps(info))
@@ -294,8 +294,8 @@ def _sample_check(a: argparse.Namespace) -> int:
     model, enc = load_shapes_model(a.device, a.model_dir / "stdit-shapes.safetensors",
                                    a.model_dir / "stdit-shapes-captions.safetensors")
     clf = load_classifier(a.device, a.classifier)
-    labels = shapes.prompt_set(a.prompts, seed=0)
-    prompts = shapes.captions(labels)
+    labels = dataset.prompt_set(a.prompts, seed=0)
+    prompts = dataset.captions(labels)
     saved = {}
     for steps in a.steps:
         for cfg in a.cfg:
@@ -308,7 +308,7 @@ def _sample_check(a: argparse.Namespace) -> int:
                 clf.to(a.device)
                 print(json.dumps({"steps": steps, "cfg": cfg, "clip": clip, "gen_s": round(dt, 2),
                                   **{k: round(v, 4) for k, v in res.items()}}), flush=True)
-                saved[f"s{steps}_cfg{cfg}_clip{int(clip)}"] = shapes.to_uint8(video.cpu())
+                saved[f"s{steps}_cfg{cfg}_clip{int(clip)}"] = dataset.to_uint8(video.cpu())
     if a.save:
         from safetensors.torch import save_file
 

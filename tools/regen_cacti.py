@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 NODES_UM = (0.045, 0.032, 0.022)  # the nodes this CACTI 7 build accepts at and below 45 nm (its parameter.cc disables 16 nm)
-CAPACITIES_BYTES = tuple(8192 << i for i in range(11))  # 8 KiB .. 8 MiB
+# 8 KiB .. 8 MiB: every power of two and every 3 x 2^k between them (21 per node)
+CAPACITIES_BYTES = tuple(sorted({8192 << i for i in range(11)} | {3 * (4096 << i) for i in range(10)}))
 WORD_BYTES = 16  # 128-bit port: one NPU scratchpad access
 # Lines of CACTI's own cache.cfg (shipped beside the binary) replaced for each run, by prefix.
 CELL = "itrs-lstp"  # bitcell array: ITRS low-standby-power devices (high-Vt SRAM cells)

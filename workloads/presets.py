@@ -101,6 +101,9 @@ class Workload:
     latent_frames: int = 0  # latent frames when the VAE is not a plain stride (v1.2: 17 frames -> 5)
     fps: int = 24  # frame-rate conditioning (v1.2 only)
     description: str = ""
+    # module that ships this workload's trained model, prompts and video metrics (quantmodel.eval loads
+    # it by name: stdit-shapes -> shapes.trained); "" = a seeded random model and random prompts
+    trained: str = ""
 
     def __post_init__(self) -> None:
         for f in ("num_frames", "height", "width", "vae_spatial_factor", "vae_temporal_factor",
@@ -120,6 +123,9 @@ class Workload:
                 raise ConfigError(field, size, f"a multiple of {vae * patch} "
                                   f"(VAE factor {vae} x patch {patch})")
         require_positive_int("fps", self.fps)
+        if not isinstance(self.trained, str) or (self.trained and not all(
+                part.isidentifier() for part in self.trained.split("."))):
+            raise ConfigError("trained", self.trained, 'a dotted module name (e.g. shapes.trained) or ""')
         if isinstance(self.latent_frames, bool) or not isinstance(self.latent_frames, int) \
                 or self.latent_frames < 0:
             raise ConfigError("latent_frames", self.latent_frames, "0 (num_frames / vae_temporal_factor) "

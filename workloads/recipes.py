@@ -1,6 +1,6 @@
 """Quantization recipes: data that says what to quantize, at which bits, with which activation scheme.
 
-Schemes (see DESIGN.md, "What the project answers"):
+Schemes (docs/architecture.md, "Quantization recipes"):
 - ``fp16``: no quantization (the float reference);
 - ``dynamic``: per-token activation scales computed on line (ViDiT-Q baseline; needs reduction hardware);
 - ``static``: one per-tensor activation scale per layer over all steps, no smoothing (naive);
@@ -32,7 +32,7 @@ SMOOTHING_SCHEMES = ("asq", "tsq+tsw", "groups")
 W_BITS = (4, 6, 8)
 A_BITS = (6, 8)
 GROUP_SPLITS = ("uniform", "calibrated")
-# Layers whose SmoothQuant factors cannot be folded (DESIGN.md): their input is the raw residual
+# Layers whose SmoothQuant factors cannot be folded: their input is the raw residual
 # (attn_temp.qkv, cross_attn.q_linear) or a GELU output (mlp.fc2), so the chip multiplies on line.
 UNFOLDABLE_SUFFIXES = (".attn_temp.qkv", ".cross_attn.q_linear", ".mlp.fc2")
 _NAME_RE = re.compile(r"^(static|asq|tsq-tsw|dynamic|groups(\d+)(-cal)?)-w(\d+)a(\d+)$")
@@ -168,7 +168,7 @@ def _bytes(elements: int, bits: int) -> int:
 
 
 def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None = None) -> Trace:
-    """The op trace as the chip runs it under ``recipe``.
+    """The op trace as the chip runs it under ``recipe`` (the trace contract: docs/architecture.md).
 
     Quantized GEMMs get their bit-widths, integer weight bytes and weight set, and every tensor is
     written at the width its readers read it (``_annotate_step``): the ops that do a conversion are

@@ -15,7 +15,7 @@ write, 32: int32 accumulators); ``reads`` lists the activation tensors the op re
 ``producer:part:elements:bits`` entry each (``producer`` the name of the op of the same step that
 wrote it, empty for a model input; ``part`` the offset of the piece read, 0 for the whole tensor);
 ``input_bytes`` is their sum. So bytes are conserved: every entry's bits are
-its producer's ``out_bits``, and a producer writes what its consumers read (tests/test_trace_conservation.py).
+its producer's ``out_bits``, and a producer writes what its consumers read (tests/quantmodel/test_trace_conservation.py).
 ``epilogue`` names the conversion an op applies to its output as it writes it (``requant``: int32 x
 multiplier, rounding shift, clamp to int16 codes; ``requant_dequant``: the same codes then scaled to
 FP16; ``quant``: quantize FP16 to int8 at a static scale), and ``dequant_elements`` counts input elements it converts from integer codes to FP16 as it
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workloads.errors import ConfigError
+from workloads.io import atomic_open, atomic_path
 
 TRACE_VERSION = 2  # 2: out_bits, reads, epilogue, dequant_elements (what each op writes and reads)
 
@@ -149,26 +150,25 @@ class Trace:
         return {f: [getattr(op, f) for op in self.ops] for f in OP_FIELDS}
 
     def save(self, path: str | Path) -> Path:
-        """Write Parquet (``.parquet``) or CSV (``.csv``); written to a temp file, then renamed."""
+        """Write Parquet (``.parquet``) or CSV (``.csv``), atomically (``workloads.io``)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        if path.suffix not in (".parquet", ".csv"):
+            raise ConfigError("out", str(path), "a file ending in .parquet or .csv")
         header = json.dumps({"trace_version": self.version, "meta": self.meta})
         if path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             table = pa.table(self.to_columns()).replace_schema_metadata({"trace": header})
-            pq.write_table(table, tmp)
-        elif path.suffix == ".csv":
-            with open(tmp, "w", newline="") as fh:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+        else:
+            with atomic_open(path, "w", newline="") as fh:
                 fh.write(f"# {header}\n")
                 w = csv.writer(fh)
                 w.writerow(OP_FIELDS)
                 for op in self.ops:
                     w.writerow([getattr(op, f) for f in OP_FIELDS])
-        else:
-            raise ConfigError("out", str(path), "a file ending in .parquet or .csv")
-        tmp.replace(path)
         return path
 
     @classmethod

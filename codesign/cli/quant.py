@@ -14,6 +14,8 @@ import math
 import sys
 from pathlib import Path
 
+from workloads.io import atomic_path
+
 BITS_DEFAULT = "w8a8,w6a6,w4a8"
 
 
@@ -117,8 +119,8 @@ def run_recipes(args) -> int:
 
 
 def run_calibrate(args) -> int:
-    from quantmodel.quant.calibrate import calibrate
     from quantmodel.eval.quality import load_model
+    from quantmodel.quant.calibrate import calibrate
 
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
@@ -163,8 +165,8 @@ def run_verify(args) -> int:
     from quantmodel.emulator.integer import NONLINEAR_MODES
     from quantmodel.eval.quality import load_model, verify_recipe
     from quantmodel.quant.artifact import QuantArtifact
-    from workloads.recipes import get_recipe
     from workloads.errors import ConfigError
+    from workloads.recipes import get_recipe
 
     if args.nonlinear not in NONLINEAR_MODES:
         raise ConfigError("nonlinear", args.nonlinear, " or ".join(NONLINEAR_MODES))
@@ -220,9 +222,9 @@ def run_quality(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from quantmodel.eval.quality import BACKENDS, evaluate_recipe, eval_inputs, get_stats, load_model, sample
-    from workloads.recipes import get_recipe
+    from quantmodel.eval.quality import BACKENDS, eval_inputs, evaluate_recipe, get_stats, load_model, sample
     from workloads.errors import ConfigError, require_positive_int
+    from workloads.recipes import get_recipe
 
     if args.out:
         _check_out(args.out, (".csv", ".parquet"))
@@ -245,9 +247,8 @@ def run_quality(args) -> int:
                                     num_samples=args.samples, reference_sample=ref))
     df = pd.DataFrame(rows)
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        (df.to_csv(tmp, index=False) if args.out.endswith(".csv") else df.to_parquet(tmp, index=False))
-        tmp.replace(args.out)
+        with atomic_path(args.out) as tmp:
+            (df.to_csv(tmp, index=False) if args.out.endswith(".csv") else df.to_parquet(tmp, index=False))
     cols = ["recipe", "w_bits", "a_bits", "num_weight_sets", "weight_storage_bytes", "sqnr_db", "psnr_db",
             "worst_layer_sqnr_db", "worst_layer"]
     with pd.option_context("display.width", 200, "display.max_columns", 20):

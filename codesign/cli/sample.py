@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+
+from workloads.io import atomic_path
 
 
 def register(sub) -> None:
@@ -22,9 +23,10 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from quantmodel.model.build import build_stdit
     from quantmodel.model.checkpoint import load_checkpoint
+    from quantmodel.model.config import STDiTConfig
     from quantmodel.model.samplers import sampler_for
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
 
@@ -56,9 +58,8 @@ def run(args) -> int:
     if args.out:
         from safetensors.torch import save_file
 
-        tmp = Path(args.out + ".tmp")
-        save_file({"latent": x.contiguous()}, str(tmp))
-        tmp.replace(args.out)
+        with atomic_path(args.out) as tmp:
+            save_file({"latent": x.contiguous()}, str(tmp))
     summary = {"workload": w.name, "steps": steps, "shape": list(x.shape), "seconds": round(seconds, 3),
                "latent_mean": float(x.mean()), "latent_std": float(x.std())}
     print(json.dumps(summary) if args.json else

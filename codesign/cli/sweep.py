@@ -29,8 +29,8 @@ def register(sub) -> None:
 
 
 def run_sweep_cmd(args) -> int:
+    from codesign import api
     from codesign.spec import load_spec
-    from codesign.sweep import run_sweep
     from workloads.errors import ConfigError
 
     if args.jobs is not None and args.jobs < 1:
@@ -41,7 +41,7 @@ def run_sweep_cmd(args) -> int:
     for flag, v in (("--connect-timeout", args.connect_timeout), ("--flush-every", args.flush_every)):
         if not v > 0:
             raise ConfigError(flag, v, "a positive number of seconds")
-    summary = run_sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, append=args.append,
+    summary = api.sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, append=args.append,
                         progress=not args.quiet, connect_timeout_s=args.connect_timeout,
                         flush_every_s=args.flush_every)
     print(summary.line())
@@ -50,8 +50,8 @@ def run_sweep_cmd(args) -> int:
 
 
 def run_report_cmd(args) -> int:
-    from codesign.report import write_report
+    from codesign import api
 
-    path = write_report(args.results, args.out)
+    path = api.report(args.results, args.out)
     print(f"report: {path}", file=sys.stdout)
     return 0

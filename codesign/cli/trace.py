@@ -46,10 +46,9 @@ def run_workloads(args) -> int:
 
 
 def run_trace(args) -> int:
-    from quantmodel.model.tracing import build_trace
+    from codesign import api
     from workloads.presets import get_workload
-    from workloads.recipes import annotate_trace, get_recipe
-    from workloads.trace import Trace
+    from workloads.recipes import get_recipe
 
     workload = get_workload(args.workload)
     recipe = get_recipe(args.recipe)
@@ -60,7 +59,7 @@ def run_trace(args) -> int:
     if args.scalesim_topology and not args.scalesim_topology.lower().endswith(".csv"):
         raise ConfigError("scalesim-topology", args.scalesim_topology, "a file ending in .csv")
     t0 = time.perf_counter()
-    trace: Trace = annotate_trace(build_trace(workload), recipe)
+    trace = api.trace(workload, recipe)
     build_s = time.perf_counter() - t0
     if args.out:
         trace.save(args.out)

@@ -10,14 +10,14 @@ quantize each token row on line and rescale the int32 sums in float32 (the ``dyn
 Between GEMMs the vector unit runs in one of two modes (:mod:`quantmodel.intarith.intops`):
 
 - ``fp16``: activations are float16; LayerNorm, modulate, softmax, GELU, gated and plain residual adds
-  are Q1's fp16 kernels (fp32 arithmetic, one fp16 rounding per step); a GEMM's int16 output is
+  are the fp16 kernels of ``intops`` (fp32 arithmetic, one fp16 rounding per step); a GEMM's int16 output is
   converted to fp16 where a vector op reads it; SmoothQuant's explicit multiply is an fp16 multiply
-  by fp16 factors; float->int activation quantization is Q1's :class:`~quantmodel.intarith.fixedpoint.ActQuantizer`
+  by fp16 factors; float->int activation quantization is :class:`~quantmodel.intarith.fixedpoint.ActQuantizer`
   (a float32 multiply by the scale's float32 reciprocal, prepared once per layer and weight set, then
   round half to even and saturation: the chip's vector unit has no divider).
 - ``int`` (integer only, I-BERT / I-ViT): the residual stream is int32 (``RES_BITS`` = 24-bit codes at
   a static scale from calibration, 2x headroom); LayerNorm, softmax, GELU, modulate and the gated
-  residual adds are Q1's integer kernels; the explicit smoothing multiply becomes a per-channel
+  residual adds are the integer kernels of ``intops``; the explicit smoothing multiply becomes a per-channel
   requantization of the integer input (multiplier ``s_in / (s_j * x_scale)``), the folded one a
   modulation with folded shift/scale; the per-step modulation parameters (from the float timestep
   path) are quantized to 16 bits per step. Attention matmuls that the recipe leaves unquantized run
@@ -50,7 +50,7 @@ buffers that share one arena by live range, so a forward pays neither Python dis
 per op. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
-(in ``int`` mode) each integer kernel call is recomputed by Q1's float64 reference
+(in ``int`` mode) each integer kernel call is recomputed by the float64 reference
 (:mod:`quantmodel.intarith.reference`) on the same integer inputs and compared exactly; per-layer SQNR of
 each quantized layer's output against the float layer on the same input is accumulated.
 """
@@ -64,17 +64,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
 from quantmodel.emulator import program as emuprogram
+from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
+from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
+from quantmodel.model.stdit import STDiT
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.quant.smoothing import FOLD_VROWS, vrow_producer
-from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
 
 NONLINEAR_MODES = intops.MODES  # ("fp16", "int")
-RES_BITS = 24  # integer-only residual stream codes (int32 storage)
-RES_HEADROOM = 2.0
-PARAM_BITS = 16  # per-step modulation / gate parameters in int mode
 QO = fixedpoint.qrange(OUT_BITS)[1]
 FP16_MAX = 65504.0
 QR = 2 ** (RES_BITS - 1) - 1  # fixedpoint.qrange stops at 16 bits; the residual needs 24
@@ -93,7 +91,7 @@ class IntVal:
     q: torch.Tensor
     scale: float
 
-    def map(self, fn) -> "IntVal":
+    def map(self, fn) -> IntVal:
         return IntVal(fn(self.q), self.scale)
 
 
@@ -225,7 +223,7 @@ class IntegerEmulator:
         self._program_pools: dict = {}  # (x shape, y shape) -> the arena shared by those programs
 
     # ---- per-set parameters ---------------------------------------------------------------------
-    def _lp(self, name: str) -> _LinearParams | None:
+    def linear_params(self, name: str) -> _LinearParams | None:
         if name not in self.linears:
             return None
         key = (self.wset, name)
@@ -353,7 +351,7 @@ class IntegerEmulator:
 
     # ---- ops -------------------------------------------------------------------------------------------
     def linear(self, name: str, v):
-        p = self._lp(name)
+        p = self.linear_params(name)
         lin = self.mods[name]
         if p is None:  # not quantized by the recipe: float layer
             out = F.linear(self._f32(v), lin.weight, lin.bias)
@@ -361,7 +359,7 @@ class IntegerEmulator:
         vf = self.verifier
         if self.static:
             q, xf = self._input_int8(name, v, p)
-            # int8 GEMM + int32 bias + requantization (Q1's fused kernel: the same integers as
+            # int8 GEMM + int32 bias + requantization (the fused kernel: the same integers as
             # fixedpoint.requantize(int_linear(q, w_t, bias), mult, shift, -QO, QO))
             out = p.gemm(q)  # int16 [..., n]: int_linear_requant(q, p.w_t, p.bias_q, p.rq), prepared
             res = IntVal(out, p.y_scale)
@@ -557,7 +555,7 @@ class IntegerEmulator:
 
     def _fold_mod(self, consumer: str, shift: torch.Tensor, scale: torch.Tensor):
         """(p, shift, scale) with the consumer's SmoothQuant factors folded in if it has them."""
-        p = self._lp(consumer)
+        p = self.linear_params(consumer)
         if p is not None and p.smooth is not None and p.fold == "modulate":
             inv = 1.0 / p.smooth
             scale = (1 + scale) * inv - 1
@@ -567,7 +565,7 @@ class IntegerEmulator:
     def norm_modulate(self, norm: str, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """modulate(layernorm(v)): in fp16 mode (not verifying) one fused pass with the same values."""
         if self.mode == "fp16" and self.verifier is None:
-            p = self._lp(consumer)
+            p = self.linear_params(consumer)
             inv = None
             if p is not None and p.smooth is not None and p.fold == "modulate":
                 if p.inv_s is None:
@@ -668,7 +666,7 @@ class IntegerEmulator:
         else:
             probs = self._f32(self.softmax(pre + ".softmax", torch.matmul(q, k_t), 8))
         out = torch.matmul(probs, vv)  # [B', H, L, D]
-        p = self._lp(pre + ".proj")
+        p = self.linear_params(pre + ".proj")
         aq = self._direct_quantizer(p)
         dll = ckernels.lib()
         if aq is not None and dll is not None and out.device.type == "cpu" and out.is_contiguous():  # one C pass

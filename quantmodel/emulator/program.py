@@ -12,7 +12,7 @@ of a forward stays in the CPU caches.
 Values: each step is the call the emulator's eager path makes for that op (or a C loop with the same
 operations in the same order), with the same constants and tensors of the same shapes (so torch's
 vectorised exp / tanh see the same lanes), so the program's output equals
-:meth:`IntegerEmulator.forward` without it bit for bit (tests/test_emuprogram.py compares them over
+:meth:`IntegerEmulator.forward` without it bit for bit (tests/quantmodel/test_emuprogram.py compares them over
 recipes, steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation
 quantized to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
 
@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
@@ -174,14 +175,12 @@ class _Compiler:
         self.emu, self.dll, self.b = emu, dll, bld
         self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
         self.memo: dict = {}
-        from quantmodel.emulator.integer import PARAM_BITS, RES_BITS, RES_HEADROOM  # (emulator imports this module)
-
         self.res_bits, self.res_headroom, self.param_bits = RES_BITS, RES_HEADROOM, PARAM_BITS
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
         """A static layer's prepared parameters (int8 codes, fast prepared GEMM), else out of scope."""
-        p = self.emu._lp(name)
+        p = self.emu.linear_params(name)
         if p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8 or not p.gemm.fast:
             raise _Unsupported(name)
         return p
@@ -189,7 +188,7 @@ class _Compiler:
     def lp_dyn(self, name: str):
         """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
         which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
-        p = self.emu._lp(name)
+        p = self.emu.linear_params(name)
         if (p is None or p.static or p.smooth is not None or p.bias is None or p.bias.dtype != torch.float32
                 or p.w_scale.dtype != torch.float32 or p.w_t.shape[0] * 128 * 128 >= 2 ** 31):
             raise _Unsupported(name)
@@ -259,7 +258,7 @@ class _Compiler:
         dt = out_dtype or g.rq.out_dtype
         out = self.b.buf((*q.shape[:-1], g.n), dt)
         esize = out.element_size()
-        for off, wb, args, kind, _ in g._plan(rows):
+        for off, wb, args, _kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
             self.b.call(gemmpaths.mm, x2, wb, out=acc)
             self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off // g.rq_size * esize,

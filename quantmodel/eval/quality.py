@@ -11,29 +11,33 @@ Metrics. ``sqnr_db = 10 log10(sum ref^2 / sum (q - ref)^2)`` over the whole fina
 ``psnr_db = 20 log10((max ref - min ref) / rmse)`` (peak = the float sample's dynamic range).
 Evaluation prompts are seeded differently from calibration prompts (held out).
 
-On the trained ``stdit-shapes`` workload the prompts are real captions (calibration too, with other
-captions), and the row also carries the video metrics of ``shapes.videometrics``: semantic
+On a trained workload (one whose preset names a ``trained`` module: ``stdit-shapes`` names
+``shapes.trained``) the prompts are real captions (calibration too, with other captions), and the row
+also carries the video metrics that module computes (``shapes.videometrics`` for the shapes model): semantic
 accuracy of the clips against their prompts (the CLIP-score analogue), the Frechet distance of
 classifier features to real clips (the FVD analogue) and a temporal-consistency figure. That is the
 quality axis the design-space sweep uses for the small workload.
 """
 from __future__ import annotations
 
-import functools
+import importlib
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
 
 import torch
 
-from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
-from quantmodel.emulator.integer import FakeQuantModel, IntegerEmulator, NONLINEAR_MODES, sqnr_db
-from quantmodel.quant.artifact import QuantArtifact, build_artifact, quantized_linears
-from workloads.recipes import Recipe, get_recipe
+from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import sampler_for
-from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from quantmodel.model.stdit import STDiT
+from quantmodel.quant.artifact import QuantArtifact, build_artifact, quantized_linears
+from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
 from workloads.errors import ConfigError
 from workloads.presets import Gemm, Workload, get_workload
+from workloads.recipes import Recipe, get_recipe
 
 BACKENDS = ("emulator", "fakequant")
 EVAL_SEED = 1234  # evaluation prompts and noise; calibration uses its own seed (default 0)
@@ -41,7 +45,7 @@ EVAL_SEED = 1234  # evaluation prompts and noise; calibration uses its own seed 
 
 def load_model(workload: Workload | str, checkpoint: str | None = None, seed: int = 0,
                device: str = "cpu") -> STDiT:
-    """The float model of a workload: a checkpoint, the shipped trained weights of ``stdit-shapes``,
+    """The float model of a workload: a checkpoint, the trained weights of a trained workload,
     or a seeded random init."""
     w = get_workload(workload) if isinstance(workload, str) else workload
     if isinstance(w, Gemm):
@@ -54,50 +58,39 @@ def load_model(workload: Workload | str, checkpoint: str | None = None, seed: in
         from quantmodel.model.checkpoint import load_checkpoint
 
         return load_checkpoint(checkpoint, cfg, device=device)
-    from shapes import model as shapes_model
-
-    if w.name == shapes_model.WORKLOAD:
-        model, _ = shapes_model.load_shapes_model(device=device)
-        return model
+    trained = trained_module(w)
+    if trained is not None:
+        return trained.load_model(device=device)
     return build_stdit(cfg, device=device, seed=seed)
 
 
-def _is_shapes(workload: Workload | None) -> bool:
-    from shapes import model as shapes_model
-
-    return workload is not None and workload.name == shapes_model.WORKLOAD
-
-
-@functools.lru_cache(maxsize=1)
-def _shapes_encoder():
-    from shapes import model as shapes_model
-
-    return shapes_model.load_shapes_model("cpu")[1]
+def trained_module(workload: Workload | None) -> ModuleType | None:
+    """The module a trained workload names in its ``trained`` field (``stdit-shapes``:
+    ``shapes.trained``), else None. It provides ``load_model(device)``, ``prompts(n, seed) -> (labels,
+    y [n, 1, L, Ct])`` and ``video_metrics(video, reference, labels) -> dict``; loading it by name keeps
+    this package free of imports of its clients."""
+    if workload is None or not getattr(workload, "trained", ""):
+        return None
+    return importlib.import_module(workload.trained)
 
 
-def shapes_prompts(num_samples: int, seed: int) -> tuple[dict, torch.Tensor]:
-    """(labels, caption features [n, 1, L, Ct]) of the shapes prompt set drawn with ``seed``."""
-    from shapes import dataset as shapes
-    from shapes.model import caption_features
-
-    labels = shapes.prompt_set(num_samples, seed=seed)
-    with torch.no_grad():
-        y = caption_features(_shapes_encoder(), shapes.captions(labels)).cpu()
-    return labels, y
+def trained_prompts(workload: Workload, num_samples: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """(labels, caption features [n, 1, L, Ct]) of a trained workload's prompt set drawn with ``seed``."""
+    return trained_module(workload).prompts(num_samples, seed)
 
 
 def get_stats(model: STDiT, workload: Workload, stats: CalibStats | str | Path | None = None,
               num_prompts: int = 4, seed: int = 0, text_features: str | None = None) -> CalibStats:
     """Stats from a file (checked against the model and step count) or a fresh calibration
     (on ``stdit-shapes``: real caption features of a held-out prompt set)."""
-    if stats is None and text_features is None and _is_shapes(workload):
+    if stats is None and text_features is None and trained_module(workload) is not None:
         import tempfile
 
         from safetensors.torch import save_file
 
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "calib_y.safetensors")
-            save_file({"y": shapes_prompts(num_prompts, seed + 101)[1].contiguous()}, path)
+            save_file({"y": trained_prompts(workload, num_prompts, seed + 101)[1].contiguous()}, path)
             stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path)
     elif stats is None:
         stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features)
@@ -145,8 +138,8 @@ def eval_inputs(model: STDiT, num_samples: int = 1, seed: int = EVAL_SEED,
     """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts), seeded; real captions on
     ``stdit-shapes``."""
     cfg = model.cfg
-    if _is_shapes(workload) and text_features is None:
-        y = shapes_prompts(num_samples, seed)[1]
+    if trained_module(workload) is not None and text_features is None:
+        y = trained_prompts(workload, num_samples, seed)[1]
     else:
         y = calibration_prompts(model, num_samples, seed, text_features)
     g = torch.Generator().manual_seed(seed + 1)
@@ -175,25 +168,14 @@ def sample_metrics(ref: torch.Tensor, out: torch.Tensor) -> dict:
 
 def video_metrics(workload: Workload, video: torch.Tensor, reference: torch.Tensor, num_samples: int,
                   seed: int = EVAL_SEED) -> dict:
-    """The video metrics of ``stdit-shapes`` clips (empty for other workloads): semantic accuracy
+    """The video metrics of a trained workload's clips (empty for other workloads); ``stdit-shapes``: semantic accuracy
     (mean over attributes, and all five right), Frechet distance to real clips with its real-vs-real
     floor, and centroid jerk (temporal consistency)."""
-    if not _is_shapes(workload):
+    trained = trained_module(workload)
+    if trained is None:
         return {}
-    from shapes import videometrics
-
-    labels, _ = shapes_prompts(num_samples, seed)
-    res = videometrics.evaluate(video, labels, _classifier(), reference=reference)
-    return {"semantic_accuracy": res["acc_mean"], "semantic_accuracy_all": res["acc_all"],
-            "frechet_distance": res["fd"], "frechet_distance_real_floor": res["fd_real_floor"],
-            "temporal_jerk_px": res["tc_jerk_px"]}
-
-
-@functools.lru_cache(maxsize=1)
-def _classifier():
-    from shapes import videometrics
-
-    return videometrics.load_classifier()
+    labels, _ = trained.prompts(num_samples, seed)
+    return trained.video_metrics(video, reference, labels)
 
 
 def float_weight_bytes(model: STDiT) -> int:

@@ -414,7 +414,7 @@ class Requantizer:
         self.c = c
         self.lim = torch.where(safe, torch.full_like(c, 2.0), torch.full_like(c, tie_lim))
 
-    def block(self, j0: int, j1: int) -> "Requantizer":
+    def block(self, j0: int, j1: int) -> Requantizer:
         """The Requantizer of output channels ``j0:j1`` (itself when per tensor); memoised."""
         if not self.per_channel:
             return self

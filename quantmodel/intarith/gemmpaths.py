@@ -36,13 +36,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 
 import torch
 
 from workloads.errors import ConfigError
+from workloads.io import atomic_open
 
 PATHS = ("int_mm", "float32", "float64", "ckernel")
 F32_CHUNK_K = 1024  # 1024 * 128 * 128 = 2**24: the largest exact K per float32 chunk
@@ -281,13 +281,11 @@ def calibration() -> dict:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    """Atomic write (temporary file, rename); a cache that cannot be written is only measured again."""
+    """Atomic write (``workloads.io``); a cache that cannot be written is only measured again."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_open(path, "w") as f:
             json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
     except OSError as e:
         _log.warning("int8 GEMM calibration not cached (%s)", e)
 

@@ -7,7 +7,7 @@ float32 result of such an op rounded to fp16 is the correctly rounded fp16 resul
 24 >= 2*11 + 2 significand bits, so double rounding is innocuous: Figueroa, "When is double
 rounding innocuous?", SIGNUM 1995; Roux, "Innocuous double rounding of basic arithmetic
 operations", JFR 2014), and so is torch's fp16 op (native fp16 or convert-compute-round), which is
-also 3-4x faster on CPU; ``tests/test_intops.py`` checks the identity on every fp16 value (only
+also 3-4x faster on CPU; ``tests/quantmodel/test_intops.py`` checks the identity on every fp16 value (only
 NaN payloads may differ). Reductions accumulate in float32 in a fixed pairwise-tree order (:func:`tree_sum`), so the
 result does not depend on the library's summation order. Transcendentals (exp, tanh) are torch's
 float32 functions rounded to fp16 (bit identity across devices is not promised for those).
@@ -48,8 +48,14 @@ import math
 import torch
 
 from quantmodel.intarith import ckernels
-from quantmodel.intarith.fixedpoint import (INT32_MAX, INT32_MIN, _is_f32, _requantizer, quantize_multiplier, requantize_scale,
-                                   rounding_right_shift)
+from quantmodel.intarith.fixedpoint import (
+    INT32_MAX,
+    INT32_MIN,
+    _is_f32,
+    _requantizer,
+    quantize_multiplier,
+    requantize_scale,
+)
 from workloads.errors import ConfigError
 
 MODES = ("fp16", "int")

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import torch
 
-from quantmodel.model.stdit import STDiT, STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
+from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
+from workloads.io import atomic_path
 
 RECOMPUTED = ("pos_embed", "pos_embed_temporal")
 _NESTED_KEYS = ("ema", "model", "state_dict")
@@ -81,18 +84,17 @@ def load_checkpoint(path: str | Path, cfg: STDiTConfig, device: str = "cpu") -> 
 
 
 def save_checkpoint(model: STDiT, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write OpenSora's key layout (.safetensors or .pth), via a temp file and rename."""
+    """Write OpenSora's key layout (.safetensors or .pth), atomically (``workloads.io``)."""
     path = Path(path)
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().cpu()
           for k, v in model.state_dict().items() if k not in RECOMPUTED}
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(sd, str(tmp))
-    elif path.suffix in (".pth", ".pt"):
-        torch.save(sd, tmp)
-    else:
+    if path.suffix not in (".safetensors", ".pth", ".pt"):
         raise ConfigError("checkpoint", str(path), "a file ending in .pth, .pt or .safetensors")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(sd, str(tmp))
+        else:
+            torch.save(sd, tmp)
     return path

@@ -9,8 +9,9 @@ batch (conditional first, then unconditional) exactly as OpenSora does. All nois
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -6,7 +6,7 @@ for XL/2), run alternately; every block has its own adaLN (norm1 + modulation be
 so the temporal attention's qkv input is modulated too); RMS QK-norm with a learned weight per head
 dim; rotary position embedding on the temporal attention's q and k; an fps embedding added to the
 timestep embedding; 300 text tokens. Parameter names match v1.2 checkpoints (``rope.freqs`` is kept as
-a buffer under the same key). Leaf modules are the same as in ``stdit.py``, plus ``RMSNorm`` and
+a buffer under the same key). Leaf modules are the same as in ``stdit.py`` (``layers.py``), plus ``RMSNorm`` and
 ``Rope``, so the tracer, quantizers and the emulator see every op.
 
 Shapes: B batch, T latent frames, S spatial tokens per frame, N = T*S, C hidden, H heads, D head dim.
@@ -16,9 +16,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantmodel.model.stdit import (Add, GatedAdd, MatMul, Mlp, Modulate, MultiHeadCrossAttention,
-                              CaptionEmbedder, PatchEmbed3D, Softmax, STDiTConfig, T2IFinalLayer,
-                              TimestepEmbedder)
+from quantmodel.model.config import STDiTConfig
+from quantmodel.model.layers import (
+    Add,
+    CaptionEmbedder,
+    GatedAdd,
+    MatMul,
+    Mlp,
+    Modulate,
+    MultiHeadCrossAttention,
+    PatchEmbed3D,
+    Softmax,
+    T2IFinalLayer,
+    TimestepEmbedder,
+    unpatchify,
+)
 
 
 class RMSNorm(nn.Module):
@@ -189,12 +201,7 @@ class STDiT3(nn.Module):
         for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
             x = spatial(x, y, t0, self.rope.freqs, d_t, d_s)
             x = temporal(x, y, t0, self.rope.freqs, d_t, d_s)
-        return self._unpatchify(self.final_layer(x, t))
-
-    def _unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        from quantmodel.model.stdit import STDiT
-
-        return STDiT.unpatchify(self, x)
+        return unpatchify(self.final_layer(x, t), cfg)
 
     def null_caption(self, batch: int) -> torch.Tensor:
         return self.y_embedder.y_embedding[None, None].expand(batch, 1, -1, -1)

@@ -21,7 +21,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from quantmodel.model.stdit import STDiTConfig, Add, GatedAdd, MatMul, Modulate, Softmax, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
+from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
 from quantmodel.model.stdit3 import RMSNorm, Rope
 from workloads.presets import Gemm, Workload
 from workloads.trace import Op, Trace, gemm_trace, reads_str

@@ -8,7 +8,7 @@ linear layer:
   consumer's factors already divided out of the V rows (``quantmodel.quant.smoothing``);
 - static schemes: ``x_scale`` (per-tensor input scale), ``bias_q`` int32 [n] (bias / (x_scale*w_scale)),
   ``y_scale`` (the int16 output's scale), ``multiplier`` int32 [n] and ``shift`` int32 [n] with
-  ``x_scale*w_scale/y_scale ~= multiplier * 2^-shift`` (Q1's ``quantmodel.intarith.fixedpoint``);
+  ``x_scale*w_scale/y_scale ~= multiplier * 2^-shift`` (``quantmodel.intarith.fixedpoint``);
 - smoothing schemes: ``smooth`` f32 [k] (the factors s; the emulator applies 1/s where the chip does);
 - dynamic: ``bias`` f32 [n] (applied after the on-line per-token rescale).
 Quantized attention matmuls get per-set ``a_scale``, ``b_scale``, ``y_scale``, ``multiplier``, ``shift``.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +35,13 @@ import torch
 from torch import nn
 
 from quantmodel.intarith import fixedpoint
+from quantmodel.model.layers import MatMul
+from quantmodel.model.stdit import STDiT
 from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fingerprint
-from workloads.recipes import Recipe, recipe_from_dict
-from quantmodel.quant.smoothing import fold_kind, modulate_name, smooth_factors, vrow_producer
-from quantmodel.model.stdit import STDiT, MatMul
+from quantmodel.quant.smoothing import fold_kind, smooth_factors, vrow_producer
 from workloads.errors import ConfigError
+from workloads.io import atomic_path
+from workloads.recipes import Recipe, recipe_from_dict
 
 ARTIFACT_FORMAT = "stdit-quant-v1"
 OUT_BITS = 16  # requantized GEMM output width, read by the vector unit
@@ -187,7 +188,7 @@ class QuantArtifact:
         return annotate_trace(trace, self.recipe, self.step_to_set)
 
     def weight_storage_bytes(self) -> int:
-        """Bytes of all weight sets as the chip stores them (CONTRACT.md's formula): packed integer
+        """Bytes of all weight sets as the chip stores them (the trace's formula, docs/architecture.md): packed integer
         weights + fp32 per-channel scale + int32 bias per quantized linear per set, FP16 factors of the
         explicit smoothing multiplies per set, plus the float weights of unquantized layers once."""
         w_bits = self.meta["w_bits"]
@@ -204,18 +205,13 @@ class QuantArtifact:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"format": ARTIFACT_FORMAT, "meta": json.dumps(self.meta)})
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "QuantArtifact":
+    def load(cls, path: str | Path) -> QuantArtifact:
         from safetensors import safe_open
 
         path = Path(path)
@@ -271,6 +267,89 @@ def _per_set(t: torch.Tensor, steps: list[int]) -> torch.Tensor:
     return t[steps].amax(dim=0)
 
 
+def _vrow_factors(mods: dict, linears: list[str], folds: dict, recipe: Recipe, stats: CalibStats | None,
+                  steps: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """SmoothQuant factors of the consumers of V (they fold into the V output rows of their producer),
+    and every linear's output-row scale [out_features] (the producers' rows divided by those factors)."""
+    factors: dict[str, torch.Tensor] = {}
+    row_scale: dict[str, torch.Tensor] = {n: torch.ones(mods[n].out_features) for n in linears}
+    if recipe.smoothing:  # consumers of V first: their factors divide the producer's V rows
+        for n in linears:
+            if folds[n] == "vrows":
+                s = smooth_factors(_per_set(stats.get(n, "in_ch"), steps), mods[n].weight, recipe.alpha)
+                factors[n] = s
+                prod, part = vrow_producer(n)
+                c = s.numel()
+                row_scale[prod][part * c:(part + 1) * c] /= s
+    return factors, row_scale
+
+
+def _quantize_linear(tensors: dict, pre: str, n: str, lin: nn.Linear, rs: torch.Tensor, s: torch.Tensor | None,
+                     recipe: Recipe, stats: CalibStats | None, steps: list[int]) -> None:
+    """One linear of one weight set into ``tensors`` (keys ``pre + field``): smoothed, per-channel
+    quantized weights; static recipes add the activation scales, integer bias and requantizer."""
+    static = recipe.scheme != "dynamic"
+    w = lin.weight.detach().float().cpu() * rs[:, None]  # [n, k]
+    b = (lin.bias.detach().float().cpu() if lin.bias is not None
+         else torch.zeros(lin.out_features)) * rs
+    if recipe.smoothing:
+        in_ch = _per_set(stats.get(n, "in_ch"), steps)
+        if s is None:
+            s = smooth_factors(in_ch, w, recipe.alpha)
+        w = w * s[None, :]
+        tensors[pre + "smooth"] = s
+        x_range = float((in_ch / s).max())
+    elif static:
+        x_range = float(_per_set(stats.get(n, "in0"), steps))
+    weight_q, w_scale = fixedpoint.quantize_weight_per_channel(w, recipe.w_bits)  # [n,k], [n]
+    tensors[pre + "weight_q"] = weight_q
+    tensors[pre + "w_scale"] = w_scale
+    if not static:
+        tensors[pre + "bias"] = b
+        return
+    x_scale = float(fixedpoint.symmetric_scale(x_range, recipe.a_bits))
+    y_range = float((_per_set(stats.get(n, "out_ch"), steps) * rs.abs()).max())
+    y_scale = float(fixedpoint.symmetric_scale(y_range * OUT_HEADROOM, OUT_BITS))
+    acc_scale = x_scale * w_scale.double()  # [n]
+    bias_q = torch.round(b.double() / acc_scale)
+    if bias_q.abs().max() >= 2 ** 31:
+        raise ConfigError("artifact", f"{n} bias overflows int32", "layers with representable bias")
+    mult, shift = _multiplier_shift(acc_scale / y_scale)
+    tensors[pre + "x_scale"] = torch.tensor([x_scale], dtype=torch.float32)
+    tensors[pre + "y_scale"] = torch.tensor([y_scale], dtype=torch.float32)
+    tensors[pre + "bias_q"] = bias_q.to(torch.int32)
+    tensors[pre + "multiplier"] = mult.to(torch.int32)
+    tensors[pre + "shift"] = shift.to(torch.int32)
+
+
+def _quantize_matmul(tensors: dict, pre: str, n: str, factors: dict[str, torch.Tensor], recipe: Recipe,
+                     stats: CalibStats, steps: list[int]) -> None:
+    """One attention product (QK^T or AV) of one weight set: operand and output scales, requantizer."""
+    a_range = float(_per_set(stats.get(n, "in0"), steps))
+    b_range = float(_per_set(stats.get(n, "in1"), steps))
+    y_range = float(_per_set(stats.get(n, "out"), steps))
+    if n.endswith(".av"):  # V (operand b) and the output carry the proj's folded factors
+        proj = n[: -len(".av")] + ".proj"
+        if proj in factors:
+            prod, part = vrow_producer(proj)
+            s = factors[proj]
+            c = s.numel()
+            v_ch = _per_set(stats.get(prod, "out_ch"), steps)[part * c:(part + 1) * c]
+            b_range = float((v_ch / s).max())
+            y_range = float((_per_set(stats.get(proj, "in_ch"), steps) / s).max())
+    a_scale = float(fixedpoint.symmetric_scale(a_range, recipe.a_bits))
+    b_scale = float(fixedpoint.symmetric_scale(b_range, recipe.a_bits))
+    y_bits = QK_OUT_BITS if n.endswith(".qk") else OUT_BITS
+    y_scale = float(torch.tensor(max(y_range * OUT_HEADROOM, _MIN_RANGE) / qmax(y_bits),
+                                 dtype=torch.float32))
+    mult, shift = _multiplier_shift(torch.tensor([a_scale * b_scale / y_scale], dtype=torch.float64))
+    tensors[pre + "a_scale"] = torch.tensor([a_scale], dtype=torch.float32)
+    tensors[pre + "b_scale"] = torch.tensor([b_scale], dtype=torch.float32)
+    tensors[pre + "y_scale"] = torch.tensor([y_scale], dtype=torch.float32)
+    tensors[pre + "multiplier"] = mult.to(torch.int32)
+    tensors[pre + "shift"] = shift.to(torch.int32)
+
+
 def build_artifact(model: STDiT, recipe: Recipe, stats: CalibStats | None, num_steps: int,
                    workload_name: str = "") -> QuantArtifact:
     """Quantize ``model`` under ``recipe`` from per-step ``stats`` (None only for dynamic)."""
@@ -292,78 +371,12 @@ def build_artifact(model: STDiT, recipe: Recipe, stats: CalibStats | None, num_s
 
     for g in range(num_sets):
         steps = [s for s in range(num_steps) if step_to_set[s] == g]
-        factors: dict[str, torch.Tensor] = {}
-        row_scale: dict[str, torch.Tensor] = {n: torch.ones(mods[n].out_features) for n in linears}
-        if recipe.smoothing:  # consumers of V first: their factors divide the producer's V rows
-            for n in linears:
-                if folds[n] == "vrows":
-                    s = smooth_factors(_per_set(stats.get(n, "in_ch"), steps), mods[n].weight, recipe.alpha)
-                    factors[n] = s
-                    prod, part = vrow_producer(n)
-                    c = s.numel()
-                    row_scale[prod][part * c:(part + 1) * c] /= s
+        factors, row_scale = _vrow_factors(mods, linears, folds, recipe, stats, steps)
         for n in linears:
-            lin = mods[n]
-            rs = row_scale[n]
-            w = lin.weight.detach().float().cpu() * rs[:, None]  # [n, k]
-            b = (lin.bias.detach().float().cpu() if lin.bias is not None
-                 else torch.zeros(lin.out_features)) * rs
-            pre = f"{g}/{n}/"
-            if recipe.smoothing:
-                in_ch = _per_set(stats.get(n, "in_ch"), steps)
-                s = factors.get(n)
-                if s is None:
-                    s = smooth_factors(in_ch, w, recipe.alpha)
-                w = w * s[None, :]
-                tensors[pre + "smooth"] = s
-                x_range = float((in_ch / s).max())
-            elif static:
-                x_range = float(_per_set(stats.get(n, "in0"), steps))
-            weight_q, w_scale = fixedpoint.quantize_weight_per_channel(w, recipe.w_bits)  # [n,k], [n]
-            tensors[pre + "weight_q"] = weight_q
-            tensors[pre + "w_scale"] = w_scale
-            if not static:
-                tensors[pre + "bias"] = b
-                continue
-            x_scale = float(fixedpoint.symmetric_scale(x_range, recipe.a_bits))
-            y_range = float((_per_set(stats.get(n, "out_ch"), steps) * rs.abs()).max())
-            y_scale = float(fixedpoint.symmetric_scale(y_range * OUT_HEADROOM, OUT_BITS))
-            acc_scale = x_scale * w_scale.double()  # [n]
-            bias_q = torch.round(b.double() / acc_scale)
-            if bias_q.abs().max() >= 2 ** 31:
-                raise ConfigError("artifact", f"{n} bias overflows int32", "layers with representable bias")
-            mult, shift = _multiplier_shift(acc_scale / y_scale)
-            tensors[pre + "x_scale"] = torch.tensor([x_scale], dtype=torch.float32)
-            tensors[pre + "y_scale"] = torch.tensor([y_scale], dtype=torch.float32)
-            tensors[pre + "bias_q"] = bias_q.to(torch.int32)
-            tensors[pre + "multiplier"] = mult.to(torch.int32)
-            tensors[pre + "shift"] = shift.to(torch.int32)
+            _quantize_linear(tensors, f"{g}/{n}/", n, mods[n], row_scale[n], factors.get(n), recipe, stats, steps)
         if static:
             for n in matmuls:
-                pre = f"{g}/{n}/"
-                a_range = float(_per_set(stats.get(n, "in0"), steps))
-                b_range = float(_per_set(stats.get(n, "in1"), steps))
-                y_range = float(_per_set(stats.get(n, "out"), steps))
-                if n.endswith(".av"):  # V (operand b) and the output carry the proj's folded factors
-                    proj = n[: -len(".av")] + ".proj"
-                    if proj in factors:
-                        prod, part = vrow_producer(proj)
-                        s = factors[proj]
-                        c = s.numel()
-                        v_ch = _per_set(stats.get(prod, "out_ch"), steps)[part * c:(part + 1) * c]
-                        b_range = float((v_ch / s).max())
-                        y_range = float((_per_set(stats.get(proj, "in_ch"), steps) / s).max())
-                a_scale = float(fixedpoint.symmetric_scale(a_range, recipe.a_bits))
-                b_scale = float(fixedpoint.symmetric_scale(b_range, recipe.a_bits))
-                y_bits = QK_OUT_BITS if n.endswith(".qk") else OUT_BITS
-                y_scale = float(torch.tensor(max(y_range * OUT_HEADROOM, _MIN_RANGE) / qmax(y_bits),
-                                             dtype=torch.float32))
-                mult, shift = _multiplier_shift(torch.tensor([a_scale * b_scale / y_scale], dtype=torch.float64))
-                tensors[pre + "a_scale"] = torch.tensor([a_scale], dtype=torch.float32)
-                tensors[pre + "b_scale"] = torch.tensor([b_scale], dtype=torch.float32)
-                tensors[pre + "y_scale"] = torch.tensor([y_scale], dtype=torch.float32)
-                tensors[pre + "multiplier"] = mult.to(torch.int32)
-                tensors[pre + "shift"] = shift.to(torch.int32)
+                _quantize_matmul(tensors, f"{g}/{n}/", n, factors, recipe, stats, steps)
             # static ranges of every other op of the blocks (integer-only non-linear mode uses them)
             for key in list(stats.tensors):
                 name, fld = key.split(":")

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
 from quantmodel.model.samplers import sampler_for
-from quantmodel.model.stdit import STDiT, Add, GatedAdd, MatMul, Modulate, Softmax
+from quantmodel.model.stdit import STDiT
 from workloads.errors import ConfigError
+from workloads.io import atomic_path
 from workloads.presets import Workload
 
 STATS_FORMAT = "stdit-calib-v1"
@@ -97,14 +98,13 @@ class CalibStats:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {k: v.contiguous().cpu() for k, v in self.tensors.items()}
-        save_file(tensors, str(tmp), metadata={"format": STATS_FORMAT, "meta": json.dumps(self.meta)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": STATS_FORMAT, "meta": json.dumps(self.meta)})
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "CalibStats":
+    def load(cls, path: str | Path) -> CalibStats:
         from safetensors import safe_open
 
         path = Path(path)
@@ -189,7 +189,7 @@ class StatsRecorder:
             self._update(f"{name}:in_ch", x.abs().amax(dim=0))
             self._update(f"{name}:out_ch", output.reshape(-1, mod.out_features).abs().amax(dim=0))
 
-    def __enter__(self) -> "StatsRecorder":
+    def __enter__(self) -> StatsRecorder:
         for name, mod in self.model.named_modules():
             if isinstance(mod, _HOOKED) and not list(mod.children()):
                 self._hooks.append(mod.register_forward_hook(

@@ -2,7 +2,7 @@
 and where each layer's factors go on a chip without dynamic-quantization hardware.
 
 ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)``, ``X' = X / s``, ``W' = W * s`` (so ``X' W'^T == X W^T``).
-The division ``X / s`` must happen somewhere before the GEMM. Per layer of a block (DESIGN.md):
+The division ``X / s`` must happen somewhere before the GEMM. Per layer of a block:
 
 - ``attn.qkv``, ``mlp.fc1``: input is a LayerNorm without affine, modulated per step
   (``x * (1 + scale) + shift``): fold into the modulation, ``x * ((1 + scale) / s) + shift / s``;
@@ -20,8 +20,9 @@ import copy
 import torch
 from torch import nn
 
+from quantmodel.model.layers import Modulate
+from quantmodel.model.stdit import STDiT
 from workloads.recipes import UNFOLDABLE_SUFFIXES
-from quantmodel.model.stdit import STDiT, Modulate
 
 EPS = 1e-5  # SmoothQuant's clamp on both maxima (keeps factors finite for dead channels)
 

@@ -14,9 +14,9 @@ CONTRACT_KEYS = {"latency_s", "latency_per_step_s", "energy_j", "area_mm2", "sto
 
 def test_fixtures_are_current():
     """The saved stdit-tiny traces the hwsim tests read are what quantmodel writes today."""
-    from workloads.recipes import annotate_trace, get_recipe
     from quantmodel.model.tracing import build_trace
     from workloads.presets import get_workload
+    from workloads.recipes import annotate_trace, get_recipe
     from workloads.trace import Trace
 
     float_trace = build_trace(get_workload("stdit-tiny"))

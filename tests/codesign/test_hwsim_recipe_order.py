@@ -1,4 +1,4 @@
-"""A dynamic recipe is never cheaper than its static twin on the same hardware (the issue's ordering),
+"""A dynamic recipe is never cheaper than its static twin on the same hardware (the ordering the study relies on),
 checked on a small-SRAM point where the tile search once gave the static GEMMs a shape that starved
 the MAC arrays (64 output columns over 4 arrays of 64) and made static-w8a8 slower than dynamic-w8a8.
 A top-layer test: it builds real traces with quantmodel, which hwsim itself never imports."""
@@ -92,8 +92,8 @@ def _without_quantize_on_write(trace):
 
 def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
     """For each sampled chip and each bit width of the sweep: dynamic >= static and dynamic >= ASQ
-    in energy and in energy x delay^2, the figure the schedule minimises (issue 4's ordering, on
-    what `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule (on
+    in energy and in energy x delay^2, the figure the schedule minimises (on what
+    `codesign sweep default` runs). Latency alone is not a guarantee of an E*T^2 schedule (on
     one sampled chip ASQ-W4A8 takes a plan 0.24 % slower than dynamic's but 4.7 % cheaper in
     energy), and a static recipe does one piece of work in series that dynamic hides: its vector
     ops quantize what they write for the next GEMM (the trace says so), where dynamic's statistics

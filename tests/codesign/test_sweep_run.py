@@ -19,10 +19,10 @@ import hwsim
 from codesign.spec import flatten, load_spec, spec_from_dict
 from codesign.store import POINTS, load_results
 from codesign.sweep import run_sweep
-from workloads.recipes import annotate_trace, get_recipe
 from quantmodel.model.tracing import build_trace
 from workloads.errors import ConfigError
 from workloads.presets import get_workload
+from workloads.recipes import annotate_trace, get_recipe
 
 TINY = Path(__file__).resolve().parents[2] / "codesign" / "specs" / "tiny.yaml"
 METRICS = ["latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s", "swap_bytes"]

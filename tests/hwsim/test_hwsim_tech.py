@@ -118,10 +118,10 @@ def test_parts_set_bandwidth_energy_and_latency():
 
 def test_sram_model_reproduces_every_cacti_row():
     rows = sram.cacti_rows()
-    assert len(rows) == 33 and {r["node_nm"] for r in rows} == {22, 32, 45}  # 8 KiB .. 8 MiB x 3 nodes
+    assert len(rows) == 63 and {r["node_nm"] for r in rows} == {22, 32, 45}  # 21 capacities x 3 nodes
     for r in rows:
         b = sram.bank(r["node_nm"], r["capacity_bytes"])
-        for q in sram.POWER_LAW:  # a two-parameter fit per node, within +-20 % of all 11 rows
+        for q in sram.POWER_LAW:  # a two-parameter fit per node, within +-20 % of all 21 rows
             assert 0.8 <= getattr(b, q) / r[q] <= 1.2, (r, q)
         for q in sram.TABLE:  # interpolated through the rows
             assert getattr(b, q) == pytest.approx(r[q], rel=1e-9), (r, q)

@@ -24,7 +24,10 @@ def test_scalesim_rows_compare_cycles_exactly(tmp_path):
     p = tmp_path / "s.csv"
     p.write_text("# provenance\nm,k,n,rows,cols,dataflow,cycles\n"
                  f"256,1152,1152,32,32,weight_stationary,{good}\n"
-                 f"256,1152,1152,32,32,weight_stationary,{good + 1}\n")
-    rows = validate.scalesim_rows(p)
-    assert [r.ok for r in rows] == [True, False]
+                 f"256,1152,1152,32,32,weight_stationary,{good + 1}\n"
+                 f"64,64,64,8,8,output_stationary,{systolic_cycles(64, 64, 64, 8, 8, 'output_stationary')}\n")
+    rows = {r.component.split()[1]: r for r in validate.scalesim_rows(p)}
+    assert (rows["weight_stationary"].model, rows["weight_stationary"].reference) == (1, 2)
+    assert not rows["weight_stationary"].ok and rows["output_stationary"].ok
+    assert validate.scalesim_mismatches(p) == [("weight_stationary", (256, 1152, 1152, 32, 32, good, good + 1))]
     assert validate.scalesim_rows(tmp_path / "missing.csv") == []

@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 import torch
 
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
-from quantmodel.model.stdit import STDiTConfig, build_stdit
 from workloads.errors import ConfigError
 
 

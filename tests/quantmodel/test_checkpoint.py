@@ -2,8 +2,9 @@
 import pytest
 import torch
 
+from quantmodel.model.build import build_stdit
 from quantmodel.model.checkpoint import load_checkpoint, save_checkpoint
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.config import STDiTConfig
 from workloads.errors import ConfigError
 
 

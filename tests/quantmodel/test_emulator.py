@@ -6,12 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from quantmodel.quant.calibrate import calibrate
 from quantmodel.emulator.integer import FakeQuantModel, IntegerEmulator, Verifier
 from quantmodel.eval.quality import eval_inputs, sample, sample_metrics
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.quant.artifact import build_artifact
+from quantmodel.quant.calibrate import calibrate
 from workloads.recipes import get_recipe
-from quantmodel.model.stdit import STDiTConfig, build_stdit
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +127,8 @@ def test_compiled_kernels_leave_the_emulator_output_unchanged(setup, mode):
 
 def test_step_parameter_quantization_equals_symmetric_quantize():
     """int mode's per-step 16-bit parameters (the lean path) = fixedpoint.symmetric_scale + quantize."""
-    from quantmodel.intarith import fixedpoint
-    from quantmodel.emulator.integer import PARAM_BITS
-
-    from quantmodel.intarith import ckernels
+    from quantmodel.emulator.datapath import PARAM_BITS
+    from quantmodel.intarith import ckernels, fixedpoint
 
     g = torch.Generator().manual_seed(2)
     for mag in (0.0, 1e-7, 0.37, 3.0, 2e4):

@@ -5,18 +5,18 @@ temporal-embedding placements, several steps and inputs (weight sets sharing one
 two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
 GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
 non-finite parameter is still reported; configurations outside the program's scope keep the eager path."""
-import ctypes
 import dataclasses
 
 import pytest
 import torch
 
-from quantmodel.intarith import ckernels, intops
-from quantmodel.quant.calibrate import calibrate
 from quantmodel.emulator.integer import IntegerEmulator
+from quantmodel.intarith import ckernels, intops
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.quant.artifact import build_artifact
+from quantmodel.quant.calibrate import calibrate
 from workloads.recipes import get_recipe
-from quantmodel.model.stdit import STDiTConfig, build_stdit
 
 pytestmark = pytest.mark.skipif(ckernels.lib() is None,
                                 reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")

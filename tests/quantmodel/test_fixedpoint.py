@@ -5,7 +5,8 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantmodel.intarith import ckernels
 from quantmodel.intarith import fixedpoint as fp

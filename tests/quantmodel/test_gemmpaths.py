@@ -109,7 +109,8 @@ def test_requantization_ties_identical_on_every_path(path, k):
 def test_emulator_forward_identical_on_every_forced_path(tiny_workload, path):
     """Whole emulator forwards (a static and a dynamic recipe, both modes) give the same bits when every
     2-D GEMM takes another path as with ``torch._int_mm``."""
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from quantmodel.quant.artifact import build_artifact
     from quantmodel.quant.calibrate import calibrate
     from workloads.recipes import get_recipe

@@ -2,11 +2,18 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantmodel.intarith import fixedpoint as fp
 from quantmodel.intarith import reference as ref
-from quantmodel.intarith.intgemm import AccumulatorOverflowError, PreparedLinear, int_linear, int_linear_requant, int_matmul
+from quantmodel.intarith.intgemm import (
+    AccumulatorOverflowError,
+    PreparedLinear,
+    int_linear,
+    int_linear_requant,
+    int_matmul,
+)
 from workloads.errors import ConfigError
 
 

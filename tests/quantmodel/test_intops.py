@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantmodel.intarith import ckernels
 from quantmodel.intarith import intops as io
@@ -228,7 +229,10 @@ def test_blocked_fp16_kernels_equal_the_whole_tensor_computation():
     x = (torch.randn(3, 700, 384, generator=g) * 4).half()  # > CHUNK_ELEMS, rows not a block multiple
     s = (torch.randn(2, 6, 333, 64, generator=g) * 6).half()
     assert x.numel() > io.CHUNK_ELEMS and s.numel() > io.CHUNK_ELEMS
-    same = lambda a, b: torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+    def same(a, b):
+        return torch.equal(a.view(torch.int16), b.view(torch.int16))
+
     assert same(io.gelu_fp16(x), io._gelu_fp16(x))
     assert same(io.layernorm_fp16(x), io._layernorm_fp16(x, 1e-6))
     assert same(io.softmax_fp16(s), io._softmax_fp16_last(s))

@@ -4,13 +4,14 @@ import dataclasses
 import pytest
 import torch
 
-from quantmodel.quant.calibrate import calibrate
-from quantmodel.quant.artifact import (QuantArtifact, build_artifact, optimal_split, split_cost, qmax)
-from workloads.recipes import Recipe, annotate_trace, get_recipe
-from quantmodel.quant.smoothing import smooth_factors, smoothed_model
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.model.tracing import build_trace
+from quantmodel.quant.artifact import QuantArtifact, build_artifact, optimal_split, qmax, split_cost
+from quantmodel.quant.calibrate import calibrate
+from quantmodel.quant.smoothing import smooth_factors, smoothed_model
 from workloads.errors import ConfigError
+from workloads.recipes import Recipe, get_recipe
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_tsq_tsw_has_one_weight_set_per_step_and_steps_times_asq_storage(setup):
     assert tsq.weight_storage_bytes() - fb == 4 * (asq.weight_storage_bytes() - fb)
     # the sets really differ (per-step smoothing and scales)
     assert not torch.equal(tsq.get(0, "blocks.0.mlp.fc2", "weight_q"), tsq.get(3, "blocks.0.mlp.fc2", "weight_q"))
-    # the artifact's quantized storage matches the hardware trace's (CONTRACT.md formula)
+    # the artifact's quantized storage matches the hardware trace's (the same formula)
     trace = tsq.annotate(build_trace(w))
     assert trace.meta["step_to_set"] == [0, 1, 2, 3]
     seen = {}
@@ -129,8 +130,9 @@ def test_artifact_round_trip_is_bit_exact_and_corruption_is_refused(tmp_path, se
     (tmp_path / "cut.safetensors").write_bytes(data[:-100])
     with pytest.raises(ConfigError, match="artifact"):
         QuantArtifact.load(tmp_path / "cut.safetensors")
-    from safetensors.torch import save_file
     import json
+
+    from safetensors.torch import save_file
 
     partial = {k: v for k, v in art.tensors.items() if not k.endswith("multiplier")}
     save_file(partial, str(tmp_path / "partial.safetensors"),

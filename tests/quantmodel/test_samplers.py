@@ -2,8 +2,9 @@
 import numpy as np
 import torch
 
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import IDDPM, RFlow, respaced_timesteps
-from quantmodel.model.stdit import STDiTConfig, build_stdit
 
 
 def _run(sampler, model, cfg, seed):

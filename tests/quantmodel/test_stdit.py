@@ -1,7 +1,8 @@
 """The STDiT model: OpenSora v1.0 parameter layout, shapes, determinism."""
 import torch
 
-from quantmodel.model.stdit import STDiTConfig, build_stdit
+from quantmodel.model.build import build_stdit
+from quantmodel.model.config import STDiTConfig
 from workloads.presets import get_workload
 
 

@@ -1,17 +1,17 @@
 """Op traces: MAC totals against the analytic count of the architecture, files, versions."""
 import pytest
 
-from workloads.recipes import annotate_trace, get_recipe
 from quantmodel.model.tracing import build_trace
 from workloads.errors import ConfigError
 from workloads.presets import get_workload
+from workloads.recipes import annotate_trace, get_recipe
 from workloads.trace import TRACE_VERSION, Trace
 
 
 def analytic_macs_per_forward(w) -> int:
     """MACs of one STDiT forward, written from the architecture (not from the model code)."""
     m = w.model
-    b, c, t, s, l = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
+    b, c, t, s, ln = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
     n = t * s
     patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
     per_block = (
@@ -19,13 +19,13 @@ def analytic_macs_per_forward(w) -> int:
         + 2 * b * t * s * s * c  # spatial QK^T and AV (all heads: H * D = C)
         + b * n * c * 3 * c + b * n * c * c  # temporal qkv + proj
         + 2 * b * s * t * t * c  # temporal QK^T and AV
-        + b * n * c * c + b * l * c * 2 * c + b * n * c * c  # cross q, kv, proj
-        + 2 * b * n * l * c  # cross QK^T and AV
+        + b * n * c * c + b * ln * c * 2 * c + b * n * c * c  # cross q, kv, proj
+        + 2 * b * n * ln * c  # cross QK^T and AV
         + 2 * b * n * c * m.mlp_hidden  # MLP
     )
     outside = (b * n * m.in_channels * patch * c  # patch embedding
                + b * (256 * c + c * c) + b * c * 6 * c  # timestep MLP and t_block
-               + b * l * (m.caption_channels * c + c * c)  # caption projection
+               + b * ln * (m.caption_channels * c + c * c)  # caption projection
                + b * n * c * patch * m.out_channels)  # final layer
     return m.depth * per_block + outside
 
@@ -34,16 +34,16 @@ def analytic_macs_per_forward_v12(w) -> int:
     """STDiT3 (v1.2): per layer a spatial and a temporal block, each with self-attention, cross-
     attention and MLP; an fps embedder beside the timestep embedder."""
     m = w.model
-    b, c, t, s, l = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
+    b, c, t, s, ln = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
     n = t * s
     patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
     common = (b * n * 4 * c * c  # qkv + proj
-              + b * n * 2 * c * c + b * l * 2 * c * c + 2 * b * n * l * c  # cross q+proj, kv, QK/AV
+              + b * n * 2 * c * c + b * ln * 2 * c * c + 2 * b * n * ln * c  # cross q+proj, kv, QK/AV
               + 2 * b * n * c * m.mlp_hidden)
     spatial = common + 2 * b * t * s * s * c
     temporal = common + 2 * b * s * t * t * c
     outside = (b * n * m.in_channels * patch * c + 2 * b * (256 * c + c * c) + b * c * 6 * c
-               + b * l * (m.caption_channels * c + c * c) + b * n * c * patch * m.out_channels)
+               + b * ln * (m.caption_channels * c + c * c) + b * n * c * patch * m.out_channels)
     return m.depth * (spatial + temporal) + outside
 
 
@@ -99,8 +99,8 @@ def test_recipe_annotation_shows_weight_sets_smoothing_and_dynamic_ops():
     assert s_tsq["weight_storage_bytes"] - s_tsq["float_weight_bytes"] == \
         10 * (s_asq["weight_storage_bytes"] - s_asq["float_weight_bytes"])
     smooth = [op.name for op in asq.step_ops(0) if op.kind == "smooth_mul"]
-    assert smooth == [f"blocks.{i}.{l}.smooth" for i in range(2)
-                      for l in ("attn_temp.qkv", "cross_attn.q_linear", "mlp.fc2")]
+    assert smooth == [f"blocks.{i}.{layer}.smooth" for i in range(2)
+                      for layer in ("attn_temp.qkv", "cross_attn.q_linear", "mlp.fc2")]
     dyn = annotate_trace(tr, get_recipe("dynamic-w8a8"))
     n_linear = sum(1 for op in tr.step_ops(0) if op.kind == "linear" and op.block >= 0)
     assert sum(op.kind == "dyn_stats" for op in dyn.step_ops(0)) == n_linear

@@ -2,19 +2,19 @@
 shipped float model following its prompts (classifier accuracy far above chance)."""
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
 
-from shapes import captions, dataset as shapes, videometrics
+from shapes import captions, dataset, videometrics
 from shapes.model import CAPTION_FILE, MODEL_FILE, generate, load_shapes_model
 from shapes.train import TrainConfig, train
 from workloads.errors import ConfigError
 
 
 def test_dataset_is_deterministic_and_in_range():
-    a, la = shapes.sample_batch(6, torch.Generator().manual_seed(3))
-    b, lb = shapes.sample_batch(6, torch.Generator().manual_seed(3))
-    c, _ = shapes.sample_batch(6, torch.Generator().manual_seed(4))
+    a, la = dataset.sample_batch(6, torch.Generator().manual_seed(3))
+    b, lb = dataset.sample_batch(6, torch.Generator().manual_seed(3))
+    c, _ = dataset.sample_batch(6, torch.Generator().manual_seed(4))
     assert torch.equal(a, b)
     assert all(torch.equal(la[k], lb[k]) for k in la)
     assert not torch.equal(a, c)
@@ -26,7 +26,7 @@ def test_shape_moves_in_the_captioned_direction():
     labels = {"shape": torch.tensor([0, 1, 2, 3]), "colour": torch.tensor([0, 1, 2, 3]),
               "direction": torch.tensor([0, 1, 2, 3]), "speed": torch.tensor([1, 1, 0, 0]),
               "background": torch.tensor([0, 0, 0, 0])}
-    v = shapes.render(labels, torch.Generator().manual_seed(0))  # black background
+    v = dataset.render(labels, torch.Generator().manual_seed(0))  # black background
     mass = (v + 1).sum(dim=1)  # [B, T, H, W], zero on background
     xs, ys = torch.arange(32.0), torch.arange(32.0)
     cx = (mass.sum(2) * xs).sum(-1) / mass.sum((2, 3))  # [B, T]
@@ -40,8 +40,8 @@ def test_shape_moves_in_the_captioned_direction():
 
 
 def test_caption_ids_match_tokenizer_and_unknown_words_fail():
-    labels = shapes.random_labels(40, torch.Generator().manual_seed(0))
-    assert torch.equal(captions.ids_from_labels(labels), captions.tokenize(shapes.captions(labels)))
+    labels = dataset.random_labels(40, torch.Generator().manual_seed(0))
+    assert torch.equal(captions.ids_from_labels(labels), captions.tokenize(dataset.captions(labels)))
     with pytest.raises(ConfigError):
         captions.tokenize(["a slow purple circle moving up on black"])
 
@@ -61,7 +61,7 @@ def test_training_step_runs_on_cpu_and_saves(tmp_path):
 
 
 def test_metrics_on_known_inputs():
-    v, labels = shapes.sample_batch(8, torch.Generator().manual_seed(0))
+    v, labels = dataset.sample_batch(8, torch.Generator().manual_seed(0))
     assert videometrics.sqnr_db(v, v) == float("inf")
     half = 0.5 * v  # inside [-1, 1] after noise, so clamping does not cut the noise
     noisy = half + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
@@ -101,17 +101,17 @@ def test_training_resumes_from_its_state_file(tmp_path):
 def test_position_jitter_makes_the_words_visible_in_the_conditional_mean():
     """Why the clips are centred: with free positions the shape and motion words hardly move
     E[clip | caption]; a 1 px jitter raises each word's share of the variance several-fold."""
-    free = shapes.caption_explained_variance(shapes.ShapesConfig(position_jitter_px=None), n=800)
-    centred = shapes.caption_explained_variance(shapes.ShapesConfig(), n=800)
+    free = dataset.caption_explained_variance(dataset.ShapesConfig(position_jitter_px=None), n=800)
+    centred = dataset.caption_explained_variance(dataset.ShapesConfig(), n=800)
     for word in ("shape", "direction", "speed"):
         assert centred[word] > 3 * free[word], (word, free, centred)
     with pytest.raises(ConfigError):
-        shapes.ShapesConfig(position_jitter_px=-1.0)
+        dataset.ShapesConfig(position_jitter_px=-1.0)
 
 
 def test_shipped_classifier_reads_real_clips():
     clf = videometrics.load_classifier()
-    v, labels = shapes.sample_batch(64, torch.Generator().manual_seed(777))
+    v, labels = dataset.sample_batch(64, torch.Generator().manual_seed(777))
     acc = videometrics.semantic_accuracy(clf, v, labels)
     assert acc["mean"] > 0.95, acc
 
@@ -121,8 +121,8 @@ def test_shipped_classifier_reads_real_clips():
 def test_shipped_float_model_follows_prompts():
     model, enc = load_shapes_model("cpu")
     clf = videometrics.load_classifier()
-    labels = shapes.prompt_set(8, seed=0)
-    video = generate(model, enc, shapes.captions(labels), seed=0, num_steps=20)
+    labels = dataset.prompt_set(8, seed=0)
+    video = generate(model, enc, dataset.captions(labels), seed=0, num_steps=20)
     acc = videometrics.semantic_accuracy(clf, video, labels)
     # colour, background, direction and speed are followed (chance 1/4, 1/3, 1/4, 1/2; measured
     # 1.0 / 1.0 / 0.875 / 1.0 here, one clip of slack for another CPU's float rounding); the shape
@@ -152,7 +152,8 @@ def test_snr_weights_are_truncated_snr_and_capped():
 def test_fast_attention_matches_the_leaf_module_forward():
     import copy
 
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from shapes.train import use_fast_attention, xavier_caption_proj
 
     cfg = STDiTConfig(input_size=(4, 8, 8), in_channels=3, patch_size=(1, 2, 2), hidden_size=32,
@@ -174,8 +175,9 @@ def test_fast_attention_matches_the_leaf_module_forward():
 
 
 def test_caption_separation_sees_distinct_words_through_a_full_scale_projection():
+    from quantmodel.model.build import build_stdit
+    from quantmodel.model.config import STDiTConfig
     from shapes.model import caption_separation, shapes_workload
-    from quantmodel.model.stdit import STDiTConfig, build_stdit
     from shapes.train import xavier_caption_proj
 
     w = shapes_workload()
@@ -184,7 +186,7 @@ def test_caption_separation_sees_distinct_words_through_a_full_scale_projection(
     enc = captions.CaptionEncoder(w.model.caption_channels, w.model.model_max_length)
     raw = caption_separation(model, enc, projected=False)
     proj = caption_separation(model, enc)
-    assert set(proj) == set(shapes.ATTRIBUTES)
-    for attr in shapes.ATTRIBUTES:  # random word embeddings in 64 dims: nearly orthogonal
+    assert set(proj) == set(dataset.ATTRIBUTES)
+    for attr in dataset.ATTRIBUTES:  # random word embeddings in 64 dims: nearly orthogonal
         assert raw[attr]["cos_mean"] < 0.5 and proj[attr]["cos_mean"] < 0.6, (attr, raw, proj)
         assert proj[attr]["norm"] > 0.1

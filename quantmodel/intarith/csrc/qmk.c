@@ -984,8 +984,9 @@ void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp) {
         }
 }
 
-/* one 6 x 16 tile over np k pairs: a rows lda int16 apart (pairs adjacent), b a packed panel slice */
-static void gm_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t np, int32_t* tile) {
+/* one 6 x 16 tile over np k pairs: a rows lda int16 apart (pairs adjacent), b a packed panel slice; the sums
+   are stored to o, rows ldo apart */
+static void gm_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t np, int32_t* o, int64_t ldo) {
 #if defined(__AVX2__)
     /* twelve named accumulators (an array of them is kept on the stack by gcc) */
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -999,20 +1000,19 @@ static void gm_tile(const int16_t* a, int64_t lda, const int16_t* b, int64_t np,
         GM_ROW(3, c30, c31) GM_ROW(4, c40, c41) GM_ROW(5, c50, c51)
     }
 #undef GM_ROW
-    __m256i* t = (__m256i*)tile;
-    _mm256_storeu_si256(t + 0, c00); _mm256_storeu_si256(t + 1, c01); _mm256_storeu_si256(t + 2, c10);
-    _mm256_storeu_si256(t + 3, c11); _mm256_storeu_si256(t + 4, c20); _mm256_storeu_si256(t + 5, c21);
-    _mm256_storeu_si256(t + 6, c30); _mm256_storeu_si256(t + 7, c31); _mm256_storeu_si256(t + 8, c40);
-    _mm256_storeu_si256(t + 9, c41); _mm256_storeu_si256(t + 10, c50); _mm256_storeu_si256(t + 11, c51);
+#define GM_OUT(r, x0, x1) { __m256i* q = (__m256i*)(o + (r) * ldo); _mm256_storeu_si256(q, x0); _mm256_storeu_si256(q + 1, x1); }
+    GM_OUT(0, c00, c01) GM_OUT(1, c10, c11) GM_OUT(2, c20, c21)
+    GM_OUT(3, c30, c31) GM_OUT(4, c40, c41) GM_OUT(5, c50, c51)
+#undef GM_OUT
 #else
     for (int r = 0; r < GM_MR; r++) {
-        int32_t acc[GM_NR] = {0};
+        uint32_t acc[GM_NR] = {0};
         for (int64_t p = 0; p < np; p++) {
             int32_t a0 = a[r * lda + 2 * p], a1 = a[r * lda + 2 * p + 1];
             const int16_t* bb = b + p * 32;
-            for (int cc = 0; cc < GM_NR; cc++) acc[cc] += a0 * bb[2 * cc] + a1 * bb[2 * cc + 1];
+            for (int cc = 0; cc < GM_NR; cc++) acc[cc] += (uint32_t)(a0 * bb[2 * cc] + a1 * bb[2 * cc + 1]);
         }
-        for (int cc = 0; cc < GM_NR; cc++) tile[r * GM_NR + cc] = acc[cc];
+        for (int cc = 0; cc < GM_NR; cc++) o[r * ldo + cc] = (int32_t)acc[cc];
     }
 #endif
 }
@@ -1027,7 +1027,11 @@ void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_
     int par = m * n * k >= 64 * PAR_MIN && NTHR > 1;
     PAR_LOOP(par, for (int64_t r = 0; r < mp; r++) {  /* A as int16 rows of kp values, zero padded */
         int16_t* d = ap + r * kp;
-        for (int64_t i = 0; i < kp; i++) d[i] = (r < m && i < k) ? a[r * k + i] : 0;
+        if (r < m) {
+            const int8_t* s = a + r * k;
+            for (int64_t i = 0; i < k; i++) d[i] = s[i];
+            if (kp > k) d[k] = 0;
+        } else memset(d, 0, (size_t)kp * sizeof(int16_t));
     })
     int64_t nmb = (mp + GM_MC - 1) / GM_MC;
     for (int64_t k0 = 0; k0 < kp; k0 += GM_KC) {
@@ -1038,11 +1042,15 @@ void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_
             int32_t tile[GM_MR * GM_NR];
             const int16_t* bs = bp + (jp * (kp / 2) + k0 / 2) * 2 * GM_NR;
             int64_t r1 = (mb + 1) * GM_MC < mp ? (mb + 1) * GM_MC : mp;
+            int64_t nc = n - jp * GM_NR < GM_NR ? n - jp * GM_NR : GM_NR;
             for (int64_t r0 = mb * GM_MC; r0 < r1; r0 += GM_MR) {
-                gm_tile(ap + r0 * kp + k0, kp, bs, np, tile);
+                if (first && r0 + GM_MR <= m && nc == GM_NR) {  /* a whole tile's first pass: straight to out */
+                    gm_tile(ap + r0 * kp + k0, kp, bs, np, out + r0 * n + jp * GM_NR, n);
+                    continue;
+                }
+                gm_tile(ap + r0 * kp + k0, kp, bs, np, tile, GM_NR);  /* else its valid part, stored or added */
                 for (int64_t r = 0; r < GM_MR && r0 + r < m; r++) {
                     int32_t* o = out + (r0 + r) * n + jp * GM_NR;
-                    int64_t nc = n - jp * GM_NR < GM_NR ? n - jp * GM_NR : GM_NR;
                     const int32_t* t = tile + r * GM_NR;
                     if (first) for (int64_t cc = 0; cc < nc; cc++) o[cc] = t[cc];
                     else for (int64_t cc = 0; cc < nc; cc++) o[cc] = (int32_t)((uint32_t)o[cc] + (uint32_t)t[cc]);
