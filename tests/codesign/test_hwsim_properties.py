@@ -25,9 +25,9 @@ import dataclasses
 import pytest
 
 import hwsim
-from workloads.recipes import annotate_trace, get_recipe
 from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
+from workloads.recipes import annotate_trace, get_recipe
 
 CHIPS = 200
 ESTIMATE_FACTOR = 1.7  # simulated / closed-form estimate, one unit; measured worst 1.49
