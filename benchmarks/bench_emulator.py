@@ -69,9 +69,15 @@ def linear_shapes(c: BenchConfig) -> list[tuple[str, int, int, int]]:
     """(layer, M, K, N) of the linear layers of one block."""
     m = c.batch * c.frames * c.tokens_per_frame
     h = c.hidden
-    return [("attn.qkv", m, h, 3 * h), ("attn.proj", m, h, h), ("attn_temp.qkv", m, h, 3 * h),
-            ("cross_attn.q_linear", m, h, h), ("cross_attn.kv_linear", c.batch * c.text_tokens, h, 2 * h),
-            ("mlp.fc1", m, h, 4 * h), ("mlp.fc2", m, 4 * h, h)]
+    return [
+        ("attn.qkv", m, h, 3 * h),
+        ("attn.proj", m, h, h),
+        ("attn_temp.qkv", m, h, 3 * h),
+        ("cross_attn.q_linear", m, h, h),
+        ("cross_attn.kv_linear", c.batch * c.text_tokens, h, 2 * h),
+        ("mlp.fc1", m, h, 4 * h),
+        ("mlp.fc2", m, 4 * h, h),
+    ]
 
 
 def attention_shapes(c: BenchConfig) -> list[tuple[str, int, int, int, int]]:
@@ -80,8 +86,12 @@ def attention_shapes(c: BenchConfig) -> list[tuple[str, int, int, int, int]]:
     sb = c.batch * c.frames * c.heads  # spatial: one attention per frame
     tb = c.batch * c.tokens_per_frame * c.heads  # temporal: one per spatial position
     s, t = c.tokens_per_frame, c.frames
-    return [("attn.qk", sb, s, d, s), ("attn.av", sb, s, s, d), ("attn_temp.qk", tb, t, d, t),
-            ("attn_temp.av", tb, t, t, d)]
+    return [
+        ("attn.qk", sb, s, d, s),
+        ("attn.av", sb, s, s, d),
+        ("attn_temp.qk", tb, t, d, t),
+        ("attn_temp.av", tb, t, t, d),
+    ]
 
 
 def _interleaved(fns, repeats: int, min_s: float = 0.0) -> list[list[float]]:
@@ -111,9 +121,11 @@ def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
 
 def isa_label() -> str:
     """The CPU capability this process runs with, and the settings that limit it."""
-    env = ", ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
-                                                     "QUANTMODEL_CKERNELS_MARCH", "QUANTMODEL_GEMM")
-                    if k in os.environ)
+    env = ", ".join(
+        f"{k}={os.environ[k]}"
+        for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "QUANTMODEL_CKERNELS_MARCH", "QUANTMODEL_GEMM")
+        if k in os.environ
+    )
     return f"CPU capability {torch.backends.cpu.get_cpu_capability()}" + (f" ({env})" if env else " (native)")
 
 
@@ -123,7 +135,7 @@ def bench_linear(m: int, k: int, n: int, repeats: int, seed: int = 0) -> tuple[f
     g = torch.Generator().manual_seed(seed)
     x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
     w_t = torch.randint(-127, 128, (k, n), generator=g, dtype=torch.int8)  # stored transposed, contiguous
-    bias = torch.randint(-2 ** 16, 2 ** 16, (n,), generator=g, dtype=torch.int32)
+    bias = torch.randint(-(2**16), 2**16, (n,), generator=g, dtype=torch.int32)
     mult, shift = quantize_multipliers(torch.rand(n, generator=g, dtype=torch.float64) * 1e-3)
     rq = Requantizer(mult, shift, *qrange(8), torch.int8)  # prepared once per layer
     x_f, w_f, b_f = x_q.float(), w_t.float().t().contiguous(), bias.float()
@@ -172,8 +184,7 @@ def run_gemm_paths(names: list[str], repeats: int) -> None:
     """Each exact int8 GEMM path on each distinct linear shape of the configs, best of ``repeats``
     interleaved runs, and the path the per-shape choice takes here (gemmpaths.choose)."""
     cal = gemmpaths.calibration()
-    print(f"int8 GEMM paths, {isa_label()}, threads {torch.get_num_threads()}; "
-          f"calibrated choice {cal['choice']}")
+    print(f"int8 GEMM paths, {isa_label()}, threads {torch.get_num_threads()}; calibrated choice {cal['choice']}")
     print(f"{'shape MxKxN':>18s} " + " ".join(f"{p + '_ms':>11s}" for p in gemmpaths.PATHS) + "  chosen")
     g = torch.Generator().manual_seed(0)
     seen = set()
@@ -202,7 +213,7 @@ def cuda_check(seed: int = 0) -> int:
     for m, k, n, lead in ((5, 13, 40, ()), (300, 384, 40, ()), (7, 1536, 40, (3,)), (64, 64, 40, (2,))):
         a = torch.randint(-128, 128, (*lead, m, k), generator=g, dtype=torch.int8)
         w = torch.randint(-128, 128, (k, n), generator=g, dtype=torch.int8)
-        bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32)
+        bias = torch.randint(-(2**20), 2**20, (n,), generator=g, dtype=torch.int32)
         cpu = requantize(int_matmul(a, w, bias), mult, shift, -127, 127)
         acc_gpu = int_matmul(a, w, bias, device="cuda")
         gpu = requantize(acc_gpu, mult.cuda(), shift.cuda(), -127, 127)
@@ -229,9 +240,16 @@ def _forward_workload(name: str):
     w = get_workload("stdit-tiny")
     if name in ("mid", "mid768"):
         hidden, heads = (384, 6) if name == "mid" else (768, 12)
-        w = dataclasses.replace(w, name=f"stdit-{name}", num_frames=16, height=128, width=128,
-                                model=dataclasses.replace(w.model, hidden_size=hidden, num_heads=heads, depth=4,
-                                                          caption_channels=4096, model_max_length=120))
+        w = dataclasses.replace(
+            w,
+            name=f"stdit-{name}",
+            num_frames=16,
+            height=128,
+            width=128,
+            model=dataclasses.replace(
+                w.model, hidden_size=hidden, num_heads=heads, depth=4, caption_channels=4096, model_max_length=120
+            ),
+        )
     elif name != "tiny":
         raise ValueError(name)
     return dataclasses.replace(w, num_steps=2)
@@ -250,7 +268,7 @@ def forward_pair(name: str, recipe: str, mode: str, device: str = "cpu"):
     w = _forward_workload(name)
     model = build_stdit(STDiTConfig.from_workload(w), seed=0)
     attn = recipe.endswith("+attn")
-    r = get_recipe(recipe[:-len("+attn")] if attn else recipe)
+    r = get_recipe(recipe[: -len("+attn")] if attn else recipe)
     if attn:
         r = dataclasses.replace(r, name=recipe, quantize_attention=True)
     stats = calibrate(model, w, num_prompts=1) if r.scheme != "dynamic" else None
@@ -285,23 +303,33 @@ def _forced(path: str, fn):
     def run():
         with gemmpaths.forced(path):
             fn()
+
     return run
 
 
-def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
-                           recipes: tuple[str, ...] = ("asq-w8a8",), threads: tuple[int, ...] = (1, 2),
-                           modes: tuple[str, ...] = ("fp16", "int")) -> float:
+def run_forward_comparison(
+    names: list[str],
+    repeats: int,
+    device: str = "cpu",
+    recipes: tuple[str, ...] = ("asq-w8a8",),
+    threads: tuple[int, ...] = (1, 2),
+    modes: tuple[str, ...] = ("fp16", "int"),
+) -> float:
     """For each config, recipe and mode: emulator vs float32 forward, side by side, at each thread
     count (the pair is built once and re-timed per thread count); on the CPU also the emulator with
     every 2-D GEMM forced to the chunked float32 path (what CPUs with a slow ``_int_mm`` get).
     Returns the worst ratio of the emulator as it runs here (its GEMM path chosen per shape)."""
     worst = 0.0
     cpu = device == "cpu"
-    print(f"full forward on {device}, {isa_label()}: emulator (integer GEMMs, vector unit in each mode) vs "
-          f"float32 model; best of >= {repeats} interleaved runs (more for fast ones: ~1 s each)" + ("; f32path: every int8 GEMM on the chunked "
-                                                                  "float32 path" if cpu else ""))
-    print(f"{'config':8s} {'recipe':19s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}"
-          + (f" {'f32path_ms':>10s} {'f32path/f32':>11s}" if cpu else ""))
+    print(
+        f"full forward on {device}, {isa_label()}: emulator (integer GEMMs, vector unit in each mode) vs "
+        f"float32 model; best of >= {repeats} interleaved runs (more for fast ones: ~1 s each)"
+        + ("; f32path: every int8 GEMM on the chunked float32 path" if cpu else "")
+    )
+    print(
+        f"{'config':8s} {'recipe':19s} {'mode':5s} {'thr':>3s} {'emu_ms':>9s} {'f32_ms':>9s} {'emu/f32':>8s}"
+        + (f" {'f32path_ms':>10s} {'f32path/f32':>11s}" if cpu else "")
+    )
     for name in names:
         for recipe in recipes:
             for mode in modes:
@@ -313,8 +341,11 @@ def run_forward_comparison(names: list[str], repeats: int, device: str = "cpu",
                     te, tf = best[0], best[1]
                     worst = max(worst, te / tf)
                     extra = f" {best[2] * 1e3:10.2f} {best[2] / tf:11.2f}" if cpu else ""
-                    print(f"{name:8s} {recipe:19s} {mode:5s} {nt:3d} {te * 1e3:9.2f} {tf * 1e3:9.2f} "
-                          f"{te / tf:8.2f}" + extra, flush=True)
+                    print(
+                        f"{name:8s} {recipe:19s} {mode:5s} {nt:3d} {te * 1e3:9.2f} {tf * 1e3:9.2f} "
+                        f"{te / tf:8.2f}" + extra,
+                        flush=True,
+                    )
     return worst
 
 
@@ -327,29 +358,40 @@ def run_avx2_child(argv: list[str]) -> int:
     args = list(argv)
     i = args.index("--isa") if "--isa" in args else -1
     if i >= 0:
-        del args[i:i + 2]
+        del args[i : i + 2]
     args = [a for a in args if not a.startswith("--isa=")]
     env = dict(os.environ, **AVX2_ENV)
     print(f"---- forced AVX2-only child: {' '.join(f'{k}={v}' for k, v in AVX2_ENV.items())}", flush=True)
-    return subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--isa", "native"], env=env,
-                          check=False).returncode
+    return subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *args, "--isa", "native"], env=env, check=False
+    ).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="tiny,mid,mid768", help="comma list of: " + ", ".join(CONFIGS))
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", default="1,2", help="comma list of torch thread counts (forward comparison; "
-                   "the GEMM comparison uses the first)")
+    p.add_argument(
+        "--threads",
+        default="1,2",
+        help="comma list of torch thread counts (forward comparison; the GEMM comparison uses the first)",
+    )
     p.add_argument("--cuda-check", action="store_true", help="only check CUDA == CPU bit for bit")
     p.add_argument("--forward", action="store_true", help="also compare full forwards (emulator vs float32)")
     p.add_argument("--forward-only", action="store_true", help="only the full-forward comparison")
     p.add_argument("--modes", default="fp16,int", help="non-linear modes of the forward comparison")
-    p.add_argument("--recipes", default="asq-w8a8", help="recipes of the forward comparison (a preset name; "
-                   "NAME+attn: with integer attention products)")
+    p.add_argument(
+        "--recipes",
+        default="asq-w8a8",
+        help="recipes of the forward comparison (a preset name; NAME+attn: with integer attention products)",
+    )
     p.add_argument("--device", default="cpu", help="device of the full-forward comparison (cpu or cuda)")
-    p.add_argument("--isa", default="native", help="comma list of: native (this process), avx2 (a child "
-                   "process limited to AVX2 with C kernels for x86-64-v3)")
+    p.add_argument(
+        "--isa",
+        default="native",
+        help="comma list of: native (this process), avx2 (a child "
+        "process limited to AVX2 with C kernels for x86-64-v3)",
+    )
     p.add_argument("--no-paths", action="store_true", help="skip the table of int8 GEMM paths")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
@@ -380,8 +422,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     dll = ckernels.lib()  # compiled once per machine and cached; timed apart from the forwards
-    print(f"C kernels (quantmodel/intarith/csrc): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
-          f" in {time.perf_counter() - t0:.2f} s (build or cache load, not part of any forward below)")
+    print(
+        f"C kernels (quantmodel/intarith/csrc): {'loaded ' + dll._name if dll is not None else 'OFF (torch ops only)'}"
+        f" in {time.perf_counter() - t0:.2f} s (build or cache load, not part of any forward below)"
+    )
     torch.set_num_threads(threads[0])
     if not args.no_paths and args.device == "cpu":
         run_gemm_paths(names, args.repeats)
@@ -389,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         worst = run_gemm_comparison(names, args.repeats)
         print(f"GEMM level: worst int/f32 total ratio {worst:.2f} (goal <= 1.00)")
     if args.forward or args.forward_only:
-        fw = run_forward_comparison(names, args.repeats, args.device, tuple(args.recipes.split(",")), threads,
-                                    tuple(args.modes.split(",")))
+        fw = run_forward_comparison(
+            names, args.repeats, args.device, tuple(args.recipes.split(",")), threads, tuple(args.modes.split(","))
+        )
         print(f"full forward: worst emulator/f32 ratio {fw:.2f} (goal <= 1.00), {isa_label()}")
     if "avx2" in isas:
         return run_avx2_child(raw)

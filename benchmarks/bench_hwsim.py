@@ -7,6 +7,7 @@ unmemoised simulation side by side on smaller workloads, with a check that both 
     python benchmarks/bench_hwsim.py
     python benchmarks/bench_hwsim.py --repeat 1 --hw edge-npu-pro
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,24 +49,32 @@ def main() -> int:
     t0 = time.perf_counter()
     float_trace = build_trace(get_workload("opensora-v1.0-16x512x512"))
     print(f"    trace built in {time.perf_counter() - t0:.2f} s (not part of a design point: built once per sweep)")
-    print(f"    {'recipe':16s} {'prefetch':8s} {'sim s':>7s} {'goal':>5s} {'latency s':>10s} {'energy J':>9s} "
-          f"{'ops':>6s} {'units sim.':>10s}")
+    print(
+        f"    {'recipe':16s} {'prefetch':8s} {'sim s':>7s} {'goal':>5s} {'latency s':>10s} {'energy J':>9s} "
+        f"{'ops':>6s} {'units sim.':>10s}"
+    )
     worst = 0.0
     traces = {r: annotate_trace(float_trace, get_recipe(r)) for r in ("asq-w8a8", "tsq-tsw-w8a8", "dynamic-w8a8")}
     cold = {}
     for recipe, trace in traces.items():
         hwsim.simulate(trace, hw)  # analyse the trace once (a sweep does it once per worker)
         for prefetch in ("jit", "early"):
+
             def run(trace=trace, prefetch=prefetch):
                 hwsim.clear_cache(traces=False)
                 return hwsim.simulate(trace, hw, prefetch=prefetch)
+
             sec, res = best_of(run, args.repeat)
             cold[recipe, prefetch] = res
             worst = max(worst, sec)
-            print(f"    {recipe:16s} {prefetch:8s} {sec:7.3f} {sec / 0.15:4.2f}x {res.latency_s:10.1f} "
-                  f"{res.energy_j:9.1f} {len(trace.ops):6d} {res.memo['units_simulated']:10d}")
-    print(f"    slowest design point {worst:.3f} s: issue goal < 1 s "
-          f"({'met' if worst < 1.0 else 'MISSED'}); {worst / 0.15:.2f}x the 0.15 s sweep-sizing target")
+            print(
+                f"    {recipe:16s} {prefetch:8s} {sec:7.3f} {sec / 0.15:4.2f}x {res.latency_s:10.1f} "
+                f"{res.energy_j:9.1f} {len(trace.ops):6d} {res.memo['units_simulated']:10d}"
+            )
+    print(
+        f"    slowest design point {worst:.3f} s: issue goal < 1 s "
+        f"({'met' if worst < 1.0 else 'MISSED'}); {worst / 0.15:.2f}x the 0.15 s sweep-sizing target"
+    )
     hwsim.clear_cache(traces=False)
     t0 = time.perf_counter()
     same = True
@@ -75,22 +84,31 @@ def main() -> int:
             a.pop("memo"), b.pop("memo")
             same &= a == b
     per = (time.perf_counter() - t0) / (2 * len(traces))
-    print(f"(1b) the {2 * len(traces)} points above in a row on one chip, cache kept: {per:.3f} s/point; "
-          f"identical to the cold runs: {same}")
+    print(
+        f"(1b) the {2 * len(traces)} points above in a row on one chip, cache kept: {per:.3f} s/point; "
+        f"identical to the cold runs: {same}"
+    )
 
     print("\n(2) memoised vs unmemoised (same numbers required)")
     print(f"    {'workload':40s} {'memo s':>8s} {'no-memo s':>10s} {'speed-up':>9s} {'identical':>9s}")
     cases = [
-        ("stdit-tiny tsq-tsw-w8a8 (10 steps)",
-         annotate_trace(build_trace(get_workload("stdit-tiny")), get_recipe("tsq-tsw-w8a8"))),
-        ("opensora-16x256x256 tsq-tsw-w8a8, 3 steps",
-         first_steps(annotate_trace(build_trace(get_workload("opensora-v1.0-16x256x256")),
-                                    get_recipe("tsq-tsw-w8a8")), 3)),
+        (
+            "stdit-tiny tsq-tsw-w8a8 (10 steps)",
+            annotate_trace(build_trace(get_workload("stdit-tiny")), get_recipe("tsq-tsw-w8a8")),
+        ),
+        (
+            "opensora-16x256x256 tsq-tsw-w8a8, 3 steps",
+            first_steps(
+                annotate_trace(build_trace(get_workload("opensora-v1.0-16x256x256")), get_recipe("tsq-tsw-w8a8")), 3
+            ),
+        ),
     ]
     for label, trace in cases:
+
         def fresh(trace=trace):  # nothing cached from an earlier call
             hwsim.clear_cache()
             return hwsim.simulate(trace, hw)
+
         fast_s, fast = best_of(fresh, args.repeat)
         slow_s, slow = best_of(lambda trace=trace: hwsim.simulate(trace, hw, memo=False), 1)
         a, b = fast.to_dict(), slow.to_dict()

@@ -5,6 +5,7 @@ against the local pool on the same points (goal: within 20%). Both printed side 
     python benchmarks/bench_sweep.py                    # the goals' sizes
     python benchmarks/bench_sweep.py --points 100 --dask-points 40   # a quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,20 +61,29 @@ def main() -> int:
         n = s.computed_points
         sim_s = load_results(f"{tmp}/local-big")["sim_wall_s"].sum()
         per_1000 = s.wall_s * 1000 / n
-        print(f"[1] local pool, {args.jobs} workers: {n} points in {s.wall_s:.1f} s = "
-              f"{1e3 * s.wall_s / n:.1f} ms/point"
-              + (f"; goal 1,000 points < 300 s: {'met' if s.wall_s < 300 else 'MISSED'}" if n == 1000 else
-                 f"; 1,000 points would take ~{per_1000:.0f} s (goal < 300 s; run --points 1000 to measure)"))
-        print(f"    inside hwsim.simulate: {1e3 * sim_s / n:.1f} ms/point of worker time; the sweep layer "
-              f"(trace build, shipping, store, pool) adds {100 * (s.wall_s - sim_s / args.jobs) / s.wall_s:.0f}% "
-              f"of the wall time")
+        print(
+            f"[1] local pool, {args.jobs} workers: {n} points in {s.wall_s:.1f} s = "
+            f"{1e3 * s.wall_s / n:.1f} ms/point"
+            + (
+                f"; goal 1,000 points < 300 s: {'met' if s.wall_s < 300 else 'MISSED'}"
+                if n == 1000
+                else f"; 1,000 points would take ~{per_1000:.0f} s (goal < 300 s; run --points 1000 to measure)"
+            )
+        )
+        print(
+            f"    inside hwsim.simulate: {1e3 * sim_s / n:.1f} ms/point of worker time; the sweep layer "
+            f"(trace build, shipping, store, pool) adds {100 * (s.wall_s - sim_s / args.jobs) / s.wall_s:.0f}% "
+            f"of the wall time"
+        )
 
         from dask.distributed import Client, LocalCluster
 
         spec = make_spec(base, args.recipe, args.dask_points, seed=2)
         t0 = time.perf_counter()
-        with LocalCluster(n_workers=args.jobs, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=args.jobs, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             start_s = time.perf_counter() - t0
             # alternate local / Dask / Dask / local on the same points and keep each one's best:
             # the machine's other load drifts during a run
@@ -82,15 +92,22 @@ def main() -> int:
                 out = f"{tmp}/{kind}{i}"
                 if kind == "dask":  # the workers outlive a sweep: start each run as cold as a new pool
                     client.run(cold_worker)
-                runs[kind].append(run_sweep(spec, out, jobs=args.jobs, progress=False) if kind == "local"
-                                  else run_sweep(spec, out, scheduler=client, progress=False))
+                runs[kind].append(
+                    run_sweep(spec, out, jobs=args.jobs, progress=False)
+                    if kind == "local"
+                    else run_sweep(spec, out, scheduler=client, progress=False)
+                )
         loc = min(runs["local"], key=lambda r: r.wall_s)
         d = min(runs["dask"], key=lambda r: r.wall_s)
         ratio = (d.wall_s / d.computed_points) / (loc.wall_s / loc.computed_points)
-        print(f"[2] same {loc.computed_points} points, best of 2 each:  local pool   Dask LocalCluster ({args.jobs} workers)")
+        print(
+            f"[2] same {loc.computed_points} points, best of 2 each:  local pool   Dask LocalCluster ({args.jobs} workers)"
+        )
         print(f"    wall (s)                {loc.wall_s:12.2f}   {d.wall_s:12.2f}   (+{start_s:.1f} s cluster start)")
-        print(f"    ms per point            {1e3 * loc.wall_s / loc.computed_points:12.2f}   "
-              f"{1e3 * d.wall_s / d.computed_points:12.2f}")
+        print(
+            f"    ms per point            {1e3 * loc.wall_s / loc.computed_points:12.2f}   "
+            f"{1e3 * d.wall_s / d.computed_points:12.2f}"
+        )
         print(f"    Dask / local = {ratio:.2f}; goal within 20%: {'met' if ratio <= 1.2 else 'MISSED'}")
     return 0
 

@@ -1,5 +1,6 @@
 """Trace build speed and memory: opensora-v1.0-16x512x512 (100 steps, CFG), goal < 5 s and well
 under 2 GB. Prints wall time, peak Python allocations (tracemalloc) and process peak RSS."""
+
 import resource
 import sys
 import time

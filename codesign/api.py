@@ -7,6 +7,7 @@ Names or objects are accepted alike (a workload preset name or a ``Workload``, a
 ``SweepSpec``). Heavy packages (torch, dask) are imported on first use, so importing this module is
 cheap.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,11 @@ def trace(workload: str | Workload | Gemm, recipe: str | Recipe | None = None) -
         from hwsim.interchange import read_scalesim_topology
 
         if recipe:
-            raise ConfigError("recipe", recipe if isinstance(recipe, str) else recipe.name, "none with a SCALE-Sim "
-                              "topology (it runs int8 operands, one byte per SCALE-Sim word)")
+            raise ConfigError(
+                "recipe",
+                recipe if isinstance(recipe, str) else recipe.name,
+                "none with a SCALE-Sim topology (it runs int8 operands, one byte per SCALE-Sim word)",
+            )
         return read_scalesim_topology(workload)
     recipe = recipe or "fp16"
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe  # a bad name fails before tracing
@@ -74,8 +78,7 @@ def hardware(hw: str | HWConfig = "edge-npu", overrides: dict | None = None, bas
     return hwsim.with_overrides(cfg, overrides) if overrides else cfg
 
 
-def simulate(tr: Trace, hw: str | HWConfig = "edge-npu", prefetch: str = "jit",
-             timeline: bool = False) -> SimResult:
+def simulate(tr: Trace, hw: str | HWConfig = "edge-npu", prefetch: str = "jit", timeline: bool = False) -> SimResult:
     """Latency, energy, area, storage, swaps and stalls of ``tr`` on ``hw`` (the SimPy model)."""
     import hwsim
 

@@ -4,6 +4,7 @@ A point ``a`` dominates ``b`` when it is at least as good on every objective and
 one. Rows with a missing (NaN) objective are never on the front. Exact ties are all kept, so two
 identical points are both Pareto-optimal.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,9 @@ def pareto_mask(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
             raise ConfigError("objective", col, "a column of the results: " + ", ".join(map(str, df.columns)))
         if sense not in SENSES:
             raise ConfigError(f"objective.{col}", sense, " or ".join(SENSES))
-    vals = np.column_stack([df[c].to_numpy(dtype=float) * (1.0 if s == "min" else -1.0)
-                            for c, s in objectives.items()])  # [n, d], all minimised
+    vals = np.column_stack(
+        [df[c].to_numpy(dtype=float) * (1.0 if s == "min" else -1.0) for c, s in objectives.items()]
+    )  # [n, d], all minimised
     valid = ~np.isnan(vals).any(axis=1)
     mask = np.zeros(len(df), dtype=bool)
     idx = np.flatnonzero(valid)

@@ -1,5 +1,6 @@
 """Plots of a results table (matplotlib, Agg backend, PNG). Each function draws one figure from the
 DataFrame that ``codesign.store.load_results`` returns and writes it to ``path``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,14 +15,27 @@ import pandas as pd
 from codesign.pareto import pareto_mask
 
 SCHEME_ORDER = ("static", "asq", "groups", "tsq+tsw", "dynamic", "fp16")
-SCHEME_COLORS = {"static": "tab:gray", "asq": "tab:blue", "groups": "tab:green", "tsq+tsw": "tab:purple",
-                 "dynamic": "tab:red", "fp16": "black"}
+SCHEME_COLORS = {
+    "static": "tab:gray",
+    "asq": "tab:blue",
+    "groups": "tab:green",
+    "tsq+tsw": "tab:purple",
+    "dynamic": "tab:red",
+    "fp16": "black",
+}
 BITS_MARKERS = {(8, 8): "o", (6, 6): "s", (4, 8): "^", (16, 16): "D"}
-LABELS = {"latency_s": "latency per video (s)", "energy_j": "energy per video (J)",
-          "area_mm2": "chip area (mm²)", "storage_bytes": "weight storage (bytes)",
-          "swap_stall_s": "weight-swap stall (s)", "swap_bytes": "weight-swap traffic (bytes)",
-          "q.sqnr_db": "quality: final-sample SQNR vs float (dB)", "q.psnr_db": "quality: PSNR vs float (dB)",
-          "q.semantic_accuracy": "quality: semantic accuracy", "q.frechet_distance": "Frechet distance"}
+LABELS = {
+    "latency_s": "latency per video (s)",
+    "energy_j": "energy per video (J)",
+    "area_mm2": "chip area (mm²)",
+    "storage_bytes": "weight storage (bytes)",
+    "swap_stall_s": "weight-swap stall (s)",
+    "swap_bytes": "weight-swap traffic (bytes)",
+    "q.sqnr_db": "quality: final-sample SQNR vs float (dB)",
+    "q.psnr_db": "quality: PSNR vs float (dB)",
+    "q.semantic_accuracy": "quality: semantic accuracy",
+    "q.frechet_distance": "Frechet distance",
+}
 DPI = 110
 
 
@@ -42,17 +56,32 @@ def _schemes(df: pd.DataFrame) -> list[str]:
     return [s for s in SCHEME_ORDER if s in present] + sorted(present - set(SCHEME_ORDER))
 
 
-def pareto_plot(df: pd.DataFrame, x: str, y: str, senses: dict[str, str], path: str | Path,
-                title: str, logx: bool = False, logy: bool = False) -> Path:
+def pareto_plot(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    senses: dict[str, str],
+    path: str | Path,
+    title: str,
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
     """All points (colour = scheme, marker = bit-widths), the Pareto front of (x, y) drawn on top."""
     fig, ax = plt.subplots(figsize=(8.6, 4.8))
     d = df.dropna(subset=[x, y])
     for scheme in _schemes(d):
         sub = d[d["scheme"] == scheme]
         for bits, grp in sub.groupby(["w_bits", "a_bits"]):
-            ax.scatter(grp[x], grp[y], s=10, alpha=0.35, color=SCHEME_COLORS.get(scheme, "tab:olive"),
-                       marker=BITS_MARKERS.get(tuple(bits), "x"), linewidths=0,
-                       label=f"{scheme} W{bits[0]}A{bits[1]}")
+            ax.scatter(
+                grp[x],
+                grp[y],
+                s=10,
+                alpha=0.35,
+                color=SCHEME_COLORS.get(scheme, "tab:olive"),
+                marker=BITS_MARKERS.get(tuple(bits), "x"),
+                linewidths=0,
+                label=f"{scheme} W{bits[0]}A{bits[1]}",
+            )
     front = d[pareto_mask(d, {x: senses[x], y: senses[y]})].sort_values(x)
     ax.step(front[x], front[y], where="post", color="k", lw=1.2, label="Pareto front")
     ax.scatter(front[x], front[y], s=28, facecolors="none", edgecolors="k", linewidths=1.0)
@@ -86,8 +115,7 @@ def ratio_boxes(ratios: pd.DataFrame, path: str | Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def stacked_bars(df: pd.DataFrame, prefix: str, labels: list[str], path: str | Path, title: str,
-                 ylabel: str) -> Path:
+def stacked_bars(df: pd.DataFrame, prefix: str, labels: list[str], path: str | Path, title: str, ylabel: str) -> Path:
     """Stacked bars of the ``prefix*`` breakdown columns, one bar per row of ``df``."""
     cols = [c for c in df.columns if c.startswith(prefix) and df[c].fillna(0).abs().sum() > 0]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(df) + 2.5), 4.6))
@@ -95,7 +123,7 @@ def stacked_bars(df: pd.DataFrame, prefix: str, labels: list[str], path: str | P
     cmap = plt.get_cmap("tab20")
     for i, c in enumerate(cols):
         vals = df[c].fillna(0).to_numpy(dtype=float)
-        ax.bar(range(len(df)), vals, bottom=bottom, color=cmap(i % 20), label=c[len(prefix):])
+        ax.bar(range(len(df)), vals, bottom=bottom, color=cmap(i % 20), label=c[len(prefix) :])
         bottom += vals
     ax.set_xticks(range(len(df)), labels, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
@@ -108,8 +136,9 @@ def stacked_bars(df: pd.DataFrame, prefix: str, labels: list[str], path: str | P
 def swap_vs_k(curves: pd.DataFrame, path: str | Path, title: str) -> Path:
     """Against the number of weight sets K, one line per curve label: swap stall, weight storage,
     and (where the curves carry it) energy relative to K=1 on the same chips."""
-    cols = [c for c in ("swap_stall_s", "storage_bytes", "energy_vs_k1") if c in curves.columns
-            and curves[c].notna().any()]
+    cols = [
+        c for c in ("swap_stall_s", "storage_bytes", "energy_vs_k1") if c in curves.columns and curves[c].notna().any()
+    ]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 4.2), squeeze=False)
     axes = axes[0]
     for lab, grp in curves.groupby("curve", sort=False):

@@ -8,6 +8,7 @@ What it shows (the paper's open questions, answered from the sweep):
 - the weight-swap stall as the number of weight sets K grows (ASQ = 1 ... TSQ+TSW = steps);
 - a table of the Pareto-optimal design points.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ from workloads.errors import ConfigError
 from workloads.io import write_text
 
 # quality metrics quantmodel.eval.quality may report, in order of preference, with their direction
-QUALITY_METRICS = (("q.semantic_accuracy", "max"), ("q.frechet_distance", "min"), ("q.sqnr_db", "max"),
-                   ("q.psnr_db", "max"))
+QUALITY_METRICS = (
+    ("q.semantic_accuracy", "max"),
+    ("q.frechet_distance", "min"),
+    ("q.sqnr_db", "max"),
+    ("q.psnr_db", "max"),
+)
 STATIC_SCHEMES = ("static", "asq", "groups", "tsq+tsw")
 MAX_TABLE_ROWS = 25
 
@@ -52,8 +57,9 @@ def static_vs_dynamic(ok: pd.DataFrame) -> pd.DataFrame:
             rank = (-w, -a, order.get(sgrp["scheme"].iloc[0], 99), int(sgrp["num_weight_sets"].iloc[0]))
             for metric, col in (("latency", "latency_s"), ("energy", "energy_j")):
                 r = (d.loc[common, col] / s.loc[common, col]).to_numpy(dtype=float)
-                rows += [{"metric": metric, "versus": recipe, "w_bits": w, "a_bits": a, "ratio": x,
-                          "_rank": rank} for x in r]
+                rows += [
+                    {"metric": metric, "versus": recipe, "w_bits": w, "a_bits": a, "ratio": x, "_rank": rank} for x in r
+                ]
     cols = ["metric", "versus", "w_bits", "a_bits", "ratio"]
     if not rows:
         return pd.DataFrame(columns=cols)
@@ -74,14 +80,23 @@ def swap_curves(ok: pd.DataFrame) -> pd.DataFrame:
         for k, kg in g.groupby("num_weight_sets"):
             kk = kg.set_index("hw_key")
             has_base = len(base) and kk.index.isin(base.index).all()
-            rows.append({"curve": f"W{w}A{a} {pf}", "num_weight_sets": int(k),
-                         "swap_stall_s": kk["swap_stall_s"].median(), "latency_s": kk["latency_s"].median(),
-                         "swap_bytes": kk["swap_bytes"].median(), "storage_bytes": kk["storage_bytes"].median(),
-                         "energy_vs_k1": (kk["energy_j"] / base.loc[kk.index, "energy_j"]).median()
-                         if has_base else float("nan"),
-                         "latency_vs_k1": (kk["latency_s"] / base.loc[kk.index, "latency_s"]).median()
-                         if has_base else float("nan"),
-                         "points": len(kk)})
+            rows.append(
+                {
+                    "curve": f"W{w}A{a} {pf}",
+                    "num_weight_sets": int(k),
+                    "swap_stall_s": kk["swap_stall_s"].median(),
+                    "latency_s": kk["latency_s"].median(),
+                    "swap_bytes": kk["swap_bytes"].median(),
+                    "storage_bytes": kk["storage_bytes"].median(),
+                    "energy_vs_k1": (kk["energy_j"] / base.loc[kk.index, "energy_j"]).median()
+                    if has_base
+                    else float("nan"),
+                    "latency_vs_k1": (kk["latency_s"] / base.loc[kk.index, "latency_s"]).median()
+                    if has_base
+                    else float("nan"),
+                    "points": len(kk),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -121,26 +136,38 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     senses = {"latency_s": "min", "energy_j": "min", "area_mm2": "min", "storage_bytes": "min"}
     if q:
         senses[q[0]] = q[1]
-    md = (_header(results_dir, manifest, df, ok, failed, q) + _quality_section(ok, q)
-          + _pareto_section(ok, q, senses, out_dir) + _static_vs_dynamic_section(ok, out_dir)
-          + _breakdown_section(ok, axis_cols, out_dir) + _swap_section(ok, out_dir)
-          + _front_section(ok, q, senses, axis_cols, out_dir) + _failed_section(failed))
+    md = (
+        _header(results_dir, manifest, df, ok, failed, q)
+        + _quality_section(ok, q)
+        + _pareto_section(ok, q, senses, out_dir)
+        + _static_vs_dynamic_section(ok, out_dir)
+        + _breakdown_section(ok, axis_cols, out_dir)
+        + _swap_section(ok, out_dir)
+        + _front_section(ok, q, senses, axis_cols, out_dir)
+        + _failed_section(failed)
+    )
     return write_text(out_dir / "report.md", "\n".join(md) + "\n")
 
 
-def _header(results_dir: Path, manifest: dict, df: pd.DataFrame, ok: pd.DataFrame, failed: pd.DataFrame,
-            q: tuple | None) -> list[str]:
+def _header(
+    results_dir: Path, manifest: dict, df: pd.DataFrame, ok: pd.DataFrame, failed: pd.DataFrame, q: tuple | None
+) -> list[str]:
     md = [f"# Design-space report: {', '.join(s['name'] for s in manifest['specs'])}", ""]
-    md.append(f"Results: `{results_dir}` — {len(df)} design points ({len(ok)} simulated, {len(failed)} "
-              f"failed validation), {df['recipe'].nunique()} recipes x {df['hw_key'].nunique()} hardware "
-              f"points; cost workload {', '.join(map(str, df['cost_workload'].unique()))}; "
-              f"simulator version {', '.join(map(str, df['sim_version'].unique()))}.")
+    md.append(
+        f"Results: `{results_dir}` — {len(df)} design points ({len(ok)} simulated, {len(failed)} "
+        f"failed validation), {df['recipe'].nunique()} recipes x {df['hw_key'].nunique()} hardware "
+        f"points; cost workload {', '.join(map(str, df['cost_workload'].unique()))}; "
+        f"simulator version {', '.join(map(str, df['sim_version'].unique()))}."
+    )
     if q:
-        md.append(f"Quality: `{q[0]}` ({'higher' if q[1] == 'max' else 'lower'} is better) measured on "
-                  f"{', '.join(map(str, ok['quality_workload'].dropna().unique()))}, once per recipe.")
+        md.append(
+            f"Quality: `{q[0]}` ({'higher' if q[1] == 'max' else 'lower'} is better) measured on "
+            f"{', '.join(map(str, ok['quality_workload'].dropna().unique()))}, once per recipe."
+        )
     else:
-        md.append("Quality: not in these results (the spec has no quality workload); the plots that "
-                  "need it are left out.")
+        md.append(
+            "Quality: not in these results (the spec has no quality workload); the plots that need it are left out."
+        )
     md.append("")
     return md
 
@@ -149,29 +176,42 @@ def _quality_section(ok: pd.DataFrame, q: tuple | None) -> list[str]:
     if not q:
         return []
     # one row per recipe: quality does not depend on the chip
-    qcols = [c for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy",
-                         "q.frechet_distance") if c in ok.columns and ok[c].notna().any()]
+    qcols = [
+        c
+        for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy", "q.frechet_distance")
+        if c in ok.columns and ok[c].notna().any()
+    ]
     per = ok.groupby("recipe", sort=False).first().reset_index()
     per = per.sort_values(["w_bits", "a_bits", "num_weight_sets"], ascending=[False, False, True])
-    return ["## Quality per recipe", "",
-            f"Measured on {', '.join(map(str, ok['quality_workload'].dropna().unique()))} "
-            f"({int(per['q.num_weight_sets'].max()) if 'q.num_weight_sets' in per else '?'} weight sets at most "
-            "there); storage and weight sets K are the cost workload's.", "",
-            _md_table(per[["recipe", "num_weight_sets", "storage_bytes"] + qcols]), ""]
+    return [
+        "## Quality per recipe",
+        "",
+        f"Measured on {', '.join(map(str, ok['quality_workload'].dropna().unique()))} "
+        f"({int(per['q.num_weight_sets'].max()) if 'q.num_weight_sets' in per else '?'} weight sets at most "
+        "there); storage and weight sets K are the cost workload's.",
+        "",
+        _md_table(per[["recipe", "num_weight_sets", "storage_bytes"] + qcols]),
+        "",
+    ]
 
 
 def _pareto_section(ok: pd.DataFrame, q: tuple | None, senses: dict, out_dir: Path) -> list[str]:
     md = ["## Pareto fronts", ""]
     pairs = [("area_mm2", "energy_j", "energy vs area")]
     if q:
-        pairs = [("latency_s", q[0], "quality vs latency"), ("energy_j", q[0], "quality vs energy"),
-                 ("area_mm2", "energy_j", "energy vs area"), ("storage_bytes", q[0], "storage vs quality")]
+        pairs = [
+            ("latency_s", q[0], "quality vs latency"),
+            ("energy_j", q[0], "quality vs energy"),
+            ("area_mm2", "energy_j", "energy vs area"),
+            ("storage_bytes", q[0], "storage vs quality"),
+        ]
     for x, y, title in pairs:
         if ok[[x, y]].dropna().empty:
             continue
         name = f"pareto_{title.replace(' vs ', '_vs_').replace(' ', '_')}.png"
-        plots.pareto_plot(ok, x, y, senses, out_dir / name, f"{title} (black: Pareto front)",
-                          logx=x in ("storage_bytes",))
+        plots.pareto_plot(
+            ok, x, y, senses, out_dir / name, f"{title} (black: Pareto front)", logx=x in ("storage_bytes",)
+        )
         md += [f"### {title}", "", f"![{title}]({name})", ""]
     return md
 
@@ -181,16 +221,33 @@ def _static_vs_dynamic_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     ratios = static_vs_dynamic(ok)
     if not len(ratios):
         return md + ["No dynamic and static recipes at the same bit-widths in these results.", ""]
-    plots.ratio_boxes(ratios, out_dir / "static_vs_dynamic.png",
-                      "dynamic (per-token) over static recipes, same chip and bit-widths")
+    plots.ratio_boxes(
+        ratios, out_dir / "static_vs_dynamic.png", "dynamic (per-token) over static recipes, same chip and bit-widths"
+    )
     g = ratios.groupby(["versus", "metric"], sort=False)["ratio"]
     summ = g.median().unstack("metric")
-    summ = pd.DataFrame({"static recipe": summ.index, "pairs": g.count().unstack("metric")["latency"].values,
-                         **{f"{m} median (min–max)": [f"{summ.loc[v, m]:.3f} ({g.min()[v, m]:.3f}–{g.max()[v, m]:.3f})"
-                                                      for v in summ.index] for m in ("latency", "energy")}})
-    return md + ["Each pair: the dynamic recipe and a static recipe of the same bit-widths on the very same "
-                 "hardware point (only chips with the dynamic-quant unit run dynamic recipes). Ratio > 1: "
-                 "dynamic costs more.", "", "![static vs dynamic](static_vs_dynamic.png)", "", _md_table(summ), ""]
+    summ = pd.DataFrame(
+        {
+            "static recipe": summ.index,
+            "pairs": g.count().unstack("metric")["latency"].values,
+            **{
+                f"{m} median (min–max)": [
+                    f"{summ.loc[v, m]:.3f} ({g.min()[v, m]:.3f}–{g.max()[v, m]:.3f})" for v in summ.index
+                ]
+                for m in ("latency", "energy")
+            },
+        }
+    )
+    return md + [
+        "Each pair: the dynamic recipe and a static recipe of the same bit-widths on the very same "
+        "hardware point (only chips with the dynamic-quant unit run dynamic recipes). Ratio > 1: "
+        "dynamic costs more.",
+        "",
+        "![static vs dynamic](static_vs_dynamic.png)",
+        "",
+        _md_table(summ),
+        "",
+    ]
 
 
 def _breakdown_section(ok: pd.DataFrame, axis_cols: list[str], out_dir: Path) -> list[str]:
@@ -199,8 +256,9 @@ def _breakdown_section(ok: pd.DataFrame, axis_cols: list[str], out_dir: Path) ->
     best = ok.loc[ok.groupby("recipe")["latency_s"].idxmin()].sort_values("latency_s", kind="stable")
     labels = list(best["recipe"])
     for prefix, fname, ylabel, title in (
-            ("stall_s.", "breakdown_latency.png", "seconds per video", "latency breakdown (stall causes)"),
-            ("energy_j.", "breakdown_energy.png", "joules per video", "energy breakdown")):
+        ("stall_s.", "breakdown_latency.png", "seconds per video", "latency breakdown (stall causes)"),
+        ("energy_j.", "breakdown_energy.png", "joules per video", "energy breakdown"),
+    ):
         if any(c.startswith(prefix) for c in best.columns):
             plots.stacked_bars(best, prefix, labels, out_dir / fname, title, ylabel)
             md += [f"![{title}]({fname})", ""]
@@ -213,21 +271,28 @@ def _swap_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     curves = swap_curves(ok)
     if not (len(curves) and curves["num_weight_sets"].nunique() > 1):
         return md + ["Fewer than two values of K among the smoothing recipes in these results.", ""]
-    plots.swap_vs_k(curves, out_dir / "swap_vs_k.png",
-                    "swap stall, weight storage and energy vs K (medians over the hardware points a curve shares)")
+    plots.swap_vs_k(
+        curves,
+        out_dir / "swap_vs_k.png",
+        "swap stall, weight storage and energy vs K (medians over the hardware points a curve shares)",
+    )
     return md + ["![swap stall vs K](swap_vs_k.png)", "", _md_table(curves), ""]
 
 
-def _front_section(ok: pd.DataFrame, q: tuple | None, senses: dict, axis_cols: list[str],
-                   out_dir: Path) -> list[str]:
+def _front_section(ok: pd.DataFrame, q: tuple | None, senses: dict, axis_cols: list[str], out_dir: Path) -> list[str]:
     """The Pareto-optimal design points as a table (and pareto_points.csv)."""
     objectives = {c: s for c, s in senses.items() if c in ("latency_s", "energy_j", "area_mm2")}
     if q:
         objectives[q[0]] = q[1]
     front = ok[pareto_mask(ok, objectives)].sort_values("latency_s", kind="stable")
-    md = [f"## Pareto-optimal design points ({', '.join(objectives)})", "",
-          f"{len(front)} of {len(ok)} points are on the front"
-          + (f"; the {MAX_TABLE_ROWS} fastest are listed" if len(front) > MAX_TABLE_ROWS else "") + ".", ""]
+    md = [
+        f"## Pareto-optimal design points ({', '.join(objectives)})",
+        "",
+        f"{len(front)} of {len(ok)} points are on the front"
+        + (f"; the {MAX_TABLE_ROWS} fastest are listed" if len(front) > MAX_TABLE_ROWS else "")
+        + ".",
+        "",
+    ]
     cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes"] + ([q[0]] if q else [])
     md += [_md_table(front[cols].head(MAX_TABLE_ROWS)), ""]
     front.to_csv(out_dir / "pareto_points.csv", index=False)

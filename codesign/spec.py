@@ -25,6 +25,7 @@ The spec is validated when it is loaded (unknown keys, unknown axes, empty grids
 raise ``ConfigError``), so a sweep never dies half-way on a typo. Its content hash names the results
 folder's owner (``spec_hash``) so a folder is never silently filled with two studies' points.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,9 +60,12 @@ class _SpecLoader(yaml.SafeLoader):
 
 _SpecLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
-               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+        r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def canonical_json(obj: object) -> str:
@@ -160,8 +164,9 @@ class SweepSpec:
             attempts = 0
             while len(combos) < target and attempts < 50 * self.samples:
                 attempts += 1
-                c = tuple(v.draw(rng) if isinstance(v, RangeAxis) else _py(v[rng.integers(len(v))])
-                          for _, v in self.axes)
+                c = tuple(
+                    v.draw(rng) if isinstance(v, RangeAxis) else _py(v[rng.integers(len(v))]) for _, v in self.axes
+                )
                 ck = canonical_json(c)
                 if ck not in seen:
                     seen.add(ck)
@@ -202,8 +207,7 @@ def _check_axis_values(name: str, raw: object, sampling: str) -> object:
     if not isinstance(raw, list):
         raise ConfigError(f"hardware.axes.{name}", raw, "a non-empty list of values")
     if not raw:
-        raise ConfigError(f"hardware.axes.{name}", raw, "a non-empty list of values (an empty grid "
-                          "has no points)")
+        raise ConfigError(f"hardware.axes.{name}", raw, "a non-empty list of values (an empty grid has no points)")
     if len(set(map(canonical_json, raw))) != len(raw):
         raise ConfigError(f"hardware.axes.{name}", raw, "distinct values")
     return tuple(raw)
@@ -225,18 +229,34 @@ def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
     base_name, sampling, samples, seed, prefetch, axes = _check_hardware(data["hardware"])
     axes_raw = data["hardware"].get("axes") or {}
     source = {
-        "cost_workload": str(data["cost_workload"]), "recipes": [str(r) for r in recipes],
+        "cost_workload": str(data["cost_workload"]),
+        "recipes": [str(r) for r in recipes],
         "quality": None if q_wl is None else {"workload": q_wl, "options": q_opts},
-        "hardware": {"base": base_name, "sampling": sampling, "prefetch": prefetch,
-                     "axes": {n: (list(v) if isinstance(v, tuple) else v.__dict__) for n, v in axes},
-                     **({"samples": samples, "seed": seed} if sampling == "random" else {})},
-        "name": str(data.get("name", default_name)), "description": str(data.get("description", "")),
+        "hardware": {
+            "base": base_name,
+            "sampling": sampling,
+            "prefetch": prefetch,
+            "axes": {n: (list(v) if isinstance(v, tuple) else v.__dict__) for n, v in axes},
+            **({"samples": samples, "seed": seed} if sampling == "random" else {}),
+        },
+        "name": str(data.get("name", default_name)),
+        "description": str(data.get("description", "")),
     }
-    spec = SweepSpec(name=source["name"], cost_workload=source["cost_workload"],
-                     recipes=tuple(source["recipes"]), hw_base=base_name, sampling=sampling,
-                     axes=tuple(axes), samples=int(samples), seed=int(seed), prefetch=prefetch,
-                     quality_workload=q_wl, quality_options=q_opts,
-                     description=source["description"], source=source)
+    spec = SweepSpec(
+        name=source["name"],
+        cost_workload=source["cost_workload"],
+        recipes=tuple(source["recipes"]),
+        hw_base=base_name,
+        sampling=sampling,
+        axes=tuple(axes),
+        samples=int(samples),
+        seed=int(seed),
+        prefetch=prefetch,
+        quality_workload=q_wl,
+        quality_options=q_opts,
+        description=source["description"],
+        source=source,
+    )
     if not spec.hardware_points():
         raise ConfigError("spec.hardware", axes_raw, "axes giving at least one hardware point")
     return spec
@@ -302,17 +322,24 @@ def _check_hardware(hw: object) -> tuple[str, str, int, int, str, list]:
     axes = []
     for name, raw in axes_raw.items():
         if name != PREFETCH_AXIS and name not in known and name not in sections:
-            raise ConfigError("spec.hardware.axes", name, f"{PREFETCH_AXIS}, a section or a dotted field of "
-                              f"{base_name}: " + ", ".join(sorted(known)))
+            raise ConfigError(
+                "spec.hardware.axes",
+                name,
+                f"{PREFETCH_AXIS}, a section or a dotted field of {base_name}: " + ", ".join(sorted(known)),
+            )
         vals = _check_axis_values(name, raw, sampling)
         if name in sections:
-            for v in (vals if isinstance(vals, tuple) else [vals]):
+            for v in vals if isinstance(vals, tuple) else [vals]:
                 if not isinstance(v, dict) or not v:
                     raise ConfigError(f"hardware.axes.{name}", v, f"mappings of fields of section {name}")
                 for k in flatten(v):
                     if f"{name}.{k}" not in known:
-                        raise ConfigError(f"hardware.axes.{name}", k, f"fields of section {name}: " +
-                                          ", ".join(sorted(f for f in known if f.startswith(name + "."))))
+                        raise ConfigError(
+                            f"hardware.axes.{name}",
+                            k,
+                            f"fields of section {name}: "
+                            + ", ".join(sorted(f for f in known if f.startswith(name + "."))),
+                        )
         if name == PREFETCH_AXIS:
             bad = [v for v in (vals if isinstance(vals, tuple) else [vals]) if v not in PREFETCH_POLICIES]
             if bad:
@@ -334,6 +361,5 @@ def load_spec(name_or_path: str | Path) -> SweepSpec:
         data = yaml.load(path.read_text(), Loader=_SpecLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ConfigError("spec", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) \
-            from None
+        raise ConfigError("spec", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
     return spec_from_dict(data, default_name=path.stem)

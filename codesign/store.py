@@ -45,6 +45,7 @@ quality_key            content hash of (quality workload, recipe, quality option
 q.<metric>             quality metrics of the recipe (quantmodel.eval.quality), joined on quality_key
 =====================  =====================================================================
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -63,11 +64,30 @@ from workloads.io import atomic_open, write_bytes
 STORE_FORMAT = 1
 POINTS = "points"
 QUALITY = "quality"
-SCALAR_METRICS = ("latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s", "swap_hidden_s",
-                  "swap_bytes", "swap_count", "weight_set_bytes", "float_weight_bytes", "initial_load_s",
-                  "dram_bytes", "flash_bytes", "macs", "weight_placement", "prefetch_used")
-BREAKDOWN_PREFIXES = {"energy_breakdown_j": "energy_j.", "area_breakdown_mm2": "area_mm2.",
-                      "stall_breakdown_s": "stall_s.", "utilisation": "util."}
+SCALAR_METRICS = (
+    "latency_s",
+    "energy_j",
+    "area_mm2",
+    "storage_bytes",
+    "swap_stall_s",
+    "swap_hidden_s",
+    "swap_bytes",
+    "swap_count",
+    "weight_set_bytes",
+    "float_weight_bytes",
+    "initial_load_s",
+    "dram_bytes",
+    "flash_bytes",
+    "macs",
+    "weight_placement",
+    "prefetch_used",
+)
+BREAKDOWN_PREFIXES = {
+    "energy_breakdown_j": "energy_j.",
+    "area_breakdown_mm2": "area_mm2.",
+    "stall_breakdown_s": "stall_s.",
+    "utilisation": "util.",
+}
 
 
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -133,8 +153,12 @@ class ResultStore:
         if hashes and spec.spec_hash not in hashes and not append:
             names = ", ".join(s["name"] for s in man["specs"])
             store.close()
-            raise ConfigError("--out", str(root), f"a folder of this spec's results (it holds {names}; "
-                              "pass --append to add these points to it, or pick another folder)")
+            raise ConfigError(
+                "--out",
+                str(root),
+                f"a folder of this spec's results (it holds {names}; "
+                "pass --append to add these points to it, or pick another folder)",
+            )
         if spec.spec_hash not in hashes:
             man["specs"].append({"hash": spec.spec_hash, "name": spec.name, "spec": spec.source})
             write_bytes(store.manifest_path, json.dumps(man, indent=1).encode())

@@ -1,5 +1,6 @@
 """One design point as text: the report `codesign simulate` prints (and notebooks show) for one
 ``hwsim.SimResult``."""
+
 from __future__ import annotations
 
 
@@ -23,8 +24,7 @@ def format_report(res, hw, sim_s: float) -> str:
         f"weights             storage {_si(res.storage_bytes, 'B')} (float {_si(res.float_weight_bytes, 'B')}"
         f" + {res.num_weight_sets} set(s) of {_si(res.weight_set_bytes, 'B')}), placed in {res.weight_placement}",
         f"weight swaps        {res.swap_count} x, {_si(res.swap_bytes, 'B')} moved, exposed {res.swap_stall_s:.4g} s,"
-        f" hidden {res.swap_hidden_s:.4g} s, prefetch {res.prefetch_used}"
-        + (f" ({res.note})" if res.note else ""),
+        f" hidden {res.swap_hidden_s:.4g} s, prefetch {res.prefetch_used}" + (f" ({res.note})" if res.note else ""),
         f"initial load        {_si(res.initial_load_bytes, 'B')} from flash in {res.initial_load_s:.3g} s "
         "(once, not in the latency)",
         f"traffic             DRAM {_si(res.dram_bytes, 'B')}, flash {_si(res.flash_bytes, 'B')}, "
@@ -39,6 +39,7 @@ def format_report(res, hw, sim_s: float) -> str:
         "",
         "slowest ops of step 0 (latency vs roofline bound):",
     ]
+
     def short(name: str) -> str:
         return name.split(".", 2)[-1] if name.startswith("blocks.") else name
 
@@ -50,10 +51,13 @@ def format_report(res, hw, sim_s: float) -> str:
             continue
         seen.add(name)
         n = sum(1 for x in res.per_op if x["latency_s"] > 0 and short(x["name"]) == name)
-        lines.append(f"  {name:28s} x{n:<3d} {r['latency_s'] * 1e3:9.3f} ms  bound {r['bound_s'] * 1e3:9.3f} ms"
-                     f"  {r['engine']}")
+        lines.append(
+            f"  {name:28s} x{n:<3d} {r['latency_s'] * 1e3:9.3f} ms  bound {r['bound_s'] * 1e3:9.3f} ms  {r['engine']}"
+        )
         if len(seen) == 8:
             break
-    lines.append(f"(simulated in {sim_s:.2f} s: {res.memo['steps_simulated']} of {res.num_steps} steps, "
-                 f"{res.memo['units_simulated']} distinct units; sim {res.sim_version})")
+    lines.append(
+        f"(simulated in {sim_s:.2f} s: {res.memo['steps_simulated']} of {res.num_steps} steps, "
+        f"{res.memo['units_simulated']} distinct units; sim {res.sim_version})"
+    )
     return "\n".join(lines)

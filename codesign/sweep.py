@@ -16,6 +16,7 @@ a rerun computes only what is missing.
 Quality is a property of the recipe, not of the chip: it is computed once per (quality workload,
 recipe) and joined onto the cost rows when the results are loaded.
 """
+
 from __future__ import annotations
 
 import math
@@ -164,8 +165,9 @@ def evaluate_quality(workload_name: str, recipe_name: str, options: dict, prep_r
     prep = _resolve(prep_ref)
     model = _quality_model(workload_name, options)
     kw = {k: options[k] for k in ("backend", "nonlinear", "num_samples") if k in options}
-    res = quality.evaluate_recipe(model, get_workload(workload_name), recipe_name, stats=prep["stats"],
-                                  reference_sample=prep["reference"], **kw)
+    res = quality.evaluate_recipe(
+        model, get_workload(workload_name), recipe_name, stats=prep["stats"], reference_sample=prep["reference"], **kw
+    )
     return {f"q.{k}": v for k, v in res.items() if k not in ("recipe", "scheme", "w_bits", "a_bits")}
 
 
@@ -193,8 +195,7 @@ class SweepPlan:
 def quality_prep_key(spec: SweepSpec) -> str:
     from workloads.presets import get_workload
 
-    return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
-                         "options": spec.quality_options})
+    return content_hash({"workload": get_workload(spec.quality_workload).to_dict(), "options": spec.quality_options})
 
 
 def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
@@ -203,8 +204,13 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
     from workloads.presets import get_workload
     from workloads.recipes import get_recipe
 
-    return content_hash({"workload": get_workload(spec.quality_workload).to_dict(),
-                         "recipe": get_recipe(recipe_name).to_dict(), "options": spec.quality_options})
+    return content_hash(
+        {
+            "workload": get_workload(spec.quality_workload).to_dict(),
+            "recipe": get_recipe(recipe_name).to_dict(),
+            "options": spec.quality_options,
+        }
+    )
 
 
 def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
@@ -223,31 +229,43 @@ def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
         for name, value in p.overrides:
             d = set_dotted(d, name, value)
         hw_dicts.append(d)
-    hw_cols = [{f"hw.{k}": (v if not isinstance(v, (list, dict)) else str(v))
-                for k, v in flatten(d).items()} for d in hw_dicts]
+    hw_cols = [
+        {f"hw.{k}": (v if not isinstance(v, (list, dict)) else str(v)) for k, v in flatten(d).items()} for d in hw_dicts
+    ]
     done = store.done_keys(POINTS)
     plans, n_done = [], 0
     for rname in spec.recipes:
         recipe = get_recipe(rname)
         rdict = recipe.to_dict()
         qkey = quality_key(spec, rname)
-        common = {"spec_hash": spec.spec_hash, "spec_name": spec.name, "cost_workload": spec.cost_workload,
-                  "recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits,
-                  "a_bits": recipe.a_bits, "num_weight_sets": recipe.num_weight_sets(workload.num_steps),
-                  "hw_base": spec.hw_base, "sim_version": hwsim.SIM_VERSION,
-                  "quality_workload": spec.quality_workload, "quality_key": qkey}
+        common = {
+            "spec_hash": spec.spec_hash,
+            "spec_name": spec.name,
+            "cost_workload": spec.cost_workload,
+            "recipe": recipe.name,
+            "scheme": recipe.scheme,
+            "w_bits": recipe.w_bits,
+            "a_bits": recipe.a_bits,
+            "num_weight_sets": recipe.num_weight_sets(workload.num_steps),
+            "hw_base": spec.hw_base,
+            "sim_version": hwsim.SIM_VERSION,
+            "quality_workload": spec.quality_workload,
+            "quality_key": qkey,
+        }
         rp = RecipePlan(rname, [], [])
         seen = set()
         for p, d, cols in zip(points, hw_dicts, hw_cols):
-            key = content_hash({"workload": wl, "recipe": rdict, "hw": d, "prefetch": p.prefetch,
-                                "sim_version": hwsim.SIM_VERSION})
+            key = content_hash(
+                {"workload": wl, "recipe": rdict, "hw": d, "prefetch": p.prefetch, "sim_version": hwsim.SIM_VERSION}
+            )
             if key in done or key in seen:
                 n_done += key in done
                 continue
             seen.add(key)
             hw_key = content_hash({"hw": d, "prefetch": p.prefetch})
-            rp.rows.append({"key": key, **common, "point_index": p.index, "hw_key": hw_key,
-                            "prefetch": p.prefetch, **cols})
+            rp.rows.append(
+                {"key": key, **common, "point_index": p.index, "hw_key": hw_key, "prefetch": p.prefetch, **cols}
+            )
             rp.items.append((key, d, p.prefetch))
         if rp.items:
             plans.append(rp)
@@ -299,9 +317,12 @@ class LocalRunner:
         shutil.rmtree(cache_dir, ignore_errors=True)
         cache_dir.mkdir(parents=True)
         # spawn: the parent has torch loaded (tracing); forking a threaded process is unsafe
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                        initializer=_init_worker,
-                                        initargs=(os.getpid(), max(1, (os.cpu_count() or 1) // jobs)))
+        self.pool = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(), max(1, (os.cpu_count() or 1) // jobs)),
+        )
 
     def ship(self, name: str, trace) -> str:
         path = self.cache_dir / f"{name}.pkl"
@@ -331,14 +352,22 @@ class DaskRunner:
         from dask.distributed import Client
 
         try:
-            self.client = address if not isinstance(address, str) else \
-                Client(address, timeout=f"{connect_timeout_s}s", set_as_default=False)
+            self.client = (
+                address
+                if not isinstance(address, str)
+                else Client(address, timeout=f"{connect_timeout_s}s", set_as_default=False)
+            )
         except (OSError, TimeoutError) as e:
-            raise ConfigError("--scheduler", address, "the address of a running Dask scheduler, "
-                              f"e.g. tcp://host:8786 (connecting failed: {type(e).__name__})") from None
+            raise ConfigError(
+                "--scheduler",
+                address,
+                "the address of a running Dask scheduler, "
+                f"e.g. tcp://host:8786 (connecting failed: {type(e).__name__})",
+            ) from None
         self._own = isinstance(address, str)
-        self.jobs = max(1, sum(w.get("nthreads", 1) for w in
-                               self.client.scheduler_info(n_workers=-1)["workers"].values()))
+        self.jobs = max(
+            1, sum(w.get("nthreads", 1) for w in self.client.scheduler_info(n_workers=-1)["workers"].values())
+        )
 
     def ship(self, name: str, trace):
         return self.client.scatter(trace, broadcast=True, hash=False)
@@ -375,9 +404,11 @@ class SweepSummary:
 
     def line(self) -> str:
         rate = self.computed_points / self.wall_s if self.wall_s > 0 else 0.0
-        return (f"{self.total_points} design points: {self.skipped_points} already done, "
-                f"{self.computed_points} computed ({self.failed_points} failed validation), "
-                f"{self.quality_computed} quality evaluations, {self.wall_s:.1f} s ({rate:.1f} points/s)")
+        return (
+            f"{self.total_points} design points: {self.skipped_points} already done, "
+            f"{self.computed_points} computed ({self.failed_points} failed validation), "
+            f"{self.quality_computed} quality evaluations, {self.wall_s:.1f} s ({rate:.1f} points/s)"
+        )
 
 
 def _chunk_size(n: int, jobs: int) -> int:
@@ -411,9 +442,16 @@ def build_float_trace(spec: SweepSpec):
     return build_trace(get_workload(spec.cost_workload))
 
 
-def run_sweep(spec: SweepSpec, out: str | Path, jobs: int | None = None, scheduler=None,
-              append: bool = False, progress: bool = True, connect_timeout_s: float = 10.0,
-              flush_every_s: float = FLUSH_EVERY_S) -> SweepSummary:
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    jobs: int | None = None,
+    scheduler=None,
+    append: bool = False,
+    progress: bool = True,
+    connect_timeout_s: float = 10.0,
+    flush_every_s: float = FLUSH_EVERY_S,
+) -> SweepSummary:
     """Compute every missing design point of ``spec`` into the results folder ``out``.
 
     ``scheduler``: None (local process pool of ``jobs`` workers), a Dask scheduler address, or a
@@ -445,14 +483,29 @@ class _SweepRun:
     """One execution of a sweep plan on a runner: the futures in flight, the finished rows waiting to
     be flushed to the store, the shipped traces still in use, and the progress bar."""
 
-    def __init__(self, spec: SweepSpec, store: ResultStore, plan: SweepPlan, runner, summary: SweepSummary,
-                 progress: bool, flush_every_s: float):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        store: ResultStore,
+        plan: SweepPlan,
+        runner,
+        summary: SweepSummary,
+        progress: bool,
+        flush_every_s: float,
+    ):
         from tqdm import tqdm
 
         self.spec, self.store, self.plan, self.runner, self.summary = spec, store, plan, runner, summary
         self.flush_every_s = flush_every_s
-        self.bar = tqdm(total=plan.pending_points, unit="pt", desc=f"sweep {spec.name}", file=sys.stderr,
-                        disable=not progress, smoothing=0.1, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=plan.pending_points,
+            unit="pt",
+            desc=f"sweep {spec.name}",
+            file=sys.stderr,
+            disable=not progress,
+            smoothing=0.1,
+            dynamic_ncols=True,
+        )
         self.buffers: dict[str, list] = {POINTS: [], QUALITY: []}
         self.last_flush = time.monotonic()
         self.futures: dict = {}  # future -> (POINTS, rows-by-key, recipes) | (QUALITY, qkey, recipe) | ("prep", path, None)
@@ -496,8 +549,9 @@ class _SweepRun:
     def submit_quality(self, prep) -> None:
         ref = self.runner.ship("quality-prep", prep)
         for qkey, recipe in self.plan.quality_pending:
-            fut = self.runner.submit(evaluate_quality, self.spec.quality_workload, recipe,
-                                     self.spec.quality_options, ref)
+            fut = self.runner.submit(
+                evaluate_quality, self.spec.quality_workload, recipe, self.spec.quality_options, ref
+            )
             self.futures[fut] = (QUALITY, qkey, recipe)
 
     def start_points(self) -> None:
@@ -529,11 +583,19 @@ class _SweepRun:
                 self.submit_quality(result)
             elif what[0] == QUALITY:
                 _, qkey, recipe = what
-                self.buffers[QUALITY].append({"key": qkey, "quality_key": qkey, "recipe": recipe,
-                                              "quality_workload": self.spec.quality_workload, **result})
+                self.buffers[QUALITY].append(
+                    {
+                        "key": qkey,
+                        "quality_key": qkey,
+                        "recipe": recipe,
+                        "quality_workload": self.spec.quality_workload,
+                        **result,
+                    }
+                )
                 self.summary.quality_computed += 1
                 self.bar.set_postfix_str(
-                    f"quality {self.summary.quality_computed}/{len(self.plan.quality_pending)} recipes")
+                    f"quality {self.summary.quality_computed}/{len(self.plan.quality_pending)} recipes"
+                )
             else:
                 self.collect_points(*what[1:], result)
         self.flush()

@@ -11,6 +11,7 @@ Overheads (each cited or marked):
   multiple of the datapath + SRAM area (``NPU_CONTROL_FRACTION``), calibrated against two published
   NPUs (``hwsim/validate.py`` shows the comparison).
 """
+
 from __future__ import annotations
 
 from hwsim.config import HWConfig

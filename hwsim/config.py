@@ -8,6 +8,7 @@ numbers live beside them in ``hwsim/presets/*.yaml``. A preset names a technolog
 name (``memory.py``); energies and areas are derived from those (``energy.py``, ``area.py``,
 ``sram.py``) once per config and cached on it (``HWConfig.costs``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -178,8 +179,16 @@ class HWConfig:
         return compute_costs(self)
 
 
-_SECTIONS = {"clock": Clock, "mac": MacArrays, "vector": VectorUnit, "sram": Sram, "dma": Dma,
-             "dram": Dram, "flash": Flash, "tech": Tech}
+_SECTIONS = {
+    "clock": Clock,
+    "mac": MacArrays,
+    "vector": VectorUnit,
+    "sram": Sram,
+    "dma": Dma,
+    "dram": Dram,
+    "flash": Flash,
+    "tech": Tech,
+}
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -271,46 +280,71 @@ def hw_from_dict(d: object) -> HWConfig:
     m = s["mac"]
     if m["dataflow"] not in DATAFLOWS:
         raise ConfigError("mac.dataflow", m["dataflow"], " or ".join(DATAFLOWS))
-    mac = MacArrays(arrays=_pos_int("mac.arrays", m["arrays"]), rows=_pos_int("mac.rows", m["rows"]),
-                    cols=_pos_int("mac.cols", m["cols"]), dataflow=m["dataflow"],
-                    macs_per_pe_cycle=_table("mac.macs_per_pe_cycle", m["macs_per_pe_cycle"],
-                                             PRECISIONS, _pos_num))
+    mac = MacArrays(
+        arrays=_pos_int("mac.arrays", m["arrays"]),
+        rows=_pos_int("mac.rows", m["rows"]),
+        cols=_pos_int("mac.cols", m["cols"]),
+        dataflow=m["dataflow"],
+        macs_per_pe_cycle=_table("mac.macs_per_pe_cycle", m["macs_per_pe_cycle"], PRECISIONS, _pos_num),
+    )
 
     v = s["vector"]
     vector = VectorUnit(
         lanes=_pos_int("vector.lanes", v["lanes"]),
-        cycles_per_element=_table("vector.cycles_per_element", v["cycles_per_element"],
-                                  ("basic", "exp", "rsqrt", "gelu"), _pos_num),
+        cycles_per_element=_table(
+            "vector.cycles_per_element", v["cycles_per_element"], ("basic", "exp", "rsqrt", "gelu"), _pos_num
+        ),
         online_reduction=_bool("vector.online_reduction", v["online_reduction"]),
-        reciprocal_cycles_per_row=_pos_int("vector.reciprocal_cycles_per_row",
-                                           v["reciprocal_cycles_per_row"]))
+        reciprocal_cycles_per_row=_pos_int("vector.reciprocal_cycles_per_row", v["reciprocal_cycles_per_row"]),
+    )
 
     r = s["sram"]
-    sram = Sram(weight_buffer_bytes=_pos_int("sram.weight_buffer_bytes", r["weight_buffer_bytes"]),
-                activation_buffer_bytes=_pos_int("sram.activation_buffer_bytes",
-                                                 r["activation_buffer_bytes"]),
-                banks=_pos_int("sram.banks", r["banks"]),
-                bytes_per_cycle=_pos_int("sram.bytes_per_cycle", r["bytes_per_cycle"]))
+    sram = Sram(
+        weight_buffer_bytes=_pos_int("sram.weight_buffer_bytes", r["weight_buffer_bytes"]),
+        activation_buffer_bytes=_pos_int("sram.activation_buffer_bytes", r["activation_buffer_bytes"]),
+        banks=_pos_int("sram.banks", r["banks"]),
+        bytes_per_cycle=_pos_int("sram.bytes_per_cycle", r["bytes_per_cycle"]),
+    )
 
     a = s["dma"]
-    dma = Dma(engines=_pos_int("dma.engines", a["engines"]),
-              bandwidth_bytes_per_s=_pos_num("dma.bandwidth_bytes_per_s", a["bandwidth_bytes_per_s"]),
-              setup_cycles=_nonneg_int("dma.setup_cycles", a["setup_cycles"]))
+    dma = Dma(
+        engines=_pos_int("dma.engines", a["engines"]),
+        bandwidth_bytes_per_s=_pos_num("dma.bandwidth_bytes_per_s", a["bandwidth_bytes_per_s"]),
+        setup_cycles=_nonneg_int("dma.setup_cycles", a["setup_cycles"]),
+    )
 
     r = s["dram"]
-    dram = Dram(part=memory.dram_part(r["part"]).name, channels=_pos_int("dram.channels", r["channels"]),
-                capacity_bytes=_pos_int("dram.capacity_bytes", r["capacity_bytes"]),
-                weight_capacity_bytes=_pos_int("dram.weight_capacity_bytes", r["weight_capacity_bytes"]))
+    dram = Dram(
+        part=memory.dram_part(r["part"]).name,
+        channels=_pos_int("dram.channels", r["channels"]),
+        capacity_bytes=_pos_int("dram.capacity_bytes", r["capacity_bytes"]),
+        weight_capacity_bytes=_pos_int("dram.weight_capacity_bytes", r["weight_capacity_bytes"]),
+    )
     if dram.weight_capacity_bytes > dram.capacity_bytes:
-        raise ConfigError("dram.weight_capacity_bytes", dram.weight_capacity_bytes,
-                          f"at most dram.capacity_bytes ({dram.capacity_bytes})")
+        raise ConfigError(
+            "dram.weight_capacity_bytes",
+            dram.weight_capacity_bytes,
+            f"at most dram.capacity_bytes ({dram.capacity_bytes})",
+        )
 
     f = s["flash"]
-    flash = Flash(part=memory.flash_part(f["part"]).name,
-                  capacity_bytes=_pos_int("flash.capacity_bytes", f["capacity_bytes"]),
-                  chunk_bytes=_pos_int("flash.chunk_bytes", f["chunk_bytes"]))
-    return HWConfig(name=d["name"], description=d["description"], clock=clock, mac=mac, vector=vector,
-                    sram=sram, dma=dma, dram=dram, flash=flash, tech=tech)
+    flash = Flash(
+        part=memory.flash_part(f["part"]).name,
+        capacity_bytes=_pos_int("flash.capacity_bytes", f["capacity_bytes"]),
+        chunk_bytes=_pos_int("flash.chunk_bytes", f["chunk_bytes"]),
+    )
+    return HWConfig(
+        name=d["name"],
+        description=d["description"],
+        clock=clock,
+        mac=mac,
+        vector=vector,
+        sram=sram,
+        dma=dma,
+        dram=dram,
+        flash=flash,
+        tech=tech,
+    )
 
 
 def hw_to_dict(hw: HWConfig) -> dict:
@@ -326,14 +360,12 @@ def load_hw(name_or_path: str) -> HWConfig:
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     path = preset if preset.is_file() else Path(name_or_path)
     if not path.is_file():
-        raise ConfigError("hw", name_or_path,
-                          "one of " + ", ".join(hw_preset_names()) + " or an existing YAML file")
+        raise ConfigError("hw", name_or_path, "one of " + ", ".join(hw_preset_names()) + " or an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ConfigError("hw", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) \
-            from None
+        raise ConfigError("hw", str(path), "valid YAML" + (f" (line {mark.line + 1})" if mark else "")) from None
     return hw_from_dict(data)
 
 
@@ -345,11 +377,9 @@ def with_overrides(hw: HWConfig, overrides: dict) -> HWConfig:
         node = d
         for i, p in enumerate(parts[:-1]):
             if not isinstance(node, dict) or p not in node:
-                raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
-                                  "dram.channels")
+                raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. dram.channels")
             node = node[p]
         if not isinstance(node, dict) or parts[-1] not in node:
-            raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. "
-                              "dram.channels")
+            raise ConfigError(dotted, value, "a dotted field of the hardware config, e.g. dram.channels")
         node[parts[-1]] = value
     return hw_from_dict(d)

@@ -10,6 +10,7 @@ DRAM refresh and background.
 
 Everything per event is computed once per hardware config (``HWConfig.costs``), never per tile.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -120,8 +121,10 @@ def compute_costs(hw: HWConfig) -> EventEnergies:
         area_mm2=area,
         logic_leakage_w=logic_mm2 * op.node.leakage_mw_per_mm2 * 1e-3 * op.leakage_scale,
         sram_leakage_w=bank.leakage_mw * hw.sram.banks * 1e-3 * op.leakage_scale,
-        dram_static_w=(d.refresh_mw_per_gib * hw.dram.capacity_bytes / 2**30
-                       + d.background_mw_per_channel * hw.dram.channels) * 1e-3,
+        dram_static_w=(
+            d.refresh_mw_per_gib * hw.dram.capacity_bytes / 2**30 + d.background_mw_per_channel * hw.dram.channels
+        )
+        * 1e-3,
     )
 
 
@@ -146,8 +149,10 @@ def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: f
         # requant / quant / dequant lanes beside the arrays: datapath energy carried to the node
         # and supply, with the NPU overhead, as the vector lanes' is
         "quant_epilogue": epilogue_pj_45nm(counts) * e.vector_lane_cycle_pj / VECTOR_LANE_CYCLE_PJ_45NM,
-        "sram": counts.get("sram_rd", 0) * e.sram_read_pj_per_byte + counts.get("sram_wr", 0) * e.sram_write_pj_per_byte,
-        "dram": counts.get("dram_rd", 0) * e.dram_read_pj_per_byte + counts.get("dram_wr", 0) * e.dram_write_pj_per_byte,
+        "sram": counts.get("sram_rd", 0) * e.sram_read_pj_per_byte
+        + counts.get("sram_wr", 0) * e.sram_write_pj_per_byte,
+        "dram": counts.get("dram_rd", 0) * e.dram_read_pj_per_byte
+        + counts.get("dram_wr", 0) * e.dram_write_pj_per_byte,
         "flash": counts.get("flash_rd", 0) * e.flash_read_pj_per_byte,
     }
     out = {k: v * 1e-12 for k, v in pj.items()}

@@ -18,6 +18,7 @@ Double buffering falls out of the buffer capacities (two tiles of each operand).
 is a background process: flash -> DRAM (-> SRAM when weights are resident) in flash-sized chunks,
 competing with the layers for DMA engines and the DRAM bus.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,19 @@ import simpy
 from hwsim.config import HWConfig
 from hwsim.tiling import SPLIT_MIN_BYTES, Plan, dram_cycles_per_byte
 
-STAT_KEYS = ("crit_mac", "crit_vector", "mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy", "wait_memory", "wait_vector",
-             "wait_store", "tail")
+STAT_KEYS = (
+    "crit_mac",
+    "crit_vector",
+    "mac_busy",
+    "vector_busy",
+    "dram_busy",
+    "dma_busy",
+    "flash_busy",
+    "wait_memory",
+    "wait_vector",
+    "wait_store",
+    "tail",
+)
 
 
 class Buffer:

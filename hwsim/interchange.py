@@ -11,6 +11,7 @@ outputs), so hwsim runs a topology on the int8 datapath at SCALE-Sim's one MAC p
 Reading refuses a bad field with a one-line ``ConfigError`` naming the file, the field, the value and
 what is allowed; writing goes to a temporary file renamed into place (nothing half-written).
 """
+
 from __future__ import annotations
 
 import configparser
@@ -29,13 +30,39 @@ DATAFLOW_NAMES = {"os": "output_stationary", "ws": "weight_stationary", "is": "i
 SCALESIM_DATAFLOW = {v: k for k, v in DATAFLOW_NAMES.items()}
 
 GEMM_HEADER = ("Layer Name", "M", "N", "K")
-CONV_HEADER = ("Layer name", "IFMAP Height", "IFMAP Width", "Filter Height", "Filter Width", "Channels",
-               "Num Filter", "Strides")
-COMPUTE_COLUMNS = ("LayerID", "Layer Name", "Batch", "Total Cycles (incl. prefetch)", "Total Cycles",
-                   "Stall Cycles", "Overall Util %", "Mapping Efficiency %", "Compute Util %",
-                   "Stall-free Cycles per item (1 array)")
-BANDWIDTH_COLUMNS = ("LayerID", "Layer Name", "Avg IFMAP SRAM BW", "Avg FILTER SRAM BW", "Avg OFMAP SRAM BW",
-                     "Avg IFMAP DRAM BW", "Avg FILTER DRAM BW", "Avg OFMAP DRAM BW", "DRAM Bytes")
+CONV_HEADER = (
+    "Layer name",
+    "IFMAP Height",
+    "IFMAP Width",
+    "Filter Height",
+    "Filter Width",
+    "Channels",
+    "Num Filter",
+    "Strides",
+)
+COMPUTE_COLUMNS = (
+    "LayerID",
+    "Layer Name",
+    "Batch",
+    "Total Cycles (incl. prefetch)",
+    "Total Cycles",
+    "Stall Cycles",
+    "Overall Util %",
+    "Mapping Efficiency %",
+    "Compute Util %",
+    "Stall-free Cycles per item (1 array)",
+)
+BANDWIDTH_COLUMNS = (
+    "LayerID",
+    "Layer Name",
+    "Avg IFMAP SRAM BW",
+    "Avg FILTER SRAM BW",
+    "Avg OFMAP SRAM BW",
+    "Avg IFMAP DRAM BW",
+    "Avg FILTER DRAM BW",
+    "Avg OFMAP DRAM BW",
+    "DRAM Bytes",
+)
 
 
 def _bad(path: Path, field: str, value: object, allowed: str) -> ConfigError:
@@ -75,8 +102,7 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
     try:
         cp.read_string(path.read_text())
     except configparser.Error as e:
-        raise _bad(path, "syntax", type(e).__name__, "a SCALE-Sim .cfg (INI sections and key: value lines)") \
-            from None
+        raise _bad(path, "syntax", type(e).__name__, "a SCALE-Sim .cfg (INI sections and key: value lines)") from None
     if not cp.has_section("architecture_presets"):
         raise _bad(path, "section", "architecture_presets", "present (SCALE-Sim's [architecture_presets])")
     arch = cp["architecture_presets"]
@@ -95,9 +121,14 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
             raise _bad(path, "[run_presets] InterfaceBandwidth", mode, "CALC or USER")
     if cp.has_section("sparsity") and (cp["sparsity"].get("SparsitySupport") or "false").strip().lower() == "true":
         raise _bad(path, "[sparsity] SparsitySupport", "true", "false (hwsim models dense arrays)")
-    over = {"mac.arrays": 1, "mac.rows": rows, "mac.cols": cols, "mac.dataflow": DATAFLOW_NAMES[df],
-            "sram.weight_buffer_bytes": filter_kb * 1024,
-            "sram.activation_buffer_bytes": (ifmap_kb + ofmap_kb) * 1024}
+    over = {
+        "mac.arrays": 1,
+        "mac.rows": rows,
+        "mac.cols": cols,
+        "mac.dataflow": DATAFLOW_NAMES[df],
+        "sram.weight_buffer_bytes": filter_kb * 1024,
+        "sram.activation_buffer_bytes": (ifmap_kb + ofmap_kb) * 1024,
+    }
     if mode == "USER":
         raw = (arch.get("Bandwidth") or "").strip()
         try:
@@ -110,8 +141,12 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
         over["dram.channels"] = max(1, math.ceil(want / base.dram.spec.channel_bandwidth_bytes_per_s))
     name = cp.get("general", "run_name", fallback=path.stem).strip() or path.stem
     hw = with_overrides(base, over)
-    return _renamed(hw, name, f"SCALE-Sim {path.name}: {rows}x{cols} {df}, {ifmap_kb}+{filter_kb}+{ofmap_kb} kB "
-                              f"SRAM, rest of the chip from {base.name}")
+    return _renamed(
+        hw,
+        name,
+        f"SCALE-Sim {path.name}: {rows}x{cols} {df}, {ifmap_kb}+{filter_kb}+{ofmap_kb} kB "
+        f"SRAM, rest of the chip from {base.name}",
+    )
 
 
 def _renamed(hw: HWConfig, name: str, description: str) -> HWConfig:
@@ -141,10 +176,25 @@ def is_scalesim_topology(path: str | Path) -> bool:
 def _gemm_op(name: str, m: int, k: int, n: int, kind: str, input_bytes: int) -> Op:
     """One layer as an int8 GEMM that writes int8 (SCALE-Sim's one-word outputs): its int32 sums are
     requantized on the arrays' epilogue lanes (energy only; they keep pace with the arrays)."""
-    return Op(step=0, name=name, kind=kind, batch=1, m=m, k=k, n=n, elements=m * n, macs=m * k * n,
-              weight_bytes=k * n * WORD_BYTES, input_bytes=input_bytes, output_bytes=m * n * WORD_BYTES,
-              w_bits=8, a_bits=8, out_bits=8 * WORD_BYTES, epilogue="requant",
-              reads=reads_str([("", 0, input_bytes // WORD_BYTES, 8 * WORD_BYTES)]))
+    return Op(
+        step=0,
+        name=name,
+        kind=kind,
+        batch=1,
+        m=m,
+        k=k,
+        n=n,
+        elements=m * n,
+        macs=m * k * n,
+        weight_bytes=k * n * WORD_BYTES,
+        input_bytes=input_bytes,
+        output_bytes=m * n * WORD_BYTES,
+        w_bits=8,
+        a_bits=8,
+        out_bits=8 * WORD_BYTES,
+        epilogue="requant",
+        reads=reads_str([("", 0, input_bytes // WORD_BYTES, 8 * WORD_BYTES)]),
+    )
 
 
 def read_scalesim_topology(path: str | Path) -> Trace:
@@ -157,13 +207,21 @@ def read_scalesim_topology(path: str | Path) -> Trace:
         raise ConfigError("workload", str(path), "an existing SCALE-Sim topology .csv file")
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     if not lines:
-        raise _bad(path, "header", "", "a SCALE-Sim topology header: " + ", ".join(GEMM_HEADER) + " or "
-                   + ", ".join(CONV_HEADER))
+        raise _bad(
+            path,
+            "header",
+            "",
+            "a SCALE-Sim topology header: " + ", ".join(GEMM_HEADER) + " or " + ", ".join(CONV_HEADER),
+        )
     head = [c.lower() for c in _cells(lines[0])]
     gemm = head[:4] == [h.lower() for h in GEMM_HEADER]
     if not gemm and head[:3] != [h.lower() for h in CONV_HEADER[:3]]:
-        raise _bad(path, "header", ", ".join(_cells(lines[0])), "a SCALE-Sim topology header: "
-                   + ", ".join(GEMM_HEADER) + " or " + ", ".join(CONV_HEADER))
+        raise _bad(
+            path,
+            "header",
+            ", ".join(_cells(lines[0])),
+            "a SCALE-Sim topology header: " + ", ".join(GEMM_HEADER) + " or " + ", ".join(CONV_HEADER),
+        )
     cols = GEMM_HEADER if gemm else CONV_HEADER
     ops = []
     for i, line in enumerate(lines[1:], start=2):
@@ -171,7 +229,7 @@ def read_scalesim_topology(path: str | Path) -> Trace:
         if len(cells) < len(cols):
             raise _bad(path, f"line {i}", line.strip(), f"{len(cols)} fields: " + ", ".join(cols))
         vals = []
-        for col, raw in zip(cols[1:], cells[1:len(cols)]):
+        for col, raw in zip(cols[1:], cells[1 : len(cols)]):
             try:
                 v = int(raw)
             except ValueError:
@@ -186,14 +244,22 @@ def read_scalesim_topology(path: str | Path) -> Trace:
             continue
         ih, iw, fh, fw, ch, nf, stride = vals
         if fh > ih or fw > iw:
-            raise _bad(path, f"line {i} Filter Height/Width", f"{fh}x{fw}",
-                       f"at most the IFMAP size {ih}x{iw}")
+            raise _bad(path, f"line {i} Filter Height/Width", f"{fh}x{fw}", f"at most the IFMAP size {ih}x{iw}")
         oh, ow = math.ceil((ih - fh + stride) / stride), math.ceil((iw - fw + stride) / stride)
         ops.append(_gemm_op(name, oh * ow, fh * fw * ch, nf, "conv", ih * iw * ch * WORD_BYTES))
     if not ops:
         raise _bad(path, "layers", 0, "at least one layer row under the header")
-    meta = {"workload": path.stem, "num_steps": 1, "recipe": "scalesim-int8", "scheme": "static",
-            "w_bits": 8, "a_bits": 8, "num_weight_sets": 0, "step_to_set": [], "source": "scalesim-topology"}
+    meta = {
+        "workload": path.stem,
+        "num_steps": 1,
+        "recipe": "scalesim-int8",
+        "scheme": "static",
+        "w_bits": 8,
+        "a_bits": 8,
+        "num_weight_sets": 0,
+        "step_to_set": [],
+        "source": "scalesim-topology",
+    }
     return Trace(ops=ops, meta=meta)
 
 
@@ -254,10 +320,25 @@ def report_rows(trace: Trace, res, hw: HWConfig) -> tuple[list[list], list[list]
         mapping = 100.0 * _mapping_efficiency(op.m, op.k, op.n, mac.rows, mac.cols, mac.dataflow)
         compute.append([lid, op.name, op.batch, total, total, stall, util, mapping, comp_util, per_item])
         cyc = max(total, 1)
-        a_bytes = op.input_bytes if op.kind in ("linear", "conv") else op.input_bytes * op.m * op.k // (op.m * op.k + op.k * op.n)
+        a_bytes = (
+            op.input_bytes
+            if op.kind in ("linear", "conv")
+            else op.input_bytes * op.m * op.k // (op.m * op.k + op.k * op.n)
+        )
         b_bytes = op.weight_bytes if op.kind in ("linear", "conv") else op.input_bytes - a_bytes
-        bandwidth.append([lid, op.name, a_bytes / cyc, b_bytes / cyc, op.output_bytes / cyc,
-                          a_bytes / cyc, b_bytes / cyc, op.output_bytes / cyc, r["dram_bytes"]])
+        bandwidth.append(
+            [
+                lid,
+                op.name,
+                a_bytes / cyc,
+                b_bytes / cyc,
+                op.output_bytes / cyc,
+                a_bytes / cyc,
+                b_bytes / cyc,
+                op.output_bytes / cyc,
+                r["dram_bytes"],
+            ]
+        )
     return compute, bandwidth
 
 
@@ -270,9 +351,11 @@ def write_reports(trace: Trace, res, hw: HWConfig, out_dir: str | Path) -> list[
     out.mkdir(parents=True, exist_ok=True)
     compute, bandwidth = report_rows(trace, res, hw)
     per_op_cols = tuple(res.per_op[0]) if res.per_op else ("name",)
-    files = [("COMPUTE_REPORT.csv", COMPUTE_COLUMNS, compute),
-             ("BANDWIDTH_REPORT.csv", BANDWIDTH_COLUMNS, bandwidth),
-             ("HWSIM_PER_OP.csv", per_op_cols, [[r[c] for c in per_op_cols] for r in res.per_op])]
+    files = [
+        ("COMPUTE_REPORT.csv", COMPUTE_COLUMNS, compute),
+        ("BANDWIDTH_REPORT.csv", BANDWIDTH_COLUMNS, bandwidth),
+        ("HWSIM_PER_OP.csv", per_op_cols, [[r[c] for c in per_op_cols] for r in res.per_op]),
+    ]
     paths = []
     for name, cols, rows in files:
         p = out / name

@@ -9,6 +9,7 @@ DRAM energy is split the way DRAMPower does it (Chandrasekar et al., DATE 2012 /
 per bit read or written (array + I/O), per row activation (ACT + PRE of one page), refresh power per
 GiB and background (standby) power per channel while the NPU runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,43 +65,111 @@ class FlashPart:
 # Sustained efficiency 0.85, assumption: streaming DMA with long bursts reaches ~85 % of peak once
 # read/write turnaround (tRTW, tWTR), refresh (tRFC / tREFI = 210 ns / 3.9 us = 5.4 %) and bank
 # conflicts are paid; refresh alone bounds it at 0.946.
-_LP4X = {"read_pj_per_bit": 4.0, "write_pj_per_bit": 4.2, "activate_pj": 1000.0, "refresh_mw_per_gib": 4.0,
-         "background_mw_per_channel": 10.0}
+_LP4X = {
+    "read_pj_per_bit": 4.0,
+    "write_pj_per_bit": 4.2,
+    "activate_pj": 1000.0,
+    "refresh_mw_per_gib": 4.0,
+    "background_mw_per_channel": 10.0,
+}
 
 
 def _scaled(k: float) -> dict:
     return {key: v * k for key, v in _LP4X.items()}
 
 
-DRAM_PARTS = {p.name: p for p in (
-    DramPart("lpddr4x-4266", 4266, 16, page_bytes=2048, trcd_ns=18, tcl_ns=36 / 2.133, trp_ns=18,
-             efficiency=0.85, source="JEDEC JESD209-4B (LPDDR4X 4,266 MT/s, RL 36 CK); energies: assumption "
-             "(DRAMPower-style IDD estimate)", **_LP4X),
-    DramPart("lpddr5-6400", 6400, 16, page_bytes=2048, trcd_ns=18, tcl_ns=21.25, trp_ns=18,
-             efficiency=0.85, source="JEDEC JESD209-5 (6,400 MT/s); energies: LPDDR4X x 0.7 (Samsung "
-             "LPDDR5, 2019: up to 30 % lower power)", **_scaled(0.7)),
-    DramPart("lpddr5x-8533", 8533, 16, page_bytes=2048, trcd_ns=18, tcl_ns=21.25, trp_ns=18,
-             efficiency=0.85, source="JEDEC JESD209-5B (8,533 MT/s); energies: LPDDR5 x 0.8 (Samsung "
-             "LPDDR5X, 2021: 20 % better power efficiency)", **_scaled(0.7 * 0.8)),
-    DramPart("lpddr5x-9600", 9600, 16, page_bytes=2048, trcd_ns=18, tcl_ns=21.25, trp_ns=18,
-             efficiency=0.85, source="JEDEC JESD209-5C (9,600 MT/s); energies as lpddr5x-8533",
-             **_scaled(0.7 * 0.8)),
-)}
+DRAM_PARTS = {
+    p.name: p
+    for p in (
+        DramPart(
+            "lpddr4x-4266",
+            4266,
+            16,
+            page_bytes=2048,
+            trcd_ns=18,
+            tcl_ns=36 / 2.133,
+            trp_ns=18,
+            efficiency=0.85,
+            source="JEDEC JESD209-4B (LPDDR4X 4,266 MT/s, RL 36 CK); energies: assumption "
+            "(DRAMPower-style IDD estimate)",
+            **_LP4X,
+        ),
+        DramPart(
+            "lpddr5-6400",
+            6400,
+            16,
+            page_bytes=2048,
+            trcd_ns=18,
+            tcl_ns=21.25,
+            trp_ns=18,
+            efficiency=0.85,
+            source="JEDEC JESD209-5 (6,400 MT/s); energies: LPDDR4X x 0.7 (Samsung "
+            "LPDDR5, 2019: up to 30 % lower power)",
+            **_scaled(0.7),
+        ),
+        DramPart(
+            "lpddr5x-8533",
+            8533,
+            16,
+            page_bytes=2048,
+            trcd_ns=18,
+            tcl_ns=21.25,
+            trp_ns=18,
+            efficiency=0.85,
+            source="JEDEC JESD209-5B (8,533 MT/s); energies: LPDDR5 x 0.8 (Samsung "
+            "LPDDR5X, 2021: 20 % better power efficiency)",
+            **_scaled(0.7 * 0.8),
+        ),
+        DramPart(
+            "lpddr5x-9600",
+            9600,
+            16,
+            page_bytes=2048,
+            trcd_ns=18,
+            tcl_ns=21.25,
+            trp_ns=18,
+            efficiency=0.85,
+            source="JEDEC JESD209-5C (9,600 MT/s); energies as lpddr5x-8533",
+            **_scaled(0.7 * 0.8),
+        ),
+    )
+}
 
 # UFS: JEDEC JESD220 (UFS 3.1 / 4.0) queues up to 32 commands (UTP transfer request list of 32 slots).
 # Command latency 100 us / 80 us: assumption (order of a 4 KiB random-read latency of mobile UFS at
 # queue depth 1, i.e. firmware + NAND tR ~ 50 us + link).
-FLASH_PARTS = {p.name: p for p in (
-    FlashPart("ufs3.1", 2.1e9, 609.0, 100e-6, 32,
-              "Samsung UFS 3.1 (2020): 2,100 MB/s sequential read; energy: UFS 4.0's 417 pJ/B x 1.46 "
-              "(Samsung: UFS 4.0 is 46 % more power-efficient than UFS 3.1)"),
-    FlashPart("ufs4.0", 4.2e9, 417.0, 80e-6, 32,
-              "Samsung UFS 4.0 (2022): 4,200 MB/s sequential read, 6.0 MB/s per mA at VCC 2.5 V = 417 pJ/B"),
-    # eMMC 5.1 (JEDEC JESD84-B51): HS400 bus 400 MB/s, command queue of 32 tasks; sustained sequential
-    # read 250 MB/s and 1,000 pJ/B: assumption (low-end storage, ~2.4x UFS 4.0's energy per byte).
-    FlashPart("emmc5.1", 2.5e8, 1000.0, 150e-6, 32,
-              "JEDEC JESD84-B51 (HS400, 32-task queue); bandwidth and energy: assumption"),
-)}
+FLASH_PARTS = {
+    p.name: p
+    for p in (
+        FlashPart(
+            "ufs3.1",
+            2.1e9,
+            609.0,
+            100e-6,
+            32,
+            "Samsung UFS 3.1 (2020): 2,100 MB/s sequential read; energy: UFS 4.0's 417 pJ/B x 1.46 "
+            "(Samsung: UFS 4.0 is 46 % more power-efficient than UFS 3.1)",
+        ),
+        FlashPart(
+            "ufs4.0",
+            4.2e9,
+            417.0,
+            80e-6,
+            32,
+            "Samsung UFS 4.0 (2022): 4,200 MB/s sequential read, 6.0 MB/s per mA at VCC 2.5 V = 417 pJ/B",
+        ),
+        # eMMC 5.1 (JEDEC JESD84-B51): HS400 bus 400 MB/s, command queue of 32 tasks; sustained sequential
+        # read 250 MB/s and 1,000 pJ/B: assumption (low-end storage, ~2.4x UFS 4.0's energy per byte).
+        FlashPart(
+            "emmc5.1",
+            2.5e8,
+            1000.0,
+            150e-6,
+            32,
+            "JEDEC JESD84-B51 (HS400, 32-task queue); bandwidth and energy: assumption",
+        ),
+    )
+}
 
 
 def dram_part(name: object, field: str = "dram.part") -> DramPart:

@@ -1,5 +1,6 @@
 """Pictures of one simulation: engine timeline (Gantt) over a step and across a swap, energy and area
 breakdown, roofline of the layers. matplotlib is imported only here."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,10 @@ _COLORS = {"mac": "tab:blue", "vector": "tab:orange", "dram": "tab:green", "flas
 def _plt():
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -34,15 +37,26 @@ def gantt(res: SimResult, step: int, path: Path, window_s: tuple | None = None) 
     fig, ax = plt.subplots(figsize=(12, 0.5 + 0.45 * len(engines)))
     for row, eng in enumerate(engines):
         for is_swap in (False, True):
-            spans = [(a, b - a) for e, a, b, lab in events if e == eng and b > a and (lab == "swap") == is_swap
-                     and (window_s is None or (b >= window_s[0] and a <= window_s[1]))]
+            spans = [
+                (a, b - a)
+                for e, a, b, lab in events
+                if e == eng
+                and b > a
+                and (lab == "swap") == is_swap
+                and (window_s is None or (b >= window_s[0] and a <= window_s[1]))
+            ]
             color = "tab:red" if is_swap else _COLORS.get(eng.rstrip("0123456789"), "tab:purple")
             if spans:
                 ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=color, linewidth=0)
     swap = [(a, b) for e, a, b, lab in events if lab == "swap"]
     if swap:
-        ax.axvspan(min(a for a, _ in swap), max(b for _, b in swap), color="tab:red", alpha=0.06,
-                   label="weight-set swap in flight (red bars: its transfers)")
+        ax.axvspan(
+            min(a for a, _ in swap),
+            max(b for _, b in swap),
+            color="tab:red",
+            alpha=0.06,
+            label="weight-set swap in flight (red bars: its transfers)",
+        )
         ax.legend(loc="upper right", fontsize=8)
     ax.set_yticks(range(len(engines)), engines)
     ax.invert_yaxis()
@@ -58,9 +72,14 @@ def gantt(res: SimResult, step: int, path: Path, window_s: tuple | None = None) 
 def breakdown(res: SimResult, path: Path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4), layout="constrained")
-    for ax, (title, d, unit) in zip(axes, (("energy per video", res.energy_breakdown_j, "J"),
-                                            ("area", res.area_breakdown_mm2, "mm$^2$"),
-                                            ("latency by cause", res.stall_breakdown_s, "s"))):
+    for ax, (title, d, unit) in zip(
+        axes,
+        (
+            ("energy per video", res.energy_breakdown_j, "J"),
+            ("area", res.area_breakdown_mm2, "mm$^2$"),
+            ("latency by cause", res.stall_breakdown_s, "s"),
+        ),
+    ):
         items = [(k, v) for k, v in d.items() if v > 0]
         ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
         ax.set_xlabel(unit)
@@ -113,8 +132,10 @@ def write_plots(res: SimResult, hw: HWConfig, out_dir: str | Path) -> list[Path]
         paths.append(gantt(res, steps[0], d / f"timeline_step{steps[0]}.png"))
         first_block = next((r["latency_s"] for r in res.per_op if ".attn.qkv" in r["name"]), None)
         if first_block is not None:  # zoom: the first transformer block's tiles are visible
-            t = sum(r["latency_s"] for r in res.per_op[: next(i for i, r in enumerate(res.per_op)
-                                                              if ".attn.qkv" in r["name"]) + 6])
+            t = sum(
+                r["latency_s"]
+                for r in res.per_op[: next(i for i, r in enumerate(res.per_op) if ".attn.qkv" in r["name"]) + 6]
+            )
             paths.append(gantt(res, steps[0], d / f"timeline_step{steps[0]}_zoom.png", (0.0, t)))
         for s in steps[1:]:
             evs = res.timeline[s]

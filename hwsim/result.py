@@ -1,5 +1,6 @@
 """What a simulation returns: latency, energy, area, storage, swaps, stalls, utilisation, per-op and
 per-step numbers, and (when asked) a timeline of engine events."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -26,6 +26,7 @@ adjacency and element counts (an op's elements equal to the next op's input elem
 quantization stages from their names (``<gemm>.smooth``, ``<gemm>.quant``, ``<gemm>.dyn_stats``,
 ``<gemm>.dyn_rescale``), as ``quantmodel``'s tracer writes them.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,17 @@ from dataclasses import dataclass, field
 PRE_KINDS = ("layernorm", "modulate", "smooth_mul", "quantize", "dyn_stats", "gelu", "silu", "elementwise")
 POST_KINDS = ("dyn_rescale", "gelu", "silu", "elementwise", "smooth_mul", "quantize")
 ROW_KINDS = ("layernorm", "dyn_stats")  # need the whole row (K) of the GEMM's input in SRAM
-CHAIN_KINDS = ("layernorm", "modulate", "smooth_mul", "quantize", "dyn_stats", "dyn_rescale", "gelu", "silu",
-               "elementwise")
+CHAIN_KINDS = (
+    "layernorm",
+    "modulate",
+    "smooth_mul",
+    "quantize",
+    "dyn_stats",
+    "dyn_rescale",
+    "gelu",
+    "silu",
+    "elementwise",
+)
 # static quantization stages that write the next GEMM's int8 input, and their name suffix
 QUANT_SUFFIX = {"smooth_mul": ".smooth", "quantize": ".quant"}
 FUSED_GEMMS = ("linear", "conv")
@@ -81,8 +91,14 @@ def _is_attention(ops, i: int) -> bool:
     if i + 2 >= len(ops):
         return False
     qk, sm, av = ops[i], ops[i + 1], ops[i + 2]
-    return (qk.kind == "matmul_qk" and sm.kind == "softmax" and av.kind == "matmul_av" and qk.name.endswith(".qk")
-            and sm.name == qk.name[:-3] + ".softmax" and av.name == qk.name[:-3] + ".av")
+    return (
+        qk.kind == "matmul_qk"
+        and sm.kind == "softmax"
+        and av.kind == "matmul_av"
+        and qk.name.endswith(".qk")
+        and sm.name == qk.name[:-3] + ".softmax"
+        and av.name == qk.name[:-3] + ".av"
+    )
 
 
 def _pre_ok(op, consumer) -> bool:
@@ -103,8 +119,9 @@ def _post_ok(ops, j: int, gemm) -> bool:
     if op.kind == "dyn_rescale":
         return op.name == gemm.name + ".dyn_rescale"
     if op.kind in QUANT_SUFFIX:  # quantizes for the next GEMM: only when that GEMM follows
-        return (j + 1 < len(ops) and ops[j + 1].kind in FUSED_GEMMS
-                and op.name == ops[j + 1].name + QUANT_SUFFIX[op.kind])
+        return (
+            j + 1 < len(ops) and ops[j + 1].kind in FUSED_GEMMS and op.name == ops[j + 1].name + QUANT_SUFFIX[op.kind]
+        )
     return True
 
 
@@ -115,12 +132,18 @@ def group_ops(ops: list) -> list[Group]:
     pending: list[int] = []  # vector ops not yet placed
 
     def flush(keep: int = 0) -> None:
-        rest = pending[:len(pending) - keep]
+        rest = pending[: len(pending) - keep]
         chain: list[int] = []
         for j in rest:
             op = ops[j]
-            if chain and op.kind in CHAIN_KINDS and ops[chain[-1]].kind in CHAIN_KINDS and j == chain[-1] + 1 \
-                    and op.elements == ops[chain[-1]].elements and op.kind != "dyn_stats":
+            if (
+                chain
+                and op.kind in CHAIN_KINDS
+                and ops[chain[-1]].kind in CHAIN_KINDS
+                and j == chain[-1] + 1
+                and op.elements == ops[chain[-1]].elements
+                and op.kind != "dyn_stats"
+            ):
                 chain.append(j)
                 continue
             if chain:
@@ -128,7 +151,7 @@ def group_ops(ops: list) -> list[Group]:
             chain = [j]
         if chain:
             groups.append(Group("vector", chain))
-        del pending[:len(pending) - keep]
+        del pending[: len(pending) - keep]
 
     i, n = 0, len(ops)
     while i < n:
@@ -178,8 +201,7 @@ def gemm_lower_bound_bytes(a_bytes: int, w_bytes: int, out_bytes: int, wbuf: int
     buffering, no room for outputs)."""
     if w_bytes <= wbuf or a_bytes <= abuf or not w_bytes:
         return a_bytes + w_bytes + out_bytes
-    return out_bytes + min(a_bytes * math.ceil(w_bytes / wbuf) + w_bytes,
-                           a_bytes + w_bytes * math.ceil(a_bytes / abuf))
+    return out_bytes + min(a_bytes * math.ceil(w_bytes / wbuf) + w_bytes, a_bytes + w_bytes * math.ceil(a_bytes / abuf))
 
 
 def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, abuf: int) -> list[int]:
@@ -207,12 +229,18 @@ def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, 
             a_in = core.input_bytes + ops[g.core[2]].input_bytes - ops[g.core[1]].output_bytes
             out = ops[g.core[2]].output_bytes
         else:
-            a_in = min([core.input_bytes] + [ops[j].output_bytes for j in g.pre]
-                       + ([ops[g.pre[0]].input_bytes - side_bytes(ops[g.pre[0]])] if g.pre else []))
+            a_in = min(
+                [core.input_bytes]
+                + [ops[j].output_bytes for j in g.pre]
+                + ([ops[g.pre[0]].input_bytes - side_bytes(ops[g.pre[0]])] if g.pre else [])
+            )
             tail = g.post[-1] if g.post else g.core[0]
             quantized = ops[tail].kind in QUANT_SUFFIX and tail + 1 < len(ops)
-            out = min([core.output_bytes] + [ops[j].output_bytes for j in g.post]
-                      + ([ops[tail + 1].input_bytes] if quantized else []))
+            out = min(
+                [core.output_bytes]
+                + [ops[j].output_bytes for j in g.post]
+                + ([ops[tail + 1].input_bytes] if quantized else [])
+            )
         a_in = 0 if a_in <= half else a_in
         out = 0 if out <= half else out
         if g.kind == "attention":

@@ -12,6 +12,7 @@ Speed comes from memoisation, never from a coarser model:
 Both hold exactly because time is integer cycles; ``memo=False`` simulates everything and must give
 the same numbers bit for bit (tests/test_hwsim_memo.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,22 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 # 5: energies and areas from the technology node, the clock's operating point (V-f), CACTI 7 SRAM
 #    banks, LPDDR/UFS parts and calibrated NPU overheads (technology.py, sram.py, memory.py)
 SIM_VERSION = "hwsim-5"
-_OP_KEY = attrgetter("kind", "batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes",
-                     "output_bytes", "w_bits", "a_bits", "name", "epilogue", "dequant_elements")
+_OP_KEY = attrgetter(
+    "kind",
+    "batch",
+    "m",
+    "k",
+    "n",
+    "elements",
+    "weight_bytes",
+    "input_bytes",
+    "output_bytes",
+    "w_bits",
+    "a_bits",
+    "name",
+    "epilogue",
+    "dequant_elements",
+)
 _INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
 PRE_QUANT = ("smooth_mul", "quantize", "dyn_stats")  # the quantization stage right before a GEMM
 
@@ -108,12 +123,25 @@ def _gemm_unit(op, wplan: WeightPlan, pre_ops=(), post_ops=(), next_op=None) -> 
         res = sum(side_bytes(q) for q in post_ops)
     if not wplan.resident:  # SmoothQuant factors come with the weights
         pre_w += sum(o.weight_bytes for o in (*pre_ops, *post_ops))
-    return GemmUnit(batch=op.batch, m=op.m, k=op.k, n=op.n, precision=precision_of(op.w_bits, op.a_bits),
-                    a_bytes=max(1, a_bytes), b_bytes=b_bytes, out_bytes=max(1, out),
-                    b_per_item=per_item, b_resident=wplan.resident and not per_item,
-                    a_extra_sram_bpe=extra, pre="+".join(op_stages(p) for p in pre_ops),
-                    post="+".join(op_stages(q) for q in post_ops), pre_weight_bytes=pre_w, res_bytes=res,
-                    epilogue=op.epilogue, dequant_elements=op.dequant_elements)
+    return GemmUnit(
+        batch=op.batch,
+        m=op.m,
+        k=op.k,
+        n=op.n,
+        precision=precision_of(op.w_bits, op.a_bits),
+        a_bytes=max(1, a_bytes),
+        b_bytes=b_bytes,
+        out_bytes=max(1, out),
+        b_per_item=per_item,
+        b_resident=wplan.resident and not per_item,
+        a_extra_sram_bpe=extra,
+        pre="+".join(op_stages(p) for p in pre_ops),
+        post="+".join(op_stages(q) for q in post_ops),
+        pre_weight_bytes=pre_w,
+        res_bytes=res,
+        epilogue=op.epilogue,
+        dequant_elements=op.dequant_elements,
+    )
 
 
 def _chain_out(last, next_op) -> int:
@@ -131,11 +159,15 @@ def _vector_unit(chain: list, wplan: WeightPlan, next_op=None) -> VectorOpUnit:
     first = chain[0]
     side = sum(side_bytes(o) for o in chain)
     dyn = next((o for o in chain if o.kind == "dyn_stats"), None)
-    return VectorOpUnit(kind="+".join(op_stages(o) for o in chain), elements=first.elements,
-                        in_bytes=first.input_bytes - side_bytes(first) + side,
-                        out_bytes=_chain_out(chain[-1], next_op),
-                        weight_bytes=0 if wplan.resident else sum(o.weight_bytes for o in chain),
-                        rows=dyn.batch * dyn.m if dyn is not None else 0, side_bytes=side)
+    return VectorOpUnit(
+        kind="+".join(op_stages(o) for o in chain),
+        elements=first.elements,
+        in_bytes=first.input_bytes - side_bytes(first) + side,
+        out_bytes=_chain_out(chain[-1], next_op),
+        weight_bytes=0 if wplan.resident else sum(o.weight_bytes for o in chain),
+        rows=dyn.batch * dyn.m if dyn is not None else 0,
+        side_bytes=side,
+    )
 
 
 class _Units:
@@ -170,8 +202,9 @@ class _Units:
             for j in cov:
                 self.op_unit[j], self.primary[j] = u, j == prim
         self.set_bytes = [sum(ops[j].weight_bytes for j in cov if ops[j].weight_set >= 0) for cov in self.covered]
-        self.lower = dram_lower_bound(ops, groups, wplan.resident, hw.sram.weight_buffer_bytes,
-                                      hw.sram.activation_buffer_bytes)
+        self.lower = dram_lower_bound(
+            ops, groups, wplan.resident, hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+        )
 
     def _next(self, j: int):
         return self.ops[j + 1] if j + 1 < len(self.ops) else None
@@ -197,9 +230,13 @@ class _Units:
             if plan is not None:
                 self._append([(unit, core)], [plan])
                 return
-        self._append([(_gemm_unit(qk, self.wplan), [core[0]]),
-                      (_vector_unit([self.ops[core[1]]], self.wplan), [core[1]]),
-                      (_gemm_unit(av, self.wplan), [core[2]])])
+        self._append(
+            [
+                (_gemm_unit(qk, self.wplan), [core[0]]),
+                (_vector_unit([self.ops[core[1]]], self.wplan), [core[1]]),
+                (_gemm_unit(av, self.wplan), [core[2]]),
+            ]
+        )
 
     def _add_gemm(self, g) -> None:
         """Plan every fusion option of a GEMM group and keep the one of least figure of merit
@@ -214,11 +251,16 @@ class _Units:
             pre_opts.append(0)
         best = None
         for np_ in pre_opts:
-            for nq in ([len(g.post), 0] if g.post else [0]):
-                alone_pre, fused_pre = g.pre[:len(g.pre) - np_], g.pre[len(g.pre) - np_:]
+            for nq in [len(g.post), 0] if g.post else [0]:
+                alone_pre, fused_pre = g.pre[: len(g.pre) - np_], g.pre[len(g.pre) - np_ :]
                 fused_post, alone_post = g.post[:nq], g.post[nq:]
-                unit = _gemm_unit(gemm, wplan, [ops[j] for j in fused_pre], [ops[j] for j in fused_post],
-                                  ops[alone_post[0]] if alone_post else nxt)
+                unit = _gemm_unit(
+                    gemm,
+                    wplan,
+                    [ops[j] for j in fused_pre],
+                    [ops[j] for j in fused_post],
+                    ops[alone_post[0]] if alone_post else nxt,
+                )
                 full_k = any(ops[j].kind in ROW_KINDS for j in fused_pre)
                 try:
                     cyc, pj = _shape(unit, self.hw, self.cache, full_k)[1]
@@ -289,12 +331,21 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
     p_el, v_el = av.m * av.k, av.k * av.n
     q_bytes = qk.input_bytes * q_el // (q_el + k_el)
     v_bytes = av.input_bytes * v_el // (p_el + v_el)
-    return AttentionUnit(batch=qk.batch, m=qk.m, n=qk.n, d=qk.k, dv=av.n,
-                         precision_qk=precision_of(qk.w_bits, qk.a_bits),
-                         precision_av=precision_of(av.w_bits, av.a_bits),
-                         q_bytes=max(1, q_bytes), k_bytes=max(1, qk.input_bytes - q_bytes),
-                         v_bytes=max(1, v_bytes), out_bytes=max(1, av.output_bytes), epilogue=av.epilogue,
-                         dequant_elements=qk.dequant_elements + av.dequant_elements)
+    return AttentionUnit(
+        batch=qk.batch,
+        m=qk.m,
+        n=qk.n,
+        d=qk.k,
+        dv=av.n,
+        precision_qk=precision_of(qk.w_bits, qk.a_bits),
+        precision_av=precision_of(av.w_bits, av.a_bits),
+        q_bytes=max(1, q_bytes),
+        k_bytes=max(1, qk.input_bytes - q_bytes),
+        v_bytes=max(1, v_bytes),
+        out_bytes=max(1, av.output_bytes),
+        epilogue=av.epilogue,
+        dequant_elements=qk.dequant_elements + av.dequant_elements,
+    )
 
 
 def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> tuple:
@@ -344,8 +395,9 @@ class _StepOut:
     __slots__ = ("cycles", "ops_end", "unit_cycles", "st", "swap_st", "swap_wait", "swap_end", "events")
 
 
-def _run_step(hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, wplan: WeightPlan,
-              record: bool) -> _StepOut:
+def _run_step(
+    hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, wplan: WeightPlan, record: bool
+) -> _StepOut:
     m = Machine(hw, record)
     env = m.env
     n = len(us.units)
@@ -362,6 +414,7 @@ def _run_step(hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, w
 
         def _mark_end(_ev):
             out.swap_end = env.now
+
         proc.callbacks.append(_mark_end)
     unit_cycles = [0] * n
     st = m.st
@@ -396,7 +449,7 @@ def _run_step(hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, w
             if memo is not None and not bg:
                 delta = {k: st[k] - snap[k] for k in st if st[k] != snap[k]}
                 lab = us.labels[i]
-                evs = [(e, a - t0, b - t0, x[len(lab):]) for e, a, b, x in m.events[nev:]] if record else None
+                evs = [(e, a - t0, b - t0, x[len(lab) :]) for e, a, b, x in m.events[nev:]] if record else None
                 memo[unit] = (unit_cycles[i], delta, evs)
         out.ops_end = env.now
 
@@ -477,8 +530,13 @@ def clear_cache(traces: bool = True) -> None:
 
 
 def cache_info() -> dict:
-    return {"traces": len(_TRACES), "plans": len(_PLANS), "unit_runs": len(_UNIT_RUNS),
-            "unit_sets": len(_UNIT_SETS), "steps": len(_STEPS)}
+    return {
+        "traces": len(_TRACES),
+        "plans": len(_PLANS),
+        "unit_runs": len(_UNIT_RUNS),
+        "unit_sets": len(_UNIT_SETS),
+        "steps": len(_STEPS),
+    }
 
 
 def hw_hash(hw: HWConfig) -> str:
@@ -492,19 +550,23 @@ class _TraceInfo:
     signatures, weight sets. Computed once per trace object (a sweep simulates one trace on many
     chips); ``ops`` keeps the op objects so a list changed in place is noticed."""
 
-    __slots__ = ("trace", "ops", "meta", "by_step", "steps", "step_sig", "reps", "step_set", "sig_keys",
-                 "dyn", "sets")
+    __slots__ = ("trace", "ops", "meta", "by_step", "steps", "step_sig", "reps", "step_set", "sig_keys", "dyn", "sets")
 
     def still_valid(self, trace: Trace) -> bool:
         ops = trace.ops
-        return (trace is self.trace and len(ops) == len(self.ops) and trace.meta == self.meta
-                and all(map(operator.is_, ops, self.ops)))
+        return (
+            trace is self.trace
+            and len(ops) == len(self.ops)
+            and trace.meta == self.meta
+            and all(map(operator.is_, ops, self.ops))
+        )
 
 
 def _analyse(trace: Trace) -> _TraceInfo:
     if getattr(trace, "version", None) != TRACE_VERSION:
-        raise ConfigError("trace_version", getattr(trace, "version", None),
-                          f"{TRACE_VERSION} (this build's trace format)")
+        raise ConfigError(
+            "trace_version", getattr(trace, "version", None), f"{TRACE_VERSION} (this build's trace format)"
+        )
     if not trace.ops:
         raise ConfigError("trace", "no ops", "a trace with at least one op")
     # group ops by step; a step's signature is its op list (names included: they decide fusion)
@@ -513,8 +575,9 @@ def _analyse(trace: Trace) -> _TraceInfo:
         by_step.setdefault(op.step, []).append(op)
     steps = sorted(by_step)
     if steps[0] < 0 or steps != list(range(len(steps))):
-        raise ConfigError("trace op step", steps[0] if steps[0] < 0 else len(steps),
-                          "steps numbered 0..num_steps-1 without gaps")
+        raise ConfigError(
+            "trace op step", steps[0] if steps[0] < 0 else len(steps), "steps numbered 0..num_steps-1 without gaps"
+        )
     sig_ids: dict[tuple, int] = {}
     step_sig: list[int] = []
     reps: list[int] = []  # a representative step per signature
@@ -553,8 +616,7 @@ def _trace_info(trace: Trace, use_cache: bool) -> _TraceInfo:
 
 
 # ---- the whole run ----------------------------------------------------------------------------------
-def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool = False,
-             memo: bool = True) -> SimResult:
+def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool = False, memo: bool = True) -> SimResult:
     """Latency, energy, area, storage and swap costs of running ``trace`` on ``hw``.
 
     ``memo=True`` reuses, within the call and across calls in this process, whatever depends only
@@ -568,9 +630,12 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
     if not hw.vector.online_reduction:
         for sid, s in enumerate(reps):
             if info.dyn[sid]:
-                raise ConfigError("recipe", trace.meta.get("recipe", "dynamic"),
-                                  f"a static recipe: hardware {hw.name} has no on-line reduction unit "
-                                  "for dynamic quantization (vector.online_reduction: false)")
+                raise ConfigError(
+                    "recipe",
+                    trace.meta.get("recipe", "dynamic"),
+                    f"a static recipe: hardware {hw.name} has no on-line reduction unit "
+                    "for dynamic quantization (vector.online_reduction: false)",
+                )
     wplan = plan_weights(trace, hw, prefetch, info.sets)
     hkey = hw_hash(hw)
     plans = _Scoped(_PLANS if memo else None, (hkey, wplan.resident))
@@ -621,8 +686,14 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
             if o is not None:
                 return o
             # where swaps read from matters only to a step that swaps
-            gkey = (hkey, prefetch, info.sig_keys[step_sig[s]], wplan.resident,
-                    wplan.from_flash if swap is not None else None, swap)
+            gkey = (
+                hkey,
+                prefetch,
+                info.sig_keys[step_sig[s]],
+                wplan.resident,
+                wplan.from_flash if swap is not None else None,
+                swap,
+            )
             o = _STEPS.get(gkey)
             if o is not None:
                 step_memo[key] = o
@@ -639,8 +710,23 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
         outs.append(o)
         twins.append(run(s, None, False) if swaps[s] is not None else o)
 
-    return _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, twins, swaps,
-                   record_steps, plans, unit_memo, simulated_steps)
+    return _result(
+        trace,
+        hw,
+        wplan,
+        prefetch,
+        units,
+        step_sig,
+        reps,
+        by_step,
+        outs,
+        twins,
+        swaps,
+        record_steps,
+        plans,
+        unit_memo,
+        simulated_steps,
+    )
 
 
 def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
@@ -655,9 +741,12 @@ def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
             else:
                 act = unit.in_bytes + unit.out_bytes
             if act > room:
-                raise ConfigError("dram.capacity_bytes", hw.dram.capacity_bytes,
-                                  f"room for {label}'s {act} activation bytes beside "
-                                  f"dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}")
+                raise ConfigError(
+                    "dram.capacity_bytes",
+                    hw.dram.capacity_bytes,
+                    f"room for {label}'s {act} activation bytes beside "
+                    f"dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}",
+                )
 
 
 def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
@@ -665,14 +754,21 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
     cpb = transfer_cycles_per_byte(hw)
     if isinstance(unit, AttentionUnit):
         peak = hw.peak_macs_per_cycle
-        compute = math.ceil(unit.batch * unit.m * unit.n * unit.d / peak[unit.precision_qk]
-                            + unit.batch * unit.m * unit.n * unit.dv / peak[unit.precision_av])
+        compute = math.ceil(
+            unit.batch * unit.m * unit.n * unit.d / peak[unit.precision_qk]
+            + unit.batch * unit.m * unit.n * unit.dv / peak[unit.precision_av]
+        )
         min_bytes = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
         vec = vector_cycles(hw, "softmax", unit.batch * unit.m * unit.n)
     elif isinstance(unit, GemmUnit):
         compute = math.ceil(unit.macs / hw.peak_macs_per_cycle[unit.precision])
-        min_bytes = (unit.a_bytes * unit.dram_in + (0 if unit.b_resident else unit.b_bytes)
-                     + unit.out_bytes * unit.dram_out + unit.pre_weight_bytes + unit.res_bytes)
+        min_bytes = (
+            unit.a_bytes * unit.dram_in
+            + (0 if unit.b_resident else unit.b_bytes)
+            + unit.out_bytes * unit.dram_out
+            + unit.pre_weight_bytes
+            + unit.res_bytes
+        )
         vec = 0
         if unit.pre:
             vec += vector_cycles(hw, unit.pre, unit.batch * unit.m * unit.k, unit.batch * unit.m)
@@ -680,16 +776,32 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
             vec += vector_cycles(hw, unit.post, unit.batch * unit.m * unit.n)
     else:
         compute = 0
-        min_bytes = ((unit.in_bytes if unit.dram_in else unit.side_bytes) + unit.out_bytes * unit.dram_out
-                     + unit.weight_bytes)
+        min_bytes = (
+            (unit.in_bytes if unit.dram_in else unit.side_bytes) + unit.out_bytes * unit.dram_out + unit.weight_bytes
+        )
         vec = vector_cycles(hw, unit.kind, unit.elements, unit.rows) if unit.elements else 0
     if not plan.tiles:
         return 0
     return max(compute, vec, math.floor(min_bytes * cpb))
 
 
-def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, twins, swaps,
-            record_steps, plans, unit_memo, simulated_steps) -> SimResult:
+def _result(
+    trace,
+    hw,
+    wplan,
+    prefetch,
+    units,
+    step_sig,
+    reps,
+    by_step,
+    outs,
+    twins,
+    swaps,
+    record_steps,
+    plans,
+    unit_memo,
+    simulated_steps,
+) -> SimResult:
     freq = hw.clock.freq_hz
     num_steps = len(outs)
     total_cycles = sum(o.cycles for o in outs)
@@ -725,8 +837,22 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
     energy = energy_breakdown_j(hw, counts, latency_s, area_mm2)
 
     # stalls: each step's twin without swap decomposes exactly; swaps add the difference
-    agg = dict.fromkeys(("crit_mac", "crit_vector", "wait_memory", "wait_vector", "wait_store", "tail",
-                         "mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy"), 0)
+    agg = dict.fromkeys(
+        (
+            "crit_mac",
+            "crit_vector",
+            "wait_memory",
+            "wait_vector",
+            "wait_store",
+            "tail",
+            "mac_busy",
+            "vector_busy",
+            "dram_busy",
+            "dma_busy",
+            "flash_busy",
+        ),
+        0,
+    )
     swap_stall = swap_dur = 0
     for s, o in enumerate(outs):
         tw = twins[s]
@@ -763,37 +889,67 @@ def _result(trace, hw, wplan, prefetch, units, step_sig, reps, by_step, outs, tw
     for op, ui, prim in zip(by_step[0], us0.op_unit, us0.primary):
         pc = us0.plans[ui].counts
         unit = us0.units[ui]
-        per_op.append({"name": op.name, "kind": op.kind, "unit": ui,
-                       "engine": us0.plans[ui].engine,
-                       "latency_s": o0.unit_cycles[ui] / freq if prim else 0.0,
-                       "bound_s": bounds[ui] / freq if prim else 0.0,
-                       "estimate_s": plan_estimate(us0.plans[ui], us0.hw)[0] / freq if prim else 0.0,
-                       "macs": getattr(unit, "macs", 0) if prim else 0,
-                       "dram_bytes": pc.get("dram_rd", 0) + pc.get("dram_wr", 0) if prim else 0,
-                       "dram_lower_bound_bytes": sum(us0.lower[j] for j in us0.covered[ui]) if prim else 0,
-                       "precision": getattr(unit, "precision", getattr(unit, "precision_qk", "fp16")),
-                       "fused_into": "" if prim else us0.labels[ui]})
+        per_op.append(
+            {
+                "name": op.name,
+                "kind": op.kind,
+                "unit": ui,
+                "engine": us0.plans[ui].engine,
+                "latency_s": o0.unit_cycles[ui] / freq if prim else 0.0,
+                "bound_s": bounds[ui] / freq if prim else 0.0,
+                "estimate_s": plan_estimate(us0.plans[ui], us0.hw)[0] / freq if prim else 0.0,
+                "macs": getattr(unit, "macs", 0) if prim else 0,
+                "dram_bytes": pc.get("dram_rd", 0) + pc.get("dram_wr", 0) if prim else 0,
+                "dram_lower_bound_bytes": sum(us0.lower[j] for j in us0.covered[ui]) if prim else 0,
+                "precision": getattr(unit, "precision", getattr(unit, "precision_qk", "fp16")),
+                "fused_into": "" if prim else us0.labels[ui],
+            }
+        )
     tl = {}
     for s in sorted(record_steps):
         tl[s] = [(e, a / freq, b / freq, lab) for e, a, b, lab in (outs[s].events or [])]
     init_s = wplan.initial_load_bytes / hw.flash.bandwidth_bytes_per_s
     return SimResult(
-        sim_version=SIM_VERSION, hw=hw.name, workload=str(trace.meta.get("workload", "")),
-        recipe=str(trace.meta.get("recipe", "fp16")), prefetch=prefetch, prefetch_used=wplan.prefetch_used,
-        weight_placement=wplan.placement, num_steps=num_steps, latency_s=latency_s,
-        latency_per_step_s=[o.cycles / freq for o in outs], energy_j=sum(energy.values()),
-        energy_breakdown_j=energy, area_mm2=area_mm2, area_breakdown_mm2=area,
-        storage_bytes=wplan.storage_bytes, float_weight_bytes=wplan.float_bytes,
-        weight_set_bytes=max(wplan.set_bytes.values(), default=0), num_weight_sets=len(wplan.set_bytes),
-        swap_count=swap_count, swap_bytes=swap_bytes, swap_stall_s=swap_stall / freq,
-        swap_hidden_s=max(0, swap_dur - swap_stall) / freq, initial_load_bytes=wplan.initial_load_bytes,
-        initial_load_s=init_s, stall_breakdown_s=stall, utilisation=util,
+        sim_version=SIM_VERSION,
+        hw=hw.name,
+        workload=str(trace.meta.get("workload", "")),
+        recipe=str(trace.meta.get("recipe", "fp16")),
+        prefetch=prefetch,
+        prefetch_used=wplan.prefetch_used,
+        weight_placement=wplan.placement,
+        num_steps=num_steps,
+        latency_s=latency_s,
+        latency_per_step_s=[o.cycles / freq for o in outs],
+        energy_j=sum(energy.values()),
+        energy_breakdown_j=energy,
+        area_mm2=area_mm2,
+        area_breakdown_mm2=area,
+        storage_bytes=wplan.storage_bytes,
+        float_weight_bytes=wplan.float_bytes,
+        weight_set_bytes=max(wplan.set_bytes.values(), default=0),
+        num_weight_sets=len(wplan.set_bytes),
+        swap_count=swap_count,
+        swap_bytes=swap_bytes,
+        swap_stall_s=swap_stall / freq,
+        swap_hidden_s=max(0, swap_dur - swap_stall) / freq,
+        initial_load_bytes=wplan.initial_load_bytes,
+        initial_load_s=init_s,
+        stall_breakdown_s=stall,
+        utilisation=util,
         macs=sum(counts.get(f"macs_{p}", 0) for p in ("int8", "int4", "fp16")),
-        dram_bytes=counts.get("dram_rd", 0) + counts.get("dram_wr", 0), flash_bytes=counts.get("flash_rd", 0),
-        sram_bytes=counts.get("sram_rd", 0) + counts.get("sram_wr", 0), per_op=per_op,
+        dram_bytes=counts.get("dram_rd", 0) + counts.get("dram_wr", 0),
+        flash_bytes=counts.get("flash_rd", 0),
+        sram_bytes=counts.get("sram_rd", 0) + counts.get("sram_wr", 0),
+        per_op=per_op,
         dram_lower_bound_bytes=bound_bytes,
         dram_over_bound=(counts.get("dram_rd", 0) + counts.get("dram_wr", 0)) / bound_bytes if bound_bytes else 0.0,
-        memo={"distinct_steps": len(reps), "steps_simulated": simulated_steps,
-              "units_per_step": len(us0.units), "units_simulated": unit_memo.added if unit_memo is not None else None,
-              "plans": len({id(p) for us in units for p in us.plans})},
-        note=wplan.note, timeline=tl)
+        memo={
+            "distinct_steps": len(reps),
+            "steps_simulated": simulated_steps,
+            "units_per_step": len(us0.units),
+            "units_simulated": unit_memo.added if unit_memo is not None else None,
+            "plans": len({id(p) for us in units for p in us.plans}),
+        },
+        note=wplan.note,
+        timeline=tl,
+    )

@@ -18,6 +18,7 @@ dynamic energy by the logic energy factor, area by the published 6T bitcell area
 bitcell area too (assumption: leakage per mm2 of SRAM macro held at its value at the last CACTI
 node). Above the largest CACTI node the model refuses the node.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -73,7 +74,8 @@ def _table() -> dict:
     by_node: dict = {}
     for r in cacti_rows():
         by_node.setdefault(r["node_nm"], []).append(
-            (math.log(r["capacity_bytes"]), {q: math.log(r[q]) for q in QUANTITIES}))
+            (math.log(r["capacity_bytes"]), {q: math.log(r[q]) for q in QUANTITIES})
+        )
     return {nm: sorted(rows, key=lambda t: t[0]) for nm, rows in by_node.items()}
 
 
@@ -99,7 +101,7 @@ def _at_cacti_node(nm: float, capacity_bytes: float) -> dict:
     out = {q: math.exp(y0[q] + t * (y1[q] - y0[q])) for q in TABLE}
     for q in POWER_LAW:
         a, b = power_law(nm, q)
-        out[q] = a * capacity_bytes ** b
+        out[q] = a * capacity_bytes**b
     return out
 
 
@@ -118,8 +120,9 @@ def bank(node_nm: float, capacity_bytes: float) -> Bank:
     up to the largest CACTI node)."""
     nodes = cacti_nodes()
     if node_nm > nodes[-1]:
-        raise ConfigError("tech.node_nm", node_nm, f"at most {nodes[-1]:g} nm for SRAM (the largest node of "
-                          "the CACTI table)")
+        raise ConfigError(
+            "tech.node_nm", node_nm, f"at most {nodes[-1]:g} nm for SRAM (the largest node of the CACTI table)"
+        )
     if node_nm in nodes:
         v = _at_cacti_node(node_nm, capacity_bytes)
     elif node_nm > nodes[0]:
@@ -132,6 +135,10 @@ def bank(node_nm: float, capacity_bytes: float) -> Bank:
         v = _at_cacti_node(base_nm, capacity_bytes)
         n, b = technology.node(node_nm), technology.node(base_nm)
         e, cell = n.energy / b.energy, n.sram_bitcell_um2 / b.sram_bitcell_um2
-        v = {"read_pj": v["read_pj"] * e, "write_pj": v["write_pj"] * e,
-             "leakage_mw": v["leakage_mw"] * cell, "area_mm2": v["area_mm2"] * cell}
+        v = {
+            "read_pj": v["read_pj"] * e,
+            "write_pj": v["write_pj"] * e,
+            "leakage_mw": v["leakage_mw"] * cell,
+            "area_mm2": v["area_mm2"] * cell,
+        }
     return Bank(capacity_bytes=capacity_bytes, **v)

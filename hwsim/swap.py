@@ -15,6 +15,7 @@ Prefetch policies: ``jit`` starts copying a step's set when that step starts (th
 when the previous step ends) and each layer waits for its own weights; ``early`` copies the next
 step's set into the free slot while the current step runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,8 +61,9 @@ def plan_weights(trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple
     biggest = max(sets.values(), default=0)
     many = len(sets) > 1
     if total > hw.flash.capacity_bytes:
-        raise ConfigError("flash.capacity_bytes", hw.flash.capacity_bytes,
-                          f">= {total} bytes (the recipe's weight storage)")
+        raise ConfigError(
+            "flash.capacity_bytes", hw.flash.capacity_bytes, f">= {total} bytes (the recipe's weight storage)"
+        )
     half_wbuf = hw.sram.weight_buffer_bytes // 2
     dram_cap = hw.dram.weight_capacity_bytes
     all_in_dram = total <= dram_cap
@@ -70,15 +72,27 @@ def plan_weights(trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple
         return WeightPlan(float_bytes, sets, total, "sram", True, False, False, prefetch, prefetch, total)
     slots = 2 if prefetch == "early" else 1
     if many and float_bytes + slots * biggest <= half_wbuf:
-        return WeightPlan(float_bytes, sets, total, "sram", True, True, not all_in_dram, prefetch, prefetch,
-                          total if all_in_dram else float_bytes + biggest)
+        return WeightPlan(
+            float_bytes,
+            sets,
+            total,
+            "sram",
+            True,
+            True,
+            not all_in_dram,
+            prefetch,
+            prefetch,
+            total if all_in_dram else float_bytes + biggest,
+        )
     if all_in_dram:
         return WeightPlan(float_bytes, sets, total, "dram", False, False, False, prefetch, prefetch, total)
     if float_bytes + slots * biggest > dram_cap:
         if slots == 2 and float_bytes + biggest <= dram_cap:
             used, note = "jit", "early needs two weight-set slots in DRAM; only one fits, ran jit"
         else:
-            raise ConfigError("dram.weight_capacity_bytes", dram_cap,
-                              f">= {float_bytes + biggest} bytes (float weights + one weight set)")
-    return WeightPlan(float_bytes, sets, total, "flash", False, True, True, prefetch, used,
-                      float_bytes + biggest, note)
+            raise ConfigError(
+                "dram.weight_capacity_bytes",
+                dram_cap,
+                f">= {float_bytes + biggest} bytes (float weights + one weight set)",
+            )
+    return WeightPlan(float_bytes, sets, total, "flash", False, True, True, prefetch, used, float_bytes + biggest, note)

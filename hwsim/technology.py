@@ -17,6 +17,7 @@ energy per event scales as C V^2 (V/Vnom)^2, leakage power as V/Vnom (the drain 
 gate bias times the supply); below the node's Vmin the clock is slowed at Vmin, above f(Vmax) it is
 refused.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -98,9 +99,18 @@ def _row(nm, energy, area, vnom, fnom, bitcell):
     # vmin 0.55 V and vmax vnom + 0.15 V: assumption (a mobile DVFS range around nominal; overdrive
     # bounded by reliability); vth 0.30 V: assumption (regular-Vt FinFET/planar logic, ~0.3 V).
     # Leakage 20 mW/mm2 at vnom: assumption (low-power logic, order of magnitude at nominal voltage).
-    return Node(node_nm=nm, energy=energy, area=area, vnom_v=vnom, vmin_v=min(0.55, vnom - 0.1),
-                vmax_v=vnom + 0.15, vth_v=0.30, fnom_hz=fnom, sram_bitcell_um2=bitcell,
-                leakage_mw_per_mm2=20.0)
+    return Node(
+        node_nm=nm,
+        energy=energy,
+        area=area,
+        vnom_v=vnom,
+        vmin_v=min(0.55, vnom - 0.1),
+        vmax_v=vnom + 0.15,
+        vth_v=0.30,
+        fnom_hz=fnom,
+        sram_bitcell_um2=bitcell,
+        leakage_mw_per_mm2=20.0,
+    )
 
 
 # SRAM bitcells (high-density 6T): Intel 45 nm 0.346 um2 (Mistry et al., IEDM 2007), Intel 32 nm
@@ -108,20 +118,25 @@ def _row(nm, energy, area, vnom, fnom, bitcell):
 # (Natarajan et al., IEDM 2014), Intel 10 nm 0.0312 (Auth et al., IEDM 2017), TSMC N7 0.027 (Wu et al.,
 # IEDM 2016), TSMC N5 0.021 (Yeap et al., IEDM 2019), N4 shares N5's cell, TSMC N3 0.0199 (TSMC N3
 # announcement, 2022 VLSI Symposium). 20/16 nm: TSMC 16FF 0.07 um2 (Wu et al., IEDM 2013), 20 nm interpolated.
-NODES = tuple(sorted((
-    _row(45, _stillmaker_energy_vs_horowitz(45), 1.0, 1.0, _f_big(45), 0.346),
-    _row(32, _stillmaker_energy_vs_horowitz(32), _STILLMAKER[32][3], 0.9, _f_big(32), 0.171),
-    _row(20, _stillmaker_energy_vs_horowitz(20), _STILLMAKER[20][3], 0.9, _f_big(20), 0.084),
-    _row(16, _stillmaker_energy_vs_horowitz(16), _STILLMAKER[16][3], 0.85, _f_big(16), 0.07),
-    _row(14, _stillmaker_energy_vs_horowitz(14), _STILLMAKER[14][3], 0.8, _f_big(14), 0.0588),
-    _row(10, _stillmaker_energy_vs_horowitz(10), _STILLMAKER[10][3], 0.75, _f_big(10), 0.0312),
-    _row(7, _E7, _A7, 0.7, _F7, 0.027),
-    # 5/4/3 nm nominal supply 0.75 V: TSMC N5's reported operating voltage for its logic/SRAM
-    # characterisation (Yeap et al., IEDM 2019); N4 and N3 kept at it (assumption).
-    _row(5, _E5, _A5, 0.75, _F5, 0.021),
-    _row(4, _E4, _A4, 0.75, _F5, 0.021),
-    _row(3, _E3, _A3, 0.75, _F5 * 1.125, 0.0199),
-), key=lambda n: n.node_nm))
+NODES = tuple(
+    sorted(
+        (
+            _row(45, _stillmaker_energy_vs_horowitz(45), 1.0, 1.0, _f_big(45), 0.346),
+            _row(32, _stillmaker_energy_vs_horowitz(32), _STILLMAKER[32][3], 0.9, _f_big(32), 0.171),
+            _row(20, _stillmaker_energy_vs_horowitz(20), _STILLMAKER[20][3], 0.9, _f_big(20), 0.084),
+            _row(16, _stillmaker_energy_vs_horowitz(16), _STILLMAKER[16][3], 0.85, _f_big(16), 0.07),
+            _row(14, _stillmaker_energy_vs_horowitz(14), _STILLMAKER[14][3], 0.8, _f_big(14), 0.0588),
+            _row(10, _stillmaker_energy_vs_horowitz(10), _STILLMAKER[10][3], 0.75, _f_big(10), 0.0312),
+            _row(7, _E7, _A7, 0.7, _F7, 0.027),
+            # 5/4/3 nm nominal supply 0.75 V: TSMC N5's reported operating voltage for its logic/SRAM
+            # characterisation (Yeap et al., IEDM 2019); N4 and N3 kept at it (assumption).
+            _row(5, _E5, _A5, 0.75, _F5, 0.021),
+            _row(4, _E4, _A4, 0.75, _F5, 0.021),
+            _row(3, _E3, _A3, 0.75, _F5 * 1.125, 0.0199),
+        ),
+        key=lambda n: n.node_nm,
+    )
+)
 NODE_RANGE_NM = (NODES[0].node_nm, NODES[-1].node_nm)
 _NMS = [n.node_nm for n in NODES]
 
@@ -137,16 +152,29 @@ def node(node_nm: float, field: str = "tech.node_nm") -> Node:
     """The node's parameters, interpolated (power law between neighbours) where it is not tabulated."""
     lo_nm, hi_nm = NODE_RANGE_NM
     if not (isinstance(node_nm, (int, float)) and lo_nm <= node_nm <= hi_nm):
-        raise ConfigError(field, node_nm, f"a node between {lo_nm:g} and {hi_nm:g} nm (the technology "
-                          "model's range: Horowitz 45 nm scaled by Stillmaker & Baas to 7 nm, foundry "
-                          "data for 5/4/3 nm)")
+        raise ConfigError(
+            field,
+            node_nm,
+            f"a node between {lo_nm:g} and {hi_nm:g} nm (the technology "
+            "model's range: Horowitz 45 nm scaled by Stillmaker & Baas to 7 nm, foundry "
+            "data for 5/4/3 nm)",
+        )
     i = bisect.bisect_left(_NMS, node_nm)
     if _NMS[i] == node_nm:
         return NODES[i]
     a, b = NODES[i - 1], NODES[i]
     vals = {}
-    for f in ("energy", "area", "vnom_v", "vmin_v", "vmax_v", "vth_v", "fnom_hz", "sram_bitcell_um2",
-              "leakage_mw_per_mm2"):
+    for f in (
+        "energy",
+        "area",
+        "vnom_v",
+        "vmin_v",
+        "vmax_v",
+        "vth_v",
+        "fnom_hz",
+        "sram_bitcell_um2",
+        "leakage_mw_per_mm2",
+    ):
         vals[f] = _interp_log(node_nm, a.node_nm, b.node_nm, getattr(a, f), getattr(b, f))
     return Node(node_nm=float(node_nm), **vals)
 
@@ -170,8 +198,12 @@ def vdd_for(n: Node, freq_hz: float, field: str = "clock.freq_hz") -> float:
     Vmin below the frequency Vmin reaches; a clock above f(Vmax) is refused."""
     fmax = max_freq_hz(n)
     if freq_hz > fmax * (1 + 1e-9):
-        raise ConfigError(field, freq_hz, f"at most {fmax:.4g} Hz at {n.node_nm:g} nm (f at Vmax "
-                          f"{n.vmax_v:.2f} V on the node's voltage-frequency curve)")
+        raise ConfigError(
+            field,
+            freq_hz,
+            f"at most {fmax:.4g} Hz at {n.node_nm:g} nm (f at Vmax "
+            f"{n.vmax_v:.2f} V on the node's voltage-frequency curve)",
+        )
     if freq_hz <= freq_at(n, n.vmin_v):
         return n.vmin_v
     lo, hi = n.vmin_v, n.vmax_v

@@ -6,6 +6,7 @@ A plan is a pure function of the unit and the hardware, so it is computed once p
 and reused; the SimPy engine (``engine.py``) replays its tiles through DMA, MAC arrays and vector
 unit to find the timing under contention.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,9 @@ class GemmUnit:
     out_bytes: int
     b_per_item: bool  # B differs per batch item (attention) vs shared weights
     b_resident: bool  # weights already resident in SRAM: not loaded per op
-    a_extra_sram_bpe: float = 0.0  # SRAM bytes per A element of the quantized copy a pre-stage writes beside the FP16 input
+    a_extra_sram_bpe: float = (
+        0.0  # SRAM bytes per A element of the quantized copy a pre-stage writes beside the FP16 input
+    )
     pre: str = ""
     post: str = ""
     pre_weight_bytes: int = 0  # SmoothQuant factors of a fused smooth_mul (loaded with the first B tile)
@@ -260,8 +263,9 @@ class NoFit(Exception):
         self.buffer, self.value, self.need, self.what = buffer, value, need, what
 
     def config_error(self) -> ConfigError:
-        return ConfigError(self.buffer, self.value, f">= {self.need} bytes to hold one double-buffered "
-                           f"tile of {self.what}")
+        return ConfigError(
+            self.buffer, self.value, f">= {self.need} bytes to hold one double-buffered tile of {self.what}"
+        )
 
 
 def _round_down(x: int, q: int) -> int:
@@ -272,8 +276,7 @@ def _round_up(x: int, q: int) -> int:
     return -(-x // q) * q
 
 
-def _tile_compute_cycles(b: int, m: int, k: int, n: int, R: int, C: int, A: int, dataflow: str,
-                         rate: float) -> int:
+def _tile_compute_cycles(b: int, m: int, k: int, n: int, R: int, C: int, A: int, dataflow: str, rate: float) -> int:
     """Array cycles of one full ``b x [m,k] x [k,n]`` tile, split over the arrays as the replay does."""
     if b >= A:  # whole batch items per array
         return math.ceil(b / A) * systolic_cycles(m, k, n, R, C, dataflow, rate)
@@ -329,8 +332,17 @@ def _one_transfer_cpb(hw: HWConfig, nbytes: float) -> float:
     return max(dram_cycles_per_byte(hw), hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s)
 
 
-def _pipeline_cycles(xfers: tuple, comp: float, pre: float, post: float, ntiles: int, hw: HWConfig,
-                     engine: str, first_in: float = 0.0, last_out: float = 0.0) -> float:
+def _pipeline_cycles(
+    xfers: tuple,
+    comp: float,
+    pre: float,
+    post: float,
+    ntiles: int,
+    hw: HWConfig,
+    engine: str,
+    first_in: float = 0.0,
+    last_out: float = 0.0,
+) -> float:
     """Closed-form time of a unit as the replay runs it (``engine.Machine.run_unit``).
 
     ``xfers`` = ((input bytes, loads), (weight bytes, loads), (output bytes, stores)). Three
@@ -344,10 +356,12 @@ def _pipeline_cycles(xfers: tuple, comp: float, pre: float, post: float, ntiles:
     (a_b, a_n), (b_b, b_n), (o_b, o_n) = xfers
     lane = [b * _one_transfer_cpb(hw, b / n) + n * setup if n else 0.0 for b, n in xfers]
     comp_all = comp + ntiles * (_per_tile_cycles(hw, engine) - setup)
-    dma_all = ((a_b + b_b + o_b) * hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s + (a_n + b_n + o_n) * setup) \
-        / hw.dma.engines
-    steady = max(lane[0] + pre, lane[1], comp_all, lane[2] + post, (a_b + b_b + o_b) * dram_cycles_per_byte(hw),
-                 dma_all)
+    dma_all = (
+        (a_b + b_b + o_b) * hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s + (a_n + b_n + o_n) * setup
+    ) / hw.dma.engines
+    steady = max(
+        lane[0] + pre, lane[1], comp_all, lane[2] + post, (a_b + b_b + o_b) * dram_cycles_per_byte(hw), dma_all
+    )
     n = max(1, ntiles)
     load1 = first_in * _one_transfer_cpb(hw, first_in) + setup if first_in else 0.0
     store1 = last_out * _one_transfer_cpb(hw, last_out) + setup if last_out else 0.0
@@ -372,8 +386,9 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     comp = sum(t[7] for t in tiles)
     pre = sum(t[6] for t in tiles)
     post = sum(t[10] for t in tiles)
-    cycles = _pipeline_cycles(xfers, comp, pre, post, len(tiles), hw, plan.engine, max(tiles[0][0], tiles[0][3]),
-                              tiles[-1][9])
+    cycles = _pipeline_cycles(
+        xfers, comp, pre, post, len(tiles), hw, plan.engine, max(tiles[0][0], tiles[0][3]), tiles[-1][9]
+    )
     energy_j = sum(energy_breakdown_j(hw, plan.counts, cycles / hw.clock.freq_hz).values())
     plan.estimate = (cycles, energy_j * 1e12)
     return plan.estimate
@@ -413,7 +428,8 @@ class _Estimate:
         self.dram_pj = e.dram_pj_per_byte
         self.sram_pj = e.sram_pj_per_byte
         self.mac_pj = u.macs * e.mac_pj[u.precision] + epilogue_pj_45nm(epilogue_counts(u)) * vl / (
-            lanes * VECTOR_LANE_CYCLE_PJ_45NM)  # the epilogue lanes, carried to the node as energy.py does
+            lanes * VECTOR_LANE_CYCLE_PJ_45NM
+        )  # the epilogue lanes, carried to the node as energy.py does
         self.leak_pj_per_cycle = e.static_w / hw.clock.freq_hz * 1e12
 
     def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
@@ -448,13 +464,18 @@ class _Estimate:
                         rd += w * r
         pre = self.pre_cycles * fa
         post = self.post_cycles
-        first_in = max((math.ceil(min(bt, u.batch) * min(mt, u.m) * min(kt, u.k) * self.a_bpe) if u.dram_in else 0),
-                       (0 if u.b_resident else math.ceil(min(kt, u.k) * min(nt, u.n) * self.b_bpe_of_item)))
+        first_in = max(
+            (math.ceil(min(bt, u.batch) * min(mt, u.m) * min(kt, u.k) * self.a_bpe) if u.dram_in else 0),
+            (0 if u.b_resident else math.ceil(min(kt, u.k) * min(nt, u.n) * self.b_bpe_of_item)),
+        )
         last_out = math.ceil(min(bt, u.batch) * min(mt, u.m) * min(nt, u.n) * self.o_bpe) if u.dram_out else 0
         n_a = (nb_b * nb_m * nb_k * fa if u.dram_in else 0) + (nb_b * nb_m * nb_n if u.res_bytes else 0)
         n_b = 0 if u.b_resident else (nb_n * nb_k * fb_item * (nb_b if (u.b_per_item or nb_n > 1 or nb_k > 1) else 1))
-        xfers = ((a_in + u.res_bytes, n_a), (b_in + u.pre_weight_bytes, max(n_b, 1 if u.pre_weight_bytes else 0)),
-                 (d_out, nb_b * nb_m * nb_n if d_out else 0))
+        xfers = (
+            (a_in + u.res_bytes, n_a),
+            (b_in + u.pre_weight_bytes, max(n_b, 1 if u.pre_weight_bytes else 0)),
+            (d_out, nb_b * nb_m * nb_n if d_out else 0),
+        )
         cycles = _pipeline_cycles(xfers, comp, pre, post, ntiles, self.hw, "mac", first_in, last_out)
         o_sram_bpe = self.o_bpe if nb_k == 1 else PSUM_BYTES
         sram = d_in + self.o_el * nb_k * o_sram_bpe + rd + d_out  # fills, array writes and reads, drains
@@ -464,8 +485,14 @@ class _Estimate:
             sram += fa * self.a_el * (FP16_BYTES + self.a_sram_bpe - self.a_bpe)  # read FP16, write quantized
         if u.post:
             sram += 2 * u.out_bytes + 2 * u.res_bytes
-        energy_pj = (self.mac_pj + (d_in + d_out) * self.dram_pj + sram * self.sram_pj
-                     + fa * self.pre_pj + self.post_pj + cycles * self.leak_pj_per_cycle)
+        energy_pj = (
+            self.mac_pj
+            + (d_in + d_out) * self.dram_pj
+            + sram * self.sram_pj
+            + fa * self.pre_pj
+            + self.post_pj
+            + cycles * self.leak_pj_per_cycle
+        )
         return cycles, energy_pj, ntiles
 
 
@@ -522,8 +549,9 @@ class _GemmSearch:
             if hit is None:
                 sys_c = _tile_compute_cycles(b, m, k, n, R, C, A, dataflow, rate)
                 # every A row block is read once per column fold, every B column block once per row fold
-                rd = b * (math.ceil(m * k * a_mac_bpe) * math.ceil(n / (A * C))
-                          + math.ceil(k * n * b_bpe) * math.ceil(m / R))
+                rd = b * (
+                    math.ceil(m * k * a_mac_bpe) * math.ceil(n / (A * C)) + math.ceil(k * n * b_bpe) * math.ceil(m / R)
+                )
                 hit = (max(sys_c, math.ceil(rd / sram_bw)), rd)
                 cycle_cache[key] = hit
             return hit
@@ -609,16 +637,32 @@ def static_twin(u: GemmUnit) -> GemmUnit:
     if (pre, post) == (u.pre, u.post):
         return u
     a_bytes = u.a_bytes if pre else round(u.batch * u.m * u.k * u.a_extra_sram_bpe) if u.pre else u.a_bytes
-    return GemmUnit(batch=u.batch, m=u.m, k=u.k, n=u.n, precision=u.precision, a_bytes=a_bytes,
-                    b_bytes=u.b_bytes, out_bytes=u.out_bytes, b_per_item=u.b_per_item, b_resident=u.b_resident,
-                    a_extra_sram_bpe=u.a_extra_sram_bpe if pre else 0.0, pre=pre, post=post,
-                    pre_weight_bytes=u.pre_weight_bytes if pre else 0, res_bytes=u.res_bytes if post else 0,
-                    dram_in=u.dram_in, dram_out=u.dram_out, epilogue=u.epilogue,
-                    dequant_elements=u.dequant_elements)
+    return GemmUnit(
+        batch=u.batch,
+        m=u.m,
+        k=u.k,
+        n=u.n,
+        precision=u.precision,
+        a_bytes=a_bytes,
+        b_bytes=u.b_bytes,
+        out_bytes=u.out_bytes,
+        b_per_item=u.b_per_item,
+        b_resident=u.b_resident,
+        a_extra_sram_bpe=u.a_extra_sram_bpe if pre else 0.0,
+        pre=pre,
+        post=post,
+        pre_weight_bytes=u.pre_weight_bytes if pre else 0,
+        res_bytes=u.res_bytes if post else 0,
+        dram_in=u.dram_in,
+        dram_out=u.dram_out,
+        epilogue=u.epilogue,
+        dequant_elements=u.dequant_elements,
+    )
 
 
-def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
-               anchor: tuple | None = None) -> tuple[tuple, tuple[float, float]]:
+def gemm_shape(
+    u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None
+) -> tuple[tuple, tuple[float, float]]:
     """The tiling ``plan_gemm`` uses, (kt, nt, mt, bt, weight_reuse), and its closed-form (cycles,
     pJ), without building the tiles (the schedule compares fusion options with it).
 
@@ -665,8 +709,7 @@ def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
     kmin = u.k if need_full_k else min(u.k, R)
     rmin, nmin = min(u.m, R), min(u.n, C)
     if not u.b_resident and 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes > wbuf:
-        raise NoFit("sram.weight_buffer_bytes", wbuf,
-                    2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes, what)
+        raise NoFit("sram.weight_buffer_bytes", wbuf, 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes, what)
     need_a = 2 * math.ceil(rmin * kmin * a_sram_bpe) + 2 * rmin * nmin * (o_bpe if kmin == u.k else PSUM_BYTES)
     if need_a > abuf:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
@@ -689,8 +732,9 @@ def gemm_shape(u: GemmUnit, hw: HWConfig, need_full_k: bool = False,
     return shape, srch.est(*shape)[:2]
 
 
-def plan_gemm(u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None,
-              shape: tuple | None = None) -> Plan:
+def plan_gemm(
+    u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None, shape: tuple | None = None
+) -> Plan:
     """Tile plan of a GEMM unit: its tiles in replay order for the tiling of ``gemm_shape`` (or
     ``shape`` when the caller has it)."""
     if shape is None:
@@ -806,9 +850,22 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
         if nb_k > 1 and not k_first:
             counts["sram_rd"] += math.ceil(b * m * n * PSUM_BYTES)  # read-modify-write of partial sums
         counts["sram_rd"] += out_store  # DMA drains the output tile
-        tiles.append((a_load + res_t, (a_sram if a_new else 0) + res_t, (a_sram if a_free else 0) + res_t,
-                      b_load, b_sram if b_new else 0, b_sram if b_free else 0, pre_c, cyc,
-                      out_alloc, out_store, post_c, 1 if k_last else 0))
+        tiles.append(
+            (
+                a_load + res_t,
+                (a_sram if a_new else 0) + res_t,
+                (a_sram if a_free else 0) + res_t,
+                b_load,
+                b_sram if b_new else 0,
+                b_sram if b_free else 0,
+                pre_c,
+                cyc,
+                out_alloc,
+                out_store,
+                post_c,
+                1 if k_last else 0,
+            )
+        )
     return tiles, counts
 
 
@@ -912,8 +969,12 @@ class _AttnCost:
                     c = math.ceil(b / A) * systolic_cycles(mm, kk, nn, R, C, mac.dataflow, rate)
                 else:
                     c = b * systolic_cycles(mm, kk, math.ceil(nn / A), R, C, mac.dataflow, rate)
-                rd = b * (math.ceil(mm * kk * a_bpe) * math.ceil(nn / (A * C)) + math.ceil(kk * nn * b_bpe) * math.ceil(mm / R))
+                rd = b * (
+                    math.ceil(mm * kk * a_bpe) * math.ceil(nn / (A * C))
+                    + math.ceil(kk * nn * b_bpe) * math.ceil(mm / R)
+                )
                 return c, rd
+
             c1, rd1 = one(m, u.d, nkk, self.r_qk, self.q_bpe, self.q_bpe)  # S = Q K^T
             c2, rd2 = one(m, nkk, u.dv, self.r_av, FP16_BYTES, self.o_bpe)  # O += P V
             hit = self.cache[key] = (max(c1 + c2, math.ceil((rd1 + rd2) / self.hw.sram.bytes_per_cycle)), rd1 + rd2)
@@ -922,8 +983,9 @@ class _AttnCost:
     def softmax_cycles(self, b: int, m: int, nkk: int, streamed: bool) -> int:
         """Softmax of a score tile (+ the O rescale per key block when keys are streamed)."""
         lanes = self.hw.vector.lanes
-        return (math.ceil(b * m * nkk * self.soft_cpe / lanes)
-                + (math.ceil(b * m * self.u.dv * 2 * self.basic / lanes) if streamed else 0))
+        return math.ceil(b * m * nkk * self.soft_cpe / lanes) + (
+            math.ceil(b * m * self.u.dv * 2 * self.basic / lanes) if streamed else 0
+        )
 
     def estimate(self, nk: int, mq: int, bt: int) -> tuple[float, float, int]:
         """(cycles, pJ of what differs between blockings: DRAM and leakage, tiles) of one blocking."""
@@ -975,7 +1037,9 @@ def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tupl
         # and drain the pipeline faster; the estimate weighs both)
         opts = [(mq, bt)] + [(mq, math.ceil(bt / f)) for f in (2, 4) if bt >= f]
         if bt == 1:
-            opts += [(m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq]
+            opts += [
+                (m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq
+            ]
         for mq_, bt_ in opts:
             cycles, energy, ntiles = cost.estimate(nk, mq_, bt_)
             key = (figure_of_merit(cycles, energy), ntiles)
@@ -986,9 +1050,12 @@ def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tupl
         need = 2 * math.ceil(min(u.n, R) * cost.kv_bpe_row)
         if need > wbuf:
             raise NoFit("sram.weight_buffer_bytes", wbuf, need, what)
-        raise NoFit("sram.activation_buffer_bytes", abuf,
-                    math.ceil(min(u.m, R) * (2 * u.d * cost.q_bpe + 2 * min(u.n, R) * FP16_BYTES
-                                             + 2 * u.dv * PSUM_BYTES)), what)
+        raise NoFit(
+            "sram.activation_buffer_bytes",
+            abuf,
+            math.ceil(min(u.m, R) * (2 * u.d * cost.q_bpe + 2 * min(u.n, R) * FP16_BYTES + 2 * u.dv * PSUM_BYTES)),
+            what,
+        )
     return best[1]
 
 
@@ -1018,10 +1085,22 @@ def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
                 cyc, rd = cost.cycles(b, m, nkk)
                 o_alloc = math.ceil(b * m * u.dv * (o_bpe if nb_k == 1 else PSUM_BYTES)) if first else 0
                 o_store = math.ceil(b * m * u.dv * o_bpe) if last else 0
-                tiles.append((q_load, q_sram if first or nb_k > 1 else 0,
-                              q_sram if (last or nb_k > 1) else 0,
-                              kv_load, kv_sram if kv_new else 0, kv_sram if kv_free else 0,
-                              pre, cyc, o_alloc, o_store, 0, 1 if last else 0))
+                tiles.append(
+                    (
+                        q_load,
+                        q_sram if first or nb_k > 1 else 0,
+                        q_sram if (last or nb_k > 1) else 0,
+                        kv_load,
+                        kv_sram if kv_new else 0,
+                        kv_sram if kv_free else 0,
+                        pre,
+                        cyc,
+                        o_alloc,
+                        o_store,
+                        0,
+                        1 if last else 0,
+                    )
+                )
                 counts["vec_cycles"] += pre
                 counts["sram_rd"] += rd + 2 * b * m * nkk * FP16_BYTES + o_store  # scores in and out of the vector unit
                 counts["sram_wr"] += q_load + kv_load + 2 * b * m * nkk * FP16_BYTES + math.ceil(b * m * u.dv * o_bpe)

@@ -13,6 +13,7 @@ ratio range the row must fall in) and ok. References:
 - systolic cycles vs SCALE-Sim v3 (``hwsim/data/scalesim_v3_cycles.csv``, when present): every shape
   exact, one row per dataflow.
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,9 +74,16 @@ def sram_rows() -> list[Row]:
     rows = []
     for (nm, q), (_, r, model) in sorted(worst.items()):
         how = "power-law fit" if q in sram.POWER_LAW else "table interpolation"
-        rows.append(Row(f"sram {nm:g} nm {q} ({how}, worst row)", model, r[q],
-                        q.split("_")[-1], f"CACTI 7.0 ({commit}), {int(r['capacity_bytes'])} B bank",
-                        SRAM_BAND))
+        rows.append(
+            Row(
+                f"sram {nm:g} nm {q} ({how}, worst row)",
+                model,
+                r[q],
+                q.split("_")[-1],
+                f"CACTI 7.0 ({commit}), {int(r['capacity_bytes'])} B bank",
+                SRAM_BAND,
+            )
+        )
     return rows
 
 
@@ -122,20 +130,58 @@ def npu_rows() -> list[Row]:
 def memory_rows() -> list[Row]:
     rows = []
     for p in memory.DRAM_PARTS.values():
-        rows.append(Row(f"dram {p.name} peak bandwidth per x16 channel", p.channel_bandwidth_bytes_per_s / 1e9,
-                        p.data_rate_mtps * 2 / 1e3, "GB/s", p.source.split(";")[0], EXACT))
+        rows.append(
+            Row(
+                f"dram {p.name} peak bandwidth per x16 channel",
+                p.channel_bandwidth_bytes_per_s / 1e9,
+                p.data_rate_mtps * 2 / 1e3,
+                "GB/s",
+                p.source.split(";")[0],
+                EXACT,
+            )
+        )
         refresh_bound = 1 - 210 / 3900  # tRFCab / tREFI of an 8 Gb LPDDR5 die (JEDEC JESD209-5)
-        rows.append(Row(f"dram {p.name} sustained efficiency (<= refresh bound)", p.efficiency, refresh_bound,
-                        "", "JEDEC JESD209-5: tRFCab 210 ns per tREFI 3.9 us", (0.5, 1.0)))
+        rows.append(
+            Row(
+                f"dram {p.name} sustained efficiency (<= refresh bound)",
+                p.efficiency,
+                refresh_bound,
+                "",
+                "JEDEC JESD209-5: tRFCab 210 ns per tREFI 3.9 us",
+                (0.5, 1.0),
+            )
+        )
     hw = load_hw("edge-npu")
-    rows.append(Row("dram edge-npu 4 x16 LPDDR5X-8533 peak", hw.dram.bandwidth_bytes_per_s / 1e9, 68.264, "GB/s",
-                    "JEDEC JESD209-5B: 8,533 MT/s x 64 bits", EXACT))
-    rows.append(Row("flash ufs4.0 read energy", memory.FLASH_PARTS["ufs4.0"].read_pj_per_byte,
-                    2.5 / 6.0e6 * 1e12 * 1e-3, "pJ/B", "Samsung UFS 4.0 (2022): 6.0 MB/s per mA at VCC 2.5 V",
-                    (0.99, 1.01)))
-    rows.append(Row("flash ufs3.1 / ufs4.0 energy per byte", memory.FLASH_PARTS["ufs3.1"].read_pj_per_byte
-                    / memory.FLASH_PARTS["ufs4.0"].read_pj_per_byte, 1.46, "",
-                    "Samsung UFS 4.0 (2022): 46 % more power-efficient than UFS 3.1", (0.99, 1.01)))
+    rows.append(
+        Row(
+            "dram edge-npu 4 x16 LPDDR5X-8533 peak",
+            hw.dram.bandwidth_bytes_per_s / 1e9,
+            68.264,
+            "GB/s",
+            "JEDEC JESD209-5B: 8,533 MT/s x 64 bits",
+            EXACT,
+        )
+    )
+    rows.append(
+        Row(
+            "flash ufs4.0 read energy",
+            memory.FLASH_PARTS["ufs4.0"].read_pj_per_byte,
+            2.5 / 6.0e6 * 1e12 * 1e-3,
+            "pJ/B",
+            "Samsung UFS 4.0 (2022): 6.0 MB/s per mA at VCC 2.5 V",
+            (0.99, 1.01),
+        )
+    )
+    rows.append(
+        Row(
+            "flash ufs3.1 / ufs4.0 energy per byte",
+            memory.FLASH_PARTS["ufs3.1"].read_pj_per_byte / memory.FLASH_PARTS["ufs4.0"].read_pj_per_byte,
+            1.46,
+            "",
+            "Samsung UFS 4.0 (2022): 46 % more power-efficient than UFS 3.1",
+            (0.99, 1.01),
+        )
+    )
     return rows
 
 
@@ -149,8 +195,17 @@ def scalesim_rows(path: Path = SCALESIM_CSV) -> list[Row]:
     for df, _, ok in _scalesim_checks(path):
         n, good = total.get(df, (0, 0))
         total[df] = (n + 1, good + ok)
-    return [Row(f"systolic {df} cycles == SCALE-Sim ({n} GEMM x array shapes)", good, n, "shapes",
-                "SCALE-Sim v3 (hwsim/data/scalesim_v3_cycles.csv)", EXACT) for df, (n, good) in total.items()]
+    return [
+        Row(
+            f"systolic {df} cycles == SCALE-Sim ({n} GEMM x array shapes)",
+            good,
+            n,
+            "shapes",
+            "SCALE-Sim v3 (hwsim/data/scalesim_v3_cycles.csv)",
+            EXACT,
+        )
+        for df, (n, good) in total.items()
+    ]
 
 
 def _scalesim_checks(path: Path):

@@ -6,6 +6,7 @@ plus a learned position embedding (the caption template puts every attribute in 
 enough, is trained jointly with the STDiT, and its weights ship beside the model's. Unknown words are
 refused (``ConfigError``) rather than mapped to a silent UNK.
 """
+
 from __future__ import annotations
 
 import torch
@@ -84,6 +85,14 @@ def ids_from_labels(labels: dict[str, torch.Tensor]) -> torch.Tensor:
         table = torch.tensor([_INDEX[w] for w in dataset.ATTRIBUTES[name]], device=dev)
         return table[labels[name]]
 
-    cols = [word("a"), attr("speed"), attr("colour"), attr("shape"), word("moving"),
-            attr("direction"), word("on"), attr("background")]
+    cols = [
+        word("a"),
+        attr("speed"),
+        attr("colour"),
+        attr("shape"),
+        word("moving"),
+        attr("direction"),
+        word("on"),
+        attr("background"),
+    ]
     return torch.stack(cols, dim=1)  # [B, 8]

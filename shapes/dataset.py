@@ -9,6 +9,7 @@ same clips bit for bit on one device, and no files are needed.
 Video layout: ``[B, 3, T, H, W]`` float32 in ``[-1, 1]`` (pixel space, what the STDiT denoises).
 Shapes have soft (anti-aliased) edges and move with sub-pixel steps, so motion is smooth.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,11 +21,9 @@ COLOURS = ("red", "green", "blue", "yellow")
 DIRECTIONS = ("left", "right", "up", "down")
 SPEEDS = ("slow", "fast")
 BACKGROUNDS = ("black", "gray", "white")
-ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "direction": DIRECTIONS, "speed": SPEEDS,
-              "background": BACKGROUNDS}
+ATTRIBUTES = {"shape": SHAPES, "colour": COLOURS, "direction": DIRECTIONS, "speed": SPEEDS, "background": BACKGROUNDS}
 
-_COLOUR_RGB = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 1.0),
-               "yellow": (0.95, 0.85, 0.1)}
+_COLOUR_RGB = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 1.0), "yellow": (0.95, 0.85, 0.1)}
 _BACKGROUND_RGB = {"black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0)}
 # unit step per frame for each direction, (dx, dy) with y pointing down the image
 _DIRECTION_XY = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -64,8 +63,9 @@ class ShapesConfig:
                 raise ConfigError(f"shapes.{f}", v, "an integer >= 2")
         span = 2 * (self.radius_px + self.radius_jitter_px) + self.max_travel_px() + 1
         if span > min(self.height, self.width):
-            raise ConfigError("shapes.radius_px", self.radius_px,
-                              f"a radius whose fastest path ({span:.1f} px) fits the frame")
+            raise ConfigError(
+                "shapes.radius_px", self.radius_px, f"a radius whose fastest path ({span:.1f} px) fits the frame"
+            )
 
 
 def label_names(labels: dict[str, torch.Tensor], i: int) -> dict[str, str]:
@@ -75,8 +75,7 @@ def label_names(labels: dict[str, torch.Tensor], i: int) -> dict[str, str]:
 
 def caption(names: dict[str, str]) -> str:
     """The caption template: every attribute appears once, always in the same slot."""
-    return (f"a {names['speed']} {names['colour']} {names['shape']} moving {names['direction']} "
-            f"on {names['background']}")
+    return f"a {names['speed']} {names['colour']} {names['shape']} moving {names['direction']} on {names['background']}"
 
 
 def captions(labels: dict[str, torch.Tensor]) -> list[str]:
@@ -84,11 +83,9 @@ def captions(labels: dict[str, torch.Tensor]) -> list[str]:
     return [caption(label_names(labels, i)) for i in range(n)]
 
 
-def random_labels(n: int, generator: torch.Generator, device: str | torch.device = "cpu"
-                  ) -> dict[str, torch.Tensor]:
+def random_labels(n: int, generator: torch.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Uniform independent attributes, ``{name: long tensor [n]}``."""
-    return {k: torch.randint(len(v), (n,), generator=generator, device=device)
-            for k, v in ATTRIBUTES.items()}
+    return {k: torch.randint(len(v), (n,), generator=generator, device=device) for k, v in ATTRIBUTES.items()}
 
 
 def prompt_set(n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -102,8 +99,9 @@ def prompt_set(n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     return out
 
 
-def render(labels: dict[str, torch.Tensor], generator: torch.Generator,
-           cfg: ShapesConfig = ShapesConfig()) -> torch.Tensor:
+def render(
+    labels: dict[str, torch.Tensor], generator: torch.Generator, cfg: ShapesConfig = ShapesConfig()
+) -> torch.Tensor:
     """Clips for given labels; start position and radius jitter drawn from ``generator``.
 
     Returns ``[B, 3, T, H, W]`` in [-1, 1] on the labels' device.
@@ -117,11 +115,9 @@ def render(labels: dict[str, torch.Tensor], generator: torch.Generator,
     travel = speed * (t_len - 1)  # [B] px
     margin = cfg.radius_px + cfg.radius_jitter_px + 0.5
     # along the path: start so the whole trajectory stays inside the frame
-    size = torch.where(dir_xy[:, 0] != 0, torch.tensor(float(w), device=dev),
-                       torch.tensor(float(h), device=dev))
+    size = torch.where(dir_xy[:, 0] != 0, torch.tensor(float(w), device=dev), torch.tensor(float(h), device=dev))
     lo, hi = margin, size - 1 - margin - travel
-    size_across = torch.where(dir_xy[:, 0] != 0, torch.tensor(float(h), device=dev),
-                              torch.tensor(float(w), device=dev))
+    size_across = torch.where(dir_xy[:, 0] != 0, torch.tensor(float(h), device=dev), torch.tensor(float(w), device=dev))
     lo_x, hi_x = torch.full_like(size_across, margin), size_across - 1 - margin
     if cfg.position_jitter_px is not None:  # shrink both ranges to +- jitter around their middle
         lo, hi = _around_middle(lo, hi, cfg.position_jitter_px)
@@ -143,11 +139,11 @@ def render(labels: dict[str, torch.Tensor], generator: torch.Generator,
     r = radius.view(b, 1, 1, 1)
     adx, ady = dx.abs(), dy.abs()
     # approximate signed distances (px, negative inside) of each shape
-    d_circle = torch.sqrt(dx ** 2 + dy ** 2) - r
+    d_circle = torch.sqrt(dx**2 + dy**2) - r
     d_square = torch.maximum(adx, ady) - 0.85 * r
     d_diamond = (adx + ady - 1.15 * r) / 1.4142
     # upward triangle: apex at (0, -r), base from (-r, r*0.8) to (r, r*0.8)
-    slope_n = 1.0 / (1.0 + 0.5 ** 2) ** 0.5 / 1.0  # normalise the side distance
+    slope_n = 1.0 / (1.0 + 0.5**2) ** 0.5 / 1.0  # normalise the side distance
     d_tri = torch.maximum(dy - 0.8 * r, (adx - (dy + r) * 0.5 / 0.9) * slope_n * 1.0)
     d_tri = torch.maximum(d_tri, -r - dy)
     d_all = torch.stack(torch.broadcast_tensors(d_circle, d_square, d_tri, d_diamond), dim=0)
@@ -160,16 +156,15 @@ def render(labels: dict[str, torch.Tensor], generator: torch.Generator,
     return rgb * 2 - 1
 
 
-def _around_middle(lo: torch.Tensor, hi: torch.Tensor, jitter_px: float
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _around_middle(lo: torch.Tensor, hi: torch.Tensor, jitter_px: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The sub-range ``middle +- jitter_px`` of ``[lo, hi]`` (never wider than the range)."""
     mid, half = (lo + hi) / 2, ((hi - lo) / 2).clamp(max=jitter_px)
     return mid - half, mid + half
 
 
-def sample_batch(n: int, generator: torch.Generator, cfg: ShapesConfig = ShapesConfig(),
-                 device: str | torch.device = "cpu"
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def sample_batch(
+    n: int, generator: torch.Generator, cfg: ShapesConfig = ShapesConfig(), device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``n`` random clips ``[n, 3, T, H, W]`` and their labels (generator on ``device``)."""
     labels = random_labels(n, generator, device)
     return render(labels, generator, cfg), labels
@@ -180,8 +175,7 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def caption_explained_variance(cfg: ShapesConfig = ShapesConfig(), n: int = 4000, seed: int = 0
-                               ) -> dict[str, float]:
+def caption_explained_variance(cfg: ShapesConfig = ShapesConfig(), n: int = 4000, seed: int = 0) -> dict[str, float]:
     """Share of the clips' pixel variance that each word explains through the conditional mean
     ``E[clip | word]`` (between-class variance / total variance, colour and background fixed).
 

@@ -4,6 +4,7 @@ Why a module of its own: the study, the metrics, the DSE layer and the tests all
 things (model, caption encoder, a seeded sampling call that accepts any ``model_fn``), and the
 float weights and the caption encoder must always be loaded together.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,8 +58,9 @@ def _load(module: torch.nn.Module, path: Path, skip: tuple[str, ...] = ()) -> No
             own[k].copy_(v.to(own[k].dtype))
 
 
-def load_shapes_model(device: str | torch.device = "cpu", model_path: Path | None = None,
-                      caption_path: Path | None = None) -> tuple[STDiT, CaptionEncoder]:
+def load_shapes_model(
+    device: str | torch.device = "cpu", model_path: Path | None = None, caption_path: Path | None = None
+) -> tuple[STDiT, CaptionEncoder]:
     """The float32 STDiT and caption encoder with the shipped (float16-stored) weights, in eval mode."""
     w = shapes_workload()
     model = build_stdit(STDiTConfig.from_workload(w), device=device)
@@ -104,10 +106,17 @@ def clip_denoised(model_fn: ModelFn, num_timesteps: int = 1000) -> ModelFn:
 
 
 @torch.no_grad()
-def generate(model: STDiT, encoder: CaptionEncoder, prompts: list[str], seed: int = 0,
-             num_steps: int | None = None, cfg_scale: float | None = None,
-             model_fn: ModelFn | None = None, clip: bool = True,
-             progress: bool = False) -> torch.Tensor:
+def generate(
+    model: STDiT,
+    encoder: CaptionEncoder,
+    prompts: list[str],
+    seed: int = 0,
+    num_steps: int | None = None,
+    cfg_scale: float | None = None,
+    model_fn: ModelFn | None = None,
+    clip: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
     """Sample one clip per prompt -> ``[B, 3, T, H, W]`` in about [-1, 1].
 
     The initial noise and every sampler draw come from one CPU generator seeded with ``seed``, so
@@ -115,8 +124,7 @@ def generate(model: STDiT, encoder: CaptionEncoder, prompts: list[str], seed: in
     """
     w = shapes_workload()
     dev = next(model.parameters()).device
-    sampler = make_sampler(w.sampler, num_steps or w.num_steps,
-                           w.cfg_scale if cfg_scale is None else cfg_scale)
+    sampler = make_sampler(w.sampler, num_steps or w.num_steps, w.cfg_scale if cfg_scale is None else cfg_scale)
     y = caption_features(encoder, prompts)  # [B, 1, L, Ct]
     b = len(prompts)
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -128,8 +136,7 @@ def generate(model: STDiT, encoder: CaptionEncoder, prompts: list[str], seed: in
 
 
 @torch.no_grad()
-def caption_separation(model: STDiT, encoder: CaptionEncoder, projected: bool = True
-                       ) -> dict[str, dict[str, float]]:
+def caption_separation(model: STDiT, encoder: CaptionEncoder, projected: bool = True) -> dict[str, dict[str, float]]:
     """How far apart the words of each attribute are, as the model sees them.
 
     For each attribute, captions that differ only in that attribute's word are encoded; the

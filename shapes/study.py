@@ -10,6 +10,7 @@ uses other prompts (held out) with real caption features.
 
 Rows are appended as they finish (resumable: recipes already in the CSV are skipped).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,16 @@ def _params_on(runner, dev: torch.device) -> None:
     runner.params = params
 
 
-def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: int = 0,
-              calib_prompts: int = 8, backend: str = "fakequant", device: str = "cpu",
-              num_steps: int | None = None) -> pd.DataFrame:
+def run_study(
+    recipes: list[str],
+    out_csv: Path,
+    num_prompts: int = 16,
+    seed: int = 0,
+    calib_prompts: int = 8,
+    backend: str = "fakequant",
+    device: str = "cpu",
+    num_steps: int | None = None,
+) -> pd.DataFrame:
     """Evaluate each recipe on the shapes model (same prompts and noise for all) into ``out_csv``, one
     row per recipe, resuming from the rows already there. One piece: the float reference, the
     calibration and the classifier are built once and shared by every recipe's evaluation."""
@@ -76,8 +84,7 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
         feat_file = Path(tmp) / "calib_y.safetensors"
         from safetensors.torch import save_file
 
-        save_file({"y": caption_features(enc, dataset.captions(cal_labels)).cpu().contiguous()},
-                  str(feat_file))
+        save_file({"y": caption_features(enc, dataset.captions(cal_labels)).cpu().contiguous()}, str(feat_file))
         stats = None
         t0 = time.time()
         ref = generate(model, enc, prompts, seed=seed, num_steps=w.num_steps).cpu()
@@ -91,26 +98,34 @@ def run_study(recipes: list[str], out_csv: Path, num_prompts: int = 16, seed: in
             t0 = time.time()
             if recipe.quantized:
                 if stats is None and recipe.scheme != "dynamic":
-                    stats = quality.get_stats(model_cpu, w, None, num_prompts=calib_prompts,
-                                              seed=seed + 7, text_features=str(feat_file))
+                    stats = quality.get_stats(
+                        model_cpu, w, None, num_prompts=calib_prompts, seed=seed + 7, text_features=str(feat_file)
+                    )
                 art = quality.quantize_model(model_cpu, w, recipe, stats)
-                fn, runner = quality.recipe_model_fn(model, w, recipe, backend=backend,
-                                                     artifact=art, device=device)
+                fn, runner = quality.recipe_model_fn(model, w, recipe, backend=backend, artifact=art, device=device)
                 if backend == "fakequant" and device != "cpu":
                     _params_on(runner, torch.device(device))
-                video = generate(model, enc, prompts, seed=seed, num_steps=w.num_steps,
-                                 model_fn=fn).cpu()
+                video = generate(model, enc, prompts, seed=seed, num_steps=w.num_steps, model_fn=fn).cpu()
                 storage, sets = art.weight_storage_bytes(), art.num_sets
             else:
                 video, storage, sets = ref, quality.float_weight_bytes(model), 0
             res = videometrics.evaluate(video, labels, clf, reference=ref)
-            row = {"recipe": name, "scheme": recipe.scheme, "w_bits": recipe.w_bits,
-                   "a_bits": recipe.a_bits, "num_groups": getattr(recipe, "num_groups", 0),
-                   "group_split": getattr(recipe, "group_split", ""),
-                   "backend": backend if recipe.quantized else "float", **res,
-                   "weight_storage_bytes": storage, "num_weight_sets": sets,
-                   "num_steps": w.num_steps, "cfg_scale": w.cfg_scale, "seed": seed,
-                   "eval_s": (time.time() - t0) if recipe.quantized else float_s}
+            row = {
+                "recipe": name,
+                "scheme": recipe.scheme,
+                "w_bits": recipe.w_bits,
+                "a_bits": recipe.a_bits,
+                "num_groups": getattr(recipe, "num_groups", 0),
+                "group_split": getattr(recipe, "group_split", ""),
+                "backend": backend if recipe.quantized else "float",
+                **res,
+                "weight_storage_bytes": storage,
+                "num_weight_sets": sets,
+                "num_steps": w.num_steps,
+                "cfg_scale": w.cfg_scale,
+                "seed": seed,
+                "eval_s": (time.time() - t0) if recipe.quantized else float_s,
+            }
             done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
             out_csv.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(out_csv) as tmp_csv:
@@ -130,32 +145,32 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     schemes = list(dict.fromkeys(q["recipe"].str.rsplit("-", n=1).str[0]))
     bits = list(dict.fromkeys(q["recipe"].str.rsplit("-", n=1).str[1]))
     width = 0.8 / max(1, len(schemes))
-    for ax, col, title in ((axes[0], "sqnr_db", "SQNR vs float sample (dB)"),
-                           (axes[1], "acc_mean", "semantic accuracy (mean of 5)"),
-                           (axes[2], "fd", "Frechet distance to real (lower better)")):
+    for ax, col, title in (
+        (axes[0], "sqnr_db", "SQNR vs float sample (dB)"),
+        (axes[1], "acc_mean", "semantic accuracy (mean of 5)"),
+        (axes[2], "fd", "Frechet distance to real (lower better)"),
+    ):
         for i, s in enumerate(schemes):
             vals = [q[(q["recipe"] == f"{s}-{b}")][col].mean() for b in bits]
-            ax.bar([j + (i - (len(schemes) - 1) / 2) * width for j in range(len(bits))], vals,
-                   width, label=s)
+            ax.bar([j + (i - (len(schemes) - 1) / 2) * width for j in range(len(bits))], vals, width, label=s)
         if col != "sqnr_db" and len(fp):
             ax.axhline(float(fp[col].iloc[0]), color="k", ls="--", lw=1, label="float")
         if col == "fd" and len(fp):
-            ax.axhline(float(fp["fd_real_floor"].iloc[0]), color="gray", ls=":", lw=1,
-                       label="real-vs-real")
+            ax.axhline(float(fp["fd_real_floor"].iloc[0]), color="gray", ls=":", lw=1, label="real-vs-real")
         ax.set_xticks(range(len(bits)))
         ax.set_xticklabels([b.upper() for b in bits])
         ax.set_title(title, fontsize=10)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle("stdit-shapes: quantization recipes (fake-quant, same prompts and noise)",
-                 fontsize=10)
+    fig.suptitle("stdit-shapes: quantization recipes (fake-quant, same prompts and noise)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
 
 
-def sample_grid(path: Path, num_prompts: int = 8, seed: int = 0, device: str = "cpu",
-                frames: tuple[int, ...] = (0, 3, 6, 9, 12, 15)) -> None:
+def sample_grid(
+    path: Path, num_prompts: int = 8, seed: int = 0, device: str = "cpu", frames: tuple[int, ...] = (0, 3, 6, 9, 12, 15)
+) -> None:
     """A PNG grid of float-model samples (rows: prompts of the study's prompt set; columns: frames)
     with their captions and the classifier's reading of each clip."""
     import matplotlib
@@ -201,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.grid:
         sample_grid(a.grid, device=a.device)
-    df = run_study(a.recipes or default_recipes(), a.out, a.prompts, a.seed, backend=a.backend,
-                   device=a.device, num_steps=a.steps)
+    df = run_study(
+        a.recipes or default_recipes(), a.out, a.prompts, a.seed, backend=a.backend, device=a.device, num_steps=a.steps
+    )
     plot(df, a.figure)
     cols = ["recipe", "sqnr_db", "psnr_db", "acc_mean", "acc_all", "fd", "tc_jerk_px"]
     print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -36,6 +36,7 @@ Outputs (float16 safetensors, written via temp file + rename): ``stdit-shapes.sa
 weights in OpenSora's key layout, without the recomputed pos-embed buffers),
 ``stdit-shapes-captions.safetensors`` (the EMA caption encoder) and ``train_log.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,10 +95,12 @@ class TrainConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{f}", v, "a positive integer")
-        if isinstance(self.snr_weight_start_step, bool) or not isinstance(
-                self.snr_weight_start_step, int) or self.snr_weight_start_step < 0:
-            raise ConfigError("train.snr_weight_start_step", self.snr_weight_start_step,
-                              "an integer >= 0")
+        if (
+            isinstance(self.snr_weight_start_step, bool)
+            or not isinstance(self.snr_weight_start_step, int)
+            or self.snr_weight_start_step < 0
+        ):
+            raise ConfigError("train.snr_weight_start_step", self.snr_weight_start_step, "an integer >= 0")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ConfigError("train.caption_dropout", self.caption_dropout, "a number in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -168,9 +171,16 @@ def use_fast_attention(model: torch.nn.Module) -> None:
             m.forward = types.MethodType(cross_fwd, m)
 
 
-def save_state(path: Path, step: int, model: torch.nn.Module, enc: torch.nn.Module,
-               opt: torch.optim.Optimizer, ema: list[torch.Tensor], gen: torch.Generator,
-               curve: list[dict]) -> None:
+def save_state(
+    path: Path,
+    step: int,
+    model: torch.nn.Module,
+    enc: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: list[torch.Tensor],
+    gen: torch.Generator,
+    curve: list[dict],
+) -> None:
     """Everything needed to continue the run bit-for-bit in schedule (step, weights, EMA, data
     generator) and nearly so in Adam: its moment estimates are stored as bfloat16 (half the bytes:
     the state must travel back from the GPU machine in files of at most 16 MiB each)."""
@@ -178,15 +188,27 @@ def save_state(path: Path, step: int, model: torch.nn.Module, enc: torch.nn.Modu
     for st in osd["state"].values():
         for k in ("exp_avg", "exp_avg_sq"):
             st[k] = st[k].to(torch.bfloat16)
-    state = {"step": step, "model": model.state_dict(), "enc": enc.state_dict(), "opt": osd,
-             "ema": [e.cpu() for e in ema], "gen": gen.get_state(), "curve": curve}
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "enc": enc.state_dict(),
+        "opt": osd,
+        "ema": [e.cpu() for e in ema],
+        "gen": gen.get_state(),
+        "curve": curve,
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_state(path: Path, model: torch.nn.Module, enc: torch.nn.Module,
-               opt: torch.optim.Optimizer, ema: list[torch.Tensor], gen: torch.Generator
-               ) -> tuple[int, list[dict]]:
+def load_state(
+    path: Path,
+    model: torch.nn.Module,
+    enc: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: list[torch.Tensor],
+    gen: torch.Generator,
+) -> tuple[int, list[dict]]:
     """Restore what ``save_state`` wrote; returns (next step, loss curve so far)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -213,8 +235,7 @@ def _save(sd: dict[str, torch.Tensor], path: Path) -> None:
         save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in sd.items()}, str(tmp))
 
 
-def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
-          progress: bool = True) -> dict:
+def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None, progress: bool = True) -> dict:
     """Run training; returns the log (losses, steps, wall time). Saves weights when ``out_dir``.
 
     One piece on purpose: every random draw (batch, caption dropout, timesteps, noise) comes from one
@@ -226,8 +247,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     mcfg = STDiTConfig.from_workload(w)
     clip = dataset.ShapesConfig(num_frames=w.num_frames, height=w.height, width=w.width)
     if w.vae_spatial_factor != 1 or w.model.in_channels != 3:
-        raise ConfigError("workload", cfg.workload, "a pixel-space workload (vae_spatial_factor 1, "
-                          "in_channels 3)")
+        raise ConfigError("workload", cfg.workload, "a pixel-space workload (vae_spatial_factor 1, in_channels 3)")
     torch.manual_seed(cfg.seed)
     model = build_stdit(mcfg, device=dev, seed=cfg.seed).train()
     init_zero(model)
@@ -251,18 +271,22 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     if cfg.fast_attention:
         use_fast_attention(model)
     fwd = torch.compile(model) if cfg.compile else model
-    w_t = snr_weights(diffusion.alphas_cumprod, cfg.snr_weight_cap).to(dev) if cfg.snr_weight_cap \
-        else None
+    w_t = snr_weights(diffusion.alphas_cumprod, cfg.snr_weight_cap).to(dev) if cfg.snr_weight_cap else None
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             return fwd(x, t, y).float()
 
-    log = {"config": asdict(cfg), "device": str(dev), "torch": torch.__version__,
-           "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-           "params": sum(p.numel() for p in model.parameters()),
-           "caption_params": sum(p.numel() for p in enc.parameters()),
-           "curve": curve, "resumed_at_step": start}
+    log = {
+        "config": asdict(cfg),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "params": sum(p.numel() for p in model.parameters()),
+        "caption_params": sum(p.numel() for p in enc.parameters()),
+        "curve": curve,
+        "resumed_at_step": start,
+    }
     it = range(start, cfg.steps)
     if progress:
         from tqdm import tqdm
@@ -282,8 +306,7 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         t = torch.randint(0, diffusion.num_timesteps, (cfg.batch,), generator=gen, device=dev)
         noise = torch.randn(x0.shape, generator=gen, device=dev)
         if cfg.offset_noise:
-            noise = noise + cfg.offset_noise * torch.randn(cfg.batch, x0.shape[1], 1, 1, 1,
-                                                           generator=gen, device=dev)
+            noise = noise + cfg.offset_noise * torch.randn(cfg.batch, x0.shape[1], 1, 1, 1, generator=gen, device=dev)
         losses = diffusion.training_losses(model_fn, x0, t, y, noise)
         if w_t is None or step < cfg.snr_weight_start_step:
             loss = losses["loss"].mean()
@@ -296,15 +319,20 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - decay)
-            acc += torch.stack([loss.detach(), losses["mse"].mean().detach(),
-                                losses["vb"].mean().detach()])
+            acc += torch.stack([loss.detach(), losses["mse"].mean().detach(), losses["vb"].mean().detach()])
         steps_done = step + 1
         if steps_done % cfg.log_every == 0 or steps_done == cfg.steps:
             n, last_logged = steps_done - last_logged, steps_done
             vals = (acc / n).tolist()
             acc.zero_()
-            entry = {"step": steps_done, "loss": vals[0], "mse": vals[1], "vb": vals[2],
-                     "lr": lr_at(step, cfg), "wall_s": time.time() - t_start}
+            entry = {
+                "step": steps_done,
+                "loss": vals[0],
+                "mse": vals[1],
+                "vb": vals[2],
+                "lr": lr_at(step, cfg),
+                "wall_s": time.time() - t_start,
+            }
             log["curve"].append(entry)
             print(json.dumps(entry), file=sys.stderr, flush=True)
         if cfg.time_budget_s and time.time() - t_start > cfg.time_budget_s:
@@ -322,8 +350,9 @@ def train(cfg: TrainConfig, device: str = "cpu", out_dir: Path | None = None,
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _save({k: v for k, v in model.state_dict().items() if k not in RECOMPUTED},
-              out_dir / "stdit-shapes.safetensors")
+        _save(
+            {k: v for k, v in model.state_dict().items() if k not in RECOMPUTED}, out_dir / "stdit-shapes.safetensors"
+        )
         _save(enc.state_dict(), out_dir / "stdit-shapes-captions.safetensors")
         write_text(out_dir / "train_log.json", json.dumps(log, indent=1))
     log["model"], log["encoder"] = model.eval(), enc.eval()
@@ -348,25 +377,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--init-from", default="")
-    p.add_argument("--state", default="", help="training-state file: resume from it if it exists, "
-                   "save to it at the end")
-    p.add_argument("--snr-weight-cap", type=float, default=d.snr_weight_cap,
-                   help="0 = plain eps-MSE (OpenSora)")
+    p.add_argument(
+        "--state", default="", help="training-state file: resume from it if it exists, save to it at the end"
+    )
+    p.add_argument("--snr-weight-cap", type=float, default=d.snr_weight_cap, help="0 = plain eps-MSE (OpenSora)")
     p.add_argument("--snr-weight-start-step", type=int, default=d.snr_weight_start_step)
     p.add_argument("--fast-attention", action="store_true")
     p.add_argument("--caption-proj-init", default=d.caption_proj_init, choices=("opensora", "xavier"))
     p.add_argument("--log-every", type=int, default=d.log_every)
     a = p.parse_args(argv)
     try:
-        cfg = TrainConfig(workload=a.workload, steps=a.steps, batch=a.batch, lr=a.lr,
-                          warmup_steps=a.warmup_steps, caption_dropout=a.caption_dropout,
-                          offset_noise=a.offset_noise,
-                          ema_decay=a.ema_decay, seed=a.seed, time_budget_s=a.time_budget_s,
-                          amp=not a.no_amp, compile=a.compile, log_every=a.log_every,
-                          init_from=a.init_from, state=a.state, snr_weight_cap=a.snr_weight_cap,
-                          snr_weight_start_step=a.snr_weight_start_step,
-                          fast_attention=a.fast_attention,
-                          caption_proj_init=a.caption_proj_init)
+        cfg = TrainConfig(
+            workload=a.workload,
+            steps=a.steps,
+            batch=a.batch,
+            lr=a.lr,
+            warmup_steps=a.warmup_steps,
+            caption_dropout=a.caption_dropout,
+            offset_noise=a.offset_noise,
+            ema_decay=a.ema_decay,
+            seed=a.seed,
+            time_budget_s=a.time_budget_s,
+            amp=not a.no_amp,
+            compile=a.compile,
+            log_every=a.log_every,
+            init_from=a.init_from,
+            state=a.state,
+            snr_weight_cap=a.snr_weight_cap,
+            snr_weight_start_step=a.snr_weight_start_step,
+            fast_attention=a.fast_attention,
+            caption_proj_init=a.caption_proj_init,
+        )
         log = train(cfg, device=a.device, out_dir=a.out)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ Why a module of its own: the workload preset names it (``trained: shapes.trained
 ``quantmodel`` loads it by that name and never imports this package; the demo model stays a client
 of ``quantmodel``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,6 +45,10 @@ def video_metrics(video: torch.Tensor, reference: torch.Tensor, labels: dict) ->
     """Semantic accuracy (mean over attributes, and all five right), Frechet distance to real clips
     with its real-vs-real floor, and centroid jerk (temporal consistency) of ``video``."""
     res = videometrics.evaluate(video, labels, _classifier(), reference=reference)
-    return {"semantic_accuracy": res["acc_mean"], "semantic_accuracy_all": res["acc_all"],
-            "frechet_distance": res["fd"], "frechet_distance_real_floor": res["fd_real_floor"],
-            "temporal_jerk_px": res["tc_jerk_px"]}
+    return {
+        "semantic_accuracy": res["acc_mean"],
+        "semantic_accuracy_all": res["acc_all"],
+        "frechet_distance": res["fd"],
+        "frechet_distance_real_floor": res["fd_real_floor"],
+        "temporal_jerk_px": res["tc_jerk_px"],
+    }

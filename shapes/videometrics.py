@@ -25,6 +25,7 @@ Three questions are asked of a (quantized) model's clips, each with its own metr
 The classifier (~60k parameters) ships as ``assets/shapes-classifier.safetensors`` (float16); train
 it again with ``python -m shapes.videometrics train``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,14 +56,17 @@ class ShapesClassifier(nn.Module):
         super().__init__()
         w = width
         self.net = nn.Sequential(
-            nn.Conv3d(3, w, 3, padding=1), nn.GELU(),  # [B, w, 16, 32, 32]
-            nn.Conv3d(w, 2 * w, 3, stride=(1, 2, 2), padding=1), nn.GELU(),  # [B, 2w, 16, 16, 16]
-            nn.Conv3d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GELU(),  # [B, 2w, 8, 8, 8]
-            nn.Conv3d(2 * w, 4 * w, 3, stride=2, padding=1), nn.GELU(),  # [B, 4w, 4, 4, 4]
+            nn.Conv3d(3, w, 3, padding=1),
+            nn.GELU(),  # [B, w, 16, 32, 32]
+            nn.Conv3d(w, 2 * w, 3, stride=(1, 2, 2), padding=1),
+            nn.GELU(),  # [B, 2w, 16, 16, 16]
+            nn.Conv3d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.GELU(),  # [B, 2w, 8, 8, 8]
+            nn.Conv3d(2 * w, 4 * w, 3, stride=2, padding=1),
+            nn.GELU(),  # [B, 4w, 4, 4, 4]
         )
         self.feature = nn.Linear(4 * w, FEATURE_DIM)
-        self.heads = nn.ModuleDict({k: nn.Linear(FEATURE_DIM, len(v))
-                                    for k, v in dataset.ATTRIBUTES.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(FEATURE_DIM, len(v)) for k, v in dataset.ATTRIBUTES.items()})
 
     def features(self, video: torch.Tensor) -> torch.Tensor:  # -> [B, 32]
         h = self.net(video).mean(dim=(2, 3, 4))  # [B, 4w]
@@ -82,8 +86,9 @@ def _augment(video: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (video * gain + sigma * torch.randn(video.shape, generator=g, device=dev)).clamp(-1.2, 1.2)
 
 
-def train_classifier(steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: int = 0,
-                     device: str = "cpu", progress: bool = True) -> tuple[ShapesClassifier, dict]:
+def train_classifier(
+    steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: int = 0, device: str = "cpu", progress: bool = True
+) -> tuple[ShapesClassifier, dict]:
     dev = torch.device(device)
     torch.manual_seed(seed)
     clf = ShapesClassifier().to(dev).train()
@@ -106,20 +111,17 @@ def train_classifier(steps: int = 600, batch: int = 48, lr: float = 2e-3, seed: 
         loss.backward()
         opt.step()
         sched.step()
-    return clf.eval(), {"steps": steps, "batch": batch, "wall_s": time.time() - t0,
-                        "final_loss": float(loss.detach())}
+    return clf.eval(), {"steps": steps, "batch": batch, "wall_s": time.time() - t0, "final_loss": float(loss.detach())}
 
 
 def save_classifier(clf: ShapesClassifier, path: Path = CLASSIFIER_FILE) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: v.to(torch.float16).contiguous().cpu() for k, v in clf.state_dict().items()},
-                  str(tmp))
+        save_file({k: v.to(torch.float16).contiguous().cpu() for k, v in clf.state_dict().items()}, str(tmp))
 
 
-def load_classifier(device: str | torch.device = "cpu", path: Path = CLASSIFIER_FILE
-                    ) -> ShapesClassifier:
+def load_classifier(device: str | torch.device = "cpu", path: Path = CLASSIFIER_FILE) -> ShapesClassifier:
     from safetensors.torch import load_file
 
     from workloads.errors import ConfigError
@@ -134,15 +136,14 @@ def load_classifier(device: str | torch.device = "cpu", path: Path = CLASSIFIER_
 @torch.no_grad()
 def classify(clf: ShapesClassifier, video: torch.Tensor, chunk: int = 64) -> dict[str, torch.Tensor]:
     """Predicted label index per attribute, ``{attr: long [B]}``."""
-    outs = [clf(video[i:i + chunk].clamp(-1, 1)) for i in range(0, len(video), chunk)]
+    outs = [clf(video[i : i + chunk].clamp(-1, 1)) for i in range(0, len(video), chunk)]
     return {k: torch.cat([o[k] for o in outs]).argmax(dim=1) for k in dataset.ATTRIBUTES}
 
 
 @torch.no_grad()
 def features(clf: ShapesClassifier, video: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Penultimate features ``[B, 32]`` (float64) for the Frechet distance."""
-    return torch.cat([clf.features(video[i:i + chunk].clamp(-1, 1))
-                      for i in range(0, len(video), chunk)]).double()
+    return torch.cat([clf.features(video[i : i + chunk].clamp(-1, 1)) for i in range(0, len(video), chunk)]).double()
 
 
 # ---- metrics ---------------------------------------------------------------------------------
@@ -165,8 +166,7 @@ def psnr_db(reference: torch.Tensor, test: torch.Tensor, data_range: float = 2.0
     return float(psnr.mean())
 
 
-def semantic_accuracy(clf: ShapesClassifier, video: torch.Tensor,
-                      labels: dict[str, torch.Tensor]) -> dict[str, float]:
+def semantic_accuracy(clf: ShapesClassifier, video: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
     """Accuracy per attribute, their mean (``mean``) and the share of clips with all five right
     (``all``)."""
     pred = classify(clf, video)
@@ -210,14 +210,15 @@ def temporal_consistency(video: torch.Tensor, threshold: float = 0.3) -> dict[st
     safe = torch.where(ok, area, torch.ones_like(area))
     cy, cx = (fg * ys).sum(dim=(2, 3)) / safe, (fg * xs).sum(dim=(2, 3)) / safe  # [B, T]
     ok2 = ok[:, 2:] & ok[:, 1:-1] & ok[:, :-2]
-    jerk = torch.sqrt((cx[:, 2:] - 2 * cx[:, 1:-1] + cx[:, :-2]) ** 2
-                      + (cy[:, 2:] - 2 * cy[:, 1:-1] + cy[:, :-2]) ** 2)
+    jerk = torch.sqrt((cx[:, 2:] - 2 * cx[:, 1:-1] + cx[:, :-2]) ** 2 + (cy[:, 2:] - 2 * cy[:, 1:-1] + cy[:, :-2]) ** 2)
     ok1 = ok[:, 1:] & ok[:, :-1]
     darea = (area[:, 1:] - area[:, :-1]).abs() / safe[:, :-1]
     nan = float("nan")
-    return {"jerk_px": float(jerk[ok2].mean()) if ok2.any() else nan,
-            "area_change": float(darea[ok1].mean()) if ok1.any() else nan,
-            "empty_frames": float((~ok).double().mean())}
+    return {
+        "jerk_px": float(jerk[ok2].mean()) if ok2.any() else nan,
+        "area_change": float(darea[ok1].mean()) if ok1.any() else nan,
+        "empty_frames": float((~ok).double().mean()),
+    }
 
 
 def real_clips(labels: dict[str, torch.Tensor], seed: int = 1) -> torch.Tensor:
@@ -225,9 +226,14 @@ def real_clips(labels: dict[str, torch.Tensor], seed: int = 1) -> torch.Tensor:
     return dataset.render(labels, torch.Generator().manual_seed(seed))
 
 
-def evaluate(video: torch.Tensor, labels: dict[str, torch.Tensor], clf: ShapesClassifier,
-             reference: torch.Tensor | None = None, real_repeats: int = 4, seed: int = 1
-             ) -> dict[str, float]:
+def evaluate(
+    video: torch.Tensor,
+    labels: dict[str, torch.Tensor],
+    clf: ShapesClassifier,
+    reference: torch.Tensor | None = None,
+    real_repeats: int = 4,
+    seed: int = 1,
+) -> dict[str, float]:
     """Every metric for one set of generated clips.
 
     ``reference``: the float model's clips from the same noise (for SQNR/PSNR). FD compares with
@@ -291,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
 def _sample_check(a: argparse.Namespace) -> int:
     from shapes.model import generate, load_shapes_model
 
-    model, enc = load_shapes_model(a.device, a.model_dir / "stdit-shapes.safetensors",
-                                   a.model_dir / "stdit-shapes-captions.safetensors")
+    model, enc = load_shapes_model(
+        a.device, a.model_dir / "stdit-shapes.safetensors", a.model_dir / "stdit-shapes-captions.safetensors"
+    )
     clf = load_classifier(a.device, a.classifier)
     labels = dataset.prompt_set(a.prompts, seed=0)
     prompts = dataset.captions(labels)
@@ -301,13 +308,22 @@ def _sample_check(a: argparse.Namespace) -> int:
         for cfg in a.cfg:
             for clip in {"both": (True, False), "on": (True,), "off": (False,)}[a.clip]:
                 t0 = time.time()
-                video = generate(model, enc, prompts, seed=0, num_steps=steps, cfg_scale=cfg,
-                                 clip=clip)
+                video = generate(model, enc, prompts, seed=0, num_steps=steps, cfg_scale=cfg, clip=clip)
                 dt = time.time() - t0
                 res = evaluate(video.cpu(), labels, clf.cpu())
                 clf.to(a.device)
-                print(json.dumps({"steps": steps, "cfg": cfg, "clip": clip, "gen_s": round(dt, 2),
-                                  **{k: round(v, 4) for k, v in res.items()}}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "steps": steps,
+                            "cfg": cfg,
+                            "clip": clip,
+                            "gen_s": round(dt, 2),
+                            **{k: round(v, 4) for k, v in res.items()},
+                        }
+                    ),
+                    flush=True,
+                )
                 saved[f"s{steps}_cfg{cfg}_clip{int(clip)}"] = dataset.to_uint8(video.cpu())
     if a.save:
         from safetensors.torch import save_file

@@ -1,4 +1,5 @@
 """Shared fixtures: small models and workloads that keep the suite fast on a 2-core CPU."""
+
 import os
 
 import pytest

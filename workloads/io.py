@@ -7,6 +7,7 @@ it, then ``os.replace`` it over the target (atomic on POSIX). On an error the te
 removed and the target is left as it was. Lives here, in the package every other one may import,
 because it needs nothing but the standard library.
 """
+
 from __future__ import annotations
 
 import contextlib

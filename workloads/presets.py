@@ -5,6 +5,7 @@ pixels), the latent codec's compression factors, the sampler, its step count and
 classifier-free-guidance scale. Presets live as YAML files in ``workloads/presets/``; users write
 their own in the same format. ``gemm:M,K,N`` names a single GEMM for checking one layer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,20 +52,19 @@ class ModelDims:
         if self.temporal_pos not in TEMPORAL_POS:
             raise ConfigError("model.temporal_pos", self.temporal_pos, " or ".join(TEMPORAL_POS))
         if self.arch != "stdit" and self.temporal_pos != "attention":
-            raise ConfigError("model.temporal_pos", self.temporal_pos,
-                              "attention for arch stdit3 (its temporal attention uses RoPE)")
-        for f in ("depth", "hidden_size", "num_heads", "in_channels", "caption_channels",
-                  "model_max_length"):
+            raise ConfigError(
+                "model.temporal_pos", self.temporal_pos, "attention for arch stdit3 (its temporal attention uses RoPE)"
+            )
+        for f in ("depth", "hidden_size", "num_heads", "in_channels", "caption_channels", "model_max_length"):
             require_positive_int(f"model.{f}", getattr(self, f))
         require_positive_float("model.mlp_ratio", self.mlp_ratio)
-        if (not isinstance(self.patch_size, (tuple, list)) or len(self.patch_size) != 3):
+        if not isinstance(self.patch_size, (tuple, list)) or len(self.patch_size) != 3:
             raise ConfigError("model.patch_size", self.patch_size, "three positive integers [t, h, w]")
         for p in self.patch_size:
             require_positive_int("model.patch_size", p)
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
         if self.hidden_size % self.num_heads:
-            raise ConfigError("model.num_heads", self.num_heads,
-                              f"a divisor of hidden_size={self.hidden_size}")
+            raise ConfigError("model.num_heads", self.num_heads, f"a divisor of hidden_size={self.hidden_size}")
         if int(self.hidden_size * self.mlp_ratio) != self.hidden_size * self.mlp_ratio:
             raise ConfigError("model.mlp_ratio", self.mlp_ratio, "a ratio giving an integer MLP width")
 
@@ -106,45 +106,46 @@ class Workload:
     trained: str = ""
 
     def __post_init__(self) -> None:
-        for f in ("num_frames", "height", "width", "vae_spatial_factor", "vae_temporal_factor",
-                  "num_steps", "batch"):
+        for f in ("num_frames", "height", "width", "vae_spatial_factor", "vae_temporal_factor", "num_steps", "batch"):
             require_positive_int(f, getattr(self, f))
         if self.sampler not in SAMPLERS:
             raise ConfigError("sampler", self.sampler, " or ".join(SAMPLERS))
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) \
-                or self.cfg_scale < 1.0:
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 1.0:
             raise ConfigError("cfg_scale", self.cfg_scale, "a number >= 1.0 (1.0 turns guidance off)")
         require_positive_float("space_scale", self.space_scale)
         require_positive_float("time_scale", self.time_scale)
         pt, ph, pw = self.model.patch_size
-        for field, size, vae, patch in (("height", self.height, self.vae_spatial_factor, ph),
-                                        ("width", self.width, self.vae_spatial_factor, pw)):
+        for field, size, vae, patch in (
+            ("height", self.height, self.vae_spatial_factor, ph),
+            ("width", self.width, self.vae_spatial_factor, pw),
+        ):
             if size % (vae * patch):
-                raise ConfigError(field, size, f"a multiple of {vae * patch} "
-                                  f"(VAE factor {vae} x patch {patch})")
+                raise ConfigError(field, size, f"a multiple of {vae * patch} (VAE factor {vae} x patch {patch})")
         require_positive_int("fps", self.fps)
-        if not isinstance(self.trained, str) or (self.trained and not all(
-                part.isidentifier() for part in self.trained.split("."))):
+        if not isinstance(self.trained, str) or (
+            self.trained and not all(part.isidentifier() for part in self.trained.split("."))
+        ):
             raise ConfigError("trained", self.trained, 'a dotted module name (e.g. shapes.trained) or ""')
-        if isinstance(self.latent_frames, bool) or not isinstance(self.latent_frames, int) \
-                or self.latent_frames < 0:
-            raise ConfigError("latent_frames", self.latent_frames, "0 (num_frames / vae_temporal_factor) "
-                              "or a positive integer")
+        if isinstance(self.latent_frames, bool) or not isinstance(self.latent_frames, int) or self.latent_frames < 0:
+            raise ConfigError(
+                "latent_frames", self.latent_frames, "0 (num_frames / vae_temporal_factor) or a positive integer"
+            )
         if self.vae_temporal_factor > 1 and not self.latent_frames:
             # a causal 3D VAE keeps the first frame: 1 + 4k frames, or a multiple of 4 (OpenSora v1.2)
             if self.num_frames % self.vae_temporal_factor:
-                raise ConfigError("num_frames", self.num_frames,
-                                  f"a multiple of the VAE's temporal factor {self.vae_temporal_factor}")
+                raise ConfigError(
+                    "num_frames", self.num_frames, f"a multiple of the VAE's temporal factor {self.vae_temporal_factor}"
+                )
         if self.latent_size[0] % pt:
-            raise ConfigError("num_frames", self.num_frames,
-                              f"a number whose latent frames divide by the temporal patch {pt}")
+            raise ConfigError(
+                "num_frames", self.num_frames, f"a number whose latent frames divide by the temporal patch {pt}"
+            )
 
     @property
     def latent_size(self) -> tuple[int, int, int]:
         """Latent video (T, H, W) that the transformer sees."""
         frames = self.latent_frames or self.num_frames // self.vae_temporal_factor
-        return (frames, self.height // self.vae_spatial_factor,
-                self.width // self.vae_spatial_factor)
+        return (frames, self.height // self.vae_spatial_factor, self.width // self.vae_spatial_factor)
 
     @property
     def num_temporal(self) -> int:
@@ -227,7 +228,7 @@ def preset_names() -> list[str]:
 
 
 def parse_gemm(spec: str) -> Gemm:
-    body = spec[len("gemm:"):]
+    body = spec[len("gemm:") :]
     parts = body.split(",")
     if len(parts) != 3:
         raise ConfigError("workload", spec, "gemm:M,K,N with three positive integers")
@@ -247,5 +248,4 @@ def get_workload(name_or_path: str) -> Workload | Gemm:
         return load_workload_file(preset)
     if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).exists():
         return load_workload_file(name_or_path)
-    raise ConfigError("workload", name_or_path,
-                      "one of " + ", ".join(preset_names()) + ", a YAML file, or gemm:M,K,N")
+    raise ConfigError("workload", name_or_path, "one of " + ", ".join(preset_names()) + ", a YAML file, or gemm:M,K,N")

@@ -13,6 +13,7 @@ Preset names read ``SCHEME-wXaY``: ``static-w8a8``, ``asq-w6a6``, ``tsq-tsw-w4a8
 (uniform split), ``groups4-cal-w8a8`` (calibrated split), ``dynamic-w8a8``, and ``fp16``.
 ``annotate_trace`` turns a float op trace into the quantized one the hardware model reads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,16 +63,13 @@ class Recipe:
                 raise ConfigError("recipe.w_bits", self.w_bits, " or ".join(map(str, W_BITS)))
             if self.a_bits not in A_BITS:
                 raise ConfigError("recipe.a_bits", self.a_bits, " or ".join(map(str, A_BITS)))
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                or not 0.0 <= self.alpha <= 1.0:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
             raise ConfigError("recipe.alpha", self.alpha, "a number in [0, 1]")
-        if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) \
-                or self.num_groups < 1:
+        if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
             raise ConfigError("recipe.num_groups", self.num_groups, "a positive integer")
         if self.group_split not in GROUP_SPLITS:
             raise ConfigError("recipe.group_split", self.group_split, " or ".join(GROUP_SPLITS))
-        if isinstance(self.layers, str) or not self.layers \
-                or not all(isinstance(p, str) and p for p in self.layers):
+        if isinstance(self.layers, str) or not self.layers or not all(isinstance(p, str) and p for p in self.layers):
             raise ConfigError("recipe.layers", self.layers, "a non-empty list of layer-name patterns")
         object.__setattr__(self, "layers", tuple(self.layers))
 
@@ -116,12 +114,22 @@ def recipe_from_name(name: str) -> Recipe:
         return Recipe(name="fp16")
     m = _NAME_RE.match(name)
     if not m:
-        raise ConfigError("recipe", name, "fp16, SCHEME-wXaY with SCHEME in static, asq, tsq-tsw, "
-                          "dynamic, groupsK, groupsK-cal (codesign recipes lists them), or a YAML file")
+        raise ConfigError(
+            "recipe",
+            name,
+            "fp16, SCHEME-wXaY with SCHEME in static, asq, tsq-tsw, "
+            "dynamic, groupsK, groupsK-cal (codesign recipes lists them), or a YAML file",
+        )
     head, k, cal, w, a = m.groups()
     scheme = "groups" if head.startswith("groups") else head.replace("tsq-tsw", "tsq+tsw")
-    return Recipe(name=name, scheme=scheme, w_bits=int(w), a_bits=int(a),
-                  num_groups=int(k) if k else 1, group_split="calibrated" if cal else "uniform")
+    return Recipe(
+        name=name,
+        scheme=scheme,
+        w_bits=int(w),
+        a_bits=int(a),
+        num_groups=int(k) if k else 1,
+        group_split="calibrated" if cal else "uniform",
+    )
 
 
 def recipe_from_dict(data: object, default_name: str = "custom") -> Recipe:
@@ -188,8 +196,11 @@ def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None =
         linear_names = {op.name for op in trace.ops if op.kind == "linear"}
         for pattern in recipe.layers:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in linear_names):
-                raise ConfigError("recipe.layers", pattern, "patterns matching linear layers of the "
-                                  "model, e.g. blocks.* or blocks.*.mlp.fc1")
+                raise ConfigError(
+                    "recipe.layers",
+                    pattern,
+                    "patterns matching linear layers of the model, e.g. blocks.* or blocks.*.mlp.fc1",
+                )
     out: list[Op] = list(trace.ops)
     if recipe.quantized:
         by_step: dict[int, list[Op]] = {}
@@ -198,17 +209,25 @@ def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None =
         templates: dict[tuple, list[Op]] = {}
         out = []
         for step, ops in by_step.items():
-            key = tuple((op.name, op.kind, op.batch, op.m, op.k, op.n, op.elements, op.input_bytes,
-                         op.output_bytes, op.reads) for op in ops)
+            key = tuple(
+                (op.name, op.kind, op.batch, op.m, op.k, op.n, op.elements, op.input_bytes, op.output_bytes, op.reads)
+                for op in ops
+            )
             tpl = templates.get(key)
             if tpl is None:
                 tpl = templates[key] = _annotate_step(ops, recipe, single)
             wset = step_to_set[step]
             for t in tpl:
                 out.append(_stamped(t, step, wset))
-    meta = {**trace.meta, "recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits,
-            "a_bits": recipe.a_bits, "num_weight_sets": (max(step_to_set) + 1) if recipe.quantized else 0,
-            "step_to_set": list(step_to_set) if recipe.quantized else []}
+    meta = {
+        **trace.meta,
+        "recipe": recipe.name,
+        "scheme": recipe.scheme,
+        "w_bits": recipe.w_bits,
+        "a_bits": recipe.a_bits,
+        "num_weight_sets": (max(step_to_set) + 1) if recipe.quantized else 0,
+        "step_to_set": list(step_to_set) if recipe.quantized else [],
+    }
     return Trace(ops=out, meta=meta, version=trace.version)
 
 
@@ -281,13 +300,34 @@ class _StepAnnotator:
         n_operands = 1 if op.kind == "linear" else 2
         src = ents[:n_operands]
         el = sum(e for _, _, e, _ in src)
-        d = Op(op.step, f"{op.name}.dyn_stats", "dyn_stats", op.batch, op.m, op.k, 0, elements=el,
-               output_bytes=_bytes(el, a) + 4 * rows, out_bits=a, block=op.block)
+        d = Op(
+            op.step,
+            f"{op.name}.dyn_stats",
+            "dyn_stats",
+            op.batch,
+            op.m,
+            op.k,
+            0,
+            elements=el,
+            output_bytes=_bytes(el, a) + 4 * rows,
+            out_bits=a,
+            block=op.block,
+        )
         self.before[j] = [(d, list(src))]
         offs = [sum(e for _, _, e, _ in src[:i]) for i in range(len(src))]
         ents[:n_operands] = [(d.name, o, e, a) for o, (_, _, e, _) in zip(offs, src)]
-        r = Op(op.step, f"{op.name}.dyn_rescale", "dyn_rescale", op.batch, op.m, 0, op.n,
-               elements=rows * op.n, output_bytes=rows * op.n * 2, block=op.block)
+        r = Op(
+            op.step,
+            f"{op.name}.dyn_rescale",
+            "dyn_rescale",
+            op.batch,
+            op.m,
+            0,
+            op.n,
+            elements=rows * op.n,
+            output_bytes=rows * op.n * 2,
+            block=op.block,
+        )
         self.after[j] = (r, [(op.name, 0, rows * op.n, 32), (d.name, el, rows, 32)])
         self.rename[op.name] = r.name
 
@@ -297,18 +337,40 @@ class _StepAnnotator:
         for e_i in range(1 if op.kind == "linear" else 2):
             p, part, el, bits = ents[e_i]
             if smooth:  # SmoothQuant factors multiplied on line, then quantized, by the vector unit
-                q = Op(op.step, f"{op.name}.smooth", "smooth_mul", op.batch, op.m, op.k, 0, elements=el,
-                       weight_bytes=2 * op.k, output_bytes=_bytes(el, a), weight_set=_QSET, out_bits=a,
-                       block=op.block)
-            elif (p == "" and self.single) or (p in self.index and not self._is_quant(p)
-                                               and len(self.readers[p]) == 1):
+                q = Op(
+                    op.step,
+                    f"{op.name}.smooth",
+                    "smooth_mul",
+                    op.batch,
+                    op.m,
+                    op.k,
+                    0,
+                    elements=el,
+                    weight_bytes=2 * op.k,
+                    output_bytes=_bytes(el, a),
+                    weight_set=_QSET,
+                    out_bits=a,
+                    block=op.block,
+                )
+            elif (p == "" and self.single) or (p in self.index and not self._is_quant(p) and len(self.readers[p]) == 1):
                 if p:  # the only reader: the producer quantizes as it writes
                     self.write_quant.add(self.index[p])
                 ents[e_i] = (p, part, el, a)
                 continue
             else:  # the producer's other readers keep FP16 (or int16 codes): a quantize op of its own
-                q = Op(op.step, op.name + (".quant" if e_i == 0 else f".quant{e_i}"), "quantize", op.batch,
-                       op.m, op.k, 0, elements=el, output_bytes=_bytes(el, a), out_bits=a, block=op.block)
+                q = Op(
+                    op.step,
+                    op.name + (".quant" if e_i == 0 else f".quant{e_i}"),
+                    "quantize",
+                    op.batch,
+                    op.m,
+                    op.k,
+                    0,
+                    elements=el,
+                    output_bytes=_bytes(el, a),
+                    out_bits=a,
+                    block=op.block,
+                )
             self.before.setdefault(j, []).append((q, [(p, part, el, bits)]))
             ents[e_i] = (q.name, 0, el, a)
 
@@ -327,8 +389,9 @@ class _StepAnnotator:
                 changes.update(out_bits=32, output_bytes=rows * op.n * 4)
             else:  # int16 codes or their FP16 values: the same bytes
                 codes = any(self._is_quant(c) for c in self.readers.get(op.name, ()))
-                changes.update(out_bits=16, output_bytes=rows * op.n * 2,
-                               epilogue="requant" if codes else "requant_dequant")
+                changes.update(
+                    out_bits=16, output_bytes=rows * op.n * 2, epilogue="requant" if codes else "requant_dequant"
+                )
         return changes
 
     def _emitted(self, op: Op, ents: list, changes: dict) -> Op:
@@ -340,8 +403,11 @@ class _StepAnnotator:
             used = ents[:1] if op.kind in ("linear", "conv") else ents
             changes["input_bytes"] = sum(entry_bytes(e, b) for _, _, e, b in used)
         if self.recipe.scheme != "dynamic" and op.kind != "quantize" and not self._is_quant(op.name):
-            deq = sum(e for p, _, e, _ in ents if self._is_quant(p) and p != op.name
-                      and any(self._is_quant(c) for c in self.readers[p]))
+            deq = sum(
+                e
+                for p, _, e, _ in ents
+                if self._is_quant(p) and p != op.name and any(self._is_quant(c) for c in self.readers[p])
+            )
             if deq:  # reading a static GEMM's int16 codes (also read by an integer GEMM) as floats
                 changes["dequant_elements"] = deq
         return dataclasses.replace(op, **changes) if changes else op

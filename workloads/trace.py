@@ -21,6 +21,7 @@ multiplier, rounding shift, clamp to int16 codes; ``requant_dequant``: the same 
 FP16; ``quant``: quantize FP16 to int8 at a static scale), and ``dequant_elements`` counts input elements it converts from integer codes to FP16 as it
 reads them: the hardware model charges both to the unit that does them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -199,8 +200,12 @@ class Trace:
             raise ConfigError("trace", str(path), "a file ending in .parquet or .csv")
         version = header.get("trace_version")
         if version != TRACE_VERSION:
-            raise ConfigError("trace_version", version, f"{TRACE_VERSION} (this build's trace format, which says "
-                              "what each op writes and reads; re-create the trace with codesign trace)")
+            raise ConfigError(
+                "trace_version",
+                version,
+                f"{TRACE_VERSION} (this build's trace format, which says "
+                "what each op writes and reads; re-create the trace with codesign trace)",
+            )
         missing = [f for f in OP_FIELDS if f not in cols]
         if missing:
             raise ConfigError("trace column", missing[0], "the columns " + ", ".join(OP_FIELDS))
@@ -211,7 +216,21 @@ class Trace:
 
 def gemm_trace(m: int, k: int, n: int, w_bits: int = 16, a_bits: int = 16) -> Trace:
     """Trace of one linear layer ``[m,k] x [k,n]`` (``--workload gemm:M,K,N``), built without torch."""
-    op = Op(step=0, name="gemm", kind="linear", batch=1, m=m, k=k, n=n, elements=m * n,
-            macs=m * k * n, weight_bytes=k * n * w_bits // 8, input_bytes=m * k * a_bits // 8,
-            output_bytes=m * n * 2, w_bits=w_bits, a_bits=a_bits, reads=reads_str([("", 0, m * k, a_bits)]))
+    op = Op(
+        step=0,
+        name="gemm",
+        kind="linear",
+        batch=1,
+        m=m,
+        k=k,
+        n=n,
+        elements=m * n,
+        macs=m * k * n,
+        weight_bytes=k * n * w_bits // 8,
+        input_bytes=m * k * a_bits // 8,
+        output_bytes=m * n * 2,
+        w_bits=w_bits,
+        a_bits=a_bits,
+        reads=reads_str([("", 0, m * k, a_bits)]),
+    )
     return Trace(ops=[op], meta={"workload": f"gemm:{m},{k},{n}", "num_steps": 1, "single_gemm": True})

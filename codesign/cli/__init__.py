@@ -2,6 +2,7 @@
 ``sample``, ``sweep``, ``simulate``, ``quant``) exposing ``register(subparsers)``; this file only wires
 them together and turns bad input into one line on stderr with exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="codesign", description=(
-        "Co-design of statically quantized video diffusion transformers (OpenSora STDiT) and edge "
-        "AI processors."))
+    parser = _Parser(
+        prog="codesign",
+        description=(
+            "Co-design of statically quantized video diffusion transformers (OpenSora STDiT) and edge AI processors."
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
@@ -47,4 +51,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"codesign {args.command}: interrupted", file=sys.stderr)
         return 130
-

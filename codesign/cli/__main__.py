@@ -1,4 +1,5 @@
 """``python -m codesign.cli``: the same command as the installed ``codesign`` script."""
+
 import sys
 
 from codesign.cli import main

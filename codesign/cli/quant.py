@@ -7,6 +7,7 @@
   reference (exit 1 on any mismatch or overflow), per-layer SQNR, final sample SQNR/PSNR;
 - ``quality``: recipe x bits -> final-sample SQNR/PSNR, worst-layer SQNR, weight storage, weight sets.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ BITS_DEFAULT = "w8a8,w6a6,w4a8"
 
 def _common(p, stats: bool = True) -> None:
     p.add_argument("--workload", required=True, help="preset name or YAML file")
-    p.add_argument("--checkpoint", help="OpenSora STDiT checkpoint (default: shipped weights of "
-                                        "stdit-shapes, else a seeded random init)")
+    p.add_argument(
+        "--checkpoint",
+        help="OpenSora STDiT checkpoint (default: shipped weights of stdit-shapes, else a seeded random init)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random-init and calibration seed")
     if stats:
         p.add_argument("--stats", help="calibration stats file (default: calibrate now)")
@@ -60,8 +63,9 @@ def register(sub) -> None:
 
     p = sub.add_parser("quality", help="quality table: recipe x bits -> SQNR/PSNR, storage")
     _common(p)
-    p.add_argument("--recipes", required=True,
-                   help="comma list; names without -wXaY are crossed with --bits (e.g. asq,tsq-tsw)")
+    p.add_argument(
+        "--recipes", required=True, help="comma list; names without -wXaY are crossed with --bits (e.g. asq,tsq-tsw)"
+    )
     p.add_argument("--bits", default=BITS_DEFAULT, help=f"bit pairs for bare names (default {BITS_DEFAULT})")
     p.add_argument("--backend", default="emulator", help="emulator (integer, default) or fakequant")
     p.add_argument("--nonlinear", default="fp16", help="fp16 or int")
@@ -93,8 +97,7 @@ def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
 def _calib_kwargs(args) -> dict:
     from workloads.errors import require_positive_int
 
-    return {"num_prompts": require_positive_int("prompts", args.prompts), "seed": args.seed,
-            "text_features": args.text}
+    return {"num_prompts": require_positive_int("prompts", args.prompts), "seed": args.seed, "text_features": args.text}
 
 
 def run_recipes(args) -> int:
@@ -104,17 +107,29 @@ def run_recipes(args) -> int:
     for name in preset_recipe_names():
         r = get_recipe(name)
         sets = {"tsq+tsw": "steps", "groups": str(r.num_groups)}.get(r.scheme, "1" if r.quantized else "0")
-        rows.append({"name": name, "scheme": r.scheme, "w_bits": r.w_bits, "a_bits": r.a_bits,
-                     "weight_sets": sets, "split": r.group_split if r.scheme == "groups" else "",
-                     "smoothing": r.smoothing, "activations": "dynamic per-token" if r.scheme == "dynamic"
-                     else ("float" if not r.quantized else "static per-tensor")})
+        rows.append(
+            {
+                "name": name,
+                "scheme": r.scheme,
+                "w_bits": r.w_bits,
+                "a_bits": r.a_bits,
+                "weight_sets": sets,
+                "split": r.group_split if r.scheme == "groups" else "",
+                "smoothing": r.smoothing,
+                "activations": "dynamic per-token"
+                if r.scheme == "dynamic"
+                else ("float" if not r.quantized else "static per-tensor"),
+            }
+        )
     if args.json:
         print(json.dumps(rows))
         return 0
     print(f"{'name':<22} {'scheme':<8} {'W':>2} {'A':>2} {'sets':>5}  {'split':<10} {'smooth':<6} activations")
     for r in rows:
-        print(f"{r['name']:<22} {r['scheme']:<8} {r['w_bits']:>2} {r['a_bits']:>2} {r['weight_sets']:>5}  "
-              f"{r['split']:<10} {str(r['smoothing']):<6} {r['activations']}")
+        print(
+            f"{r['name']:<22} {r['scheme']:<8} {r['w_bits']:>2} {r['a_bits']:>2} {r['weight_sets']:>5}  "
+            f"{r['split']:<10} {str(r['smoothing']):<6} {r['activations']}"
+        )
     return 0
 
 
@@ -127,8 +142,10 @@ def run_calibrate(args) -> int:
     model = load_model(w, args.checkpoint, args.seed)
     st = calibrate(model, w, progress=True, **_calib_kwargs(args))
     st.save(args.out)
-    print(f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
-          f"{len(st.layers())} ops -> {args.out}")
+    print(
+        f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
+        f"{len(st.layers())} ops -> {args.out}"
+    )
     return 0
 
 
@@ -142,12 +159,21 @@ def run_quantize(args) -> int:
     model = load_model(w, args.checkpoint, args.seed)
     art = quantize_model(model, w, recipe, args.stats, **_calib_kwargs(args))
     art.save(args.out)
-    summary = {"recipe": recipe.name, "workload": w.name, "num_weight_sets": art.num_sets,
-               "step_to_set": art.step_to_set, "weight_storage_bytes": art.weight_storage_bytes(),
-               "layers": len(art.linears), "out": args.out}
-    print(json.dumps(summary) if args.json else
-          f"quantized {w.name} with {recipe.name}: {art.num_sets} weight set(s), "
-          f"{summary['weight_storage_bytes']} weight bytes, step->set {art.step_to_set} -> {args.out}")
+    summary = {
+        "recipe": recipe.name,
+        "workload": w.name,
+        "num_weight_sets": art.num_sets,
+        "step_to_set": art.step_to_set,
+        "weight_storage_bytes": art.weight_storage_bytes(),
+        "layers": len(art.linears),
+        "out": args.out,
+    }
+    print(
+        json.dumps(summary)
+        if args.json
+        else f"quantized {w.name} with {recipe.name}: {art.num_sets} weight set(s), "
+        f"{summary['weight_storage_bytes']} weight bytes, step->set {art.step_to_set} -> {args.out}"
+    )
     return 0
 
 
@@ -186,19 +212,22 @@ def run_verify(args) -> int:
         art.check_model(model)
         if art.recipe.name != recipe.name:
             raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
-    rep = verify_recipe(model, w, recipe, args.nonlinear, stats=args.stats, artifact=art,
-                        device=args.device, **_calib_kwargs(args))
+    rep = verify_recipe(
+        model, w, recipe, args.nonlinear, stats=args.stats, artifact=art, device=args.device, **_calib_kwargs(args)
+    )
     if args.json:
         print(json.dumps(_json_safe(rep)))
     else:
-        print(f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}): "
-              f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls, "
-              f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
-              f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
-              f"{rep['worst_layer_sqnr_db']:.2f} dB; final sample SQNR {rep['sample_sqnr_db']:.2f} dB, "
-              f"PSNR {rep['sample_psnr_db']:.2f} dB; unchecked {rep['fast_path']} path "
-              f"{'equal' if rep['fast_path_equal'] else 'NOT equal' if rep['fast_path_equal'] is False else 'not run'}"
-              f" to the checked one")
+        print(
+            f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}): "
+            f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls, "
+            f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
+            f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
+            f"{rep['worst_layer_sqnr_db']:.2f} dB; final sample SQNR {rep['sample_sqnr_db']:.2f} dB, "
+            f"PSNR {rep['sample_psnr_db']:.2f} dB; unchecked {rep['fast_path']} path "
+            f"{'equal' if rep['fast_path_equal'] else 'NOT equal' if rep['fast_path_equal'] is False else 'not run'}"
+            f" to the checked one"
+        )
     return 0 if rep["ok"] else 1
 
 
@@ -243,14 +272,33 @@ def run_quality(args) -> int:
     ref = sample(lambda x, t, yy, s: model(x, t, yy), model, w, z, y)
     rows = []
     for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False):
-        rows.append(evaluate_recipe(model, w, r, stats=stats, backend=args.backend, nonlinear=args.nonlinear,
-                                    num_samples=args.samples, reference_sample=ref))
+        rows.append(
+            evaluate_recipe(
+                model,
+                w,
+                r,
+                stats=stats,
+                backend=args.backend,
+                nonlinear=args.nonlinear,
+                num_samples=args.samples,
+                reference_sample=ref,
+            )
+        )
     df = pd.DataFrame(rows)
     if args.out:
         with atomic_path(args.out) as tmp:
             (df.to_csv(tmp, index=False) if args.out.endswith(".csv") else df.to_parquet(tmp, index=False))
-    cols = ["recipe", "w_bits", "a_bits", "num_weight_sets", "weight_storage_bytes", "sqnr_db", "psnr_db",
-            "worst_layer_sqnr_db", "worst_layer"]
+    cols = [
+        "recipe",
+        "w_bits",
+        "a_bits",
+        "num_weight_sets",
+        "weight_storage_bytes",
+        "sqnr_db",
+        "psnr_db",
+        "worst_layer_sqnr_db",
+        "worst_layer",
+    ]
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return 0

@@ -1,4 +1,5 @@
 """`codesign sample`: run the float sampler of a workload (random weights or a real checkpoint)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="sample a latent video with the float model")
     p.add_argument("--workload", required=True, help="preset name or YAML file")
     p.add_argument("--checkpoint", help="OpenSora STDiT checkpoint (.pth or .safetensors)")
-    p.add_argument("--text", help="text features [B,1,L,Ct] (.pt or .safetensors key 'y'); "
-                                  "seeded random features otherwise")
+    p.add_argument(
+        "--text", help="text features [B,1,L,Ct] (.pt or .safetensors key 'y'); seeded random features otherwise"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="override the workload's step count")
     p.add_argument("--out", help="write the latent (.safetensors)")
@@ -52,17 +54,27 @@ def run(args) -> int:
     sampler = sampler_for(w, steps)
     t0 = time.perf_counter()
     with torch.no_grad():
-        x = sampler.sample(lambda x, t, yy, step: model(x, t, yy), z, y,
-                           model.null_caption(y.shape[0]), g, progress=True)
+        x = sampler.sample(
+            lambda x, t, yy, step: model(x, t, yy), z, y, model.null_caption(y.shape[0]), g, progress=True
+        )
     seconds = time.perf_counter() - t0
     if args.out:
         from safetensors.torch import save_file
 
         with atomic_path(args.out) as tmp:
             save_file({"latent": x.contiguous()}, str(tmp))
-    summary = {"workload": w.name, "steps": steps, "shape": list(x.shape), "seconds": round(seconds, 3),
-               "latent_mean": float(x.mean()), "latent_std": float(x.std())}
-    print(json.dumps(summary) if args.json else
-          f"sampled {w.name}: {steps} steps in {seconds:.2f} s, latent {tuple(x.shape)}, "
-          f"mean {summary['latent_mean']:.4f}, std {summary['latent_std']:.4f}")
+    summary = {
+        "workload": w.name,
+        "steps": steps,
+        "shape": list(x.shape),
+        "seconds": round(seconds, 3),
+        "latent_mean": float(x.mean()),
+        "latent_std": float(x.std()),
+    }
+    print(
+        json.dumps(summary)
+        if args.json
+        else f"sampled {w.name}: {steps} steps in {seconds:.2f} s, latent {tuple(x.shape)}, "
+        f"mean {summary['latent_mean']:.4f}, std {summary['latent_std']:.4f}"
+    )
     return 0

@@ -1,5 +1,6 @@
 """`codesign sweep` and `codesign report`: run a design-space sweep into a results folder; turn a
 results folder into plots and a Markdown summary."""
+
 from __future__ import annotations
 
 import sys
@@ -9,16 +10,27 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="sweep quantization recipes x hardware points (resumable)")
     p.add_argument("spec", help="sweep spec YAML (or a name in codesign/specs/, e.g. default)")
     p.add_argument("--out", required=True, help="results folder (Parquet parts; rerun resumes)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="local worker processes (default: one per core)")
-    p.add_argument("--scheduler", default=None,
-                   help="Dask scheduler address (tcp://host:8786) to run on a cluster instead")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
-                   help="seconds to wait for the Dask scheduler (default 10)")
-    p.add_argument("--append", action="store_true",
-                   help="add this spec's points to a folder holding another spec's results")
-    p.add_argument("--flush-every", type=float, default=1.0, metavar="S",
-                   help="write finished points to the store at least every S seconds (default 1)")
+    p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument(
+        "--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) to run on a cluster instead"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the Dask scheduler (default 10)",
+    )
+    p.add_argument(
+        "--append", action="store_true", help="add this spec's points to a folder holding another spec's results"
+    )
+    p.add_argument(
+        "--flush-every",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="write finished points to the store at least every S seconds (default 1)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sweep_cmd)
 
@@ -41,9 +53,16 @@ def run_sweep_cmd(args) -> int:
     for flag, v in (("--connect-timeout", args.connect_timeout), ("--flush-every", args.flush_every)):
         if not v > 0:
             raise ConfigError(flag, v, "a positive number of seconds")
-    summary = api.sweep(spec, args.out, jobs=args.jobs, scheduler=args.scheduler, append=args.append,
-                        progress=not args.quiet, connect_timeout_s=args.connect_timeout,
-                        flush_every_s=args.flush_every)
+    summary = api.sweep(
+        spec,
+        args.out,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        append=args.append,
+        progress=not args.quiet,
+        connect_timeout_s=args.connect_timeout,
+        flush_every_s=args.flush_every,
+    )
     print(summary.line())
     print(f"results: {args.out} (codesign report {args.out} --out REPORT_DIR)")
     return 0

@@ -1,4 +1,5 @@
 """`codesign workloads` and `codesign trace`: list workload presets; build a full-size op trace."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,11 @@ def register(sub) -> None:
     p.add_argument("--workload", required=True, help="preset name, YAML file, or gemm:M,K,N")
     p.add_argument("--recipe", default="fp16", help="annotate with a quantization recipe (default fp16)")
     p.add_argument("--out", help="write the trace (.parquet or .csv)")
-    p.add_argument("--scalesim-topology", metavar="CSV",
-                   help="also write the GEMMs of one step as a SCALE-Sim topology (Layer Name, M, N, K)")
+    p.add_argument(
+        "--scalesim-topology",
+        metavar="CSV",
+        help="also write the GEMMs of one step as a SCALE-Sim topology (Layer Name, M, N, K)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_trace)
 
@@ -27,20 +31,33 @@ def run_workloads(args) -> int:
     for name in preset_names():
         w = get_workload(name)
         t, h, wd = w.latent_size
-        rows.append({"name": name, "frames": w.num_frames, "height": w.height, "width": w.width,
-                     "latent": f"{t}x{h}x{wd}", "tokens": w.num_tokens, "depth": w.model.depth,
-                     "hidden": w.model.hidden_size, "sampler": w.sampler, "steps": w.num_steps,
-                     "cfg": w.cfg_scale, "description": w.description})
+        rows.append(
+            {
+                "name": name,
+                "frames": w.num_frames,
+                "height": w.height,
+                "width": w.width,
+                "latent": f"{t}x{h}x{wd}",
+                "tokens": w.num_tokens,
+                "depth": w.model.depth,
+                "hidden": w.model.hidden_size,
+                "sampler": w.sampler,
+                "steps": w.num_steps,
+                "cfg": w.cfg_scale,
+                "description": w.description,
+            }
+        )
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'name':28} {'video':>11} {'latent':>9} {'tokens':>7} {'model':>9} {'sampler':>8} "
-          f"{'steps':>5} {'cfg':>4}")
+    print(f"{'name':28} {'video':>11} {'latent':>9} {'tokens':>7} {'model':>9} {'sampler':>8} {'steps':>5} {'cfg':>4}")
     for r in rows:
         video = f"{r['frames']}x{r['height']}x{r['width']}"
-        print(f"{r['name']:28} {video:>11} {r['latent']:>9} {r['tokens']:>7} "
-              f"{str(r['depth']) + 'x' + str(r['hidden']):>9} {r['sampler']:>8} {r['steps']:>5} "
-              f"{r['cfg']:>4}")
+        print(
+            f"{r['name']:28} {video:>11} {r['latent']:>9} {r['tokens']:>7} "
+            f"{str(r['depth']) + 'x' + str(r['hidden']):>9} {r['sampler']:>8} {r['steps']:>5} "
+            f"{r['cfg']:>4}"
+        )
     print("also: a workload YAML file (see workloads/presets/*.yaml) or gemm:M,K,N")
     return 0
 
@@ -74,13 +91,15 @@ def run_trace(args) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    gib = 2 ** 30
+    gib = 2**30
     print(f"workload   {summary['workload']}   recipe {summary['recipe']}")
     print(f"steps      {summary['steps']}   ops {summary['ops']:,} ({summary['ops_per_step']} per step)")
     print(f"MACs       {summary['total_macs']:.4e} total, {summary['macs_per_step']:.4e} per step")
-    print(f"weights    {summary['weight_storage_bytes'] / gib:.3f} GiB stored "
-          f"({summary['weight_sets']} quantized set(s) of {summary['weight_bytes_per_set'] / gib:.3f} GiB"
-          f" + {summary['float_weight_bytes'] / gib:.3f} GiB float)")
+    print(
+        f"weights    {summary['weight_storage_bytes'] / gib:.3f} GiB stored "
+        f"({summary['weight_sets']} quantized set(s) of {summary['weight_bytes_per_set'] / gib:.3f} GiB"
+        f" + {summary['float_weight_bytes'] / gib:.3f} GiB float)"
+    )
     print(f"activations {summary['activation_bytes'] / gib:.1f} GiB moved (inputs + outputs of all ops)")
     if args.scalesim_topology:
         print(f"SCALE-Sim topology: {summary['scalesim_layers']} GEMM layers of one step in {args.scalesim_topology}")

@@ -54,6 +54,7 @@ With ``verify=True`` each integer GEMM + requantization, each requantization of 
 (:mod:`quantmodel.intarith.reference`) on the same integer inputs and compared exactly; per-layer SQNR of
 each quantized layer's output against the float layer on the same input is accumulated.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -114,7 +115,7 @@ def _dequant_fp16(q: torch.Tensor, scale: float) -> torch.Tensor:
     out = torch.empty(n, dtype=torch.float16, device=q.device)
     blk = intops.CHUNK_ELEMS
     for i in range(0, n, blk):
-        out[i:i + blk] = flat[i:i + blk].to(torch.float32).mul_(scale).clamp_(-FP16_MAX, FP16_MAX)
+        out[i : i + blk] = flat[i : i + blk].to(torch.float32).mul_(scale).clamp_(-FP16_MAX, FP16_MAX)
     return out.reshape(q.shape)
 
 
@@ -190,9 +191,15 @@ class IntegerEmulator:
     """Runs a :class:`QuantArtifact` on its float model. ``model_fn(x, t, y, step)`` is what the
     samplers call; the step picks the weight set and activation scales (``step_to_set``)."""
 
-    def __init__(self, model: STDiT, artifact: QuantArtifact, nonlinear: str = "fp16",
-                 device: str | torch.device | None = None, verify: bool = False,
-                 layer_sqnr: bool | None = None):
+    def __init__(
+        self,
+        model: STDiT,
+        artifact: QuantArtifact,
+        nonlinear: str = "fp16",
+        device: str | torch.device | None = None,
+        verify: bool = False,
+        layer_sqnr: bool | None = None,
+    ):
         if nonlinear not in NONLINEAR_MODES:
             raise ConfigError("nonlinear", nonlinear, " or ".join(NONLINEAR_MODES))
         if not isinstance(model, STDiT) or not hasattr(model, "blocks"):
@@ -231,8 +238,11 @@ class IntegerEmulator:
         if p is not None:
             return p
         g, a, dev = self.wset, self.art, self.device
-        p = _LinearParams(w_t=a.get(g, name, "weight_q").t().contiguous().to(dev),
-                          w_scale=a.get(g, name, "w_scale").to(dev), static=self.static)
+        p = _LinearParams(
+            w_t=a.get(g, name, "weight_q").t().contiguous().to(dev),
+            w_scale=a.get(g, name, "w_scale").to(dev),
+            static=self.static,
+        )
         if self.static:
             p.bias_q = a.get(g, name, "bias_q").to(dev)
             p.mult = a.get(g, name, "multiplier").to(dev, torch.int64)
@@ -256,7 +266,7 @@ class IntegerEmulator:
                     _, part = vrow_producer(cons)
                     s = a.get(g, cons, "smooth").to(dev)
                     c = s.numel()
-                    rs[part * c:(part + 1) * c] = 1.0 / s
+                    rs[part * c : (part + 1) * c] = 1.0 / s
         p.row_scale = rs
         self._cache[key] = p
         return p
@@ -293,8 +303,13 @@ class IntegerEmulator:
 
     def _float(self, v) -> torch.Tensor:
         """The value as the vector unit holds it: fp16 (fp16 mode) or float32."""
-        if (isinstance(v, IntVal) and self.mode == "fp16" and self.verifier is None
-                and v.q.dtype in (torch.int8, torch.int16) and fixedpoint._is_f32(v.scale)):
+        if (
+            isinstance(v, IntVal)
+            and self.mode == "fp16"
+            and self.verifier is None
+            and v.q.dtype in (torch.int8, torch.int16)
+            and fixedpoint._is_f32(v.scale)
+        ):
             return _dequant_fp16(v.q, v.scale)
         if isinstance(v, IntVal):
             f = fixedpoint.dequantize(v.q, v.scale)
@@ -319,8 +334,13 @@ class IntegerEmulator:
             m, s = fixedpoint.quantize_multiplier(float(real))
         out = fixedpoint.requantize(v.q, m, s, qmin, qmax)
         if self.exact:
-            ref = reference.requantize(v.q.cpu(), m.cpu() if isinstance(m, torch.Tensor) else m,
-                                       s.cpu() if isinstance(s, torch.Tensor) else s, qmin, qmax)
+            ref = reference.requantize(
+                v.q.cpu(),
+                m.cpu() if isinstance(m, torch.Tensor) else m,
+                s.cpu() if isinstance(s, torch.Tensor) else s,
+                qmin,
+                qmax,
+            )
             self.verifier.compare(name + ".requant_in", out, ref)
         return IntVal(out, out_scale)
 
@@ -330,7 +350,7 @@ class IntegerEmulator:
         mul = p.smooth is not None and p.fold in ("mul", "text")
         if isinstance(v, IntVal):
             if mul:
-                real = (v.scale / (p.smooth.double().cpu() * p.x_scale))
+                real = v.scale / (p.smooth.double().cpu() * p.x_scale)
                 return self._requant(name + ".smooth", v, real, -self.qa, self.qa, p.x_scale).q.to(torch.int8), None
             if v.scale == p.x_scale and v.q.dtype == torch.int8:
                 return v.q, None
@@ -366,8 +386,9 @@ class IntegerEmulator:
             if self.exact:
                 k = q.shape[-1]
                 q_ref = q if xf is None else reference.quantize_act(xf.cpu(), p.x_scale, self.a_bits)
-                ref = reference.linear_requant(q_ref.reshape(-1, k).cpu(), p.w_t.cpu(), p.bias_q.cpu(),
-                                               p.mult.cpu(), p.shift.cpu(), -QO, QO)
+                ref = reference.linear_requant(
+                    q_ref.reshape(-1, k).cpu(), p.w_t.cpu(), p.bias_q.cpu(), p.mult.cpu(), p.shift.cpu(), -QO, QO
+                )
                 vf.compare(name, out.reshape(-1, out.shape[-1]), ref)
             if vf is not None:
                 vf.count_saturation(name, out, QO)
@@ -404,8 +425,13 @@ class IntegerEmulator:
         rescale as C loops (ckernels ``qm_dyn_quant`` / ``qm_dyn_rescale``: the same steps); None where
         they do not apply or an activation is not finite (the torch ops then run, and report it)."""
         dll = ckernels.lib()
-        if (dll is None or p.bias is None or p.bias.dtype != torch.float32 or p.w_scale.dtype != torch.float32
-                or self.device.type != "cpu"):
+        if (
+            dll is None
+            or p.bias is None
+            or p.bias.dtype != torch.float32
+            or p.w_scale.dtype != torch.float32
+            or self.device.type != "cpu"
+        ):
             return None
         x = v if not isinstance(v, IntVal) and v.dtype == torch.float16 else self._f32(v)  # fp16 widened in C
         k, n = p.w_t.shape
@@ -414,18 +440,32 @@ class IntegerEmulator:
         rows = x.reshape(-1, k).contiguous()
         q = torch.empty(rows.shape, dtype=torch.int8)
         s_row = torch.empty(rows.shape[0], dtype=torch.float32)
-        if dll.qm_dyn_quant(rows.data_ptr(), ckernels.IN_KIND_FLOAT[rows.dtype], rows.shape[0], k, self.qa,
-                            q.data_ptr(), s_row.data_ptr()):
+        if dll.qm_dyn_quant(
+            rows.data_ptr(),
+            ckernels.IN_KIND_FLOAT[rows.dtype],
+            rows.shape[0],
+            k,
+            self.qa,
+            q.data_ptr(),
+            s_row.data_ptr(),
+        ):
             return None
         # int8 x int8 -> int32, exact: K * 128 * 128 < 2**31 rules out overflow (else the checked GEMM)
-        acc = (gemmpaths.mm(q, p.w_t) if k * 128 * 128 < 2 ** 31
-               else intgemm.int_linear(q, p.w_t, None).contiguous())
+        acc = gemmpaths.mm(q, p.w_t) if k * 128 * 128 < 2**31 else intgemm.int_linear(q, p.w_t, None).contiguous()
         fp16 = self.mode == "fp16"
         out = torch.empty((*x.shape[:-1], n), dtype=torch.float16 if fp16 else torch.float32)
         if p.ws_c is None:
             p.ws_c = (p.w_scale.contiguous(), p.bias.contiguous())
-        dll.qm_dyn_rescale(acc.data_ptr(), rows.shape[0], n, s_row.data_ptr(), p.ws_c[0].data_ptr(),
-                           p.ws_c[1].data_ptr(), out.data_ptr(), int(fp16))
+        dll.qm_dyn_rescale(
+            acc.data_ptr(),
+            rows.shape[0],
+            n,
+            s_row.data_ptr(),
+            p.ws_c[0].data_ptr(),
+            p.ws_c[1].data_ptr(),
+            out.data_ptr(),
+            int(fp16),
+        )
         return out
 
     def matmul(self, name: str, a, b, scale_hint: float = 1.0):
@@ -493,7 +533,8 @@ class IntegerEmulator:
                 aq = fixedpoint.ActQuantizer(s, bits, torch.int32)
             else:  # static: scale and reciprocal prepared once per (weight set, op)
                 aq = self._aq_cache[key] = fixedpoint.ActQuantizer(
-                    self._static_scale(name, fld, bits, headroom), bits, torch.int32)
+                    self._static_scale(name, fld, bits, headroom), bits, torch.int32
+                )
         q = aq(v)
         if self.exact:
             self.verifier.compare(name, q, reference.quantize_act(v.cpu(), aq.scale, bits))
@@ -536,12 +577,26 @@ class IntegerEmulator:
     def _param_int(self, t: torch.Tensor) -> IntVal:
         """Per-step parameters (shift, scale, gate; [B, 1, C]) quantized once per step to 16 bits."""
         dll = ckernels.lib()
-        if (dll is not None and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 3
-                and t.shape[1] == 1 and t.numel() and t.stride(2) == 1):  # one C pass, the same values
+        if (
+            dll is not None
+            and t.dtype == torch.float32
+            and t.device.type == "cpu"
+            and t.dim() == 3
+            and t.shape[1] == 1
+            and t.numel()
+            and t.stride(2) == 1
+        ):  # one C pass, the same values
             out = torch.empty(t.shape, dtype=torch.int32)
             s_out = ctypes.c_double()
-            if not dll.qm_param_quant(t.data_ptr(), t.shape[0], t.shape[2], t.stride(0), 2 ** (PARAM_BITS - 1) - 1,
-                                      out.data_ptr(), ctypes.byref(s_out)):
+            if not dll.qm_param_quant(
+                t.data_ptr(),
+                t.shape[0],
+                t.shape[2],
+                t.stride(0),
+                2 ** (PARAM_BITS - 1) - 1,
+                out.data_ptr(),
+                ctypes.byref(s_out),
+            ):
                 return IntVal(out, s_out.value)
         a = float(t.abs().max())
         if not (math.isfinite(a) and t.dtype == torch.float32 and t.device.type == "cpu"):
@@ -586,13 +641,17 @@ class IntegerEmulator:
         if p is not None and p.static:  # straight into the GEMM's int8 input
             s_out, lo, hi = p.x_scale, -self.qa, self.qa
         else:
-            s_out = self._static_scale(name, "out", 16, RES_HEADROOM,
-                                       dynamic_of=lambda: self._f32(iv) * (1 + scale) + shift)
+            s_out = self._static_scale(
+                name, "out", 16, RES_HEADROOM, dynamic_of=lambda: self._f32(iv) * (1 + scale) + shift
+            )
             lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
         q = intops.modulate_int(iv.q, iv.scale, sh.q, sh.scale, sc.q, sc.scale, s_out, lo, hi)
         if self.exact:
-            self._check_int(name, q, reference.modulate_int(iv.q.cpu(), iv.scale, sh.q.cpu(), sh.scale,
-                                                            sc.q.cpu(), sc.scale, s_out, lo, hi))
+            self._check_int(
+                name,
+                q,
+                reference.modulate_int(iv.q.cpu(), iv.scale, sh.q.cpu(), sh.scale, sc.q.cpu(), sc.scale, s_out, lo, hi),
+            )
         return IntVal(q.to(torch.int8) if hi <= 127 else q, s_out)
 
     def residual(self, name: str, x, y, gate: torch.Tensor | None):
@@ -612,14 +671,21 @@ class IntegerEmulator:
             return intops.gated_add_fp16(self._float(x), self._float(y), gate)
         ix = self._int(name, "in0", x, RES_BITS)
         iy = self._int(name, "in1", y, 16)
-        g = self._param_int(gate) if gate is not None else IntVal(torch.ones(1, dtype=torch.int32,
-                                                                             device=ix.q.device), 1.0)
-        s_out = self._static_scale(name, "out", RES_BITS, RES_HEADROOM,
-                                   dynamic_of=lambda: self._f32(ix) + self._f32(g) * self._f32(iy))
+        g = (
+            self._param_int(gate)
+            if gate is not None
+            else IntVal(torch.ones(1, dtype=torch.int32, device=ix.q.device), 1.0)
+        )
+        s_out = self._static_scale(
+            name, "out", RES_BITS, RES_HEADROOM, dynamic_of=lambda: self._f32(ix) + self._f32(g) * self._f32(iy)
+        )
         q = intops.gated_add_int(ix.q, ix.scale, iy.q, iy.scale, g.q, g.scale, s_out, -QR, QR)
         if self.exact:
-            self._check_int(name, q, reference.gated_add_int(ix.q.cpu(), ix.scale, iy.q.cpu(), iy.scale,
-                                                             g.q.cpu(), g.scale, s_out, -QR, QR))
+            self._check_int(
+                name,
+                q,
+                reference.gated_add_int(ix.q.cpu(), ix.scale, iy.q.cpu(), iy.scale, g.q.cpu(), g.scale, s_out, -QR, QR),
+            )
             self.verifier.count_saturation(name, q, QR)
         return IntVal(q, s_out)
 
@@ -642,18 +708,23 @@ class IntegerEmulator:
         b, n, pc = v.q.shape
         d = pc // (parts * heads)
         out = torch.empty((parts, b, heads, n * d), dtype=torch.float32)
-        dll.qm_split_heads(v.q.data_ptr(), 0 if v.q.dtype == torch.int8 else 1, v.scale, b, n, parts, heads, d,
-                           out.data_ptr(), tmask)
-        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
-                for p in range(parts)]
+        dll.qm_split_heads(
+            v.q.data_ptr(), 0 if v.q.dtype == torch.int8 else 1, v.scale, b, n, parts, heads, d, out.data_ptr(), tmask
+        )
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d) for p in range(parts)]
 
     @staticmethod
     def _direct_quantizer(p: _LinearParams | None):
         """The consumer's activation quantizer when its int8 input is just ``xq`` of the producer's
         value (static recipe, no explicit smoothing multiply, 8-bit codes): producers may then emit the
         codes themselves (the same values :meth:`_input_int8` computes), else None."""
-        if (p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8
-                or (p.smooth is not None and p.fold in ("mul", "text"))):
+        if (
+            p is None
+            or not p.static
+            or p.xq is None
+            or p.xq.out_dtype != torch.int8
+            or (p.smooth is not None and p.fold in ("mul", "text"))
+        ):
             return None
         return p.xq
 
@@ -694,8 +765,12 @@ class IntegerEmulator:
     def _float_operand(self, pre: str, v):
         """A GEMM output that only float attention products read: dequantized once, whole and
         contiguous (elementwise, so the same float32 values as dequantizing each view later)."""
-        if isinstance(v, IntVal) and self.verifier is None and pre + ".qk" not in self.matmuls \
-                and pre + ".av" not in self.matmuls:
+        if (
+            isinstance(v, IntVal)
+            and self.verifier is None
+            and pre + ".qk" not in self.matmuls
+            and pre + ".av" not in self.matmuls
+        ):
             return self._f32(v)
         return v
 
@@ -828,8 +903,11 @@ class FakeQuantModel:
             p = {"w": w}
             if self.static and name in self.art.linears:
                 xs, ys = float(a.get(g, name, "x_scale")), float(a.get(g, name, "y_scale"))
-                p.update(x_scale=xs, y_scale=ys,
-                         b=(a.get(g, name, "bias_q").double() * xs * a.get(g, name, "w_scale").double()).float())
+                p.update(
+                    x_scale=xs,
+                    y_scale=ys,
+                    b=(a.get(g, name, "bias_q").double() * xs * a.get(g, name, "w_scale").double()).float(),
+                )
             elif name in self.art.linears:
                 p["b"] = a.get(g, name, "bias")
             if a.has(g, name, "smooth"):

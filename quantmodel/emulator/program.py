@@ -22,6 +22,7 @@ recipes in ``int`` mode take every op's scale from the tensor on line (so every 
 constants would be derived per call) and run the eager path, as do dynamic recipes with integer
 attention and ``verify`` runs: :func:`build` returns None for them.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -59,7 +60,7 @@ class _Builder:
             t = torch.empty(shape, dtype=dtype)
         else:
             off = self.offsets[len(self.bufs)]
-            t = self.arena[off:off + shape.numel() * dtype.itemsize].view(dtype).view(shape)
+            t = self.arena[off : off + shape.numel() * dtype.itemsize].view(dtype).view(shape)
         self.bufs.append(t)
         self.keep.append(t)
         return t
@@ -145,8 +146,13 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
     ``pool``: per shapes, the arena of the emulator's earlier programs, reused (programs run one at a
     time), so per-step weight sets (TSQ+TSW) share one arena."""
     dll = ckernels.lib()
-    if (dll is None or emu.verifier is not None or emu.device.type != "cpu" or emu.mode not in ("fp16", "int")
-            or (not emu.static and (emu.mode == "int" or emu.matmuls))):
+    if (
+        dll is None
+        or emu.verifier is not None
+        or emu.device.type != "cpu"
+        or emu.mode not in ("fp16", "int")
+        or (not emu.static and (emu.mode == "int" or emu.matmuls))
+    ):
         return None
     try:
         first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
@@ -158,7 +164,8 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
         arena = pool["arena"] = torch.empty(nbytes, dtype=torch.uint8)
     prog = _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
     if len(prog.steps) != len(first.steps) or [(t.shape, t.dtype) for t in prog.builder.bufs] != [
-            (t.shape, t.dtype) for t in first.builder.bufs]:  # the plan is only valid for the same program
+        (t.shape, t.dtype) for t in first.builder.bufs
+    ]:  # the plan is only valid for the same program
         raise RuntimeError("emuprogram: the two compile passes differ (internal error)")
     return prog
 
@@ -189,8 +196,15 @@ class _Compiler:
         """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
         which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
         p = self.emu.linear_params(name)
-        if (p is None or p.static or p.smooth is not None or p.bias is None or p.bias.dtype != torch.float32
-                or p.w_scale.dtype != torch.float32 or p.w_t.shape[0] * 128 * 128 >= 2 ** 31):
+        if (
+            p is None
+            or p.static
+            or p.smooth is not None
+            or p.bias is None
+            or p.bias.dtype != torch.float32
+            or p.w_scale.dtype != torch.float32
+            or p.w_t.shape[0] * 128 * 128 >= 2**31
+        ):
             raise _Unsupported(name)
         return p
 
@@ -203,8 +217,16 @@ class _Compiler:
         rows = x.numel() // k
         q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
         acc, out = bld.buf((rows, n), torch.int32), bld.buf((*x.shape[:-1], n), torch.float16)
-        quant = functools.partial(self.dll.qm_dyn_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], rows, k,
-                                  emu.qa, q.data_ptr(), s_row.data_ptr())
+        quant = functools.partial(
+            self.dll.qm_dyn_quant,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            rows,
+            k,
+            emu.qa,
+            q.data_ptr(),
+            s_row.data_ptr(),
+        )
 
         def step():
             if quant():  # a non-finite activation: the eager definition reports it
@@ -213,9 +235,17 @@ class _Compiler:
 
         bld.py(step, x, q, s_row)
         bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
-        bld.call(self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(),
-                 bld.const(p.w_scale.contiguous()).data_ptr(), bld.const(p.bias.contiguous()).data_ptr(),
-                 out.data_ptr(), 1)
+        bld.call(
+            self.dll.qm_dyn_rescale,
+            acc.data_ptr(),
+            rows,
+            n,
+            s_row.data_ptr(),
+            bld.const(p.w_scale.contiguous()).data_ptr(),
+            bld.const(p.bias.contiguous()).data_ptr(),
+            out.data_ptr(),
+            1,
+        )
         return out
 
     def linear(self, name: str, v: torch.Tensor) -> torch.Tensor:
@@ -243,9 +273,18 @@ class _Compiler:
                 xs = self.b.buf(x.shape, torch.float32)
                 self.b.call(torch.mul, x, self.b.const(1.0 / p.smooth), out=xs)  # x.float() * (1.0 / p.smooth)
                 x = xs
-        self.b.call(self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), p.xq.recip,
-                    float(p.xq.qmax), out.data_ptr(), ckernels.OUT_KIND[torch.int8],
-                    None if inv is None else inv.data_ptr(), 0 if inv is None else c)
+        self.b.call(
+            self.dll.qm_act_quant,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            x.numel(),
+            p.xq.recip,
+            float(p.xq.qmax),
+            out.data_ptr(),
+            ckernels.OUT_KIND[torch.int8],
+            None if inv is None else inv.data_ptr(),
+            0 if inv is None else c,
+        )
         return out
 
     def gemm(self, name: str, q: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -261,8 +300,15 @@ class _Compiler:
         for off, wb, args, _kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
             self.b.call(gemmpaths.mm, x2, wb, out=acc)
-            self.b.call(self.dll.qm_requant, acc.data_ptr(), rows, *args, out.data_ptr() + off // g.rq_size * esize,
-                        ckernels.OUT_KIND[dt], g.n)
+            self.b.call(
+                self.dll.qm_requant,
+                acc.data_ptr(),
+                rows,
+                *args,
+                out.data_ptr() + off // g.rq_size * esize,
+                ckernels.OUT_KIND[dt],
+                g.n,
+            )
         return out
 
     def split_heads(self, codes: torch.Tensor, scale: float, parts: int, heads: int, tmask: int):
@@ -271,10 +317,20 @@ class _Compiler:
         d = pc // (parts * heads)
         out = self.b.buf((parts, b, heads, n * d), torch.float32)
         kind = {torch.int8: 0, torch.int16: 1, torch.float16: 2}[codes.dtype]
-        self.b.call(self.dll.qm_split_heads, codes.data_ptr(), kind, 1.0 if scale is None else scale, b, n,
-                    parts, heads, d, out.data_ptr(), tmask)
-        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
-                for p in range(parts)]
+        self.b.call(
+            self.dll.qm_split_heads,
+            codes.data_ptr(),
+            kind,
+            1.0 if scale is None else scale,
+            b,
+            n,
+            parts,
+            heads,
+            d,
+            out.data_ptr(),
+            tmask,
+        )
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d) for p in range(parts)]
 
     def softmax_f32(self, s: torch.Tensor, scale: float) -> torch.Tensor:
         """intops.softmax_fp16_scaled(s, scale, f32_out=True) for float32 scores s."""
@@ -311,8 +367,20 @@ class _Compiler:
         ws = self.b.buf(3 * c, torch.float32)
         kind = {torch.float16: 1, torch.int8: 0, torch.int16: 2}[y.dtype]
         gs = 0 if gate is None or gate.shape[0] == 1 else gate.stride(0)
-        self.b.call(self.dll.qm_residual_fp16, x.data_ptr(), y.data_ptr(), kind, 1.0 if y_scale is None else y_scale,
-                    None if gate is None else gate.data_ptr(), gs, b_, n_, c, out.data_ptr(), ws.data_ptr())
+        self.b.call(
+            self.dll.qm_residual_fp16,
+            x.data_ptr(),
+            y.data_ptr(),
+            kind,
+            1.0 if y_scale is None else y_scale,
+            None if gate is None else gate.data_ptr(),
+            gs,
+            b_,
+            n_,
+            c,
+            out.data_ptr(),
+            ws.data_ptr(),
+        )
         return out
 
     def norm_modulate(self, norm: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
@@ -330,19 +398,35 @@ class _Compiler:
         rows = b_ * n_
         ws = self.b.buf(2 * rows + 4 * c, torch.float32)
         wp = ws.data_ptr()
-        rstd = ws[rows:2 * rows]
+        rstd = ws[rows : 2 * rows]
         out = self.b.buf(x.shape, torch.float16 if aq is None else torch.int8)
         qr, qm = (0.0, 0.0) if aq is None else (aq.recip, float(aq.qmax))
         pstride = scale.stride(0) if scale.shape[0] > 1 else 0
         self.b.call(self.dll.qm_ln_stats, x.data_ptr(), rows, c, emu.mods[norm].eps, wp, wp + 4 * rows, wp + 8 * rows)
         self.b.call(torch.rsqrt, rstd, out=rstd)
-        self.b.call(self.dll.qm_ln_apply, x.data_ptr(), rows, c, wp, rstd.data_ptr(), out.data_ptr(), 1,
-                    scale.data_ptr(), shift.data_ptr(), pstride, None if inv is None else inv.data_ptr(), n_,
-                    wp + 8 * rows, qr, qm)
+        self.b.call(
+            self.dll.qm_ln_apply,
+            x.data_ptr(),
+            rows,
+            c,
+            wp,
+            rstd.data_ptr(),
+            out.data_ptr(),
+            1,
+            scale.data_ptr(),
+            shift.data_ptr(),
+            pstride,
+            None if inv is None else inv.data_ptr(),
+            n_,
+            wp + 8 * rows,
+            qr,
+            qm,
+        )
         return out  # int8 codes at p.x_scale (aq given) or fp16
 
-    def linear_in(self, name: str, v: torch.Tensor, s_v: float | None = None,
-                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def linear_in(
+        self, name: str, v: torch.Tensor, s_v: float | None = None, out_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """The GEMM of a layer whose input is its own int8 codes (from a fused producer), float values,
         or (int mode) int32 codes at scale ``s_v``."""
         if v.dtype == torch.int32:
@@ -357,8 +441,9 @@ class _Compiler:
         scores = self.b.buf((*q.shape[:-1], k_t.shape[-1]), torch.float32)
         self.b.call(torch.matmul, q, k_t, out=scores)
         scale = emu.mods[pre + ".softmax"].scale
-        probs = self.softmax_f32(scores, scale) if emu.mode == "fp16" else self.softmax_int(pre + ".softmax", scores,
-                                                                                            scale)
+        probs = (
+            self.softmax_f32(scores, scale) if emu.mode == "fp16" else self.softmax_int(pre + ".softmax", scores, scale)
+        )
         out = self.b.buf((*probs.shape[:-1], vv.shape[-1]), torch.float32)  # [B', H, L, D]
         self.b.call(torch.matmul, probs, vv, out=out)
         h, d = out.shape[1], out.shape[3]
@@ -371,8 +456,9 @@ class _Compiler:
         odt = self.res_dtype
         if aq is not None:
             q8 = self.b.buf((b, n, c), torch.int8)
-            self.b.call(self.dll.qm_merge_heads_quant, out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax),
-                        q8.data_ptr())
+            self.b.call(
+                self.dll.qm_merge_heads_quant, out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax), q8.data_ptr()
+            )
             return self.gemm(pre + ".proj", q8, odt)
         merged = self.b.buf((b, n, c), torch.float32)  # out.transpose(1, 2).reshape(b, n, c)
         self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
@@ -382,8 +468,13 @@ class _Compiler:
         b, n, c = v.shape
         qkv = self.linear_in(pre + ".qkv", v, s_v) if self.emu.static else self.dyn_linear(pre + ".qkv", v)
         if self.emu.matmuls:  # integer QK^T and AV: each operand requantized to its product's input scale
-            q, k_t, vv = self.split_heads_q8(qkv, self.out_scale(pre + ".qkv"), heads, 0b010,
-                                             [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")])
+            q, k_t, vv = self.split_heads_q8(
+                qkv,
+                self.out_scale(pre + ".qkv"),
+                heads,
+                0b010,
+                [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")],
+            )
             return self.attend_int(pre, q, k_t, vv, b, n, c)
         q, k_t, vv = self.split_heads(qkv, self.out_scale(pre + ".qkv"), 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
@@ -403,10 +494,22 @@ class _Compiler:
         mult = self.b.const(torch.tensor([m for m, _ in pairs], dtype=torch.int64))
         shift = self.b.const(torch.tensor([sh for _, sh in pairs], dtype=torch.int64))
         out = self.b.buf((parts, b, heads, n * d), torch.float32)
-        self.b.call(self.dll.qm_split_heads_q8, codes.data_ptr(), 0 if codes.dtype == torch.int8 else 1, b, n, parts,
-                    heads, d, mult.data_ptr(), shift.data_ptr(), self.emu.qa, out.data_ptr(), tmask)
-        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d)
-                for p in range(parts)]
+        self.b.call(
+            self.dll.qm_split_heads_q8,
+            codes.data_ptr(),
+            0 if codes.dtype == torch.int8 else 1,
+            b,
+            n,
+            parts,
+            heads,
+            d,
+            mult.data_ptr(),
+            shift.data_ptr(),
+            self.emu.qa,
+            out.data_ptr(),
+            tmask,
+        )
+        return [out[p].view(b, heads, d, n) if (tmask >> p) & 1 else out[p].view(b, heads, n, d) for p in range(parts)]
 
     def requant(self, acc: torch.Tensor, mult, shift, qmin: int, qmax: int, out_dtype=torch.int32) -> torch.Tensor:
         """fixedpoint.requantize(acc, mult, shift, qmin, qmax) of int32 [..., N] (per tensor), written as
@@ -415,9 +518,23 @@ class _Compiler:
         rq = fixedpoint._requantizer(mult, shift, qmin, qmax, torch.int32, torch.device("cpu"))
         c, lim, mm, ss = (self.b.const(t) for t in rq._c_consts(n, torch.device("cpu")))
         out = self.b.buf(acc.shape, out_dtype)
-        self.b.call(self.dll.qm_requant, acc.data_ptr(), acc.numel() // n, n, n, None, c.data_ptr(),
-                    lim.data_ptr() if rq.check else None, mm.data_ptr(), ss.data_ptr(), float(qmin), float(qmax),
-                    out.data_ptr(), ckernels.OUT_KIND[out_dtype], n)
+        self.b.call(
+            self.dll.qm_requant,
+            acc.data_ptr(),
+            acc.numel() // n,
+            n,
+            n,
+            None,
+            c.data_ptr(),
+            lim.data_ptr() if rq.check else None,
+            mm.data_ptr(),
+            ss.data_ptr(),
+            float(qmin),
+            float(qmax),
+            out.data_ptr(),
+            ckernels.OUT_KIND[out_dtype],
+            n,
+        )
         return out
 
     def int_product(self, name: str, a: torch.Tensor, b_: torch.Tensor, qo: int) -> torch.Tensor:
@@ -425,7 +542,7 @@ class _Compiler:
         when every partial sum stays below 2**24, which the bound K * qmax**2 guarantees), then the
         requantization by the artifact's multiplier -> int32 codes at the product's y_scale."""
         k = a.shape[-1]
-        if k * self.emu.qa * self.emu.qa > 2 ** 24:  # float32 over K chunks, added in int32 (exact)
+        if k * self.emu.qa * self.emu.qa > 2**24:  # float32 over K chunks, added in int32 (exact)
             acc = self.b.buf((*a.shape[:-1], b_.shape[-1]), torch.int32)
             self.b.call(gemmpaths.matmul_float_exact, a, b_, out=acc)
         else:
@@ -450,8 +567,18 @@ class _Compiler:
         if emu.mode == "fp16":
             probs = self.softmax_f32(self.dequant(scores, s_scores), sm_scale)  # fp16 values, widened
             aq = fixedpoint.ActQuantizer(sa, emu.a_bits)  # _to_int8 of a float tensor
-            bld.call(self.dll.qm_act_quant, probs.data_ptr(), 0, probs.numel(), aq.recip, float(aq.qmax),
-                     p8.data_ptr(), ckernels.OUT_KIND[torch.int8], None, 0)
+            bld.call(
+                self.dll.qm_act_quant,
+                probs.data_ptr(),
+                0,
+                probs.numel(),
+                aq.recip,
+                float(aq.qmax),
+                p8.data_ptr(),
+                ckernels.OUT_KIND[torch.int8],
+                None,
+                0,
+            )
         else:
             pq = self.int_softmax(scores, s_scores * sm_scale, emu.a_bits)
             m, sh = fixedpoint.quantize_multiplier(float(2.0 ** -(emu.a_bits - 1) / sa))
@@ -465,8 +592,9 @@ class _Compiler:
         q8 = self.requant_input(pre + ".proj", merged, self.mm_scale(pre + ".av", "y_scale"))
         return self.gemm(pre + ".proj", q8, self.res_dtype)
 
-    def cross_attention(self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int,
-                        s_x: float | None = None) -> torch.Tensor:
+    def cross_attention(
+        self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int, s_x: float | None = None
+    ) -> torch.Tensor:
         b, n, c = x.shape
         if self.emu.static:
             q, kv = self.linear_in(pre + ".q_linear", x, s_x), self.linear_in(pre + ".kv_linear", y)
@@ -474,8 +602,13 @@ class _Compiler:
             q, kv = self.dyn_linear(pre + ".q_linear", x), self.dyn_linear(pre + ".kv_linear", y)
         if self.emu.matmuls:
             (hq,) = self.split_heads_q8(q, self.out_scale(pre + ".q_linear"), heads, 0, [(pre + ".qk", "a_scale")])
-            hk, hv = self.split_heads_q8(kv, self.out_scale(pre + ".kv_linear"), heads, 0b01,
-                                         [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")])
+            hk, hv = self.split_heads_q8(
+                kv,
+                self.out_scale(pre + ".kv_linear"),
+                heads,
+                0b01,
+                [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")],
+            )
             return self.attend_int(pre, hq, hk, hv, b, n, c)
         (hq,) = self.split_heads(q, self.out_scale(pre + ".q_linear"), 1, heads, 0)
         hk, hv = self.split_heads(kv, self.out_scale(pre + ".kv_linear"), 2, heads, 0b01)
@@ -488,8 +621,9 @@ class _Compiler:
         xh = codes
         if codes.dtype != torch.float16:  # codes: the saturating fp16 dequantization first
             xh = self.b.buf(codes.shape, torch.float16)
-            self.b.call(self.dll.qm_dequant, codes.data_ptr(), ckernels.IN_KIND_INT[codes.dtype], n, scale,
-                        xh.data_ptr(), 1)
+            self.b.call(
+                self.dll.qm_dequant, codes.data_ptr(), ckernels.IN_KIND_INT[codes.dtype], n, scale, xh.data_ptr(), 1
+            )
         out = self.b.buf(codes.shape, torch.float16)
         ch = intops.CHUNK_ELEMS
         blocks = [(0, n)] if n <= ch else [(i, min(ch, n - i)) for i in range(0, n, ch)]
@@ -511,8 +645,18 @@ class _Compiler:
         """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale."""
         aq = fixedpoint.ActQuantizer(self.static_scale(name, fld, bits), bits, torch.int32)
         out = self.b.buf(x.shape, torch.int32)
-        self.b.call(self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), aq.recip,
-                    float(aq.qmax), out.data_ptr(), ckernels.OUT_KIND[torch.int32], None, 0)
+        self.b.call(
+            self.dll.qm_act_quant,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            x.numel(),
+            aq.recip,
+            float(aq.qmax),
+            out.data_ptr(),
+            ckernels.OUT_KIND[torch.int32],
+            None,
+            0,
+        )
         return out, aq.scale
 
     def requant_input(self, name: str, v: torch.Tensor, s_v: float) -> torch.Tensor:
@@ -531,38 +675,78 @@ class _Compiler:
         at 2**-(out_bits - 1)."""
         n = q.shape[-1]
         k = intops.working_shift(scale)
-        q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0 ** k)
+        q_ln2, q_b, q_c = intops.exp_constants(scale * 2.0**k)
         out = self.b.buf(q.shape, torch.int32)
         ebuf = self.b.buf(n, torch.int64)
-        self.b.call(self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, out_bits - 1,
-                    out.data_ptr(), ebuf.data_ptr())
+        self.b.call(
+            self.dll.qm_softmax_int,
+            q.data_ptr(),
+            q.numel() // n,
+            n,
+            k,
+            q_ln2,
+            q_b,
+            q_c,
+            out_bits - 1,
+            out.data_ptr(),
+            ebuf.data_ptr(),
+        )
         return out
 
     def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
         """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
         q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
-        return self.dequant(self.int_softmax(q, s_q * attn_scale, 8), 2.0 ** -7)
+        return self.dequant(self.int_softmax(q, s_q * attn_scale, 8), 2.0**-7)
 
     def dequant(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product."""
         if not fixedpoint._is_f32(scale):
             raise _Unsupported("scale")
         out = self.b.buf(q.shape, torch.float32)
-        self.b.call(self.dll.qm_dequant, q.data_ptr(), ckernels.IN_KIND_INT[q.dtype], q.numel(), scale,
-                    out.data_ptr(), 0)
+        self.b.call(
+            self.dll.qm_dequant, q.data_ptr(), ckernels.IN_KIND_INT[q.dtype], q.numel(), scale, out.data_ptr(), 0
+        )
         return out
 
-    def fix_madd(self, qa_: torch.Tensor, real_a: float, f: torch.Tensor, qb: torch.Tensor | None, real_b: float,
-                 r_bc: torch.Tensor | None, qmin: int, qmax: int) -> torch.Tensor:
+    def fix_madd(
+        self,
+        qa_: torch.Tensor,
+        real_a: float,
+        f: torch.Tensor,
+        qb: torch.Tensor | None,
+        real_b: float,
+        r_bc: torch.Tensor | None,
+        qmin: int,
+        qmax: int,
+    ) -> torch.Tensor:
         """intops._fix_madd_c with f / r_bc float64 [B, 1, C] buffers (filled per step)."""
         b_, n_, c = qa_.shape
         ca, la, ma, sa = intops._rq_consts(float(real_a))
         cb, lb, mb, sb = intops._rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
         out = self.b.buf(qa_.shape, torch.int32)
         ws = self.b.buf(2 * c, torch.float64)
-        self.b.call(self.dll.qm_fix_madd, qa_.data_ptr(), ca, la, ma, sa, f.data_ptr(),
-                    None if qb is None else qb.data_ptr(), cb, lb, mb, sb, None if r_bc is None else r_bc.data_ptr(),
-                    b_, n_, c, float(qmin), float(qmax), out.data_ptr(), ws.data_ptr())
+        self.b.call(
+            self.dll.qm_fix_madd,
+            qa_.data_ptr(),
+            ca,
+            la,
+            ma,
+            sa,
+            f.data_ptr(),
+            None if qb is None else qb.data_ptr(),
+            cb,
+            lb,
+            mb,
+            sb,
+            None if r_bc is None else r_bc.data_ptr(),
+            b_,
+            n_,
+            c,
+            float(qmin),
+            float(qmax),
+            out.data_ptr(),
+            ws.data_ptr(),
+        )
         return out
 
     def norm_modulate_int(self, norm: str, x: torch.Tensor, s_x: float, shift, scale, consumer: str) -> torch.Tensor:
@@ -574,7 +758,7 @@ class _Compiler:
         eps_k = bld.const(torch.tensor(intops.ln_eps_table(s_x, c, emu.mods[norm].eps), dtype=torch.int64))
         ln = bld.buf(x.shape, torch.int32)
         bld.call(self.dll.qm_layernorm_int, x.data_ptr(), b_ * n_, c, eps_k.data_ptr(), ln.data_ptr())
-        s_ln = math.sqrt(c) / 2.0 ** intops.LN_OUT_BITS
+        s_ln = math.sqrt(c) / 2.0**intops.LN_OUT_BITS
         p = self.lp(consumer)
         s_out = p.x_scale
         f, r = bld.buf((b_, 1, c), torch.float64), bld.buf((b_, 1, c), torch.float64)
@@ -590,7 +774,7 @@ class _Compiler:
         if p.smooth is not None and p.fold == "modulate":  # _fold_mod's factors
             inv = bld.const(1.0 / p.smooth)
         self.operands_step(operands, scale, shift, inv, s_out, f, r)
-        q32 = self.fix_madd(ln, s_ln / (s_out / 2.0 ** intops.GUARD_BITS), f, None, 0.0, r, -emu.qa, emu.qa)
+        q32 = self.fix_madd(ln, s_ln / (s_out / 2.0**intops.GUARD_BITS), f, None, 0.0, r, -emu.qa, emu.qa)
         q8 = bld.buf(x.shape, torch.int8)
         bld.call(q8.copy_, q32)  # .to(torch.int8): the values are within +-qmax
         return q8
@@ -599,16 +783,30 @@ class _Compiler:
         """The per-step operands of a modulation (scale and shift) or a gate (shift None) as one C call
         (ckernels ``qm_mod_operands``: the same float32, rounding and integer steps as ``eager``), which
         runs instead when a parameter is not finite (it then raises the eager path's error)."""
-        if (intops.GATE_FRAC_BITS, intops.GUARD_BITS) != (16, 8) or scale.stride(2) != 1 or (
-                shift is not None and shift.stride() != scale.stride()):  # the constants the C loop has built in
+        if (
+            (intops.GATE_FRAC_BITS, intops.GUARD_BITS) != (16, 8)
+            or scale.stride(2) != 1
+            or (shift is not None and shift.stride() != scale.stride())
+        ):  # the constants the C loop has built in
             self.b.py(eager, *(t for t in (scale, shift, inv, f, r) if t is not None))
             return
         b_, _, c = scale.shape
         fw, qw = self.b.buf(2 * b_ * c, torch.float32), self.b.buf(2 * b_ * c, torch.int32)
-        call = functools.partial(self.dll.qm_mod_operands, scale.data_ptr(), None if shift is None else shift.data_ptr(),
-                                 scale.stride(0) if b_ > 1 else 0, None if inv is None else inv.data_ptr(), b_, c,
-                                 s_out, 2 ** (self.param_bits - 1) - 1, f.data_ptr(),
-                                 None if r is None else r.data_ptr(), fw.data_ptr(), qw.data_ptr())
+        call = functools.partial(
+            self.dll.qm_mod_operands,
+            scale.data_ptr(),
+            None if shift is None else shift.data_ptr(),
+            scale.stride(0) if b_ > 1 else 0,
+            None if inv is None else inv.data_ptr(),
+            b_,
+            c,
+            s_out,
+            2 ** (self.param_bits - 1) - 1,
+            f.data_ptr(),
+            None if r is None else r.data_ptr(),
+            fw.data_ptr(),
+            qw.data_ptr(),
+        )
 
         def step():
             if call():
@@ -638,17 +836,18 @@ class _Compiler:
     def residual_int(self, name: str, x: torch.Tensor, s_x: float, y: torch.Tensor, s_y: float, gate):
         """IntegerEmulator.residual (int): x + gate * y -> RES_BITS codes at the op's static scale."""
         s_out = self.static_scale(name, "out", self.res_bits)
-        s_t = s_out / 2.0 ** intops.GUARD_BITS
+        s_t = s_out / 2.0**intops.GUARD_BITS
         f = self.gate(gate, x.shape[0], x.shape[2])
         qr = 2 ** (self.res_bits - 1) - 1
         return self.fix_madd(y, s_y / s_t, f, x, s_x / s_t, None, -qr, qr), s_out
 
     def gelu_int(self, codes: torch.Tensor, scale: float):
         k = intops.working_shift(scale)
-        q_bb, q_one, t, out_scale = intops.gelu_constants(scale * 2.0 ** k)
+        q_bb, q_one, t, out_scale = intops.gelu_constants(scale * 2.0**k)
         out = self.b.buf(codes.shape, torch.int32)
-        self.b.call(self.dll.qm_gelu_int, codes.data_ptr(), codes.numel(), k, 2 ** intops.SAT_BITS, q_bb, q_one, t,
-                    out.data_ptr())
+        self.b.call(
+            self.dll.qm_gelu_int, codes.data_ptr(), codes.numel(), k, 2**intops.SAT_BITS, q_bb, q_one, t, out.data_ptr()
+        )
         return out, out_scale
 
     def modulation(self, blk, t0: torch.Tensor, b: int, c: int):
@@ -715,8 +914,9 @@ class _Compiler:
         xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
         x, s_x = self.add(pre + ".res_cross", x, s_x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
         x_m = self.norm_mod(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        return self.add(pre + ".res_mlp", x, s_x, self.mlp(pre + ".mlp", x_m), self.out_scale(pre + ".mlp.fc2"),
-                        gate_mlp)
+        return self.add(
+            pre + ".res_mlp", x, s_x, self.mlp(pre + ".mlp", x_m), self.out_scale(pre + ".mlp.fc2"), gate_mlp
+        )
 
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
         bld = self.b

@@ -18,6 +18,7 @@ accuracy of the clips against their prompts (the CLIP-score analogue), the Frech
 classifier features to real clips (the FVD analogue) and a temporal-consistency figure. That is the
 quality axis the design-space sweep uses for the small workload.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,16 +44,16 @@ BACKENDS = ("emulator", "fakequant")
 EVAL_SEED = 1234  # evaluation prompts and noise; calibration uses its own seed (default 0)
 
 
-def load_model(workload: Workload | str, checkpoint: str | None = None, seed: int = 0,
-               device: str = "cpu") -> STDiT:
+def load_model(workload: Workload | str, checkpoint: str | None = None, seed: int = 0, device: str = "cpu") -> STDiT:
     """The float model of a workload: a checkpoint, the trained weights of a trained workload,
     or a seeded random init."""
     w = get_workload(workload) if isinstance(workload, str) else workload
     if isinstance(w, Gemm):
         raise ConfigError("workload", w.name, "a model workload (a preset or YAML file), not a GEMM")
     if w.model.arch != "stdit":
-        raise ConfigError("workload.model.arch", w.model.arch, "stdit (the quantizer and emulator "
-                          "implement OpenSora v1.0 blocks)")
+        raise ConfigError(
+            "workload.model.arch", w.model.arch, "stdit (the quantizer and emulator implement OpenSora v1.0 blocks)"
+        )
     cfg = STDiTConfig.from_workload(w)
     if checkpoint:
         from quantmodel.model.checkpoint import load_checkpoint
@@ -79,8 +80,14 @@ def trained_prompts(workload: Workload, num_samples: int, seed: int) -> tuple[di
     return trained_module(workload).prompts(num_samples, seed)
 
 
-def get_stats(model: STDiT, workload: Workload, stats: CalibStats | str | Path | None = None,
-              num_prompts: int = 4, seed: int = 0, text_features: str | None = None) -> CalibStats:
+def get_stats(
+    model: STDiT,
+    workload: Workload,
+    stats: CalibStats | str | Path | None = None,
+    num_prompts: int = 4,
+    seed: int = 0,
+    text_features: str | None = None,
+) -> CalibStats:
     """Stats from a file (checked against the model and step count) or a fresh calibration
     (on ``stdit-shapes``: real caption features of a held-out prompt set)."""
     if stats is None and text_features is None and trained_module(workload) is not None:
@@ -100,8 +107,9 @@ def get_stats(model: STDiT, workload: Workload, stats: CalibStats | str | Path |
     return stats
 
 
-def quantize_model(model: STDiT, workload: Workload, recipe: Recipe | str,
-                   stats: CalibStats | str | Path | None = None, **calib) -> QuantArtifact:
+def quantize_model(
+    model: STDiT, workload: Workload, recipe: Recipe | str, stats: CalibStats | str | Path | None = None, **calib
+) -> QuantArtifact:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
     need_stats = recipe.scheme != "dynamic"
@@ -109,11 +117,19 @@ def quantize_model(model: STDiT, workload: Workload, recipe: Recipe | str,
     return build_artifact(model, recipe, st, workload.num_steps, workload.name)
 
 
-def recipe_model_fn(model: STDiT, workload: Workload, recipe: Recipe | str,
-                    backend: str = "emulator", nonlinear: str = "fp16",
-                    stats: CalibStats | str | Path | None = None, artifact: QuantArtifact | None = None,
-                    device: str | None = None, verify: bool = False, layer_sqnr: bool = False,
-                    **calib) -> tuple[Callable, object]:
+def recipe_model_fn(
+    model: STDiT,
+    workload: Workload,
+    recipe: Recipe | str,
+    backend: str = "emulator",
+    nonlinear: str = "fp16",
+    stats: CalibStats | str | Path | None = None,
+    artifact: QuantArtifact | None = None,
+    device: str | None = None,
+    verify: bool = False,
+    layer_sqnr: bool = False,
+    **calib,
+) -> tuple[Callable, object]:
     """``(model_fn, runner)`` for a recipe: ``fp16`` gives the float model; otherwise the integer
     emulator (``backend='emulator'``, bit-exact) or the float fake-quant simulation (``'fakequant'``)."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -127,14 +143,17 @@ def recipe_model_fn(model: STDiT, workload: Workload, recipe: Recipe | str,
     if backend == "fakequant":
         runner = FakeQuantModel(model, art)
     else:
-        runner = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=verify,
-                                 layer_sqnr=layer_sqnr)
+        runner = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=verify, layer_sqnr=layer_sqnr)
     return runner.model_fn, runner
 
 
-def eval_inputs(model: STDiT, num_samples: int = 1, seed: int = EVAL_SEED,
-                text_features: str | None = None, workload: Workload | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_inputs(
+    model: STDiT,
+    num_samples: int = 1,
+    seed: int = EVAL_SEED,
+    text_features: str | None = None,
+    workload: Workload | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts), seeded; real captions on
     ``stdit-shapes``."""
     cfg = model.cfg
@@ -148,12 +167,20 @@ def eval_inputs(model: STDiT, num_samples: int = 1, seed: int = EVAL_SEED,
 
 
 @torch.no_grad()
-def sample(model_fn: Callable, model: STDiT, workload: Workload, z: torch.Tensor, y: torch.Tensor,
-           seed: int = EVAL_SEED, progress: bool = False) -> torch.Tensor:
+def sample(
+    model_fn: Callable,
+    model: STDiT,
+    workload: Workload,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    seed: int = EVAL_SEED,
+    progress: bool = False,
+) -> torch.Tensor:
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed + 2)
-    out = sampler_for(workload).sample(model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev),
-                                       g, progress=progress)
+    out = sampler_for(workload).sample(
+        model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), g, progress=progress
+    )
     return out.float().cpu()
 
 
@@ -162,12 +189,15 @@ def sample_metrics(ref: torch.Tensor, out: torch.Tensor) -> dict:
     err = float(((out - ref) ** 2).sum())
     rmse = math.sqrt(err / ref.numel())
     peak = float(ref.max() - ref.min())
-    return {"sqnr_db": sqnr_db(float((ref * ref).sum()), err),
-            "psnr_db": float("inf") if rmse == 0 else 20 * math.log10(peak / rmse)}
+    return {
+        "sqnr_db": sqnr_db(float((ref * ref).sum()), err),
+        "psnr_db": float("inf") if rmse == 0 else 20 * math.log10(peak / rmse),
+    }
 
 
-def video_metrics(workload: Workload, video: torch.Tensor, reference: torch.Tensor, num_samples: int,
-                  seed: int = EVAL_SEED) -> dict:
+def video_metrics(
+    workload: Workload, video: torch.Tensor, reference: torch.Tensor, num_samples: int, seed: int = EVAL_SEED
+) -> dict:
     """The video metrics of a trained workload's clips (empty for other workloads); ``stdit-shapes``: semantic accuracy
     (mean over attributes, and all five right), Frechet distance to real clips with its real-vs-real
     floor, and centroid jerk (temporal consistency)."""
@@ -182,27 +212,49 @@ def float_weight_bytes(model: STDiT) -> int:
     return sum(2 * p.numel() for p in model.parameters())
 
 
-def evaluate_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, stats=None,
-                    backend: str = "emulator", nonlinear: str = "fp16", num_samples: int = 1,
-                    seed: int = EVAL_SEED, artifact: QuantArtifact | None = None,
-                    reference_sample: torch.Tensor | None = None, **calib) -> dict:
+def evaluate_recipe(
+    model: STDiT,
+    workload: Workload,
+    recipe: Recipe | str,
+    stats=None,
+    backend: str = "emulator",
+    nonlinear: str = "fp16",
+    num_samples: int = 1,
+    seed: int = EVAL_SEED,
+    artifact: QuantArtifact | None = None,
+    reference_sample: torch.Tensor | None = None,
+    **calib,
+) -> dict:
     """Final-sample SQNR/PSNR vs the float model, worst-layer SQNR (emulator backend), weight storage
     bytes of all weight sets and the number of weight sets."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     z, y = eval_inputs(model, num_samples, seed, workload=workload)
     if reference_sample is None:
         reference_sample = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
-    row = {"recipe": recipe.name, "scheme": recipe.scheme, "w_bits": recipe.w_bits, "a_bits": recipe.a_bits,
-           "backend": backend if recipe.quantized else "float", "nonlinear": nonlinear}
+    row = {
+        "recipe": recipe.name,
+        "scheme": recipe.scheme,
+        "w_bits": recipe.w_bits,
+        "a_bits": recipe.a_bits,
+        "backend": backend if recipe.quantized else "float",
+        "nonlinear": nonlinear,
+    }
     if not recipe.quantized:
-        row.update(sqnr_db=float("inf"), psnr_db=float("inf"), worst_layer_sqnr_db=float("inf"),
-                   worst_layer="", weight_storage_bytes=float_weight_bytes(model), num_weight_sets=0,
-                   step_to_set="")
+        row.update(
+            sqnr_db=float("inf"),
+            psnr_db=float("inf"),
+            worst_layer_sqnr_db=float("inf"),
+            worst_layer="",
+            weight_storage_bytes=float_weight_bytes(model),
+            num_weight_sets=0,
+            step_to_set="",
+        )
         row.update(video_metrics(workload, reference_sample, reference_sample, num_samples, seed))
         return row
     art = artifact or quantize_model(model, workload, recipe, stats, **calib)
-    fn, runner = recipe_model_fn(model, workload, recipe, backend, nonlinear, artifact=art,
-                                 layer_sqnr=(backend == "emulator"))
+    fn, runner = recipe_model_fn(
+        model, workload, recipe, backend, nonlinear, artifact=art, layer_sqnr=(backend == "emulator")
+    )
     out = sample(fn, model, workload, z, y, seed)
     row.update(sample_metrics(reference_sample, out))
     row.update(video_metrics(workload, out, reference_sample, num_samples, seed))
@@ -211,15 +263,28 @@ def evaluate_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, stat
         layers = runner.verifier.layer_sqnr_db()
         worst = min(layers, key=layers.get)
         worst_db = layers[worst]
-    row.update(worst_layer_sqnr_db=worst_db, worst_layer=worst,
-               weight_storage_bytes=art.weight_storage_bytes(), num_weight_sets=art.num_sets,
-               step_to_set=",".join(map(str, art.step_to_set)))
+    row.update(
+        worst_layer_sqnr_db=worst_db,
+        worst_layer=worst,
+        weight_storage_bytes=art.weight_storage_bytes(),
+        num_weight_sets=art.num_sets,
+        step_to_set=",".join(map(str, art.step_to_set)),
+    )
     return row
 
 
-def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlinear: str = "fp16",
-                  stats=None, artifact: QuantArtifact | None = None, device: str | None = None,
-                  num_samples: int = 1, seed: int = EVAL_SEED, **calib) -> dict:
+def verify_recipe(
+    model: STDiT,
+    workload: Workload,
+    recipe: Recipe | str,
+    nonlinear: str = "fp16",
+    stats=None,
+    artifact: QuantArtifact | None = None,
+    device: str | None = None,
+    num_samples: int = 1,
+    seed: int = EVAL_SEED,
+    **calib,
+) -> dict:
     """Run one sampling loop in the emulator with every integer op checked against the float64
     reference on the same integer inputs; per-layer SQNR and the final sample's SQNR/PSNR."""
     from quantmodel.intarith.intgemm import AccumulatorOverflowError
@@ -247,15 +312,27 @@ def verify_recipe(model: STDiT, workload: Workload, recipe: Recipe | str, nonlin
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""
-    return {"workload": workload.name, "recipe": recipe.name, "nonlinear": nonlinear,
-            "device": str(emu.device), "num_steps": workload.num_steps,
-            "num_weight_sets": art.num_sets, "step_to_set": art.step_to_set,
-            "layers_checked": len(v.checked_names), "checks": v.checks, "mismatches": v.mismatches,
-            "max_abs_diff_lsb": v.max_abs_diff_lsb, "overflow": overflow,
-            "saturated_codes": sum(v.saturated.values()), "fp16_saturated": v.fp16_saturated,
-            "worst_layer": worst, "worst_layer_sqnr_db": layers.get(worst, float("nan")),
-            "layer_sqnr_db": layers, "sample_sqnr_db": metrics["sqnr_db"],
-            "sample_psnr_db": metrics["psnr_db"],
-            "fast_path": "compiled" if any(p is not None for p in fast._programs.values()) else "eager",
-            "fast_path_equal": fast_equal,
-            "ok": v.mismatches == 0 and overflow is None and fast_equal is True}
+    return {
+        "workload": workload.name,
+        "recipe": recipe.name,
+        "nonlinear": nonlinear,
+        "device": str(emu.device),
+        "num_steps": workload.num_steps,
+        "num_weight_sets": art.num_sets,
+        "step_to_set": art.step_to_set,
+        "layers_checked": len(v.checked_names),
+        "checks": v.checks,
+        "mismatches": v.mismatches,
+        "max_abs_diff_lsb": v.max_abs_diff_lsb,
+        "overflow": overflow,
+        "saturated_codes": sum(v.saturated.values()),
+        "fp16_saturated": v.fp16_saturated,
+        "worst_layer": worst,
+        "worst_layer_sqnr_db": layers.get(worst, float("nan")),
+        "layer_sqnr_db": layers,
+        "sample_sqnr_db": metrics["sqnr_db"],
+        "sample_psnr_db": metrics["psnr_db"],
+        "fast_path": "compiled" if any(p is not None for p in fast._programs.values()) else "eager",
+        "fast_path_equal": fast_equal,
+        "ok": v.mismatches == 0 and overflow is None and fast_equal is True,
+    }

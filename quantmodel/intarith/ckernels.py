@@ -68,8 +68,13 @@ IN_KIND_FLOAT = {torch.float32: 0, torch.float16: 1}
 IN_KIND_INT = {torch.int8: 0, torch.int16: 1, torch.int32: 2}
 
 # C types of the prototypes in csrc/qmk.h -> ctypes (every pointer is passed as an address)
-_C_TYPES = {"void": None, "int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float,
-            "double": ctypes.c_double}
+_C_TYPES = {
+    "void": None,
+    "int": ctypes.c_int,
+    "int64_t": ctypes.c_int64,
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+}
 _PROTO = re.compile(r"^(\w+)\s+(qm_\w+)\s*\(([^)]*)\)\s*;", re.MULTILINE)
 
 
@@ -108,8 +113,9 @@ def _cpu_flags() -> str:
 
 def cache_dir() -> str:
     """Where compiled kernels (and the GEMM path calibration) are cached."""
-    return os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                      "quantmodel-ckernels")
+    return os.environ.get("QUANTMODEL_CKERNELS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "quantmodel-ckernels"
+    )
 
 
 def _arch_flags() -> list[list[str]]:
@@ -175,8 +181,7 @@ def lib() -> ctypes.CDLL | None:
             if "dll" not in _STATE:
                 dll, why = _build()
                 if why is not None:  # said once per process; the torch ops give the same values
-                    _log.warning("quantmodel C kernels unavailable, using torch ops (same results, slower): %s",
-                                 why)
+                    _log.warning("quantmodel C kernels unavailable, using torch ops (same results, slower): %s", why)
                 _STATE["dll"], _STATE["why"] = dll, why
     return _STATE["dll"]
 

@@ -48,8 +48,8 @@ from workloads.errors import ConfigError
 
 ROUNDING = "half_to_even"
 SUPPORTED_BITS = (4, 6, 8)
-INT32_MIN = -(2 ** 31)
-INT32_MAX = 2 ** 31 - 1
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
 MULT_BITS = 31  # multiplier is a Q0.31 fraction in [0.5, 1)
 _CHUNK_ELEMS = 1 << 16  # 64K float64 = 512 KiB per temporary: stays in L2 between the passes
 
@@ -110,10 +110,19 @@ class ActQuantizer:
             raise ConfigError("x.dtype", x.dtype, "a floating-point activation")
         n = x.numel()
         in_kind = ckernels.IN_KIND_FLOAT.get(x.dtype)
-        if in_kind is not None and self.qmax < 2 ** 24 and ckernels.usable(x) and ckernels.lib() is not None:
+        if in_kind is not None and self.qmax < 2**24 and ckernels.usable(x) and ckernels.lib() is not None:
             out = torch.empty(x.shape, dtype=self.out_dtype, device=x.device)  # one C loop, same steps
-            ckernels.lib().qm_act_quant(x.data_ptr(), in_kind, n, self.recip, float(self.qmax), out.data_ptr(),
-                                        ckernels.OUT_KIND[self.out_dtype], None, 0)
+            ckernels.lib().qm_act_quant(
+                x.data_ptr(),
+                in_kind,
+                n,
+                self.recip,
+                float(self.qmax),
+                out.data_ptr(),
+                ckernels.OUT_KIND[self.out_dtype],
+                None,
+                0,
+            )
             return out
         if n <= _CHUNK_ELEMS or x.device.type != "cpu":
             return self._block(x).to(self.out_dtype)
@@ -121,7 +130,7 @@ class ActQuantizer:
         flat = x.reshape(-1)
         out = torch.empty(n, dtype=self.out_dtype, device=x.device)
         for i in range(0, n, _CHUNK_ELEMS):
-            out[i:i + _CHUNK_ELEMS] = self._block(flat[i:i + _CHUNK_ELEMS])
+            out[i : i + _CHUNK_ELEMS] = self._block(flat[i : i + _CHUNK_ELEMS])
         return out.reshape(x.shape)
 
     def _block(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,12 +146,28 @@ def smooth_quantize_fp16(aq: ActQuantizer, x: torch.Tensor, inv_h: torch.Tensor)
     None when the C kernels do not apply (the caller runs the torch ops)."""
     in_kind = ckernels.IN_KIND_FLOAT.get(x.dtype)
     c = x.shape[-1] if x.dim() else 0
-    if (in_kind is None or c == 0 or aq.qmax >= 2 ** 24 or inv_h.dtype != torch.float32 or inv_h.shape != (c,)
-            or not ckernels.usable(x, inv_h) or ckernels.lib() is None):
+    if (
+        in_kind is None
+        or c == 0
+        or aq.qmax >= 2**24
+        or inv_h.dtype != torch.float32
+        or inv_h.shape != (c,)
+        or not ckernels.usable(x, inv_h)
+        or ckernels.lib() is None
+    ):
         return None
     out = torch.empty(x.shape, dtype=aq.out_dtype, device=x.device)
-    ckernels.lib().qm_act_quant(x.data_ptr(), in_kind, x.numel(), aq.recip, float(aq.qmax), out.data_ptr(),
-                                ckernels.OUT_KIND[aq.out_dtype], inv_h.data_ptr(), c)
+    ckernels.lib().qm_act_quant(
+        x.data_ptr(),
+        in_kind,
+        x.numel(),
+        aq.recip,
+        float(aq.qmax),
+        out.data_ptr(),
+        ckernels.OUT_KIND[aq.out_dtype],
+        inv_h.data_ptr(),
+        c,
+    )
     return out
 
 
@@ -175,7 +200,8 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | float, bits: int, axis: int 
 
 def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
-        isinstance(v, torch.Tensor) and v.dim() == 0 and v.device.type == "cpu")
+        isinstance(v, torch.Tensor) and v.dim() == 0 and v.device.type == "cpu"
+    )
 
 
 def _as_f64(x: torch.Tensor) -> torch.Tensor:
@@ -197,10 +223,10 @@ def _quantize_per_tensor(x: torch.Tensor, s: float, qmin: int, qmax: int, out_dt
     out = torch.empty(n, dtype=out_dtype, device=x.device)
     buf = torch.empty(_CHUNK_ELEMS, dtype=torch.float64, device=x.device)
     for i in range(0, n, _CHUNK_ELEMS):
-        xc = flat[i:i + _CHUNK_ELEMS]
-        b = buf[:xc.numel()]
+        xc = flat[i : i + _CHUNK_ELEMS]
+        b = buf[: xc.numel()]
         b.copy_(xc.float() if xc.dtype in (torch.float16, torch.bfloat16) else xc)
-        out[i:i + _CHUNK_ELEMS] = b.div_(s).round_().clamp_(qmin, qmax)
+        out[i : i + _CHUNK_ELEMS] = b.div_(s).round_().clamp_(qmin, qmax)
     return out.reshape(x.shape)
 
 
@@ -231,8 +257,9 @@ def dequantize_c(q: torch.Tensor, scale: float, out_dtype: torch.dtype) -> torch
     if kind is None or not _is_f32(scale) or not ckernels.usable(q) or ckernels.lib() is None:
         return None
     out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
-    if ckernels.lib().qm_dequant(q.data_ptr(), kind, q.numel(), scale, out.data_ptr(),
-                                 0 if out_dtype == torch.float32 else 1):
+    if ckernels.lib().qm_dequant(
+        q.data_ptr(), kind, q.numel(), scale, out.data_ptr(), 0 if out_dtype == torch.float32 else 1
+    ):
         return None  # an int32 code beyond 2**24: the float64 definition below applies
     return out
 
@@ -249,7 +276,7 @@ def _below_2_24(q: torch.Tensor) -> bool:
     if q.numel() == 0:
         return True
     lo, hi = torch.aminmax(q)
-    return -(2 ** 24) < int(lo) and int(hi) < 2 ** 24
+    return -(2**24) < int(lo) and int(hi) < 2**24
 
 
 def quantize_weight_per_channel(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,8 +322,8 @@ def quantize_multiplier(real_scale: float) -> tuple[int, int]:
     if r == 0.0:
         return 0, 0
     m, e = math.frexp(r)  # r = m * 2**e, m in [0.5, 1)
-    mult = round(m * 2 ** MULT_BITS)  # python round: half to even; exact product
-    if mult == 2 ** MULT_BITS:  # m rounded up to 1.0
+    mult = round(m * 2**MULT_BITS)  # python round: half to even; exact product
+    if mult == 2**MULT_BITS:  # m rounded up to 1.0
         mult //= 2
         e += 1
     return int(mult), int(-e)
@@ -369,17 +396,24 @@ class Requantizer:
     accumulators) use ``c = 0`` and ``c = 2**32``; ``m == 0`` uses ``c = 0``.
     """
 
-    def __init__(self, multiplier: int | torch.Tensor, shift: int | torch.Tensor, qmin: int, qmax: int,
-                 out_dtype: torch.dtype = torch.int32, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        multiplier: int | torch.Tensor,
+        shift: int | torch.Tensor,
+        qmin: int,
+        qmax: int,
+        out_dtype: torch.dtype = torch.int32,
+        device: str | torch.device | None = None,
+    ):
         if not (INT32_MIN <= qmin <= qmax <= INT32_MAX):
             raise ConfigError("qmin,qmax", (qmin, qmax), "INT32_MIN <= qmin <= qmax <= INT32_MAX")
         self.qmin, self.qmax, self.out_dtype = qmin, qmax, out_dtype
         q = max(abs(qmin), abs(qmax))
         q_bits = max(q - 1, 0).bit_length()  # smallest b with Q <= 2**b (Q = 0: every output is 0)
-        tie_lim = 0.5 - q * 2.0 ** -52  # exact in float64 (Q < 2**31)
+        tie_lim = 0.5 - q * 2.0**-52  # exact in float64 (Q < 2**31)
         if _is_int(multiplier) and _is_int(shift):  # per tensor: plain python arithmetic, no tensor ops
             mi, si = int(multiplier), MULT_BITS + int(shift)
-            if not 0 <= mi < 2 ** 31:
+            if not 0 <= mi < 2**31:
                 raise ConfigError("multiplier", multiplier, "values in [0, 2**31)")
             self.per_channel = False
             self.m = torch.tensor(mi, dtype=torch.int64, device=device)
@@ -387,7 +421,7 @@ class Requantizer:
             if si >= 63 or mi == 0:
                 self.c = 0.0
             elif si < 0:
-                self.c = 2.0 ** 32
+                self.c = 2.0**32
             else:
                 self.c = math.ldexp(float(mi), -si)  # exact
             self.check = not (si <= 53 - q_bits or si >= 63 or mi == 0)
@@ -395,7 +429,7 @@ class Requantizer:
             return
         m = torch.as_tensor(multiplier, dtype=torch.int64, device=device)
         sh = torch.as_tensor(shift, dtype=torch.int64, device=device)
-        if bool(((m < 0) | (m >= 2 ** 31)).any()):
+        if bool(((m < 0) | (m >= 2**31)).any()):
             raise ConfigError("multiplier", multiplier, "values in [0, 2**31)")
         m, sh = torch.broadcast_tensors(m, sh)
         if m.numel() == 1:  # a one-element tensor broadcasts like a scalar
@@ -408,7 +442,7 @@ class Requantizer:
         self.m, self.s = m, s  # exact constants (int64) for the near-tie recomputation
         c = m.to(torch.float64) * _pow2_neg(s.clamp(0, 62))  # exact: 31-bit m times a power of two
         c = torch.where((s >= 63) | (m == 0), torch.zeros_like(c), c)
-        c = torch.where((s < 0) & (m > 0), torch.full_like(c, 2.0 ** 32), c)
+        c = torch.where((s < 0) & (m > 0), torch.full_like(c, 2.0**32), c)
         safe = (s <= 53 - q_bits) | (s >= 63) | (m == 0)  # safe: Q <= 2**(53 - s)
         self.check = not bool(safe.all())
         self.c = c
@@ -486,11 +520,17 @@ class Requantizer:
         memo = self.__dict__.setdefault("_cc", {})
         cs = memo.get(n)
         if cs is None:
+
             def vec(t, dt):
                 t = torch.as_tensor(t, dtype=dt, device=dev)
                 return (t.expand(n) if t.dim() == 0 else t).contiguous()
-            cs = memo[n] = (vec(self.c, torch.float64), vec(self.lim, torch.float64),
-                            vec(self.m, torch.int64), vec(self.s, torch.int64))
+
+            cs = memo[n] = (
+                vec(self.c, torch.float64),
+                vec(self.lim, torch.float64),
+                vec(self.m, torch.int64),
+                vec(self.s, torch.int64),
+            )
         return cs
 
     def fused(self, acc2: torch.Tensor, out2: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -506,17 +546,29 @@ class Requantizer:
         if kind is None or out2.shape != acc2.shape or out2.dtype != self.out_dtype or out2.device.type != "cpu":
             return False
         r, n = acc2.shape
-        if (n > 1 and (acc2.stride(1) != 1 or out2.stride(1) != 1)) or (bias is not None and (
-                bias.dtype != torch.int32 or not bias.is_contiguous() or bias.shape != (n,))):
+        if (n > 1 and (acc2.stride(1) != 1 or out2.stride(1) != 1)) or (
+            bias is not None and (bias.dtype != torch.int32 or not bias.is_contiguous() or bias.shape != (n,))
+        ):
             return False
         if r == 0 or n == 0:
             return True
         c, lim, m, s = self._c_consts(n, acc2.device)
-        dll.qm_requant(acc2.data_ptr(), r, n, acc2.stride(0) if r > 1 else n,
-                       bias.data_ptr() if bias is not None else None, c.data_ptr(),
-                       lim.data_ptr() if self.check else None,  # no channel near a tie: no check
-                       m.data_ptr(), s.data_ptr(), float(self.qmin), float(self.qmax), out2.data_ptr(), kind,
-                       out2.stride(0) if r > 1 else n)
+        dll.qm_requant(
+            acc2.data_ptr(),
+            r,
+            n,
+            acc2.stride(0) if r > 1 else n,
+            bias.data_ptr() if bias is not None else None,
+            c.data_ptr(),
+            lim.data_ptr() if self.check else None,  # no channel near a tie: no check
+            m.data_ptr(),
+            s.data_ptr(),
+            float(self.qmin),
+            float(self.qmax),
+            out2.data_ptr(),
+            kind,
+            out2.stride(0) if r > 1 else n,
+        )
         return True
 
     def __call__(self, acc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -524,8 +576,13 @@ class Requantizer:
         view) receives the result."""
         if acc.is_floating_point() or acc.is_complex() or acc.dtype == torch.bool:
             raise ConfigError("acc.dtype", acc.dtype, "an integer dtype (int32 accumulator)")
-        if acc.dtype == torch.int32 and acc.device.type == "cpu" and acc.is_contiguous() and acc.dim() > 0 and (
-                not self.per_channel or self.c.shape[0] == acc.shape[-1]):  # one C loop (same bits)
+        if (
+            acc.dtype == torch.int32
+            and acc.device.type == "cpu"
+            and acc.is_contiguous()
+            and acc.dim() > 0
+            and (not self.per_channel or self.c.shape[0] == acc.shape[-1])
+        ):  # one C loop (same bits)
             n = acc.shape[-1]
             if out is None:
                 res = torch.empty(acc.shape, dtype=self.out_dtype, device=acc.device)
@@ -572,12 +629,12 @@ class Requantizer:
         buf = torch.empty((rows, ncols), dtype=torch.float64, device=acc.device)
         rbuf = torch.empty_like(buf) if self.check else None
         for i in range(0, total_rows, rows):
-            a = a2[i:i + rows]
+            a = a2[i : i + rows]
             k = a.shape[0]
             v = buf[:k]
             v.copy_(a)  # exact: |acc| <= 2**31
             res = self._pass(a, v, rbuf[:k] if rbuf is not None else None)
-            o2[i:i + rows] = res
+            o2[i : i + rows] = res
         return out
 
 
@@ -592,14 +649,15 @@ def _is_int(v) -> bool:
 _REQUANTIZERS: dict = {}
 
 
-def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype,
-                 device: torch.device) -> Requantizer:
+def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype, device: torch.device) -> Requantizer:
     """A prepared Requantizer, memoised by the *values* of its constants (never by object identity),
     so repeated :func:`requantize` calls with the same layer constants skip the set-up."""
+
     def val(t):
         if isinstance(t, torch.Tensor):
             return (str(t.dtype), tuple(t.shape), t.detach().cpu().numpy().tobytes())
         return ("py", int(t))
+
     key = (val(multiplier), val(shift), qmin, qmax, out_dtype, str(device))
     rq = _REQUANTIZERS.get(key)
     if rq is None:
@@ -610,8 +668,14 @@ def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype
     return rq
 
 
-def requantize(acc: torch.Tensor, multiplier: int | torch.Tensor, shift: int | torch.Tensor,
-               qmin: int, qmax: int, out_dtype: torch.dtype = torch.int32) -> torch.Tensor:
+def requantize(
+    acc: torch.Tensor,
+    multiplier: int | torch.Tensor,
+    shift: int | torch.Tensor,
+    qmin: int,
+    qmax: int,
+    out_dtype: torch.dtype = torch.int32,
+) -> torch.Tensor:
     """``clamp(round_half_even(acc * multiplier / 2**(31 + shift)), qmin, qmax)``.
 
     acc: integer tensor [..., N] with values in int32 range (int32 accumulator, or int64 holding
@@ -625,8 +689,9 @@ def requantize(acc: torch.Tensor, multiplier: int | torch.Tensor, shift: int | t
     return _requantizer(multiplier, shift, qmin, qmax, out_dtype, acc.device)(acc)
 
 
-def requantize_scale(acc: torch.Tensor, real_scale: float | torch.Tensor, qmin: int, qmax: int,
-                     out_dtype: torch.dtype = torch.int32) -> torch.Tensor:
+def requantize_scale(
+    acc: torch.Tensor, real_scale: float | torch.Tensor, qmin: int, qmax: int, out_dtype: torch.dtype = torch.int32
+) -> torch.Tensor:
     """:func:`requantize` with the multiplier(s) derived from a float scale (scalar or [N])."""
     if isinstance(real_scale, torch.Tensor) and real_scale.dim() > 0:
         m, s = quantize_multipliers(real_scale)

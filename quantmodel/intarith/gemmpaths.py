@@ -46,7 +46,7 @@ from workloads.io import atomic_open
 
 PATHS = ("int_mm", "float32", "float64", "ckernel")
 F32_CHUNK_K = 1024  # 1024 * 128 * 128 = 2**24: the largest exact K per float32 chunk
-SMALL_MACS = 2 ** 22  # below this many multiply-adds a product counts as "small" (overhead-bound)
+SMALL_MACS = 2**22  # below this many multiply-adds a product counts as "small" (overhead-bound)
 # one probe shape (M, K, N) per shape class; small enough that the slowest path takes well under a second
 _PROBES = {"small": (64, 64, 192), "one_chunk": (256, 512, 512), "multi_chunk": (256, 1536, 256)}
 _REPEATS = 5
@@ -89,7 +89,7 @@ def _mm_float32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Te
         return out
     part = torch.empty((m, b.shape[1]), dtype=torch.float32)
     for i, k0 in enumerate(range(0, k, step)):
-        torch.mm(af[:, k0:k0 + step], bf[k0:k0 + step], out=part)
+        torch.mm(af[:, k0 : k0 + step], bf[k0 : k0 + step], out=part)
         if i == 0:
             out.copy_(part)
         else:
@@ -199,8 +199,14 @@ def _cpu_key() -> str:
             flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
         pass
-    parts = [torch.__version__, torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-             os.environ.get("ATEN_CPU_CAPABILITY", ""), os.environ.get("QUANTMODEL_CKERNELS_MARCH", ""), flags]
+    parts = [
+        torch.__version__,
+        torch.backends.cpu.get_cpu_capability(),
+        os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        os.environ.get("ATEN_CPU_CAPABILITY", ""),
+        os.environ.get("QUANTMODEL_CKERNELS_MARCH", ""),
+        flags,
+    ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -268,13 +274,21 @@ def calibration() -> dict:
             cal = None
         if cal is None:
             secs, exact = measure()
-            cal = {"capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                   "seconds": secs, "exact": exact, "choice": _choose_from(secs, exact)}
+            cal = {
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "torch": torch.__version__,
+                "seconds": secs,
+                "exact": exact,
+                "choice": _choose_from(secs, exact),
+            }
             _write_json(path, cal)
         wrong = sorted({p for c in cal.get("exact", {}).values() for p, ok in c.items() if not ok})
         if wrong:
-            _log.warning("int8 GEMM: %s gave wrong integers on this CPU setting (capability %s); not used",
-                         ", ".join(wrong), cal.get("capability"))
+            _log.warning(
+                "int8 GEMM: %s gave wrong integers on this CPU setting (capability %s); not used",
+                ", ".join(wrong),
+                cal.get("capability"),
+            )
         _log.info("int8 GEMM paths (CPU capability %s): %s", cal.get("capability"), cal["choice"])
         _STATE["cal"] = cal
         return cal
@@ -305,7 +319,7 @@ def matmul_float_exact(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | Non
         return y.to(torch.int32) if out is None else out.copy_(y)
     acc = out
     for i, k0 in enumerate(range(0, k, step)):
-        part = torch.matmul(af[..., k0:k0 + step], bf[..., k0:k0 + step, :])
+        part = torch.matmul(af[..., k0 : k0 + step], bf[..., k0 : k0 + step, :])
         if acc is None:
             acc = part.to(torch.int32)
         elif i == 0:

@@ -33,9 +33,9 @@ from quantmodel.intarith import ckernels, gemmpaths
 from quantmodel.intarith.fixedpoint import Requantizer
 from workloads.errors import ConfigError
 
-INT32_MAX = 2 ** 31 - 1
-FLOAT32_EXACT = 2 ** 24
-FLOAT64_EXACT = 2 ** 53
+INT32_MAX = 2**31 - 1
+FLOAT32_EXACT = 2**24
+FLOAT64_EXACT = 2**53
 BACKENDS = ("auto", "int_mm", "float")
 
 
@@ -46,8 +46,10 @@ class AccumulatorOverflowError(ArithmeticError):
         self.layer = layer
         self.max_abs = max_abs
         self.k = k
-        super().__init__(f"int32 accumulator overflow in layer {layer!r}: |acc| reaches {max_abs} "
-                         f"> {INT32_MAX} (K={k}); lower the activation/weight range or split K")
+        super().__init__(
+            f"int32 accumulator overflow in layer {layer!r}: |acc| reaches {max_abs} "
+            f"> {INT32_MAX} (K={k}); lower the activation/weight range or split K"
+        )
 
 
 def _absmax(t: torch.Tensor) -> int:
@@ -72,8 +74,9 @@ def _dtype_absmax(t: torch.Tensor) -> int:
     return 2 ** (torch.iinfo(t.dtype).bits - 1)
 
 
-def accumulator_bound(k: int, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
-                      scan: bool = False) -> int:
+def accumulator_bound(
+    k: int, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, scan: bool = False
+) -> int:
     """Upper bound of |acc| for ``a @ b + bias``: dtype bounds of a, b (or their scanned maxima if
     ``scan``) plus the largest |bias|."""
     am = _absmax(a) if scan else _dtype_absmax(a)
@@ -87,8 +90,9 @@ def _check_int8(name: str, t: torch.Tensor) -> None:
         raise ConfigError(f"{name}.dtype", t.dtype, "torch.int8")
 
 
-def _prepare(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, layer: str,
-             device: str | torch.device | None):
+def _prepare(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, layer: str, device: str | torch.device | None
+):
     """Validate, move to the device, and decide overflow. Returns (a, b, bias, bound, wide): ``wide``
     is the exact int32 result when the cheap bound exceeded int32 (computed in float64 and checked),
     else None."""
@@ -123,8 +127,15 @@ def _prepare(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, layer:
     return a, b, bias, bound, wide.to(torch.int32)
 
 
-def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, layer: str = "?",
-               device: str | torch.device | None = None, backend: str = "auto") -> torch.Tensor:
+def int_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    layer: str = "?",
+    device: str | torch.device | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Exact ``a @ b (+ bias)`` as int32: a int8 [..., M, K], b int8 [K, N] or [..., K, N].
 
     bias: int32 [N] (added to the int32 accumulator, overflow included in the check).
@@ -150,8 +161,14 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     return acc
 
 
-def int_linear(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None, *, layer: str = "?",
-               device: str | torch.device | None = None) -> torch.Tensor:
+def int_linear(
+    x: torch.Tensor,
+    w_t: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    layer: str = "?",
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """Linear layer ``x @ w_t + bias``: x int8 [..., K], w_t int8 [K, N] (transposed nn.Linear weight;
     store it contiguous once), bias int32 [N] -> int32 [..., N]."""
     lead = x.shape[:-1]
@@ -159,8 +176,15 @@ def int_linear(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = N
     return out.reshape(*lead, w_t.shape[-1])
 
 
-def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None, rq: Requantizer, *,
-                       layer: str = "?", device: str | torch.device | None = None) -> torch.Tensor:
+def int_linear_requant(
+    x: torch.Tensor,
+    w_t: torch.Tensor,
+    bias: torch.Tensor | None,
+    rq: Requantizer,
+    *,
+    layer: str = "?",
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """``rq(int_linear(x, w_t, bias))`` fused: x int8 [..., K], w_t int8 [K, N], bias int32 [N] or None,
     ``rq`` a prepared per-channel or per-tensor :class:`~quantmodel.intarith.fixedpoint.Requantizer`
     -> ``rq.out_dtype`` [..., N]; the same integers, overflow detection included.
@@ -183,8 +207,7 @@ def int_linear_requant(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | 
         done = True
         for j0, j1 in blocks:
             wb = w_t if len(blocks) == 1 else _weight_block(w_t, j0, j1)
-            if not rq.block(j0, j1).fused(gemmpaths.mm(x2, wb), out[:, j0:j1],
-                                          None if bias is None else bias[j0:j1]):
+            if not rq.block(j0, j1).fused(gemmpaths.mm(x2, wb), out[:, j0:j1], None if bias is None else bias[j0:j1]):
                 done = False
                 break
         if done:
@@ -214,12 +237,17 @@ class PreparedLinear:
         k, n = w_t.shape
         self.k, self.n = k, n
         cm = 0 if bias is None else _bias_absmax(bias)
-        self.proved = k * 128 * 128 + cm <= INT32_MAX and (bias is None or (
-            bias.dtype == torch.int32 and bias.shape == (n,) and bias.is_contiguous()))
+        self.proved = k * 128 * 128 + cm <= INT32_MAX and (
+            bias is None or (bias.dtype == torch.int32 and bias.shape == (n,) and bias.is_contiguous())
+        )
         self._plans: dict = {}  # row count -> column-block plan (C arguments resolved once)
         self.rq_size = torch.empty((), dtype=rq.out_dtype).element_size()
-        self.fast = (self.proved and w_t.device.type == "cpu" and rq.out_dtype in ckernels.OUT_KIND
-                     and (bias is None or bias.device.type == "cpu"))
+        self.fast = (
+            self.proved
+            and w_t.device.type == "cpu"
+            and rq.out_dtype in ckernels.OUT_KIND
+            and (bias is None or bias.device.type == "cpu")
+        )
 
     def _plan(self, m: int):
         """The C calls of an [m, K] input, per column block: ``(j0, weight block, C arguments after the
@@ -236,8 +264,17 @@ class PreparedLinear:
                 wb = self.w_t if len(blocks) == 1 else self.w_t[:, j0:j1].contiguous()
                 bb = None if self.bias is None else self.bias[j0:j1].contiguous()
                 keep = (wb, bb, c, lim, mm, ss)  # the pointers below stay valid while these live
-                args = (j1 - j0, j1 - j0, None if bb is None else bb.data_ptr(), c.data_ptr(),
-                        lim.data_ptr() if rqb.check else None, mm.data_ptr(), ss.data_ptr(), qmin, qmax)
+                args = (
+                    j1 - j0,
+                    j1 - j0,
+                    None if bb is None else bb.data_ptr(),
+                    c.data_ptr(),
+                    lim.data_ptr() if rqb.check else None,
+                    mm.data_ptr(),
+                    ss.data_ptr(),
+                    qmin,
+                    qmax,
+                )
                 plan.append((j0 * self.rq_size, wb, args, kind, keep))
             self._plans[m] = plan
         return plan
@@ -245,8 +282,14 @@ class PreparedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x int8 [..., K] -> ``rq.out_dtype`` [..., N]."""
         dll = ckernels.lib()
-        if (not self.fast or dll is None or x.dtype != torch.int8 or x.device.type != "cpu"
-                or x.shape[-1] != self.k or x.numel() == 0):
+        if (
+            not self.fast
+            or dll is None
+            or x.dtype != torch.int8
+            or x.device.type != "cpu"
+            or x.shape[-1] != self.k
+            or x.numel() == 0
+        ):
             return int_linear_requant(x, self.w_t, self.bias, self.rq, layer=self.layer)
         x2 = x.reshape(-1, self.k)
         m, n = x2.shape[0], self.n

@@ -69,7 +69,7 @@ LN_OUT_BITS = 30  # out = y * factor >> 20, scale sqrt(n) / 2^30
 SAT_BITS = 22  # GELU/SiLU inputs saturate at |q_w| <= 2^22 (|x| <= 1024 at S_w = 2^-12)
 GUARD_BITS = 8  # modulate / gated add work at s_out / 2^8 before the final rounding
 GATE_FRAC_BITS = 16  # (1 + scale) and gate as Q16 fixed point
-MAX_ROW = 2 ** 20
+MAX_ROW = 2**20
 
 
 # ---- fp16 mode ------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def _flat_chunked(fn, x: torch.Tensor, out_dtype: torch.dtype = torch.float16) -
     flat = x.reshape(-1)
     out = torch.empty(n, dtype=out_dtype, device=x.device)
     for i in range(0, n, CHUNK_ELEMS):
-        out[i:i + CHUNK_ELEMS] = fn(flat[i:i + CHUNK_ELEMS])
+        out[i : i + CHUNK_ELEMS] = fn(flat[i : i + CHUNK_ELEMS])
     return out.reshape(x.shape)
 
 
@@ -111,7 +111,7 @@ def _row_chunked(fn, x: torch.Tensor, out_dtype: torch.dtype = torch.float16) ->
     x2 = x.reshape(rows, n)
     out = torch.empty((rows, n), dtype=out_dtype, device=x.device)
     for i in range(0, rows, block):
-        out[i:i + block] = fn(x2[i:i + block])
+        out[i : i + block] = fn(x2[i : i + block])
     return out.reshape(x.shape)
 
 
@@ -127,12 +127,12 @@ def tree_sum(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     # level 1 of the zero-padded tree without the padded copy: t[i] = x[i] + x[i + h] where i + h < n,
     # else x[i] + 0 (a real add of +0: it maps -0 to +0 exactly as the padded tree does)
     t = torch.empty((*x.shape[:-1], h), dtype=torch.float32, device=x.device)
-    torch.add(x[..., :n - h], x[..., h:], out=t[..., :n - h])
+    torch.add(x[..., : n - h], x[..., h:], out=t[..., : n - h])
     if n - h < h:
-        torch.add(x[..., n - h:h], 0.0, out=t[..., n - h:])
+        torch.add(x[..., n - h : h], 0.0, out=t[..., n - h :])
     while h > 1:  # further levels in place: t[i] += t[i + h/2] (disjoint halves)
         h //= 2
-        t[..., :h].add_(t[..., h:2 * h])
+        t[..., :h].add_(t[..., h : 2 * h])
     return t[..., 0]
 
 
@@ -157,8 +157,9 @@ def _softmax_fp16_c(dll, x: torch.Tensor, scale: float | None = None, f32_out: b
     d = torch.empty(x.shape, dtype=torch.float32)
     ws = torch.empty(n, dtype=torch.float32)
     is16 = x.dtype == torch.float16
-    dll.qm_softmax_pre(x.data_ptr(), int(is16), 1.0 if scale is None else scale, int(scale is not None), rows, n,
-                       d.data_ptr())
+    dll.qm_softmax_pre(
+        x.data_ptr(), int(is16), 1.0 if scale is None else scale, int(scale is not None), rows, n, d.data_ptr()
+    )
     torch.exp(d, out=d)
     if f32_out:
         dll.qm_softmax_post(d.data_ptr(), rows, n, None, ws.data_ptr())
@@ -196,8 +197,14 @@ def layernorm_fp16(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return _row_chunked(lambda b: _layernorm_fp16(b, eps), x)
 
 
-def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6,
-                            inv: torch.Tensor | None = None, aq=None) -> torch.Tensor:
+def layernorm_modulate_fp16(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float = 1e-6,
+    inv: torch.Tensor | None = None,
+    aq=None,
+) -> torch.Tensor:
     """``modulate_fp16(layernorm_fp16(x, eps), shift', scale')`` for x [B, N, C] fp16 and float32
     shift/scale [B, 1, C], where (``inv`` float32 [C] given: a consumer's SmoothQuant factors 1/s)
     ``scale' = (1 + scale) * inv - 1`` and ``shift' = shift * inv`` in float32 (else unchanged):
@@ -205,15 +212,29 @@ def layernorm_modulate_fp16(x: torch.Tensor, shift: torch.Tensor, scale: torch.T
     :class:`~quantmodel.intarith.fixedpoint.ActQuantizer` with int8 output): the result is ``aq`` of those fp16
     values, quantized in the same pass."""
     dll = ckernels.lib()
-    if (dll is not None and x.dtype == torch.float16 and x.dim() == 3 and x.shape[-1] > 0 and x.device.type == "cpu"
-            and all(t.dtype == torch.float32 and t.dim() == 3 and t.shape[1] == 1 and t.shape[2] == x.shape[2]
-                    and t.shape[0] in (1, x.shape[0]) and t.stride(2) == 1 for t in (shift, scale))
-            and (inv is None or (inv.dtype == torch.float32 and inv.is_contiguous() and inv.shape == (x.shape[2],)))
-            and shift.stride(0) == scale.stride(0) and shift.shape[0] == scale.shape[0]):
+    if (
+        dll is not None
+        and x.dtype == torch.float16
+        and x.dim() == 3
+        and x.shape[-1] > 0
+        and x.device.type == "cpu"
+        and all(
+            t.dtype == torch.float32
+            and t.dim() == 3
+            and t.shape[1] == 1
+            and t.shape[2] == x.shape[2]
+            and t.shape[0] in (1, x.shape[0])
+            and t.stride(2) == 1
+            for t in (shift, scale)
+        )
+        and (inv is None or (inv.dtype == torch.float32 and inv.is_contiguous() and inv.shape == (x.shape[2],)))
+        and shift.stride(0) == scale.stride(0)
+        and shift.shape[0] == scale.shape[0]
+    ):
         x = x.contiguous()
         b_, n_, c = x.shape
         pstride = scale.stride(0) if scale.shape[0] > 1 else 0
-        if aq is None or (aq.out_dtype == torch.int8 and aq.qmax < 2 ** 24):
+        if aq is None or (aq.out_dtype == torch.int8 and aq.qmax < 2**24):
             return _layernorm_fp16_c(dll, x, eps, (scale, shift, pstride, inv), n_, aq)
     if inv is not None:
         scale = (1 + scale) * inv - 1
@@ -230,18 +251,33 @@ def _layernorm_fp16_c(dll, x: torch.Tensor, eps: float, mod=None, rows_per_batch
     ws = torch.empty(2 * rows + 4 * n, dtype=torch.float32)  # mean [rows], var + eps [rows], scratch
     wp = ws.data_ptr()
     dll.qm_ln_stats(x.data_ptr(), rows, n, eps, wp, wp + 4 * rows, wp + 8 * rows)
-    rstd = ws[rows:2 * rows]
+    rstd = ws[rows : 2 * rows]
     torch.rsqrt(rstd, out=rstd)
     out = torch.empty(x.shape, dtype=torch.float16 if aq is None else torch.int8)
     qr, qm = (0.0, 0.0) if aq is None else (aq.recip, float(aq.qmax))
     if mod is None:
-        dll.qm_ln_apply(x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 0, None, None, 0, None, 1,
-                        wp + 8 * rows, qr, qm)
+        dll.qm_ln_apply(
+            x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 0, None, None, 0, None, 1, wp + 8 * rows, qr, qm
+        )
     else:
         scale, shift, pstride, inv = mod
-        dll.qm_ln_apply(x.data_ptr(), rows, n, wp, rstd.data_ptr(), out.data_ptr(), 1, scale.data_ptr(),
-                        shift.data_ptr(), pstride, None if inv is None else inv.data_ptr(), rows_per_batch,
-                        wp + 8 * rows, qr, qm)
+        dll.qm_ln_apply(
+            x.data_ptr(),
+            rows,
+            n,
+            wp,
+            rstd.data_ptr(),
+            out.data_ptr(),
+            1,
+            scale.data_ptr(),
+            shift.data_ptr(),
+            pstride,
+            None if inv is None else inv.data_ptr(),
+            rows_per_batch,
+            wp + 8 * rows,
+            qr,
+            qm,
+        )
     return out
 
 
@@ -259,15 +295,32 @@ def residual_fp16(x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate:
     if y_scale is not None and not _is_f32(y_scale):  # the float32 product is the dequantization only then
         return None
     b_, n_, c = x.shape
-    if gate is not None and not (gate.dtype == torch.float32 and gate.dim() == 3 and gate.shape[1] == 1
-                                 and gate.shape[2] == c and gate.shape[0] in (1, b_) and gate.stride(2) == 1):
+    if gate is not None and not (
+        gate.dtype == torch.float32
+        and gate.dim() == 3
+        and gate.shape[1] == 1
+        and gate.shape[2] == c
+        and gate.shape[0] in (1, b_)
+        and gate.stride(2) == 1
+    ):
         return None
     x, y = x.contiguous(), y.contiguous()
     out = torch.empty(x.shape, dtype=torch.float16)
     ws = torch.empty(3 * c, dtype=torch.float32)
     gs = 0 if gate is None or gate.shape[0] == 1 else gate.stride(0)
-    dll.qm_residual_fp16(x.data_ptr(), y.data_ptr(), kind, 1.0 if y_scale is None else y_scale,
-                         None if gate is None else gate.data_ptr(), gs, b_, n_, c, out.data_ptr(), ws.data_ptr())
+    dll.qm_residual_fp16(
+        x.data_ptr(),
+        y.data_ptr(),
+        kind,
+        1.0 if y_scale is None else y_scale,
+        None if gate is None else gate.data_ptr(),
+        gs,
+        b_,
+        n_,
+        c,
+        out.data_ptr(),
+        ws.data_ptr(),
+    )
     return out
 
 
@@ -311,9 +364,14 @@ def silu_fp16(x: torch.Tensor) -> torch.Tensor:
 def _batch_rows_chunked(fn, x: torch.Tensor, full: tuple, per_batch: tuple) -> torch.Tensor:
     """fn(x, *full, *per_batch) (elementwise, fp16 out) for x [B, N, C]: ``full`` tensors shaped like
     x, ``per_batch`` ones [B, 1, C] (broadcast over N); in blocks of rows of one batch element."""
-    shapes_ok = x.dim() == 3 and all(t.shape == x.shape for t in full) and all(
-        t.dim() == 3 and t.shape[0] == x.shape[0] and t.shape[1] == 1 and t.shape[2] == x.shape[2]
-        for t in per_batch)
+    shapes_ok = (
+        x.dim() == 3
+        and all(t.shape == x.shape for t in full)
+        and all(
+            t.dim() == 3 and t.shape[0] == x.shape[0] and t.shape[1] == 1 and t.shape[2] == x.shape[2]
+            for t in per_batch
+        )
+    )
     if not shapes_ok or x.numel() <= CHUNK_ELEMS or x.device.type != "cpu":
         return fn(x, *full, *per_batch)
     b_, n, c = x.shape
@@ -322,7 +380,7 @@ def _batch_rows_chunked(fn, x: torch.Tensor, full: tuple, per_batch: tuple) -> t
     for b in range(b_):
         pb = [t[b] for t in per_batch]  # [1, C]
         for i in range(0, n, block):
-            out[b, i:i + block] = fn(x[b, i:i + block], *(t[b, i:i + block] for t in full), *pb)
+            out[b, i : i + block] = fn(x[b, i : i + block], *(t[b, i : i + block] for t in full), *pb)
     return out
 
 
@@ -362,8 +420,18 @@ def _axpy_c(x: torch.Tensor, y, g: torch.Tensor, c2, op: int):
         return None
     out = torch.empty(x.shape, dtype=torch.float16)
     ws = torch.empty(4 * c, dtype=torch.float32)
-    ckernels.lib().qm_fp16_axpy(x.data_ptr(), None if y is None else y.data_ptr(), g.data_ptr(),
-                                None if c2 is None else c2.data_ptr(), b_, n_, c, op, out.data_ptr(), ws.data_ptr())
+    ckernels.lib().qm_fp16_axpy(
+        x.data_ptr(),
+        None if y is None else y.data_ptr(),
+        g.data_ptr(),
+        None if c2 is None else c2.data_ptr(),
+        b_,
+        n_,
+        c,
+        op,
+        out.data_ptr(),
+        ws.data_ptr(),
+    )
     return out
 
 
@@ -389,7 +457,7 @@ def _check_int(name: str, q: torch.Tensor, keep32: bool = False) -> torch.Tensor
 
 def working_shift(scale: float, frac_bits: int = WORK_FRAC_BITS) -> int:
     """k >= 0 with scale * 2^k <= 2^-frac_bits < scale * 2^(k+1) (0 when scale is already coarser)."""
-    k, target = 0, 2.0 ** -frac_bits
+    k, target = 0, 2.0**-frac_bits
     while scale * 2.0 ** (k + 1) <= target:
         k += 1
     return k
@@ -397,7 +465,7 @@ def working_shift(scale: float, frac_bits: int = WORK_FRAC_BITS) -> int:
 
 def _to_working(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     k = working_shift(scale)
-    return torch.bitwise_right_shift(q, k), scale * 2.0 ** k  # floor
+    return torch.bitwise_right_shift(q, k), scale * 2.0**k  # floor
 
 
 def exp_constants(s_w: float) -> tuple[int, int, int]:
@@ -436,15 +504,16 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
     p = out_bits - 1
     if q.dtype == torch.int32 and q.numel() and _c_ok(q) is not None:  # one C pass per row, same integers
         k = working_shift(scale)
-        q_ln2, q_b, q_c = exp_constants(scale * 2.0 ** k)
+        q_ln2, q_b, q_c = exp_constants(scale * 2.0**k)
         out = torch.empty(q.shape, dtype=torch.int32)
         n = q.shape[-1]
         ebuf = torch.empty(n, dtype=torch.int64)
-        ckernels.lib().qm_softmax_int(q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, p, out.data_ptr(),
-                                      ebuf.data_ptr())
-        return out, 2.0 ** -p
+        ckernels.lib().qm_softmax_int(
+            q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, p, out.data_ptr(), ebuf.data_ptr()
+        )
+        return out, 2.0**-p
     # rows are independent: blocks of rows keep the int64 temporaries in cache (the same integers)
-    return _row_chunked(lambda b: _softmax_int_rows(b, scale, p), q, torch.int32), 2.0 ** -p
+    return _row_chunked(lambda b: _softmax_int_rows(b, scale, p), q, torch.int32), 2.0**-p
 
 
 def _softmax_int_rows(q: torch.Tensor, scale: float, p: int) -> torch.Tensor:
@@ -453,8 +522,8 @@ def _softmax_int_rows(q: torch.Tensor, scale: float, p: int) -> torch.Tensor:
     d_w, s_w = _to_working(d, scale)
     e = i_exp(d_w, s_w)  # [..., n] < 2^28
     total = e.sum(dim=-1, keepdim=True)  # >= poly(0) > 0
-    factor = torch.div(torch.full_like(total, 2 ** SOFTMAX_NORM_BITS), total, rounding_mode="floor")
-    out = torch.bitwise_right_shift(e * factor, SOFTMAX_NORM_BITS - p).clamp_(max=2 ** p - 1)
+    factor = torch.div(torch.full_like(total, 2**SOFTMAX_NORM_BITS), total, rounding_mode="floor")
+    out = torch.bitwise_right_shift(e * factor, SOFTMAX_NORM_BITS - p).clamp_(max=2**p - 1)
     return out.to(torch.int32)
 
 
@@ -482,7 +551,7 @@ def isqrt(v: torch.Tensor) -> torch.Tensor:
 
 def ln_eps_table(scale: float, n: int, eps: float) -> list[int]:
     """eps in units of the integer variance after a row shift k: floor(eps n / (S^2 4^k)), <= 2^50."""
-    return [math.floor(min(eps * n / (scale * scale) / 4.0 ** k, 2.0 ** 50)) for k in range(19)]
+    return [math.floor(min(eps * n / (scale * scale) / 4.0**k, 2.0**50)) for k in range(19)]
 
 
 def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[torch.Tensor, float]:
@@ -502,7 +571,7 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
         out = torch.empty(q.shape, dtype=torch.int32)
         eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64)
         ckernels.lib().qm_layernorm_int(q.data_ptr(), q.numel() // n, n, eps_k.data_ptr(), out.data_ptr())
-        return out, math.sqrt(n) / 2.0 ** LN_OUT_BITS
+        return out, math.sqrt(n) / 2.0**LN_OUT_BITS
     x = _check_int("q", q)
     mean = torch.div(x.sum(dim=-1, keepdim=True), n, rounding_mode="floor")
     y = x - mean  # |y| < 2^32
@@ -512,9 +581,9 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
     eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=x.device)[k]
     var = (y_k * y_k).sum(dim=-1, keepdim=True) + eps_k  # < 2^51
     std = isqrt(var.clamp(min=1))
-    factor = torch.div(torch.full_like(std, 2 ** LN_FACTOR_BITS), std, rounding_mode="floor")
+    factor = torch.div(torch.full_like(std, 2**LN_FACTOR_BITS), std, rounding_mode="floor")
     out = torch.bitwise_right_shift(y_k * factor, LN_FACTOR_BITS - LN_OUT_BITS)
-    return out.to(torch.int32), math.sqrt(n) / 2.0 ** LN_OUT_BITS
+    return out.to(torch.int32), math.sqrt(n) / 2.0**LN_OUT_BITS
 
 
 def gelu_constants(s_w: float) -> tuple[int, int, int, float]:
@@ -523,7 +592,7 @@ def gelu_constants(s_w: float) -> tuple[int, int, int, float]:
     q_bb = math.floor(ERF_B / s_e)
     q_one = math.floor(1.0 / (ERF_A * s_e * s_e))
     t = (2 * q_one - 1).bit_length()  # smallest T with 2^T >= 2 q_one
-    return q_bb, q_one, t, s_w * (ERF_A * s_e * s_e) * 2.0 ** t / 2.0
+    return q_bb, q_one, t, s_w * (ERF_A * s_e * s_e) * 2.0**t / 2.0
 
 
 def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
@@ -531,12 +600,12 @@ def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     scale = _check_scale("scale", scale)
     _check_int("q", q, keep32=True)
     k = working_shift(scale)
-    s_w = scale * 2.0 ** k
+    s_w = scale * 2.0**k
     q_bb, q_one, t, out_scale = gelu_constants(s_w)
     if q.dtype in (torch.int16, torch.int32) and _c_ok(q) is not None:  # one C pass, same integers
         q32 = q.to(torch.int32).contiguous()
         out = torch.empty(q.shape, dtype=torch.int32)
-        ckernels.lib().qm_gelu_int(q32.data_ptr(), q32.numel(), k, 2 ** SAT_BITS, q_bb, q_one, t, out.data_ptr())
+        ckernels.lib().qm_gelu_int(q32.data_ptr(), q32.numel(), k, 2**SAT_BITS, q_bb, q_one, t, out.data_ptr())
         return out, out_scale
     # elementwise: cache-sized blocks give the same integers
     return _flat_chunked(lambda b: _gelu_int_block(b, k, q_bb, q_one, t), q, torch.int32), out_scale
@@ -544,10 +613,10 @@ def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
 
 def _gelu_int_block(q: torch.Tensor, k: int, q_bb: int, q_one: int, t: int) -> torch.Tensor:
     x = _check_int("q", q, keep32=True)
-    x_w = torch.bitwise_right_shift(x, k).clamp_(-2 ** SAT_BITS, 2 ** SAT_BITS)  # floor
+    x_w = torch.bitwise_right_shift(x, k).clamp_(-(2**SAT_BITS), 2**SAT_BITS)  # floor
     # erf + q_one = 2 q_one - (u - q_bb)^2 (x > 0), (u - q_bb)^2 (x < 0); at x = 0 the product is 0
     # whichever is taken. Both are <= 2 q_one: int32 when that fits, the product x_w * (...) int64.
-    small = 2 * q_one < 2 ** 31 and q_bb * q_bb < 2 ** 31
+    small = 2 * q_one < 2**31 and q_bb * q_bb < 2**31
     x_w = x_w.to(torch.int32 if small else torch.int64)
     d = x_w.abs().clamp_(max=q_bb).sub_(q_bb)
     d2 = d.mul_(d)  # (u - q_bb)^2
@@ -564,7 +633,7 @@ def silu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     (floor division), then (x * sig) >> 15 (floor); int32 out at the working scale S_w."""
     scale = _check_scale("scale", scale)
     x_w, s_w = _to_working(_check_int("q", q), scale)
-    x_w = x_w.clamp(-2 ** SAT_BITS, 2 ** SAT_BITS)
+    x_w = x_w.clamp(-(2**SAT_BITS), 2**SAT_BITS)
     e1 = i_exp(x_w.clamp(max=0), s_w)
     e2 = i_exp((-x_w).clamp(max=0), s_w)
     sig = torch.div(torch.bitwise_left_shift(e1, SIG_BITS), e1 + e2, rounding_mode="floor")
@@ -578,7 +647,7 @@ def _sat32(x: torch.Tensor) -> torch.Tensor:
 
 def _q16(q: torch.Tensor, s: float) -> torch.Tensor:
     """A tensor at scale s as Q16 fixed point (half even, saturated to int32), as float64 integers."""
-    return requantize_scale(q, s * 2.0 ** GATE_FRAC_BITS, INT32_MIN, INT32_MAX, torch.float64)
+    return requantize_scale(q, s * 2.0**GATE_FRAC_BITS, INT32_MIN, INT32_MAX, torch.float64)
 
 
 def _at(q: torch.Tensor, s_in: float, s_t: float) -> torch.Tensor:
@@ -594,16 +663,25 @@ def _mul_round_q16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     at Q = 2^31 <= 2^(53 - 16), so every channel is safe and no near-tie check is needed.
     ``fl(a * b) * 2^-16`` equals ``fl(a * b * 2^-16)`` (scaling by a power of two is exact here).
     """
-    return a.mul_(b).mul_(2.0 ** -GATE_FRAC_BITS).round_().clamp_(INT32_MIN, INT32_MAX)
+    return a.mul_(b).mul_(2.0**-GATE_FRAC_BITS).round_().clamp_(INT32_MIN, INT32_MAX)
 
 
 def _finish(acc: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """clamp(round_half_even(acc / 2^8)) of float64 integers |acc| <= 2^31: exact (acc / 2^8 is)."""
-    return acc.mul_(2.0 ** -GUARD_BITS).round_().clamp_(qmin, qmax).to(torch.int32)
+    return acc.mul_(2.0**-GUARD_BITS).round_().clamp_(qmin, qmax).to(torch.int32)
 
 
-def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: float, q_scale: torch.Tensor,
-                 s_scale: float, s_out: float, qmin: int, qmax: int) -> torch.Tensor:
+def modulate_int(
+    q_x: torch.Tensor,
+    s_x: float,
+    q_shift: torch.Tensor,
+    s_shift: float,
+    q_scale: torch.Tensor,
+    s_scale: float,
+    s_out: float,
+    qmin: int,
+    qmax: int,
+) -> torch.Tensor:
     """adaLN modulation x * (1 + scale) + shift in fixed point -> int32 in [qmin, qmax] at s_out.
 
     Work scale s_t = s_out / 2^8: x_t = requant(x -> s_t); m = requant(scale -> Q16) + 2^16;
@@ -616,7 +694,7 @@ def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: 
     """
     for name, s in (("s_x", s_x), ("s_shift", s_shift), ("s_scale", s_scale), ("s_out", s_out)):
         _check_scale(name, s)
-    s_t = s_out / 2.0 ** GUARD_BITS
+    s_t = s_out / 2.0**GUARD_BITS
     _check_int("q_x", q_x, keep32=True), _check_int("q_scale", q_scale, keep32=True)
     _check_int("q_shift", q_shift, keep32=True)
     m, r = modulate_factors(q_shift, s_shift, q_scale, s_scale, s_out)
@@ -627,17 +705,19 @@ def modulate_int(q_x: torch.Tensor, s_x: float, q_shift: torch.Tensor, s_shift: 
     if x_t.shape != torch.broadcast_shapes(x_t.shape, m.shape):
         x_t = x_t.expand(torch.broadcast_shapes(x_t.shape, m.shape)).clone()
     p = _mul_round_q16(x_t, m)
-    acc = p.add_(r).clamp_(INT32_MIN, INT32_MAX) if p.shape == torch.broadcast_shapes(
-        p.shape, r.shape) else _sat32(p + r)
+    acc = (
+        p.add_(r).clamp_(INT32_MIN, INT32_MAX) if p.shape == torch.broadcast_shapes(p.shape, r.shape) else _sat32(p + r)
+    )
     return _finish(acc, qmin, qmax)
 
 
-def modulate_factors(q_shift: torch.Tensor, s_shift: float, q_scale: torch.Tensor, s_scale: float,
-                     s_out: float) -> tuple[torch.Tensor, torch.Tensor]:
+def modulate_factors(
+    q_shift: torch.Tensor, s_shift: float, q_scale: torch.Tensor, s_scale: float, s_out: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """modulate_int's per-step operands as float64 integers: ``m`` = sat32(Q16(scale) + 2^16) (the
     factor 1 + scale) and the shift requantized to the work scale s_out / 2^8."""
-    s_t = s_out / 2.0 ** GUARD_BITS
-    return _sat32(_q16(q_scale, s_scale) + 2 ** GATE_FRAC_BITS), _at(q_shift, s_shift, s_t)
+    s_t = s_out / 2.0**GUARD_BITS
+    return _sat32(_q16(q_scale, s_scale) + 2**GATE_FRAC_BITS), _at(q_shift, s_shift, s_t)
 
 
 def gate_q16(q_gate: torch.Tensor, s_gate: float) -> torch.Tensor:
@@ -645,8 +725,17 @@ def gate_q16(q_gate: torch.Tensor, s_gate: float) -> torch.Tensor:
     return _q16(q_gate, s_gate)
 
 
-def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, q_gate: torch.Tensor,
-                  s_gate: float, s_out: float, qmin: int, qmax: int) -> torch.Tensor:
+def gated_add_int(
+    q_x: torch.Tensor,
+    s_x: float,
+    q_y: torch.Tensor,
+    s_y: float,
+    q_gate: torch.Tensor,
+    s_gate: float,
+    s_out: float,
+    qmin: int,
+    qmax: int,
+) -> torch.Tensor:
     """Gated residual x + gate * y in fixed point -> int32 in [qmin, qmax] at s_out.
 
     s_t = s_out / 2^8: y_t = requant(y -> s_t); g = requant(gate -> Q16); p = round(y_t * g / 2^16);
@@ -655,7 +744,7 @@ def gated_add_int(q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, 
     """
     for name, s in (("s_x", s_x), ("s_y", s_y), ("s_gate", s_gate), ("s_out", s_out)):
         _check_scale(name, s)
-    s_t = s_out / 2.0 ** GUARD_BITS
+    s_t = s_out / 2.0**GUARD_BITS
     _check_int("q_x", q_x, keep32=True), _check_int("q_y", q_y, keep32=True)
     _check_int("q_gate", q_gate, keep32=True)
     g = gate_q16(q_gate, s_gate)
@@ -709,7 +798,25 @@ def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, 
     cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
     out = torch.empty(qa.shape, dtype=torch.int32)
     ws = torch.empty(2 * c, dtype=torch.float64)
-    dll.qm_fix_madd(qa.data_ptr(), ca, la, ma, sa, f.data_ptr(), None if qb is None else qb.data_ptr(), cb, lb, mb, sb,
-                    None if r_bc is None else r_bc.data_ptr(), b_, n_, c, float(qmin), float(qmax), out.data_ptr(),
-                    ws.data_ptr())
+    dll.qm_fix_madd(
+        qa.data_ptr(),
+        ca,
+        la,
+        ma,
+        sa,
+        f.data_ptr(),
+        None if qb is None else qb.data_ptr(),
+        cb,
+        lb,
+        mb,
+        sb,
+        None if r_bc is None else r_bc.data_ptr(),
+        b_,
+        n_,
+        c,
+        float(qmin),
+        float(qmax),
+        out.data_ptr(),
+        ws.data_ptr(),
+    )
     return out

@@ -21,8 +21,8 @@ import math
 import torch
 
 F64 = torch.float64
-TWO32 = 2.0 ** 32
-I32_MIN, I32_MAX = -(2.0 ** 31), 2.0 ** 31 - 1
+TWO32 = 2.0**32
+I32_MIN, I32_MAX = -(2.0**31), 2.0**31 - 1
 
 # constants of the integer kernels' specification (see quantmodel/intarith/intops.py for their sources)
 WORK_FRAC_BITS = 12
@@ -61,13 +61,13 @@ def quantize_multiplier(real_scale: float) -> tuple[int, int]:
         f = 30 - e_
         return r * 2.0 ** (f // 2) * 2.0 ** (f - f // 2)
 
-    while float(mant(e)) >= 2.0 ** 31:
+    while float(mant(e)) >= 2.0**31:
         e += 1
-    while float(mant(e)) < 2.0 ** 30:
+    while float(mant(e)) < 2.0**30:
         e -= 1
     mult = float(torch.round(mant(e)))
-    if mult == 2.0 ** 31:
-        mult, e = 2.0 ** 30, e + 1
+    if mult == 2.0**31:
+        mult, e = 2.0**30, e + 1
     return int(mult), -1 - e
 
 
@@ -83,12 +83,12 @@ def mul_round_half_even(a: torch.Tensor, b, s) -> torch.Tensor:
     """
     a, b = _t(a), _t(b)
     s = _t(s)
-    bh = torch.floor(b / 2 ** 16)
-    bl = b - bh * 2 ** 16
+    bh = torch.floor(b / 2**16)
+    bl = b - bh * 2**16
     big_a, big_b = a * bh, a * bl
-    a_hi = torch.floor(big_a / 2 ** 16)
-    a_lo = big_a - a_hi * 2 ** 16
-    lo_t = a_lo * 2 ** 16 + big_b
+    a_hi = torch.floor(big_a / 2**16)
+    a_lo = big_a - a_hi * 2**16
+    lo_t = a_lo * 2**16 + big_b
     carry = torch.floor(lo_t / TWO32)
     lo = lo_t - carry * TWO32
     hi = a_hi + carry  # value = hi * 2^32 + lo
@@ -126,7 +126,7 @@ def requantize(acc, multiplier, shift, qmin: int, qmax: int) -> torch.Tensor:
     acc, m = _t(acc), _t(multiplier)
     s = 31 + _t(shift)
     shifted = mul_round_half_even(acc, m, s.clamp(min=0))
-    sat = torch.sign(acc * m) * 2.0 ** 40  # s < 0: |acc * m * 2^-s| >= 2^31 unless acc == 0
+    sat = torch.sign(acc * m) * 2.0**40  # s < 0: |acc * m * 2^-s| >= 2^31 unless acc == 0
     out = torch.where(s < 0, sat, shifted)
     return out.clamp(qmin, qmax)
 
@@ -187,7 +187,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias=None) -> tuple[torch.Tensor, b
     bound = k * float(a.abs().max()) * float(b.abs().max()) if a.numel() and b.numel() else 0.0
     if bias is not None:
         bound += float(_t(bias).abs().max())
-    if bound >= 2.0 ** 53:
+    if bound >= 2.0**53:
         raise ValueError("reference matmul: bound beyond float64's exact integers")
     out = a @ b
     if bias is not None:
@@ -206,9 +206,9 @@ def linear_requant(a, b, bias, multiplier, shift, qmin: int, qmax: int) -> torch
 # ---- integer non-linear kernels -------------------------------------------------------------------
 def working_shift(scale: float, frac_bits: int = WORK_FRAC_BITS) -> int:
     """Largest k >= 0 with scale * 2^k <= 2^-frac_bits (from log2, corrected exactly)."""
-    target = 2.0 ** -frac_bits
+    target = 2.0**-frac_bits
     k = max(0, int(math.floor(math.log2(target / scale))))
-    while k > 0 and scale * 2.0 ** k > target:
+    while k > 0 and scale * 2.0**k > target:
         k -= 1
     while scale * 2.0 ** (k + 1) <= target:
         k += 1
@@ -217,7 +217,7 @@ def working_shift(scale: float, frac_bits: int = WORK_FRAC_BITS) -> int:
 
 def _working(x, scale: float) -> tuple[torch.Tensor, float]:
     k = working_shift(scale)
-    return floor_pow2(x, k), scale * 2.0 ** k
+    return floor_pow2(x, k), scale * 2.0**k
 
 
 def i_exp(x: torch.Tensor, s_w: float) -> torch.Tensor:
@@ -237,9 +237,9 @@ def softmax_int(q, scale: float, out_bits: int = 8) -> tuple[torch.Tensor, float
     d_w, s_w = _working(d, scale)
     e = i_exp(d_w, s_w)
     total = e.sum(dim=-1, keepdim=True)  # < n * 2^28
-    factor = floor_div(torch.full_like(total, 2.0 ** 52), total)
+    factor = floor_div(torch.full_like(total, 2.0**52), total)
     p = out_bits - 1
-    return floor_pow2(e * factor, 52 - p).clamp(max=2.0 ** p - 1), 2.0 ** -p  # e * factor <= 2^52
+    return floor_pow2(e * factor, 52 - p).clamp(max=2.0**p - 1), 2.0**-p  # e * factor <= 2^52
 
 
 def isqrt(v: torch.Tensor) -> torch.Tensor:
@@ -260,36 +260,36 @@ def layernorm_int(q, scale: float, eps: float = 1e-6) -> tuple[torch.Tensor, flo
     k = k + (amax >= torch.pow(2.0, 15 + k)).to(F64)
     k = k - ((k > 0) & (amax < torch.pow(2.0, 14 + k))).to(F64)
     y_k = floor_pow2(y, k)  # |y_k| <= 2^15
-    eps_k = torch.floor(torch.clamp(eps * n / (scale * scale) / torch.pow(4.0, k), max=2.0 ** 50))
+    eps_k = torch.floor(torch.clamp(eps * n / (scale * scale) / torch.pow(4.0, k), max=2.0**50))
     var = (y_k * y_k).sum(dim=-1, keepdim=True) + eps_k  # < 2^51
     std = isqrt(var.clamp(min=1))
-    factor = floor_div(torch.full_like(std, 2.0 ** 50), std)
-    return floor_pow2(y_k * factor, 20), math.sqrt(n) / 2.0 ** 30  # |y_k * factor| <~ 2^50
+    factor = floor_div(torch.full_like(std, 2.0**50), std)
+    return floor_pow2(y_k * factor, 20), math.sqrt(n) / 2.0**30  # |y_k * factor| <~ 2^50
 
 
 def gelu_int(q, scale: float) -> tuple[torch.Tensor, float]:
     x_w, s_w = _working(_t(q), scale)
-    x_w = x_w.clamp(-2.0 ** 22, 2.0 ** 22)
+    x_w = x_w.clamp(-(2.0**22), 2.0**22)
     s_e = s_w / math.sqrt(2.0)
     q_bb = math.floor(ERF_B / s_e)
     q_one = math.floor(1.0 / (ERF_A * s_e * s_e))
     t = math.ceil(math.log2(2 * q_one))
-    while 2.0 ** t < 2 * q_one:
+    while 2.0**t < 2 * q_one:
         t += 1
     while t > 0 and 2.0 ** (t - 1) >= 2 * q_one:
         t -= 1
     u = x_w.abs().clamp(max=q_bb)
     erf = torch.sign(x_w) * (q_one - (u - q_bb) ** 2)
     out = floor_pow2(x_w * (erf + q_one), t)  # |x_w| * 2 q_one <= 2^22 * 2^30
-    return out, s_w * (ERF_A * s_e * s_e) * 2.0 ** t / 2.0
+    return out, s_w * (ERF_A * s_e * s_e) * 2.0**t / 2.0
 
 
 def silu_int(q, scale: float) -> tuple[torch.Tensor, float]:
     x_w, s_w = _working(_t(q), scale)
-    x_w = x_w.clamp(-2.0 ** 22, 2.0 ** 22)
+    x_w = x_w.clamp(-(2.0**22), 2.0**22)
     e1 = i_exp(x_w.clamp(max=0), s_w)
     e2 = i_exp((-x_w).clamp(max=0), s_w)
-    sig = floor_div(e1 * 2.0 ** 15, e1 + e2)  # < 2^43
+    sig = floor_div(e1 * 2.0**15, e1 + e2)  # < 2^43
     return floor_pow2(x_w * sig, 15), s_w
 
 
@@ -298,18 +298,18 @@ def _sat32(x: torch.Tensor) -> torch.Tensor:
 
 
 def modulate_int(q_x, s_x, q_shift, s_shift, q_scale, s_scale, s_out, qmin, qmax) -> torch.Tensor:
-    s_t = s_out / 2.0 ** GUARD_BITS
+    s_t = s_out / 2.0**GUARD_BITS
     x_t = requantize_scale(q_x, s_x / s_t, I32_MIN, I32_MAX)
-    m = _sat32(requantize_scale(q_scale, s_scale * 2.0 ** Q16, I32_MIN, I32_MAX) + 2.0 ** Q16)
+    m = _sat32(requantize_scale(q_scale, s_scale * 2.0**Q16, I32_MIN, I32_MAX) + 2.0**Q16)
     p = _sat32(mul_round_half_even(x_t, m, Q16))
     acc = _sat32(p + requantize_scale(q_shift, s_shift / s_t, I32_MIN, I32_MAX))
     return mul_round_half_even(acc, 1.0, GUARD_BITS).clamp(qmin, qmax)
 
 
 def gated_add_int(q_x, s_x, q_y, s_y, q_gate, s_gate, s_out, qmin, qmax) -> torch.Tensor:
-    s_t = s_out / 2.0 ** GUARD_BITS
+    s_t = s_out / 2.0**GUARD_BITS
     y_t = requantize_scale(q_y, s_y / s_t, I32_MIN, I32_MAX)
-    g = requantize_scale(q_gate, s_gate * 2.0 ** Q16, I32_MIN, I32_MAX)
+    g = requantize_scale(q_gate, s_gate * 2.0**Q16, I32_MIN, I32_MAX)
     p = _sat32(mul_round_half_even(y_t, g, Q16))
     acc = _sat32(p + requantize_scale(q_x, s_x / s_t, I32_MIN, I32_MAX))
     return mul_round_half_even(acc, 1.0, GUARD_BITS).clamp(qmin, qmax)

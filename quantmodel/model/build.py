@@ -1,4 +1,5 @@
 """Build the STDiT of a configuration: v1.0 (``stdit.py``) or v1.2 (``stdit3.py``) by ``cfg.arch``."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ Accepts real OpenSora files: ``.pth``/``.pt`` (a flat state dict, or one under `
 fixed sin-cos buffers ``pos_embed`` and ``pos_embed_temporal`` are recomputed from the config, not
 trusted from the file. Any missing, unexpected or wrongly shaped key is an error that names them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except ConfigError:
         raise
     except Exception as e:  # truncated or foreign file
-        raise ConfigError("checkpoint", str(path),
-                          f"a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+        raise ConfigError(
+            "checkpoint", str(path), f"a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+        ) from None
     for key in _NESTED_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -63,8 +65,11 @@ def check_state_dict(model: STDiT, sd: dict[str, torch.Tensor]) -> None:
         raise ConfigError("checkpoint missing keys", _describe(missing), "every parameter of the model config")
     if unexpected:
         raise ConfigError("checkpoint unexpected keys", _describe(unexpected), "only keys of the model config")
-    wrong = [f"{k} {tuple(given[k].shape)} (model {tuple(expected[k])})" for k in sorted(given)
-             if tuple(given[k].shape) != tuple(expected[k])]
+    wrong = [
+        f"{k} {tuple(given[k].shape)} (model {tuple(expected[k])})"
+        for k in sorted(given)
+        if tuple(given[k].shape) != tuple(expected[k])
+    ]
     if wrong:
         raise ConfigError("checkpoint shapes", _describe(wrong, 3), "the model config's shapes")
 
@@ -86,8 +91,11 @@ def load_checkpoint(path: str | Path, cfg: STDiTConfig, device: str = "cpu") -> 
 def save_checkpoint(model: STDiT, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write OpenSora's key layout (.safetensors or .pth), atomically (``workloads.io``)."""
     path = Path(path)
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().cpu()
-          for k, v in model.state_dict().items() if k not in RECOMPUTED}
+    sd = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if k not in RECOMPUTED
+    }
     if path.suffix not in (".safetensors", ".pth", ".pt"):
         raise ConfigError("checkpoint", str(path), "a file ending in .pth, .pt or .safetensors")
     with atomic_path(path) as tmp:

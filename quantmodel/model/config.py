@@ -1,5 +1,6 @@
 """The STDiT configuration: one frozen record for both architectures (v1.0 ``stdit``, v1.2 ``stdit3``),
 built from a workload preset."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,13 +31,25 @@ class STDiTConfig:
     @classmethod
     def from_workload(cls, w: Workload) -> STDiTConfig:
         m = w.model
-        return cls(input_size=w.latent_size, in_channels=m.in_channels, patch_size=m.patch_size,
-                   hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
-                   mlp_ratio=m.mlp_ratio, caption_channels=m.caption_channels,
-                   model_max_length=m.model_max_length, pred_sigma=m.pred_sigma,
-                   space_scale=w.space_scale, time_scale=w.time_scale, arch=m.arch,
-                   temporal_pos=m.temporal_pos, fps=w.fps,
-                   pixel_height=w.height, pixel_width=w.width)
+        return cls(
+            input_size=w.latent_size,
+            in_channels=m.in_channels,
+            patch_size=m.patch_size,
+            hidden_size=m.hidden_size,
+            depth=m.depth,
+            num_heads=m.num_heads,
+            mlp_ratio=m.mlp_ratio,
+            caption_channels=m.caption_channels,
+            model_max_length=m.model_max_length,
+            pred_sigma=m.pred_sigma,
+            space_scale=w.space_scale,
+            time_scale=w.time_scale,
+            arch=m.arch,
+            temporal_pos=m.temporal_pos,
+            fps=w.fps,
+            pixel_height=w.height,
+            pixel_width=w.width,
+        )
 
     @property
     def out_channels(self) -> int:

@@ -7,6 +7,7 @@ is used, so forward hooks see every op and a quantizer can swap any of them.
 
 Shapes: B batch, N tokens, C hidden, H heads, D head dim, L text tokens.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,7 +71,7 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.qk = MatMul()
-        self.softmax = Softmax(self.head_dim ** -0.5)
+        self.softmax = Softmax(self.head_dim**-0.5)
         self.av = MatMul()
         self.proj = nn.Linear(dim, dim)
 
@@ -93,7 +94,7 @@ class MultiHeadCrossAttention(nn.Module):
         self.q_linear = nn.Linear(dim, dim)
         self.kv_linear = nn.Linear(dim, dim * 2)
         self.qk = MatMul()
-        self.softmax = Softmax(self.head_dim ** -0.5)
+        self.softmax = Softmax(self.head_dim**-0.5)
         self.av = MatMul()
         self.proj = nn.Linear(dim, dim)
 
@@ -131,8 +132,7 @@ class PatchEmbed3D(nn.Module):
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, [cos, sin] as in OpenSora."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
-                                                           device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t[:, None].float() * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -141,8 +141,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
         self.frequency_embedding_size = frequency_embedding_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
-                                 nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:  # [B] -> [B, C]
         t_freq = timestep_embedding(t, self.frequency_embedding_size)
@@ -155,7 +156,7 @@ class CaptionEmbedder(nn.Module):
     def __init__(self, in_channels: int, hidden_size: int, token_num: int):
         super().__init__()
         self.y_proj = Mlp(in_channels, hidden_size, hidden_size)
-        self.register_buffer("y_embedding", torch.randn(token_num, in_channels) / in_channels ** 0.5)
+        self.register_buffer("y_embedding", torch.randn(token_num, in_channels) / in_channels**0.5)
 
     def forward(self, caption: torch.Tensor) -> torch.Tensor:  # [B, 1, L, Ct] -> [B, 1, L, C]
         return self.y_proj(caption)
@@ -173,8 +174,7 @@ def spatial_pos_embed(embed_dim: int, grid_h: int, grid_w: int, scale: float) ->
     gh = np.arange(grid_h, dtype=np.float32) / scale
     gw = np.arange(grid_w, dtype=np.float32) / scale
     grid = np.stack(np.meshgrid(gw, gh), axis=0).reshape(2, 1, grid_h, grid_w)
-    emb = np.concatenate([_sincos_1d(embed_dim // 2, grid[0]), _sincos_1d(embed_dim // 2, grid[1])],
-                         axis=1)
+    emb = np.concatenate([_sincos_1d(embed_dim // 2, grid[0]), _sincos_1d(embed_dim // 2, grid[1])], axis=1)
     return torch.from_numpy(emb).float().unsqueeze(0)
 
 
@@ -191,7 +191,7 @@ class T2IFinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
         self.modulate = Modulate()
         self.linear = nn.Linear(hidden_size, num_patch * out_channels, bias=True)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # t [B, C]
         shift, scale = self.t_mod(self.scale_shift_table[None], t[:, None]).chunk(2, dim=1)

@@ -6,6 +6,7 @@ time-step-wise quantization picks its scales and weight set. Classifier-free gui
 batch (conditional first, then unconditional) exactly as OpenSora does. All noise comes from a seeded
 ``torch.Generator``, so a seed gives the same video bit for bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,15 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor
 class Sampler(Protocol):
     num_steps: int
 
-    def sample(self, model_fn: ModelFn, z: torch.Tensor, y: torch.Tensor, y_null: torch.Tensor,
-               generator: torch.Generator, progress: bool = False) -> torch.Tensor: ...
+    def sample(
+        self,
+        model_fn: ModelFn,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        y_null: torch.Tensor,
+        generator: torch.Generator,
+        progress: bool = False,
+    ) -> torch.Tensor: ...
 
 
 def linear_betas(num_timesteps: int = 1000) -> np.ndarray:
@@ -60,23 +68,20 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_log_variance_clipped = np.log(
-            np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = ((1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas)
-                                     / (1.0 - self.alphas_cumprod))
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return (_extract(self.sqrt_alphas_cumprod, t, x0) * x0
-                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        return (
+            _extract(self.sqrt_alphas_cumprod, t, x0) * x0 + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
 
     def q_posterior(self, x0, x_t, t):
-        mean = (_extract(self.posterior_mean_coef1, t, x_t) * x0
-                + _extract(self.posterior_mean_coef2, t, x_t) * x_t)
+        mean = _extract(self.posterior_mean_coef1, t, x_t) * x0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, _extract(self.posterior_log_variance_clipped, t, x_t)
 
-    def p_mean_variance(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
-                        clip_denoised: bool = False):
+    def p_mean_variance(self, model_out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool = False):
         """Mean and log-variance of p(x_{t-1} | x_t) from [eps, variance values] (learned range);
         ``clip_denoised`` clamps the predicted x0 to the data range [-1, 1] first."""
         c = x.shape[1]
@@ -85,15 +90,15 @@ class GaussianDiffusion:
         max_log = _extract(np.log(self.betas), t, x)
         frac = (var_values + 1) / 2
         log_var = frac * max_log + (1 - frac) * min_log
-        x0 = _extract(self.sqrt_recip_alphas_cumprod, t, x) * x - _extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x) * eps
+        x0 = _extract(self.sqrt_recip_alphas_cumprod, t, x) * x - _extract(self.sqrt_recipm1_alphas_cumprod, t, x) * eps
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
         mean, _ = self.q_posterior(x0, x, t)
         return mean, log_var, x0
 
-    def training_losses(self, model_fn: Callable, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                        noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self, model_fn: Callable, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """IDDPM hybrid loss: MSE on eps + variational bound on the learned variance (eps detached)."""
         x_t = self.q_sample(x0, t, noise)
         out = model_fn(x_t, t, y)
@@ -102,8 +107,13 @@ class GaussianDiffusion:
         frozen = torch.cat([out[:, :c].detach(), out[:, c:]], dim=1)
         true_mean, true_log_var = self.q_posterior(x0, x_t, t)
         mean, log_var, _ = self.p_mean_variance(frozen, x_t, t)
-        kl = 0.5 * (-1.0 + log_var - true_log_var + torch.exp(true_log_var - log_var)
-                    + (true_mean - mean) ** 2 * torch.exp(-log_var))
+        kl = 0.5 * (
+            -1.0
+            + log_var
+            - true_log_var
+            + torch.exp(true_log_var - log_var)
+            + (true_mean - mean) ** 2 * torch.exp(-log_var)
+        )
         kl = kl.mean(dim=tuple(range(1, x0.dim()))) / math.log(2.0)
         nll = -_discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
         nll = nll.mean(dim=tuple(range(1, x0.dim()))) / math.log(2.0)
@@ -112,7 +122,7 @@ class GaussianDiffusion:
 
 
 def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _discretized_gaussian_log_likelihood(x, means, log_scales):
@@ -124,8 +134,9 @@ def _discretized_gaussian_log_likelihood(x, means, log_scales):
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     cdf_delta = cdf_plus - cdf_min
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(
-        x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12))))
+    return torch.where(
+        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(cdf_delta.clamp(min=1e-12)))
+    )
 
 
 @dataclass
@@ -152,8 +163,15 @@ class IDDPM:
         """The training timesteps the model sees, in sampling order (first step = noisiest)."""
         return self.timestep_map[::-1]
 
-    def sample(self, model_fn: ModelFn, z: torch.Tensor, y: torch.Tensor, y_null: torch.Tensor,
-               generator: torch.Generator, progress: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        model_fn: ModelFn,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        y_null: torch.Tensor,
+        generator: torch.Generator,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """z [B, C, T, H, W] initial noise; y, y_null [B, 1, L, Ct]. Returns the clean latent."""
         b = z.shape[0]
         guided = self.cfg_scale != 1.0
@@ -198,12 +216,24 @@ class RFlow:
     def model_timesteps(self) -> list[float]:
         ts = [(1.0 - i / self.num_steps) * self.num_timesteps for i in range(self.num_steps)]
         if self.shift != 1.0:
-            ts = [self.num_timesteps * self.shift * (t / self.num_timesteps)
-                  / (1 + (self.shift - 1) * (t / self.num_timesteps)) for t in ts]
+            ts = [
+                self.num_timesteps
+                * self.shift
+                * (t / self.num_timesteps)
+                / (1 + (self.shift - 1) * (t / self.num_timesteps))
+                for t in ts
+            ]
         return ts
 
-    def sample(self, model_fn: ModelFn, z: torch.Tensor, y: torch.Tensor, y_null: torch.Tensor,
-               generator: torch.Generator, progress: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        model_fn: ModelFn,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        y_null: torch.Tensor,
+        generator: torch.Generator,
+        progress: bool = False,
+    ) -> torch.Tensor:
         b, c = z.shape[0], z.shape[1]
         guided = self.cfg_scale != 1.0
         y_in = torch.cat([y, y_null]) if guided else y
@@ -218,18 +248,20 @@ class RFlow:
             z = z + v * ((t_val - t_next) / self.num_timesteps)
         return z
 
-    def training_losses(self, model_fn: Callable, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                        noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self, model_fn: Callable, x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """MSE between the predicted and true velocity at x_t = (1 - t/T) x0 + (t/T) noise."""
         tp = (1 - t.float() / self.num_timesteps).view(-1, *([1] * (x0.dim() - 1)))
         x_t = tp * x0 + (1 - tp) * noise
-        v = model_fn(x_t, t.float(), y)[:, :x0.shape[1]]
+        v = model_fn(x_t, t.float(), y)[:, : x0.shape[1]]
         mse = ((v - (x0 - noise)) ** 2).mean(dim=tuple(range(1, x0.dim())))
         return {"loss": mse, "mse": mse}
 
 
-def make_sampler(name: str, num_steps: int, cfg_scale: float, shift: float = 1.0,
-                 clip_denoised: bool = False) -> IDDPM | RFlow:
+def make_sampler(
+    name: str, num_steps: int, cfg_scale: float, shift: float = 1.0, clip_denoised: bool = False
+) -> IDDPM | RFlow:
     if name == "iddpm":
         return IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised)
     if name == "rflow":
@@ -243,6 +275,11 @@ def sampler_for(workload, num_steps: int | None = None) -> IDDPM | RFlow:
     (no VAE: vae_spatial_factor 1) has data in [-1, 1], so IDDPM clips its predicted x0 there."""
     shift = 1.0
     if workload.sampler == "rflow" and workload.model.arch == "stdit3":
-        shift = math.sqrt(workload.height * workload.width / 512 ** 2) * math.sqrt(workload.latent_size[0])
-    return make_sampler(workload.sampler, num_steps or workload.num_steps, workload.cfg_scale, shift,
-                        clip_denoised=workload.vae_spatial_factor == 1)
+        shift = math.sqrt(workload.height * workload.width / 512**2) * math.sqrt(workload.latent_size[0])
+    return make_sampler(
+        workload.sampler,
+        num_steps or workload.num_steps,
+        workload.cfg_scale,
+        shift,
+        clip_denoised=workload.vae_spatial_factor == 1,
+    )

@@ -7,6 +7,7 @@ quantizers and the tracer see each one.
 Shapes: B batch (CFG doubles it), T latent frames / temporal patches, S spatial tokens per frame,
 N = T*S tokens, C hidden, H heads, D head dim, L text tokens.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,10 +51,11 @@ class STDiTBlock(nn.Module):
         self.modulate2 = Modulate()
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.res_mlp = GatedAdd()
-        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor,
-                tpe: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, tpe: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, n, c = x.shape  # x [B, N, C], y [B, L, C], t0 [B, 6C]
         mod = self.t_mod(self.scale_shift_table[None], t0.reshape(b, 6, -1))  # [B, 6, C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
@@ -91,12 +93,11 @@ class STDiT(nn.Module):
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c, bias=True))
         self.y_embedder = CaptionEmbedder(cfg.caption_channels, c, cfg.model_max_length)
         self.blocks = nn.ModuleList(
-            STDiTBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.num_spatial, cfg.num_temporal)
-            for _ in range(cfg.depth))
+            STDiTBlock(c, cfg.num_heads, cfg.mlp_ratio, cfg.num_spatial, cfg.num_temporal) for _ in range(cfg.depth)
+        )
         self.final_layer = T2IFinalLayer(c, int(np.prod(cfg.patch_size)), cfg.out_channels)
         self.register_buffer("pos_embed", torch.zeros(1, cfg.num_spatial, c), persistent=True)
-        self.register_buffer("pos_embed_temporal", torch.zeros(1, cfg.num_temporal, c),
-                             persistent=True)
+        self.register_buffer("pos_embed_temporal", torch.zeros(1, cfg.num_temporal, c), persistent=True)
         self.reset_pos_embed()
         self.initialize_weights()
 
@@ -109,8 +110,7 @@ class STDiT(nn.Module):
         if dev.type == "meta":
             return
         self.pos_embed.copy_(spatial_pos_embed(cfg.hidden_size, gh, gw, cfg.space_scale))
-        self.pos_embed_temporal.copy_(temporal_pos_embed(cfg.hidden_size, cfg.num_temporal,
-                                                         cfg.time_scale))
+        self.pos_embed_temporal.copy_(temporal_pos_embed(cfg.hidden_size, cfg.num_temporal, cfg.time_scale))
 
     def initialize_weights(self) -> None:
         """OpenSora's init (xavier linears, N(0, 0.02) embedders), except that the final layer and the

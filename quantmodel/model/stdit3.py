@@ -11,6 +11,7 @@ a buffer under the same key). Leaf modules are the same as in ``stdit.py`` (``la
 
 Shapes: B batch, T latent frames, S spatial tokens per frame, N = T*S, C hidden, H heads, D head dim.
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,7 +83,7 @@ class Attention3(nn.Module):
         self.q_rope = Rope() if rope else None
         self.k_rope = Rope() if rope else None
         self.qk = MatMul()
-        self.softmax = Softmax(self.head_dim ** -0.5)
+        self.softmax = Softmax(self.head_dim**-0.5)
         self.av = MatMul()
         self.proj = nn.Linear(dim, dim)
 
@@ -112,7 +113,7 @@ class STDiT3Block(nn.Module):
         self.modulate2 = Modulate()
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.res_mlp = GatedAdd()
-        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size ** 0.5)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
     def forward(self, x, y, t0, freqs, d_t: int, d_s: int) -> torch.Tensor:
         b, n, c = x.shape  # x [B, N, C], y [B, L, C], t0 [B, 6C]
@@ -163,11 +164,12 @@ class STDiT3(nn.Module):
         hd = c // cfg.num_heads
         self.rope = RopeTable(hd)
         self.spatial_blocks = nn.ModuleList(
-            STDiT3Block(c, cfg.num_heads, cfg.mlp_ratio, temporal=False) for _ in range(cfg.depth))
+            STDiT3Block(c, cfg.num_heads, cfg.mlp_ratio, temporal=False) for _ in range(cfg.depth)
+        )
         self.temporal_blocks = nn.ModuleList(
-            STDiT3Block(c, cfg.num_heads, cfg.mlp_ratio, temporal=True) for _ in range(cfg.depth))
-        self.final_layer = T2IFinalLayer(c, cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2],
-                                         cfg.out_channels)
+            STDiT3Block(c, cfg.num_heads, cfg.mlp_ratio, temporal=True) for _ in range(cfg.depth)
+        )
+        self.final_layer = T2IFinalLayer(c, cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2], cfg.out_channels)
         gh = cfg.input_size[1] // cfg.patch_size[1]
         gw = cfg.input_size[2] // cfg.patch_size[2]
         self.register_buffer("pos_embed", torch.zeros(1, gh * gw, c), persistent=False)

@@ -11,6 +11,7 @@ The transformer's op list does not depend on the step (only the timestep value c
 forward is recorded and stamped with each step index. A quantization recipe later annotates the
 trace with bit-widths, weight sets and the extra ops it needs (``workloads.recipes``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,11 @@ class _Producers(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        names = {self.tags[id(t)] for t in tree_flatten((args, kwargs))[0]
-                 if isinstance(t, torch.Tensor) and id(t) in self.tags}
+        names = {
+            self.tags[id(t)]
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and id(t) in self.tags
+        }
         if len(names) == 1:
             self.tag(out, names.pop())
         elif names:  # inside a module (its hook re-tags the output), or combined by no traced op:
@@ -88,34 +92,89 @@ def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor, prod
     if isinstance(mod, nn.Linear):
         k, n = mod.in_features, mod.out_features
         m = _numel(inputs[0].shape) // k
-        return Op(0, name, "linear", 1, m, k, n, m * n, m * k * n,
-                  weight_bytes=(k * n + n) * FP_BYTES, input_bytes=m * k * FP_BYTES,
-                  output_bytes=m * n * FP_BYTES, block=blk, reads=reads_str(reads[:1]))
+        return Op(
+            0,
+            name,
+            "linear",
+            1,
+            m,
+            k,
+            n,
+            m * n,
+            m * k * n,
+            weight_bytes=(k * n + n) * FP_BYTES,
+            input_bytes=m * k * FP_BYTES,
+            output_bytes=m * n * FP_BYTES,
+            block=blk,
+            reads=reads_str(reads[:1]),
+        )
     if isinstance(mod, nn.Conv3d):  # patch embedding: stride == kernel, i.e. a GEMM over patches
         k = mod.in_channels * _numel(mod.kernel_size)
         n = mod.out_channels
         m = out_el // n
-        return Op(0, name, "conv", 1, m, k, n, out_el, m * k * n,
-                  weight_bytes=(k * n + n) * FP_BYTES, input_bytes=_numel(inputs[0].shape) * FP_BYTES,
-                  output_bytes=out_el * FP_BYTES, block=blk, reads=reads_str(reads[:1]))
+        return Op(
+            0,
+            name,
+            "conv",
+            1,
+            m,
+            k,
+            n,
+            out_el,
+            m * k * n,
+            weight_bytes=(k * n + n) * FP_BYTES,
+            input_bytes=_numel(inputs[0].shape) * FP_BYTES,
+            output_bytes=out_el * FP_BYTES,
+            block=blk,
+            reads=reads_str(reads[:1]),
+        )
     if isinstance(mod, MatMul):
         a, b = inputs
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         batch = _numel(a.shape[:-2])
         kind = "matmul_qk" if name.endswith(".qk") else "matmul_av"
-        return Op(0, name, kind, batch, m, k, n, out_el, batch * m * k * n,
-                  input_bytes=(_numel(a.shape) + _numel(b.shape)) * FP_BYTES,
-                  output_bytes=out_el * FP_BYTES, block=blk, reads=reads_str(reads))
+        return Op(
+            0,
+            name,
+            kind,
+            batch,
+            m,
+            k,
+            n,
+            out_el,
+            batch * m * k * n,
+            input_bytes=(_numel(a.shape) + _numel(b.shape)) * FP_BYTES,
+            output_bytes=out_el * FP_BYTES,
+            block=blk,
+            reads=reads_str(reads),
+        )
     # RMS QK-norm (v1.2) costs what a LayerNorm does (reduction, rsqrt, scale): counted as one;
     # rotary embedding is an elementwise multiply-add
-    vector_kind = {Softmax: "softmax", nn.LayerNorm: "layernorm", RMSNorm: "layernorm",
-                   Modulate: "modulate", nn.GELU: "gelu", nn.SiLU: "silu", GatedAdd: "elementwise",
-                   Add: "elementwise", Rope: "elementwise"}
+    vector_kind = {
+        Softmax: "softmax",
+        nn.LayerNorm: "layernorm",
+        RMSNorm: "layernorm",
+        Modulate: "modulate",
+        nn.GELU: "gelu",
+        nn.SiLU: "silu",
+        GatedAdd: "elementwise",
+        Add: "elementwise",
+        Rope: "elementwise",
+    }
     for cls, kind in vector_kind.items():
         if isinstance(mod, cls):
             in_bytes = sum(_numel(t.shape) for t in tensors) * FP_BYTES
-            return Op(0, name, kind, 1, elements=out_el, input_bytes=in_bytes,
-                      output_bytes=out_el * FP_BYTES, block=blk, reads=reads_str(reads))
+            return Op(
+                0,
+                name,
+                kind,
+                1,
+                elements=out_el,
+                input_bytes=in_bytes,
+                output_bytes=out_el * FP_BYTES,
+                block=blk,
+                reads=reads_str(reads),
+            )
     return None
 
 
@@ -149,8 +208,9 @@ def record_forward(model: nn.Module, batch: int) -> list[Op]:
     # the writers of what their embedder's first linear reads
     for name in ("t_embedder", "fps_embedder"):
         if hasattr(model, name):
-            ops.insert(0, Op(0, f"{name}.freq", "embedding", 1, elements=batch * 256,
-                             output_bytes=batch * 256 * FP_BYTES))
+            ops.insert(
+                0, Op(0, f"{name}.freq", "embedding", 1, elements=batch * 256, output_bytes=batch * 256 * FP_BYTES)
+            )
             i = next(i for i, op in enumerate(ops) if op.name == f"{name}.mlp.0")
             if ops[i].reads.startswith(":"):
                 ops[i] = dataclasses.replace(ops[i], reads=f"{name}.freq" + ops[i].reads)
@@ -165,11 +225,17 @@ def build_trace(workload: Workload | Gemm) -> Trace:
     model = build_stdit(cfg, device="meta")
     step_ops = record_forward(model, workload.model_batch)
     ops = [op if s == 0 else _with_step(op, s) for s in range(workload.num_steps) for op in step_ops]
-    meta = {"workload": workload.name, "num_steps": workload.num_steps,
-            "model_batch": workload.model_batch, "sampler": workload.sampler,
-            "cfg_scale": workload.cfg_scale, "num_tokens": workload.num_tokens,
-            "num_spatial": workload.num_spatial, "num_temporal": workload.num_temporal,
-            "recipe": "fp16"}
+    meta = {
+        "workload": workload.name,
+        "num_steps": workload.num_steps,
+        "model_batch": workload.model_batch,
+        "sampler": workload.sampler,
+        "cfg_scale": workload.cfg_scale,
+        "num_tokens": workload.num_tokens,
+        "num_spatial": workload.num_spatial,
+        "num_temporal": workload.num_temporal,
+        "recipe": "fp16",
+    }
     return Trace(ops=ops, meta=meta)
 
 

@@ -23,6 +23,7 @@ Step grouping (scheme ``groups``): ``uniform`` splits the steps into K equal con
 static-quantization noise increase ``sum_layers sum_steps (range_group / range_step)^2``: a step
 quantized with its group's (larger) range instead of its own loses that factor in noise power.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -65,14 +66,20 @@ def quantized_linears(model: STDiT, recipe: Recipe) -> list[str]:
         return []
     for pattern in recipe.layers:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise ConfigError("recipe.layers", pattern, "patterns matching linear layers of the model, "
-                              "e.g. blocks.* or blocks.*.mlp.fc1")
+            raise ConfigError(
+                "recipe.layers",
+                pattern,
+                "patterns matching linear layers of the model, e.g. blocks.* or blocks.*.mlp.fc1",
+            )
     return [n for n in names if recipe.quantizes(n, "linear")]
 
 
 def quantized_matmuls(model: STDiT, recipe: Recipe) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, MatMul)
-            and recipe.quantizes(n, "matmul_qk" if n.endswith(".qk") else "matmul_av")]
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, MatMul) and recipe.quantizes(n, "matmul_qk" if n.endswith(".qk") else "matmul_av")
+    ]
 
 
 # ---- step grouping --------------------------------------------------------------------------------
@@ -86,7 +93,7 @@ def split_cost_matrix(ranges: torch.Tensor) -> torch.Tensor:
         run_max = r[:, i].clone()
         for j in range(i, num_steps):
             run_max = torch.maximum(run_max, r[:, j])
-            cost[i, j] = ((run_max[:, None] / r[:, i:j + 1]) ** 2).sum()
+            cost[i, j] = ((run_max[:, None] / r[:, i : j + 1]) ** 2).sum()
     return cost
 
 
@@ -133,8 +140,7 @@ def layer_ranges(stats: CalibStats, layers: list[str]) -> torch.Tensor:
     return torch.stack([stats.get(n, "in0") for n in layers])
 
 
-def step_to_set_for(recipe: Recipe, num_steps: int, stats: CalibStats | None,
-                    layers: list[str]) -> list[int]:
+def step_to_set_for(recipe: Recipe, num_steps: int, stats: CalibStats | None, layers: list[str]) -> list[int]:
     if recipe.scheme == "groups" and recipe.group_split == "calibrated":
         if stats is None:
             raise ConfigError("stats", None, "calibration stats (a calibrated split needs them)")
@@ -175,10 +181,14 @@ class QuantArtifact:
         return f"{wset}/{name}/{fld}" in self.tensors
 
     def check_model(self, model: STDiT) -> None:
-        if self.meta["model_config"] != model_config_dict(model) \
-                or self.meta["model_fingerprint"] != model_fingerprint(model):
-            raise ConfigError("artifact", f"model fingerprint {self.meta['model_fingerprint']}",
-                              f"an artifact quantized from this model ({model_fingerprint(model)})")
+        if self.meta["model_config"] != model_config_dict(model) or self.meta["model_fingerprint"] != model_fingerprint(
+            model
+        ):
+            raise ConfigError(
+                "artifact",
+                f"model fingerprint {self.meta['model_fingerprint']}",
+                f"an artifact quantized from this model ({model_fingerprint(model)})",
+            )
 
     def annotate(self, trace):
         """The quantized op trace of this artifact (its recipe and its step-to-set map, which for a
@@ -228,23 +238,28 @@ class QuantArtifact:
         except ConfigError:
             raise
         except Exception:
-            raise ConfigError("artifact", str(path), f"a complete {ARTIFACT_FORMAT} safetensors file "
-                              "(written by codesign quantize)") from None
+            raise ConfigError(
+                "artifact", str(path), f"a complete {ARTIFACT_FORMAT} safetensors file (written by codesign quantize)"
+            ) from None
         return art
 
     def validate(self) -> None:
         """Every tensor the emulator will read is present with a consistent dtype (corrupt -> error),
         and the artifact was built under this emulator's activation-quantization definition."""
         if self.meta.get("act_quant") != fixedpoint.ACT_QUANT:
-            raise ConfigError("artifact act_quant", self.meta.get("act_quant"),
-                              f"{fixedpoint.ACT_QUANT} (rebuild it with codesign quantize)")
+            raise ConfigError(
+                "artifact act_quant",
+                self.meta.get("act_quant"),
+                f"{fixedpoint.ACT_QUANT} (rebuild it with codesign quantize)",
+            )
         recipe = self.recipe
         static = recipe.scheme != "dynamic"
         sts = self.step_to_set
         if len(sts) != self.meta["num_steps"] or (sts and max(sts) + 1 != self.num_sets):
             raise ValueError("step_to_set")
-        need = ["weight_q", "w_scale"] + (["x_scale", "bias_q", "y_scale", "multiplier", "shift"]
-                                          if static else ["bias"])
+        need = ["weight_q", "w_scale"] + (
+            ["x_scale", "bias_q", "y_scale", "multiplier", "shift"] if static else ["bias"]
+        )
         for g in range(self.num_sets):
             for name in self.linears:
                 for fld in need + (["smooth"] if recipe.smoothing else []):
@@ -267,8 +282,9 @@ def _per_set(t: torch.Tensor, steps: list[int]) -> torch.Tensor:
     return t[steps].amax(dim=0)
 
 
-def _vrow_factors(mods: dict, linears: list[str], folds: dict, recipe: Recipe, stats: CalibStats | None,
-                  steps: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _vrow_factors(
+    mods: dict, linears: list[str], folds: dict, recipe: Recipe, stats: CalibStats | None, steps: list[int]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """SmoothQuant factors of the consumers of V (they fold into the V output rows of their producer),
     and every linear's output-row scale [out_features] (the producers' rows divided by those factors)."""
     factors: dict[str, torch.Tensor] = {}
@@ -280,18 +296,26 @@ def _vrow_factors(mods: dict, linears: list[str], folds: dict, recipe: Recipe, s
                 factors[n] = s
                 prod, part = vrow_producer(n)
                 c = s.numel()
-                row_scale[prod][part * c:(part + 1) * c] /= s
+                row_scale[prod][part * c : (part + 1) * c] /= s
     return factors, row_scale
 
 
-def _quantize_linear(tensors: dict, pre: str, n: str, lin: nn.Linear, rs: torch.Tensor, s: torch.Tensor | None,
-                     recipe: Recipe, stats: CalibStats | None, steps: list[int]) -> None:
+def _quantize_linear(
+    tensors: dict,
+    pre: str,
+    n: str,
+    lin: nn.Linear,
+    rs: torch.Tensor,
+    s: torch.Tensor | None,
+    recipe: Recipe,
+    stats: CalibStats | None,
+    steps: list[int],
+) -> None:
     """One linear of one weight set into ``tensors`` (keys ``pre + field``): smoothed, per-channel
     quantized weights; static recipes add the activation scales, integer bias and requantizer."""
     static = recipe.scheme != "dynamic"
     w = lin.weight.detach().float().cpu() * rs[:, None]  # [n, k]
-    b = (lin.bias.detach().float().cpu() if lin.bias is not None
-         else torch.zeros(lin.out_features)) * rs
+    b = (lin.bias.detach().float().cpu() if lin.bias is not None else torch.zeros(lin.out_features)) * rs
     if recipe.smoothing:
         in_ch = _per_set(stats.get(n, "in_ch"), steps)
         if s is None:
@@ -312,7 +336,7 @@ def _quantize_linear(tensors: dict, pre: str, n: str, lin: nn.Linear, rs: torch.
     y_scale = float(fixedpoint.symmetric_scale(y_range * OUT_HEADROOM, OUT_BITS))
     acc_scale = x_scale * w_scale.double()  # [n]
     bias_q = torch.round(b.double() / acc_scale)
-    if bias_q.abs().max() >= 2 ** 31:
+    if bias_q.abs().max() >= 2**31:
         raise ConfigError("artifact", f"{n} bias overflows int32", "layers with representable bias")
     mult, shift = _multiplier_shift(acc_scale / y_scale)
     tensors[pre + "x_scale"] = torch.tensor([x_scale], dtype=torch.float32)
@@ -322,8 +346,15 @@ def _quantize_linear(tensors: dict, pre: str, n: str, lin: nn.Linear, rs: torch.
     tensors[pre + "shift"] = shift.to(torch.int32)
 
 
-def _quantize_matmul(tensors: dict, pre: str, n: str, factors: dict[str, torch.Tensor], recipe: Recipe,
-                     stats: CalibStats, steps: list[int]) -> None:
+def _quantize_matmul(
+    tensors: dict,
+    pre: str,
+    n: str,
+    factors: dict[str, torch.Tensor],
+    recipe: Recipe,
+    stats: CalibStats,
+    steps: list[int],
+) -> None:
     """One attention product (QK^T or AV) of one weight set: operand and output scales, requantizer."""
     a_range = float(_per_set(stats.get(n, "in0"), steps))
     b_range = float(_per_set(stats.get(n, "in1"), steps))
@@ -334,14 +365,13 @@ def _quantize_matmul(tensors: dict, pre: str, n: str, factors: dict[str, torch.T
             prod, part = vrow_producer(proj)
             s = factors[proj]
             c = s.numel()
-            v_ch = _per_set(stats.get(prod, "out_ch"), steps)[part * c:(part + 1) * c]
+            v_ch = _per_set(stats.get(prod, "out_ch"), steps)[part * c : (part + 1) * c]
             b_range = float((v_ch / s).max())
             y_range = float((_per_set(stats.get(proj, "in_ch"), steps) / s).max())
     a_scale = float(fixedpoint.symmetric_scale(a_range, recipe.a_bits))
     b_scale = float(fixedpoint.symmetric_scale(b_range, recipe.a_bits))
     y_bits = QK_OUT_BITS if n.endswith(".qk") else OUT_BITS
-    y_scale = float(torch.tensor(max(y_range * OUT_HEADROOM, _MIN_RANGE) / qmax(y_bits),
-                                 dtype=torch.float32))
+    y_scale = float(torch.tensor(max(y_range * OUT_HEADROOM, _MIN_RANGE) / qmax(y_bits), dtype=torch.float32))
     mult, shift = _multiplier_shift(torch.tensor([a_scale * b_scale / y_scale], dtype=torch.float64))
     tensors[pre + "a_scale"] = torch.tensor([a_scale], dtype=torch.float32)
     tensors[pre + "b_scale"] = torch.tensor([b_scale], dtype=torch.float32)
@@ -350,8 +380,9 @@ def _quantize_matmul(tensors: dict, pre: str, n: str, factors: dict[str, torch.T
     tensors[pre + "shift"] = shift.to(torch.int32)
 
 
-def build_artifact(model: STDiT, recipe: Recipe, stats: CalibStats | None, num_steps: int,
-                   workload_name: str = "") -> QuantArtifact:
+def build_artifact(
+    model: STDiT, recipe: Recipe, stats: CalibStats | None, num_steps: int, workload_name: str = ""
+) -> QuantArtifact:
     """Quantize ``model`` under ``recipe`` from per-step ``stats`` (None only for dynamic)."""
     if not recipe.quantized:
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 needs no artifact)")
@@ -382,14 +413,26 @@ def build_artifact(model: STDiT, recipe: Recipe, stats: CalibStats | None, num_s
                 name, fld = key.split(":")
                 if "blocks." in name and fld in ("in0", "in1", "out"):
                     tensors[f"{g}/{name}/{fld}_absmax"] = _per_set(stats.tensors[key], steps).reshape(1)
-    float_bytes = sum(2 * p.numel() for n, p in model.named_parameters()
-                      if n.rsplit(".", 1)[0] not in lin_set)
-    meta = {"format": ARTIFACT_FORMAT, "recipe": recipe.to_dict(), "scheme": recipe.scheme,
-            "w_bits": recipe.w_bits, "a_bits": recipe.a_bits, "out_bits": OUT_BITS,
-            "out_headroom": OUT_HEADROOM, "num_steps": num_steps, "step_to_set": step_to_set,
-            "num_sets": num_sets, "linears": linears, "matmuls": matmuls, "folds": folds,
-            "model_config": model_config_dict(model), "model_fingerprint": model_fingerprint(model),
-            "workload": workload_name, "float_weight_bytes": float_bytes,
-            "stats": dict(stats.meta) if stats is not None else None,
-            "act_quant": fixedpoint.ACT_QUANT}  # the activation-quantization definition the integers follow
+    float_bytes = sum(2 * p.numel() for n, p in model.named_parameters() if n.rsplit(".", 1)[0] not in lin_set)
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "recipe": recipe.to_dict(),
+        "scheme": recipe.scheme,
+        "w_bits": recipe.w_bits,
+        "a_bits": recipe.a_bits,
+        "out_bits": OUT_BITS,
+        "out_headroom": OUT_HEADROOM,
+        "num_steps": num_steps,
+        "step_to_set": step_to_set,
+        "num_sets": num_sets,
+        "linears": linears,
+        "matmuls": matmuls,
+        "folds": folds,
+        "model_config": model_config_dict(model),
+        "model_fingerprint": model_fingerprint(model),
+        "workload": workload_name,
+        "float_weight_bytes": float_bytes,
+        "stats": dict(stats.meta) if stats is not None else None,
+        "act_quant": fixedpoint.ACT_QUANT,
+    }  # the activation-quantization definition the integers follow
     return QuantArtifact(meta=meta, tensors=tensors)

@@ -15,6 +15,7 @@ Stats are stored as one safetensors file (tensors ``"<layer>:<field>"`` of shape
 JSON header (model config, weight fingerprint, workload, sampler, num_steps, prompts). Loading stats for
 a different model or step count is a ``ConfigError``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,8 +72,11 @@ class CalibStats:
     def get(self, layer: str, fld: str) -> torch.Tensor:
         key = f"{layer}:{fld}"
         if key not in self.tensors:
-            raise ConfigError("calibration stats", key, "a layer and field recorded during calibration "
-                              "(the stats may come from another model)")
+            raise ConfigError(
+                "calibration stats",
+                key,
+                "a layer and field recorded during calibration (the stats may come from another model)",
+            )
         return self.tensors[key]
 
     def layers(self) -> list[str]:
@@ -83,15 +87,23 @@ class CalibStats:
         cfg = model_config_dict(model)
         if self.meta.get("model_config") != cfg:
             diff = sorted(k for k in cfg if self.meta.get("model_config", {}).get(k) != cfg[k])
-            raise ConfigError("calibration stats", f"model config differs in {', '.join(diff) or 'fields'}",
-                              "stats calibrated on this model (run codesign calibrate for it)")
+            raise ConfigError(
+                "calibration stats",
+                f"model config differs in {', '.join(diff) or 'fields'}",
+                "stats calibrated on this model (run codesign calibrate for it)",
+            )
         if self.meta.get("model_fingerprint") != model_fingerprint(model):
-            raise ConfigError("calibration stats", "weights fingerprint "
-                              f"{self.meta.get('model_fingerprint')} != {model_fingerprint(model)}",
-                              "stats calibrated on these weights (run codesign calibrate for them)")
+            raise ConfigError(
+                "calibration stats",
+                f"weights fingerprint {self.meta.get('model_fingerprint')} != {model_fingerprint(model)}",
+                "stats calibrated on these weights (run codesign calibrate for them)",
+            )
         if self.num_steps != num_steps:
-            raise ConfigError("calibration stats", f"num_steps {self.num_steps}",
-                              f"stats of the same step count as the workload ({num_steps})")
+            raise ConfigError(
+                "calibration stats",
+                f"num_steps {self.num_steps}",
+                f"stats of the same step count as the workload ({num_steps})",
+            )
 
     # ---- files ----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -121,14 +133,16 @@ class CalibStats:
             if any(t.shape[0] != steps for t in tensors.values()):
                 raise ValueError("shape")
         except Exception:
-            raise ConfigError("stats", str(path), f"a readable {STATS_FORMAT} safetensors file "
-                              "(written by codesign calibrate)") from None
+            raise ConfigError(
+                "stats", str(path), f"a readable {STATS_FORMAT} safetensors file (written by codesign calibrate)"
+            ) from None
         return cls(meta=meta, tensors=tensors)
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def calibration_prompts(model: STDiT, num_prompts: int, seed: int = 0,
-                        text_features: str | Path | None = None) -> torch.Tensor:
+def calibration_prompts(
+    model: STDiT, num_prompts: int, seed: int = 0, text_features: str | Path | None = None
+) -> torch.Tensor:
     """Text features [n, 1, L, Ct]: real T5 features from a .pt/.safetensors file, else seeded randn."""
     cfg = model.cfg
     shape = (cfg.model_max_length, cfg.caption_channels)
@@ -147,8 +161,9 @@ def calibration_prompts(model: STDiT, num_prompts: int, seed: int = 0,
             if isinstance(y, dict):
                 y = y["y"] if "y" in y else next(iter(y.values()))
     except Exception:
-        raise ConfigError("text_features", str(path), "a readable .pt or .safetensors file of T5 "
-                          "features [n, 1, L, Ct] (key 'y')") from None
+        raise ConfigError(
+            "text_features", str(path), "a readable .pt or .safetensors file of T5 features [n, 1, L, Ct] (key 'y')"
+        ) from None
     if not isinstance(y, torch.Tensor) or y.dim() not in (3, 4):
         raise ConfigError("text_features", str(path), "a tensor [n, 1, L, Ct] or [n, L, Ct]")
     if y.dim() == 3:
@@ -192,8 +207,7 @@ class StatsRecorder:
     def __enter__(self) -> StatsRecorder:
         for name, mod in self.model.named_modules():
             if isinstance(mod, _HOOKED) and not list(mod.children()):
-                self._hooks.append(mod.register_forward_hook(
-                    lambda m, i, o, name=name: self._hook(name, m, i, o)))
+                self._hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: self._hook(name, m, i, o)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -202,9 +216,15 @@ class StatsRecorder:
         self._hooks.clear()
 
 
-def calibrate(model: STDiT, workload: Workload, num_prompts: int = 4, seed: int = 0,
-              text_features: str | Path | None = None, batch_size: int = 4,
-              progress: bool = False) -> CalibStats:
+def calibrate(
+    model: STDiT,
+    workload: Workload,
+    num_prompts: int = 4,
+    seed: int = 0,
+    text_features: str | Path | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> CalibStats:
     """Run the workload's float sampler on ``num_prompts`` prompts and record per-step statistics."""
     if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
         raise ConfigError("num_prompts", num_prompts, "a positive integer")
@@ -226,14 +246,21 @@ def calibrate(model: STDiT, workload: Workload, num_prompts: int = 4, seed: int 
         chunks = tqdm(chunks, desc="calibrating", unit="batch", leave=False)
     with rec, torch.no_grad():
         for start in chunks:
-            y = ys[start:start + batch_size].to(dev)
+            y = ys[start : start + batch_size].to(dev)
             b = y.shape[0]
             g = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + start)
             z = torch.randn(b, cfg.in_channels, *cfg.input_size, generator=g, device=dev)
             sampler.sample(model_fn, z, y, model.null_caption(b).to(dev), g)
-    meta = {"format": STATS_FORMAT, "workload": workload.name, "num_steps": workload.num_steps,
-            "sampler": workload.sampler, "cfg_scale": workload.cfg_scale,
-            "model_config": model_config_dict(model), "model_fingerprint": model_fingerprint(model),
-            "num_prompts": num_prompts, "seed": seed,
-            "text_features": str(text_features) if text_features else "random-normal"}
+    meta = {
+        "format": STATS_FORMAT,
+        "workload": workload.name,
+        "num_steps": workload.num_steps,
+        "sampler": workload.sampler,
+        "cfg_scale": workload.cfg_scale,
+        "model_config": model_config_dict(model),
+        "model_fingerprint": model_fingerprint(model),
+        "num_prompts": num_prompts,
+        "seed": seed,
+        "text_features": str(text_features) if text_features else "random-normal",
+    }
     return CalibStats(meta=meta, tensors=rec.tensors)

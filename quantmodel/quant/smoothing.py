@@ -13,6 +13,7 @@ The division ``X / s`` must happen somewhere before the GEMM. Per layer of a blo
 - ``attn_temp.qkv`` (raw residual), ``cross_attn.q_linear`` (raw residual), ``mlp.fc2`` (GELU output):
   nothing to fold into, so the chip runs an explicit per-channel multiply (``smooth_mul`` in the trace).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,11 @@ EPS = 1e-5  # SmoothQuant's clamp on both maxima (keeps factors finite for dead 
 
 # how the factors of a layer (by name suffix) reach the chip
 FOLD_MODULATE = {".attn.qkv": "modulate1", ".mlp.fc1": "modulate2"}
-FOLD_VROWS = {".attn.proj": ".attn.qkv", ".attn_temp.proj": ".attn_temp.qkv",
-              ".cross_attn.proj": ".cross_attn.kv_linear"}
+FOLD_VROWS = {
+    ".attn.proj": ".attn.qkv",
+    ".attn_temp.proj": ".attn_temp.qkv",
+    ".cross_attn.proj": ".cross_attn.kv_linear",
+}
 FOLD_TEXT = (".cross_attn.kv_linear",)
 
 
@@ -122,8 +126,8 @@ def smoothed_model(model: STDiT, factors: dict[str, torch.Tensor], fold: bool = 
                 prod, part = vrow_producer(layer)
                 lin = m.get_submodule(prod)
                 c = s.numel()
-                lin.weight[part * c:(part + 1) * c] /= s[:, None]
-                lin.bias[part * c:(part + 1) * c] /= s
+                lin.weight[part * c : (part + 1) * c] /= s[:, None]
+                lin.bias[part * c : (part + 1) * c] /= s
         for layer, s in factors.items():
             lin = m.get_submodule(layer)
             lin.weight.mul_(s[None, :])

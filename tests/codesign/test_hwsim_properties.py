@@ -20,6 +20,7 @@ that ranks candidates within the factors above of the replay, so it can pick a s
 energy and replays a few percent slower. A planner that searched by replaying every candidate
 would close that gap at many times the cost.
 """
+
 import dataclasses
 
 import pytest
@@ -89,7 +90,9 @@ def _check_chip(trace, d: dict, resources) -> list:
     for r in units:  # cycles: bound <= simulated <= factor x estimate
         if not r["bound_s"] <= r["latency_s"] * (1 + 1e-12) or r["latency_s"] > ESTIMATE_FACTOR * r["estimate_s"]:
             bad.append((hw.name, r["name"], r["bound_s"], r["latency_s"], r["estimate_s"]))
-    assert sum(r["bound_s"] for r in units) <= res.latency_s <= STEP_ESTIMATE_FACTOR * sum(r["estimate_s"] for r in units)
+    assert (
+        sum(r["bound_s"] for r in units) <= res.latency_s <= STEP_ESTIMATE_FACTOR * sum(r["estimate_s"] for r in units)
+    )
     for resource in resources:
         factor, tol = MORE[resource]
         more = hwsim.simulate(trace, hwsim.hw_from_dict(_more(d, resource, factor)))

@@ -2,6 +2,7 @@
 checked on a small-SRAM point where the tile search once gave the static GEMMs a shape that starved
 the MAC arrays (64 output columns over 4 arrays of 64) and made static-w8a8 slower than dynamic-w8a8.
 A top-layer test: it builds real traces with quantmodel, which hwsim itself never imports."""
+
 import dataclasses
 
 import pytest
@@ -13,10 +14,19 @@ from workloads.recipes import annotate_trace, get_recipe
 
 # the sweep's small-SRAM edge point that showed the inversion (static 1886.95 s vs dynamic 1472.18 s
 # on opensora-v1.0-16x512x512, prefetch early, SIM_VERSION hwsim-1)
-SMALL_SRAM = {"clock.freq_hz": 8e8, "mac.arrays": 4, "mac.rows": 32, "mac.cols": 64,
-              "sram.weight_buffer_bytes": 524288, "sram.activation_buffer_bytes": 1572864,
-              "dram.part": "lpddr5-6400", "dram.channels": 2, "flash.part": "ufs3.1",
-              "vector.online_reduction": True, "tech.node_nm": 7}
+SMALL_SRAM = {
+    "clock.freq_hz": 8e8,
+    "mac.arrays": 4,
+    "mac.rows": 32,
+    "mac.cols": 64,
+    "sram.weight_buffer_bytes": 524288,
+    "sram.activation_buffer_bytes": 1572864,
+    "dram.part": "lpddr5-6400",
+    "dram.channels": 2,
+    "flash.part": "ufs3.1",
+    "vector.online_reduction": True,
+    "tech.node_nm": 7,
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +34,10 @@ def results():
     hw = hwsim.with_overrides(hwsim.load_hw("edge-npu"), SMALL_SRAM)
     wl = dataclasses.replace(get_workload("opensora-v1.0-16x256x256"), num_steps=2)
     base = build_trace(wl)
-    return {r: hwsim.simulate(annotate_trace(base, get_recipe(r)), hw, prefetch="early")
-            for r in ("static-w8a8", "dynamic-w8a8")}
+    return {
+        r: hwsim.simulate(annotate_trace(base, get_recipe(r)), hw, prefetch="early")
+        for r in ("static-w8a8", "dynamic-w8a8")
+    }
 
 
 def test_dynamic_not_cheaper_than_static_on_small_sram(results):
@@ -44,9 +56,11 @@ def test_each_static_gemm_no_slower_than_its_dynamic_twin(results):
     def with_stages(name):
         return sum(dyn[n]["latency_s"] for n in (name, name + ".dyn_stats", name + ".dyn_rescale") if n in dyn)
 
-    slower = [(o["name"], o["latency_s"], with_stages(o["name"]))
-              for o in results["static-w8a8"].per_op
-              if o["kind"] == "linear" and o["name"] in dyn and o["latency_s"] > with_stages(o["name"])]
+    slower = [
+        (o["name"], o["latency_s"], with_stages(o["name"]))
+        for o in results["static-w8a8"].per_op
+        if o["kind"] == "linear" and o["name"] in dyn and o["latency_s"] > with_stages(o["name"])
+    ]
     assert not slower, slower[:5]
 
 
@@ -64,14 +78,18 @@ def sweep_chips(tmp_path_factory):
 
     spec = load_spec("default")
     plan = plan_sweep(spec, ResultStore(tmp_path_factory.mktemp("store")))
-    items = {rp.recipe: {row["point_index"]: (d, pf) for row, (_, d, pf) in zip(rp.rows, rp.items)}
-             for rp in plan.recipes}
+    items = {
+        rp.recipe: {row["point_index"]: (d, pf) for row, (_, d, pf) in zip(rp.rows, rp.items)} for rp in plan.recipes
+    }
     recipes = {r: get_recipe(r) for r in spec.recipes}
     twins = []  # (dynamic recipe, [its static twins at the same bits])
     for name, r in recipes.items():
         if r.scheme == "dynamic":
-            stat = [s for s, q in recipes.items() if q.scheme in ("static", "asq")
-                    and (q.w_bits, q.a_bits) == (r.w_bits, r.a_bits)]
+            stat = [
+                s
+                for s, q in recipes.items()
+                if q.scheme in ("static", "asq") and (q.w_bits, q.a_bits) == (r.w_bits, r.a_bits)
+            ]
             twins.append((name, stat))
     assert twins and all(len(s) == 2 for _, s in twins)
     dyn0 = twins[0][0]
@@ -85,8 +103,9 @@ def sweep_chips(tmp_path_factory):
 
 def _without_quantize_on_write(trace):
     """The static trace with its producers' quantize-on-write work taken away (bytes unchanged)."""
-    ops = [dataclasses.replace(op, epilogue="") if op.epilogue == "quant" and not op.is_gemm else op
-           for op in trace.ops]
+    ops = [
+        dataclasses.replace(op, epilogue="") if op.epilogue == "quant" and not op.is_gemm else op for op in trace.ops
+    ]
     return dataclasses.replace(trace, ops=ops)
 
 
@@ -109,7 +128,7 @@ def test_dynamic_never_cheaper_than_static_twins_over_sweep_chips(sweep_chips):
             for s in stat:
                 assert items[s][i] == (d_hw, pf)
                 r = hwsim.simulate(traces[s], hw, prefetch=pf)
-                fom_d, fom_r = d.energy_j * d.latency_s ** 2, r.energy_j * r.latency_s ** 2
+                fom_d, fom_r = d.energy_j * d.latency_s**2, r.energy_j * r.latency_s**2
                 for m, vd, vr in (("energy_j", d.energy_j, r.energy_j), ("energy x delay^2", fom_d, fom_r)):
                     if vd < vr:
                         bad.append((i, dyn, s, m, round(vd / vr, 4)))

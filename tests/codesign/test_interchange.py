@@ -1,5 +1,6 @@
 """SCALE-Sim interchange: its .cfg and topology CSVs read as hwsim inputs, any trace's GEMMs written
 as a topology and read back, SCALE-Sim-like reports, and bad SCALE-Sim files refused in one line."""
+
 import csv
 import math
 from pathlib import Path
@@ -45,8 +46,10 @@ InterfaceBandwidth: USER
 UseRamulatorTrace: False
 """
 GEMM_TOPO = "Layer Name, M, N, K,\nfc1, 256, 128, 256,\nodd, 33, 65, 17,\n"
-CONV_TOPO = ("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
-             "Inc5b_3x3, 7, 7, 3, 3, 192, 384, 1,\nstrided, 224, 224, 7, 7, 3, 64, 2,\n")
+CONV_TOPO = (
+    "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
+    "Inc5b_3x3, 7, 7, 3, 3, 192, 384, 1,\nstrided, 224, 224, 7, 7, 3, 64, 2,\n"
+)
 
 
 def _write(tmp_path, name, text):
@@ -74,8 +77,10 @@ def test_cfg_sets_the_array_buffers_dataflow_and_bandwidth(tmp_path):
 
 def test_topology_gemm_and_conv_rows_become_scalesims_gemms(tmp_path):
     t = read_scalesim_topology(_write(tmp_path, "g.csv", GEMM_TOPO))
-    assert [(o.name, o.m, o.k, o.n, o.kind) for o in t.ops] == [("fc1", 256, 256, 128, "linear"),
-                                                                ("odd", 33, 17, 65, "linear")]
+    assert [(o.name, o.m, o.k, o.n, o.kind) for o in t.ops] == [
+        ("fc1", 256, 256, 128, "linear"),
+        ("odd", 33, 17, 65, "linear"),
+    ]
     assert all(o.w_bits == 8 and o.a_bits == 8 and o.macs == o.m * o.k * o.n for o in t.ops)
     c = read_scalesim_topology(_write(tmp_path, "c.csv", CONV_TOPO))
     # output pixels x (filter h x w x channels) x filters; 224 -> ceil((224 - 7 + 2) / 2) = 110
@@ -93,15 +98,29 @@ def test_trace_gemms_round_trip_through_a_topology(tmp_path):
     assert [b.name for b in back.ops] == [o.name + (f"_x{o.batch}" if o.batch > 1 else "") for o in gemms]
     assert any(o.batch > 1 for o in gemms)  # attention's per-head products are in the file, once per op
     write_scalesim_topology(back, tmp_path / "again.csv")  # a read topology writes the same rows again
-    assert (tmp_path / "again.csv").read_text().splitlines()[1:] == [
-        ln for ln in out.read_text().splitlines()[1:]]
+    assert (tmp_path / "again.csv").read_text().splitlines()[1:] == [ln for ln in out.read_text().splitlines()[1:]]
 
 
 def test_simulate_cfg_and_topology_writes_scalesim_reports(tmp_path, capsys):
     cfg, topo = _write(tmp_path, "a.cfg", CFG), _write(tmp_path, "g.csv", GEMM_TOPO)
     rep = tmp_path / "rep"
-    assert main(["simulate", "--hw", str(cfg), "--workload", str(topo), "--base", "edge-npu-lite",
-                 "--scalesim-report", str(rep), "--json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--hw",
+                str(cfg),
+                "--workload",
+                str(topo),
+                "--base",
+                "edge-npu-lite",
+                "--scalesim-report",
+                str(rep),
+                "--json",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     with open(rep / "COMPUTE_REPORT.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -125,15 +144,18 @@ def test_trace_cli_exports_a_topology(tmp_path, capsys):
     assert out.read_text().splitlines() == ["Layer Name, M, N, K,", "gemm, 64, 16, 32,"]
 
 
-@pytest.mark.parametrize("edit, field", [
-    (("ArrayHeight:    16", "ArrayHeight:    0"), "a.cfg: [architecture_presets] ArrayHeight"),
-    (("ArrayWidth:     48", "ArrayWidth:     wide"), "a.cfg: [architecture_presets] ArrayWidth"),
-    (("Dataflow : ws", "Dataflow : rs"), "a.cfg: [architecture_presets] Dataflow"),
-    (("Bandwidth : 10", "Bandwidth : ten"), "a.cfg: [architecture_presets] Bandwidth"),
-    (("SparsitySupport : false", "SparsitySupport : true"), "a.cfg: [sparsity] SparsitySupport"),
-    (("FilterSramSzkB:  128\n", ""), "a.cfg: [architecture_presets] FilterSramSzkB"),
-    (("[architecture_presets]", "[arch]"), "a.cfg: section"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (("ArrayHeight:    16", "ArrayHeight:    0"), "a.cfg: [architecture_presets] ArrayHeight"),
+        (("ArrayWidth:     48", "ArrayWidth:     wide"), "a.cfg: [architecture_presets] ArrayWidth"),
+        (("Dataflow : ws", "Dataflow : rs"), "a.cfg: [architecture_presets] Dataflow"),
+        (("Bandwidth : 10", "Bandwidth : ten"), "a.cfg: [architecture_presets] Bandwidth"),
+        (("SparsitySupport : false", "SparsitySupport : true"), "a.cfg: [sparsity] SparsitySupport"),
+        (("FilterSramSzkB:  128\n", ""), "a.cfg: [architecture_presets] FilterSramSzkB"),
+        (("[architecture_presets]", "[arch]"), "a.cfg: section"),
+    ],
+)
 def test_bad_cfg_field_is_one_line_exit_2(edit, field, tmp_path, capsys):
     cfg = _write(tmp_path, "a.cfg", CFG.replace(*edit))
     topo = _write(tmp_path, "g.csv", GEMM_TOPO)
@@ -142,16 +164,18 @@ def test_bad_cfg_field_is_one_line_exit_2(edit, field, tmp_path, capsys):
     assert "\n" not in err and err.startswith("codesign simulate: error: " + field), err
 
 
-@pytest.mark.parametrize("text, field", [
-    (GEMM_TOPO.replace("33", "-3"), "g.csv: line 3 M"),
-    (GEMM_TOPO.replace("fc1, 256, 128, 256,", "fc1, 256,"), "g.csv: line 2"),
-    ("Layer, rows, cols,\nx, 1, 2,\n", "g.csv: header"),
-    (CONV_TOPO.replace("7, 7, 3, 3", "2, 2, 3, 3"), "g.csv: line 2 Filter Height/Width"),
-])
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        (GEMM_TOPO.replace("33", "-3"), "g.csv: line 3 M"),
+        (GEMM_TOPO.replace("fc1, 256, 128, 256,", "fc1, 256,"), "g.csv: line 2"),
+        ("Layer, rows, cols,\nx, 1, 2,\n", "g.csv: header"),
+        (CONV_TOPO.replace("7, 7, 3, 3", "2, 2, 3, 3"), "g.csv: line 2 Filter Height/Width"),
+    ],
+)
 def test_bad_topology_is_one_line_exit_2(text, field, tmp_path, capsys):
     rep = tmp_path / "rep"
-    assert main(["simulate", "--workload", str(_write(tmp_path, "g.csv", text)), "--scalesim-report",
-                 str(rep)]) == 2
+    assert main(["simulate", "--workload", str(_write(tmp_path, "g.csv", text)), "--scalesim-report", str(rep)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("codesign simulate: error: " + field), err
     assert not rep.exists()  # nothing half-written

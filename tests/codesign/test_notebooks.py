@@ -1,4 +1,5 @@
 """The notebooks execute top to bottom (small settings), so they never rot."""
+
 from pathlib import Path
 
 import nbformat

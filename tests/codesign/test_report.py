@@ -1,4 +1,5 @@
 """`codesign report`: plots and Markdown from a real (tiny) sweep; the numbers it shows are the table's."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,12 @@ TINY = Path(__file__).resolve().parents[2] / "codesign" / "specs" / "tiny.yaml"
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     run_sweep(load_spec(TINY), root / "r", jobs=1, progress=False)
-    r = subprocess.run([sys.executable, "-m", "codesign.cli", "report", str(root / "r"), "--out", str(root / "rep")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "codesign.cli", "report", str(root / "r"), "--out", str(root / "rep")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return root / "r", root / "rep"
 
@@ -29,8 +34,13 @@ def report(tmp_path_factory):
 def test_report_files(report):
     _, rep = report
     md = (rep / "report.md").read_text()
-    for png in ("pareto_energy_vs_area.png", "static_vs_dynamic.png", "breakdown_latency.png",
-                "breakdown_energy.png", "swap_vs_k.png"):
+    for png in (
+        "pareto_energy_vs_area.png",
+        "static_vs_dynamic.png",
+        "breakdown_latency.png",
+        "breakdown_energy.png",
+        "swap_vs_k.png",
+    ):
         data = (rep / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
         assert f"({png})" in md, png
@@ -65,8 +75,12 @@ def test_swap_curves_by_k(report):
 
 
 def test_report_of_missing_folder_exit_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "codesign.cli", "report", str(tmp_path / "nope"), "--out",
-                        str(tmp_path / "rep")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "codesign.cli", "report", str(tmp_path / "nope"), "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 

@@ -1,4 +1,5 @@
 """Results store: atomic parts, dedupe by key, compaction, ownership by spec, one writer at a time."""
+
 import pandas as pd
 import pytest
 
@@ -8,15 +9,29 @@ from workloads.errors import ConfigError
 
 
 def make_spec(name: str, recipes=("asq-w8a8",)) -> SweepSpec:
-    source = {"cost_workload": "stdit-tiny", "recipes": list(recipes), "quality": None,
-              "hardware": {"base": "edge-npu", "sampling": "grid", "axes": {}}, "name": name}
-    return SweepSpec(name=name, cost_workload="stdit-tiny", recipes=tuple(recipes), hw_base="edge-npu",
-                     sampling="grid", axes=(), source=source)
+    source = {
+        "cost_workload": "stdit-tiny",
+        "recipes": list(recipes),
+        "quality": None,
+        "hardware": {"base": "edge-npu", "sampling": "grid", "axes": {}},
+        "name": name,
+    }
+    return SweepSpec(
+        name=name,
+        cost_workload="stdit-tiny",
+        recipes=tuple(recipes),
+        hw_base="edge-npu",
+        sampling="grid",
+        axes=(),
+        source=source,
+    )
 
 
 def rows(keys, latency=1.0):
-    return [{"key": k, "status": "ok", "error": "", "recipe": "asq-w8a8", "latency_s": latency + i,
-             "quality_key": None} for i, k in enumerate(keys)]
+    return [
+        {"key": k, "status": "ok", "error": "", "recipe": "asq-w8a8", "latency_s": latency + i, "quality_key": None}
+        for i, k in enumerate(keys)
+    ]
 
 
 def test_parts_dedupe_and_compact(tmp_path):

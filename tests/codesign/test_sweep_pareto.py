@@ -1,4 +1,5 @@
 """Pareto fronts: the fast sweep-line mask equals the definition (brute force over all pairs)."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +18,7 @@ def brute_force(vals: np.ndarray) -> np.ndarray:
             keep[i] = False
             continue
         for j in range(n):
-            if j != i and not np.isnan(vals[j]).any() and np.all(vals[j] <= vals[i]) \
-                    and np.any(vals[j] < vals[i]):
+            if j != i and not np.isnan(vals[j]).any() and np.all(vals[j] <= vals[i]) and np.any(vals[j] < vals[i]):
                 keep[i] = False
                 break
     return keep
@@ -38,8 +38,7 @@ def test_mask_matches_definition(rows):
 
 
 def test_front_of_known_points():
-    df = pd.DataFrame({"latency_s": [1.0, 2.0, 3.0, 2.0, 1.0],
-                       "quality": [0.5, 0.9, 0.95, 0.8, 0.5]})
+    df = pd.DataFrame({"latency_s": [1.0, 2.0, 3.0, 2.0, 1.0], "quality": [0.5, 0.9, 0.95, 0.8, 0.5]})
     front = pareto_front(df, {"latency_s": "min", "quality": "max"})
     # (2.0, 0.8) is dominated by (2.0, 0.9); the two identical (1.0, 0.5) points both stay
     assert sorted(front.index.tolist()) == [0, 1, 2, 4]

@@ -2,6 +2,7 @@
 
 All on the tiny STDiT workload so every simulation takes milliseconds.
 """
+
 import os
 import signal
 import subprocess
@@ -29,8 +30,9 @@ METRICS = ["latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s",
 
 
 def codesign(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "codesign.cli", *args], capture_output=True, text=True,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "codesign.cli", *args], capture_output=True, text=True, timeout=120, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +50,15 @@ def test_local_sweep_rows_and_values(tiny_results):
     assert set(df["recipe"]) == {"asq-w8a8", "tsq-tsw-w8a8", "dynamic-w8a8"}
     # a row holds what hwsim says for that very point (same trace, same hardware, same policy)
     row = df[(df["status"] == "ok") & (df["recipe"] == "tsq-tsw-w8a8")].iloc[0]
-    hw = hwsim.with_overrides(hwsim.load_hw("edge-npu"), {
-        "mac.rows": int(row["hw.mac.rows"]),
-        "dram.part": row["hw.dram.part"], "dram.channels": int(row["hw.dram.channels"]),
-        "vector.online_reduction": bool(row["hw.vector.online_reduction"])})
+    hw = hwsim.with_overrides(
+        hwsim.load_hw("edge-npu"),
+        {
+            "mac.rows": int(row["hw.mac.rows"]),
+            "dram.part": row["hw.dram.part"],
+            "dram.channels": int(row["hw.dram.channels"]),
+            "vector.online_reduction": bool(row["hw.vector.online_reduction"]),
+        },
+    )
     trace = annotate_trace(build_trace(get_workload("stdit-tiny")), get_recipe("tsq-tsw-w8a8"))
     direct = hwsim.simulate(trace, hw, prefetch=row["prefetch"]).to_dict()
     for m in METRICS:
@@ -104,16 +111,40 @@ def test_bad_specs_exit_2(tmp_path):
 def test_sigkill_mid_run_then_rerun(tmp_path):
     """Kill a real `codesign sweep` with SIGKILL while it writes parts; the rerun completes exactly once."""
     data = yaml.safe_load(TINY.read_text())
-    data["hardware"] = {"base": "edge-npu", "sampling": "random", "samples": 60, "seed": 3, "axes": {
-        "mac.rows": [16, 32, 64], "mac.cols": [16, 32, 64], "clock.freq_hz": {"min": 5e8, "max": 1.4e9},
-        "dram.channels": [1, 2, 4, 8]}}
+    data["hardware"] = {
+        "base": "edge-npu",
+        "sampling": "random",
+        "samples": 60,
+        "seed": 3,
+        "axes": {
+            "mac.rows": [16, 32, 64],
+            "mac.cols": [16, 32, 64],
+            "clock.freq_hz": {"min": 5e8, "max": 1.4e9},
+            "dram.channels": [1, 2, 4, 8],
+        },
+    }
     spec_path = tmp_path / "kill.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     total = 60 * 3
     out = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "codesign.cli", "sweep", str(spec_path), "--out", str(out),
-                             "--jobs", "2", "--quiet", "--flush-every", "0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "codesign.cli",
+            "sweep",
+            str(spec_path),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--quiet",
+            "--flush-every",
+            "0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((out / POINTS).glob("part-*.parquet")):
         time.sleep(0.02)
@@ -136,8 +167,10 @@ def test_sigkill_mid_run_then_rerun(tmp_path):
 def test_dask_local_cluster_matches_local_pool(tiny_results, tmp_path):
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         summary = run_sweep(load_spec(TINY), tmp_path / "d", scheduler=client, progress=False)
     assert summary.computed_points == 24
     local = load_results(tiny_results[0]).set_index("key").sort_index()
@@ -147,8 +180,9 @@ def test_dask_local_cluster_matches_local_pool(tiny_results, tmp_path):
 
 
 def test_unreachable_scheduler_exit_2(tmp_path):
-    r = codesign("sweep", str(TINY), "--out", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9",
-                 "--connect-timeout", "1")
+    r = codesign(
+        "sweep", str(TINY), "--out", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "1"
+    )
     assert r.returncode == 2 and "--scheduler" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # refused before anything was written
 

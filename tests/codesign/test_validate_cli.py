@@ -1,4 +1,5 @@
 """`codesign validate`: the table, the JSON rows and the exit codes (1 when a component is out of band)."""
+
 import json
 
 from codesign import cli

@@ -1,4 +1,5 @@
 """`codesign verify / quantize / quality / recipes`: JSON keys, exit codes, bad input as one line."""
+
 import json
 
 import pytest
@@ -26,12 +27,21 @@ def _run(capsys, *argv):
 
 
 def test_verify_json_reports_zero_mismatches(capsys, wl):
-    rc, out, err = _run(capsys, "verify", "--workload", wl, "--recipe", "asq-w8a8", "--nonlinear", "fp16",
-                        "--prompts", "1", "--json")
+    rc, out, err = _run(
+        capsys, "verify", "--workload", wl, "--recipe", "asq-w8a8", "--nonlinear", "fp16", "--prompts", "1", "--json"
+    )
     assert rc == 0
     rep = json.loads(out)
-    for key in ("layers_checked", "mismatches", "max_abs_diff_lsb", "layer_sqnr_db", "sample_sqnr_db",
-                "sample_psnr_db", "overflow", "step_to_set"):
+    for key in (
+        "layers_checked",
+        "mismatches",
+        "max_abs_diff_lsb",
+        "layer_sqnr_db",
+        "sample_sqnr_db",
+        "sample_psnr_db",
+        "overflow",
+        "step_to_set",
+    ):
         assert key in rep
     assert rep["mismatches"] == 0 and rep["max_abs_diff_lsb"] == 0 and rep["layers_checked"] == 18
     assert set(rep["layer_sqnr_db"]) >= {"blocks.0.attn.qkv", "blocks.1.mlp.fc2"}
@@ -44,15 +54,27 @@ def test_verify_json_reports_zero_mismatches(capsys, wl):
 
 def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
     art = tmp_path / "a.safetensors"
-    rc, out, _ = _run(capsys, "quantize", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--prompts", "1",
-                      "--out", str(art), "--json")
+    rc, out, _ = _run(
+        capsys, "quantize", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--prompts", "1", "--out", str(art), "--json"
+    )
     assert rc == 0 and json.loads(out)["num_weight_sets"] == 2 and art.is_file()
-    rc, out, _ = _run(capsys, "verify", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--artifact", str(art),
-                      "--json")
+    rc, out, _ = _run(capsys, "verify", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--artifact", str(art), "--json")
     assert rc == 0 and json.loads(out)["mismatches"] == 0
     csv = tmp_path / "q.csv"
-    rc, out, _ = _run(capsys, "quality", "--workload", wl, "--recipes", "fp16,static,dynamic-w4a8",
-                      "--bits", "w8a8", "--prompts", "1", "--out", str(csv))
+    rc, out, _ = _run(
+        capsys,
+        "quality",
+        "--workload",
+        wl,
+        "--recipes",
+        "fp16,static,dynamic-w4a8",
+        "--bits",
+        "w8a8",
+        "--prompts",
+        "1",
+        "--out",
+        str(csv),
+    )
     assert rc == 0
     import pandas as pd
 
@@ -66,7 +88,9 @@ def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
 def test_recipes_lists_presets(capsys):
     rc, out, _ = _run(capsys, "recipes", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
-    assert rc == 0 and rows["tsq-tsw-w6a6"]["weight_sets"] == "steps" and rows["groups4-cal-w8a8"]["split"] == "calibrated"
+    assert (
+        rc == 0 and rows["tsq-tsw-w6a6"]["weight_sets"] == "steps" and rows["groups4-cal-w8a8"]["split"] == "calibrated"
+    )
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys, wl, tmp_path):
@@ -89,10 +113,23 @@ def test_bad_input_is_one_line_and_exit_2(capsys, wl, tmp_path):
     d["num_steps"] = 3
     (tmp_path / "tiny3.yaml").write_text(yaml.safe_dump(d))
     stats10 = tmp_path / "s3.safetensors"
-    assert _run(capsys, "calibrate", "--workload", str(tmp_path / "tiny3.yaml"), "--prompts", "1",
-                "--out", str(stats10))[0] == 0
-    assert "num_steps" in bad("quantize", "--workload", wl, "--recipe", "asq-w8a8", "--stats", str(stats10),
-                              "--out", str(tmp_path / "x.safetensors"))
+    assert (
+        _run(capsys, "calibrate", "--workload", str(tmp_path / "tiny3.yaml"), "--prompts", "1", "--out", str(stats10))[
+            0
+        ]
+        == 0
+    )
+    assert "num_steps" in bad(
+        "quantize",
+        "--workload",
+        wl,
+        "--recipe",
+        "asq-w8a8",
+        "--stats",
+        str(stats10),
+        "--out",
+        str(tmp_path / "x.safetensors"),
+    )
     assert not (tmp_path / "x.safetensors").exists()
     corrupt = tmp_path / "c.safetensors"
     corrupt.write_bytes(b"not a safetensors file")

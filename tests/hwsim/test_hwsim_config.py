@@ -1,4 +1,5 @@
 """Hardware configs: presets load and validate; every bad field is refused with its dotted name."""
+
 import pytest
 
 import hwsim
@@ -17,13 +18,27 @@ def test_presets_load_and_round_trip():
     assert hwsim.load_hw("edge-npu-lite").mac.pes < npu.mac.pes < hwsim.load_hw("edge-npu-pro").mac.pes
 
 
-@pytest.mark.parametrize("field, value", [
-    ("sram.weight_buffer_bytes", 0), ("sram.activation_buffer_bytes", -4096), ("mac.rows", 0),
-    ("dram.channels", 0), ("dram.part", "ddr2-800"), ("flash.part", "floppy"), ("clock.freq_hz", 0),
-    ("clock.freq_hz", 5.0e9), ("tech.node_nm", 2), ("tech.node_nm", 250), ("clock.freq_hz", "fast"),
-    ("dma.engines", 0), ("mac.dataflow", "diagonal"), ("vector.online_reduction", "yes"),
-    ("mac.macs_per_pe_cycle.int8", 0), ("dram.weight_capacity_bytes", 10**15),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("sram.weight_buffer_bytes", 0),
+        ("sram.activation_buffer_bytes", -4096),
+        ("mac.rows", 0),
+        ("dram.channels", 0),
+        ("dram.part", "ddr2-800"),
+        ("flash.part", "floppy"),
+        ("clock.freq_hz", 0),
+        ("clock.freq_hz", 5.0e9),
+        ("tech.node_nm", 2),
+        ("tech.node_nm", 250),
+        ("clock.freq_hz", "fast"),
+        ("dma.engines", 0),
+        ("mac.dataflow", "diagonal"),
+        ("vector.online_reduction", "yes"),
+        ("mac.macs_per_pe_cycle.int8", 0),
+        ("dram.weight_capacity_bytes", 10**15),
+    ],
+)
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ConfigError) as e:
         hwsim.with_overrides(hwsim.load_hw("edge-npu"), {field: value})

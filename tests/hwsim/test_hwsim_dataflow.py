@@ -1,4 +1,5 @@
 """Systolic dataflows: hwsim's closed forms against SCALE-Sim v3's own cycle counts, row by row."""
+
 import csv
 import math
 from pathlib import Path
@@ -62,7 +63,8 @@ def test_rate_shortens_only_the_streamed_dimension(dataflow):
     for rate, t in ((2.0, math.ceil(dims[streamed] / 2)), (0.5, 2 * dims[streamed])):
         short = {**dims, streamed: t}
         assert systolic_cycles(m, k, n, R, C, dataflow, rate) == systolic_cycles(
-            short["m"], short["k"], short["n"], R, C, dataflow)
+            short["m"], short["k"], short["n"], R, C, dataflow
+        )
 
 
 def test_input_stationary_is_a_config_choice_and_unknown_dataflows_are_refused():

@@ -1,6 +1,7 @@
 """Quantization stages are charged on the unit that does them: the arrays' epilogue lanes cost energy
 and no cycles (they keep pace with the arrays), a vector op that quantizes what it writes pays lane
 cycles for it."""
+
 import dataclasses
 
 import pytest
@@ -37,10 +38,21 @@ def test_quantize_on_write_runs_on_the_vector_lanes():
     """A GELU that writes int8 codes for the next GEMM does the GELU and the quantization (a
     multiply by 1/scale, round, saturate) on every element it writes."""
     el = 1 << 20
+
     def gelu(epilogue: str) -> Trace:
-        op = Op(0, "act", "gelu", elements=el, input_bytes=2 * el, output_bytes=el if epilogue else 2 * el,
-                out_bits=8 if epilogue else 16, epilogue=epilogue, reads=reads_str([("", 0, el, 16)]))
+        op = Op(
+            0,
+            "act",
+            "gelu",
+            elements=el,
+            input_bytes=2 * el,
+            output_bytes=el if epilogue else 2 * el,
+            out_bits=8 if epilogue else 16,
+            epilogue=epilogue,
+            reads=reads_str([("", 0, el, 16)]),
+        )
         return Trace(ops=[op], meta={"workload": "gelu", "num_steps": 1})
+
     hw = hwsim.load_hw("edge-npu")
     q, f = hwsim.simulate(gelu("quant"), hw), hwsim.simulate(gelu(""), hw)
     cpe = hw.vector.cycles_per_element

@@ -1,5 +1,6 @@
 """The schedule: which ops run fused, the DRAM lower bound the result reports them against, and
 balanced tiles. Traces are the saved stdit-tiny fixtures or built from the trace format."""
+
 import dataclasses
 from pathlib import Path
 
@@ -53,18 +54,44 @@ def test_attention_query_rows_in_balanced_blocks():
     """1,024 query rows of which 896 fit at a time run as equal blocks (512 + 512 or finer), not
     896 + 128."""
     hw = hwsim.load_hw("edge-npu")
-    u = AttentionUnit(batch=512, m=1024, n=1024, d=72, dv=72, precision_qk="int8", precision_av="int8",
-                      q_bytes=512 * 1024 * 72, k_bytes=512 * 1024 * 72, v_bytes=512 * 1024 * 72,
-                      out_bytes=512 * 1024 * 72 * 2)
+    u = AttentionUnit(
+        batch=512,
+        m=1024,
+        n=1024,
+        d=72,
+        dv=72,
+        precision_qk="int8",
+        precision_av="int8",
+        q_bytes=512 * 1024 * 72,
+        k_bytes=512 * 1024 * 72,
+        v_bytes=512 * 1024 * 72,
+        out_bytes=512 * 1024 * 72 * 2,
+    )
     bt, mq, nk = plan_attention(u, hw).tile_shape
     assert mq < u.m and u.m % mq == 0, mq
 
 
 def test_gemm_rows_in_balanced_blocks():
     hw = hwsim.load_hw("edge-npu-lite")
-    t = Trace(ops=[Op(step=0, name="x", kind="linear", batch=1, m=1000, k=4096, n=4096, macs=1000 * 4096 * 4096,
-                      weight_bytes=4096 * 4096, input_bytes=1000 * 4096, output_bytes=1000 * 4096 * 2,
-                      w_bits=8, a_bits=8)])
+    t = Trace(
+        ops=[
+            Op(
+                step=0,
+                name="x",
+                kind="linear",
+                batch=1,
+                m=1000,
+                k=4096,
+                n=4096,
+                macs=1000 * 4096 * 4096,
+                weight_bytes=4096 * 4096,
+                input_bytes=1000 * 4096,
+                output_bytes=1000 * 4096 * 2,
+                w_bits=8,
+                a_bits=8,
+            )
+        ]
+    )
     sys_mod = __import__("sys").modules["hwsim.simulate"]
     plans = {}
     us = sys_mod._Units(t.ops, hw, hwsim.swap.plan_weights(t, hw, "jit"), plans)
@@ -77,9 +104,17 @@ def test_gemm_rows_in_balanced_blocks():
 def _flash_hw(part: str, **extra):
     """edge-npu shrunk so stdit-tiny's TSQ+TSW weight sets (183 kB each) live in flash and one is
     copied every step, in 16 KiB read commands (12 per set)."""
-    return hwsim.with_overrides(hwsim.load_hw("edge-npu"), {
-        "sram.weight_buffer_bytes": 65536, "sram.activation_buffer_bytes": 262144,
-        "dram.weight_capacity_bytes": 1_000_000, "flash.part": part, "flash.chunk_bytes": 16384, **extra})
+    return hwsim.with_overrides(
+        hwsim.load_hw("edge-npu"),
+        {
+            "sram.weight_buffer_bytes": 65536,
+            "sram.activation_buffer_bytes": 262144,
+            "dram.weight_capacity_bytes": 1_000_000,
+            "flash.part": part,
+            "flash.chunk_bytes": 16384,
+            **extra,
+        },
+    )
 
 
 def test_early_prefetch_hides_what_jit_cannot():
@@ -104,10 +139,13 @@ def test_ufs_queue_depth_and_command_latency(monkeypatch):
 
     ufs4 = memory.FLASH_PARTS["ufs4.0"]
     monkeypatch.setitem(memory.FLASH_PARTS, "ufs4.0-qd1", dataclasses.replace(ufs4, name="ufs4.0-qd1", queue_depth=1))
-    monkeypatch.setitem(memory.FLASH_PARTS, "ufs4.0-1ms", dataclasses.replace(ufs4, name="ufs4.0-1ms",
-                                                                             command_latency_s=1e-3))
+    monkeypatch.setitem(
+        memory.FLASH_PARTS, "ufs4.0-1ms", dataclasses.replace(ufs4, name="ufs4.0-1ms", command_latency_s=1e-3)
+    )
     t = tiny("tsq-tsw-w8a8")
-    stall = {p: hwsim.simulate(t, _flash_hw(p), prefetch="jit").swap_stall_s for p in ("ufs4.0", "ufs4.0-qd1", "ufs4.0-1ms")}
+    stall = {
+        p: hwsim.simulate(t, _flash_hw(p), prefetch="jit").swap_stall_s for p in ("ufs4.0", "ufs4.0-qd1", "ufs4.0-1ms")
+    }
     swaps = t.num_steps - 1
     assert stall["ufs4.0-qd1"] - stall["ufs4.0"] > swaps * 11 * ufs4.command_latency_s * 0.9  # 11 more latencies
     assert stall["ufs4.0-1ms"] > stall["ufs4.0"] + swaps * (1e-3 - ufs4.command_latency_s) * 0.9

@@ -1,5 +1,6 @@
 """Technology, SRAM, memory-part and voltage-frequency models: what a user sweeping the node, the clock
 or the parts relies on (a real model behind every axis, refusals with one clear line)."""
+
 import subprocess
 import sys
 
@@ -30,8 +31,23 @@ def test_cli_refuses_bad_node_with_exit_2(tmp_path):
     d["tech"]["node_nm"] = 1
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(d))
-    r = subprocess.run([sys.executable, "-m", "codesign.cli", "simulate", "--workload", "stdit-tiny", "--hw",
-                        str(p), "--recipe", "asq-w8a8"], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "codesign.cli",
+            "simulate",
+            "--workload",
+            "stdit-tiny",
+            "--hw",
+            str(p),
+            "--recipe",
+            "asq-w8a8",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "error: tech.node_nm: got 1.0; allowed: a node between 3 and 45 nm" in lines[0]

@@ -1,5 +1,6 @@
 """hwsim.validate: each published NPU rebuilt from its own figures lands within +-25 % of its area and
 energy per MAC; SCALE-Sim rows compare cycles exactly."""
+
 import pytest
 
 from hwsim import validate
@@ -22,10 +23,12 @@ def test_npu_calibration_point_area_and_energy(name):
 def test_scalesim_rows_compare_cycles_exactly(tmp_path):
     good = systolic_cycles(256, 1152, 1152, 32, 32, "weight_stationary")
     p = tmp_path / "s.csv"
-    p.write_text("# provenance\nm,k,n,rows,cols,dataflow,cycles\n"
-                 f"256,1152,1152,32,32,weight_stationary,{good}\n"
-                 f"256,1152,1152,32,32,weight_stationary,{good + 1}\n"
-                 f"64,64,64,8,8,output_stationary,{systolic_cycles(64, 64, 64, 8, 8, 'output_stationary')}\n")
+    p.write_text(
+        "# provenance\nm,k,n,rows,cols,dataflow,cycles\n"
+        f"256,1152,1152,32,32,weight_stationary,{good}\n"
+        f"256,1152,1152,32,32,weight_stationary,{good + 1}\n"
+        f"64,64,64,8,8,output_stationary,{systolic_cycles(64, 64, 64, 8, 8, 'output_stationary')}\n"
+    )
     rows = {r.component.split()[1]: r for r in validate.scalesim_rows(p)}
     assert (rows["weight_stationary"].model, rows["weight_stationary"].reference) == (1, 2)
     assert not rows["weight_stationary"].ok and rows["output_stationary"].ok

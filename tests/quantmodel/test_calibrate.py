@@ -1,5 +1,6 @@
 """Per-step calibration: statistics per op and step, file round trip, and refusal of stats that
 belong to another model or step count."""
+
 import dataclasses
 
 import pytest

@@ -1,4 +1,5 @@
 """Checkpoint loading in OpenSora's key layout: round trips and clear key errors."""
+
 import pytest
 import torch
 
@@ -12,8 +13,11 @@ from workloads.errors import ConfigError
 def tiny(tiny_workload):
     cfg = STDiTConfig.from_workload(tiny_workload)
     g = torch.Generator().manual_seed(0)
-    inputs = (torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g), torch.tensor([5, 900]),
-              torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g))
+    inputs = (
+        torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g),
+        torch.tensor([5, 900]),
+        torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g),
+    )
     return cfg, build_stdit(cfg, seed=11), inputs
 
 

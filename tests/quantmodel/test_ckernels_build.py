@@ -60,7 +60,7 @@ def test_portable_build_gives_the_same_values(tmp_path, monkeypatch, march):
     dll = ckernels.lib()
     assert dll is not None, ckernels.unavailable_reason()
     g = torch.Generator().manual_seed(0)
-    acc = torch.randint(-2 ** 24, 2 ** 24, (37, 53), generator=g, dtype=torch.int32)
+    acc = torch.randint(-(2**24), 2**24, (37, 53), generator=g, dtype=torch.int32)
     mult, shift = fixedpoint.quantize_multipliers(torch.rand(53, generator=g, dtype=torch.float64) * 1e-3)
     rq = fixedpoint.Requantizer(mult, shift, -127, 127, torch.int8)
     got = rq(acc)
@@ -82,7 +82,7 @@ def test_portable_build_gives_the_same_values(tmp_path, monkeypatch, march):
 def test_failed_build_is_logged_once_with_the_compiler_error(tmp_path, monkeypatch, caplog):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "qmk.c").write_text("#include \"qmk.h\"\nthis is not C;\n")
+    (src / "qmk.c").write_text('#include "qmk.h"\nthis is not C;\n')
     (src / "qmk.h").write_text((ckernels.SRC_DIR / "qmk.h").read_text())
     monkeypatch.setattr(ckernels, "SRC_DIR", src)
     monkeypatch.setenv("QUANTMODEL_CKERNELS_DIR", str(tmp_path / "cache"))

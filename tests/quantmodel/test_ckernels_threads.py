@@ -2,13 +2,15 @@
 is large enough: every value must be the one-thread value, bit for bit; and the fused producer-side
 quantizers (LayerNorm+modulate straight to int8, softmax handing fp16 values over as float32) equal
 the separate steps."""
+
 import pytest
 import torch
 
 from quantmodel.intarith import ckernels, fixedpoint, intops
 
-pytestmark = pytest.mark.skipif(ckernels.lib() is None,
-                                reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
+pytestmark = pytest.mark.skipif(
+    ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
+)
 
 
 def _ops(g: torch.Generator):
@@ -21,7 +23,7 @@ def _ops(g: torch.Generator):
     aq = fixedpoint.ActQuantizer(0.02, 8)
     s_y = float(torch.tensor(0.01))  # a float32 scale (the dequantization is then one float32 product)
     scores = torch.randn(64, 4, 16, 8, generator=g) * 20  # 8-token rows (temporal attention)
-    acc = torch.randint(-2 ** 20, 2 ** 20, (320, 96), generator=g, dtype=torch.int32)
+    acc = torch.randint(-(2**20), 2**20, (320, 96), generator=g, dtype=torch.int32)
     mult, shift_q = fixedpoint.quantize_multipliers(torch.rand(96, generator=g, dtype=torch.float64) * 1e-3)
     rq = fixedpoint.Requantizer(mult, shift_q, -32767, 32767, torch.int16)
     return {
@@ -118,8 +120,9 @@ def test_quantized_attention_operand_split_equals_requantize():
         for nt in (1, 2):
             torch.set_num_threads(nt)
             out = torch.empty((3, b, h, n * d))
-            dll.qm_split_heads_q8(codes.data_ptr(), 1, b, n, 3, h, d, mult.data_ptr(), shift.data_ptr(), 127,
-                                  out.data_ptr(), 0b010)
+            dll.qm_split_heads_q8(
+                codes.data_ptr(), 1, b, n, 3, h, d, mult.data_ptr(), shift.data_ptr(), 127, out.data_ptr(), 0b010
+            )
             parts = codes.reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
             for p, (m, s) in enumerate(pairs):
                 want = fixedpoint.requantize(parts[p].contiguous(), m, s, -127, 127).float()

@@ -1,6 +1,7 @@
 """The integer emulator: every integer GEMM + requantization (and every integer kernel in int mode)
 equals the float64 reference on the same integer inputs, for several recipes in both modes; the
 step picks the weight set; edge inputs (all-zero, saturating) stay exact."""
+
 import dataclasses
 
 import pytest
@@ -25,8 +26,12 @@ def setup(tiny_workload):
     return w, model, stats, z, y, ref
 
 
-CASES = [("static-w8a8", "fp16", False), ("tsq-tsw-w4a8", "int", False), ("dynamic-w6a6", "fp16", True),
-         ("groups2-cal-w6a6", "int", True)]
+CASES = [
+    ("static-w8a8", "fp16", False),
+    ("tsq-tsw-w4a8", "int", False),
+    ("dynamic-w6a6", "fp16", True),
+    ("groups2-cal-w6a6", "int", True),
+]
 
 
 @pytest.mark.parametrize("name,mode,attn", CASES)
@@ -40,12 +45,18 @@ def test_integer_ops_match_reference_exactly(setup, name, mode, attn):
     assert v.mismatches == 0 and v.max_abs_diff_lsb == 0
     n_linear = 9 * model.cfg.depth
     # every linear of every block is checked at every step (plus 6 attention matmuls per block if quantized)
-    assert sum(1 for n in v.per_op if n.rsplit(".", 1)[-1] in
-               ("qkv", "proj", "q_linear", "kv_linear", "fc1", "fc2")) == n_linear
+    assert (
+        sum(1 for n in v.per_op if n.rsplit(".", 1)[-1] in ("qkv", "proj", "q_linear", "kv_linear", "fc1", "fc2"))
+        == n_linear
+    )
     assert all(v.per_op[n][0] == w.num_steps for n in art.linears)
     if attn:
-        assert all(f"blocks.{i}.{a}.{m}" in v.per_op for i in range(2)
-                   for a in ("attn", "attn_temp", "cross_attn") for m in ("qk", "av"))
+        assert all(
+            f"blocks.{i}.{a}.{m}" in v.per_op
+            for i in range(2)
+            for a in ("attn", "attn_temp", "cross_attn")
+            for m in ("qk", "av")
+        )
     if mode == "int":  # the integer kernels are checked too
         assert "blocks.0.norm1" in v.per_op and "blocks.1.mlp.act" in v.per_op and "blocks.0.res_mlp" in v.per_op
     # quality is a float metric: the quantized sample stays close to the float one

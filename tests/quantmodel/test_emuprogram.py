@@ -5,6 +5,7 @@ temporal-embedding placements, several steps and inputs (weight sets sharing one
 two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
 GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
 non-finite parameter is still reported; configurations outside the program's scope keep the eager path."""
+
 import dataclasses
 
 import pytest
@@ -18,8 +19,9 @@ from quantmodel.quant.artifact import build_artifact
 from quantmodel.quant.calibrate import calibrate
 from workloads.recipes import get_recipe
 
-pytestmark = pytest.mark.skipif(ckernels.lib() is None,
-                                reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
+pytestmark = pytest.mark.skipif(
+    ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
+)
 
 
 def _setup(w):
@@ -52,15 +54,18 @@ def _compare(model, art, steps: int, seed: int = 0, mode: str = "fp16") -> Integ
 @pytest.mark.parametrize("mode", ["fp16", "int"])
 @pytest.mark.parametrize("temporal_pos", ["attention", "residual"])
 def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, temporal_pos, mode):
-    w = dataclasses.replace(tiny_workload, num_steps=3,
-                            model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos))
+    w = dataclasses.replace(
+        tiny_workload, num_steps=3, model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos)
+    )
     model, stats = _setup(w)
     names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6")
     if mode == "fp16":  # dynamic recipes are compiled in fp16 mode only
         names += ("dynamic-w8a8", "dynamic-w4a8")
     recipes = [get_recipe(name) for name in names]
-    recipes += [dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
-                for name in ("asq-w8a8", "tsq-tsw-w4a8")]
+    recipes += [
+        dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
+        for name in ("asq-w8a8", "tsq-tsw-w4a8")
+    ]
     for recipe in recipes:
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = _compare(model, art, w.num_steps, mode=mode)
@@ -73,12 +78,21 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload,
     """hidden 256 on 4 x 128 x 128: 64-token frames (the 131k-score softmax runs in row blocks), GELU
     over 512 x 1024 values (flat blocks), fc1 with 1024 outputs (column-blocked GEMM); depth 3, so later
     blocks' buffers reuse arena memory of earlier ones."""
-    w = dataclasses.replace(tiny_workload, num_frames=4, height=128, width=128, num_steps=2,
-                            model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=3))
+    w = dataclasses.replace(
+        tiny_workload,
+        num_frames=4,
+        height=128,
+        width=128,
+        num_steps=2,
+        model=dataclasses.replace(tiny_workload.model, hidden_size=256, num_heads=4, depth=3),
+    )
     model, stats = _setup(w)
-    arts = [build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps),
-            build_artifact(model, dataclasses.replace(get_recipe("static-w8a8"), quantize_attention=True), stats,
-                           w.num_steps)]
+    arts = [
+        build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps),
+        build_artifact(
+            model, dataclasses.replace(get_recipe("static-w8a8"), quantize_attention=True), stats, w.num_steps
+        ),
+    ]
     if mode == "fp16":
         arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
     n0 = torch.get_num_threads()
@@ -96,9 +110,13 @@ def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
     model, stats = _setup(w)
     x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
     dyn_attn = dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True)
-    cases = [(get_recipe("dynamic-w6a6"), "int", False), (dyn_attn, "fp16", False),
-             (get_recipe("asq-w8a8"), "fp16", True), (get_recipe("asq-w8a8"), "int", True),
-             (get_recipe("dynamic-w8a8"), "fp16", True)]
+    cases = [
+        (get_recipe("dynamic-w6a6"), "int", False),
+        (dyn_attn, "fp16", False),
+        (get_recipe("asq-w8a8"), "fp16", True),
+        (get_recipe("asq-w8a8"), "int", True),
+        (get_recipe("dynamic-w8a8"), "fp16", True),
+    ]
     for recipe, mode, verify in cases:
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = IntegerEmulator(model, art, nonlinear=mode, verify=verify)
@@ -121,21 +139,54 @@ def test_int_step_operands_in_c_equal_python_definition():
             for fold in (None, inv):
                 f, r = torch.empty(2, 1, c, dtype=torch.float64), torch.empty(2, 1, c, dtype=torch.float64)
                 fw, qw = torch.empty(4 * c), torch.empty(4 * c, dtype=torch.int32)
-                assert dll.qm_mod_operands(scale.data_ptr(), shift.data_ptr(), scale.stride(0),
-                                           None if fold is None else fold.data_ptr(), 2, c, s_out, 32767,
-                                           f.data_ptr(), r.data_ptr(), fw.data_ptr(), qw.data_ptr()) == 0
+                assert (
+                    dll.qm_mod_operands(
+                        scale.data_ptr(),
+                        shift.data_ptr(),
+                        scale.stride(0),
+                        None if fold is None else fold.data_ptr(),
+                        2,
+                        c,
+                        s_out,
+                        32767,
+                        f.data_ptr(),
+                        r.data_ptr(),
+                        fw.data_ptr(),
+                        qw.data_ptr(),
+                    )
+                    == 0
+                )
                 sc, sh = (scale, shift) if fold is None else ((1 + scale) * fold - 1, shift * fold)
                 q_sh, q_sc = IntegerEmulator._param_int(None, sh), IntegerEmulator._param_int(None, sc)
                 m, rr = intops.modulate_factors(q_sh.q, q_sh.scale, q_sc.q, q_sc.scale, s_out)
                 assert torch.equal(f, m) and torch.equal(r, rr), (mag, s_out, fold is None)
         fg = torch.empty(2, 1, c, dtype=torch.float64)
-        assert dll.qm_mod_operands(gate.data_ptr(), None, gate.stride(0), None, 2, c, 1.0, 32767, fg.data_ptr(),
-                                   None, fw.data_ptr(), qw.data_ptr()) == 0
+        assert (
+            dll.qm_mod_operands(
+                gate.data_ptr(),
+                None,
+                gate.stride(0),
+                None,
+                2,
+                c,
+                1.0,
+                32767,
+                fg.data_ptr(),
+                None,
+                fw.data_ptr(),
+                qw.data_ptr(),
+            )
+            == 0
+        )
         q_g = IntegerEmulator._param_int(None, gate)
         assert torch.equal(fg, intops.gate_q16(q_g.q, q_g.scale)), mag
     bad = torch.full((2, 1, c), float("inf"))
-    assert dll.qm_mod_operands(bad.data_ptr(), None, c, None, 2, c, 1.0, 32767, fg.data_ptr(), None,
-                               fw.data_ptr(), qw.data_ptr()) == 1  # non-finite: refused, not computed
+    assert (
+        dll.qm_mod_operands(
+            bad.data_ptr(), None, c, None, 2, c, 1.0, 32767, fg.data_ptr(), None, fw.data_ptr(), qw.data_ptr()
+        )
+        == 1
+    )  # non-finite: refused, not computed
 
 
 def test_program_reports_a_non_finite_step_parameter_as_eager_does(tiny_workload):
@@ -182,11 +233,13 @@ def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
         acc = torch._int_mm(q, w) if rows > 16 else q.int() @ w.int()
         w_scale, bias = torch.rand(24, generator=g) * 1e-2, torch.randn(24, generator=g)
         y = torch.empty(rows, 24, dtype=torch.float16)
-        dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
-                           y.data_ptr(), 1)
+        dll.qm_dyn_rescale(
+            acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(), y.data_ptr(), 1
+        )
         y32 = torch.empty(rows, 24)
-        dll.qm_dyn_rescale(acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(),
-                           y32.data_ptr(), 0)
+        dll.qm_dyn_rescale(
+            acc.contiguous().data_ptr(), rows, 24, s.data_ptr(), w_scale.data_ptr(), bias.data_ptr(), y32.data_ptr(), 0
+        )
         want = (acc.float() * s[:, None]) * w_scale[None, :] + bias
         assert torch.equal(y32, want) and torch.equal(y, want.clamp(-65504, 65504).half())
     x[3, 5] = float("nan")

@@ -14,13 +14,19 @@ from quantmodel.intarith import reference as ref
 from workloads.errors import ConfigError
 
 I32 = (fp.INT32_MIN, fp.INT32_MAX)
-SCALES = st.one_of(st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False),
-                   st.sampled_from([0.5, 1.0, 2.0 ** -31, 2.0 ** -32, 2.0 ** -33, 2.0 ** 31, 5e-324, 1 - 2.0 ** -53]))
+SCALES = st.one_of(
+    st.floats(min_value=1e-300, max_value=1e300, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.5, 1.0, 2.0**-31, 2.0**-32, 2.0**-33, 2.0**31, 5e-324, 1 - 2.0**-53]),
+)
 
 
 def exact_requant(acc: int, mult: int, shift: int, qmin: int, qmax: int) -> int:
     """Oracle: round() of a Fraction is round half to even, exactly."""
-    v = round(Fraction(acc * mult) / Fraction(2) ** (31 + shift)) if 31 + shift >= 0 else acc * mult * 2 ** -(31 + shift)
+    v = (
+        round(Fraction(acc * mult) / Fraction(2) ** (31 + shift))
+        if 31 + shift >= 0
+        else acc * mult * 2 ** -(31 + shift)
+    )
     return max(qmin, min(qmax, v))
 
 
@@ -28,9 +34,9 @@ def exact_requant(acc: int, mult: int, shift: int, qmin: int, qmax: int) -> int:
 @given(SCALES)
 def test_multiplier_normalised_accurate_and_matches_reference(r):
     mult, shift = fp.quantize_multiplier(r)
-    assert 2 ** 30 <= mult < 2 ** 31
+    assert 2**30 <= mult < 2**31
     approx = Fraction(mult) / Fraction(2) ** (31 + shift)
-    assert abs(approx - Fraction(r)) <= Fraction(r) * Fraction(1, 2 ** 31)
+    assert abs(approx - Fraction(r)) <= Fraction(r) * Fraction(1, 2**31)
     assert (mult, shift) == ref.quantize_multiplier(r)
 
 
@@ -41,7 +47,7 @@ def test_multiplier_zero_and_bad_scales():
     for bad in (-1.0, float("nan"), float("inf"), "0.5", True):
         with pytest.raises(ConfigError):
             fp.quantize_multiplier(bad)
-    assert fp.quantize_multiplier(3.0) == (3 * 2 ** 29, -2)  # scale > 1: negative shift
+    assert fp.quantize_multiplier(3.0) == (3 * 2**29, -2)  # scale > 1: negative shift
 
 
 def test_ties_round_half_to_even_both_signs():
@@ -54,12 +60,12 @@ def test_ties_round_half_to_even_both_signs():
 
 @pytest.mark.parametrize("total_shift", [1, 2, 17, 31, 32, 33, 45, 61, 62])
 def test_ties_at_every_shift_match_fraction_oracle(total_shift):
-    mult, shift = 2 ** 30, total_shift - 31  # value = acc / 2^(total_shift - 30)
+    mult, shift = 2**30, total_shift - 31  # value = acc / 2^(total_shift - 30)
     k = total_shift - 30
     if k >= 1:
         vals = [(2 * j + 1) * 2 ** (k - 1) for j in range(-6, 6)]  # exact halves
     else:  # below one: use multiplier 3 * 2^29 so that acc * 1.5 * 2^-k has halves
-        mult, vals = 3 * 2 ** 29, list(range(-9, 10))
+        mult, vals = 3 * 2**29, list(range(-9, 10))
     vals = [v for v in vals if fp.INT32_MIN <= v <= fp.INT32_MAX]
     acc = torch.tensor(vals, dtype=torch.int64)
     want = [exact_requant(v, mult, shift, *I32) for v in vals]
@@ -68,12 +74,16 @@ def test_ties_at_every_shift_match_fraction_oracle(total_shift):
 
 
 @settings(max_examples=60, deadline=None)
-@given(SCALES, st.integers(0, 2 ** 31), st.sampled_from([(-127, 127), (-7, 7), (-31, 31), I32, (0, 255)]))
+@given(SCALES, st.integers(0, 2**31), st.sampled_from([(-127, 127), (-7, 7), (-31, 31), I32, (0, 255)]))
 def test_requantize_matches_reference_and_oracle(r, seed, qrange):
     g = torch.Generator().manual_seed(seed)
-    acc = torch.cat([torch.randint(fp.INT32_MIN, fp.INT32_MAX, (400,), generator=g),
-                     torch.randint(-1000, 1000, (400,), generator=g),
-                     torch.tensor([fp.INT32_MIN, fp.INT32_MAX, 0, 1, -1])]).to(torch.int32)
+    acc = torch.cat(
+        [
+            torch.randint(fp.INT32_MIN, fp.INT32_MAX, (400,), generator=g),
+            torch.randint(-1000, 1000, (400,), generator=g),
+            torch.tensor([fp.INT32_MIN, fp.INT32_MAX, 0, 1, -1]),
+        ]
+    ).to(torch.int32)
     m, s = fp.quantize_multiplier(r)
     got = fp.requantize(acc, m, s, *qrange)
     assert got.dtype == torch.int32
@@ -84,7 +94,7 @@ def test_requantize_matches_reference_and_oracle(r, seed, qrange):
 
 def test_requantize_per_channel_matches_reference_with_extreme_scales():
     g = torch.Generator().manual_seed(3)
-    scales = torch.tensor([1e-12, 2.0 ** -40, 3e-5, 0.37, 1.0, 1.5, 2.0 ** 20, 0.0, 1e30, 2.0 ** -62])
+    scales = torch.tensor([1e-12, 2.0**-40, 3e-5, 0.37, 1.0, 1.5, 2.0**20, 0.0, 1e30, 2.0**-62])
     mult, shift = fp.quantize_multipliers(scales)
     acc = torch.randint(fp.INT32_MIN, fp.INT32_MAX, (64, scales.numel()), generator=g, dtype=torch.int64)
     acc[0] = fp.INT32_MIN
@@ -141,7 +151,7 @@ def test_bad_quantize_arguments():
     with pytest.raises(ConfigError):
         fp.qrange(1)
     with pytest.raises(ConfigError):
-        fp.requantize(torch.ones(3), 2 ** 30, 0, -127, 127)  # float accumulator
+        fp.requantize(torch.ones(3), 2**30, 0, -127, 127)  # float accumulator
 
 
 def test_rounding_right_shift_tensor_shift_equals_scalar():
@@ -166,19 +176,27 @@ def test_requantize_leaves_input_untouched_and_handles_large_tensors():
 def test_prepared_requantizer_equals_requantize():
     g = torch.Generator().manual_seed(12)
     acc = torch.randint(fp.INT32_MIN, fp.INT32_MAX, (5, 9), generator=g, dtype=torch.int32)
-    scales = torch.tensor([1e-3, 0.0, 2.0 ** 40, 1e-25, 0.5, 3.0, 2.0 ** 31, 2.0 ** 30, 7e-8])  # incl. s == 0
+    scales = torch.tensor([1e-3, 0.0, 2.0**40, 1e-25, 0.5, 3.0, 2.0**31, 2.0**30, 7e-8])  # incl. s == 0
     mult, shift = fp.quantize_multipliers(scales)
-    rq = fp.Requantizer(mult, shift, -2 ** 31, 2 ** 31 - 1)
-    assert torch.equal(rq(acc), fp.requantize(acc, mult, shift, -2 ** 31, 2 ** 31 - 1))
-    assert torch.equal(rq(acc).double(), ref.requantize(acc, mult, shift, -2 ** 31, 2 ** 31 - 1))
+    rq = fp.Requantizer(mult, shift, -(2**31), 2**31 - 1)
+    assert torch.equal(rq(acc), fp.requantize(acc, mult, shift, -(2**31), 2**31 - 1))
+    assert torch.equal(rq(acc).double(), ref.requantize(acc, mult, shift, -(2**31), 2**31 - 1))
 
 
 # (acc, multiplier, s = 31 + shift): acc * multiplier is a few units from an odd multiple of 2**(s-1),
 # so the float64 product acc * (multiplier * 2**-s) rounds onto or across the half integer and a plain
 # float64 round would be off by one. Found by factoring (2j+1) * 2**(s-1) + d (sympy.divisors).
-NEAR_TIES = [(1967848214, 1171758570, 62), (1770657511, 1302252409, 62), (2072967687, 1112339099, 62),
-             (708377561, 1126293188, 48), (505796296, 1492807739, 48), (528736261, 1924194307, 48),
-             (1283343006, 1154394974, 40), (1467737763, 1080388646, 40), (1399670075, 1094655688, 40)]
+NEAR_TIES = [
+    (1967848214, 1171758570, 62),
+    (1770657511, 1302252409, 62),
+    (2072967687, 1112339099, 62),
+    (708377561, 1126293188, 48),
+    (505796296, 1492807739, 48),
+    (528736261, 1924194307, 48),
+    (1283343006, 1154394974, 40),
+    (1467737763, 1080388646, 40),
+    (1399670075, 1094655688, 40),
+]
 
 
 @pytest.mark.parametrize("qrange", [(-127, 127), (-32767, 32767), I32])
@@ -188,7 +206,7 @@ def test_near_tie_fallback_is_exact_per_tensor_and_per_channel(qrange):
     for acc_v, mult, s in NEAR_TIES:
         acc = torch.tensor([acc_v, -acc_v, acc_v - 1, 7, 0], dtype=torch.int32)
         want = [exact_requant(int(v), mult, s - 31, *qrange) for v in acc.tolist()]
-        naive = torch.round(acc.double() * (mult * 2.0 ** -s)).clamp(*qrange)  # float64 without the fallback
+        naive = torch.round(acc.double() * (mult * 2.0**-s)).clamp(*qrange)  # float64 without the fallback
         naive_wrong += int((naive != torch.tensor(want, dtype=torch.float64)).sum())
         assert fp.requantize(acc, mult, s - 31, *qrange).tolist() == want
         assert ref.requantize(acc, mult, s - 31, *qrange).long().tolist() == want
@@ -207,12 +225,12 @@ def test_near_tie_fallback_is_exact_per_tensor_and_per_channel(qrange):
         assert torch.equal(got.long(), ref.requantize(acc, mult, shift, *qrange).long())
 
 
-@pytest.mark.parametrize("scale", [0.0123, float(torch.tensor(0.0123, dtype=torch.float32)), 2.0 ** -20])
+@pytest.mark.parametrize("scale", [0.0123, float(torch.tensor(0.0123, dtype=torch.float32)), 2.0**-20])
 def test_dequantize_and_blocked_quantize_equal_the_float64_definitions(scale):
     """dequantize's float32 product (int8/int16 codes, int32 codes below 2**24, float32 scales) and
     quantize's blocked per-tensor pipeline (> 64K elements) give the bits of their float64 definitions."""
     g = torch.Generator().manual_seed(4)
-    q32 = torch.randint(-2 ** 25, 2 ** 25, (3000,), generator=g, dtype=torch.int32)
+    q32 = torch.randint(-(2**25), 2**25, (3000,), generator=g, dtype=torch.int32)
     for q in (q32, q32 // 4, q32.clamp(-32767, 32767).to(torch.int16), q32.clamp(-127, 127).to(torch.int8)):
         want = (q.double() * scale).float()
         assert torch.equal(fp.dequantize(q, scale).view(torch.int32), want.view(torch.int32))
@@ -241,13 +259,13 @@ def test_activation_quantization_multiplies_by_fp32_reciprocal_ties_even():
 
 @pytest.mark.parametrize("bits", [4, 8, 16, 24])
 def test_activation_quantization_equals_reference_on_every_fp16_value(bits):
-    bits_all = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
+    bits_all = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
     h = bits_all.view(torch.float16)
     h = h[torch.isfinite(h)]  # every finite fp16 value
     g = torch.Generator().manual_seed(bits)
     f32 = torch.randn(150_000, generator=g) * torch.logspace(-6, 6, 150_000)  # > one 64K block
     f64 = f32.double() * (1 + 1e-9)  # float64 input: rounded to float32 first
-    for s in (float(torch.tensor(0.1, dtype=torch.float32)), 3.0 / 7.0, 2.0 ** -20):
+    for s in (float(torch.tensor(0.1, dtype=torch.float32)), 3.0 / 7.0, 2.0**-20):
         aq = fp.ActQuantizer(s, bits)
         for x in (h, f32, f64):
             got = aq(x)
@@ -266,7 +284,9 @@ def test_activation_quantizer_refuses_bad_arguments():
 
 
 # ---- compiled C loops (quantmodel.intarith.ckernels) == the eager torch definitions, bit for bit ---------------
-needs_c = pytest.mark.skipif(ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
+needs_c = pytest.mark.skipif(
+    ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
+)
 
 
 @needs_c
@@ -283,11 +303,11 @@ def test_compiled_requantize_equals_torch_path_and_oracle(out_dtype):
     mult = torch.tensor(tie_m + [m_safe, m_sat, 0])
     shift = torch.tensor(tie_s + [s_safe, s_sat, 0])
     n = mult.numel()
-    acc = torch.randint(-2 ** 31, 2 ** 31, (37, n), generator=g, dtype=torch.int64).to(torch.int32)
+    acc = torch.randint(-(2**31), 2**31, (37, n), generator=g, dtype=torch.int64).to(torch.int32)
     acc[:9, :9] = torch.tensor([a for a, _, _ in NEAR_TIES], dtype=torch.int32).expand(9, 9)  # the near ties
     acc[9, :] = 0
-    bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32)
-    acc_b = acc.clamp(-2 ** 31 + 2 ** 20, 2 ** 31 - 1 - 2 ** 20)  # the sum with the bias stays in int32
+    bias = torch.randint(-(2**20), 2**20, (n,), generator=g, dtype=torch.int32)
+    acc_b = acc.clamp(-(2**31) + 2**20, 2**31 - 1 - 2**20)  # the sum with the bias stays in int32
     for m, s in ((mult, shift), (tie_m[0], tie_s[0]), (m_safe, s_safe)):
         rq = fp.Requantizer(m, s, -q, q, out_dtype)
         got = rq(acc)
@@ -295,22 +315,24 @@ def test_compiled_requantize_equals_torch_path_and_oracle(out_dtype):
             want = rq(acc)
         assert got.dtype == out_dtype and torch.equal(got, want)
         wide = torch.zeros((37, n + 5), dtype=out_dtype)  # a column block of a wider output
-        assert rq.fused(acc_b, wide[:, 2:2 + n], bias)
+        assert rq.fused(acc_b, wide[:, 2 : 2 + n], bias)
         with ckernels.disabled():
             want_b = rq(acc_b + bias)
-        assert torch.equal(wide[:, 2:2 + n], want_b) and not wide[:, :2].any() and not wide[:, 2 + n:].any()
-    exact = [[exact_requant(int(a), mi, si, -q, q) for a in acc[:, j].tolist()] for j, (mi, si) in
-             enumerate(zip(mult.tolist(), shift.tolist()))]
+        assert torch.equal(wide[:, 2 : 2 + n], want_b) and not wide[:, :2].any() and not wide[:, 2 + n :].any()
+    exact = [
+        [exact_requant(int(a), mi, si, -q, q) for a in acc[:, j].tolist()]
+        for j, (mi, si) in enumerate(zip(mult.tolist(), shift.tolist()))
+    ]
     assert fp.Requantizer(mult, shift, -q, q, out_dtype)(acc).t().long().tolist() == exact
 
 
 @needs_c
 def test_compiled_activation_quantize_and_dequantize_equal_torch_path():
-    every_fp16 = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    every_fp16 = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
     every_fp16 = every_fp16[torch.isfinite(every_fp16)]
     g = torch.Generator().manual_seed(5)
     x32 = torch.randn(70001, generator=g) * 50
-    for scale, bits in ((0.0123, 8), (2.0 ** -7, 8), (0.3, 6), (1e-3, 16), (2.0 ** -20, 24)):
+    for scale, bits in ((0.0123, 8), (2.0**-7, 8), (0.3, 6), (1e-3, 16), (2.0**-20, 24)):
         aq = fp.ActQuantizer(scale, bits, torch.int32 if bits > 16 else None)
         for x in (every_fp16, x32, x32[:70000].reshape(7, 10000)[:, :1000]):  # the last: not contiguous
             got = aq(x)
@@ -323,14 +345,16 @@ def test_compiled_activation_quantize_and_dequantize_equal_torch_path():
             want = aq((x.half().float() * inv_h).half())
             assert torch.equal(fp.smooth_quantize_fp16(aq, x, inv_h), want)
     s = float(torch.tensor(0.0123, dtype=torch.float32))
-    for q in (torch.randint(-127, 128, (999,), generator=g, dtype=torch.int8),
-              torch.randint(-32767, 32768, (70001,), generator=g, dtype=torch.int16),
-              torch.randint(-2 ** 24 + 1, 2 ** 24, (5000,), generator=g, dtype=torch.int32),
-              torch.tensor([2 ** 24 + 1, -7], dtype=torch.int32)):  # beyond 2**24: the float64 definition
+    for q in (
+        torch.randint(-127, 128, (999,), generator=g, dtype=torch.int8),
+        torch.randint(-32767, 32768, (70001,), generator=g, dtype=torch.int16),
+        torch.randint(-(2**24) + 1, 2**24, (5000,), generator=g, dtype=torch.int32),
+        torch.tensor([2**24 + 1, -7], dtype=torch.int32),
+    ):  # beyond 2**24: the float64 definition
         got = fp.dequantize(q, s)
         with ckernels.disabled():
             assert torch.equal(got, fp.dequantize(q, s))
-        if q.dtype != torch.int32 or q.abs().max() < 2 ** 24:
+        if q.dtype != torch.int32 or q.abs().max() < 2**24:
             big = float(torch.tensor(s * 1e4, dtype=torch.float32))  # saturating fp16 (the emulator's)
             h = fp.dequantize_c(q, big, torch.float16)
             assert torch.equal(h, (q.double() * big).float().clamp(-65504, 65504).half())

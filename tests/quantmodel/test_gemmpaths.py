@@ -23,8 +23,9 @@ def _oracle(a, b):
 
 
 @pytest.mark.parametrize("path", gemmpaths.PATHS)
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 1023, 5), (2, 1024, 7), (5, 1025, 3), (4, 2051, 9),
-                                   (17, 3000, 1), (0, 8, 4), (6, 0, 4)])
+@pytest.mark.parametrize(
+    "m,k,n", [(1, 1, 1), (3, 1023, 5), (2, 1024, 7), (5, 1025, 3), (4, 2051, 9), (17, 3000, 1), (0, 8, 4), (6, 0, 4)]
+)
 def test_extremes_every_path(path, m, k, n):
     """-128 * -128 everywhere (the largest product), and 127 against -128, across the chunk limit."""
     for va, vb in ((-128, -128), (127, -128), (-128, 127)):
@@ -48,7 +49,7 @@ def test_largest_proved_k_every_path(path):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 33), st.integers(1, 2200), st.integers(1, 33), st.integers(0, 2 ** 31))
+@given(st.integers(1, 33), st.integers(1, 2200), st.integers(1, 33), st.integers(0, 2**31))
 def test_random_shapes_all_paths_equal_oracle(m, k, n, seed):
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
@@ -158,12 +159,17 @@ def test_choice_is_measured_once_and_cached(tmp_path, monkeypatch):
 def test_a_fast_but_wrong_path_is_never_chosen():
     """Measured on this project's CPU: with oneDNN limited to AVX2, torch._int_mm saturates and returns
     wrong integers; the choice takes the fastest path among those that were exact on the probes."""
-    secs = {"small": {"int_mm": 1.0, "float32": 2.0}, "one_chunk": {"int_mm": 1.0, "float32": 2.0},
-            "multi_chunk": {"int_mm": 3.0, "float32": 2.0}}
-    exact = {"small": {"int_mm": True, "float32": True}, "one_chunk": {"int_mm": False, "float32": True},
-             "multi_chunk": {"int_mm": True, "float32": True}}
-    assert gemmpaths._choose_from(secs, exact) == {"small": "int_mm", "one_chunk": "float32",
-                                                   "multi_chunk": "float32"}
+    secs = {
+        "small": {"int_mm": 1.0, "float32": 2.0},
+        "one_chunk": {"int_mm": 1.0, "float32": 2.0},
+        "multi_chunk": {"int_mm": 3.0, "float32": 2.0},
+    }
+    exact = {
+        "small": {"int_mm": True, "float32": True},
+        "one_chunk": {"int_mm": False, "float32": True},
+        "multi_chunk": {"int_mm": True, "float32": True},
+    }
+    assert gemmpaths._choose_from(secs, exact) == {"small": "int_mm", "one_chunk": "float32", "multi_chunk": "float32"}
     assert gemmpaths._choose_from({"small": {"int_mm": 1.0}}, {"small": {"int_mm": False}}) == {"small": "float64"}
 
 

@@ -22,13 +22,19 @@ def rand_i8(shape, g, lo=-128, hi=128):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 70), st.integers(1, 40), st.sampled_from([(), (3,), (2, 2)]),
-       st.booleans(), st.integers(0, 2 ** 31))
+@given(
+    st.integers(1, 40),
+    st.integers(1, 70),
+    st.integers(1, 40),
+    st.sampled_from([(), (3,), (2, 2)]),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
 def test_int_matmul_equals_reference_both_paths(m, k, n, lead, with_bias, seed):
     g = torch.Generator().manual_seed(seed)
     a = rand_i8((*lead, m, k), g)
     b = rand_i8((k, n), g)
-    bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32) if with_bias else None
+    bias = torch.randint(-(2**20), 2**20, (n,), generator=g, dtype=torch.int32) if with_bias else None
     want, overflow = ref.matmul(a, b, bias)
     assert not overflow
     got = int_matmul(a, b, bias)
@@ -84,8 +90,9 @@ def test_all_zero_inputs_and_bad_inputs():
     with pytest.raises(ConfigError):
         int_matmul(torch.zeros(3, 8, dtype=torch.int8), torch.zeros(7, 5, dtype=torch.int8))
     with pytest.raises(ConfigError):
-        int_matmul(torch.zeros(3, 8, dtype=torch.int8), torch.zeros(8, 5, dtype=torch.int8),
-                   torch.zeros(5, dtype=torch.int64))
+        int_matmul(
+            torch.zeros(3, 8, dtype=torch.int8), torch.zeros(8, 5, dtype=torch.int8), torch.zeros(5, dtype=torch.int64)
+        )
 
 
 @pytest.mark.parametrize("bits", [4, 6, 8])
@@ -125,7 +132,7 @@ def test_wide_column_blocks_and_fused_requant_match_reference(per_channel):
     m, k, n = 260, 24, 801
     x = rand_i8((2, m // 2, k), g)
     w_t = rand_i8((k, n), g)
-    bias = torch.randint(-2 ** 20, 2 ** 20, (n,), generator=g, dtype=torch.int32)
+    bias = torch.randint(-(2**20), 2**20, (n,), generator=g, dtype=torch.int32)
     acc = int_linear(x, w_t, bias)
     want_acc, _ = ref.matmul(x.reshape(m, k), w_t, bias)
     assert torch.equal(acc.reshape(m, n).double(), want_acc)
@@ -133,7 +140,7 @@ def test_wide_column_blocks_and_fused_requant_match_reference(per_channel):
         scales = torch.rand(n, generator=g, dtype=torch.float64) * 1e-3
         scales[::7] *= 1e-9  # s > 46: the checked path
         scales[3] = 0.0
-        scales[5] = 2.0 ** 40
+        scales[5] = 2.0**40
         mult, shift = fp.quantize_multipliers(scales)
     else:
         mult, shift = fp.quantize_multiplier(3e-14)
@@ -154,7 +161,7 @@ def test_fused_requant_detects_overflow():
     k = 140_000
     a = torch.full((2, k), 127, dtype=torch.int8)
     b = torch.full((k, 3), 127, dtype=torch.int8)
-    rq = fp.Requantizer(2 ** 30, 0, -127, 127, torch.int8)
+    rq = fp.Requantizer(2**30, 0, -127, 127, torch.int8)
     with pytest.raises(AccumulatorOverflowError, match="blocks.2.attn.proj"):
         int_linear_requant(a, b, None, rq, layer="blocks.2.attn.proj")
     prep = PreparedLinear(b, None, rq, "blocks.2.attn.proj")  # no static proof: checked at run time

@@ -15,12 +15,12 @@ from quantmodel.intarith import reference as ref
 from workloads.errors import ConfigError
 
 KERNELS = ["softmax_int", "layernorm_int", "gelu_int", "silu_int"]
-SCALES = [2.0 ** -30, 1.37e-7, 2.0 ** -13, 3e-4, 2.0 ** -12, 0.01, 0.3]
+SCALES = [2.0**-30, 1.37e-7, 2.0**-13, 3e-4, 2.0**-12, 0.01, 0.3]
 
 
 def int_input(g, shape, scale, real_std=3.0):
     x = torch.randn(shape, generator=g, dtype=torch.float64) * real_std
-    return torch.round(x / scale).clamp(-2 ** 31, 2 ** 31 - 1).to(torch.int32)
+    return torch.round(x / scale).clamp(-(2**31), 2**31 - 1).to(torch.int32)
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -30,8 +30,8 @@ def test_int_kernels_bit_exact_vs_reference(name, scale):
     q = int_input(g, (3, 5, 37), scale)
     q[0, 0] = 0  # all-zero row
     q[0, 1] = q[0, 1, :1]  # constant row
-    q[1, 0, ::2] = 2 ** 31 - 1  # saturating extremes
-    q[1, 0, 1::2] = -2 ** 31
+    q[1, 0, ::2] = 2**31 - 1  # saturating extremes
+    q[1, 0, 1::2] = -(2**31)
     got, s_got = getattr(io, name)(q, scale)
     want, s_want = getattr(ref, name)(q, scale)
     assert got.dtype == torch.int32
@@ -40,7 +40,7 @@ def test_int_kernels_bit_exact_vs_reference(name, scale):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.sampled_from(KERNELS), st.floats(1e-9, 0.5), st.integers(1, 300), st.integers(0, 2 ** 31))
+@given(st.sampled_from(KERNELS), st.floats(1e-9, 0.5), st.integers(1, 300), st.integers(0, 2**31))
 def test_int_kernels_bit_exact_random(name, scale, n, seed):
     g = torch.Generator().manual_seed(seed)
     q = int_input(g, (4, n), scale, real_std=float(torch.rand(1, generator=g)) * 20)
@@ -51,7 +51,7 @@ def test_int_kernels_bit_exact_random(name, scale, n, seed):
 
 def test_int_kernels_close_to_float_ops():
     g = torch.Generator().manual_seed(0)
-    scale = 1.37 * 2.0 ** -20
+    scale = 1.37 * 2.0**-20
     q = int_input(g, (4, 64, 96), scale)
     x = q.double() * scale
     o, s = io.softmax_int(q, scale)
@@ -65,13 +65,13 @@ def test_int_kernels_close_to_float_ops():
 
 
 def test_softmax_int_one_hot_saturates_and_rows_sum_below_one():
-    q = torch.tensor([[0, -10 ** 6, -10 ** 6, -10 ** 6], [5, 5, 5, 5]], dtype=torch.int32)
+    q = torch.tensor([[0, -(10**6), -(10**6), -(10**6)], [5, 5, 5, 5]], dtype=torch.int32)
     o, s = io.softmax_int(q, 1e-4)
-    assert s == 2.0 ** -7
+    assert s == 2.0**-7
     assert o[0].tolist() == [127, 0, 0, 0]
     assert o[1].tolist() == [31, 31, 31, 31]  # floor of 128/4 minus the i-exp floors
     o4, s4 = io.softmax_int(q, 1e-4, out_bits=4)
-    assert s4 == 2.0 ** -3 and o4[0, 0] == 7
+    assert s4 == 2.0**-3 and o4[0, 0] == 7
 
 
 @pytest.mark.parametrize("fn", ["modulate_int", "gated_add_int"])
@@ -80,10 +80,10 @@ def test_fixed_point_modulate_and_gate_exact_and_close(fn):
     x = torch.randn(2, 30, 16, generator=g, dtype=torch.float64) * 4
     a = torch.randn(2, 1, 16, generator=g, dtype=torch.float64)
     b = torch.randn(2, 1, 16, generator=g, dtype=torch.float64) * 0.5
-    s_x, s_a, s_b = 2.0 ** -10, 0.013, 0.0021
+    s_x, s_a, s_b = 2.0**-10, 0.013, 0.0021
     q_x, q_a, q_b = (torch.round(t / s).to(torch.int32) for t, s in ((x, s_x), (a, s_a), (b, s_b)))
     xs, as_, bs = q_x.double() * s_x, q_a.double() * s_a, q_b.double() * s_b
-    for s_out, (qmin, qmax) in ((0.05, (-127, 127)), (2.0 ** -12, (-2 ** 31, 2 ** 31 - 1))):
+    for s_out, (qmin, qmax) in ((0.05, (-127, 127)), (2.0**-12, (-(2**31), 2**31 - 1))):
         if fn == "modulate_int":  # x * (1 + scale) + shift with shift = a, scale = b
             got = io.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
             want = ref.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
@@ -98,8 +98,8 @@ def test_fixed_point_modulate_and_gate_exact_and_close(fn):
         assert torch.equal(got.double(), want)
         target = exact / s_out
         inside = (target > qmin + 1) & (target < qmax - 1)
-        s_t = s_out / 2 ** 8  # three roundings at s_t, the Q16 factor, the final rounding
-        bound = 0.5 + (mag * 2.0 ** -17 + s_t * (fac / 2 + 1.5)) / s_out + 1e-9
+        s_t = s_out / 2**8  # three roundings at s_t, the Q16 factor, the final rounding
+        bound = 0.5 + (mag * 2.0**-17 + s_t * (fac / 2 + 1.5)) / s_out + 1e-9
         assert ((got.double() - target).abs() <= bound)[inside].all()
         assert (got[target > qmax + 1] == qmax).all() and (got[target < qmin - 1] == qmin).all()
         if qmax == 127:
@@ -118,8 +118,13 @@ def test_int_kernels_reject_bad_input():
 
 
 def test_isqrt_exact():
-    v = torch.cat([torch.arange(0, 2000), torch.randint(0, 2 ** 51, (2000,), generator=torch.Generator().manual_seed(1)),
-                   torch.tensor([2 ** 50, 2 ** 50 - 1, (2 ** 25 + 1) ** 2, (2 ** 25 + 1) ** 2 - 1])])
+    v = torch.cat(
+        [
+            torch.arange(0, 2000),
+            torch.randint(0, 2**51, (2000,), generator=torch.Generator().manual_seed(1)),
+            torch.tensor([2**50, 2**50 - 1, (2**25 + 1) ** 2, (2**25 + 1) ** 2 - 1]),
+        ]
+    )
     r = io.isqrt(v)
     assert ((r * r <= v) & ((r + 1) * (r + 1) > v)).all()
     assert torch.equal(r.double(), ref.isqrt(v.double()))
@@ -159,27 +164,49 @@ def test_tree_sum_order_is_defined():
 def _same_fp16(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit equality of fp16 tensors, any NaN equal to any NaN (payloads are not defined values)."""
     nan = torch.isnan(a)
-    return bool(torch.equal(nan, torch.isnan(b))) and bool(torch.equal(a.view(torch.int16)[~nan],
-                                                                       b.view(torch.int16)[~nan]))
+    return bool(torch.equal(nan, torch.isnan(b))) and bool(
+        torch.equal(a.view(torch.int16)[~nan], b.view(torch.int16)[~nan])
+    )
 
 
 @pytest.mark.parametrize("op", [torch.add, torch.sub, torch.mul])
 def test_fp16_op_equals_fp32_op_rounded_on_every_fp16_value(op):
     """Every fp16 bit pattern (subnormals, +-0, +-65504, inf, NaN) against random and edge partners,
     through the vectorised (contiguous), scalar (strided) and broadcast loops."""
-    every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
     g = torch.Generator().manual_seed(1)
-    edge = torch.tensor([0.0, -0.0, 6e-8, -6e-8, 6.1e-5, 1.0, -1.0, 2.0, 0.5, 65504.0, -65504.0, 1e-3,
-                         float("inf"), -float("inf"), 3.0, 1.0009765625], dtype=torch.float16)
+    edge = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            6e-8,
+            -6e-8,
+            6.1e-5,
+            1.0,
+            -1.0,
+            2.0,
+            0.5,
+            65504.0,
+            -65504.0,
+            1e-3,
+            float("inf"),
+            -float("inf"),
+            3.0,
+            1.0009765625,
+        ],
+        dtype=torch.float16,
+    )
     for t in range(6):
-        partner = every[torch.randint(0, 2 ** 16, (2 ** 16,), generator=g)]
+        partner = every[torch.randint(0, 2**16, (2**16,), generator=g)]
         want = op(every.float(), partner.float()).to(torch.float16)
         assert _same_fp16(op(every, partner), want)
         assert _same_fp16(op(every[t::7], partner[t::7]), want[t::7])
     for e in edge:  # broadcast of one partner, as the per-channel modulation/gate operands do
         assert _same_fp16(op(every, e), op(every.float(), e.float()).to(torch.float16))
-        assert _same_fp16(op(every.reshape(256, 256), e.reshape(1, 1).expand(256, 1)),
-                          op(every.float(), e.float()).to(torch.float16).reshape(256, 256))
+        assert _same_fp16(
+            op(every.reshape(256, 256), e.reshape(1, 1).expand(256, 1)),
+            op(every.float(), e.float()).to(torch.float16).reshape(256, 256),
+        )
 
 
 def _fp32_path_kernels():
@@ -215,10 +242,10 @@ def test_fp16_kernels_bit_identical_to_fp32_path():
 
 
 def test_bit_length_vectorised_matches_python():
-    vals = [0, 1, 2, 3, 2 ** 15 - 1, 2 ** 15, 2 ** 53 - 1, 2 ** 53, 2 ** 53 + 1, 2 ** 62 - 1, 2 ** 62, 2 ** 63 - 1]
-    vals += [2 ** k + d for k in range(54, 63) for d in (-1, 0, 1)]
+    vals = [0, 1, 2, 3, 2**15 - 1, 2**15, 2**53 - 1, 2**53, 2**53 + 1, 2**62 - 1, 2**62, 2**63 - 1]
+    vals += [2**k + d for k in range(54, 63) for d in (-1, 0, 1)]
     g = torch.Generator().manual_seed(3)
-    vals += torch.randint(0, 2 ** 62, (1000,), generator=g).tolist()
+    vals += torch.randint(0, 2**62, (1000,), generator=g).tolist()
     got = io.bit_length(torch.tensor(vals, dtype=torch.int64)).tolist()
     assert got == [v.bit_length() for v in vals]
 
@@ -247,15 +274,17 @@ def test_blocked_fp16_kernels_equal_the_whole_tensor_computation():
 def test_fixed_point_modulate_and_gate_exact_at_int32_extremes_on_large_tensors(fn):
     """Full int32-range operands (saturating products, ties) over more than one 64K block."""
     g = torch.Generator().manual_seed(9)
-    lo, hi = -2 ** 31, 2 ** 31 - 1
+    lo, hi = -(2**31), 2**31 - 1
     q_x = torch.randint(lo, hi, (2, 260, 128), generator=g, dtype=torch.int64).to(torch.int32)
     q_x[0, :5] = torch.tensor([lo, hi, 0, 1, -1], dtype=torch.int32)[:, None]
-    q_y = torch.randint(-2 ** 20, 2 ** 20, (2, 260, 128), generator=g, dtype=torch.int32)
+    q_y = torch.randint(-(2**20), 2**20, (2, 260, 128), generator=g, dtype=torch.int32)
     q_a = torch.randint(lo, hi, (2, 1, 128), generator=g, dtype=torch.int64).to(torch.int32)
-    q_b = torch.randint(-2 ** 16, 2 ** 16, (2, 1, 128), generator=g, dtype=torch.int32)
-    for s_x, s_a, s_b, s_out, (qmin, qmax) in ((2.0 ** -10, 0.013, 0.0021, 0.05, (-127, 127)),
-                                               (1e-3, 3e-5, 0.7, 2.0 ** -12, (-2 ** 31, 2 ** 31 - 1)),
-                                               (0.37, 1e-6, 1e-4, 1e-3, (-2 ** 23 + 1, 2 ** 23 - 1))):
+    q_b = torch.randint(-(2**16), 2**16, (2, 1, 128), generator=g, dtype=torch.int32)
+    for s_x, s_a, s_b, s_out, (qmin, qmax) in (
+        (2.0**-10, 0.013, 0.0021, 0.05, (-127, 127)),
+        (1e-3, 3e-5, 0.7, 2.0**-12, (-(2**31), 2**31 - 1)),
+        (0.37, 1e-6, 1e-4, 1e-3, (-(2**23) + 1, 2**23 - 1)),
+    ):
         if fn == "modulate_int":
             got = io.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
             want = ref.modulate_int(q_x, s_x, q_a, s_a, q_b, s_b, s_out, qmin, qmax)
@@ -268,7 +297,7 @@ def test_fixed_point_modulate_and_gate_exact_at_int32_extremes_on_large_tensors(
 def test_blocked_integer_kernels_equal_reference_on_large_tensors():
     """GELU and softmax (int mode) run in cache-sized blocks on large tensors: still the reference."""
     g = torch.Generator().manual_seed(13)
-    x = torch.randint(-2 ** 20, 2 ** 20, (3, 200, 160), generator=g, dtype=torch.int32)  # 96000 elements
+    x = torch.randint(-(2**20), 2**20, (3, 200, 160), generator=g, dtype=torch.int32)  # 96000 elements
     assert x.numel() > io.CHUNK_ELEMS
     q, s = io.gelu_int(x, 3e-5)
     rq, rs = ref.gelu_int(x, 3e-5)
@@ -281,6 +310,7 @@ def test_blocked_integer_kernels_equal_reference_on_large_tensors():
 def test_tree_sum_equals_the_zero_padded_pairwise_tree():
     """tree_sum (level 1 without the padded copy, later levels in place) == the textbook definition:
     pad to a power of two with +0, add halves until one value is left (signed zeros included)."""
+
     def padded_tree(x, dim=-1):
         x = x.to(torch.float32).movedim(dim, -1)
         n = x.shape[-1]
@@ -300,7 +330,9 @@ def test_tree_sum_equals_the_zero_padded_pairwise_tree():
         assert torch.equal(io.tree_sum(xf).view(torch.int32), padded_tree(xf).view(torch.int32)), n
 
 
-@pytest.mark.skipif(ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
+@pytest.mark.skipif(
+    ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
+)
 def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
     """The C loops of the fp16 vector unit (around torch's exp / tanh / rsqrt) give the torch ops'
     fp16 values: odd widths, rows of one element, blocked tensors, extremes, signed zeros, non-contiguous
@@ -330,40 +362,54 @@ def test_compiled_fp16_kernels_equal_the_torch_ops_bit_for_bit():
         fused_inv = io.layernorm_modulate_fp16(x, mod6[:, 0:1], mod6[:, 1:2], 1e-6, inv)
         q16 = torch.randint(-32767, 32768, shape, generator=g, dtype=torch.int16)
         s_y = float(torch.tensor(3e-3, dtype=torch.float32))
-        res = [io.residual_fp16(x, y, None, None), io.residual_fp16(x, y, None, mod6[:, 2:3]),
-               io.residual_fp16(x, q16, s_y, mod6[:, 2:3]), io.residual_fp16(x, q16.to(torch.int8), s_y * 1e4, None)]
+        res = [
+            io.residual_fp16(x, y, None, None),
+            io.residual_fp16(x, y, None, mod6[:, 2:3]),
+            io.residual_fp16(x, q16, s_y, mod6[:, 2:3]),
+            io.residual_fp16(x, q16.to(torch.int8), s_y * 1e4, None),
+        ]
         with ckernels.disabled():
             assert torch.equal(fused, io.modulate_fp16(io.layernorm_fp16(x, 1e-6), sh, sc))
             want = io.modulate_fp16(io.layernorm_fp16(x, 1e-6), mod6[:, 0:1] * inv, (1 + mod6[:, 1:2]) * inv - 1)
             assert torch.equal(fused_inv, want)
             deq = (q16.float() * s_y).half()
-            deq8 = (q16.to(torch.int8).float() * float(torch.tensor(s_y * 1e4, dtype=torch.float32))).clamp(
-                -65504, 65504).half()
+            deq8 = (
+                (q16.to(torch.int8).float() * float(torch.tensor(s_y * 1e4, dtype=torch.float32)))
+                .clamp(-65504, 65504)
+                .half()
+            )
             wants = [x + y, io.gated_add_fp16(x, y, mod6[:, 2:3]), io.gated_add_fp16(x, deq, mod6[:, 2:3]), x + deq8]
         assert io.residual_fp16(x, q16.to(torch.int8), s_y * 1e4, None) is None  # not a float32 scale
         res[3] = io.residual_fp16(x, q16.to(torch.int8), float(torch.tensor(s_y * 1e4, dtype=torch.float32)), None)
         assert all(torch.equal(a.view(torch.int16), b.view(torch.int16)) for a, b in zip(res, wants))
-    every = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(torch.float16)
     assert same(io.gelu_fp16, every[torch.isfinite(every)].contiguous())
 
 
-@pytest.mark.skipif(ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)")
-@pytest.mark.parametrize("scale", [2.0 ** -30, 3e-4, 0.01, 0.3])
+@pytest.mark.skipif(
+    ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
+)
+@pytest.mark.parametrize("scale", [2.0**-30, 3e-4, 0.01, 0.3])
 def test_compiled_int_kernels_equal_the_torch_ops(scale):
     """The C loops of the integer kernels give the torch ops' integers (and so the reference's): int32
     extremes, constant rows, broadcast gates / per-batch parameters, int16 inputs."""
     g = torch.Generator().manual_seed(13)
     x = int_input(g, (2, 9, 37), scale)
-    x[0, 0] = 2 ** 31 - 1
-    x[0, 1] = -2 ** 31
+    x[0, 0] = 2**31 - 1
+    x[0, 1] = -(2**31)
     x[1, 2] = 5  # a constant row
     y16 = torch.randint(-32767, 32768, (2, 9, 37), generator=g, dtype=torch.int16)
     prm = torch.randint(-32767, 32768, (2, 1, 37), generator=g, dtype=torch.int32)
-    cases = [(io.softmax_int, (x, scale, 8)), (io.softmax_int, (x, scale, 6)), (io.layernorm_int, (x, scale)),
-             (io.gelu_int, (x, scale)), (io.gelu_int, (y16, scale)),
-             (io.modulate_int, (x, scale, prm, 1e-3, prm, 2e-5, 0.07, -127, 127)),
-             (io.gated_add_int, (x, scale, y16, 3e-3, prm, 1e-5, 0.5, -2 ** 23 + 1, 2 ** 23 - 1)),
-             (io.gated_add_int, (x, scale, y16, 3e-3, torch.ones(1, dtype=torch.int32), 1.0, 2e-3, -2 ** 23, 2 ** 23))]
+    cases = [
+        (io.softmax_int, (x, scale, 8)),
+        (io.softmax_int, (x, scale, 6)),
+        (io.layernorm_int, (x, scale)),
+        (io.gelu_int, (x, scale)),
+        (io.gelu_int, (y16, scale)),
+        (io.modulate_int, (x, scale, prm, 1e-3, prm, 2e-5, 0.07, -127, 127)),
+        (io.gated_add_int, (x, scale, y16, 3e-3, prm, 1e-5, 0.5, -(2**23) + 1, 2**23 - 1)),
+        (io.gated_add_int, (x, scale, y16, 3e-3, torch.ones(1, dtype=torch.int32), 1.0, 2e-3, -(2**23), 2**23)),
+    ]
     for fn, args in cases:
         if fn is io.softmax_int and scale * 2 ** io.working_shift(scale) > math.log(2):
             continue

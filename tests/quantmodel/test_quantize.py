@@ -1,4 +1,5 @@
 """Recipes realised: SmoothQuant invariance, step grouping, weight sets and storage, the artifact file."""
+
 import dataclasses
 
 import pytest
@@ -25,8 +26,7 @@ def setup(tiny_workload):
 def test_smoothquant_is_invariant_folded_and_unfolded(setup, fold):
     w, model, stats = setup
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("blocks")]
-    factors = {n: smooth_factors(stats.get(n, "in_ch").amax(0), model.get_submodule(n).weight, 0.5)
-               for n in names}
+    factors = {n: smooth_factors(stats.get(n, "in_ch").amax(0), model.get_submodule(n).weight, 0.5) for n in names}
     assert all((f > 0).all() and not torch.equal(f, torch.ones_like(f)) for f in factors.values())
     sm = smoothed_model(model, factors, fold=fold)
     g = torch.Generator().manual_seed(1)
@@ -47,7 +47,7 @@ def test_smooth_factor_formula():
     x = torch.tensor([4.0, 1.0, 0.0])
     wt = torch.tensor([[1.0, 0.25, 3.0], [-0.5, 0.5, 1.0]])
     s = smooth_factors(x, wt, 0.5)
-    assert torch.allclose(s, torch.tensor([2.0 / 1.0, 1.0 / 0.5 ** 0.5, 1.0]))  # dead channel keeps s=1
+    assert torch.allclose(s, torch.tensor([2.0 / 1.0, 1.0 / 0.5**0.5, 1.0]))  # dead channel keeps s=1
 
 
 def test_tsq_tsw_has_one_weight_set_per_step_and_steps_times_asq_storage(setup):
@@ -109,8 +109,10 @@ def test_optimal_split_is_optimal_against_brute_force():
 
     g = torch.Generator().manual_seed(2)
     ranges = torch.rand(3, 7, generator=g) * 10 + 0.1
-    best = min(split_cost(ranges, [sum(s >= b for b in bounds) for s in range(7)])
-               for bounds in itertools.combinations(range(1, 7), 2))
+    best = min(
+        split_cost(ranges, [sum(s >= b for b in bounds) for s in range(7)])
+        for bounds in itertools.combinations(range(1, 7), 2)
+    )
     assert split_cost(ranges, optimal_split(ranges, 3)) == pytest.approx(best, rel=1e-12)
 
 
@@ -135,13 +137,19 @@ def test_artifact_round_trip_is_bit_exact_and_corruption_is_refused(tmp_path, se
     from safetensors.torch import save_file
 
     partial = {k: v for k, v in art.tensors.items() if not k.endswith("multiplier")}
-    save_file(partial, str(tmp_path / "partial.safetensors"),
-              metadata={"format": art.meta["format"], "meta": json.dumps(art.meta)})
+    save_file(
+        partial,
+        str(tmp_path / "partial.safetensors"),
+        metadata={"format": art.meta["format"], "meta": json.dumps(art.meta)},
+    )
     with pytest.raises(ConfigError, match="artifact"):
         QuantArtifact.load(tmp_path / "partial.safetensors")
     # an artifact built under another activation-quantization definition is refused
-    save_file(art.tensors, str(tmp_path / "olddef.safetensors"),
-              metadata={"format": art.meta["format"], "meta": json.dumps({**art.meta, "act_quant": "division"})})
+    save_file(
+        art.tensors,
+        str(tmp_path / "olddef.safetensors"),
+        metadata={"format": art.meta["format"], "meta": json.dumps({**art.meta, "act_quant": "division"})},
+    )
     with pytest.raises(ConfigError, match="act_quant"):
         QuantArtifact.load(tmp_path / "olddef.safetensors")
     assert not list(tmp_path.glob("*.tmp"))
@@ -150,8 +158,12 @@ def test_artifact_round_trip_is_bit_exact_and_corruption_is_refused(tmp_path, se
 def test_bad_recipes_and_stats_are_config_errors(setup, tiny_workload):
     w, model, stats = setup
     with pytest.raises(ConfigError, match="recipe.layers"):
-        build_artifact(model, Recipe(name="x", scheme="static", w_bits=8, a_bits=8,
-                                     layers=("blocks.*.nonexistent",)), stats, w.num_steps)
+        build_artifact(
+            model,
+            Recipe(name="x", scheme="static", w_bits=8, a_bits=8, layers=("blocks.*.nonexistent",)),
+            stats,
+            w.num_steps,
+        )
     with pytest.raises(ConfigError, match="num_steps"):
         build_artifact(model, get_recipe("asq-w8a8"), stats, 10)
     with pytest.raises(ConfigError, match="stats"):

@@ -1,4 +1,5 @@
 """Samplers: determinism for a seed, OpenSora's respacing, CFG batch doubling."""
+
 import numpy as np
 import torch
 

@@ -1,4 +1,5 @@
 """The STDiT model: OpenSora v1.0 parameter layout, shapes, determinism."""
+
 import torch
 
 from quantmodel.model.build import build_stdit

@@ -1,4 +1,5 @@
 """Op traces: MAC totals against the analytic count of the architecture, files, versions."""
+
 import pytest
 
 from quantmodel.model.tracing import build_trace
@@ -15,18 +16,25 @@ def analytic_macs_per_forward(w) -> int:
     n = t * s
     patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
     per_block = (
-        b * n * c * 3 * c + b * n * c * c  # spatial qkv + proj
+        b * n * c * 3 * c
+        + b * n * c * c  # spatial qkv + proj
         + 2 * b * t * s * s * c  # spatial QK^T and AV (all heads: H * D = C)
-        + b * n * c * 3 * c + b * n * c * c  # temporal qkv + proj
+        + b * n * c * 3 * c
+        + b * n * c * c  # temporal qkv + proj
         + 2 * b * s * t * t * c  # temporal QK^T and AV
-        + b * n * c * c + b * ln * c * 2 * c + b * n * c * c  # cross q, kv, proj
+        + b * n * c * c
+        + b * ln * c * 2 * c
+        + b * n * c * c  # cross q, kv, proj
         + 2 * b * n * ln * c  # cross QK^T and AV
         + 2 * b * n * c * m.mlp_hidden  # MLP
     )
-    outside = (b * n * m.in_channels * patch * c  # patch embedding
-               + b * (256 * c + c * c) + b * c * 6 * c  # timestep MLP and t_block
-               + b * ln * (m.caption_channels * c + c * c)  # caption projection
-               + b * n * c * patch * m.out_channels)  # final layer
+    outside = (
+        b * n * m.in_channels * patch * c  # patch embedding
+        + b * (256 * c + c * c)
+        + b * c * 6 * c  # timestep MLP and t_block
+        + b * ln * (m.caption_channels * c + c * c)  # caption projection
+        + b * n * c * patch * m.out_channels
+    )  # final layer
     return m.depth * per_block + outside
 
 
@@ -37,18 +45,35 @@ def analytic_macs_per_forward_v12(w) -> int:
     b, c, t, s, ln = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
     n = t * s
     patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
-    common = (b * n * 4 * c * c  # qkv + proj
-              + b * n * 2 * c * c + b * ln * 2 * c * c + 2 * b * n * ln * c  # cross q+proj, kv, QK/AV
-              + 2 * b * n * c * m.mlp_hidden)
+    common = (
+        b * n * 4 * c * c  # qkv + proj
+        + b * n * 2 * c * c
+        + b * ln * 2 * c * c
+        + 2 * b * n * ln * c  # cross q+proj, kv, QK/AV
+        + 2 * b * n * c * m.mlp_hidden
+    )
     spatial = common + 2 * b * t * s * s * c
     temporal = common + 2 * b * s * t * t * c
-    outside = (b * n * m.in_channels * patch * c + 2 * b * (256 * c + c * c) + b * c * 6 * c
-               + b * ln * (m.caption_channels * c + c * c) + b * n * c * patch * m.out_channels)
+    outside = (
+        b * n * m.in_channels * patch * c
+        + 2 * b * (256 * c + c * c)
+        + b * c * 6 * c
+        + b * ln * (m.caption_channels * c + c * c)
+        + b * n * c * patch * m.out_channels
+    )
     return m.depth * (spatial + temporal) + outside
 
 
-@pytest.mark.parametrize("name", ["stdit-tiny", "opensora-v1.0-16x256x256", "opensora-v1.0-16x512x512",
-                                  "opensora-v1.2-51x240x240", "opensora-v1.2-51x720x1280"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "stdit-tiny",
+        "opensora-v1.0-16x256x256",
+        "opensora-v1.0-16x512x512",
+        "opensora-v1.2-51x240x240",
+        "opensora-v1.2-51x720x1280",
+    ],
+)
 def test_trace_macs_match_analytic_count(name):
     w = get_workload(name)
     tr = build_trace(w)
@@ -69,8 +94,19 @@ def test_opensora_512_trace_shape():
     fc1 = next(op for op in step0 if op.name == "blocks.5.mlp.fc1")
     assert (fc1.m, fc1.k, fc1.n, fc1.block) == (2 * 16384, 1152, 4608, 5)
     kinds = {op.kind for op in step0}
-    assert {"linear", "conv", "matmul_qk", "matmul_av", "softmax", "layernorm", "modulate", "gelu",
-            "silu", "elementwise", "embedding"} <= kinds
+    assert {
+        "linear",
+        "conv",
+        "matmul_qk",
+        "matmul_av",
+        "softmax",
+        "layernorm",
+        "modulate",
+        "gelu",
+        "silu",
+        "elementwise",
+        "embedding",
+    } <= kinds
     assert [op.step for op in tr.ops[::800]] == list(range(100))
 
 
@@ -96,11 +132,13 @@ def test_recipe_annotation_shows_weight_sets_smoothing_and_dynamic_ops():
     assert tsq.meta["step_to_set"] == list(range(10)) and asq.meta["step_to_set"] == [0] * 10
     s_tsq, s_asq = tsq.summary(), asq.summary()
     assert s_tsq["weight_sets"] == 10 and s_asq["weight_sets"] == 1
-    assert s_tsq["weight_storage_bytes"] - s_tsq["float_weight_bytes"] == \
-        10 * (s_asq["weight_storage_bytes"] - s_asq["float_weight_bytes"])
+    assert s_tsq["weight_storage_bytes"] - s_tsq["float_weight_bytes"] == 10 * (
+        s_asq["weight_storage_bytes"] - s_asq["float_weight_bytes"]
+    )
     smooth = [op.name for op in asq.step_ops(0) if op.kind == "smooth_mul"]
-    assert smooth == [f"blocks.{i}.{layer}.smooth" for i in range(2)
-                      for layer in ("attn_temp.qkv", "cross_attn.q_linear", "mlp.fc2")]
+    assert smooth == [
+        f"blocks.{i}.{layer}.smooth" for i in range(2) for layer in ("attn_temp.qkv", "cross_attn.q_linear", "mlp.fc2")
+    ]
     dyn = annotate_trace(tr, get_recipe("dynamic-w8a8"))
     n_linear = sum(1 for op in tr.step_ops(0) if op.kind == "linear" and op.block >= 0)
     assert sum(op.kind == "dyn_stats" for op in dyn.step_ops(0)) == n_linear

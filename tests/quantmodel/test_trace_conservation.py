@@ -2,6 +2,7 @@
 written once at the width its readers read it, every reader names its producer, and a recipe's
 conversions are written into the trace on the op that does them (so the hardware model charges
 them). Traces come from the meta tracer of stdit-tiny and of full-size OpenSora (one step)."""
+
 import dataclasses
 
 import pytest
@@ -11,8 +12,17 @@ from workloads.presets import get_workload
 from workloads.recipes import annotate_trace, get_recipe
 from workloads.trace import entry_bytes
 
-FAMILIES = ["fp16", "static-w8a8", "asq-w8a8", "tsq-tsw-w8a8", "groups4-w8a8", "groups4-cal-w4a8",
-            "dynamic-w8a8", "static-w4a8", "dynamic-w6a6"]
+FAMILIES = [
+    "fp16",
+    "static-w8a8",
+    "asq-w8a8",
+    "tsq-tsw-w8a8",
+    "groups4-w8a8",
+    "groups4-cal-w4a8",
+    "dynamic-w8a8",
+    "static-w4a8",
+    "dynamic-w6a6",
+]
 
 
 @pytest.fixture(scope="module")

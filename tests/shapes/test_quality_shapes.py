@@ -1,4 +1,5 @@
 """The sweep's quality axis on the trained small workload: real captions in, video metrics out."""
+
 import dataclasses
 
 import torch

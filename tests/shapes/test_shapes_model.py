@@ -1,5 +1,6 @@
 """The shapes text-to-video model: data determinism, caption tokens, a CPU training step, and the
 shipped float model following its prompts (classifier accuracy far above chance)."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,9 +24,13 @@ def test_dataset_is_deterministic_and_in_range():
 
 
 def test_shape_moves_in_the_captioned_direction():
-    labels = {"shape": torch.tensor([0, 1, 2, 3]), "colour": torch.tensor([0, 1, 2, 3]),
-              "direction": torch.tensor([0, 1, 2, 3]), "speed": torch.tensor([1, 1, 0, 0]),
-              "background": torch.tensor([0, 0, 0, 0])}
+    labels = {
+        "shape": torch.tensor([0, 1, 2, 3]),
+        "colour": torch.tensor([0, 1, 2, 3]),
+        "direction": torch.tensor([0, 1, 2, 3]),
+        "speed": torch.tensor([1, 1, 0, 0]),
+        "background": torch.tensor([0, 0, 0, 0]),
+    }
     v = dataset.render(labels, torch.Generator().manual_seed(0))  # black background
     mass = (v + 1).sum(dim=1)  # [B, T, H, W], zero on background
     xs, ys = torch.arange(32.0), torch.arange(32.0)
@@ -51,8 +56,9 @@ def test_training_step_runs_on_cpu_and_saves(tmp_path):
     log = train(cfg, device="cpu", out_dir=tmp_path, progress=False)
     assert log["steps_done"] == 2
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log["curve"])
-    model, enc = load_shapes_model("cpu", tmp_path / "stdit-shapes.safetensors",
-                                   tmp_path / "stdit-shapes-captions.safetensors")
+    model, enc = load_shapes_model(
+        "cpu", tmp_path / "stdit-shapes.safetensors", tmp_path / "stdit-shapes-captions.safetensors"
+    )
     # the saved (float16) weights are the trained EMA weights
     sd = log["model"].state_dict()
     for k, v in model.state_dict().items():
@@ -85,8 +91,9 @@ def test_training_resumes_from_its_state_file(tmp_path):
     base = dict(steps=4, batch=2, log_every=1, warmup_steps=1)
     straight = train(TrainConfig(**base), device="cpu", progress=False)
     state = tmp_path / "state.pt"
-    first = train(TrainConfig(**{**base, "steps": 4, "time_budget_s": 1e-9}, state=str(state)),
-                  device="cpu", progress=False)
+    first = train(
+        TrainConfig(**{**base, "steps": 4, "time_budget_s": 1e-9}, state=str(state)), device="cpu", progress=False
+    )
     assert first["steps_done"] == 1 and state.is_file()
     second = train(TrainConfig(**base, state=str(state)), device="cpu", progress=False)
     assert second["resumed_at_step"] == 1 and second["steps_done"] == 4
@@ -116,8 +123,7 @@ def test_shipped_classifier_reads_real_clips():
     assert acc["mean"] > 0.95, acc
 
 
-@pytest.mark.skipif(not MODEL_FILE.is_file() or not CAPTION_FILE.is_file(),
-                    reason="weights not shipped")
+@pytest.mark.skipif(not MODEL_FILE.is_file() or not CAPTION_FILE.is_file(), reason="weights not shipped")
 def test_shipped_float_model_follows_prompts():
     model, enc = load_shapes_model("cpu")
     clf = videometrics.load_classifier()
@@ -156,8 +162,16 @@ def test_fast_attention_matches_the_leaf_module_forward():
     from quantmodel.model.config import STDiTConfig
     from shapes.train import use_fast_attention, xavier_caption_proj
 
-    cfg = STDiTConfig(input_size=(4, 8, 8), in_channels=3, patch_size=(1, 2, 2), hidden_size=32,
-                      depth=2, num_heads=2, caption_channels=16, model_max_length=8)
+    cfg = STDiTConfig(
+        input_size=(4, 8, 8),
+        in_channels=3,
+        patch_size=(1, 2, 2),
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        caption_channels=16,
+        model_max_length=8,
+    )
     m = build_stdit(cfg, seed=1)
     xavier_caption_proj(m)  # non-trivial caption path, so cross-attention matters
     for p in m.parameters():  # the zero-init output layers would hide any difference

@@ -1,5 +1,6 @@
 """Atomic writes: the target holds the old content or the whole new one, and no temporary file is
 left behind either way."""
+
 import pytest
 
 from workloads.io import atomic_open, atomic_path, write_text

@@ -1,5 +1,6 @@
 """Workload presets, user YAML workloads, and the bad-input contract of the command line:
 one line naming the field and what is allowed, exit code 2, no traceback."""
+
 import json
 import subprocess
 import sys
@@ -18,30 +19,34 @@ def test_presets_are_listed_and_valid():
     names = preset_names()
     assert {"opensora-v1.0-16x256x256", "opensora-v1.0-16x512x512", "stdit-tiny"} <= set(names)
     w = get_workload("opensora-v1.0-16x512x512")
-    assert (w.num_steps, w.cfg_scale, w.latent_size, w.num_tokens, w.model_batch) == \
-        (100, 7.0, (16, 64, 64), 16384, 2)
+    assert (w.num_steps, w.cfg_scale, w.latent_size, w.num_tokens, w.model_batch) == (100, 7.0, (16, 64, 64), 16384, 2)
     assert get_workload("opensora-v1.0-16x256x256").num_spatial == 256
     assert get_workload("gemm:64,128,32") == Gemm(64, 128, 32)
 
 
 def test_user_yaml_workload(tmp_path):
     f = tmp_path / "mine.yaml"
-    f.write_text("model: {depth: 4, hidden_size: 128, num_heads: 4, caption_channels: 64, "
-                 "model_max_length: 10}\nnum_frames: 8\nheight: 128\nwidth: 64\nsampler: rflow\n"
-                 "num_steps: 30\ncfg_scale: 7.0\n")
+    f.write_text(
+        "model: {depth: 4, hidden_size: 128, num_heads: 4, caption_channels: 64, "
+        "model_max_length: 10}\nnum_frames: 8\nheight: 128\nwidth: 64\nsampler: rflow\n"
+        "num_steps: 30\ncfg_scale: 7.0\n"
+    )
     w = get_workload(str(f))
     assert w.name == "mine" and w.latent_size == (8, 16, 8) and w.num_tokens == 8 * 32
 
 
 BAD_YAML = {
-    "unknown field": ("num_frames: 8\nheight: 64\nwidth: 64\nframes_per_second: 8\n",
-                      "workload.frames_per_second"),
+    "unknown field": ("num_frames: 8\nheight: 64\nwidth: 64\nframes_per_second: 8\n", "workload.frames_per_second"),
     "zero dimension": ("num_frames: 0\nheight: 64\nwidth: 64\n", "num_frames: got 0"),
     "negative dimension": ("num_frames: 8\nheight: -64\nwidth: 64\n", "height: got -64"),
-    "resolution not divisible": ("num_frames: 8\nheight: 100\nwidth: 64\n",
-                                 "height: got 100; allowed: a multiple of 16"),
-    "heads do not divide hidden": ("model: {hidden_size: 100, num_heads: 16}\nnum_frames: 8\n"
-                                   "height: 64\nwidth: 64\n", "model.num_heads"),
+    "resolution not divisible": (
+        "num_frames: 8\nheight: 100\nwidth: 64\n",
+        "height: got 100; allowed: a multiple of 16",
+    ),
+    "heads do not divide hidden": (
+        "model: {hidden_size: 100, num_heads: 16}\nnum_frames: 8\nheight: 64\nwidth: 64\n",
+        "model.num_heads",
+    ),
     "bad sampler": ("num_frames: 8\nheight: 64\nwidth: 64\nsampler: ddim\n", "sampler: got 'ddim'"),
     "malformed yaml": ("num_frames: [8\nheight: 64\n", "valid YAML"),
     "missing field": ("height: 64\nwidth: 64\n", "workload.num_frames"),
@@ -57,14 +62,19 @@ def test_bad_workload_yaml(tmp_path, case):
         get_workload(str(f))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["trace", "--workload", "opensora-v9"], "workload: got 'opensora-v9'; allowed: one of"),
-    (["trace", "--workload", "gemm:4,-1,4"], "gemm.k: got -1"),
-    (["trace", "--workload", "gemm:4,4"], "gemm:M,K,N"),
-    (["trace", "--workload", "stdit-tiny", "--out", "x.txt"], "out: got 'x.txt'"),
-    (["sample", "--workload", "stdit-tiny", "--checkpoint", "missing.pth"],
-     "checkpoint: got 'missing.pth'; allowed: an existing"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trace", "--workload", "opensora-v9"], "workload: got 'opensora-v9'; allowed: one of"),
+        (["trace", "--workload", "gemm:4,-1,4"], "gemm.k: got -1"),
+        (["trace", "--workload", "gemm:4,4"], "gemm:M,K,N"),
+        (["trace", "--workload", "stdit-tiny", "--out", "x.txt"], "out: got 'x.txt'"),
+        (
+            ["sample", "--workload", "stdit-tiny", "--checkpoint", "missing.pth"],
+            "checkpoint: got 'missing.pth'; allowed: an existing",
+        ),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, message):
     r = codesign(*args)
     assert r.returncode == 2
