@@ -10,7 +10,7 @@ Speed comes from memoisation, never from a coarser model:
   counters depend on the unit alone: the 28 identical blocks are simulated once each shape.
 
 Both hold exactly because time is integer cycles; ``memo=False`` simulates everything and must give
-the same numbers bit for bit (tests/test_hwsim_memo.py).
+the same numbers bit for bit (tests/hwsim/test_hwsim_model.py::test_memoised_equals_unmemoised_exactly).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ PREFETCH = ("jit", "early")
 class WeightPlan:
     float_bytes: int
     set_bytes: dict  # weight set -> bytes
-    storage_bytes: int  # float weights once + every set (CONTRACT: recipe weight storage)
+    storage_bytes: int  # float weights once + every set (what a recipe stores: float weights plus its quantized sets)
     placement: str  # sram | dram | flash
     resident: bool  # weights resident in SRAM (GEMMs do not fetch them)
     swaps: bool  # weight sets move between steps
