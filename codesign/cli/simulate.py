@@ -29,7 +29,14 @@ def register(sub) -> None:
     p.add_argument("--prefetch", default="jit", help="weight-set prefetch policy: jit or early")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", help="write PNGs (timeline, breakdown, roofline) to DIR")
-    p.add_argument("--timeline", action="store_true", help="include engine timelines in --json")
+    p.add_argument(
+        "--timeline",
+        nargs="?",
+        const=True,
+        metavar="FILE.json",
+        help="write the engines' activity as Chrome trace-event JSON (opens in Perfetto) to FILE.json; "
+        "without a file: include the timelines in --json",
+    )
     p.set_defaults(func=run)
 
     h = sub.add_parser("hw", help="list the hardware presets")
@@ -48,6 +55,16 @@ def run(args) -> int:
 
         if Path(args.scalesim_report).exists() and not Path(args.scalesim_report).is_dir():
             raise ConfigError("scalesim-report", args.scalesim_report, "a directory (created if missing)")
+    timeline_file = args.timeline if isinstance(args.timeline, str) else None
+    if timeline_file:
+        from pathlib import Path
+
+        from workloads.errors import ConfigError
+
+        if not timeline_file.endswith(".json"):
+            raise ConfigError("timeline", timeline_file, "a file ending in .json")
+        if not Path(timeline_file).resolve().parent.is_dir() or Path(timeline_file).is_dir():
+            raise ConfigError("timeline", timeline_file, "a file path in an existing directory")
     t0 = time.perf_counter()
     trace = api.load_trace(args.trace, args.recipe) if args.trace else api.trace(args.workload, args.recipe)
     t1 = time.perf_counter()
@@ -60,8 +77,12 @@ def run(args) -> int:
         paths += write_reports(trace, res, hw, args.scalesim_report)
     if args.plots:
         paths += api.plots(res, hw, args.plots)
+    if timeline_file:
+        from hwsim.timeline import write_chrome_trace
+
+        paths.append(write_chrome_trace(res, timeline_file))
     if args.json:
-        d = res.to_dict(timeline=args.timeline)
+        d = res.to_dict(timeline=args.timeline is True)
         d["trace_seconds"], d["simulate_seconds"] = t1 - t0, t2 - t1
         d["plots"] = [str(p) for p in paths]
         json.dump(d, sys.stdout)
