@@ -56,8 +56,8 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -73,7 +73,6 @@ STORE_FORMAT = 1
 POINTS = "points"
 QUALITY = "quality"
 QUARANTINE = "quarantine"
-log = logging.getLogger("codesign")
 SCALAR_METRICS = (
     "latency_s",
     "energy_j",
@@ -120,11 +119,9 @@ def quarantine(path: Path, why: str) -> Path:
     if dest.exists():
         dest = dest_dir / f"{uuid.uuid4().hex[:8]}-{rel}"
     os.replace(path, dest)
-    log.warning(
-        "codesign: warning: unreadable %s (%s) moved to %s; its points are recomputed by the next sweep",
-        path,
-        why,
-        dest,
+    print(
+        f"codesign: warning: unreadable {path} ({why}) moved to {dest}; its points are recomputed by the next sweep",
+        file=sys.stderr,
     )
     return dest
 
