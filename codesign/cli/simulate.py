@@ -29,7 +29,14 @@ def register(sub) -> None:
     p.add_argument("--prefetch", default="jit", help="weight-set prefetch policy: jit or early")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", help="write PNGs (timeline, breakdown, roofline) to DIR")
-    p.add_argument("--timeline", action="store_true", help="include engine timelines in --json")
+    p.add_argument(
+        "--timeline",
+        nargs="?",
+        const=True,
+        metavar="FILE.json",
+        help="write the engines' activity as Chrome trace-event JSON (opens in Perfetto) to FILE.json; "
+        "without a file: include the timelines in --json",
+    )
     p.add_argument(
         "--timing",
         action="store_true",
@@ -45,7 +52,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from codesign import api
-    from codesign.cli.checks import check_in_file, check_out_dir
+    from codesign.cli.checks import check_in_file, check_out_dir, check_out_file
 
     if args.scalesim_report:
         check_out_dir("scalesim-report", args.scalesim_report)
@@ -53,6 +60,9 @@ def run(args) -> int:
         check_out_dir("plots", args.plots)
     if args.trace:
         check_in_file("trace", args.trace)
+    timeline_file = args.timeline if isinstance(args.timeline, str) else None
+    if timeline_file:
+        check_out_file("timeline", timeline_file, (".json",))
     hw = api.hardware(args.hw, base=args.base)
     t0 = time.perf_counter()
     trace = api.load_trace(args.trace, args.recipe) if args.trace else api.trace(args.workload, args.recipe)
@@ -66,8 +76,12 @@ def run(args) -> int:
         paths += write_reports(trace, res, hw, args.scalesim_report)
     if args.plots:
         paths += api.plots(res, hw, args.plots)
+    if timeline_file:
+        from hwsim.timeline import write_chrome_trace
+
+        paths.append(write_chrome_trace(res, timeline_file))
     if args.json:
-        d = res.to_dict(timeline=args.timeline)
+        d = res.to_dict(timeline=args.timeline is True)
         d["plots"] = [str(p) for p in paths]
         if args.timing:
             d["timing"] = {"trace_s": t1 - t0, "simulate_s": t2 - t1}
