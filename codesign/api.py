@@ -133,8 +133,9 @@ def load_results(results: str | Path) -> pd.DataFrame:
     return _load(results)
 
 
-def report(results: str | Path, out: str | Path) -> Path:
-    """report.md and its PNG figures for a results folder, written into ``out``; report.md's path."""
+def report(results: str | Path, out: str | Path, timing: bool = False) -> Path:
+    """report.md and its PNG figures for a results folder, written into ``out``; report.md's path
+    (``timing``: keep the per-point wall-clock seconds in pareto_points.csv)."""
     from codesign.report import write_report
 
-    return write_report(results, out)
+    return write_report(results, out, timing=timing)
