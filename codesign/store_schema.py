@@ -258,6 +258,10 @@ def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     arrays = []
     for f in schema:
         values = [_cell(row.get(f.name), f) for row in rows]
+        if pa.types.is_integer(f.type):  # pyarrow would truncate 1.5 to 1 without a word
+            frac = next((v for v in values if isinstance(v, float)), None)
+            if frac is not None:
+                raise ConfigError(f"store column {f.name}", frac, f"whole numbers (the column is {f.type})")
         try:
             arr = pa.array(values, type=f.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
