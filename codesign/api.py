@@ -49,6 +49,19 @@ def trace(workload: str | Workload | Gemm, recipe: str | Recipe | None = None) -
     return annotate_trace(build_trace(workload), recipe)
 
 
+def trace_model(model, inputs, steps: int = 1, recipe: str | Recipe | None = None, name: str | None = None) -> Trace:
+    """The op trace of any PyTorch model: ``model`` an ``nn.Module``, a factory or
+    ``"package.module:factory"``; ``inputs`` input shapes (``"2x4x32x32,timestep=2:long"``), an
+    example-inputs factory or a tuple of tensors (:mod:`quantmodel.model.module_trace`); ``steps``
+    forward passes; annotated with ``recipe`` (None: fp16; which layers it quantizes is the recipe's
+    ``layers`` patterns)."""
+    from quantmodel.model.module_trace import trace_model as _trace_model
+    from workloads.recipes import annotate_trace, get_recipe
+
+    recipe = get_recipe(recipe or "fp16") if not hasattr(recipe, "scheme") else recipe
+    return annotate_trace(_trace_model(model, inputs, steps, name), recipe)
+
+
 def load_trace(path: str | Path, recipe: str | Recipe | None = None) -> Trace:
     """A saved trace (.parquet or .csv); a float one is annotated with ``recipe`` when given."""
     from workloads.errors import ConfigError
