@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from quantmodel.emulator.block import IntVal, run_blocks, shape_of, vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
@@ -155,14 +156,14 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
     ):
         return None
     try:
-        first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
+        first = ProgramOps(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
     except _Unsupported:
         return None
     offsets, nbytes = _plan_arena(first.builder, [first.x_in, first.y_in, first.t0_in, first.out])
     arena = pool.get("arena")
     if arena is None or arena.numel() < nbytes:
         arena = pool["arena"] = torch.empty(nbytes, dtype=torch.uint8)
-    prog = _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
+    prog = ProgramOps(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
     if len(prog.steps) != len(first.steps) or [(t.shape, t.dtype) for t in prog.builder.bufs] != [
         (t.shape, t.dtype) for t in first.builder.bufs
     ]:  # the plan is only valid for the same program
@@ -174,9 +175,11 @@ class _Unsupported(Exception):
     pass
 
 
-class _Compiler:
-    """Mirrors IntegerEmulator.block op by op, appending to the builder the calls the eager path would
-    make; raises :class:`_Unsupported` for anything outside the program's scope."""
+class ProgramOps:
+    """The recording backend of :mod:`quantmodel.emulator.block`: each op appends to the builder the
+    kernel calls the eager backend (:class:`~quantmodel.emulator.integer.IntegerEmulator`) makes for
+    it, on buffers of the builder; raises :class:`_Unsupported` for anything outside the program's
+    scope."""
 
     def __init__(self, emu, dll, bld: _Builder):
         self.emu, self.dll, self.b = emu, dll, bld
@@ -248,13 +251,21 @@ class _Compiler:
         )
         return out
 
-    def linear(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """fp16 mode: a static layer's int16 codes (from int8 codes or float input), a dynamic one's fp16."""
-        return self.linear_in(name, v) if self.emu.static else self.dyn_linear(name, v)
-
-    def out_scale(self, name: str) -> float | None:
-        """The scale of a layer's output codes (None: fp16 values, dynamic recipes)."""
-        return self.lp(name).y_scale if self.emu.static else None
+    def layer(self, name: str, v, out_dtype: torch.dtype | None = None):
+        """A block linear on a value: a static layer's codes at its y_scale (int16, or ``out_dtype``), a
+        dynamic one's fp16 values."""
+        if not self.emu.static:
+            return self.dyn_linear(name, v)
+        if isinstance(v, IntVal):
+            if v.q.dtype == torch.int32:  # int mode's int32 codes: requantized to the layer's input
+                q = self.requant_input(name, v.q, v.scale)
+            elif v.q.dtype == torch.int8 and v.scale == self.lp(name).x_scale:  # a fused producer's codes
+                q = v.q
+            else:
+                raise _Unsupported(name)
+        else:
+            q = self.quant_input(name, v)
+        return IntVal(self.gemm(name, q, out_dtype), self.lp(name).y_scale)
 
     def quant_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``_input_int8`` of a float tensor. Explicit smoothing (``mul`` / ``text`` folds): fp16 mode
@@ -360,7 +371,7 @@ class _Compiler:
         self.b.call(out.view(rows, n).copy_, h)
         return out
 
-    def residual(self, x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate: torch.Tensor | None):
+    def residual_fp16(self, x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate: torch.Tensor | None):
         """intops.residual_fp16: x fp16 [B, N, C] + gate * y (y int16 codes at y_scale, or fp16)."""
         b_, n_, c = x.shape
         out = self.b.buf(x.shape, torch.float16)
@@ -383,7 +394,7 @@ class _Compiler:
         )
         return out
 
-    def norm_modulate(self, norm: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
+    def norm_modulate_fp16(self, norm: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """IntegerEmulator.norm_modulate (fp16): LayerNorm + modulation (consumer's smoothing folded)
         emitting the consumer's int8 codes directly when it reads them as they are, else fp16."""
         emu = self.emu
@@ -424,19 +435,9 @@ class _Compiler:
         )
         return out  # int8 codes at p.x_scale (aq given) or fp16
 
-    def linear_in(
-        self, name: str, v: torch.Tensor, s_v: float | None = None, out_dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
-        """The GEMM of a layer whose input is its own int8 codes (from a fused producer), float values,
-        or (int mode) int32 codes at scale ``s_v``."""
-        if v.dtype == torch.int32:
-            q = self.requant_input(name, v, s_v)
-        else:
-            q = v if v.dtype == torch.int8 else self.quant_input(name, v)
-        return self.gemm(name, q, out_dtype)
-
     def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
-        """IntegerEmulator._attend_float -> the proj layer's codes [b, n, c] (int16; int32 in int mode)."""
+        """IntegerEmulator._attend_float -> the proj layer's output [b, n, c] (codes: int16, int32 in int
+        mode; fp16 values for a dynamic recipe)."""
         emu = self.emu
         scores = self.b.buf((*q.shape[:-1], k_t.shape[-1]), torch.float32)
         self.b.call(torch.matmul, q, k_t, out=scores)
@@ -447,36 +448,27 @@ class _Compiler:
         out = self.b.buf((*probs.shape[:-1], vv.shape[-1]), torch.float32)  # [B', H, L, D]
         self.b.call(torch.matmul, probs, vv, out=out)
         h, d = out.shape[1], out.shape[3]
-        if not emu.static:  # the float product's output, heads merged, into the dynamic proj layer
-            merged = self.b.buf((b, n, c), torch.float32)
-            self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-            return self.dyn_linear(pre + ".proj", merged)
-        p = self.lp(pre + ".proj")
+        p = self.emu.linear_params(pre + ".proj")
         aq = emu._direct_quantizer(p)
-        odt = self.res_dtype
         if aq is not None:
             q8 = self.b.buf((b, n, c), torch.int8)
             self.b.call(
                 self.dll.qm_merge_heads_quant, out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax), q8.data_ptr()
             )
-            return self.gemm(pre + ".proj", q8, odt)
+            return self.layer(pre + ".proj", IntVal(q8, p.x_scale), self.res_dtype)
         merged = self.b.buf((b, n, c), torch.float32)  # out.transpose(1, 2).reshape(b, n, c)
         self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-        return self.gemm(pre + ".proj", self.quant_input(pre + ".proj", merged), odt)
+        return self.layer(pre + ".proj", merged, self.res_dtype)
 
-    def self_attention(self, pre: str, v: torch.Tensor, heads: int, s_v: float | None = None) -> torch.Tensor:
-        b, n, c = v.shape
-        qkv = self.linear_in(pre + ".qkv", v, s_v) if self.emu.static else self.dyn_linear(pre + ".qkv", v)
+    def attention(self, pre: str, v, heads: int):
+        b, n, c = shape_of(v)
+        qkv = self.layer(pre + ".qkv", v)
+        codes, s_codes = (qkv.q, qkv.scale) if isinstance(qkv, IntVal) else (qkv, None)
         if self.emu.matmuls:  # integer QK^T and AV: each operand requantized to its product's input scale
-            q, k_t, vv = self.split_heads_q8(
-                qkv,
-                self.out_scale(pre + ".qkv"),
-                heads,
-                0b010,
-                [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")],
-            )
+            targets = [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
+            q, k_t, vv = self.split_heads_q8(codes, s_codes, heads, 0b010, targets)
             return self.attend_int(pre, q, k_t, vv, b, n, c)
-        q, k_t, vv = self.split_heads(qkv, self.out_scale(pre + ".qkv"), 3, heads, 0b010)
+        q, k_t, vv = self.split_heads(codes, s_codes, 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
 
     # ---- quantized attention products (static recipes) ---------------------------------------------------
@@ -589,32 +581,22 @@ class _Compiler:
         h, d = out.shape[1], out.shape[3]
         merged = bld.buf((b, n, c), torch.int32)
         bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-        q8 = self.requant_input(pre + ".proj", merged, self.mm_scale(pre + ".av", "y_scale"))
-        return self.gemm(pre + ".proj", q8, self.res_dtype)
+        return self.layer(pre + ".proj", IntVal(merged, self.mm_scale(pre + ".av", "y_scale")), self.res_dtype)
 
-    def cross_attention(
-        self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int, s_x: float | None = None
-    ) -> torch.Tensor:
-        b, n, c = x.shape
-        if self.emu.static:
-            q, kv = self.linear_in(pre + ".q_linear", x, s_x), self.linear_in(pre + ".kv_linear", y)
-        else:
-            q, kv = self.dyn_linear(pre + ".q_linear", x), self.dyn_linear(pre + ".kv_linear", y)
+    def cross_attention(self, pre: str, v, y: torch.Tensor, heads: int):
+        b, n, c = shape_of(v)
+        q, kv = self.layer(pre + ".q_linear", v), self.layer(pre + ".kv_linear", y)
+        (q, s_q), (kv, s_kv) = ((t.q, t.scale) if isinstance(t, IntVal) else (t, None) for t in (q, kv))
         if self.emu.matmuls:
-            (hq,) = self.split_heads_q8(q, self.out_scale(pre + ".q_linear"), heads, 0, [(pre + ".qk", "a_scale")])
-            hk, hv = self.split_heads_q8(
-                kv,
-                self.out_scale(pre + ".kv_linear"),
-                heads,
-                0b01,
-                [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")],
-            )
+            (hq,) = self.split_heads_q8(q, s_q, heads, 0, [(pre + ".qk", "a_scale")])
+            targets = [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
+            hk, hv = self.split_heads_q8(kv, s_kv, heads, 0b01, targets)
             return self.attend_int(pre, hq, hk, hv, b, n, c)
-        (hq,) = self.split_heads(q, self.out_scale(pre + ".q_linear"), 1, heads, 0)
-        hk, hv = self.split_heads(kv, self.out_scale(pre + ".kv_linear"), 2, heads, 0b01)
+        (hq,) = self.split_heads(q, s_q, 1, heads, 0)
+        hk, hv = self.split_heads(kv, s_kv, 2, heads, 0b01)
         return self.attend(pre, hq, hk, hv, b, n, c)
 
-    def gelu(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
+    def gelu_fp16(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
         """gelu_fp16(_dequant_fp16(codes)): the C dequantization, then intops._gelu_fp16 per flat
         block of CHUNK_ELEMS (the eager path's blocks, so tanh sees the same lanes)."""
         n = codes.numel()
@@ -850,73 +832,64 @@ class _Compiler:
         )
         return out, out_scale
 
-    def modulation(self, blk, t0: torch.Tensor, b: int, c: int):
-        """scale_shift_table + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
-        table = self.b.const(blk.scale_shift_table.detach()[None])
-        mod = self.b.buf((b, 6, c), torch.float32)
+    # ---- the ops of emulator/block.py (BlockOps): values are IntVal codes or fp16 tensors ---------------
+    def enter(self, h: torch.Tensor):
+        if self.emu.mode == "fp16":
+            return h
+        return IntVal(*self.to_int("blocks.0.norm1", "in0", h, self.res_bits))
+
+    def leave(self, v) -> torch.Tensor:
+        return self.dequant(v.q, v.scale) if isinstance(v, IntVal) else v
+
+    def modulation(self, table: torch.Tensor, t0: torch.Tensor, b: int) -> tuple:
+        """table[None] + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
+        table = self.b.const(table.detach()[None])
+        mod = self.b.buf((b, *table.shape[1:]), torch.float32)
         self.b.call(torch.add, table, t0.view(b, 6, -1), out=mod)
         return mod.chunk(6, dim=1)
 
-    # ---- the blocks: values are (tensor, scale); the scale is None for fp16 values ---------------------
-    def norm_mod(self, norm: str, x, s_x, shift, scale, consumer: str):
+    def norm_modulate(self, norm: str, name: str, v, shift, scale, consumer: str):
         if self.emu.mode == "fp16":
-            return self.norm_modulate(norm, x, shift, scale, consumer)
-        return self.norm_modulate_int(norm, x, s_x, shift, scale, consumer)
+            out = self.norm_modulate_fp16(norm, v, shift, scale, consumer)
+            return IntVal(out, self.lp(consumer).x_scale) if out.dtype == torch.int8 else out
+        return IntVal(self.norm_modulate_int(norm, v.q, v.scale, shift, scale, consumer), self.lp(consumer).x_scale)
 
-    def add(self, name: str, x, s_x, y, s_y, gate):
-        """IntegerEmulator.residual: fp16 values (y fp16, or int16 codes at s_y), or int mode's RES_BITS codes."""
+    def residual(self, name: str, x, y, gate):
+        """fp16 values (y fp16, or int16 codes), or int mode's RES_BITS codes."""
         if self.emu.mode == "fp16":
-            return self.residual(x, y, s_y, gate), None
-        return self.residual_int(name, x, s_x, y, s_y, gate)
+            yq, s_y = (y.q, y.scale) if isinstance(y, IntVal) else (y, None)
+            return self.residual_fp16(x, yq, s_y, gate)
+        return IntVal(*self.residual_int(name, x.q, x.scale, y.q, y.scale, gate))
 
-    def add_tpe(self, name: str, x_t, s_t, tpe: torch.Tensor):
-        """The temporal embedding (a constant of the model) added to the temporal attention's input:
-        fp16 mode adds its saturated fp16 values; int mode its codes at the op's static input scale."""
-        bld, n_rows = self.b, x_t.shape[0]
+    def add_tpe(self, name: str, x_t, tpe: torch.Tensor):
+        """The temporal embedding (a constant of the model): fp16 mode adds its saturated fp16 values;
+        int mode its codes at the op's static input scale."""
+        bld = self.b
         if self.emu.mode == "fp16":
             tpe_h = bld.const(tpe.detach().clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
             out = bld.buf(x_t.shape, torch.float16)
             bld.call(torch.add, x_t, tpe_h, out=out)  # as IntegerEmulator.residual's fp16 add
-            return out, None
+            return out
         aq = fixedpoint.ActQuantizer(self.static_scale(name, "in1", 16), 16, torch.int32)
-        tq = bld.const(aq(tpe.detach().expand(n_rows, -1, -1).contiguous()))
-        return self.residual_int(name, x_t, s_t, tq, aq.scale, None)
+        tq = bld.const(aq(tpe.detach().expand(x_t.q.shape[0], -1, -1).contiguous()))
+        return IntVal(*self.residual_int(name, x_t.q, x_t.scale, tq, aq.scale, None))
 
-    def mlp(self, pre: str, x_m) -> torch.Tensor:
-        """fc1, GELU, fc2 -> fc2's output (int16 codes / fp16 values; int32 codes in int mode)."""
+    def swap_tokens(self, v, b: int, t: int, s: int):
+        def swap(x: torch.Tensor) -> torch.Tensor:
+            c = x.shape[-1]
+            out = self.b.buf((b * s, t, c), x.dtype)  # [B, T, S, C] -> [B * S, T, C]
+            self.b.call(out.view(b, s, t, c).copy_, x.view(b, t, s, c).transpose(1, 2))
+            return out
+
+        return vmap(v, swap)
+
+    def linear(self, name: str, v):
+        return self.layer(name, v, self.res_dtype)
+
+    def gelu(self, name: str, v):
         if self.emu.mode == "fp16":
-            h = self.gelu(self.linear(pre + ".fc1", x_m), self.out_scale(pre + ".fc1"))
-            return self.linear(pre + ".fc2", h)
-        h, s_h = self.gelu_int(self.gemm(pre + ".fc1", x_m, torch.int32), self.lp(pre + ".fc1").y_scale)
-        return self.gemm(pre + ".fc2", self.requant_input(pre + ".fc2", h, s_h), torch.int32)
-
-    def block(self, i: int, x: torch.Tensor, s_x: float | None, y: torch.Tensor, t0: torch.Tensor, tpe):
-        """IntegerEmulator.block for the program's scope: the residual stream x [B, N, C] (fp16 values,
-        or int mode's int32 codes at s_x) -> (next x, its scale)."""
-        bld = self.b
-        blk = self.emu.model.blocks[i]
-        pre = f"blocks.{i}"
-        b, n, c = x.shape
-        heads = blk.attn.num_heads
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
-        x_m = self.norm_mod(pre + ".norm1", x, s_x, shift_msa, scale_msa, pre + ".attn.qkv")
-        x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
-        x, s_x = self.add(pre + ".res_attn", x, s_x, x_s.view(b, n, c), self.out_scale(pre + ".attn.proj"), gate_msa)
-        x_t = bld.buf((b * blk.d_s, blk.d_t, c), x.dtype)  # [B, T, S, C] -> [B * S, T, C]
-        bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
-        s_t = s_x
-        if tpe is not None:
-            x_t, s_t = self.add_tpe(pre + ".tpe_add", x_t, s_t, tpe)
-        t_out = self.self_attention(pre + ".attn_temp", x_t, heads, s_t)  # [B * S, T, C]
-        back = bld.buf((b, n, c), t_out.dtype)  # -> [B, T * S, C]
-        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_out.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
-        x, s_x = self.add(pre + ".res_temp", x, s_x, back, self.out_scale(pre + ".attn_temp.proj"), gate_msa)
-        xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
-        x, s_x = self.add(pre + ".res_cross", x, s_x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
-        x_m = self.norm_mod(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        return self.add(
-            pre + ".res_mlp", x, s_x, self.mlp(pre + ".mlp", x_m), self.out_scale(pre + ".mlp.fc2"), gate_mlp
-        )
+            return self.gelu_fp16(*((v.q, v.scale) if isinstance(v, IntVal) else (v, None)))
+        return IntVal(*self.gelu_int(v.q, v.scale))
 
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
         bld = self.b
@@ -928,9 +901,5 @@ class _Compiler:
         for name in self.emu.linears:  # every block linear quantized (int8 codes)
             if name.startswith("blocks."):
                 self.lp(name) if self.emu.static else self.lp_dyn(name)
-        x, s_x = (x_in, None) if fp16 else self.to_int("blocks.0.norm1", "in0", x_in, self.res_bits)
-        for i in range(len(m.blocks)):
-            tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
-            x, s_x = self.block(i, x, s_x, y_in, t0_in, tpe)
-        out = x if fp16 else self.dequant(x, s_x)
+        out = run_blocks(self, m, x_in, y_in, t0_in)
         return BlockProgram(bld, x_in, y_in, t0_in, out, saturate_inputs=fp16)
