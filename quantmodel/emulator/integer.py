@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from quantmodel.emulator import program as emuprogram
 from quantmodel.emulator.block import IntVal, run_blocks, shape_of
 from quantmodel.emulator.block import vmap as _vmap
+from quantmodel.emulator import datapath
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
 from quantmodel.model.stdit import STDiT
@@ -81,10 +82,7 @@ FP16_MAX = 65504.0
 QR = 2 ** (RES_BITS - 1) - 1  # fixedpoint.qrange stops at 16 bits; the residual needs 24
 
 
-def _scale(absmax: float, bits: int) -> float:
-    """Symmetric scale absmax / qmax as float32 (fixedpoint.symmetric_scale, any width <= 31)."""
-    q = 2 ** (bits - 1) - 1
-    return float(torch.tensor(absmax / q if absmax > 0 else 1.0, dtype=torch.float32))
+_scale = datapath.range_scale
 
 
 def _h(x: torch.Tensor) -> torch.Tensor:
@@ -629,7 +627,7 @@ class IntegerEmulator:
             s_out, lo, hi = p.x_scale, -self.qa, self.qa
         else:
             s_out = self._static_scale(
-                name, "out", 16, RES_HEADROOM, dynamic_of=lambda: self._f32(iv) * (1 + scale) + shift
+                name, "out", 16, RES_HEADROOM, dynamic_of=lambda: datapath.modulated(self._f32(iv), shift, scale)
             )
             lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
         q = intops.modulate_int(iv.q, iv.scale, sh.q, sh.scale, sc.q, sc.scale, s_out, lo, hi)
@@ -664,7 +662,7 @@ class IntegerEmulator:
             else IntVal(torch.ones(1, dtype=torch.int32, device=ix.q.device), 1.0)
         )
         s_out = self._static_scale(
-            name, "out", RES_BITS, RES_HEADROOM, dynamic_of=lambda: self._f32(ix) + self._f32(g) * self._f32(iy)
+            name, "out", RES_BITS, RES_HEADROOM, dynamic_of=lambda: datapath.gated_sum(self._f32(ix), self._f32(g), self._f32(iy))
         )
         q = intops.gated_add_int(ix.q, ix.scale, iy.q, iy.scale, g.q, g.scale, s_out, -QR, QR)
         if self.exact:

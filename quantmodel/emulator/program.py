@@ -32,12 +32,27 @@ import math
 import torch
 
 from quantmodel.emulator.block import IntVal, run_blocks, shape_of, vmap
+from quantmodel.emulator import datapath
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
 
 ALIGN_BYTES = 64  # arena offsets: cache-line aligned
+
+
+class Cell:
+    """A scale known only when the program runs (dynamic recipes take it from the tensor's abs-max):
+    the step that measures it sets ``v``; the later steps that depend on it read it."""
+
+    __slots__ = ("v",)
+
+    def __init__(self):
+        self.v = 1.0
+
+
+def _v(s) -> float:
+    return s.v if isinstance(s, Cell) else s
 
 
 class _Builder:
@@ -152,7 +167,7 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
         or emu.verifier is not None
         or emu.device.type != "cpu"
         or emu.mode not in ("fp16", "int")
-        or (not emu.static and (emu.mode == "int" or emu.matmuls))
+        or (not emu.static and emu.matmuls)
     ):
         return None
     try:
@@ -186,6 +201,7 @@ class ProgramOps:
         self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
         self.memo: dict = {}
         self.res_bits, self.res_headroom, self.param_bits = RES_BITS, RES_HEADROOM, PARAM_BITS
+        self.dyn_int = not emu.static and emu.mode == "int"  # every int-mode scale taken on line
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
@@ -211,15 +227,20 @@ class ProgramOps:
             raise _Unsupported(name)
         return p
 
-    def dyn_linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """IntegerEmulator.linear of a dynamic recipe (fp16 mode): per-token scales from the row's abs-max,
-        int8 codes, the int8 GEMM, the float32 rescale with bias, the saturating fp16 conversion."""
+    def dyn_linear(self, name: str, x) -> torch.Tensor:
+        """IntegerEmulator.linear of a dynamic recipe: per-token scales from the row's abs-max, int8 codes,
+        the int8 GEMM, the float32 rescale with bias; fp16 mode converts to fp16 (saturating). Int mode's
+        integer inputs are dequantized first."""
         emu, bld = self.emu, self.b
         p = self.lp_dyn(name)
+        if isinstance(x, IntVal):
+            x = self.dequant(x.q, x.scale)
+        fp16 = emu.mode == "fp16"
         k, n = p.w_t.shape
         rows = x.numel() // k
         q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
-        acc, out = bld.buf((rows, n), torch.int32), bld.buf((*x.shape[:-1], n), torch.float16)
+        acc = bld.buf((rows, n), torch.int32)
+        out = bld.buf((*x.shape[:-1], n), torch.float16 if fp16 else torch.float32)
         quant = functools.partial(
             self.dll.qm_dyn_quant,
             x.data_ptr(),
@@ -247,7 +268,7 @@ class ProgramOps:
             bld.const(p.w_scale.contiguous()).data_ptr(),
             bld.const(p.bias.contiguous()).data_ptr(),
             out.data_ptr(),
-            1,
+            int(fp16),
         )
         return out
 
@@ -468,6 +489,9 @@ class ProgramOps:
             targets = [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
             q, k_t, vv = self.split_heads_q8(codes, s_codes, heads, 0b010, targets)
             return self.attend_int(pre, q, k_t, vv, b, n, c)
+        if codes.dtype == torch.float32:  # a dynamic recipe's float32 output: the eager path's views
+            t = codes.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+            return self.attend(pre, t[0], t[1].transpose(-2, -1), t[2], b, n, c)
         q, k_t, vv = self.split_heads(codes, s_codes, 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
 
@@ -592,6 +616,10 @@ class ProgramOps:
             targets = [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
             hk, hv = self.split_heads_q8(kv, s_kv, heads, 0b01, targets)
             return self.attend_int(pre, hq, hk, hv, b, n, c)
+        if q.dtype == torch.float32:  # a dynamic recipe's float32 outputs: the eager path's views
+            d = c // heads
+            kv = kv.view(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+            return self.attend(pre, q.view(b, n, heads, d).transpose(1, 2), kv[0].transpose(-2, -1), kv[1], b, n, c)
         (hq,) = self.split_heads(q, s_q, 1, heads, 0)
         hk, hv = self.split_heads(kv, s_kv, 2, heads, 0b01)
         return self.attend(pre, hq, hk, hv, b, n, c)
@@ -624,7 +652,10 @@ class ProgramOps:
         return self.emu._static_scale(name, fld, bits, self.res_headroom)
 
     def to_int(self, name: str, fld: str, x: torch.Tensor, bits: int):
-        """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale."""
+        """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale (a dynamic
+        recipe's: at the scale of the tensor's abs-max, a :class:`Cell`)."""
+        if self.dyn_int:
+            return self.to_int_dyn(x, bits)
         aq = fixedpoint.ActQuantizer(self.static_scale(name, fld, bits), bits, torch.int32)
         out = self.b.buf(x.shape, torch.int32)
         self.b.call(
@@ -678,10 +709,22 @@ class ProgramOps:
     def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
         """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
         q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
-        return self.dequant(self.int_softmax(q, s_q * attn_scale, 8), 2.0**-7)
+        probs = self.int_softmax_dyn(q, s_q, attn_scale) if isinstance(s_q, Cell) else self.int_softmax(q, s_q * attn_scale, 8)
+        return self.dequant(probs, 2.0**-7)
 
-    def dequant(self, q: torch.Tensor, scale: float) -> torch.Tensor:
-        """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product."""
+    def dequant(self, q: torch.Tensor, scale) -> torch.Tensor:
+        """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product (a
+        scale taken on line: fixedpoint.dequantize itself where a code is not below 2**24)."""
+        if isinstance(scale, Cell):
+            out = self.b.buf(q.shape, torch.float32)
+            deq, qp, kind, n, op = self.dll.qm_dequant, q.data_ptr(), ckernels.IN_KIND_INT[q.dtype], q.numel(), out.data_ptr()
+
+            def step():  # as fixedpoint.dequantize: the C product only for a float32 scale and small codes
+                if not fixedpoint._is_f32(scale.v) or deq(qp, kind, n, scale.v, op, 0):
+                    out.copy_(fixedpoint.dequantize(q, scale.v))
+
+            self.b.py(step, q, out)
+            return out
         if not fixedpoint._is_f32(scale):
             raise _Unsupported("scale")
         out = self.b.buf(q.shape, torch.float32)
@@ -702,33 +745,9 @@ class ProgramOps:
         qmax: int,
     ) -> torch.Tensor:
         """intops._fix_madd_c with f / r_bc float64 [B, 1, C] buffers (filled per step)."""
-        b_, n_, c = qa_.shape
-        ca, la, ma, sa = intops._rq_consts(float(real_a))
-        cb, lb, mb, sb = intops._rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
         out = self.b.buf(qa_.shape, torch.int32)
-        ws = self.b.buf(2 * c, torch.float64)
-        self.b.call(
-            self.dll.qm_fix_madd,
-            qa_.data_ptr(),
-            ca,
-            la,
-            ma,
-            sa,
-            f.data_ptr(),
-            None if qb is None else qb.data_ptr(),
-            cb,
-            lb,
-            mb,
-            sb,
-            None if r_bc is None else r_bc.data_ptr(),
-            b_,
-            n_,
-            c,
-            float(qmin),
-            float(qmax),
-            out.data_ptr(),
-            ws.data_ptr(),
-        )
+        ws = self.b.buf(2 * qa_.shape[2], torch.float64)
+        self.b.call(self.dll.qm_fix_madd, *intops.fix_madd_args(qa_, real_a, f, qb, real_b, r_bc, qmin, qmax, out, ws))
         return out
 
     def norm_modulate_int(self, norm: str, x: torch.Tensor, s_x: float, shift, scale, consumer: str) -> torch.Tensor:
@@ -761,7 +780,7 @@ class ProgramOps:
         bld.call(q8.copy_, q32)  # .to(torch.int8): the values are within +-qmax
         return q8
 
-    def operands_step(self, eager, scale, shift, inv, s_out: float, f, r) -> None:
+    def operands_step(self, eager, scale, shift, inv, s_out, f, r) -> None:
         """The per-step operands of a modulation (scale and shift) or a gate (shift None) as one C call
         (ckernels ``qm_mod_operands``: the same float32, rounding and integer steps as ``eager``), which
         runs instead when a parameter is not finite (it then raises the eager path's error)."""
@@ -774,24 +793,25 @@ class ProgramOps:
             return
         b_, _, c = scale.shape
         fw, qw = self.b.buf(2 * b_ * c, torch.float32), self.b.buf(2 * b_ * c, torch.int32)
-        call = functools.partial(
-            self.dll.qm_mod_operands,
+        head = (
             scale.data_ptr(),
             None if shift is None else shift.data_ptr(),
             scale.stride(0) if b_ > 1 else 0,
             None if inv is None else inv.data_ptr(),
             b_,
             c,
-            s_out,
+        )
+        tail = (
             2 ** (self.param_bits - 1) - 1,
             f.data_ptr(),
             None if r is None else r.data_ptr(),
             fw.data_ptr(),
             qw.data_ptr(),
         )
+        mod_operands = self.dll.qm_mod_operands
 
-        def step():
-            if call():
+        def step():  # s_out: a float, or a Cell set by an earlier step
+            if mod_operands(*head, _v(s_out), *tail):
                 eager()
 
         self.b.py(step, *(t for t in (scale, shift, inv, f, r, fw, qw) if t is not None))
@@ -832,11 +852,123 @@ class ProgramOps:
         )
         return out, out_scale
 
+    # ---- int mode of dynamic recipes: every scale taken on line, a Cell set by a step ---------------------
+    def to_int_dyn(self, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, Cell]:
+        """IntegerEmulator._int of a float tensor without a calibrated range: the scale of its abs-max
+        (with the residual headroom), then ActQuantizer's C loop at that scale's float32 reciprocal."""
+        cell, out = Cell(), self.b.buf(x.shape, torch.int32)
+        act, xp, kind, n, op = self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), out.data_ptr()
+        qmax, headroom = float(2 ** (bits - 1) - 1), self.res_headroom
+
+        def step():
+            cell.v = s = datapath.range_scale(float(x.abs().max()) * headroom, bits)
+            act(xp, kind, n, fixedpoint.act_reciprocal(s), qmax, op, ckernels.OUT_KIND[torch.int32], None, 0)
+
+        self.b.py(step, x, out)
+        return out, cell
+
+    def int_softmax_dyn(self, q: torch.Tensor, s_q: Cell, attn_scale: float) -> torch.Tensor:
+        """intops.softmax_int (8-bit probabilities) of int32 codes at a scale taken on line."""
+        n = q.shape[-1]
+        out, ebuf = self.b.buf(q.shape, torch.int32), self.b.buf(n, torch.int64)
+        sm, qp, rows, op, ep = self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, out.data_ptr(), ebuf.data_ptr()
+
+        def step():
+            scale = s_q.v * attn_scale
+            k = intops.working_shift(scale)
+            sm(qp, rows, n, k, *intops.exp_constants(scale * 2.0**k), 7, op, ep)
+
+        self.b.py(step, q, out, ebuf)
+        return out
+
+    def gelu_dyn(self, v: IntVal) -> IntVal:
+        """intops.gelu_int of int32 codes at a scale taken on line -> codes at the (run-time) output scale."""
+        out, cell = self.b.buf(v.q.shape, torch.int32), Cell()
+        gelu, qp, n, op = self.dll.qm_gelu_int, v.q.data_ptr(), v.q.numel(), out.data_ptr()
+
+        def step():
+            k = intops.working_shift(v.scale.v)
+            q_bb, q_one, t, cell.v = intops.gelu_constants(v.scale.v * 2.0**k)
+            gelu(qp, n, k, 2**intops.SAT_BITS, q_bb, q_one, t, op)
+
+        self.b.py(step, v.q, out)
+        return IntVal(out, cell)
+
+    def fix_madd_dyn(self, qa_, real_a, f, qb, real_b, r_bc, qmin: int, qmax: int) -> torch.Tensor:
+        """:meth:`fix_madd` with ``real_a`` / ``real_b`` functions of the run-time scales."""
+        out, ws = self.b.buf(qa_.shape, torch.int32), self.b.buf(2 * qa_.shape[2], torch.float64)
+        fm = self.dll.qm_fix_madd
+
+        def step():
+            rb = real_b() if qb is not None else 0.0
+            fm(*intops.fix_madd_args(qa_, real_a(), f, qb, rb, r_bc, qmin, qmax, out, ws))
+
+        self.b.py(step, *(t for t in (qa_, f, qb, r_bc, out, ws) if t is not None))
+        return out
+
+    def norm_modulate_dyn(self, norm: str, x: IntVal, shift, scale) -> IntVal:
+        """IntegerEmulator.modulate(layernorm(x)) for a dynamic consumer: the integer LayerNorm (its eps
+        table from x's run-time scale), then the modulation to 16-bit codes at the scale of its float
+        value's range (``datapath.modulated``)."""
+        emu, bld = self.emu, self.b
+        b_, n_, c = x.q.shape
+        eps = emu.mods[norm].eps
+        eps_k, ln = bld.buf(19, torch.int64), bld.buf(x.q.shape, torch.int32)
+        lnk, xp, ep, lp = self.dll.qm_layernorm_int, x.q.data_ptr(), eps_k.data_ptr(), ln.data_ptr()
+
+        def layernorm():
+            eps_k.copy_(torch.tensor(intops.ln_eps_table(x.scale.v, c, eps), dtype=torch.int64))
+            lnk(xp, b_ * n_, c, ep, lp)
+
+        bld.py(layernorm, x.q, eps_k, ln)
+        s_ln = math.sqrt(c) / 2.0**intops.LN_OUT_BITS
+        s_out, q16 = Cell(), fixedpoint.qrange(16)[1]
+
+        def out_range():
+            r = float(datapath.modulated(fixedpoint.dequantize(ln, s_ln), shift, scale).abs().max())
+            s_out.v = datapath.range_scale(r * self.res_headroom, 16)
+
+        bld.py(out_range, ln, shift, scale)
+        f, r = bld.buf((b_, 1, c), torch.float64), bld.buf((b_, 1, c), torch.float64)
+
+        def operands():
+            shq, scq = emu._param_int(shift), emu._param_int(scale)
+            m, rr = intops.modulate_factors(shq.q, shq.scale, scq.q, scq.scale, s_out.v)
+            f.copy_(m)
+            r.copy_(rr)
+
+        self.operands_step(operands, scale, shift, None, s_out, f, r)
+        g = 2.0**intops.GUARD_BITS
+        q = self.fix_madd_dyn(ln, lambda: s_ln / (s_out.v / g), f, None, None, r, -q16, q16)
+        return IntVal(q, s_out)
+
+    def residual_dyn(self, x: IntVal, y: torch.Tensor, gate) -> IntVal:
+        """IntegerEmulator.residual (int) of a dynamic recipe: y's codes and the output scale taken on line
+        (the range of ``datapath.gated_sum``), then the fixed-point gated add."""
+        emu, bld = self.emu, self.b
+        yq, s_y = self.to_int_dyn(y, 16)
+        b_, _, c = x.q.shape
+        f = self.gate(gate, b_, c)
+        s_out = Cell()
+        one = IntVal(torch.ones(1, dtype=torch.int32), 1.0)
+
+        def out_range():
+            g = emu._param_int(gate) if gate is not None else one
+            xf, gf = fixedpoint.dequantize(x.q, x.scale.v), fixedpoint.dequantize(g.q, g.scale)
+            r = float(datapath.gated_sum(xf, gf, fixedpoint.dequantize(yq, s_y.v)).abs().max())
+            s_out.v = datapath.range_scale(r * self.res_headroom, self.res_bits)
+
+        bld.py(out_range, *(t for t in (x.q, yq, gate) if t is not None))
+        g = 2.0**intops.GUARD_BITS
+        qr = 2 ** (self.res_bits - 1) - 1
+        q = self.fix_madd_dyn(yq, lambda: s_y.v / (s_out.v / g), f, x.q, lambda: x.scale.v / (s_out.v / g), None, -qr, qr)
+        return IntVal(q, s_out)
+
     # ---- the ops of emulator/block.py (BlockOps): values are IntVal codes or fp16 tensors ---------------
     def enter(self, h: torch.Tensor):
         if self.emu.mode == "fp16":
             return h
-        return IntVal(*self.to_int("blocks.0.norm1", "in0", h, self.res_bits))
+        return IntVal(*self.to_int("blocks.0.norm1", "in0", h, self.res_bits))  # to_int_dyn for dynamic recipes
 
     def leave(self, v) -> torch.Tensor:
         return self.dequant(v.q, v.scale) if isinstance(v, IntVal) else v
@@ -849,6 +981,8 @@ class ProgramOps:
         return mod.chunk(6, dim=1)
 
     def norm_modulate(self, norm: str, name: str, v, shift, scale, consumer: str):
+        if self.dyn_int:
+            return self.norm_modulate_dyn(norm, v, shift, scale)
         if self.emu.mode == "fp16":
             out = self.norm_modulate_fp16(norm, v, shift, scale, consumer)
             return IntVal(out, self.lp(consumer).x_scale) if out.dtype == torch.int8 else out
@@ -859,6 +993,8 @@ class ProgramOps:
         if self.emu.mode == "fp16":
             yq, s_y = (y.q, y.scale) if isinstance(y, IntVal) else (y, None)
             return self.residual_fp16(x, yq, s_y, gate)
+        if self.dyn_int:
+            return self.residual_dyn(x, y, gate)
         return IntVal(*self.residual_int(name, x.q, x.scale, y.q, y.scale, gate))
 
     def add_tpe(self, name: str, x_t, tpe: torch.Tensor):
@@ -870,6 +1006,8 @@ class ProgramOps:
             out = bld.buf(x_t.shape, torch.float16)
             bld.call(torch.add, x_t, tpe_h, out=out)  # as IntegerEmulator.residual's fp16 add
             return out
+        if self.dyn_int:  # IntegerEmulator.residual of the float embedding (its codes taken on line)
+            return self.residual_dyn(x_t, bld.const(tpe.detach().expand(x_t.q.shape[0], -1, -1).contiguous()), None)
         aq = fixedpoint.ActQuantizer(self.static_scale(name, "in1", 16), 16, torch.int32)
         tq = bld.const(aq(tpe.detach().expand(x_t.q.shape[0], -1, -1).contiguous()))
         return IntVal(*self.residual_int(name, x_t.q, x_t.scale, tq, aq.scale, None))
@@ -889,6 +1027,8 @@ class ProgramOps:
     def gelu(self, name: str, v):
         if self.emu.mode == "fp16":
             return self.gelu_fp16(*((v.q, v.scale) if isinstance(v, IntVal) else (v, None)))
+        if self.dyn_int:
+            return self.gelu_dyn(IntVal(*self.to_int_dyn(v, 16)))
         return IntVal(*self.gelu_int(v.q, v.scale))
 
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:

@@ -768,6 +768,17 @@ def _rq_consts(real: float) -> tuple[float, float, int, int]:
     return float(rq.c), float(rq.lim), int(rq.m), int(rq.s)
 
 
+def fix_madd_args(qa, real_a: float, f, qb, real_b: float, r_bc, qmin: int, qmax: int, out, ws) -> tuple:
+    """The arguments of ckernels ``qm_fix_madd`` (see :func:`_fix_madd_c`) for contiguous int32 qa / qb
+    [B, N, C], float64 f / r_bc [B, 1, C], int32 out like qa and a float64 workspace of 2 * C."""
+    b_, n_, c = qa.shape
+    ca, la, ma, sa = _rq_consts(float(real_a))
+    cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
+    ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
+    return (ptr(qa), ca, la, ma, sa, ptr(f), ptr(qb), cb, lb, mb, sb, ptr(r_bc), b_, n_, c, float(qmin), float(qmax),
+            ptr(out), ptr(ws))
+
+
 def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, r_bc, qmin: int, qmax: int):
     """The fixed-point modulate / gated add pipeline in one C pass (see ckernels ``qm_fix_madd``):
     ``_finish(sat32(_mul_round_q16(_at(q_a), f) + R))`` with R = ``_at(q_b)`` (q_b given, same shape as
@@ -794,29 +805,7 @@ def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, 
         return None
     qa = q_a.to(torch.int32).contiguous()
     qb = None if q_b is None else q_b.to(torch.int32).contiguous()
-    ca, la, ma, sa = _rq_consts(float(real_a))
-    cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
     out = torch.empty(qa.shape, dtype=torch.int32)
     ws = torch.empty(2 * c, dtype=torch.float64)
-    dll.qm_fix_madd(
-        qa.data_ptr(),
-        ca,
-        la,
-        ma,
-        sa,
-        f.data_ptr(),
-        None if qb is None else qb.data_ptr(),
-        cb,
-        lb,
-        mb,
-        sb,
-        None if r_bc is None else r_bc.data_ptr(),
-        b_,
-        n_,
-        c,
-        float(qmin),
-        float(qmax),
-        out.data_ptr(),
-        ws.data_ptr(),
-    )
+    dll.qm_fix_madd(*fix_madd_args(qa, real_a, f, qb, real_b, r_bc, qmin, qmax, out, ws))
     return out
