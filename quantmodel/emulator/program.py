@@ -858,10 +858,13 @@ class ProgramOps:
         (with the residual headroom), then ActQuantizer's C loop at that scale's float32 reciprocal."""
         cell, out = Cell(), self.b.buf(x.shape, torch.int32)
         act, xp, kind, n, op = self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), out.data_ptr()
-        qmax, headroom = float(2 ** (bits - 1) - 1), self.res_headroom
+        qmax, headroom, absmax = float(2 ** (bits - 1) - 1), self.res_headroom, self.dll.qm_absmax
 
         def step():
-            cell.v = s = datapath.range_scale(float(x.abs().max()) * headroom, bits)
+            a = absmax(xp, kind, n)
+            if a < 0:  # a value is not finite: torch's max (NaN included), as eager
+                a = float(x.abs().max())
+            cell.v = s = datapath.range_scale(a * headroom, bits)
             act(xp, kind, n, fixedpoint.act_reciprocal(s), qmax, op, ckernels.OUT_KIND[torch.int32], None, 0)
 
         self.b.py(step, x, out)
@@ -924,8 +927,14 @@ class ProgramOps:
         s_ln = math.sqrt(c) / 2.0**intops.LN_OUT_BITS
         s_out, q16 = Cell(), fixedpoint.qrange(16)[1]
 
-        def out_range():
-            r = float(datapath.modulated(fixedpoint.dequantize(ln, s_ln), shift, scale).abs().max())
+        mod_absmax = functools.partial(self.dll.qm_mod_absmax, ln.data_ptr(), s_ln, scale.data_ptr(), shift.data_ptr())
+        c_ok = scale.stride(2) == 1 and shift.stride() == scale.stride()
+        pstride = scale.stride(0) if b_ > 1 else 0
+
+        def out_range():  # one C pass where the layout allows; torch's definition otherwise
+            r = mod_absmax(pstride, b_, n_, c) if c_ok else -1.0
+            if r < 0:
+                r = float(datapath.modulated(fixedpoint.dequantize(ln, s_ln), shift, scale).abs().max())
             s_out.v = datapath.range_scale(r * self.res_headroom, 16)
 
         bld.py(out_range, ln, shift, scale)
@@ -947,15 +956,20 @@ class ProgramOps:
         (the range of ``datapath.gated_sum``), then the fixed-point gated add."""
         emu, bld = self.emu, self.b
         yq, s_y = self.to_int_dyn(y, 16)
-        b_, _, c = x.q.shape
+        b_, n_, c = x.q.shape
         f = self.gate(gate, b_, c)
         s_out = Cell()
         one = IntVal(torch.ones(1, dtype=torch.int32), 1.0)
 
-        def out_range():
+        gated_absmax, xp, yp = self.dll.qm_gated_absmax, x.q.data_ptr(), yq.data_ptr()
+
+        def out_range():  # one C pass (the torch definition for a non-finite value)
             g = emu._param_int(gate) if gate is not None else one
-            xf, gf = fixedpoint.dequantize(x.q, x.scale.v), fixedpoint.dequantize(g.q, g.scale)
-            r = float(datapath.gated_sum(xf, gf, fixedpoint.dequantize(yq, s_y.v)).abs().max())
+            gq = g.q.contiguous() if gate is not None else None
+            r = gated_absmax(xp, x.scale.v, None if gq is None else gq.data_ptr(), g.scale, yp, s_y.v, b_, n_, c)
+            if r < 0:
+                xf, gf = fixedpoint.dequantize(x.q, x.scale.v), fixedpoint.dequantize(g.q, g.scale)
+                r = float(datapath.gated_sum(xf, gf, fixedpoint.dequantize(yq, s_y.v)).abs().max())
             s_out.v = datapath.range_scale(r * self.res_headroom, self.res_bits)
 
         bld.py(out_range, *(t for t in (x.q, yq, gate) if t is not None))

@@ -52,7 +52,7 @@ from quantmodel.intarith.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     _is_f32,
-    _requantizer,
+    per_tensor_consts,
     quantize_multiplier,
     requantize_scale,
 )
@@ -764,8 +764,7 @@ def _rq_consts(real: float) -> tuple[float, float, int, int]:
     """(c, lim, m, s) of the prepared per-tensor Requantizer that ``_at`` uses for ``real`` (a pure
     function of the float: memoised, the static scales repeat every forward)."""
     m, sh = quantize_multiplier(float(real))
-    rq = _requantizer(m, sh, INT32_MIN, INT32_MAX, torch.float64, torch.device("cpu"))
-    return float(rq.c), float(rq.lim), int(rq.m), int(rq.s)
+    return per_tensor_consts(m, sh, INT32_MIN, INT32_MAX)
 
 
 def fix_madd_args(qa, real_a: float, f, qb, real_b: float, r_bc, qmin: int, qmax: int, out, ws) -> tuple:
