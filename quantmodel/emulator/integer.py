@@ -42,12 +42,14 @@ attention output's head merge emit the next static layer's int8 codes directly (
 quantizing the fp16 / float32 tensor). Large C loops run on torch's OpenMP threads (rows split, values
 unchanged).
 
-Outside verification, the blocks of static recipes (both modes, float or integer attention products)
-and of dynamic recipes (fp16 mode, float attention products) run as a compiled program
-(:mod:`quantmodel.emulator.program`): per weight set
-and input shape the op sequence below is resolved once into a flat list of the same kernel calls over
-buffers that share one arena by live range, so a forward pays neither Python dispatch nor allocation
-per op. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
+The blocks' data flow is written once (:mod:`quantmodel.emulator.block`); this class is its eager
+backend: each op runs at once. Outside verification, on CPU with the C kernels, the blocks run instead
+as a compiled program (:mod:`quantmodel.emulator.program`, the recording backend of the same block):
+per weight set and input shape the ops are resolved once into a flat list of the same kernel calls
+over buffers that share one arena by live range, so a forward pays neither Python dispatch nor
+allocation per op. That covers static recipes and dynamic ones in both modes (a dynamic recipe's
+per-call scales become steps of the program), except dynamic recipes with integer attention
+products. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by the float64 reference
@@ -65,10 +67,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from quantmodel.emulator import datapath
 from quantmodel.emulator import program as emuprogram
 from quantmodel.emulator.block import IntVal, run_blocks, shape_of
 from quantmodel.emulator.block import vmap as _vmap
-from quantmodel.emulator import datapath
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
 from quantmodel.model.stdit import STDiT
@@ -662,7 +664,11 @@ class IntegerEmulator:
             else IntVal(torch.ones(1, dtype=torch.int32, device=ix.q.device), 1.0)
         )
         s_out = self._static_scale(
-            name, "out", RES_BITS, RES_HEADROOM, dynamic_of=lambda: datapath.gated_sum(self._f32(ix), self._f32(g), self._f32(iy))
+            name,
+            "out",
+            RES_BITS,
+            RES_HEADROOM,
+            dynamic_of=lambda: datapath.gated_sum(self._f32(ix), self._f32(g), self._f32(iy)),
         )
         q = intops.gated_add_int(ix.q, ix.scale, iy.q, iy.scale, g.q, g.scale, s_out, -QR, QR)
         if self.exact:

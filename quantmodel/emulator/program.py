@@ -3,24 +3,29 @@
 Why: on stdit-tiny every op works on a few thousand values, so an eager forward spends as much time
 in Python (type checks, dict lookups, argument preparation) and in allocating tensors as in the
 kernels themselves. A :class:`BlockProgram` resolves all of that once per (weight set, input
-shapes): it binds each C kernel (:mod:`quantmodel.intarith.ckernels`) to its pointers and constants, and keeps
-the few torch ops that remain (the int8 GEMMs, the float attention products, torch's float32
-exp / tanh / rsqrt, strided copies) as ``out=`` calls. A forward copies its inputs in and runs the list.
-The intermediates share one arena laid out by live range (:func:`_plan_arena`), so the working set
-of a forward stays in the CPU caches.
+shapes): :class:`ProgramOps`, the recording backend of the block written once in
+:mod:`quantmodel.emulator.block`, binds each C kernel (:mod:`quantmodel.intarith.ckernels`) to its
+pointers and constants, and keeps the few torch ops that remain (the int8 GEMMs, the float attention
+products, torch's float32 exp / tanh / rsqrt, strided copies) as ``out=`` calls. A forward copies its
+inputs in and runs the list. The intermediates share one arena laid out by live range
+(:func:`_plan_arena`), so the working set of a forward stays in the CPU caches.
 
-Values: each step is the call the emulator's eager path makes for that op (or a C loop with the same
-operations in the same order), with the same constants and tensors of the same shapes (so torch's
-vectorised exp / tanh see the same lanes), so the program's output equals
-:meth:`IntegerEmulator.forward` without it bit for bit (tests/quantmodel/test_emuprogram.py compares them over
-recipes, steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation
-quantized to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
+Values: each step is the call the eager backend (:class:`~quantmodel.emulator.integer.IntegerEmulator`)
+makes for that op (or a C loop with the same operations in the same order), with the same constants and
+tensors of the same shapes (so torch's vectorised exp / tanh see the same lanes), so the program's output
+equals the eager forward bit for bit (tests/quantmodel/test_emuprogram.py compares them over recipes,
+steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation quantized
+to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
+
+Scales taken on line: dynamic recipes in ``int`` mode quantize every integer kernel's input at the
+scale of its own abs-max, so those scales (and the kernel constants derived from them) exist only when
+the program runs. Each is a :class:`Cell`: the step that measures the range (a C pass, ``qm_absmax`` /
+``qm_mod_absmax`` / ``qm_gated_absmax``, the same float values the eager path builds to take its max)
+sets it, and the steps that read it derive their constants from it at run time.
 
 Scope: CPU with the C kernels, not verifying; static recipes in both vector-unit modes, with float
-or integer attention products; dynamic recipes in fp16 mode with float attention products. Dynamic
-recipes in ``int`` mode take every op's scale from the tensor on line (so every op's integer
-constants would be derived per call) and run the eager path, as do dynamic recipes with integer
-attention and ``verify`` runs: :func:`build` returns None for them.
+or integer attention products; dynamic recipes in both modes with float attention products. Dynamic
+recipes with integer attention and ``verify`` runs take the eager path: :func:`build` returns None.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ import math
 
 import torch
 
-from quantmodel.emulator.block import IntVal, run_blocks, shape_of, vmap
 from quantmodel.emulator import datapath
+from quantmodel.emulator.block import IntVal, run_blocks, shape_of, vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
@@ -709,7 +714,11 @@ class ProgramOps:
     def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
         """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
         q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
-        probs = self.int_softmax_dyn(q, s_q, attn_scale) if isinstance(s_q, Cell) else self.int_softmax(q, s_q * attn_scale, 8)
+        probs = (
+            self.int_softmax_dyn(q, s_q, attn_scale)
+            if isinstance(s_q, Cell)
+            else self.int_softmax(q, s_q * attn_scale, 8)
+        )
         return self.dequant(probs, 2.0**-7)
 
     def dequant(self, q: torch.Tensor, scale) -> torch.Tensor:
@@ -717,7 +726,13 @@ class ProgramOps:
         scale taken on line: fixedpoint.dequantize itself where a code is not below 2**24)."""
         if isinstance(scale, Cell):
             out = self.b.buf(q.shape, torch.float32)
-            deq, qp, kind, n, op = self.dll.qm_dequant, q.data_ptr(), ckernels.IN_KIND_INT[q.dtype], q.numel(), out.data_ptr()
+            deq, qp, kind, n, op = (
+                self.dll.qm_dequant,
+                q.data_ptr(),
+                ckernels.IN_KIND_INT[q.dtype],
+                q.numel(),
+                out.data_ptr(),
+            )
 
             def step():  # as fixedpoint.dequantize: the C product only for a float32 scale and small codes
                 if not fixedpoint._is_f32(scale.v) or deq(qp, kind, n, scale.v, op, 0):
@@ -857,7 +872,13 @@ class ProgramOps:
         """IntegerEmulator._int of a float tensor without a calibrated range: the scale of its abs-max
         (with the residual headroom), then ActQuantizer's C loop at that scale's float32 reciprocal."""
         cell, out = Cell(), self.b.buf(x.shape, torch.int32)
-        act, xp, kind, n, op = self.dll.qm_act_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], x.numel(), out.data_ptr()
+        act, xp, kind, n, op = (
+            self.dll.qm_act_quant,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            x.numel(),
+            out.data_ptr(),
+        )
         qmax, headroom, absmax = float(2 ** (bits - 1) - 1), self.res_headroom, self.dll.qm_absmax
 
         def step():
@@ -975,7 +996,9 @@ class ProgramOps:
         bld.py(out_range, *(t for t in (x.q, yq, gate) if t is not None))
         g = 2.0**intops.GUARD_BITS
         qr = 2 ** (self.res_bits - 1) - 1
-        q = self.fix_madd_dyn(yq, lambda: s_y.v / (s_out.v / g), f, x.q, lambda: x.scale.v / (s_out.v / g), None, -qr, qr)
+        q = self.fix_madd_dyn(
+            yq, lambda: s_y.v / (s_out.v / g), f, x.q, lambda: x.scale.v / (s_out.v / g), None, -qr, qr
+        )
         return IntVal(q, s_out)
 
     # ---- the ops of emulator/block.py (BlockOps): values are IntVal codes or fp16 tensors ---------------

@@ -773,9 +773,28 @@ def fix_madd_args(qa, real_a: float, f, qb, real_b: float, r_bc, qmin: int, qmax
     b_, n_, c = qa.shape
     ca, la, ma, sa = _rq_consts(float(real_a))
     cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
-    ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
-    return (ptr(qa), ca, la, ma, sa, ptr(f), ptr(qb), cb, lb, mb, sb, ptr(r_bc), b_, n_, c, float(qmin), float(qmax),
-            ptr(out), ptr(ws))
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    return (
+        ptr(qa),
+        ca,
+        la,
+        ma,
+        sa,
+        ptr(f),
+        ptr(qb),
+        cb,
+        lb,
+        mb,
+        sb,
+        ptr(r_bc),
+        b_,
+        n_,
+        c,
+        float(qmin),
+        float(qmax),
+        ptr(out),
+        ptr(ws),
+    )
 
 
 def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, r_bc, qmin: int, qmax: int):
