@@ -13,7 +13,9 @@ def register(sub) -> None:
     p.add_argument("--workload", required=True, help="preset name or YAML file")
     p.add_argument("--checkpoint", help="OpenSora STDiT checkpoint (.pth or .safetensors)")
     p.add_argument(
-        "--text", help="text features [B,1,L,Ct] (.pt or .safetensors key 'y'); seeded random features otherwise"
+        "--text",
+        help="text features [B,1,L,Ct] (.pt or .safetensors key 'y', optional caption 'mask' [B,L]); "
+        "seeded random features otherwise",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="override the workload's step count")
@@ -41,13 +43,17 @@ def run(args) -> int:
     cfg = STDiTConfig.from_workload(w)
     model = load_checkpoint(args.checkpoint, cfg) if args.checkpoint else build_stdit(cfg, seed=args.seed)
     g = torch.Generator().manual_seed(args.seed)
+    mask = None
     if args.text:
+        from quantmodel.model.captions import check_mask
         from quantmodel.model.checkpoint import read_state_dict
 
-        y = read_state_dict(args.text).get("y")
+        sd = read_state_dict(args.text)
+        y = sd.get("y")
         want = (1, cfg.model_max_length, cfg.caption_channels)
         if y is None or y.dim() != 4 or tuple(y.shape[1:]) != want:
             raise ConfigError("text", args.text, f"a tensor 'y' of shape [B, {', '.join(map(str, want))}]")
+        mask = check_mask(sd.get("mask"), y.shape[0], cfg.model_max_length, field="text mask")
     else:
         y = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
     z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
@@ -55,7 +61,13 @@ def run(args) -> int:
     t0 = time.perf_counter()
     with torch.no_grad():
         x = sampler.sample(
-            lambda x, t, yy, step: model(x, t, yy), z, y, model.null_caption(y.shape[0]), g, progress=True
+            lambda x, t, yy, step, mask=None: model(x, t, yy, mask),
+            z,
+            y,
+            model.null_caption(y.shape[0]),
+            g,
+            progress=True,
+            mask=mask,
         )
     seconds = time.perf_counter() - t0
     if args.out:
