@@ -205,7 +205,7 @@ def sample(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     dev = next(model.parameters()).device
-    g = torch.Generator(device=dev).manual_seed(seed + 2)
+    g = torch.Generator().manual_seed(seed + 2)  # CPU noise: the same sample on every device
     mask = None if mask is None else mask.to(dev)
     out = sampler_for(workload).sample(
         model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), g, progress=progress, mask=mask
