@@ -31,6 +31,7 @@ import torch
 
 from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
 from quantmodel.model.build import build_stdit
+from quantmodel.model.captions import packed_caption_fn
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import sampler_for
 from quantmodel.model.stdit import STDiT
@@ -150,7 +151,7 @@ def recipe_model_fn(
         runner = FakeQuantModel(model, art)
     else:
         runner = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=verify, layer_sqnr=layer_sqnr)
-    return runner.model_fn, runner
+    return packed_caption_fn(runner.model_fn), runner
 
 
 def float_model_fn(model: STDiT) -> Callable:
@@ -333,7 +334,7 @@ def verify_recipe(
     emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
     overflow = None
     try:
-        out = sample(emu.model_fn, model, workload, z, y, seed, mask=mask)
+        out = sample(packed_caption_fn(emu.model_fn), model, workload, z, y, seed, mask=mask)
         metrics = sample_metrics(ref, out)
     except AccumulatorOverflowError as e:
         overflow, metrics = str(e), {"sqnr_db": float("nan"), "psnr_db": float("nan")}
@@ -341,7 +342,8 @@ def verify_recipe(
     # final sample, bit for bit, as the checked run
     fast_equal, fast = None, IntegerEmulator(model, art, nonlinear=nonlinear, device=device)
     if overflow is None:
-        fast_equal = bool(torch.equal(sample(fast.model_fn, model, workload, z, y, seed, mask=mask), out))
+        fast_out = sample(packed_caption_fn(fast.model_fn), model, workload, z, y, seed, mask=mask)
+        fast_equal = bool(torch.equal(fast_out, out))
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""

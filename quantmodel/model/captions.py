@@ -77,3 +77,30 @@ def load_text_features(path: str | Path, tokens: int, channels: int) -> tuple[to
     if tuple(y.shape[2:]) != (tokens, channels) or y.shape[1] != 1:
         raise ConfigError("text_features", tuple(y.shape), f"[n, 1, {tokens}, {channels}] for this model")
     return y.float(), check_mask(mask, y.shape[0], tokens, field=f"text_features {path.name} mask")
+
+
+def packed_caption_fn(model_fn):
+    """A ``model_fn(x, t, y, step, mask=None)`` from one that attends to every caption token it is
+    given: each group of rows sharing one mask runs on its valid tokens only, the padding removed
+    from ``y`` before the model sees it (OpenSora's packing of the valid tokens, ``y_lens``). Every
+    op of the STDiT works on one sample's tokens at a time, and cross-attention to the kept tokens is
+    masked attention exactly, so this gives masked attention to any runner, eager or compiled; with
+    one prompt (a CFG pair shares its mask) it is a single call."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, step: int, mask: torch.Tensor | None = None):
+        if mask is None:
+            return model_fn(x, t, y, step)
+        mask = check_mask(mask, x.shape[0], y.shape[2]).to(y.device)
+        masks, group = torch.unique(mask, dim=0, return_inverse=True)
+        if len(masks) == 1:
+            return model_fn(x, t, y[:, :, masks[0]], step)
+        out = None
+        for g, keep in enumerate(masks):
+            rows = (group == g).nonzero().flatten()
+            part = model_fn(x[rows], t[rows], y[rows][:, :, keep], step)  # [rows, Cout, T, H, W]
+            if out is None:
+                out = part.new_empty((x.shape[0], *part.shape[1:]))
+            out[rows] = part
+        return out
+
+    return fn
