@@ -82,6 +82,26 @@ class OptimizeSummary:
         default_factory=list
     )  # per trial in order: objectives, or None (refused/infeasible)
 
+    def to_json(self, objectives: list[str]) -> dict:
+        """What ``codesign optimize --json`` prints (codesign/schemas/optimize.schema.json)."""
+        return {
+            "objectives": list(objectives),
+            "trials": self.trials,
+            "computed": self.computed,
+            "from_store": self.trials - self.computed,
+            "refused": self.failed,
+            "feasible": self.feasible,
+            "pareto": [
+                {
+                    "objectives": {o: float(row[o]) for o in objectives},
+                    "recipe": row["recipe"],
+                    "hardware": {k: v for k, v in row.items() if k not in objectives and k not in ("recipe", "key")},
+                    "key": row["key"],
+                }
+                for row in self.pareto
+            ],
+        }  # no wall-clock field: the same search prints the same bytes
+
     def line(self) -> str:
         return (
             f"{self.trials} trials ({self.computed} computed, {self.trials - self.computed} from the store), "

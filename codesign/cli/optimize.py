@@ -57,7 +57,7 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     if args.json:
-        print(json.dumps({"summary": summary.line(), "pareto": summary.pareto}, default=str))
+        print(json.dumps(summary.to_json(objectives), default=str))
         return 0
     print(summary.line())
     for row in sorted(summary.pareto, key=lambda r: r[objectives[0]]):
