@@ -1,5 +1,6 @@
 """What a notebook or a script calls, one function per step of the flow: build a trace, simulate it on
-a hardware configuration, sweep a design space, load the results, write the report. The `codesign`
+a hardware configuration, sweep or search a design space, load the results, analyse and plot them,
+write the report. The `codesign`
 commands call the same functions; nothing here parses arguments or prints.
 
 Names or objects are accepted alike (a workload preset name or a ``Workload``, a recipe name or a
@@ -16,12 +17,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
+    from codesign.optimize import OptimizeSummary
     from codesign.spec import SweepSpec
     from codesign.sweep import SweepSummary
     from hwsim import HWConfig, SimResult
     from workloads.presets import Gemm, Workload
     from workloads.recipes import Recipe
     from workloads.trace import Trace
+
+
+def workload(name: str | Path) -> Workload | Gemm:
+    """A workload preset, YAML file or ``gemm:M,K,N`` as the model's dimensions (``num_steps``,
+    ``hidden``, ...), without tracing it."""
+    from workloads.presets import get_workload
+
+    return get_workload(str(name))
 
 
 def trace(workload: str | Workload | Gemm, recipe: str | Recipe | None = None) -> Trace:
@@ -113,17 +123,43 @@ def plots(res: SimResult, hw: str | HWConfig, out_dir: str | Path) -> list[Path]
     return write_plots(res, hardware(hw), out_dir)
 
 
+def load_spec(spec: str | Path | dict | SweepSpec) -> SweepSpec:
+    """A sweep spec from a name in ``codesign/specs/``, a YAML file or a mapping of the same fields,
+    validated (every axis value against the hardware schema)."""
+    from codesign.spec import SweepSpec, spec_from_dict
+    from codesign.spec import load_spec as _load
+
+    if isinstance(spec, SweepSpec):
+        return spec
+    return spec_from_dict(spec) if isinstance(spec, dict) else _load(spec)
+
+
 def sweep(spec: str | Path | dict | SweepSpec, out: str | Path, **options) -> SweepSummary:
     """Compute every missing design point of ``spec`` into the results folder ``out`` (resumable);
     ``options`` are :func:`codesign.sweep.run_sweep`'s (``jobs``, ``scheduler``, ``progress``, ...)."""
-    from codesign.spec import load_spec, spec_from_dict
     from codesign.sweep import run_sweep
 
-    if isinstance(spec, dict):
-        spec = spec_from_dict(spec)
-    elif isinstance(spec, (str, Path)):
-        spec = load_spec(spec)
-    return run_sweep(spec, out, **options)
+    return run_sweep(load_spec(spec), out, **options)
+
+
+def optimize(
+    spec: str | Path | dict | SweepSpec,
+    out: str | Path,
+    objectives: list[str] = ("latency_s", "energy_j", "area_mm2"),
+    constraints: list[str] = (),
+    trials: int = 100,
+    sampler: str = "tpe",
+    **options,
+) -> OptimizeSummary:
+    """A multi-objective search (Optuna: ``tpe``, ``nsga2`` or ``random``) of ``trials`` design points
+    over ``spec``'s axes and recipes, minimising ``objectives`` (result columns) subject to
+    ``constraints`` (``"q.sqnr_db>=40"``), into the same results folder a sweep writes; ``options`` are
+    :func:`codesign.optimize.optimize`'s (``seed``, ``batch``, ``jobs``, ``scheduler``, ``progress``)."""
+    from codesign.optimize import Constraint
+    from codesign.optimize import optimize as _optimize
+
+    cons = [c if isinstance(c, Constraint) else Constraint.parse(c) for c in constraints]
+    return _optimize(load_spec(spec), out, list(objectives), cons, trials=trials, sampler=sampler, **options)
 
 
 def load_results(results: str | Path) -> pd.DataFrame:
@@ -131,6 +167,44 @@ def load_results(results: str | Path) -> pd.DataFrame:
     from codesign.store import load_results as _load
 
     return _load(results)
+
+
+def load_quality(results: str | Path) -> pd.DataFrame:
+    """The quality rows of a results folder (one per quality workload x recipe; ``q.*`` columns)."""
+    from codesign.store import load_quality as _load
+
+    return _load(results)
+
+
+def quality_metric(results: pd.DataFrame) -> tuple[str, str] | None:
+    """The quality column a report ranks by in these results and its sense (``"max"``: higher is
+    better), or None where the results carry no quality."""
+    from codesign.report import quality_metric as _metric
+
+    return _metric(results)
+
+
+def static_vs_dynamic(ok: pd.DataFrame) -> pd.DataFrame:
+    """Each static recipe against dynamic quantization on the same chip and bit-widths: one row per
+    pair and metric (``metric``, ``versus``, ``ratio`` = dynamic / static)."""
+    from codesign.report import static_vs_dynamic as _pairs
+
+    return _pairs(ok)
+
+
+def plot_ratios(ratios: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Box plots of :func:`static_vs_dynamic`'s ratios, one panel per metric, written to ``path``."""
+    from codesign.plots import ratio_boxes
+
+    return ratio_boxes(ratios, path, title)
+
+
+def plot_swaps_vs_k(curves: pd.DataFrame, path: str | Path, title: str) -> Path:
+    """Swap stall, weight storage (and relative energy) against the number of weight sets K, one line
+    per value of the ``curve`` column, written to ``path``."""
+    from codesign.plots import swap_vs_k
+
+    return swap_vs_k(curves, path, title)
 
 
 def report(results: str | Path, out: str | Path, timing: bool = False) -> Path:

@@ -1,8 +1,8 @@
 """Search, not only sampling: a multi-objective search (Optuna) over the space a sweep spec declares.
 
 A trial is one design point, the spec's hardware axes plus the recipe: list axes are categorical
-choices, range axes continuous (log-scaled where the spec says so). Optuna's sampler (NSGA-II by
-default; TPE or plain random for comparison) asks for a batch of trials; the batch is computed by the
+choices, range axes continuous (log-scaled where the spec says so). Optuna's sampler (TPE by
+default, multivariate; NSGA-II or plain random for comparison) asks for a batch of trials; the batch is computed by the
 sweep's own machinery (:func:`codesign.sweep.run_sweep` with explicit points), locally or on a Dask
 cluster, into the same resumable results folder, so ``codesign report`` reads a search like a sweep,
 and a point a sweep already computed is not computed again. The objectives (result columns, all
@@ -27,7 +27,7 @@ from codesign.store import SCALAR_METRICS, load_quality, load_results
 from codesign.sweep import point_key, run_sweep, workload_identity
 from workloads.errors import ConfigError
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("tpe", "nsga2", "random")
 NUMERIC_METRICS = tuple(m for m in SCALAR_METRICS if m not in ("weight_placement", "prefetch_used"))
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 
@@ -167,7 +167,7 @@ def optimize(
     objectives: list[str],
     constraints: list[Constraint] = (),
     trials: int = 100,
-    sampler: str = "nsga2",
+    sampler: str = "tpe",
     seed: int = 0,
     batch: int = 10,
     jobs: int | None = None,

@@ -23,7 +23,11 @@ def register(sub) -> None:
         help="feasibility bound on a result or q.* quality column, e.g. q.sqnr_db>=40 (repeatable)",
     )
     p.add_argument("--trials", type=int, default=100, help="design points to evaluate (default 100)")
-    p.add_argument("--sampler", default="nsga2", help="nsga2 (default), tpe, or random")
+    p.add_argument(
+        "--sampler",
+        default="tpe",
+        help="tpe (default: best hypervolume in benchmarks/bench_optimize.py), nsga2, or random",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=10, help="trials asked and computed together (default 10)")
     p.add_argument("--jobs", type=int, default=None, help="local worker processes (default: one per core)")
