@@ -106,11 +106,65 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+# readable titles of the columns the report's tables show (others: the column name, units below)
+TITLES = {
+    "recipe": "recipe",
+    "num_weight_sets": "weight sets K",
+    "q.sqnr_db": "SQNR (dB)",
+    "q.psnr_db": "PSNR (dB)",
+    "mac.arrays": "MAC arrays",
+    "mac.rows": "array rows",
+    "mac.cols": "array cols",
+    "vector.online_reduction": "dynamic-quant unit",
+    "tech.node_nm": "node (nm)",
+    "flash.part": "flash",
+    "dram.part": "DRAM",
+    "dram.channels": "DRAM channels",
+    "sram.weight_buffer_bytes": "weight buffer (MiB)",
+    "sram.activation_buffer_bytes": "activation buffer (MiB)",
+    "clock.freq_hz": "clock (GHz)",
+    "dram_bytes": "DRAM traffic (GB)",
+    "energy_vs_k1": "energy vs K=1",
+    "latency_vs_k1": "latency vs K=1",
+}
+# unit suffix -> (title unit, scale): values are divided by the scale; on-chip buffers in binary units
+UNITS = (
+    ("buffer_bytes", "MiB", 2**20),
+    ("_bytes", "GB", 1e9),
+    ("freq_hz", "GHz", 1e9),
+    ("_mm2", "mm²", 1.0),
+    ("_j", "J", 1.0),
+    ("_s", "s", 1.0),
+)
+
+
+def column_format(col: str) -> tuple[str, float]:
+    """A table column's human title (unit in parentheses) and the scale its values are divided by."""
+    name = col.removeprefix("hw.")
+    for suffix, unit, scale in UNITS:
+        if name.endswith(suffix):
+            title = f"{name.removesuffix(suffix).replace('_', ' ').replace('.', ' ')} ({unit})"
+            return TITLES.get(name, title), scale
+    return TITLES.get(name, name.replace("_", " ")), 1.0
+
+
+def _cell(v: object, scale: float) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float, np.integer, np.floating)) and scale != 1.0:
+        v = float(v) / scale
+    if isinstance(v, (float, np.floating)) and not np.isnan(v) and v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    return _fmt(v)
+
+
 def _md_table(df: pd.DataFrame) -> str:
+    """A Markdown table with readable titles and values in human units (GB, MiB, GHz, s, J, mm²)."""
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    fmts = [column_format(c) for c in cols]
+    lines = ["| " + " | ".join(t for t, _ in fmts) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(_cell(r[c], sc) for c, (_, sc) in zip(cols, fmts)) + " |")
     return "\n".join(lines)
 
 

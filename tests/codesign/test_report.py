@@ -105,3 +105,21 @@ def test_report_does_not_depend_on_row_order(report, tmp_path):
         return [ln for ln in (path / "report.md").read_text().splitlines() if not ln.startswith("Results:")]
 
     assert body(tmp_path / "rep") == body(rep)
+
+
+def test_tables_in_human_units(report):
+    md = (report[1] / "report.md").read_text()
+    tables = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert tables and not [ln for ln in tables if "e+" in ln]  # no 7.483e+10 in a table
+    assert not [ln for ln in tables if "_bytes" in ln or "hw." in ln]  # titles, not column names
+    assert "storage (GB)" in md and "latency (s)" in md
+
+
+def test_column_format_scales():
+    from codesign.report import _cell, column_format
+
+    assert column_format("hw.sram.weight_buffer_bytes") == ("weight buffer (MiB)", 2**20)
+    assert _cell(8388608, column_format("hw.sram.weight_buffer_bytes")[1]) == "8"
+    assert _cell(7.483e10, column_format("storage_bytes")[1]) == "74.83"
+    assert _cell(1.2e9, column_format("hw.clock.freq_hz")[1]) == "1.2"
+    assert _cell(True, 1.0) == "yes" and _cell(float("nan"), 1.0) == "–"
