@@ -46,7 +46,7 @@ def label(col: str) -> str:
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # legends placed beside the axes stay whole
     plt.close(fig)
     return path
 
@@ -66,24 +66,27 @@ def pareto_plot(
     logx: bool = False,
     logy: bool = False,
 ) -> Path:
-    """All points (colour = scheme, marker = bit-widths), the Pareto front of (x, y) drawn on top."""
+    """All points (colour = recipe family and, for step groups, K; marker = bit-widths), the Pareto
+    front of (x, y) drawn on top; one legend for the colours, one for the markers."""
+    from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(8.6, 4.8))
     d = df.dropna(subset=[x, y])
-    for scheme in _schemes(d):
-        sub = d[d["scheme"] == scheme]
+    families = _families(d)
+    for fam, color in families.items():
+        sub = d[_family_labels(d) == fam]
         for bits, grp in sub.groupby(["w_bits", "a_bits"]):
             ax.scatter(
                 grp[x],
                 grp[y],
                 s=10,
                 alpha=0.35,
-                color=SCHEME_COLORS.get(scheme, "tab:olive"),
+                color=color,
                 marker=BITS_MARKERS.get(tuple(bits), "x"),
                 linewidths=0,
-                label=f"{scheme} W{bits[0]}A{bits[1]}",
             )
     front = d[pareto_mask(d, {x: senses[x], y: senses[y]})].sort_values(x)
-    ax.step(front[x], front[y], where="post", color="k", lw=1.2, label="Pareto front")
+    ax.step(front[x], front[y], where="post", color="k", lw=1.2)
     ax.scatter(front[x], front[y], s=28, facecolors="none", edgecolors="k", linewidths=1.0)
     ax.set_xlabel(label(x))
     ax.set_ylabel(label(y))
@@ -93,9 +96,40 @@ def pareto_plot(
         ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, labels, fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=1.6)
+    colour_handles = [Line2D([], [], ls="", marker="o", color=c, label=f) for f, c in families.items()]
+    colour_handles.append(Line2D([], [], color="k", marker="o", mfc="none", label="Pareto front"))
+    first = ax.legend(handles=colour_handles, title="recipe", fontsize=6.5, title_fontsize=7, loc="upper left",
+                      bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    ax.add_artist(first)
+    bits = sorted({(int(w), int(a)) for w, a in zip(d["w_bits"], d["a_bits"])}, reverse=True)
+    marker_handles = [
+        Line2D([], [], ls="", marker=BITS_MARKERS.get(b, "x"), color="0.35", label=f"W{b[0]}A{b[1]}") for b in bits
+    ]
+    ax.legend(handles=marker_handles, title="bits", fontsize=6.5, title_fontsize=7, loc="lower left",
+              bbox_to_anchor=(1.01, 0.0))  # fmt: skip
     return _save(fig, path)
+
+
+def _family_labels(df: pd.DataFrame) -> pd.Series:
+    """Each row's recipe family, step groups split by K (``groups K=5``)."""
+    k = df["num_weight_sets"].astype(int).astype(str) if "num_weight_sets" in df else ""
+    return df["scheme"].where(df["scheme"] != "groups", "groups K=" + k)
+
+
+def _families(df: pd.DataFrame) -> dict[str, object]:
+    """Legend order and colour of the families present: scheme colours; step groups in shades of
+    green, darker with more groups."""
+    labels = set(_family_labels(df))
+    out = {}
+    for scheme in _schemes(df):
+        if scheme != "groups":
+            out[scheme] = SCHEME_COLORS.get(scheme, "tab:olive")
+            continue
+        ks = sorted(int(lab.split("=")[1]) for lab in labels if lab.startswith("groups K="))
+        greens = plt.get_cmap("Greens")
+        for i, k in enumerate(ks):
+            out[f"groups K={k}"] = greens(0.45 + 0.5 * i / max(1, len(ks) - 1))
+    return out
 
 
 def ratio_boxes(ratios: pd.DataFrame, path: str | Path, title: str) -> Path:

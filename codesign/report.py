@@ -190,7 +190,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path, timing: bool = Fa
     if not len(df) or "recipe" not in df.columns or not (df["status"] == "ok").any():
         return write_text(out_dir / "report.md", "\n".join(_empty_report(results_dir, manifest, df)) + "\n")
     axes = _axes(manifest, df)
-    axis_cols = [f"hw.{a}" for a in axes if f"hw.{a}" in df.columns]
+    # an axis of whole parts (dram: {part, channels}) is its sub-columns
+    axis_cols = [c for a in axes for c in df.columns if c == f"hw.{a}" or c.startswith(f"hw.{a}.")]
     if "prefetch" in axes:
         axis_cols.append("prefetch")
     # rows in content-hash order, whatever order the sweep's parts finished in, so that ties (equal
@@ -344,7 +345,11 @@ def _breakdown_section(ok: pd.DataFrame, axis_cols: list[str], out_dir: Path) ->
     """Where the time and energy go, at each recipe's lowest-latency point."""
     md = ["## Where the time and energy go (each recipe's lowest-latency point)", ""]
     best = ok.loc[ok.groupby("recipe")["latency_s"].idxmin()].sort_values("latency_s", kind="stable")
-    labels = list(best["recipe"])
+    # which chip each bar is: chips numbered by their swept values, the table below names them
+    hw = best[[c for c in best.columns if c.startswith("hw.") or c == "prefetch"]].astype(str).agg("|".join, axis=1)
+    chip_no = {h: i + 1 for i, h in enumerate(dict.fromkeys(hw))}
+    best = best.assign(chip=[f"chip {chip_no[h]}" for h in hw])
+    labels = [f"{r}\n{c}" for r, c in zip(best["recipe"], best["chip"])]
     for prefix, fname, ylabel, title in (
         ("stall_s.", "breakdown_latency.png", "seconds per video", "latency breakdown (stall causes)"),
         ("energy_j.", "breakdown_energy.png", "joules per video", "energy breakdown"),
@@ -352,7 +357,8 @@ def _breakdown_section(ok: pd.DataFrame, axis_cols: list[str], out_dir: Path) ->
         if any(c.startswith(prefix) for c in best.columns):
             plots.stacked_bars(best, prefix, labels, out_dir / fname, title, ylabel)
             md += [f"![{title}]({fname})", ""]
-    cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s"]
+    md += ["Bars are labelled with their chip; the table gives each chip's hardware values.", ""]
+    cols = ["recipe", "chip"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes", "swap_stall_s"]
     return md + [_md_table(best[[c for c in cols if c in best.columns]]), ""]
 
 
