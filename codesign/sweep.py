@@ -224,8 +224,24 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
     )
 
 
-def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
-    """Keys of every design point; what is not in the store yet, grouped by recipe."""
+def point_key(workload_id: dict, recipe_dict: dict, hw_dict: dict, prefetch: str) -> str:
+    """The content key of one design point (what it computes, so a sweep and a search share points)."""
+    import hwsim
+
+    return content_hash(
+        {
+            "workload": workload_id,
+            "recipe": recipe_dict,
+            "hw": hw_dict,
+            "prefetch": prefetch,
+            "sim_version": hwsim.SIM_VERSION,
+        }
+    )
+
+
+def plan_sweep(spec: SweepSpec, store: ResultStore, pairs: set | None = None) -> SweepPlan:
+    """Keys of every design point; what is not in the store yet, grouped by recipe. ``pairs``: only
+    these (point index, recipe) combinations (a search asks for single points, not the cross product)."""
     import hwsim
     from workloads.presets import get_workload
     from workloads.recipes import get_recipe
@@ -266,9 +282,9 @@ def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
         rp = RecipePlan(rname, [], [])
         seen = set()
         for p, d, cols in zip(points, hw_dicts, hw_cols):
-            key = content_hash(
-                {"workload": wl, "recipe": rdict, "hw": d, "prefetch": p.prefetch, "sim_version": hwsim.SIM_VERSION}
-            )
+            if pairs is not None and (p.index, rname) not in pairs:
+                continue
+            key = point_key(wl, rdict, d, p.prefetch)
             if key in done or key in seen:
                 n_done += key in done
                 continue
@@ -280,7 +296,7 @@ def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
             rp.items.append((key, d, p.prefetch))
         if rp.items:
             plans.append(rp)
-    total = len(points) * len(spec.recipes)
+    total = len(points) * len(spec.recipes) if pairs is None else len(pairs)
     q_pending = []
     if spec.quality_workload is not None:
         q_done = store.done_keys(QUALITY)
@@ -462,17 +478,19 @@ def run_sweep(
     progress: bool = True,
     connect_timeout_s: float = 10.0,
     flush_every_s: float = FLUSH_EVERY_S,
+    pairs: set | None = None,
 ) -> SweepSummary:
     """Compute every missing design point of ``spec`` into the results folder ``out``.
 
     ``scheduler``: None (local process pool of ``jobs`` workers), a Dask scheduler address, or a
     ``dask.distributed.Client``. ``flush_every_s``: the most finished work a kill can lose.
+    ``pairs``: compute only these (point index, recipe) combinations (:mod:`codesign.optimize`).
     """
     t0 = time.perf_counter()
     # connect first: an unreachable scheduler must fail before anything is written
     dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:
-        plan = plan_sweep(spec, store)
+        plan = plan_sweep(spec, store, pairs)
         summary = SweepSummary(plan.total_points, plan.done_points, 0, 0, 0, 0.0)
         if plan.pending_points == 0 and not plan.quality_pending:
             if dask_runner is not None:

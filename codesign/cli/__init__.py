@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "codesign.cli.trace",
     "codesign.cli.sample",
     "codesign.cli.sweep",
+    "codesign.cli.optimize",
     "codesign.cli.simulate",
     "codesign.cli.quant",
     "codesign.cli.validate",
