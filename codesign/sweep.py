@@ -19,6 +19,7 @@ recipe) and joined onto the cost rows when the results are loaded.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -33,6 +34,8 @@ from codesign.spec import SweepSpec, content_hash, flatten, set_dotted
 from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore, quarantine
 from workloads.errors import ConfigError
 from workloads.io import atomic_open
+
+_log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
 MAX_CHUNK = 16  # points per task (a hardware point's recipes are never split, so one may hold more)
@@ -491,6 +494,14 @@ def run_sweep(
     dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:
         plan = plan_sweep(spec, store, pairs)
+        _log.info(
+            "%s: %d design points, %d in the store, %d to compute, %d quality runs",
+            spec.name,
+            plan.total_points,
+            plan.done_points,
+            plan.pending_points,
+            len(plan.quality_pending),
+        )
         summary = SweepSummary(plan.total_points, plan.done_points, 0, 0, 0, 0.0)
         if plan.pending_points == 0 and not plan.quality_pending:
             if dask_runner is not None:

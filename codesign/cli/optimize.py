@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from codesign.cli import progress_enabled
+
 
 def register(sub) -> None:
     p = sub.add_parser("optimize", help="multi-objective search over a sweep spec's hardware axes and recipes")
@@ -54,7 +56,7 @@ def run(args) -> int:
         batch=args.batch,
         jobs=args.jobs,
         scheduler=args.scheduler,
-        progress=not args.quiet,
+        progress=progress_enabled(args),
     )
     if args.json:
         print(json.dumps(summary.to_json(objectives), default=str))
