@@ -153,6 +153,20 @@ def test_workload_beyond_the_op_budget_refused(capsys, tmp_path):
     assert "1,000,000 ops" in line
 
 
+def test_model_trace_beyond_the_op_budget_refused_before_work(capsys):
+    """``--steps 1e9`` over a model of no ops looped for two minutes before it was bounded."""
+    t0 = time.perf_counter()
+    line = refused(capsys, "trace", "--model", "torch.nn:Identity", "--input", "2x3", "--steps", 10**9, field="steps")
+    assert "1,000,000 ops" in line and "1,000,000,000 steps" in line
+    assert time.perf_counter() - t0 < 20
+
+
+def test_model_input_shape_beyond_int64_refused(capsys):
+    """A shape whose element count overflows int64 gave torch's RuntimeError traceback."""
+    line = refused(capsys, "trace", "--model", "torch.nn:ReLU", "--input", "99999999999x99999999999x9", field="input")
+    assert "2^62 elements" in line
+
+
 # ---- deterministic machine-readable output -----------------------------------------------------------
 def test_simulate_json_is_reproducible_and_timing_is_opt_in(capsys):
     args = ("simulate", "--workload", "stdit-tiny", "--recipe", "asq-w8a8", "--json")
