@@ -296,13 +296,15 @@ KINDS = {
 @given(data=st.data(), kind=st.sampled_from(sorted(KINDS)))
 @example(data=None, kind="spec-axis-string")
 @example(data=None, kind="hw-sram-1e30")
+@example(data=None, kind="recipe-layers-int")
 def test_fuzz_yaml(corpus, data, kind):
     if data is None:  # regression inputs of the issue
         text = {
             "spec-axis-string": _dump({**_tiny_spec(), "hardware": {"base": "edge-npu", "axes": {"mac.rows": ["a"]}}}),
             "hw-sram-1e30": _dump({**HW, "sram": {**HW["sram"], "weight_buffer_bytes": 1e30}}),
+            "recipe-layers-int": _dump({**RECIPE, "layers": 7560}),  # found by the fuzzer: a TypeError
         }[kind]
-        argv = KINDS["spec" if kind.startswith("spec") else "hw"][1]
+        argv = KINDS[kind.split("-")[0]][1]
     else:
         base, argv = KINDS[kind]
         if data.draw(st.integers(0, 9), label="raw text if 0") == 0:
