@@ -90,9 +90,13 @@ def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
 
 
 def _calib_kwargs(args) -> dict:
-    from workloads.errors import require_positive_int
+    from codesign.cli.checks import MAX_PROMPTS, check_count
 
-    return {"num_prompts": require_positive_int("prompts", args.prompts), "seed": args.seed, "text_features": args.text}
+    return {
+        "num_prompts": check_count("prompts", args.prompts, MAX_PROMPTS),
+        "seed": args.seed,
+        "text_features": args.text,
+    }
 
 
 def run_recipes(args) -> int:
@@ -134,8 +138,9 @@ def run_calibrate(args) -> int:
 
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
-    st = calibrate(model, w, progress=True, **_calib_kwargs(args))
+    st = calibrate(model, w, progress=True, **calib)
     st.save(args.out)
     print(
         f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
@@ -151,8 +156,9 @@ def run_quantize(args) -> int:
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
-    art = quantize_model(model, w, recipe, args.stats, **_calib_kwargs(args))
+    art = quantize_model(model, w, recipe, args.stats, **calib)
     art.save(args.out)
     summary = {
         "recipe": recipe.name,
@@ -200,6 +206,7 @@ def run_verify(args) -> int:
             raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     art = None
     if args.artifact:
@@ -207,9 +214,7 @@ def run_verify(args) -> int:
         art.check_model(model)
         if art.recipe.name != recipe.name:
             raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
-    rep = verify_recipe(
-        model, w, recipe, args.nonlinear, stats=args.stats, artifact=art, device=args.device, **_calib_kwargs(args)
-    )
+    rep = verify_recipe(model, w, recipe, args.nonlinear, stats=args.stats, artifact=art, device=args.device, **calib)
     if args.json:
         print(json.dumps(_json_safe(rep)))
     else:
@@ -246,23 +251,25 @@ def run_quality(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
+    from codesign.cli.checks import MAX_SAMPLES, check_count
     from quantmodel.eval.quality import BACKENDS, eval_inputs, evaluate_recipe, get_stats, load_model, sample
-    from workloads.errors import ConfigError, require_positive_int
+    from workloads.errors import ConfigError
     from workloads.recipes import get_recipe
 
     if args.out:
         _check_out(args.out, (".csv", ".parquet"))
     if args.backend not in BACKENDS:
         raise ConfigError("backend", args.backend, " or ".join(BACKENDS))
-    require_positive_int("samples", args.samples)
+    check_count("samples", args.samples, MAX_SAMPLES)
     w = _workload(args.workload)
     recipes = [get_recipe(n) for n in expand_recipes(args.recipes, args.bits)]  # all validated first
     if not recipes:
         raise ConfigError("recipes", args.recipes, "a comma-separated list of recipe names")
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     stats = None
     if any(r.quantized and r.scheme != "dynamic" for r in recipes):
-        stats = get_stats(model, w, args.stats, **_calib_kwargs(args))
+        stats = get_stats(model, w, args.stats, **calib)
     z, y = eval_inputs(model, args.samples)
     ref = sample(lambda x, t, yy, s: model(x, t, yy), model, w, z, y)
     rows = []

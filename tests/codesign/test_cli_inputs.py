@@ -167,6 +167,21 @@ def test_model_input_shape_beyond_int64_refused(capsys):
     assert "2^62 elements" in line
 
 
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (("calibrate", "--workload", "stdit-tiny", "--prompts", 99999999999, "--out", "s.safetensors"), "prompts"),
+        (("quality", "--workload", "stdit-tiny", "--recipes", "asq", "--samples", 5000), "samples"),
+    ],
+)
+def test_counts_beyond_their_budget_refused_before_work(capsys, tmp_path, monkeypatch, args, field):
+    """``calibrate --prompts 99999999999`` died in torch's allocator with a traceback."""
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    assert "at most 4,096" in refused(capsys, *args, field=field)
+    assert time.perf_counter() - t0 < 10 and files_under(tmp_path) == []
+
+
 # ---- deterministic machine-readable output -----------------------------------------------------------
 def test_simulate_json_is_reproducible_and_timing_is_opt_in(capsys):
     args = ("simulate", "--workload", "stdit-tiny", "--recipe", "asq-w8a8", "--json")

@@ -217,6 +217,7 @@ COMMANDS = st.one_of(
 @example(argv=["report", "res", "--out", "hw.yaml"])
 @example(argv=["trace", "--model", "torch.nn:Identity", "--input", "2x3", "--steps", "1000000000"])
 @example(argv=["trace", "--model", "torch.nn:ReLU", "--input", "99999999999x99999999999x9"])
+@example(argv=["calibrate", "--workload", "stdit-tiny", "--prompts", "99999999999", "--out", "s.safetensors"])
 def test_fuzz_command_lines(corpus, argv):
     with workdir(corpus) as d:
         run_cli(argv, d)
