@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hwsim.bounded import check_gemm_tiles
+from hwsim.bounded import check_gemm_tiles, check_vector_tiles
 from hwsim.config import DATAFLOWS, HWConfig
 from hwsim.schedule import ROW_KINDS
 from workloads.errors import ConfigError
@@ -884,6 +884,7 @@ def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
         raise NoFit("sram.activation_buffer_bytes", abuf, need, f"{u.kind} over {lanes} lanes")
     et = int(abuf // (2 * (in_bpe + out_bpe)))
     et = min(u.elements, _round_down(et, lanes))
+    check_vector_tiles(u.kind, u.elements, et)  # bounded work: refuse before enumerating the tiles
     ntiles = math.ceil(u.elements / et)
     cv, cd = stage_cycles_per_element(hw, u.kind)
     row_len = u.elements // u.rows if u.rows else 0

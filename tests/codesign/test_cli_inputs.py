@@ -182,6 +182,43 @@ def test_counts_beyond_their_budget_refused_before_work(capsys, tmp_path, monkey
     assert time.perf_counter() - t0 < 10 and files_under(tmp_path) == []
 
 
+GOOD_ROW = "0,gemm,linear,1,64,32,16,1024,32768,1024,4096,2048,"  # step..output_bytes of gemm:64,32,16
+M = 64 * 10**12
+
+
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        (f"0,gemm,linear,1,{M},32,16,1024,32768,1024,4096,2048,", "macs"),
+        (f"0,gemm,linear,1,{M},32,16,1024,{M * 512},1024,4096,{M * 32},", "elements"),
+        (f"0,gemm,linear,1,{M},32,16,{M * 16},{M * 512},1024,4096,{M * 32},", "input_bytes"),
+        (f"0,gemm,linear,1,{M},32,16,{M * 16},{M * 512},1024,{M * 64},2048,", "output_bytes"),
+    ],
+)
+def test_edited_trace_whose_counts_disagree_is_refused(capsys, tmp_path, row, field):
+    """A trace edited to m = 6.4e13 but with its old counts simulated 3e12 s 'in 0.00 s' (one tile)."""
+    path = tmp_path / "g.csv"
+    assert cli(capsys, "trace", "--workload", "gemm:64,32,16", "--out", path)[0] == 0
+    text = path.read_text()
+    assert GOOD_ROW in text
+    path.write_text(text.replace(GOOD_ROW, row))
+    refused(capsys, "simulate", "--trace", path, field=f"trace op 'gemm'.{field}")
+
+
+def test_vector_op_beyond_the_tile_budget_refused(capsys, tmp_path):
+    """A vector op edited to 1e15 elements (bytes to match) planned for minutes and 4 GB."""
+    path = tmp_path / "g.csv"
+    assert cli(capsys, "trace", "--workload", "stdit-tiny", "--out", path)[0] == 0
+    text = path.read_text()
+    old = "0,y_embedder.y_proj.act,gelu,1,0,0,0,1024,0,0,2048,2048,"
+    assert old in text
+    e = 10**15
+    path.write_text(text.replace(old, f"0,y_embedder.y_proj.act,gelu,1,0,0,0,{e},0,0,{2 * e},{2 * e},"))
+    t0 = time.perf_counter()
+    line = refused(capsys, "simulate", "--trace", path, field="workload")
+    assert "1,000,000 tiles" in line and time.perf_counter() - t0 < 20
+
+
 # ---- deterministic machine-readable output -----------------------------------------------------------
 def test_simulate_json_is_reproducible_and_timing_is_opt_in(capsys):
     args = ("simulate", "--workload", "stdit-tiny", "--recipe", "asq-w8a8", "--json")
