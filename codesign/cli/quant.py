@@ -14,6 +14,7 @@ import json
 import math
 import sys
 
+from codesign.cli import progress_enabled
 from workloads.io import atomic_path
 
 BITS_DEFAULT = "w8a8,w6a6,w4a8"
@@ -156,7 +157,7 @@ def run_calibrate(args) -> int:
     w = _workload(args.workload)
     calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
-    st = calibrate(model, w, progress=True, **calib)
+    st = calibrate(model, w, progress=progress_enabled(args), **calib)
     st.save(args.out)
     print(
         f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
@@ -297,7 +298,7 @@ def run_quality(args) -> int:
     z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
     ref = sample(float_model_fn(model), model, w, z, y, mask=mask)
     rows = []
-    for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False):
+    for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False, disable=not progress_enabled(args)):
         rows.append(
             evaluate_recipe(
                 model,
