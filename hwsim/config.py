@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from hwsim import memory, technology
+from hwsim.energy import EventEnergies, compute_costs
 from workloads.errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -171,11 +172,9 @@ class HWConfig:
         return technology.operating_point(self.tech.node_nm, self.clock.freq_hz)
 
     @functools.cached_property
-    def costs(self):
+    def costs(self) -> EventEnergies:
         """Energy per event, static power and area of this config (``energy.EventEnergies``),
         computed once per config so the simulator and the tile search never recompute them."""
-        from hwsim.energy import compute_costs
-
         return compute_costs(self)
 
 

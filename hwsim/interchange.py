@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import configparser
 import csv
+import dataclasses
 import math
 import re
 from pathlib import Path
 
 from hwsim.config import HWConfig, with_overrides
-from hwsim.tiling import systolic_cycles
+from hwsim.tiling import systolic_cycles, systolic_dims
 from workloads.errors import ConfigError
+from workloads.io import atomic_open, write_text
 from workloads.trace import GEMM_KINDS, Op, Trace, reads_str
 
 WORD_BYTES = 1  # one SCALE-Sim word = one int8 operand (assumption stated in the module docstring)
@@ -150,8 +152,6 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
 
 
 def _renamed(hw: HWConfig, name: str, description: str) -> HWConfig:
-    import dataclasses
-
     return dataclasses.replace(hw, name=name, description=description)
 
 
@@ -280,17 +280,13 @@ def write_scalesim_topology(trace: Trace, path: str | Path) -> int:
             continue
         name = _SAFE_NAME.sub("_", op.name) + (f"_x{op.batch}" if op.batch > 1 else "")
         rows.append(f"{name}, {op.m}, {op.n}, {op.k},")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(", ".join(GEMM_HEADER) + ",\n" + "\n".join(rows) + ("\n" if rows else ""))
-    tmp.replace(path)
+    write_text(path, ", ".join(GEMM_HEADER) + ",\n" + "\n".join(rows) + ("\n" if rows else ""))
     return len(rows)
 
 
 # ---- results -> SCALE-Sim-like reports ------------------------------------------------------------
 def _mapping_efficiency(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> float:
     """Share of the PEs that hold useful work over the folds (SCALE-Sim's mapping efficiency)."""
-    from hwsim.tiling import systolic_dims
-
     sr, sc, _, _ = systolic_dims(m, k, n, dataflow)
     return sr * sc / (math.ceil(sr / rows) * rows * math.ceil(sc / cols) * cols)
 
@@ -359,11 +355,9 @@ def write_reports(trace: Trace, res, hw: HWConfig, out_dir: str | Path) -> list[
     paths = []
     for name, cols, rows in files:
         p = out / name
-        tmp = p.with_name(p.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(p, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(cols)
             w.writerows(rows)
-        tmp.replace(p)
         paths.append(p)
     return paths

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 
 from hwsim.config import DATAFLOWS, HWConfig
+from hwsim.energy import energy_breakdown_j
+from hwsim.horowitz import VECTOR_LANE_CYCLE_PJ_45NM, epilogue_pj_45nm
 from hwsim.schedule import ROW_KINDS
 from workloads.errors import ConfigError
 
@@ -104,7 +106,7 @@ class GemmUnit:
     res_bytes: int = 0  # second operand of a fused epilogue add (the residual), read per output tile
     dram_in: bool = True  # False: A is handed over in SRAM by the previous unit (not read from DRAM)
     dram_out: bool = True  # False: the output stays in SRAM for the next unit (not written to DRAM)
-    epilogue: str = ""  # output conversion on the arrays' epilogue lanes: EPILOGUE_PJ_45NM's kinds
+    epilogue: str = ""  # output conversion on the arrays' epilogue lanes: horowitz.EPILOGUE_PJ_45NM's kinds
     dequant_elements: int = 0  # operand elements converted from integer codes to FP16 at the array input
 
     @property
@@ -161,24 +163,7 @@ def op_stages(op) -> str:
     return kind
 
 
-# Epilogue lanes beside the MAC arrays convert what the arrays read and write: energy per element at
-# 45 nm from Horowitz ("Computing's energy problem", ISSCC 2014): 32-bit integer multiply 3.1 pJ,
-# 32-bit add 0.1 pJ, FP16 multiply 1.1 pJ, FP16 add 0.4 pJ. A shift, a rounding increment and a clamp
-# compare are costed as 32-bit adds, an int -> float conversion as an FP16 add (assumptions).
-INT32_MULT_PJ_45NM = 3.1
-INT32_ADD_PJ_45NM = 0.1
-FP16_MULT_PJ_45NM, FP16_ADD_PJ_45NM = 1.1, 0.4
-EPILOGUE_PJ_45NM = {
-    # static int32 accumulator -> int16 codes: x int32 multiplier, add the rounding bit, shift, clamp
-    "requant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM,
-    # the same codes turned to FP16 where they are written (the value the emulator's float reader
-    # computes, made once at the source): requant, then int -> float and x scale
-    "requant_dequant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM + FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
-    # FP16 -> int8 codes (a float GEMM feeding an int8 one): x 1/scale, round, saturate
-    "quant": FP16_MULT_PJ_45NM + 2 * INT32_ADD_PJ_45NM,
-    # int16 codes -> FP16 at the array input (a float GEMM reading a static GEMM's codes)
-    "dequant": FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
-}
+# The conversion lanes' energies per element are Horowitz's (``horowitz.EPILOGUE_PJ_45NM``).
 # The lanes take one element per array column (output) or row (input) per cycle (assumption). An
 # output-stationary fold of R x C outputs takes K + R + C - 2 >= R cycles, a weight- or input-
 # stationary fold of at most (streamed T) x C outputs takes T + 2R + C - 2 > T cycles: the lanes
@@ -193,11 +178,6 @@ def epilogue_counts(u) -> dict:
     if u.dequant_elements:
         out["epi_dequant"] = u.dequant_elements
     return out
-
-
-def epilogue_pj_45nm(counts: dict) -> float:
-    """45 nm energy of a plan's epilogue events (scaled to the node by the caller)."""
-    return sum(counts.get("epi_" + k, 0) * pj for k, pj in EPILOGUE_PJ_45NM.items())
 
 
 def vector_cycles_per_element(hw: HWConfig, kind: str) -> float:
@@ -375,8 +355,6 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     """(cycles, pJ) of a plan run alone, from its tiles and event counts: the tile search's closed
     form for time, ``energy.py`` for energy (leakage over that time). Used to choose between running
     a GEMM's quantization stages fused into it or as their own ops."""
-    from hwsim.energy import energy_breakdown_j
-
     if plan.estimate:
         return plan.estimate
     tiles = plan.tiles
@@ -406,8 +384,6 @@ class _Estimate:
     def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
         self.u, self.tile_cycles = u, tile_cycles
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
-        from hwsim.energy import VECTOR_LANE_CYCLE_PJ_45NM
-
         b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
         self.b_bpe_of_item = u.b_bytes / b_el if b_el else 0.0  # per batch item when B differs per item
         e = hw.costs  # per-event energies, computed once per config
