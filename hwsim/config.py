@@ -261,7 +261,8 @@ def _table(field: str, v: object, keys: tuple[str, ...], check) -> dict:
 
 
 def hw_from_dict(d: object) -> HWConfig:
-    """Build and validate an HWConfig from a nested mapping (the YAML layout)."""
+    """Build and validate an HWConfig from a nested mapping (the YAML layout). One function on
+    purpose: it reads as the YAML does, section by section, each field with its check."""
     d = _known("hw", d, HWConfig)
     if not isinstance(d["name"], str) or not d["name"]:
         raise ConfigError("hw.name", d["name"], "a non-empty string")

@@ -95,7 +95,8 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
     channels of the base preset's DRAM part that give at least that bandwidth (DRAM comes in
     channels); with ``CALC`` SCALE-Sim sizes the bandwidth so nothing stalls, and the base preset's
     DRAM is kept. Offsets, request buffers and the SRAM bank layout have no counterpart and are
-    read past; sparsity is refused (hwsim models dense arrays).
+    read past; sparsity is refused (hwsim models dense arrays). One function: it reads the file's
+    keys in the order the mapping above lists them, each with its own check.
     """
     path = Path(path)
     if not path.is_file():
@@ -201,7 +202,8 @@ def read_scalesim_topology(path: str | Path) -> Trace:
     """A one-step int8 trace of a SCALE-Sim topology: GEMM rows ``name, M, N, K`` as linear layers;
     conv rows ``name, ifmap h, ifmap w, filter h, filter w, channels, filters, stride`` as the GEMM
     SCALE-Sim runs for them (M = output pixels, K = filter h x w x channels, N = filters; the output
-    size is SCALE-Sim's ``ceil((ifmap - filter + stride) / stride)``)."""
+    size is SCALE-Sim's ``ceil((ifmap - filter + stride) / stride)``). One function: the header
+    decides how every row is read, and each row's checks name its line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("workload", str(path), "an existing SCALE-Sim topology .csv file")

@@ -127,7 +127,9 @@ def _post_ok(ops, j: int, gemm) -> bool:
 
 def group_ops(ops: list) -> list[Group]:
     """Greedy grouping in op order: attention triples; GEMMs with the vector ops that chain into
-    their input (prologue) and out of their output (epilogue); the rest as chains of vector ops."""
+    their input (prologue) and out of their output (epilogue); the rest as chains of vector ops.
+    One pass on purpose: a GEMM's prologue is taken from the vector ops pending before it, so the
+    scan, the pending list and its flush share state."""
     groups: list[Group] = []
     pending: list[int] = []  # vector ops not yet placed
 

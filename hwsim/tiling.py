@@ -409,6 +409,8 @@ class _Estimate:
         self.leak_pj_per_cycle = e.static_w / hw.clock.freq_hz * 1e12
 
     def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
+        """(cycles, pJ, tiles) of one tiling. One piece: every term (reloads, transfers, tile
+        cycles, SRAM bytes) reads the same block counts, and it is the search's inner loop."""
         u = self.u
         nb_b, nb_m, nb_n, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt)
         ntiles = nb_b * nb_m * nb_n * nb_k
@@ -750,7 +752,9 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
     """The replay's tiles of a GEMM tiled as ``shape`` = (kt, nt, mt, bt, weight_reuse) and their
     event counts. An operand tile is loaded when the order moves to a new tile of it; a fused
     pre-stage runs on every input load; the epilogue (post-stages, and a residual read with the
-    last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM."""
+    last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM.
+    One loop on purpose: each tile's loads, SRAM reservations, stage cycles and counts depend on
+    its neighbours in the order (first and last use of an operand tile), read in one place."""
     kt, nt, mt, bt, weight_reuse = shape
     a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     tile_cycles = srch.tile_cycles

@@ -4,6 +4,8 @@ balanced tiles. Traces are the saved stdit-tiny fixtures or built from the trace
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 import hwsim
 from hwsim.schedule import group_ops
 from hwsim.tiling import AttentionUnit, plan_attention
@@ -127,6 +129,10 @@ def test_early_prefetch_hides_what_jit_cannot():
     jit, early = hwsim.simulate(t, fast, prefetch="jit"), hwsim.simulate(t, fast, prefetch="early")
     assert jit.weight_placement == "flash" and early.prefetch_used == "early"
     assert jit.swap_stall_s > 0 and early.swap_stall_s < 0.01 * jit.swap_stall_s
+    # the result says why: jit's layers wait for their weights, early's never do
+    assert jit.swap_wait_s > 0.5 * jit.swap_stall_s and early.swap_wait_s == 0
+    for r in (jit, early):
+        assert r.swap_wait_s + r.swap_contention_s == pytest.approx(r.swap_stall_s, rel=1e-12)
     slow = _flash_hw("ufs3.1")
     jit, early = hwsim.simulate(t, slow, prefetch="jit"), hwsim.simulate(t, slow, prefetch="early")
     assert 0 < early.swap_stall_s < jit.swap_stall_s
