@@ -21,10 +21,12 @@ the tile search's own) choose, per group, how much of it to fuse:
 ``dram_lower_bound`` gives the compulsory DRAM traffic of the same op list on the same chip (the
 yardstick the result reports each op against).
 
-The trace is a linear op list without tensor names, so producer -> consumer edges are read from
-adjacency and element counts (an op's elements equal to the next op's input elements), and the
-quantization stages from their names (``<gemm>.smooth``, ``<gemm>.quant``, ``<gemm>.dyn_stats``,
-``<gemm>.dyn_rescale``), as ``quantmodel``'s tracer writes them.
+Producer -> consumer edges come from the trace's ``reads`` (each op names the op of its step that
+wrote every tensor it reads, ``workloads/trace.py``): a stage fuses into its neighbour only where
+one reads the other's output and nothing else reads the tensor that fusion keeps off DRAM
+(``Edges``); a hand-over in SRAM skips the DRAM write only when the next unit is the tensor's
+only reader. The quantization stages are still recognised by their names (``<gemm>.smooth``,
+``<gemm>.quant``, ``<gemm>.dyn_stats``, ``<gemm>.dyn_rescale``), as ``quantmodel``'s tracer writes them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,29 @@ CHAIN_KINDS = (
 QUANT_SUFFIX = {"smooth_mul": ".smooth", "quantize": ".quant"}
 FUSED_GEMMS = ("linear", "conv")
 SMALL_SIDE = 16  # a prologue op's side input (a modulation table) is at most 1/16 of its main input
+
+
+class Edges:
+    """Who reads whose output within one step, from the trace's ``reads`` (producer names)."""
+
+    def __init__(self, ops: list):
+        index = {op.name: i for i, op in enumerate(ops)}
+        self.readers: list[set[int]] = [set() for _ in ops]
+        self.reads: list[set[int]] = [set() for _ in ops]
+        for j, op in enumerate(ops):
+            for name, _, _, _ in op.read_entries():
+                i = index.get(name)
+                if i is not None and i != j:
+                    self.readers[i].add(j)
+                    self.reads[j].add(i)
+
+    def feeds(self, i: int, j: int) -> bool:
+        """Op ``j`` reads op ``i``'s output."""
+        return i in self.reads[j]
+
+    def only_reader(self, i: int, j: int) -> bool:
+        """Op ``j`` is the one op that reads op ``i``'s output."""
+        return self.readers[i] == {j}
 
 
 @dataclass
@@ -102,7 +127,8 @@ def _is_attention(ops, i: int) -> bool:
 
 
 def _pre_ok(op, consumer) -> bool:
-    """``op`` may run as a prologue stage of ``consumer`` (a GEMM or the next prologue stage)."""
+    """``op`` may run as a prologue stage of ``consumer`` (a GEMM or the next prologue stage), by
+    kind and size (``group_ops`` checks the edge)."""
     if op.kind not in PRE_KINDS or op.elements != in_elements(consumer) or op.elements == 0:
         return False
     if op.kind in QUANT_SUFFIX:
@@ -125,11 +151,12 @@ def _post_ok(ops, j: int, gemm) -> bool:
     return True
 
 
-def group_ops(ops: list) -> list[Group]:
+def group_ops(ops: list, edges: Edges | None = None) -> list[Group]:
     """Greedy grouping in op order: attention triples; GEMMs with the vector ops that chain into
     their input (prologue) and out of their output (epilogue); the rest as chains of vector ops.
     One pass on purpose: a GEMM's prologue is taken from the vector ops pending before it, so the
     scan, the pending list and its flush share state."""
+    edges = edges if edges is not None else Edges(ops)
     groups: list[Group] = []
     pending: list[int] = []  # vector ops not yet placed
 
@@ -143,6 +170,7 @@ def group_ops(ops: list) -> list[Group]:
                 and op.kind in CHAIN_KINDS
                 and ops[chain[-1]].kind in CHAIN_KINDS
                 and j == chain[-1] + 1
+                and edges.only_reader(chain[-1], j)
                 and op.elements == ops[chain[-1]].elements
                 and op.kind != "dyn_stats"
             ):
@@ -167,7 +195,8 @@ def group_ops(ops: list) -> list[Group]:
             pre: list[int] = []
             consumer = op
             for j in reversed(pending):
-                if j != (pre[0] if pre else i) - 1 or not _pre_ok(ops[j], consumer):
+                nxt = pre[0] if pre else i
+                if j != nxt - 1 or not _pre_ok(ops[j], consumer) or not edges.only_reader(j, nxt):
                     break
                 pre.insert(0, j)
                 consumer = ops[j]
@@ -175,7 +204,12 @@ def group_ops(ops: list) -> list[Group]:
             pending.clear()
             post: list[int] = []
             j = i + 1
-            while j < n and _post_ok(ops, j, op) and (not post or ops[j].elements == ops[post[-1]].elements):
+            while (
+                j < n
+                and _post_ok(ops, j, op)
+                and (not post or ops[j].elements == ops[post[-1]].elements)
+                and edges.only_reader(post[-1] if post else i, j)
+            ):
                 if ops[j].kind in QUANT_SUFFIX and any(side_bytes(ops[q]) for q in post):
                     break  # a residual add's output is read again later: it must be written as it is
                 post.append(j)

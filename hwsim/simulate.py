@@ -28,7 +28,16 @@ from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
-from hwsim.schedule import FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements, side_bytes
+from hwsim.schedule import (
+    FUSED_GEMMS,
+    ROW_KINDS,
+    Edges,
+    dram_lower_bound,
+    group_ops,
+    in_elements,
+    out_elements,
+    side_bytes,
+)
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.tiling import (
     AttentionUnit,
@@ -36,6 +45,7 @@ from hwsim.tiling import (
     NoFit,
     Plan,
     VectorOpUnit,
+    attention_blockings,
     figure_of_merit,
     gemm_shape,
     op_stages,
@@ -61,7 +71,12 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    SRAM hand-over of small tensors; balanced row blocks; DRAM lower bound reported
 # 5: energies and areas from the technology node, the clock's operating point (V-f), CACTI 7 SRAM
 #    banks, LPDDR/UFS parts and calibrated NPU overheads (technology.py, sram.py, memory.py)
-SIM_VERSION = "hwsim-5"
+# 6: planner.objective (edp2 | latency | energy); the closed-form pipeline time charges each stream
+#    its own fill and drain (was: the largest per-tile stage subtracted, which dropped a big last
+#    store); fusion and SRAM hand-over follow the trace's producer -> consumer edges, a hand-over
+#    writes the tensor to DRAM too when another op reads it later, and the tensor's bytes are taken
+#    from both units' activation buffer
+SIM_VERSION = "hwsim-6"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -187,7 +202,8 @@ class _Units:
         if wplan.resident:  # resident weights take half the weight buffer (see swap.py)
             hw = _with_wbuf(hw, wbuf - wbuf // 2)
         self.hw = hw
-        groups = group_ops(ops)
+        self.edges = Edges(ops)
+        groups = group_ops(ops, self.edges)
         for g in groups:
             if g.kind == "attention":
                 self._add_attention(g.core)
@@ -264,6 +280,8 @@ class _Units:
                 full_k = any(ops[j].kind in ROW_KINDS for j in fused_pre)
                 try:
                     cyc, pj = _shape(unit, self.hw, self.cache, full_k)[1]
+                    if self.hw.planner.objective == "latency":
+                        cyc, pj = _plan_cost(self._plan(unit, full_k), self.hw)
                 except NoFit:  # the fused row does not fit: spill, run those stages as their own ops
                     continue
                 parts = []
@@ -274,41 +292,46 @@ class _Units:
                     parts.append((_vector_unit([ops[j] for j in alone_post], wplan, nxt), alone_post))
                 for v, _ in parts:
                     if v is not unit:
-                        c, e = plan_estimate(self._plan(v), self.hw)
+                        c, e = _plan_cost(self._plan(v), self.hw)
                         cyc, pj = cyc + c, pj + e
-                key = (figure_of_merit(cyc, pj), len(parts))
+                key = (figure_of_merit(cyc, pj, self.hw.planner.objective), len(parts))
                 if best is None or key < best[0]:
                     best = (key, parts, full_k)
         _, parts, full_k = best
         self._append(parts, [self._plan(u, full_k if isinstance(u, GemmUnit) else False) for u, _ in parts])
 
     def _hand_over(self) -> None:
-        """A unit's output stays in SRAM for the next unit when that unit reads it as its main
-        input, it fits a quarter of the activation buffer (the two units' tiles are planned in the
-        whole buffer beside it: an approximation), and the pair's figure of merit is no worse."""
+        """A unit's output stays in SRAM for the next unit when that unit reads it (the trace's
+        ``reads``) as its main input, it fits a quarter of the activation buffer, and the pair's
+        objective is no worse. The tensor holds its bytes of the activation buffer while the
+        first unit writes it and the second reads it, so both are planned in what is left
+        (``held_bytes``); the DRAM write is skipped only when the second unit is its one reader
+        (else it is written as well, and only the read is saved)."""
         quarter = self.hw.sram.activation_buffer_bytes // 4
         for u in range(len(self.units) - 1):
             a, b = self.units[u], self.units[u + 1]
-            if not (_handover_kind(a) and _handover_kind(b)) or self.covered[u][-1] + 1 != self.covered[u + 1][0]:
+            last, head = self.covered[u][-1], self.covered[u + 1][0]
+            if not (_handover_kind(a) and _handover_kind(b)) or last + 1 != head or not self.edges.feeds(last, head):
                 continue
-            out_el = out_elements(self.ops[self.covered[u][-1]])
-            head = self.ops[self.covered[u + 1][0]]
-            if a.out_bytes > quarter or out_el != in_elements(head):
+            if a.out_bytes > quarter or out_elements(self.ops[last]) != in_elements(self.ops[head]):
                 continue
-            na, nb = dataclasses.replace(a, dram_out=False), dataclasses.replace(b, dram_in=False)
+            held = a.out_bytes + a.held_bytes  # a may itself hold its handed-over input
+            only = self.edges.readers[last] <= set(self.covered[u + 1])
+            na = dataclasses.replace(a, dram_out=not only, held_bytes=held)
+            nb = dataclasses.replace(b, dram_in=False, held_bytes=a.out_bytes)
             try:
                 qa, qb = self._plan(na, _needs_full_k(na)), self._plan(nb, _needs_full_k(nb))
-            except NoFit:
+            except (NoFit, ConfigError):
                 continue
             if _merit([qa, qb], self.hw) <= _merit([self.plans[u], self.plans[u + 1]], self.hw):
                 self.units[u], self.units[u + 1] = na, nb
                 self.plans[u], self.plans[u + 1] = qa, qb
 
 
-def _merit(plans: list, hw: HWConfig) -> float:
-    """Energy x delay^2 of plans run one after another, from their closed-form estimates."""
-    est = [plan_estimate(p, hw) for p in plans]
-    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est))
+def _merit(plans: list, hw: HWConfig) -> tuple:
+    """The planner's objective of plans run one after another (``_plan_cost``)."""
+    est = [_plan_cost(p, hw) for p in plans]
+    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est), hw.planner.objective)
 
 
 def _handover_kind(unit) -> bool:
@@ -350,7 +373,9 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
 
 def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> tuple:
     """(tiling, (cycles, pJ)) of a GEMM unit (``tiling.gemm_shape``), cached beside the plans; a
-    unit with quantization stages starts from its static twin's tiling."""
+    unit with quantization stages starts from its static twin's tiling. A latency planner replays
+    the best ``REPLAY_CHECKED`` tilings by estimate and keeps the fastest replay (its plan is cached
+    for ``_plan``), so the closed form's error cannot pick a slower one among them."""
     key = ("shape", unit, need_full_k)
     hit = plans.get(key)
     if hit is None:
@@ -362,7 +387,10 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
             except (ConfigError, NoFit):
                 pass
         try:
-            hit = gemm_shape(unit, hw, need_full_k, anchor)
+            if hw.planner.objective == "latency":
+                hit = _fastest_shape(unit, hw, plans, need_full_k, anchor)
+            else:
+                hit = gemm_shape(unit, hw, need_full_k, anchor)
         except NoFit as e:
             if need_full_k:
                 raise
@@ -371,13 +399,51 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
     return hit
 
 
+REPLAY_CHECKED = 4  # tilings a latency planner replays per GEMM unit (assumption: a compiler's autotuner
+# measures a handful of candidates, not every one)
+
+
+def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool, anchor) -> tuple:
+    best = None
+    for n, (shape, est) in enumerate(gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)):
+        plan = plan_gemm(unit, hw, need_full_k, shape=shape)
+        key = (replay_cycles(plan, hw), n)
+        if best is None or key < best[0]:
+            best = (key, (shape, est), plan)
+    plans[(unit, need_full_k)] = best[2]
+    return best[1]
+
+
+def replay_cycles(plan: Plan, hw: HWConfig) -> int:
+    """Cycles of a plan replayed alone on an idle machine: what a step spends on it (a unit starts
+    once the one before has drained), computed once per plan."""
+    if plan.replayed < 0:
+        m = Machine(hw)
+        m.env.process(m.run_unit(plan, ""))
+        m.env.run()
+        plan.replayed = m.env.now
+    return plan.replayed
+
+
+def _plan_cost(plan: Plan, hw: HWConfig) -> tuple[float, float]:
+    """(cycles, pJ) the planner weighs: the closed form, with replayed cycles for a latency planner."""
+    cycles, pj = plan_estimate(plan, hw)
+    if hw.planner.objective == "latency":
+        cycles = replay_cycles(plan, hw)
+    return cycles, pj
+
+
 def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
     key = (unit, need_full_k)
     p = plans.get(key)
     if p is None:
         try:
             if isinstance(unit, GemmUnit):
-                p = plan_gemm(unit, hw, need_full_k, shape=_shape(unit, hw, plans, need_full_k)[0])
+                shape = _shape(unit, hw, plans, need_full_k)[0]
+                p = plans.get(key) or plan_gemm(unit, hw, need_full_k, shape=shape)  # a latency planner's
+            elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
+                cands = [plan_attention(unit, hw, b) for b in attention_blockings(unit, hw, REPLAY_CHECKED)]
+                p = min(cands, key=lambda c: replay_cycles(c, hw))  # first of equal replays
             elif isinstance(unit, AttentionUnit):
                 p = plan_attention(unit, hw)
             else:
