@@ -49,6 +49,19 @@ def trace(workload: str | Workload | Gemm, recipe: str | Recipe | None = None) -
     return annotate_trace(build_trace(workload), recipe)
 
 
+def trace_model(model, inputs, steps: int = 1, recipe: str | Recipe | None = None, name: str | None = None) -> Trace:
+    """The op trace of any PyTorch model: ``model`` an ``nn.Module``, a factory or
+    ``"package.module:factory"``; ``inputs`` input shapes (``"2x4x32x32,timestep=2:long"``), an
+    example-inputs factory or a tuple of tensors (:mod:`quantmodel.model.module_trace`); ``steps``
+    forward passes; annotated with ``recipe`` (None: fp16; which layers it quantizes is the recipe's
+    ``layers`` patterns)."""
+    from quantmodel.model.module_trace import trace_model as _trace_model
+    from workloads.recipes import annotate_trace, get_recipe
+
+    recipe = get_recipe(recipe or "fp16") if not hasattr(recipe, "scheme") else recipe
+    return annotate_trace(_trace_model(model, inputs, steps, name), recipe)
+
+
 def load_trace(path: str | Path, recipe: str | Recipe | None = None) -> Trace:
     """A saved trace (.parquet or .csv); a float one is annotated with ``recipe`` when given."""
     from workloads.errors import ConfigError
@@ -120,8 +133,9 @@ def load_results(results: str | Path) -> pd.DataFrame:
     return _load(results)
 
 
-def report(results: str | Path, out: str | Path) -> Path:
-    """report.md and its PNG figures for a results folder, written into ``out``; report.md's path."""
+def report(results: str | Path, out: str | Path, timing: bool = False) -> Path:
+    """report.md and its PNG figures for a results folder, written into ``out``; report.md's path
+    (``timing``: keep the per-point wall-clock seconds in pareto_points.csv)."""
     from codesign.report import write_report
 
-    return write_report(results, out)
+    return write_report(results, out, timing=timing)

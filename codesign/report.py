@@ -11,7 +11,6 @@ What it shows (the paper's open questions, answered from the sweep):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,7 @@ import pandas as pd
 
 from codesign import plots
 from codesign.pareto import pareto_mask
-from codesign.store import load_results
-from workloads.errors import ConfigError
+from codesign.store import load_results, read_manifest
 from workloads.io import write_text
 
 # quality metrics quantmodel.eval.quality may report, in order of preference, with their direction
@@ -116,15 +114,28 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write report.md and its PNG figures into ``out_dir``; return report.md's path."""
+def _axes(manifest: dict | None, df: pd.DataFrame) -> list[str]:
+    """The swept axes: from the manifest, or (when it was quarantined) the hardware columns that vary."""
+    if manifest is not None:
+        return list(
+            dict.fromkeys(a for s in manifest["specs"] for a in (s["spec"].get("hardware") or {}).get("axes") or {})
+        )
+    return [c[3:] for c in df.columns if c.startswith("hw.") and df[c].astype(str).nunique() > 1]
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path, timing: bool = False) -> Path:
+    """Write report.md and its PNG figures into ``out_dir``; return report.md's path.
+
+    ``timing``: keep the wall-clock column ``sim_wall_s`` in pareto_points.csv (left out by default
+    so two reports of the same results are identical). Results where no point succeeded give a
+    report that says so and lists why the points failed."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     df = load_results(results_dir)
-    if not len(df):
-        raise ConfigError("results", str(results_dir), "a results folder with at least one design point")
+    manifest = read_manifest(results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((results_dir / "manifest.json").read_text())
-    axes = list(dict.fromkeys(a for s in manifest["specs"] for a in s["spec"]["hardware"]["axes"]))
+    if not len(df) or "recipe" not in df.columns or not (df["status"] == "ok").any():
+        return write_text(out_dir / "report.md", "\n".join(_empty_report(results_dir, manifest, df)) + "\n")
+    axes = _axes(manifest, df)
     axis_cols = [f"hw.{a}" for a in axes if f"hw.{a}" in df.columns]
     if "prefetch" in axes:
         axis_cols.append("prefetch")
@@ -137,22 +148,47 @@ def write_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     if q:
         senses[q[0]] = q[1]
     md = (
-        _header(results_dir, manifest, df, ok, failed, q)
+        _header(results_dir, _spec_names(manifest, df), df, ok, failed, q)
         + _quality_section(ok, q)
         + _pareto_section(ok, q, senses, out_dir)
         + _static_vs_dynamic_section(ok, out_dir)
         + _breakdown_section(ok, axis_cols, out_dir)
         + _swap_section(ok, out_dir)
-        + _front_section(ok, q, senses, axis_cols, out_dir)
+        + _front_section(ok, q, senses, axis_cols, out_dir, timing)
         + _failed_section(failed)
     )
     return write_text(out_dir / "report.md", "\n".join(md) + "\n")
 
 
+def _spec_names(manifest: dict | None, df: pd.DataFrame) -> str:
+    if manifest is not None and manifest["specs"]:
+        return ", ".join(s["name"] for s in manifest["specs"])
+    if "spec_name" in df.columns and len(df):
+        return ", ".join(map(str, df["spec_name"].dropna().unique()))
+    return "(unknown spec)"
+
+
+def _empty_report(results_dir: Path, manifest: dict | None, df: pd.DataFrame) -> list[str]:
+    """The report of results with no successful design point: what is there, and why it failed."""
+    failed = df[df["status"] != "ok"] if len(df) and "status" in df.columns else df.iloc[0:0]
+    md = [
+        f"# Design-space report: {_spec_names(manifest, df)}",
+        "",
+        f"Results: `{results_dir}` — {len(df)} design points, none simulated successfully, so there "
+        "is nothing to plot or compare.",
+        "",
+    ]
+    if not len(df):
+        md += ["The folder holds no design point yet (run `codesign sweep` into it).", ""]
+    if len(failed) and "error" in failed.columns:
+        md += _failed_section(failed)
+    return md
+
+
 def _header(
-    results_dir: Path, manifest: dict, df: pd.DataFrame, ok: pd.DataFrame, failed: pd.DataFrame, q: tuple | None
+    results_dir: Path, names: str, df: pd.DataFrame, ok: pd.DataFrame, failed: pd.DataFrame, q: tuple | None
 ) -> list[str]:
-    md = [f"# Design-space report: {', '.join(s['name'] for s in manifest['specs'])}", ""]
+    md = [f"# Design-space report: {names}", ""]
     md.append(
         f"Results: `{results_dir}` — {len(df)} design points ({len(ok)} simulated, {len(failed)} "
         f"failed validation), {df['recipe'].nunique()} recipes x {df['hw_key'].nunique()} hardware "
@@ -279,7 +315,9 @@ def _swap_section(ok: pd.DataFrame, out_dir: Path) -> list[str]:
     return md + ["![swap stall vs K](swap_vs_k.png)", "", _md_table(curves), ""]
 
 
-def _front_section(ok: pd.DataFrame, q: tuple | None, senses: dict, axis_cols: list[str], out_dir: Path) -> list[str]:
+def _front_section(
+    ok: pd.DataFrame, q: tuple | None, senses: dict, axis_cols: list[str], out_dir: Path, timing: bool = False
+) -> list[str]:
     """The Pareto-optimal design points as a table (and pareto_points.csv)."""
     objectives = {c: s for c, s in senses.items() if c in ("latency_s", "energy_j", "area_mm2")}
     if q:
@@ -295,7 +333,8 @@ def _front_section(ok: pd.DataFrame, q: tuple | None, senses: dict, axis_cols: l
     ]
     cols = ["recipe"] + axis_cols + ["latency_s", "energy_j", "area_mm2", "storage_bytes"] + ([q[0]] if q else [])
     md += [_md_table(front[cols].head(MAX_TABLE_ROWS)), ""]
-    front.to_csv(out_dir / "pareto_points.csv", index=False)
+    csv = front if timing else front.drop(columns=["sim_wall_s"], errors="ignore")
+    write_text(out_dir / "pareto_points.csv", csv.to_csv(index=False))
     return md
 
 

@@ -196,8 +196,11 @@ def _check_axis_values(name: str, raw: object, sampling: str) -> object:
             raise ConfigError(f"hardware.axes.{name}", raw, "a list of values (ranges need sampling: random)")
         check_known_fields(f"hardware.axes.{name}", raw, _RANGE_FIELDS)
         lo, hi = raw.get("min"), raw.get("max")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)) or not lo <= hi:
-            raise ConfigError(f"hardware.axes.{name}", raw, "min and max numbers with min <= max")
+        if (
+            not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi))
+            or not lo <= hi
+        ):
+            raise ConfigError(f"hardware.axes.{name}", raw, "finite min and max numbers with min <= max")
         scale = raw.get("scale", "linear")
         if scale not in ("linear", "log"):
             raise ConfigError(f"hardware.axes.{name}.scale", scale, "linear or log")
@@ -344,8 +347,36 @@ def _check_hardware(hw: object) -> tuple[str, str, int, int, str, list]:
             bad = [v for v in (vals if isinstance(vals, tuple) else [vals]) if v not in PREFETCH_POLICIES]
             if bad:
                 raise ConfigError("spec.hardware.axes.prefetch", bad[0], " or ".join(PREFETCH_POLICIES))
+        else:
+            _check_axis_schema(base, name, vals)
         axes.append((name, vals))
     return base_name, sampling, samples, seed, prefetch, axes
+
+
+def _check_axis_schema(base, name: str, vals: object) -> None:
+    """Each value of an axis, set alone over the base config, must pass the hardware schema
+    (``hwsim.with_overrides``: the checks a hardware YAML gets), so a typo such as ``mac.rows: [a]``
+    or a NaN fails when the spec loads instead of failing every point of the sweep. A range axis is
+    checked at both ends (and must draw integers for an integer field). An error about another field
+    (a cross-field rule the swept combination may satisfy) is left to the point."""
+    import hwsim
+
+    if isinstance(vals, RangeAxis):
+        if isinstance(flatten(hwsim.hw_to_dict(base)).get(name), int) and not vals.integer:
+            raise ConfigError(f"hardware.axes.{name}.integer", False, "true: the field is an integer")
+        values: list = [int(vals.min) if vals.integer else vals.min, int(vals.max) if vals.integer else vals.max]
+    else:
+        values = list(vals)
+    fields = flatten(hwsim.hw_to_dict(base))
+    for v in values:
+        overrides = {f"{name}.{k}": x for k, x in flatten(v).items()} if isinstance(v, dict) else {name: v}
+        try:
+            hwsim.with_overrides(base, overrides)
+        except ConfigError as e:
+            sections = {o.split(".")[0] for o in overrides}
+            derived = e.field not in fields and e.field.split(".")[0] in sections  # e.g. sram.total_bytes
+            if e.field in overrides or derived:
+                raise ConfigError(f"hardware.axes.{e.field}", e.value, e.allowed) from None
 
 
 def load_spec(name_or_path: str | Path) -> SweepSpec:

@@ -7,6 +7,12 @@ Layout of a results folder ``DIR``::
     DIR/quality/part-*.parquet   quality rows, one per (quality workload, recipe)
     DIR/quality/prep-*.pkl       calibration stats + float reference sample shared by the recipes
     DIR/.lock                    held (flock) while a sweep writes; the kernel drops it on SIGKILL
+    DIR/quarantine/              unreadable parts, manifest or caches, moved aside (see below)
+
+A store heals: a part, the manifest or a cache file that cannot be read (truncated by a failing
+disk, overwritten by hand) is moved into ``quarantine/`` with a one-line warning naming it, and
+reading goes on without it; the points it held are simply missing, so the next ``codesign sweep``
+recomputes them. Nothing is deleted: the user can inspect the quarantined file.
 
 Why parts: a sweep appends by writing a whole part to a temp name, fsyncing it and renaming it
 into place (``os.replace`` is atomic on POSIX), so a SIGKILL leaves either the complete part or an
@@ -50,6 +56,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -64,6 +72,7 @@ from workloads.io import atomic_open, write_bytes
 STORE_FORMAT = 1
 POINTS = "points"
 QUALITY = "quality"
+QUARANTINE = "quarantine"
 SCALAR_METRICS = (
     "latency_s",
     "energy_j",
@@ -99,9 +108,48 @@ def _parts(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("part-*.parquet"))
 
 
+def quarantine(path: Path, why: str) -> Path:
+    """Move an unreadable file of a results folder into its ``quarantine/`` (one warning line)."""
+    path = Path(path)
+    root = path.parent.parent if path.parent.name in (POINTS, QUALITY) else path.parent
+    dest_dir = root / QUARANTINE
+    dest_dir.mkdir(exist_ok=True)
+    rel = path.relative_to(root).as_posix().replace("/", "__")
+    dest = dest_dir / rel
+    if dest.exists():
+        dest = dest_dir / f"{uuid.uuid4().hex[:8]}-{rel}"
+    os.replace(path, dest)
+    print(
+        f"codesign: warning: unreadable {path} ({why}) moved to {dest}; its points are recomputed by the next sweep",
+        file=sys.stderr,
+    )
+    return dest
+
+
+# columns without which a part's rows mean nothing (a part lacking one is quarantined)
+REQUIRED = {POINTS: ("key", "status"), QUALITY: ("key", "quality_key")}
+
+
+def _read_part(path: Path, columns: list[str] | None) -> pd.DataFrame | None:
+    """One part as a DataFrame, or None after quarantining a part that cannot be read (torn,
+    garbage, or without the columns its rows need)."""
+    try:
+        df = pq.read_table(path, columns=columns).to_pandas()
+        need = REQUIRED.get(path.parent.name, ("key",)) if columns is None else columns
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise ValueError(f"no {missing[0]!r} column")
+        return df
+    except FileNotFoundError:  # compacted away by a sweep meanwhile
+        return None
+    except (pa.ArrowException, OSError, ValueError, KeyError) as e:
+        quarantine(path, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}")
+        return None
+
+
 def _read_parts(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    frames = [pq.read_table(p, columns=columns).to_pandas() for p in _parts(folder)]
-    frames = [f for f in frames if len(f)]
+    frames = [_read_part(p, columns) for p in _parts(folder)]
+    frames = [f for f in frames if f is not None and len(f)]
     if not frames:
         return pd.DataFrame(columns=columns or ["key"])
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -121,9 +169,7 @@ class ResultStore:
         return self.root / "manifest.json"
 
     def manifest(self) -> dict:
-        if not self.manifest_path.is_file():
-            return {"format": STORE_FORMAT, "specs": []}
-        return json.loads(self.manifest_path.read_text())
+        return read_manifest(self.root) or {"format": STORE_FORMAT, "specs": []}
 
     @classmethod
     def open(cls, root: str | Path, spec: SweepSpec, append: bool = False) -> ResultStore:
@@ -135,7 +181,8 @@ class ResultStore:
         root = store.root
         if root.exists() and not root.is_dir():
             raise ConfigError("--out", str(root), "a folder (this is a file)")
-        if root.is_dir() and any(root.iterdir()) and not store.manifest_path.is_file():
+        ours = store.manifest_path.is_file() or (root / POINTS).is_dir()  # a manifest may be quarantined
+        if root.is_dir() and any(root.iterdir()) and not ours:
             raise ConfigError("--out", str(root), "an empty or new folder, or a codesign results folder")
         for sub in (POINTS, QUALITY):
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -212,14 +259,42 @@ class ResultStore:
         return load_results(self.root)
 
 
+def _valid_manifest(man: object) -> bool:
+    return (
+        isinstance(man, dict)
+        and isinstance(man.get("specs"), list)
+        and all(isinstance(s, dict) and {"hash", "name", "spec"} <= set(s) for s in man["specs"])
+    )
+
+
+def read_manifest(root: str | Path) -> dict | None:
+    """The folder's manifest, or None when it has none; an unreadable one is quarantined (None)."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        man = json.loads(path.read_bytes())
+        if not _valid_manifest(man):
+            raise ValueError("not a codesign manifest")
+        return man
+    except (ValueError, UnicodeDecodeError) as e:
+        quarantine(path, type(e).__name__)
+        return None
+
+
+def is_results_folder(root: str | Path) -> bool:
+    root = Path(root)
+    return root.is_dir() and ((root / "manifest.json").is_file() or (root / POINTS).is_dir())
+
+
 def load_results(root: str | Path) -> pd.DataFrame:
     """All design points of a results folder as one DataFrame (columns: see the module docstring)."""
     root = Path(root)
-    if not (root / "manifest.json").is_file():
+    if not is_results_folder(root):
         raise ConfigError("results", str(root), "a results folder written by `codesign sweep`")
     points = _read_parts(root / POINTS)
     quality = _read_parts(root / QUALITY)
-    if len(points) and len(quality):
+    if len(points) and len(quality) and "quality_key" in points.columns:
         qcols = ["quality_key"] + [c for c in quality.columns if c.startswith("q.")]
         points = points.merge(quality[qcols], on="quality_key", how="left")
     return points

@@ -11,11 +11,22 @@ def _si(x: float, unit: str) -> str:
     return f"{x:.3g} {unit}"
 
 
+def hw_line(hw) -> str:
+    """The chip in one line, from the config itself (a preset's description may no longer hold once
+    fields are overridden)."""
+    sram = hw.sram.weight_buffer_bytes + hw.sram.activation_buffer_bytes
+    return (
+        f"{hw.mac.arrays}x{hw.mac.rows}x{hw.mac.cols} PEs {hw.mac.dataflow} at {_si(hw.clock.freq_hz, 'Hz')}, "
+        f"{_si(sram, 'B')} SRAM, {hw.dram.channels}x {hw.dram.part} {_si(hw.dram.bandwidth_bytes_per_s, 'B/s')}, "
+        f"{hw.tech.node_nm:g} nm"
+    )
+
+
 def format_report(res, hw, sim_s: float) -> str:
     """The `codesign simulate` text report of one result ``res`` of ``hw``, simulated in ``sim_s`` seconds."""
     per_step = res.latency_per_step_s
     lines = [
-        f"{res.workload} | recipe {res.recipe} | hw {hw.name} ({hw.description})",
+        f"{res.workload} | recipe {res.recipe} | hw {hw.name} ({hw_line(hw)})",
         f"latency per video   {res.latency_s:.4g} s   ({res.num_steps} steps; per step min "
         f"{min(per_step):.4g} s, max {max(per_step):.4g} s)",
         f"energy per video    {res.energy_j:.4g} J    ({res.energy_per_step_j:.4g} J per step; average "

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codesign.spec import SweepSpec, content_hash, flatten, set_dotted
-from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore
+from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore, quarantine
 from workloads.errors import ConfigError
 from workloads.io import atomic_open
 
@@ -192,10 +192,21 @@ class SweepPlan:
         return sum(len(r.items) for r in self.recipes)
 
 
+def workload_identity(workload, for_quality: bool = False) -> dict:
+    """The workload fields a content key hashes. ``trained`` (which trained model a quality run
+    loads) never changes a cost, so cost keys leave it out; quality keys keep it only when it is set,
+    so a workload without a trained model hashes as it did before the field existed."""
+    d = workload.to_dict()
+    if not for_quality or not d.get("trained"):
+        d.pop("trained", None)
+    return d
+
+
 def quality_prep_key(spec: SweepSpec) -> str:
     from workloads.presets import get_workload
 
-    return content_hash({"workload": get_workload(spec.quality_workload).to_dict(), "options": spec.quality_options})
+    wl = workload_identity(get_workload(spec.quality_workload), for_quality=True)
+    return content_hash({"workload": wl, "options": spec.quality_options})
 
 
 def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
@@ -206,7 +217,7 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
 
     return content_hash(
         {
-            "workload": get_workload(spec.quality_workload).to_dict(),
+            "workload": workload_identity(get_workload(spec.quality_workload), for_quality=True),
             "recipe": get_recipe(recipe_name).to_dict(),
             "options": spec.quality_options,
         }
@@ -220,7 +231,7 @@ def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
     from workloads.recipes import get_recipe
 
     workload = get_workload(spec.cost_workload)
-    wl = workload.to_dict()
+    wl = workload_identity(workload)
     base = hwsim.hw_to_dict(hwsim.load_hw(spec.hw_base))
     points = spec.hardware_points()
     hw_dicts = []
@@ -479,6 +490,22 @@ def run_sweep(
     return summary
 
 
+def _load_prep(path: Path) -> dict | None:
+    """The cached quality preparation, or None: missing, or unreadable (then quarantined, and
+    computed afresh). Any exception: a torn pickle can raise almost anything while loading."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            prep = pickle.load(fh)
+        if not isinstance(prep, dict) or not {"stats", "reference"} <= set(prep):
+            raise ValueError("not a quality preparation")
+        return prep
+    except Exception as e:
+        quarantine(path, type(e).__name__)
+        return None
+
+
 class _SweepRun:
     """One execution of a sweep plan on a runner: the futures in flight, the finished rows waiting to
     be flushed to the store, the shipped traces still in use, and the progress bar."""
@@ -539,9 +566,9 @@ class _SweepRun:
         spec = self.spec
         need_stats = any(get_recipe(r).scheme not in ("fp16", "dynamic") for _, r in self.plan.quality_pending)
         prep_path = self.store.root / QUALITY / f"prep-{quality_prep_key(spec)}-{int(need_stats)}.pkl"
-        if prep_path.is_file():
-            with open(prep_path, "rb") as fh:
-                self.submit_quality(pickle.load(fh))
+        prep = _load_prep(prep_path)
+        if prep is not None:
+            self.submit_quality(prep)
         else:
             fut = self.runner.submit(prepare_quality, spec.quality_workload, spec.quality_options, need_stats)
             self.futures[fut] = ("prep", prep_path, None)

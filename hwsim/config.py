@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,6 +273,78 @@ def _table(field: str, v: object, keys: tuple[str, ...], check) -> dict:
     return {k: check(f"{field}.{k}", v[k]) for k in keys}
 
 
+# ---- plausibility -------------------------------------------------------------------------------
+class PlausibilityWarning(UserWarning):
+    """A value no shipping edge part has, accepted because an idealised study may mean it."""
+
+
+# field -> (refuse below, refuse above, warn above, source of the bounds). A value outside the refusal
+# bounds is no chip at all (a typo or a unit slip: 1e30 bytes of SRAM, 1e-30 B/s); one above the warning
+# bound is beyond any shipping edge part but a deliberate "ample resources" study may mean it.
+PLAUSIBLE = {
+    "sram.total_bytes": (
+        None,
+        44e9,
+        64 * 2**20,
+        "refuse above 44 GB: the on-chip SRAM of Cerebras WSE-3, a whole wafer (Cerebras, 2024); warn above "
+        "64 MiB: twice the 32 MB SRAM of one Tesla FSD NPU (Talpes et al., IEEE Micro 40(2), 2020)",
+    ),
+    "dma.bandwidth_bytes_per_s": (
+        1e6,
+        1e15,
+        1e12,
+        "refuse below 1 MB/s and above 1 PB/s (assumption: outside any memory bus by 1000x); warn above "
+        "1 TB/s: beyond LPDDR (Apple M2 Ultra, 1024-bit LPDDR5, 800 GB/s) toward HBM3E (NVIDIA H200, 4.8 TB/s)",
+    ),
+    "dram.channels": (
+        None,
+        2**20,
+        64,
+        "warn above 64 x16 channels: the 1024-bit LPDDR5 bus of Apple M2 Ultra, the widest LPDDR system "
+        "(Apple, 2023); refuse above 2^20 (assumption)",
+    ),
+    "mac.pes": (
+        None,
+        2**24,
+        2**17,
+        "warn above 131072 PEs: Google TPU v4 (2 cores x 4 MXUs of 128x128, Jouppi et al., ISCA 2023); "
+        "refuse above 2^24 (assumption: 30x the MACs per cycle of an NVIDIA H100)",
+    ),
+    "clock.freq_hz": (1e6, None, None, "refuse below 1 MHz (assumption: below any NPU clock by 100x)"),
+    "sram.bytes_per_cycle": (None, 2**24, None, "refuse above 16 MiB per cycle (assumption)"),
+    "vector.lanes": (None, 2**20, None, "refuse above 2^20 lanes (assumption)"),
+    "dram.capacity_bytes": (None, 2**50, None, "refuse above 1 PiB (assumption)"),
+    "flash.capacity_bytes": (None, 2**50, None, "refuse above 1 PiB (assumption)"),
+}
+
+
+def check_plausible(field: str, value: float) -> None:
+    """Refuse a value outside ``PLAUSIBLE[field]``'s hard bounds; warn (``PlausibilityWarning``) above
+    its warning bound. The message names the field, the value and the bound's source."""
+    lo, hi, warn_hi, why = PLAUSIBLE[field]
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = " and ".join(x for x in (lo and f">= {lo:.3g}", hi and f"<= {hi:.3g}") if x)
+        raise ConfigError(field, value, f"a value {bounds} ({why})")
+    if warn_hi is not None and value > warn_hi:
+        warnings.warn(
+            f"{field} = {value:.4g} is beyond any shipping edge part (above {warn_hi:.4g}; {why})",
+            PlausibilityWarning,
+            stacklevel=3,
+        )
+
+
+def _check_plausible_config(hw: HWConfig) -> None:
+    check_plausible("sram.total_bytes", hw.sram.weight_buffer_bytes + hw.sram.activation_buffer_bytes)
+    check_plausible("dma.bandwidth_bytes_per_s", hw.dma.bandwidth_bytes_per_s)
+    check_plausible("dram.channels", hw.dram.channels)
+    check_plausible("mac.pes", hw.mac.pes)
+    check_plausible("clock.freq_hz", hw.clock.freq_hz)
+    check_plausible("sram.bytes_per_cycle", hw.sram.bytes_per_cycle)
+    check_plausible("vector.lanes", hw.vector.lanes)
+    check_plausible("dram.capacity_bytes", hw.dram.capacity_bytes)
+    check_plausible("flash.capacity_bytes", hw.flash.capacity_bytes)
+
+
 def hw_from_dict(d: object) -> HWConfig:
     """Build and validate an HWConfig from a nested mapping (the YAML layout). One function on
     purpose: it reads as the YAML does, section by section, each field with its check."""
@@ -351,7 +424,7 @@ def hw_from_dict(d: object) -> HWConfig:
         capacity_bytes=_pos_int("flash.capacity_bytes", f["capacity_bytes"]),
         chunk_bytes=_pos_int("flash.chunk_bytes", f["chunk_bytes"]),
     )
-    return HWConfig(
+    hw = HWConfig(
         name=d["name"],
         description=d["description"],
         clock=clock,
@@ -364,6 +437,8 @@ def hw_from_dict(d: object) -> HWConfig:
         tech=tech,
         planner=planner,
     )
+    _check_plausible_config(hw)
+    return hw
 
 
 def hw_to_dict(hw: HWConfig) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hwsim.bounded import check_gemm_tiles
 from hwsim.config import DATAFLOWS, HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.horowitz import VECTOR_LANE_CYCLE_PJ_45NM, epilogue_pj_45nm
@@ -750,6 +751,7 @@ def plan_gemm(
     b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     kt, nt, mt, bt, weight_reuse = shape
     nb_k = math.ceil(u.k / kt)
+    check_gemm_tiles(u.batch, u.m, u.k, u.n, shape)  # bounded work: refuse before enumerating the tiles
     tiles, counts = _gemm_tiles(u, hw, srch, (kt, nt, mt, bt, weight_reuse))
     res_bpe = u.res_bytes / (u.batch * u.m * u.n)
     in_cap = 2 * math.ceil(bt * mt * kt * a_sram_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)

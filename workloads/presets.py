@@ -29,6 +29,18 @@ SAMPLERS = ("iddpm", "rflow")
 # spatial one, as Latte does), so every layer knows each token's frame (see docs/shapes_model.md)
 TEMPORAL_POS = ("attention", "residual")
 
+# Size budgets. A workload beyond them is refused when it loads, with the number, instead of hanging
+# or exhausting memory half-way through tracing or simulation.
+# assumption: 12x the largest preset's trace (OpenSora v1.0 at 100 steps: 80,000 ops, built in 2-4 s on
+# this project's 2-core CI machine); a trace is built op by op in Python, ~1 KB of memory per op
+MAX_TRACE_OPS = 1_000_000
+# every MAC and byte count of the trace stays exact in int64 (Parquet columns, numpy sums)
+MAX_MACS = 2**62
+# upper bound of trace ops per step per block (STDiT: 28 ops per block; STDiT3: 50 per block pair) and
+# outside the blocks (embedders, final layer), for the estimate checked against MAX_TRACE_OPS
+_OPS_PER_BLOCK = {"stdit": 30, "stdit3": 52}
+_OPS_OUTSIDE_BLOCKS = 32
+
 
 @dataclass(frozen=True)
 class ModelDims:
@@ -140,6 +152,38 @@ class Workload:
             raise ConfigError(
                 "num_frames", self.num_frames, f"a number whose latent frames divide by the temporal patch {pt}"
             )
+        self._check_budget()
+
+    def estimated_ops(self) -> int:
+        """An upper bound of the trace's op count (every op of every step)."""
+        per_step = _OPS_PER_BLOCK[self.model.arch] * self.model.depth + _OPS_OUTSIDE_BLOCKS
+        return self.num_steps * per_step
+
+    def estimated_macs(self) -> int:
+        """An upper bound of the trace's MACs, twice the sum per step and block of: the linear layers
+        (attention 2 x 4 h^2 and cross-attention 2 h^2 per token, the MLP 2 h x mlp_hidden), the text
+        projections, and spatial, temporal and cross attention as if each attended over every token."""
+        m, s, h, L = self.model, self.num_tokens, self.model.hidden_size, self.model.model_max_length
+        linear = s * h * (10 * h + 2 * m.mlp_hidden)
+        text = L * h * (2 * h + m.caption_channels)
+        attention = 4 * s * s * h + 2 * s * L * h
+        return 2 * self.num_steps * self.model_batch * m.depth * (linear + text + attention)
+
+    def _check_budget(self) -> None:
+        ops = self.estimated_ops()
+        if ops > MAX_TRACE_OPS:
+            raise ConfigError(
+                "num_steps x model.depth",
+                f"{self.num_steps} x {self.model.depth}",
+                f"a trace of at most {MAX_TRACE_OPS:,} ops (this workload needs about {ops:,})",
+            )
+        macs = self.estimated_macs()
+        if macs > MAX_MACS:
+            raise ConfigError(
+                "workload size",
+                f"{self.num_frames}x{self.height}x{self.width}, hidden {self.model.hidden_size}",
+                f"at most 2^62 MACs so every count stays exact (this workload needs about {macs:.3g})",
+            )
 
     @property
     def latent_size(self) -> tuple[int, int, int]:
@@ -182,6 +226,12 @@ class Gemm:
     def __post_init__(self) -> None:
         for f in ("m", "k", "n"):
             require_positive_int(f"gemm.{f}", getattr(self, f))
+        if self.m * self.k * self.n > MAX_MACS:
+            raise ConfigError(
+                "workload",
+                self.name,
+                f"a GEMM of at most 2^62 MACs so every count stays exact (this one has {self.m * self.k * self.n:.3g})",
+            )
 
     @property
     def name(self) -> str:

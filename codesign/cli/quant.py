@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 from workloads.io import atomic_path
 
@@ -85,13 +84,9 @@ def _workload(name: str):
 
 
 def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
-    from workloads.errors import ConfigError
+    from codesign.cli.checks import check_out_file
 
-    if not path.endswith(suffixes):
-        raise ConfigError("out", path, "a file ending in " + " or ".join(suffixes))
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise ConfigError("out", path, "a path in an existing directory")
+    check_out_file("out", path, suffixes)
 
 
 def _calib_kwargs(args) -> dict:

@@ -1,15 +1,24 @@
-"""`codesign sample`: run the float sampler of a workload (random weights or a real checkpoint)."""
+"""`codesign sample`: sample a latent video with the float model, or with a quantized recipe run by the
+integer emulator (bit-exact) or the fake-quant float simulation, on the CPU or a CUDA GPU.
+
+With ``--compare`` the float model samples the same noise and prompts too; both latents are written
+(``latent`` and ``latent_float``) and the quantized sample's SQNR / PSNR against the float one printed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 from workloads.io import atomic_path
 
+BACKENDS = ("emulator", "fakequant")
+DEVICES = ("cpu", "cuda")
+
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="sample a latent video with the float model")
+    p = sub.add_parser("sample", help="sample a latent video with the float or a quantized model")
     p.add_argument("--workload", required=True, help="preset name or YAML file")
     p.add_argument("--checkpoint", help="OpenSora STDiT checkpoint (.pth or .safetensors)")
     p.add_argument(
@@ -17,64 +26,162 @@ def register(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="override the workload's step count")
+    p.add_argument("--recipe", help="quantized recipe (codesign recipes); default: the float model")
+    p.add_argument("--backend", default="emulator", help="emulator (integer, bit-exact) or fakequant")
+    p.add_argument("--nonlinear", default="fp16", help="emulator vector-unit mode: fp16 or int")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--artifact", help="quantized-model artifact (codesign quantize); default: quantize now")
+    p.add_argument("--stats", help="calibration stats (codesign calibrate) when quantizing now")
+    p.add_argument("--prompts", type=int, default=4, help="calibration prompts when calibrating now")
+    p.add_argument("--compare", action="store_true", help="also sample the float model; write and compare both")
     p.add_argument("--out", help="write the latent (.safetensors)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    import torch
+def _check_args(args):
+    """Every argument checked before any model is built (one line, exit 2 on a bad one)."""
+    from pathlib import Path
 
-    from quantmodel.model.build import build_stdit
-    from quantmodel.model.checkpoint import load_checkpoint
-    from quantmodel.model.config import STDiTConfig
-    from quantmodel.model.samplers import sampler_for
+    from quantmodel.emulator.integer import NONLINEAR_MODES
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
+    from workloads.recipes import get_recipe
 
     w = get_workload(args.workload)
     if isinstance(w, Gemm):
         raise ConfigError("workload", args.workload, "a model workload (a preset or YAML file), not a GEMM")
-    if args.out and not args.out.endswith(".safetensors"):
-        raise ConfigError("out", args.out, "a file ending in .safetensors")
-    steps = require_positive_int("steps", args.steps) if args.steps is not None else w.num_steps
-    cfg = STDiTConfig.from_workload(w)
-    model = load_checkpoint(args.checkpoint, cfg) if args.checkpoint else build_stdit(cfg, seed=args.seed)
-    g = torch.Generator().manual_seed(args.seed)
-    if args.text:
-        from quantmodel.model.checkpoint import read_state_dict
+    if args.out:
+        if not args.out.endswith(".safetensors"):
+            raise ConfigError("out", args.out, "a file ending in .safetensors")
+        parent = Path(args.out).resolve().parent
+        if not parent.is_dir():
+            raise ConfigError("out", args.out, "a path in an existing directory")
+    if args.steps is not None:
+        w = dataclasses.replace(w, num_steps=require_positive_int("steps", args.steps))
+    require_positive_int("prompts", args.prompts)
+    if args.backend not in BACKENDS:
+        raise ConfigError("backend", args.backend, " or ".join(BACKENDS))
+    if args.nonlinear not in NONLINEAR_MODES:
+        raise ConfigError("nonlinear", args.nonlinear, " or ".join(NONLINEAR_MODES))
+    if args.device not in DEVICES:
+        raise ConfigError("device", args.device, " or ".join(DEVICES))
+    if args.device == "cuda":
+        import torch
 
-        y = read_state_dict(args.text).get("y")
-        want = (1, cfg.model_max_length, cfg.caption_channels)
-        if y is None or y.dim() != 4 or tuple(y.shape[1:]) != want:
-            raise ConfigError("text", args.text, f"a tensor 'y' of shape [B, {', '.join(map(str, want))}]")
-    else:
-        y = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
+        if not torch.cuda.is_available():
+            raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    if recipe is None and (args.artifact or args.stats or args.compare):
+        flag = "artifact" if args.artifact else "stats" if args.stats else "compare"
+        raise ConfigError(flag, getattr(args, flag), "used only with --recipe")
+    for flag in ("artifact", "stats", "text", "checkpoint"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            raise ConfigError(flag, path, "an existing file")
+    return w, recipe
+
+
+def _text(args, cfg, g):
+    import torch
+
+    from workloads.errors import ConfigError
+
+    if not args.text:
+        return torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
+    from quantmodel.model.checkpoint import read_state_dict
+
+    y = read_state_dict(args.text).get("y")
+    want = (1, cfg.model_max_length, cfg.caption_channels)
+    if y is None or y.dim() != 4 or tuple(y.shape[1:]) != want:
+        raise ConfigError("text", args.text, f"a tensor 'y' of shape [B, {', '.join(map(str, want))}]")
+    return y.float()
+
+
+def run(args) -> int:
+    import torch
+
+    from quantmodel.eval.quality import load_model, recipe_model_fn, sample_metrics
+    from quantmodel.model.config import STDiTConfig
+    from quantmodel.model.samplers import sampler_for
+    from quantmodel.quant.artifact import QuantArtifact
+    from workloads.errors import ConfigError
+
+    w, recipe = _check_args(args)
+    cfg = STDiTConfig.from_workload(w)
+    g = torch.Generator().manual_seed(args.seed)
+    y = _text(args, cfg, g)
     z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
-    sampler = sampler_for(w, steps)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        x = sampler.sample(
-            lambda x, t, yy, step: model(x, t, yy), z, y, model.null_caption(y.shape[0]), g, progress=True
+    model = load_model(w, args.checkpoint, args.seed, device=args.device)
+    dev = torch.device(args.device)
+
+    def run_sampler(fn, label: str):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        gen = torch.Generator().manual_seed(args.seed + 1)  # CPU noise: the same sample on every device
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x = sampler_for(w).sample(
+                fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), gen, progress=True
+            )
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return x.float().cpu(), time.perf_counter() - t0
+
+    summary = {"workload": w.name, "steps": w.num_steps, "device": args.device, "recipe": "fp16"}
+    latents = {}
+    if recipe is None or not recipe.quantized:
+        x, seconds = run_sampler(lambda x, t, yy, step: model(x, t, yy), "float")
+    else:
+        art = None
+        if args.artifact:
+            art = QuantArtifact.load(args.artifact)
+            art.check_model(model)
+            if art.recipe.name != recipe.name:
+                raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
+            if len(art.step_to_set) != w.num_steps:
+                raise ConfigError("steps", w.num_steps, f"{len(art.step_to_set)} (the artifact's step count)")
+        fn, _ = recipe_model_fn(
+            model,
+            w,
+            recipe,
+            args.backend,
+            args.nonlinear,
+            stats=args.stats,
+            artifact=art,
+            device=args.device,
+            num_prompts=args.prompts,
+            seed=args.seed,
+            text_features=args.text,
         )
-    seconds = time.perf_counter() - t0
+        x, seconds = run_sampler(fn, recipe.name)
+        summary.update(recipe=recipe.name, backend=args.backend, nonlinear=args.nonlinear)
+        if args.compare:
+            xf, seconds_f = run_sampler(lambda x, t, yy, step: model(x, t, yy), "float")
+            latents["latent_float"] = xf.contiguous()
+            summary.update(float_seconds=round(seconds_f, 3), **sample_metrics(xf, x))
+    latents["latent"] = x.contiguous()
     if args.out:
         from safetensors.torch import save_file
 
         with atomic_path(args.out) as tmp:
-            save_file({"latent": x.contiguous()}, str(tmp))
-    summary = {
-        "workload": w.name,
-        "steps": steps,
-        "shape": list(x.shape),
-        "seconds": round(seconds, 3),
-        "latent_mean": float(x.mean()),
-        "latent_std": float(x.std()),
-    }
-    print(
-        json.dumps(summary)
-        if args.json
-        else f"sampled {w.name}: {steps} steps in {seconds:.2f} s, latent {tuple(x.shape)}, "
+            save_file(latents, str(tmp))
+    summary.update(
+        shape=list(x.shape),
+        seconds=round(seconds, 3),
+        latent_mean=float(x.mean()),
+        latent_std=float(x.std()),
+    )
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    line = (
+        f"sampled {w.name} ({summary['recipe']}"
+        + (f", {args.backend}, {args.nonlinear}" if "backend" in summary else "")
+        + f", {args.device}): {w.num_steps} steps in {seconds:.2f} s, latent {tuple(x.shape)}, "
         f"mean {summary['latent_mean']:.4f}, std {summary['latent_std']:.4f}"
     )
+    if "sqnr_db" in summary:
+        line += f"; vs float: SQNR {summary['sqnr_db']:.2f} dB, PSNR {summary['psnr_db']:.2f} dB"
+    print(line)
     return 0

@@ -29,7 +29,20 @@ def register(sub) -> None:
     p.add_argument("--prefetch", default="jit", help="weight-set prefetch policy: jit or early")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plots", metavar="DIR", help="write PNGs (timeline, breakdown, roofline) to DIR")
-    p.add_argument("--timeline", action="store_true", help="include engine timelines in --json")
+    p.add_argument(
+        "--timeline",
+        nargs="?",
+        const=True,
+        metavar="FILE.json",
+        help="write the engines' activity as Chrome trace-event JSON (opens in Perfetto) to FILE.json; "
+        "without a file: include the timelines in --json",
+    )
+    p.add_argument(
+        "--timing",
+        action="store_true",
+        help="add the wall-clock seconds under one 'timing' key of --json (left out by default, so two "
+        "runs print the same bytes)",
+    )
     p.set_defaults(func=run)
 
     h = sub.add_parser("hw", help="list the hardware presets")
@@ -39,15 +52,18 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from codesign import api
+    from codesign.cli.checks import check_in_file, check_out_dir, check_out_file
 
-    hw = api.hardware(args.hw, base=args.base)
     if args.scalesim_report:
-        from pathlib import Path
-
-        from workloads.errors import ConfigError
-
-        if Path(args.scalesim_report).exists() and not Path(args.scalesim_report).is_dir():
-            raise ConfigError("scalesim-report", args.scalesim_report, "a directory (created if missing)")
+        check_out_dir("scalesim-report", args.scalesim_report)
+    if args.plots:
+        check_out_dir("plots", args.plots)
+    if args.trace:
+        check_in_file("trace", args.trace)
+    timeline_file = args.timeline if isinstance(args.timeline, str) else None
+    if timeline_file:
+        check_out_file("timeline", timeline_file, (".json",))
+    hw = api.hardware(args.hw, base=args.base)
     t0 = time.perf_counter()
     trace = api.load_trace(args.trace, args.recipe) if args.trace else api.trace(args.workload, args.recipe)
     t1 = time.perf_counter()
@@ -60,10 +76,15 @@ def run(args) -> int:
         paths += write_reports(trace, res, hw, args.scalesim_report)
     if args.plots:
         paths += api.plots(res, hw, args.plots)
+    if timeline_file:
+        from hwsim.timeline import write_chrome_trace
+
+        paths.append(write_chrome_trace(res, timeline_file))
     if args.json:
-        d = res.to_dict(timeline=args.timeline)
-        d["trace_seconds"], d["simulate_seconds"] = t1 - t0, t2 - t1
+        d = res.to_dict(timeline=args.timeline is True)
         d["plots"] = [str(p) for p in paths]
+        if args.timing:
+            d["timing"] = {"trace_s": t1 - t0, "simulate_s": t2 - t1}
         json.dump(d, sys.stdout)
         sys.stdout.write("\n")
         return 0

@@ -37,14 +37,22 @@ def register(sub) -> None:
     p = sub.add_parser("report", help="plots (PNG) and a Markdown summary of a results folder")
     p.add_argument("results", help="results folder written by `codesign sweep`")
     p.add_argument("--out", required=True, help="report folder (report.md + PNG plots)")
+    p.add_argument(
+        "--timing",
+        action="store_true",
+        help="keep the per-point wall-clock seconds (sim_wall_s) in pareto_points.csv; left out by "
+        "default so two reports of the same results are identical byte for byte",
+    )
     p.set_defaults(func=run_report_cmd)
 
 
 def run_sweep_cmd(args) -> int:
     from codesign import api
+    from codesign.cli.checks import check_out_dir
     from codesign.spec import load_spec
     from workloads.errors import ConfigError
 
+    check_out_dir("--out", args.out)
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs", args.jobs, "a positive integer")
     if args.jobs is not None and args.scheduler:
@@ -69,8 +77,18 @@ def run_sweep_cmd(args) -> int:
 
 
 def run_report_cmd(args) -> int:
-    from codesign import api
+    import shutil
 
-    path = api.report(args.results, args.out)
+    from codesign import api
+    from codesign.cli.checks import check_out_dir
+
+    out = check_out_dir("--out", args.out)
+    created = not out.exists()
+    try:
+        path = api.report(args.results, out, timing=args.timing)
+    except BaseException:
+        if created:  # a report that failed half-way leaves no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     print(f"report: {path}", file=sys.stdout)
     return 0

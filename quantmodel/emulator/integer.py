@@ -899,19 +899,20 @@ class FakeQuantModel:
         p = self._params.get(key)
         if p is None:
             a, g = self.art, self.wset
-            w = a.get(g, name, "weight_q").float() * a.get(g, name, "w_scale")[:, None]
+            dev = next(self.model.parameters()).device  # the artifact lives on the CPU
+            w = (a.get(g, name, "weight_q").float() * a.get(g, name, "w_scale")[:, None]).to(dev)
             p = {"w": w}
             if self.static and name in self.art.linears:
                 xs, ys = float(a.get(g, name, "x_scale")), float(a.get(g, name, "y_scale"))
                 p.update(
                     x_scale=xs,
                     y_scale=ys,
-                    b=(a.get(g, name, "bias_q").double() * xs * a.get(g, name, "w_scale").double()).float(),
+                    b=(a.get(g, name, "bias_q").double() * xs * a.get(g, name, "w_scale").double()).float().to(dev),
                 )
             elif name in self.art.linears:
-                p["b"] = a.get(g, name, "bias")
+                p["b"] = a.get(g, name, "bias").to(dev)
             if a.has(g, name, "smooth"):
-                p["inv_s"] = 1.0 / a.get(g, name, "smooth")
+                p["inv_s"] = (1.0 / a.get(g, name, "smooth")).to(dev)
                 p["fold"] = self.art.meta["folds"].get(name, "mul")
             self._params[key] = p
         return p

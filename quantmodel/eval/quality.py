@@ -177,7 +177,7 @@ def sample(
     progress: bool = False,
 ) -> torch.Tensor:
     dev = next(model.parameters()).device
-    g = torch.Generator(device=dev).manual_seed(seed + 2)
+    g = torch.Generator().manual_seed(seed + 2)  # CPU noise: the same sample on every device
     out = sampler_for(workload).sample(
         model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), g, progress=progress
     )

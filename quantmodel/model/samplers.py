@@ -197,7 +197,8 @@ class IDDPM:
             else:
                 out = model_fn(x, t_model, y_in, step)
             mean, log_var, _ = self.spaced.p_mean_variance(out, x, t, self.clip_denoised)
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            # drawn on the generator's device: a CPU generator gives the same noise to a CUDA run
+            noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
             nonzero = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))
             x = mean + nonzero * torch.exp(0.5 * log_var) * noise
         return x[:b]

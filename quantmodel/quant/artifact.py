@@ -292,7 +292,7 @@ def _vrow_factors(
     if recipe.smoothing:  # consumers of V first: their factors divide the producer's V rows
         for n in linears:
             if folds[n] == "vrows":
-                s = smooth_factors(_per_set(stats.get(n, "in_ch"), steps), mods[n].weight, recipe.alpha)
+                s = smooth_factors(_per_set(stats.get(n, "in_ch"), steps), mods[n].weight.detach().cpu(), recipe.alpha)
                 factors[n] = s
                 prod, part = vrow_producer(n)
                 c = s.numel()

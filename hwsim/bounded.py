@@ -1,0 +1,37 @@
+"""Bounded work: the tile budget of one GEMM plan.
+
+The planner enumerates a GEMM's tiles one by one (their order decides which operand tiles are
+reloaded), so its time and memory grow with the tile count: a legal but huge GEMM (``gemm:1e14,1,1``)
+would run for hours or exhaust memory. A plan is refused before its tiles are enumerated when it
+would exceed ``MAX_GEMM_TILES``, with the number and the tile shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+from workloads.errors import ConfigError
+
+# assumption from a measurement on this project's 2-core CI machine: 8.3 million tiles took 41 s and
+# about 4 GB; one million keeps a plan under ~5 s and ~0.5 GB. The largest GEMM of the presets
+# (OpenSora v1.2 at 720p) plans a few thousand tiles.
+MAX_GEMM_TILES = 1_000_000
+
+
+def gemm_tile_count(batch: int, m: int, k: int, n: int, shape: tuple) -> int:
+    """Tiles of a ``batch x [m,k] x [k,n]`` GEMM tiled as ``shape`` = (kt, nt, mt, bt, ...)."""
+    kt, nt, mt, bt = shape[:4]
+    return math.ceil(batch / bt) * math.ceil(m / mt) * math.ceil(n / nt) * math.ceil(k / kt)
+
+
+def check_gemm_tiles(batch: int, m: int, k: int, n: int, shape: tuple) -> None:
+    """Refuse a GEMM plan of more than ``MAX_GEMM_TILES`` tiles (before enumerating them)."""
+    tiles = gemm_tile_count(batch, m, k, n, shape)
+    if tiles > MAX_GEMM_TILES:
+        kt, nt, mt, bt = shape[:4]
+        raise ConfigError(
+            "workload",
+            f"GEMM {batch}x[{m},{k}]x[{k},{n}]",
+            f"at most {MAX_GEMM_TILES:,} tiles per GEMM on this chip (this one needs {tiles:,} tiles of "
+            f"{bt}x{mt}x{kt}x{nt}; a smaller GEMM or more SRAM)",
+        )
