@@ -240,7 +240,9 @@ def gemm_lower_bound_bytes(a_bytes: int, w_bytes: int, out_bytes: int, wbuf: int
     return out_bytes + min(a_bytes * math.ceil(w_bytes / wbuf) + w_bytes, a_bytes + w_bytes * math.ceil(a_bytes / abuf))
 
 
-def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, abuf: int) -> list[int]:
+def dram_lower_bound(
+    ops: list, groups: list[Group], resident: bool, wbuf: int, abuf: int, edges: Edges | None = None
+) -> list[int]:
     """Compulsory DRAM bytes per op of a step on a chip with these buffers: a lower bound (not
     tight) that the result reports each op against (docs/schedule.md).
 
@@ -252,9 +254,13 @@ def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, 
       buffer (then it may stay on chip).
     - A GEMM's weights cross once per use unless resident in SRAM, and more when neither they nor
       the input fit on chip (``gemm_lower_bound_bytes``).
+    - Two GEMMs that may run as a row-block chain (``chain_bound_bytes``: the MLP) count the
+      cheaper of the two ways.
     """
+    edges = edges if edges is not None else Edges(ops)
     bound = [0] * len(ops)
     half = abuf // 2
+    parts: dict[int, tuple[int, int, int]] = {}  # GEMM group's core op -> (input, weights, output) bytes
     for g in groups:
         for j in g.pre + g.post + (g.core if g.kind == "vector" else []):
             bound[j] = side_bytes(ops[j]) + (0 if resident else ops[j].weight_bytes)
@@ -284,4 +290,23 @@ def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, 
         else:
             w = 0 if resident and not core.kind.startswith("matmul") else core.weight_bytes
             bound[g.core[0]] = gemm_lower_bound_bytes(a_in, w, out, wbuf, abuf)
+            if core.kind in FUSED_GEMMS:
+                parts[g.core[0]] = (a_in, w, out)
+    for g1, g2 in zip(groups, groups[1:]):
+        i, j = g1.core[0], g2.core[0]
+        tail = (g1.post or g1.core)[-1]
+        if i in parts and j in parts and not g2.pre and tail + 1 == j and edges.readers[tail] == {j}:
+            hidden = ops[j].input_bytes
+            fused = chain_bound_bytes(parts[i][0], parts[i][1], parts[j][1], hidden, parts[j][2], wbuf, abuf)
+            if fused < bound[i] + bound[j]:  # the pair's bound on the first GEMM, the second's side bytes
+                bound[i], bound[j] = fused, 0
     return bound
+
+
+def chain_bound_bytes(a_in: int, w1: int, w2: int, hidden: int, out: int, wbuf: int, abuf: int) -> int:
+    """Least DRAM bytes of two GEMMs run as a row-block chain (``hwsim/chain.py``): the input and
+    the output once, the tensor between them never; its blocks hold at most the activation buffer,
+    so at least ceil(hidden / abuf) blocks, and each block after the first brings in again what of
+    the two weight matrices the weight buffer cannot keep."""
+    blocks = math.ceil(hidden / abuf)
+    return a_in + out + w1 + w2 + (blocks - 1) * max(0, w1 + w2 - wbuf)

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from operator import attrgetter
 
 from hwsim.area import area_breakdown_mm2
+from hwsim.chain import ChainUnit, chainable, plan_chain, row_options
 from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
@@ -76,7 +77,10 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    store); fusion and SRAM hand-over follow the trace's producer -> consumer edges, a hand-over
 #    writes the tensor to DRAM too when another op reads it later, and the tensor's bytes are taken
 #    from both units' activation buffer
-SIM_VERSION = "hwsim-6"
+# 7: two GEMMs whose tensor between them only the second reads (the MLP's fc1 -> GELU -> fc2) may
+#    run as a chain of row blocks with that tensor in SRAM (hwsim/chain.py), where the objective is
+#    better; the DRAM lower bound counts the cheaper of chained and apart
+SIM_VERSION = "hwsim-7"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -211,6 +215,7 @@ class _Units:
                 self._append([(_vector_unit([ops[j] for j in g.core], wplan, self._next(g.core[-1])), g.core)])
             else:
                 self._add_gemm(g)
+        self._chain()
         self._hand_over()
         self.op_unit, self.primary = [0] * len(ops), [False] * len(ops)
         for u, cov in enumerate(self.covered):
@@ -219,7 +224,7 @@ class _Units:
                 self.op_unit[j], self.primary[j] = u, j == prim
         self.set_bytes = [sum(ops[j].weight_bytes for j in cov if ops[j].weight_set >= 0) for cov in self.covered]
         self.lower = dram_lower_bound(
-            ops, groups, wplan.resident, hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+            ops, groups, wplan.resident, hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes, self.edges
         )
 
     def _next(self, j: int):
@@ -299,6 +304,36 @@ class _Units:
                     best = (key, parts, full_k)
         _, parts, full_k = best
         self._append(parts, [self._plan(u, full_k if isinstance(u, GemmUnit) else False) for u, _ in parts])
+
+    def _chain(self) -> None:
+        """Two GEMM units in a row whose tensor between them is read by the second alone (the MLP's
+        fc1 -> GELU -> fc2, ``hwsim/chain.py``) run row block by row block with that tensor in
+        SRAM, where a row block of it fits and the planner's objective is better than apart."""
+        u = 0
+        while u + 1 < len(self.units):
+            a, b = self.units[u], self.units[u + 1]
+            last, head = self.covered[u][-1], self.covered[u + 1][0]
+            best = None
+            if (
+                chainable(a, b)
+                and last + 1 == head
+                and self.edges.feeds(last, head)
+                and self.edges.readers[last] <= set(self.covered[u + 1])
+            ):
+                for rows in row_options(a, b, self.hw):
+                    try:
+                        plan = self._plan(ChainUnit(a, b, rows))
+                    except (NoFit, ConfigError):
+                        continue
+                    m = _merit([plan], self.hw)
+                    if best is None or m < best[0]:
+                        best = (m, ChainUnit(a, b, rows), plan)
+            if best is not None and best[0] < _merit(self.plans[u : u + 2], self.hw):
+                self.units[u : u + 2] = [best[1]]
+                self.plans[u : u + 2] = [best[2]]
+                self.labels[u : u + 2] = [self.labels[u]]
+                self.covered[u : u + 2] = [self.covered[u] + self.covered[u + 1]]
+            u += 1
 
     def _hand_over(self) -> None:
         """A unit's output stays in SRAM for the next unit when that unit reads it (the trace's
@@ -441,6 +476,8 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
             if isinstance(unit, GemmUnit):
                 shape = _shape(unit, hw, plans, need_full_k)[0]
                 p = plans.get(key) or plan_gemm(unit, hw, need_full_k, shape=shape)  # a latency planner's
+            elif isinstance(unit, ChainUnit):
+                p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
             elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
                 cands = [plan_attention(unit, hw, b) for b in attention_blockings(unit, hw, REPLAY_CHECKED)]
                 p = min(cands, key=lambda c: replay_cycles(c, hw))  # first of equal replays
@@ -815,6 +852,8 @@ def _check_dram(units, hw: HWConfig) -> None:
                 act = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
             elif isinstance(unit, GemmUnit):
                 act = unit.a_bytes + (unit.b_bytes if unit.b_per_item else 0) + unit.out_bytes
+            elif isinstance(unit, ChainUnit):
+                act = unit.first.a_bytes + unit.second.out_bytes
             else:
                 act = unit.in_bytes + unit.out_bytes
             if act > room:
@@ -837,20 +876,22 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
         )
         min_bytes = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
         vec = vector_cycles(hw, "softmax", unit.batch * unit.m * unit.n)
-    elif isinstance(unit, GemmUnit):
-        compute = math.ceil(unit.macs / hw.peak_macs_per_cycle[unit.precision])
-        min_bytes = (
-            unit.a_bytes * unit.dram_in
-            + (0 if unit.b_resident else unit.b_bytes)
-            + unit.out_bytes * unit.dram_out
-            + unit.pre_weight_bytes
-            + unit.res_bytes
-        )
-        vec = 0
-        if unit.pre:
-            vec += vector_cycles(hw, unit.pre, unit.batch * unit.m * unit.k, unit.batch * unit.m)
-        if unit.post:
-            vec += vector_cycles(hw, unit.post, unit.batch * unit.m * unit.n)
+    elif isinstance(unit, (GemmUnit, ChainUnit)):
+        gemms = (unit.first, unit.second) if isinstance(unit, ChainUnit) else (unit,)
+        compute = math.ceil(sum(g.macs / hw.peak_macs_per_cycle[g.precision] for g in gemms))
+        min_bytes = vec = 0
+        for i, g in enumerate(gemms):  # a chain's tensor between its GEMMs stays in SRAM
+            min_bytes += (
+                g.a_bytes * (g.dram_in and i == 0)
+                + (0 if g.b_resident else g.b_bytes)
+                + g.out_bytes * (g.dram_out and i == len(gemms) - 1)
+                + g.pre_weight_bytes
+                + g.res_bytes
+            )
+            if g.pre:
+                vec += vector_cycles(hw, g.pre, g.batch * g.m * g.k, g.batch * g.m)
+            if g.post:
+                vec += vector_cycles(hw, g.post, g.batch * g.m * g.n)
     else:
         compute = 0
         min_bytes = (

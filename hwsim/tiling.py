@@ -535,6 +535,9 @@ class _GemmSearch:
         self.b_bpe = b_bpe = u.b_bytes / b_el if b_el else 0.0
         self.o_bpe = u.out_bytes / (u.batch * u.m * u.n)
         self.a_sram_bpe = self.a_bpe + u.a_extra_sram_bpe
+        # input-buffer bytes per A element of a tile: an input handed over in SRAM is read where it
+        # is held (``held_bytes``), so only a pre-stage's quantized copy takes tile room
+        self.a_tile_bpe = self.a_sram_bpe if u.dram_in else u.a_extra_sram_bpe
         self.res_bpe = u.res_bytes / (u.batch * u.m * u.n)
         a_mac_bpe = u.a_extra_sram_bpe if u.pre else self.a_bpe  # the arrays read the quantized copy
         rate = mac.rate(u.precision)
@@ -570,7 +573,7 @@ class _GemmSearch:
             return None
         nb_k = math.ceil(u.k / kt)
         out_bpe_sram = self.o_bpe if nb_k == 1 else PSUM_BYTES
-        rows = int(abuf // (2 * kt * self.a_sram_bpe + 2 * nt * (out_bpe_sram + self.res_bpe)))
+        rows = int(abuf // (2 * kt * self.a_tile_bpe + 2 * nt * (out_bpe_sram + self.res_bpe)))
         if rows < 1:
             return None
         if rows < u.m:  # balanced row blocks: as many blocks as the most rows need, evened out
@@ -707,7 +710,7 @@ def gemm_shape(
     R, C = mac.rows, mac.cols
     wbuf, abuf = hw.sram.weight_buffer_bytes, tile_buffer_bytes(u, hw)
     srch = _GemmSearch(u, hw)
-    b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
+    b_bpe, o_bpe = srch.b_bpe, srch.o_bpe
     what = f"GEMM [{u.m}x{u.k}]x[{u.k}x{u.n}]"
 
     # minimal tile: one fold of an array, R rows x C columns x min(K, R) deep (or the full row)
@@ -715,7 +718,7 @@ def gemm_shape(
     rmin, nmin = min(u.m, R), min(u.n, C)
     if not u.b_resident and 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes > wbuf:
         raise NoFit("sram.weight_buffer_bytes", wbuf, 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes, what)
-    need_a = 2 * math.ceil(rmin * kmin * a_sram_bpe) + 2 * rmin * nmin * (o_bpe if kmin == u.k else PSUM_BYTES)
+    need_a = 2 * math.ceil(rmin * kmin * srch.a_tile_bpe) + 2 * rmin * nmin * (o_bpe if kmin == u.k else PSUM_BYTES)
     if need_a > abuf:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
 
@@ -748,13 +751,13 @@ def plan_gemm(
     if shape is None:
         shape = gemm_shape(u, hw, need_full_k, anchor)[0]
     srch = _GemmSearch(u, hw)
-    b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
+    b_bpe, o_bpe = srch.b_bpe, srch.o_bpe
     kt, nt, mt, bt, weight_reuse = shape
     nb_k = math.ceil(u.k / kt)
     check_gemm_tiles(u.batch, u.m, u.k, u.n, shape)  # bounded work: refuse before enumerating the tiles
     tiles, counts = _gemm_tiles(u, hw, srch, (kt, nt, mt, bt, weight_reuse))
     res_bpe = u.res_bytes / (u.batch * u.m * u.n)
-    in_cap = 2 * math.ceil(bt * mt * kt * a_sram_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
+    in_cap = 2 * math.ceil(bt * mt * kt * srch.a_tile_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
     w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
     out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
     counts["macs_" + u.precision] = u.macs
@@ -819,7 +822,7 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
         a_free = nxt is None or a_id(nxt) != a_id(t)
         a_el_t = b * m * k
         a_load = math.ceil(a_el_t * a_bpe) if a_new and u.dram_in else 0
-        a_sram = math.ceil(a_el_t * a_sram_bpe)
+        a_sram = math.ceil(a_el_t * srch.a_tile_bpe)
         if u.b_resident:
             b_new, b_free, b_load, b_sram = False, False, 0, 0
         else:
