@@ -52,6 +52,10 @@ _QUALITY_FIELDS = {"workload", "options"}
 QUALITY_OPTIONS = {"num_prompts", "num_samples", "backend", "nonlinear", "checkpoint"}
 _HW_FIELDS = {"base", "sampling", "samples", "seed", "axes", "prefetch"}
 _RANGE_FIELDS = {"min", "max", "scale", "integer"}
+# assumption: the most design points (hardware points x recipes) one spec may ask for. A 1,000-point
+# sweep of the full-size workload takes about 5 minutes on the 2-core CI machine (README), so this is
+# a week of one such machine: a larger number is a typo (samples: 1e9), refused before points are drawn
+MAX_DESIGN_POINTS = 2_000_000
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -260,9 +264,24 @@ def spec_from_dict(data: object, default_name: str = "sweep") -> SweepSpec:
         description=source["description"],
         source=source,
     )
+    _check_point_budget(spec)
     if not spec.hardware_points():
         raise ConfigError("spec.hardware", axes_raw, "axes giving at least one hardware point")
     return spec
+
+
+def _check_point_budget(spec: SweepSpec) -> None:
+    if spec.sampling == "grid":
+        hw_points = math.prod(len(v) for _, v in spec.axes)
+    else:
+        hw_points = spec.samples
+    points = hw_points * len(spec.recipes)
+    if points > MAX_DESIGN_POINTS:
+        raise ConfigError(
+            "spec.hardware",
+            f"{hw_points:,} hardware points x {len(spec.recipes)} recipes",
+            f"at most {MAX_DESIGN_POINTS:,} design points per spec (this one asks for {points:,})",
+        )
 
 
 def _check_recipes(recipes: object) -> list:

@@ -177,27 +177,15 @@ class Trace:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("trace", str(path), "an existing .parquet or .csv trace file")
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            header = json.loads((table.schema.metadata or {}).get(b"trace", b"{}"))
-            cols = table.to_pydict()
-        elif path.suffix == ".csv":
-            with open(path, newline="") as fh:
-                first = fh.readline()
-                header = json.loads(first[2:]) if first.startswith("# ") else {}
-                rows = list(csv.reader(fh))
-            names, body = rows[0], rows[1:]
-            cols = {n: [r[i] for r in body] for i, n in enumerate(names)}
-            for f in _INT_FIELDS:
-                if f in cols:
-                    cols[f] = [int(v) for v in cols[f]]
-            for f in _STR_FIELDS:  # an empty CSV cell is an empty string
-                if f in cols:
-                    cols[f] = [v or "" for v in cols[f]]
-        else:
+        if path.suffix not in (".parquet", ".csv"):
             raise ConfigError("trace", str(path), "a file ending in .parquet or .csv")
+        try:
+            header, cols = _read_columns(path)
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a mapping")
+        except (OSError, ValueError, IndexError, TypeError, csv.Error) as e:  # torn, garbage or foreign
+            why = (str(e).splitlines() or [""])[0][:80]
+            raise ConfigError("trace", str(path), f"a readable trace written by codesign trace ({why})") from None
         version = header.get("trace_version")
         if version != TRACE_VERSION:
             raise ConfigError(
@@ -210,8 +198,36 @@ class Trace:
         if missing:
             raise ConfigError("trace column", missing[0], "the columns " + ", ".join(OP_FIELDS))
         n = len(cols["name"])
+        if any(len(cols[f]) != n for f in OP_FIELDS):
+            raise ConfigError("trace", str(path), "columns of equal length (the file is torn)")
         ops = [Op(**{f: cols[f][i] for f in OP_FIELDS}) for i in range(n)]
-        return cls(ops=ops, meta=header.get("meta", {}), version=version)
+        meta = header.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ConfigError("trace meta", meta, "a mapping")
+        return cls(ops=ops, meta=meta, version=version)
+
+
+def _read_columns(path: Path) -> tuple[dict, dict]:
+    """(header, columns) of a trace file; any parse error propagates for ``Trace.load`` to name."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        header = json.loads((table.schema.metadata or {}).get(b"trace", b"{}"))
+        return header, table.to_pydict()
+    with open(path, newline="") as fh:
+        first = fh.readline()
+        header = json.loads(first[2:]) if first.startswith("# ") else {}
+        rows = list(csv.reader(fh))
+    names, body = rows[0], rows[1:]
+    cols = {n: [r[i] for r in body] for i, n in enumerate(names)}
+    for f in _INT_FIELDS:
+        if f in cols:
+            cols[f] = [int(v) for v in cols[f]]
+    for f in _STR_FIELDS:  # an empty CSV cell is an empty string
+        if f in cols:
+            cols[f] = [v or "" for v in cols[f]]
+    return header, cols
 
 
 def gemm_trace(m: int, k: int, n: int, w_bits: int = 16, a_bits: int = 16) -> Trace:

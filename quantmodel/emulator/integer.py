@@ -42,12 +42,14 @@ attention output's head merge emit the next static layer's int8 codes directly (
 quantizing the fp16 / float32 tensor). Large C loops run on torch's OpenMP threads (rows split, values
 unchanged).
 
-Outside verification, the blocks of static recipes (both modes, float or integer attention products)
-and of dynamic recipes (fp16 mode, float attention products) run as a compiled program
-(:mod:`quantmodel.emulator.program`): per weight set
-and input shape the op sequence below is resolved once into a flat list of the same kernel calls over
-buffers that share one arena by live range, so a forward pays neither Python dispatch nor allocation
-per op. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
+The blocks' data flow is written once (:mod:`quantmodel.emulator.block`); this class is its eager
+backend: each op runs at once. Outside verification, on CPU with the C kernels, the blocks run instead
+as a compiled program (:mod:`quantmodel.emulator.program`, the recording backend of the same block):
+per weight set and input shape the ops are resolved once into a flat list of the same kernel calls
+over buffers that share one arena by live range, so a forward pays neither Python dispatch nor
+allocation per op. That covers static recipes and dynamic ones in both modes (a dynamic recipe's
+per-call scales become steps of the program), except dynamic recipes with integer attention
+products. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by the float64 reference
@@ -65,7 +67,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from quantmodel.emulator import datapath
 from quantmodel.emulator import program as emuprogram
+from quantmodel.emulator.block import IntVal, run_blocks, shape_of
+from quantmodel.emulator.block import vmap as _vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
 from quantmodel.model.stdit import STDiT
@@ -79,25 +84,7 @@ FP16_MAX = 65504.0
 QR = 2 ** (RES_BITS - 1) - 1  # fixedpoint.qrange stops at 16 bits; the residual needs 24
 
 
-def _scale(absmax: float, bits: int) -> float:
-    """Symmetric scale absmax / qmax as float32 (fixedpoint.symmetric_scale, any width <= 31)."""
-    q = 2 ** (bits - 1) - 1
-    return float(torch.tensor(absmax / q if absmax > 0 else 1.0, dtype=torch.float32))
-
-
-@dataclass
-class IntVal:
-    """An integer tensor with its per-tensor scale (value = q * scale)."""
-
-    q: torch.Tensor
-    scale: float
-
-    def map(self, fn) -> IntVal:
-        return IntVal(fn(self.q), self.scale)
-
-
-def _vmap(v, fn):
-    return v.map(fn) if isinstance(v, IntVal) else fn(v)
+_scale = datapath.range_scale
 
 
 def _h(x: torch.Tensor) -> torch.Tensor:
@@ -642,7 +629,7 @@ class IntegerEmulator:
             s_out, lo, hi = p.x_scale, -self.qa, self.qa
         else:
             s_out = self._static_scale(
-                name, "out", 16, RES_HEADROOM, dynamic_of=lambda: self._f32(iv) * (1 + scale) + shift
+                name, "out", 16, RES_HEADROOM, dynamic_of=lambda: datapath.modulated(self._f32(iv), shift, scale)
             )
             lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
         q = intops.modulate_int(iv.q, iv.scale, sh.q, sh.scale, sc.q, sc.scale, s_out, lo, hi)
@@ -677,7 +664,11 @@ class IntegerEmulator:
             else IntVal(torch.ones(1, dtype=torch.int32, device=ix.q.device), 1.0)
         )
         s_out = self._static_scale(
-            name, "out", RES_BITS, RES_HEADROOM, dynamic_of=lambda: self._f32(ix) + self._f32(g) * self._f32(iy)
+            name,
+            "out",
+            RES_BITS,
+            RES_HEADROOM,
+            dynamic_of=lambda: datapath.gated_sum(self._f32(ix), self._f32(g), self._f32(iy)),
         )
         q = intops.gated_add_int(ix.q, ix.scale, iy.q, iy.scale, g.q, g.scale, s_out, -QR, QR)
         if self.exact:
@@ -801,26 +792,21 @@ class IntegerEmulator:
         vv = _vmap(kv, lambda t: t[1])
         return self._attend(pre, q, k, vv, b, n, c)
 
-    def block(self, i: int, x, y: torch.Tensor, t0: torch.Tensor, tpe: torch.Tensor | None):
-        blk = self.model.blocks[i]
-        pre = f"blocks.{i}"
-        b, n, c = x.q.shape if isinstance(x, IntVal) else x.shape
-        heads = blk.attn.num_heads
-        mod = blk.scale_shift_table[None] + t0.reshape(b, 6, -1)  # [B, 6, C] float32
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
-        x_m = self.norm_modulate(pre + ".norm1", pre + ".modulate1", x, shift_msa, scale_msa, pre + ".attn.qkv")
-        x_s = self.attention(pre + ".attn", _vmap(x_m, lambda t: t.reshape(b * blk.d_t, blk.d_s, c)), heads)
-        x = self.residual(pre + ".res_attn", x, _vmap(x_s, lambda t: t.reshape(b, n, c)), gate_msa)
-        x_t = _vmap(x, lambda t: t.reshape(b, blk.d_t, blk.d_s, c).transpose(1, 2).reshape(b * blk.d_s, blk.d_t, c))
-        if tpe is not None:
-            x_t = self.residual(pre + ".tpe_add", x_t, tpe.expand(b * blk.d_s, -1, -1).contiguous(), None)
-        x_t = self.attention(pre + ".attn_temp", x_t, heads)
-        x_t = _vmap(x_t, lambda t: t.reshape(b, blk.d_s, blk.d_t, c).transpose(1, 2).reshape(b, n, c))
-        x = self.residual(pre + ".res_temp", x, x_t, gate_msa)
-        x = self.residual(pre + ".res_cross", x, self.cross_attention(pre + ".cross_attn", x, y, heads), None)
-        x_m = self.norm_modulate(pre + ".norm2", pre + ".modulate2", x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        h = self.gelu(pre + ".mlp.act", self.linear(pre + ".mlp.fc1", x_m))
-        return self.residual(pre + ".res_mlp", x, self.linear(pre + ".mlp.fc2", h), gate_mlp)
+    def modulation(self, table: torch.Tensor, t0: torch.Tensor, b: int) -> tuple:
+        return (table[None] + t0.reshape(b, 6, -1)).chunk(6, dim=1)  # [B, 6, C] float32
+
+    def swap_tokens(self, v, b: int, t: int, s: int):
+        c = shape_of(v)[-1]
+        return _vmap(v, lambda x: x.reshape(b, t, s, c).transpose(1, 2).reshape(b * s, t, c))
+
+    def add_tpe(self, name: str, x_t, tpe: torch.Tensor):
+        return self.residual(name, x_t, tpe.expand(shape_of(x_t)[0], -1, -1).contiguous(), None)
+
+    def enter(self, h: torch.Tensor):
+        return self._hs(h) if self.mode == "fp16" else self._int("blocks.0.norm1", "in0", h, RES_BITS)
+
+    def leave(self, v) -> torch.Tensor:
+        return self._f32(v) if isinstance(v, IntVal) else v
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
@@ -840,14 +826,9 @@ class IntegerEmulator:
         t0 = m.t_block(t)
         yy = m.y_embedder(y).squeeze(1)
         prog = self._program(tuple(h.shape), tuple(yy.shape))
-        if prog is not None:  # the same values as the loop below, with the per-op work done once
+        if prog is not None:  # the same values as the eager blocks below, with the per-op work done once
             return m.unpatchify(m.final_layer(prog.run(h, yy, t0).float(), t))
-        v = self._hs(h) if self.mode == "fp16" else self._int("blocks.0.norm1", "in0", h, RES_BITS)
-        for i in range(len(m.blocks)):
-            tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
-            v = self.block(i, v, yy, t0, tpe)
-        h = self._f32(v) if isinstance(v, IntVal) else v.float()
-        return m.unpatchify(m.final_layer(h, t))
+        return m.unpatchify(m.final_layer(run_blocks(self, m, h, yy, t0).float(), t))
 
     def model_fn(self, x, t, y, step):
         return self.forward(x, t, y, step)

@@ -3,24 +3,29 @@
 Why: on stdit-tiny every op works on a few thousand values, so an eager forward spends as much time
 in Python (type checks, dict lookups, argument preparation) and in allocating tensors as in the
 kernels themselves. A :class:`BlockProgram` resolves all of that once per (weight set, input
-shapes): it binds each C kernel (:mod:`quantmodel.intarith.ckernels`) to its pointers and constants, and keeps
-the few torch ops that remain (the int8 GEMMs, the float attention products, torch's float32
-exp / tanh / rsqrt, strided copies) as ``out=`` calls. A forward copies its inputs in and runs the list.
-The intermediates share one arena laid out by live range (:func:`_plan_arena`), so the working set
-of a forward stays in the CPU caches.
+shapes): :class:`ProgramOps`, the recording backend of the block written once in
+:mod:`quantmodel.emulator.block`, binds each C kernel (:mod:`quantmodel.intarith.ckernels`) to its
+pointers and constants, and keeps the few torch ops that remain (the int8 GEMMs, the float attention
+products, torch's float32 exp / tanh / rsqrt, strided copies) as ``out=`` calls. A forward copies its
+inputs in and runs the list. The intermediates share one arena laid out by live range
+(:func:`_plan_arena`), so the working set of a forward stays in the CPU caches.
 
-Values: each step is the call the emulator's eager path makes for that op (or a C loop with the same
-operations in the same order), with the same constants and tensors of the same shapes (so torch's
-vectorised exp / tanh see the same lanes), so the program's output equals
-:meth:`IntegerEmulator.forward` without it bit for bit (tests/quantmodel/test_emuprogram.py compares them over
-recipes, steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation
-quantized to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
+Values: each step is the call the eager backend (:class:`~quantmodel.emulator.integer.IntegerEmulator`)
+makes for that op (or a C loop with the same operations in the same order), with the same constants and
+tensors of the same shapes (so torch's vectorised exp / tanh see the same lanes), so the program's output
+equals the eager forward bit for bit (tests/quantmodel/test_emuprogram.py compares them over recipes,
+steps, modes, thread counts and shapes). The int mode's per-step parameters (the modulation quantized
+to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``).
+
+Scales taken on line: dynamic recipes in ``int`` mode quantize every integer kernel's input at the
+scale of its own abs-max, so those scales (and the kernel constants derived from them) exist only when
+the program runs. Each is a :class:`Cell`: the step that measures the range (a C pass, ``qm_absmax`` /
+``qm_mod_absmax`` / ``qm_gated_absmax``, the same float values the eager path builds to take its max)
+sets it, and the steps that read it derive their constants from it at run time.
 
 Scope: CPU with the C kernels, not verifying; static recipes in both vector-unit modes, with float
-or integer attention products; dynamic recipes in fp16 mode with float attention products. Dynamic
-recipes in ``int`` mode take every op's scale from the tensor on line (so every op's integer
-constants would be derived per call) and run the eager path, as do dynamic recipes with integer
-attention and ``verify`` runs: :func:`build` returns None for them.
+or integer attention products; dynamic recipes in both modes with float attention products. Dynamic
+recipes with integer attention and ``verify`` runs take the eager path: :func:`build` returns None.
 """
 
 from __future__ import annotations
@@ -31,12 +36,28 @@ import math
 
 import torch
 
+from quantmodel.emulator import datapath
+from quantmodel.emulator.block import IntVal, run_blocks, shape_of, vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS
 
 ALIGN_BYTES = 64  # arena offsets: cache-line aligned
+
+
+class Cell:
+    """A scale known only when the program runs (dynamic recipes take it from the tensor's abs-max):
+    the step that measures it sets ``v``; the later steps that depend on it read it."""
+
+    __slots__ = ("v",)
+
+    def __init__(self):
+        self.v = 1.0
+
+
+def _v(s) -> float:
+    return s.v if isinstance(s, Cell) else s
 
 
 class _Builder:
@@ -151,18 +172,18 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
         or emu.verifier is not None
         or emu.device.type != "cpu"
         or emu.mode not in ("fp16", "int")
-        or (not emu.static and (emu.mode == "int" or emu.matmuls))
+        or (not emu.static and emu.matmuls)
     ):
         return None
     try:
-        first = _Compiler(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
+        first = ProgramOps(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
     except _Unsupported:
         return None
     offsets, nbytes = _plan_arena(first.builder, [first.x_in, first.y_in, first.t0_in, first.out])
     arena = pool.get("arena")
     if arena is None or arena.numel() < nbytes:
         arena = pool["arena"] = torch.empty(nbytes, dtype=torch.uint8)
-    prog = _Compiler(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
+    prog = ProgramOps(emu, dll, _Builder(arena, offsets)).compile(emu.model, x_shape, y_shape)
     if len(prog.steps) != len(first.steps) or [(t.shape, t.dtype) for t in prog.builder.bufs] != [
         (t.shape, t.dtype) for t in first.builder.bufs
     ]:  # the plan is only valid for the same program
@@ -174,15 +195,18 @@ class _Unsupported(Exception):
     pass
 
 
-class _Compiler:
-    """Mirrors IntegerEmulator.block op by op, appending to the builder the calls the eager path would
-    make; raises :class:`_Unsupported` for anything outside the program's scope."""
+class ProgramOps:
+    """The recording backend of :mod:`quantmodel.emulator.block`: each op appends to the builder the
+    kernel calls the eager backend (:class:`~quantmodel.emulator.integer.IntegerEmulator`) makes for
+    it, on buffers of the builder; raises :class:`_Unsupported` for anything outside the program's
+    scope."""
 
     def __init__(self, emu, dll, bld: _Builder):
         self.emu, self.dll, self.b = emu, dll, bld
         self.res_dtype = torch.int32 if emu.mode == "int" else None  # codes the int-mode adds widen anyway
         self.memo: dict = {}
         self.res_bits, self.res_headroom, self.param_bits = RES_BITS, RES_HEADROOM, PARAM_BITS
+        self.dyn_int = not emu.static and emu.mode == "int"  # every int-mode scale taken on line
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
@@ -208,15 +232,20 @@ class _Compiler:
             raise _Unsupported(name)
         return p
 
-    def dyn_linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """IntegerEmulator.linear of a dynamic recipe (fp16 mode): per-token scales from the row's abs-max,
-        int8 codes, the int8 GEMM, the float32 rescale with bias, the saturating fp16 conversion."""
+    def dyn_linear(self, name: str, x) -> torch.Tensor:
+        """IntegerEmulator.linear of a dynamic recipe: per-token scales from the row's abs-max, int8 codes,
+        the int8 GEMM, the float32 rescale with bias; fp16 mode converts to fp16 (saturating). Int mode's
+        integer inputs are dequantized first."""
         emu, bld = self.emu, self.b
         p = self.lp_dyn(name)
+        if isinstance(x, IntVal):
+            x = self.dequant(x.q, x.scale)
+        fp16 = emu.mode == "fp16"
         k, n = p.w_t.shape
         rows = x.numel() // k
         q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
-        acc, out = bld.buf((rows, n), torch.int32), bld.buf((*x.shape[:-1], n), torch.float16)
+        acc = bld.buf((rows, n), torch.int32)
+        out = bld.buf((*x.shape[:-1], n), torch.float16 if fp16 else torch.float32)
         quant = functools.partial(
             self.dll.qm_dyn_quant,
             x.data_ptr(),
@@ -244,17 +273,25 @@ class _Compiler:
             bld.const(p.w_scale.contiguous()).data_ptr(),
             bld.const(p.bias.contiguous()).data_ptr(),
             out.data_ptr(),
-            1,
+            int(fp16),
         )
         return out
 
-    def linear(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        """fp16 mode: a static layer's int16 codes (from int8 codes or float input), a dynamic one's fp16."""
-        return self.linear_in(name, v) if self.emu.static else self.dyn_linear(name, v)
-
-    def out_scale(self, name: str) -> float | None:
-        """The scale of a layer's output codes (None: fp16 values, dynamic recipes)."""
-        return self.lp(name).y_scale if self.emu.static else None
+    def layer(self, name: str, v, out_dtype: torch.dtype | None = None):
+        """A block linear on a value: a static layer's codes at its y_scale (int16, or ``out_dtype``), a
+        dynamic one's fp16 values."""
+        if not self.emu.static:
+            return self.dyn_linear(name, v)
+        if isinstance(v, IntVal):
+            if v.q.dtype == torch.int32:  # int mode's int32 codes: requantized to the layer's input
+                q = self.requant_input(name, v.q, v.scale)
+            elif v.q.dtype == torch.int8 and v.scale == self.lp(name).x_scale:  # a fused producer's codes
+                q = v.q
+            else:
+                raise _Unsupported(name)
+        else:
+            q = self.quant_input(name, v)
+        return IntVal(self.gemm(name, q, out_dtype), self.lp(name).y_scale)
 
     def quant_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """``_input_int8`` of a float tensor. Explicit smoothing (``mul`` / ``text`` folds): fp16 mode
@@ -360,7 +397,7 @@ class _Compiler:
         self.b.call(out.view(rows, n).copy_, h)
         return out
 
-    def residual(self, x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate: torch.Tensor | None):
+    def residual_fp16(self, x: torch.Tensor, y: torch.Tensor, y_scale: float | None, gate: torch.Tensor | None):
         """intops.residual_fp16: x fp16 [B, N, C] + gate * y (y int16 codes at y_scale, or fp16)."""
         b_, n_, c = x.shape
         out = self.b.buf(x.shape, torch.float16)
@@ -383,7 +420,7 @@ class _Compiler:
         )
         return out
 
-    def norm_modulate(self, norm: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
+    def norm_modulate_fp16(self, norm: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """IntegerEmulator.norm_modulate (fp16): LayerNorm + modulation (consumer's smoothing folded)
         emitting the consumer's int8 codes directly when it reads them as they are, else fp16."""
         emu = self.emu
@@ -424,19 +461,9 @@ class _Compiler:
         )
         return out  # int8 codes at p.x_scale (aq given) or fp16
 
-    def linear_in(
-        self, name: str, v: torch.Tensor, s_v: float | None = None, out_dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
-        """The GEMM of a layer whose input is its own int8 codes (from a fused producer), float values,
-        or (int mode) int32 codes at scale ``s_v``."""
-        if v.dtype == torch.int32:
-            q = self.requant_input(name, v, s_v)
-        else:
-            q = v if v.dtype == torch.int8 else self.quant_input(name, v)
-        return self.gemm(name, q, out_dtype)
-
     def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
-        """IntegerEmulator._attend_float -> the proj layer's codes [b, n, c] (int16; int32 in int mode)."""
+        """IntegerEmulator._attend_float -> the proj layer's output [b, n, c] (codes: int16, int32 in int
+        mode; fp16 values for a dynamic recipe)."""
         emu = self.emu
         scores = self.b.buf((*q.shape[:-1], k_t.shape[-1]), torch.float32)
         self.b.call(torch.matmul, q, k_t, out=scores)
@@ -447,36 +474,30 @@ class _Compiler:
         out = self.b.buf((*probs.shape[:-1], vv.shape[-1]), torch.float32)  # [B', H, L, D]
         self.b.call(torch.matmul, probs, vv, out=out)
         h, d = out.shape[1], out.shape[3]
-        if not emu.static:  # the float product's output, heads merged, into the dynamic proj layer
-            merged = self.b.buf((b, n, c), torch.float32)
-            self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-            return self.dyn_linear(pre + ".proj", merged)
-        p = self.lp(pre + ".proj")
+        p = self.emu.linear_params(pre + ".proj")
         aq = emu._direct_quantizer(p)
-        odt = self.res_dtype
         if aq is not None:
             q8 = self.b.buf((b, n, c), torch.int8)
             self.b.call(
                 self.dll.qm_merge_heads_quant, out.data_ptr(), b, h, n, d, aq.recip, float(aq.qmax), q8.data_ptr()
             )
-            return self.gemm(pre + ".proj", q8, odt)
+            return self.layer(pre + ".proj", IntVal(q8, p.x_scale), self.res_dtype)
         merged = self.b.buf((b, n, c), torch.float32)  # out.transpose(1, 2).reshape(b, n, c)
         self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-        return self.gemm(pre + ".proj", self.quant_input(pre + ".proj", merged), odt)
+        return self.layer(pre + ".proj", merged, self.res_dtype)
 
-    def self_attention(self, pre: str, v: torch.Tensor, heads: int, s_v: float | None = None) -> torch.Tensor:
-        b, n, c = v.shape
-        qkv = self.linear_in(pre + ".qkv", v, s_v) if self.emu.static else self.dyn_linear(pre + ".qkv", v)
+    def attention(self, pre: str, v, heads: int):
+        b, n, c = shape_of(v)
+        qkv = self.layer(pre + ".qkv", v)
+        codes, s_codes = (qkv.q, qkv.scale) if isinstance(qkv, IntVal) else (qkv, None)
         if self.emu.matmuls:  # integer QK^T and AV: each operand requantized to its product's input scale
-            q, k_t, vv = self.split_heads_q8(
-                qkv,
-                self.out_scale(pre + ".qkv"),
-                heads,
-                0b010,
-                [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")],
-            )
+            targets = [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
+            q, k_t, vv = self.split_heads_q8(codes, s_codes, heads, 0b010, targets)
             return self.attend_int(pre, q, k_t, vv, b, n, c)
-        q, k_t, vv = self.split_heads(qkv, self.out_scale(pre + ".qkv"), 3, heads, 0b010)
+        if codes.dtype == torch.float32:  # a dynamic recipe's float32 output: the eager path's views
+            t = codes.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+            return self.attend(pre, t[0], t[1].transpose(-2, -1), t[2], b, n, c)
+        q, k_t, vv = self.split_heads(codes, s_codes, 3, heads, 0b010)
         return self.attend(pre, q, k_t, vv, b, n, c)
 
     # ---- quantized attention products (static recipes) ---------------------------------------------------
@@ -589,32 +610,26 @@ class _Compiler:
         h, d = out.shape[1], out.shape[3]
         merged = bld.buf((b, n, c), torch.int32)
         bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
-        q8 = self.requant_input(pre + ".proj", merged, self.mm_scale(pre + ".av", "y_scale"))
-        return self.gemm(pre + ".proj", q8, self.res_dtype)
+        return self.layer(pre + ".proj", IntVal(merged, self.mm_scale(pre + ".av", "y_scale")), self.res_dtype)
 
-    def cross_attention(
-        self, pre: str, x: torch.Tensor, y: torch.Tensor, heads: int, s_x: float | None = None
-    ) -> torch.Tensor:
-        b, n, c = x.shape
-        if self.emu.static:
-            q, kv = self.linear_in(pre + ".q_linear", x, s_x), self.linear_in(pre + ".kv_linear", y)
-        else:
-            q, kv = self.dyn_linear(pre + ".q_linear", x), self.dyn_linear(pre + ".kv_linear", y)
+    def cross_attention(self, pre: str, v, y: torch.Tensor, heads: int):
+        b, n, c = shape_of(v)
+        q, kv = self.layer(pre + ".q_linear", v), self.layer(pre + ".kv_linear", y)
+        (q, s_q), (kv, s_kv) = ((t.q, t.scale) if isinstance(t, IntVal) else (t, None) for t in (q, kv))
         if self.emu.matmuls:
-            (hq,) = self.split_heads_q8(q, self.out_scale(pre + ".q_linear"), heads, 0, [(pre + ".qk", "a_scale")])
-            hk, hv = self.split_heads_q8(
-                kv,
-                self.out_scale(pre + ".kv_linear"),
-                heads,
-                0b01,
-                [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")],
-            )
+            (hq,) = self.split_heads_q8(q, s_q, heads, 0, [(pre + ".qk", "a_scale")])
+            targets = [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
+            hk, hv = self.split_heads_q8(kv, s_kv, heads, 0b01, targets)
             return self.attend_int(pre, hq, hk, hv, b, n, c)
-        (hq,) = self.split_heads(q, self.out_scale(pre + ".q_linear"), 1, heads, 0)
-        hk, hv = self.split_heads(kv, self.out_scale(pre + ".kv_linear"), 2, heads, 0b01)
+        if q.dtype == torch.float32:  # a dynamic recipe's float32 outputs: the eager path's views
+            d = c // heads
+            kv = kv.view(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+            return self.attend(pre, q.view(b, n, heads, d).transpose(1, 2), kv[0].transpose(-2, -1), kv[1], b, n, c)
+        (hq,) = self.split_heads(q, s_q, 1, heads, 0)
+        hk, hv = self.split_heads(kv, s_kv, 2, heads, 0b01)
         return self.attend(pre, hq, hk, hv, b, n, c)
 
-    def gelu(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
+    def gelu_fp16(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
         """gelu_fp16(_dequant_fp16(codes)): the C dequantization, then intops._gelu_fp16 per flat
         block of CHUNK_ELEMS (the eager path's blocks, so tanh sees the same lanes)."""
         n = codes.numel()
@@ -642,7 +657,10 @@ class _Compiler:
         return self.emu._static_scale(name, fld, bits, self.res_headroom)
 
     def to_int(self, name: str, fld: str, x: torch.Tensor, bits: int):
-        """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale."""
+        """IntegerEmulator._int of a float32 tensor: int32 codes at the op's static scale (a dynamic
+        recipe's: at the scale of the tensor's abs-max, a :class:`Cell`)."""
+        if self.dyn_int:
+            return self.to_int_dyn(x, bits)
         aq = fixedpoint.ActQuantizer(self.static_scale(name, fld, bits), bits, torch.int32)
         out = self.b.buf(x.shape, torch.int32)
         self.b.call(
@@ -696,10 +714,32 @@ class _Compiler:
     def softmax_int(self, name: str, scores: torch.Tensor, attn_scale: float) -> torch.Tensor:
         """IntegerEmulator.softmax (int) of float32 scores, dequantized as the float AV product reads it."""
         q, s_q = self.to_int(name, "in0", scores, QK_OUT_BITS)
-        return self.dequant(self.int_softmax(q, s_q * attn_scale, 8), 2.0**-7)
+        probs = (
+            self.int_softmax_dyn(q, s_q, attn_scale)
+            if isinstance(s_q, Cell)
+            else self.int_softmax(q, s_q * attn_scale, 8)
+        )
+        return self.dequant(probs, 2.0**-7)
 
-    def dequant(self, q: torch.Tensor, scale: float) -> torch.Tensor:
-        """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product."""
+    def dequant(self, q: torch.Tensor, scale) -> torch.Tensor:
+        """fixedpoint.dequantize of codes below 2**24 at a float32 scale: the C loop's float32 product (a
+        scale taken on line: fixedpoint.dequantize itself where a code is not below 2**24)."""
+        if isinstance(scale, Cell):
+            out = self.b.buf(q.shape, torch.float32)
+            deq, qp, kind, n, op = (
+                self.dll.qm_dequant,
+                q.data_ptr(),
+                ckernels.IN_KIND_INT[q.dtype],
+                q.numel(),
+                out.data_ptr(),
+            )
+
+            def step():  # as fixedpoint.dequantize: the C product only for a float32 scale and small codes
+                if not fixedpoint._is_f32(scale.v) or deq(qp, kind, n, scale.v, op, 0):
+                    out.copy_(fixedpoint.dequantize(q, scale.v))
+
+            self.b.py(step, q, out)
+            return out
         if not fixedpoint._is_f32(scale):
             raise _Unsupported("scale")
         out = self.b.buf(q.shape, torch.float32)
@@ -720,33 +760,9 @@ class _Compiler:
         qmax: int,
     ) -> torch.Tensor:
         """intops._fix_madd_c with f / r_bc float64 [B, 1, C] buffers (filled per step)."""
-        b_, n_, c = qa_.shape
-        ca, la, ma, sa = intops._rq_consts(float(real_a))
-        cb, lb, mb, sb = intops._rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
         out = self.b.buf(qa_.shape, torch.int32)
-        ws = self.b.buf(2 * c, torch.float64)
-        self.b.call(
-            self.dll.qm_fix_madd,
-            qa_.data_ptr(),
-            ca,
-            la,
-            ma,
-            sa,
-            f.data_ptr(),
-            None if qb is None else qb.data_ptr(),
-            cb,
-            lb,
-            mb,
-            sb,
-            None if r_bc is None else r_bc.data_ptr(),
-            b_,
-            n_,
-            c,
-            float(qmin),
-            float(qmax),
-            out.data_ptr(),
-            ws.data_ptr(),
-        )
+        ws = self.b.buf(2 * qa_.shape[2], torch.float64)
+        self.b.call(self.dll.qm_fix_madd, *intops.fix_madd_args(qa_, real_a, f, qb, real_b, r_bc, qmin, qmax, out, ws))
         return out
 
     def norm_modulate_int(self, norm: str, x: torch.Tensor, s_x: float, shift, scale, consumer: str) -> torch.Tensor:
@@ -779,7 +795,7 @@ class _Compiler:
         bld.call(q8.copy_, q32)  # .to(torch.int8): the values are within +-qmax
         return q8
 
-    def operands_step(self, eager, scale, shift, inv, s_out: float, f, r) -> None:
+    def operands_step(self, eager, scale, shift, inv, s_out, f, r) -> None:
         """The per-step operands of a modulation (scale and shift) or a gate (shift None) as one C call
         (ckernels ``qm_mod_operands``: the same float32, rounding and integer steps as ``eager``), which
         runs instead when a parameter is not finite (it then raises the eager path's error)."""
@@ -792,24 +808,25 @@ class _Compiler:
             return
         b_, _, c = scale.shape
         fw, qw = self.b.buf(2 * b_ * c, torch.float32), self.b.buf(2 * b_ * c, torch.int32)
-        call = functools.partial(
-            self.dll.qm_mod_operands,
+        head = (
             scale.data_ptr(),
             None if shift is None else shift.data_ptr(),
             scale.stride(0) if b_ > 1 else 0,
             None if inv is None else inv.data_ptr(),
             b_,
             c,
-            s_out,
+        )
+        tail = (
             2 ** (self.param_bits - 1) - 1,
             f.data_ptr(),
             None if r is None else r.data_ptr(),
             fw.data_ptr(),
             qw.data_ptr(),
         )
+        mod_operands = self.dll.qm_mod_operands
 
-        def step():
-            if call():
+        def step():  # s_out: a float, or a Cell set by an earlier step
+            if mod_operands(*head, _v(s_out), *tail):
                 eager()
 
         self.b.py(step, *(t for t in (scale, shift, inv, f, r, fw, qw) if t is not None))
@@ -850,73 +867,206 @@ class _Compiler:
         )
         return out, out_scale
 
-    def modulation(self, blk, t0: torch.Tensor, b: int, c: int):
-        """scale_shift_table + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
-        table = self.b.const(blk.scale_shift_table.detach()[None])
-        mod = self.b.buf((b, 6, c), torch.float32)
+    # ---- int mode of dynamic recipes: every scale taken on line, a Cell set by a step ---------------------
+    def to_int_dyn(self, x: torch.Tensor, bits: int) -> tuple[torch.Tensor, Cell]:
+        """IntegerEmulator._int of a float tensor without a calibrated range: the scale of its abs-max
+        (with the residual headroom), then ActQuantizer's C loop at that scale's float32 reciprocal."""
+        cell, out = Cell(), self.b.buf(x.shape, torch.int32)
+        act, xp, kind, n, op = (
+            self.dll.qm_act_quant,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            x.numel(),
+            out.data_ptr(),
+        )
+        qmax, headroom, absmax = float(2 ** (bits - 1) - 1), self.res_headroom, self.dll.qm_absmax
+
+        def step():
+            a = absmax(xp, kind, n)
+            if a < 0:  # a value is not finite: torch's max (NaN included), as eager
+                a = float(x.abs().max())
+            cell.v = s = datapath.range_scale(a * headroom, bits)
+            act(xp, kind, n, fixedpoint.act_reciprocal(s), qmax, op, ckernels.OUT_KIND[torch.int32], None, 0)
+
+        self.b.py(step, x, out)
+        return out, cell
+
+    def int_softmax_dyn(self, q: torch.Tensor, s_q: Cell, attn_scale: float) -> torch.Tensor:
+        """intops.softmax_int (8-bit probabilities) of int32 codes at a scale taken on line."""
+        n = q.shape[-1]
+        out, ebuf = self.b.buf(q.shape, torch.int32), self.b.buf(n, torch.int64)
+        sm, qp, rows, op, ep = self.dll.qm_softmax_int, q.data_ptr(), q.numel() // n, out.data_ptr(), ebuf.data_ptr()
+
+        def step():
+            scale = s_q.v * attn_scale
+            k = intops.working_shift(scale)
+            sm(qp, rows, n, k, *intops.exp_constants(scale * 2.0**k), 7, op, ep)
+
+        self.b.py(step, q, out, ebuf)
+        return out
+
+    def gelu_dyn(self, v: IntVal) -> IntVal:
+        """intops.gelu_int of int32 codes at a scale taken on line -> codes at the (run-time) output scale."""
+        out, cell = self.b.buf(v.q.shape, torch.int32), Cell()
+        gelu, qp, n, op = self.dll.qm_gelu_int, v.q.data_ptr(), v.q.numel(), out.data_ptr()
+
+        def step():
+            k = intops.working_shift(v.scale.v)
+            q_bb, q_one, t, cell.v = intops.gelu_constants(v.scale.v * 2.0**k)
+            gelu(qp, n, k, 2**intops.SAT_BITS, q_bb, q_one, t, op)
+
+        self.b.py(step, v.q, out)
+        return IntVal(out, cell)
+
+    def fix_madd_dyn(self, qa_, real_a, f, qb, real_b, r_bc, qmin: int, qmax: int) -> torch.Tensor:
+        """:meth:`fix_madd` with ``real_a`` / ``real_b`` functions of the run-time scales."""
+        out, ws = self.b.buf(qa_.shape, torch.int32), self.b.buf(2 * qa_.shape[2], torch.float64)
+        fm = self.dll.qm_fix_madd
+
+        def step():
+            rb = real_b() if qb is not None else 0.0
+            fm(*intops.fix_madd_args(qa_, real_a(), f, qb, rb, r_bc, qmin, qmax, out, ws))
+
+        self.b.py(step, *(t for t in (qa_, f, qb, r_bc, out, ws) if t is not None))
+        return out
+
+    def norm_modulate_dyn(self, norm: str, x: IntVal, shift, scale) -> IntVal:
+        """IntegerEmulator.modulate(layernorm(x)) for a dynamic consumer: the integer LayerNorm (its eps
+        table from x's run-time scale), then the modulation to 16-bit codes at the scale of its float
+        value's range (``datapath.modulated``)."""
+        emu, bld = self.emu, self.b
+        b_, n_, c = x.q.shape
+        eps = emu.mods[norm].eps
+        eps_k, ln = bld.buf(19, torch.int64), bld.buf(x.q.shape, torch.int32)
+        lnk, xp, ep, lp = self.dll.qm_layernorm_int, x.q.data_ptr(), eps_k.data_ptr(), ln.data_ptr()
+
+        def layernorm():
+            eps_k.copy_(torch.tensor(intops.ln_eps_table(x.scale.v, c, eps), dtype=torch.int64))
+            lnk(xp, b_ * n_, c, ep, lp)
+
+        bld.py(layernorm, x.q, eps_k, ln)
+        s_ln = math.sqrt(c) / 2.0**intops.LN_OUT_BITS
+        s_out, q16 = Cell(), fixedpoint.qrange(16)[1]
+
+        mod_absmax = functools.partial(self.dll.qm_mod_absmax, ln.data_ptr(), s_ln, scale.data_ptr(), shift.data_ptr())
+        c_ok = scale.stride(2) == 1 and shift.stride() == scale.stride()
+        pstride = scale.stride(0) if b_ > 1 else 0
+
+        def out_range():  # one C pass where the layout allows; torch's definition otherwise
+            r = mod_absmax(pstride, b_, n_, c) if c_ok else -1.0
+            if r < 0:
+                r = float(datapath.modulated(fixedpoint.dequantize(ln, s_ln), shift, scale).abs().max())
+            s_out.v = datapath.range_scale(r * self.res_headroom, 16)
+
+        bld.py(out_range, ln, shift, scale)
+        f, r = bld.buf((b_, 1, c), torch.float64), bld.buf((b_, 1, c), torch.float64)
+
+        def operands():
+            shq, scq = emu._param_int(shift), emu._param_int(scale)
+            m, rr = intops.modulate_factors(shq.q, shq.scale, scq.q, scq.scale, s_out.v)
+            f.copy_(m)
+            r.copy_(rr)
+
+        self.operands_step(operands, scale, shift, None, s_out, f, r)
+        g = 2.0**intops.GUARD_BITS
+        q = self.fix_madd_dyn(ln, lambda: s_ln / (s_out.v / g), f, None, None, r, -q16, q16)
+        return IntVal(q, s_out)
+
+    def residual_dyn(self, x: IntVal, y: torch.Tensor, gate) -> IntVal:
+        """IntegerEmulator.residual (int) of a dynamic recipe: y's codes and the output scale taken on line
+        (the range of ``datapath.gated_sum``), then the fixed-point gated add."""
+        emu, bld = self.emu, self.b
+        yq, s_y = self.to_int_dyn(y, 16)
+        b_, n_, c = x.q.shape
+        f = self.gate(gate, b_, c)
+        s_out = Cell()
+        one = IntVal(torch.ones(1, dtype=torch.int32), 1.0)
+
+        gated_absmax, xp, yp = self.dll.qm_gated_absmax, x.q.data_ptr(), yq.data_ptr()
+
+        def out_range():  # one C pass (the torch definition for a non-finite value)
+            g = emu._param_int(gate) if gate is not None else one
+            gq = g.q.contiguous() if gate is not None else None
+            r = gated_absmax(xp, x.scale.v, None if gq is None else gq.data_ptr(), g.scale, yp, s_y.v, b_, n_, c)
+            if r < 0:
+                xf, gf = fixedpoint.dequantize(x.q, x.scale.v), fixedpoint.dequantize(g.q, g.scale)
+                r = float(datapath.gated_sum(xf, gf, fixedpoint.dequantize(yq, s_y.v)).abs().max())
+            s_out.v = datapath.range_scale(r * self.res_headroom, self.res_bits)
+
+        bld.py(out_range, *(t for t in (x.q, yq, gate) if t is not None))
+        g = 2.0**intops.GUARD_BITS
+        qr = 2 ** (self.res_bits - 1) - 1
+        q = self.fix_madd_dyn(
+            yq, lambda: s_y.v / (s_out.v / g), f, x.q, lambda: x.scale.v / (s_out.v / g), None, -qr, qr
+        )
+        return IntVal(q, s_out)
+
+    # ---- the ops of emulator/block.py (BlockOps): values are IntVal codes or fp16 tensors ---------------
+    def enter(self, h: torch.Tensor):
+        if self.emu.mode == "fp16":
+            return h
+        return IntVal(*self.to_int("blocks.0.norm1", "in0", h, self.res_bits))  # to_int_dyn for dynamic recipes
+
+    def leave(self, v) -> torch.Tensor:
+        return self.dequant(v.q, v.scale) if isinstance(v, IntVal) else v
+
+    def modulation(self, table: torch.Tensor, t0: torch.Tensor, b: int) -> tuple:
+        """table[None] + t0 ([B, 6, C] float32, one add per step) as its six [B, 1, C] chunks."""
+        table = self.b.const(table.detach()[None])
+        mod = self.b.buf((b, *table.shape[1:]), torch.float32)
         self.b.call(torch.add, table, t0.view(b, 6, -1), out=mod)
         return mod.chunk(6, dim=1)
 
-    # ---- the blocks: values are (tensor, scale); the scale is None for fp16 values ---------------------
-    def norm_mod(self, norm: str, x, s_x, shift, scale, consumer: str):
+    def norm_modulate(self, norm: str, name: str, v, shift, scale, consumer: str):
+        if self.dyn_int:
+            return self.norm_modulate_dyn(norm, v, shift, scale)
         if self.emu.mode == "fp16":
-            return self.norm_modulate(norm, x, shift, scale, consumer)
-        return self.norm_modulate_int(norm, x, s_x, shift, scale, consumer)
+            out = self.norm_modulate_fp16(norm, v, shift, scale, consumer)
+            return IntVal(out, self.lp(consumer).x_scale) if out.dtype == torch.int8 else out
+        return IntVal(self.norm_modulate_int(norm, v.q, v.scale, shift, scale, consumer), self.lp(consumer).x_scale)
 
-    def add(self, name: str, x, s_x, y, s_y, gate):
-        """IntegerEmulator.residual: fp16 values (y fp16, or int16 codes at s_y), or int mode's RES_BITS codes."""
+    def residual(self, name: str, x, y, gate):
+        """fp16 values (y fp16, or int16 codes), or int mode's RES_BITS codes."""
         if self.emu.mode == "fp16":
-            return self.residual(x, y, s_y, gate), None
-        return self.residual_int(name, x, s_x, y, s_y, gate)
+            yq, s_y = (y.q, y.scale) if isinstance(y, IntVal) else (y, None)
+            return self.residual_fp16(x, yq, s_y, gate)
+        if self.dyn_int:
+            return self.residual_dyn(x, y, gate)
+        return IntVal(*self.residual_int(name, x.q, x.scale, y.q, y.scale, gate))
 
-    def add_tpe(self, name: str, x_t, s_t, tpe: torch.Tensor):
-        """The temporal embedding (a constant of the model) added to the temporal attention's input:
-        fp16 mode adds its saturated fp16 values; int mode its codes at the op's static input scale."""
-        bld, n_rows = self.b, x_t.shape[0]
+    def add_tpe(self, name: str, x_t, tpe: torch.Tensor):
+        """The temporal embedding (a constant of the model): fp16 mode adds its saturated fp16 values;
+        int mode its codes at the op's static input scale."""
+        bld = self.b
         if self.emu.mode == "fp16":
             tpe_h = bld.const(tpe.detach().clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
             out = bld.buf(x_t.shape, torch.float16)
             bld.call(torch.add, x_t, tpe_h, out=out)  # as IntegerEmulator.residual's fp16 add
-            return out, None
+            return out
+        if self.dyn_int:  # IntegerEmulator.residual of the float embedding (its codes taken on line)
+            return self.residual_dyn(x_t, bld.const(tpe.detach().expand(x_t.q.shape[0], -1, -1).contiguous()), None)
         aq = fixedpoint.ActQuantizer(self.static_scale(name, "in1", 16), 16, torch.int32)
-        tq = bld.const(aq(tpe.detach().expand(n_rows, -1, -1).contiguous()))
-        return self.residual_int(name, x_t, s_t, tq, aq.scale, None)
+        tq = bld.const(aq(tpe.detach().expand(x_t.q.shape[0], -1, -1).contiguous()))
+        return IntVal(*self.residual_int(name, x_t.q, x_t.scale, tq, aq.scale, None))
 
-    def mlp(self, pre: str, x_m) -> torch.Tensor:
-        """fc1, GELU, fc2 -> fc2's output (int16 codes / fp16 values; int32 codes in int mode)."""
+    def swap_tokens(self, v, b: int, t: int, s: int):
+        def swap(x: torch.Tensor) -> torch.Tensor:
+            c = x.shape[-1]
+            out = self.b.buf((b * s, t, c), x.dtype)  # [B, T, S, C] -> [B * S, T, C]
+            self.b.call(out.view(b, s, t, c).copy_, x.view(b, t, s, c).transpose(1, 2))
+            return out
+
+        return vmap(v, swap)
+
+    def linear(self, name: str, v):
+        return self.layer(name, v, self.res_dtype)
+
+    def gelu(self, name: str, v):
         if self.emu.mode == "fp16":
-            h = self.gelu(self.linear(pre + ".fc1", x_m), self.out_scale(pre + ".fc1"))
-            return self.linear(pre + ".fc2", h)
-        h, s_h = self.gelu_int(self.gemm(pre + ".fc1", x_m, torch.int32), self.lp(pre + ".fc1").y_scale)
-        return self.gemm(pre + ".fc2", self.requant_input(pre + ".fc2", h, s_h), torch.int32)
-
-    def block(self, i: int, x: torch.Tensor, s_x: float | None, y: torch.Tensor, t0: torch.Tensor, tpe):
-        """IntegerEmulator.block for the program's scope: the residual stream x [B, N, C] (fp16 values,
-        or int mode's int32 codes at s_x) -> (next x, its scale)."""
-        bld = self.b
-        blk = self.emu.model.blocks[i]
-        pre = f"blocks.{i}"
-        b, n, c = x.shape
-        heads = blk.attn.num_heads
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(blk, t0, b, c)
-        x_m = self.norm_mod(pre + ".norm1", x, s_x, shift_msa, scale_msa, pre + ".attn.qkv")
-        x_s = self.self_attention(pre + ".attn", x_m.view(b * blk.d_t, blk.d_s, c), heads)
-        x, s_x = self.add(pre + ".res_attn", x, s_x, x_s.view(b, n, c), self.out_scale(pre + ".attn.proj"), gate_msa)
-        x_t = bld.buf((b * blk.d_s, blk.d_t, c), x.dtype)  # [B, T, S, C] -> [B * S, T, C]
-        bld.call(x_t.view(b, blk.d_s, blk.d_t, c).copy_, x.view(b, blk.d_t, blk.d_s, c).transpose(1, 2))
-        s_t = s_x
-        if tpe is not None:
-            x_t, s_t = self.add_tpe(pre + ".tpe_add", x_t, s_t, tpe)
-        t_out = self.self_attention(pre + ".attn_temp", x_t, heads, s_t)  # [B * S, T, C]
-        back = bld.buf((b, n, c), t_out.dtype)  # -> [B, T * S, C]
-        bld.call(back.view(b, blk.d_t, blk.d_s, c).copy_, t_out.view(b, blk.d_s, blk.d_t, c).transpose(1, 2))
-        x, s_x = self.add(pre + ".res_temp", x, s_x, back, self.out_scale(pre + ".attn_temp.proj"), gate_msa)
-        xc = self.cross_attention(pre + ".cross_attn", x, y, heads, s_x)
-        x, s_x = self.add(pre + ".res_cross", x, s_x, xc, self.out_scale(pre + ".cross_attn.proj"), None)
-        x_m = self.norm_mod(pre + ".norm2", x, s_x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
-        return self.add(
-            pre + ".res_mlp", x, s_x, self.mlp(pre + ".mlp", x_m), self.out_scale(pre + ".mlp.fc2"), gate_mlp
-        )
+            return self.gelu_fp16(*((v.q, v.scale) if isinstance(v, IntVal) else (v, None)))
+        if self.dyn_int:
+            return self.gelu_dyn(IntVal(*self.to_int_dyn(v, 16)))
+        return IntVal(*self.gelu_int(v.q, v.scale))
 
     def compile(self, m, x_shape: tuple, y_shape: tuple) -> BlockProgram:
         bld = self.b
@@ -928,9 +1078,5 @@ class _Compiler:
         for name in self.emu.linears:  # every block linear quantized (int8 codes)
             if name.startswith("blocks."):
                 self.lp(name) if self.emu.static else self.lp_dyn(name)
-        x, s_x = (x_in, None) if fp16 else self.to_int("blocks.0.norm1", "in0", x_in, self.res_bits)
-        for i in range(len(m.blocks)):
-            tpe = m.block_tpe(i) if hasattr(m, "block_tpe") else (m.pos_embed_temporal if i == 0 else None)
-            x, s_x = self.block(i, x, s_x, y_in, t0_in, tpe)
-        out = x if fp16 else self.dequant(x, s_x)
+        out = run_blocks(self, m, x_in, y_in, t0_in)
         return BlockProgram(bld, x_in, y_in, t0_in, out, saturate_inputs=fp16)

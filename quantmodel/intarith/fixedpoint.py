@@ -367,6 +367,28 @@ def _pow2_neg(s: torch.Tensor) -> torch.Tensor:
     return torch.bitwise_left_shift(_F64_EXP_BIAS - s, 52).view(torch.float64)
 
 
+def per_tensor_consts(multiplier: int, shift: int, qmin: int, qmax: int) -> tuple[float, float, int, int]:
+    """(c, lim, m, s) of a per-tensor :class:`Requantizer` as plain python numbers (see its doc):
+    the float64 factor c, the tie limit (2.0: no element needs the exact recomputation), the
+    multiplier and the total shift s = 31 + shift. Pure, so the kernels that take these constants by
+    value (a scale known only at run time) need no Requantizer object."""
+    if not (INT32_MIN <= qmin <= qmax <= INT32_MAX):
+        raise ConfigError("qmin,qmax", (qmin, qmax), "INT32_MIN <= qmin <= qmax <= INT32_MAX")
+    if not 0 <= multiplier < 2**31:
+        raise ConfigError("multiplier", multiplier, "values in [0, 2**31)")
+    q = max(abs(qmin), abs(qmax))
+    q_bits = max(q - 1, 0).bit_length()  # smallest b with Q <= 2**b (Q = 0: every output is 0)
+    si = MULT_BITS + shift
+    if si >= 63 or multiplier == 0:
+        c = 0.0
+    elif si < 0:
+        c = 2.0**32
+    else:
+        c = math.ldexp(float(multiplier), -si)  # exact
+    check = not (si <= 53 - q_bits or si >= 63 or multiplier == 0)
+    return c, (0.5 - q * 2.0**-52) if check else 2.0, multiplier, si
+
+
 class Requantizer:
     """Prepared :func:`requantize` for fixed (multiplier, shift, qmin, qmax): build once per layer,
     call per forward (saves the per-call validation and constant set-up, which dominate small
@@ -412,20 +434,11 @@ class Requantizer:
         q_bits = max(q - 1, 0).bit_length()  # smallest b with Q <= 2**b (Q = 0: every output is 0)
         tie_lim = 0.5 - q * 2.0**-52  # exact in float64 (Q < 2**31)
         if _is_int(multiplier) and _is_int(shift):  # per tensor: plain python arithmetic, no tensor ops
-            mi, si = int(multiplier), MULT_BITS + int(shift)
-            if not 0 <= mi < 2**31:
-                raise ConfigError("multiplier", multiplier, "values in [0, 2**31)")
+            self.c, self.lim, mi, si = per_tensor_consts(int(multiplier), int(shift), qmin, qmax)
             self.per_channel = False
             self.m = torch.tensor(mi, dtype=torch.int64, device=device)
             self.s = torch.tensor(si, dtype=torch.int64, device=device)
-            if si >= 63 or mi == 0:
-                self.c = 0.0
-            elif si < 0:
-                self.c = 2.0**32
-            else:
-                self.c = math.ldexp(float(mi), -si)  # exact
-            self.check = not (si <= 53 - q_bits or si >= 63 or mi == 0)
-            self.lim = tie_lim if self.check else 2.0
+            self.check = self.lim != 2.0
             return
         m = torch.as_tensor(multiplier, dtype=torch.int64, device=device)
         sh = torch.as_tensor(shift, dtype=torch.int64, device=device)

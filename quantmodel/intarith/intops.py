@@ -52,7 +52,7 @@ from quantmodel.intarith.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     _is_f32,
-    _requantizer,
+    per_tensor_consts,
     quantize_multiplier,
     requantize_scale,
 )
@@ -764,8 +764,37 @@ def _rq_consts(real: float) -> tuple[float, float, int, int]:
     """(c, lim, m, s) of the prepared per-tensor Requantizer that ``_at`` uses for ``real`` (a pure
     function of the float: memoised, the static scales repeat every forward)."""
     m, sh = quantize_multiplier(float(real))
-    rq = _requantizer(m, sh, INT32_MIN, INT32_MAX, torch.float64, torch.device("cpu"))
-    return float(rq.c), float(rq.lim), int(rq.m), int(rq.s)
+    return per_tensor_consts(m, sh, INT32_MIN, INT32_MAX)
+
+
+def fix_madd_args(qa, real_a: float, f, qb, real_b: float, r_bc, qmin: int, qmax: int, out, ws) -> tuple:
+    """The arguments of ckernels ``qm_fix_madd`` (see :func:`_fix_madd_c`) for contiguous int32 qa / qb
+    [B, N, C], float64 f / r_bc [B, 1, C], int32 out like qa and a float64 workspace of 2 * C."""
+    b_, n_, c = qa.shape
+    ca, la, ma, sa = _rq_consts(float(real_a))
+    cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    return (
+        ptr(qa),
+        ca,
+        la,
+        ma,
+        sa,
+        ptr(f),
+        ptr(qb),
+        cb,
+        lb,
+        mb,
+        sb,
+        ptr(r_bc),
+        b_,
+        n_,
+        c,
+        float(qmin),
+        float(qmax),
+        ptr(out),
+        ptr(ws),
+    )
 
 
 def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, r_bc, qmin: int, qmax: int):
@@ -794,29 +823,7 @@ def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, 
         return None
     qa = q_a.to(torch.int32).contiguous()
     qb = None if q_b is None else q_b.to(torch.int32).contiguous()
-    ca, la, ma, sa = _rq_consts(float(real_a))
-    cb, lb, mb, sb = _rq_consts(float(real_b)) if qb is not None else (0.0, 2.0, 0, 0)
     out = torch.empty(qa.shape, dtype=torch.int32)
     ws = torch.empty(2 * c, dtype=torch.float64)
-    dll.qm_fix_madd(
-        qa.data_ptr(),
-        ca,
-        la,
-        ma,
-        sa,
-        f.data_ptr(),
-        None if qb is None else qb.data_ptr(),
-        cb,
-        lb,
-        mb,
-        sb,
-        None if r_bc is None else r_bc.data_ptr(),
-        b_,
-        n_,
-        c,
-        float(qmin),
-        float(qmax),
-        out.data_ptr(),
-        ws.data_ptr(),
-    )
+    dll.qm_fix_madd(*fix_madd_args(qa, real_a, f, qb, real_b, r_bc, qmin, qmax, out, ws))
     return out

@@ -44,7 +44,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:  # truncated or foreign file
         raise ConfigError(
-            "checkpoint", str(path), f"a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+            "checkpoint",
+            str(path),
+            f"a readable checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:80]})",
         ) from None
     for key in _NESTED_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):

@@ -1,6 +1,6 @@
 """The compiled blocks (quantmodel.emulator.program) are a speed-up only: a forward through them equals the
-emulator's eager forward bit for bit, in both vector-unit modes, for every recipe family (dynamic in fp16
-mode), float and integer attention products, both
+emulator's eager forward bit for bit, in both vector-unit modes, for every recipe family (dynamic ones in
+int mode with every scale taken on line), float and integer attention products, both
 temporal-embedding placements, several steps and inputs (weight sets sharing one buffer pool), one and
 two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
 GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
@@ -58,9 +58,7 @@ def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, tem
         tiny_workload, num_steps=3, model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos)
     )
     model, stats = _setup(w)
-    names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6")
-    if mode == "fp16":  # dynamic recipes are compiled in fp16 mode only
-        names += ("dynamic-w8a8", "dynamic-w4a8")
+    names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6", "dynamic-w8a8", "dynamic-w4a8")
     recipes = [get_recipe(name) for name in names]
     recipes += [
         dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
@@ -93,8 +91,7 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload,
             model, dataclasses.replace(get_recipe("static-w8a8"), quantize_attention=True), stats, w.num_steps
         ),
     ]
-    if mode == "fp16":
-        arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
+    arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
     n0 = torch.get_num_threads()
     try:
         for nt in (1, 2):
@@ -111,7 +108,7 @@ def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
     x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
     dyn_attn = dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True)
     cases = [
-        (get_recipe("dynamic-w6a6"), "int", False),
+        (dyn_attn, "int", False),
         (dyn_attn, "fp16", False),
         (get_recipe("asq-w8a8"), "fp16", True),
         (get_recipe("asq-w8a8"), "int", True),
@@ -244,3 +241,97 @@ def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
         assert torch.equal(y32, want) and torch.equal(y, want.clamp(-65504, 65504).half())
     x[3, 5] = float("nan")
     assert dll.qm_dyn_quant(x.data_ptr(), 0, rows, k, 7, q.data_ptr(), s.data_ptr()) == 1
+
+
+def test_dynamic_int_program_meets_a_non_finite_input_as_eager_does(tiny_workload):
+    """A NaN in the block input of a dynamic recipe in int mode: the ranges measured on line fall back to
+    torch's max (NaN), so the program gives what the eager path gives (the same values, or the same error)."""
+    w = dataclasses.replace(tiny_workload, num_steps=2)
+    model = build_stdit(STDiTConfig.from_workload(w), seed=0)
+    art = build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="int")
+    x, t, y = _inputs(model, torch.Generator().manual_seed(7), 0, 0)
+    emu.forward(x, t, y, 0)
+    (prog,) = emu._programs.values()
+    assert prog is not None
+    b, c = 2, model.cfg.hidden_size
+    h = torch.randn(b, model.cfg.num_temporal * model.cfg.num_spatial, c)
+    yy = torch.randn(b, model.cfg.model_max_length, c)
+    t0 = torch.randn(b, 6 * c) * 0.1
+    h[1, 3, 5] = float("nan")
+    eager = IntegerEmulator(model, art, nonlinear="int")
+    eager.use_program = False
+    eager.wset = emu.wset
+    try:
+        from quantmodel.emulator.block import run_blocks
+
+        with torch.no_grad():
+            want, err = run_blocks(eager, model, h, yy, t0), None
+    except Exception as e:
+        want, err = None, type(e)
+    if err is not None:
+        with pytest.raises(err):
+            prog.run(h, yy, t0)
+    else:
+        got = prog.run(h, yy, t0)
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_ranges_measured_in_c_equal_their_torch_definition():
+    """qm_absmax / qm_mod_absmax / qm_gated_absmax = the abs-max of the float tensors the eager path
+    builds (fixedpoint.dequantize, then datapath.modulated / gated_sum), for float32 and non-float32
+    scales, codes beyond 2**24, strided [B, 1, C] parameters, the constant gate; -1 on a non-finite value."""
+    from quantmodel.emulator import datapath
+    from quantmodel.intarith import fixedpoint
+
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(11)
+    b, n, c = 2, 40, 24
+    for sx in (2.0**-20, 3.0**0.5 / 2**30, 1.2345e-3):  # a float32 scale, then float64-only ones
+        for big in (False, True):
+            hi = 2**30 if big else 2**23
+            x = torch.randint(-hi, hi, (b, n, c), generator=g, dtype=torch.int32)
+            y = torch.randint(-(2**15), 2**15, (b, n, c), generator=g, dtype=torch.int32)
+            mod = torch.randn(b, 6, c, generator=g) * 3
+            shift, scale = mod[:, 0:1], mod[:, 1:2]  # strided views, as the program's chunks
+            xf = fixedpoint.dequantize(x, sx)
+            want = float(datapath.modulated(xf, shift, scale).abs().max())
+            got = dll.qm_mod_absmax(x.data_ptr(), sx, scale.data_ptr(), shift.data_ptr(), scale.stride(0), b, n, c)
+            assert got == want, (sx, big)
+            gq = torch.randint(-(2**15), 2**15, (b, 1, c), generator=g, dtype=torch.int32)
+            sg, sy = 1.52587890625e-05, 0.0078125
+            for gate, s_g in ((gq, sg), (None, 1.0)):
+                gv = gq if gate is not None else torch.ones(1, dtype=torch.int32)
+                want = float(
+                    datapath.gated_sum(xf, fixedpoint.dequantize(gv, s_g), fixedpoint.dequantize(y, sy)).abs().max()
+                )
+                gp = None if gate is None else gate.data_ptr()
+                assert dll.qm_gated_absmax(x.data_ptr(), sx, gp, s_g, y.data_ptr(), sy, b, n, c) == want
+    for dt, kind in ((torch.float32, 0), (torch.float16, 1)):
+        t = (torch.randn(3, 1000, generator=g) * 100).to(dt)
+        assert dll.qm_absmax(t.data_ptr(), kind, t.numel()) == float(t.abs().max())
+        t[2, 7] = float("nan")
+        assert dll.qm_absmax(t.data_ptr(), kind, t.numel()) == -1.0
+    x = torch.zeros(1, 2, 3, dtype=torch.int32)
+    shift, scale = torch.zeros(1, 1, 3), torch.tensor([[[0.0, float("inf"), 0.0]]])
+    assert dll.qm_mod_absmax(x.data_ptr(), 1.0, scale.data_ptr(), shift.data_ptr(), 0, 1, 2, 3) == -1.0
+
+
+def test_range_scale_equals_the_float32_tensor_conversion():
+    """datapath.range_scale rounds absmax / qmax to float32 without a tensor: the same value as torch's
+    conversion, including subnormal, overflowing (inf), zero and NaN ranges (scale 1)."""
+    import math
+
+    from quantmodel.emulator import datapath
+
+    g = torch.Generator().manual_seed(2)
+    vals = [0.0, 1e-45, 1e-40, 3.4e38 * 8388607, 1e300, float("nan"), float("inf")]
+    vals += (
+        torch.rand(2000, generator=g, dtype=torch.float64) * 10 ** torch.randint(-45, 45, (2000,), generator=g)
+    ).tolist()
+    for bits in (16, 24):
+        q = 2 ** (bits - 1) - 1
+        for v in vals:
+            want = float(torch.tensor(v / q if v > 0 else 1.0, dtype=torch.float32))
+            got = datapath.range_scale(v, bits)
+            assert got == want or (math.isnan(got) and math.isnan(want)), (v, bits)

@@ -358,3 +358,21 @@ def test_compiled_activation_quantize_and_dequantize_equal_torch_path():
             big = float(torch.tensor(s * 1e4, dtype=torch.float32))  # saturating fp16 (the emulator's)
             h = fp.dequantize_c(q, big, torch.float16)
             assert torch.equal(h, (q.double() * big).float().clamp(-65504, 65504).half())
+
+
+def test_per_tensor_consts_are_the_requantizers_constants():
+    """fixedpoint.per_tensor_consts (the constants the C kernels take by value) = a per-tensor
+    Requantizer's c / lim / m / s, over shifts from saturation (s < 0) to all-zero (s >= 63), a zero
+    multiplier, and int8 to int32 output ranges; bad arguments are refused as Requantizer refuses them."""
+    from quantmodel.intarith.fixedpoint import Requantizer, per_tensor_consts
+
+    for qmin, qmax in ((-127, 127), (-32767, 32767), (-(2**31), 2**31 - 1), (0, 0)):
+        for mult in (0, 2**30, 2**31 - 1, 1518500250):
+            for shift in range(-40, 40, 3):
+                rq = Requantizer(mult, shift, qmin, qmax)
+                c, lim, m, s = per_tensor_consts(mult, shift, qmin, qmax)
+                assert (c, lim, m, s) == (rq.c, rq.lim, int(rq.m), int(rq.s)) and rq.check == (lim != 2.0)
+    with pytest.raises(ConfigError):
+        per_tensor_consts(2**31, 0, -127, 127)
+    with pytest.raises(ConfigError):
+        per_tensor_consts(2**30, 0, 5, -5)

@@ -1059,3 +1059,70 @@ void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_
         })
     }
 }
+
+/* ---- ranges measured on line (dynamic recipes in the integer-only mode) -------------------------------
+   Each returns the largest |value| of a tensor the eager emulator builds only to take its abs-max (max is
+   exact in any order), computing every value by the same float operations: fixedpoint.dequantize
+   (fp32(fl64(q) * s), which equals float32's product for a float32 s and |q| < 2**24), then float32 mul /
+   add one at a time (no contraction). -1 when a value is not finite (the caller's torch definition then
+   gives the result, NaN included). */
+static inline float deq_s(int32_t q, double s) { return (float)((double)q * s); }
+
+static inline int absmax_step(float v, float* a) {
+    float u = fabsf(v);
+    if (u > *a) *a = u;
+    return !(u <= 3.4028234663852886e38f);
+}
+
+/* emulator._static_scale's dynamic_of of a float tensor: max |x|, x float32 or fp16 (widened exactly). */
+double qm_absmax(const void* x, int in_kind, int64_t n) {
+    float a = 0.0f;
+    int bad = 0;
+    if (in_kind == 1) {
+        const f16* h = (const f16*)x;
+        for (int64_t i = 0; i < n; i++) bad |= absmax_step((float)h[i], &a);
+    } else {
+        const float* f = (const float*)x;
+        for (int64_t i = 0; i < n; i++) bad |= absmax_step(f[i], &a);
+    }
+    return bad ? -1.0 : (double)a;
+}
+
+/* datapath.modulated: max |fp32(x * sx) * (1 + scale) + shift|; x [B, N, C] int32, scale / shift float32
+   [B, 1, C] rows with row stride pstride. */
+double qm_mod_absmax(const int32_t* x, double sx, const float* scale, const float* shift, int64_t pstride,
+                     int64_t bsz, int64_t n, int64_t c) {
+    float a = 0.0f;
+    int bad = 0;
+    for (int64_t b = 0; b < bsz; b++) {
+        const float* sc = scale + b * pstride;
+        const float* sh = shift + b * pstride;
+        for (int64_t r = 0; r < n; r++) {
+            const int32_t* xr = x + (b * n + r) * c;
+            for (int64_t j = 0; j < c; j++) {
+                float m = 1.0f + sc[j];
+                float p = deq_s(xr[j], sx) * m;
+                bad |= absmax_step(p + sh[j], &a);
+            }
+        }
+    }
+    return bad ? -1.0 : (double)a;
+}
+
+/* datapath.gated_sum: max |fp32(x * sx) + fp32(g * sg) * fp32(y * sy)|; x, y [B, N, C] int32, g [B, 1, C]
+   int32 (NULL: the constant gate 1 at scale 1). */
+double qm_gated_absmax(const int32_t* x, double sx, const int32_t* g, double sg, const int32_t* y, double sy,
+                       int64_t bsz, int64_t n, int64_t c) {
+    float a = 0.0f;
+    int bad = 0;
+    for (int64_t b = 0; b < bsz; b++)
+        for (int64_t r = 0; r < n; r++) {
+            int64_t o = (b * n + r) * c;
+            for (int64_t j = 0; j < c; j++) {
+                float gf = g ? deq_s(g[b * c + j], sg) : 1.0f;
+                float p = gf * deq_s(y[o + j], sy);
+                bad |= absmax_step(deq_s(x[o + j], sx) + p, &a);
+            }
+        }
+    return bad ? -1.0 : (double)a;
+}

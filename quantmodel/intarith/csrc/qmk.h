@@ -56,6 +56,11 @@ void qm_split_heads_q8(const void* q, int in_kind, int64_t B, int64_t N, int64_t
                        const int64_t* mult, const int64_t* shift, int64_t qmax, float* out, int64_t tmask);
 int qm_mod_operands(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bsz,
                     int64_t c, double s_out, int64_t qmax, double* f, double* r, float* fw, int32_t* qw);
+double qm_absmax(const void* x, int in_kind, int64_t n);
+double qm_mod_absmax(const int32_t* x, double sx, const float* scale, const float* shift, int64_t pstride,
+                     int64_t bsz, int64_t n, int64_t c);
+double qm_gated_absmax(const int32_t* x, double sx, const int32_t* g, double sg, const int32_t* y, double sy,
+                       int64_t bsz, int64_t n, int64_t c);
 
 int64_t qm_gemm_pack_b_size(int64_t k, int64_t n);
 void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp);

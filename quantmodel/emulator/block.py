@@ -1,0 +1,109 @@
+"""The integer emulator's transformer blocks (OpenSora v1.0 STDiT), written once.
+
+The block's data flow (which ops run, in which order, on which values) lives only here. It runs on an
+*ops backend*, which decides what running an op means:
+
+- :class:`~quantmodel.emulator.integer.IntegerEmulator` executes each op at once (torch ops, the C
+  kernels on CPU, torch only on CUDA, the float64 reference comparisons when verifying);
+- :class:`~quantmodel.emulator.program.ProgramOps` allocates the op's buffers in an arena and appends
+  its bound kernel calls to a program that a forward then replays (no Python dispatch per op).
+
+Both backends implement :class:`BlockOps`. A value is what the backend's ops pass along: a float
+tensor (fp16 values in ``fp16`` mode, float32 otherwise) or an :class:`IntVal` (integer codes and the
+scale they are at); the block only reshapes values, it never looks inside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class IntVal:
+    """An integer tensor with its per-tensor scale (value = q * scale)."""
+
+    q: torch.Tensor
+    scale: float
+
+    def map(self, fn) -> IntVal:
+        return IntVal(fn(self.q), self.scale)
+
+
+def vmap(v, fn):
+    """``fn`` applied to the tensor of a value (its codes for an :class:`IntVal`)."""
+    return v.map(fn) if isinstance(v, IntVal) else fn(v)
+
+
+def shape_of(v) -> torch.Size:
+    return v.q.shape if isinstance(v, IntVal) else v.shape
+
+
+class BlockOps(Protocol):
+    """The ops a block is made of (names are the artifact's op names, e.g. ``blocks.0.attn``)."""
+
+    def enter(self, h: torch.Tensor):
+        """The embedded tokens [B, N, C] (float32) as the residual stream the first block reads."""
+
+    def leave(self, v) -> torch.Tensor:
+        """The last block's output as a float tensor (fp16 values in ``fp16`` mode) for the final layer."""
+
+    def modulation(self, table: torch.Tensor, t0: torch.Tensor, b: int) -> tuple:
+        """``table[None] + t0`` as six [B, 1, C] float32 chunks (shift/scale/gate for attention and MLP)."""
+
+    def norm_modulate(self, norm: str, name: str, v, shift, scale, consumer: str):
+        """``layernorm(v) * (1 + scale) + shift``, the consumer layer's SmoothQuant factors folded in."""
+
+    def attention(self, pre: str, v, num_heads: int):
+        """Self-attention over the rows of v [B', L, C]: qkv, the products, softmax, proj."""
+
+    def cross_attention(self, pre: str, v, y: torch.Tensor, num_heads: int):
+        """Attention of v [B, N, C] to the projected text y [B, L, C]."""
+
+    def residual(self, name: str, x, y, gate: torch.Tensor | None):
+        """``x + gate * y`` (gate None: a plain add) into the residual stream."""
+
+    def add_tpe(self, name: str, x_t, tpe: torch.Tensor):
+        """The temporal position embedding (a model constant [1, T, C]) added to x_t [B * S, T, C]."""
+
+    def swap_tokens(self, v, b: int, t: int, s: int):
+        """v [B, T * S, C] as [B * S, T, C] (frame-major to position-major; a copy)."""
+
+    def linear(self, name: str, v):
+        """A linear layer of the block (quantized by the recipe or float)."""
+
+    def gelu(self, name: str, v):
+        """GELU (tanh approximation) of the MLP's hidden activations."""
+
+
+def block(ops: BlockOps, blk, pre: str, x, y: torch.Tensor, t0: torch.Tensor, tpe: torch.Tensor | None):
+    """One STDiT block (``blk`` gives the table, head count and frame geometry) on the residual
+    stream x [B, N, C] = [B, T * S, C]; as :meth:`quantmodel.model.stdit.STDiTBlock.forward`."""
+    b, n, c = shape_of(x)
+    heads = blk.attn.num_heads
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = ops.modulation(blk.scale_shift_table, t0, b)
+    x_m = ops.norm_modulate(pre + ".norm1", pre + ".modulate1", x, shift_msa, scale_msa, pre + ".attn.qkv")
+    x_s = ops.attention(pre + ".attn", vmap(x_m, lambda t: t.reshape(b * blk.d_t, blk.d_s, c)), heads)
+    x = ops.residual(pre + ".res_attn", x, vmap(x_s, lambda t: t.reshape(b, n, c)), gate_msa)
+    x_t = ops.swap_tokens(x, b, blk.d_t, blk.d_s)  # [B * S, T, C]
+    if tpe is not None:
+        x_t = ops.add_tpe(pre + ".tpe_add", x_t, tpe)
+    x_t = ops.swap_tokens(ops.attention(pre + ".attn_temp", x_t, heads), b, blk.d_s, blk.d_t)  # [B * T, S, C]
+    x_t = vmap(x_t, lambda t: t.reshape(b, n, c))
+    x = ops.residual(pre + ".res_temp", x, x_t, gate_msa)
+    x = ops.residual(pre + ".res_cross", x, ops.cross_attention(pre + ".cross_attn", x, y, heads), None)
+    x_m = ops.norm_modulate(pre + ".norm2", pre + ".modulate2", x, shift_mlp, scale_mlp, pre + ".mlp.fc1")
+    h = ops.gelu(pre + ".mlp.act", ops.linear(pre + ".mlp.fc1", x_m))
+    return ops.residual(pre + ".res_mlp", x, ops.linear(pre + ".mlp.fc2", h), gate_mlp)
+
+
+def run_blocks(ops: BlockOps, model, h: torch.Tensor, y: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
+    """All blocks of ``model`` on the embedded tokens h [B, N, C] with the projected text y [B, L, C]
+    and the timestep features t0 [B, 6 * C]; returns what the final layer reads."""
+    v = ops.enter(h)
+    for i, blk in enumerate(model.blocks):
+        tpe = model.block_tpe(i) if hasattr(model, "block_tpe") else (model.pos_embed_temporal if i == 0 else None)
+        v = block(ops, blk, f"blocks.{i}", v, y, t0, tpe)
+    return ops.leave(v)
