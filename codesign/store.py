@@ -20,36 +20,10 @@ ignored ``.tmp`` file, never a torn one. Rows are keyed by a content hash; loadi
 so a part that was compacted but not yet deleted when the process died counts once. ``compact``
 merges the parts into one when a sweep ends.
 
-Columns of ``load_results(DIR)`` (one row per design point):
-
-=====================  =====================================================================
-key                    content hash of (cost workload, recipe, full hardware config, prefetch
-                       policy, hwsim.SIM_VERSION): the identity of a design point
-status                 ``ok`` or ``failed`` (the hardware point failed validation)
-error                  why it failed (one line); empty when ok
-spec_hash, spec_name   the spec that computed the row
-point_index            index of the hardware point in its spec's point list
-hw_key                 content hash of (full hardware config, prefetch): equal hardware across recipes
-cost_workload          workload the costs are for (full size, traced)
-recipe, scheme         quantization recipe name and scheme (workloads.recipes)
-w_bits, a_bits         weight / activation bit-widths (16 = FP16)
-num_weight_sets        weight sets the recipe stores (1 static/ASQ/dynamic, K groups, steps TSQ+TSW)
-hw_base, prefetch      hardware preset the axes override; weight-prefetch policy (jit | early)
-hw.<field>             every leaf field of the hardware config, dotted (hwsim.hw_to_dict)
-sim_version            hwsim.SIM_VERSION that produced the numbers
-latency_s ... prefetch_used   hwsim SimResult scalars (units in the names; see hwsim/result.py):
-                       latency_s, energy_j, area_mm2, storage_bytes, swap_stall_s, swap_hidden_s,
-                       swap_bytes, swap_count, weight_set_bytes, float_weight_bytes, initial_load_s,
-                       dram_bytes, flash_bytes, macs, weight_placement (sram|dram|flash),
-                       prefetch_used (the policy hwsim applied)
-latency_step_max_s     slowest denoising step (latency_per_step_s is a list; only its max is kept)
-energy_j.<component>   energy breakdown (J); area_mm2.<component>; stall_s.<cause>;
-                       util.<engine> (fraction busy)
-sim_wall_s             wall seconds the simulation of this point took
-quality_workload       workload the quality was measured on (small; None if the spec has none)
-quality_key            content hash of (quality workload, recipe, quality options)
-q.<metric>             quality metrics of the recipe (quantmodel.eval.quality), joined on quality_key
-=====================  =====================================================================
+Columns: every part is written with the explicit Arrow schema of ``codesign/store_schema.py`` (type,
+nullability, unit and meaning of each column, in the field metadata); ``load_results(DIR)`` returns
+the points columns with the quality part's ``q.*`` columns joined on ``quality_key``. The user's
+table of them is docs/json-output.md.
 """
 
 from __future__ import annotations
@@ -65,7 +39,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from codesign import store_schema
 from codesign.spec import SweepSpec
+from codesign.store_schema import part_schema, table_from_rows
 from workloads.errors import ConfigError
 from workloads.io import atomic_open, write_bytes
 
@@ -73,30 +49,8 @@ STORE_FORMAT = 1
 POINTS = "points"
 QUALITY = "quality"
 QUARANTINE = "quarantine"
-SCALAR_METRICS = (
-    "latency_s",
-    "energy_j",
-    "area_mm2",
-    "storage_bytes",
-    "swap_stall_s",
-    "swap_hidden_s",
-    "swap_bytes",
-    "swap_count",
-    "weight_set_bytes",
-    "float_weight_bytes",
-    "initial_load_s",
-    "dram_bytes",
-    "flash_bytes",
-    "macs",
-    "weight_placement",
-    "prefetch_used",
-)
-BREAKDOWN_PREFIXES = {
-    "energy_breakdown_j": "energy_j.",
-    "area_breakdown_mm2": "area_mm2.",
-    "stall_breakdown_s": "stall_s.",
-    "utilisation": "util.",
-}
+SCALAR_METRICS = store_schema.SCALAR_METRICS  # the metric columns (defined with the schema)
+BREAKDOWN_PREFIXES = store_schema.BREAKDOWN_PREFIXES
 
 
 def _atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -233,7 +187,7 @@ class ResultStore:
         """Append rows as one new immutable part file (atomic)."""
         if not rows:
             return None
-        table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+        table = table_from_rows(rows, part_schema(kind))  # codesign/store_schema.py; a misfit raises
         path = self.root / kind / f"part-{uuid.uuid4().hex}.parquet"
         _atomic_write_table(path, table)
         return path
@@ -250,8 +204,13 @@ class ResultStore:
         if len(parts) <= 1:
             return
         df = _read_parts(self.root / kind)
+        try:
+            table = table_from_rows(df.to_dict("records"), part_schema(kind))
+        except ConfigError as e:  # parts of an older column set: they still load, left as they are
+            print(f"codesign: warning: {self.root / kind} not compacted ({e})", file=sys.stderr)
+            return
         path = self.root / kind / f"part-{uuid.uuid4().hex}.parquet"
-        _atomic_write_table(path, pa.Table.from_pandas(df, preserve_index=False))
+        _atomic_write_table(path, table)
         for p in parts:
             p.unlink(missing_ok=True)
 

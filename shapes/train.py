@@ -157,11 +157,12 @@ def use_fast_attention(model: torch.nn.Module) -> None:
         o = F.scaled_dot_product_attention(q, k, v)  # [B', H, L, D]
         return self.proj(o.transpose(1, 2).reshape(b, n, c))
 
-    def cross_fwd(self, x, y):  # x [B, N, C], y [B, L, C]
+    def cross_fwd(self, x, y, mask=None):  # x [B, N, C], y [B, L, C], mask [B, L] bool or None
         b, n, c = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, D]
+        keep = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, H, N, D]
         return self.proj(o.transpose(1, 2).reshape(b, n, c))
 
     for m in model.modules():

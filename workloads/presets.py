@@ -28,6 +28,11 @@ SAMPLERS = ("iddpm", "rflow")
 # block 0's temporal attention only) or "residual" (added to every token at the input, beside the
 # spatial one, as Latte does), so every layer knows each token's frame (see docs/shapes_model.md)
 TEMPORAL_POS = ("attention", "residual")
+# which predicted channels classifier-free guidance mixes: "first3" is OpenSora v1.0.0's
+# forward_with_cfg (eps channels 0-2 guided, the 4th eps channel and the variance unguided), "all"
+# guides every predicted channel (v1.1's IDDPM, v1.2's rectified flow)
+CFG_CHANNELS = ("first3", "all")
+DEFAULT_CFG_CHANNELS = {"iddpm": "first3", "rflow": "all"}  # what each sampler does in OpenSora
 
 # Size budgets. A workload beyond them is refused when it loads, with the number, instead of hanging
 # or exhausting memory half-way through tracing or simulation.
@@ -107,6 +112,7 @@ class Workload:
     sampler: str = "iddpm"
     num_steps: int = 100
     cfg_scale: float = 7.0
+    cfg_channels: str = ""  # one of CFG_CHANNELS; "" = the sampler's OpenSora default (DEFAULT_CFG_CHANNELS)
     batch: int = 1  # videos per sampling run (CFG doubles the model batch)
     space_scale: float = 1.0  # OpenSora's positional-embedding scale (0.5 at 256px, 1.0 at 512px)
     time_scale: float = 1.0
@@ -124,6 +130,10 @@ class Workload:
             raise ConfigError("sampler", self.sampler, " or ".join(SAMPLERS))
         if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 1.0:
             raise ConfigError("cfg_scale", self.cfg_scale, "a number >= 1.0 (1.0 turns guidance off)")
+        if self.cfg_channels == "":
+            object.__setattr__(self, "cfg_channels", DEFAULT_CFG_CHANNELS[self.sampler])
+        if self.cfg_channels not in CFG_CHANNELS:
+            raise ConfigError("cfg_channels", self.cfg_channels, " or ".join(CFG_CHANNELS))
         require_positive_float("space_scale", self.space_scale)
         require_positive_float("time_scale", self.time_scale)
         pt, ph, pw = self.model.patch_size

@@ -29,7 +29,16 @@ def _common(p, stats: bool = True) -> None:
     if stats:
         p.add_argument("--stats", help="calibration stats file (default: calibrate now)")
         p.add_argument("--prompts", type=int, default=4, help="calibration prompts when calibrating now")
-        p.add_argument("--text", help="T5 features [n,1,L,Ct] (.pt/.safetensors) for calibration")
+        p.add_argument("--text", help="T5 features [n,1,L,Ct] (.pt/.safetensors, optional 'mask') for calibration")
+        _text_tokens(p)
+
+
+def _text_tokens(p) -> None:
+    p.add_argument(
+        "--text-tokens",
+        type=int,
+        help="real caption tokens per prompt; the rest are masked as T5 padding (default: all tokens)",
+    )
 
 
 def register(sub) -> None:
@@ -40,7 +49,11 @@ def register(sub) -> None:
     p = sub.add_parser("calibrate", help="per-step activation statistics of a workload")
     _common(p, stats=False)
     p.add_argument("--prompts", type=int, default=4, help="number of calibration prompts")
-    p.add_argument("--text", help="T5 features [n,1,L,Ct] (.pt/.safetensors); seeded random otherwise")
+    p.add_argument(
+        "--text",
+        help="T5 features [n,1,L,Ct] (.pt/.safetensors, optional caption 'mask' [n,L]); seeded random otherwise",
+    )
+    _text_tokens(p)
     p.add_argument("--out", required=True, help="stats file (.safetensors)")
     p.set_defaults(func=run_calibrate)
 
@@ -92,7 +105,13 @@ def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
 def _calib_kwargs(args) -> dict:
     from workloads.errors import require_positive_int
 
-    return {"num_prompts": require_positive_int("prompts", args.prompts), "seed": args.seed, "text_features": args.text}
+    tokens = args.text_tokens
+    return {
+        "num_prompts": require_positive_int("prompts", args.prompts),
+        "seed": args.seed,
+        "text_features": args.text,
+        "text_tokens": None if tokens is None else require_positive_int("text-tokens", tokens),
+    }
 
 
 def run_recipes(args) -> int:
@@ -246,7 +265,15 @@ def run_quality(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from quantmodel.eval.quality import BACKENDS, eval_inputs, evaluate_recipe, get_stats, load_model, sample
+    from quantmodel.eval.quality import (
+        BACKENDS,
+        eval_batch,
+        evaluate_recipe,
+        float_model_fn,
+        get_stats,
+        load_model,
+        sample,
+    )
     from workloads.errors import ConfigError, require_positive_int
     from workloads.recipes import get_recipe
 
@@ -263,8 +290,9 @@ def run_quality(args) -> int:
     stats = None
     if any(r.quantized and r.scheme != "dynamic" for r in recipes):
         stats = get_stats(model, w, args.stats, **_calib_kwargs(args))
-    z, y = eval_inputs(model, args.samples)
-    ref = sample(lambda x, t, yy, s: model(x, t, yy), model, w, z, y)
+    calib = _calib_kwargs(args)
+    z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
+    ref = sample(float_model_fn(model), model, w, z, y, mask=mask)
     rows = []
     for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False):
         rows.append(
@@ -277,6 +305,7 @@ def run_quality(args) -> int:
                 nonlinear=args.nonlinear,
                 num_samples=args.samples,
                 reference_sample=ref,
+                text_tokens=calib["text_tokens"],
             )
         )
     df = pd.DataFrame(rows)

@@ -22,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("--workload", required=True, help="preset name or YAML file")
     p.add_argument("--checkpoint", help="OpenSora STDiT checkpoint (.pth or .safetensors)")
     p.add_argument(
-        "--text", help="text features [B,1,L,Ct] (.pt or .safetensors key 'y'); seeded random features otherwise"
+        "--text",
+        help="text features [B,1,L,Ct] (.pt or .safetensors key 'y', optional caption 'mask' [B,L]); "
+        "seeded random features otherwise",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="override the workload's step count")
@@ -83,19 +85,22 @@ def _check_args(args):
 
 
 def _text(args, cfg, g):
+    """(y [B, 1, L, Ct], caption mask [B, L] bool or None): the file's features and mask, or seeded noise."""
     import torch
 
     from workloads.errors import ConfigError
 
     if not args.text:
-        return torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
+        return torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g), None
+    from quantmodel.model.captions import check_mask
     from quantmodel.model.checkpoint import read_state_dict
 
-    y = read_state_dict(args.text).get("y")
+    sd = read_state_dict(args.text)
+    y = sd.get("y")
     want = (1, cfg.model_max_length, cfg.caption_channels)
     if y is None or y.dim() != 4 or tuple(y.shape[1:]) != want:
         raise ConfigError("text", args.text, f"a tensor 'y' of shape [B, {', '.join(map(str, want))}]")
-    return y.float()
+    return y.float(), check_mask(sd.get("mask"), y.shape[0], cfg.model_max_length, field="text mask")
 
 
 def run(args) -> int:
@@ -110,7 +115,7 @@ def run(args) -> int:
     w, recipe = _check_args(args)
     cfg = STDiTConfig.from_workload(w)
     g = torch.Generator().manual_seed(args.seed)
-    y = _text(args, cfg, g)
+    y, mask = _text(args, cfg, g)
     z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
     model = load_model(w, args.checkpoint, args.seed, device=args.device)
     dev = torch.device(args.device)
@@ -122,7 +127,13 @@ def run(args) -> int:
         t0 = time.perf_counter()
         with torch.no_grad():
             x = sampler_for(w).sample(
-                fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), gen, progress=True
+                fn,
+                z.to(dev),
+                y.to(dev),
+                model.null_caption(y.shape[0]).to(dev),
+                gen,
+                progress=True,
+                mask=None if mask is None else mask.to(dev),
             )
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -131,7 +142,7 @@ def run(args) -> int:
     summary = {"workload": w.name, "steps": w.num_steps, "device": args.device, "recipe": "fp16"}
     latents = {}
     if recipe is None or not recipe.quantized:
-        x, seconds = run_sampler(lambda x, t, yy, step: model(x, t, yy), "float")
+        x, seconds = run_sampler(lambda x, t, yy, step, mask=None: model(x, t, yy, mask), "float")
     else:
         art = None
         if args.artifact:
@@ -157,7 +168,7 @@ def run(args) -> int:
         x, seconds = run_sampler(fn, recipe.name)
         summary.update(recipe=recipe.name, backend=args.backend, nonlinear=args.nonlinear)
         if args.compare:
-            xf, seconds_f = run_sampler(lambda x, t, yy, step: model(x, t, yy), "float")
+            xf, seconds_f = run_sampler(lambda x, t, yy, step, mask=None: model(x, t, yy, mask), "float")
             latents["latent_float"] = xf.contiguous()
             summary.update(float_seconds=round(seconds_f, 3), **sample_metrics(xf, x))
     latents["latent"] = x.contiguous()

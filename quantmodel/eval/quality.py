@@ -31,11 +31,12 @@ import torch
 
 from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
 from quantmodel.model.build import build_stdit
+from quantmodel.model.captions import packed_caption_fn
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.samplers import sampler_for
 from quantmodel.model.stdit import STDiT
 from quantmodel.quant.artifact import QuantArtifact, build_artifact, quantized_linears
-from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_prompts
+from quantmodel.quant.calibrate import CalibStats, calibrate, calibration_inputs
 from workloads.errors import ConfigError
 from workloads.presets import Gemm, Workload, get_workload
 from workloads.recipes import Recipe, get_recipe
@@ -87,9 +88,11 @@ def get_stats(
     num_prompts: int = 4,
     seed: int = 0,
     text_features: str | None = None,
+    text_tokens: int | None = None,
 ) -> CalibStats:
     """Stats from a file (checked against the model and step count) or a fresh calibration
-    (on ``stdit-shapes``: real caption features of a held-out prompt set)."""
+    (on ``stdit-shapes``: real caption features of a held-out prompt set; ``text_tokens``: prompts
+    masked to that many real caption tokens)."""
     if stats is None and text_features is None and trained_module(workload) is not None:
         import tempfile
 
@@ -98,9 +101,13 @@ def get_stats(
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "calib_y.safetensors")
             save_file({"y": trained_prompts(workload, num_prompts, seed + 101)[1].contiguous()}, path)
-            stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path)
+            stats = calibrate(
+                model, workload, num_prompts=num_prompts, seed=seed, text_features=path, text_tokens=text_tokens
+            )
     elif stats is None:
-        stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features)
+        stats = calibrate(
+            model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features, text_tokens=text_tokens
+        )
     elif not isinstance(stats, CalibStats):
         stats = CalibStats.load(stats)
     stats.check_matches(model, workload.num_steps)
@@ -138,13 +145,39 @@ def recipe_model_fn(
     if nonlinear not in NONLINEAR_MODES:
         raise ConfigError("nonlinear", nonlinear, " or ".join(NONLINEAR_MODES))
     if not recipe.quantized:
-        return (lambda x, t, y, step: model(x, t, y)), model
+        return float_model_fn(model), model
     art = artifact or quantize_model(model, workload, recipe, stats, **calib)
     if backend == "fakequant":
         runner = FakeQuantModel(model, art)
     else:
         runner = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=verify, layer_sqnr=layer_sqnr)
-    return runner.model_fn, runner
+    return packed_caption_fn(runner.model_fn), runner
+
+
+def float_model_fn(model: STDiT) -> Callable:
+    """``model_fn(x, t, y, step, mask=None)`` of the float model (the samplers' interface)."""
+    return lambda x, t, y, step, mask=None: model(x, t, y, mask)
+
+
+def eval_batch(
+    model: STDiT,
+    num_samples: int = 1,
+    seed: int = EVAL_SEED,
+    text_features: str | None = None,
+    workload: Workload | None = None,
+    text_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts, caption mask [n, L] or None),
+    seeded; real captions on ``stdit-shapes``; ``text_tokens`` masks all but that many tokens."""
+    cfg = model.cfg
+    if trained_module(workload) is not None and text_features is None:
+        y = trained_prompts(workload, num_samples, seed)[1]
+        mask = calibration_inputs(model, y.shape[0], seed, None, text_tokens)[1]
+    else:
+        y, mask = calibration_inputs(model, num_samples, seed, text_features, text_tokens)
+    g = torch.Generator().manual_seed(seed + 1)
+    z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
+    return z, y, mask
 
 
 def eval_inputs(
@@ -154,15 +187,10 @@ def eval_inputs(
     text_features: str | None = None,
     workload: Workload | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z [n, C, T, H, W] initial noise, y [n, 1, L, Ct] prompts), seeded; real captions on
-    ``stdit-shapes``."""
-    cfg = model.cfg
-    if trained_module(workload) is not None and text_features is None:
-        y = trained_prompts(workload, num_samples, seed)[1]
-    else:
-        y = calibration_prompts(model, num_samples, seed, text_features)
-    g = torch.Generator().manual_seed(seed + 1)
-    z = torch.randn(y.shape[0], cfg.in_channels, *cfg.input_size, generator=g)
+    """(z, y) of :func:`eval_batch` for callers that run without a caption mask."""
+    z, y, mask = eval_batch(model, num_samples, seed, text_features, workload)
+    if mask is not None:
+        raise ConfigError("text_features", text_features, "features without a mask here (use eval_batch)")
     return z, y
 
 
@@ -175,11 +203,13 @@ def sample(
     y: torch.Tensor,
     seed: int = EVAL_SEED,
     progress: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed + 2)  # CPU noise: the same sample on every device
+    mask = None if mask is None else mask.to(dev)
     out = sampler_for(workload).sample(
-        model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), g, progress=progress
+        model_fn, z.to(dev), y.to(dev), model.null_caption(y.shape[0]).to(dev), g, progress=progress, mask=mask
     )
     return out.float().cpu()
 
@@ -223,14 +253,16 @@ def evaluate_recipe(
     seed: int = EVAL_SEED,
     artifact: QuantArtifact | None = None,
     reference_sample: torch.Tensor | None = None,
+    text_tokens: int | None = None,
     **calib,
 ) -> dict:
     """Final-sample SQNR/PSNR vs the float model, worst-layer SQNR (emulator backend), weight storage
-    bytes of all weight sets and the number of weight sets."""
+    bytes of all weight sets and the number of weight sets. ``text_tokens`` masks the evaluation
+    prompts (and calibration, when it runs here) to that many real caption tokens."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    z, y = eval_inputs(model, num_samples, seed, workload=workload)
+    z, y, mask = eval_batch(model, num_samples, seed, workload=workload, text_tokens=text_tokens)
     if reference_sample is None:
-        reference_sample = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
+        reference_sample = sample(float_model_fn(model), model, workload, z, y, seed, mask=mask)
     row = {
         "recipe": recipe.name,
         "scheme": recipe.scheme,
@@ -251,11 +283,11 @@ def evaluate_recipe(
         )
         row.update(video_metrics(workload, reference_sample, reference_sample, num_samples, seed))
         return row
-    art = artifact or quantize_model(model, workload, recipe, stats, **calib)
+    art = artifact or quantize_model(model, workload, recipe, stats, text_tokens=text_tokens, **calib)
     fn, runner = recipe_model_fn(
         model, workload, recipe, backend, nonlinear, artifact=art, layer_sqnr=(backend == "emulator")
     )
-    out = sample(fn, model, workload, z, y, seed)
+    out = sample(fn, model, workload, z, y, seed, mask=mask)
     row.update(sample_metrics(reference_sample, out))
     row.update(video_metrics(workload, out, reference_sample, num_samples, seed))
     worst, worst_db = "", float("nan")
@@ -283,24 +315,26 @@ def verify_recipe(
     device: str | None = None,
     num_samples: int = 1,
     seed: int = EVAL_SEED,
+    text_tokens: int | None = None,
     **calib,
 ) -> dict:
     """Run one sampling loop in the emulator with every integer op checked against the float64
-    reference on the same integer inputs; per-layer SQNR and the final sample's SQNR/PSNR."""
+    reference on the same integer inputs; per-layer SQNR and the final sample's SQNR/PSNR.
+    ``text_tokens`` masks the prompts to that many real caption tokens (calibration too)."""
     from quantmodel.intarith.intgemm import AccumulatorOverflowError
 
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.quantized:
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
-    art = artifact or quantize_model(model, workload, recipe, stats, **calib)
-    z, y = eval_inputs(model, num_samples, seed, workload=workload)
+    art = artifact or quantize_model(model, workload, recipe, stats, text_tokens=text_tokens, **calib)
+    z, y, mask = eval_batch(model, num_samples, seed, workload=workload, text_tokens=text_tokens)
     if device is not None:  # the float reference samples with the same device's noise generator
         model = model.to(device)
-    ref = sample(lambda x, t, yy, s: model(x, t, yy), model, workload, z, y, seed)
+    ref = sample(float_model_fn(model), model, workload, z, y, seed, mask=mask)
     emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
     overflow = None
     try:
-        out = sample(emu.model_fn, model, workload, z, y, seed)
+        out = sample(packed_caption_fn(emu.model_fn), model, workload, z, y, seed, mask=mask)
         metrics = sample_metrics(ref, out)
     except AccumulatorOverflowError as e:
         overflow, metrics = str(e), {"sqnr_db": float("nan"), "psnr_db": float("nan")}
@@ -308,7 +342,8 @@ def verify_recipe(
     # final sample, bit for bit, as the checked run
     fast_equal, fast = None, IntegerEmulator(model, art, nonlinear=nonlinear, device=device)
     if overflow is None:
-        fast_equal = bool(torch.equal(sample(fast.model_fn, model, workload, z, y, seed), out))
+        fast_out = sample(packed_caption_fn(fast.model_fn), model, workload, z, y, seed, mask=mask)
+        fast_equal = bool(torch.equal(fast_out, out))
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""
@@ -318,6 +353,7 @@ def verify_recipe(
         "nonlinear": nonlinear,
         "device": str(emu.device),
         "num_steps": workload.num_steps,
+        "caption_mask": "all tokens" if mask is None else f"{text_tokens} of {mask.shape[1]} tokens",
         "num_weight_sets": art.num_sets,
         "step_to_set": art.step_to_set,
         "layers_checked": len(v.checked_names),

@@ -3,7 +3,8 @@
 Accepts real OpenSora files: ``.pth``/``.pt`` (a flat state dict, or one under ``ema``, ``model`` or
 ``state_dict``; read with ``weights_only=True``, never unpickling code) and ``.safetensors``. The
 fixed sin-cos buffers ``pos_embed`` and ``pos_embed_temporal`` are recomputed from the config, not
-trusted from the file. Any missing, unexpected or wrongly shaped key is an error that names them.
+trusted from the file. Every missing, unexpected and wrongly shaped key is named in one error, all
+kinds together (block indices folded into ranges so the line stays readable).
 """
 
 from __future__ import annotations
@@ -22,9 +23,36 @@ RECOMPUTED = ("pos_embed", "pos_embed_temporal")
 _NESTED_KEYS = ("ema", "model", "state_dict")
 
 
-def _describe(keys: list[str], limit: int = 4) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+def _ranges(nums: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    nums, out, i = sorted(set(nums)), [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def describe_keys(keys: list[str]) -> str:
+    """Every key, with block indices folded: ``blocks.{0-27}.attn.qkv.weight`` stands for 28 keys, so a
+    whole model's worth of bad keys still fits on one line without hiding any of them."""
+    groups: dict[str, list[int]] = {}
+    for key in keys:
+        parts = key.split(".")
+        digits = [i for i, p in enumerate(parts) if p.isdigit()]
+        if len(digits) == 1:
+            i = digits[0]
+            groups.setdefault(".".join(parts[:i] + ["{}"] + parts[i + 1 :]), []).append(int(parts[i]))
+        else:
+            groups.setdefault(key, [])
+    return ", ".join(
+        t
+        if not nums
+        else (t.replace("{}", str(nums[0])) if len(nums) == 1 else t.replace("{}", "{" + _ranges(nums) + "}"))
+        for t, nums in sorted(groups.items())
+    )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -58,22 +86,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(model: STDiT, sd: dict[str, torch.Tensor]) -> None:
-    """Raise a ConfigError naming every missing, unexpected or wrongly shaped key."""
+    """Raise one ConfigError naming every missing, unexpected and wrongly shaped key together (a
+    missing key does not hide a wrong shape elsewhere)."""
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in RECOMPUTED}
     given = {k: v for k, v in sd.items() if k not in RECOMPUTED}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
+    wrong = [k for k in sorted(set(given) & set(expected)) if tuple(given[k].shape) != tuple(expected[k])]
+    problems = []
     if missing:
-        raise ConfigError("checkpoint missing keys", _describe(missing), "every parameter of the model config")
+        problems.append(f"{len(missing)} missing keys: {describe_keys(missing)}")
     if unexpected:
-        raise ConfigError("checkpoint unexpected keys", _describe(unexpected), "only keys of the model config")
-    wrong = [
-        f"{k} {tuple(given[k].shape)} (model {tuple(expected[k])})"
-        for k in sorted(given)
-        if tuple(given[k].shape) != tuple(expected[k])
-    ]
+        problems.append(f"{len(unexpected)} unexpected keys: {describe_keys(unexpected)}")
     if wrong:
-        raise ConfigError("checkpoint shapes", _describe(wrong, 3), "the model config's shapes")
+        by_shapes: dict[tuple, list[str]] = {}  # keys folded per (file shape, model shape)
+        for k in wrong:
+            by_shapes.setdefault((tuple(given[k].shape), tuple(expected[k])), []).append(k)
+        shapes = ", ".join(f"{describe_keys(ks)} {g} (model {e})" for (g, e), ks in sorted(by_shapes.items()))
+        problems.append(f"{len(wrong)} wrong shapes: {shapes}")
+    if problems:
+        raise ConfigError("checkpoint", "; ".join(problems), "exactly the parameters and shapes of the model config")
 
 
 def load_checkpoint(path: str | Path, cfg: STDiTConfig, device: str = "cpu") -> STDiT:

@@ -28,14 +28,22 @@ class MatMul(nn.Module):
 
 
 class Softmax(nn.Module):
-    """softmax(scale * x) over the last dim; the 1/sqrt(D) scale is fused here, as hardware does."""
+    """softmax(scale * x) over the last dim; the 1/sqrt(D) scale is fused here, as hardware does.
+
+    Computed in float32 for half-precision inputs (fp16/bf16) and cast back, as OpenSora's attention
+    does; float32 and float64 inputs keep their own precision. ``mask`` (bool, broadcastable to x,
+    True = attend) drops the masked keys: their probability is exactly 0. It is a keyword so forward
+    hooks see only ``x``."""
 
     def __init__(self, scale: float = 1.0):
         super().__init__()
         self.scale = scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(x * self.scale, dim=-1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        work = x.to(torch.promote_types(x.dtype, torch.float32)) * self.scale
+        if mask is not None:
+            work = work.masked_fill(~mask, float("-inf"))
+        return torch.softmax(work, dim=-1).to(x.dtype)
 
 
 class Modulate(nn.Module):
@@ -85,7 +93,11 @@ class Attention(nn.Module):
 
 
 class MultiHeadCrossAttention(nn.Module):
-    """Video tokens ``x: [B, N, C]`` attend to text tokens ``y: [B, L, C]`` (all L tokens)."""
+    """Video tokens ``x: [B, N, C]`` attend to text tokens ``y: [B, L, C]``.
+
+    ``mask [B, L]`` (bool, True = a real caption token) restricts each sample to its valid tokens,
+    which is what OpenSora's block-diagonal attention over the packed valid tokens (``y_lens``)
+    computes; None attends to all L tokens."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -98,12 +110,13 @@ class MultiHeadCrossAttention(nn.Module):
         self.av = MatMul()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B,H,N,D]
         kv = self.kv_linear(y).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)  # [B, H, L, D]
-        attn = self.softmax(self.qk(q, k.transpose(-2, -1)))  # [B, H, N, L]
+        keep = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L]
+        attn = self.softmax(self.qk(q, k.transpose(-2, -1)), mask=keep)  # [B, H, N, L]
         x = self.av(attn, v).transpose(1, 2).reshape(b, n, c)
         return self.proj(x)
 

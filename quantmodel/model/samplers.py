@@ -2,8 +2,13 @@
 
 The samplers drive any ``model_fn(x, t, y, step) -> out`` (float model, fake-quant model or the
 integer emulator); ``step`` is the index of the denoising step being run (0 = first), which is how
-time-step-wise quantization picks its scales and weight set. Classifier-free guidance doubles the
-batch (conditional first, then unconditional) exactly as OpenSora does. All noise comes from a seeded
+time-step-wise quantization picks its scales and weight set. Given a caption mask ``[B, L]``, they call
+``model_fn(x, t, y, step, mask=...)`` with the mask of the model batch (a model_fn that cannot take
+masks fails loudly rather than ignoring them). Classifier-free guidance doubles the batch (conditional
+first, then unconditional, which reuses the prompt's mask) exactly as OpenSora does, and guides the
+channels ``cfg_channels`` names: ``first3`` is OpenSora v1.0.0's ``forward_with_cfg`` (only the first
+three eps channels are guided; the fourth and the variance come unguided from each branch), ``all``
+guides every predicted channel (v1.1's IDDPM, v1.2's rectified flow). All noise comes from a seeded
 ``torch.Generator``, so a seed gives the same video bit for bit.
 """
 
@@ -16,6 +21,10 @@ from typing import Protocol
 
 import numpy as np
 import torch
+
+from quantmodel.model.captions import cfg_mask
+from workloads.errors import ConfigError
+from workloads.presets import CFG_CHANNELS
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -31,7 +40,27 @@ class Sampler(Protocol):
         y_null: torch.Tensor,
         generator: torch.Generator,
         progress: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
+
+
+def _call(model_fn: ModelFn, x, t, y, step: int, mask: torch.Tensor | None) -> torch.Tensor:
+    return model_fn(x, t, y, step) if mask is None else model_fn(x, t, y, step, mask=mask)
+
+
+def guided_channels(cfg_channels: str, channels: int) -> int:
+    """How many leading predicted channels classifier-free guidance mixes (see the module docstring)."""
+    if cfg_channels not in CFG_CHANNELS:
+        raise ConfigError("cfg_channels", cfg_channels, " or ".join(CFG_CHANNELS))
+    return min(3, channels) if cfg_channels == "first3" else channels
+
+
+def guide(out: torch.Tensor, b: int, channels: int, cfg_scale: float) -> torch.Tensor:
+    """``out [2B, C', ...]`` (conditional rows first) -> ``[B, C', ...]``: the first ``channels``
+    channels ``uncond + s * (cond - uncond)``, the others the conditional branch's, unguided."""
+    cond, uncond = out[:b], out[b:]
+    mixed = uncond[:, :channels] + cfg_scale * (cond[:, :channels] - uncond[:, :channels])
+    return torch.cat([mixed, cond[:, channels:]], dim=1)
 
 
 def linear_betas(num_timesteps: int = 1000) -> np.ndarray:
@@ -49,8 +78,9 @@ def respaced_timesteps(num_timesteps: int, num_steps: int) -> list[int]:
 
 
 def _extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """arr[t] broadcast to ``like``'s shape (float32 on like's device)."""
-    out = torch.from_numpy(arr).to(like.device)[t.cpu()].float().to(like.device)
+    """arr[t] broadcast to ``like``'s shape on like's device: float32 as OpenSora takes it, float64 for a
+    float64 run (so a float64 sampler is exact to float64 against a reference)."""
+    out = torch.from_numpy(arr)[t.cpu()].to(like.device, torch.promote_types(like.dtype, torch.float32))
     return out.view(-1, *([1] * (like.dim() - 1)))
 
 
@@ -142,12 +172,14 @@ def _discretized_gaussian_log_likelihood(x, means, log_scales):
 @dataclass
 class IDDPM:
     """OpenSora v1.0's sampler: 1000 linear-beta steps respaced to ``num_steps``, learned-range
-    variance, CFG on eps only (the variance half of the output is taken from each branch)."""
+    variance, CFG on the eps channels ``cfg_channels`` names (v1.0.0: the first three; the rest of
+    the output is taken from each branch)."""
 
     num_steps: int = 100
     cfg_scale: float = 7.0
     num_timesteps: int = 1000
     clip_denoised: bool = False  # OpenSora's latent models don't clip; pixel-space models do
+    cfg_channels: str = "first3"  # workloads.presets.CFG_CHANNELS
 
     def __post_init__(self) -> None:
         self.base = GaussianDiffusion(linear_betas(self.num_timesteps))
@@ -171,12 +203,16 @@ class IDDPM:
         y_null: torch.Tensor,
         generator: torch.Generator,
         progress: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """z [B, C, T, H, W] initial noise; y, y_null [B, 1, L, Ct]. Returns the clean latent."""
+        """z [B, C, T, H, W] initial noise; y, y_null [B, 1, L, Ct]; mask [B, L] caption mask or None.
+        Returns the clean latent."""
         b = z.shape[0]
         guided = self.cfg_scale != 1.0
+        n_guided = guided_channels(self.cfg_channels, z.shape[1])
         x = torch.cat([z, z]) if guided else z  # [2B, C, T, H, W]
         y_in = torch.cat([y, y_null]) if guided else y
+        mask_in = cfg_mask(mask, 2 if guided else 1)
         steps = list(range(self.num_steps))[::-1]
         it = steps
         if progress:
@@ -186,16 +222,13 @@ class IDDPM:
         for step, i in enumerate(it):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
             t_model = torch.full_like(t, self.timestep_map[i])
-            if guided:
+            if guided:  # both rows of the pair continue from the guided output of the first
                 half = x[:b]
-                out = model_fn(torch.cat([half, half]), t_model, y_in, step)
-                c = out.shape[1] // 2
-                eps, rest = out[:, :c], out[:, c:]
-                cond, uncond = eps[:b], eps[b:]
-                half_eps = uncond + self.cfg_scale * (cond - uncond)
-                out = torch.cat([torch.cat([half_eps, half_eps]), rest], dim=1)
+                out = _call(model_fn, torch.cat([half, half]), t_model, y_in, step, mask_in)
+                mixed = guide(out[:, :n_guided], b, n_guided, self.cfg_scale)
+                out = torch.cat([torch.cat([mixed, mixed]), out[:, n_guided:]], dim=1)
             else:
-                out = model_fn(x, t_model, y_in, step)
+                out = _call(model_fn, x, t_model, y_in, step, mask_in)
             mean, log_var, _ = self.spaced.p_mean_variance(out, x, t, self.clip_denoised)
             # drawn on the generator's device: a CPU generator gives the same noise to a CUDA run
             noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
@@ -213,6 +246,7 @@ class RFlow:
     cfg_scale: float = 7.0
     num_timesteps: int = 1000
     shift: float = 1.0  # OpenSora's timestep_transform ratio (1.0 = no transform)
+    cfg_channels: str = "all"  # workloads.presets.CFG_CHANNELS; v1.2 guides every velocity channel
 
     def model_timesteps(self) -> list[float]:
         ts = [(1.0 - i / self.num_steps) * self.num_timesteps for i in range(self.num_steps)]
@@ -234,17 +268,20 @@ class RFlow:
         y_null: torch.Tensor,
         generator: torch.Generator,
         progress: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c = z.shape[0], z.shape[1]
         guided = self.cfg_scale != 1.0
+        n_guided = guided_channels(self.cfg_channels, c)
         y_in = torch.cat([y, y_null]) if guided else y
+        mask_in = cfg_mask(mask, 2 if guided else 1)
         ts = self.model_timesteps()
         for step, t_val in enumerate(ts):
             x_in = torch.cat([z, z]) if guided else z
             t = torch.full((x_in.shape[0],), t_val, dtype=torch.float32, device=z.device)
-            v = model_fn(x_in, t, y_in, step)[:, :c]
+            v = _call(model_fn, x_in, t, y_in, step, mask_in)[:, :c]
             if guided:
-                v = v[b:] + self.cfg_scale * (v[:b] - v[b:])
+                v = guide(v, b, n_guided, self.cfg_scale)
             t_next = ts[step + 1] if step + 1 < len(ts) else 0.0
             z = z + v * ((t_val - t_next) / self.num_timesteps)
         return z
@@ -261,12 +298,20 @@ class RFlow:
 
 
 def make_sampler(
-    name: str, num_steps: int, cfg_scale: float, shift: float = 1.0, clip_denoised: bool = False
+    name: str,
+    num_steps: int,
+    cfg_scale: float,
+    shift: float = 1.0,
+    clip_denoised: bool = False,
+    cfg_channels: str | None = None,
 ) -> IDDPM | RFlow:
+    """A sampler by name; ``cfg_channels`` None keeps the sampler's OpenSora default (IDDPM: v1.0.0's
+    ``first3``, rectified flow: ``all``)."""
+    extra = {} if cfg_channels is None else {"cfg_channels": cfg_channels}
     if name == "iddpm":
-        return IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised)
+        return IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, clip_denoised=clip_denoised, **extra)
     if name == "rflow":
-        return RFlow(num_steps=num_steps, cfg_scale=cfg_scale, shift=shift)
+        return RFlow(num_steps=num_steps, cfg_scale=cfg_scale, shift=shift, **extra)
     raise ValueError(f"unknown sampler {name!r}")
 
 
@@ -283,4 +328,5 @@ def sampler_for(workload, num_steps: int | None = None) -> IDDPM | RFlow:
         workload.cfg_scale,
         shift,
         clip_denoised=workload.vae_spatial_factor == 1,
+        cfg_channels=workload.cfg_channels,
     )

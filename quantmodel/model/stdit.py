@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantmodel.model.captions import check_mask
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.layers import (
     Add,
@@ -54,9 +55,14 @@ class STDiTBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, tpe: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t0: torch.Tensor,
+        tpe: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        b, n, c = x.shape  # x [B, N, C], y [B, L, C], t0 [B, 6C]
+        b, n, c = x.shape  # x [B, N, C], y [B, L, C], t0 [B, 6C], mask [B, L] bool or None
         mod = self.t_mod(self.scale_shift_table[None], t0.reshape(b, 6, -1))  # [B, 6, C]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         x_m = self.modulate1(self.norm1(x), shift_msa, scale_msa)
@@ -69,8 +75,8 @@ class STDiTBlock(nn.Module):
             x_t = self.tpe_add(x_t, tpe)
         x_t = self.attn_temp(x_t).reshape(b, self.d_s, self.d_t, c).transpose(1, 2).reshape(b, n, c)
         x = self.res_temp(x, x_t, gate_msa)
-        # cross attention to the caption, no norm and no gate
-        x = self.res_cross(x, self.cross_attn(x, y))
+        # cross attention to the caption's valid tokens, no norm and no gate
+        x = self.res_cross(x, self.cross_attn(x, y, mask))
         # MLP on the modulated second norm
         x_m = self.modulate2(self.norm2(x), shift_mlp, scale_mlp)
         return self.res_mlp(x, self.mlp(x_m), gate_mlp)
@@ -79,8 +85,8 @@ class STDiTBlock(nn.Module):
 class STDiT(nn.Module):
     """Spatial-temporal DiT of OpenSora v1.0.
 
-    forward(x [B, Cin, T, H, W] latent, timestep [B], y [B, 1, L, Ct] text features)
-    -> [B, Cout, T, H, W] (Cout = 2 * Cin with learned sigma: eps then variance values).
+    forward(x [B, Cin, T, H, W] latent, timestep [B], y [B, 1, L, Ct] text features, mask [B, L] caption
+    mask or None) -> [B, Cout, T, H, W] (Cout = 2 * Cin with learned sigma: eps then variance values).
     """
 
     def __init__(self, cfg: STDiTConfig):
@@ -142,9 +148,12 @@ class STDiT(nn.Module):
         """The temporal embedding block ``i`` adds to its temporal attention's input (v1.0: block 0)."""
         return self.pos_embed_temporal if i == 0 and self.cfg.temporal_pos == "attention" else None
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         cfg = self.cfg
         b = x.shape[0]
+        mask = check_mask(mask, b, y.shape[2])
         x = self.x_embedder(x)  # [B, N, C]
         x = self.pos_add(x.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), self.input_pos_embed())
         x = x.reshape(b, cfg.num_temporal * cfg.num_spatial, -1)
@@ -152,7 +161,7 @@ class STDiT(nn.Module):
         t0 = self.t_block(t)  # [B, 6C]
         y = self.y_embedder(y).squeeze(1)  # [B, L, C]
         for i, block in enumerate(self.blocks):
-            x = block(x, y, t0, self.block_tpe(i))
+            x = block(x, y, t0, self.block_tpe(i), mask)
         x = self.final_layer(x, t)  # [B, N, p_t*p_h*p_w*Cout]
         return self.unpatchify(x)
 

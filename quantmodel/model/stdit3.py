@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from quantmodel.model.captions import check_mask
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.layers import (
     Add,
@@ -115,8 +116,8 @@ class STDiT3Block(nn.Module):
         self.res_mlp = GatedAdd()
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
-    def forward(self, x, y, t0, freqs, d_t: int, d_s: int) -> torch.Tensor:
-        b, n, c = x.shape  # x [B, N, C], y [B, L, C], t0 [B, 6C]
+    def forward(self, x, y, t0, freqs, d_t: int, d_s: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape  # x [B, N, C], y [B, L, C], t0 [B, 6C], mask [B, L] bool or None
         mod = self.t_mod(self.scale_shift_table[None], t0.reshape(b, 6, -1))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
         x_m = self.modulate1(self.norm1(x), shift_msa, scale_msa)
@@ -126,13 +127,15 @@ class STDiT3Block(nn.Module):
         else:  # [B*T, S, C]
             x_m = self.attn(x_m.reshape(b * d_t, d_s, c), freqs).reshape(b, n, c)
         x = self.res_attn(x, x_m, gate_msa)
-        x = self.res_cross(x, self.cross_attn(x, y))
+        x = self.res_cross(x, self.cross_attn(x, y, mask))
         x_m = self.modulate2(self.norm2(x), shift_mlp, scale_mlp)
         return self.res_mlp(x, self.mlp(x_m), gate_mlp)
 
 
 def pos_embed_2d_v12(dim: int, h: int, w: int, scale: float, base_size: int) -> torch.Tensor:
-    """v1.2's PositionEmbedding2D: [1, h*w, dim] sin-cos over a grid rescaled to ``base_size``."""
+    """v1.2's PositionEmbedding2D: [1, h*w, dim] sin-cos over a grid rescaled to ``base_size``; token
+    ``r*w + c`` gets ``[sincos(column c), sincos(row r)]``: the width coordinate comes first, as the
+    official module's meshgrid order gives (v1.0's ``get_2d_sincos_pos_embed`` orders it the same way)."""
     half = dim // 2
     inv_freq = 1.0 / (10000 ** (torch.arange(0, half, 2).float() / half))
     gh = torch.arange(h).float() / scale * (base_size / h)
@@ -144,11 +147,11 @@ def pos_embed_2d_v12(dim: int, h: int, w: int, scale: float, base_size: int) -> 
         out = t[:, None] * inv_freq[None]
         return torch.cat([out.sin(), out.cos()], dim=-1)
 
-    return torch.cat([emb(grid_h), emb(grid_w)], dim=-1)[None]
+    return torch.cat([emb(grid_w), emb(grid_h)], dim=-1)[None]
 
 
 class STDiT3(nn.Module):
-    """forward(x [B, Cin, T, H, W], timestep [B], y [B, 1, L, Ct]) -> [B, Cout, T, H, W]."""
+    """forward(x [B, Cin, T, H, W], timestep [B], y [B, 1, L, Ct], mask [B, L] or None) -> [B, Cout, T, H, W]."""
 
     def __init__(self, cfg: STDiTConfig):
         super().__init__()
@@ -190,9 +193,12 @@ class STDiT3(nn.Module):
         with torch.no_grad():
             self.rope.freqs.copy_(RopeTable.default_freqs(cfg.hidden_size // cfg.num_heads))
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         cfg = self.cfg
         b = x.shape[0]
+        mask = check_mask(mask, b, y.shape[2])
         d_t, d_s = cfg.num_temporal, cfg.num_spatial
         x = self.x_embedder(x)  # [B, N, C]
         x = self.pos_add(x.reshape(b, d_t, d_s, -1), self.pos_embed[:, None]).reshape(b, d_t * d_s, -1)
@@ -201,8 +207,8 @@ class STDiT3(nn.Module):
         t0 = self.t_block(t)  # [B, 6C]
         y = self.y_embedder(y).squeeze(1)  # [B, L, C]
         for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
-            x = spatial(x, y, t0, self.rope.freqs, d_t, d_s)
-            x = temporal(x, y, t0, self.rope.freqs, d_t, d_s)
+            x = spatial(x, y, t0, self.rope.freqs, d_t, d_s, mask)
+            x = temporal(x, y, t0, self.rope.freqs, d_t, d_s, mask)
         return unpatchify(self.final_layer(x, t), cfg)
 
     def null_caption(self, batch: int) -> torch.Tensor:

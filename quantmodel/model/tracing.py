@@ -8,7 +8,14 @@ modules, so the trace says who writes what and who reads it, and a recipe can pu
 of a tensor on its producer (``workloads.recipes.annotate_trace``).
 
 The transformer's op list does not depend on the step (only the timestep value changes), so one meta
-forward is recorded and stamped with each step index. A quantization recipe later annotates the
+forward is recorded and stamped with each step index.
+
+Caption tokens: by default the trace costs all ``model_max_length`` text tokens (120 in OpenSora v1.0)
+in the caption embedder and in every cross-attention's kv projection, QK^T, softmax and AV, because
+that is what hardware with a fixed-shape kernel computes: the padding tokens are computed and then
+masked away. ``build_trace(..., text_tokens=n)`` costs only ``n`` valid tokens instead (a runtime that
+packs the valid tokens, as OpenSora's GPU path does). The trace's meta says which: ``text_tokens``
+(costed) and ``text_tokens_padded`` (the model's L). A quantization recipe later annotates the
 trace with bit-widths, weight sets and the extra ops it needs (``workloads.recipes``).
 """
 
@@ -26,6 +33,7 @@ from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
 from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
 from quantmodel.model.stdit3 import RMSNorm, Rope
+from workloads.errors import ConfigError
 from workloads.presets import Gemm, Workload
 from workloads.trace import Op, Trace, gemm_trace, reads_str
 
@@ -178,8 +186,9 @@ def _op_for(name: str, mod: nn.Module, inputs: tuple, output: torch.Tensor, prod
     return None
 
 
-def record_forward(model: nn.Module, batch: int) -> list[Op]:
-    """Ops of one forward pass at the given model batch, in execution order (meta device)."""
+def record_forward(model: nn.Module, batch: int, text_tokens: int | None = None) -> list[Op]:
+    """Ops of one forward pass at the given model batch, in execution order (meta device), with
+    ``text_tokens`` caption tokens (default: the model's padded ``model_max_length``)."""
     cfg = model.cfg
     ops: list[Op] = []
     hooks = []
@@ -199,7 +208,7 @@ def record_forward(model: nn.Module, batch: int) -> list[Op]:
         with torch.no_grad(), prod:
             x = torch.empty(batch, cfg.in_channels, *cfg.input_size, device="meta")
             t = torch.empty(batch, device="meta")
-            y = torch.empty(batch, 1, cfg.model_max_length, cfg.caption_channels, device="meta")
+            y = torch.empty(batch, 1, text_tokens or cfg.model_max_length, cfg.caption_channels, device="meta")
             model(x, t, y)
     finally:
         for h in hooks:
@@ -217,13 +226,19 @@ def record_forward(model: nn.Module, batch: int) -> list[Op]:
     return ops
 
 
-def build_trace(workload: Workload | Gemm) -> Trace:
-    """The float op trace of a whole sampling run (every op of every step)."""
+def build_trace(workload: Workload | Gemm, text_tokens: int | None = None) -> Trace:
+    """The float op trace of a whole sampling run (every op of every step); ``text_tokens`` costs
+    only that many valid caption tokens instead of the padded ``model_max_length`` (module docstring)."""
     if isinstance(workload, Gemm):
         return gemm_trace(workload.m, workload.k, workload.n)
+    padded = workload.model.model_max_length
+    if text_tokens is not None and (
+        isinstance(text_tokens, bool) or not isinstance(text_tokens, int) or not 1 <= text_tokens <= padded
+    ):
+        raise ConfigError("text_tokens", text_tokens, f"an integer from 1 to {padded} (the model's text tokens)")
     cfg = STDiTConfig.from_workload(workload)
     model = build_stdit(cfg, device="meta")
-    step_ops = record_forward(model, workload.model_batch)
+    step_ops = record_forward(model, workload.model_batch, text_tokens)
     ops = [op if s == 0 else _with_step(op, s) for s in range(workload.num_steps) for op in step_ops]
     meta = {
         "workload": workload.name,
@@ -234,6 +249,8 @@ def build_trace(workload: Workload | Gemm) -> Trace:
         "num_tokens": workload.num_tokens,
         "num_spatial": workload.num_spatial,
         "num_temporal": workload.num_temporal,
+        "text_tokens": text_tokens or padded,  # caption tokens the trace costs
+        "text_tokens_padded": padded,  # the model's L: what fixed-shape hardware computes
         "recipe": "fp16",
     }
     return Trace(ops=ops, meta=meta)

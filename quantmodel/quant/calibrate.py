@@ -5,7 +5,10 @@ Static quantization fixes every activation scale ahead of time, so the scales ca
 the statistics behind them. Diffusion activations drift with the timestep, which is why the statistics
 are kept per step (time-step-wise and grouped recipes aggregate them later over their own step ranges).
 
-Recorded per step (a max over all calibration prompts and both CFG branches):
+Recorded per step (a max over all calibration prompts and both CFG branches, over the valid caption
+tokens only: with a caption mask, the padding tokens' values in the caption embedder, the
+cross-attention keys/values, scores, probabilities and ``av`` operands are left out, since the model
+never attends to them and a static scale stretched by them would waste resolution on real tokens):
 - every leaf module: ``in0`` / ``in1`` (abs-max of its first / second tensor input), ``out`` (abs-max
   of its output);
 - every ``nn.Linear``: ``in_ch`` [k] (per-input-channel abs-max, for SmoothQuant) and ``out_ch`` [n]
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from quantmodel.model.captions import check_mask, load_text_features, prefix_mask
 from quantmodel.model.layers import Add, GatedAdd, MatMul, Modulate, Softmax
 from quantmodel.model.samplers import sampler_for
 from quantmodel.model.stdit import STDiT
@@ -140,50 +144,85 @@ class CalibStats:
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def calibration_prompts(
-    model: STDiT, num_prompts: int, seed: int = 0, text_features: str | Path | None = None
-) -> torch.Tensor:
-    """Text features [n, 1, L, Ct]: real T5 features from a .pt/.safetensors file, else seeded randn."""
+def calibration_inputs(
+    model: STDiT,
+    num_prompts: int,
+    seed: int = 0,
+    text_features: str | Path | None = None,
+    text_tokens: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y [n, 1, L, Ct], caption mask [n, L] or None): real T5 features (and their ``mask``, if the
+    file has one) from a .pt/.safetensors file, else seeded randn. ``text_tokens`` masks all but the
+    first that many tokens of every prompt (a short prompt padded to L, as T5 gives)."""
     cfg = model.cfg
     shape = (cfg.model_max_length, cfg.caption_channels)
     if text_features is None:
         g = torch.Generator().manual_seed(seed)
-        return torch.randn(num_prompts, 1, *shape, generator=g)
-    path = Path(text_features)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        y, mask = torch.randn(num_prompts, 1, *shape, generator=g), None
+    else:
+        y, mask = load_text_features(text_features, *shape)
+        y = y[:num_prompts]
+        mask = None if mask is None else mask[:num_prompts]
+    if text_tokens is not None:
+        valid = prefix_mask(y.shape[0], shape[0], text_tokens)
+        mask = valid if mask is None else mask & valid
+        check_mask(mask, y.shape[0], shape[0], field="text_tokens")
+    return y, mask
 
-            d = load_file(str(path))
-            y = d["y"] if "y" in d else next(iter(d.values()))
-        else:
-            y = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(y, dict):
-                y = y["y"] if "y" in y else next(iter(y.values()))
-    except Exception:
-        raise ConfigError(
-            "text_features", str(path), "a readable .pt or .safetensors file of T5 features [n, 1, L, Ct] (key 'y')"
-        ) from None
-    if not isinstance(y, torch.Tensor) or y.dim() not in (3, 4):
-        raise ConfigError("text_features", str(path), "a tensor [n, 1, L, Ct] or [n, L, Ct]")
-    if y.dim() == 3:
-        y = y[:, None]
-    if tuple(y.shape[2:]) != shape or y.shape[1] != 1:
-        raise ConfigError("text_features", tuple(y.shape), f"[n, 1, {shape[0]}, {shape[1]}] for this model")
-    return y[:num_prompts].float()
+
+def calibration_prompts(
+    model: STDiT, num_prompts: int, seed: int = 0, text_features: str | Path | None = None
+) -> torch.Tensor:
+    """Text features [n, 1, L, Ct] of :func:`calibration_inputs` (without the mask)."""
+    return calibration_inputs(model, num_prompts, seed, text_features)[0]
+
+
+def describe_mask(mask: torch.Tensor | None) -> str:
+    """For the stats header: which caption tokens calibration saw."""
+    if mask is None:
+        return "all tokens"
+    counts = mask.sum(dim=1).tolist()
+    return f"valid tokens per prompt {min(counts)}-{max(counts)} of {mask.shape[1]}"
 
 
 # ---- recording ----------------------------------------------------------------------------------
+def text_token_dims(name: str) -> dict[str, int]:
+    """Which dim of an op's first input (``in0``), second input (``in1``) and output (``out``) runs
+    over the caption tokens (the batch is dim 0 of each); {} for ops that never see them."""
+    if name.startswith("y_embedder."):  # the caption MLP on [B, 1, L, C]
+        return {"in0": 2, "out": 2}
+    if name.endswith(".cross_attn.kv_linear"):  # [B, L, C] -> [B, L, 2C]
+        return {"in0": 1, "out": 1}
+    if name.endswith(".cross_attn.qk"):  # q [B, H, N, D] x k^T [B, H, D, L] -> [B, H, N, L]
+        return {"in1": 3, "out": 3}
+    if name.endswith(".cross_attn.softmax"):  # [B, H, N, L]
+        return {"in0": 3, "out": 3}
+    if name.endswith(".cross_attn.av"):  # p [B, H, N, L] x v [B, H, L, D]
+        return {"in0": 3, "in1": 2}
+    return {}
+
+
 class StatsRecorder:
-    """Forward hooks on every leaf op that keep per-step running abs-maxima. ``step`` is set by the
-    caller before each forward (the sampler's model_fn gets it)."""
+    """Forward hooks on every leaf op that keep per-step running abs-maxima. ``step`` and
+    ``text_mask`` (the caption mask [B, L] of the model batch, None = every token valid) are set by
+    the caller before each forward (the sampler's model_fn gets them)."""
 
     def __init__(self, model: STDiT, num_steps: int):
         self.model = model
         self.num_steps = num_steps
         self.step = 0
+        self.text_mask: torch.Tensor | None = None
         self.tensors: dict[str, torch.Tensor] = {}
         self._hooks = []
+
+    def _valid(self, t: torch.Tensor, dims: dict[str, int], slot: str) -> torch.Tensor:
+        """``t`` with the padding tokens' entries zeroed (neutral for an abs-max)."""
+        d = dims.get(slot)
+        if d is None or self.text_mask is None:
+            return t
+        shape = [1] * t.dim()
+        shape[0], shape[d] = self.text_mask.shape
+        return torch.where(self.text_mask.to(t.device).view(shape), t, torch.zeros((), dtype=t.dtype))
 
     def _update(self, key: str, value: torch.Tensor) -> None:
         value = value.detach().float().cpu()
@@ -194,10 +233,12 @@ class StatsRecorder:
         cur[self.step] = torch.maximum(cur[self.step], value)
 
     def _hook(self, name: str, mod: nn.Module, inputs: tuple, output) -> None:
-        tens = [t for t in inputs if isinstance(t, torch.Tensor)]
+        dims = text_token_dims(name)
+        tens = [self._valid(t, dims, f"in{i}") for i, t in enumerate(t for t in inputs if isinstance(t, torch.Tensor))]
         for i, t in enumerate(tens[:2]):
             self._update(f"{name}:in{i}", t.abs().amax())
         if isinstance(output, torch.Tensor):
+            output = self._valid(output, dims, "out")
             self._update(f"{name}:out", output.abs().amax())
         if isinstance(mod, nn.Linear):
             x = tens[0].reshape(-1, mod.in_features)
@@ -224,20 +265,22 @@ def calibrate(
     text_features: str | Path | None = None,
     batch_size: int = 4,
     progress: bool = False,
+    text_tokens: int | None = None,
 ) -> CalibStats:
-    """Run the workload's float sampler on ``num_prompts`` prompts and record per-step statistics."""
+    """Run the workload's float sampler on ``num_prompts`` prompts and record per-step statistics
+    (caption masks from the text-features file or ``text_tokens``; padding tokens left out)."""
     if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
         raise ConfigError("num_prompts", num_prompts, "a positive integer")
     cfg = model.cfg
     sampler = sampler_for(workload)
-    ys = calibration_prompts(model, num_prompts, seed, text_features)
+    ys, masks = calibration_inputs(model, num_prompts, seed, text_features, text_tokens)
     num_prompts = ys.shape[0]
     dev = next(model.parameters()).device
     rec = StatsRecorder(model, workload.num_steps)
 
-    def model_fn(x, t, y, step):
-        rec.step = step
-        return model(x, t, y)
+    def model_fn(x, t, y, step, mask=None):
+        rec.step, rec.text_mask = step, mask
+        return model(x, t, y, mask)
 
     chunks = range(0, num_prompts, batch_size)
     if progress:
@@ -247,10 +290,11 @@ def calibrate(
     with rec, torch.no_grad():
         for start in chunks:
             y = ys[start : start + batch_size].to(dev)
+            mask = None if masks is None else masks[start : start + batch_size].to(dev)
             b = y.shape[0]
             g = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + start)
             z = torch.randn(b, cfg.in_channels, *cfg.input_size, generator=g, device=dev)
-            sampler.sample(model_fn, z, y, model.null_caption(b).to(dev), g)
+            sampler.sample(model_fn, z, y, model.null_caption(b).to(dev), g, mask=mask)
     meta = {
         "format": STATS_FORMAT,
         "workload": workload.name,
@@ -262,5 +306,6 @@ def calibrate(
         "num_prompts": num_prompts,
         "seed": seed,
         "text_features": str(text_features) if text_features else "random-normal",
+        "caption_mask": describe_mask(masks),
     }
     return CalibStats(meta=meta, tensors=rec.tensors)

@@ -5,6 +5,7 @@ import pytest
 
 from codesign.spec import SweepSpec
 from codesign.store import POINTS, ResultStore, load_results
+from codesign.store_schema import points_schema
 from workloads.errors import ConfigError
 
 
@@ -28,8 +29,11 @@ def make_spec(name: str, recipes=("asq-w8a8",)) -> SweepSpec:
 
 
 def rows(keys, latency=1.0):
+    """Whole rows of the store's schema (placeholders where the test does not care)."""
+    blank = {"large_string": "", "int64": 0, "double": 0.0, "bool": False}
+    base = {f.name: None if f.nullable else blank[str(f.type)] for f in points_schema()}
     return [
-        {"key": k, "status": "ok", "error": "", "recipe": "asq-w8a8", "latency_s": latency + i, "quality_key": None}
+        {**base, "key": k, "status": "ok", "error": "", "recipe": "asq-w8a8", "latency_s": latency + i}
         for i, k in enumerate(keys)
     ]
 

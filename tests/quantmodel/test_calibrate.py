@@ -93,3 +93,59 @@ def test_text_features_from_file(tmp_path, model):
         calibration_prompts(model, 2, text_features=tmp_path / "bad.safetensors")
     # the random prompts are seeded
     assert torch.equal(calibration_prompts(model, 2, seed=3), calibration_prompts(model, 2, seed=3))
+
+
+def _masked_features(tmp_path, model, name: str, padding: float):
+    """Three prompts with 2, 3 and 5 real tokens; ``padding`` scales the padded tokens' features."""
+    from safetensors.torch import save_file
+
+    cfg = model.cfg
+    y = torch.randn(3, 1, cfg.model_max_length, cfg.caption_channels, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(3, cfg.model_max_length, dtype=torch.int64)
+    for i, n in enumerate((2, 3, 5)):
+        mask[i, :n] = 1
+        y[i, 0, n:] *= padding
+    save_file({"y": y, "mask": mask}, str(tmp_path / name))
+    return tmp_path / name, y, mask
+
+
+def test_padding_tokens_are_left_out_of_the_statistics(tmp_path, model, short_workload):
+    """Calibrating with the text file's caption mask: however large the padding tokens' features,
+    no statistic moves; without the mask they stretch the caption ops' ranges."""
+    a, _, _ = _masked_features(tmp_path, model, "a.safetensors", padding=1.0)
+    b, y, mask = _masked_features(tmp_path, model, "b.safetensors", padding=50.0)
+    sa = calibrate(model, short_workload, num_prompts=3, text_features=a)
+    sb = calibrate(model, short_workload, num_prompts=3, text_features=b)
+    assert sa.meta["caption_mask"] == "valid tokens per prompt 2-5 of 8"
+    assert set(sa.tensors) == set(sb.tensors)
+    assert all(torch.equal(sa.tensors[k], sb.tensors[k]) for k in sa.tensors)
+    # the caption MLP's input range is the abs-max over the real tokens only, at every step
+    real = torch.cat([y[i, 0, : int(mask[i].sum())] for i in range(3)])
+    null = model.null_caption(1)[0, 0, :5]  # the null caption keeps the prompts' masks (<= 5 tokens)
+    want = max(real.abs().max(), null.abs().max())
+    assert torch.equal(sb.get("y_embedder.y_proj.fc1", "in0"), torch.full((4,), float(want)))
+    no_mask = calibrate(model, short_workload, num_prompts=3, text_features=b, text_tokens=8)
+    assert no_mask.meta["caption_mask"] == "valid tokens per prompt 2-5 of 8"  # the file's mask still holds
+    torch.save({"y": y}, tmp_path / "nomask.pt")
+    unmasked = calibrate(model, short_workload, num_prompts=3, text_features=tmp_path / "nomask.pt")
+    assert (
+        unmasked.get("blocks.0.cross_attn.kv_linear", "in0") > 5 * sb.get("blocks.0.cross_attn.kv_linear", "in0")
+    ).all()
+
+
+def test_text_tokens_masks_random_prompts_and_bad_masks_are_refused(tmp_path, model, short_workload):
+    from safetensors.torch import save_file
+
+    from quantmodel.quant.calibrate import calibration_inputs
+
+    y, mask = calibration_inputs(model, 2, seed=1, text_tokens=3)
+    assert mask.dtype == torch.bool and mask.sum(dim=1).tolist() == [3, 3] and mask[:, :3].all()
+    assert calibration_inputs(model, 2, seed=1)[1] is None
+    with pytest.raises(ConfigError, match="text_tokens"):
+        calibration_inputs(model, 2, text_tokens=9)  # the tiny model has 8 text tokens
+    cfg = model.cfg
+    yy = torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels)
+    for bad in (torch.zeros(2, cfg.model_max_length), torch.full((2, cfg.model_max_length), 2), torch.ones(2, 3)):
+        save_file({"y": yy, "mask": bad.contiguous()}, str(tmp_path / "bad.safetensors"))
+        with pytest.raises(ConfigError, match="mask"):
+            calibration_inputs(model, 2, text_features=tmp_path / "bad.safetensors")

@@ -91,3 +91,37 @@ def test_v12_stdit3_round_trip(tmp_path, tiny_workload):
     loaded = load_checkpoint(save_checkpoint(model, tmp_path / "v12.safetensors"), cfg)
     with torch.no_grad():
         assert torch.equal(model(x, t, y), loaded(x, t, y))
+
+
+def test_every_bad_key_is_named_at_once(tmp_path, tiny):
+    """Missing, unexpected and wrongly shaped keys in one message; block indices folded, none hidden."""
+    cfg, model, _ = tiny
+    sd = dict(model.state_dict())
+    del sd["blocks.0.mlp.fc2.weight"], sd["blocks.1.mlp.fc2.weight"], sd["final_layer.linear.bias"]
+    sd["blocks.0.attn.proj.weight"] = torch.zeros(64, 32)
+    sd["blocks.1.cross_attn.q_linear.bias"] = torch.zeros(3)
+    sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(ConfigError) as e:
+        load_checkpoint(_save_sd(tmp_path, sd), cfg)
+    msg = str(e.value)
+    assert "3 missing keys: blocks.{0-1}.mlp.fc2.weight, final_layer.linear.bias" in msg
+    assert "1 unexpected keys: extra.weight" in msg
+    assert "2 wrong shapes: blocks.1.cross_attn.q_linear.bias (3,) (model (64,))" in msg
+    assert "blocks.0.attn.proj.weight (64, 32) (model (64, 64))" in msg
+    assert "\n" not in msg
+
+
+def test_a_whole_other_model_fits_one_line(tmp_path, tiny):
+    from workloads.presets import workload_from_dict
+
+    cfg, _, _ = tiny
+    other = STDiTConfig.from_workload(
+        workload_from_dict(
+            {"model": {"depth": 6, "hidden_size": 96, "num_heads": 4}, "num_frames": 8, "height": 64, "width": 64}
+        )
+    )
+    with pytest.raises(ConfigError) as e:
+        load_checkpoint(save_checkpoint(build_stdit(other), tmp_path / "other.pth"), cfg)
+    msg = str(e.value)
+    assert "unexpected keys: blocks.{2-5}.attn.proj.bias" in msg and len(msg) < 4000
+    assert "blocks.{0-1}.mlp.fc1.weight (384, 96) (model (256, 64))" in msg

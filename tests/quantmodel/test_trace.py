@@ -9,10 +9,12 @@ from workloads.recipes import annotate_trace, get_recipe
 from workloads.trace import TRACE_VERSION, Trace
 
 
-def analytic_macs_per_forward(w) -> int:
-    """MACs of one STDiT forward, written from the architecture (not from the model code)."""
+def analytic_macs_per_forward(w, ln: int | None = None) -> int:
+    """MACs of one STDiT forward, written from the architecture (not from the model code); ``ln``
+    caption tokens (default: the padded model_max_length)."""
     m = w.model
-    b, c, t, s, ln = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial, m.model_max_length
+    b, c, t, s = w.model_batch, m.hidden_size, w.num_temporal, w.num_spatial
+    ln = ln or m.model_max_length
     n = t * s
     patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
     per_block = (
@@ -82,6 +84,19 @@ def test_trace_macs_match_analytic_count(name):
     count = analytic_macs_per_forward_v12 if w.model.arch == "stdit3" else analytic_macs_per_forward
     assert s["total_macs"] == w.num_steps * count(w)
     assert all(op.macs == op.batch * op.m * op.k * op.n for op in tr.ops if op.is_gemm)
+
+
+def test_trace_costs_padded_caption_tokens_unless_told_the_valid_count():
+    w = get_workload("opensora-v1.0-16x256x256")
+    padded, valid = build_trace(w), build_trace(w, text_tokens=12)
+    assert padded.meta["text_tokens"] == padded.meta["text_tokens_padded"] == 120
+    assert valid.meta["text_tokens"] == 12 and valid.meta["text_tokens_padded"] == 120
+    assert valid.summary()["total_macs"] == w.num_steps * analytic_macs_per_forward(w, ln=12)
+    kv = next(op for op in valid.step_ops(0) if op.name == "blocks.0.cross_attn.kv_linear")
+    assert kv.m == 2 * 12  # CFG batch x valid tokens
+    for bad in (0, 121, 2.5):
+        with pytest.raises(ConfigError, match="text_tokens"):
+            build_trace(w, text_tokens=bad)
 
 
 def test_opensora_512_trace_shape():
