@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -44,6 +44,8 @@ from codesign.spec import SweepSpec
 from codesign.store_schema import part_schema, table_from_rows
 from workloads.errors import ConfigError
 from workloads.io import atomic_open, write_bytes
+
+_log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 POINTS = "points"
@@ -73,10 +75,7 @@ def quarantine(path: Path, why: str) -> Path:
     if dest.exists():
         dest = dest_dir / f"{uuid.uuid4().hex[:8]}-{rel}"
     os.replace(path, dest)
-    print(
-        f"codesign: warning: unreadable {path} ({why}) moved to {dest}; its points are recomputed by the next sweep",
-        file=sys.stderr,
-    )
+    _log.warning("unreadable %s (%s) moved to %s; its points are recomputed by the next sweep", path, why, dest)
     return dest
 
 
@@ -207,7 +206,7 @@ class ResultStore:
         try:
             table = table_from_rows(df.to_dict("records"), part_schema(kind))
         except ConfigError as e:  # parts of an older column set: they still load, left as they are
-            print(f"codesign: warning: {self.root / kind} not compacted ({e})", file=sys.stderr)
+            _log.warning("%s not compacted (%s)", self.root / kind, e)
             return
         path = self.root / kind / f"part-{uuid.uuid4().hex}.parquet"
         _atomic_write_table(path, table)

@@ -19,6 +19,7 @@ recipe) and joined onto the cost rows when the results are loaded.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -33,6 +34,8 @@ from codesign.spec import SweepSpec, content_hash, flatten, set_dotted
 from codesign.store import BREAKDOWN_PREFIXES, POINTS, QUALITY, SCALAR_METRICS, ResultStore, quarantine
 from workloads.errors import ConfigError
 from workloads.io import atomic_open
+
+_log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 1.0  # the most work a SIGKILL can lose (plus chunks in flight)
 MAX_CHUNK = 16  # points per task (a hardware point's recipes are never split, so one may hold more)
@@ -224,8 +227,24 @@ def quality_key(spec: SweepSpec, recipe_name: str) -> str | None:
     )
 
 
-def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
-    """Keys of every design point; what is not in the store yet, grouped by recipe."""
+def point_key(workload_id: dict, recipe_dict: dict, hw_dict: dict, prefetch: str) -> str:
+    """The content key of one design point (what it computes, so a sweep and a search share points)."""
+    import hwsim
+
+    return content_hash(
+        {
+            "workload": workload_id,
+            "recipe": recipe_dict,
+            "hw": hw_dict,
+            "prefetch": prefetch,
+            "sim_version": hwsim.SIM_VERSION,
+        }
+    )
+
+
+def plan_sweep(spec: SweepSpec, store: ResultStore, pairs: set | None = None) -> SweepPlan:
+    """Keys of every design point; what is not in the store yet, grouped by recipe. ``pairs``: only
+    these (point index, recipe) combinations (a search asks for single points, not the cross product)."""
     import hwsim
     from workloads.presets import get_workload
     from workloads.recipes import get_recipe
@@ -266,9 +285,9 @@ def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
         rp = RecipePlan(rname, [], [])
         seen = set()
         for p, d, cols in zip(points, hw_dicts, hw_cols):
-            key = content_hash(
-                {"workload": wl, "recipe": rdict, "hw": d, "prefetch": p.prefetch, "sim_version": hwsim.SIM_VERSION}
-            )
+            if pairs is not None and (p.index, rname) not in pairs:
+                continue
+            key = point_key(wl, rdict, d, p.prefetch)
             if key in done or key in seen:
                 n_done += key in done
                 continue
@@ -280,7 +299,7 @@ def plan_sweep(spec: SweepSpec, store: ResultStore) -> SweepPlan:
             rp.items.append((key, d, p.prefetch))
         if rp.items:
             plans.append(rp)
-    total = len(points) * len(spec.recipes)
+    total = len(points) * len(spec.recipes) if pairs is None else len(pairs)
     q_pending = []
     if spec.quality_workload is not None:
         q_done = store.done_keys(QUALITY)
@@ -462,17 +481,27 @@ def run_sweep(
     progress: bool = True,
     connect_timeout_s: float = 10.0,
     flush_every_s: float = FLUSH_EVERY_S,
+    pairs: set | None = None,
 ) -> SweepSummary:
     """Compute every missing design point of ``spec`` into the results folder ``out``.
 
     ``scheduler``: None (local process pool of ``jobs`` workers), a Dask scheduler address, or a
     ``dask.distributed.Client``. ``flush_every_s``: the most finished work a kill can lose.
+    ``pairs``: compute only these (point index, recipe) combinations (:mod:`codesign.optimize`).
     """
     t0 = time.perf_counter()
     # connect first: an unreachable scheduler must fail before anything is written
     dask_runner = DaskRunner(scheduler, connect_timeout_s) if scheduler is not None else None
     with ResultStore.open(out, spec, append=append) as store:
-        plan = plan_sweep(spec, store)
+        plan = plan_sweep(spec, store, pairs)
+        _log.info(
+            "%s: %d design points, %d in the store, %d to compute, %d quality runs",
+            spec.name,
+            plan.total_points,
+            plan.done_points,
+            plan.pending_points,
+            len(plan.quality_pending),
+        )
         summary = SweepSummary(plan.total_points, plan.done_points, 0, 0, 0, 0.0)
         if plan.pending_points == 0 and not plan.quality_pending:
             if dask_runner is not None:

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 
+from codesign.cli import progress_enabled
 from workloads.io import atomic_path
 
 BITS_DEFAULT = "w8a8,w6a6,w4a8"
@@ -154,7 +155,7 @@ def run_calibrate(args) -> int:
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
     model = load_model(w, args.checkpoint, args.seed)
-    st = calibrate(model, w, progress=True, **_calib_kwargs(args))
+    st = calibrate(model, w, progress=progress_enabled(args), **_calib_kwargs(args))
     st.save(args.out)
     print(
         f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
@@ -294,7 +295,7 @@ def run_quality(args) -> int:
     z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
     ref = sample(float_model_fn(model), model, w, z, y, mask=mask)
     rows = []
-    for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False):
+    for r in tqdm(recipes, desc="recipes", file=sys.stderr, leave=False, disable=not progress_enabled(args)):
         rows.append(
             evaluate_recipe(
                 model,

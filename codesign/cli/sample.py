@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 
+from codesign.cli import progress_enabled
 from workloads.io import atomic_path
 
 BACKENDS = ("emulator", "fakequant")
@@ -132,7 +133,7 @@ def run(args) -> int:
                 y.to(dev),
                 model.null_caption(y.shape[0]).to(dev),
                 gen,
-                progress=True,
+                progress=progress_enabled(args),
                 mask=None if mask is None else mask.to(dev),
             )
         if dev.type == "cuda":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from codesign.cli import progress_enabled
+
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="sweep quantization recipes x hardware points (resumable)")
@@ -67,7 +69,7 @@ def run_sweep_cmd(args) -> int:
         jobs=args.jobs,
         scheduler=args.scheduler,
         append=args.append,
-        progress=not args.quiet,
+        progress=progress_enabled(args),
         connect_timeout_s=args.connect_timeout,
         flush_every_s=args.flush_every,
     )

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 
 from quantmodel.emulator import datapath
 from quantmodel.emulator import program as emuprogram
-from quantmodel.emulator.block import IntVal, run_blocks, shape_of
+from quantmodel.emulator.block import IntVal, head_layout, head_views, run_blocks, shape_of
 from quantmodel.emulator.block import vmap as _vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
@@ -738,20 +738,31 @@ class IntegerEmulator:
             return self.linear(pre + ".proj", IntVal(q, p.x_scale))
         return self.linear(pre + ".proj", out.transpose(1, 2).reshape(b, n, c))
 
-    def attention(self, pre: str, v, num_heads: int):
-        b, n, c = v.q.shape if isinstance(v, IntVal) else v.shape
-        d = c // num_heads
-        qkv = self.linear(pre + ".qkv", v)
+    def project(self, name: str, v):
+        return self.linear(name, v)
+
+    def text(self, y: torch.Tensor):
+        return self._hs(y) if self.mode == "fp16" else y  # projected text: float, the same every step
+
+    def heads(self, pre: str, v, roles: str, num_heads: int) -> list:
+        """Not verifying, float products: contiguous head-major float32 operands in one C pass
+        (:meth:`_split_heads`); otherwise views of the value (dequantized once for float products)."""
+        parts = len(roles)
+        tmask, _ = head_layout(pre, roles)
         if self._fast_attention(pre):
-            hs = self._split_heads(qkv, 3, num_heads, 0b010)
+            hs = self._split_heads(v, parts, num_heads, tmask)
             if hs is not None:
-                return self._attend_float(pre, hs[0], hs[1], hs[2], b, n, c)
-        qkv = self._float_operand(pre, qkv)
-        qkv = _vmap(qkv, lambda t: t.reshape(b, n, 3, num_heads, d).permute(2, 0, 3, 1, 4))
-        q = _vmap(qkv, lambda t: t[0])
-        k = _vmap(qkv, lambda t: t[1].transpose(-2, -1))
-        vv = _vmap(qkv, lambda t: t[2])
-        return self._attend(pre, q, k, vv, b, n, c)
+                return hs
+        v = self._float_operand(pre, v)
+        if isinstance(v, IntVal):
+            return [IntVal(t, v.scale) for t in head_views(v.q, parts, num_heads, tmask)]
+        return head_views(v, parts, num_heads, tmask)
+
+    def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int):
+        fast = all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.is_contiguous() for t in (q, k_t, vv))
+        if fast and self._fast_attention(pre):  # operands from _split_heads
+            return self._attend_float(pre, q, k_t, vv, b, n, c)
+        return self._attend(pre, q, k_t, vv, b, n, c)
 
     def _float_operand(self, pre: str, v):
         """A GEMM output that only float attention products read: dequantized once, whole and
@@ -772,25 +783,6 @@ class IntegerEmulator:
         out = self.matmul(pre + ".av", probs, vv)  # [B', H, L, D]
         out = _vmap(out, lambda t: t.transpose(1, 2).reshape(b, n, c))
         return self.linear(pre + ".proj", out)
-
-    def cross_attention(self, pre: str, v, y: torch.Tensor, num_heads: int):
-        b, n, c = v.q.shape if isinstance(v, IntVal) else v.shape
-        d = c // num_heads
-        q = self.linear(pre + ".q_linear", v)
-        yv = self._hs(y) if self.mode == "fp16" else y  # projected text: float, the same every step
-        kv = self.linear(pre + ".kv_linear", yv)
-        if self._fast_attention(pre):
-            hq = self._split_heads(q, 1, num_heads, 0)
-            hkv = self._split_heads(kv, 2, num_heads, 0b01) if hq is not None else None
-            if hkv is not None:
-                return self._attend_float(pre, hq[0], hkv[0], hkv[1], b, n, c)
-        q = self._float_operand(pre, q)
-        q = _vmap(q, lambda t: t.reshape(b, n, num_heads, d).transpose(1, 2))
-        kv = self._float_operand(pre, kv)
-        kv = _vmap(kv, lambda t: t.reshape(b, -1, 2, num_heads, d).permute(2, 0, 3, 1, 4))
-        k = _vmap(kv, lambda t: t[0].transpose(-2, -1))
-        vv = _vmap(kv, lambda t: t[1])
-        return self._attend(pre, q, k, vv, b, n, c)
 
     def modulation(self, table: torch.Tensor, t0: torch.Tensor, b: int) -> tuple:
         return (table[None] + t0.reshape(b, 6, -1)).chunk(6, dim=1)  # [B, 6, C] float32

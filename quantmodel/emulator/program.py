@@ -37,7 +37,7 @@ import math
 import torch
 
 from quantmodel.emulator import datapath
-from quantmodel.emulator.block import IntVal, run_blocks, shape_of, vmap
+from quantmodel.emulator.block import IntVal, head_layout, head_views, run_blocks, vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
 from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intops
 from quantmodel.intarith.intops import FP16_MAX
@@ -461,7 +461,7 @@ class ProgramOps:
         )
         return out  # int8 codes at p.x_scale (aq given) or fp16
 
-    def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
+    def attend_float(self, pre: str, q, k_t, vv, b: int, n: int, c: int) -> torch.Tensor:
         """IntegerEmulator._attend_float -> the proj layer's output [b, n, c] (codes: int16, int32 in int
         mode; fp16 values for a dynamic recipe)."""
         emu = self.emu
@@ -486,19 +486,27 @@ class ProgramOps:
         self.b.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
         return self.layer(pre + ".proj", merged, self.res_dtype)
 
-    def attention(self, pre: str, v, heads: int):
-        b, n, c = shape_of(v)
-        qkv = self.layer(pre + ".qkv", v)
-        codes, s_codes = (qkv.q, qkv.scale) if isinstance(qkv, IntVal) else (qkv, None)
-        if self.emu.matmuls:  # integer QK^T and AV: each operand requantized to its product's input scale
-            targets = [(pre + ".qk", "a_scale"), (pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
-            q, k_t, vv = self.split_heads_q8(codes, s_codes, heads, 0b010, targets)
+    def project(self, name: str, v):
+        return self.layer(name, v)  # int16 codes (what split_heads reads), or a dynamic recipe's floats
+
+    def text(self, y: torch.Tensor) -> torch.Tensor:
+        return y  # run() converted it as the eager path does
+
+    def heads(self, pre: str, v, roles: str, num_heads: int) -> list:
+        """IntegerEmulator.heads: the C split into head-major float32 operands (integer products: each
+        part requantized to its product's input scale), or the eager path's views of float32 values."""
+        codes, s_codes = (v.q, v.scale) if isinstance(v, IntVal) else (v, None)
+        tmask, targets = head_layout(pre, roles)
+        if self.emu.matmuls:
+            return self.split_heads_q8(codes, s_codes, num_heads, tmask, targets)
+        if codes.dtype == torch.float32:  # a dynamic recipe's float32 output (int mode)
+            return head_views(codes, len(roles), num_heads, tmask)
+        return self.split_heads(codes, s_codes, len(roles), num_heads, tmask)
+
+    def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int):
+        if self.emu.matmuls:
             return self.attend_int(pre, q, k_t, vv, b, n, c)
-        if codes.dtype == torch.float32:  # a dynamic recipe's float32 output: the eager path's views
-            t = codes.view(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-            return self.attend(pre, t[0], t[1].transpose(-2, -1), t[2], b, n, c)
-        q, k_t, vv = self.split_heads(codes, s_codes, 3, heads, 0b010)
-        return self.attend(pre, q, k_t, vv, b, n, c)
+        return self.attend_float(pre, q, k_t, vv, b, n, c)
 
     # ---- quantized attention products (static recipes) ---------------------------------------------------
     def mm_scale(self, name: str, fld: str) -> float:
@@ -611,23 +619,6 @@ class ProgramOps:
         merged = bld.buf((b, n, c), torch.int32)
         bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
         return self.layer(pre + ".proj", IntVal(merged, self.mm_scale(pre + ".av", "y_scale")), self.res_dtype)
-
-    def cross_attention(self, pre: str, v, y: torch.Tensor, heads: int):
-        b, n, c = shape_of(v)
-        q, kv = self.layer(pre + ".q_linear", v), self.layer(pre + ".kv_linear", y)
-        (q, s_q), (kv, s_kv) = ((t.q, t.scale) if isinstance(t, IntVal) else (t, None) for t in (q, kv))
-        if self.emu.matmuls:
-            (hq,) = self.split_heads_q8(q, s_q, heads, 0, [(pre + ".qk", "a_scale")])
-            targets = [(pre + ".qk", "b_scale"), (pre + ".av", "b_scale")]
-            hk, hv = self.split_heads_q8(kv, s_kv, heads, 0b01, targets)
-            return self.attend_int(pre, hq, hk, hv, b, n, c)
-        if q.dtype == torch.float32:  # a dynamic recipe's float32 outputs: the eager path's views
-            d = c // heads
-            kv = kv.view(b, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
-            return self.attend(pre, q.view(b, n, heads, d).transpose(1, 2), kv[0].transpose(-2, -1), kv[1], b, n, c)
-        (hq,) = self.split_heads(q, s_q, 1, heads, 0)
-        hk, hv = self.split_heads(kv, s_kv, 2, heads, 0b01)
-        return self.attend(pre, hq, hk, hv, b, n, c)
 
     def gelu_fp16(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
         """gelu_fp16(_dequant_fp16(codes)): the C dequantization, then intops._gelu_fp16 per flat

@@ -44,6 +44,11 @@ def tiny2(tmp_path_factory) -> str:
 
 def commands(tmp: Path, tiny2: str) -> list[tuple[str, list[str]]]:
     art = str(tmp / "a.safetensors")
+    spec = tmp / "opt.yaml"
+    spec.write_text(
+        "name: opt\ncost_workload: stdit-tiny\nrecipes: [static-w8a8, asq-w8a8]\n"
+        "hardware: {base: edge-npu, sampling: random, samples: 4, axes: {mac.arrays: [1, 2], clock.freq_hz: {min: 6.0e8, max: 1.2e9}}}\n"
+    )
     return [
         ("workloads", ["workloads", "--json"]),
         ("hw", ["hw", "--json"]),
@@ -58,6 +63,8 @@ def commands(tmp: Path, tiny2: str) -> list[tuple[str, list[str]]]:
         ("sample", ["sample", "--workload", tiny2, "--recipe", "asq-w8a8", "--prompts", "1", "--compare", "--json"]),
         ("quantize", ["quantize", "--workload", tiny2, "--recipe", "asq-w8a8", "--prompts", "1", "--out", art, "--json"]),
         ("verify", ["verify", "--workload", tiny2, "--recipe", "asq-w8a8", "--artifact", art, "--json"]),
+        ("optimize", ["optimize", str(spec), "--out", str(tmp / "opt"), "--trials", "4", "--batch", "2", "--jobs", "1",
+                      "--quiet", "--json"]),
     ]  # fmt: skip
 
 
