@@ -236,7 +236,8 @@ def run_verify(args) -> int:
         print(json.dumps(_json_safe(rep)))
     else:
         print(
-            f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}): "
+            f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}, "
+            f"captions: {rep['caption_mask']}): "
             f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls, "
             f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
             f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
