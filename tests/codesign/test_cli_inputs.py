@@ -219,6 +219,12 @@ def test_vector_op_beyond_the_tile_budget_refused(capsys, tmp_path):
     assert "1,000,000 tiles" in line and time.perf_counter() - t0 < 20
 
 
+def test_optimize_trials_beyond_the_design_point_budget_refused(capsys, tmp_path):
+    """``optimize --trials 99999999999`` ran on without end."""
+    line = refused(capsys, "optimize", TINY, "--out", tmp_path / "r", "--trials", 99999999999, field="trials")
+    assert "2,000,000" in line and not (tmp_path / "r").exists()
+
+
 # ---- deterministic machine-readable output -----------------------------------------------------------
 def test_simulate_json_is_reproducible_and_timing_is_opt_in(capsys):
     args = ("simulate", "--workload", "stdit-tiny", "--recipe", "asq-w8a8", "--json")
