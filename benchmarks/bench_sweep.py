@@ -46,6 +46,8 @@ def cold_worker() -> None:
 
 
 def main() -> int:
+    """The two measurements of the module docstring. One function: both share the spec, the
+    temporary store and the printout, and each is a few lines of timing around ``run_sweep``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=1000, help="hardware points of the local-pool sweep")
     ap.add_argument("--dask-points", type=int, default=100, help="points of the Dask vs local comparison")

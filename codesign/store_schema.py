@@ -156,6 +156,7 @@ HW_COLUMNS = {
     "flash.capacity_bytes": ("bytes", "flash capacity"),
     "flash.chunk_bytes": ("bytes", "size of one read command of a weight-set transfer"),
     "tech.node_nm": ("nm", "CMOS technology node"),
+    "planner.objective": ("", "what the schedule planner minimises: edp2 (energy x delay^2), latency or energy"),
 }
 
 _QUALITY = [

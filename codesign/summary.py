@@ -34,8 +34,10 @@ def format_report(res, hw, sim_s: float) -> str:
         f"area                {res.area_mm2:.4g} mm2",
         f"weights             storage {_si(res.storage_bytes, 'B')} (float {_si(res.float_weight_bytes, 'B')}"
         f" + {res.num_weight_sets} set(s) of {_si(res.weight_set_bytes, 'B')}), placed in {res.weight_placement}",
-        f"weight swaps        {res.swap_count} x, {_si(res.swap_bytes, 'B')} moved, exposed {res.swap_stall_s:.4g} s,"
-        f" hidden {res.swap_hidden_s:.4g} s, prefetch {res.prefetch_used}" + (f" ({res.note})" if res.note else ""),
+        f"weight swaps        {res.swap_count} x, {_si(res.swap_bytes, 'B')} moved, exposed {res.swap_stall_s:.4g} s"
+        f" (layers waiting for weights {res.swap_wait_s:.4g} s + DRAM/DMA shared with the copy "
+        f"{res.swap_contention_s:.4g} s), hidden {res.swap_hidden_s:.4g} s, prefetch {res.prefetch_used}"
+        + (f" ({res.note})" if res.note else ""),
         f"initial load        {_si(res.initial_load_bytes, 'B')} from flash in {res.initial_load_s:.3g} s "
         "(once, not in the latency)",
         f"traffic             DRAM {_si(res.dram_bytes, 'B')}, flash {_si(res.flash_bytes, 'B')}, "

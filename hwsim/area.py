@@ -14,16 +14,21 @@ Overheads (each cited or marked):
 
 from __future__ import annotations
 
-from hwsim.config import HWConfig
+from typing import TYPE_CHECKING
 
-# Horowitz, ISSCC 2014, 45 nm (um^2)
-INT8_MULT_UM2 = 282.0
-INT8_ADD_UM2 = 36.0
-INT32_ADD_UM2 = 137.0
-FP16_MULT_UM2 = 1640.0
-FP16_ADD_UM2 = 1360.0
-FP32_MULT_UM2 = 7700.0
-FP32_ADD_UM2 = 4184.0
+from hwsim.horowitz import (
+    FP16_ADD_UM2,
+    FP16_MULT_UM2,
+    FP32_ADD_UM2,
+    FP32_MULT_UM2,
+    INT8_ADD_UM2,
+    INT8_MULT_UM2,
+    INT32_ADD_UM2,
+)
+
+if TYPE_CHECKING:  # the config caches this model's results (HWConfig.costs): a type, not an import
+    from hwsim.config import HWConfig
+
 DFF_UM2 = 4.522  # NanGate FreePDK45 open cell library, DFF_X1
 DMA_ENGINE_UM2_45NM = 50_000 * 0.798  # assumption: ~50k NAND2-equivalent gates (NanGate NAND2_X1 0.798 um^2)
 

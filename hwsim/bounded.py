@@ -1,9 +1,10 @@
-"""Bounded work: the tile budget of one GEMM plan.
+"""Bounded work: the tile budget of one GEMM or vector-op plan.
 
 The planner enumerates a GEMM's tiles one by one (their order decides which operand tiles are
 reloaded), so its time and memory grow with the tile count: a legal but huge GEMM (``gemm:1e14,1,1``)
 would run for hours or exhaust memory. A plan is refused before its tiles are enumerated when it
-would exceed ``MAX_GEMM_TILES``, with the number and the tile shape.
+would exceed ``MAX_GEMM_TILES``, with the number and the tile shape. A vector op's plan is a list of
+tiles too (an edited trace of 1e15 elements ran out of memory after minutes), under the same budget.
 """
 
 from __future__ import annotations
@@ -34,4 +35,17 @@ def check_gemm_tiles(batch: int, m: int, k: int, n: int, shape: tuple) -> None:
             f"GEMM {batch}x[{m},{k}]x[{k},{n}]",
             f"at most {MAX_GEMM_TILES:,} tiles per GEMM on this chip (this one needs {tiles:,} tiles of "
             f"{bt}x{mt}x{kt}x{nt}; a smaller GEMM or more SRAM)",
+        )
+
+
+def check_vector_tiles(kind: str, elements: int, tile_elements: int) -> None:
+    """Refuse a vector-op plan of more than ``MAX_GEMM_TILES`` tiles (the replay costs the same per
+    tile as a GEMM's), before enumerating them."""
+    tiles = -(-elements // tile_elements)
+    if tiles > MAX_GEMM_TILES:
+        raise ConfigError(
+            "workload",
+            f"{kind} of {elements:,} elements",
+            f"at most {MAX_GEMM_TILES:,} tiles per op on this chip (this one needs {tiles:,} tiles of "
+            f"{tile_elements:,} elements)",
         )

@@ -21,11 +21,13 @@ from pathlib import Path
 import yaml
 
 from hwsim import memory, technology
+from hwsim.energy import EventEnergies, compute_costs
 from workloads.errors import ConfigError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DATAFLOWS = ("output_stationary", "weight_stationary", "input_stationary")
 PRECISIONS = ("int8", "int4", "fp16")
+OBJECTIVES = ("edp2", "latency", "energy")
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,15 @@ class Tech:
 
 
 @dataclass(frozen=True)
+class Planner:
+    """What the compiler's choices (tiling, fusion, hand-over in SRAM) minimise, from their
+    closed-form estimates: ``edp2`` energy x delay^2 (default: ``tiling.figure_of_merit`` says
+    why), ``latency`` (energy breaks ties) or ``energy`` (latency breaks ties). Optional in YAML."""
+
+    objective: str = "edp2"
+
+
+@dataclass(frozen=True)
 class HWConfig:
     name: str
     description: str
@@ -161,6 +172,7 @@ class HWConfig:
     dram: Dram
     flash: Flash
     tech: Tech
+    planner: Planner = Planner()
 
     @property
     def peak_macs_per_cycle(self) -> dict:
@@ -172,11 +184,9 @@ class HWConfig:
         return technology.operating_point(self.tech.node_nm, self.clock.freq_hz)
 
     @functools.cached_property
-    def costs(self):
+    def costs(self) -> EventEnergies:
         """Energy per event, static power and area of this config (``energy.EventEnergies``),
         computed once per config so the simulator and the tile search never recompute them."""
-        from hwsim.energy import compute_costs
-
         return compute_costs(self)
 
 
@@ -189,6 +199,7 @@ _SECTIONS = {
     "dram": Dram,
     "flash": Flash,
     "tech": Tech,
+    "planner": Planner,
 }
 
 
@@ -335,7 +346,10 @@ def _check_plausible_config(hw: HWConfig) -> None:
 
 
 def hw_from_dict(d: object) -> HWConfig:
-    """Build and validate an HWConfig from a nested mapping (the YAML layout)."""
+    """Build and validate an HWConfig from a nested mapping (the YAML layout). One function on
+    purpose: it reads as the YAML does, section by section, each field with its check."""
+    if isinstance(d, dict) and "planner" not in d:  # the one optional section
+        d = {**d, "planner": {"objective": Planner.objective}}
     d = _known("hw", d, HWConfig)
     if not isinstance(d["name"], str) or not d["name"]:
         raise ConfigError("hw.name", d["name"], "a non-empty string")
@@ -400,6 +414,10 @@ def hw_from_dict(d: object) -> HWConfig:
             f"at most dram.capacity_bytes ({dram.capacity_bytes})",
         )
 
+    if s["planner"]["objective"] not in OBJECTIVES:
+        raise ConfigError("planner.objective", s["planner"]["objective"], " or ".join(OBJECTIVES))
+    planner = Planner(objective=s["planner"]["objective"])
+
     f = s["flash"]
     flash = Flash(
         part=memory.flash_part(f["part"]).name,
@@ -417,6 +435,7 @@ def hw_from_dict(d: object) -> HWConfig:
         dram=dram,
         flash=flash,
         tech=tech,
+        planner=planner,
     )
     _check_plausible_config(hw)
     return hw

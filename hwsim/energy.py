@@ -14,18 +14,25 @@ Everything per event is computed once per hardware config (``HWConfig.costs``), 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hwsim import sram as sram_model
 from hwsim import technology
-from hwsim.config import HWConfig
+from hwsim.area import compute_area_mm2, pe_pitch_mm
+from hwsim.horowitz import (
+    DYN_LANE_CYCLE_PJ_45NM,
+    FP16_MULT_PJ,
+    FP32_ADD_PJ,
+    INT8_ADD_PJ,
+    INT8_MULT_PJ,
+    INT32_ADD_PJ,
+    VECTOR_LANE_CYCLE_PJ_45NM,
+    epilogue_pj_45nm,
+)
 
-# Horowitz, ISSCC 2014, 45 nm, 0.9 V (pJ per operation)
-INT8_MULT_PJ = 0.2
-INT8_ADD_PJ = 0.03
-INT32_ADD_PJ = 0.1
-FP16_MULT_PJ = 1.1
-FP16_ADD_PJ = 0.4
-FP32_ADD_PJ = 0.9
+if TYPE_CHECKING:  # the config holds this model's results (HWConfig.costs): a type, not an import
+    from hwsim.config import HWConfig
+
 # One flip-flop bit clocked with new data, 45 nm 0.9 V: 4 fJ, assumption (NanGate 45 nm DFF_X1 order:
 # ~1 fF clock pin + internal switching energy of a few fJ per toggle).
 DFF_BIT_PJ = 0.004
@@ -41,8 +48,6 @@ MAC_DATAPATH_PJ_45NM = {
 MAC_REGISTER_BITS = {"int8": 48, "int4": 24, "fp16": 64}
 # Operand bits that travel one PE pitch per MAC (input and weight forwarded to the neighbour).
 MAC_OPERAND_BITS = {"int8": 16, "int4": 8, "fp16": 32}
-VECTOR_LANE_CYCLE_PJ_45NM = FP16_MULT_PJ + FP16_ADD_PJ  # one FP16 multiply-add per lane per cycle
-DYN_LANE_CYCLE_PJ_45NM = FP16_MULT_PJ + FP16_ADD_PJ  # compare (~add) + quantizer multiply per lane
 # NPU-level dynamic energy not modelled event by event (clock tree, sequencer and command queues,
 # adder-tree / zero-skip / multi-precision muxing, local operand buffers, DMA engines, feature-map
 # compressors), as a multiple of the datapath energy of every MAC and vector-lane cycle: 3.14,
@@ -88,8 +93,6 @@ class EventEnergies:
 
 def mac_pj(hw: HWConfig, precision: str) -> float:
     """All-in energy of one MAC at the config's node and supply."""
-    from hwsim.area import pe_pitch_mm
-
     op = hw.op
     logic = (MAC_DATAPATH_PJ_45NM[precision] + MAC_REGISTER_BITS[precision] * DFF_BIT_PJ) * op.dynamic_scale
     wire = MAC_OPERAND_BITS[precision] * pe_pitch_mm(hw) * technology.wire_pj_per_bit_mm(op.vdd_v)
@@ -98,8 +101,6 @@ def mac_pj(hw: HWConfig, precision: str) -> float:
 
 def compute_costs(hw: HWConfig) -> EventEnergies:
     """Everything per event for ``hw`` (called once per config through ``hw.costs``)."""
-    from hwsim.area import compute_area_mm2
-
     op = hw.op
     v2 = (op.vdd_v / op.node.vnom_v) ** 2
     bank_bytes = (hw.sram.weight_buffer_bytes + hw.sram.activation_buffer_bytes) / hw.sram.banks
@@ -135,9 +136,6 @@ def sram_pj_per_byte(hw: HWConfig) -> float:
 def energy_breakdown_j(hw: HWConfig, counts: dict, latency_s: float, area_mm2: float | None = None) -> dict:
     """Joules per component from the run's integer counts (``area_mm2`` is accepted for callers
     that pass it; static power now comes from the cost model)."""
-    # the quantization stages' energy table lives with VECTOR_WORK
-    from hwsim.tiling import epilogue_pj_45nm
-
     e = hw.costs
     lanes = hw.vector.lanes
     pj = {

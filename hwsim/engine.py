@@ -286,6 +286,8 @@ class Machine:
         ``arrivals[i]`` (an event or None) fires when unit i's weights are in place. Flash reads are
         ``flash.chunk_bytes`` commands, queued as UFS queues them (``flash.queue_depth`` in flight,
         ``flash.command_latency_s`` each); a reader and a writer overlap through a two-chunk queue.
+        One piece: the command generator, the reader and the writer are SimPy processes that share
+        the queue, the arrival events and the counters through this closure.
         """
         env = self.env
         chunk = self.hw.flash.chunk_bytes

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import configparser
 import csv
+import dataclasses
 import math
 import re
 from pathlib import Path
 
 from hwsim.config import HWConfig, with_overrides
-from hwsim.tiling import systolic_cycles
+from hwsim.tiling import systolic_cycles, systolic_dims
 from workloads.errors import ConfigError
+from workloads.io import atomic_open, write_text
 from workloads.trace import GEMM_KINDS, Op, Trace, reads_str
 
 WORD_BYTES = 1  # one SCALE-Sim word = one int8 operand (assumption stated in the module docstring)
@@ -93,7 +95,8 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
     channels of the base preset's DRAM part that give at least that bandwidth (DRAM comes in
     channels); with ``CALC`` SCALE-Sim sizes the bandwidth so nothing stalls, and the base preset's
     DRAM is kept. Offsets, request buffers and the SRAM bank layout have no counterpart and are
-    read past; sparsity is refused (hwsim models dense arrays).
+    read past; sparsity is refused (hwsim models dense arrays). One function: it reads the file's
+    keys in the order the mapping above lists them, each with its own check.
     """
     path = Path(path)
     if not path.is_file():
@@ -150,8 +153,6 @@ def read_scalesim_cfg(path: str | Path, base: HWConfig) -> HWConfig:
 
 
 def _renamed(hw: HWConfig, name: str, description: str) -> HWConfig:
-    import dataclasses
-
     return dataclasses.replace(hw, name=name, description=description)
 
 
@@ -201,7 +202,8 @@ def read_scalesim_topology(path: str | Path) -> Trace:
     """A one-step int8 trace of a SCALE-Sim topology: GEMM rows ``name, M, N, K`` as linear layers;
     conv rows ``name, ifmap h, ifmap w, filter h, filter w, channels, filters, stride`` as the GEMM
     SCALE-Sim runs for them (M = output pixels, K = filter h x w x channels, N = filters; the output
-    size is SCALE-Sim's ``ceil((ifmap - filter + stride) / stride)``)."""
+    size is SCALE-Sim's ``ceil((ifmap - filter + stride) / stride)``). One function: the header
+    decides how every row is read, and each row's checks name its line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("workload", str(path), "an existing SCALE-Sim topology .csv file")
@@ -280,17 +282,13 @@ def write_scalesim_topology(trace: Trace, path: str | Path) -> int:
             continue
         name = _SAFE_NAME.sub("_", op.name) + (f"_x{op.batch}" if op.batch > 1 else "")
         rows.append(f"{name}, {op.m}, {op.n}, {op.k},")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(", ".join(GEMM_HEADER) + ",\n" + "\n".join(rows) + ("\n" if rows else ""))
-    tmp.replace(path)
+    write_text(path, ", ".join(GEMM_HEADER) + ",\n" + "\n".join(rows) + ("\n" if rows else ""))
     return len(rows)
 
 
 # ---- results -> SCALE-Sim-like reports ------------------------------------------------------------
 def _mapping_efficiency(m: int, k: int, n: int, rows: int, cols: int, dataflow: str) -> float:
     """Share of the PEs that hold useful work over the folds (SCALE-Sim's mapping efficiency)."""
-    from hwsim.tiling import systolic_dims
-
     sr, sc, _, _ = systolic_dims(m, k, n, dataflow)
     return sr * sc / (math.ceil(sr / rows) * rows * math.ceil(sc / cols) * cols)
 
@@ -359,11 +357,9 @@ def write_reports(trace: Trace, res, hw: HWConfig, out_dir: str | Path) -> list[
     paths = []
     for name, cols, rows in files:
         p = out / name
-        tmp = p.with_name(p.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(p, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(cols)
             w.writerows(rows)
-        tmp.replace(p)
         paths.append(p)
     return paths

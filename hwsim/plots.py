@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hwsim.config import HWConfig
 from hwsim.result import SimResult
+from workloads.io import atomic_path
 
 _COLORS = {"mac": "tab:blue", "vector": "tab:orange", "dram": "tab:green", "flash": "tab:red"}
 
@@ -23,9 +24,9 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+    """Write the figure atomically (``workloads.io``); the format from the target's suffix."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -43,6 +43,10 @@ class SimResult:
     note: str = ""
     dram_lower_bound_bytes: int = 0  # compulsory DRAM traffic on this chip (hwsim/schedule.py), swaps included
     dram_over_bound: float = 0.0  # dram_bytes / dram_lower_bound_bytes
+    # swap_stall_s split: layers waiting for weights still in flight (jit; early never waits) and
+    # the rest, DRAM and DMA time the background copy took from the layers
+    swap_wait_s: float = 0.0
+    swap_contention_s: float = 0.0
     timeline: dict = field(default_factory=dict)  # step -> [(engine, start_s, end_s, label)]
 
     def to_dict(self, timeline: bool = False) -> dict:

@@ -21,10 +21,12 @@ the tile search's own) choose, per group, how much of it to fuse:
 ``dram_lower_bound`` gives the compulsory DRAM traffic of the same op list on the same chip (the
 yardstick the result reports each op against).
 
-The trace is a linear op list without tensor names, so producer -> consumer edges are read from
-adjacency and element counts (an op's elements equal to the next op's input elements), and the
-quantization stages from their names (``<gemm>.smooth``, ``<gemm>.quant``, ``<gemm>.dyn_stats``,
-``<gemm>.dyn_rescale``), as ``quantmodel``'s tracer writes them.
+Producer -> consumer edges come from the trace's ``reads`` (each op names the op of its step that
+wrote every tensor it reads, ``workloads/trace.py``): a stage fuses into its neighbour only where
+one reads the other's output and nothing else reads the tensor that fusion keeps off DRAM
+(``Edges``); a hand-over in SRAM skips the DRAM write only when the next unit is the tensor's
+only reader. The quantization stages are still recognised by their names (``<gemm>.smooth``,
+``<gemm>.quant``, ``<gemm>.dyn_stats``, ``<gemm>.dyn_rescale``), as ``quantmodel``'s tracer writes them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,29 @@ CHAIN_KINDS = (
 QUANT_SUFFIX = {"smooth_mul": ".smooth", "quantize": ".quant"}
 FUSED_GEMMS = ("linear", "conv")
 SMALL_SIDE = 16  # a prologue op's side input (a modulation table) is at most 1/16 of its main input
+
+
+class Edges:
+    """Who reads whose output within one step, from the trace's ``reads`` (producer names)."""
+
+    def __init__(self, ops: list):
+        index = {op.name: i for i, op in enumerate(ops)}
+        self.readers: list[set[int]] = [set() for _ in ops]
+        self.reads: list[set[int]] = [set() for _ in ops]
+        for j, op in enumerate(ops):
+            for name, _, _, _ in op.read_entries():
+                i = index.get(name)
+                if i is not None and i != j:
+                    self.readers[i].add(j)
+                    self.reads[j].add(i)
+
+    def feeds(self, i: int, j: int) -> bool:
+        """Op ``j`` reads op ``i``'s output."""
+        return i in self.reads[j]
+
+    def only_reader(self, i: int, j: int) -> bool:
+        """Op ``j`` is the one op that reads op ``i``'s output."""
+        return self.readers[i] == {j}
 
 
 @dataclass
@@ -102,7 +127,8 @@ def _is_attention(ops, i: int) -> bool:
 
 
 def _pre_ok(op, consumer) -> bool:
-    """``op`` may run as a prologue stage of ``consumer`` (a GEMM or the next prologue stage)."""
+    """``op`` may run as a prologue stage of ``consumer`` (a GEMM or the next prologue stage), by
+    kind and size (``group_ops`` checks the edge)."""
     if op.kind not in PRE_KINDS or op.elements != in_elements(consumer) or op.elements == 0:
         return False
     if op.kind in QUANT_SUFFIX:
@@ -125,9 +151,12 @@ def _post_ok(ops, j: int, gemm) -> bool:
     return True
 
 
-def group_ops(ops: list) -> list[Group]:
+def group_ops(ops: list, edges: Edges | None = None) -> list[Group]:
     """Greedy grouping in op order: attention triples; GEMMs with the vector ops that chain into
-    their input (prologue) and out of their output (epilogue); the rest as chains of vector ops."""
+    their input (prologue) and out of their output (epilogue); the rest as chains of vector ops.
+    One pass on purpose: a GEMM's prologue is taken from the vector ops pending before it, so the
+    scan, the pending list and its flush share state."""
+    edges = edges if edges is not None else Edges(ops)
     groups: list[Group] = []
     pending: list[int] = []  # vector ops not yet placed
 
@@ -141,6 +170,7 @@ def group_ops(ops: list) -> list[Group]:
                 and op.kind in CHAIN_KINDS
                 and ops[chain[-1]].kind in CHAIN_KINDS
                 and j == chain[-1] + 1
+                and edges.only_reader(chain[-1], j)
                 and op.elements == ops[chain[-1]].elements
                 and op.kind != "dyn_stats"
             ):
@@ -165,7 +195,8 @@ def group_ops(ops: list) -> list[Group]:
             pre: list[int] = []
             consumer = op
             for j in reversed(pending):
-                if j != (pre[0] if pre else i) - 1 or not _pre_ok(ops[j], consumer):
+                nxt = pre[0] if pre else i
+                if j != nxt - 1 or not _pre_ok(ops[j], consumer) or not edges.only_reader(j, nxt):
                     break
                 pre.insert(0, j)
                 consumer = ops[j]
@@ -173,7 +204,12 @@ def group_ops(ops: list) -> list[Group]:
             pending.clear()
             post: list[int] = []
             j = i + 1
-            while j < n and _post_ok(ops, j, op) and (not post or ops[j].elements == ops[post[-1]].elements):
+            while (
+                j < n
+                and _post_ok(ops, j, op)
+                and (not post or ops[j].elements == ops[post[-1]].elements)
+                and edges.only_reader(post[-1] if post else i, j)
+            ):
                 if ops[j].kind in QUANT_SUFFIX and any(side_bytes(ops[q]) for q in post):
                     break  # a residual add's output is read again later: it must be written as it is
                 post.append(j)
@@ -204,7 +240,9 @@ def gemm_lower_bound_bytes(a_bytes: int, w_bytes: int, out_bytes: int, wbuf: int
     return out_bytes + min(a_bytes * math.ceil(w_bytes / wbuf) + w_bytes, a_bytes + w_bytes * math.ceil(a_bytes / abuf))
 
 
-def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, abuf: int) -> list[int]:
+def dram_lower_bound(
+    ops: list, groups: list[Group], resident: bool, wbuf: int, abuf: int, edges: Edges | None = None
+) -> list[int]:
     """Compulsory DRAM bytes per op of a step on a chip with these buffers: a lower bound (not
     tight) that the result reports each op against (docs/schedule.md).
 
@@ -216,9 +254,13 @@ def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, 
       buffer (then it may stay on chip).
     - A GEMM's weights cross once per use unless resident in SRAM, and more when neither they nor
       the input fit on chip (``gemm_lower_bound_bytes``).
+    - Two GEMMs that may run as a row-block chain (``chain_bound_bytes``: the MLP) count the
+      cheaper of the two ways.
     """
+    edges = edges if edges is not None else Edges(ops)
     bound = [0] * len(ops)
     half = abuf // 2
+    parts: dict[int, tuple[int, int, int]] = {}  # GEMM group's core op -> (input, weights, output) bytes
     for g in groups:
         for j in g.pre + g.post + (g.core if g.kind == "vector" else []):
             bound[j] = side_bytes(ops[j]) + (0 if resident else ops[j].weight_bytes)
@@ -248,4 +290,23 @@ def dram_lower_bound(ops: list, groups: list[Group], resident: bool, wbuf: int, 
         else:
             w = 0 if resident and not core.kind.startswith("matmul") else core.weight_bytes
             bound[g.core[0]] = gemm_lower_bound_bytes(a_in, w, out, wbuf, abuf)
+            if core.kind in FUSED_GEMMS:
+                parts[g.core[0]] = (a_in, w, out)
+    for g1, g2 in zip(groups, groups[1:]):
+        i, j = g1.core[0], g2.core[0]
+        tail = (g1.post or g1.core)[-1]
+        if i in parts and j in parts and not g2.pre and tail + 1 == j and edges.readers[tail] == {j}:
+            hidden = ops[j].input_bytes
+            fused = chain_bound_bytes(parts[i][0], parts[i][1], parts[j][1], hidden, parts[j][2], wbuf, abuf)
+            if fused < bound[i] + bound[j]:  # the pair's bound on the first GEMM, the second's side bytes
+                bound[i], bound[j] = fused, 0
     return bound
+
+
+def chain_bound_bytes(a_in: int, w1: int, w2: int, hidden: int, out: int, wbuf: int, abuf: int) -> int:
+    """Least DRAM bytes of two GEMMs run as a row-block chain (``hwsim/chain.py``): the input and
+    the output once, the tensor between them never; its blocks hold at most the activation buffer,
+    so at least ceil(hidden / abuf) blocks, and each block after the first brings in again what of
+    the two weight matrices the weight buffer cannot keep."""
+    blocks = math.ceil(hidden / abuf)
+    return a_in + out + w1 + w2 + (blocks - 1) * max(0, w1 + w2 - wbuf)

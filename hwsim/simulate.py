@@ -24,11 +24,21 @@ from collections import OrderedDict
 from operator import attrgetter
 
 from hwsim.area import area_breakdown_mm2
+from hwsim.chain import ChainUnit, chainable, plan_chain, row_options
 from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
 from hwsim.result import SimResult
-from hwsim.schedule import FUSED_GEMMS, ROW_KINDS, dram_lower_bound, group_ops, in_elements, out_elements, side_bytes
+from hwsim.schedule import (
+    FUSED_GEMMS,
+    ROW_KINDS,
+    Edges,
+    dram_lower_bound,
+    group_ops,
+    in_elements,
+    out_elements,
+    side_bytes,
+)
 from hwsim.swap import WeightPlan, plan_weights, weight_sets
 from hwsim.tiling import (
     AttentionUnit,
@@ -36,6 +46,7 @@ from hwsim.tiling import (
     NoFit,
     Plan,
     VectorOpUnit,
+    attention_blockings,
     figure_of_merit,
     gemm_shape,
     op_stages,
@@ -61,7 +72,15 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    SRAM hand-over of small tensors; balanced row blocks; DRAM lower bound reported
 # 5: energies and areas from the technology node, the clock's operating point (V-f), CACTI 7 SRAM
 #    banks, LPDDR/UFS parts and calibrated NPU overheads (technology.py, sram.py, memory.py)
-SIM_VERSION = "hwsim-5"
+# 6: planner.objective (edp2 | latency | energy); the closed-form pipeline time charges each stream
+#    its own fill and drain (was: the largest per-tile stage subtracted, which dropped a big last
+#    store); fusion and SRAM hand-over follow the trace's producer -> consumer edges, a hand-over
+#    writes the tensor to DRAM too when another op reads it later, and the tensor's bytes are taken
+#    from both units' activation buffer
+# 7: two GEMMs whose tensor between them only the second reads (the MLP's fc1 -> GELU -> fc2) may
+#    run as a chain of row blocks with that tensor in SRAM (hwsim/chain.py), where the objective is
+#    better; the DRAM lower bound counts the cheaper of chained and apart
+SIM_VERSION = "hwsim-7"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -187,7 +206,8 @@ class _Units:
         if wplan.resident:  # resident weights take half the weight buffer (see swap.py)
             hw = _with_wbuf(hw, wbuf - wbuf // 2)
         self.hw = hw
-        groups = group_ops(ops)
+        self.edges = Edges(ops)
+        groups = group_ops(ops, self.edges)
         for g in groups:
             if g.kind == "attention":
                 self._add_attention(g.core)
@@ -195,6 +215,7 @@ class _Units:
                 self._append([(_vector_unit([ops[j] for j in g.core], wplan, self._next(g.core[-1])), g.core)])
             else:
                 self._add_gemm(g)
+        self._chain()
         self._hand_over()
         self.op_unit, self.primary = [0] * len(ops), [False] * len(ops)
         for u, cov in enumerate(self.covered):
@@ -203,7 +224,7 @@ class _Units:
                 self.op_unit[j], self.primary[j] = u, j == prim
         self.set_bytes = [sum(ops[j].weight_bytes for j in cov if ops[j].weight_set >= 0) for cov in self.covered]
         self.lower = dram_lower_bound(
-            ops, groups, wplan.resident, hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+            ops, groups, wplan.resident, hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes, self.edges
         )
 
     def _next(self, j: int):
@@ -264,6 +285,8 @@ class _Units:
                 full_k = any(ops[j].kind in ROW_KINDS for j in fused_pre)
                 try:
                     cyc, pj = _shape(unit, self.hw, self.cache, full_k)[1]
+                    if self.hw.planner.objective == "latency":
+                        cyc, pj = _plan_cost(self._plan(unit, full_k), self.hw)
                 except NoFit:  # the fused row does not fit: spill, run those stages as their own ops
                     continue
                 parts = []
@@ -274,41 +297,76 @@ class _Units:
                     parts.append((_vector_unit([ops[j] for j in alone_post], wplan, nxt), alone_post))
                 for v, _ in parts:
                     if v is not unit:
-                        c, e = plan_estimate(self._plan(v), self.hw)
+                        c, e = _plan_cost(self._plan(v), self.hw)
                         cyc, pj = cyc + c, pj + e
-                key = (figure_of_merit(cyc, pj), len(parts))
+                key = (figure_of_merit(cyc, pj, self.hw.planner.objective), len(parts))
                 if best is None or key < best[0]:
                     best = (key, parts, full_k)
         _, parts, full_k = best
         self._append(parts, [self._plan(u, full_k if isinstance(u, GemmUnit) else False) for u, _ in parts])
 
+    def _chain(self) -> None:
+        """Two GEMM units in a row whose tensor between them is read by the second alone (the MLP's
+        fc1 -> GELU -> fc2, ``hwsim/chain.py``) run row block by row block with that tensor in
+        SRAM, where a row block of it fits and the planner's objective is better than apart."""
+        u = 0
+        while u + 1 < len(self.units):
+            a, b = self.units[u], self.units[u + 1]
+            last, head = self.covered[u][-1], self.covered[u + 1][0]
+            best = None
+            if (
+                chainable(a, b)
+                and last + 1 == head
+                and self.edges.feeds(last, head)
+                and self.edges.readers[last] <= set(self.covered[u + 1])
+            ):
+                for rows in row_options(a, b, self.hw):
+                    try:
+                        plan = self._plan(ChainUnit(a, b, rows))
+                    except (NoFit, ConfigError):
+                        continue
+                    m = _merit([plan], self.hw)
+                    if best is None or m < best[0]:
+                        best = (m, ChainUnit(a, b, rows), plan)
+            if best is not None and best[0] < _merit(self.plans[u : u + 2], self.hw):
+                self.units[u : u + 2] = [best[1]]
+                self.plans[u : u + 2] = [best[2]]
+                self.labels[u : u + 2] = [self.labels[u]]
+                self.covered[u : u + 2] = [self.covered[u] + self.covered[u + 1]]
+            u += 1
+
     def _hand_over(self) -> None:
-        """A unit's output stays in SRAM for the next unit when that unit reads it as its main
-        input, it fits a quarter of the activation buffer (the two units' tiles are planned in the
-        whole buffer beside it: an approximation), and the pair's figure of merit is no worse."""
+        """A unit's output stays in SRAM for the next unit when that unit reads it (the trace's
+        ``reads``) as its main input, it fits a quarter of the activation buffer, and the pair's
+        objective is no worse. The tensor holds its bytes of the activation buffer while the
+        first unit writes it and the second reads it, so both are planned in what is left
+        (``held_bytes``); the DRAM write is skipped only when the second unit is its one reader
+        (else it is written as well, and only the read is saved)."""
         quarter = self.hw.sram.activation_buffer_bytes // 4
         for u in range(len(self.units) - 1):
             a, b = self.units[u], self.units[u + 1]
-            if not (_handover_kind(a) and _handover_kind(b)) or self.covered[u][-1] + 1 != self.covered[u + 1][0]:
+            last, head = self.covered[u][-1], self.covered[u + 1][0]
+            if not (_handover_kind(a) and _handover_kind(b)) or last + 1 != head or not self.edges.feeds(last, head):
                 continue
-            out_el = out_elements(self.ops[self.covered[u][-1]])
-            head = self.ops[self.covered[u + 1][0]]
-            if a.out_bytes > quarter or out_el != in_elements(head):
+            if a.out_bytes > quarter or out_elements(self.ops[last]) != in_elements(self.ops[head]):
                 continue
-            na, nb = dataclasses.replace(a, dram_out=False), dataclasses.replace(b, dram_in=False)
+            held = a.out_bytes + a.held_bytes  # a may itself hold its handed-over input
+            only = self.edges.readers[last] <= set(self.covered[u + 1])
+            na = dataclasses.replace(a, dram_out=not only, held_bytes=held)
+            nb = dataclasses.replace(b, dram_in=False, held_bytes=a.out_bytes)
             try:
                 qa, qb = self._plan(na, _needs_full_k(na)), self._plan(nb, _needs_full_k(nb))
-            except NoFit:
+            except (NoFit, ConfigError):
                 continue
             if _merit([qa, qb], self.hw) <= _merit([self.plans[u], self.plans[u + 1]], self.hw):
                 self.units[u], self.units[u + 1] = na, nb
                 self.plans[u], self.plans[u + 1] = qa, qb
 
 
-def _merit(plans: list, hw: HWConfig) -> float:
-    """Energy x delay^2 of plans run one after another, from their closed-form estimates."""
-    est = [plan_estimate(p, hw) for p in plans]
-    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est))
+def _merit(plans: list, hw: HWConfig) -> tuple:
+    """The planner's objective of plans run one after another (``_plan_cost``)."""
+    est = [_plan_cost(p, hw) for p in plans]
+    return figure_of_merit(sum(c for c, _ in est), sum(e for _, e in est), hw.planner.objective)
 
 
 def _handover_kind(unit) -> bool:
@@ -350,7 +408,9 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
 
 def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> tuple:
     """(tiling, (cycles, pJ)) of a GEMM unit (``tiling.gemm_shape``), cached beside the plans; a
-    unit with quantization stages starts from its static twin's tiling."""
+    unit with quantization stages starts from its static twin's tiling. A latency planner replays
+    the best ``REPLAY_CHECKED`` tilings by estimate and keeps the fastest replay (its plan is cached
+    for ``_plan``), so the closed form's error cannot pick a slower one among them."""
     key = ("shape", unit, need_full_k)
     hit = plans.get(key)
     if hit is None:
@@ -362,7 +422,10 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
             except (ConfigError, NoFit):
                 pass
         try:
-            hit = gemm_shape(unit, hw, need_full_k, anchor)
+            if hw.planner.objective == "latency":
+                hit = _fastest_shape(unit, hw, plans, need_full_k, anchor)
+            else:
+                hit = gemm_shape(unit, hw, need_full_k, anchor)
         except NoFit as e:
             if need_full_k:
                 raise
@@ -371,13 +434,53 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
     return hit
 
 
+REPLAY_CHECKED = 4  # tilings a latency planner replays per GEMM unit (assumption: a compiler's autotuner
+# measures a handful of candidates, not every one)
+
+
+def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool, anchor) -> tuple:
+    best = None
+    for n, (shape, est) in enumerate(gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)):
+        plan = plan_gemm(unit, hw, need_full_k, shape=shape)
+        key = (replay_cycles(plan, hw), n)
+        if best is None or key < best[0]:
+            best = (key, (shape, est), plan)
+    plans[(unit, need_full_k)] = best[2]
+    return best[1]
+
+
+def replay_cycles(plan: Plan, hw: HWConfig) -> int:
+    """Cycles of a plan replayed alone on an idle machine: what a step spends on it (a unit starts
+    once the one before has drained), computed once per plan."""
+    if plan.replayed < 0:
+        m = Machine(hw)
+        m.env.process(m.run_unit(plan, ""))
+        m.env.run()
+        plan.replayed = m.env.now
+    return plan.replayed
+
+
+def _plan_cost(plan: Plan, hw: HWConfig) -> tuple[float, float]:
+    """(cycles, pJ) the planner weighs: the closed form, with replayed cycles for a latency planner."""
+    cycles, pj = plan_estimate(plan, hw)
+    if hw.planner.objective == "latency":
+        cycles = replay_cycles(plan, hw)
+    return cycles, pj
+
+
 def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
     key = (unit, need_full_k)
     p = plans.get(key)
     if p is None:
         try:
             if isinstance(unit, GemmUnit):
-                p = plan_gemm(unit, hw, need_full_k, shape=_shape(unit, hw, plans, need_full_k)[0])
+                shape = _shape(unit, hw, plans, need_full_k)[0]
+                p = plans.get(key) or plan_gemm(unit, hw, need_full_k, shape=shape)  # a latency planner's
+            elif isinstance(unit, ChainUnit):
+                p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
+            elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
+                cands = [plan_attention(unit, hw, b) for b in attention_blockings(unit, hw, REPLAY_CHECKED)]
+                p = min(cands, key=lambda c: replay_cycles(c, hw))  # first of equal replays
             elif isinstance(unit, AttentionUnit):
                 p = plan_attention(unit, hw)
             else:
@@ -398,6 +501,11 @@ class _StepOut:
 def _run_step(
     hw: HWConfig, us: _Units, memo: dict | None, swap: tuple | None, wplan: WeightPlan, record: bool
 ) -> _StepOut:
+    """Simulate one step: its units in order on one ``Machine``, with the background swap when
+    there is one; a unit met before (``memo``) with no swap running is replayed from its recorded
+    cycles and counters. One piece on purpose: the SimPy process (``sequence``) and the swap's
+    completion callback share the step's state through the closure, and splitting them would
+    only pass that state around."""
     m = Machine(hw, record)
     env = m.env
     n = len(us.units)
@@ -625,10 +733,8 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
     ``memo=False``, which computes everything afresh, bit for bit (tests/hwsim/test_hwsim_model.py).
     """
     info = _trace_info(trace, memo)
-    by_step, steps, step_sig, reps, step_set = info.by_step, info.steps, info.step_sig, info.reps, info.step_set
-    num_steps = len(steps)
     if not hw.vector.online_reduction:
-        for sid, s in enumerate(reps):
+        for sid in range(len(info.reps)):
             if info.dyn[sid]:
                 raise ConfigError(
                     "recipe",
@@ -636,100 +742,108 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
                     f"a static recipe: hardware {hw.name} has no on-line reduction unit "
                     "for dynamic quantization (vector.online_reduction: false)",
                 )
-    wplan = plan_weights(trace, hw, prefetch, info.sets)
-    hkey = hw_hash(hw)
-    plans = _Scoped(_PLANS if memo else None, (hkey, wplan.resident))
-    units = []
-    for sid, s in enumerate(reps):
-        ukey = (hkey, info.sig_keys[sid], wplan.resident)
+    r = _Run()
+    r.trace, r.hw, r.prefetch, r.memo, r.info = trace, hw, prefetch, memo, info
+    r.wplan = plan_weights(trace, hw, prefetch, info.sets)
+    r.hkey = hw_hash(hw)
+    r.plans = _Scoped(_PLANS if memo else None, (r.hkey, r.wplan.resident))
+    r.units = []
+    for sid, s in enumerate(info.reps):
+        ukey = (r.hkey, info.sig_keys[sid], r.wplan.resident)
         us = _UNIT_SETS.get(ukey) if memo else None
         if us is None:
-            us = _Units(by_step[s], hw, wplan, plans)
+            us = _Units(info.by_step[s], hw, r.wplan, r.plans)
             if memo:
                 _UNIT_SETS.put(ukey, us)
-        units.append(us)
-    _check_dram(units, by_step, reps, hw)
+        r.units.append(us)
+    _check_dram(r.units, hw)
+    r.swaps = _swaps(r)
+    r.record_steps = _record_steps(r) if timeline else set()
+    _run_steps(r)
+    return _result(r)
 
-    # weight-set transitions per step
-    def swap_of(s: int):
-        if not wplan.swaps:
-            return None
-        if wplan.prefetch_used == "jit":
+
+class _Run:
+    """What one ``simulate`` call has gathered, handed from stage to stage: the trace analysis,
+    the weight plan, each distinct step's units, the swaps, and each step's run (``outs``) with its
+    swap-free twin (``twins``: the same step without the swap, to tell what the swap added)."""
+
+    trace: Trace
+    hw: HWConfig
+    prefetch: str
+    memo: bool
+    info: _TraceInfo
+    wplan: WeightPlan
+    hkey: str
+    plans: _Scoped
+    units: list
+    swaps: list
+    record_steps: set
+    outs: list
+    twins: list
+    unit_memo: _Scoped | None
+    simulated_steps: int
+
+
+def _swaps(r: _Run) -> list:
+    """Each step's weight-set transition: None, ("jit", bytes per unit of this step's set, coming
+    in as the step runs) or ("early", bytes per unit of the next step's set, prefetched now)."""
+    wplan, info, units = r.wplan, r.info, r.units
+    step_set, step_sig, n = info.step_set, info.step_sig, len(info.steps)
+    out = []
+    for s in info.steps:
+        swap = None
+        if wplan.swaps and wplan.prefetch_used == "jit":
             if s > 0 and step_set[s] != step_set[s - 1]:
-                return ("jit", tuple(units[step_sig[s]].set_bytes))
-            return None
-        if s + 1 < num_steps and step_set[s + 1] != step_set[s]:
-            return ("early", tuple(b for b in units[step_sig[s + 1]].set_bytes if b))
-        return None
+                swap = ("jit", tuple(units[step_sig[s]].set_bytes))
+        elif wplan.swaps and s + 1 < n and step_set[s + 1] != step_set[s]:
+            swap = ("early", tuple(b for b in units[step_sig[s + 1]].set_bytes if b))
+        out.append(swap)
+    return out
 
-    swaps = [swap_of(s) for s in steps]
-    record_steps: set[int] = set()
-    if timeline:
-        record_steps.add(0)
-        first = next((s for s in steps if swaps[s] is not None), None)
-        if first is not None:
-            record_steps.update({first, first + 1} if wplan.prefetch_used == "early" else {first - 1, first})
-        record_steps = {s for s in record_steps if 0 <= s < num_steps}
 
-    unit_memo = _Scoped(_UNIT_RUNS, (hkey, prefetch, wplan.resident)) if memo else None
+def _record_steps(r: _Run) -> set:
+    """Steps whose engine events the timeline shows: the first, and the first swap with its neighbour."""
+    steps = {0}
+    first = next((s for s in r.info.steps if r.swaps[s] is not None), None)
+    if first is not None:
+        steps.update({first, first + 1} if r.wplan.prefetch_used == "early" else {first - 1, first})
+    return {s for s in steps if 0 <= s < len(r.info.steps)}
+
+
+def _run_steps(r: _Run) -> None:
+    """Run every step (a step with a swap also without it, its twin), each distinct (op list,
+    swap) once: from this call's memo, the process-level cache, or simulated."""
+    info, wplan, memo, hkey, prefetch = r.info, r.wplan, r.memo, r.hkey, r.prefetch
+    r.unit_memo = _Scoped(_UNIT_RUNS, (hkey, prefetch, wplan.resident)) if memo else None
     rec_memo: dict | None = {} if memo else None
     step_memo: dict = {}
-    outs: list[_StepOut] = []
-    twins: list[_StepOut] = []
-    simulated_steps = 0
+    r.outs, r.twins, r.simulated_steps = [], [], 0
 
     def run(s: int, swap, record: bool) -> _StepOut:
-        nonlocal simulated_steps
-        key = (step_sig[s], swap)
+        sig = info.step_sig[s]
+        key = (sig, swap)
+        # where swaps read from matters only to a step that swaps
+        gkey = (hkey, prefetch, info.sig_keys[sig], wplan.resident, wplan.from_flash if swap else None, swap)
         if memo and not record:
-            o = step_memo.get(key)
-            if o is not None:
-                return o
-            # where swaps read from matters only to a step that swaps
-            gkey = (
-                hkey,
-                prefetch,
-                info.sig_keys[step_sig[s]],
-                wplan.resident,
-                wplan.from_flash if swap is not None else None,
-                swap,
-            )
-            o = _STEPS.get(gkey)
+            o = step_memo.get(key) or _STEPS.get(gkey)
             if o is not None:
                 step_memo[key] = o
                 return o
-        simulated_steps += 1
-        o = _run_step(hw, units[step_sig[s]], rec_memo if record else unit_memo, swap, wplan, record)
+        r.simulated_steps += 1
+        o = _run_step(r.hw, r.units[sig], rec_memo if record else r.unit_memo, swap, wplan, record)
         if memo and not record:
             step_memo[key] = o
             _STEPS.put(gkey, o)
         return o
 
-    for s in steps:
-        o = run(s, swaps[s], s in record_steps)
-        outs.append(o)
-        twins.append(run(s, None, False) if swaps[s] is not None else o)
-
-    return _result(
-        trace,
-        hw,
-        wplan,
-        prefetch,
-        units,
-        step_sig,
-        reps,
-        by_step,
-        outs,
-        twins,
-        swaps,
-        record_steps,
-        plans,
-        unit_memo,
-        simulated_steps,
-    )
+    for s in info.steps:
+        o = run(s, r.swaps[s], s in r.record_steps)
+        r.outs.append(o)
+        r.twins.append(run(s, None, False) if r.swaps[s] is not None else o)
 
 
-def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
+def _check_dram(units, hw: HWConfig) -> None:
     """Each unit's activations (what it reads and writes in DRAM) must fit beside the weights."""
     room = hw.dram.capacity_bytes - hw.dram.weight_capacity_bytes
     for us in units:
@@ -738,6 +852,8 @@ def _check_dram(units, by_step, reps, hw: HWConfig) -> None:
                 act = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
             elif isinstance(unit, GemmUnit):
                 act = unit.a_bytes + (unit.b_bytes if unit.b_per_item else 0) + unit.out_bytes
+            elif isinstance(unit, ChainUnit):
+                act = unit.first.a_bytes + unit.second.out_bytes
             else:
                 act = unit.in_bytes + unit.out_bytes
             if act > room:
@@ -760,20 +876,22 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
         )
         min_bytes = unit.q_bytes + unit.k_bytes + unit.v_bytes + unit.out_bytes
         vec = vector_cycles(hw, "softmax", unit.batch * unit.m * unit.n)
-    elif isinstance(unit, GemmUnit):
-        compute = math.ceil(unit.macs / hw.peak_macs_per_cycle[unit.precision])
-        min_bytes = (
-            unit.a_bytes * unit.dram_in
-            + (0 if unit.b_resident else unit.b_bytes)
-            + unit.out_bytes * unit.dram_out
-            + unit.pre_weight_bytes
-            + unit.res_bytes
-        )
-        vec = 0
-        if unit.pre:
-            vec += vector_cycles(hw, unit.pre, unit.batch * unit.m * unit.k, unit.batch * unit.m)
-        if unit.post:
-            vec += vector_cycles(hw, unit.post, unit.batch * unit.m * unit.n)
+    elif isinstance(unit, (GemmUnit, ChainUnit)):
+        gemms = (unit.first, unit.second) if isinstance(unit, ChainUnit) else (unit,)
+        compute = math.ceil(sum(g.macs / hw.peak_macs_per_cycle[g.precision] for g in gemms))
+        min_bytes = vec = 0
+        for i, g in enumerate(gemms):  # a chain's tensor between its GEMMs stays in SRAM
+            min_bytes += (
+                g.a_bytes * (g.dram_in and i == 0)
+                + (0 if g.b_resident else g.b_bytes)
+                + g.out_bytes * (g.dram_out and i == len(gemms) - 1)
+                + g.pre_weight_bytes
+                + g.res_bytes
+            )
+            if g.pre:
+                vec += vector_cycles(hw, g.pre, g.batch * g.m * g.k, g.batch * g.m)
+            if g.post:
+                vec += vector_cycles(hw, g.post, g.batch * g.m * g.n)
     else:
         compute = 0
         min_bytes = (
@@ -785,29 +903,10 @@ def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:
     return max(compute, vec, math.floor(min_bytes * cpb))
 
 
-def _result(
-    trace,
-    hw,
-    wplan,
-    prefetch,
-    units,
-    step_sig,
-    reps,
-    by_step,
-    outs,
-    twins,
-    swaps,
-    record_steps,
-    plans,
-    unit_memo,
-    simulated_steps,
-) -> SimResult:
-    freq = hw.clock.freq_hz
-    num_steps = len(outs)
-    total_cycles = sum(o.cycles for o in outs)
-    latency_s = total_cycles / freq
-    # event counts: the plans' static counts per step + the swaps' traffic
-    counts: dict[str, int] = {}
+def _event_counts(r: _Run) -> tuple[dict, int, int, int]:
+    """The run's integer event counts (each step's plans' static counts + the swaps' traffic),
+    the bytes and number of swaps, and the video's compulsory DRAM traffic (lower bound + swaps)."""
+    wplan, units, step_sig = r.wplan, r.units, r.info.step_sig
     plan_counts_per_sig = []
     for us in units:
         c: dict[str, int] = {}
@@ -815,54 +914,60 @@ def _result(
             for k, v in p.counts.items():
                 c[k] = c.get(k, 0) + v
         plan_counts_per_sig.append(c)
-    swap_bytes = swap_count = 0
-    bound_bytes = 0  # compulsory DRAM traffic of the video (schedule.dram_lower_bound + swaps)
-    for s, o in enumerate(outs):
+    counts: dict[str, int] = {}
+    swap_bytes = swap_count = bound_bytes = 0
+    for s, swap in enumerate(r.swaps):
         bound_bytes += sum(units[step_sig[s]].lower)
         for k, v in plan_counts_per_sig[step_sig[s]].items():
             counts[k] = counts.get(k, 0) + v
-        if swaps[s] is not None:
-            b = sum(swaps[s][1])
-            swap_bytes += b
-            swap_count += 1
-            if wplan.from_flash:
-                counts["flash_rd"] = counts.get("flash_rd", 0) + b
-                counts["dram_wr"] = counts.get("dram_wr", 0) + b
-            if wplan.resident:
-                counts["dram_rd"] = counts.get("dram_rd", 0) + b
-                counts["sram_wr"] = counts.get("sram_wr", 0) + b
-            bound_bytes += b * (wplan.from_flash + wplan.resident)
-    area = area_breakdown_mm2(hw)
-    area_mm2 = sum(area.values())
-    energy = energy_breakdown_j(hw, counts, latency_s, area_mm2)
+        if swap is None:
+            continue
+        b = sum(swap[1])
+        swap_bytes += b
+        swap_count += 1
+        if wplan.from_flash:
+            counts["flash_rd"] = counts.get("flash_rd", 0) + b
+            counts["dram_wr"] = counts.get("dram_wr", 0) + b
+        if wplan.resident:
+            counts["dram_rd"] = counts.get("dram_rd", 0) + b
+            counts["sram_wr"] = counts.get("sram_wr", 0) + b
+        bound_bytes += b * (wplan.from_flash + wplan.resident)
+    return counts, swap_bytes, swap_count, bound_bytes
 
-    # stalls: each step's twin without swap decomposes exactly; swaps add the difference
-    agg = dict.fromkeys(
-        (
-            "crit_mac",
-            "crit_vector",
-            "wait_memory",
-            "wait_vector",
-            "wait_store",
-            "tail",
-            "mac_busy",
-            "vector_busy",
-            "dram_busy",
-            "dma_busy",
-            "flash_busy",
-        ),
-        0,
-    )
-    swap_stall = swap_dur = 0
-    for s, o in enumerate(outs):
-        tw = twins[s]
-        for k in ("crit_mac", "crit_vector", "wait_memory", "wait_vector", "wait_store", "tail"):
+
+_STALL_KEYS = ("crit_mac", "crit_vector", "wait_memory", "wait_vector", "wait_store", "tail")
+_BUSY_KEYS = ("mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy")
+
+
+def _swap_times(r: _Run) -> dict:
+    """Cycles the swaps added to the video (``exposed``: each swapping step against its swap-free
+    twin), split into the layers' waits for weights still in flight (``wait``: only ``jit`` waits)
+    and the rest (``contention``: DRAM and DMA time the swap takes from the layers), and the cycles
+    the swap copies ran (``duration``)."""
+    out = dict.fromkeys(("exposed", "wait", "contention", "duration"), 0)
+    for o, tw, swap in zip(r.outs, r.twins, r.swaps):
+        if swap is None:
+            continue
+        exposed = max(0, o.cycles - tw.cycles)
+        wait = min(exposed, o.swap_wait)
+        out["exposed"] += exposed
+        out["wait"] += wait
+        out["contention"] += exposed - wait
+        out["duration"] += o.swap_end
+    return out
+
+
+def _stalls(r: _Run, counts: dict, total_cycles: int, swap: dict) -> tuple[dict, dict]:
+    """Where the time went (seconds; each swapping step's twin decomposes exactly, the swap adds
+    the difference) and how busy each engine was."""
+    hw = r.hw
+    freq = hw.clock.freq_hz
+    agg = dict.fromkeys(_STALL_KEYS + _BUSY_KEYS, 0)
+    for o, tw in zip(r.outs, r.twins):
+        for k in _STALL_KEYS:
             agg[k] += tw.st.get(k, 0)
-        for k in ("mac_busy", "vector_busy", "dram_busy", "dma_busy", "flash_busy"):
+        for k in _BUSY_KEYS:
             agg[k] += o.st.get(k, 0) + o.swap_st.get(k, 0)
-        if swaps[s] is not None:
-            swap_stall += max(0, o.cycles - tw.cycles)
-            swap_dur += o.swap_end
     ideal = sum(counts.get(f"macs_{p}", 0) / hw.peak_macs_per_cycle[p] for p in ("int8", "int4", "fp16"))
     stall = {
         "mac_compute": ideal / freq,
@@ -871,25 +976,32 @@ def _result(
         "memory": (agg["wait_memory"] + agg["tail"]) / freq,
         "vector_stage": agg["wait_vector"] / freq,
         "store": agg["wait_store"] / freq,
-        "swap": swap_stall / freq,
+        "swap": swap["exposed"] / freq,
     }
+    t = total_cycles or 1
     util = {
-        "mac_useful": ideal / total_cycles if total_cycles else 0.0,
-        "mac_arrays": agg["mac_busy"] / total_cycles if total_cycles else 0.0,
-        "vector": agg["vector_busy"] / total_cycles if total_cycles else 0.0,
-        "dram": agg["dram_busy"] / total_cycles if total_cycles else 0.0,
-        "dma": agg["dma_busy"] / (total_cycles * hw.dma.engines) if total_cycles else 0.0,
-        "flash": agg["flash_busy"] / total_cycles if total_cycles else 0.0,
+        "mac_useful": ideal / t if total_cycles else 0.0,
+        "mac_arrays": agg["mac_busy"] / t if total_cycles else 0.0,
+        "vector": agg["vector_busy"] / t if total_cycles else 0.0,
+        "dram": agg["dram_busy"] / t if total_cycles else 0.0,
+        "dma": agg["dma_busy"] / (t * hw.dma.engines) if total_cycles else 0.0,
+        "flash": agg["flash_busy"] / t if total_cycles else 0.0,
     }
-    # per-op table of step 0
-    us0 = units[step_sig[0]]
-    o0 = outs[0]
-    per_op = []
+    return stall, util
+
+
+def _per_op(r: _Run) -> list:
+    """One row per op of step 0: its unit's time, roofline bound, closed-form estimate, DRAM bytes
+    and their lower bound on the op that leads the unit; ``fused_into`` on the others."""
+    hw, freq = r.hw, r.hw.clock.freq_hz
+    us0 = r.units[r.info.step_sig[0]]
+    o0 = r.outs[0]
     bounds = [unit_bound_cycles(u, hw, p) for u, p in zip(us0.units, us0.plans)]
-    for op, ui, prim in zip(by_step[0], us0.op_unit, us0.primary):
+    rows = []
+    for op, ui, prim in zip(r.info.by_step[0], us0.op_unit, us0.primary):
         pc = us0.plans[ui].counts
         unit = us0.units[ui]
-        per_op.append(
+        rows.append(
             {
                 "name": op.name,
                 "kind": op.kind,
@@ -905,21 +1017,38 @@ def _result(
                 "fused_into": "" if prim else us0.labels[ui],
             }
         )
+    return rows
+
+
+def _result(r: _Run) -> SimResult:
+    """The SimResult of a finished run: totals, energy from the counts, stalls, per-op rows (most
+    of its length is the result's field list)."""
+    hw, wplan, trace = r.hw, r.wplan, r.trace
+    freq = hw.clock.freq_hz
+    total_cycles = sum(o.cycles for o in r.outs)
+    latency_s = total_cycles / freq
+    counts, swap_bytes, swap_count, bound_bytes = _event_counts(r)
+    area = area_breakdown_mm2(hw)
+    area_mm2 = sum(area.values())
+    energy = energy_breakdown_j(hw, counts, latency_s, area_mm2)
+    swap = _swap_times(r)
+    stall, util = _stalls(r, counts, total_cycles, swap)
+    dram_bytes = counts.get("dram_rd", 0) + counts.get("dram_wr", 0)
+    us0 = r.units[r.info.step_sig[0]]
     tl = {}
-    for s in sorted(record_steps):
-        tl[s] = [(e, a / freq, b / freq, lab) for e, a, b, lab in (outs[s].events or [])]
-    init_s = wplan.initial_load_bytes / hw.flash.bandwidth_bytes_per_s
+    for s in sorted(r.record_steps):
+        tl[s] = [(e, a / freq, b / freq, lab) for e, a, b, lab in (r.outs[s].events or [])]
     return SimResult(
         sim_version=SIM_VERSION,
         hw=hw.name,
         workload=str(trace.meta.get("workload", "")),
         recipe=str(trace.meta.get("recipe", "fp16")),
-        prefetch=prefetch,
+        prefetch=r.prefetch,
         prefetch_used=wplan.prefetch_used,
         weight_placement=wplan.placement,
-        num_steps=num_steps,
+        num_steps=len(r.outs),
         latency_s=latency_s,
-        latency_per_step_s=[o.cycles / freq for o in outs],
+        latency_per_step_s=[o.cycles / freq for o in r.outs],
         energy_j=sum(energy.values()),
         energy_breakdown_j=energy,
         area_mm2=area_mm2,
@@ -930,25 +1059,27 @@ def _result(
         num_weight_sets=len(wplan.set_bytes),
         swap_count=swap_count,
         swap_bytes=swap_bytes,
-        swap_stall_s=swap_stall / freq,
-        swap_hidden_s=max(0, swap_dur - swap_stall) / freq,
+        swap_stall_s=swap["exposed"] / freq,
+        swap_hidden_s=max(0, swap["duration"] - swap["exposed"]) / freq,
+        swap_wait_s=swap["wait"] / freq,
+        swap_contention_s=swap["contention"] / freq,
         initial_load_bytes=wplan.initial_load_bytes,
-        initial_load_s=init_s,
+        initial_load_s=wplan.initial_load_bytes / hw.flash.bandwidth_bytes_per_s,
         stall_breakdown_s=stall,
         utilisation=util,
         macs=sum(counts.get(f"macs_{p}", 0) for p in ("int8", "int4", "fp16")),
-        dram_bytes=counts.get("dram_rd", 0) + counts.get("dram_wr", 0),
+        dram_bytes=dram_bytes,
         flash_bytes=counts.get("flash_rd", 0),
         sram_bytes=counts.get("sram_rd", 0) + counts.get("sram_wr", 0),
-        per_op=per_op,
+        per_op=_per_op(r),
         dram_lower_bound_bytes=bound_bytes,
-        dram_over_bound=(counts.get("dram_rd", 0) + counts.get("dram_wr", 0)) / bound_bytes if bound_bytes else 0.0,
+        dram_over_bound=dram_bytes / bound_bytes if bound_bytes else 0.0,
         memo={
-            "distinct_steps": len(reps),
-            "steps_simulated": simulated_steps,
+            "distinct_steps": len(r.info.reps),
+            "steps_simulated": r.simulated_steps,
             "units_per_step": len(us0.units),
-            "units_simulated": unit_memo.added if unit_memo is not None else None,
-            "plans": len({id(p) for us in units for p in us.plans}),
+            "units_simulated": r.unit_memo.added if r.unit_memo is not None else None,
+            "plans": len({id(p) for us in r.units for p in us.plans}),
         },
         note=wplan.note,
         timeline=tl,

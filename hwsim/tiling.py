@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from hwsim.bounded import check_gemm_tiles
+from hwsim.bounded import check_gemm_tiles, check_vector_tiles
 from hwsim.config import DATAFLOWS, HWConfig
+from hwsim.energy import energy_breakdown_j
+from hwsim.horowitz import VECTOR_LANE_CYCLE_PJ_45NM, epilogue_pj_45nm
 from hwsim.schedule import ROW_KINDS
 from workloads.errors import ConfigError
 
@@ -105,7 +107,8 @@ class GemmUnit:
     res_bytes: int = 0  # second operand of a fused epilogue add (the residual), read per output tile
     dram_in: bool = True  # False: A is handed over in SRAM by the previous unit (not read from DRAM)
     dram_out: bool = True  # False: the output stays in SRAM for the next unit (not written to DRAM)
-    epilogue: str = ""  # output conversion on the arrays' epilogue lanes: EPILOGUE_PJ_45NM's kinds
+    held_bytes: int = 0  # activation-buffer bytes a tensor handed over in SRAM holds during this unit
+    epilogue: str = ""  # output conversion on the arrays' epilogue lanes: horowitz.EPILOGUE_PJ_45NM's kinds
     dequant_elements: int = 0  # operand elements converted from integer codes to FP16 at the array input
 
     @property
@@ -126,6 +129,13 @@ class VectorOpUnit:
     side_bytes: int = 0  # part of in_bytes that is not the producer's tensor (a residual, a table)
     dram_in: bool = True  # False: the main input is handed over in SRAM (only side_bytes are read)
     dram_out: bool = True  # False: the output stays in SRAM for the next unit
+    held_bytes: int = 0  # activation-buffer bytes a tensor handed over in SRAM holds during this unit
+
+
+def tile_buffer_bytes(u, hw: HWConfig) -> int:
+    """The activation buffer a unit's tiles may use: what a tensor kept in SRAM for a hand-over
+    (the unit's own output growing, or its input waiting) does not hold."""
+    return hw.sram.activation_buffer_bytes - getattr(u, "held_bytes", 0)
 
 
 # Vector-unit work per element, as (function, count) pairs over vector.cycles_per_element.
@@ -162,24 +172,7 @@ def op_stages(op) -> str:
     return kind
 
 
-# Epilogue lanes beside the MAC arrays convert what the arrays read and write: energy per element at
-# 45 nm from Horowitz ("Computing's energy problem", ISSCC 2014): 32-bit integer multiply 3.1 pJ,
-# 32-bit add 0.1 pJ, FP16 multiply 1.1 pJ, FP16 add 0.4 pJ. A shift, a rounding increment and a clamp
-# compare are costed as 32-bit adds, an int -> float conversion as an FP16 add (assumptions).
-INT32_MULT_PJ_45NM = 3.1
-INT32_ADD_PJ_45NM = 0.1
-FP16_MULT_PJ_45NM, FP16_ADD_PJ_45NM = 1.1, 0.4
-EPILOGUE_PJ_45NM = {
-    # static int32 accumulator -> int16 codes: x int32 multiplier, add the rounding bit, shift, clamp
-    "requant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM,
-    # the same codes turned to FP16 where they are written (the value the emulator's float reader
-    # computes, made once at the source): requant, then int -> float and x scale
-    "requant_dequant": INT32_MULT_PJ_45NM + 3 * INT32_ADD_PJ_45NM + FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
-    # FP16 -> int8 codes (a float GEMM feeding an int8 one): x 1/scale, round, saturate
-    "quant": FP16_MULT_PJ_45NM + 2 * INT32_ADD_PJ_45NM,
-    # int16 codes -> FP16 at the array input (a float GEMM reading a static GEMM's codes)
-    "dequant": FP16_ADD_PJ_45NM + FP16_MULT_PJ_45NM,
-}
+# The conversion lanes' energies per element are Horowitz's (``horowitz.EPILOGUE_PJ_45NM``).
 # The lanes take one element per array column (output) or row (input) per cycle (assumption). An
 # output-stationary fold of R x C outputs takes K + R + C - 2 >= R cycles, a weight- or input-
 # stationary fold of at most (streamed T) x C outputs takes T + 2R + C - 2 > T cycles: the lanes
@@ -194,11 +187,6 @@ def epilogue_counts(u) -> dict:
     if u.dequant_elements:
         out["epi_dequant"] = u.dequant_elements
     return out
-
-
-def epilogue_pj_45nm(counts: dict) -> float:
-    """45 nm energy of a plan's epilogue events (scaled to the node by the caller)."""
-    return sum(counts.get("epi_" + k, 0) * pj for k, pj in EPILOGUE_PJ_45NM.items())
 
 
 def vector_cycles_per_element(hw: HWConfig, kind: str) -> float:
@@ -254,6 +242,7 @@ class Plan:
     counts: dict = field(default_factory=dict)  # integer event counts for the energy model
     tile_shape: tuple = ()  # GEMM: (bt, mt, kt, nt, weight_reuse); attention: (bt, mq, nk); vector: (et,)
     estimate: tuple = ()  # (cycles, pJ) once plan_estimate has run (a plan belongs to one hardware)
+    replayed: int = -1  # cycles of the plan replayed alone, once a latency planner has checked it
 
 
 class NoFit(Exception):
@@ -290,14 +279,20 @@ def _blocks(total: int, tile: int) -> list[tuple[int, int]]:
     return [(c, sz) for c, sz in ((full, tile), (1 if rest else 0, rest)) if c]
 
 
-def figure_of_merit(cycles: float, energy_pj: float) -> float:
-    """What the planner minimises: energy x delay^2 (the E*T^2 metric of Martin, Nystrom & Penzes,
+def figure_of_merit(cycles: float, energy_pj: float, objective: str = "edp2") -> tuple:
+    """What the planner minimises (``planner.objective`` of the config), as a sort key. ``edp2``:
+    energy x delay^2 (the E*T^2 metric of Martin, Nystrom & Penzes,
     "ET^2: a metric for time and energy efficiency of computation", Power Aware Computing, 2002:
     unlike E*T it does not change under voltage scaling, so it ranks schedules, not operating
     points), and it weights time above energy, latency being the figure a video model is judged by
     on a phone. (With the static-twin start and latency-first fusion, E*T gave the same recipe
-    ordering over the default sweep's 200 chips, measured on opensora-v1.0-16x256x256, 2 steps.)"""
-    return cycles * cycles * energy_pj
+    ordering over the default sweep's 200 chips, measured on opensora-v1.0-16x256x256, 2 steps.) ``latency``: cycles, energy breaking ties;
+    ``energy``: energy, cycles breaking ties."""
+    if objective == "latency":
+        return (cycles, energy_pj)
+    if objective == "energy":
+        return (energy_pj, cycles)
+    return (cycles * cycles * energy_pj,)
 
 
 def _per_tile_cycles(hw: HWConfig, engine: str) -> int:
@@ -360,14 +355,17 @@ def _pipeline_cycles(
     dma_all = (
         (a_b + b_b + o_b) * hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s + (a_n + b_n + o_n) * setup
     ) / hw.dma.engines
-    steady = max(
-        lane[0] + pre, lane[1], comp_all, lane[2] + post, (a_b + b_b + o_b) * dram_cycles_per_byte(hw), dma_all
-    )
     n = max(1, ntiles)
     load1 = first_in * _one_transfer_cpb(hw, first_in) + setup if first_in else 0.0
     store1 = last_out * _one_transfer_cpb(hw, last_out) + setup if last_out else 0.0
     first, mid, last = load1 + pre / n, comp_all / n, store1 + post / n
-    pipeline = steady + first + mid + last - max(first, mid, last)
+    pipeline = max(
+        lane[0] + pre + mid + last,  # the input stream, then the last tile's compute and store
+        lane[1] + mid + last,  # the weight stream, likewise
+        first + comp_all + last,  # the engine, after the first load and before the last store
+        first + mid + lane[2] + post,  # the output stream, after the first tile
+        max((a_b + b_b + o_b) * dram_cycles_per_byte(hw), dma_all) + mid,  # controller, engines
+    )
     # the one vector unit runs every pre- and post-stage: at least those, plus what cannot overlap them
     return max(pipeline, pre + post + load1 + mid + store1)
 
@@ -376,8 +374,6 @@ def plan_estimate(plan: Plan, hw: HWConfig) -> tuple[float, float]:
     """(cycles, pJ) of a plan run alone, from its tiles and event counts: the tile search's closed
     form for time, ``energy.py`` for energy (leakage over that time). Used to choose between running
     a GEMM's quantization stages fused into it or as their own ops."""
-    from hwsim.energy import energy_breakdown_j
-
     if plan.estimate:
         return plan.estimate
     tiles = plan.tiles
@@ -407,8 +403,6 @@ class _Estimate:
     def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
         self.u, self.tile_cycles = u, tile_cycles
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
-        from hwsim.energy import VECTOR_LANE_CYCLE_PJ_45NM
-
         b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
         self.b_bpe_of_item = u.b_bytes / b_el if b_el else 0.0  # per batch item when B differs per item
         e = hw.costs  # per-event energies, computed once per config
@@ -434,6 +428,8 @@ class _Estimate:
         self.leak_pj_per_cycle = e.static_w / hw.clock.freq_hz * 1e12
 
     def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
+        """(cycles, pJ, tiles) of one tiling. One piece: every term (reloads, transfers, tile
+        cycles, SRAM bytes) reads the same block counts, and it is the search's inner loop."""
         u = self.u
         nb_b, nb_m, nb_n, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt)
         ntiles = nb_b * nb_m * nb_n * nb_k
@@ -518,7 +514,10 @@ def _gemm_tile_options(u: GemmUnit, R: int, C: int, A: int, need_full_k: bool) -
                 k_opts.add(kt)
     n_opts = {u.n}
     if not u.b_resident:
-        n_opts |= {s * j for s in (C, A * C) for j in N_MULTIPLES if s * j < u.n}
+        # widths of one array and of every power-of-two subset of the arrays up to all of them, so a
+        # chip with more arrays keeps the widths a chip with fewer would use
+        widths = {C, A * C} | {C << i for i in range(A.bit_length()) if (1 << i) <= A}
+        n_opts |= {s * j for s in widths for j in N_MULTIPLES if s * j < u.n}
         n_opts |= {nt for d in N_SPLITS if (nt := _round_up(math.ceil(u.n / d), C)) < u.n}
     return sorted(k_opts, reverse=True), sorted(n_opts, reverse=True)
 
@@ -536,6 +535,9 @@ class _GemmSearch:
         self.b_bpe = b_bpe = u.b_bytes / b_el if b_el else 0.0
         self.o_bpe = u.out_bytes / (u.batch * u.m * u.n)
         self.a_sram_bpe = self.a_bpe + u.a_extra_sram_bpe
+        # input-buffer bytes per A element of a tile: an input handed over in SRAM is read where it
+        # is held (``held_bytes``), so only a pre-stage's quantized copy takes tile room
+        self.a_tile_bpe = self.a_sram_bpe if u.dram_in else u.a_extra_sram_bpe
         self.res_bpe = u.res_bytes / (u.batch * u.m * u.n)
         a_mac_bpe = u.a_extra_sram_bpe if u.pre else self.a_bpe  # the arrays read the quantized copy
         rate = mac.rate(u.precision)
@@ -559,17 +561,19 @@ class _GemmSearch:
 
         self.tile_cycles = tile_cycles
         self.est = _Estimate(u, hw, tile_cycles, self.a_bpe, self.a_sram_bpe, self.o_bpe)
+        objective = hw.planner.objective
+        self.merit = lambda cycles, energy_pj: figure_of_merit(cycles, energy_pj, objective)
 
     def rows_that_fit(self, kt: int, nt: int) -> tuple[int, int] | None:
         """(mt, bt): the most rows (whole rows of the arrays) and batch items that fit beside a
         ``kt x nt`` weight tile, double-buffered; None when the tile does not fit. For fixed
         (kt, nt, order) more rows never cost more (same row folds, fewer reloads and tiles)."""
-        u, wbuf, abuf = self.u, self.hw.sram.weight_buffer_bytes, self.hw.sram.activation_buffer_bytes
+        u, wbuf, abuf = self.u, self.hw.sram.weight_buffer_bytes, tile_buffer_bytes(self.u, self.hw)
         if not u.b_resident and nt * kt * self.b_bpe > wbuf // 2 - u.pre_weight_bytes:
             return None
         nb_k = math.ceil(u.k / kt)
         out_bpe_sram = self.o_bpe if nb_k == 1 else PSUM_BYTES
-        rows = int(abuf // (2 * kt * self.a_sram_bpe + 2 * nt * (out_bpe_sram + self.res_bpe)))
+        rows = int(abuf // (2 * kt * self.a_tile_bpe + 2 * nt * (out_bpe_sram + self.res_bpe)))
         if rows < 1:
             return None
         if rows < u.m:  # balanced row blocks: as many blocks as the most rows need, evened out
@@ -584,8 +588,9 @@ class _GemmSearch:
             bt = max(1, bt)
         return u.m, bt
 
-    def search(self, need_full_k: bool) -> tuple | None:
-        """The candidate (kt, nt, mt, bt, weight_reuse) of least figure of merit, None if none fits."""
+    def search(self, need_full_k: bool, top: int = 1) -> list[tuple]:
+        """The ``top`` candidates (kt, nt, mt, bt, weight_reuse) of least objective, best first
+        (empty if none fits)."""
         k_opts, n_opts = _gemm_tile_options(self.u, self.R, self.C, self.A, need_full_k)
         first = []  # pass 1: every (kt, nt, order) with the most rows that fit
         for kt in k_opts:
@@ -595,18 +600,17 @@ class _GemmSearch:
                     continue
                 for wr in (True, False):
                     cycles, energy_pj, ntiles = self.est(kt, nt, *fit, wr)
-                    first.append(((figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr), (kt, nt, *fit, wr)))
+                    first.append(((self.merit(cycles, energy_pj), ntiles, -kt, not wr), (kt, nt, *fit, wr)))
         if not first:
-            return None
+            return []
         first.sort()
-        best = first[0]
+        ranked = first[: max(top, 1)]
         for _, (kt, nt, mt0, bt0, wr) in first[:SECOND_PASS]:  # pass 2: fewer rows for the best few
             for mt, bt in self.row_options(mt0, bt0)[1:]:
                 cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
-                key = (figure_of_merit(cycles, energy_pj), ntiles, -kt, not wr)
-                if key < best[0]:
-                    best = (key, (kt, nt, mt, bt, wr))
-        return best[1]
+                ranked.append(((self.merit(cycles, energy_pj), ntiles, -kt, not wr), (kt, nt, mt, bt, wr)))
+        ranked.sort(key=lambda c: c[0])  # stable: a pass-1 candidate wins a tie
+        return [shape for _, shape in ranked[:top]]
 
     def row_options(self, mt: int, bt: int) -> list[tuple[int, int]]:
         """The most rows (and batch items) that fit, and 2x and 4x as many balanced blocks: fewer,
@@ -656,16 +660,19 @@ def static_twin(u: GemmUnit) -> GemmUnit:
         res_bytes=u.res_bytes if post else 0,
         dram_in=u.dram_in,
         dram_out=u.dram_out,
+        held_bytes=u.held_bytes,
         epilogue=u.epilogue,
         dequant_elements=u.dequant_elements,
     )
 
 
 def gemm_shape(
-    u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None
-) -> tuple[tuple, tuple[float, float]]:
+    u: GemmUnit, hw: HWConfig, need_full_k: bool = False, anchor: tuple | None = None, top: int = 1
+) -> tuple | list:
     """The tiling ``plan_gemm`` uses, (kt, nt, mt, bt, weight_reuse), and its closed-form (cycles,
-    pJ), without building the tiles (the schedule compares fusion options with it).
+    pJ), without building the tiles (the schedule compares fusion options with it); with ``top``
+    > 1, a list of up to ``top`` such pairs, best first (the static twin's tiling first when the
+    unit starts from it), for a caller that checks them by replay (``planner.objective: latency``).
 
     Candidates: every (K depth, N width) of ``_gemm_tile_options`` that fits the weight buffer, with
     the most rows (and batch items) that fit the activation buffer beside it, in both loop orders.
@@ -701,9 +708,9 @@ def gemm_shape(
     """
     mac = hw.mac
     R, C = mac.rows, mac.cols
-    wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
+    wbuf, abuf = hw.sram.weight_buffer_bytes, tile_buffer_bytes(u, hw)
     srch = _GemmSearch(u, hw)
-    b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
+    b_bpe, o_bpe = srch.b_bpe, srch.o_bpe
     what = f"GEMM [{u.m}x{u.k}]x[{u.k}x{u.n}]"
 
     # minimal tile: one fold of an array, R rows x C columns x min(K, R) deep (or the full row)
@@ -711,7 +718,7 @@ def gemm_shape(
     rmin, nmin = min(u.m, R), min(u.n, C)
     if not u.b_resident and 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes > wbuf:
         raise NoFit("sram.weight_buffer_bytes", wbuf, 2 * math.ceil(kmin * nmin * b_bpe) + 2 * u.pre_weight_bytes, what)
-    need_a = 2 * math.ceil(rmin * kmin * a_sram_bpe) + 2 * rmin * nmin * (o_bpe if kmin == u.k else PSUM_BYTES)
+    need_a = 2 * math.ceil(rmin * kmin * srch.a_tile_bpe) + 2 * rmin * nmin * (o_bpe if kmin == u.k else PSUM_BYTES)
     if need_a > abuf:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
 
@@ -719,18 +726,21 @@ def gemm_shape(
     twin = static_twin(u)
     if twin is not u:  # start from the static twin's tiling, with the rows that fit beside the stages
         if anchor is None:
-            anchor = _GemmSearch(twin, hw).search(any(x in ROW_KINDS for x in stages_of(twin.pre)))
+            anchor = next(iter(_GemmSearch(twin, hw).search(any(x in ROW_KINDS for x in stages_of(twin.pre)))), None)
         if anchor is not None and not (need_full_k and anchor[0] != u.k):
             kt, nt, mt0, bt0, wr = anchor
             fit = srch.rows_that_fit(kt, nt)
             if fit is not None:  # the twin's rows and batch items where they fit, else the most that do
                 mt, bt = (mt0, min(bt0, fit[1])) if mt0 <= fit[0] else fit
                 shape = (kt, nt, mt, bt, wr)
-    if shape is None:
-        shape = srch.search(need_full_k)
-    if shape is None:
+    shapes = [shape] if shape is not None else []
+    if top > 1 or not shapes:
+        shapes += [x for x in srch.search(need_full_k, top) if x != shape]
+    if not shapes:
         raise NoFit("sram.activation_buffer_bytes", abuf, need_a, what)
-    return shape, srch.est(*shape)[:2]
+    if top > 1:
+        return [(x, srch.est(*x)[:2]) for x in shapes[:top]]
+    return shapes[0], srch.est(*shapes[0])[:2]
 
 
 def plan_gemm(
@@ -741,13 +751,13 @@ def plan_gemm(
     if shape is None:
         shape = gemm_shape(u, hw, need_full_k, anchor)[0]
     srch = _GemmSearch(u, hw)
-    b_bpe, o_bpe, a_sram_bpe = srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
+    b_bpe, o_bpe = srch.b_bpe, srch.o_bpe
     kt, nt, mt, bt, weight_reuse = shape
     nb_k = math.ceil(u.k / kt)
     check_gemm_tiles(u.batch, u.m, u.k, u.n, shape)  # bounded work: refuse before enumerating the tiles
     tiles, counts = _gemm_tiles(u, hw, srch, (kt, nt, mt, bt, weight_reuse))
     res_bpe = u.res_bytes / (u.batch * u.m * u.n)
-    in_cap = 2 * math.ceil(bt * mt * kt * a_sram_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
+    in_cap = 2 * math.ceil(bt * mt * kt * srch.a_tile_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
     w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
     out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
     counts["macs_" + u.precision] = u.macs
@@ -776,7 +786,9 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
     """The replay's tiles of a GEMM tiled as ``shape`` = (kt, nt, mt, bt, weight_reuse) and their
     event counts. An operand tile is loaded when the order moves to a new tile of it; a fused
     pre-stage runs on every input load; the epilogue (post-stages, and a residual read with the
-    last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM."""
+    last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM.
+    One loop on purpose: each tile's loads, SRAM reservations, stage cycles and counts depend on
+    its neighbours in the order (first and last use of an operand tile), read in one place."""
     kt, nt, mt, bt, weight_reuse = shape
     a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     tile_cycles = srch.tile_cycles
@@ -810,7 +822,7 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
         a_free = nxt is None or a_id(nxt) != a_id(t)
         a_el_t = b * m * k
         a_load = math.ceil(a_el_t * a_bpe) if a_new and u.dram_in else 0
-        a_sram = math.ceil(a_el_t * a_sram_bpe)
+        a_sram = math.ceil(a_el_t * srch.a_tile_bpe)
         if u.b_resident:
             b_new, b_free, b_load, b_sram = False, False, 0, 0
         else:
@@ -872,7 +884,7 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
 
 
 def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
-    abuf = hw.sram.activation_buffer_bytes
+    abuf = tile_buffer_bytes(u, hw)
     lanes = hw.vector.lanes
     counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0, "dram_rd": 0, "dram_wr": 0}
     if u.elements == 0:
@@ -884,6 +896,7 @@ def plan_vector(u: VectorOpUnit, hw: HWConfig) -> Plan:
         raise NoFit("sram.activation_buffer_bytes", abuf, need, f"{u.kind} over {lanes} lanes")
     et = int(abuf // (2 * (in_bpe + out_bpe)))
     et = min(u.elements, _round_down(et, lanes))
+    check_vector_tiles(u.kind, u.elements, et)  # bounded work: refuse before enumerating the tiles
     ntiles = math.ceil(u.elements / et)
     cv, cd = stage_cycles_per_element(hw, u.kind)
     row_len = u.elements // u.rows if u.rows else 0
@@ -1010,12 +1023,14 @@ class _AttnCost:
         return cycles, energy, ntiles
 
 
-def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tuple[int, int, int]:
-    """(keys per block nk, query rows per block mq, heads per tile bt) of least figure of merit.
-    Query rows are cut in balanced blocks (1,024 rows that fit 896 at a time: 512 + 512)."""
+def attention_blockings(u: AttentionUnit, hw: HWConfig, top: int = 1) -> list[tuple[int, int, int]]:
+    """The ``top`` blockings (keys per block nk, query rows per block mq, heads per tile bt) of
+    least objective, best first. Query rows are cut in balanced blocks (1,024 rows that fit 896
+    at a time: 512 + 512)."""
+    cost = _AttnCost(u, hw)
     R = hw.mac.rows
     wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
-    best = None
+    ranked = []
     k_opts = {u.n} | {_round_up(math.ceil(u.n / d), R) for d in (2, 4, 8, 16, 32) if math.ceil(u.n / d) >= R}
     for nk in sorted(k_opts, reverse=True):
         nk = min(nk, u.n)
@@ -1044,10 +1059,8 @@ def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tupl
             ]
         for mq_, bt_ in opts:
             cycles, energy, ntiles = cost.estimate(nk, mq_, bt_)
-            key = (figure_of_merit(cycles, energy), ntiles)
-            if best is None or key < best[0]:
-                best = (key, (nk, mq_, bt_))
-    if best is None:
+            ranked.append(((figure_of_merit(cycles, energy, hw.planner.objective), ntiles), (nk, mq_, bt_)))
+    if not ranked:
         what = f"attention [{u.m}x{u.d}] over {u.n} keys"
         need = 2 * math.ceil(min(u.n, R) * cost.kv_bpe_row)
         if need > wbuf:
@@ -1058,14 +1071,16 @@ def _attention_blocking(u: AttentionUnit, hw: HWConfig, cost: _AttnCost) -> tupl
             math.ceil(min(u.m, R) * (2 * u.d * cost.q_bpe + 2 * min(u.n, R) * FP16_BYTES + 2 * u.dv * PSUM_BYTES)),
             what,
         )
-    return best[1]
+    ranked.sort(key=lambda c: c[0])  # stable: the first candidate of equal cost wins, as before
+    return [b for _, b in ranked[:top]]
 
 
-def plan_attention(u: AttentionUnit, hw: HWConfig) -> Plan:
+def plan_attention(u: AttentionUnit, hw: HWConfig, blocking: tuple | None = None) -> Plan:
     """Tiles of a fused attention: per block of heads and query rows, key blocks streamed with an
-    on-line softmax when all keys do not fit; the blocking from ``_attention_blocking``."""
+    on-line softmax when all keys do not fit; the blocking from ``attention_blockings`` (or the
+    one given)."""
     cost = _AttnCost(u, hw)
-    nk, mq, bt = _attention_blocking(u, hw, cost)
+    nk, mq, bt = blocking if blocking is not None else attention_blockings(u, hw)[0]
     q_bpe, kv_bpe_row, o_bpe = cost.q_bpe, cost.kv_bpe_row, cost.o_bpe
     nb_b, nb_m, nb_k = math.ceil(u.batch / bt), math.ceil(u.m / mq), math.ceil(u.n / nk)
     counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}

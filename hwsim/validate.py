@@ -25,6 +25,7 @@ import yaml
 
 from hwsim import memory, sram
 from hwsim.config import HWConfig, hw_from_dict, hw_to_dict, load_hw
+from hwsim.tiling import systolic_cycles
 
 DATA = Path(__file__).with_name("data")
 CALIBRATION_YAML = DATA / "npu_calibration.yaml"
@@ -209,8 +210,6 @@ def scalesim_rows(path: Path = SCALESIM_CSV) -> list[Row]:
 
 
 def _scalesim_checks(path: Path):
-    from hwsim.tiling import systolic_cycles
-
     lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
     for r in csv.DictReader(lines):
         m, k, n, R, C = (int(r[c]) for c in ("m", "k", "n", "rows", "cols"))

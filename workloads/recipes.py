@@ -69,7 +69,8 @@ class Recipe:
             raise ConfigError("recipe.num_groups", self.num_groups, "a positive integer")
         if self.group_split not in GROUP_SPLITS:
             raise ConfigError("recipe.group_split", self.group_split, " or ".join(GROUP_SPLITS))
-        if isinstance(self.layers, str) or not self.layers or not all(isinstance(p, str) and p for p in self.layers):
+        layers_ok = isinstance(self.layers, (list, tuple)) and self.layers  # a number or a string is no list
+        if not layers_ok or not all(isinstance(p, str) and p for p in self.layers):
             raise ConfigError("recipe.layers", self.layers, "a non-empty list of layer-name patterns")
         object.__setattr__(self, "layers", tuple(self.layers))
 

@@ -201,10 +201,35 @@ class Trace:
         if any(len(cols[f]) != n for f in OP_FIELDS):
             raise ConfigError("trace", str(path), "columns of equal length (the file is torn)")
         ops = [Op(**{f: cols[f][i] for f in OP_FIELDS}) for i in range(n)]
+        for op in ops:
+            _check_op_counts(op)
         meta = header.get("meta", {})
         if not isinstance(meta, dict):
             raise ConfigError("trace meta", meta, "a mapping")
         return cls(ops=ops, meta=meta, version=version)
+
+
+def _check_op_counts(op: Op) -> None:
+    """A loaded op's counts agree with its shape (output bytes with its elements; a GEMM's MACs,
+    elements and input bytes with batch, m, k, n). An edited trace whose ``m`` grew but whose
+    ``macs``, ``elements`` or ``input_bytes`` did not was simulated as nonsense without a word (a
+    GEMM of 6.4e13 rows planned as one tile: its bytes per element were ~0)."""
+    if not all(isinstance(getattr(op, f), int) for f in _INT_FIELDS):
+        return  # types and kinds are checked where the trace is used (hwsim)
+    where = f"trace op {op.name!r}"
+    least = entry_bytes(op.elements, op.out_bits) if op.out_bits > 0 else 0
+    if op.output_bytes < least:
+        raise ConfigError(f"{where}.output_bytes", op.output_bytes, f">= {least} (elements at out_bits)")
+    if op.kind not in GEMM_KINDS:
+        return
+    b, m, k, n = op.batch, op.m, op.k, op.n
+    if op.macs != b * m * k * n:
+        raise ConfigError(f"{where}.macs", op.macs, f"batch x m x k x n = {b * m * k * n} (the GEMM's shape)")
+    if op.elements != b * m * n:
+        raise ConfigError(f"{where}.elements", op.elements, f"batch x m x n = {b * m * n} (the GEMM's output)")
+    least = entry_bytes(b * m * k, op.a_bits) if op.a_bits > 0 else 0
+    if op.input_bytes < least:
+        raise ConfigError(f"{where}.input_bytes", op.input_bytes, f">= {least} (batch x m x k at a_bits)")
 
 
 def _read_columns(path: Path) -> tuple[dict, dict]:

@@ -62,3 +62,18 @@ def check_in_file(field: str, path: str | Path) -> Path:
     if not path.is_file() or not os.access(path, os.R_OK):
         raise ConfigError(field, str(path), "an existing, readable file")
     return path
+
+
+# assumption: 1000x the default of 4 calibration prompts; the prompts' text features alone take
+# prompts x caption tokens x channels x 4 bytes (8 GiB at 4,096 prompts of OpenSora's 120 x 4096), and
+# a count far beyond it failed deep inside torch's allocator with a traceback.
+MAX_PROMPTS = 4096
+# assumption: the same bound for evaluation samples (each one is a full sampling run of the model)
+MAX_SAMPLES = 4096
+
+
+def check_count(field: str, value: object, limit: int) -> int:
+    """``value`` is a positive integer of at most ``limit`` (a count of prompts, samples, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ConfigError(field, value, f"a positive integer of at most {limit:,}")
+    return value

@@ -104,11 +104,12 @@ def _check_out(path: str, suffixes: tuple[str, ...]) -> None:
 
 
 def _calib_kwargs(args) -> dict:
+    from codesign.cli.checks import MAX_PROMPTS, check_count
     from workloads.errors import require_positive_int
 
     tokens = args.text_tokens
     return {
-        "num_prompts": require_positive_int("prompts", args.prompts),
+        "num_prompts": check_count("prompts", args.prompts, MAX_PROMPTS),
         "seed": args.seed,
         "text_features": args.text,
         "text_tokens": None if tokens is None else require_positive_int("text-tokens", tokens),
@@ -154,8 +155,9 @@ def run_calibrate(args) -> int:
 
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
-    st = calibrate(model, w, progress=progress_enabled(args), **_calib_kwargs(args))
+    st = calibrate(model, w, progress=progress_enabled(args), **calib)
     st.save(args.out)
     print(
         f"calibrated {w.name}: {st.num_steps} steps, {st.meta['num_prompts']} prompts, "
@@ -171,8 +173,9 @@ def run_quantize(args) -> int:
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
-    art = quantize_model(model, w, recipe, args.stats, **_calib_kwargs(args))
+    art = quantize_model(model, w, recipe, args.stats, **calib)
     art.save(args.out)
     summary = {
         "recipe": recipe.name,
@@ -220,6 +223,7 @@ def run_verify(args) -> int:
             raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     art = None
     if args.artifact:
@@ -227,14 +231,13 @@ def run_verify(args) -> int:
         art.check_model(model)
         if art.recipe.name != recipe.name:
             raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
-    rep = verify_recipe(
-        model, w, recipe, args.nonlinear, stats=args.stats, artifact=art, device=args.device, **_calib_kwargs(args)
-    )
+    rep = verify_recipe(model, w, recipe, args.nonlinear, stats=args.stats, artifact=art, device=args.device, **calib)
     if args.json:
         print(json.dumps(_json_safe(rep)))
     else:
         print(
-            f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}): "
+            f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}, "
+            f"captions: {rep['caption_mask']}): "
             f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls, "
             f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
             f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
@@ -266,6 +269,7 @@ def run_quality(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
+    from codesign.cli.checks import MAX_SAMPLES, check_count
     from quantmodel.eval.quality import (
         BACKENDS,
         eval_batch,
@@ -275,23 +279,23 @@ def run_quality(args) -> int:
         load_model,
         sample,
     )
-    from workloads.errors import ConfigError, require_positive_int
+    from workloads.errors import ConfigError
     from workloads.recipes import get_recipe
 
     if args.out:
         _check_out(args.out, (".csv", ".parquet"))
     if args.backend not in BACKENDS:
         raise ConfigError("backend", args.backend, " or ".join(BACKENDS))
-    require_positive_int("samples", args.samples)
+    check_count("samples", args.samples, MAX_SAMPLES)
     w = _workload(args.workload)
     recipes = [get_recipe(n) for n in expand_recipes(args.recipes, args.bits)]  # all validated first
     if not recipes:
         raise ConfigError("recipes", args.recipes, "a comma-separated list of recipe names")
+    calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     stats = None
     if any(r.quantized and r.scheme != "dynamic" for r in recipes):
-        stats = get_stats(model, w, args.stats, **_calib_kwargs(args))
-    calib = _calib_kwargs(args)
+        stats = get_stats(model, w, args.stats, **calib)
     z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
     ref = sample(float_model_fn(model), model, w, z, y, mask=mask)
     rows = []

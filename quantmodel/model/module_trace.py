@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 from quantmodel.model.tracing import FP_BYTES
 from workloads.errors import ConfigError
+from workloads.presets import MAX_MACS, MAX_TRACE_OPS
 from workloads.trace import Op, Trace, reads_str
 
 F = torch.nn.functional
@@ -456,6 +457,8 @@ def parse_inputs(spec: str) -> tuple[tuple, dict]:
             raise ConfigError(
                 "input", part, f"a shape like 2x4x32x32, optionally name= and :dtype ({', '.join(_DTYPES)})"
             )
+        if math.prod(shape) > MAX_MACS:  # torch refuses (overflow) beyond int64; counts stay exact below
+            raise ConfigError("input", part, f"a tensor of at most 2^62 elements (this one has {math.prod(shape):.3g})")
         t = torch.empty(shape, dtype=_DTYPES[dtype_s or "float"], device="meta")
         if key:
             kwargs[key] = t
@@ -526,10 +529,26 @@ def trace_model(
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError("inputs", str(inputs)[:80], f"inputs the model accepts ({first[:160]})") from None
+    _check_budget(step_ops, num_steps, label)
     ops = [op if s == 0 else _with_step(op, s) for s in range(num_steps) for op in step_ops]
     batch = next((t.shape[0] for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim()), 1)
     meta = {"workload": label, "num_steps": num_steps, "model_batch": int(batch), "recipe": "fp16", "source": "module"}
     return Trace(ops=ops, meta=meta)
+
+
+def _check_budget(step_ops: list, num_steps: int, label: str) -> None:
+    """Refuse a trace beyond the workload budgets (``workloads.presets``) before building it: a
+    huge ``--steps`` would otherwise loop for minutes even over a model of no ops."""
+    ops = max(1, len(step_ops)) * num_steps
+    if ops > MAX_TRACE_OPS:
+        raise ConfigError(
+            "steps",
+            num_steps,
+            f"a trace of at most {MAX_TRACE_OPS:,} ops ({label}: {len(step_ops):,} ops per step, {num_steps:,} steps)",
+        )
+    macs = sum(op.macs for op in step_ops) * num_steps
+    if macs > MAX_MACS:
+        raise ConfigError("inputs", label, f"a trace of at most 2^62 MACs so every count stays exact ({macs:.3g})")
 
 
 def _with_step(op: Op, step: int) -> Op:

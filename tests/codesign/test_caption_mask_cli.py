@@ -39,6 +39,20 @@ def test_sample_with_a_mask_ignores_padding(tmp_path, wl, capsys):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("backend", ["emulator", "fakequant"])
+def test_quantized_sample_with_a_mask_ignores_padding(tmp_path, wl, backend):
+    """The integer emulator and fake-quant see only the valid tokens: padding scaled 100x changes
+    neither the dynamic ranges nor the sample."""
+    outs = []
+    for i, padding in enumerate((1.0, 100.0)):
+        text = _features(tmp_path / f"t{i}.safetensors", padding)
+        out = str(tmp_path / f"x{i}.safetensors")
+        args = ["sample", "--workload", wl, "--text", text, "--recipe", "dynamic-w8a8", "--backend", backend]
+        assert main([*args, "--prompts", "1", "--out", out]) == 0
+        outs.append(load_file(out)["latent"])
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_bad_masks_and_token_counts_are_one_line_exit_2(tmp_path, wl, capsys):
     text = _features(tmp_path / "bad.safetensors", 1.0, valid=(3, 0))
     assert main(["sample", "--workload", wl, "--text", text]) == 2

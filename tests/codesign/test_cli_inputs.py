@@ -153,6 +153,78 @@ def test_workload_beyond_the_op_budget_refused(capsys, tmp_path):
     assert "1,000,000 ops" in line
 
 
+def test_model_trace_beyond_the_op_budget_refused_before_work(capsys):
+    """``--steps 1e9`` over a model of no ops looped for two minutes before it was bounded."""
+    t0 = time.perf_counter()
+    line = refused(capsys, "trace", "--model", "torch.nn:Identity", "--input", "2x3", "--steps", 10**9, field="steps")
+    assert "1,000,000 ops" in line and "1,000,000,000 steps" in line
+    assert time.perf_counter() - t0 < 20
+
+
+def test_model_input_shape_beyond_int64_refused(capsys):
+    """A shape whose element count overflows int64 gave torch's RuntimeError traceback."""
+    line = refused(capsys, "trace", "--model", "torch.nn:ReLU", "--input", "99999999999x99999999999x9", field="input")
+    assert "2^62 elements" in line
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (("calibrate", "--workload", "stdit-tiny", "--prompts", 99999999999, "--out", "s.safetensors"), "prompts"),
+        (("quality", "--workload", "stdit-tiny", "--recipes", "asq", "--samples", 5000), "samples"),
+    ],
+)
+def test_counts_beyond_their_budget_refused_before_work(capsys, tmp_path, monkeypatch, args, field):
+    """``calibrate --prompts 99999999999`` died in torch's allocator with a traceback."""
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    assert "at most 4,096" in refused(capsys, *args, field=field)
+    assert time.perf_counter() - t0 < 10 and files_under(tmp_path) == []
+
+
+GOOD_ROW = "0,gemm,linear,1,64,32,16,1024,32768,1024,4096,2048,"  # step..output_bytes of gemm:64,32,16
+M = 64 * 10**12
+
+
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        (f"0,gemm,linear,1,{M},32,16,1024,32768,1024,4096,2048,", "macs"),
+        (f"0,gemm,linear,1,{M},32,16,1024,{M * 512},1024,4096,{M * 32},", "elements"),
+        (f"0,gemm,linear,1,{M},32,16,{M * 16},{M * 512},1024,4096,{M * 32},", "input_bytes"),
+        (f"0,gemm,linear,1,{M},32,16,{M * 16},{M * 512},1024,{M * 64},2048,", "output_bytes"),
+    ],
+)
+def test_edited_trace_whose_counts_disagree_is_refused(capsys, tmp_path, row, field):
+    """A trace edited to m = 6.4e13 but with its old counts simulated 3e12 s 'in 0.00 s' (one tile)."""
+    path = tmp_path / "g.csv"
+    assert cli(capsys, "trace", "--workload", "gemm:64,32,16", "--out", path)[0] == 0
+    text = path.read_text()
+    assert GOOD_ROW in text
+    path.write_text(text.replace(GOOD_ROW, row))
+    refused(capsys, "simulate", "--trace", path, field=f"trace op 'gemm'.{field}")
+
+
+def test_vector_op_beyond_the_tile_budget_refused(capsys, tmp_path):
+    """A vector op edited to 1e15 elements (bytes to match) planned for minutes and 4 GB."""
+    path = tmp_path / "g.csv"
+    assert cli(capsys, "trace", "--workload", "stdit-tiny", "--out", path)[0] == 0
+    text = path.read_text()
+    old = "0,y_embedder.y_proj.act,gelu,1,0,0,0,1024,0,0,2048,2048,"
+    assert old in text
+    e = 10**15
+    path.write_text(text.replace(old, f"0,y_embedder.y_proj.act,gelu,1,0,0,0,{e},0,0,{2 * e},{2 * e},"))
+    t0 = time.perf_counter()
+    line = refused(capsys, "simulate", "--trace", path, field="workload")
+    assert "1,000,000 tiles" in line and time.perf_counter() - t0 < 20
+
+
+def test_optimize_trials_beyond_the_design_point_budget_refused(capsys, tmp_path):
+    """``optimize --trials 99999999999`` ran on without end."""
+    line = refused(capsys, "optimize", TINY, "--out", tmp_path / "r", "--trials", 99999999999, field="trials")
+    assert "2,000,000" in line and not (tmp_path / "r").exists()
+
+
 # ---- deterministic machine-readable output -----------------------------------------------------------
 def test_simulate_json_is_reproducible_and_timing_is_opt_in(capsys):
     args = ("simulate", "--workload", "stdit-tiny", "--recipe", "asq-w8a8", "--json")

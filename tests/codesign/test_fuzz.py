@@ -168,6 +168,8 @@ HWS = ["edge-npu", "edge-npu-static", "edge-npu-lite", "bogus", "hw.yaml", "reci
 PATHS = ["out.csv", "out.parquet", "out.json", "out.safetensors", "no/such/dir/x.csv", "res", "res/manifest.json",
          "t.parquet", "sub", "sub/deeper", "", ".", "hw.yaml", "x.txt"]  # fmt: skip
 NUMBERS = ["-1", "0", "1", "2", "1e30", "nan", "inf", "abc", ""]
+MODELS = ["torch.nn:Identity", "torch.nn:ReLU", "torch.nn:Linear", "json:loads", "nope", "nope.mod:f", "torch.nn:Nope"]
+INPUTS = ["2x3", "2x3x4:half", "0x3", "abc", "x=2x3", "x=2x3,2x3", "2x3:nope", "99999999999x99999999999x9", ""]
 
 
 def _opt(name: str, values: list[str]):
@@ -197,12 +199,15 @@ COMMANDS = st.one_of(
     _argv("quantize", _opt("--workload", WORKLOADS), _opt("--recipe", RECIPES),
           _opt("--stats", ["stats.safetensors", "art.safetensors", "t.csv", "nope"]),
           _opt("--checkpoint", ["ck.pth", "t.parquet", "nope"]), _opt("--out", PATHS), _opt("--seed", NUMBERS)),
+    _argv("trace", st.sampled_from([["--model", m] for m in MODELS]), _opt("--input", INPUTS),
+          _opt("--steps", NUMBERS + ["1000000000"]), _opt("--recipe", RECIPES), _opt("--layers", ["", ",", "0", "*"]),
+          _opt("--out", PATHS), _flag("--json")),
     st.sampled_from([["hw"], ["hw", "--json"], ["workloads"], ["workloads", "--json"], ["recipes"], ["--help"],
                      [], ["nope"], ["simulate", "--workload"]]),
 )  # fmt: skip
 
 
-@fuzz_settings(60)
+@fuzz_settings(70)
 @given(argv=COMMANDS)
 @example(argv=["trace", "--workload", "stdit-tiny", "--out", "no/such/dir/x.csv"])
 @example(argv=["sweep", "spec.yaml", "--out", "hw.yaml/r", "--jobs", "1"])
@@ -210,6 +215,9 @@ COMMANDS = st.one_of(
 @example(argv=["simulate", "--workload", "gemm:100000000000000,1,1", "--recipe", "asq-w8a8"])
 @example(argv=["simulate", "--workload", "stdit-tiny", "--plots", "hw.yaml"])
 @example(argv=["report", "res", "--out", "hw.yaml"])
+@example(argv=["trace", "--model", "torch.nn:Identity", "--input", "2x3", "--steps", "1000000000"])
+@example(argv=["trace", "--model", "torch.nn:ReLU", "--input", "99999999999x99999999999x9"])
+@example(argv=["calibrate", "--workload", "stdit-tiny", "--prompts", "99999999999", "--out", "s.safetensors"])
 def test_fuzz_command_lines(corpus, argv):
     with workdir(corpus) as d:
         run_cli(argv, d)
@@ -289,13 +297,15 @@ KINDS = {
 @given(data=st.data(), kind=st.sampled_from(sorted(KINDS)))
 @example(data=None, kind="spec-axis-string")
 @example(data=None, kind="hw-sram-1e30")
+@example(data=None, kind="recipe-layers-int")
 def test_fuzz_yaml(corpus, data, kind):
     if data is None:  # regression inputs of the issue
         text = {
             "spec-axis-string": _dump({**_tiny_spec(), "hardware": {"base": "edge-npu", "axes": {"mac.rows": ["a"]}}}),
             "hw-sram-1e30": _dump({**HW, "sram": {**HW["sram"], "weight_buffer_bytes": 1e30}}),
+            "recipe-layers-int": _dump({**RECIPE, "layers": 7560}),  # found by the fuzzer: a TypeError
         }[kind]
-        argv = KINDS["spec" if kind.startswith("spec") else "hw"][1]
+        argv = KINDS[kind.split("-")[0]][1]
     else:
         base, argv = KINDS[kind]
         if data.draw(st.integers(0, 9), label="raw text if 0") == 0:

@@ -4,21 +4,30 @@ a stated factor of the closed-form estimate, and more resources are not slower.
 
 Workload: stdit-shapes (depth 4, hidden 192, 2,048 token rows with CFG), one step with ASQ W8A8:
 its tensors (0.8 to 3 MB) meet the sweep's 0.5 to 8 MiB buffers, so tiling, fusion and residency
-all vary across the chips, and the 200 chips take about half a minute. A top-layer test: it builds the trace with
-quantmodel, which hwsim itself never imports.
+all vary across the chips. A top-layer test: it builds the trace with quantmodel, which hwsim itself
+never imports.
 
-Measured over these 200 chips x each resource made bigger (SIM_VERSION hwsim-4, ASQ W8A8, the
-technology model of hwsim/technology.py): simulated / closed-form estimate at most 1.49 for one unit
-(small units whose transfers the estimate cuts over every DMA engine while the replay finds some
-busy) and 1.14 for the step; simulated / roofline at least 1.039. No resource is strictly never
-slower: more DMA engines was slower on one chip by 0.1 %; the others can be, by at most the tolerances below (the worst measured beside
-each), for reasons the model keeps on purpose: SCALE-Sim's fold costs 2R + C + T - 2 cycles, so a
-taller or wider array fills and drains longer on a GEMM with fewer rows or columns than it has; a
-higher clock needs a higher voltage (energy per op grows), a bigger buffer costs more energy per
-access, more arrays more static power; and the planner minimises energy x delay^2 of a closed form
-that ranks candidates within the factors above of the replay, so it can pick a schedule that saves
-energy and replays a few percent slower. A planner that searched by replaying every candidate
-would close that gap at many times the cost.
+"More resources never slower" is a property of the planner's objective (``planner.objective``).
+A chip with more of a resource can run the schedule the smaller chip runs (its tile candidates
+include the smaller chip's: widths of every power-of-two subset of the arrays, tilings chosen from
+the same shape lists where the buffers allow), so a planner that picked by true latency would never
+be slower except where physics says so. Two things stand between that and the simulator:
+
+- physics: SCALE-Sim's fold costs 2R + C + T - 2 cycles (OS: K + R + C - 2), so a taller or wider
+  array fills and drains longer on a GEMM with fewer rows or columns than it has (``mac.rows``,
+  ``mac.cols``); an array that could run as independent sub-arrays would avoid this, which hwsim
+  does not model;
+- the planner ranks candidates by closed-form estimates (one unit's replay is up to ~1.5x its
+  estimate, below), so it can pick a tiling or a hand-over whose replay is slower than what the
+  smaller chip ran. With ``planner.objective: latency`` it replays its best few tilings, fusion
+  options and hand-overs and keeps the fastest replay, which removes most of that; with the
+  default ``edp2`` it also trades time for energy, and a bigger chip's energy terms differ (a
+  higher clock needs a higher voltage, a bigger buffer costs more per access, more arrays leak more).
+
+So each resource carries the tolerance its measured worst case needs, per objective (MORE below,
+SIM_VERSION hwsim-7, with how many chips were slower at all); 0 where it holds strictly.
+Energy x delay^2 itself is not expected to be monotone: the bigger chip's own energy grows (area,
+leakage, per-access energy), so the property is stated on latency.
 """
 
 import dataclasses
@@ -31,19 +40,20 @@ from workloads.presets import get_workload
 from workloads.recipes import annotate_trace, get_recipe
 
 CHIPS = 200
-ESTIMATE_FACTOR = 1.7  # simulated / closed-form estimate, one unit; measured worst 1.49
-STEP_ESTIMATE_FACTOR = 1.2  # the step; measured worst 1.14
-# resource -> (how it grows, tolerated slow-down ratio - 1); measured worst (and how many of the 200
-# chips were slower at all) in the comments
+ESTIMATE_FACTOR = 1.7  # simulated / closed-form estimate, one unit; measured worst 1.35 (latency), 1.46 (edp2)
+STEP_ESTIMATE_FACTOR = 1.2  # the step; measured worst 1.16 (latency), 1.17 (edp2)
+# resource -> (how it grows, {objective: tolerated slow-down ratio - 1}). Measured worst ratio (chips
+# slower at all): latency planner over the 25 chips that grow it here and every resource on the
+# first 40 chips (the slow test) / edp2, the 25 chips
 MORE = {
-    "dma.engines": (2, 0.005),  # worst 1.0010 (1)
-    "dram": (2, 0.02),  # channels x2; worst 1.0127 (23)
-    "clock.freq_hz": (1.07, 0.04),  # 1.2 GHz x 1.07 stays under 7 nm's f at Vmax; worst 1.0307 (5)
-    "mac.arrays": (2, 0.12),  # worst 1.0963 (28)
-    "mac.rows": (2, 0.08),  # worst 1.0694 (45)
-    "mac.cols": (2, 0.10),  # worst 1.0811 (43)
-    "sram.weight_buffer_bytes": (2, 0.05),  # worst 1.0396 (105)
-    "sram.activation_buffer_bytes": (2, 0.04),  # worst 1.0292 (46)
+    "dma.engines": (2, {"latency": 0, "edp2": 0}),  # 1 (0) / 1 (0)
+    "dram": (2, {"latency": 0.02, "edp2": 0.01}),  # channels x2; 1.0111 (4) / 1.0037 (3)
+    "clock.freq_hz": (1.07, {"latency": 0, "edp2": 0}),  # stays under 7 nm's f at Vmax; 1 (0) / 1 (0)
+    "mac.arrays": (2, {"latency": 0.04, "edp2": 0.01}),  # 1.0308 (3) / 1.0046 (2)
+    "mac.rows": (2, {"latency": 0.03, "edp2": 0.045}),  # physics: longer fill and drain; 1.0207 (9) / 1.0349 (6)
+    "mac.cols": (2, {"latency": 0.04, "edp2": 0.04}),  # physics: longer skew and drain; 1.0309 (19) / 1.0309 (9)
+    "sram.weight_buffer_bytes": (2, {"latency": 0.02, "edp2": 0.02}),  # 1.0136 (16) / 1.0138 (14)
+    "sram.activation_buffer_bytes": (2, {"latency": 0.045, "edp2": 0.05}),  # 1.0357 (21) / 1.0395 (17)
 }
 
 
@@ -82,7 +92,8 @@ def _units(res):
     return [r for r in res.per_op if r["fused_into"] == "" and r["latency_s"] > 0]
 
 
-def _check_chip(trace, d: dict, resources) -> list:
+def _check_chip(trace, d: dict, resources, objective: str) -> list:
+    d = {**d, "planner": {"objective": objective}}
     hw = hwsim.hw_from_dict(d)
     res = hwsim.simulate(trace, hw)
     bad = []
@@ -94,30 +105,34 @@ def _check_chip(trace, d: dict, resources) -> list:
         sum(r["bound_s"] for r in units) <= res.latency_s <= STEP_ESTIMATE_FACTOR * sum(r["estimate_s"] for r in units)
     )
     for resource in resources:
-        factor, tol = MORE[resource]
+        factor, tol = MORE[resource][0], MORE[resource][1][objective]
         more = hwsim.simulate(trace, hwsim.hw_from_dict(_more(d, resource, factor)))
         if more.latency_s > res.latency_s * (1 + tol):
-            bad.append((resource, more.latency_s / res.latency_s))
+            bad.append((objective, resource, more.latency_s / res.latency_s))
     return bad
 
 
-def test_bounds_and_more_resources_over_sweep_chips(setting):
+@pytest.mark.parametrize("objective", ["latency", "edp2"])
+def test_bounds_and_more_resources_over_sweep_chips(setting, objective):
     """Each of the 200 chips: latency within [roofline, ESTIMATE_FACTOR x estimate] unit by unit, and
-    one resource (in turn, 25 chips each) made bigger is not slower beyond its tolerance."""
+    one resource (in turn, 25 chips each) made bigger is not slower beyond its tolerance for the
+    planner's objective (0 where it holds strictly)."""
     chips, trace = setting
     names = list(MORE)
     bad = []
     for i, d in enumerate(chips):
-        bad += _check_chip(trace, d, [names[i % len(names)]])
+        bad += _check_chip(trace, d, [names[i % len(names)]], objective)
     assert not bad, bad[:5]
 
 
 @pytest.mark.slow
-def test_every_resource_on_every_sweep_chip(setting):
+def test_every_resource_on_the_first_chips(setting):
+    """The latency planner, every resource made bigger on each of the first 40 chips (the test
+    above grows one per chip)."""
     chips, trace = setting
     bad = []
-    for d in chips:
-        bad += _check_chip(trace, d, list(MORE))
+    for d in chips[:40]:
+        bad += _check_chip(trace, d, list(MORE), "latency")
     assert not bad, bad[:5]
 
 
@@ -132,3 +147,18 @@ def test_dram_bandwidth_matters_when_memory_bound():
     t = gemm_trace(16, 4096, 4096, w_bits=8, a_bits=8)
     slow_s, fast_s = hwsim.simulate(t, hw).latency_s, hwsim.simulate(t, fast).latency_s
     assert fast_s < 0.6 * slow_s, (slow_s, fast_s)
+
+
+def test_planner_objective_orders_latency_and_energy():
+    """The same chip planned for latency is no slower than planned for energy x delay^2, which is
+    no slower than planned for energy; energy goes the other way (stdit-shapes, one step)."""
+    wl = dataclasses.replace(get_workload("stdit-shapes"), num_steps=1)
+    t = annotate_trace(build_trace(wl), get_recipe("asq-w8a8"))
+    base = hwsim.load_hw("edge-npu")
+    res = {
+        o: hwsim.simulate(t, hwsim.with_overrides(base, {"planner.objective": o}))
+        for o in ("latency", "edp2", "energy")
+    }
+    assert res["latency"].latency_s <= res["edp2"].latency_s <= res["energy"].latency_s
+    assert res["energy"].energy_j <= res["edp2"].energy_j <= res["latency"].energy_j
+    assert res["latency"].latency_s < res["energy"].latency_s  # the objective changes the schedule

@@ -196,7 +196,12 @@ def test_hw_columns_are_the_hardware_config_leaves():
     import hwsim
     from codesign.spec import flatten
 
-    assert set(HW_COLUMNS) == set(hw_leaves())
+    leaves = set(hw_leaves())
+    assert set(HW_COLUMNS) == leaves, (
+        f"hardware fields without a store-column description: {sorted(leaves - set(HW_COLUMNS))}, "
+        f"described but gone: {sorted(set(HW_COLUMNS) - leaves)} (codesign/store_schema.py HW_COLUMNS; then "
+        "paste columns_markdown() into docs/json-output.md)"
+    )
     for name in hwsim.hw_preset_names():  # every preset flattens to the same columns
         assert set(flatten(hwsim.hw_to_dict(hwsim.load_hw(name)))) == set(HW_COLUMNS), name
 

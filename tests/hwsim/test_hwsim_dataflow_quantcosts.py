@@ -8,7 +8,8 @@ import pytest
 
 import hwsim
 from hwsim.energy import VECTOR_LANE_CYCLE_PJ_45NM
-from hwsim.tiling import EPILOGUE_PJ_45NM, VECTOR_WORK
+from hwsim.horowitz import EPILOGUE_PJ_45NM
+from hwsim.tiling import VECTOR_WORK
 from workloads.recipes import annotate_trace, get_recipe
 from workloads.trace import Op, Trace, gemm_trace, reads_str
 

@@ -4,9 +4,12 @@ balanced tiles. Traces are the saved stdit-tiny fixtures or built from the trace
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 import hwsim
+from hwsim.chain import ChainUnit
 from hwsim.schedule import group_ops
-from hwsim.tiling import AttentionUnit, plan_attention
+from hwsim.tiling import AttentionUnit, GemmUnit, plan_attention, plan_gemm
 from workloads.trace import Op, Trace
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "hwsim"
@@ -20,7 +23,8 @@ def test_norm_modulate_and_residual_fuse_into_their_gemms():
     res = hwsim.simulate(tiny("asq-w8a8"), hwsim.load_hw("edge-npu"))
     row = {r["name"]: r for r in res.per_op}
     assert row["blocks.0.norm1"]["fused_into"] == row["blocks.0.modulate1"]["fused_into"] == "blocks.0.attn.qkv"
-    assert row["blocks.0.res_mlp"]["fused_into"] == "blocks.0.mlp.fc2"
+    # fc2 and its residual add run in fc1's row-block chain (the hidden tensor stays in SRAM)
+    assert row["blocks.0.res_mlp"]["fused_into"] == row["blocks.0.mlp.fc2"]["fused_into"] == "blocks.0.mlp.fc1"
     assert row["blocks.0.attn.softmax"]["fused_into"] == "blocks.0.attn.qk"
     # fc1's epilogue applies GELU and fc2's SmoothQuant multiply, so it writes fc2's INT8 input
     assert row["blocks.0.mlp.fc2.smooth"]["fused_into"] == "blocks.0.mlp.fc1"
@@ -100,6 +104,46 @@ def test_gemm_rows_in_balanced_blocks():
     assert blocks > 1 and blocks * mt - 1000 < hw.mac.rows * blocks  # the last block is not a sliver
 
 
+def _step_units(t: Trace, hw):
+    sim = __import__("sys").modules["hwsim.simulate"]
+    ops = [o for o in t.ops if o.step == 0]
+    return sim._Units(ops, hw, hwsim.swap.plan_weights(t, hw, "jit"), {})
+
+
+def test_mlp_runs_in_row_blocks_with_its_hidden_tensor_in_sram():
+    """fc1 -> GELU -> fc2 as one chain of row blocks when the hidden tensor does not fit the
+    activation buffer but a row block of it does: the hidden tensor is never written to DRAM (the
+    chain writes only fc2's output, after its residual add), and fewer rows fit a smaller buffer."""
+    t = tiny("asq-w8a8")
+    rows = {}
+    for abuf in (65536, 32768):
+        hw = hwsim.with_overrides(hwsim.load_hw("edge-npu"), {"sram.activation_buffer_bytes": abuf})
+        us = _step_units(t, hw)
+        i = us.labels.index("blocks.0.mlp.fc1")
+        chain, plan = us.units[i], us.plans[i]
+        assert isinstance(chain, ChainUnit)
+        names = [us.ops[j].name for j in us.covered[i]]
+        assert "blocks.0.mlp.fc2" in names and "blocks.0.res_mlp" in names
+        hidden = chain.first.out_bytes  # fc2's INT8 input, after fc1's GELU + SmoothQuant epilogue
+        assert hidden > abuf // 2 and chain.held_bytes(chain.rows) <= abuf // 2
+        assert plan.counts["dram_wr"] == chain.second.out_bytes  # the hidden tensor: 0 bytes to DRAM
+        rows[abuf] = chain.rows
+        res = hwsim.simulate(t, hw)
+        assert {r["name"]: r for r in res.per_op}["blocks.0.mlp.fc2"]["fused_into"] == "blocks.0.mlp.fc1"
+    assert rows[32768] < rows[65536] < 256
+
+
+def test_tensor_kept_in_sram_is_taken_from_the_consumers_tiles():
+    """A tensor held in the activation buffer (a hand-over or a chain's hidden block) leaves its
+    bytes out of the tiles of the unit that reads it: fewer rows per tile, within what is left."""
+    hw = hwsim.load_hw("edge-npu-lite")
+    u = GemmUnit(1, 4096, 1024, 1024, "int8", 4096 * 1024, 1024 * 1024, 4096 * 1024, False, False)
+    abuf = hw.sram.activation_buffer_bytes
+    free, held = plan_gemm(u, hw), plan_gemm(dataclasses.replace(u, held_bytes=abuf // 2), hw)
+    assert held.in_cap + held.out_cap <= abuf - abuf // 2 < free.in_cap + free.out_cap
+    assert held.tile_shape[1] < free.tile_shape[1]  # rows per tile
+
+
 # ---- weight-set swaps ----------------------------------------------------------------------------
 def _flash_hw(part: str, **extra):
     """edge-npu shrunk so stdit-tiny's TSQ+TSW weight sets (183 kB each) live in flash and one is
@@ -127,6 +171,10 @@ def test_early_prefetch_hides_what_jit_cannot():
     jit, early = hwsim.simulate(t, fast, prefetch="jit"), hwsim.simulate(t, fast, prefetch="early")
     assert jit.weight_placement == "flash" and early.prefetch_used == "early"
     assert jit.swap_stall_s > 0 and early.swap_stall_s < 0.01 * jit.swap_stall_s
+    # the result says why: jit's layers wait for their weights, early's never do
+    assert jit.swap_wait_s > 0.5 * jit.swap_stall_s and early.swap_wait_s == 0
+    for r in (jit, early):
+        assert r.swap_wait_s + r.swap_contention_s == pytest.approx(r.swap_stall_s, rel=1e-12)
     slow = _flash_hw("ufs3.1")
     jit, early = hwsim.simulate(t, slow, prefetch="jit"), hwsim.simulate(t, slow, prefetch="early")
     assert 0 < early.swap_stall_s < jit.swap_stall_s
