@@ -43,10 +43,11 @@ def label(col: str) -> str:
     return LABELS.get(col, col)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path, extra: tuple = ()) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # legends placed beside the axes stay whole
+    # legends placed beside the axes stay whole (``extra``: ones added as plain artists)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", bbox_extra_artists=list(extra) or None)
     plt.close(fig)
     return path
 
@@ -107,7 +108,7 @@ def pareto_plot(
     ]
     ax.legend(handles=marker_handles, title="bits", fontsize=6.5, title_fontsize=7, loc="lower left",
               bbox_to_anchor=(1.01, 0.0))  # fmt: skip
-    return _save(fig, path)
+    return _save(fig, path, extra=(first,))
 
 
 def _family_labels(df: pd.DataFrame) -> pd.Series:
