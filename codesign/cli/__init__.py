@@ -96,7 +96,6 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> int:
         log = logging.getLogger(name)
         log.addHandler(_handler)
         log.setLevel(level)
-        log.propagate = False
     return level
 
 

@@ -53,3 +53,22 @@ def test_levels():
     assert configure_logging(1, quiet=True) == logging.ERROR
     assert logging.getLogger("hwsim").getEffectiveLevel() == logging.ERROR
     configure_logging(0)
+
+
+def test_records_still_reach_other_handlers():
+    """After a command has configured logging, a library warning still reaches the root logger's
+    handlers (an application's own logging)."""
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    root, keep = logging.getLogger(), Keep(logging.WARNING)
+    root.addHandler(keep)
+    try:
+        configure_logging(0)
+        logging.getLogger("quantmodel.intarith.ckernels").warning("probe")
+    finally:
+        root.removeHandler(keep)
+    assert seen == ["probe"]
