@@ -169,12 +169,16 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def _axes(manifest: dict | None, df: pd.DataFrame) -> list[str]:
-    """The swept axes: from the manifest, or (when it was quarantined) the hardware columns that vary."""
-    if manifest is not None:
-        return list(
-            dict.fromkeys(a for s in manifest["specs"] for a in (s["spec"].get("hardware") or {}).get("axes") or {})
-        )
-    return [c[3:] for c in df.columns if c.startswith("hw.") and df[c].astype(str).nunique() > 1]
+    """The swept axes: from the manifest, or (when it was quarantined) the hardware columns that vary.
+    An axis of whole parts (``dram: [{part, channels}, ...]``) is named by the fields its values set."""
+    if manifest is None:
+        return [c[3:] for c in df.columns if c.startswith("hw.") and df[c].astype(str).nunique() > 1]
+    names = []
+    for s in manifest["specs"]:
+        for axis, values in ((s["spec"].get("hardware") or {}).get("axes") or {}).items():
+            parts = [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
+            names += [f"{axis}.{k}" for p in parts for k in p] if parts else [axis]
+    return list(dict.fromkeys(names))
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path, timing: bool = False) -> Path:
@@ -190,8 +194,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, timing: bool = Fa
     if not len(df) or "recipe" not in df.columns or not (df["status"] == "ok").any():
         return write_text(out_dir / "report.md", "\n".join(_empty_report(results_dir, manifest, df)) + "\n")
     axes = _axes(manifest, df)
-    # an axis of whole parts (dram: {part, channels}) is its sub-columns
-    axis_cols = [c for a in axes for c in df.columns if c == f"hw.{a}" or c.startswith(f"hw.{a}.")]
+    axis_cols = [f"hw.{a}" for a in axes if f"hw.{a}" in df.columns]
     if "prefetch" in axes:
         axis_cols.append("prefetch")
     # rows in content-hash order, whatever order the sweep's parts finished in, so that ties (equal
