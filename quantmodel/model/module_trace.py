@@ -233,8 +233,12 @@ class _Recorder(TorchFunctionMode):
         b2 = b if b.dim() > 1 else b[:, None]
         m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
         batch = _numel(torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
-        left = self.tags.get(id(a), "")
-        kind = "matmul_av" if self.kinds.get(left) == "softmax" else "matmul_qk"
+        return self._product(a, b, batch, m, k, n, outs[0])
+
+    def _product(self, a, b, batch: int, m: int, k: int, n: int, out) -> str:
+        """A product of two activations: attention-weights x values when the left operand came out of
+        a softmax, query x key otherwise."""
+        kind = "matmul_av" if self.kinds.get(self.tags.get(id(a), "")) == "softmax" else "matmul_qk"
         return self.emit(
             kind,
             [self.read(a), self.read(b)],
@@ -244,7 +248,7 @@ class _Recorder(TorchFunctionMode):
             n=n,
             elements=batch * m * n,
             macs=batch * m * k * n,
-            output_bytes=_numel(outs[0].shape) * FP_BYTES,
+            output_bytes=_numel(out.shape) * FP_BYTES,
         )
 
     def _einsum(self, args, kwargs, acts, outs) -> str:
@@ -268,19 +272,7 @@ class _Recorder(TorchFunctionMode):
         batch, m, n, k = prod(ta & tb & to), prod((ta & to) - tb), prod((tb & to) - ta), prod((ta & tb) - to)
         if id(b) in self.params and not (ta & tb & to):
             return self._gemm_linear(a, k, n, False, outs[0])
-        left = self.tags.get(id(a), "")
-        kind = "matmul_av" if self.kinds.get(left) == "softmax" else "matmul_qk"
-        return self.emit(
-            kind,
-            [self.read(a), self.read(b)],
-            batch=batch,
-            m=m,
-            k=k,
-            n=n,
-            elements=batch * m * n,
-            macs=batch * m * k * n,
-            output_bytes=_numel(outs[0].shape) * FP_BYTES,
-        )
+        return self._product(a, b, batch, m, k, n, outs[0])
 
     def _mha(self, args, kwargs, acts, outs) -> str:
         """nn.MultiheadAttention's functional core: in-projection (packed when query, key and value
