@@ -296,37 +296,25 @@ class _Recorder(TorchFunctionMode):
                 op = self._gemm_linear(t, t.shape[-1], e, True, out, f"{base}.in_proj_{part}")
                 srcs.append((op, 0, _numel(out.shape), 16))
         batch, d = nb * heads, e // heads
-        scores = batch * lq * lk
-        fields = dict(batch=batch, m=lq, k=d, n=lk, elements=scores, macs=scores * d, output_bytes=scores * FP_BYTES)
-        qk = self.emit("matmul_qk", srcs[:2], name=f"{base}.qk", **fields)
-        sm = self.emit(
-            "softmax", [(qk, 0, scores, 16)], name=f"{base}.softmax", elements=scores, output_bytes=scores * FP_BYTES
-        )
-        av_el = batch * lq * d
-        av = self.emit(
-            "matmul_av",
-            [(sm, 0, scores, 16), srcs[2]],
-            name=f"{base}.av",
-            batch=batch,
-            m=lq,
-            k=lk,
-            n=d,
-            elements=av_el,
-            macs=scores * d,
-            output_bytes=av_el * FP_BYTES,
-        )
+        av = self._attention_products(base, srcs, batch, lq, lk, d, d)
         self.tags[id(outs[0])] = av
+        av_el = batch * lq * d
         return self._gemm_linear(outs[0], e, e, True, outs[0], f"{base}.out_proj", reads=[(av, 0, av_el, 16)])
 
     def _sdpa(self, args, kwargs, acts, outs) -> str:
         q, k, v = (list(args) + [kwargs.get(x) for x in ("query", "key", "value")])[:3]
-        base = self.fresh("sdpa")
         batch = _numel(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]))
         lq, d, lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+        srcs = [self.read(q), self.read(k), self.read(v)]
+        return self._attention_products(self.fresh("sdpa"), srcs, batch, lq, lk, d, dv)
+
+    def _attention_products(self, base: str, srcs: list, batch: int, lq: int, lk: int, d: int, dv: int) -> str:
+        """Q K^T, the softmax over the scores, and P V (``srcs``: the reads of q, k and v); the id of
+        the P V op."""
         scores = batch * lq * lk
         qk = self.emit(
             "matmul_qk",
-            [self.read(q), self.read(k)],
+            srcs[:2],
             name=f"{base}.qk",
             batch=batch,
             m=lq,
@@ -345,7 +333,7 @@ class _Recorder(TorchFunctionMode):
         )
         return self.emit(
             "matmul_av",
-            [(sm, 0, scores, 8 * FP_BYTES), self.read(v)],
+            [(sm, 0, scores, 8 * FP_BYTES), srcs[2]],
             name=f"{base}.av",
             batch=batch,
             m=lq,
@@ -353,7 +341,7 @@ class _Recorder(TorchFunctionMode):
             n=dv,
             elements=batch * lq * dv,
             macs=scores * dv,
-            output_bytes=_numel(outs[0].shape) * FP_BYTES,
+            output_bytes=batch * lq * dv * FP_BYTES,
         )
 
     def _conv(self, args, kwargs, acts, outs) -> str:

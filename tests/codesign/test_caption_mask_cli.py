@@ -3,21 +3,9 @@
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from codesign.cli import main
-
-
-@pytest.fixture(scope="module")
-def wl(tmp_path_factory):
-    from workloads.presets import PRESET_DIR
-
-    d = yaml.safe_load((PRESET_DIR / "stdit-tiny.yaml").read_text())
-    d["num_steps"] = 2
-    path = tmp_path_factory.mktemp("wl") / "tiny2.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return str(path)
 
 
 def _features(path, padding: float, valid=(3, 5)):

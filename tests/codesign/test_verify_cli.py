@@ -2,22 +2,9 @@
 
 import json
 
-import pytest
 import yaml
 
 from codesign.cli import main
-
-
-@pytest.fixture(scope="module")
-def wl(tmp_path_factory):
-    """stdit-tiny with 2 steps (a YAML workload file)."""
-    from workloads.presets import PRESET_DIR
-
-    d = yaml.safe_load((PRESET_DIR / "stdit-tiny.yaml").read_text())
-    d["num_steps"] = 2
-    path = tmp_path_factory.mktemp("wl") / "tiny2.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return str(path)
 
 
 def _run(capsys, *argv):
