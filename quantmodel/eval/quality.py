@@ -119,7 +119,7 @@ def quantize_model(
 ) -> QuantArtifact:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
-    need_stats = recipe.scheme != "dynamic"
+    need_stats = recipe.scheme != "dynamic" or recipe.smoothing  # channel balancing calibrates too
     st = get_stats(model, workload, stats, **calib) if need_stats else None
     return build_artifact(model, recipe, st, workload.num_steps, workload.name)
 

@@ -92,9 +92,9 @@ def step_ranges(stats, layer: str, steps: list[int], recipe: Recipe, s: torch.Te
     estimator (``lo = -neg``, ``hi = pos``; symmetric recipes get ``neg == pos``)."""
     asym, est, bits = recipe.asymmetric, recipe.act_range, recipe.a_bits
     if est == "absmax":
-        if s is None and not asym:  # the classic record (equal to the channel maxima's max)
-            a = stats.get(layer, "in0")[steps].float()
-            return a, a
+        if not asym:  # the classic records (stats files from before the signed records work)
+            a = stats.get(layer, "in0")[steps] if s is None else (stats.get(layer, "in_ch")[steps] / s).amax(dim=1)
+            return a.float(), a.float()
         neg, pos = _extreme(stats, layer, s)
         neg, pos = neg[steps].float(), pos[steps].float()
     elif est == "ema":
@@ -165,3 +165,52 @@ def zero_point(lo: float, hi: float, bits: int) -> tuple[float, int]:
     s = float(torch.tensor(span / (2**bits - 1) if span > 0 else 1.0, dtype=torch.float32))
     z = qmin - int(torch.round(torch.tensor(lo / s, dtype=torch.float64)))
     return s, max(qmin, min(2 ** (bits - 1) - 1, z))
+
+
+# ---- SmoothQuant alpha search ------------------------------------------------------------------------
+def fake_quant_rows(x: torch.Tensor, lo: float | None, hi: float | None, bits: int, asymmetric: bool) -> torch.Tensor:
+    """Quantize-dequantize x [R, k] with the static range (lo, hi), or per row (token) when lo is None."""
+    if lo is None:
+        hi_r = x.amax(dim=1, keepdim=True).clamp(min=0)
+        lo_r = x.amin(dim=1, keepdim=True).clamp(max=0)
+        if not asymmetric:
+            hi_r = torch.maximum(hi_r, -lo_r)
+            lo_r = -hi_r
+    else:
+        lo_r, hi_r = torch.tensor(lo), torch.tensor(hi)
+    if asymmetric:
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        s = ((hi_r - lo_r) / (2**bits - 1)).clamp(min=_MIN_RANGE)
+        z = (qmin - torch.round(lo_r / s)).clamp(qmin, qmax)
+        return (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+    qm = 2 ** (bits - 1) - 1
+    s = (hi_r / qm).clamp(min=_MIN_RANGE)
+    return torch.clamp(torch.round(x / s), -qm, qm) * s
+
+
+def search_alpha(
+    stats, layer: str, steps: list[int], recipe: Recipe, w: torch.Tensor, stat: torch.Tensor, grid: tuple
+) -> tuple[float, torch.Tensor]:
+    """(alpha, factors s [k]) of the grid value whose smoothed, quantized layer output on the set's
+    sampled calibration rows is closest (mean squared error) to the float layer's; ties keep the
+    first grid value. Static recipes quantize the rows with the recipe's range estimator on X / s,
+    dynamic ones per token; weights per output channel at the layer's bits."""
+    from quantmodel.intarith import fixedpoint
+    from quantmodel.quant.smoothing import smooth_factors
+
+    x = torch.cat([_rows(stats, layer, t, None) for t in steps])  # [R, k]
+    w = w.float()
+    ref = x @ w.t()
+    best = None
+    for a in grid:
+        s = smooth_factors(stat, w, a)
+        wq, ws = fixedpoint.quantize_weight_per_channel(w * s[None, :], recipe.w_bits_for(layer))
+        if recipe.scheme == "dynamic":
+            xq = fake_quant_rows(x / s, None, None, recipe.a_bits, recipe.asymmetric)
+        else:
+            lo, hi = act_range(stats, layer, steps, recipe, s)
+            xq = fake_quant_rows(x / s, lo, hi, recipe.a_bits, recipe.asymmetric)
+        err = float(((xq @ (wq.float() * ws[:, None]).t() - ref) ** 2).mean())
+        if best is None or err < best[0]:
+            best = (err, a, s)
+    return best[1], best[2]
