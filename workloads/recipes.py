@@ -86,7 +86,12 @@ NAME_OPTIONS = {
 VIDIT_Q = {
     (8, 8): {},
     (6, 6): {"channel_balance": True, "alpha": 0.625, "smooth_stat": "ema"},
-    (4, 8): {"channel_balance": True, "alpha": 0.11, "smooth_stat": "ema", "layer_w_bits": {"*.mlp.fc1": 8, "*.mlp.fc2": 8}},
+    (4, 8): {
+        "channel_balance": True,
+        "alpha": 0.11,
+        "smooth_stat": "ema",
+        "layer_w_bits": {"*.mlp.fc1": 8, "*.mlp.fc2": 8},
+    },
 }
 _VIDIT_RE = re.compile(r"^vidit-q-w(\d+)a(\d+)$")
 
@@ -260,9 +265,7 @@ def recipe_from_name(name: str) -> Recipe:
         wa = (int(v.group(1)), int(v.group(2)))
         if wa not in VIDIT_Q:
             raise ConfigError("recipe", name, "vidit-q-w8a8, vidit-q-w6a6 or vidit-q-w4a8 (ViDiT-Q's published plans)")
-        return Recipe(
-            name=name, scheme="dynamic", w_bits=wa[0], a_bits=wa[1], act_symmetry="asymmetric", **VIDIT_Q[wa]
-        )
+        return Recipe(name=name, scheme="dynamic", w_bits=wa[0], a_bits=wa[1], act_symmetry="asymmetric", **VIDIT_Q[wa])
     m = _NAME_RE.match(name)
     allowed = (
         "fp16, SCHEME[-OPTION...]-wXaY with SCHEME in static, asq, tsq-tsw, dynamic, groupsK, groupsK-cal "

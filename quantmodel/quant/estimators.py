@@ -137,7 +137,9 @@ def step_ranges(stats, layer: str, steps: list[int], recipe: Recipe, s: torch.Te
     return neg, pos
 
 
-def act_range(stats, layer: str, steps: list[int], recipe: Recipe, s: torch.Tensor | None = None) -> tuple[float, float]:
+def act_range(
+    stats, layer: str, steps: list[int], recipe: Recipe, s: torch.Tensor | None = None
+) -> tuple[float, float]:
     """The weight set's input range ``(lo, hi)`` of a linear: per-step estimates aggregated by
     ``recipe.asq_agg`` (symmetric: ``lo == -hi``)."""
     neg, pos = step_ranges(stats, layer, steps, recipe, s)
