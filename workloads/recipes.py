@@ -459,10 +459,33 @@ class _StepAnnotator:
         return out
 
     def _dynamic(self, j: int, op: Op) -> None:
+        """Per-token dynamic quantization around a GEMM; asymmetric recipes mark the stats and rescale
+        ops ``epilogue="zero_point"`` (their extra vector work); channel balancing multiplies the input
+        of a layer whose factors cannot be folded by 1/s first (``smooth_mul`` writing FP16)."""
         a, ents, rows = self.a, self.new_entries[j], op.batch * op.m
         n_operands = 1 if op.kind == "linear" else 2
         src = ents[:n_operands]
         el = sum(e for _, _, e, _ in src)
+        zp = "zero_point" if self.recipe.asymmetric and op.kind == "linear" else ""
+        pre: list = []
+        if self.recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES):
+            sm = Op(
+                op.step,
+                f"{op.name}.smooth",
+                "smooth_mul",
+                op.batch,
+                op.m,
+                op.k,
+                0,
+                elements=el,
+                weight_bytes=2 * op.k,
+                output_bytes=el * 2,
+                weight_set=_QSET,
+                out_bits=16,
+                block=op.block,
+            )
+            pre.append((sm, list(src)))
+            src = [(sm.name, 0, el, 16)]
         d = Op(
             op.step,
             f"{op.name}.dyn_stats",
@@ -475,8 +498,9 @@ class _StepAnnotator:
             output_bytes=_bytes(el, a) + 4 * rows,
             out_bits=a,
             block=op.block,
+            epilogue=zp,
         )
-        self.before[j] = [(d, list(src))]
+        self.before[j] = pre + [(d, list(src))]
         offs = [sum(e for _, _, e, _ in src[:i]) for i in range(len(src))]
         ents[:n_operands] = [(d.name, o, e, a) for o, (_, _, e, _) in zip(offs, src)]
         r = Op(
@@ -490,6 +514,7 @@ class _StepAnnotator:
             elements=rows * op.n,
             output_bytes=rows * op.n * 2,
             block=op.block,
+            epilogue=zp,
         )
         self.after[j] = (r, [(op.name, 0, rows * op.n, 32), (d.name, el, rows, 32)])
         self.rename[op.name] = r.name
@@ -545,9 +570,10 @@ class _StepAnnotator:
             changes.update(out_bits=a, output_bytes=_bytes(op.elements, a), epilogue="quant")
         if self.quant[j]:
             rows = op.batch * op.m
-            changes.update(w_bits=self.recipe.w_bits if op.kind == "linear" else a, a_bits=a)
+            w_bits = self.recipe.w_bits_for(op.name)  # mixed precision: the layer's own bits
+            changes.update(w_bits=w_bits if op.kind == "linear" else a, a_bits=a)
             if op.kind == "linear":
-                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, self.recipe.w_bits) + 8 * op.n)
+                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, w_bits) + 8 * op.n)
             if self.recipe.scheme == "dynamic":
                 changes.update(out_bits=32, output_bytes=rows * op.n * 4)
             else:  # int16 codes or their FP16 values: the same bytes
