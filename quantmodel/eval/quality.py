@@ -382,7 +382,7 @@ def _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib) 
     """The calibration statistics the artifact's constants are re-derived from: the given ones, or
     (an artifact given without them) a fresh calibration with the settings the artifact records
     (calibration is seeded, so it gives the same statistics)."""
-    if recipe.scheme == "dynamic":
+    if recipe.scheme == "dynamic" and not recipe.smoothing:
         return None
     if artifact is not None and stats is None:
         rec = artifact.meta.get("stats") or {}

@@ -190,3 +190,17 @@ def test_mixed_precision_weights_and_eager_equals_verified(setup):
         assert torch.equal(fast, checked)
         fq = sample(FakeQuantModel(model, a).model_fn, model, w, z, y)
         assert sample_metrics(fast, fq)["sqnr_db"] > 20.0  # fake-quant models the zero points too
+
+
+def test_rederive_checks_zero_points_and_mixed_precision(setup):
+    from quantmodel.quant.rederive import rederive
+
+    w, model, stats = setup
+    for name in ("asq-asym-w6a6", "vidit-q-w4a8"):
+        art = build_artifact(model, get_recipe(name), stats, w.num_steps)
+        assert rederive(model, art, stats).ok
+    art = build_artifact(model, get_recipe("asq-asym-w6a6"), stats, w.num_steps)
+    key = f"0/{art.linears[0]}/x_zero"
+    art.tensors[key] = art.tensors[key] + 1  # a zero point off by one
+    rep = rederive(model, art, stats)
+    assert not rep.ok and "x_zero" in rep.mismatches[art.linears[0]]
