@@ -247,7 +247,18 @@ def run_verify(args) -> int:
             f" to the checked one"
         )
         print(_constants_line(rep["constants"]))
+        if rep["vector_kernels"]:
+            print(_vector_line(rep["vector_kernels"]))
     return 0 if rep["ok"] else 1
+
+
+def _vector_line(kernels: dict) -> str:
+    """The fp16 vector-unit kernels against their independent reference: mismatching elements per kernel."""
+    parts = [
+        f"{k} {c['mismatches']}/{c['elements']}" + (f" (<= {c['max_ulp']} ULP)" if c["mismatches"] else "")
+        for k, c in sorted(kernels.items())
+    ]
+    return "fp16 vector kernels vs reference, mismatching elements: " + ", ".join(parts)
 
 
 def _constants_line(c: dict) -> str:

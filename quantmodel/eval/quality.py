@@ -374,7 +374,12 @@ def verify_recipe(
         "fast_path": "compiled" if any(p is not None for p in fast._programs.values()) else "eager",
         "fast_path_equal": fast_equal,
         "constants": constants,
-        "ok": v.mismatches == 0 and overflow is None and fast_equal is True and constants.get("ok", False),
+        "vector_kernels": v.vector,
+        "ok": v.mismatches == 0
+        and overflow is None
+        and fast_equal is True
+        and constants.get("ok", False)
+        and v.vector_ok(),
     }
 
 
