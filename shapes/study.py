@@ -97,7 +97,7 @@ def run_study(
                 continue
             t0 = time.time()
             if recipe.quantized:
-                if stats is None and recipe.scheme != "dynamic":
+                if stats is None and (recipe.scheme != "dynamic" or recipe.smoothing):
                     stats = quality.get_stats(
                         model_cpu, w, None, num_prompts=calib_prompts, seed=seed + 7, text_features=str(feat_file)
                     )
