@@ -8,10 +8,9 @@ With ``--compare`` the float model samples the same noise and prompts too; both 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
-from codesign.cli import progress_enabled
+from codesign.cli import jsonout, progress_enabled
 from workloads.io import atomic_path
 
 BACKENDS = ("emulator", "fakequant")
@@ -181,7 +180,7 @@ def run(args) -> int:
         latent_std=float(x.std()),
     )
     if args.json:
-        print(json.dumps(summary))
+        print(jsonout.dumps(summary))
         return 0
     line = (
         f"sampled {w.name} ({summary['recipe']}"
