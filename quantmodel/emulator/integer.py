@@ -60,7 +60,6 @@ each quantized layer's output against the float layer on the same input is accum
 from __future__ import annotations
 
 import copy
-
 import ctypes
 import math
 import struct
