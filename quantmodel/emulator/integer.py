@@ -59,6 +59,7 @@ each quantized layer's output against the float layer on the same input is accum
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import struct
@@ -214,13 +215,25 @@ class IntegerEmulator:
         device: str | torch.device | None = None,
         verify: bool = False,
         layer_sqnr: bool | None = None,
+        host_device: str | torch.device | None = "cpu",
     ):
+        """``host_device``: where the float parts around the blocks run (patch, timestep and caption
+        embedders, the final layer). A chip's host runs them in float; running them on the CPU makes a
+        CUDA emulator's integer-only recipes give the CPU emulator's sample bit for bit (cuBLAS and MKL
+        round float32 GEMMs differently). None: on ``device``."""
         if nonlinear not in NONLINEAR_MODES:
             raise ConfigError("nonlinear", nonlinear, " or ".join(NONLINEAR_MODES))
         if not isinstance(model, STDiT) or not hasattr(model, "blocks"):
             raise ConfigError("model", type(model).__name__, "an OpenSora v1.0 STDiT (arch stdit)")
         artifact.check_model(model)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.host_device = self.device if host_device is None else torch.device(host_device)
+        if self.host_device == self.device:
+            self.host = model.to(self.device)
+        elif next(model.parameters()).device == self.host_device:
+            self.host = copy.deepcopy(model)
+        else:
+            self.host = copy.deepcopy(model).to(self.host_device)
         self.model = model.to(self.device)
         self.art = artifact
         self.recipe = artifact.recipe
@@ -966,21 +979,23 @@ class IntegerEmulator:
         if not 0 <= step < len(sts):
             raise ConfigError("step", step, f"0..{len(sts) - 1} (the artifact's step count)")
         self.wset = sts[step]
-        m, cfg = self.model, self.model.cfg
-        dev = self.device
-        x, timestep, y = x.to(dev), timestep.to(dev), y.to(dev)
+        m, hm, cfg = self.model, self.host, self.model.cfg
+        dev, hdev, out_dev = self.device, self.host_device, x.device
+        x, timestep, y = x.to(hdev), timestep.to(hdev), y.to(hdev)
         b = x.shape[0]
-        h = m.x_embedder(x)
-        pe = m.input_pos_embed() if hasattr(m, "input_pos_embed") else m.pos_embed[:, None]  # as STDiT.forward
-        h = m.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), pe)
-        h = h.reshape(b, cfg.num_temporal * cfg.num_spatial, -1)
-        t = m.t_embedder(timestep)
-        t0 = m.t_block(t)
-        yy = m.y_embedder(y).squeeze(1)
+        h = hm.x_embedder(x)
+        pe = hm.input_pos_embed() if hasattr(hm, "input_pos_embed") else hm.pos_embed[:, None]  # as STDiT.forward
+        h = hm.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), pe)
+        h = h.reshape(b, cfg.num_temporal * cfg.num_spatial, -1).to(dev)
+        t = hm.t_embedder(timestep)
+        t0 = hm.t_block(t).to(dev)
+        yy = hm.y_embedder(y).squeeze(1).to(dev)
         prog = self._program(tuple(h.shape), tuple(yy.shape))
         if prog is not None:  # the same values as the eager blocks below, with the per-op work done once
-            return m.unpatchify(m.final_layer(prog.run(h, yy, t0).float(), t))
-        return m.unpatchify(m.final_layer(run_blocks(self, m, h, yy, t0).float(), t))
+            out = prog.run(h, yy, t0)
+        else:
+            out = run_blocks(self, m, h, yy, t0)
+        return hm.unpatchify(hm.final_layer(out.float().to(hdev), t)).to(out_dev)
 
     def model_fn(self, x, t, y, step):
         return self.forward(x, t, y, step)
