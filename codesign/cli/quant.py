@@ -247,7 +247,18 @@ def run_verify(args) -> int:
             f" to the checked one"
         )
         print(_constants_line(rep["constants"]))
+        if rep["vector_kernels"]:
+            print(_vector_line(rep["vector_kernels"]))
     return 0 if rep["ok"] else 1
+
+
+def _vector_line(kernels: dict) -> str:
+    """The fp16 vector-unit kernels against their independent reference: mismatching elements per kernel."""
+    parts = [
+        f"{k} {c['mismatches']}/{c['elements']}" + (f" (<= {c['max_ulp']} ULP)" if c["mismatches"] else "")
+        for k, c in sorted(kernels.items())
+    ]
+    return "fp16 vector kernels vs reference, mismatching elements: " + ", ".join(parts)
 
 
 def _constants_line(c: dict) -> str:
@@ -312,7 +323,7 @@ def run_quality(args) -> int:
     calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     stats = None
-    if any(r.quantized and r.scheme != "dynamic" for r in recipes):
+    if any(r.quantized and (r.scheme != "dynamic" or r.smoothing) for r in recipes):
         stats = get_stats(model, w, args.stats, **calib)
     z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
     ref = sample(float_model_fn(model), model, w, z, y, mask=mask)
