@@ -43,13 +43,24 @@ from workloads.io import atomic_path
 from workloads.recipes import get_recipe
 
 BITS = ("w8a8", "w6a6", "w4a8")
-SCHEMES = ("dynamic", "static", "asq", "tsq-tsw", "groups4", "groups4-cal")
+SCHEMES = ("dynamic", "vidit-q", "static", "asq", "tsq", "tsq-tsw", "groups4", "groups4-cal", "groups4-tsq")
 SEEDS = (0, 1, 2)
 EVAL_PROMPT_SEED = 0  # the evaluation prompt set is fixed; seeds vary the noise and the calibration
 
 
 def default_recipes() -> list[str]:
-    return ["fp16"] + [f"{s}-{b}" for b in BITS for s in SCHEMES]
+    """fp16 and every scheme at every bit width, as far as this version's recipe presets know them
+    (``tsq``, ``groups4-tsq`` and ``vidit-q`` are recent)."""
+    from workloads.errors import ConfigError
+
+    def known(name: str) -> bool:
+        try:
+            get_recipe(name)
+        except ConfigError:
+            return False
+        return True
+
+    return ["fp16"] + [r for b in BITS for s in SCHEMES if known(r := f"{s}-{b}")]
 
 
 def clips_path(out_csv: Path) -> Path:
@@ -197,7 +208,7 @@ def run_study(
                 recipe = get_recipe(name)
                 t0 = time.time()
                 if recipe.quantized:
-                    if stats is None and recipe.scheme != "dynamic":
+                    if stats is None and (recipe.scheme != "dynamic" or recipe.smoothing):  # channel balancing
                         stats = quality.get_stats(
                             model_cpu,
                             w,
@@ -274,7 +285,7 @@ def sensitivity(
             recipe = get_recipe(name)
             for layer in tqdm(quantized_linears(model_cpu, recipe), desc=name, file=sys.stderr):
                 one = dataclasses.replace(recipe, layers=(layer,))
-                art = quality.quantize_model(model_cpu, w, one, stats if recipe.scheme != "dynamic" else None)
+                art = quality.quantize_model(model_cpu, w, one, stats)
                 fn, runner = quality.recipe_model_fn(model, w, one, backend="fakequant", artifact=art, device=device)
                 if device != "cpu":
                     _params_on(runner, torch.device(device))
