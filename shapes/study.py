@@ -138,13 +138,21 @@ class _Files:
         self.clips = pd.read_csv(self.clips_out) if self.clips_out.is_file() else pd.DataFrame()
         if len(self.rows) and "seed" not in self.rows:
             self.rows = pd.DataFrame()  # a file of the old one-seed format: start over
-        done = self.done()
-        if len(self.clips):
-            keep = [(r, s) in done for r, s in zip(self.clips["recipe"], self.clips["seed"])]
-            self.clips = self.clips[keep]
+        # a pair counts only when both files hold it; drop the other file's rows of any other pair
+        both = self._pairs(self.rows) & self._pairs(self.clips)
+        self.rows = self.rows[self._has(self.rows, both)] if len(self.rows) else self.rows
+        self.clips = self.clips[self._has(self.clips, both)] if len(self.clips) else self.clips
+
+    @staticmethod
+    def _pairs(df: pd.DataFrame) -> set[tuple[str, int]]:
+        return set(zip(df["recipe"], df["seed"].astype(int))) if len(df) else set()
+
+    @staticmethod
+    def _has(df: pd.DataFrame, pairs: set) -> list[bool]:
+        return [(r, int(s)) in pairs for r, s in zip(df["recipe"], df["seed"])]
 
     def done(self) -> set[tuple[str, int]]:
-        return set(zip(self.rows["recipe"], self.rows["seed"].astype(int))) if len(self.rows) else set()
+        return self._pairs(self.rows)
 
     def add(self, row: dict, clip_rows: list[dict]) -> None:
         self.clips = pd.concat([self.clips, pd.DataFrame(clip_rows)], ignore_index=True)
