@@ -225,8 +225,12 @@ class IntegerEmulator:
         if p is not None:
             return p
         g, a, dev = self.wset, self.art, self.device
+        wkey = a._key(g, name, "weight_q")  # scale sets sharing one weight set (tsq) share its copy
+        w_t = self._cache.get(wkey)
+        if w_t is None:
+            w_t = self._cache[wkey] = a.get(g, name, "weight_q").t().contiguous().to(dev)
         p = _LinearParams(
-            w_t=a.get(g, name, "weight_q").t().contiguous().to(dev),
+            w_t=w_t,
             w_scale=a.get(g, name, "w_scale").to(dev),
             static=self.static,
         )
