@@ -31,6 +31,8 @@ CASES = [
     ("tsq-tsw-w4a8", "int", False),
     ("dynamic-w6a6", "fp16", True),
     ("groups2-cal-w6a6", "int", True),
+    ("tsq-w6a6", "int", True),  # per-step scales, one weight set
+    ("groups2-cal-tsq-w8a8", "fp16", False),
 ]
 
 
@@ -80,6 +82,24 @@ def test_step_selects_weight_set_and_fakequant_tracks_emulator(setup):
     em_out = sample(emu.model_fn, model, w, z, y)
     fq_out = sample(fq.model_fn, model, w, z, y)
     assert sample_metrics(em_out, fq_out)["sqnr_db"] > 25.0  # fake-quant is a close float stand-in
+
+
+def test_tsq_steps_share_weights_but_not_scales_and_fakequant_tracks_emulator(setup):
+    w, model, stats, z, y, ref = setup
+    art = build_artifact(model, get_recipe("tsq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="fp16")
+    x = z.repeat(2, 1, 1, 1, 1)
+    yy = torch.cat([y, model.null_caption(1)])
+    t = torch.tensor([500, 500])
+    outs = [emu.model_fn(x, t, yy, step) for step in range(2)]
+    assert not torch.equal(outs[0], outs[1])  # same input and weights, the step's own scales
+    p0, p1 = (emu._cache[(g, "blocks.0.mlp.fc2")] for g in (0, 1))
+    assert p0.w_t is p1.w_t  # one weight tensor serves both steps
+    assert p0.x_scale != p1.x_scale and not torch.equal(p0.mult, p1.mult)
+    fq = FakeQuantModel(model, art)
+    em_out = sample(emu.model_fn, model, w, z, y)
+    fq_out = sample(fq.model_fn, model, w, z, y)
+    assert sample_metrics(em_out, fq_out)["sqnr_db"] > 25.0
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])
