@@ -171,3 +171,33 @@ def test_step_parameter_quantization_equals_symmetric_quantize():
             with ckernels.disabled():
                 eager = IntegerEmulator._param_int(None, t)
             assert got.scale == s == eager.scale and torch.equal(got.q, want) and torch.equal(eager.q, want)
+
+
+def test_trace_charges_every_smoothing_multiply_the_emulator_runs(setup):
+    """The explicit SmoothQuant multiplies (the unfoldable layers and the caption path before every
+    block's kv_linear, run at every step): the trace's smooth_mul elements per layer and step equal
+    the elements the emulator multiplies."""
+    from quantmodel.model.tracing import build_trace
+
+    w, model, stats, z, y, ref = setup
+    art = build_artifact(model, get_recipe("tsq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="fp16")
+    emu.use_program = False  # count in the eager ops (the program runs the same ops, tests above)
+    seen: dict[str, int] = {}
+    inner = emu._input_int8
+
+    def counting(name, v, p):
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            seen[name] = seen.get(name, 0) + (v.q if hasattr(v, "q") else v).numel()
+        return inner(name, v, p)
+
+    emu._input_int8 = counting
+    sample(emu.model_fn, model, w, z, y)
+    trace = art.annotate(build_trace(w))
+    charged: dict[str, int] = {}
+    for op in trace.ops:
+        if op.kind == "smooth_mul":
+            layer = op.name.removesuffix(".smooth")
+            charged[layer] = charged.get(layer, 0) + op.elements
+    assert "blocks.1.cross_attn.kv_linear" in seen
+    assert charged == seen
