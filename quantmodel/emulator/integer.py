@@ -64,6 +64,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,7 +73,7 @@ from quantmodel.emulator import program as emuprogram
 from quantmodel.emulator.block import IntVal, head_layout, head_views, run_blocks, shape_of
 from quantmodel.emulator.block import vmap as _vmap
 from quantmodel.emulator.datapath import PARAM_BITS, RES_BITS, RES_HEADROOM
-from quantmodel.intarith import ckernels, fixedpoint, gemmpaths, intgemm, intops, reference
+from quantmodel.intarith import ckernels, fixedpoint, fp16ref, gemmpaths, intgemm, intops, reference
 from quantmodel.model.stdit import STDiT
 from quantmodel.quant.artifact import OUT_BITS, QK_OUT_BITS, QuantArtifact
 from quantmodel.quant.smoothing import FOLD_VROWS, vrow_producer
@@ -127,6 +128,7 @@ class Verifier:
     power: dict = field(default_factory=dict)  # name -> [signal, noise]
     saturated: dict = field(default_factory=dict)  # name -> count of codes at the clamp bound
     fp16_saturated: int = 0  # values clamped to +-65504 on conversion to fp16
+    vector: dict = field(default_factory=dict)  # fp16 kernel -> calls, elements, mismatches, max_ulp (fp16ref)
 
     def compare(self, name: str, got: torch.Tensor, ref: torch.Tensor) -> None:
         diff = (got.detach().cpu().to(torch.float64) - ref.detach().cpu().to(torch.float64)).abs()
@@ -147,6 +149,29 @@ class Verifier:
 
     def count_saturation(self, name: str, q: torch.Tensor, bound: int) -> None:
         self.saturated[name] = self.saturated.get(name, 0) + int((q.abs() >= bound).sum())
+
+    def compare_fp16(self, kernel: str, got: torch.Tensor, want, tolerant: bool = False) -> None:
+        """An fp16 vector-unit kernel's output against :mod:`quantmodel.intarith.fp16ref` on the same input:
+        per kernel, elements, mismatching elements and the largest distance in fp16 ULPs (``tolerant``:
+        the kernel has a transcendental, see fp16ref)."""
+        g = got.detach().cpu()
+        g = g.numpy() if g.dtype == torch.float16 else g.to(torch.float16).numpy()
+        d = fp16ref.ulp_diff(g, want) if g.size else np.zeros(0, dtype=np.int64)
+        c = self.vector.setdefault(kernel, {"calls": 0, "elements": 0, "mismatches": 0, "max_ulp": 0})
+        c["calls"] += 1
+        c["elements"] += int(d.size)
+        c["mismatches"] += int((d > 0).sum())
+        c["max_ulp"] = max(c["max_ulp"], int(d.max()) if d.size else 0)
+        c["tolerant"] = tolerant
+
+    def vector_ok(self) -> bool:
+        tol = fp16ref.TRANSCENDENTAL_TOLERANCE
+        for c in self.vector.values():
+            if not c["tolerant"] and c["mismatches"]:
+                return False
+            if c["max_ulp"] > tol["max_ulp"] or c["mismatches"] > tol["max_fraction"] * c["elements"]:
+                return False
+        return True
 
     def layer_sqnr_db(self) -> dict[str, float]:
         return {n: sqnr_db(s, e) for n, (s, e) in self.power.items()}
@@ -304,12 +329,22 @@ class IntegerEmulator:
             return _dequant_fp16(v.q, v.scale)
         if isinstance(v, IntVal):
             f = fixedpoint.dequantize(v.q, v.scale)
+            if self.mode == "fp16":
+                return self._vcheck("dequant", self._hs(f), fp16ref.dequant, v.q, v.scale)
         else:
             f = v
         return self._hs(f) if self.mode == "fp16" else f.float()
 
     def _f32(self, v) -> torch.Tensor:
         return fixedpoint.dequantize(v.q, v.scale) if isinstance(v, IntVal) else v.float()
+
+    def _vcheck(self, kernel: str, got: torch.Tensor, ref_fn, *args, tolerant: bool = False) -> torch.Tensor:
+        """Verifying in fp16 mode: ``got`` against the independent fp16 reference (``fp16ref``) on the same
+        inputs; returns ``got``."""
+        if self.exact and self.mode == "fp16":
+            a = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t for t in args]
+            self.verifier.compare_fp16(kernel, got, ref_fn(*a), tolerant)
+        return got
 
     def _requant(self, name: str, v: IntVal, real, qmin: int, qmax: int, out_scale: float) -> IntVal:
         """Integer rescale of an integer tensor (per tensor, or per channel = last dim), verified."""
@@ -355,7 +390,9 @@ class IntegerEmulator:
                 return q, None
         if mul:
             if self.mode == "fp16":
-                x = _h(_h(x).float() * _h(1.0 / p.smooth).float())
+                x = self._vcheck(
+                    "smooth_mul", _h(_h(x).float() * _h(1.0 / p.smooth).float()), fp16ref.smooth_multiply, x, p.smooth
+                )
             else:
                 x = x.float() * (1.0 / p.smooth)
         return p.xq(x), x
@@ -401,6 +438,7 @@ class IntegerEmulator:
             if self.exact:
                 ref, _ = reference.matmul(q.cpu(), p.w_t.cpu())
                 vf.compare(name, acc, ref)
+                self._check_dynamic(name, rows, s_row, q, acc, res, p)
         if vf is not None:  # layer SQNR: float layer (original weights) on the same float input
             x_in = self._f32(v)
             if p.smooth is not None and p.fold == "modulate":
@@ -410,6 +448,22 @@ class IntegerEmulator:
             ref_f = F.linear(x_in.float(), lin.weight, lin.bias) * p.row_scale
             vf.add_power(name, ref_f, got.float())
         return res
+
+    def _check_dynamic(self, name: str, rows, s_row, q, acc, res, p: _LinearParams) -> None:
+        """Verifying a dynamic recipe: per-token scales (bit for bit), codes, sums and the rescaled output
+        against the independent reference (``fp16ref.dynamic_linear``) on the same float input."""
+        w_t, ws, b = (t.detach().cpu().numpy() for t in (p.w_t, p.w_scale, p.bias))
+        fp16 = self.mode == "fp16"
+        rq, rs, racc, ry = fp16ref.dynamic_linear(rows.detach().cpu().numpy(), w_t, ws, b, self.a_bits, fp16)
+        vf = self.verifier
+        vf.compare(name + ".dyn_scale", s_row.cpu().float().view(torch.int32), torch.from_numpy(rs.view(np.int32)))
+        vf.compare(name + ".dyn_quant", q, torch.from_numpy(rq))
+        vf.compare(name + ".dyn_acc", acc, torch.from_numpy(racc))
+        out = res.reshape(ry.shape)
+        if fp16:
+            vf.compare_fp16("dyn_rescale", out, ry)
+        else:
+            vf.compare(name + ".dyn_rescale", out.cpu().view(torch.int32), torch.from_numpy(ry.view(np.int32)))
 
     def _dyn_linear_c(self, p: _LinearParams, v):
         """The dynamic branch of :meth:`linear` (not verifying) with its per-token quantization and its
@@ -537,7 +591,15 @@ class IntegerEmulator:
 
     def layernorm(self, name: str, v):
         if self.mode == "fp16":
-            return intops.layernorm_fp16(self._float(v), eps=self.mods[name].eps)
+            x, eps = self._float(v), self.mods[name].eps
+            return self._vcheck(
+                "layernorm",
+                intops.layernorm_fp16(x, eps=eps),
+                fp16ref.layernorm,
+                x,
+                eps,
+                tolerant=self.device.type != "cpu",
+            )
         iv = self._int(name, "in0", v, RES_BITS)
         q, s = intops.layernorm_int(iv.q, iv.scale, eps=self.mods[name].eps)
         if self.exact:
@@ -549,7 +611,9 @@ class IntegerEmulator:
         if self.mode == "fp16":
             if self.verifier is None and not isinstance(v, IntVal) and v.dtype == torch.float32:
                 return intops.softmax_fp16_scaled(v, sm.scale)  # the same fp16 values, fused
-            return intops.softmax_fp16(self._hs(self._f32(v) * sm.scale))
+            x = self._f32(v)
+            out = intops.softmax_fp16(self._hs(x * sm.scale))
+            return self._vcheck("softmax", out, fp16ref.softmax, x, sm.scale, tolerant=True)
         iv = self._int(name, "in0", v, QK_OUT_BITS)
         q, s = intops.softmax_int(iv.q, iv.scale * sm.scale, out_bits=out_bits)
         if self.exact:
@@ -558,7 +622,8 @@ class IntegerEmulator:
 
     def gelu(self, name: str, v):
         if self.mode == "fp16":
-            return intops.gelu_fp16(self._float(v))
+            x = self._float(v)
+            return self._vcheck("gelu", intops.gelu_fp16(x), fp16ref.gelu, x, tolerant=True)
         iv = self._int(name, "in0", v, 16)
         q, s = intops.gelu_int(iv.q, iv.scale)
         if self.exact:
@@ -624,9 +689,12 @@ class IntegerEmulator:
 
     def modulate(self, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """x * (1 + scale) + shift, with the consumer's SmoothQuant factors folded in if it has them."""
+        raw = (shift, scale)
         p, shift, scale = self._fold_mod(consumer, shift, scale)
         if self.mode == "fp16":
-            return intops.modulate_fp16(self._float(v), shift, scale)
+            x = self._float(v)
+            smooth = p.smooth if p is not None and p.smooth is not None and p.fold == "modulate" else None
+            return self._vcheck("modulate", intops.modulate_fp16(x, shift, scale), fp16ref.modulate, x, *raw, smooth)
         iv = self._int(name, "in0", v, RES_BITS)
         sh, sc = self._param_int(shift), self._param_int(scale)
         if p is not None and p.static:  # straight into the GEMM's int8 input
@@ -657,9 +725,10 @@ class IntegerEmulator:
                     out = intops.residual_fp16(xf, y, None, gate)
                 if out is not None:
                     return out
-            if gate is None:
-                return self._float(x) + self._float(y)  # fp16 add = fp32 add rounded (intops doc)
-            return intops.gated_add_fp16(self._float(x), self._float(y), gate)
+            xf, yf = self._float(x), self._float(y)
+            if gate is None:  # fp16 add = fp32 add rounded (intops doc)
+                return self._vcheck("add", xf + yf, fp16ref.add, xf, yf)
+            return self._vcheck("gated_add", intops.gated_add_fp16(xf, yf, gate), fp16ref.add, xf, yf, gate)
         ix = self._int(name, "in0", x, RES_BITS)
         iy = self._int(name, "in1", y, 16)
         g = (
