@@ -660,7 +660,20 @@ class _TraceInfo:
     signatures, weight sets. Computed once per trace object (a sweep simulates one trace on many
     chips); ``ops`` keeps the op objects so a list changed in place is noticed."""
 
-    __slots__ = ("trace", "ops", "meta", "by_step", "steps", "step_sig", "reps", "step_set", "sig_keys", "dyn", "sets", "tables")
+    __slots__ = (
+        "trace",
+        "ops",
+        "meta",
+        "by_step",
+        "steps",
+        "step_sig",
+        "reps",
+        "step_set",
+        "sig_keys",
+        "dyn",
+        "sets",
+        "tables",
+    )
 
     def still_valid(self, trace: Trace) -> bool:
         ops = trace.ops

@@ -85,7 +85,9 @@ class Recipe:
         if self.group_split not in GROUP_SPLITS:
             raise ConfigError("recipe.group_split", self.group_split, " or ".join(GROUP_SPLITS))
         if not isinstance(self.shared_weights, bool) or (self.shared_weights and self.scheme != "groups"):
-            raise ConfigError("recipe.shared_weights", self.shared_weights, "true or false (true only with scheme groups)")
+            raise ConfigError(
+                "recipe.shared_weights", self.shared_weights, "true or false (true only with scheme groups)"
+            )
         layers_ok = isinstance(self.layers, (list, tuple)) and self.layers  # a number or a string is no list
         if not layers_ok or not all(isinstance(p, str) and p for p in self.layers):
             raise ConfigError("recipe.layers", self.layers, "a non-empty list of layer-name patterns")

@@ -106,7 +106,11 @@ def test_tsq_scale_tables_are_stored_and_read_from_dram_every_step(hw_name):
     )
     res, res_bare = hwsim.simulate(trace, hw), hwsim.simulate(bare, hw)
     assert res.swap_count == 0 and res.num_weight_sets == 1
-    assert res.storage_bytes - res_bare.storage_bytes == trace.table_storage_bytes() == trace.summary()["scale_table_bytes"]
+    assert (
+        res.storage_bytes - res_bare.storage_bytes
+        == trace.table_storage_bytes()
+        == trace.summary()["scale_table_bytes"]
+    )
     assert res.dram_bytes - res_bare.dram_bytes == linear_tables
     assert res.latency_s >= res_bare.latency_s and res.energy_j > res_bare.energy_j
 
