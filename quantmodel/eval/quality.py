@@ -89,10 +89,12 @@ def get_stats(
     seed: int = 0,
     text_features: str | None = None,
     text_tokens: int | None = None,
+    wrap_model_fn=None,
 ) -> CalibStats:
     """Stats from a file (checked against the model and step count) or a fresh calibration
     (on ``stdit-shapes``: real caption features of a held-out prompt set; ``text_tokens``: prompts
-    masked to that many real caption tokens)."""
+    masked to that many real caption tokens; ``wrap_model_fn``: see ``calibrate``)."""
+    tt = {"text_tokens": text_tokens, "wrap_model_fn": wrap_model_fn}
     if stats is None and text_features is None and trained_module(workload) is not None:
         import tempfile
 
@@ -101,13 +103,9 @@ def get_stats(
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "calib_y.safetensors")
             save_file({"y": trained_prompts(workload, num_prompts, seed + 101)[1].contiguous()}, path)
-            stats = calibrate(
-                model, workload, num_prompts=num_prompts, seed=seed, text_features=path, text_tokens=text_tokens
-            )
+            stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path, **tt)
     elif stats is None:
-        stats = calibrate(
-            model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features, text_tokens=text_tokens
-        )
+        stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features, **tt)
     elif not isinstance(stats, CalibStats):
         stats = CalibStats.load(stats)
     stats.check_matches(model, workload.num_steps)
@@ -119,7 +117,7 @@ def quantize_model(
 ) -> QuantArtifact:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
-    need_stats = recipe.scheme != "dynamic"
+    need_stats = recipe.scheme != "dynamic" or recipe.smoothing  # channel balancing calibrates too
     st = get_stats(model, workload, stats, **calib) if need_stats else None
     return build_artifact(model, recipe, st, workload.num_steps, workload.name)
 
@@ -387,7 +385,7 @@ def _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib) 
     """The calibration statistics the artifact's constants are re-derived from: the given ones, or
     (an artifact given without them) a fresh calibration with the settings the artifact records
     (calibration is seeded, so it gives the same statistics)."""
-    if recipe.scheme == "dynamic":
+    if recipe.scheme == "dynamic" and not recipe.smoothing:
         return None
     if artifact is not None and stats is None:
         rec = artifact.meta.get("stats") or {}
