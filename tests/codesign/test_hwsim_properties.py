@@ -8,26 +8,26 @@ all vary across the chips. A top-layer test: it builds the trace with quantmodel
 never imports.
 
 "More resources never slower" is a property of the planner's objective (``planner.objective``).
-A chip with more of a resource can run the schedule the smaller chip runs (its tile candidates
-include the smaller chip's: widths of every power-of-two subset of the arrays, tilings chosen from
-the same shape lists where the buffers allow), so a planner that picked by true latency would never
-be slower except where physics says so. Two things stand between that and the simulator:
+A chip with more of a resource can run the schedule the smaller chip runs, so a planner that
+picked by true latency from a candidate set that only grows with the resource would never be
+slower except where physics says so. The latency planner (``planner.objective: latency``) comes
+close: attention blockings and MLP chain row blocks are drawn from ladders that depend on the shape
+and the arrays alone (``tiling.block_ladder``: a bigger buffer fits every block a smaller one
+fits) and chosen by replay, exactly (``simulate._fastest_replay`` skips only candidates whose
+proven lower bound cannot win); GEMM tilings by replay of the best few by estimate. What remains:
 
-- physics: SCALE-Sim's fold costs 2R + C + T - 2 cycles (OS: K + R + C - 2), so a taller or wider
-  array fills and drains longer on a GEMM with fewer rows or columns than it has (``mac.rows``,
-  ``mac.cols``); an array that could run as independent sub-arrays would avoid this, which hwsim
-  does not model;
-- the planner ranks candidates by closed-form estimates (one unit's replay is up to ~1.5x its
-  estimate, below), so it can pick a tiling or a hand-over whose replay is slower than what the
-  smaller chip ran. With ``planner.objective: latency`` it replays its best few tilings, fusion
-  options and hand-overs and keeps the fastest replay, which removes most of that; with the
-  default ``edp2`` it also trades time for energy, and a bigger chip's energy terms differ (a
-  higher clock needs a higher voltage, a bigger buffer costs more per access, more arrays leak more).
+- physics: SCALE-Sim's fold costs (1 + fill) R + C + T - 2 cycles, so a taller or wider array
+  fills and drains longer on a GEMM with fewer rows or columns than it has (``mac.rows``,
+  ``mac.cols``); the tolerance is that formula's worst case on the workload (``_fold_slack``), not
+  a measurement;
+- the GEMM tiling and the greedy hand-over pass (``MORE``: measured, named).
 
-So each resource carries the tolerance its measured worst case needs, per objective (MORE below,
-SIM_VERSION hwsim-7, with how many chips were slower at all); 0 where it holds strictly.
-Energy x delay^2 itself is not expected to be monotone: the bigger chip's own energy grows (area,
-leakage, per-access energy), so the property is stated on latency.
+With the default ``edp2`` planner, "never slower" is not a property to claim: it trades time for
+energy, and a bigger chip's energy terms differ (a higher clock needs a higher voltage, a bigger
+buffer costs more per access, more arrays leak more), so it may legitimately pick a slower, less
+hungry schedule on it; and energy x delay^2 itself is not monotone either (the bigger chip's own
+energy grows: area, leakage, per-access energy; measured up to 1.28x on these chips). Its
+tolerances are measured (SIM_VERSION hwsim-8, chips slower at all in brackets).
 """
 
 import dataclasses
