@@ -81,7 +81,11 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 # 7: two GEMMs whose tensor between them only the second reads (the MLP's fc1 -> GELU -> fc2) may
 #    run as a chain of row blocks with that tensor in SRAM (hwsim/chain.py), where the objective is
 #    better; the DRAM lower bound counts the cheaper of chained and apart
-SIM_VERSION = "hwsim-7"
+# 8: the latency planner draws attention blockings, chain row blocks and GEMM row blocks from ladders
+#    that only grow with the buffers (``tiling.block_ladder``) and picks attention and chains by
+#    replay, skipping only candidates whose proven lower bound cannot win (``_fastest_replay``);
+#    the default edp2 planner's numbers are unchanged
+SIM_VERSION = "hwsim-8"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -435,7 +439,7 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
     return hit
 
 
-REPLAY_CHECKED = 4  # tilings a latency planner replays per GEMM unit at most (assumption: a compiler's autotuner
+REPLAY_CHECKED = 8  # tilings a latency planner replays per GEMM unit at most (assumption: a compiler's autotuner
 # measures a handful of candidates, not every one)
 
 
