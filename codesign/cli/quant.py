@@ -246,7 +246,36 @@ def run_verify(args) -> int:
             f"{'equal' if rep['fast_path_equal'] else 'NOT equal' if rep['fast_path_equal'] is False else 'not run'}"
             f" to the checked one"
         )
+        print(_constants_line(rep["constants"]))
+        if rep["vector_kernels"]:
+            print(_vector_line(rep["vector_kernels"]))
     return 0 if rep["ok"] else 1
+
+
+def _vector_line(kernels: dict) -> str:
+    """The fp16 vector-unit kernels against their independent reference: mismatching elements per kernel."""
+    parts = [
+        f"{k} {c['mismatches']}/{c['elements']}" + (f" (<= {c['max_ulp']} ULP)" if c["mismatches"] else "")
+        for k, c in sorted(kernels.items())
+    ]
+    return "fp16 vector kernels vs reference, mismatching elements: " + ", ".join(parts)
+
+
+def _constants_line(c: dict) -> str:
+    """The re-derivation of the artifact's constants, with the mismatching fields per layer."""
+    if "skipped" in c:
+        return f"artifact constants NOT re-derived: {c['skipped']}"
+    line = f"artifact constants re-derived from weights and statistics: {c['compared']} compared, "
+    line += f"{c['mismatched_constants']} mismatched"
+    for layer, fields in c["mismatches"].items():
+        line += f"\n  {layer}: {', '.join(fields)}"
+    for key in c["missing"][:10]:
+        line += f"\n  missing from the artifact: {key}"
+    for p in c["problems"]:
+        line += f"\n  {p}"
+    if c["not_rederived"]:
+        line += f"\n  not re-derived ({len(c['not_rederived'])}): {', '.join(c['not_rederived'][:5])}"
+    return line
 
 
 def expand_recipes(spec: str, bits: str) -> list[str]:
@@ -294,7 +323,7 @@ def run_quality(args) -> int:
     calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     stats = None
-    if any(r.quantized and r.scheme != "dynamic" for r in recipes):
+    if any(r.quantized and (r.scheme != "dynamic" or r.smoothing) for r in recipes):
         stats = get_stats(model, w, args.stats, **calib)
     z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
     ref = sample(float_model_fn(model), model, w, z, y, mask=mask)

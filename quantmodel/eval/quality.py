@@ -119,7 +119,7 @@ def quantize_model(
 ) -> QuantArtifact:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
-    need_stats = recipe.scheme != "dynamic"
+    need_stats = recipe.scheme != "dynamic" or recipe.smoothing  # channel balancing calibrates too
     st = get_stats(model, workload, stats, **calib) if need_stats else None
     return build_artifact(model, recipe, st, workload.num_steps, workload.name)
 
@@ -326,7 +326,10 @@ def verify_recipe(
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.quantized:
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
-    art = artifact or quantize_model(model, workload, recipe, stats, text_tokens=text_tokens, **calib)
+    quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
+    st = _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib)
+    art = artifact or build_artifact(model, recipe, st, workload.num_steps, workload.name)
+    constants = _rederive_report(model, art, st)
     z, y, mask = eval_batch(model, num_samples, seed, workload=workload, text_tokens=text_tokens)
     if device is not None:  # the float reference samples with the same device's noise generator
         model = model.to(device)
@@ -370,5 +373,37 @@ def verify_recipe(
         "sample_psnr_db": metrics["psnr_db"],
         "fast_path": "compiled" if any(p is not None for p in fast._programs.values()) else "eager",
         "fast_path_equal": fast_equal,
-        "ok": v.mismatches == 0 and overflow is None and fast_equal is True,
+        "constants": constants,
+        "vector_kernels": v.vector,
+        "ok": v.mismatches == 0
+        and overflow is None
+        and fast_equal is True
+        and constants.get("ok", False)
+        and v.vector_ok(),
     }
+
+
+def _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib) -> CalibStats | None:
+    """The calibration statistics the artifact's constants are re-derived from: the given ones, or
+    (an artifact given without them) a fresh calibration with the settings the artifact records
+    (calibration is seeded, so it gives the same statistics)."""
+    if recipe.scheme == "dynamic" and not recipe.smoothing:
+        return None
+    if artifact is not None and stats is None:
+        rec = artifact.meta.get("stats") or {}
+        if rec.get("text_features") == "random-normal" or trained_module(workload) is not None:
+            calib = {**calib, "num_prompts": int(rec.get("num_prompts", 1)), "seed": int(rec.get("seed", 0))}
+    return get_stats(model, workload, stats, text_tokens=text_tokens, **calib)
+
+
+def _rederive_report(model: STDiT, art: QuantArtifact, st: CalibStats | None) -> dict:
+    """:func:`quantmodel.quant.rederive.rederive` of the artifact, or why it could not run (statistics
+    other than those the artifact was built from)."""
+    from quantmodel.quant.rederive import rederive
+
+    if st is not None:
+        want = {k: v for k, v in (art.meta.get("stats") or {}).items() if k != "text_features"}
+        have = {k: v for k, v in st.meta.items() if k != "text_features"}
+        if want != have:
+            return {"ok": False, "skipped": "the artifact was built from other calibration statistics (pass --stats)"}
+    return rederive(model, art, st).to_dict()

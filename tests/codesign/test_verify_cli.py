@@ -31,6 +31,13 @@ def test_verify_json_reports_zero_mismatches(capsys, wl):
     ):
         assert key in rep
     assert rep["mismatches"] == 0 and rep["max_abs_diff_lsb"] == 0 and rep["layers_checked"] == 18
+    # every artifact constant re-derived from the weights and statistics, bit for bit
+    assert rep["constants"]["ok"] and rep["constants"]["compared"] > 200 and not rep["constants"]["not_rederived"]
+    # every fp16 vector-unit kernel checked against its independent reference (only exp / tanh may differ)
+    vk = rep["vector_kernels"]
+    assert set(vk) == {"dequant", "layernorm", "modulate", "softmax", "gelu", "add", "gated_add", "smooth_mul"}
+    assert all(c["elements"] > 0 for c in vk.values())
+    assert all(c["mismatches"] == 0 for k, c in vk.items() if not c["tolerant"])
     assert set(rep["layer_sqnr_db"]) >= {"blocks.0.attn.qkv", "blocks.1.mlp.fc2"}
     # the unchecked emulator users run (compiled blocks where the C kernels are built) gives the same sample
     from quantmodel.intarith import ckernels
@@ -46,7 +53,8 @@ def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
     )
     assert rc == 0 and json.loads(out)["num_weight_sets"] == 2 and art.is_file()
     rc, out, _ = _run(capsys, "verify", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--artifact", str(art), "--json")
-    assert rc == 0 and json.loads(out)["mismatches"] == 0
+    rep = json.loads(out)  # an artifact without --stats: recalibrated with the settings it records
+    assert rc == 0 and rep["mismatches"] == 0 and rep["constants"]["ok"] and rep["constants"]["compared"] > 0
     csv = tmp_path / "q.csv"
     rc, out, _ = _run(
         capsys,
