@@ -46,6 +46,7 @@ from hwsim.tiling import (
     NoFit,
     Plan,
     VectorOpUnit,
+    _GemmSearch,
     attention_blockings,
     figure_of_merit,
     gemm_shape,
@@ -55,7 +56,6 @@ from hwsim.tiling import (
     plan_gemm,
     plan_vector,
     precision_of,
-    _GemmSearch,
     stages_of,
     static_twin,
     transfer_cycles_per_byte,
@@ -508,7 +508,9 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
             elif isinstance(unit, ChainUnit):
                 p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
             elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
-                p = _fastest_replay(attention_blockings(unit, hw, ladder=True), lambda b: plan_attention(unit, hw, b), hw)
+                p = _fastest_replay(
+                    attention_blockings(unit, hw, ladder=True), lambda b: plan_attention(unit, hw, b), hw
+                )
             elif isinstance(unit, AttentionUnit):
                 p = plan_attention(unit, hw)
             else:

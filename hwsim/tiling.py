@@ -473,9 +473,7 @@ class _Estimate:
         w1 += u.pre_weight_bytes
         b_e, m_e, n_e = (x - (math.ceil(x / t) - 1) * t for x, t in ((u.batch, bt), (u.m, mt), (u.n, nt)))
         out1 = math.ceil(b_e * m_e * n_e * self.o_bpe) if u.dram_out else 0
-        return replay_lower_bound(
-            comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1
-        )
+        return replay_lower_bound(comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1)
 
     def _b_in(self, fb_item: int, nb_n: int, nb_k: int, nb_b: int) -> int:
         u = self.u
@@ -1150,9 +1148,7 @@ def _attention_opts(u: AttentionUnit, rows: int, nb_k: int, heads: int, R: int) 
         mq, bt = min(most, _round_up(math.ceil(u.m / math.ceil(u.m / most)), R)), 1
     opts = [(mq, bt)] + [(mq, math.ceil(bt / f)) for f in (2, 4) if bt >= f]
     if bt == 1:
-        opts += [
-            (m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq
-        ]
+        opts += [(m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq]
     return opts
 
 

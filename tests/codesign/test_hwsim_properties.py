@@ -70,7 +70,10 @@ def _fold_slack(trace, small, big) -> float:
 
     df = small.mac.dataflow
     t_min = min(
-        math.ceil(min(systolic_dims(op.m, op.k, op.n, df)[2], small.mac.rows) / small.mac.rate(precision_of(op.w_bits, op.a_bits)))
+        math.ceil(
+            min(systolic_dims(op.m, op.k, op.n, df)[2], small.mac.rows)
+            / small.mac.rate(precision_of(op.w_bits, op.a_bits))
+        )
         for op in trace.ops
         if op.kind in GEMM_KINDS
     )

@@ -44,8 +44,17 @@ def _attention(m: int, n: int, heads: int) -> AttentionUnit:
 
 def _gemm(m: int, k: int, n: int, **kw) -> GemmUnit:
     return GemmUnit(
-        batch=1, m=m, k=k, n=n, precision="int8", a_bytes=m * k, b_bytes=k * n, out_bytes=m * n,
-        b_per_item=False, b_resident=False, **kw,
+        batch=1,
+        m=m,
+        k=k,
+        n=n,
+        precision="int8",
+        a_bytes=m * k,
+        b_bytes=k * n,
+        out_bytes=m * n,
+        b_per_item=False,
+        b_resident=False,
+        **kw,
     )
 
 
@@ -56,7 +65,7 @@ def test_attention_bound_never_above_replay_and_choice_is_fastest(chip):
         cands = attention_blockings(u, hw, ladder=True)
         replays = [replay_cycles(plan_attention(u, hw, b), hw) for b, _ in cands]
         assert all(bound <= r for (_, bound), r in zip(cands, replays)), chip
-        best = _fastest_replay(cands, lambda b: plan_attention(u, hw, b), hw)
+        best = _fastest_replay(cands, lambda b, u=u: plan_attention(u, hw, b), hw)
         assert replay_cycles(best, hw) == min(replays)
 
 
