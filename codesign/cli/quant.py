@@ -249,7 +249,17 @@ def run_verify(args) -> int:
         print(_constants_line(rep["constants"]))
         if rep["vector_kernels"]:
             print(_vector_line(rep["vector_kernels"]))
+        print(_ties_line(rep["ties"]))
     return 0 if rep["ok"] else 1
+
+
+def _ties_line(t: dict) -> str:
+    """The tie test: exact x.5 inputs at every rounding site, half to even expected."""
+    sites = t["sites"]
+    bad = [f"{k} ({v['mismatches']} of {v['ties']} ties wrong)" for k, v in sites.items() if v["mismatches"]]
+    n = sum(v["ties"] for v in sites.values())
+    line = f"rounding ties: {n} exact x.5 inputs at {len(sites)} rounding sites, "
+    return line + ("all rounded half to even" if not bad else "MISMATCH at " + ", ".join(bad))
 
 
 def _vector_line(kernels: dict) -> str:

@@ -30,6 +30,7 @@ from types import ModuleType
 import torch
 
 from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
+from quantmodel.emulator.ties import run_ties
 from quantmodel.model.build import build_stdit
 from quantmodel.model.captions import packed_caption_fn
 from quantmodel.model.config import STDiTConfig
@@ -347,6 +348,7 @@ def verify_recipe(
     if overflow is None:
         fast_out = sample(packed_caption_fn(fast.model_fn), model, workload, z, y, seed, mask=mask)
         fast_equal = bool(torch.equal(fast_out, out))
+    ties = run_ties()  # every rounding site on crafted x.5 inputs (real runs never hit a tie)
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""
@@ -375,7 +377,9 @@ def verify_recipe(
         "fast_path_equal": fast_equal,
         "constants": constants,
         "vector_kernels": v.vector,
+        "ties": ties,
         "ok": v.mismatches == 0
+        and ties["ok"]
         and overflow is None
         and fast_equal is True
         and constants.get("ok", False)
