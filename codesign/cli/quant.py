@@ -250,7 +250,19 @@ def run_verify(args) -> int:
         if rep["vector_kernels"]:
             print(_vector_line(rep["vector_kernels"]))
         print(_ties_line(rep["ties"]))
+        print(_baseline_line(rep["sqnr_baseline"]))
     return 0 if rep["ok"] else 1
+
+
+def _baseline_line(b: dict) -> str:
+    """The final-sample SQNR against the stored per-recipe baseline."""
+    if not b["applies"]:
+        return f"final-sample SQNR baseline: not checked ({b['reason']})"
+    verdict = "ok" if b["ok"] else "REGRESSION"
+    return (
+        f"final-sample SQNR baseline {b['baseline_db']:.2f} dB: drop {b['drop_db']:.2f} dB "
+        f"(allowed {b['margin_db']:.2f} dB) {verdict}"
+    )
 
 
 def _ties_line(t: dict) -> str:

@@ -31,6 +31,7 @@ import torch
 
 from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
 from quantmodel.emulator.ties import run_ties
+from quantmodel.eval.baseline import check_sqnr
 from quantmodel.model.build import build_stdit
 from quantmodel.model.captions import packed_caption_fn
 from quantmodel.model.config import STDiTConfig
@@ -349,6 +350,7 @@ def verify_recipe(
         fast_out = sample(packed_caption_fn(fast.model_fn), model, workload, z, y, seed, mask=mask)
         fast_equal = bool(torch.equal(fast_out, out))
     ties = run_ties()  # every rounding site on crafted x.5 inputs (real runs never hit a tie)
+    baseline = check_sqnr(workload.name, recipe.name, nonlinear, art.meta, metrics["sqnr_db"], num_samples, seed)
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""
@@ -378,8 +380,10 @@ def verify_recipe(
         "constants": constants,
         "vector_kernels": v.vector,
         "ties": ties,
+        "sqnr_baseline": baseline,
         "ok": v.mismatches == 0
         and ties["ok"]
+        and baseline.get("ok", True)
         and overflow is None
         and fast_equal is True
         and constants.get("ok", False)
