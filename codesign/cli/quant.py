@@ -258,10 +258,10 @@ def _baseline_line(b: dict) -> str:
     """The final-sample SQNR against the stored per-recipe baseline."""
     if not b["applies"]:
         return f"final-sample SQNR baseline: not checked ({b['reason']})"
-    verdict = "ok" if b["ok"] else "REGRESSION"
+    verdict = "ok" if b["ok"] else f"REGRESSION ({b['drop_db']:.2f} dB lower)"
     return (
-        f"final-sample SQNR baseline {b['baseline_db']:.2f} dB: drop {b['drop_db']:.2f} dB "
-        f"(allowed {b['margin_db']:.2f} dB) {verdict}"
+        f"final-sample SQNR baseline {b['baseline_db']:.2f} dB (fails below "
+        f"{b['baseline_db'] - b['margin_db']:.2f} dB): {verdict}"
     )
 
 
