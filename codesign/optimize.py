@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from codesign.spec import MAX_DESIGN_POINTS, PREFETCH_AXIS, HardwarePoint, RangeAxis, SweepSpec, flatten, set_dotted
+from codesign import spec as budgets  # read at call time: the budget is a module setting
+from codesign.spec import PREFETCH_AXIS, HardwarePoint, RangeAxis, SweepSpec, flatten, set_dotted
 from codesign.store import SCALAR_METRICS, load_quality, load_results
 from codesign.sweep import point_key, run_sweep, workload_identity
 from workloads.errors import ConfigError
@@ -181,8 +182,10 @@ def optimize(
     for name, n in (("trials", trials), ("batch", batch)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(name, n, "a positive integer")
-    if trials > MAX_DESIGN_POINTS:  # the sweep's budget: --trials 99999999999 ran on without end
-        raise ConfigError("trials", trials, f"at most {MAX_DESIGN_POINTS:,} (the design-point budget of a spec)")
+    if trials > budgets.MAX_DESIGN_POINTS:  # the sweep's budget: --trials 99999999999 ran on without end
+        raise ConfigError(
+            "trials", trials, f"at most {budgets.MAX_DESIGN_POINTS:,} (the design-point budget of a spec)"
+        )
     t0 = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * len(objectives), sampler=_sampler(sampler, seed))

@@ -258,7 +258,7 @@ def plan_sweep(spec: SweepSpec, store: ResultStore, pairs: set | None = None) ->
         d = base
         for name, value in p.overrides:
             d = set_dotted(d, name, value)
-        hw_dicts.append(d)
+        hw_dicts.append(hwsim.hw_to_dict(hwsim.hw_from_dict(d)))  # resolved: `nominal` stored as its clock
     hw_cols = [
         {f"hw.{k}": (v if not isinstance(v, (list, dict)) else str(v)) for k, v in flatten(d).items()} for d in hw_dicts
     ]

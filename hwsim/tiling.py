@@ -144,7 +144,9 @@ def tile_buffer_bytes(u, hw: HWConfig) -> int:
 # even + saturate), one lane operation each: the counts are ours (assumption), the datapath is the
 # emulator's, bit for bit. A vector op that quantizes what it writes (trace ``epilogue="quant"``)
 # runs the "quantize" stage after its own; one that reads integer codes as floats (trace
-# ``dequant_elements``) runs "dequant" first (``op_stages``).
+# ``dequant_elements``) runs "dequant" first (``op_stages``). An asymmetric STATIC recipe adds nothing
+# here: its zero-point correction ``-z * colsum(W_q)`` is folded into the int32 bias when the artifact is
+# built, so its trace (and cost) equals the symmetric one (tests/hwsim/test_zero_point_cost.py).
 VECTOR_WORK = {
     "elementwise": (("basic", 1),),  # residual add / gated add / positional add
     "modulate": (("basic", 2),),  # x * (1 + scale) + shift
@@ -158,13 +160,21 @@ VECTOR_WORK = {
     "smooth_mul": (("basic", 3),),  # multiply by the FP16 factor 1/s, then quantize as above (2)
     "dyn_stats": (("basic", 3),),  # |x| max-reduce, multiply by reciprocal, round/clip
     "dyn_rescale": (("basic", 3),),  # int32 -> float, x row scale, x column scale (FP16 on write)
+    # asymmetric dynamic quantization (trace epilogue "zero_point"; assumption: one lane op each):
+    "zp_stats": (("basic", 2),),  # a min-reduce beside the max-reduce, + zero point per element
+    "zp_correct": (("basic", 1),),  # acc - z_row * colsum(W): one multiply-add per output element
+    "smooth_scale": (("basic", 1),),  # dynamic channel balancing: x * (1/s) in FP16, no quantize
 }
-DYN_KINDS = ("dyn_stats", "dyn_rescale")
+DYN_KINDS = ("dyn_stats", "dyn_rescale", "zp_stats", "zp_correct")
 
 
 def op_stages(op) -> str:
     """The vector stages a trace op runs: its kind, with the conversions the trace gives it."""
     kind = op.kind
+    if kind == "smooth_mul" and getattr(op, "out_bits", 0) == 16:  # FP16 out: the multiply alone
+        kind = "smooth_scale"
+    if getattr(op, "epilogue", "") == "zero_point":  # asymmetric dynamic: its extra vector work
+        kind += "+zp_stats" if kind == "dyn_stats" else "+zp_correct"
     if getattr(op, "dequant_elements", 0):
         kind = "dequant+" + kind
     if getattr(op, "epilogue", "") == "quant":

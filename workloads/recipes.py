@@ -12,6 +12,29 @@ Schemes (docs/architecture.md, "Quantization recipes"):
 Preset names read ``SCHEME-wXaY``: ``static-w8a8``, ``asq-w6a6``, ``tsq-tsw-w4a8``, ``groups4-w8a8``
 (uniform split), ``groups4-cal-w8a8`` (calibrated split), ``dynamic-w8a8``, and ``fp16``.
 ``annotate_trace`` turns a float op trace into the quantized one the hardware model reads.
+
+Calibration options (fields of :class:`Recipe`; docs/recipes.md, "Calibration options"):
+- ``act_range``: how a static per-tensor activation range is estimated from each step's calibration
+  data: ``absmax`` (the largest |x| seen), ``percentile`` (the ``act_percentile``-th percentile of
+  |x|, or of x at both ends when asymmetric), ``mse`` (the clipping range minimising the quantization
+  MSE of the calibration activations), ``ema`` (an exponential moving average, momentum
+  ``ema_momentum``, of the per-batch maxima in calibration order);
+- ``smooth_stat``: the per-channel statistic SmoothQuant's factors use: ``absmax`` or ``ema`` (EMA of
+  the per-batch mean of per-sample channel maxima, ViDiT-Q's ``momentum_act_max``);
+- ``alpha``: SmoothQuant's migration strength: a number, a mapping ``{layer glob: alpha}`` (first
+  matching pattern wins; layers no pattern matches keep 0.5), or ``search`` (per layer, the value of
+  ``ALPHA_GRID`` minimising that layer's quantized output error on the calibration rows);
+- ``asq_agg``: how per-step ranges are aggregated over a weight set's steps: ``max``, ``mean``,
+  ``percentile`` (``agg_percentile``-th of the per-step ranges) or ``ema`` (in step order);
+- ``act_symmetry``: ``symmetric`` (narrow signed range, no zero point) or ``asymmetric`` (full signed
+  range with an integer zero point; static: folded into the int32 bias, dynamic: a per-token rank-1
+  correction on the vector unit);
+- ``channel_balance``: SmoothQuant-style channel balancing for the ``dynamic`` scheme (ViDiT-Q);
+- ``layer_w_bits``: ``{layer glob: bits}`` weight bits per layer (mixed precision; others ``w_bits``).
+
+Option suffixes of preset names: ``asq-asym-w8a8`` (asymmetric), ``-pct`` / ``-mse`` / ``-ema``
+(range estimator), ``-sema`` (EMA smoothing statistic), ``-asearch`` (searched alpha), ``-aggmean`` /
+``-aggpct`` (aggregation), and the ViDiT-Q baseline ``vidit-q-w8a8`` / ``-w6a6`` / ``-w4a8``.
 """
 
 from __future__ import annotations
@@ -36,7 +59,41 @@ GROUP_SPLITS = ("uniform", "calibrated")
 # Layers whose SmoothQuant factors cannot be folded: their input is the raw residual
 # (attn_temp.qkv, cross_attn.q_linear) or a GELU output (mlp.fc2), so the chip multiplies on line.
 UNFOLDABLE_SUFFIXES = (".attn_temp.qkv", ".cross_attn.q_linear", ".mlp.fc2")
-_NAME_RE = re.compile(r"^(static|asq|tsq-tsw|dynamic|groups(\d+)(-cal)?)-w(\d+)a(\d+)$")
+_NAME_RE = re.compile(r"^(static|asq|tsq-tsw|dynamic|groups(\d+)(-cal)?)((?:-[a-z]+)*)-w(\d+)a(\d+)$")
+ACT_RANGES = ("absmax", "percentile", "mse", "ema")
+SMOOTH_STATS = ("absmax", "ema")
+ASQ_AGGS = ("max", "mean", "percentile", "ema")
+SYMMETRIES = ("symmetric", "asymmetric")
+ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # alpha "search" candidates
+DEFAULT_ALPHA = 0.5
+# preset-name option suffixes -> recipe fields
+NAME_OPTIONS = {
+    "asym": {"act_symmetry": "asymmetric"},
+    "pct": {"act_range": "percentile"},
+    "mse": {"act_range": "mse"},
+    "ema": {"act_range": "ema"},
+    "sema": {"smooth_stat": "ema"},
+    "asearch": {"alpha": "search"},
+    "aggmean": {"asq_agg": "mean"},
+    "aggpct": {"asq_agg": "percentile"},
+}
+# ViDiT-Q (thu-nics/ViDiT-Q, t2v/configs/quant/opensora/: viditq_w8a8 -> w8a8_dynamic.yaml,
+# viditq_w6a6 -> w6a6_naive_cb.yaml, viditq_w4a8 -> w4a8_timestep_aware_cb.yaml, and the W4A8
+# mixed-precision plan mixed_precision/t20_weight_4_mp.yaml): per-channel weights, asymmetric
+# per-token dynamic activations (sym: False, min_max), channel balancing with an EMA (momentum 0.95)
+# of the per-batch mean channel max, alpha 0.625 (W6A6) / 0.11 (W4A8), MLP weights kept at 8 bits
+# at W4A8. Where this model cannot follow it: docs/recipes.md.
+VIDIT_Q = {
+    (8, 8): {},
+    (6, 6): {"channel_balance": True, "alpha": 0.625, "smooth_stat": "ema"},
+    (4, 8): {
+        "channel_balance": True,
+        "alpha": 0.11,
+        "smooth_stat": "ema",
+        "layer_w_bits": {"*.mlp.fc1": 8, "*.mlp.fc2": 8},
+    },
+}
+_VIDIT_RE = re.compile(r"^vidit-q-w(\d+)a(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -45,12 +102,21 @@ class Recipe:
     scheme: str = "fp16"
     w_bits: int = 16
     a_bits: int = 16
-    alpha: float = 0.5  # SmoothQuant migration strength
+    alpha: object = DEFAULT_ALPHA  # SmoothQuant migration strength: number, {glob: number} or "search"
     num_groups: int = 1  # for scheme "groups"
     group_split: str = "uniform"
     quantize_attention: bool = False  # also quantize QK^T and AV (integer-only chips need it)
     layers: tuple[str, ...] = ("*blocks.*",)  # glob patterns over linear-layer names (v1.0 blocks.N,
     # v1.2 spatial_blocks.N / temporal_blocks.N)
+    act_range: str = "absmax"  # static activation range estimator (module doc)
+    act_percentile: float = 99.99  # for act_range "percentile"
+    ema_momentum: float = 0.95  # for act_range / smooth_stat / asq_agg "ema"
+    smooth_stat: str = "absmax"  # SmoothQuant channel statistic: absmax or ema
+    asq_agg: str = "max"  # per-step ranges -> one weight set's range
+    agg_percentile: float = 90.0  # for asq_agg "percentile"
+    act_symmetry: str = "symmetric"
+    channel_balance: bool = False  # SmoothQuant factors for the dynamic scheme (ViDiT-Q)
+    layer_w_bits: object = ()  # {glob: w_bits} (mixed precision), stored as ((glob, bits), ...)
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -63,8 +129,8 @@ class Recipe:
                 raise ConfigError("recipe.w_bits", self.w_bits, " or ".join(map(str, W_BITS)))
             if self.a_bits not in A_BITS:
                 raise ConfigError("recipe.a_bits", self.a_bits, " or ".join(map(str, A_BITS)))
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError("recipe.alpha", self.alpha, "a number in [0, 1]")
+        object.__setattr__(self, "alpha", _checked_alpha(self.alpha))
+        self._check_calibration_options()
         if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
             raise ConfigError("recipe.num_groups", self.num_groups, "a positive integer")
         if self.group_split not in GROUP_SPLITS:
@@ -74,13 +140,55 @@ class Recipe:
             raise ConfigError("recipe.layers", self.layers, "a non-empty list of layer-name patterns")
         object.__setattr__(self, "layers", tuple(self.layers))
 
+    def _check_calibration_options(self) -> None:
+        for fld, allowed in (
+            ("act_range", ACT_RANGES),
+            ("smooth_stat", SMOOTH_STATS),
+            ("asq_agg", ASQ_AGGS),
+            ("act_symmetry", SYMMETRIES),
+        ):
+            if getattr(self, fld) not in allowed:
+                raise ConfigError(f"recipe.{fld}", getattr(self, fld), " or ".join(allowed))
+        for fld in ("act_percentile", "agg_percentile"):
+            v = getattr(self, fld)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 50.0 <= v <= 100.0:
+                raise ConfigError(f"recipe.{fld}", v, "a number in [50, 100]")
+        m = self.ema_momentum
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+            raise ConfigError("recipe.ema_momentum", m, "a number in [0, 1)")
+        if not isinstance(self.channel_balance, bool):
+            raise ConfigError("recipe.channel_balance", self.channel_balance, "true or false")
+        if self.channel_balance and self.scheme != "dynamic":
+            raise ConfigError("recipe.channel_balance", True, "only with scheme dynamic (static schemes smooth anyway)")
+        object.__setattr__(self, "layer_w_bits", _checked_layer_bits(self.layer_w_bits, self.quantized))
+
     @property
     def quantized(self) -> bool:
         return self.scheme != "fp16"
 
     @property
     def smoothing(self) -> bool:
-        return self.scheme in SMOOTHING_SCHEMES
+        return self.scheme in SMOOTHING_SCHEMES or (self.scheme == "dynamic" and self.channel_balance)
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.act_symmetry == "asymmetric"
+
+    def alpha_for(self, layer: str) -> float | str:
+        """The layer's SmoothQuant alpha: a number, or "search"."""
+        if isinstance(self.alpha, tuple):
+            for pattern, a in self.alpha:
+                if fnmatch.fnmatchcase(layer, pattern):
+                    return a
+            return DEFAULT_ALPHA
+        return self.alpha
+
+    def w_bits_for(self, layer: str) -> int:
+        """The layer's weight bits (``layer_w_bits``' first matching pattern, else ``w_bits``)."""
+        for pattern, b in self.layer_w_bits:
+            if fnmatch.fnmatchcase(layer, pattern):
+                return b
+        return self.w_bits
 
     def num_weight_sets(self, num_steps: int) -> int:
         if self.scheme == "tsq+tsw":
@@ -107,21 +215,70 @@ class Recipe:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        d["alpha"] = dict(self.alpha) if isinstance(self.alpha, tuple) else self.alpha
+        d["layer_w_bits"] = dict(self.layer_w_bits)
         return d
+
+
+def _checked_alpha(alpha: object) -> object:
+    """A number in [0, 1], "search", or a mapping {glob: number} (stored as a tuple of pairs)."""
+    allowed = 'a number in [0, 1], "search", or a mapping {layer glob: number in [0, 1]}'
+
+    def ok(a: object) -> bool:
+        return not isinstance(a, bool) and isinstance(a, (int, float)) and 0.0 <= a <= 1.0
+
+    if alpha == "search" or ok(alpha):
+        return alpha
+    items = alpha.items() if isinstance(alpha, dict) else alpha if isinstance(alpha, tuple) else None
+    if items is None:
+        raise ConfigError("recipe.alpha", alpha, allowed)
+    pairs = tuple(items)
+    if not pairs or not all(
+        isinstance(pr, tuple) and len(pr) == 2 and isinstance(pr[0], str) and pr[0] and ok(pr[1]) for pr in pairs
+    ):
+        raise ConfigError("recipe.alpha", alpha, allowed)
+    return pairs
+
+
+def _checked_layer_bits(bits: object, quantized: bool) -> tuple:
+    """``{glob: w_bits}`` as a tuple of pairs; each bits value one of ``W_BITS``."""
+    allowed = "a mapping {layer glob: " + " or ".join(map(str, W_BITS)) + "}"
+    items = bits.items() if isinstance(bits, dict) else bits if isinstance(bits, tuple) else None
+    if items is None:
+        raise ConfigError("recipe.layer_w_bits", bits, allowed)
+    pairs = tuple(items)
+    for pr in pairs:
+        if not (isinstance(pr, tuple) and len(pr) == 2 and isinstance(pr[0], str) and pr[0] and pr[1] in W_BITS):
+            raise ConfigError("recipe.layer_w_bits", bits, allowed)
+        if isinstance(pr[1], bool):
+            raise ConfigError("recipe.layer_w_bits", bits, allowed)
+    if pairs and not quantized:
+        raise ConfigError("recipe.layer_w_bits", bits, "empty with scheme fp16")
+    return pairs
 
 
 def recipe_from_name(name: str) -> Recipe:
     if name == "fp16":
         return Recipe(name="fp16")
+    v = _VIDIT_RE.match(name)
+    if v:
+        wa = (int(v.group(1)), int(v.group(2)))
+        if wa not in VIDIT_Q:
+            raise ConfigError("recipe", name, "vidit-q-w8a8, vidit-q-w6a6 or vidit-q-w4a8 (ViDiT-Q's published plans)")
+        return Recipe(name=name, scheme="dynamic", w_bits=wa[0], a_bits=wa[1], act_symmetry="asymmetric", **VIDIT_Q[wa])
     m = _NAME_RE.match(name)
+    allowed = (
+        "fp16, SCHEME[-OPTION...]-wXaY with SCHEME in static, asq, tsq-tsw, dynamic, groupsK, groupsK-cal "
+        f"and OPTION in {', '.join(NAME_OPTIONS)}, vidit-q-wXaY (codesign recipes lists them), or a YAML file"
+    )
     if not m:
-        raise ConfigError(
-            "recipe",
-            name,
-            "fp16, SCHEME-wXaY with SCHEME in static, asq, tsq-tsw, "
-            "dynamic, groupsK, groupsK-cal (codesign recipes lists them), or a YAML file",
-        )
-    head, k, cal, w, a = m.groups()
+        raise ConfigError("recipe", name, allowed)
+    head, k, cal, opts, w, a = m.groups()
+    options: dict = {}
+    for tok in (t for t in opts.split("-") if t):
+        if tok not in NAME_OPTIONS:
+            raise ConfigError("recipe", name, allowed)
+        options.update(NAME_OPTIONS[tok])
     scheme = "groups" if head.startswith("groups") else head.replace("tsq-tsw", "tsq+tsw")
     return Recipe(
         name=name,
@@ -130,6 +287,7 @@ def recipe_from_name(name: str) -> Recipe:
         a_bits=int(a),
         num_groups=int(k) if k else 1,
         group_split="calibrated" if cal else "uniform",
+        **options,
     )
 
 
@@ -140,6 +298,9 @@ def recipe_from_dict(data: object, default_name: str = "custom") -> Recipe:
     data.setdefault("name", default_name)
     if "layers" in data and isinstance(data["layers"], list):
         data["layers"] = tuple(data["layers"])
+    for fld in ("alpha", "layer_w_bits"):  # YAML mappings -> the recipe's tuples of pairs
+        if isinstance(data.get(fld), dict):
+            data[fld] = tuple(data[fld].items())
     return Recipe(**data)
 
 
@@ -165,6 +326,7 @@ def preset_recipe_names(group_counts: tuple[int, ...] = (2, 4, 10)) -> list[str]
         names += [f"dynamic-{sfx}", f"static-{sfx}", f"asq-{sfx}", f"tsq-tsw-{sfx}"]
         names += [f"groups{k}-{sfx}" for k in group_counts]
         names += [f"groups{k}-cal-{sfx}" for k in group_counts]
+        names += [f"vidit-q-{sfx}"]
     return names
 
 
@@ -297,10 +459,33 @@ class _StepAnnotator:
         return out
 
     def _dynamic(self, j: int, op: Op) -> None:
+        """Per-token dynamic quantization around a GEMM; asymmetric recipes mark the stats and rescale
+        ops ``epilogue="zero_point"`` (their extra vector work); channel balancing multiplies the input
+        of a layer whose factors cannot be folded by 1/s first (``smooth_mul`` writing FP16)."""
         a, ents, rows = self.a, self.new_entries[j], op.batch * op.m
         n_operands = 1 if op.kind == "linear" else 2
         src = ents[:n_operands]
         el = sum(e for _, _, e, _ in src)
+        zp = "zero_point" if self.recipe.asymmetric and op.kind == "linear" else ""
+        pre: list = []
+        if self.recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES):
+            sm = Op(
+                op.step,
+                f"{op.name}.smooth",
+                "smooth_mul",
+                op.batch,
+                op.m,
+                op.k,
+                0,
+                elements=el,
+                weight_bytes=2 * op.k,
+                output_bytes=el * 2,
+                weight_set=_QSET,
+                out_bits=16,
+                block=op.block,
+            )
+            pre.append((sm, list(src)))
+            src = [(sm.name, 0, el, 16)]
         d = Op(
             op.step,
             f"{op.name}.dyn_stats",
@@ -313,8 +498,9 @@ class _StepAnnotator:
             output_bytes=_bytes(el, a) + 4 * rows,
             out_bits=a,
             block=op.block,
+            epilogue=zp,
         )
-        self.before[j] = [(d, list(src))]
+        self.before[j] = pre + [(d, list(src))]
         offs = [sum(e for _, _, e, _ in src[:i]) for i in range(len(src))]
         ents[:n_operands] = [(d.name, o, e, a) for o, (_, _, e, _) in zip(offs, src)]
         r = Op(
@@ -328,6 +514,7 @@ class _StepAnnotator:
             elements=rows * op.n,
             output_bytes=rows * op.n * 2,
             block=op.block,
+            epilogue=zp,
         )
         self.after[j] = (r, [(op.name, 0, rows * op.n, 32), (d.name, el, rows, 32)])
         self.rename[op.name] = r.name
@@ -383,9 +570,10 @@ class _StepAnnotator:
             changes.update(out_bits=a, output_bytes=_bytes(op.elements, a), epilogue="quant")
         if self.quant[j]:
             rows = op.batch * op.m
-            changes.update(w_bits=self.recipe.w_bits if op.kind == "linear" else a, a_bits=a)
+            w_bits = self.recipe.w_bits_for(op.name)  # mixed precision: the layer's own bits
+            changes.update(w_bits=w_bits if op.kind == "linear" else a, a_bits=a)
             if op.kind == "linear":
-                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, self.recipe.w_bits) + 8 * op.n)
+                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, w_bits) + 8 * op.n)
             if self.recipe.scheme == "dynamic":
                 changes.update(out_bits=32, output_bytes=rows * op.n * 4)
             else:  # int16 codes or their FP16 values: the same bytes

@@ -18,7 +18,10 @@ wrote it, empty for a model input; ``part`` the offset of the piece read, 0 for 
 its producer's ``out_bits``, and a producer writes what its consumers read (tests/quantmodel/test_trace_conservation.py).
 ``epilogue`` names the conversion an op applies to its output as it writes it (``requant``: int32 x
 multiplier, rounding shift, clamp to int16 codes; ``requant_dequant``: the same codes then scaled to
-FP16; ``quant``: quantize FP16 to int8 at a static scale), and ``dequant_elements`` counts input elements it converts from integer codes to FP16 as it
+FP16; ``quant``: quantize FP16 to int8 at a static scale; ``zero_point`` on the ``dyn_stats`` /
+``dyn_rescale`` ops of an asymmetric dynamic recipe: a min beside the max reduction and the zero point
+added per element / the per-token rank-1 correction ``acc - z * colsum(W)``, one multiply-add per output
+element), and ``dequant_elements`` counts input elements it converts from integer codes to FP16 as it
 reads them: the hardware model charges both to the unit that does them.
 """
 
@@ -44,12 +47,13 @@ VECTOR_KINDS = (
     "silu",
     "elementwise",  # residual adds, gated residuals, positional-embedding adds
     "embedding",  # sinusoidal timestep embedding, table lookups
-    "smooth_mul",  # SmoothQuant per-channel multiply that could not be folded (static recipes)
+    "smooth_mul",  # SmoothQuant per-channel multiply that could not be folded (static: then quantize;
+    # dynamic channel balancing: FP16 out, out_bits 16, quantized by the dyn_stats that follows)
     "dyn_stats",  # dynamic quantization: per-token abs-max reduction + scale + quantize
     "dyn_rescale",  # dynamic quantization: per-row rescale of the GEMM output
     "quantize",  # static quantization of a tensor that other ops also read in FP16 (scale per consumer)
 )
-EPILOGUES = ("", "requant", "requant_dequant", "quant")
+EPILOGUES = ("", "requant", "requant_dequant", "quant", "zero_point")
 KINDS = GEMM_KINDS + VECTOR_KINDS
 
 

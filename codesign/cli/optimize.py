@@ -3,9 +3,7 @@ resumable results folder a sweep writes (so `codesign report` reads it)."""
 
 from __future__ import annotations
 
-import json
-
-from codesign.cli import progress_enabled
+from codesign.cli import jsonout, progress_enabled
 
 
 def register(sub) -> None:
@@ -63,7 +61,7 @@ def run(args) -> int:
         progress=progress_enabled(args),
     )
     if args.json:
-        print(json.dumps(summary.to_json(objectives), default=str))
+        print(jsonout.dumps(summary.to_json(objectives), default=str))
         return 0
     print(summary.line())
     for row in sorted(summary.pareto, key=lambda r: r[objectives[0]]):

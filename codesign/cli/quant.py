@@ -345,7 +345,7 @@ def run_quality(args) -> int:
     calib = _calib_kwargs(args)  # checked before the model is built
     model = load_model(w, args.checkpoint, args.seed)
     stats = None
-    if any(r.quantized and r.scheme != "dynamic" for r in recipes):
+    if any(r.quantized and (r.scheme != "dynamic" or r.smoothing) for r in recipes):
         stats = get_stats(model, w, args.stats, **calib)
     z, y, mask = eval_batch(model, args.samples, workload=w, text_tokens=calib["text_tokens"])
     ref = sample(float_model_fn(model), model, w, z, y, mask=mask)

@@ -8,10 +8,9 @@ With ``--compare`` the float model samples the same noise and prompts too; both 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
-from codesign.cli import progress_enabled
+from codesign.cli import jsonout, progress_enabled
 from workloads.io import atomic_path
 
 BACKENDS = ("emulator", "fakequant")
@@ -44,8 +43,7 @@ def register(sub) -> None:
 
 def _check_args(args):
     """Every argument checked before any model is built (one line, exit 2 on a bad one)."""
-    from pathlib import Path
-
+    from codesign.cli.checks import MAX_PROMPTS, check_count, check_in_file, check_out_file
     from quantmodel.emulator.integer import NONLINEAR_MODES
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
@@ -55,14 +53,10 @@ def _check_args(args):
     if isinstance(w, Gemm):
         raise ConfigError("workload", args.workload, "a model workload (a preset or YAML file), not a GEMM")
     if args.out:
-        if not args.out.endswith(".safetensors"):
-            raise ConfigError("out", args.out, "a file ending in .safetensors")
-        parent = Path(args.out).resolve().parent
-        if not parent.is_dir():
-            raise ConfigError("out", args.out, "a path in an existing directory")
+        check_out_file("out", args.out, (".safetensors",))
     if args.steps is not None:
         w = dataclasses.replace(w, num_steps=require_positive_int("steps", args.steps))
-    require_positive_int("prompts", args.prompts)
+    check_count("prompts", args.prompts, MAX_PROMPTS)
     if args.backend not in BACKENDS:
         raise ConfigError("backend", args.backend, " or ".join(BACKENDS))
     if args.nonlinear not in NONLINEAR_MODES:
@@ -79,9 +73,8 @@ def _check_args(args):
         flag = "artifact" if args.artifact else "stats" if args.stats else "compare"
         raise ConfigError(flag, getattr(args, flag), "used only with --recipe")
     for flag in ("artifact", "stats", "text", "checkpoint"):
-        path = getattr(args, flag)
-        if path and not Path(path).is_file():
-            raise ConfigError(flag, path, "an existing file")
+        if getattr(args, flag):
+            check_in_file(flag, getattr(args, flag))
     return w, recipe
 
 
@@ -121,7 +114,9 @@ def run(args) -> int:
     model = load_model(w, args.checkpoint, args.seed, device=args.device)
     dev = torch.device(args.device)
 
-    def run_sampler(fn, label: str):
+    def run_sampler(fn, label: str, sdev: torch.device = dev):
+        """``sdev``: where the sampler's float arithmetic runs (the integer emulator runs its float host
+        parts and the sampler on the CPU, so a CUDA run gives the CPU run's latent)."""
         if dev.type == "cuda":
             torch.cuda.synchronize()
         gen = torch.Generator().manual_seed(args.seed + 1)  # CPU noise: the same sample on every device
@@ -129,12 +124,12 @@ def run(args) -> int:
         with torch.no_grad():
             x = sampler_for(w).sample(
                 fn,
-                z.to(dev),
-                y.to(dev),
-                model.null_caption(y.shape[0]).to(dev),
+                z.to(sdev),
+                y.to(sdev),
+                model.null_caption(y.shape[0]).to(sdev),
                 gen,
                 progress=progress_enabled(args),
-                mask=None if mask is None else mask.to(dev),
+                mask=None if mask is None else mask.to(sdev),
             )
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -166,7 +161,7 @@ def run(args) -> int:
             seed=args.seed,
             text_features=args.text,
         )
-        x, seconds = run_sampler(fn, recipe.name)
+        x, seconds = run_sampler(fn, recipe.name, torch.device("cpu") if args.backend == "emulator" else dev)
         summary.update(recipe=recipe.name, backend=args.backend, nonlinear=args.nonlinear)
         if args.compare:
             xf, seconds_f = run_sampler(lambda x, t, yy, step, mask=None: model(x, t, yy, mask), "float")
@@ -185,7 +180,7 @@ def run(args) -> int:
         latent_std=float(x.std()),
     )
     if args.json:
-        print(json.dumps(summary))
+        print(jsonout.dumps(summary))
         return 0
     line = (
         f"sampled {w.name} ({summary['recipe']}"

@@ -3,9 +3,10 @@ energy, area, storage, swaps, stalls and utilisation; `codesign hw`: list the ha
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from codesign.cli import jsonout
 
 
 def register(sub) -> None:
@@ -85,8 +86,7 @@ def run(args) -> int:
         d["plots"] = [str(p) for p in paths]
         if args.timing:
             d["timing"] = {"trace_s": t1 - t0, "simulate_s": t2 - t1}
-        json.dump(d, sys.stdout)
-        sys.stdout.write("\n")
+        sys.stdout.write(jsonout.dumps(d) + "\n")
         return 0
     print(api.summary(res, hw, t2 - t1))
     for p in paths:
@@ -117,7 +117,7 @@ def run_hw(args) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows))
+        print(jsonout.dumps(rows))
         return 0
     print(
         f"{'name':18s} {'MACs':>6s} {'GHz':>5s} {'TOPS':>6s} {'SRAM':>8s} {'DRAM GB/s':>9s} "

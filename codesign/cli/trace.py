@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from codesign.cli import jsonout
 
 
 def register(sub) -> None:
@@ -65,7 +66,7 @@ def run_workloads(args) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows))
+        print(jsonout.dumps(rows))
         return 0
     print(f"{'name':28} {'video':>11} {'latent':>9} {'tokens':>7} {'model':>9} {'sampler':>8} {'steps':>5} {'cfg':>4}")
     for r in rows:
@@ -116,7 +117,7 @@ def run_trace(args) -> int:
     if args.json:
         if args.timing:
             summary["timing"] = {"build_s": build_s}
-        print(json.dumps(summary))
+        print(jsonout.dumps(summary))
         return 0
     gib = 2**30
     print(f"workload   {summary['workload']}   recipe {summary['recipe']}")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import json
+from codesign.cli import jsonout
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def run(args) -> int:
 
     rows = validate()
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=1))
+        print(jsonout.dumps([r.to_dict() for r in rows], indent=1))
     else:
         head = ("component", "model", "reference", "unit", "ratio", "band", "ok", "source")
         table = [

@@ -59,6 +59,7 @@ each quantized layer's output against the float layer on the same input is accum
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import struct
@@ -197,6 +198,9 @@ class _LinearParams:
     inv_s: torch.Tensor | None = None  # f32 [k]: 1 / smooth (folded into the modulation)
     inv_h: torch.Tensor | None = None  # f32 [k] holding fp16(1 / smooth) (fp16 mode's smoothing multiply)
     ws_c: tuple | None = None  # (w_scale, bias) contiguous, for the dynamic rescale's C loop
+    x_zero: int = 0  # asymmetric static input's zero point (its correction is in bias_q)
+    zq: object = None  # fixedpoint.ZeroPointActQuantizer (asymmetric static recipes; xq is then None)
+    colsum: torch.Tensor | None = None  # int32 [n]: sum_k weight_q (dynamic asymmetric correction)
 
 
 class IntegerEmulator:
@@ -211,19 +215,32 @@ class IntegerEmulator:
         device: str | torch.device | None = None,
         verify: bool = False,
         layer_sqnr: bool | None = None,
+        host_device: str | torch.device | None = "cpu",
     ):
+        """``host_device``: where the float parts around the blocks run (patch, timestep and caption
+        embedders, the final layer). A chip's host runs them in float; running them on the CPU makes a
+        CUDA emulator's integer-only recipes give the CPU emulator's sample bit for bit (cuBLAS and MKL
+        round float32 GEMMs differently). None: on ``device``."""
         if nonlinear not in NONLINEAR_MODES:
             raise ConfigError("nonlinear", nonlinear, " or ".join(NONLINEAR_MODES))
         if not isinstance(model, STDiT) or not hasattr(model, "blocks"):
             raise ConfigError("model", type(model).__name__, "an OpenSora v1.0 STDiT (arch stdit)")
         artifact.check_model(model)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.host_device = self.device if host_device is None else torch.device(host_device)
+        if self.host_device == self.device:
+            self.host = model.to(self.device)
+        elif next(model.parameters()).device == self.host_device:
+            self.host = copy.deepcopy(model)
+        else:
+            self.host = copy.deepcopy(model).to(self.host_device)
         self.model = model.to(self.device)
         self.art = artifact
         self.recipe = artifact.recipe
         self.mode = nonlinear
         self.static = self.recipe.scheme != "dynamic"
         self.a_bits = self.recipe.a_bits
+        self.asym = self.recipe.asymmetric  # zero points: full signed code range, int8 codes
         self.qa = fixedpoint.qrange(self.a_bits)[1]
         self.linears = set(artifact.linears)
         self.matmuls = set(artifact.matmuls)
@@ -262,10 +279,16 @@ class IntegerEmulator:
             p.rq = fixedpoint.Requantizer(p.mult, p.shift, -QO, QO, torch.int16, device=dev)  # QO fits int16
             p.gemm = intgemm.PreparedLinear(p.w_t, p.bias_q, p.rq, name)  # overflow proof at load time
             p.x_scale = float(a.get(g, name, "x_scale"))
-            p.xq = fixedpoint.ActQuantizer(p.x_scale, self.a_bits)
+            if self.asym:
+                p.x_zero = int(a.get(g, name, "x_zero"))
+                p.zq = fixedpoint.ZeroPointActQuantizer(p.x_scale, p.x_zero, self.a_bits)
+            else:
+                p.xq = fixedpoint.ActQuantizer(p.x_scale, self.a_bits)
             p.y_scale = float(a.get(g, name, "y_scale"))
         else:
             p.bias = a.get(g, name, "bias").to(dev)
+            if self.asym:
+                p.colsum = p.w_t.to(torch.int32).sum(dim=0, dtype=torch.int32)  # [n], |.| <= k * 127
         if a.has(g, name, "smooth"):
             p.smooth = a.get(g, name, "smooth").to(dev)
             p.fold = self.folds.get(name, "mul")
@@ -370,6 +393,8 @@ class IntegerEmulator:
         """A static quantized layer's int8 input at its x_scale, smoothing multiply included, and the
         float tensor that was quantized (None when the input was already integer)."""
         mul = p.smooth is not None and p.fold in ("mul", "text")
+        if p.zq is not None:
+            return self._input_int8_zp(name, v, p, mul)
         if isinstance(v, IntVal):
             if mul:
                 real = v.scale / (p.smooth.double().cpu() * p.x_scale)
@@ -393,6 +418,40 @@ class IntegerEmulator:
                 x = x.float() * (1.0 / p.smooth)
         return p.xq(x), x
 
+    def _input_int8_zp(self, name: str, v, p: _LinearParams, mul: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_input_int8` of an asymmetric recipe: codes ``clamp(round(x / s) + z)`` over the full
+        signed range; an integer input is requantized to the centred codes (bounds shifted by -z), then
+        z is added."""
+        z, lo, hi = p.x_zero, p.zq.lo, p.zq.hi
+        if isinstance(v, IntVal):
+            if v.scale == p.x_scale and v.q.dtype == torch.int8 and not mul:  # a producer's codes at z
+                return v.q, None
+            real = v.scale / (p.smooth.double().cpu() * p.x_scale) if mul else v.scale / p.x_scale
+            c = self._requant(name + (".smooth" if mul else ""), v, real, lo, hi, p.x_scale).q
+            return (c + z).to(torch.int8), None
+        x = v
+        if mul:
+            if self.mode == "fp16":
+                x = self._vcheck(
+                    "smooth_mul", _h(_h(x).float() * _h(1.0 / p.smooth).float()), fp16ref.smooth_multiply, x, p.smooth
+                )
+            else:
+                x = x.float() * (1.0 / p.smooth)
+        return p.zq(x), x
+
+    def _dynamic_zp(self, name: str, p: _LinearParams, x: torch.Tensor):
+        """Dynamic asymmetric per-token linear: codes and zero points per row, the int32 GEMM, the
+        rank-1 correction ``acc - z_row * colsum(W_q)`` (exact in int32: |sum (q - z) w| <= k * 255 * 127),
+        then the float32 rescale. Returns (y float32 [R, n], codes, zero points, corrected sums)."""
+        k = x.shape[-1]
+        rows = x.reshape(-1, k)
+        q, s_row, z = fixedpoint.dynamic_zero_points(rows, self.a_bits)
+        acc = intgemm.int_linear(q, p.w_t, None, layer=name)  # [R, n] int32
+        corr = acc - z[:, None] * p.colsum[None, :]  # the vector unit's multiply-add per output
+        s_row = s_row.to(x.device)
+        y = (corr.float() * s_row[:, None]) * p.w_scale[None, :] + p.bias  # dyn_rescale (fp32)
+        return y, q, z, corr
+
     # ---- ops -------------------------------------------------------------------------------------------
     def linear(self, name: str, v):
         p = self.linear_params(name)
@@ -408,15 +467,32 @@ class IntegerEmulator:
             out = p.gemm(q)  # int16 [..., n]: int_linear_requant(q, p.w_t, p.bias_q, p.rq), prepared
             res = IntVal(out, p.y_scale)
             if self.exact:
-                k = q.shape[-1]
-                q_ref = q if xf is None else reference.quantize_act(xf.cpu(), p.x_scale, self.a_bits)
-                ref = reference.linear_requant(
-                    q_ref.reshape(-1, k).cpu(), p.w_t.cpu(), p.bias_q.cpu(), p.mult.cpu(), p.shift.cpu(), -QO, QO
-                )
-                vf.compare(name, out.reshape(-1, out.shape[-1]), ref)
+                vf.compare(name, out.reshape(-1, out.shape[-1]), self._linear_reference(p, q, xf))
             if vf is not None:
                 vf.count_saturation(name, out, QO)
                 got = fixedpoint.dequantize(out, p.y_scale)
+        elif self.asym or p.smooth is not None:  # per-token zero points and/or channel balancing
+            x = self._f32(v)
+            if p.smooth is not None and p.fold in ("mul", "text"):  # the explicit multiply by 1/s
+                if self.mode == "fp16":
+                    h = _h(_h(x).float() * _h(1.0 / p.smooth).float())
+                    x = self._vcheck("smooth_mul", h, fp16ref.smooth_multiply, x, p.smooth).float()
+                else:
+                    x = x / p.smooth
+            if self.asym:
+                y, q, z, corr = self._dynamic_zp(name, p, x)
+            else:
+                k = x.shape[-1]
+                rows = x.reshape(-1, k)
+                s_row = fixedpoint.symmetric_scale(rows.abs().amax(dim=1).double(), self.a_bits).to(x.device)
+                q = fixedpoint.quantize(rows, s_row, self.a_bits, axis=0)  # [R, k]
+                z, corr = 0, intgemm.int_linear(q, p.w_t, None, layer=name)
+                y = (corr.float() * s_row[:, None]) * p.w_scale[None, :] + p.bias
+            y = y.reshape(*x.shape[:-1], -1)
+            res = self._hs(y) if self.mode == "fp16" else y
+            got = y
+            if self.exact:
+                vf.compare(name, corr, reference.linear_zp(q.cpu(), z.cpu() if self.asym else 0, p.w_t.cpu()))
         else:
             fast = self._dyn_linear_c(p, v) if vf is None else None
             if fast is not None:
@@ -444,6 +520,22 @@ class IntegerEmulator:
             ref_f = F.linear(x_in.float(), lin.weight, lin.bias) * p.row_scale
             vf.add_power(name, ref_f, got.float())
         return res
+
+    def _linear_reference(self, p: _LinearParams, q: torch.Tensor, xf: torch.Tensor | None) -> torch.Tensor:
+        """The float64 reference of a static linear: the input codes re-derived from the float input
+        (when there was one), ``sum_k (q - z) w + b`` with the unfolded bias ``b = bias_q + z * colsum``
+        (both formed in float64 from the stored integers), requantized."""
+        k = q.shape[-1]
+        if xf is None:
+            q_ref = q
+        elif p.zq is not None:
+            q_ref = reference.quantize_act_zp(xf.cpu(), p.x_scale, p.x_zero, self.a_bits)
+        else:
+            q_ref = reference.quantize_act(xf.cpu(), p.x_scale, self.a_bits)
+        w = p.w_t.cpu().to(torch.float64)
+        bias = p.bias_q.cpu().to(torch.float64) + p.x_zero * w.sum(dim=0)  # the zero point taken out again
+        a = q_ref.reshape(-1, k).cpu().to(torch.float64) - p.x_zero
+        return reference.linear_requant(a, w, bias, p.mult.cpu(), p.shift.cpu(), -QO, QO)
 
     def _check_dynamic(self, name: str, rows, s_row, q, acc, res, p: _LinearParams) -> None:
         """Verifying a dynamic recipe: per-token scales (bit for bit), codes, sums and the rescaled output
@@ -693,7 +785,9 @@ class IntegerEmulator:
             return self._vcheck("modulate", intops.modulate_fp16(x, shift, scale), fp16ref.modulate, x, *raw, smooth)
         iv = self._int(name, "in0", v, RES_BITS)
         sh, sc = self._param_int(shift), self._param_int(scale)
-        if p is not None and p.static:  # straight into the GEMM's int8 input
+        if p is not None and p.zq is not None:  # asymmetric: centred codes, z added below
+            s_out, lo, hi = p.x_scale, p.zq.lo, p.zq.hi
+        elif p is not None and p.static:  # straight into the GEMM's int8 input
             s_out, lo, hi = p.x_scale, -self.qa, self.qa
         else:
             s_out = self._static_scale(
@@ -707,6 +801,8 @@ class IntegerEmulator:
                 q,
                 reference.modulate_int(iv.q.cpu(), iv.scale, sh.q.cpu(), sh.scale, sc.q.cpu(), sc.scale, s_out, lo, hi),
             )
+        if p is not None and p.zq is not None:
+            return IntVal((q + p.x_zero).to(torch.int8), s_out)
         return IntVal(q.to(torch.int8) if hi <= 127 else q, s_out)
 
     def residual(self, name: str, x, y, gate: torch.Tensor | None):
@@ -875,21 +971,23 @@ class IntegerEmulator:
         if not 0 <= step < len(sts):
             raise ConfigError("step", step, f"0..{len(sts) - 1} (the artifact's step count)")
         self.wset = sts[step]
-        m, cfg = self.model, self.model.cfg
-        dev = self.device
-        x, timestep, y = x.to(dev), timestep.to(dev), y.to(dev)
+        m, hm, cfg = self.model, self.host, self.model.cfg
+        dev, hdev, out_dev = self.device, self.host_device, x.device
+        x, timestep, y = x.to(hdev), timestep.to(hdev), y.to(hdev)
         b = x.shape[0]
-        h = m.x_embedder(x)
-        pe = m.input_pos_embed() if hasattr(m, "input_pos_embed") else m.pos_embed[:, None]  # as STDiT.forward
-        h = m.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), pe)
-        h = h.reshape(b, cfg.num_temporal * cfg.num_spatial, -1)
-        t = m.t_embedder(timestep)
-        t0 = m.t_block(t)
-        yy = m.y_embedder(y).squeeze(1)
+        h = hm.x_embedder(x)
+        pe = hm.input_pos_embed() if hasattr(hm, "input_pos_embed") else hm.pos_embed[:, None]  # as STDiT.forward
+        h = hm.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), pe)
+        h = h.reshape(b, cfg.num_temporal * cfg.num_spatial, -1).to(dev)
+        t = hm.t_embedder(timestep)
+        t0 = hm.t_block(t).to(dev)
+        yy = hm.y_embedder(y).squeeze(1).to(dev)
         prog = self._program(tuple(h.shape), tuple(yy.shape))
         if prog is not None:  # the same values as the eager blocks below, with the per-op work done once
-            return m.unpatchify(m.final_layer(prog.run(h, yy, t0).float(), t))
-        return m.unpatchify(m.final_layer(run_blocks(self, m, h, yy, t0).float(), t))
+            out = prog.run(h, yy, t0)
+        else:
+            out = run_blocks(self, m, h, yy, t0)
+        return hm.unpatchify(hm.final_layer(out.float().to(hdev), t)).to(out_dev)
 
     def model_fn(self, x, t, y, step):
         return self.forward(x, t, y, step)
@@ -921,6 +1019,7 @@ class FakeQuantModel:
         self.model = copy.deepcopy(model)
         self.wset = 0
         self.static = self.recipe.scheme != "dynamic"
+        self.asym = self.recipe.asymmetric
         self.qa = fixedpoint.qrange(self.recipe.a_bits)[1]
         self._params: dict = {}
         mods = dict(self.model.named_modules())
@@ -946,10 +1045,10 @@ class FakeQuantModel:
             p = {"w": w}
             if self.static and name in self.art.linears:
                 xs, ys = float(a.get(g, name, "x_scale")), float(a.get(g, name, "y_scale"))
+                z = int(a.get(g, name, "x_zero")) if a.has(g, name, "x_zero") else 0
+                bq = a.get(g, name, "bias_q").double() + z * a.get(g, name, "weight_q").double().sum(dim=1)  # unfolded
                 p.update(
-                    x_scale=xs,
-                    y_scale=ys,
-                    b=(a.get(g, name, "bias_q").double() * xs * a.get(g, name, "w_scale").double()).float().to(dev),
+                    x_scale=xs, y_scale=ys, x_zero=z, b=(bq * xs * a.get(g, name, "w_scale").double()).float().to(dev)
                 )
             elif name in self.art.linears:
                 p["b"] = a.get(g, name, "bias").to(dev)
@@ -974,6 +1073,11 @@ def _fq(x: torch.Tensor, scale, qmax: int) -> torch.Tensor:
     return torch.round(x / scale).clamp(-qmax, qmax) * scale
 
 
+def _fq_zp(x: torch.Tensor, scale: float, zero: int, bits: int) -> torch.Tensor:
+    """Asymmetric quantize-dequantize: ``(clamp(round(x / s) + z, -2^(b-1), 2^(b-1) - 1) - z) * s``."""
+    return (torch.round(x / scale).add_(zero).clamp_(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) - zero) * scale
+
+
 class _FakeLinear(torch.nn.Module):
     def __init__(self, owner: FakeQuantModel, name: str, lin: torch.nn.Linear):
         super().__init__()
@@ -985,8 +1089,12 @@ class _FakeLinear(torch.nn.Module):
         if "inv_s" in p and p["fold"] in ("mul", "text"):
             x = x * p["inv_s"]
         if o.static:
-            x = _fq(x, p["x_scale"], o.qa)
+            x = _fq_zp(x, p["x_scale"], p["x_zero"], o.recipe.a_bits) if o.asym else _fq(x, p["x_scale"], o.qa)
             return _fq(F.linear(x, p["w"], p["b"]), p["y_scale"], QO)
+        if o.asym:  # per-token min/max with zero points (the emulator's fixedpoint.dynamic_zero_points)
+            q, s, z = fixedpoint.dynamic_zero_points(x.reshape(-1, x.shape[-1]), o.recipe.a_bits)
+            xq = ((q.to(x.dtype) - z[:, None].to(x.dtype)) * s[:, None].to(x.device)).reshape(x.shape)
+            return F.linear(xq, p["w"], p["b"])
         s = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30) / o.qa
         return F.linear(_fq(x, s, o.qa), p["w"], p["b"])
 

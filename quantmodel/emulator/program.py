@@ -173,6 +173,8 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
         or emu.device.type != "cpu"
         or emu.mode not in ("fp16", "int")
         or (not emu.static and emu.matmuls)
+        or emu.asym  # zero points: the eager backend only (for now)
+        or (not emu.static and emu.recipe.smoothing)  # channel-balanced dynamic: likewise
     ):
         return None
     try:

@@ -121,7 +121,7 @@ def quantize_model(
 ) -> QuantArtifact:
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
-    need_stats = recipe.scheme != "dynamic"
+    need_stats = recipe.scheme != "dynamic" or recipe.smoothing  # channel balancing calibrates too
     st = get_stats(model, workload, stats, **calib) if need_stats else None
     return build_artifact(model, recipe, st, workload.num_steps, workload.name)
 
@@ -408,7 +408,7 @@ def _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib) 
     """The calibration statistics the artifact's constants are re-derived from: the given ones, or
     (an artifact given without them) a fresh calibration with the settings the artifact records
     (calibration is seeded, so it gives the same statistics)."""
-    if recipe.scheme == "dynamic":
+    if recipe.scheme == "dynamic" and not recipe.smoothing:
         return None
     if artifact is not None and stats is None:
         rec = artifact.meta.get("stats") or {}

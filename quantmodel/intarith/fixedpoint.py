@@ -140,6 +140,44 @@ class ActQuantizer:
         return y.clamp_(-self.qmax, self.qmax).round_()  # round_: half to even (integral float32)
 
 
+class ZeroPointActQuantizer:
+    """Asymmetric per-tensor activation quantizer with zero point z (``ActQuantizer``'s float32
+    multiply and round half to even, then ``+ z``, saturated to the full signed range
+    ``[-2^(b-1), 2^(b-1) - 1]``): codes stay int8 so the GEMM remains int8 x int8 (torch._int_mm has
+    no uint8 operand). Computed as ``clamp(y, qmin - z, qmax - z)`` rounded, then ``+ z``: the bounds
+    are integers, so clamping before rounding gives the same codes."""
+
+    __slots__ = ("scale", "recip", "zero", "lo", "hi")
+
+    def __init__(self, scale: float, zero: int, bits: int):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ConfigError("bits", bits, "an integer bit-width in 2..8")
+        self.scale, self.recip, self.zero = float(scale), act_reciprocal(scale), int(zero)
+        self.lo, self.hi = -(2 ** (bits - 1)) - self.zero, 2 ** (bits - 1) - 1 - self.zero
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise ConfigError("x.dtype", x.dtype, "a floating-point activation")
+        y = x.to(torch.float32) * self.recip  # one fp32 multiply, correctly rounded
+        return (y.clamp_(self.lo, self.hi).round_() + self.zero).to(torch.int8)
+
+
+def dynamic_zero_points(rows: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token asymmetric quantization of rows [R, k] (the dynamic ``min_max`` quantizer):
+    range [min(x, 0), max(x, 0)] per row, scale ``fp32((hi - lo) / (2^b - 1))`` (1 for an all-zero
+    row), zero point ``z = clamp(-2^(b-1) - round(lo / s))``, codes ``clamp(round(fl64(x / s)) + z)``
+    in the full signed range. Returns (codes int8 [R, k], scales f32 [R], zero points int32 [R])."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    x = rows.double()
+    lo, hi = x.amin(dim=1).clamp(max=0), x.amax(dim=1).clamp(min=0)
+    span = hi - lo
+    s = torch.where(span > 0, span / (2**bits - 1), torch.ones_like(span)).to(torch.float32)  # [R]
+    sd = s.double()
+    z = (qmin - torch.round(lo / sd)).clamp(qmin, qmax)  # [R]
+    q = (torch.round(x / sd[:, None]) + z[:, None]).clamp(qmin, qmax)
+    return q.to(torch.int8), s, z.to(torch.int32)
+
+
 def smooth_quantize_fp16(aq: ActQuantizer, x: torch.Tensor, inv_h: torch.Tensor) -> torch.Tensor | None:
     """``aq(fp16(fp16(x) * inv_h))`` for fp16/fp32 x [..., C] and float32 ``inv_h`` [C] holding fp16
     values (fp16 mode's explicit SmoothQuant multiply, then the activation quantizer) in one C loop;

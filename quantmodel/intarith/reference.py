@@ -167,6 +167,23 @@ def quantize_act(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
     return torch.round(prod.to(torch.float32).to(F64)).clamp(-q, q)
 
 
+def quantize_act_zp(x: torch.Tensor, scale: float, zero: int, bits: int) -> torch.Tensor:
+    """Asymmetric per-tensor activation quantization: :func:`quantize_act`'s product, rounded half to
+    even, plus the zero point, clamped to the full signed range [-2^(b-1), 2^(b-1) - 1]."""
+    r = act_reciprocal(scale)
+    prod = x.to(torch.float32).to(F64) * r  # exact
+    return (torch.round(prod.to(torch.float32).to(F64)) + zero).clamp(-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+
+
+def linear_zp(q, zero, w_t) -> torch.Tensor:
+    """``sum_k (q - z) w`` per output: the GEMM of asymmetric codes with the zero point taken out,
+    in float64 (per-tensor z: an int; per-token z [R]: a tensor), bound checked by :func:`matmul`."""
+    z = _t(zero)
+    if z.dim() == 1:
+        z = z[:, None]
+    return matmul(_t(q) - z, w_t)[0]
+
+
 def dequantize(q: torch.Tensor, scale, axis: int | None = None) -> torch.Tensor:
     s = _t(scale)
     if s.dim() == 1:

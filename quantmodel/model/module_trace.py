@@ -38,8 +38,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from quantmodel.model.tracing import FP_BYTES
+from workloads import presets as budgets  # read at call time: the budgets are module settings
 from workloads.errors import ConfigError
-from workloads.presets import MAX_MACS, MAX_TRACE_OPS
 from workloads.trace import Op, Trace, reads_str
 
 F = torch.nn.functional
@@ -437,7 +437,7 @@ def parse_inputs(spec: str) -> tuple[tuple, dict]:
             raise ConfigError(
                 "input", part, f"a shape like 2x4x32x32, optionally name= and :dtype ({', '.join(_DTYPES)})"
             )
-        if math.prod(shape) > MAX_MACS:  # torch refuses (overflow) beyond int64; counts stay exact below
+        if math.prod(shape) > budgets.MAX_MACS:  # torch refuses (overflow) beyond int64; counts stay exact below
             raise ConfigError("input", part, f"a tensor of at most 2^62 elements (this one has {math.prod(shape):.3g})")
         t = torch.empty(shape, dtype=_DTYPES[dtype_s or "float"], device="meta")
         if key:
@@ -520,14 +520,14 @@ def _check_budget(step_ops: list, num_steps: int, label: str) -> None:
     """Refuse a trace beyond the workload budgets (``workloads.presets``) before building it: a
     huge ``--steps`` would otherwise loop for minutes even over a model of no ops."""
     ops = max(1, len(step_ops)) * num_steps
-    if ops > MAX_TRACE_OPS:
+    if ops > budgets.MAX_TRACE_OPS:
         raise ConfigError(
             "steps",
             num_steps,
-            f"a trace of at most {MAX_TRACE_OPS:,} ops ({label}: {len(step_ops):,} ops per step, {num_steps:,} steps)",
+            f"a trace of at most {budgets.MAX_TRACE_OPS:,} ops ({label}: {len(step_ops):,} ops per step, {num_steps:,} steps)",
         )
     macs = sum(op.macs for op in step_ops) * num_steps
-    if macs > MAX_MACS:
+    if macs > budgets.MAX_MACS:
         raise ConfigError("inputs", label, f"a trace of at most 2^62 MACs so every count stays exact ({macs:.3g})")
 
 

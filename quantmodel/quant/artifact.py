@@ -7,9 +7,12 @@ linear layer:
   ``w_scale`` f32 [n]; SmoothQuant factors already multiplied in, and for the layers that produce V the
   consumer's factors already divided out of the V rows (``quantmodel.quant.smoothing``);
 - static schemes: ``x_scale`` (per-tensor input scale), ``bias_q`` int32 [n] (bias / (x_scale*w_scale)),
+  asymmetric recipes also ``x_zero`` int32 [1] (the input's zero point z; the hardware's correction
+  ``acc - z * colsum(weight_q)`` is already folded into ``bias_q``, so it costs nothing at run time),
   ``y_scale`` (the int16 output's scale), ``multiplier`` int32 [n] and ``shift`` int32 [n] with
   ``x_scale*w_scale/y_scale ~= multiplier * 2^-shift`` (``quantmodel.intarith.fixedpoint``);
-- smoothing schemes: ``smooth`` f32 [k] (the factors s; the emulator applies 1/s where the chip does);
+- smoothing schemes: ``smooth`` f32 [k] (the factors s; the emulator applies 1/s where the chip does)
+  and ``alpha`` f32 [1] (the migration strength used: the recipe's, or the searched one);
 - dynamic: ``bias`` f32 [n] (applied after the on-line per-token rescale).
 Quantized attention matmuls get per-set ``a_scale``, ``b_scale``, ``y_scale``, ``multiplier``, ``shift``.
 Every leaf op of a block also gets its per-set input/output abs-max (``in0_absmax`` ...), which the
@@ -38,6 +41,7 @@ from torch import nn
 from quantmodel.intarith import fixedpoint
 from quantmodel.model.layers import MatMul
 from quantmodel.model.stdit import STDiT
+from quantmodel.quant import estimators
 from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fingerprint
 from quantmodel.quant.smoothing import fold_kind, smooth_factors, vrow_producer
 from workloads.errors import ConfigError
@@ -201,12 +205,12 @@ class QuantArtifact:
         """Bytes of all weight sets as the chip stores them (the trace's formula, docs/architecture.md): packed integer
         weights + fp32 per-channel scale + int32 bias per quantized linear per set, FP16 factors of the
         explicit smoothing multiplies per set, plus the float weights of unquantized layers once."""
-        w_bits = self.meta["w_bits"]
+        recipe = self.recipe
         total = 0
         for g in range(self.num_sets):
             for name in self.linears:
                 n, k = self.get(g, name, "weight_q").shape
-                total += math.ceil(k * n * w_bits / 8) + 8 * n
+                total += math.ceil(k * n * recipe.w_bits_for(name) / 8) + 8 * n
                 if self.meta["folds"].get(name) == "mul":
                     total += 2 * k
         return total + int(self.meta["float_weight_bytes"])
@@ -262,7 +266,8 @@ class QuantArtifact:
         )
         for g in range(self.num_sets):
             for name in self.linears:
-                for fld in need + (["smooth"] if recipe.smoothing else []):
+                extra = (["smooth"] if recipe.smoothing else []) + (["x_zero"] if static and recipe.asymmetric else [])
+                for fld in need + extra:
                     if not self.has(g, name, fld):
                         raise ValueError(f"{g}/{name}/{fld}")
                 if self.get(g, name, "weight_q").dtype != torch.int8:
@@ -284,20 +289,46 @@ def _per_set(t: torch.Tensor, steps: list[int]) -> torch.Tensor:
 
 def _vrow_factors(
     mods: dict, linears: list[str], folds: dict, recipe: Recipe, stats: CalibStats | None, steps: list[int]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
     """SmoothQuant factors of the consumers of V (they fold into the V output rows of their producer),
-    and every linear's output-row scale [out_features] (the producers' rows divided by those factors)."""
+    every linear's output-row scale [out_features] (the producers' rows divided by those factors),
+    and the consumers' alphas."""
     factors: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
     row_scale: dict[str, torch.Tensor] = {n: torch.ones(mods[n].out_features) for n in linears}
     if recipe.smoothing:  # consumers of V first: their factors divide the producer's V rows
         for n in linears:
             if folds[n] == "vrows":
-                s = smooth_factors(_per_set(stats.get(n, "in_ch"), steps), mods[n].weight.detach().cpu(), recipe.alpha)
+                s, alphas[n] = layer_factors(n, mods[n].weight.detach().cpu(), recipe, stats, steps)
                 factors[n] = s
                 prod, part = vrow_producer(n)
                 c = s.numel()
                 row_scale[prod][part * c : (part + 1) * c] /= s
-    return factors, row_scale
+    return factors, row_scale, alphas
+
+
+def layer_factors(
+    n: str, w: torch.Tensor, recipe: Recipe, stats: CalibStats, steps: list[int]
+) -> tuple[torch.Tensor, float]:
+    """SmoothQuant factors [k] of a linear (weights w [n, k]) for a weight set, and the alpha used:
+    the recipe's channel statistic and alpha, or the alpha search (``estimators.search_alpha``)."""
+    from workloads.recipes import ALPHA_GRID
+
+    stat = estimators.channel_stat(stats, n, steps, recipe)
+    alpha = recipe.alpha_for(n)
+    if alpha == "search":
+        return estimators.search_alpha(stats, n, steps, recipe, w, stat, ALPHA_GRID)[::-1]
+    return smooth_factors(stat, w, alpha), float(alpha)
+
+
+def _static_input(tensors: dict, pre: str, n: str, recipe: Recipe, stats, steps, s) -> tuple[float, int]:
+    """The input scale and zero point (0 when symmetric) of a static linear, stored in ``tensors``."""
+    lo, hi = estimators.act_range(stats, n, steps, recipe, s)
+    if recipe.asymmetric:
+        x_scale, z = estimators.zero_point(lo, hi, recipe.a_bits)
+        tensors[pre + "x_zero"] = torch.tensor([z], dtype=torch.int32)
+        return x_scale, z
+    return float(fixedpoint.symmetric_scale(hi, recipe.a_bits)), 0
 
 
 def _quantize_linear(
@@ -310,6 +341,7 @@ def _quantize_linear(
     recipe: Recipe,
     stats: CalibStats | None,
     steps: list[int],
+    alpha: float | None = None,
 ) -> None:
     """One linear of one weight set into ``tensors`` (keys ``pre + field``): smoothed, per-channel
     quantized weights; static recipes add the activation scales, integer bias and requantizer."""
@@ -317,25 +349,24 @@ def _quantize_linear(
     w = lin.weight.detach().float().cpu() * rs[:, None]  # [n, k]
     b = (lin.bias.detach().float().cpu() if lin.bias is not None else torch.zeros(lin.out_features)) * rs
     if recipe.smoothing:
-        in_ch = _per_set(stats.get(n, "in_ch"), steps)
         if s is None:
-            s = smooth_factors(in_ch, w, recipe.alpha)
+            s, alpha = layer_factors(n, w, recipe, stats, steps)
         w = w * s[None, :]
         tensors[pre + "smooth"] = s
-        x_range = float((in_ch / s).max())
-    elif static:
-        x_range = float(_per_set(stats.get(n, "in0"), steps))
-    weight_q, w_scale = fixedpoint.quantize_weight_per_channel(w, recipe.w_bits)  # [n,k], [n]
+        tensors[pre + "alpha"] = torch.tensor([alpha], dtype=torch.float32)
+    weight_q, w_scale = fixedpoint.quantize_weight_per_channel(w, recipe.w_bits_for(n))  # [n,k], [n]
     tensors[pre + "weight_q"] = weight_q
     tensors[pre + "w_scale"] = w_scale
     if not static:
         tensors[pre + "bias"] = b
         return
-    x_scale = float(fixedpoint.symmetric_scale(x_range, recipe.a_bits))
+    x_scale, x_zero = _static_input(tensors, pre, n, recipe, stats, steps, s if recipe.smoothing else None)
     y_range = float((_per_set(stats.get(n, "out_ch"), steps) * rs.abs()).max())
     y_scale = float(fixedpoint.symmetric_scale(y_range * OUT_HEADROOM, OUT_BITS))
     acc_scale = x_scale * w_scale.double()  # [n]
     bias_q = torch.round(b.double() / acc_scale)
+    if x_zero:  # the zero point's correction -z * colsum(W_q), folded into the int32 bias
+        bias_q = bias_q - x_zero * weight_q.double().sum(dim=1)
     if bias_q.abs().max() >= 2**31:
         raise ConfigError("artifact", f"{n} bias overflows int32", "layers with representable bias")
     mult, shift = _multiplier_shift(acc_scale / y_scale)
@@ -389,9 +420,9 @@ def build_artifact(
     linears = quantized_linears(model, recipe)
     matmuls = quantized_matmuls(model, recipe)
     static = recipe.scheme != "dynamic"
-    if static:
+    if static or recipe.smoothing:
         if stats is None:
-            raise ConfigError("stats", None, f"calibration stats (recipe {recipe.name} is static)")
+            raise ConfigError("stats", None, f"calibration stats (recipe {recipe.name} is static or smooths)")
         stats.check_matches(model, num_steps)
     step_to_set = step_to_set_for(recipe, num_steps, stats, linears)
     num_sets = max(step_to_set) + 1
@@ -402,9 +433,10 @@ def build_artifact(
 
     for g in range(num_sets):
         steps = [s for s in range(num_steps) if step_to_set[s] == g]
-        factors, row_scale = _vrow_factors(mods, linears, folds, recipe, stats, steps)
+        factors, row_scale, alphas = _vrow_factors(mods, linears, folds, recipe, stats, steps)
         for n in linears:
-            _quantize_linear(tensors, f"{g}/{n}/", n, mods[n], row_scale[n], factors.get(n), recipe, stats, steps)
+            args = (row_scale[n], factors.get(n), recipe, stats, steps, alphas.get(n))
+            _quantize_linear(tensors, f"{g}/{n}/", n, mods[n], *args)
         if static:
             for n in matmuls:
                 _quantize_matmul(tensors, f"{g}/{n}/", n, factors, recipe, stats, steps)

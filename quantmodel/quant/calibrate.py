@@ -13,6 +13,15 @@ never attends to them and a static scale stretched by them would waste resolutio
   of its output);
 - every ``nn.Linear``: ``in_ch`` [k] (per-input-channel abs-max, for SmoothQuant) and ``out_ch`` [n]
   (per-output-channel abs-max, for the requantized output's scale after folding factors into rows).
+- every ``nn.Linear`` also, for the range estimators of ``quantmodel.quant.estimators``: ``in_pos`` /
+  ``in_neg`` (max of x / of -x, floored at 0: the signed range an asymmetric quantizer covers),
+  ``in_ch_pos`` / ``in_ch_neg`` [k] (the same per input channel), and per calibration batch, in
+  order: ``in_ch_pos_b`` / ``in_ch_neg_b`` [batches, k] (each batch's signed range per channel, for
+  EMA), ``in_ch_bm``
+  [batches, k] (each batch's mean over samples of the per-sample channel abs-max: ViDiT-Q's
+  ``momentum_act_max`` statistic) and ``in_rows`` [batches * ROWS_PER_BATCH, k] (evenly spaced input
+  rows, for percentile and MSE estimators and the alpha search). Padding rows of a masked caption
+  are zeros there.
 
 Stats are stored as one safetensors file (tensors ``"<layer>:<field>"`` of shape [steps, ...]) with a
 JSON header (model config, weight fingerprint, workload, sampler, num_steps, prompts). Loading stats for
@@ -38,6 +47,7 @@ from workloads.io import atomic_path
 from workloads.presets import Workload
 
 STATS_FORMAT = "stdit-calib-v1"
+ROWS_PER_BATCH = 32  # input rows of each linear kept per calibration batch and step (in_rows)
 _HOOKED = (nn.Linear, nn.Conv3d, MatMul, Softmax, nn.LayerNorm, nn.GELU, nn.SiLU, Modulate, GatedAdd, Add)
 
 
@@ -213,6 +223,7 @@ class StatsRecorder:
         self.step = 0
         self.text_mask: torch.Tensor | None = None
         self.tensors: dict[str, torch.Tensor] = {}
+        self._seq: dict[str, list[list[torch.Tensor]]] = {}  # per-batch records: key -> [step][batch]
         self._hooks = []
 
     def _valid(self, t: torch.Tensor, dims: dict[str, int], slot: str) -> torch.Tensor:
@@ -232,6 +243,35 @@ class StatsRecorder:
             self.tensors[key] = cur
         cur[self.step] = torch.maximum(cur[self.step], value)
 
+    def _append(self, key: str, value: torch.Tensor) -> None:
+        seq = self._seq.setdefault(key, [[] for _ in range(self.num_steps)])
+        seq[self.step].append(value.detach().float().cpu())
+
+    def _linear_extra(self, name: str, x: torch.Tensor) -> None:
+        """The estimators' records of a linear's input x [..., k] (module doc)."""
+        k = x.shape[-1]
+        rows = x.reshape(-1, k).float()
+        pos, neg = rows.amax(dim=0).clamp(min=0), (-rows).amax(dim=0).clamp(min=0)  # [k]
+        self._update(f"{name}:in_pos", pos.amax())
+        self._update(f"{name}:in_neg", neg.amax())
+        self._update(f"{name}:in_ch_pos", pos)
+        self._update(f"{name}:in_ch_neg", neg)
+        self._append(f"{name}:in_ch_pos_b", pos)
+        self._append(f"{name}:in_ch_neg_b", neg)
+        per_sample = x.abs().amax(dim=-2) if x.dim() > 1 else x.abs()  # [..., k]: max over tokens
+        self._append(f"{name}:in_ch_bm", per_sample.reshape(-1, k).float().mean(dim=0))
+        idx = torch.linspace(0, rows.shape[0] - 1, min(ROWS_PER_BATCH, rows.shape[0])).round().long()
+        self._append(f"{name}:in_rows", rows[idx])
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """All records: the running maxima and the per-batch sequences stacked to [steps, batches, ...]
+        (``in_rows``: [steps, batches * rows, k])."""
+        out = dict(self.tensors)
+        for key, per_step in self._seq.items():
+            st = torch.stack([torch.stack(v) for v in per_step])
+            out[key] = st.flatten(1, 2) if key.endswith(":in_rows") else st
+        return out
+
     def _hook(self, name: str, mod: nn.Module, inputs: tuple, output) -> None:
         dims = text_token_dims(name)
         tens = [self._valid(t, dims, f"in{i}") for i, t in enumerate(t for t in inputs if isinstance(t, torch.Tensor))]
@@ -244,6 +284,7 @@ class StatsRecorder:
             x = tens[0].reshape(-1, mod.in_features)
             self._update(f"{name}:in_ch", x.abs().amax(dim=0))
             self._update(f"{name}:out_ch", output.reshape(-1, mod.out_features).abs().amax(dim=0))
+            self._linear_extra(name, tens[0])
 
     def __enter__(self) -> StatsRecorder:
         for name, mod in self.model.named_modules():
@@ -308,4 +349,4 @@ def calibrate(
         "text_features": str(text_features) if text_features else "random-normal",
         "caption_mask": describe_mask(masks),
     }
-    return CalibStats(meta=meta, tensors=rec.tensors)
+    return CalibStats(meta=meta, tensors=rec.finish())

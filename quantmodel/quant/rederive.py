@@ -24,6 +24,13 @@ from the documented definitions (docs/verify.md), in a different formulation whe
 
 What it does not prove: that the definitions themselves are the right ones (that is the final-sample
 SQNR baseline's job), nor anything about the calibration statistics (they are the input).
+
+Calibration options (``workloads.recipes``): per-layer alphas and weight bits, zero points (scale
+``(hi - lo) / (2^b - 1)``, ``z = clamp(-2^(b-1) - rint(lo / s))``, the bias ``rint(b / acc) - z * colsum``)
+are re-derived here. Two inputs are taken, not re-derived, and the report lists them
+(``taken_from``): a searched alpha is read back from the artifact (its factors, codes and scales are
+then re-derived), and the range of a non-default estimator, aggregation or smoothing statistic comes
+from ``quantmodel.quant.estimators`` (unit-tested against hand-computed cases).
 """
 
 from __future__ import annotations
@@ -153,6 +160,7 @@ class RederiveReport:
     not_rederived: list = field(default_factory=list)
     missing: list = field(default_factory=list)  # constants the definition needs that the artifact lacks
     problems: list = field(default_factory=list)  # meta-level findings (step split, layer list, folds)
+    taken_from: dict = field(default_factory=dict)  # input -> where it came from (not re-derived here)
 
     @property
     def ok(self) -> bool:
@@ -166,6 +174,7 @@ class RederiveReport:
             "missing": sorted(self.missing),
             "problems": list(self.problems),
             "not_rederived": sorted(self.not_rederived),
+            "taken_from": dict(sorted(self.taken_from.items())),
             "ok": self.ok,
         }
 
@@ -177,8 +186,11 @@ def _set_max(stats, layer: str, fld: str, steps: list[int]) -> np.ndarray:
 class _Deriver:
     """Expected tensors of one artifact, keyed as the artifact keys them (``set/layer/field``)."""
 
-    def __init__(self, model: nn.Module, recipe, stats, meta: dict):
+    def __init__(self, model: nn.Module, recipe, stats, meta: dict, tensors: dict | None = None):
         self.recipe, self.stats = recipe, stats
+        self.tensors = tensors or {}
+        self.taken_from: dict[str, str] = {}
+        self.default_stats = (recipe.act_range, recipe.asq_agg, recipe.smooth_stat) == ("absmax", "max", "absmax")
         self.mods = dict(model.named_modules())
         self.linears = [
             n for n, m in model.named_modules() if isinstance(m, nn.Linear) and recipe.quantizes(n, "linear")
@@ -201,7 +213,7 @@ class _Deriver:
             if self.folds.get(n) == "vrows":
                 sfx = next(s for s in _VROW if n.endswith(s))
                 prod, part = n[: -len(sfx)] + _VROW[sfx][0], _VROW[sfx][1]
-                s = smoothing(_set_max(self.stats, n, "in_ch", steps), self.weights(n)[0], self.recipe.alpha)
+                s = self.factors(g, n, steps, self.weights(n)[0])
                 vfactor[n] = s
                 c = s.size
                 rows[prod][part * c : (part + 1) * c] = rows[prod][part * c : (part + 1) * c] / s
@@ -215,33 +227,84 @@ class _Deriver:
                 if "blocks." in layer and fld in ("in0", "in1", "out"):
                     self.expected[f"{g}/{layer}/{fld}_absmax"] = _np(t)[steps].max(axis=0).reshape(1).astype(np.float32)
 
+    def alpha(self, g: int, n: str) -> float:
+        """The layer's alpha: the recipe's, or (search) the artifact's, mapped back onto the grid."""
+        from workloads.recipes import ALPHA_GRID
+
+        a = self.recipe.alpha_for(n)
+        if a != "search":
+            return float(a)
+        self.taken_from["alpha (searched)"] = "the artifact's alpha tensors"
+        t = self.tensors.get(f"{g}/{n}/alpha")
+        got = float(t) if t is not None else float("nan")
+        return min(ALPHA_GRID, key=lambda v: abs(v - got))
+
+    def channel_stat(self, n: str, steps: list[int]) -> np.ndarray:
+        if self.recipe.smooth_stat == "absmax" and self.recipe.asq_agg == "max":
+            return _set_max(self.stats, n, "in_ch", steps)
+        from quantmodel.quant import estimators
+
+        self.taken_from["smoothing statistic"] = "quantmodel.quant.estimators.channel_stat"
+        return _np(estimators.channel_stat(self.stats, n, steps, self.recipe))
+
+    def factors(self, g: int, n: str, steps: list[int], w: np.ndarray) -> np.ndarray:
+        a = self.alpha(g, n)
+        self.expected[f"{g}/{n}/alpha"] = _f32([a])
+        return smoothing(self.channel_stat(n, steps), w, a)
+
+    def input_range(self, n: str, steps: list[int], in_ch, s) -> tuple[float, float]:
+        """(lo, hi) of a static layer's input: the definition's abs-max ranges, or the estimators'."""
+        r = self.recipe
+        if self.default_stats and not r.asymmetric:
+            hi = float((in_ch / s).max()) if s is not None else float(_set_max(self.stats, n, "in0", steps))
+            return -hi, hi
+        if self.default_stats:  # asymmetric abs-max: the signed extremes, floored at 0
+            if s is None:
+                pos, neg = _set_max(self.stats, n, "in_pos", steps), _set_max(self.stats, n, "in_neg", steps)
+            else:
+                pos = (_set_max(self.stats, n, "in_ch_pos", steps).astype(np.float32) / s).max()
+                neg = (_set_max(self.stats, n, "in_ch_neg", steps).astype(np.float32) / s).max()
+            return -float(neg), float(pos)
+        from quantmodel.quant import estimators
+
+        self.taken_from["activation range"] = "quantmodel.quant.estimators.act_range"
+        return estimators.act_range(self.stats, n, steps, r, None if s is None else torch.from_numpy(s))
+
     def linear(self, g: int, n: str, steps: list[int], rs: np.ndarray, s: np.ndarray | None) -> None:
         pre, r = f"{g}/{n}/", self.recipe
         w, b = self.weights(n)
         w = w * rs[:, None]  # float32 products
         b = b * rs
-        x_range = None
+        in_ch = None
         if r.smoothing:
             in_ch = _set_max(self.stats, n, "in_ch", steps).astype(np.float32)
-            s = smoothing(in_ch, w, r.alpha) if s is None else s
+            if s is None:
+                s = self.factors(g, n, steps, w)
             w = w * s[None, :]
             self.expected[pre + "smooth"] = s
-            x_range = float((in_ch / s).max())
-        elif self.static:
-            x_range = float(_set_max(self.stats, n, "in0", steps))
-        q, w_scale = weight_codes(w, r.w_bits)
+        q, w_scale = weight_codes(w, r.w_bits_for(n))
         self.expected[pre + "weight_q"] = q
         self.expected[pre + "w_scale"] = w_scale
         if not self.static:
             self.expected[pre + "bias"] = b.astype(np.float32)
             return
-        x_scale = float(scale_of(x_range, r.a_bits))
+        lo, hi = self.input_range(n, steps, in_ch, s if r.smoothing else None)
+        z = 0
+        if r.asymmetric:  # full signed range with a zero point
+            qmin = -(2 ** (r.a_bits - 1))
+            span = hi - lo
+            x_scale = float(_f32(span / (2**r.a_bits - 1) if span > 0 else 1.0))
+            z = int(np.clip(qmin - np.rint(lo / x_scale), qmin, -qmin - 1))
+            self.expected[pre + "x_zero"] = np.array([z], dtype=np.int32)
+        else:
+            x_scale = float(scale_of(hi, r.a_bits))
         y_range = float((_set_max(self.stats, n, "out_ch", steps).astype(np.float32) * np.abs(rs)).max())
         y_scale = float(scale_of(y_range * HEADROOM, 16))
         acc_scale = x_scale * w_scale.astype(np.float64)  # float64 products [n]
         self.expected[pre + "x_scale"] = _f32([x_scale])
         self.expected[pre + "y_scale"] = _f32([y_scale])
-        self.expected[pre + "bias_q"] = np.rint(b.astype(np.float64) / acc_scale).astype(np.int32)
+        colsum = q.astype(np.int64).sum(axis=1)  # the zero point's correction, folded into the bias
+        self.expected[pre + "bias_q"] = (np.rint(b.astype(np.float64) / acc_scale) - z * colsum).astype(np.int32)
         ms = [multiplier_shift(float(v)) for v in acc_scale / y_scale]
         self.expected[pre + "multiplier"] = np.array([m for m, _ in ms], dtype=np.int32)
         self.expected[pre + "shift"] = np.array([k for _, k in ms], dtype=np.int32)
@@ -301,7 +364,7 @@ def rederive(model: nn.Module, artifact, stats=None) -> RederiveReport:
     and ``stats`` (the calibration statistics it was built from; None for dynamic recipes) and compare."""
     recipe, meta = artifact.recipe, artifact.meta
     rep = RederiveReport()
-    d = _Deriver(model, recipe, stats, meta)
+    d = _Deriver(model, recipe, stats, meta, artifact.tensors)
     if list(meta["linears"]) != d.linears:
         rep.problems.append("the artifact's quantized layers differ from the recipe's")
     if d.folds != dict(meta.get("folds", {})):
@@ -318,4 +381,5 @@ def rederive(model: nn.Module, artifact, stats=None) -> RederiveReport:
             _, layer, fld = key.split("/")
             rep.mismatches.setdefault(layer, set()).add(fld)
     rep.not_rederived = [k for k in artifact.tensors if k not in d.expected]
+    rep.taken_from = dict(d.taken_from)
     return rep

@@ -172,6 +172,7 @@ def test_model_input_shape_beyond_int64_refused(capsys):
     [
         (("calibrate", "--workload", "stdit-tiny", "--prompts", 99999999999, "--out", "s.safetensors"), "prompts"),
         (("quality", "--workload", "stdit-tiny", "--recipes", "asq", "--samples", 5000), "samples"),
+        (("sample", "--workload", "stdit-tiny", "--recipe", "asq-w8a8", "--prompts", 99999999999), "prompts"),
     ],
 )
 def test_counts_beyond_their_budget_refused_before_work(capsys, tmp_path, monkeypatch, args, field):

@@ -241,3 +241,21 @@ def test_chunks_hold_whole_hardware_points(tmp_path, jobs):
     per_hw = {k: sum(1 for c in chunks for ri, ii in c if plan.recipes[ri].rows[ii]["hw_key"] == k) for k in owner}
     assert set(per_hw.values()) == {len(spec.recipes)}
     assert len(chunks) > 1
+
+
+def test_nominal_clock_axis_stored_as_the_nodes_clock(tmp_path):
+    """``clock.freq_hz: [nominal, ...]`` is legal in the hardware YAML; the sweep failed to store it (a
+    string in a double column) after computing every point. Stored resolved: the 5 nm node's clock."""
+    spec = spec_from_dict(
+        {
+            "name": "nominal",
+            "cost_workload": "stdit-tiny",
+            "recipes": ["asq-w8a8"],
+            "hardware": {"base": "edge-npu", "axes": {"clock.freq_hz": ["nominal", 1.0e9]}},
+        }
+    )
+    run_sweep(spec, tmp_path / "r", jobs=1, progress=False)
+    df = pd.read_parquet(tmp_path / "r" / POINTS).sort_values("hw.clock.freq_hz")
+    nominal_hz = hwsim.hw_from_dict({**hwsim.hw_to_dict(hwsim.load_hw("edge-npu")), "clock": {"freq_hz": "nominal"}})
+    assert df["hw.clock.freq_hz"].tolist() == sorted([1.0e9, nominal_hz.clock.freq_hz])
+    assert (df["status"] == "ok").all()

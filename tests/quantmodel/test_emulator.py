@@ -31,6 +31,9 @@ CASES = [
     ("tsq-tsw-w4a8", "int", False),
     ("dynamic-w6a6", "fp16", True),
     ("groups2-cal-w6a6", "int", True),
+    ("asq-asym-w8a8", "fp16", False),  # zero points: static (folded into the bias) and dynamic per token
+    ("asq-asym-w4a8", "int", False),
+    ("vidit-q-w4a8", "int", False),
 ]
 
 
@@ -38,7 +41,7 @@ CASES = [
 def test_integer_ops_match_reference_exactly(setup, name, mode, attn):
     w, model, stats, z, y, ref = setup
     recipe = dataclasses.replace(get_recipe(name), quantize_attention=attn)
-    art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
+    art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" or recipe.smoothing else None, w.num_steps)
     emu = IntegerEmulator(model, art, nonlinear=mode, verify=True)
     out = sample(emu.model_fn, model, w, z, y)
     v = emu.verifier
