@@ -141,6 +141,21 @@ def wrong_bias() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def wrong_zero_point() -> Iterator[None]:
+    """Asymmetric activations: every zero point one code off (the bias correction follows it)."""
+    from quantmodel.quant import estimators
+
+    orig = estimators.zero_point
+
+    def shifted(lo, hi, bits):
+        scale, z = orig(lo, hi, bits)
+        return scale, z + 1
+
+    with _patched(estimators, "zero_point", shifted):
+        yield
+
+
 # ---- vector-unit bugs -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def gelu_dropped_rounding() -> Iterator[None]:
@@ -175,7 +190,10 @@ MUTANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "dropped fp16 rounding in modulate": modulate_dropped_rounding,
     "wrong smoothing factors (alpha + 0.05)": wrong_smoothing,
     "int32 bias off by one": wrong_bias,
+    "zero point one code off": wrong_zero_point,
 }
+# mutants that need a recipe with the feature they break (the others run on the --recipe given)
+RECIPE_OF = {"zero point one code off": "asq-asym-w8a8"}
 
 
 def caught_by(rep: dict) -> list[str]:
@@ -218,15 +236,18 @@ def run(
         w = dataclasses.replace(w, num_steps=steps)
     model = load_model(w)
     rows = []
-    for name in [None] * clean + (names or list(MUTANTS)):
+    names = names or list(MUTANTS)
+    recipes = list(dict.fromkeys([recipe] + [RECIPE_OF[n] for n in names if n in RECIPE_OF])) if clean else []
+    for name, rec in [(None, r) for r in recipes] + [(n, RECIPE_OF.get(n, recipe)) for n in names]:
         ctx = MUTANTS[name]() if name else contextlib.nullcontext()
         with ctx:
-            rep = verify_recipe(model, w, recipe, nonlinear, num_prompts=prompts, seed=0)
+            rep = verify_recipe(model, w, rec, nonlinear, num_prompts=prompts, seed=0)
         by = caught_by(rep)
         ok_verdict = (not by and rep["ok"]) if name is None else (bool(by) and not rep["ok"])
         rows.append(
             {
                 "bug": name or "(none: the clean build)",
+                "recipe": rec,
                 "caught_by": ", ".join(by) or "-",
                 "verdict": ("clean" if ok_verdict else "FALSE ALARM")
                 if name is None
@@ -244,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nonlinear", default="fp16")
     a = p.parse_args(argv)
     rows = run(recipe=a.recipe, steps=a.steps, nonlinear=a.nonlinear)
-    print(f"{'bug':<48} {'caught by':<28} {'verdict':<8} final SQNR")
+    print(f"{'bug':<48} {'recipe':<14} {'caught by':<28} {'verdict':<8} final SQNR")
     for r in rows:
-        print(f"{r['bug']:<48} {r['caught_by']:<28} {r['verdict']:<8} {r['sample_sqnr_db']:.2f} dB")
+        print(f"{r['bug']:<48} {r['recipe']:<14} {r['caught_by']:<28} {r['verdict']:<8} {r['sample_sqnr_db']:.2f} dB")
     return 0 if all(r["verdict"] in ("caught", "clean") for r in rows) else 1
 
 

@@ -18,6 +18,7 @@ _spec.loader.exec_module(mut)
         ("half away from zero in requantization", "ties"),
         ("half away from zero in activation quantization", "ties"),
         ("dropped fp16 rounding in GELU", "fp16 kernels"),
+        ("zero point one code off", "constants"),
     ],
 )
 def test_planted_bug_fails_verify(bug, check):
