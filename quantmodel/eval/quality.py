@@ -91,10 +91,12 @@ def get_stats(
     seed: int = 0,
     text_features: str | None = None,
     text_tokens: int | None = None,
+    wrap_model_fn=None,
 ) -> CalibStats:
     """Stats from a file (checked against the model and step count) or a fresh calibration
     (on ``stdit-shapes``: real caption features of a held-out prompt set; ``text_tokens``: prompts
-    masked to that many real caption tokens)."""
+    masked to that many real caption tokens; ``wrap_model_fn``: see ``calibrate``)."""
+    tt = {"text_tokens": text_tokens, "wrap_model_fn": wrap_model_fn}
     if stats is None and text_features is None and trained_module(workload) is not None:
         import tempfile
 
@@ -103,13 +105,9 @@ def get_stats(
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "calib_y.safetensors")
             save_file({"y": trained_prompts(workload, num_prompts, seed + 101)[1].contiguous()}, path)
-            stats = calibrate(
-                model, workload, num_prompts=num_prompts, seed=seed, text_features=path, text_tokens=text_tokens
-            )
+            stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path, **tt)
     elif stats is None:
-        stats = calibrate(
-            model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features, text_tokens=text_tokens
-        )
+        stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features, **tt)
     elif not isinstance(stats, CalibStats):
         stats = CalibStats.load(stats)
     stats.check_matches(model, workload.num_steps)
@@ -301,8 +299,8 @@ def evaluate_recipe(
         worst_layer_sqnr_db=worst_db,
         worst_layer=worst,
         weight_storage_bytes=art.weight_storage_bytes(),
-        num_weight_sets=art.num_sets,
-        step_to_set=",".join(map(str, art.step_to_set)),
+        num_weight_sets=art.num_weight_sets,
+        step_to_set=",".join(map(str, art.weight_step_to_set)),
     )
     return row
 
@@ -352,8 +350,8 @@ def verify_recipe(
         "device": str(emu.device),
         "num_steps": workload.num_steps,
         "caption_mask": "all tokens" if mask is None else f"{text_tokens} of {mask.shape[1]} tokens",
-        "num_weight_sets": art.num_sets,
-        "step_to_set": art.step_to_set,
+        "num_weight_sets": art.num_weight_sets,
+        "step_to_set": art.weight_step_to_set,
         "layers_checked": len(v.checked_names),
         "checks": v.checks,
         "mismatches": v.mismatches,

@@ -307,9 +307,12 @@ def calibrate(
     batch_size: int = 4,
     progress: bool = False,
     text_tokens: int | None = None,
+    wrap_model_fn=None,
 ) -> CalibStats:
     """Run the workload's float sampler on ``num_prompts`` prompts and record per-step statistics
-    (caption masks from the text-features file or ``text_tokens``; padding tokens left out)."""
+    (caption masks from the text-features file or ``text_tokens``; padding tokens left out).
+    ``wrap_model_fn(model_fn) -> model_fn``: what evaluation wraps the model in (e.g. x0 clipping),
+    so calibration sees the trajectory evaluation samples."""
     if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 1:
         raise ConfigError("num_prompts", num_prompts, "a positive integer")
     cfg = model.cfg
@@ -335,7 +338,8 @@ def calibrate(
             b = y.shape[0]
             g = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + start)
             z = torch.randn(b, cfg.in_channels, *cfg.input_size, generator=g, device=dev)
-            sampler.sample(model_fn, z, y, model.null_caption(b).to(dev), g, mask=mask)
+            fn = model_fn if wrap_model_fn is None else wrap_model_fn(model_fn)
+            sampler.sample(fn, z, y, model.null_caption(b).to(dev), g, mask=mask)
     meta = {
         "format": STATS_FORMAT,
         "workload": workload.name,

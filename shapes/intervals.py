@@ -1,0 +1,139 @@
+"""Confidence intervals for the quantization study: a two-level (hierarchical) percentile bootstrap
+over seeds and clips, paired between recipes.
+
+Why two levels: a study's clips are not independent draws. Each seed fixes the calibration prompts,
+the calibration noise and the evaluation noise, so every clip of a seed shares one set of static
+scales; resampling clips alone would hide the seed-to-seed spread. Each bootstrap replicate first
+draws seeds with replacement, then, within each drawn seed, clips with replacement (the clustered
+bootstrap of Davison & Hinkley 1997, sec. 3.8). With 3 seeds the outer level has few distinct values;
+the interval is then, if anything, too narrow on the seed axis, which is why the tables also give the
+per-seed range.
+
+Why paired: every recipe samples the same clip (prompt and noise) as every other, so a difference
+between recipes is computed on the same replicate's clips; the clip-to-clip variation that both share
+cancels, and the interval of the difference is much narrower than the two intervals side by side.
+
+The bootstrap's own random draws come from ``numpy.random.default_rng(BOOT_SEED)``: the same
+per-clip file gives the same intervals, bit for bit.
+
+Input: the study's per-clip table (``shapes.study``: one row per recipe, seed and clip with the
+clip's signal and error energy against the float clip, PSNR and per-attribute correctness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+BOOT_SEED = 20260
+NUM_BOOT = 2000
+LEVEL = 0.95
+ATTRS = ("shape", "colour", "direction", "speed", "background")
+
+
+@dataclass(frozen=True)
+class Resample:
+    """Bootstrap indices: ``seeds`` [B, S] (which seed fills slot j of replicate b) and ``clips``
+    [B, S, N] (which clip of that seed fills each clip slot)."""
+
+    seeds: np.ndarray
+    clips: np.ndarray
+
+    @classmethod
+    def draw(cls, num_seeds: int, num_clips: int, num_boot: int = NUM_BOOT, seed: int = BOOT_SEED) -> Resample:
+        rng = np.random.default_rng(seed)
+        s = rng.integers(0, num_seeds, size=(num_boot, num_seeds))
+        c = rng.integers(0, num_clips, size=(num_boot, num_seeds, num_clips))
+        return cls(s, c)
+
+    def take(self, x: np.ndarray) -> np.ndarray:
+        """``x`` [S, N] -> the replicates' values [B, S, N]."""
+        return x[self.seeds[:, :, None], self.clips]
+
+
+def sqnr_db(ref_energy: np.ndarray, err_energy: np.ndarray) -> np.ndarray:
+    """SQNR of a set of clips (10 log10 of summed signal over summed error), over the last two axes."""
+    return 10 * np.log10(ref_energy.sum(axis=(-2, -1)) / err_energy.sum(axis=(-2, -1)))
+
+
+def _stat(metric: str, arrays: dict[str, np.ndarray], rs: Resample | None) -> np.ndarray | float:
+    """One metric of the clips [S, N] (``rs`` None) or of every replicate [B]."""
+
+    def get(k: str) -> np.ndarray:
+        return arrays[k] if rs is None else rs.take(arrays[k])
+
+    if metric == "sqnr_db":
+        return sqnr_db(get("ref_energy"), get("err_energy"))
+    return get(metric).mean(axis=(-2, -1))
+
+
+def _matrix(clips: pd.DataFrame, recipe: str, col: str, seeds: list, n: int) -> np.ndarray:
+    """Column ``col`` of one recipe as [S, N] in (seed, clip) order."""
+    sub = clips[clips["recipe"] == recipe].sort_values(["seed", "clip"])
+    if list(sub["seed"].unique()) != seeds or len(sub) != len(seeds) * n:
+        raise ValueError(f"recipe {recipe}: per-clip rows do not cover seeds {seeds} x {n} clips")
+    return sub[col].to_numpy(dtype=np.float64).reshape(len(seeds), n)
+
+
+METRICS = ("sqnr_db", "psnr_db", "acc_mean", "acc_all")
+
+
+def _arrays(clips: pd.DataFrame, recipe: str, seeds: list, n: int) -> dict[str, np.ndarray]:
+    cols = ["ref_energy", "err_energy", "psnr_db", *(f"acc_{a}" for a in ATTRS)]
+    out = {c: _matrix(clips, recipe, c, seeds, n) for c in cols}
+    hits = np.stack([out[f"acc_{a}"] for a in ATTRS])  # [5, S, N]
+    out["acc_mean"] = hits.mean(axis=0)
+    out["acc_all"] = hits.min(axis=0)
+    return out
+
+
+def _bounds(reps: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def recipe_intervals(clips: pd.DataFrame, level: float = LEVEL, num_boot: int = NUM_BOOT) -> pd.DataFrame:
+    """Per recipe and metric: the estimate on all clips and seeds, its bootstrap interval and the
+    min / max over seeds. Float rows (infinite SQNR / PSNR) get only the accuracy metrics."""
+    seeds = sorted(clips["seed"].unique().tolist())
+    n = int(clips["clip"].max()) + 1
+    rs = Resample.draw(len(seeds), n, num_boot)
+    rows = []
+    for recipe in dict.fromkeys(clips["recipe"]):
+        arr = _arrays(clips, recipe, seeds, n)
+        for m in METRICS:
+            if m in ("sqnr_db", "psnr_db") and not np.isfinite(arr["psnr_db"]).all():
+                continue
+            per_seed = [float(_stat(m, {k: v[i : i + 1] for k, v in arr.items()}, None)) for i in range(len(seeds))]
+            lo, hi = _bounds(_stat(m, arr, rs), level)
+            est = float(_stat(m, arr, None))
+            rows.append(
+                dict(
+                    recipe=recipe, metric=m, estimate=est, lo=lo, hi=hi, seed_min=min(per_seed), seed_max=max(per_seed)
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def paired_difference(
+    clips: pd.DataFrame, a: str, b: str, metric: str, level: float = LEVEL, num_boot: int = NUM_BOOT
+) -> dict:
+    """``metric(a) - metric(b)`` on the same clips (same prompts, same noise), with its paired
+    bootstrap interval: both recipes are resampled with the same indices."""
+    seeds = sorted(clips["seed"].unique().tolist())
+    n = int(clips["clip"].max()) + 1
+    rs = Resample.draw(len(seeds), n, num_boot)
+    xa, xb = _arrays(clips, a, seeds, n), _arrays(clips, b, seeds, n)
+    lo, hi = _bounds(_stat(metric, xa, rs) - _stat(metric, xb, rs), level)
+    est = float(_stat(metric, xa, None) - _stat(metric, xb, None))
+    return dict(a=a, b=b, metric=metric, estimate=est, lo=lo, hi=hi, excludes_zero=bool(lo > 0 or hi < 0))
+
+
+def seed_floor(per_seed: pd.DataFrame, recipe: str, col: str) -> float:
+    """The noise floor of a per-(recipe, seed) metric: the largest difference of ``recipe`` (the
+    float model) with itself between two seeds, i.e. how far the metric moves when nothing is
+    quantized and only the prompts' noise changes."""
+    v = per_seed.loc[per_seed["recipe"] == recipe, col].to_numpy(dtype=np.float64)
+    return float(v.max() - v.min()) if len(v) > 1 else float("nan")
