@@ -7,8 +7,8 @@ times exactly those calls (``codesign.sweep.prepare_quality`` / ``evaluate_quali
 sweep's workers run) for each quality setting named, side by side in one run, in one process with
 ``--threads`` torch threads, and prints the seconds each takes and the ratio to the first.
 
-    python benchmarks/bench_quality_axis.py                 # default.yaml's setting vs stdit-tiny
-    python benchmarks/bench_quality_axis.py --threads 2 --settings stdit-tiny:1 stdit-shapes:8
+    python benchmarks/bench_quality_axis.py                 # default.yaml's setting vs stdit-shapes (8 clips)
+    python benchmarks/bench_quality_axis.py --threads 2 --settings stdit-tiny:1 stdit-shapes:1
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         "--settings",
         nargs="+",
         default=None,
-        help="WORKLOAD:NUM_SAMPLES items (backend fakequant); default: stdit-tiny:1 and default.yaml's",
+        help="WORKLOAD:NUM_SAMPLES items (backend fakequant); default: default.yaml's and stdit-shapes:8",
     )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     spec = load_spec("default")
-    settings = [("stdit-tiny", {"backend": "fakequant"}), (spec.quality_workload, dict(spec.quality_options))]
+    shapes = {"backend": "fakequant", "num_samples": 8, "num_prompts": 8}
+    settings = [(spec.quality_workload, dict(spec.quality_options)), ("stdit-shapes", shapes)]
     if a.settings:
         settings = []
         for item in a.settings:
