@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codesign import spec as budgets  # read at call time: the budget is a module setting
-from codesign.spec import PREFETCH_AXIS, HardwarePoint, RangeAxis, SweepSpec, flatten, set_dotted
+from codesign.spec import PREFETCH_AXIS, HardwarePoint, RangeAxis, SweepSpec, flatten
 from codesign.store import SCALAR_METRICS, load_quality, load_results
-from codesign.sweep import point_key, run_sweep, workload_identity
+from codesign.sweep import point_hw_dict, point_key, run_sweep, workload_identity
 from workloads.errors import ConfigError
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -238,9 +238,7 @@ def _key(spec: SweepSpec, point: HardwarePoint, recipe: str) -> str:
     from workloads.presets import get_workload
     from workloads.recipes import get_recipe
 
-    d = hwsim.hw_to_dict(hwsim.load_hw(spec.hw_base))
-    for name, value in point.overrides:
-        d = set_dotted(d, name, value)
+    d = point_hw_dict(hwsim.hw_to_dict(hwsim.load_hw(spec.hw_base)), point)
     wl = workload_identity(get_workload(spec.cost_workload))
     return point_key(wl, get_recipe(recipe).to_dict(), d, point.prefetch)
 

@@ -14,10 +14,11 @@ import pandas as pd
 
 from codesign.pareto import pareto_mask
 
-SCHEME_ORDER = ("static", "asq", "groups", "tsq+tsw", "dynamic", "fp16")
+SCHEME_ORDER = ("static", "asq", "tsq", "groups", "tsq+tsw", "dynamic", "fp16")
 SCHEME_COLORS = {
     "static": "tab:gray",
     "asq": "tab:blue",
+    "tsq": "tab:orange",
     "groups": "tab:green",
     "tsq+tsw": "tab:purple",
     "dynamic": "tab:red",

@@ -28,7 +28,7 @@ QUALITY_METRICS = (
     ("q.sqnr_db", "max"),
     ("q.psnr_db", "max"),
 )
-STATIC_SCHEMES = ("static", "asq", "groups", "tsq+tsw")
+STATIC_SCHEMES = ("static", "asq", "tsq", "groups", "tsq+tsw")
 MAX_TABLE_ROWS = 25
 
 
@@ -70,6 +70,7 @@ def swap_curves(ok: pd.DataFrame) -> pd.DataFrame:
     """Per K (weight sets), over the hardware points every recipe of a curve shares: median swap
     stall, storage, swap traffic, and the median energy and latency over K=1 (ASQ) on the same chip."""
     sm = ok[ok["scheme"].isin(("asq", "groups", "tsq+tsw"))]
+    sm = sm[~sm["recipe"].str.contains("-tsq-w", regex=False)]  # groupsK-tsq: K scale sets, one weight set
     rows = []
     for (w, a, pf), grp in sm.groupby(["w_bits", "a_bits", "prefetch"]):
         shared = set.intersection(*(set(g["hw_key"]) for _, g in grp.groupby("recipe")))

@@ -242,6 +242,17 @@ def point_key(workload_id: dict, recipe_dict: dict, hw_dict: dict, prefetch: str
     )
 
 
+def point_hw_dict(base: dict, point) -> dict:
+    """The hardware of one design point: the base with the point's overrides, resolved through the
+    hardware schema (a `nominal` clock becomes the node's clock), as the store keys and records it."""
+    import hwsim
+
+    d = base
+    for name, value in point.overrides:
+        d = set_dotted(d, name, value)
+    return hwsim.hw_to_dict(hwsim.hw_from_dict(d))
+
+
 def plan_sweep(spec: SweepSpec, store: ResultStore, pairs: set | None = None) -> SweepPlan:
     """Keys of every design point; what is not in the store yet, grouped by recipe. ``pairs``: only
     these (point index, recipe) combinations (a search asks for single points, not the cross product)."""
@@ -253,12 +264,7 @@ def plan_sweep(spec: SweepSpec, store: ResultStore, pairs: set | None = None) ->
     wl = workload_identity(workload)
     base = hwsim.hw_to_dict(hwsim.load_hw(spec.hw_base))
     points = spec.hardware_points()
-    hw_dicts = []
-    for p in points:
-        d = base
-        for name, value in p.overrides:
-            d = set_dotted(d, name, value)
-        hw_dicts.append(hwsim.hw_to_dict(hwsim.hw_from_dict(d)))  # resolved: `nominal` stored as its clock
+    hw_dicts = [point_hw_dict(base, p) for p in points]
     hw_cols = [
         {f"hw.{k}": (v if not isinstance(v, (list, dict)) else str(v)) for k, v in flatten(d).items()} for d in hw_dicts
     ]

@@ -96,8 +96,9 @@ _OP_KEY = attrgetter(
     "name",
     "epilogue",
     "dequant_elements",
+    "table_bytes",
 )
-_INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes")
+_INT_FIELDS = ("batch", "m", "k", "n", "elements", "weight_bytes", "input_bytes", "output_bytes", "table_bytes")
 PRE_QUANT = ("smooth_mul", "quantize", "dyn_stats")  # the quantization stage right before a GEMM
 
 
@@ -142,6 +143,7 @@ def _gemm_unit(op, wplan: WeightPlan, pre_ops=(), post_ops=(), next_op=None) -> 
         res = sum(side_bytes(q) for q in post_ops)
     if not wplan.resident:  # SmoothQuant factors come with the weights
         pre_w += sum(o.weight_bytes for o in (*pre_ops, *post_ops))
+    pre_w += op.table_bytes  # the step's scale table (swap.py): from DRAM with the first weight tile
     return GemmUnit(
         batch=op.batch,
         m=op.m,
@@ -658,7 +660,20 @@ class _TraceInfo:
     signatures, weight sets. Computed once per trace object (a sweep simulates one trace on many
     chips); ``ops`` keeps the op objects so a list changed in place is noticed."""
 
-    __slots__ = ("trace", "ops", "meta", "by_step", "steps", "step_sig", "reps", "step_set", "sig_keys", "dyn", "sets")
+    __slots__ = (
+        "trace",
+        "ops",
+        "meta",
+        "by_step",
+        "steps",
+        "step_sig",
+        "reps",
+        "step_set",
+        "sig_keys",
+        "dyn",
+        "sets",
+        "tables",
+    )
 
     def still_valid(self, trace: Trace) -> bool:
         ops = trace.ops
@@ -710,6 +725,7 @@ def _analyse(trace: Trace) -> _TraceInfo:
     info.sig_keys = sig_keys
     info.dyn = [any(op.kind in ("dyn_stats", "dyn_rescale") for op in by_step[s]) for s in reps]
     info.sets = weight_sets(trace)
+    info.tables = trace.table_storage_bytes()
     return info
 
 
@@ -744,7 +760,7 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
                 )
     r = _Run()
     r.trace, r.hw, r.prefetch, r.memo, r.info = trace, hw, prefetch, memo, info
-    r.wplan = plan_weights(trace, hw, prefetch, info.sets)
+    r.wplan = plan_weights(trace, hw, prefetch, info.sets, info.tables)
     r.hkey = hw_hash(hw)
     r.plans = _Scoped(_PLANS if memo else None, (r.hkey, r.wplan.resident))
     r.units = []

@@ -14,10 +14,15 @@ closest memory outwards:
 Prefetch policies: ``jit`` starts copying a step's set when that step starts (the only slot frees
 when the previous step ends) and each layer waits for its own weights; ``early`` copies the next
 step's set into the free slot while the current step runs.
+
+Per-step scale tables (``Op.table_bytes``: recipes with one weight set and per-step activation scales)
+are stored beside the weights (in ``storage_bytes``) and live in DRAM: each quantized GEMM reads its
+step's table from DRAM with its first weight tile, resident weights or not (``simulate._gemm_unit``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from hwsim.config import HWConfig
@@ -40,6 +45,7 @@ class WeightPlan:
     prefetch_used: str  # policy run (early falls back to jit when only one slot fits)
     initial_load_bytes: int  # flash -> DRAM before the first step (not part of a video's latency)
     note: str = ""
+    table_bytes: int = 0  # per-step scale tables stored (in storage_bytes; they live in DRAM)
 
 
 def weight_sets(trace: Trace) -> tuple[int, dict]:
@@ -51,8 +57,17 @@ def weight_sets(trace: Trace) -> tuple[int, dict]:
     return float_bytes, {s: sum(v.values()) for s, v in sorted(per.items())}
 
 
-def plan_weights(trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple | None = None) -> WeightPlan:
-    """``sets_of_trace``: ``weight_sets(trace)`` when the caller already has it (it reads every op)."""
+def plan_weights(
+    trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple | None = None, table_bytes: int | None = None
+) -> WeightPlan:
+    """``sets_of_trace``: ``weight_sets(trace)`` and ``table_bytes``: ``trace.table_storage_bytes()``
+    when the caller already has them (they read every op)."""
+    tables = trace.table_storage_bytes() if table_bytes is None else table_bytes
+    plan = _plan_weights(trace, hw, prefetch, sets_of_trace, tables)
+    return dataclasses.replace(plan, storage_bytes=plan.storage_bytes + tables, table_bytes=tables) if tables else plan
+
+
+def _plan_weights(trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple | None, tables: int) -> WeightPlan:
     if prefetch not in PREFETCH:
         raise ConfigError("prefetch", prefetch, " or ".join(PREFETCH))
     float_bytes, sets = sets_of_trace if sets_of_trace is not None else weight_sets(trace)
@@ -60,9 +75,9 @@ def plan_weights(trace: Trace, hw: HWConfig, prefetch: str, sets_of_trace: tuple
     total = float_bytes + sum(sets.values())
     biggest = max(sets.values(), default=0)
     many = len(sets) > 1
-    if total > hw.flash.capacity_bytes:
+    if total + tables > hw.flash.capacity_bytes:
         raise ConfigError(
-            "flash.capacity_bytes", hw.flash.capacity_bytes, f">= {total} bytes (the recipe's weight storage)"
+            "flash.capacity_bytes", hw.flash.capacity_bytes, f">= {total + tables} bytes (the recipe's weight storage)"
         )
     half_wbuf = hw.sram.weight_buffer_bytes // 2
     dram_cap = hw.dram.weight_capacity_bytes

@@ -231,7 +231,7 @@ def run_study(
                     if backend == "fakequant" and device != "cpu":
                         _params_on(runner, torch.device(device))
                     video = generate(model, enc, prompts, seed=seed, num_steps=w.num_steps, model_fn=fn).cpu()
-                    storage, sets = art.weight_storage_bytes(), art.num_sets
+                    storage, sets = art.weight_storage_bytes(), art.num_weight_sets
                 else:
                     video, storage, sets = ref, quality.float_weight_bytes(model), 0
                 res = videometrics.evaluate(video, labels, clf, reference=ref)

@@ -6,11 +6,21 @@ Schemes (docs/architecture.md, "Quantization recipes"):
 - ``static``: one per-tensor activation scale per layer over all steps, no smoothing (naive);
 - ``asq``: static scales + SmoothQuant, both aggregated over all steps (one weight set);
 - ``tsq+tsw``: per-step activation scales and per-step smoothed weights (one weight set per step);
+- ``tsq``: per-step activation scales and requantization constants, ONE weight set (SmoothQuant factors
+  and smoothed weights aggregated over all steps as in ``asq``): TSQ without TSW;
 - ``groups``: the steps split into K contiguous ranges, each with its own scales and smoothed weights
-  (K=1 is ASQ, K=steps is TSQ+TSW); the split is uniform or chosen from calibration statistics.
+  (K=1 is ASQ, K=steps is TSQ+TSW); the split is uniform or chosen from calibration statistics. With
+  ``shared_weights`` the K ranges keep their own activation scales but share one weight set (K=1 is
+  ASQ, K=steps is TSQ).
 
-Preset names read ``SCHEME-wXaY``: ``static-w8a8``, ``asq-w6a6``, ``tsq-tsw-w4a8``, ``groups4-w8a8``
-(uniform split), ``groups4-cal-w8a8`` (calibrated split), ``dynamic-w8a8``, and ``fp16``.
+Preset names read ``SCHEME-wXaY``: ``static-w8a8``, ``asq-w6a6``, ``tsq-w8a8``, ``tsq-tsw-w4a8``,
+``groups4-w8a8`` (uniform split), ``groups4-cal-w8a8`` (calibrated split), ``groups4-tsq-w8a8`` and
+``groups4-cal-tsq-w8a8`` (the same splits, per-group scales, one shared weight set), ``dynamic-w8a8``,
+and ``fp16``.
+
+Recipes whose activation scales change more often than their weights (``tsq``, ``groupsK-tsq``) keep
+per-step constant tables beside their one weight set; the trace charges them as ``table_bytes``
+(``scale_table_bytes`` says what a table holds and why).
 ``annotate_trace`` turns a float op trace into the quantized one the hardware model reads.
 
 Calibration options (fields of :class:`Recipe`; docs/recipes.md, "Calibration options"):
@@ -34,7 +44,8 @@ Calibration options (fields of :class:`Recipe`; docs/recipes.md, "Calibration op
 
 Option suffixes of preset names: ``asq-asym-w8a8`` (asymmetric), ``-pct`` / ``-mse`` / ``-ema``
 (range estimator), ``-sema`` (EMA smoothing statistic), ``-asearch`` (searched alpha), ``-aggmean`` /
-``-aggpct`` (aggregation), and the ViDiT-Q baseline ``vidit-q-w8a8`` / ``-w6a6`` / ``-w4a8``.
+``-aggpct`` (aggregation), ``-tsq`` (groupsK only: one shared weight set), and the ViDiT-Q
+baseline ``vidit-q-w8a8`` / ``-w6a6`` / ``-w4a8``.
 """
 
 from __future__ import annotations
@@ -51,15 +62,19 @@ import yaml
 from workloads.errors import ConfigError, check_known_fields
 from workloads.trace import Op, Trace, entry_bytes, reads_str
 
-SCHEMES = ("fp16", "dynamic", "static", "asq", "tsq+tsw", "groups")
-SMOOTHING_SCHEMES = ("asq", "tsq+tsw", "groups")
+SCHEMES = ("fp16", "dynamic", "static", "asq", "tsq", "tsq+tsw", "groups")
+SMOOTHING_SCHEMES = ("asq", "tsq", "tsq+tsw", "groups")
 W_BITS = (4, 6, 8)
 A_BITS = (6, 8)
 GROUP_SPLITS = ("uniform", "calibrated")
 # Layers whose SmoothQuant factors cannot be folded: their input is the raw residual
 # (attn_temp.qkv, cross_attn.q_linear) or a GELU output (mlp.fc2), so the chip multiplies on line.
 UNFOLDABLE_SUFFIXES = (".attn_temp.qkv", ".cross_attn.q_linear", ".mlp.fc2")
-_NAME_RE = re.compile(r"^(static|asq|tsq-tsw|dynamic|groups(\d+)(-cal)?)((?:-[a-z]+)*)-w(\d+)a(\d+)$")
+# The caption path's factors: folding them into the text projection (once per prompt) would need one
+# projection copy per block, so the emulator (and the chip it models) multiplies the caption tokens by
+# 1/s before each block's kv_linear at every step: a smooth_mul in the trace as well.
+TEXT_SMOOTH_SUFFIXES = (".cross_attn.kv_linear",)
+_NAME_RE = re.compile(r"^(static|asq|tsq-tsw|tsq|dynamic|groups(\d+)(-cal)?)((?:-[a-z]+)*)-w(\d+)a(\d+)$")
 ACT_RANGES = ("absmax", "percentile", "mse", "ema")
 SMOOTH_STATS = ("absmax", "ema")
 ASQ_AGGS = ("max", "mean", "percentile", "ema")
@@ -76,6 +91,7 @@ NAME_OPTIONS = {
     "asearch": {"alpha": "search"},
     "aggmean": {"asq_agg": "mean"},
     "aggpct": {"asq_agg": "percentile"},
+    "tsq": {"shared_weights": True},  # groupsK-tsq: per-group scales, one shared weight set
 }
 # ViDiT-Q (thu-nics/ViDiT-Q, t2v/configs/quant/opensora/: viditq_w8a8 -> w8a8_dynamic.yaml,
 # viditq_w6a6 -> w6a6_naive_cb.yaml, viditq_w4a8 -> w4a8_timestep_aware_cb.yaml, and the W4A8
@@ -105,6 +121,7 @@ class Recipe:
     alpha: object = DEFAULT_ALPHA  # SmoothQuant migration strength: number, {glob: number} or "search"
     num_groups: int = 1  # for scheme "groups"
     group_split: str = "uniform"
+    shared_weights: bool = False  # scheme "groups": per-group activation scales, one weight set
     quantize_attention: bool = False  # also quantize QK^T and AV (integer-only chips need it)
     layers: tuple[str, ...] = ("*blocks.*",)  # glob patterns over linear-layer names (v1.0 blocks.N,
     # v1.2 spatial_blocks.N / temporal_blocks.N)
@@ -135,6 +152,10 @@ class Recipe:
             raise ConfigError("recipe.num_groups", self.num_groups, "a positive integer")
         if self.group_split not in GROUP_SPLITS:
             raise ConfigError("recipe.group_split", self.group_split, " or ".join(GROUP_SPLITS))
+        if not isinstance(self.shared_weights, bool) or (self.shared_weights and self.scheme != "groups"):
+            raise ConfigError(
+                "recipe.shared_weights", self.shared_weights, "true or false (true only with scheme groups)"
+            )
         layers_ok = isinstance(self.layers, (list, tuple)) and self.layers  # a number or a string is no list
         if not layers_ok or not all(isinstance(p, str) and p for p in self.layers):
             raise ConfigError("recipe.layers", self.layers, "a non-empty list of layer-name patterns")
@@ -190,16 +211,33 @@ class Recipe:
                 return b
         return self.w_bits
 
-    def num_weight_sets(self, num_steps: int) -> int:
-        if self.scheme == "tsq+tsw":
+    def num_scale_sets(self, num_steps: int) -> int:
+        """Sets of activation scales (and requantization constants): one per step for tsq and tsq+tsw."""
+        if self.scheme in ("tsq", "tsq+tsw"):
             return num_steps
         if self.scheme == "groups":
             return min(self.num_groups, num_steps)
         return 1
 
+    def num_weight_sets(self, num_steps: int) -> int:
+        if self.scheme == "tsq" or self.shared_weights:
+            return 1
+        return self.num_scale_sets(num_steps)
+
+    @property
+    def scale_tables(self) -> bool:
+        """Whether the activation scales change between steps that share a weight set (tsq,
+        groupsK-tsq): the requantization constants then live in per-step tables, not in the weights."""
+        return self.scheme == "tsq" or self.shared_weights
+
     def uniform_step_to_set(self, num_steps: int) -> list[int]:
         """Contiguous, as-equal-as-possible split of the steps into the recipe's weight sets."""
         k = self.num_weight_sets(num_steps)
+        return [s * k // num_steps for s in range(num_steps)]
+
+    def uniform_step_to_scale_set(self, num_steps: int) -> list[int]:
+        """The same split into the recipe's activation-scale sets."""
+        k = self.num_scale_sets(num_steps)
         return [s * k // num_steps for s in range(num_steps)]
 
     def quantizes(self, name: str, kind: str) -> bool:
@@ -268,7 +306,7 @@ def recipe_from_name(name: str) -> Recipe:
         return Recipe(name=name, scheme="dynamic", w_bits=wa[0], a_bits=wa[1], act_symmetry="asymmetric", **VIDIT_Q[wa])
     m = _NAME_RE.match(name)
     allowed = (
-        "fp16, SCHEME[-OPTION...]-wXaY with SCHEME in static, asq, tsq-tsw, dynamic, groupsK, groupsK-cal "
+        "fp16, SCHEME[-OPTION...]-wXaY with SCHEME in static, asq, tsq, tsq-tsw, dynamic, groupsK, groupsK-cal "
         f"and OPTION in {', '.join(NAME_OPTIONS)}, vidit-q-wXaY (codesign recipes lists them), or a YAML file"
     )
     if not m:
@@ -323,9 +361,11 @@ def preset_recipe_names(group_counts: tuple[int, ...] = (2, 4, 10)) -> list[str]
     names = ["fp16"]
     for w, a in ((8, 8), (6, 6), (4, 8)):
         sfx = f"w{w}a{a}"
-        names += [f"dynamic-{sfx}", f"static-{sfx}", f"asq-{sfx}", f"tsq-tsw-{sfx}"]
+        names += [f"dynamic-{sfx}", f"static-{sfx}", f"asq-{sfx}", f"tsq-{sfx}", f"tsq-tsw-{sfx}"]
         names += [f"groups{k}-{sfx}" for k in group_counts]
         names += [f"groups{k}-cal-{sfx}" for k in group_counts]
+        names += [f"groups{k}-tsq-{sfx}" for k in group_counts]
+        names += [f"groups{k}-cal-tsq-{sfx}" for k in group_counts]
         names += [f"vidit-q-{sfx}"]
     return names
 
@@ -338,14 +378,39 @@ def _bytes(elements: int, bits: int) -> int:
     return math.ceil(elements * bits / 8)
 
 
-def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None = None) -> Trace:
+def scale_table_bytes(kind: str, n: int) -> int:
+    """Bytes of one quantized GEMM's per-step constant table (recipes with ``scale_tables``).
+
+    What a real NPU keeps per output channel when the scales change but the weights do not: the
+    requantization multiplier and shift and the integer bias (they all carry ``x_scale`` of the step),
+    precomputed as TFLite's per-channel quantization and Arm Ethos-U's weight-stream "scale and bias"
+    entries are, because the requantizer runs on integers only: int32 bias + int32 multiplier + int8
+    shift = 9 B per channel, plus the step's fp32 input scale (the producer's quantize-on-write) and
+    fp32 output scale (the readers' dequantization) = 8 B. Folding the per-channel weight scale on chip
+    instead (storing one scalar per step) would need a float multiply, a normalisation and a division
+    for the bias per channel per step in the requantizer's setup path (about 5 n operations per layer
+    per step), which integer requantizers do not have. A quantized attention product has per-tensor
+    operands: fp32 a/b/output scales + int32 multiplier + int8 shift = 17 B.
+    Cost for OpenSora v1.0 (28 blocks, 19,584 output channels per block): ~4.9 MB per step."""
+    return 9 * n + 8 if kind == "linear" else 17
+
+
+def annotate_trace(
+    trace: Trace,
+    recipe: Recipe,
+    step_to_set: list[int] | None = None,
+    step_to_scale_set: list[int] | None = None,
+) -> Trace:
     """The op trace as the chip runs it under ``recipe`` (the trace contract: docs/architecture.md).
 
     Quantized GEMMs get their bit-widths, integer weight bytes and weight set, and every tensor is
     written at the width its readers read it (``_annotate_step``): the ops that do a conversion are
     named in the trace (quantize-on-write, requantization and dequantization epilogues, explicit
     quantize, smoothing and dynamic-statistics ops), so the hardware model charges each to its unit.
-    ``step_to_set`` overrides the uniform step split (a calibrated split comes from the artifact).
+    ``step_to_set`` overrides the uniform step split into weight sets and ``step_to_scale_set`` the
+    one into activation-scale sets (a calibrated split comes from the artifact). Recipes with
+    ``scale_tables`` (one weight set, per-step scales) charge each quantized GEMM its step's constant
+    table (``table_bytes``, :func:`scale_table_bytes`) instead of keeping those constants in the weights.
     """
     steps = trace.num_steps
     single = bool(trace.meta.get("single_gemm"))
@@ -355,6 +420,10 @@ def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None =
         step_to_set = recipe.uniform_step_to_set(steps)
     if len(step_to_set) != steps:
         raise ConfigError("step_to_set", len(step_to_set), f"one weight-set index per step ({steps})")
+    if step_to_scale_set is None:
+        step_to_scale_set = recipe.uniform_step_to_scale_set(steps)
+    if len(step_to_scale_set) != steps:
+        raise ConfigError("step_to_scale_set", len(step_to_scale_set), f"one scale-set index per step ({steps})")
     if recipe.quantized:
         linear_names = {op.name for op in trace.ops if op.kind == "linear"}
         for pattern in recipe.layers:
@@ -390,6 +459,8 @@ def annotate_trace(trace: Trace, recipe: Recipe, step_to_set: list[int] | None =
         "a_bits": recipe.a_bits,
         "num_weight_sets": (max(step_to_set) + 1) if recipe.quantized else 0,
         "step_to_set": list(step_to_set) if recipe.quantized else [],
+        "num_scale_sets": (max(step_to_scale_set) + 1) if recipe.quantized else 0,
+        "step_to_scale_set": list(step_to_scale_set) if recipe.quantized else [],
     }
     return Trace(ops=out, meta=meta, version=trace.version)
 
@@ -521,7 +592,11 @@ class _StepAnnotator:
 
     def _static(self, j: int, op: Op) -> None:
         a, ents = self.a, self.new_entries[j]
-        smooth = self.recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES)
+        smooth = (
+            self.recipe.smoothing
+            and op.kind == "linear"
+            and op.name.endswith(UNFOLDABLE_SUFFIXES + TEXT_SMOOTH_SUFFIXES)
+        )
         for e_i in range(1 if op.kind == "linear" else 2):
             p, part, el, bits = ents[e_i]
             if smooth:  # SmoothQuant factors multiplied on line, then quantized, by the vector unit
@@ -573,7 +648,12 @@ class _StepAnnotator:
             w_bits = self.recipe.w_bits_for(op.name)  # mixed precision: the layer's own bits
             changes.update(w_bits=w_bits if op.kind == "linear" else a, a_bits=a)
             if op.kind == "linear":
-                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, w_bits) + 8 * op.n)
+                # packed weights + 8 B per channel of requantization constants (with the weights), or
+                # the weights alone and the constants in the step's table (scale_tables recipes)
+                consts = 0 if self.recipe.scale_tables else 8 * op.n
+                changes.update(weight_set=_QSET, weight_bytes=_bytes(op.k * op.n, w_bits) + consts)
+            if self.recipe.scale_tables:
+                changes.update(table_bytes=scale_table_bytes(op.kind, op.n))
             if self.recipe.scheme == "dynamic":
                 changes.update(out_bits=32, output_bytes=rows * op.n * 4)
             else:  # int16 codes or their FP16 values: the same bytes

@@ -23,6 +23,10 @@ FP16; ``quant``: quantize FP16 to int8 at a static scale; ``zero_point`` on the 
 added per element / the per-token rank-1 correction ``acc - z * colsum(W)``, one multiply-add per output
 element), and ``dequant_elements`` counts input elements it converts from integer codes to FP16 as it
 reads them: the hardware model charges both to the unit that does them.
+``table_bytes`` are the constants a quantized GEMM reads at this step that are not part of its weight
+set: the per-step activation scales and requantization tables of recipes whose scales change between
+steps that share one weight set (``tsq``, ``groupsK-tsq``; ``workloads.recipes.scale_table_bytes``).
+The column is optional on load (0 when absent): traces written before it carry no such tables.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class Op:
     epilogue: str = ""  # conversion on write: "" | requant (int32 -> int16 codes) | requant_dequant (-> FP16)
     # | quant (FP16 -> int8)
     dequant_elements: int = 0  # input elements converted from integer codes to FP16 on read
+    table_bytes: int = 0  # per-step scale / requantization constants read from DRAM at this step
 
     @property
     def is_gemm(self) -> bool:
@@ -108,6 +113,7 @@ def entry_bytes(elements: int, bits: int) -> int:
 OP_FIELDS = tuple(f.name for f in dataclasses.fields(Op))
 _STR_FIELDS = ("name", "kind", "reads", "epilogue")
 _INT_FIELDS = tuple(f for f in OP_FIELDS if f not in _STR_FIELDS)
+_OPTIONAL_FIELDS = {"table_bytes": 0}  # columns added after version 2 was fixed: default when absent
 
 
 @dataclass
@@ -125,8 +131,19 @@ class Trace:
     def step_ops(self, step: int) -> list[Op]:
         return [op for op in self.ops if op.step == step]
 
+    def table_storage_bytes(self) -> int:
+        """Bytes of the per-step constant tables as stored: one table per op per activation-scale set
+        (``meta["step_to_scale_set"]``; each step its own set when the meta does not say)."""
+        sts = self.meta.get("step_to_scale_set") or []
+        seen: dict[tuple[int, str], int] = {}
+        for op in self.ops:
+            if op.table_bytes:
+                seen[(sts[op.step] if op.step < len(sts) else op.step, op.name)] = op.table_bytes
+        return sum(seen.values())
+
     def summary(self) -> dict:
-        """Totals a user checks first: steps, ops, MACs, weight and activation bytes."""
+        """Totals a user checks first: steps, ops, MACs, weight and activation bytes (the stored
+        weights include the per-step scale tables of recipes that have them)."""
         steps = self.num_steps
         per_set: dict[int, dict[str, int]] = {}
         for op in self.ops:
@@ -146,7 +163,8 @@ class Trace:
             "weight_sets": len(set_bytes),
             "weight_bytes_per_set": max(set_bytes, default=0),
             "float_weight_bytes": float_bytes,
-            "weight_storage_bytes": float_bytes + sum(set_bytes),
+            "scale_table_bytes": (tables := self.table_storage_bytes()),
+            "weight_storage_bytes": float_bytes + sum(set_bytes) + tables,
             "activation_bytes": sum(op.input_bytes + op.output_bytes for op in self.ops),
         }
 
@@ -198,6 +216,9 @@ class Trace:
                 f"{TRACE_VERSION} (this build's trace format, which says "
                 "what each op writes and reads; re-create the trace with codesign trace)",
             )
+        n = len(cols.get("name", ()))
+        for f, default in _OPTIONAL_FIELDS.items():
+            cols.setdefault(f, [default] * n)
         missing = [f for f in OP_FIELDS if f not in cols]
         if missing:
             raise ConfigError("trace column", missing[0], "the columns " + ", ".join(OP_FIELDS))

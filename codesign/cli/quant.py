@@ -123,6 +123,10 @@ def run_recipes(args) -> int:
     for name in preset_recipe_names():
         r = get_recipe(name)
         sets = {"tsq+tsw": "steps", "groups": str(r.num_groups)}.get(r.scheme, "1" if r.quantized else "0")
+        sets = "1" if r.scale_tables else sets
+        scale_sets = {"tsq": "steps", "tsq+tsw": "steps", "groups": str(r.num_groups)}.get(
+            r.scheme, "1" if r.quantized and r.scheme != "dynamic" else "0"
+        )
         rows.append(
             {
                 "name": name,
@@ -130,6 +134,7 @@ def run_recipes(args) -> int:
                 "w_bits": r.w_bits,
                 "a_bits": r.a_bits,
                 "weight_sets": sets,
+                "scale_sets": scale_sets,
                 "split": r.group_split if r.scheme == "groups" else "",
                 "smoothing": r.smoothing,
                 "activations": "dynamic per-token"
@@ -140,10 +145,13 @@ def run_recipes(args) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'name':<22} {'scheme':<8} {'W':>2} {'A':>2} {'sets':>5}  {'split':<10} {'smooth':<6} activations")
+    print(
+        f"{'name':<24} {'scheme':<8} {'W':>2} {'A':>2} {'sets':>5} {'scales':>6}  {'split':<10} {'smooth':<6} activations"
+    )
     for r in rows:
         print(
-            f"{r['name']:<22} {r['scheme']:<8} {r['w_bits']:>2} {r['a_bits']:>2} {r['weight_sets']:>5}  "
+            f"{r['name']:<24} {r['scheme']:<8} {r['w_bits']:>2} {r['a_bits']:>2} {r['weight_sets']:>5} "
+            f"{r['scale_sets']:>6}  "
             f"{r['split']:<10} {str(r['smoothing']):<6} {r['activations']}"
         )
     return 0
@@ -180,8 +188,8 @@ def run_quantize(args) -> int:
     summary = {
         "recipe": recipe.name,
         "workload": w.name,
-        "num_weight_sets": art.num_sets,
-        "step_to_set": art.step_to_set,
+        "num_weight_sets": art.num_weight_sets,
+        "step_to_set": art.weight_step_to_set,
         "weight_storage_bytes": art.weight_storage_bytes(),
         "layers": len(art.linears),
         "out": args.out,
@@ -189,8 +197,8 @@ def run_quantize(args) -> int:
     print(
         json.dumps(summary)
         if args.json
-        else f"quantized {w.name} with {recipe.name}: {art.num_sets} weight set(s), "
-        f"{summary['weight_storage_bytes']} weight bytes, step->set {art.step_to_set} -> {args.out}"
+        else f"quantized {w.name} with {recipe.name}: {art.num_weight_sets} weight set(s), {art.num_sets} scale set(s), "
+        f"{summary['weight_storage_bytes']} weight bytes, step->set {art.weight_step_to_set} -> {args.out}"
     )
     return 0
 

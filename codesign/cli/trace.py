@@ -126,7 +126,13 @@ def run_trace(args) -> int:
     print(
         f"weights    {summary['weight_storage_bytes'] / gib:.3f} GiB stored "
         f"({summary['weight_sets']} quantized set(s) of {summary['weight_bytes_per_set'] / gib:.3f} GiB"
-        f" + {summary['float_weight_bytes'] / gib:.3f} GiB float)"
+        f" + {summary['float_weight_bytes'] / gib:.3f} GiB float"
+        + (
+            f" + {summary['scale_table_bytes'] / gib:.3f} GiB per-step scale tables"
+            if summary["scale_table_bytes"]
+            else ""
+        )
+        + ")"
     )
     print(f"activations {summary['activation_bytes'] / gib:.1f} GiB moved (inputs + outputs of all ops)")
     if args.scalesim_topology:

@@ -24,8 +24,11 @@ Between GEMMs the vector unit runs in one of two modes (:mod:`quantmodel.intarit
   in float32 on dequantized operands (their scores are requantized for the integer softmax).
 
 Outside the blocks (patch/timestep/caption embedders, final layer) the model stays float32: those
-layers are not quantized by any recipe. CPU and CUDA give the same integers for the same integer
-inputs (exact GEMMs and integer requantization); float parts may differ by float rounding.
+layers are not quantized by any recipe, and they run on ``host_device`` (the CPU by default, as a
+chip's host would). CPU and CUDA give the same integers for the same integer inputs (exact GEMMs and
+integer requantization), so an integer-only recipe should give the same sample on both (asserted by
+the GPU test, not yet run on a GPU with the host parts on the CPU); float parts inside
+the blocks (float attention products, fp16 transcendentals) may differ by float rounding.
 
 Speed (CPU): the elementwise pipelines (activation quantization, bias add + requantization straight
 from ``_int_mm``, dequantization, the fp16 vector-unit kernels and the integer kernels) run as single
@@ -267,8 +270,12 @@ class IntegerEmulator:
         if p is not None:
             return p
         g, a, dev = self.wset, self.art, self.device
+        wkey = a._key(g, name, "weight_q")  # scale sets sharing one weight set (tsq) share its copy
+        w_t = self._cache.get(wkey)
+        if w_t is None:
+            w_t = self._cache[wkey] = a.get(g, name, "weight_q").t().contiguous().to(dev)
         p = _LinearParams(
-            w_t=a.get(g, name, "weight_q").t().contiguous().to(dev),
+            w_t=w_t,
             w_scale=a.get(g, name, "w_scale").to(dev),
             static=self.static,
         )

@@ -297,8 +297,8 @@ def evaluate_recipe(
         worst_layer_sqnr_db=worst_db,
         worst_layer=worst,
         weight_storage_bytes=art.weight_storage_bytes(),
-        num_weight_sets=art.num_sets,
-        step_to_set=",".join(map(str, art.step_to_set)),
+        num_weight_sets=art.num_weight_sets,
+        step_to_set=",".join(map(str, art.weight_step_to_set)),
     )
     return row
 
@@ -355,8 +355,8 @@ def verify_recipe(
         "device": str(emu.device),
         "num_steps": workload.num_steps,
         "caption_mask": "all tokens" if mask is None else f"{text_tokens} of {mask.shape[1]} tokens",
-        "num_weight_sets": art.num_sets,
-        "step_to_set": art.step_to_set,
+        "num_weight_sets": art.num_weight_sets,
+        "step_to_set": art.weight_step_to_set,
         "layers_checked": len(v.checked_names),
         "checks": v.checks,
         "mismatches": v.mismatches,

@@ -1,8 +1,8 @@
 """The quantized-model artifact: everything the chip (and the emulator) needs, computed once from the
 float model, the recipe and the per-step calibration statistics, and stored without re-calibration.
 
-Per weight set g (one for dynamic/static/ASQ, one per step for TSQ+TSW, K for groups) and per quantized
-linear layer:
+Per set g (one for dynamic/static/ASQ, one per step for TSQ and TSQ+TSW, K for groups) and per quantized
+linear layer (safetensors keys ``"{g}/{layer}/{field}"``):
 - ``weight_q`` int8 [n, k] (4/6-bit values held in int8), per-output-channel symmetric scales
   ``w_scale`` f32 [n]; SmoothQuant factors already multiplied in, and for the layers that produce V the
   consumer's factors already divided out of the V rows (``quantmodel.quant.smoothing``);
@@ -17,6 +17,16 @@ linear layer:
 Quantized attention matmuls get per-set ``a_scale``, ``b_scale``, ``y_scale``, ``multiplier``, ``shift``.
 Every leaf op of a block also gets its per-set input/output abs-max (``in0_absmax`` ...), which the
 integer-only non-linear mode uses as static scales.
+
+Sets of scales and sets of weights: the sets above are *scale sets* (``step_to_set`` maps each step to
+one). ``meta["set_to_wset"]`` maps each scale set to its *weight set*; the weight fields (``WEIGHT_FIELDS``:
+``weight_q``, ``w_scale``, ``smooth``, ``bias``) are stored once per weight set under ``"{w}/..."``, and
+``get(g, layer, field)`` reads a weight field of scale set g from its weight set. For every recipe but
+``tsq`` and ``groupsK-tsq`` the map is the identity (one weight set per scale set). For those two,
+every scale set shares weight set 0: one ``weight_q`` per layer, SmoothQuant factors and weights
+aggregated over all steps (as ``asq``), while ``x_scale``, ``y_scale``, ``bias_q``, ``multiplier``,
+``shift`` (and the attention products' scales) are per step or per group from that range's statistics
+of the smoothed activations: the per-step tables the chip loads (``workloads.recipes.scale_table_bytes``).
 
 Static GEMM outputs are requantized to ``OUT_BITS`` = 16-bit integers with ``OUT_HEADROOM`` = 2x the
 calibrated output range: the vector unit reads them as FP16-sized values (the trace's FP16 output bytes).
@@ -46,7 +56,7 @@ from quantmodel.quant.calibrate import CalibStats, model_config_dict, model_fing
 from quantmodel.quant.smoothing import fold_kind, smooth_factors, vrow_producer
 from workloads.errors import ConfigError
 from workloads.io import atomic_path
-from workloads.recipes import Recipe, recipe_from_dict
+from workloads.recipes import Recipe, recipe_from_dict, scale_table_bytes
 
 ARTIFACT_FORMAT = "stdit-quant-v1"
 OUT_BITS = 16  # requantized GEMM output width, read by the vector unit
@@ -54,6 +64,7 @@ QK_OUT_BITS = 24  # QK^T scores feed the softmax, whose exp needs a resolution f
 # they are requantized to 24-bit codes (int32 storage) instead of 16
 OUT_HEADROOM = 2.0  # output scale covers 2x the calibrated range (test prompts may exceed it)
 _MIN_RANGE = 1e-8  # a range never seen non-zero in calibration still gets a finite scale
+WEIGHT_FIELDS = ("weight_q", "w_scale", "smooth", "alpha", "bias")  # stored per weight set (the rest per scale set)
 
 
 def qmax(bits: int) -> int:
@@ -148,8 +159,8 @@ def step_to_set_for(recipe: Recipe, num_steps: int, stats: CalibStats | None, la
     if recipe.scheme == "groups" and recipe.group_split == "calibrated":
         if stats is None:
             raise ConfigError("stats", None, "calibration stats (a calibrated split needs them)")
-        return optimal_split(layer_ranges(stats, layers), recipe.num_weight_sets(num_steps))
-    return recipe.uniform_step_to_set(num_steps)
+        return optimal_split(layer_ranges(stats, layers), recipe.num_scale_sets(num_steps))
+    return recipe.uniform_step_to_scale_set(num_steps)
 
 
 # ---- the artifact -------------------------------------------------------------------------------
@@ -168,7 +179,23 @@ class QuantArtifact:
 
     @property
     def num_sets(self) -> int:
+        """Scale sets (what ``step_to_set`` indexes)."""
         return int(self.meta["num_sets"])
+
+    @property
+    def set_to_wset(self) -> list[int]:
+        """Weight set of each scale set (the identity unless the recipe shares one weight set)."""
+        return list(self.meta.get("set_to_wset") or range(self.num_sets))
+
+    @property
+    def num_weight_sets(self) -> int:
+        return max(self.set_to_wset) + 1
+
+    @property
+    def weight_step_to_set(self) -> list[int]:
+        """The weight set each step uses (what the chip swaps between)."""
+        wmap = self.set_to_wset
+        return [wmap[g] for g in self.step_to_set]
 
     @property
     def linears(self) -> list[str]:
@@ -178,11 +205,17 @@ class QuantArtifact:
     def matmuls(self) -> list[str]:
         return list(self.meta["matmuls"])
 
+    def _key(self, g: int, name: str, fld: str) -> str:
+        if fld in WEIGHT_FIELDS and "set_to_wset" in self.meta:
+            g = self.meta["set_to_wset"][g]
+        return f"{g}/{name}/{fld}"
+
     def get(self, wset: int, name: str, fld: str) -> torch.Tensor:
-        return self.tensors[f"{wset}/{name}/{fld}"]
+        """Field ``fld`` of layer ``name`` in scale set ``wset`` (weight fields from its weight set)."""
+        return self.tensors[self._key(wset, name, fld)]
 
     def has(self, wset: int, name: str, fld: str) -> bool:
-        return f"{wset}/{name}/{fld}" in self.tensors
+        return self._key(wset, name, fld) in self.tensors
 
     def check_model(self, model: STDiT) -> None:
         if self.meta["model_config"] != model_config_dict(model) or self.meta["model_fingerprint"] != model_fingerprint(
@@ -199,20 +232,27 @@ class QuantArtifact:
         calibrated split is not the uniform one) for the hardware model."""
         from workloads.recipes import annotate_trace
 
-        return annotate_trace(trace, self.recipe, self.step_to_set)
+        return annotate_trace(trace, self.recipe, self.weight_step_to_set, self.step_to_set)
 
     def weight_storage_bytes(self) -> int:
         """Bytes of all weight sets as the chip stores them (the trace's formula, docs/architecture.md): packed integer
         weights + fp32 per-channel scale + int32 bias per quantized linear per set, FP16 factors of the
-        explicit smoothing multiplies per set, plus the float weights of unquantized layers once."""
+        explicit smoothing multiplies (and of the caption path's) per set, plus the float weights of
+        unquantized layers once. Recipes with per-step scale tables (``tsq``, ``groupsK-tsq``) keep the
+        per-channel constants in one table per scale set instead (``scale_table_bytes``)."""
         recipe = self.recipe
+        tables = recipe.scale_tables
         total = 0
-        for g in range(self.num_sets):
+        for g in range(self.num_weight_sets):
             for name in self.linears:
-                n, k = self.get(g, name, "weight_q").shape
-                total += math.ceil(k * n * recipe.w_bits_for(name) / 8) + 8 * n
-                if self.meta["folds"].get(name) == "mul":
+                n, k = self.tensors[f"{g}/{name}/weight_q"].shape
+                total += math.ceil(k * n * recipe.w_bits_for(name) / 8) + (0 if tables else 8 * n)
+                if self.meta["folds"].get(name) in ("mul", "text"):
                     total += 2 * k
+        if tables:
+            per_set = sum(scale_table_bytes("linear", self.tensors[f"0/{n}/weight_q"].shape[0]) for n in self.linears)
+            per_set += scale_table_bytes("matmul", 1) * len(self.matmuls)
+            total += self.num_sets * per_set
         return total + int(self.meta["float_weight_bytes"])
 
     def save(self, path: str | Path) -> Path:
@@ -261,6 +301,9 @@ class QuantArtifact:
         sts = self.step_to_set
         if len(sts) != self.meta["num_steps"] or (sts and max(sts) + 1 != self.num_sets):
             raise ValueError("step_to_set")
+        wmap = self.set_to_wset
+        if len(wmap) != self.num_sets or sorted(set(wmap)) != list(range(max(wmap, default=-1) + 1)):
+            raise ValueError("set_to_wset")
         need = ["weight_q", "w_scale"] + (
             ["x_scale", "bias_q", "y_scale", "multiplier", "shift"] if static else ["bias"]
         )
@@ -333,32 +376,36 @@ def _static_input(tensors: dict, pre: str, n: str, recipe: Recipe, stats, steps,
 
 def _quantize_linear(
     tensors: dict,
-    pre: str,
+    pres: tuple[str, str],
     n: str,
     lin: nn.Linear,
     rs: torch.Tensor,
     s: torch.Tensor | None,
     recipe: Recipe,
     stats: CalibStats | None,
-    steps: list[int],
+    steps: tuple[list[int], list[int]],
     alpha: float | None = None,
 ) -> None:
-    """One linear of one weight set into ``tensors`` (keys ``pre + field``): smoothed, per-channel
-    quantized weights; static recipes add the activation scales, integer bias and requantizer."""
+    """One linear of one set into ``tensors``: the weight fields (smoothed, per-channel quantized
+    weights, from the weight set's steps) under ``pres[0]``, and for static recipes the activation
+    scales, integer bias and requantizer (from the scale set's steps) under ``pres[1]``. The two are
+    the same set except where one weight set serves several scale sets (tsq, groupsK-tsq); the weight
+    fields are then written by the first scale set and identical for the others."""
+    (wpre, pre), (wsteps, steps) = pres, steps
     static = recipe.scheme != "dynamic"
     w = lin.weight.detach().float().cpu() * rs[:, None]  # [n, k]
     b = (lin.bias.detach().float().cpu() if lin.bias is not None else torch.zeros(lin.out_features)) * rs
     if recipe.smoothing:
         if s is None:
-            s, alpha = layer_factors(n, w, recipe, stats, steps)
+            s, alpha = layer_factors(n, w, recipe, stats, wsteps)
         w = w * s[None, :]
-        tensors[pre + "smooth"] = s
-        tensors[pre + "alpha"] = torch.tensor([alpha], dtype=torch.float32)
+        tensors[wpre + "smooth"] = s
+        tensors[wpre + "alpha"] = torch.tensor([alpha], dtype=torch.float32)
     weight_q, w_scale = fixedpoint.quantize_weight_per_channel(w, recipe.w_bits_for(n))  # [n,k], [n]
-    tensors[pre + "weight_q"] = weight_q
-    tensors[pre + "w_scale"] = w_scale
+    tensors[wpre + "weight_q"] = weight_q
+    tensors[wpre + "w_scale"] = w_scale
     if not static:
-        tensors[pre + "bias"] = b
+        tensors[wpre + "bias"] = b
         return
     x_scale, x_zero = _static_input(tensors, pre, n, recipe, stats, steps, s if recipe.smoothing else None)
     y_range = float((_per_set(stats.get(n, "out_ch"), steps) * rs.abs()).max())
@@ -426,6 +473,7 @@ def build_artifact(
         stats.check_matches(model, num_steps)
     step_to_set = step_to_set_for(recipe, num_steps, stats, linears)
     num_sets = max(step_to_set) + 1
+    set_to_wset = [0] * num_sets if recipe.scale_tables else list(range(num_sets))
     lin_set = set(linears)
     folds = {n: fold_kind(n, lin_set) for n in linears} if recipe.smoothing else {}
     tensors: dict[str, torch.Tensor] = {}
@@ -433,10 +481,13 @@ def build_artifact(
 
     for g in range(num_sets):
         steps = [s for s in range(num_steps) if step_to_set[s] == g]
-        factors, row_scale, alphas = _vrow_factors(mods, linears, folds, recipe, stats, steps)
+        wg = set_to_wset[g]
+        wsteps = [s for s in range(num_steps) if set_to_wset[step_to_set[s]] == wg]
+        factors, row_scale, alphas = _vrow_factors(mods, linears, folds, recipe, stats, wsteps)
         for n in linears:
-            args = (row_scale[n], factors.get(n), recipe, stats, steps, alphas.get(n))
-            _quantize_linear(tensors, f"{g}/{n}/", n, mods[n], *args)
+            pres = (f"{wg}/{n}/", f"{g}/{n}/")
+            args = (row_scale[n], factors.get(n), recipe, stats, (wsteps, steps), alphas.get(n))
+            _quantize_linear(tensors, pres, n, mods[n], *args)
         if static:
             for n in matmuls:
                 _quantize_matmul(tensors, f"{g}/{n}/", n, factors, recipe, stats, steps)
@@ -457,6 +508,7 @@ def build_artifact(
         "num_steps": num_steps,
         "step_to_set": step_to_set,
         "num_sets": num_sets,
+        "set_to_wset": set_to_wset,
         "linears": linears,
         "matmuls": matmuls,
         "folds": folds,

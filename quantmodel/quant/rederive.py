@@ -207,18 +207,21 @@ class _Deriver:
         b = _np(lin.bias).astype(np.float32) if lin.bias is not None else np.zeros(w.shape[0], np.float32)
         return w, b
 
-    def one_set(self, g: int, steps: list[int]) -> None:
+    def one_set(self, g: int, steps: list[int], wg: int | None = None, wsteps: list[int] | None = None) -> None:
+        """Scale set ``g`` (its ``steps``) of weight set ``wg`` (the steps ``wsteps`` of all the scale
+        sets sharing it: tsq, groupsK-tsq); by default each scale set is its own weight set."""
+        wg, wsteps = (g, steps) if wg is None else (wg, wsteps)
         vfactor, rows = {}, {n: np.ones(self.mods[n].out_features, np.float32) for n in self.linears}
         for n in self.linears:  # proj factors first: they divide the V rows of their producer
             if self.folds.get(n) == "vrows":
                 sfx = next(s for s in _VROW if n.endswith(s))
                 prod, part = n[: -len(sfx)] + _VROW[sfx][0], _VROW[sfx][1]
-                s = self.factors(g, n, steps, self.weights(n)[0])
+                s = self.factors(wg, n, wsteps, self.weights(n)[0])
                 vfactor[n] = s
                 c = s.size
                 rows[prod][part * c : (part + 1) * c] = rows[prod][part * c : (part + 1) * c] / s
         for n in self.linears:
-            self.linear(g, n, steps, rows[n], vfactor.get(n))
+            self.linear((wg, g), n, (wsteps, steps), rows[n], vfactor.get(n))
         if self.static:
             for n in self.meta.get("matmuls", []):
                 self.matmul(g, n, steps, vfactor)
@@ -270,8 +273,11 @@ class _Deriver:
         self.taken_from["activation range"] = "quantmodel.quant.estimators.act_range"
         return estimators.act_range(self.stats, n, steps, r, None if s is None else torch.from_numpy(s))
 
-    def linear(self, g: int, n: str, steps: list[int], rs: np.ndarray, s: np.ndarray | None) -> None:
-        pre, r = f"{g}/{n}/", self.recipe
+    def linear(self, sets: tuple, n: str, step_sets: tuple, rs: np.ndarray, s: np.ndarray | None) -> None:
+        """Weight fields of weight set ``sets[0]`` (from the steps ``step_sets[0]``), scales and
+        requantizer of scale set ``sets[1]`` (from ``step_sets[1]``)."""
+        (wg, g), (wsteps, steps) = sets, step_sets
+        wpre, pre, r = f"{wg}/{n}/", f"{g}/{n}/", self.recipe
         w, b = self.weights(n)
         w = w * rs[:, None]  # float32 products
         b = b * rs
@@ -279,14 +285,14 @@ class _Deriver:
         if r.smoothing:
             in_ch = _set_max(self.stats, n, "in_ch", steps).astype(np.float32)
             if s is None:
-                s = self.factors(g, n, steps, w)
+                s = self.factors(wg, n, wsteps, w)
             w = w * s[None, :]
-            self.expected[pre + "smooth"] = s
+            self.expected[wpre + "smooth"] = s
         q, w_scale = weight_codes(w, r.w_bits_for(n))
-        self.expected[pre + "weight_q"] = q
-        self.expected[pre + "w_scale"] = w_scale
+        self.expected[wpre + "weight_q"] = q
+        self.expected[wpre + "w_scale"] = w_scale
         if not self.static:
-            self.expected[pre + "bias"] = b.astype(np.float32)
+            self.expected[wpre + "bias"] = b.astype(np.float32)
             return
         lo, hi = self.input_range(n, steps, in_ch, s if r.smoothing else None)
         z = 0
@@ -347,7 +353,7 @@ def _same(got: torch.Tensor, want: np.ndarray) -> bool:
 def _check_split(rep: RederiveReport, recipe, stats, linears: list[str], meta: dict) -> list[int]:
     sts = list(meta["step_to_set"])
     n = int(meta["num_steps"])
-    k = recipe.num_weight_sets(n)
+    k = recipe.num_scale_sets(n)
     if recipe.scheme == "groups" and recipe.group_split == "calibrated":
         contiguous = all(b in (a, a + 1) for a, b in zip(sts, sts[1:], strict=False)) and sts[:1] == [0]
         ranges = np.stack([_np(stats.get(x, "in0")) for x in linears])
@@ -370,8 +376,13 @@ def rederive(model: nn.Module, artifact, stats=None) -> RederiveReport:
     if d.folds != dict(meta.get("folds", {})):
         rep.problems.append("the artifact's smoothing placements (folds) differ from the definition")
     sts = _check_split(rep, recipe, stats, d.linears, meta)
-    for g in range(max(sts) + 1 if sts else 1):
-        d.one_set(g, [s for s in range(len(sts)) if sts[s] == g])
+    num_sets = max(sts) + 1 if sts else 1
+    wmap = [0] * num_sets if recipe.scale_tables else list(range(num_sets))  # scale set -> weight set
+    if list(meta.get("set_to_wset") or range(num_sets)) != wmap:
+        rep.problems.append(f"set_to_wset {meta.get('set_to_wset')} != {wmap} (the recipe's weight sets)")
+    for g in range(num_sets):
+        wsteps = [s for s in range(len(sts)) if wmap[sts[s]] == wmap[g]]
+        d.one_set(g, [s for s in range(len(sts)) if sts[s] == g], wmap[g], wsteps)
     for key, want in d.expected.items():
         if key not in artifact.tensors:
             rep.missing.append(key)

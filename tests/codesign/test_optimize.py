@@ -154,3 +154,21 @@ def test_constraint_parse():
     assert c.violation(4.0) < 0 < c.violation(5.0) and c.violation(float("nan")) > 0
     with pytest.raises(ConfigError):
         Constraint.parse("area_mm2 == 3")
+
+
+def test_nominal_clock_points_are_found_not_failed(tmp_path):
+    """The search looks each asked point up by its content key; the sweep stores the hardware resolved
+    (a `nominal` clock as the node's clock), so the search must key it the same way or every such
+    point reads as failed."""
+    from codesign.spec import spec_from_dict
+
+    spec = spec_from_dict(
+        {
+            "name": "nominal",
+            "cost_workload": "stdit-tiny",
+            "recipes": ["asq-w8a8"],
+            "hardware": {"base": "edge-npu", "axes": {"clock.freq_hz": ["nominal"], "mac.rows": [32, 64]}},
+        }
+    )
+    s = optimize(spec, tmp_path / "o", ["latency_s"], trials=3, batch=3, jobs=1, progress=False, sampler="random")
+    assert s.failed == 0 and s.feasible == 3

@@ -86,6 +86,8 @@ def test_recipes_lists_presets(capsys):
     assert (
         rc == 0 and rows["tsq-tsw-w6a6"]["weight_sets"] == "steps" and rows["groups4-cal-w8a8"]["split"] == "calibrated"
     )
+    assert (rows["tsq-w8a8"]["weight_sets"], rows["tsq-w8a8"]["scale_sets"]) == ("1", "steps")
+    assert (rows["groups4-cal-tsq-w4a8"]["weight_sets"], rows["groups4-cal-tsq-w4a8"]["scale_sets"]) == ("1", "4")
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys, wl, tmp_path):

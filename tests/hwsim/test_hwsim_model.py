@@ -52,7 +52,7 @@ def test_compute_bound_gemm_matches_systolic_formula(dataflow):
     assert got >= expect
 
 
-@pytest.mark.parametrize("recipe", ["fp16", "asq-w8a8", "tsq-tsw-w8a8", "dynamic-w8a8", "static-w4a8"])
+@pytest.mark.parametrize("recipe", ["fp16", "asq-w8a8", "tsq-w8a8", "tsq-tsw-w8a8", "dynamic-w8a8", "static-w4a8"])
 @pytest.mark.parametrize("hw_name", ["edge-npu", "edge-npu-lite"])
 def test_latency_never_below_roofline(recipe, hw_name):
     res = hwsim.simulate(tiny(recipe), hwsim.load_hw(hw_name))
@@ -89,6 +89,30 @@ def test_memoised_equals_unmemoised_exactly(case, prefetch):
     assert fast.memo["steps_simulated"] < slow.memo["steps_simulated"]
     if case == "tsq-tsw-w8a8":  # ten sets of ~180 kB do not fit the 1 MB of DRAM: flash swaps
         assert fast.weight_placement == "flash" and fast.swap_count == trace.num_steps - 1
+
+
+@pytest.mark.parametrize("hw_name", ["edge-npu", "swapping"])
+def test_tsq_scale_tables_are_stored_and_read_from_dram_every_step(hw_name):
+    """tsq keeps one weight set (no swaps) and per-step tables: storage holds one table per step, and
+    each step's quantized linears read their table from DRAM, resident weights or not."""
+    import dataclasses
+
+    hw = _swapping_hw() if hw_name == "swapping" else hwsim.load_hw(hw_name)
+    trace = tiny("tsq-w8a8")
+    linear_tables = sum(op.table_bytes for op in trace.ops if op.kind == "linear")
+    assert linear_tables > 0 and all(op.table_bytes == 0 for op in trace.ops if op.weight_set < 0)
+    bare = Trace(
+        ops=[dataclasses.replace(op, table_bytes=0) for op in trace.ops], meta=trace.meta, version=trace.version
+    )
+    res, res_bare = hwsim.simulate(trace, hw), hwsim.simulate(bare, hw)
+    assert res.swap_count == 0 and res.num_weight_sets == 1
+    assert (
+        res.storage_bytes - res_bare.storage_bytes
+        == trace.table_storage_bytes()
+        == trace.summary()["scale_table_bytes"]
+    )
+    assert res.dram_bytes - res_bare.dram_bytes == linear_tables
+    assert res.latency_s >= res_bare.latency_s and res.energy_j > res_bare.energy_j
 
 
 def test_swaps_cost_and_early_prefetch_hides_them():

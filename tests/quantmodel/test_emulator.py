@@ -31,6 +31,8 @@ CASES = [
     ("tsq-tsw-w4a8", "int", False),
     ("dynamic-w6a6", "fp16", True),
     ("groups2-cal-w6a6", "int", True),
+    ("tsq-w6a6", "int", True),  # per-step scales, one weight set
+    ("groups2-cal-tsq-w8a8", "fp16", False),
     ("asq-asym-w8a8", "fp16", False),  # zero points: static (folded into the bias) and dynamic per token
     ("asq-asym-w4a8", "int", False),
     ("vidit-q-w4a8", "int", False),
@@ -83,6 +85,24 @@ def test_step_selects_weight_set_and_fakequant_tracks_emulator(setup):
     em_out = sample(emu.model_fn, model, w, z, y)
     fq_out = sample(fq.model_fn, model, w, z, y)
     assert sample_metrics(em_out, fq_out)["sqnr_db"] > 25.0  # fake-quant is a close float stand-in
+
+
+def test_tsq_steps_share_weights_but_not_scales_and_fakequant_tracks_emulator(setup):
+    w, model, stats, z, y, ref = setup
+    art = build_artifact(model, get_recipe("tsq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="fp16")
+    x = z.repeat(2, 1, 1, 1, 1)
+    yy = torch.cat([y, model.null_caption(1)])
+    t = torch.tensor([500, 500])
+    outs = [emu.model_fn(x, t, yy, step) for step in range(2)]
+    assert not torch.equal(outs[0], outs[1])  # same input and weights, the step's own scales
+    p0, p1 = (emu._cache[(g, "blocks.0.mlp.fc2")] for g in (0, 1))
+    assert p0.w_t is p1.w_t  # one weight tensor serves both steps
+    assert p0.x_scale != p1.x_scale and not torch.equal(p0.mult, p1.mult)
+    fq = FakeQuantModel(model, art)
+    em_out = sample(emu.model_fn, model, w, z, y)
+    fq_out = sample(fq.model_fn, model, w, z, y)
+    assert sample_metrics(em_out, fq_out)["sqnr_db"] > 25.0
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])
@@ -154,3 +174,33 @@ def test_step_parameter_quantization_equals_symmetric_quantize():
             with ckernels.disabled():
                 eager = IntegerEmulator._param_int(None, t)
             assert got.scale == s == eager.scale and torch.equal(got.q, want) and torch.equal(eager.q, want)
+
+
+def test_trace_charges_every_smoothing_multiply_the_emulator_runs(setup):
+    """The explicit SmoothQuant multiplies (the unfoldable layers and the caption path before every
+    block's kv_linear, run at every step): the trace's smooth_mul elements per layer and step equal
+    the elements the emulator multiplies."""
+    from quantmodel.model.tracing import build_trace
+
+    w, model, stats, z, y, ref = setup
+    art = build_artifact(model, get_recipe("tsq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(model, art, nonlinear="fp16")
+    emu.use_program = False  # count in the eager ops (the program runs the same ops, tests above)
+    seen: dict[str, int] = {}
+    inner = emu._input_int8
+
+    def counting(name, v, p):
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            seen[name] = seen.get(name, 0) + (v.q if hasattr(v, "q") else v).numel()
+        return inner(name, v, p)
+
+    emu._input_int8 = counting
+    sample(emu.model_fn, model, w, z, y)
+    trace = art.annotate(build_trace(w))
+    charged: dict[str, int] = {}
+    for op in trace.ops:
+        if op.kind == "smooth_mul":
+            layer = op.name.removesuffix(".smooth")
+            charged[layer] = charged.get(layer, 0) + op.elements
+    assert "blocks.1.cross_attn.kv_linear" in seen
+    assert charged == seen

@@ -58,16 +58,23 @@ def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, tem
         tiny_workload, num_steps=3, model=dataclasses.replace(tiny_workload.model, temporal_pos=temporal_pos)
     )
     model, stats = _setup(w)
-    names = ("asq-w8a8", "static-w6a6", "tsq-tsw-w4a8", "groups2-cal-w6a6", "dynamic-w8a8", "dynamic-w4a8")
+    names = (
+        "asq-w8a8",
+        "static-w6a6",
+        "tsq-tsw-w4a8",
+        "groups2-cal-w6a6",
+        "dynamic-w8a8",
+        "dynamic-w4a8",
+    )
     recipes = [get_recipe(name) for name in names]
     recipes += [
         dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
-        for name in ("asq-w8a8", "tsq-tsw-w4a8")
+        for name in ("asq-w8a8", "tsq-tsw-w4a8", "tsq-w8a8")
     ]
     for recipe in recipes:
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
         emu = _compare(model, art, w.num_steps, mode=mode)
-        assert len(emu._programs) == len(set(art.step_to_set))  # one program per weight set
+        assert len(emu._programs) == len(set(art.step_to_set))  # one program per scale set
         assert len(emu._program_pools) == 1  # sharing one arena
 
 

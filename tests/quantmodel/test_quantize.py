@@ -70,6 +70,50 @@ def test_tsq_tsw_has_one_weight_set_per_step_and_steps_times_asq_storage(setup):
     assert sum(seen.values()) == tsq.weight_storage_bytes() - fb
 
 
+def test_tsq_shares_asq_weights_with_per_step_scales_and_tables_in_storage(setup, tmp_path):
+    w, model, stats = setup
+    asq = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    tsq = build_artifact(model, get_recipe("tsq-w8a8"), stats, w.num_steps)
+    assert (tsq.num_sets, tsq.num_weight_sets, tsq.step_to_set, tsq.weight_step_to_set) == (4, 1, [0, 1, 2, 3], [0] * 4)
+    for name in tsq.linears:  # one weight tensor per layer, and it is ASQ's (factors aggregated over all steps)
+        assert [k for k in tsq.tensors if k.endswith(f"/{name}/weight_q")] == [f"0/{name}/weight_q"]
+        for fld in ("weight_q", "w_scale", "smooth"):
+            assert torch.equal(tsq.get(3, name, fld), asq.get(0, name, fld))
+    # the activation scales and requantizers are each step's own, from the smoothed activations' range
+    fc2 = "blocks.0.mlp.fc2"
+    s = asq.get(0, fc2, "smooth")
+    for step in range(4):
+        x_range = float((stats.get(fc2, "in_ch")[step] / s).max())
+        assert float(tsq.get(step, fc2, "x_scale")) == pytest.approx(x_range / 127, rel=1e-6)
+    assert len({float(tsq.get(g, fc2, "x_scale")) for g in range(4)}) == 4
+    assert not torch.equal(tsq.get(0, fc2, "multiplier"), tsq.get(3, fc2, "multiplier"))
+    # storage: ASQ's packed weights once, the 8 B/channel constants moved into 4 per-step tables of
+    # 9 B/channel + 8 B per layer; the hardware trace counts the same bytes
+    fb = asq.meta["float_weight_bytes"]
+    chans = sum(tsq.get(0, n, "weight_q").shape[0] for n in tsq.linears)
+    assert tsq.weight_storage_bytes() - fb == asq.weight_storage_bytes() - fb - 8 * chans + 4 * (
+        9 * chans + 8 * len(tsq.linears)
+    )
+    summary = tsq.annotate(build_trace(w)).summary()
+    assert summary["weight_storage_bytes"] - summary["float_weight_bytes"] == tsq.weight_storage_bytes() - fb
+    assert summary["weight_sets"] == 1 and summary["scale_table_bytes"] == 4 * (9 * chans + 8 * len(tsq.linears))
+    # the file holds what it says and loads back
+    back = QuantArtifact.load(tsq.save(tmp_path / "tsq.safetensors"))
+    assert back.set_to_wset == [0] * 4 and torch.equal(back.get(2, fc2, "weight_q"), tsq.get(0, fc2, "weight_q"))
+
+
+def test_grouped_tsq_has_per_group_scales_and_one_weight_set(setup):
+    w, model, stats = setup
+    g = build_artifact(model, get_recipe("groups2-cal-tsq-w8a8"), stats, w.num_steps)
+    groups = build_artifact(model, get_recipe("groups2-cal-w8a8"), stats, w.num_steps)
+    assert g.num_weight_sets == 1 and g.num_sets == 2 and g.step_to_set == groups.step_to_set
+    assert g.weight_step_to_set == [0] * 4
+    asq = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    assert torch.equal(g.get(1, "blocks.1.attn.qkv", "weight_q"), asq.get(0, "blocks.1.attn.qkv", "weight_q"))
+    trace = g.annotate(build_trace(w))
+    assert trace.meta["step_to_set"] == [0] * 4 and trace.meta["step_to_scale_set"] == g.step_to_set
+
+
 def test_weights_are_per_channel_symmetric_within_bits(setup):
     w, model, stats = setup
     for bits in (4, 6, 8):

@@ -152,7 +152,9 @@ def test_recipe_annotation_shows_weight_sets_smoothing_and_dynamic_ops():
     )
     smooth = [op.name for op in asq.step_ops(0) if op.kind == "smooth_mul"]
     assert smooth == [
-        f"blocks.{i}.{layer}.smooth" for i in range(2) for layer in ("attn_temp.qkv", "cross_attn.q_linear", "mlp.fc2")
+        f"blocks.{i}.{layer}.smooth"
+        for i in range(2)
+        for layer in ("attn_temp.qkv", "cross_attn.q_linear", "cross_attn.kv_linear", "mlp.fc2")
     ]
     dyn = annotate_trace(tr, get_recipe("dynamic-w8a8"))
     n_linear = sum(1 for op in tr.step_ops(0) if op.kind == "linear" and op.block >= 0)

@@ -17,7 +17,9 @@ FAMILIES = [
     "static-w8a8",
     "asq-w8a8",
     "tsq-tsw-w8a8",
+    "tsq-w8a8",
     "groups4-w8a8",
+    "groups4-tsq-w6a6",
     "groups4-cal-w4a8",
     "dynamic-w8a8",
     "static-w4a8",
@@ -83,7 +85,10 @@ def test_asq_modulation_writes_the_int8_tensor_its_gemm_reads(float_traces):
     # an unfoldable layer gets its own multiply-and-quantize; a tensor others read in FP16, a quantize op
     assert op["blocks.0.mlp.fc2.smooth"].output_bytes == op["blocks.0.mlp.fc2"].input_bytes
     assert op["blocks.0.mlp.act"].out_bits == 16
-    assert op["blocks.0.cross_attn.kv_linear.quant"].kind == "quantize"
+    # the caption tokens (read by every block) are multiplied by the block's 1/s and quantized every step
+    assert op["blocks.0.cross_attn.kv_linear.smooth"].kind == "smooth_mul"
+    static = annotate_trace(float_traces["opensora-v1.0-16x512x512"], get_recipe("static-w8a8"))
+    assert next(o for o in static.ops if o.name == "blocks.0.cross_attn.kv_linear.quant").kind == "quantize"
 
 
 def test_each_recipe_does_its_conversions_where_the_emulator_does(float_traces):
@@ -100,7 +105,8 @@ def test_each_recipe_does_its_conversions_where_the_emulator_does(float_traces):
     # static with no smoothing: GELU quantizes for fc2 as it writes; ASQ multiplies first
     assert count("static-w8a8", lambda o: o.name.endswith("mlp.act") and o.epilogue == "quant") == 2
     assert count("asq-w8a8", lambda o: o.name.endswith("mlp.act") and o.epilogue == "quant") == 0
-    assert count("asq-w8a8", lambda o: o.kind == "smooth_mul") == 3 * 2  # 3 unfoldable layers x 2 blocks
+    # 3 unfoldable layers + the caption path's multiply before kv_linear, x 2 blocks
+    assert count("asq-w8a8", lambda o: o.kind == "smooth_mul") == 4 * 2
     # dynamic: statistics before and a rescale after every int GEMM, int32 sums in between
     assert count("dynamic-w8a8", lambda o: o.kind == "dyn_stats") == gemms
     assert count("dynamic-w8a8", lambda o: o.kind == "linear" and o.a_bits == 8 and o.out_bits == 32) == gemms
