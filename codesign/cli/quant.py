@@ -137,9 +137,14 @@ def run_recipes(args) -> int:
                 "scale_sets": scale_sets,
                 "split": r.group_split if r.scheme == "groups" else "",
                 "smoothing": r.smoothing,
-                "activations": "dynamic per-token"
-                if r.scheme == "dynamic"
-                else ("float" if not r.quantized else "static per-tensor"),
+                "activations": (
+                    "dynamic per-token"
+                    if r.scheme == "dynamic"
+                    else ("float" if not r.quantized else "static per-tensor")
+                )
+                + (", asymmetric" if r.asymmetric else "")
+                + (", channel-balanced" if r.channel_balance else "")
+                + (", mixed-precision weights" if r.layer_w_bits else ""),
             }
         )
     if args.json:
@@ -194,12 +199,17 @@ def run_quantize(args) -> int:
         "layers": len(art.linears),
         "out": args.out,
     }
+    if recipe.alpha == "search":  # the searched SmoothQuant alphas (also stored in the artifact)
+        summary["alphas"] = art.alphas()
     print(
         json.dumps(summary)
         if args.json
         else f"quantized {w.name} with {recipe.name}: {art.num_weight_sets} weight set(s), {art.num_sets} scale set(s), "
         f"{summary['weight_storage_bytes']} weight bytes, step->set {art.weight_step_to_set} -> {args.out}"
     )
+    if "alphas" in summary and not args.json:
+        for name, a in summary["alphas"].items():
+            print(f"  searched alpha {name}: {', '.join(f'{v:g}' for v in a)}")
     return 0
 
 
