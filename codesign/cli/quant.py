@@ -137,9 +137,14 @@ def run_recipes(args) -> int:
                 "scale_sets": scale_sets,
                 "split": r.group_split if r.scheme == "groups" else "",
                 "smoothing": r.smoothing,
-                "activations": "dynamic per-token"
-                if r.scheme == "dynamic"
-                else ("float" if not r.quantized else "static per-tensor"),
+                "activations": (
+                    "dynamic per-token"
+                    if r.scheme == "dynamic"
+                    else ("float" if not r.quantized else "static per-tensor")
+                )
+                + (", asymmetric" if r.asymmetric else "")
+                + (", channel-balanced" if r.channel_balance else "")
+                + (", mixed-precision weights" if r.layer_w_bits else ""),
             }
         )
     if args.json:
@@ -194,12 +199,17 @@ def run_quantize(args) -> int:
         "layers": len(art.linears),
         "out": args.out,
     }
+    if recipe.alpha == "search":  # the searched SmoothQuant alphas (also stored in the artifact)
+        summary["alphas"] = art.alphas()
     print(
         json.dumps(summary)
         if args.json
         else f"quantized {w.name} with {recipe.name}: {art.num_weight_sets} weight set(s), {art.num_sets} scale set(s), "
         f"{summary['weight_storage_bytes']} weight bytes, step->set {art.weight_step_to_set} -> {args.out}"
     )
+    if "alphas" in summary and not args.json:
+        for name, a in summary["alphas"].items():
+            print(f"  searched alpha {name}: {', '.join(f'{v:g}' for v in a)}")
     return 0
 
 
@@ -257,7 +267,29 @@ def run_verify(args) -> int:
         print(_constants_line(rep["constants"]))
         if rep["vector_kernels"]:
             print(_vector_line(rep["vector_kernels"]))
+        print(_ties_line(rep["ties"]))
+        print(_baseline_line(rep["sqnr_baseline"]))
     return 0 if rep["ok"] else 1
+
+
+def _baseline_line(b: dict) -> str:
+    """The final-sample SQNR against the stored per-recipe baseline."""
+    if not b["applies"]:
+        return f"final-sample SQNR baseline: not checked ({b['reason']})"
+    verdict = "ok" if b["ok"] else f"REGRESSION ({b['drop_db']:.2f} dB lower)"
+    return (
+        f"final-sample SQNR baseline {b['baseline_db']:.2f} dB (fails below "
+        f"{b['baseline_db'] - b['margin_db']:.2f} dB): {verdict}"
+    )
+
+
+def _ties_line(t: dict) -> str:
+    """The tie test: exact x.5 inputs at every rounding site, half to even expected."""
+    sites = t["sites"]
+    bad = [f"{k} ({v['mismatches']} of {v['ties']} ties wrong)" for k, v in sites.items() if v["mismatches"]]
+    n = sum(v["ties"] for v in sites.values())
+    line = f"rounding ties: {n} exact x.5 inputs at {len(sites)} rounding sites, "
+    return line + ("all rounded half to even" if not bad else "MISMATCH at " + ", ".join(bad))
 
 
 def _vector_line(kernels: dict) -> str:

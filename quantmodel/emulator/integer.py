@@ -453,6 +453,7 @@ class IntegerEmulator:
         k = x.shape[-1]
         rows = x.reshape(-1, k)
         q, s_row, z = fixedpoint.dynamic_zero_points(rows, self.a_bits)
+        self._dyn_scales = s_row.cpu()  # for the verifier
         acc = intgemm.int_linear(q, p.w_t, None, layer=name)  # [R, n] int32
         corr = acc - z[:, None] * p.colsum[None, :]  # the vector unit's multiply-add per output
         s_row = s_row.to(x.device)
@@ -500,6 +501,13 @@ class IntegerEmulator:
             got = y
             if self.exact:
                 vf.compare(name, corr, reference.linear_zp(q.cpu(), z.cpu() if self.asym else 0, p.w_t.cpu()))
+                if self.asym:  # the per-token codes, scales and zero points themselves
+                    rq, rs, rz = reference.dynamic_quant_zp(x.reshape(-1, x.shape[-1]).cpu(), self.a_bits)
+                    vf.compare(name + ".dyn_quant", q, rq)
+                    vf.compare(name + ".dyn_zero", z, rz)
+                    vf.compare(
+                        name + ".dyn_scale", self._dyn_scales.float().view(torch.int32), rs.float().view(torch.int32)
+                    )
         else:
             fast = self._dyn_linear_c(p, v) if vf is None else None
             if fast is not None:

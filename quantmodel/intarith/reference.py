@@ -175,6 +175,23 @@ def quantize_act_zp(x: torch.Tensor, scale: float, zero: int, bits: int) -> torc
     return (torch.round(prod.to(torch.float32).to(F64)) + zero).clamp(-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
 
 
+def dynamic_quant_zp(rows: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token asymmetric quantization of float rows [R, k], spelled out per row in float64:
+    ``lo = min(min x, 0)``, ``hi = max(max x, 0)``, ``s = fp32((hi - lo) / (2^b - 1))`` (1 when hi == lo),
+    ``z = clamp(-2^(b-1) - rne(lo / s))``, ``q = clamp(rne(x / s) + z)``. Returns (q, s, z) as float64."""
+    qmin, qmax = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    x = rows.to(F64)
+    qs, ss, zs = [], [], []
+    for r in x:
+        lo, hi = min(float(r.min()), 0.0), max(float(r.max()), 0.0)
+        s = float(torch.tensor((hi - lo) / (2.0**bits - 1) if hi > lo else 1.0, dtype=F64).to(torch.float32))
+        z = min(max(qmin - float(torch.round(torch.tensor(lo / s, dtype=F64))), qmin), qmax)
+        qs.append(torch.clamp(torch.round(r / s) + z, qmin, qmax))
+        ss.append(s)
+        zs.append(z)
+    return torch.stack(qs), torch.tensor(ss, dtype=F64), torch.tensor(zs, dtype=F64)
+
+
 def linear_zp(q, zero, w_t) -> torch.Tensor:
     """``sum_k (q - z) w`` per output: the GEMM of asymmetric codes with the zero point taken out,
     in float64 (per-tensor z: an int; per-token z [R]: a tensor), bound checked by :func:`matmul`."""

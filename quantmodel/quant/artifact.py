@@ -234,6 +234,14 @@ class QuantArtifact:
 
         return annotate_trace(trace, self.recipe, self.weight_step_to_set, self.step_to_set)
 
+    def alphas(self) -> dict[str, list[float]]:
+        """The SmoothQuant alpha each smoothed layer got, per weight set (searched ones included)."""
+        return {
+            n: [round(float(self.get(g, n, "alpha")), 4) for g in range(self.num_sets)]
+            for n in self.linears
+            if self.has(0, n, "alpha")
+        }
+
     def weight_storage_bytes(self) -> int:
         """Bytes of all weight sets as the chip stores them (the trace's formula, docs/architecture.md): packed integer
         weights + fp32 per-channel scale + int32 bias per quantized linear per set, FP16 factors of the
