@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from hwsim.config import HWConfig
-from hwsim.tiling import GemmUnit, Plan, _blocks, _round_up
+from hwsim.tiling import GemmUnit, Plan, _blocks, _round_up, block_ladder
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,19 @@ def chainable(first, second) -> bool:
     )
 
 
+CHAIN_BLOCKS = (1, 2, 4, 8, 16, 32)  # assumption: row-block counts a compiler tries for a chain (each costs a
+# plan of both GEMMs per block)
+
+
 def row_options(first: GemmUnit, second: GemmUnit, hw: HWConfig) -> list[int]:
     """Rows per block to try: the most whose hidden block takes at most half, and at most a
     quarter, of the activation buffer (the rest is for the tiles), in whole rows of the arrays and
-    balanced over the blocks; none when not even one array's rows fit."""
+    balanced over the blocks; none when not even one array's rows fit. A latency planner tries
+    every balanced block (``tiling.block_ladder``) whose hidden block takes at most half."""
     R, m = hw.mac.rows, first.m
     per_row = first.out_bytes / m
+    if hw.planner.objective == "latency":  # every balanced block that fits half: monotone in the buffer
+        return [r for r in block_ladder(m, R, CHAIN_BLOCKS) if r * per_row <= hw.sram.activation_buffer_bytes // 2]
     out = []
     for share in (2, 4):
         most = int(hw.sram.activation_buffer_bytes // share // per_row)

@@ -46,6 +46,7 @@ from hwsim.tiling import (
     NoFit,
     Plan,
     VectorOpUnit,
+    _GemmSearch,
     attention_blockings,
     figure_of_merit,
     gemm_shape,
@@ -80,7 +81,11 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 # 7: two GEMMs whose tensor between them only the second reads (the MLP's fc1 -> GELU -> fc2) may
 #    run as a chain of row blocks with that tensor in SRAM (hwsim/chain.py), where the objective is
 #    better; the DRAM lower bound counts the cheaper of chained and apart
-SIM_VERSION = "hwsim-7"
+# 8: the latency planner draws attention blockings, chain row blocks and GEMM row blocks from ladders
+#    that only grow with the buffers (``tiling.block_ladder``) and picks attention and chains by
+#    replay, skipping only candidates whose proven lower bound cannot win (``_fastest_replay``);
+#    the default edp2 planner's numbers are unchanged
+SIM_VERSION = "hwsim-8"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -436,18 +441,42 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
     return hit
 
 
-REPLAY_CHECKED = 4  # tilings a latency planner replays per GEMM unit (assumption: a compiler's autotuner
+REPLAY_CHECKED = 8  # tilings a latency planner replays per GEMM unit at most (assumption: a compiler's autotuner
 # measures a handful of candidates, not every one)
 
 
 def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool, anchor) -> tuple:
+    """A latency planner's tiling: of the best ``REPLAY_CHECKED`` by estimate, the one of fastest
+    replay (``_fastest_replay``, which skips those whose lower bound cannot win); its plan is
+    cached for ``_plan``."""
+    top = gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)
+    est = dict(top)
+    bound = _GemmSearch(unit, hw).est.bound
+    plan = _fastest_replay([(x, bound) for x, _ in top], lambda x: plan_gemm(unit, hw, need_full_k, shape=x), hw)
+    plans[(unit, need_full_k)] = plan
+    bt, mt, kt, nt, wr = plan.tile_shape
+    return (kt, nt, mt, bt, wr), est[(kt, nt, mt, bt, wr)]
+
+
+def _fastest_replay(cands: list, build, hw: HWConfig, limit: int | None = None) -> Plan:
+    """The plan of least replayed cycles among ``cands`` = [(candidate, replay lower bound, or a
+    function of the candidate that gives it)], best
+    estimate first (``build`` makes a candidate's plan): one whose lower bound is not below the
+    best replay so far cannot beat it and is skipped, so without ``limit`` the choice is exact, as
+    if every candidate were replayed (ties: the first in estimate order); with it, at most
+    ``limit`` candidates are replayed."""
     best = None
-    for n, (shape, est) in enumerate(gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)):
-        plan = plan_gemm(unit, hw, need_full_k, shape=shape)
-        key = (replay_cycles(plan, hw), n)
-        if best is None or key < best[0]:
-            best = (key, (shape, est), plan)
-    plans[(unit, need_full_k)] = best[2]
+    n = 0
+    for c, bound in cands:
+        if best is not None and (
+            (limit is not None and n >= limit) or (bound(*c) if callable(bound) else bound) >= best[0]
+        ):
+            continue
+        n += 1
+        plan = build(c)
+        cyc = replay_cycles(plan, hw)
+        if best is None or cyc < best[0]:
+            best = (cyc, plan)
     return best[1]
 
 
@@ -481,8 +510,9 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
             elif isinstance(unit, ChainUnit):
                 p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
             elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
-                cands = [plan_attention(unit, hw, b) for b in attention_blockings(unit, hw, REPLAY_CHECKED)]
-                p = min(cands, key=lambda c: replay_cycles(c, hw))  # first of equal replays
+                p = _fastest_replay(
+                    attention_blockings(unit, hw, ladder=True), lambda b: plan_attention(unit, hw, b), hw
+                )
             elif isinstance(unit, AttentionUnit):
                 p = plan_attention(unit, hw)
             else:

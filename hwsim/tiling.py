@@ -333,9 +333,25 @@ SPLIT_MIN_BYTES = 65536
 
 def _one_transfer_cpb(hw: HWConfig, nbytes: float) -> float:
     """Cycles per byte of one transfer alone: over every engine when it is cut in descriptors."""
-    if nbytes >= 2 * SPLIT_MIN_BYTES:
-        return transfer_cycles_per_byte(hw)
-    return max(dram_cycles_per_byte(hw), hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s)
+    r = _rates(hw)
+    return r[2] if nbytes >= 2 * SPLIT_MIN_BYTES else r[3]
+
+
+_RATES: dict = {}
+
+
+def _rates(hw: HWConfig) -> tuple:
+    """(hw, DRAM cycles per byte, ``transfer_cycles_per_byte``, one engine's transfer cycles per
+    byte, clock Hz, one DMA engine's bytes per s) of a config, computed once per config object: the
+    tile search asks for them tens of thousands of times (the same floats as computing them anew;
+    the entry holds the config, so its id is not reused while cached)."""
+    hit = _RATES.get(id(hw))
+    if hit is None or hit[0] is not hw:
+        cpb, freq, dma_bw = dram_cycles_per_byte(hw), hw.clock.freq_hz, hw.dma.bandwidth_bytes_per_s
+        if len(_RATES) >= 64:
+            _RATES.clear()
+        hit = _RATES[id(hw)] = (hw, cpb, transfer_cycles_per_byte(hw), max(cpb, freq / dma_bw), freq, dma_bw)
+    return hit
 
 
 def _pipeline_cycles(
@@ -359,22 +375,22 @@ def _pipeline_cycles(
     tile of each other stage: the first tile's load and the last tile's compute and store overlap
     nothing."""
     setup = hw.dma.setup_cycles
+    _, cpb, cpb_all, cpb_one, freq, dma_bw = _rates(hw)
+    split = 2 * SPLIT_MIN_BYTES
     (a_b, a_n), (b_b, b_n), (o_b, o_n) = xfers
-    lane = [b * _one_transfer_cpb(hw, b / n) + n * setup if n else 0.0 for b, n in xfers]
+    lane = [b * (cpb_all if b / n >= split else cpb_one) + n * setup if n else 0.0 for b, n in xfers]
     comp_all = comp + ntiles * (_per_tile_cycles(hw, engine) - setup)
-    dma_all = (
-        (a_b + b_b + o_b) * hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s + (a_n + b_n + o_n) * setup
-    ) / hw.dma.engines
+    dma_all = ((a_b + b_b + o_b) * freq / dma_bw + (a_n + b_n + o_n) * setup) / hw.dma.engines
     n = max(1, ntiles)
-    load1 = first_in * _one_transfer_cpb(hw, first_in) + setup if first_in else 0.0
-    store1 = last_out * _one_transfer_cpb(hw, last_out) + setup if last_out else 0.0
+    load1 = first_in * (cpb_all if first_in >= split else cpb_one) + setup if first_in else 0.0
+    store1 = last_out * (cpb_all if last_out >= split else cpb_one) + setup if last_out else 0.0
     first, mid, last = load1 + pre / n, comp_all / n, store1 + post / n
     pipeline = max(
         lane[0] + pre + mid + last,  # the input stream, then the last tile's compute and store
         lane[1] + mid + last,  # the weight stream, likewise
         first + comp_all + last,  # the engine, after the first load and before the last store
         first + mid + lane[2] + post,  # the output stream, after the first tile
-        max((a_b + b_b + o_b) * dram_cycles_per_byte(hw), dma_all) + mid,  # controller, engines
+        max((a_b + b_b + o_b) * cpb, dma_all) + mid,  # controller, engines
     )
     # the one vector unit runs every pre- and post-stage: at least those, plus what cannot overlap them
     return max(pipeline, pre + post + load1 + mid + store1)
@@ -437,6 +453,36 @@ class _Estimate:
         )  # the epilogue lanes, carried to the node as energy.py does
         self.leak_pj_per_cycle = e.static_w / hw.clock.freq_hz * 1e12
 
+    def bound(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> int:
+        """``replay_lower_bound`` of one tiling: its array cycles, vector cycles and DRAM bytes."""
+        u = self.u
+        nb_m, nb_n, nb_k = math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt)
+        fa, fb_item = _reloads(nb_m, nb_n, nb_k, wr)
+        comp = 0
+        for b_n, b_s in _blocks(u.batch, bt):
+            for m_n, m_s in _blocks(u.m, mt):
+                for k_n, k_s in _blocks(u.k, kt):
+                    for n_n, n_s in _blocks(u.n, nt):
+                        comp += b_n * m_n * k_n * n_n * self.tile_cycles(b_s, m_s, k_s, n_s)[0]
+        dram = self._b_in(fb_item, nb_n, nb_k, math.ceil(u.batch / bt)) + u.pre_weight_bytes + u.res_bytes
+        dram += (u.a_bytes * fa if u.dram_in else 0) + (u.out_bytes if u.dram_out else 0)
+        # the arrays wait for the first tile's operands and the last output tile leaves after them
+        b0, m0, k0, n0 = min(bt, u.batch), min(mt, u.m), min(kt, u.k), min(nt, u.n)
+        a1 = math.ceil(b0 * m0 * k0 * self.a_bpe) if u.dram_in else 0
+        w1 = 0 if u.b_resident else math.ceil((b0 if u.b_per_item else 1) * k0 * n0 * self.b_bpe_of_item)
+        w1 += u.pre_weight_bytes
+        b_e, m_e, n_e = (x - (math.ceil(x / t) - 1) * t for x, t in ((u.batch, bt), (u.m, mt), (u.n, nt)))
+        out1 = math.ceil(b_e * m_e * n_e * self.o_bpe) if u.dram_out else 0
+        return replay_lower_bound(comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1)
+
+    def _b_in(self, fb_item: int, nb_n: int, nb_k: int, nb_b: int) -> int:
+        u = self.u
+        if u.b_resident:
+            return 0
+        if u.b_per_item or (nb_n == 1 and nb_k == 1):
+            return u.b_bytes * fb_item
+        return u.b_bytes * fb_item * nb_b  # shared weights come in again for every batch block
+
     def __call__(self, kt: int, nt: int, mt: int, bt: int, wr: bool) -> tuple[float, float, int]:
         """(cycles, pJ, tiles) of one tiling. One piece: every term (reloads, transfers, tile
         cycles, SRAM bytes) reads the same block counts, and it is the search's inner loop."""
@@ -445,18 +491,8 @@ class _Estimate:
         ntiles = nb_b * nb_m * nb_n * nb_k
         # how many times each operand crosses DRAM -> SRAM under the loop order (see the replay's
         # a_id / b_id): batch blocks outermost, then (n, m, k) with weight reuse or (m, n, k)
-        if wr:
-            fa = nb_n if (nb_m > 1 or nb_k > 1) else 1
-            fb_item = nb_m if nb_k > 1 else 1
-        else:
-            fa = nb_n if nb_k > 1 else 1
-            fb_item = nb_m if (nb_n > 1 or nb_k > 1) else 1
-        if u.b_resident:
-            b_in = 0
-        elif u.b_per_item or (nb_n == 1 and nb_k == 1):
-            b_in = u.b_bytes * fb_item
-        else:  # shared weights come in again for every batch block
-            b_in = u.b_bytes * fb_item * nb_b
+        fa, fb_item = _reloads(nb_m, nb_n, nb_k, wr)
+        b_in = self._b_in(fb_item, nb_n, nb_k, nb_b)
         a_in = u.a_bytes * fa if u.dram_in else 0
         d_in = a_in + b_in + u.pre_weight_bytes + u.res_bytes
         d_out = u.out_bytes if u.dram_out else 0
@@ -501,6 +537,15 @@ class _Estimate:
             + cycles * self.leak_pj_per_cycle
         )
         return cycles, energy_pj, ntiles
+
+
+def _reloads(nb_m: int, nb_n: int, nb_k: int, wr: bool) -> tuple[int, int]:
+    """How many times the input (fa) and each item's weights (fb_item) cross DRAM -> SRAM under the
+    loop order (the replay's a_id / b_id): batch blocks outermost, then (n, m, k) with weight reuse
+    (``wr``) or (m, n, k)."""
+    if wr:
+        return (nb_n if (nb_m > 1 or nb_k > 1) else 1), (nb_m if nb_k > 1 else 1)
+    return (nb_n if nb_k > 1 else 1), (nb_m if (nb_n > 1 or nb_k > 1) else 1)
 
 
 # Output-column tile sizes tried, in multiples of one array's columns (C) and of all arrays' columns
@@ -625,9 +670,14 @@ class _GemmSearch:
     def row_options(self, mt: int, bt: int) -> list[tuple[int, int]]:
         """The most rows (and batch items) that fit, and 2x and 4x as many balanced blocks: fewer,
         bigger tiles move fewer bytes but fill and drain the pipeline longer (the first load and
-        the last store overlap nothing), so the search weighs both."""
+        the last store overlap nothing), so the search weighs both. A latency planner takes every
+        smaller block of the ladder (``block_ladder``) instead of 2x and 4x: a chip with a bigger
+        buffer then keeps the blocks a smaller one tries."""
         u, R = self.u, self.R
         opts = [(mt, bt)]
+        if self.hw.planner.objective == "latency":
+            opts += [(mt, b) for b in block_ladder(u.batch, 1) if b < bt]
+            return opts + [(m2, 1) for m2 in block_ladder(u.m, R) if m2 < mt]
         for f in (2, 4):
             if bt >= f:
                 opts.append((mt, math.ceil(bt / f)))
@@ -980,6 +1030,7 @@ class _AttnCost:
         self.per_tile = _per_tile_cycles(hw, "mac")
         self.leak_pj_per_cycle = hw.costs.static_w / hw.clock.freq_hz * 1e12  # static power, once per config
         self.cache: dict = {}
+        self.last_bound = 0  # replay lower bound of the last blocking estimated
 
     def cycles(self, b: int, m: int, nkk: int) -> tuple[int, int]:
         """Array cycles of one tile (S = Q K^T, then O += P V; or SRAM read bandwidth when slower)
@@ -1030,13 +1081,19 @@ class _AttnCost:
         xfers = ((u.q_bytes, nb_b * nb_m), (kv_in, nb_b * nb_k * (nb_m if nb_k > 1 else 1)), (u.out_bytes, nb_b * nb_m))
         cycles = _pipeline_cycles(xfers, comp, soft, 0, ntiles, hw, "mac", first_in, b0 * m0 * u.dv * self.o_bpe)
         energy = (u.q_bytes + kv_in + u.out_bytes) * hw.costs.dram_pj_per_byte + cycles * self.leak_pj_per_cycle
+        self.last_bound = replay_lower_bound(comp, soft, u.q_bytes + kv_in + u.out_bytes, hw)
         return cycles, energy, ntiles
 
 
-def attention_blockings(u: AttentionUnit, hw: HWConfig, top: int = 1) -> list[tuple[int, int, int]]:
+def attention_blockings(u: AttentionUnit, hw: HWConfig, top: int = 1, ladder: bool = False) -> list:
     """The ``top`` blockings (keys per block nk, query rows per block mq, heads per tile bt) of
     least objective, best first. Query rows are cut in balanced blocks (1,024 rows that fit 896
-    at a time: 512 + 512)."""
+    at a time: 512 + 512).
+
+    ``ladder``: every blocking of the ladder that fits instead (``block_ladder`` of query rows and
+    of heads, under each key block), each as ``(blocking, replay lower bound)``, best estimate first:
+    the ladder depends on the shape and ``mac.rows`` only, so a chip with bigger buffers fits every
+    blocking a smaller one fits (the latency planner replays them, ``simulate._plan``)."""
     cost = _AttnCost(u, hw)
     R = hw.mac.rows
     wbuf, abuf = hw.sram.weight_buffer_bytes, hw.sram.activation_buffer_bytes
@@ -1053,23 +1110,17 @@ def attention_blockings(u: AttentionUnit, hw: HWConfig, top: int = 1) -> list[tu
         rows = int(abuf // per_row)
         if rows < 1:
             continue
-        if rows >= u.m:
-            mq, bt = u.m, 1
-            if nb_k == 1:
-                bt = max(1, min(u.batch, rows // u.m, int((wbuf // 2) // max(1.0, u.n * cost.kv_bpe_row))))
+        heads = int((wbuf // 2) // max(1.0, u.n * cost.kv_bpe_row))  # K/V of this many heads fit
+        if ladder:
+            opts = [(mq, 1) for mq in block_ladder(u.m, R) if mq <= rows]
+            if rows >= u.m and nb_k == 1:
+                opts += [(u.m, bt) for bt in block_ladder(u.batch, 1) if 1 < bt <= min(rows // u.m, heads)]
         else:
-            most = _round_down(rows, R)
-            mq, bt = min(most, _round_up(math.ceil(u.m / math.ceil(u.m / most)), R)), 1
-        # the most heads (or query rows) that fit, and 2x and 4x as many blocks (smaller tiles fill
-        # and drain the pipeline faster; the estimate weighs both)
-        opts = [(mq, bt)] + [(mq, math.ceil(bt / f)) for f in (2, 4) if bt >= f]
-        if bt == 1:
-            opts += [
-                (m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq
-            ]
+            opts = _attention_opts(u, rows, nb_k, heads, R)
         for mq_, bt_ in opts:
             cycles, energy, ntiles = cost.estimate(nk, mq_, bt_)
-            ranked.append(((figure_of_merit(cycles, energy, hw.planner.objective), ntiles), (nk, mq_, bt_)))
+            merit = (figure_of_merit(cycles, energy, hw.planner.objective), ntiles)
+            ranked.append((merit, ((nk, mq_, bt_), cost.last_bound) if ladder else (nk, mq_, bt_)))
     if not ranked:
         what = f"attention [{u.m}x{u.d}] over {u.n} keys"
         need = 2 * math.ceil(min(u.n, R) * cost.kv_bpe_row)
@@ -1082,7 +1133,56 @@ def attention_blockings(u: AttentionUnit, hw: HWConfig, top: int = 1) -> list[tu
             what,
         )
     ranked.sort(key=lambda c: c[0])  # stable: the first candidate of equal cost wins, as before
-    return [b for _, b in ranked[:top]]
+    return [b for _, b in (ranked if ladder else ranked[:top])]
+
+
+def _attention_opts(u: AttentionUnit, rows: int, nb_k: int, heads: int, R: int) -> list[tuple[int, int]]:
+    """(mq, bt): the most heads (or query rows) that fit, and 2x and 4x as many blocks (smaller
+    tiles fill and drain the pipeline faster; the estimate weighs both)."""
+    if rows >= u.m:
+        mq, bt = u.m, 1
+        if nb_k == 1:
+            bt = max(1, min(u.batch, rows // u.m, heads))
+    else:
+        most = _round_down(rows, R)
+        mq, bt = min(most, _round_up(math.ceil(u.m / math.ceil(u.m / most)), R)), 1
+    opts = [(mq, bt)] + [(mq, math.ceil(bt / f)) for f in (2, 4) if bt >= f]
+    if bt == 1:
+        opts += [(m2, 1) for f in (2, 4) if R <= (m2 := _round_up(math.ceil(u.m / (math.ceil(u.m / mq) * f)), R)) < mq]
+    return opts
+
+
+BLOCK_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256)  # assumption: a
+# compiler's tile counts, about 1.25-1.5x apart (finer steps cost search time and gain little)
+
+
+def block_ladder(total: int, q: int, counts: tuple = BLOCK_COUNTS) -> list[int]:
+    """Balanced block sizes of ``total``: cut in d near-equal blocks rounded up to a multiple of
+    ``q`` for each d of ``counts`` (down to ``q``), largest first. It depends on the shape and
+    ``q`` alone, so a search over it is monotone in the buffer sizes: a bigger buffer fits every
+    size a smaller one fits."""
+    out = {total}
+    for d in counts:
+        b = _round_up(math.ceil(total / d), q)
+        if min(q, total) <= b < total:
+            out.add(b)
+    return sorted(out, reverse=True)
+
+
+def replay_lower_bound(
+    comp: float, vector: float, dram_bytes: float, hw: HWConfig, first: tuple = (), last_out: int = 0
+) -> int:
+    """Cycles no replay of a plan can beat (``engine.Machine``): its tiles' array cycles run one
+    after another, after the first tile's operands (``first`` = their bytes; loaded at once, each
+    at most at ``transfer_cycles_per_byte`` after a DMA setup, together no faster than the one DRAM
+    controller) and before the last output tile's store; its vector cycles on the one vector unit;
+    its DRAM bytes through the one controller. Rounded down: a bound, not an estimate."""
+    setup, cpb, tcpb = hw.dma.setup_cycles, dram_cycles_per_byte(hw), transfer_cycles_per_byte(hw)
+    fill = 0.0
+    if any(first):
+        fill = setup + max(max(first) * tcpb, sum(first) * cpb)
+    drain = setup + last_out * tcpb if last_out else 0.0
+    return math.floor(max(fill + comp + drain, vector, dram_bytes * cpb) * (1 - 1e-12))
 
 
 def plan_attention(u: AttentionUnit, hw: HWConfig, blocking: tuple | None = None) -> Plan:

@@ -267,7 +267,29 @@ def run_verify(args) -> int:
         print(_constants_line(rep["constants"]))
         if rep["vector_kernels"]:
             print(_vector_line(rep["vector_kernels"]))
+        print(_ties_line(rep["ties"]))
+        print(_baseline_line(rep["sqnr_baseline"]))
     return 0 if rep["ok"] else 1
+
+
+def _baseline_line(b: dict) -> str:
+    """The final-sample SQNR against the stored per-recipe baseline."""
+    if not b["applies"]:
+        return f"final-sample SQNR baseline: not checked ({b['reason']})"
+    verdict = "ok" if b["ok"] else f"REGRESSION ({b['drop_db']:.2f} dB lower)"
+    return (
+        f"final-sample SQNR baseline {b['baseline_db']:.2f} dB (fails below "
+        f"{b['baseline_db'] - b['margin_db']:.2f} dB): {verdict}"
+    )
+
+
+def _ties_line(t: dict) -> str:
+    """The tie test: exact x.5 inputs at every rounding site, half to even expected."""
+    sites = t["sites"]
+    bad = [f"{k} ({v['mismatches']} of {v['ties']} ties wrong)" for k, v in sites.items() if v["mismatches"]]
+    n = sum(v["ties"] for v in sites.values())
+    line = f"rounding ties: {n} exact x.5 inputs at {len(sites)} rounding sites, "
+    return line + ("all rounded half to even" if not bad else "MISMATCH at " + ", ".join(bad))
 
 
 def _vector_line(kernels: dict) -> str:

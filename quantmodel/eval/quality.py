@@ -30,6 +30,8 @@ from types import ModuleType
 import torch
 
 from quantmodel.emulator.integer import NONLINEAR_MODES, FakeQuantModel, IntegerEmulator, sqnr_db
+from quantmodel.emulator.ties import run_ties
+from quantmodel.eval.baseline import check_sqnr
 from quantmodel.model.build import build_stdit
 from quantmodel.model.captions import packed_caption_fn
 from quantmodel.model.config import STDiTConfig
@@ -312,15 +314,17 @@ def verify_recipe(
     artifact: QuantArtifact | None = None,
     device: str | None = None,
     num_samples: int = 1,
-    seed: int = EVAL_SEED,
+    eval_seed: int = EVAL_SEED,
     text_tokens: int | None = None,
     **calib,
 ) -> dict:
     """Run one sampling loop in the emulator with every integer op checked against the float64
     reference on the same integer inputs; per-layer SQNR and the final sample's SQNR/PSNR.
-    ``text_tokens`` masks the prompts to that many real caption tokens (calibration too)."""
-    from quantmodel.intarith.intgemm import AccumulatorOverflowError
-
+    ``text_tokens`` masks the prompts to that many real caption tokens (calibration too). ``calib`` are the
+    calibration settings (``num_prompts``, ``seed``, ``text_features``); the evaluation prompts and noise
+    use ``eval_seed`` (held out from calibration). Besides the datapath it runs the quantizer checks of
+    docs/verify.md (re-derived constants, fp16 kernel references, rounding ties, the SQNR baseline). Most
+    of its length is the report, one field per line (the runs are :func:`_checked_runs`)."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.quantized:
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
@@ -328,23 +332,14 @@ def verify_recipe(
     st = _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib)
     art = artifact or build_artifact(model, recipe, st, workload.num_steps, workload.name)
     constants = _rederive_report(model, art, st)
-    z, y, mask = eval_batch(model, num_samples, seed, workload=workload, text_tokens=text_tokens)
+    z, y, mask = eval_batch(model, num_samples, eval_seed, workload=workload, text_tokens=text_tokens)
     if device is not None:  # the float reference samples with the same device's noise generator
         model = model.to(device)
-    ref = sample(float_model_fn(model), model, workload, z, y, seed, mask=mask)
-    emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
-    overflow = None
-    try:
-        out = sample(packed_caption_fn(emu.model_fn), model, workload, z, y, seed, mask=mask)
-        metrics = sample_metrics(ref, out)
-    except AccumulatorOverflowError as e:
-        overflow, metrics = str(e), {"sqnr_db": float("nan"), "psnr_db": float("nan")}
-    # the emulator as users run it (no checks; its compiled blocks where they apply) must give the same
-    # final sample, bit for bit, as the checked run
-    fast_equal, fast = None, IntegerEmulator(model, art, nonlinear=nonlinear, device=device)
-    if overflow is None:
-        fast_out = sample(packed_caption_fn(fast.model_fn), model, workload, z, y, seed, mask=mask)
-        fast_equal = bool(torch.equal(fast_out, out))
+    emu, fast, overflow, metrics, fast_equal = _checked_runs(
+        model, workload, art, nonlinear, device, (z, y, mask), eval_seed
+    )
+    ties = run_ties()  # every rounding site on crafted x.5 inputs (real runs never hit a tie)
+    baseline = check_sqnr(workload.name, recipe.name, nonlinear, art.meta, metrics["sqnr_db"], num_samples, eval_seed)
     v = emu.verifier
     layers = v.layer_sqnr_db()
     worst = min(layers, key=layers.get) if layers else ""
@@ -373,12 +368,38 @@ def verify_recipe(
         "fast_path_equal": fast_equal,
         "constants": constants,
         "vector_kernels": v.vector,
+        "ties": ties,
+        "sqnr_baseline": baseline,
         "ok": v.mismatches == 0
+        and ties["ok"]
+        and baseline.get("ok", True)
         and overflow is None
         and fast_equal is True
         and constants.get("ok", False)
         and v.vector_ok(),
     }
+
+
+def _checked_runs(model, workload, art, nonlinear, device, batch, eval_seed) -> tuple:
+    """(checked emulator, unchecked emulator, overflow message or None, final-sample metrics, whether the
+    unchecked emulator, as users run it with its compiled blocks where they apply, gives the checked run's
+    final sample bit for bit)."""
+    from quantmodel.intarith.intgemm import AccumulatorOverflowError
+
+    z, y, mask = batch
+    ref = sample(float_model_fn(model), model, workload, z, y, eval_seed, mask=mask)
+    emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
+    overflow = None
+    try:
+        out = sample(packed_caption_fn(emu.model_fn), model, workload, z, y, eval_seed, mask=mask)
+        metrics = sample_metrics(ref, out)
+    except AccumulatorOverflowError as e:
+        overflow, metrics = str(e), {"sqnr_db": float("nan"), "psnr_db": float("nan")}
+    fast_equal, fast = None, IntegerEmulator(model, art, nonlinear=nonlinear, device=device)
+    if overflow is None:
+        fast_out = sample(packed_caption_fn(fast.model_fn), model, workload, z, y, eval_seed, mask=mask)
+        fast_equal = bool(torch.equal(fast_out, out))
+    return emu, fast, overflow, metrics, fast_equal
 
 
 def _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib) -> CalibStats | None:

@@ -8,29 +8,32 @@ all vary across the chips. A top-layer test: it builds the trace with quantmodel
 never imports.
 
 "More resources never slower" is a property of the planner's objective (``planner.objective``).
-A chip with more of a resource can run the schedule the smaller chip runs (its tile candidates
-include the smaller chip's: widths of every power-of-two subset of the arrays, tilings chosen from
-the same shape lists where the buffers allow), so a planner that picked by true latency would never
-be slower except where physics says so. Two things stand between that and the simulator:
+A chip with more of a resource can run the schedule the smaller chip runs, so a planner that
+picked by true latency from a candidate set that only grows with the resource would never be
+slower except where physics says so. The latency planner (``planner.objective: latency``) comes
+close: attention blockings and MLP chain row blocks are drawn from ladders that depend on the shape
+and the arrays alone (``tiling.block_ladder``: a bigger buffer fits every block a smaller one
+fits) and chosen by replay, exactly (``simulate._fastest_replay`` skips only candidates whose
+proven lower bound cannot win); GEMM tilings by replay of the best 8 by estimate. What remains:
 
-- physics: SCALE-Sim's fold costs 2R + C + T - 2 cycles (OS: K + R + C - 2), so a taller or wider
-  array fills and drains longer on a GEMM with fewer rows or columns than it has (``mac.rows``,
-  ``mac.cols``); an array that could run as independent sub-arrays would avoid this, which hwsim
-  does not model;
-- the planner ranks candidates by closed-form estimates (one unit's replay is up to ~1.5x its
-  estimate, below), so it can pick a tiling or a hand-over whose replay is slower than what the
-  smaller chip ran. With ``planner.objective: latency`` it replays its best few tilings, fusion
-  options and hand-overs and keeps the fastest replay, which removes most of that; with the
-  default ``edp2`` it also trades time for energy, and a bigger chip's energy terms differ (a
-  higher clock needs a higher voltage, a bigger buffer costs more per access, more arrays leak more).
+- physics: SCALE-Sim's fold costs (1 + fill) R + C + T - 2 cycles, so a taller or wider array
+  fills and drains longer on a GEMM with fewer rows or columns than it has (``mac.rows``,
+  ``mac.cols``); the tolerance is that formula's worst case on the workload (``_fold_slack``), not
+  a measurement;
+- the planner: GEMM tilings chosen among the best 8 by estimate (an estimate off by a few per cent
+  can leave the smaller chip's tiling out of the bigger chip's 8) and the greedy hand-over pass
+  (``MORE``: measured tolerances for DRAM channels, MAC arrays and the activation buffer).
 
-So each resource carries the tolerance its measured worst case needs, per objective (MORE below,
-SIM_VERSION hwsim-7, with how many chips were slower at all); 0 where it holds strictly.
-Energy x delay^2 itself is not expected to be monotone: the bigger chip's own energy grows (area,
-leakage, per-access energy), so the property is stated on latency.
+With the default ``edp2`` planner, "never slower" is not a property to claim: it trades time for
+energy, and a bigger chip's energy terms differ (a higher clock needs a higher voltage, a bigger
+buffer costs more per access, more arrays leak more), so it may legitimately pick a slower, less
+hungry schedule on it; and energy x delay^2 itself is not monotone either (the bigger chip's own
+energy grows: area, leakage, per-access energy; measured up to 1.28x on these chips). Its
+tolerances are measured (SIM_VERSION hwsim-8, chips slower at all in brackets).
 """
 
 import dataclasses
+import math
 
 import pytest
 
@@ -38,23 +41,48 @@ import hwsim
 from quantmodel.model.tracing import build_trace
 from workloads.presets import get_workload
 from workloads.recipes import annotate_trace, get_recipe
+from workloads.trace import GEMM_KINDS
 
 CHIPS = 200
 ESTIMATE_FACTOR = 1.7  # simulated / closed-form estimate, one unit; measured worst 1.35 (latency), 1.46 (edp2)
 STEP_ESTIMATE_FACTOR = 1.2  # the step; measured worst 1.16 (latency), 1.17 (edp2)
+PHYSICS = "fold"  # tolerance from the fill and drain of a fold (``_fold_slack``), not a measurement
 # resource -> (how it grows, {objective: tolerated slow-down ratio - 1}). Measured worst ratio (chips
-# slower at all): latency planner over the 25 chips that grow it here and every resource on the
-# first 40 chips (the slow test) / edp2, the 25 chips
+# slower at all): latency planner, the 25 chips that grow it here and every resource on the first
+# 40 chips (the slow test) / edp2 planner, the 25 chips
 MORE = {
-    "dma.engines": (2, {"latency": 0, "edp2": 0}),  # 1 (0) / 1 (0)
-    "dram": (2, {"latency": 0.02, "edp2": 0.01}),  # channels x2; 1.0111 (4) / 1.0037 (3)
-    "clock.freq_hz": (1.07, {"latency": 0, "edp2": 0}),  # stays under 7 nm's f at Vmax; 1 (0) / 1 (0)
-    "mac.arrays": (2, {"latency": 0.04, "edp2": 0.01}),  # 1.0308 (3) / 1.0046 (2)
-    "mac.rows": (2, {"latency": 0.03, "edp2": 0.045}),  # physics: longer fill and drain; 1.0207 (9) / 1.0349 (6)
-    "mac.cols": (2, {"latency": 0.04, "edp2": 0.04}),  # physics: longer skew and drain; 1.0309 (19) / 1.0309 (9)
-    "sram.weight_buffer_bytes": (2, {"latency": 0.02, "edp2": 0.02}),  # 1.0136 (16) / 1.0138 (14)
-    "sram.activation_buffer_bytes": (2, {"latency": 0.045, "edp2": 0.05}),  # 1.0357 (21) / 1.0395 (17)
+    "dma.engines": (2, {"latency": 0, "edp2": 0}),  # 1 (0), 1 (0) / 1 (0)
+    "dram": (2, {"latency": 0.01, "edp2": 0.01}),  # channels x2; 1.0041 (2), 1.0085 (8) / 1.0037 (3)
+    "clock.freq_hz": (1.07, {"latency": 0, "edp2": 0}),  # under 7 nm's f at Vmax; 1 (0), 1 (0) / 1 (0)
+    "mac.arrays": (2, {"latency": 0.01, "edp2": 0.01}),  # 1 (0), 1.0088 (5) / 1.0046 (2)
+    "mac.rows": (2, {"latency": PHYSICS, "edp2": PHYSICS}),  # 1.0493 (10), 1.0493 (13) / 1.0349 (6)
+    "mac.cols": (2, {"latency": PHYSICS, "edp2": PHYSICS}),  # 1.0497 (10), 1.0497 (19) / 1.0309 (9)
+    "sram.weight_buffer_bytes": (2, {"latency": 0, "edp2": 0.02}),  # 1 (0), 1 (0) / 1.0138 (14)
+    "sram.activation_buffer_bytes": (2, {"latency": 0.025, "edp2": 0.05}),  # 1.0189 (5), 1.0210 (8) / 1.0395 (17)
 }
+
+
+def _fold_slack(trace, small, big) -> float:
+    """The most a bigger array's fill and drain can slow a fold down, relative: SCALE-Sim's fold
+    of T streamed operands takes T + (1 + fill) R + C - 2 cycles (``tiling.systolic_cycles``), so
+    on a fold the bigger array does not shorten (a GEMM with no more rows or columns than the
+    smaller array has) it costs (1 + fill) dR + dC cycles more. The shortest fold streams the
+    least T: the smallest streamed dimension of the trace's GEMMs, K cut no finer than R (the
+    planner's depths are multiples of R), at the fastest rate of the arrays."""
+    from hwsim.tiling import precision_of, systolic_dims
+
+    df = small.mac.dataflow
+    t_min = min(
+        math.ceil(
+            min(systolic_dims(op.m, op.k, op.n, df)[2], small.mac.rows)
+            / small.mac.rate(precision_of(op.w_bits, op.a_bits))
+        )
+        for op in trace.ops
+        if op.kind in GEMM_KINDS
+    )
+    fill = systolic_dims(1, 1, 1, df)[3]
+    fold = t_min + (1 + fill) * small.mac.rows + small.mac.cols - 2
+    return ((1 + fill) * (big.mac.rows - small.mac.rows) + big.mac.cols - small.mac.cols) / fold
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +134,10 @@ def _check_chip(trace, d: dict, resources, objective: str) -> list:
     )
     for resource in resources:
         factor, tol = MORE[resource][0], MORE[resource][1][objective]
-        more = hwsim.simulate(trace, hwsim.hw_from_dict(_more(d, resource, factor)))
+        big = hwsim.hw_from_dict(_more(d, resource, factor))
+        if tol == PHYSICS:
+            tol = _fold_slack(trace, hw, big)
+        more = hwsim.simulate(trace, big)
         if more.latency_s > res.latency_s * (1 + tol):
             bad.append((objective, resource, more.latency_s / res.latency_s))
     return bad

@@ -38,6 +38,9 @@ def test_verify_json_reports_zero_mismatches(capsys, wl):
     assert set(vk) == {"dequant", "layernorm", "modulate", "softmax", "gelu", "add", "gated_add", "smooth_mul"}
     assert all(c["elements"] > 0 for c in vk.values())
     assert all(c["mismatches"] == 0 for k, c in vk.items() if not c["tolerant"])
+    # the tie test ran inside verify: every rounding site got exact x.5 inputs and rounded them half to even
+    assert rep["ties"]["ok"] and len(rep["ties"]["sites"]) >= 10
+    assert all(s["ties"] > 0 and s["mismatches"] == 0 for s in rep["ties"]["sites"].values())
     assert set(rep["layer_sqnr_db"]) >= {"blocks.0.attn.qkv", "blocks.1.mlp.fc2"}
     # the unchecked emulator users run (compiled blocks where the C kernels are built) gives the same sample
     from quantmodel.intarith import ckernels
