@@ -335,6 +335,8 @@ def expand_recipes(spec: str, bits: str) -> list[str]:
 
 
 def run_quality(args) -> int:
+    """`codesign quality`: each recipe x bits evaluated on the same prompts and noise, one table. One
+    piece: the float reference, calibration and progress bar are shared by every row."""
     import pandas as pd
     from tqdm import tqdm
 

@@ -98,6 +98,9 @@ def _text(args, cfg, g):
 
 
 def run(args) -> int:
+    """`codesign sample`: the float or quantized model's sampling loop on the chosen device, the latent
+    (and with --compare the float one) written atomically. One piece: both loops share the prompts,
+    noise, timing and summary."""
     import torch
 
     from quantmodel.eval.quality import load_model, recipe_model_fn, sample_metrics

@@ -462,6 +462,9 @@ class IntegerEmulator:
 
     # ---- ops -------------------------------------------------------------------------------------------
     def linear(self, name: str, v):
+        """One linear layer as the chip runs it: float (unquantized), dynamic per-token, or static
+        (activation quantization, int8 GEMM, bias, requantization), each with its verify checks. One
+        piece because the three paths share the parameter lookup and the checks' bookkeeping."""
         p = self.linear_params(name)
         lin = self.mods[name]
         if p is None:  # not quantized by the recipe: float layer
