@@ -465,6 +465,27 @@ def annotate_trace(
     return Trace(ops=out, meta=meta, version=trace.version)
 
 
+def _smooth_op(op: Op, elements: int, out_bits: int) -> Op:
+    """The vector unit's on-line SmoothQuant multiply before ``op`` (fp16 factors, one per input
+    channel), writing ``out_bits``-wide values: 16 when a dynamic quantizer reads them next, the
+    activation width when the multiply quantizes as it writes."""
+    return Op(
+        op.step,
+        f"{op.name}.smooth",
+        "smooth_mul",
+        op.batch,
+        op.m,
+        op.k,
+        0,
+        elements=elements,
+        weight_bytes=2 * op.k,
+        output_bytes=_bytes(elements, out_bits),
+        weight_set=_QSET,
+        out_bits=out_bits,
+        block=op.block,
+    )
+
+
 def _stamped(op: Op, step: int, wset: int) -> Op:
     new = object.__new__(Op)  # dataclasses.replace is ~10x slower; 50k ops per trace
     new.__dict__.update(op.__dict__)
@@ -540,21 +561,7 @@ class _StepAnnotator:
         zp = "zero_point" if self.recipe.asymmetric and op.kind == "linear" else ""
         pre: list = []
         if self.recipe.smoothing and op.kind == "linear" and op.name.endswith(UNFOLDABLE_SUFFIXES):
-            sm = Op(
-                op.step,
-                f"{op.name}.smooth",
-                "smooth_mul",
-                op.batch,
-                op.m,
-                op.k,
-                0,
-                elements=el,
-                weight_bytes=2 * op.k,
-                output_bytes=el * 2,
-                weight_set=_QSET,
-                out_bits=16,
-                block=op.block,
-            )
+            sm = _smooth_op(op, el, 16)
             pre.append((sm, list(src)))
             src = [(sm.name, 0, el, 16)]
         d = Op(
@@ -600,21 +607,7 @@ class _StepAnnotator:
         for e_i in range(1 if op.kind == "linear" else 2):
             p, part, el, bits = ents[e_i]
             if smooth:  # SmoothQuant factors multiplied on line, then quantized, by the vector unit
-                q = Op(
-                    op.step,
-                    f"{op.name}.smooth",
-                    "smooth_mul",
-                    op.batch,
-                    op.m,
-                    op.k,
-                    0,
-                    elements=el,
-                    weight_bytes=2 * op.k,
-                    output_bytes=_bytes(el, a),
-                    weight_set=_QSET,
-                    out_bits=a,
-                    block=op.block,
-                )
+                q = _smooth_op(op, el, a)
             elif (p == "" and self.single) or (p in self.index and not self._is_quant(p) and len(self.readers[p]) == 1):
                 if p:  # the only reader: the producer quantizes as it writes
                     self.write_quant.add(self.index[p])

@@ -417,13 +417,17 @@ class IntegerEmulator:
             if q is not None:
                 return q, None
         if mul:
-            if self.mode == "fp16":
-                x = self._vcheck(
-                    "smooth_mul", _h(_h(x).float() * _h(1.0 / p.smooth).float()), fp16ref.smooth_multiply, x, p.smooth
-                )
-            else:
-                x = x.float() * (1.0 / p.smooth)
+            x = self._smooth_mul(x, p)
         return p.xq(x), x
+
+    def _smooth_mul(self, x: torch.Tensor, p: _LinearParams) -> torch.Tensor:
+        """The explicit SmoothQuant multiply of a float input by 1/s: fp16 factors and one fp16
+        rounding (checked against the numpy reference when verifying), or float32 in int mode."""
+        if self.mode == "fp16":
+            return self._vcheck(
+                "smooth_mul", _h(_h(x).float() * _h(1.0 / p.smooth).float()), fp16ref.smooth_multiply, x, p.smooth
+            )
+        return x.float() * (1.0 / p.smooth)
 
     def _input_int8_zp(self, name: str, v, p: _LinearParams, mul: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`_input_int8` of an asymmetric recipe: codes ``clamp(round(x / s) + z)`` over the full
@@ -438,12 +442,7 @@ class IntegerEmulator:
             return (c + z).to(torch.int8), None
         x = v
         if mul:
-            if self.mode == "fp16":
-                x = self._vcheck(
-                    "smooth_mul", _h(_h(x).float() * _h(1.0 / p.smooth).float()), fp16ref.smooth_multiply, x, p.smooth
-                )
-            else:
-                x = x.float() * (1.0 / p.smooth)
+            x = self._smooth_mul(x, p)
         return p.zq(x), x
 
     def _dynamic_zp(self, name: str, p: _LinearParams, x: torch.Tensor):
