@@ -173,6 +173,22 @@ def _calibration_file(enc, tmp: str, num_prompts: int, seed: int, eval_captions:
     return path
 
 
+def _calibrate(model_cpu, w, feat_file, calib_prompts: int, seed: int):
+    """A seed's calibration statistics, as both the comparison and the sensitivity run take them: the
+    seed's held-out captions, its own noise, on the same x0-clipped trajectory as evaluation."""
+    from quantmodel.eval import quality
+
+    return quality.get_stats(
+        model_cpu,
+        w,
+        None,
+        num_prompts=calib_prompts,
+        seed=seed + 7,
+        text_features=feat_file,
+        wrap_model_fn=clip_denoised,
+    )
+
+
 def run_study(
     recipes: list[str],
     out_csv: Path,
@@ -217,15 +233,7 @@ def run_study(
                 t0 = time.time()
                 if recipe.quantized:
                     if stats is None and (recipe.scheme != "dynamic" or recipe.smoothing):  # channel balancing
-                        stats = quality.get_stats(
-                            model_cpu,
-                            w,
-                            None,
-                            num_prompts=calib_prompts,
-                            seed=seed + 7,
-                            text_features=feat_file,
-                            wrap_model_fn=clip_denoised,
-                        )
+                        stats = _calibrate(model_cpu, w, feat_file, calib_prompts, seed)
                     art = quality.quantize_model(model_cpu, w, recipe, stats)
                     fn, runner = quality.recipe_model_fn(model, w, recipe, backend=backend, artifact=art, device=device)
                     if backend == "fakequant" and device != "cpu":
@@ -277,15 +285,7 @@ def sensitivity(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         feat = _calibration_file(enc, tmp, calib_prompts, seed, dataset.captions(evaluation_labels(64)))
-        stats = quality.get_stats(
-            model_cpu,
-            w,
-            None,
-            num_prompts=calib_prompts,
-            seed=seed + 7,
-            text_features=feat,
-            wrap_model_fn=clip_denoised,
-        )
+        stats = _calibrate(model_cpu, w, feat, calib_prompts, seed)
         ref = generate(model, enc, prompts, seed=seed).cpu()
         from tqdm import tqdm
 
