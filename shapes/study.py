@@ -505,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of float samples")
     p.add_argument("--tables", action="store_true", help="only print the markdown tables of --out")
+    p.add_argument(
+        "--resolution",
+        action="store_true",
+        help="only print what k clips of one seed resolve against the whole study of --out (the sweep's quality axis)",
+    )
     p.add_argument("--sensitivity", type=Path, default=None, help="write the per-layer sensitivity CSV here")
     p.add_argument("--sensitivity-prompts", type=int, default=16)
     a = p.parse_args(argv)
@@ -513,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(a.sensitivity) as tmp:
             sens.to_csv(tmp, index=False)
         print(sensitivity_table(sens))
+        return 0
+    if a.resolution:
+        clips = pd.read_csv(clips_path(a.out))
+        recipes = a.recipes or [r for r in dict.fromkeys(clips["recipe"]) if r != "fp16"]
+        print(intervals.subset_resolution(clips, recipes).to_string(index=False))
         return 0
     if a.tables:
         rows, clips = pd.read_csv(a.out), pd.read_csv(clips_path(a.out))
