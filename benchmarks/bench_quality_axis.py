@@ -5,8 +5,8 @@ The sweep computes quality once per recipe (cached in the store by ``quality_key
 (calibration of the static recipes, the float reference sample) and one evaluation per recipe. This
 times exactly those calls (``codesign.sweep.prepare_quality`` / ``evaluate_quality``, the functions the
 sweep's workers run) for each quality setting named, side by side in one process with ``--threads``
-torch threads: the preparations one after the other, then recipe by recipe with the settings
-alternating (so a change of the machine's load falls on every setting alike). It prints each setting's
+torch threads: the preparations one after the other (settings that differ only in the backend share
+one), then recipe by recipe with the settings alternating (so a change of the machine's load falls on every setting alike). It prints each setting's
 seconds, their ratio to the first setting, and each setting's per-recipe SQNR.
 
     python benchmarks/bench_quality_axis.py            # before (stdit-tiny; trained model, fake-quant,
@@ -49,12 +49,16 @@ def time_settings(settings: list[tuple[str, dict]], recipes: list[str]) -> list[
     (fresh model cache per preparation; the evaluations alternate between settings)."""
     from codesign import sweep
 
-    res, preps = [], []
+    res, preps, done = [], [], {}
     for wl, opts in settings:
-        sweep._MODELS.clear()
-        t0 = time.perf_counter()
-        preps.append(sweep.prepare_quality(wl, opts, need_stats=True))
-        res.append({"prepare_s": time.perf_counter() - t0, "recipes_s": 0.0, "sqnr_db": {}})
+        # the preparation does not depend on the backend: settings that differ only there share it
+        key = (wl, *(opts.get(k) for k in ("num_prompts", "num_samples", "checkpoint")))
+        if key not in done:
+            sweep._MODELS.clear()
+            t0 = time.perf_counter()
+            done[key] = (sweep.prepare_quality(wl, opts, need_stats=True), time.perf_counter() - t0)
+        preps.append(done[key][0])
+        res.append({"prepare_s": done[key][1], "recipes_s": 0.0, "sqnr_db": {}})
     for r in recipes:
         for (wl, opts), prep, out in zip(settings, preps, res):
             t0 = time.perf_counter()
