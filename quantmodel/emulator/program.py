@@ -173,8 +173,7 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
         or emu.device.type != "cpu"
         or emu.mode not in ("fp16", "int")
         or (not emu.static and emu.matmuls)
-        or emu.asym  # zero points: the eager backend only (for now)
-        or (not emu.static and emu.recipe.smoothing)  # channel-balanced dynamic: likewise
+        or (emu.static and emu.asym)  # static zero points: the eager backend only (for now)
     ):
         return None
     try:
@@ -219,13 +218,12 @@ class ProgramOps:
         return p
 
     def lp_dyn(self, name: str):
-        """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
-        which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
+        """A dynamic-recipe layer: float32 bias and weight scales, and a K for which no int8 sum can
+        overflow int32 (so the eager path's run-time check cannot fire)."""
         p = self.emu.linear_params(name)
         if (
             p is None
             or p.static
-            or p.smooth is not None
             or p.bias is None
             or p.bias.dtype != torch.float32
             or p.w_scale.dtype != torch.float32
@@ -242,6 +240,10 @@ class ProgramOps:
         p = self.lp_dyn(name)
         if isinstance(x, IntVal):
             x = self.dequant(x.q, x.scale)
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            x = self.dyn_smooth(p, x)
+        if emu.asym:
+            return self.dyn_linear_zp(name, p, x)
         fp16 = emu.mode == "fp16"
         k, n = p.w_t.shape
         rows = x.numel() // k
@@ -272,6 +274,70 @@ class ProgramOps:
             rows,
             n,
             s_row.data_ptr(),
+            bld.const(p.w_scale.contiguous()).data_ptr(),
+            bld.const(p.bias.contiguous()).data_ptr(),
+            out.data_ptr(),
+            int(fp16),
+        )
+        return out
+
+    def dyn_smooth(self, p, x: torch.Tensor) -> torch.Tensor:
+        """The explicit channel-balancing multiply of :meth:`IntegerEmulator.linear`'s dynamic branch:
+        fp16 mode ``fp16(fp16(x) * fp16(1/s))`` (an fp16 buffer), int mode the float32 ``x / s``."""
+        bld = self.b
+        if self.emu.mode != "fp16":
+            out = bld.buf(x.shape, torch.float32)
+            bld.call(torch.div, x, bld.const(p.smooth), out=out)
+            return out
+        if x.dtype != torch.float16:  # _h(x): float32 values rounded to fp16 first
+            xh = bld.buf(x.shape, torch.float16)
+            bld.call(xh.copy_, x)
+            x = xh
+        f = bld.buf(x.shape, torch.float32)
+        bld.call(f.copy_, x)
+        bld.call(torch.mul, f, bld.const((1.0 / p.smooth).to(torch.float16).float()), out=f)
+        h = bld.buf(x.shape, torch.float16)
+        bld.call(h.copy_, f)
+        return h
+
+    def dyn_linear_zp(self, name: str, p, x: torch.Tensor) -> torch.Tensor:
+        """IntegerEmulator._dynamic_zp (asymmetric per-token codes and zero points, the int8 GEMM, the
+        rank-1 zero-point correction, the float32 rescale) as two C loops around the GEMM; a row the C
+        loop does not take (a non-finite value) is quantized by the torch definition, as eager."""
+        emu, bld = self.emu, self.b
+        fp16 = emu.mode == "fp16"
+        k, n = p.w_t.shape
+        rows = x.numel() // k
+        q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
+        z, acc = bld.buf(rows, torch.int32), bld.buf((rows, n), torch.int32)
+        out = bld.buf((*x.shape[:-1], n), torch.float16 if fp16 else torch.float32)
+        quant = functools.partial(
+            self.dll.qm_dyn_quant_zp,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            rows,
+            k,
+            emu.a_bits,
+            q.data_ptr(),
+            s_row.data_ptr(),
+            z.data_ptr(),
+        )
+
+        def step():
+            if quant():
+                rq, rs, rz = fixedpoint.dynamic_zero_points(x.reshape(rows, k).float(), emu.a_bits)
+                q.copy_(rq), s_row.copy_(rs), z.copy_(rz)
+
+        bld.py(step, x, q, s_row, z)
+        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        bld.call(
+            self.dll.qm_dyn_rescale_zp,
+            acc.data_ptr(),
+            rows,
+            n,
+            s_row.data_ptr(),
+            z.data_ptr(),
+            bld.const(p.colsum.contiguous()).data_ptr(),
             bld.const(p.w_scale.contiguous()).data_ptr(),
             bld.const(p.bias.contiguous()).data_ptr(),
             out.data_ptr(),
@@ -923,6 +989,21 @@ class ProgramOps:
         self.b.py(step, *(t for t in (qa_, f, qb, r_bc, out, ws) if t is not None))
         return out
 
+    def fold_mod(self, consumer: str, shift: torch.Tensor, scale: torch.Tensor) -> tuple:
+        """IntegerEmulator._fold_mod's (shift, scale) per step: the consumer's channel-balancing factors
+        folded in (``(1 + scale) / s - 1``, ``shift / s``, the same float32 ops) into [B, 1, C] buffers."""
+        p = self.emu.linear_params(consumer)
+        if p is None or p.smooth is None or p.fold != "modulate":
+            return shift, scale
+        bld = self.b
+        inv = bld.const(1.0 / p.smooth)
+        sh, sc = bld.buf(shift.shape, torch.float32), bld.buf(scale.shape, torch.float32)
+        bld.call(torch.add, scale, 1, out=sc)
+        bld.call(torch.mul, sc, inv, out=sc)
+        bld.call(torch.sub, sc, 1, out=sc)
+        bld.call(torch.mul, shift, inv, out=sh)
+        return sh, sc
+
     def norm_modulate_dyn(self, norm: str, x: IntVal, shift, scale) -> IntVal:
         """IntegerEmulator.modulate(layernorm(x)) for a dynamic consumer: the integer LayerNorm (its eps
         table from x's run-time scale), then the modulation to 16-bit codes at the scale of its float
@@ -1012,7 +1093,7 @@ class ProgramOps:
 
     def norm_modulate(self, norm: str, name: str, v, shift, scale, consumer: str):
         if self.dyn_int:
-            return self.norm_modulate_dyn(norm, v, shift, scale)
+            return self.norm_modulate_dyn(norm, v, *self.fold_mod(consumer, shift, scale))
         if self.emu.mode == "fp16":
             out = self.norm_modulate_fp16(norm, v, shift, scale, consumer)
             return IntVal(out, self.lp(consumer).x_scale) if out.dtype == torch.int8 else out

@@ -65,14 +65,19 @@ def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, tem
         "groups2-cal-w6a6",
         "dynamic-w8a8",
         "dynamic-w4a8",
+        "vidit-q-w8a8",  # per-token zero points
+        "vidit-q-w6a6",  # zero points and channel balancing
     )
     recipes = [get_recipe(name) for name in names]
+    recipes.append(dataclasses.replace(get_recipe("dynamic-w8a8"), channel_balance=True))  # symmetric, balanced
     recipes += [
         dataclasses.replace(get_recipe(name), quantize_attention=True)  # integer QK^T and AV
         for name in ("asq-w8a8", "tsq-tsw-w4a8", "tsq-w8a8")
     ]
     for recipe in recipes:
-        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
+        art = build_artifact(
+            model, recipe, stats if recipe.scheme != "dynamic" or recipe.smoothing else None, w.num_steps
+        )
         emu = _compare(model, art, w.num_steps, mode=mode)
         assert len(emu._programs) == len(set(art.step_to_set))  # one program per scale set
         assert len(emu._program_pools) == 1  # sharing one arena

@@ -843,6 +843,77 @@ void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_
     })
 }
 
+/* Dynamic asymmetric recipes' per-token quantization (fixedpoint.dynamic_zero_points) of x [rows, k] (float32,
+   or fp16 widened: in_kind 0 / 1): per row lo = min(x, 0), hi = max(x, 0), scale s = fp32((hi - lo) /
+   (2^b - 1)) in float64 (1 for an all-zero row), zero point z = clamp(qmin - rint(lo / s)), codes
+   clamp(rint(x / s) + z) over the full signed range, every step in float64 as the torch definition.
+   Returns 1 (nothing to trust) when a row holds a non-finite value or its scale is not a positive
+   float32; the caller then runs the torch definition. Plain loops: gcc vectorises the float64 divisions,
+   rint (half to even) and clamps for the target (-fno-math-errno), the same IEEE operations. */
+int qm_dyn_quant_zp(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* out, float* s_out,
+                    int32_t* z_out) {
+    double qmin = -(double)((int64_t)1 << (bits - 1)), qmax = (double)(((int64_t)1 << (bits - 1)) - 1);
+    double levels = (double)(((int64_t)1 << bits) - 1);
+    int par = rows > 1 && rows * k >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
+        float buf[BLK];
+        float lo = 0.0f, hi = 0.0f;
+        int bad = 0;
+        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 1: the row's range (min / max: exact in any order) */
+            int64_t m = k - j0 < BLK ? k - j0 : BLK;
+            const float* v = (const float*)x + r * k + j0;
+            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+            for (int64_t j = 0; j < m; j++) {
+                float u = v[j];
+                bad |= !(fabsf(u) <= 3.4028234663852886e38f);
+                lo = u < lo ? u : lo;
+                hi = u > hi ? u : hi;
+            }
+        }
+        double span = (double)hi - (double)lo;
+        float s = span > 0.0 ? (float)(span / levels) : 1.0f;
+        if (bad || !(s > 0.0f) || !(fabsf(s) <= 3.4028234663852886e38f)) { s_out[r] = -1.0f; continue; }
+        double sd = (double)s;
+        double z = clampd(qmin - rint((double)lo / sd), qmin, qmax);
+        s_out[r] = s;
+        z_out[r] = (int32_t)z;
+        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 2: the codes */
+            int64_t m = k - j0 < BLK ? k - j0 : BLK;
+            const float* v = (const float*)x + r * k + j0;
+            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+            int8_t* o = out + r * k + j0;
+            for (int64_t j = 0; j < m; j++) o[j] = (int8_t)(int32_t)clampd(rint((double)v[j] / sd) + z, qmin, qmax);
+        }
+    })
+    for (int64_t r = 0; r < rows; r++)
+        if (s_out[r] < 0.0f) return 1;
+    return 0;
+}
+
+/* qm_dyn_rescale of the zero-point-corrected sums acc - z_row * colsum (int32, as the torch definition:
+   exact within the emulator's K bound) for dynamic asymmetric recipes. */
+void qm_dyn_rescale_zp(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const int32_t* z_row,
+                       const int32_t* colsum, const float* w_scale, const float* bias, void* out, int out_f16) {
+    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
+        float buf[BLK];
+        float sr = s_row[r];
+        int64_t z = z_row[r];
+        for (int64_t j0 = 0; j0 < n; j0 += BLK) {
+            int64_t m = n - j0 < BLK ? n - j0 : BLK;
+            const int32_t* a = acc + r * n + j0;
+            const int32_t* cs = colsum + j0;
+            float* o = out_f16 ? buf : (float*)out + r * n + j0;
+            for (int64_t j = 0; j < m; j++) {
+                int32_t c = (int32_t)((int64_t)a[j] - z * (int64_t)cs[j]);
+                float y = ((float)c * sr) * w_scale[j0 + j] + bias[j0 + j];
+                o[j] = out_f16 ? clampf(y, -65504.0f, 65504.0f) : y;
+            }
+            if (out_f16) f2h(buf, (f16*)out + r * n + j0, m);
+        }
+    })
+}
+
 /* fixedpoint.quantize_multiplier of a finite r >= 0: r ~ m * 2**-(31 + sh), m in [2**30, 2**31), half to even */
 static void qmult(double r, int64_t* m, int64_t* sh) {
     if (r == 0.0) { *m = 0; *sh = 0; return; }
