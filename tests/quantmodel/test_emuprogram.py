@@ -255,6 +255,56 @@ def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
     assert dll.qm_dyn_quant(x.data_ptr(), 0, rows, k, 7, q.data_ptr(), s.data_ptr()) == 1
 
 
+def test_dynamic_zero_point_quantize_and_rescale_in_c_equal_python_definition():
+    """qm_dyn_quant_zp = fixedpoint.dynamic_zero_points (fp16 and float32 rows; all-zero, all-positive,
+    all-negative and constant rows; exact half-way quotients; extremes near the float32 limit; rows
+    longer than the C block), non-finite rows refused; qm_dyn_rescale_zp = the emulator's float32
+    ((acc - z * colsum) * s_row) * w_scale + bias, then _hs."""
+    from quantmodel.intarith import fixedpoint
+
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(7)
+    for rows, k, dtype, bits in ((256, 64, torch.float16, 8), (9, 1500, torch.float32, 6), (16, 40, torch.float32, 4)):
+        x = (torch.randn(rows, k, generator=g) * 3).to(dtype)
+        x[1] = 0
+        x[3], x[4], x[5] = x[3].abs(), -x[4].abs(), -2.5
+        levels = 2**bits - 1
+        x[2] = 0
+        x[2, 0], x[2, 1] = levels * 0.25, 0  # range [0, levels / 4] -> scale exactly 0.25: exact ties below
+        x[2, 2:7] = torch.tensor([0.5, 1.5, 2.5, 3.5, 10.5]) * 0.25
+        if dtype == torch.float32:
+            x[6] = (torch.rand(k, generator=g) * 2 - 1) * 3e38
+        q, s, z = torch.empty(rows, k, dtype=torch.int8), torch.empty(rows), torch.empty(rows, dtype=torch.int32)
+        kind = 1 if dtype == torch.float16 else 0
+        assert dll.qm_dyn_quant_zp(x.data_ptr(), kind, rows, k, bits, q.data_ptr(), s.data_ptr(), z.data_ptr()) == 0
+        rq, rs, rz = fixedpoint.dynamic_zero_points(x.float(), bits)
+        assert torch.equal(s, rs) and torch.equal(z, rz) and torch.equal(q, rq)
+        lo = -(2 ** (bits - 1))
+        assert s[2] == 0.25 and z[2] == lo and (q[2, 2:7] - lo).tolist() == [0, 2, 2, 4, 10]  # half to even
+        w = torch.randint(-128, 128, (k, 24), generator=g, dtype=torch.int8)
+        colsum = w.int().sum(dim=0, dtype=torch.int32)
+        acc = (q.int() @ w.int()).contiguous()
+        w_scale, bias = torch.rand(24, generator=g) * 1e-2, torch.randn(24, generator=g)
+        want = ((acc - z[:, None] * colsum[None, :]).float() * s[:, None]) * w_scale[None, :] + bias
+        for out_f16, out in ((1, torch.empty(rows, 24, dtype=torch.float16)), (0, torch.empty(rows, 24))):
+            dll.qm_dyn_rescale_zp(
+                acc.data_ptr(),
+                rows,
+                24,
+                s.data_ptr(),
+                z.data_ptr(),
+                colsum.data_ptr(),
+                w_scale.data_ptr(),
+                bias.data_ptr(),
+                out.data_ptr(),
+                out_f16,
+            )
+            assert torch.equal(out, want.clamp(-65504, 65504).half() if out_f16 else want)
+        for bad in (float("nan"), float("inf")):
+            x[3, 5] = bad
+            assert dll.qm_dyn_quant_zp(x.data_ptr(), kind, rows, k, bits, q.data_ptr(), s.data_ptr(), z.data_ptr()) == 1
+
+
 def test_dynamic_int_program_meets_a_non_finite_input_as_eager_does(tiny_workload):
     """A NaN in the block input of a dynamic recipe in int mode: the ranges measured on line fall back to
     torch's max (NaN), so the program gives what the eager path gives (the same values, or the same error)."""
