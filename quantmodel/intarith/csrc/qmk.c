@@ -163,12 +163,27 @@ void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride,
 
 /* ActQuantizer: q = rint(clamp(fp32(x) * recip, -qmax, qmax)); in kinds 0 f32, 1 f16; out 0 i8, 1 i16, 2 i32.
    chmul (optional, float32 holding fp16 values, one per channel of the last dim c): first the fp16-mode
-   SmoothQuant multiply x = h(h(x) * chmul[j]) (emulator._input_int8). */
+   SmoothQuant multiply x = h(h(x) * chmul[j]) (emulator._input_int8). act_quant has the bounds lo, hi and
+   an integer offset added after rounding (ZeroPointActQuantizer: clamp(x * recip, lo, hi) rounded, + z;
+   integer bounds, so clamping before rounding gives the same codes); qm_act_quant: -qmax, qmax, 0. */
 #define AQ_BODY(OT)                                                                                   \
-    for (int64_t i = 0; i < k; i++) o[i] = (OT)rintf(clampf(xs[i] * recip, -qmax, qmax));
+    for (int64_t i = 0; i < k; i++) o[i] = (OT)(rintf(clampf(xs[i] * recip, lo, hi)) + zero);
+
+static void act_quant(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, void* out,
+                      int out_kind, const float* chmul, int64_t c);
 
 void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
                   const float* chmul, int64_t c) {
+    act_quant(x, in_kind, n, recip, -qmax, qmax, 0.0f, out, out_kind, chmul, c);
+}
+
+void qm_act_quant_zp(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, int8_t* out,
+                     const float* chmul, int64_t c) {
+    act_quant(x, in_kind, n, recip, lo, hi, zero, out, 0, chmul, c);
+}
+
+static void act_quant(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, void* out,
+                      int out_kind, const float* chmul, int64_t c) {
     int64_t step = chmul ? (c < BLK ? c : BLK) : BLK;  /* with chmul: chunks never cross a row */
     int64_t rn = chmul ? c : n, rows = chmul ? (c > 0 ? n / c : 0) : 1;
     int64_t nch = rn > 0 ? (rn + step - 1) / step : 0, tot = rows * nch;

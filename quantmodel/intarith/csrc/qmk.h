@@ -21,6 +21,8 @@ void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride,
                 double qmax, void* out, int out_kind, int64_t out_stride);
 void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
                   const float* chmul, int64_t c);
+void qm_act_quant_zp(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, int8_t* out,
+                     const float* chmul, int64_t c);
 int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind);
 void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws);
 void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, void* out,
