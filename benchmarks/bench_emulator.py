@@ -315,6 +315,7 @@ def run_forward_comparison(
     recipes: tuple[str, ...] = ("asq-w8a8",),
     threads: tuple[int, ...] = (1, 2),
     modes: tuple[str, ...] = ("fp16", "int"),
+    f32path: bool = True,
 ) -> float:
     """For each config, recipe and mode: emulator vs float32 forward, side by side, at each thread
     count (the pair is built once and re-timed per thread count); on the CPU also the emulator with
@@ -324,7 +325,7 @@ def run_forward_comparison(
     Ratios: ``med`` is the median over the interleaved rounds of (emulator run / the float32 run next to
     it), so load from other processes mostly cancels; ``best`` is best emulator run / best float32 run."""
     worst = 0.0
-    cpu = device == "cpu"
+    cpu = device == "cpu" and f32path
     print(
         f"full forward on {device}, {isa_label()}: emulator (integer GEMMs, vector unit in each mode) vs "
         f"float32 model; >= {repeats} interleaved rounds (more for fast ones: ~1 s each), medians"
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "process limited to AVX2 with C kernels for x86-64-v3)",
     )
     p.add_argument("--no-paths", action="store_true", help="skip the table of int8 GEMM paths")
+    p.add_argument("--no-f32path", action="store_true", help="skip the forced-float32-path emulator column")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.cuda_check:
@@ -441,7 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GEMM level: worst int/f32 total ratio {worst:.2f} (goal <= 1.00)")
     if args.forward or args.forward_only:
         fw = run_forward_comparison(
-            names, args.repeats, args.device, tuple(args.recipes.split(",")), threads, tuple(args.modes.split(","))
+            names,
+            args.repeats,
+            args.device,
+            tuple(args.recipes.split(",")),
+            threads,
+            tuple(args.modes.split(",")),
+            not args.no_f32path,
         )
         print(f"full forward: worst median emulator/f32 ratio {fw:.2f} (goal <= 1.00), {isa_label()}")
     if "avx2" in isas:
