@@ -14,7 +14,7 @@ with the path the per-shape choice takes on this CPU.
     QUANTMODEL_CKERNELS=0 python benchmarks/bench_emulator.py --forward-only   # torch ops only (no C loops)
 
 ``--isa avx2`` reruns the benchmark in a child process limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``,
-``ATEN_CPU_CAPABILITY=avx2``, C kernels built for ``-march=x86-64-v3``); every table names the CPU
+``ATEN_CPU_CAPABILITY=avx2``, ``MKL_ENABLE_INSTRUCTIONS=AVX2``, C kernels built for ``-march=x86-64-v3``); every table names the CPU
 capability it ran on. Timings are best of ``--repeats`` runs, the compared functions interleaved (the
 machine is shared: load hits all alike, the minimum is the least disturbed run).
 
@@ -122,11 +122,7 @@ def _time_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
 
 def isa_label() -> str:
     """The CPU capability this process runs with, and the settings that limit it."""
-    env = ", ".join(
-        f"{k}={os.environ[k]}"
-        for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "QUANTMODEL_CKERNELS_MARCH", "QUANTMODEL_GEMM")
-        if k in os.environ
-    )
+    env = ", ".join(f"{k}={os.environ[k]}" for k in (*AVX2_ENV, "QUANTMODEL_GEMM") if k in os.environ)
     return f"CPU capability {torch.backends.cpu.get_cpu_capability()}" + (f" ({env})" if env else " (native)")
 
 
@@ -357,7 +353,12 @@ def run_forward_comparison(
     return worst
 
 
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "QUANTMODEL_CKERNELS_MARCH": "x86-64-v3"}
+AVX2_ENV = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # the float32 GEMMs (MKL) of both sides too
+    "QUANTMODEL_CKERNELS_MARCH": "x86-64-v3",
+}
 
 
 def run_avx2_child(argv: list[str]) -> int:
