@@ -121,9 +121,6 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload,
         ),
     ]
     arts.append(build_artifact(model, get_recipe("dynamic-w8a8"), None, w.num_steps))
-    arts.append(
-        build_artifact(model, dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True), None, 2)
-    )
     n0 = torch.get_num_threads()
     try:
         for nt in (1, 2):
