@@ -108,6 +108,7 @@ class Machine:
         self.cpb_dma = freq / hw.dma.bandwidth_bytes_per_s
         self.cpb_flash = freq / hw.flash.bandwidth_bytes_per_s
         self.setup = hw.dma.setup_cycles
+        self.xfer_cycles: dict = {}  # bytes -> (controller cycles, engine cycles) of one engine's transfer
         self.st = dict.fromkeys(STAT_KEYS, 0)  # the layers' counters
         self.swap_st = dict.fromkeys(STAT_KEYS, 0)  # the background swap's counters
         self.swap_proc = None
@@ -131,11 +132,18 @@ class Machine:
                     break
             else:
                 e = free.index(min(free))
-            t0 = max(now, free[e])
-            tb0 = max(t0 + self.setup, self.bus_free)
-            tb = math.ceil(nbytes * self.cpb_dram)
-            self.bus_free = tb0 + tb
-            end = max(tb0 + tb, t0 + self.setup + math.ceil(nbytes * self.cpb_dma))
+            cost = self.xfer_cycles.get(nbytes)
+            if cost is None:  # (controller cycles, engine cycles): a unit moves few distinct sizes
+                cost = self.xfer_cycles[nbytes] = (math.ceil(nbytes * self.cpb_dram), math.ceil(nbytes * self.cpb_dma))
+            tb, te = cost
+            f = free[e]
+            t0 = f if f > now else now
+            tb0 = t0 + self.setup
+            if self.bus_free > tb0:
+                tb0 = self.bus_free
+            self.bus_free = end = tb0 + tb
+            if t0 + self.setup + te > end:
+                end = t0 + self.setup + te
             free[e] = end
             st["dram_busy"] += tb
             st["dma_busy"] += end - t0

@@ -428,6 +428,7 @@ class _Estimate:
 
     def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
         self.u, self.tile_cycles = u, tile_cycles
+        self.sums: dict = {}  # (kt, nt, mt, bt) -> ``_sums``
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
         b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
         self.b_bpe_of_item = u.b_bytes / b_el if b_el else 0.0  # per batch item when B differs per item
@@ -458,12 +459,7 @@ class _Estimate:
         u = self.u
         nb_m, nb_n, nb_k = math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt)
         fa, fb_item = _reloads(nb_m, nb_n, nb_k, wr)
-        comp = 0
-        for b_n, b_s in _blocks(u.batch, bt):
-            for m_n, m_s in _blocks(u.m, mt):
-                for k_n, k_s in _blocks(u.k, kt):
-                    for n_n, n_s in _blocks(u.n, nt):
-                        comp += b_n * m_n * k_n * n_n * self.tile_cycles(b_s, m_s, k_s, n_s)[0]
+        comp = self._sums(kt, nt, mt, bt)[0]
         dram = self._b_in(fb_item, nb_n, nb_k, math.ceil(u.batch / bt)) + u.pre_weight_bytes + u.res_bytes
         dram += (u.a_bytes * fa if u.dram_in else 0) + (u.out_bytes if u.dram_out else 0)
         # the arrays wait for the first tile's operands and the last output tile leaves after them
@@ -474,6 +470,25 @@ class _Estimate:
         b_e, m_e, n_e = (x - (math.ceil(x / t) - 1) * t for x, t in ((u.batch, bt), (u.m, mt), (u.n, nt)))
         out1 = math.ceil(b_e * m_e * n_e * self.o_bpe) if u.dram_out else 0
         return replay_lower_bound(comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1)
+
+    def _sums(self, kt: int, nt: int, mt: int, bt: int) -> tuple[int, int]:
+        """(array cycles, SRAM bytes the arrays read) of every tile of a tiling, summed over its
+        full and edge blocks; the same for both loop orders, so computed once per tiling."""
+        key = (kt, nt, mt, bt)
+        hit = self.sums.get(key)
+        if hit is None:
+            u = self.u
+            comp = rd = 0
+            for b_n, b_s in _blocks(u.batch, bt):
+                for m_n, m_s in _blocks(u.m, mt):
+                    for k_n, k_s in _blocks(u.k, kt):
+                        for n_n, n_s in _blocks(u.n, nt):
+                            c, r = self.tile_cycles(b_s, m_s, k_s, n_s)
+                            w = b_n * m_n * k_n * n_n
+                            comp += w * c
+                            rd += w * r
+            hit = self.sums[key] = (comp, rd)
+        return hit
 
     def _b_in(self, fb_item: int, nb_n: int, nb_k: int, nb_b: int) -> int:
         u = self.u
@@ -496,15 +511,7 @@ class _Estimate:
         a_in = u.a_bytes * fa if u.dram_in else 0
         d_in = a_in + b_in + u.pre_weight_bytes + u.res_bytes
         d_out = u.out_bytes if u.dram_out else 0
-        comp = rd = 0
-        for b_n, b_s in _blocks(u.batch, bt):
-            for m_n, m_s in _blocks(u.m, mt):
-                for k_n, k_s in _blocks(u.k, kt):
-                    for n_n, n_s in _blocks(u.n, nt):
-                        c, r = self.tile_cycles(b_s, m_s, k_s, n_s)
-                        w = b_n * m_n * k_n * n_n
-                        comp += w * c
-                        rd += w * r
+        comp, rd = self._sums(kt, nt, mt, bt)
         pre = self.pre_cycles * fa
         post = self.post_cycles
         first_in = max(
