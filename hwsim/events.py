@@ -34,8 +34,8 @@ class Event:
 
     __slots__ = ("env", "callbacks", "value")
 
-    def __init__(self, env: Environment):
-        self.env, self.callbacks, self.value = env, [], PENDING
+    def __init__(self, env: Environment, value=PENDING):
+        self.env, self.callbacks, self.value = env, [], value
 
     @property
     def triggered(self) -> bool:
@@ -59,9 +59,8 @@ class Process(Event):
     def __init__(self, env: Environment, gen):
         super().__init__(env)
         self.gen = gen
-        start = Event(env)
+        start = Event(env, None)
         start.callbacks.append(self._resume)
-        start.value = None
         heappush(env.queue, (env.now, URGENT, next(env.eid), start))
 
     @property
@@ -100,8 +99,7 @@ class Environment:
     def timeout(self, delay: int) -> Event:
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
-        ev = Event(self)
-        ev.value = None
+        ev = Event(self, None)
         heappush(self.queue, (self.now + delay, NORMAL, next(self.eid), ev))
         return ev
 
