@@ -24,8 +24,9 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import simpy
+
 from hwsim.config import HWConfig
-from hwsim.events import Environment, Store
 from hwsim.tiling import SPLIT_MIN_BYTES, Plan, dram_cycles_per_byte
 
 STAT_KEYS = (
@@ -49,7 +50,7 @@ class Buffer:
 
     __slots__ = ("env", "level", "waiters")
 
-    def __init__(self, env: Environment, capacity: int):
+    def __init__(self, env: simpy.Environment, capacity: int):
         self.env, self.level, self.waiters = env, capacity, []
 
     def take(self, amount: int):
@@ -75,7 +76,7 @@ class Queue:
 
     __slots__ = ("env", "items", "waiter")
 
-    def __init__(self, env: Environment):
+    def __init__(self, env: simpy.Environment):
         self.env, self.items, self.waiter = env, [], None
 
     def put(self, item) -> None:
@@ -93,7 +94,7 @@ class Queue:
 
 class Machine:
     def __init__(self, hw: HWConfig, record: bool = False):
-        self.env = Environment()
+        self.env = simpy.Environment()
         self.hw = hw
         # FIFO servers kept as "free at" times: a request made now is served in request order, which
         # is what simpy.Resource does, without its per-request events (service times are known when
@@ -333,7 +334,7 @@ class Machine:
         """
         env = self.env
         chunk = self.hw.flash.chunk_bytes
-        q = Store(env, 2)
+        q = simpy.Store(env, capacity=2)
         st = self.swap_st
 
         flash = self.hw.flash
