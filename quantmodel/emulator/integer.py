@@ -50,9 +50,9 @@ backend: each op runs at once. Outside verification, on CPU with the C kernels, 
 as a compiled program (:mod:`quantmodel.emulator.program`, the recording backend of the same block):
 per weight set and input shape the ops are resolved once into a flat list of the same kernel calls
 over buffers that share one arena by live range, so a forward pays neither Python dispatch nor
-allocation per op. That covers static recipes and dynamic ones in both modes (a dynamic recipe's
-per-call scales become steps of the program), except dynamic recipes with integer attention
-products. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
+allocation per op. That covers every recipe in both modes (a dynamic recipe's per-call scales and
+zero points become steps of the program). Its output equals this eager path bit for bit (tests);
+``use_program = False`` turns it off.
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by the float64 reference
