@@ -82,6 +82,7 @@ class OptimizeSummary:
     history: list = dataclasses.field(
         default_factory=list
     )  # per trial in order: objectives, or None (refused/infeasible)
+    units: dict = dataclasses.field(default_factory=dict)  # objective or axis name -> unit of its value
 
     def to_json(self, objectives: list[str]) -> dict:
         """What ``codesign optimize --json`` prints (codesign/schemas/optimize.schema.json)."""
@@ -94,14 +95,21 @@ class OptimizeSummary:
             "feasible": self.feasible,
             "pareto": [
                 {
-                    "objectives": {o: float(row[o]) for o in objectives},
+                    "objectives": {o: self._valued(o, float(row[o])) for o in objectives},
                     "recipe": row["recipe"],
-                    "hardware": {k: v for k, v in row.items() if k not in objectives and k not in ("recipe", "key")},
+                    "hardware": {
+                        k: self._valued(k, v)
+                        for k, v in row.items()
+                        if k not in objectives and k not in ("recipe", "key")
+                    },
                     "key": row["key"],
                 }
                 for row in self.pareto
             ],
         }  # no wall-clock field: the same search prints the same bytes
+
+    def _valued(self, name: str, value) -> dict:
+        return {"value": value, "unit": self.units.get(name, "1")}
 
     def line(self) -> str:
         return (
@@ -226,7 +234,20 @@ def optimize(
         done += len(asked)
         bar.update(len(asked))
     bar.close()
-    return _summary(study, objectives, trials, computed, failed, time.perf_counter() - t0)
+    s = _summary(study, objectives, trials, computed, failed, time.perf_counter() - t0)
+    s.units = value_units(spec, objectives)
+    return s
+
+
+def value_units(spec: SweepSpec, objectives: list[str]) -> dict[str, str]:
+    """The unit of each value the search reports: an objective's is its store column's, a range axis's
+    the hardware column's, a list axis's ``index`` (the sampler picks a position in the spec's list)."""
+    from codesign.store_schema import HW_COLUMNS, points_schema
+
+    units = {o: points_schema().field(o).metadata[b"unit"].decode() or "1" for o in objectives}
+    for name, axis in spec.axes:
+        units[name] = (HW_COLUMNS.get(name, ("",))[0] or "1") if isinstance(axis, RangeAxis) else "index"
+    return units
 
 
 def _fields(spec: SweepSpec) -> dict:

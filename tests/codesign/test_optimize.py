@@ -172,3 +172,21 @@ def test_nominal_clock_points_are_found_not_failed(tmp_path):
     )
     s = optimize(spec, tmp_path / "o", ["latency_s"], trials=3, batch=3, jobs=1, progress=False, sampler="random")
     assert s.failed == 0 and s.feasible == 3
+
+
+def test_json_front_values_carry_their_units(searched):
+    """Each reported value says its unit: an objective its store column's, a range axis the hardware
+    column's, a list axis ``index`` (its value is a position in the spec's list)."""
+    _, _, s = searched
+    out = s.to_json(["latency_s", "energy_j"])
+    assert out["pareto"] and len(out["pareto"]) == len(s.pareto)
+    for entry, row in zip(out["pareto"], s.pareto):
+        assert entry["objectives"] == {
+            "latency_s": {"value": row["latency_s"], "unit": "s"},
+            "energy_j": {"value": row["energy_j"], "unit": "J"},
+        }
+        hw = entry["hardware"]
+        assert hw["clock.freq_hz"] == {"value": row["clock.freq_hz"], "unit": "Hz"}
+        assert 6.0e8 <= hw["clock.freq_hz"]["value"] <= 1.2e9
+        for axis in ("mac.arrays", "sram.weight_buffer_bytes", "vector.online_reduction"):
+            assert hw[axis]["unit"] == "index" and hw[axis]["value"] == row[axis]
