@@ -9,6 +9,7 @@ memory. Ratios are against the bf16 float model (<= 2.0 meets the goal).
     python benchmarks/bench_gpu.py --workload opensora-v1.0-16x512x512 --recipes asq-w8a8 --modes fp16
     python benchmarks/bench_gpu.py --steps 10                        # shorter videos (the ratio holds per step)
 
+Each model runs one untimed warm-up forward first (compilation of the fused CUDA kernels, cuBLAS set-up).
 Static recipes are calibrated first on the same GPU (one prompt; not timed). TSQ+TSW needs one weight
 set per step (about 74.8 GB at W8A8 for full OpenSora), so time it on a machine with that much host memory.
 """
@@ -38,6 +39,8 @@ def _video(model_fn, w, cfg, dev) -> tuple[float, float]:
     z = torch.randn(1, cfg.in_channels, *cfg.input_size, generator=g).to(dev)
     y = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(dev)
     y_null = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(dev)
+    with torch.no_grad():  # warm-up: kernel compilation (the fused CUDA kernels) and cuBLAS set-up, not timed
+        model_fn(torch.cat([z, z]), torch.full((2,), 999.0, device=dev), torch.cat([y, y_null]), 0)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
