@@ -70,7 +70,8 @@ def test_fused_activation_quantization_equals_the_act_quantizer(dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_compiled_cuda_kernels_equal_the_cpu():
+def test_compiled_cuda_kernels_equal_the_cpu(monkeypatch):
+    monkeypatch.setenv("QUANTMODEL_CUDA_FUSED", "1")
     m, sh = _constants()
     acc = _acc(m.numel())
     for q, dt in ((127, torch.int8), (32767, torch.int16)):
