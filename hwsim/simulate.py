@@ -28,6 +28,7 @@ from hwsim.chain import ChainUnit, chainable, plan_chain, row_options
 from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
+from hwsim.gemm_closed_form import gemm_plan
 from hwsim.result import SimResult
 from hwsim.schedule import (
     FUSED_GEMMS,
@@ -53,7 +54,6 @@ from hwsim.tiling import (
     op_stages,
     plan_attention,
     plan_estimate,
-    plan_gemm,
     plan_vector,
     precision_of,
     stages_of,
@@ -452,7 +452,7 @@ def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool,
     top = gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)
     est = dict(top)
     bound = _GemmSearch(unit, hw).est.bound
-    plan = _fastest_replay([(x, bound) for x, _ in top], lambda x: plan_gemm(unit, hw, need_full_k, shape=x), hw)
+    plan = _fastest_replay([(x, bound) for x, _ in top], lambda x: gemm_plan(unit, hw, need_full_k, shape=x), hw)
     plans[(unit, need_full_k)] = plan
     bt, mt, kt, nt, wr = plan.tile_shape
     return (kt, nt, mt, bt, wr), est[(kt, nt, mt, bt, wr)]
@@ -506,7 +506,7 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
         try:
             if isinstance(unit, GemmUnit):
                 shape = _shape(unit, hw, plans, need_full_k)[0]
-                p = plans.get(key) or plan_gemm(unit, hw, need_full_k, shape=shape)  # a latency planner's
+                p = plans.get(key) or gemm_plan(unit, hw, need_full_k, shape=shape)  # a latency planner's
             elif isinstance(unit, ChainUnit):
                 p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
             elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
