@@ -26,10 +26,10 @@ from collections import deque
 
 import simpy
 
-from workloads.errors import ConfigError
 from hwsim import bounded
 from hwsim.config import HWConfig
 from hwsim.tiling import SPLIT_MIN_BYTES, Plan, dram_cycles_per_byte
+from workloads.errors import ConfigError
 
 STAT_KEYS = (
     "crit_mac",

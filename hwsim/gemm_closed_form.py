@@ -29,16 +29,27 @@ from hwsim import bounded
 from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import STAT_KEYS, Machine
-from hwsim.tiling import GemmUnit, Plan, _gemm_tiles, _GemmSearch, _pipeline_cycles, epilogue_counts, gemm_caps, plan_gemm
+from hwsim.tiling import (
+    GemmUnit,
+    Plan,
+    _gemm_tiles,
+    _GemmSearch,
+    _pipeline_cycles,
+    epilogue_counts,
+    gemm_caps,
+    plan_gemm,
+)
 from workloads.errors import ConfigError
 
 # (first block count, step, samples) tried in turn: a step of 2 follows a steady state that repeats
 # every block or every other block (double buffering); 6 and 12 also one of 3 or 4 blocks
 # (DMA engines taking turns). Samples beyond two are the check that the differences are constant.
-SAMPLINGS = ((3, 2, 4), (6, 6, 4), (12, 12, 3))
-# sample tiles replayed at most for one GEMM, over all samples (about 5 s on the CI machine, the
-# same as ``MAX_GEMM_TILES`` tiles of a full replay; assumption from that measurement)
-MAX_SAMPLE_TILES = 1_000_000
+SAMPLINGS = tuple((start, step, 4) for start in (3, 6, 12, 24, 48) for step in (2, 6, 12))
+# sample tiles replayed at most for one GEMM, over all samples tried (assumption from a measurement
+# on the loaded 2-core CI machine: 108,016 sample tiles of a 1000x[1000,1000]x[1000,1000] GEMM in
+# 20x22x50 tiles took 3.2 s; the budget keeps one closed form under about 10 s)
+MAX_SAMPLE_TILES = 300_000
+SHORT_BLOCKS = 96  # a dimension of at most this many blocks may be replayed whole instead
 _COUNT_KEYS = ("sram_rd", "sram_wr", "vec_cycles", "dyn_cycles")
 _SUM_FIELDS = (0, 3, 9, 6, 7, 10)  # a_load, b_load, out_store, pre, compute, post (``Plan`` tile tuple)
 _NZ_FIELDS = (0, 3, 9)  # transfers: tiles that load or store
@@ -69,6 +80,7 @@ def closed_form_plan(u: GemmUnit, hw: HWConfig, shape: tuple) -> Plan:
     blocks = tuple(math.ceil(x / t) for x, t in zip(total, tile))
     ntiles = math.prod(blocks)
     samples: dict = {}
+    replayed = [0]
 
     def dims(counts: tuple) -> tuple:
         """(batch, m, n, k) cut in ``counts`` blocks: interior blocks dropped, the edge kept."""
@@ -77,23 +89,36 @@ def closed_form_plan(u: GemmUnit, hw: HWConfig, shape: tuple) -> Plan:
     def sample(counts: tuple) -> tuple:
         hit = samples.get(counts)
         if hit is None:
+            replayed[0] += math.prod(counts)
+            if replayed[0] > MAX_SAMPLE_TILES:
+                raise NotPeriodic  # bounded work: no steady state within the budget
             tiles, cnt = _gemm_tiles(u, hw, srch, shape, dims(counts))
             m = Machine(hw)
             m.env.process(m.run_unit(Plan("mac", tiles, *caps, cnt), ""))
             m.env.run()
             sums = tuple(sum(t[i] for t in tiles) for i in _SUM_FIELDS)
             nz = tuple(sum(1 for t in tiles if t[i]) for i in _NZ_FIELDS)
-            hit = samples[counts] = (m.env.now, *(m.st[k] for k in STAT_KEYS), *(cnt[k] for k in _COUNT_KEYS), *sums, *nz)
+            hit = samples[counts] = (
+                m.env.now,
+                *(m.st[k] for k in STAT_KEYS),
+                *(cnt[k] for k in _COUNT_KEYS),
+                *sums,
+                *nz,
+            )
         return hit
 
-    for start, step, n in SAMPLINGS:
-        long = [d for d in range(4) if blocks[d] > start + n * step]
-        largest = [start + step - 1 + (n - 1) * step if d in long else blocks[d] for d in range(4)]
-        if n ** len(long) * math.prod(largest) > MAX_SAMPLE_TILES:
-            break
+    try:
+        grids = _grids(sample, blocks)
+    except NotPeriodic:
+        grids = None
+    while grids is not None:
+        per_dim = [n * c0 + step * n * (n - 1) // 2 for c0, step, n in grids.values()]
+        if math.prod(per_dim) * math.prod(blocks[d] for d in range(4) if d not in grids) > MAX_SAMPLE_TILES:
+            break  # the samples' tiles, all combinations: each long dimension's sample counts summed
         try:
-            v = _extrapolate(sample, blocks, list(blocks), long, start, step, n)
-        except NotPeriodic:
+            v = _extrapolate(sample, blocks, list(blocks), grids)
+        except NotPeriodic:  # one dimension's transient lasts longer when the others are longer
+            grids = _later(grids, blocks) if replayed[0] <= MAX_SAMPLE_TILES else None
             continue
         ends, _ = _gemm_tiles(u, hw, srch, shape, dims(tuple(min(b, 2) for b in blocks)))
         return _plan(u, hw, caps, shape, v, ntiles, (ends[0], ends[-1]))
@@ -105,18 +130,59 @@ def closed_form_plan(u: GemmUnit, hw: HWConfig, shape: tuple) -> Plan:
     )
 
 
-def _extrapolate(sample, blocks: tuple, counts: list, long: list, start: int, step: int, n: int) -> tuple:
-    """The sample vector at ``blocks`` in every dimension of ``long`` (others as in ``counts``):
-    ``n`` samples ``step`` blocks apart per long dimension, from ``start`` + the remainder so the
-    real count is reached in whole steps, extrapolated dimension by dimension."""
-    if not long:
+def _grids(sample, blocks: tuple) -> dict | None:
+    """Per long dimension (more blocks than the smallest sampling's samples reach), the first
+    sampling of ``SAMPLINGS`` whose samples differ by constant steps, the other dimensions at
+    their smallest sample (or all their blocks): ``{dim: (first count, step, samples)}`` with the
+    first count raised by the remainder so the real count is reached in whole steps. A dimension
+    that settles under none is replayed whole where it is short (``SHORT_BLOCKS``); None where
+    it is not."""
+    start0, step0, n0 = SAMPLINGS[0]
+    long = [d for d in range(4) if blocks[d] > start0 + n0 * step0]
+    base = [start0 if d in long else blocks[d] for d in range(4)]
+    grids = {}
+    for d in long:
+        for start, step, n in SAMPLINGS:
+            if blocks[d] <= start + n * step:
+                continue
+            c0 = start + (blocks[d] - start) % step
+            try:
+                _extrapolate(sample, blocks, list(base), {d: (c0, step, n)})
+            except NotPeriodic:
+                continue
+            grids[d] = (c0, step, 3)  # all dimensions together: three samples each (two equal steps)
+            break
+        else:
+            if blocks[d] > SHORT_BLOCKS:
+                return None  # too long to replay whole, settles under no sampling
+    return grids
+
+
+def _later(grids: dict, blocks: tuple) -> dict | None:
+    """The samplings of ``grids`` started about twice as late (the same step); a dimension they
+    no longer fit is replayed whole where it is short, else None."""
+    out = {}
+    for d, (c0, step, n) in grids.items():
+        c1 = c0 + step * -(-c0 // step)
+        if blocks[d] > c1 + n * step:
+            out[d] = (c1, step, n)
+        elif blocks[d] > SHORT_BLOCKS:
+            return None
+    return out if out != grids else None
+
+
+def _extrapolate(sample, blocks: tuple, counts: list, grids: dict) -> tuple:
+    """The sample vector at ``blocks`` in every dimension of ``grids`` (others as in ``counts``):
+    per dimension, samples at ``c0 + j * step`` blocks (j < n), extrapolated linearly to the real
+    count where their differences are all equal (else ``NotPeriodic``), dimension by dimension."""
+    if not grids:
         return sample(tuple(counts))
-    d, rest = long[0], long[1:]
-    c0 = start + (blocks[d] - start) % step
+    d = next(iter(grids))
+    (c0, step, n), rest = grids[d], {k: v for k, v in grids.items() if k != d}
     vs = []
     for j in range(n):
         counts[d] = c0 + j * step
-        vs.append(_extrapolate(sample, blocks, counts, rest, start, step, n))
+        vs.append(_extrapolate(sample, blocks, counts, rest))
     counts[d] = blocks[d]
     diff = tuple(b - a for a, b in zip(vs[0], vs[1]))
     for a, b in zip(vs[1:], vs[2:]):

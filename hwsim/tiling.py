@@ -830,7 +830,9 @@ def gemm_caps(u: GemmUnit, srch, shape: tuple) -> tuple[int, int, int]:
     res_bpe = u.res_bytes / (u.batch * u.m * u.n)
     in_cap = 2 * math.ceil(bt * mt * kt * srch.a_tile_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
     w_cap = (
-        0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * srch.b_bpe) + 2 * u.pre_weight_bytes
+        0
+        if u.b_resident
+        else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * srch.b_bpe) + 2 * u.pre_weight_bytes
     )
     out_cap = 2 * math.ceil(bt * mt * nt * (srch.o_bpe if nb_k == 1 else PSUM_BYTES))
     return max(1, in_cap), max(1, w_cap), max(1, out_cap)
