@@ -26,10 +26,8 @@ from collections import deque
 
 import simpy
 
-from hwsim import bounded
 from hwsim.config import HWConfig
 from hwsim.tiling import SPLIT_MIN_BYTES, Plan, dram_cycles_per_byte
-from workloads.errors import ConfigError
 
 STAT_KEYS = (
     "crit_mac",
@@ -249,15 +247,11 @@ class Machine:
         st["tail"] += env.now - t_end
 
     def _run_closed(self, plan: Plan, label: str):
-        """A closed-form plan's cycles and counters, as its replay on an idle machine gives them;
-        refused where another process shares the machine (a weight swap in the background)."""
+        """A closed-form plan's cycles and counters, as its replay on an idle machine gives them.
+        It assumes the machine to itself: ``simulate`` refuses a step that swaps weights in the
+        background beside one (``closed_form_beside_swap``)."""
         if self.background_active:
-            raise ConfigError(
-                "workload",
-                label,
-                f"a GEMM of at most {bounded.MAX_GEMM_TILES:,} tiles while weights are swapped in the background "
-                "(this one is simulated in closed form, which assumes the machine to itself)",
-            )
+            raise RuntimeError(f"{label}: a closed-form plan beside a background process")
         cycles, counters = plan.closed
         for k, v in counters.items():
             self.st[k] += v
