@@ -1,7 +1,7 @@
 """The integer emulator on a CUDA GPU (stdit-tiny and a mid-size STDiT, static and dynamic recipes):
 an integer-only chip's final sample equals the CPU emulator's bit for bit; where float arithmetic sits
-inside the blocks (float attention products, the fp16 vector unit's transcendentals) it does not, and
-the strict xfail says so; `verify` on the GPU finds every integer op equal to the float64 reference.
+inside the blocks (float attention products, the fp16 vector unit's transcendentals) it differs by float
+rounding, asserted far below the quantization error; `verify` on the GPU finds every integer op equal to the float64 reference.
 Skipped where no CUDA device is present (CI has none)."""
 
 import dataclasses
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from quantmodel.emulator.integer import IntegerEmulator
-from quantmodel.eval.quality import eval_inputs, sample, verify_recipe
+from quantmodel.eval.quality import eval_inputs, float_model_fn, sample, sample_metrics, verify_recipe
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
 from quantmodel.quant.artifact import build_artifact
@@ -60,16 +60,24 @@ def test_cuda_sample_equals_cpu_bit_for_bit_integer_only(setup, recipe):
     assert torch.equal(cpu, gpu), f"{int((cpu != gpu).sum())} of {cpu.numel()} values differ"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="float32 attention products (cuBLAS and MKL sum in different orders) and, in fp16 mode, the "
-    "vector unit's exp/tanh/rsqrt come from the device's math library: the samples differ by rounding",
-)
 @pytest.mark.parametrize("recipe", ["asq-w8a8", "dynamic-w8a8"])
 @pytest.mark.parametrize("mode, integer_attention", [("int", False), ("fp16", False), ("fp16", True)])
-def test_cuda_sample_equals_cpu_bit_for_bit_with_float_parts(setup, recipe, mode, integer_attention):
+def test_cuda_sample_with_float_parts_differs_far_below_the_quantization_error(setup, recipe, mode, integer_attention):
+    """Float arithmetic inside the blocks (float32 attention products: cuBLAS and MKL sum in different
+    orders; in fp16 mode the vector unit's exp/tanh/rsqrt from each device's math library) is not
+    bit-exact across devices by construction, so equality is not claimed. What a user relies on: the
+    CUDA sample stands in for the CPU one, i.e. the two differ at least 20 dB less than the quantized
+    sample differs from the float model's."""
+    w, model, _, z, y = setup
     cpu, gpu = _cpu_and_cuda_samples(setup, recipe, mode, integer_attention)
-    assert torch.equal(cpu, gpu), f"{int((cpu != gpu).sum())} of {cpu.numel()} values differ"
+    ref = sample(float_model_fn(model), model, w, z, y)
+    quant_db = sample_metrics(ref, cpu)["sqnr_db"]
+    device_db = sample_metrics(cpu, gpu)["sqnr_db"]
+    print(
+        f"{w.name} {recipe} {mode} int-attn={integer_attention}: quantization {quant_db:.2f} dB, "
+        f"CUDA vs CPU {device_db:.2f} dB ({int((cpu != gpu).sum())} of {cpu.numel()} values differ)"
+    )
+    assert device_db >= quant_db + 20.0, (quant_db, device_db)
 
 
 @pytest.mark.parametrize("recipe", ["asq-w8a8", "dynamic-w8a8"])
