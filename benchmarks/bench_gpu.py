@@ -8,7 +8,9 @@ memory. Ratios are against the bf16 float model (<= 2.0 meets the goal).
     python benchmarks/bench_gpu.py                                   # 16x256x256, 100 steps, asq-w8a8
     python benchmarks/bench_gpu.py --workload opensora-v1.0-16x512x512 --recipes asq-w8a8 --modes fp16
     python benchmarks/bench_gpu.py --steps 10                        # shorter videos (the ratio holds per step)
+    python benchmarks/bench_gpu.py --fused on                        # only the fused CUDA kernels (default: both)
 
+Each model runs one untimed warm-up forward first (compilation of the fused CUDA kernels, cuBLAS set-up).
 Static recipes are calibrated first on the same GPU (one prompt; not timed). TSQ+TSW needs one weight
 set per step (about 74.8 GB at W8A8 for full OpenSora), so time it on a machine with that much host memory.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
@@ -38,6 +41,8 @@ def _video(model_fn, w, cfg, dev) -> tuple[float, float]:
     z = torch.randn(1, cfg.in_channels, *cfg.input_size, generator=g).to(dev)
     y = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(dev)
     y_null = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(dev)
+    with torch.no_grad():  # warm-up: kernel compilation (the fused CUDA kernels) and cuBLAS set-up, not timed
+        model_fn(torch.cat([z, z]), torch.full((2,), 999.0, device=dev), torch.cat([y, y_null]), 0)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -59,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", default="asq-w8a8")
     ap.add_argument("--modes", default="fp16,int")
     ap.add_argument("--no-fakequant", action="store_true")
+    ap.add_argument(
+        "--fused", default="both", choices=("off", "on", "both"), help="the fused CUDA kernels (QUANTMODEL_CUDA_FUSED)"
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here", file=sys.stderr)
@@ -90,12 +98,14 @@ def main(argv=None) -> int:
             print(f"  {rows[-1][0]}: {s:.2f} s", flush=True)
             del fq
         for mode in args.modes.split(","):
-            emu = IntegerEmulator(model, art, nonlinear=mode, device=dev)
-            s, m = _video(emu.model_fn, w, cfg, dev)
-            rows.append((f"{name} emulator {mode}", s, m))
-            print(f"  {rows[-1][0]}: {s:.2f} s", flush=True)
-            del emu
-            torch.cuda.empty_cache()
+            for fused in {"off": ["0"], "on": ["1"], "both": ["0", "1"]}[args.fused]:
+                os.environ["QUANTMODEL_CUDA_FUSED"] = fused
+                emu = IntegerEmulator(model, art, nonlinear=mode, device=dev)
+                s, m = _video(emu.model_fn, w, cfg, dev)
+                rows.append((f"{name} emulator {mode}" + (" fused" if fused == "1" else ""), s, m))
+                print(f"  {rows[-1][0]}: {s:.2f} s", flush=True)
+                del emu
+                torch.cuda.empty_cache()
     base = rows[0][1]
     print(f"\n{'model':<28} {'video s':>9} {'s/step':>8} {'x bf16':>7} {'peak GiB':>9}")
     for label, s, m in rows:

@@ -109,6 +109,8 @@ class Machine:
         self.cpb_dma = freq / hw.dma.bandwidth_bytes_per_s
         self.cpb_flash = freq / hw.flash.bandwidth_bytes_per_s
         self.setup = hw.dma.setup_cycles
+        self.xfer_cycles: dict = {}  # bytes -> (controller cycles, engine cycles) of one engine's transfer
+        self.split_cycles: dict = {}  # (bytes, engines) -> ``_split_costs``
         self.st = dict.fromkeys(STAT_KEYS, 0)  # the layers' counters
         self.swap_st = dict.fromkeys(STAT_KEYS, 0)  # the background swap's counters
         self.swap_proc = None
@@ -132,11 +134,18 @@ class Machine:
                     break
             else:
                 e = free.index(min(free))
-            t0 = max(now, free[e])
-            tb0 = max(t0 + self.setup, self.bus_free)
-            tb = math.ceil(nbytes * self.cpb_dram)
-            self.bus_free = tb0 + tb
-            end = max(tb0 + tb, t0 + self.setup + math.ceil(nbytes * self.cpb_dma))
+            cost = self.xfer_cycles.get(nbytes)
+            if cost is None:  # (controller cycles, engine cycles): a unit moves few distinct sizes
+                cost = self.xfer_cycles[nbytes] = (math.ceil(nbytes * self.cpb_dram), math.ceil(nbytes * self.cpb_dma))
+            tb, te = cost
+            f = free[e]
+            t0 = f if f > now else now
+            tb0 = t0 + self.setup
+            if self.bus_free > tb0:
+                tb0 = self.bus_free
+            self.bus_free = end = tb0 + tb
+            if t0 + self.setup + te > end:
+                end = t0 + self.setup + te
             free[e] = end
             st["dram_busy"] += tb
             st["dma_busy"] += end - t0
@@ -144,32 +153,58 @@ class Machine:
                 self.events.append(("dram", tb0, tb0 + tb, label))
                 self.events.append((f"dma{e}", t0, end, label))
             return end
+        return self._reserve_split(nbytes, st, label, now)
+
+    def _reserve_split(self, nbytes: int, st: dict, label: str, now: int) -> int:
+        """``reserve_xfer`` of a transfer that may be cut over the engines idle now."""
+        free = self.dma_free
         idle = [e for e, f in enumerate(free) if f <= now]
         pieces = min(len(idle), nbytes // SPLIT_MIN_BYTES)
         if pieces >= 2:
             engines = idle[:pieces]
         else:
             engines = [idle[0] if idle else free.index(min(free))]
-        share, extra = divmod(nbytes, len(engines))
-        end = now
-        done = bus_done = 0  # bytes and controller cycles booked so far (pieces cost no rounding)
-        for i, e in enumerate(engines):
+        costs = self.split_cycles.get((nbytes, len(engines)))
+        if costs is None:
+            costs = self.split_cycles[nbytes, len(engines)] = self._split_costs(nbytes, len(engines))
+        setup, bus, end = self.setup, self.bus_free, now
+        dram_busy = dma_busy = 0
+        for (tb, te), e in zip(costs, engines):
+            f = free[e]
+            t0 = f if f > now else now
+            tb0 = t0 + setup
+            if bus > tb0:
+                tb0 = bus
+            bus = tb0 + tb
+            e_end = t0 + setup + te
+            if bus > e_end:
+                e_end = bus
+            free[e] = e_end
+            if e_end > end:
+                end = e_end
+            dram_busy += tb
+            dma_busy += e_end - t0
+            if self.events is not None:
+                self.events.append(("dram", tb0, bus, label))
+                self.events.append((f"dma{e}", t0, e_end, label))
+        self.bus_free = bus
+        st["dram_busy"] += dram_busy
+        st["dma_busy"] += dma_busy
+        return end
+
+    def _split_costs(self, nbytes: int, pieces: int) -> list[tuple[int, int]]:
+        """(controller cycles, engine cycles) of each piece of a transfer cut over ``pieces``
+        engines: bytes shared out evenly, the controller's cycles rounded on the running total
+        (pieces cost no rounding)."""
+        share, extra = divmod(nbytes, pieces)
+        out, done, bus_done = [], 0, 0
+        for i in range(pieces):
             b = share + (1 if i < extra else 0)
             done += b
-            t0 = max(now, free[e])
-            tb0 = max(t0 + self.setup, self.bus_free)
             tb = math.ceil(done * self.cpb_dram) - bus_done
             bus_done += tb
-            self.bus_free = tb0 + tb
-            e_end = max(tb0 + tb, t0 + self.setup + math.ceil(b * self.cpb_dma))
-            free[e] = e_end
-            end = max(end, e_end)
-            st["dram_busy"] += tb
-            st["dma_busy"] += e_end - t0
-            if self.events is not None:
-                self.events.append(("dram", tb0, tb0 + tb, label))
-                self.events.append((f"dma{e}", t0, e_end, label))
-        return end
+            out.append((tb, math.ceil(b * self.cpb_dma)))
+        return out
 
     def xfer(self, nbytes: int, st: dict, label: str):
         end = self.reserve_xfer(nbytes, st, label)
@@ -205,13 +240,17 @@ class Machine:
         ev = self.events
         eng_name = plan.engine
         alloc = 0
+        qa_items, qb_items = qa.items, qb.items
         for t in tiles:
             t0 = env.now
-            for q in (qa, qb):
-                if q.items:
-                    q.items.pop(0)
-                else:
-                    yield q.wait()
+            if qa_items:
+                qa_items.pop(0)
+            else:
+                yield qa.wait()
+            if qb_items:
+                qb_items.pop(0)
+            else:
+                yield qb.wait()
             waited = env.now - t0
             if waited:
                 pre = min(waited, t[6])  # part of the wait spent in the fused pre-stage
@@ -264,34 +303,38 @@ class Machine:
         DMA it in, run the fused pre-stage (input only) on the vector unit, hand it to compute."""
         env = self.env
         st = self.st
+        reserve_xfer, timeout = self.reserve_xfer, env.timeout
+        pre_label = label + " (pre)"
         for t in tiles:
             if t[get_i]:
                 ev = buf.take(t[get_i])
                 if ev is not None:
                     yield ev
             if t[load_i]:
-                end = self.reserve_xfer(t[load_i], st, label)
+                end = reserve_xfer(t[load_i], st, label)
                 if end > env.now:
-                    yield env.timeout(end - env.now)
+                    yield timeout(end - env.now)
             if pre_i >= 0 and t[pre_i]:
-                yield env.timeout(self.reserve_vector(t[pre_i], st, label + " (pre)") - env.now)
+                yield timeout(self.reserve_vector(t[pre_i], st, pre_label) - env.now)
             ready.put(t)
 
     def _storer(self, outq, out_buf, label):
         env = self.env
         st = self.st
+        items = outq.items
+        post_label = label + " (post)"
         while True:
-            if outq.items:
-                item = outq.items.pop(0)
+            if items:
+                item = items.pop(0)
             else:
                 item = yield outq.wait()
             if item is None:
                 return
             nbytes, post, alloc = item
             if post:
-                yield env.timeout(self.reserve_vector(post, st, label + " (post)") - env.now)
-            if nbytes:  # 0: the output stays in SRAM for the next unit
-                yield from self.xfer(nbytes, st, label)
+                yield env.timeout(self.reserve_vector(post, st, post_label) - env.now)
+            if nbytes:  # 0: the output stays in SRAM for the next unit (else as ``xfer``)
+                yield env.timeout(self.reserve_xfer(nbytes, st, label) - env.now)
             out_buf.give(alloc)
 
     # ---- weight-set swap ------------------------------------------------------------------------------

@@ -430,6 +430,7 @@ class _Estimate:
 
     def __init__(self, u: GemmUnit, hw: HWConfig, tile_cycles, a_bpe: float, a_sram_bpe: float, o_bpe: float):
         self.u, self.tile_cycles = u, tile_cycles
+        self.sums: dict = {}  # (kt, nt, mt, bt) -> ``_sums``
         self.a_bpe, self.a_sram_bpe, self.o_bpe = a_bpe, a_sram_bpe, o_bpe
         b_el = (u.batch if u.b_per_item else 1) * u.k * u.n
         self.b_bpe_of_item = u.b_bytes / b_el if b_el else 0.0  # per batch item when B differs per item
@@ -460,12 +461,7 @@ class _Estimate:
         u = self.u
         nb_m, nb_n, nb_k = math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt)
         fa, fb_item = _reloads(nb_m, nb_n, nb_k, wr)
-        comp = 0
-        for b_n, b_s in _blocks(u.batch, bt):
-            for m_n, m_s in _blocks(u.m, mt):
-                for k_n, k_s in _blocks(u.k, kt):
-                    for n_n, n_s in _blocks(u.n, nt):
-                        comp += b_n * m_n * k_n * n_n * self.tile_cycles(b_s, m_s, k_s, n_s)[0]
+        comp = self._sums(kt, nt, mt, bt)[0]
         dram = self._b_in(fb_item, nb_n, nb_k, math.ceil(u.batch / bt)) + u.pre_weight_bytes + u.res_bytes
         dram += (u.a_bytes * fa if u.dram_in else 0) + (u.out_bytes if u.dram_out else 0)
         # the arrays wait for the first tile's operands and the last output tile leaves after them
@@ -476,6 +472,25 @@ class _Estimate:
         b_e, m_e, n_e = (x - (math.ceil(x / t) - 1) * t for x, t in ((u.batch, bt), (u.m, mt), (u.n, nt)))
         out1 = math.ceil(b_e * m_e * n_e * self.o_bpe) if u.dram_out else 0
         return replay_lower_bound(comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1)
+
+    def _sums(self, kt: int, nt: int, mt: int, bt: int) -> tuple[int, int]:
+        """(array cycles, SRAM bytes the arrays read) of every tile of a tiling, summed over its
+        full and edge blocks; the same for both loop orders, so computed once per tiling."""
+        key = (kt, nt, mt, bt)
+        hit = self.sums.get(key)
+        if hit is None:
+            u = self.u
+            comp = rd = 0
+            for b_n, b_s in _blocks(u.batch, bt):
+                for m_n, m_s in _blocks(u.m, mt):
+                    for k_n, k_s in _blocks(u.k, kt):
+                        for n_n, n_s in _blocks(u.n, nt):
+                            c, r = self.tile_cycles(b_s, m_s, k_s, n_s)
+                            w = b_n * m_n * k_n * n_n
+                            comp += w * c
+                            rd += w * r
+            hit = self.sums[key] = (comp, rd)
+        return hit
 
     def _b_in(self, fb_item: int, nb_n: int, nb_k: int, nb_b: int) -> int:
         u = self.u
@@ -498,15 +513,7 @@ class _Estimate:
         a_in = u.a_bytes * fa if u.dram_in else 0
         d_in = a_in + b_in + u.pre_weight_bytes + u.res_bytes
         d_out = u.out_bytes if u.dram_out else 0
-        comp = rd = 0
-        for b_n, b_s in _blocks(u.batch, bt):
-            for m_n, m_s in _blocks(u.m, mt):
-                for k_n, k_s in _blocks(u.k, kt):
-                    for n_n, n_s in _blocks(u.n, nt):
-                        c, r = self.tile_cycles(b_s, m_s, k_s, n_s)
-                        w = b_n * m_n * k_n * n_n
-                        comp += w * c
-                        rd += w * r
+        comp, rd = self._sums(kt, nt, mt, bt)
         pre = self.pre_cycles * fa
         post = self.post_cycles
         first_in = max(
@@ -856,11 +863,13 @@ def _gemm_order(u: GemmUnit, nb: tuple, weight_reuse: bool) -> list:
 def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ()) -> tuple[list, dict]:
     """The replay's tiles of a GEMM tiled as ``shape`` = (kt, nt, mt, bt, weight_reuse) and their
     event counts; ``dims`` = (batch, m, n, k) cut instead of the unit's own (``gemm_closed_form``
-    drops whole interior blocks this way, keeping the edge blocks and the unit's bytes per element). An operand tile is loaded when the order moves to a new tile of it; a fused
+    drops whole interior blocks this way, keeping the edge blocks and the unit's bytes per
+    element). An operand tile is loaded when the order moves to a new tile of it; a fused
     pre-stage runs on every input load; the epilogue (post-stages, and a residual read with the
     last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM.
-    One loop on purpose: each tile's loads, SRAM reservations, stage cycles and counts depend on
-    its neighbours in the order (first and last use of an operand tile), read in one place."""
+    One piece on purpose: each tile's loads, SRAM reservations, stage cycles and counts depend on
+    its neighbours in the order (first and last use of an operand tile), read in one place; a tile
+    is made once per kind (its sizes and those neighbour flags, ``one_tile``) and shared."""
     kt, nt, mt, bt, weight_reuse = shape
     a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     tile_cycles = srch.tile_cycles
@@ -872,7 +881,6 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ())
     qv, qd = stage_cycles_per_element(hw, u.post)
     recip = hw.vector.reciprocal_cycles_per_row if "dyn_stats" in stages_of(u.pre) else 0
     res_bpe = u.res_bytes / (u.batch * u.m * u.n)
-    counts = {"sram_rd": 0, "sram_wr": 0, "vec_cycles": 0, "dyn_cycles": 0}
 
     def sizes(i: int, tile: int, total: int) -> int:
         return min(tile, total - i * tile)
@@ -883,42 +891,32 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ())
     def b_id(t):
         return (t[0] if u.b_per_item else 0, t[2], t[3])
 
-    order = _gemm_order(u, nb, weight_reuse)
-    tiles = []
-    first_b = True
-    for idx, t in enumerate(order):
-        ib, im, jn, kk = t
-        b, m, n, k = sizes(ib, bt, d_b), sizes(im, mt, d_m), sizes(jn, nt, d_n), sizes(kk, kt, d_k)
-        prev = order[idx - 1] if idx else None
-        nxt = order[idx + 1] if idx + 1 < len(order) else None
-        a_new = prev is None or a_id(prev) != a_id(t)
-        a_free = nxt is None or a_id(nxt) != a_id(t)
+    def one_tile(b, m, n, k, a_new, a_free, b_new, b_free, first, k_first, k_last) -> tuple:
+        """A tile of sizes (b, m, n, k), whether it loads / frees its operands, whether it is the
+        first tile, the first / last K step: the tile and its (sram_rd, sram_wr, vec, dyn) counts."""
+        rd_c = wr_c = vec_c = dyn_c = 0
         a_el_t = b * m * k
         a_load = math.ceil(a_el_t * a_bpe) if a_new and u.dram_in else 0
         a_sram = math.ceil(a_el_t * srch.a_tile_bpe)
         if u.b_resident:
-            b_new, b_free, b_load, b_sram = False, False, 0, 0
+            b_load, b_sram = 0, 0
         else:
-            b_new = prev is None or b_id(prev) != b_id(t)
-            b_free = nxt is None or b_id(nxt) != b_id(t)
             b_el_t = (b if u.b_per_item else 1) * k * n
             b_load = math.ceil(b_el_t * b_bpe) if b_new else 0
             b_sram = math.ceil(b_el_t * b_bpe)
-        if first_b and u.pre_weight_bytes:
+        if first and u.pre_weight_bytes:
             b_load += u.pre_weight_bytes  # factors stay in their own corner of the weight buffer
-        first_b = False
         pre_c = 0
         if u.pre and a_new:
             pre_v = math.ceil(a_el_t * pv / lanes) if pv else 0
             pre_d = math.ceil(a_el_t * pd / lanes) + b * m * recip if pd else 0
             pre_c = pre_v + pre_d
-            counts["vec_cycles"] += pre_v
-            counts["dyn_cycles"] += pre_d
-            counts["sram_rd"] += math.ceil(a_el_t * FP16_BYTES)  # read FP16, write quantized
-            counts["sram_wr"] += math.ceil(a_el_t * (a_sram_bpe - a_bpe))
+            vec_c += pre_v
+            dyn_c += pre_d
+            rd_c += math.ceil(a_el_t * FP16_BYTES)  # read FP16, write quantized
+            wr_c += math.ceil(a_el_t * (a_sram_bpe - a_bpe))
         cyc, rd = tile_cycles(b, m, k, n)
-        counts["sram_rd"] += rd
-        k_first, k_last = kk == 0, kk == nb_k - 1
+        rd_c += rd
         o_sram_bpe = o_bpe if nb_k == 1 else PSUM_BYTES
         out_alloc = math.ceil(b * m * n * o_sram_bpe) if k_first else 0
         out_tile = math.ceil(b * m * n * o_bpe) if k_last else 0
@@ -929,30 +927,58 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ())
             post_v = math.ceil(b * m * n * qv / lanes) if qv else 0
             post_d = math.ceil(b * m * n * qd / lanes) if qd else 0
             post_c = post_v + post_d
-            counts["vec_cycles"] += post_v
-            counts["dyn_cycles"] += post_d
-            counts["sram_rd"] += out_tile + res_t
-            counts["sram_wr"] += out_tile
-        counts["sram_wr"] += a_load + b_load + res_t + (math.ceil(b * m * n * o_sram_bpe))  # DMA fills, array writes
+            vec_c += post_v
+            dyn_c += post_d
+            rd_c += out_tile + res_t
+            wr_c += out_tile
+        wr_c += a_load + b_load + res_t + (math.ceil(b * m * n * o_sram_bpe))  # DMA fills, array writes
         if nb_k > 1 and not k_first:
-            counts["sram_rd"] += math.ceil(b * m * n * PSUM_BYTES)  # read-modify-write of partial sums
-        counts["sram_rd"] += out_store  # DMA drains the output tile
-        tiles.append(
-            (
-                a_load + res_t,
-                (a_sram if a_new else 0) + res_t,
-                (a_sram if a_free else 0) + res_t,
-                b_load,
-                b_sram if b_new else 0,
-                b_sram if b_free else 0,
-                pre_c,
-                cyc,
-                out_alloc,
-                out_store,
-                post_c,
-                1 if k_last else 0,
-            )
+            rd_c += math.ceil(b * m * n * PSUM_BYTES)  # read-modify-write of partial sums
+        rd_c += out_store  # DMA drains the output tile
+        tile = (
+            a_load + res_t,
+            (a_sram if a_new else 0) + res_t,
+            (a_sram if a_free else 0) + res_t,
+            b_load,
+            b_sram if b_new else 0,
+            b_sram if b_free else 0,
+            pre_c,
+            cyc,
+            out_alloc,
+            out_store,
+            post_c,
+            1 if k_last else 0,
         )
+        return tile, (rd_c, wr_c, vec_c, dyn_c)
+
+    order = _gemm_order(u, nb, weight_reuse)
+    tiles = []
+    made: dict = {}  # what makes a tile -> (tile, its counts): a GEMM's tiles come in few kinds
+    sram_rd = sram_wr = vec_cycles = dyn_cycles = 0
+    last = len(order) - 1
+    for idx, t in enumerate(order):
+        ib, im, jn, kk = t
+        b, m, n, k = sizes(ib, bt, d_b), sizes(im, mt, d_m), sizes(jn, nt, d_n), sizes(kk, kt, d_k)
+        prev = order[idx - 1] if idx else None
+        nxt = order[idx + 1] if idx < last else None
+        a_new = prev is None or a_id(prev) != a_id(t)
+        a_free = nxt is None or a_id(nxt) != a_id(t)
+        if u.b_resident:
+            b_new = b_free = False
+        else:
+            b_new = prev is None or b_id(prev) != b_id(t)
+            b_free = nxt is None or b_id(nxt) != b_id(t)
+        key = (b, m, n, k, a_new, a_free, b_new, b_free, idx == 0, kk == 0, kk == nb_k - 1)
+        hit = made.get(key)
+        if hit is None:
+            hit = made[key] = one_tile(*key)
+        tile, (rd, wr, vc, dc) = hit
+        tiles.append(tile)
+        sram_rd += rd
+        sram_wr += wr
+        vec_cycles += vc
+        dyn_cycles += dc
+    counts = {"sram_rd": sram_rd, "sram_wr": sram_wr, "vec_cycles": vec_cycles, "dyn_cycles": dyn_cycles}
     return tiles, counts
 
 

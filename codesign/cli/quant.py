@@ -71,6 +71,8 @@ def register(sub) -> None:
     p.add_argument("--artifact", help="use this artifact instead of quantizing now")
     p.add_argument("--nonlinear", default="fp16", help="vector-unit mode: fp16 or int")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--layers", help="check only these blocks, e.g. 0,13,27 (default: all)")
+    p.add_argument("--steps", help="check only these sampling steps, e.g. 0,50,99 (default: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_verify)
 
@@ -223,6 +225,21 @@ def _json_safe(x):
     return x
 
 
+def _index_list(field_name: str, text: str | None, n: int) -> list[int] | None:
+    """``"0,13,27"`` -> [0, 13, 27], each in 0..n-1 (None: all), or one line naming the value."""
+    from workloads.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        out = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise ConfigError(field_name, text, f"comma-separated indices in 0..{n - 1}") from None
+    if not out or out[0] < 0 or out[-1] >= n:
+        raise ConfigError(field_name, text, f"comma-separated indices in 0..{n - 1}")
+    return out
+
+
 def run_verify(args) -> int:
     from quantmodel.emulator.integer import NONLINEAR_MODES
     from quantmodel.eval.quality import load_model, verify_recipe
@@ -242,6 +259,8 @@ def run_verify(args) -> int:
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
     calib = _calib_kwargs(args)  # checked before the model is built
+    blocks = _index_list("layers", args.layers, w.model.depth)
+    steps = _index_list("steps", args.steps, w.num_steps)
     model = load_model(w, args.checkpoint, args.seed)
     art = None
     if args.artifact:
@@ -249,14 +268,26 @@ def run_verify(args) -> int:
         art.check_model(model)
         if art.recipe.name != recipe.name:
             raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
-    rep = verify_recipe(model, w, recipe, args.nonlinear, stats=args.stats, artifact=art, device=args.device, **calib)
+    rep = verify_recipe(
+        model,
+        w,
+        recipe,
+        args.nonlinear,
+        stats=args.stats,
+        artifact=art,
+        device=args.device,
+        blocks=blocks,
+        steps=steps,
+        **calib,
+    )
     if args.json:
         print(json.dumps(_json_safe(rep)))
     else:
         print(
             f"verify {rep['workload']} {rep['recipe']} ({rep['nonlinear']}, {rep['device']}, "
             f"captions: {rep['caption_mask']}): "
-            f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls, "
+            f"{rep['layers_checked']} integer ops checked in {rep['checks']} calls "
+            f"(blocks {_which(rep['blocks_checked'])}, steps {_which(rep['steps_checked'])}), "
             f"{rep['mismatches']} mismatches (max |diff| {rep['max_abs_diff_lsb']} LSB), "
             f"overflow: {rep['overflow'] or 'none'}; worst layer {rep['worst_layer']} "
             f"{rep['worst_layer_sqnr_db']:.2f} dB; final sample SQNR {rep['sample_sqnr_db']:.2f} dB, "
@@ -270,6 +301,10 @@ def run_verify(args) -> int:
         print(_ties_line(rep["ties"]))
         print(_baseline_line(rep["sqnr_baseline"]))
     return 0 if rep["ok"] else 1
+
+
+def _which(v) -> str:
+    return v if isinstance(v, str) else ",".join(map(str, v))
 
 
 def _baseline_line(b: dict) -> str:

@@ -147,8 +147,13 @@ def block(ops: BlockOps, blk, pre: str, x, y: torch.Tensor, t0: torch.Tensor, tp
 def run_blocks(ops: BlockOps, model, h: torch.Tensor, y: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
     """All blocks of ``model`` on the embedded tokens h [B, N, C] with the projected text y [B, L, C]
     and the timestep features t0 [B, 6 * C]; returns what the final layer reads."""
+    begin = getattr(ops, "begin_block", None)  # optional: a backend that checks only some blocks
+    if begin is not None:
+        begin(0)
     v = ops.enter(h)
     for i, blk in enumerate(model.blocks):
+        if begin is not None:
+            begin(i)
         tpe = model.block_tpe(i) if hasattr(model, "block_tpe") else (model.pos_embed_temporal if i == 0 else None)
         v = block(ops, blk, f"blocks.{i}", v, y, t0, tpe)
     return ops.leave(v)

@@ -50,9 +50,9 @@ backend: each op runs at once. Outside verification, on CPU with the C kernels, 
 as a compiled program (:mod:`quantmodel.emulator.program`, the recording backend of the same block):
 per weight set and input shape the ops are resolved once into a flat list of the same kernel calls
 over buffers that share one arena by live range, so a forward pays neither Python dispatch nor
-allocation per op. That covers static recipes and dynamic ones in both modes (a dynamic recipe's
-per-call scales become steps of the program), except dynamic recipes with integer attention
-products. Its output equals this eager path bit for bit (tests); ``use_program = False`` turns it off.
+allocation per op. That covers every recipe in both modes (a dynamic recipe's per-call scales and
+zero points become steps of the program). Its output equals this eager path bit for bit (tests);
+``use_program = False`` turns it off.
 
 With ``verify=True`` each integer GEMM + requantization, each requantization of an integer input and
 (in ``int`` mode) each integer kernel call is recomputed by the float64 reference
@@ -206,6 +206,16 @@ class _LinearParams:
     colsum: torch.Tensor | None = None  # int32 [n]: sum_k weight_q (dynamic asymmetric correction)
 
 
+def _indices(field_name: str, values, n: int) -> frozenset | None:
+    """A set of indices in 0..n-1 (None: all), refused with one line otherwise."""
+    if values is None:
+        return None
+    out = frozenset(values)
+    if not out or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n for v in out):
+        raise ConfigError(field_name, sorted(out, key=str), f"a non-empty list of indices in 0..{n - 1}")
+    return out
+
+
 class IntegerEmulator:
     """Runs a :class:`QuantArtifact` on its float model. ``model_fn(x, t, y, step)`` is what the
     samplers call; the step picks the weight set and activation scales (``step_to_set``)."""
@@ -219,11 +229,15 @@ class IntegerEmulator:
         verify: bool = False,
         layer_sqnr: bool | None = None,
         host_device: str | torch.device | None = "cpu",
+        verify_blocks=None,
+        verify_steps=None,
     ):
         """``host_device``: where the float parts around the blocks run (patch, timestep and caption
         embedders, the final layer). A chip's host runs them in float; running them on the CPU makes a
         CUDA emulator's integer-only recipes give the CPU emulator's sample bit for bit (cuBLAS and MKL
-        round float32 GEMMs differently). None: on ``device``."""
+        round float32 GEMMs differently). None: on ``device``. ``verify_blocks`` / ``verify_steps``
+        (indices; None: all): with ``verify``, check only those blocks in those steps (the others run
+        the unchecked path, which gives the same values), so a full-size check takes minutes."""
         if nonlinear not in NONLINEAR_MODES:
             raise ConfigError("nonlinear", nonlinear, " or ".join(NONLINEAR_MODES))
         if not isinstance(model, STDiT) or not hasattr(model, "blocks"):
@@ -252,6 +266,10 @@ class IntegerEmulator:
         layer_sqnr = verify if layer_sqnr is None else layer_sqnr
         self.verifier = Verifier(exact=verify) if (verify or layer_sqnr) else None
         self.exact = verify
+        self.verify_blocks = _indices("verify_blocks", verify_blocks, len(model.blocks))
+        self.verify_steps = _indices("verify_steps", verify_steps, len(artifact.step_to_set))
+        self._checking = (self.verifier, self.exact)  # the full setting; begin_block narrows it
+        self._step_on = True
         self.wset = 0
         self._cache: dict = {}
         self._mult_cache: dict = {}
@@ -988,6 +1006,8 @@ class IntegerEmulator:
         if not 0 <= step < len(sts):
             raise ConfigError("step", step, f"0..{len(sts) - 1} (the artifact's step count)")
         self.wset = sts[step]
+        self._step_on = self.verify_steps is None or step in self.verify_steps
+        self.verifier, self.exact = self._checking if self._step_on else (None, False)
         m, hm, cfg = self.model, self.host, self.model.cfg
         dev, hdev, out_dev = self.device, self.host_device, x.device
         x, timestep, y = x.to(hdev), timestep.to(hdev), y.to(hdev)
@@ -1004,10 +1024,17 @@ class IntegerEmulator:
             out = prog.run(h, yy, t0)
         else:
             out = run_blocks(self, m, h, yy, t0)
+        self.verifier, self.exact = self._checking
         return hm.unpatchify(hm.final_layer(out.float().to(hdev), t)).to(out_dev)
 
     def model_fn(self, x, t, y, step):
         return self.forward(x, t, y, step)
+
+    def begin_block(self, i: int) -> None:
+        """Called by :func:`~quantmodel.emulator.block.run_blocks` before block ``i``: checks on where
+        block and step are among those verified."""
+        on = self._step_on and (self.verify_blocks is None or i in self.verify_blocks)
+        self.verifier, self.exact = self._checking if on else (None, False)
 
     def _program(self, x_shape: tuple, y_shape: tuple):
         """The compiled blocks (:mod:`quantmodel.emulator.program`) of this weight set and shapes, built on

@@ -23,9 +23,10 @@ the program runs. Each is a :class:`Cell`: the step that measures the range (a C
 ``qm_mod_absmax`` / ``qm_gated_absmax``, the same float values the eager path builds to take its max)
 sets it, and the steps that read it derive their constants from it at run time.
 
-Scope: CPU with the C kernels, not verifying; static recipes in both vector-unit modes, with float
-or integer attention products; dynamic recipes in both modes with float attention products. Dynamic
-recipes with integer attention and ``verify`` runs take the eager path: :func:`build` returns None.
+Scope: CPU with the C kernels, not verifying; every recipe in both vector-unit modes: static and dynamic,
+symmetric or with zero points (static per tensor, dynamic per token), with or without smoothing /
+channel balancing, with float or integer attention products. ``verify`` runs take the eager path:
+:func:`build` returns None (as it does for a layer outside :meth:`ProgramOps.lp`'s scope).
 """
 
 from __future__ import annotations
@@ -167,15 +168,7 @@ def build(emu, x_shape: tuple, y_shape: tuple, pool: dict) -> BlockProgram | Non
     ``pool``: per shapes, the arena of the emulator's earlier programs, reused (programs run one at a
     time), so per-step weight sets (TSQ+TSW) share one arena."""
     dll = ckernels.lib()
-    if (
-        dll is None
-        or emu.verifier is not None
-        or emu.device.type != "cpu"
-        or emu.mode not in ("fp16", "int")
-        or (not emu.static and emu.matmuls)
-        or emu.asym  # zero points: the eager backend only (for now)
-        or (not emu.static and emu.recipe.smoothing)  # channel-balanced dynamic: likewise
-    ):
+    if dll is None or emu.verifier is not None or emu.device.type != "cpu" or emu.mode not in ("fp16", "int"):
         return None
     try:
         first = ProgramOps(emu, dll, _Builder()).compile(emu.model, x_shape, y_shape)
@@ -212,20 +205,21 @@ class ProgramOps:
 
     # ---- pieces ---------------------------------------------------------------------------------------
     def lp(self, name: str):
-        """A static layer's prepared parameters (int8 codes, fast prepared GEMM), else out of scope."""
+        """A static layer's prepared parameters (int8 codes, symmetric or with a zero point; fast prepared
+        GEMM), else out of scope."""
         p = self.emu.linear_params(name)
-        if p is None or not p.static or p.xq is None or p.xq.out_dtype != torch.int8 or not p.gemm.fast:
+        int8 = p is not None and (p.zq is not None or (p.xq is not None and p.xq.out_dtype == torch.int8))
+        if not int8 or not p.static or not p.gemm.fast:
             raise _Unsupported(name)
         return p
 
     def lp_dyn(self, name: str):
-        """A dynamic-recipe layer (fp16 mode): no smoothing, float32 bias and weight scales, and a K for
-        which no int8 sum can overflow int32 (so the eager path's run-time check cannot fire)."""
+        """A dynamic-recipe layer: float32 bias and weight scales, and a K for which no int8 sum can
+        overflow int32 (so the eager path's run-time check cannot fire)."""
         p = self.emu.linear_params(name)
         if (
             p is None
             or p.static
-            or p.smooth is not None
             or p.bias is None
             or p.bias.dtype != torch.float32
             or p.w_scale.dtype != torch.float32
@@ -242,6 +236,10 @@ class ProgramOps:
         p = self.lp_dyn(name)
         if isinstance(x, IntVal):
             x = self.dequant(x.q, x.scale)
+        if p.smooth is not None and p.fold in ("mul", "text"):
+            x = self.dyn_smooth(p, x)
+        if emu.asym:
+            return self.dyn_linear_zp(name, p, x)
         fp16 = emu.mode == "fp16"
         k, n = p.w_t.shape
         rows = x.numel() // k
@@ -272,6 +270,70 @@ class ProgramOps:
             rows,
             n,
             s_row.data_ptr(),
+            bld.const(p.w_scale.contiguous()).data_ptr(),
+            bld.const(p.bias.contiguous()).data_ptr(),
+            out.data_ptr(),
+            int(fp16),
+        )
+        return out
+
+    def dyn_smooth(self, p, x: torch.Tensor) -> torch.Tensor:
+        """The explicit channel-balancing multiply of :meth:`IntegerEmulator.linear`'s dynamic branch:
+        fp16 mode ``fp16(fp16(x) * fp16(1/s))`` (an fp16 buffer), int mode the float32 ``x / s``."""
+        bld = self.b
+        if self.emu.mode != "fp16":
+            out = bld.buf(x.shape, torch.float32)
+            bld.call(torch.div, x, bld.const(p.smooth), out=out)
+            return out
+        if x.dtype != torch.float16:  # _h(x): float32 values rounded to fp16 first
+            xh = bld.buf(x.shape, torch.float16)
+            bld.call(xh.copy_, x)
+            x = xh
+        f = bld.buf(x.shape, torch.float32)
+        bld.call(f.copy_, x)
+        bld.call(torch.mul, f, bld.const((1.0 / p.smooth).to(torch.float16).float()), out=f)
+        h = bld.buf(x.shape, torch.float16)
+        bld.call(h.copy_, f)
+        return h
+
+    def dyn_linear_zp(self, name: str, p, x: torch.Tensor) -> torch.Tensor:
+        """IntegerEmulator._dynamic_zp (asymmetric per-token codes and zero points, the int8 GEMM, the
+        rank-1 zero-point correction, the float32 rescale) as two C loops around the GEMM; a row the C
+        loop does not take (a non-finite value) is quantized by the torch definition, as eager."""
+        emu, bld = self.emu, self.b
+        fp16 = emu.mode == "fp16"
+        k, n = p.w_t.shape
+        rows = x.numel() // k
+        q, s_row = bld.buf((rows, k), torch.int8), bld.buf(rows, torch.float32)
+        z, acc = bld.buf(rows, torch.int32), bld.buf((rows, n), torch.int32)
+        out = bld.buf((*x.shape[:-1], n), torch.float16 if fp16 else torch.float32)
+        quant = functools.partial(
+            self.dll.qm_dyn_quant_zp,
+            x.data_ptr(),
+            ckernels.IN_KIND_FLOAT[x.dtype],
+            rows,
+            k,
+            emu.a_bits,
+            q.data_ptr(),
+            s_row.data_ptr(),
+            z.data_ptr(),
+        )
+
+        def step():
+            if quant():
+                rq, rs, rz = fixedpoint.dynamic_zero_points(x.reshape(rows, k).float(), emu.a_bits)
+                q.copy_(rq), s_row.copy_(rs), z.copy_(rz)
+
+        bld.py(step, x, q, s_row, z)
+        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        bld.call(
+            self.dll.qm_dyn_rescale_zp,
+            acc.data_ptr(),
+            rows,
+            n,
+            s_row.data_ptr(),
+            z.data_ptr(),
+            bld.const(p.colsum.contiguous()).data_ptr(),
             bld.const(p.w_scale.contiguous()).data_ptr(),
             bld.const(p.bias.contiguous()).data_ptr(),
             out.data_ptr(),
@@ -312,6 +374,22 @@ class ProgramOps:
                 xs = self.b.buf(x.shape, torch.float32)
                 self.b.call(torch.mul, x, self.b.const(1.0 / p.smooth), out=xs)  # x.float() * (1.0 / p.smooth)
                 x = xs
+        if p.zq is not None:  # ZeroPointActQuantizer: clamp(x * recip, lo, hi) rounded, + z
+            zq = p.zq
+            self.b.call(
+                self.dll.qm_act_quant_zp,
+                x.data_ptr(),
+                ckernels.IN_KIND_FLOAT[x.dtype],
+                x.numel(),
+                zq.recip,
+                float(zq.lo),
+                float(zq.hi),
+                float(zq.zero),
+                out.data_ptr(),
+                None if inv is None else inv.data_ptr(),
+                0 if inv is None else c,
+            )
+            return out
         self.b.call(
             self.dll.qm_act_quant,
             x.data_ptr(),
@@ -499,13 +577,17 @@ class ProgramOps:
         part requantized to its product's input scale), or the eager path's views of float32 values."""
         codes, s_codes = (v.q, v.scale) if isinstance(v, IntVal) else (v, None)
         tmask, targets = head_layout(pre, roles)
-        if self.emu.matmuls:
+        if self.emu.matmuls and self.emu.static:
             return self.split_heads_q8(codes, s_codes, num_heads, tmask, targets)
+        if self.emu.matmuls:  # dynamic products: views of the float values, as eager (attend_dyn copies)
+            return head_views(codes, len(roles), num_heads, tmask)
         if codes.dtype == torch.float32:  # a dynamic recipe's float32 output (int mode)
             return head_views(codes, len(roles), num_heads, tmask)
         return self.split_heads(codes, s_codes, len(roles), num_heads, tmask)
 
     def attend(self, pre: str, q, k_t, vv, b: int, n: int, c: int):
+        if self.emu.matmuls and not self.emu.static:
+            return self.attend_dyn(pre, q, k_t, vv, b, n, c)
         if self.emu.matmuls:
             return self.attend_int(pre, q, k_t, vv, b, n, c)
         return self.attend_float(pre, q, k_t, vv, b, n, c)
@@ -622,6 +704,67 @@ class ProgramOps:
         bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
         return self.layer(pre + ".proj", IntVal(merged, self.mm_scale(pre + ".av", "y_scale")), self.res_dtype)
 
+    # ---- quantized attention products (dynamic recipes) ---------------------------------------------------
+    def dyn_rows(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row int8 codes of t [..., R, K] (any strides; fp16 or float32): the row abs-max scales and
+        codes of IntegerEmulator.matmul's dynamic branch (``symmetric_scale`` + round half to even of the
+        float64 quotient, clamped), as ckernels ``qm_dyn_quant``. Returns (codes as float32 values [..., R, K],
+        scales float32 [..., R]); a non-finite value raises the eager path's error."""
+        bld, k = self.b, t.shape[-1]
+        x = bld.buf(t.shape, t.dtype)
+        bld.call(x.copy_, t)  # contiguous rows
+        rows = x.numel() // k
+        q8, s = bld.buf(t.shape, torch.int8), bld.buf(t.shape[:-1], torch.float32)
+        quant = functools.partial(
+            self.dll.qm_dyn_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], rows, k, self.emu.qa, q8.data_ptr()
+        )
+        bits = self.emu.a_bits
+
+        def step():
+            if quant(s.data_ptr()):  # a non-finite value: the eager definition raises
+                fixedpoint.symmetric_scale(x.float().abs().amax(dim=-1).double(), bits)
+                raise RuntimeError("emuprogram: non-finite attention operand not reported")
+
+        bld.py(step, x, q8, s)
+        qf = bld.buf(t.shape, torch.float32)
+        bld.call(qf.copy_, q8)
+        return qf, s
+
+    def dyn_product(self, a: torch.Tensor, b_rows: torch.Tensor) -> torch.Tensor:
+        """IntegerEmulator.matmul (dynamic) of a [..., M, K] by b [..., K, N], given b's transpose
+        ``b_rows`` [..., N, K] (b's per-column scales are its rows'): both operands' codes, the exact
+        integer product (float32, over K chunks past the exact limit), then ``(acc * s_a) * s_b`` in float32."""
+        bld = self.b
+        qa_, sa = self.dyn_rows(a)
+        qb_, sb = self.dyn_rows(b_rows)
+        k = a.shape[-1]
+        y = bld.buf((*a.shape[:-1], b_rows.shape[-2]), torch.float32)
+        if k * self.emu.qa * self.emu.qa > 2**24:  # float32 over K chunks, added in int32 (exact)
+            acc = bld.buf(y.shape, torch.int32)
+            bld.call(gemmpaths.matmul_float_exact, qa_, qb_.transpose(-2, -1), out=acc)
+            bld.call(y.copy_, acc)  # acc.float()
+        else:  # every partial sum below 2**24: the float32 product is the integer one
+            bld.call(torch.matmul, qa_, qb_.transpose(-2, -1), out=y)
+        bld.call(torch.mul, y, sa.unsqueeze(-1), out=y)
+        bld.call(torch.mul, y, sb.unsqueeze(-2), out=y)
+        return y
+
+    def attend_dyn(self, pre: str, q, k_t, vv, b: int, n: int, c: int):
+        """IntegerEmulator._attend of a dynamic recipe with integer products: QK^T, the softmax (fp16, or
+        the integer softmax at a scale taken on line, 8-bit probabilities), AV, the heads merged, proj."""
+        emu, bld = self.emu, self.b
+        scores = self.dyn_product(q, k_t.transpose(-2, -1))  # [B', H, N, L] float32
+        scale = emu.mods[pre + ".softmax"].scale
+        if emu.mode == "fp16":
+            probs = self.softmax_f32(scores, scale)
+        else:
+            probs = self.softmax_int(pre + ".softmax", scores, scale)
+        out = self.dyn_product(probs, vv.transpose(-2, -1))  # [B', H, N, D]
+        h, d = out.shape[1], out.shape[3]
+        merged = bld.buf((b, n, c), torch.float32)  # out.transpose(1, 2).reshape(b, n, c)
+        bld.call(merged.view(b, n, h, d).copy_, out.transpose(1, 2))
+        return self.layer(pre + ".proj", merged, self.res_dtype)
+
     def gelu_fp16(self, codes: torch.Tensor, scale: float) -> torch.Tensor:
         """gelu_fp16(_dequant_fp16(codes)): the C dequantization, then intops._gelu_fp16 per flat
         block of CHUNK_ELEMS (the eager path's blocks, so tanh sees the same lanes)."""
@@ -679,7 +822,16 @@ class ProgramOps:
             mult, shift = fixedpoint.quantize_multipliers(s_v / (p.smooth.double().cpu() * p.x_scale))
         else:
             mult, shift = fixedpoint.quantize_multiplier(float(s_v / p.x_scale))
+        if p.zq is not None:  # _input_int8_zp: the centred codes (bounds shifted by -z), then + z
+            return self.plus_zero(self.requant(v, mult, shift, p.zq.lo, p.zq.hi), p.zq.zero)
         return self.requant(v, mult, shift, -self.emu.qa, self.emu.qa, torch.int8)
+
+    def plus_zero(self, c: torch.Tensor, zero: int) -> torch.Tensor:
+        """``(c + z).to(torch.int8)`` of int32 centred codes (the sum is within the int8 range)."""
+        self.b.call(torch.add, c, zero, out=c)
+        q8 = self.b.buf(c.shape, torch.int8)
+        self.b.call(q8.copy_, c)
+        return q8
 
     def int_softmax(self, q: torch.Tensor, scale: float, out_bits: int) -> torch.Tensor:
         """intops.softmax_int of int32 codes q at ``scale`` (1/sqrt(D) folded in) -> int32 probabilities
@@ -783,7 +935,10 @@ class ProgramOps:
         if p.smooth is not None and p.fold == "modulate":  # _fold_mod's factors
             inv = bld.const(1.0 / p.smooth)
         self.operands_step(operands, scale, shift, inv, s_out, f, r)
-        q32 = self.fix_madd(ln, s_ln / (s_out / 2.0**intops.GUARD_BITS), f, None, 0.0, r, -emu.qa, emu.qa)
+        lo, hi = (p.zq.lo, p.zq.hi) if p.zq is not None else (-emu.qa, emu.qa)  # zero point: centred codes
+        q32 = self.fix_madd(ln, s_ln / (s_out / 2.0**intops.GUARD_BITS), f, None, 0.0, r, lo, hi)
+        if p.zq is not None:
+            return self.plus_zero(q32, p.zq.zero)
         q8 = bld.buf(x.shape, torch.int8)
         bld.call(q8.copy_, q32)  # .to(torch.int8): the values are within +-qmax
         return q8
@@ -923,6 +1078,21 @@ class ProgramOps:
         self.b.py(step, *(t for t in (qa_, f, qb, r_bc, out, ws) if t is not None))
         return out
 
+    def fold_mod(self, consumer: str, shift: torch.Tensor, scale: torch.Tensor) -> tuple:
+        """IntegerEmulator._fold_mod's (shift, scale) per step: the consumer's channel-balancing factors
+        folded in (``(1 + scale) / s - 1``, ``shift / s``, the same float32 ops) into [B, 1, C] buffers."""
+        p = self.emu.linear_params(consumer)
+        if p is None or p.smooth is None or p.fold != "modulate":
+            return shift, scale
+        bld = self.b
+        inv = bld.const(1.0 / p.smooth)
+        sh, sc = bld.buf(shift.shape, torch.float32), bld.buf(scale.shape, torch.float32)
+        bld.call(torch.add, scale, 1, out=sc)
+        bld.call(torch.mul, sc, inv, out=sc)
+        bld.call(torch.sub, sc, 1, out=sc)
+        bld.call(torch.mul, shift, inv, out=sh)
+        return sh, sc
+
     def norm_modulate_dyn(self, norm: str, x: IntVal, shift, scale) -> IntVal:
         """IntegerEmulator.modulate(layernorm(x)) for a dynamic consumer: the integer LayerNorm (its eps
         table from x's run-time scale), then the modulation to 16-bit codes at the scale of its float
@@ -1012,7 +1182,7 @@ class ProgramOps:
 
     def norm_modulate(self, norm: str, name: str, v, shift, scale, consumer: str):
         if self.dyn_int:
-            return self.norm_modulate_dyn(norm, v, shift, scale)
+            return self.norm_modulate_dyn(norm, v, *self.fold_mod(consumer, shift, scale))
         if self.emu.mode == "fp16":
             out = self.norm_modulate_fp16(norm, v, shift, scale, consumer)
             return IntVal(out, self.lp(consumer).x_scale) if out.dtype == torch.int8 else out

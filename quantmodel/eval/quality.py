@@ -316,6 +316,8 @@ def verify_recipe(
     num_samples: int = 1,
     eval_seed: int = EVAL_SEED,
     text_tokens: int | None = None,
+    blocks: list[int] | None = None,
+    steps: list[int] | None = None,
     **calib,
 ) -> dict:
     """Run one sampling loop in the emulator with every integer op checked against the float64
@@ -323,7 +325,8 @@ def verify_recipe(
     ``text_tokens`` masks the prompts to that many real caption tokens (calibration too). ``calib`` are the
     calibration settings (``num_prompts``, ``seed``, ``text_features``); the evaluation prompts and noise
     use ``eval_seed`` (held out from calibration). Besides the datapath it runs the quantizer checks of
-    docs/verify.md (re-derived constants, fp16 kernel references, rounding ties, the SQNR baseline). Most
+    docs/verify.md (re-derived constants, fp16 kernel references, rounding ties, the SQNR baseline).
+    ``blocks`` / ``steps`` (None: all) limit the datapath checks to those blocks in those steps. Most
     of its length is the report, one field per line (the runs are :func:`_checked_runs`)."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     if not recipe.quantized:
@@ -336,7 +339,7 @@ def verify_recipe(
     if device is not None:  # the float reference samples with the same device's noise generator
         model = model.to(device)
     emu, fast, overflow, metrics, fast_equal = _checked_runs(
-        model, workload, art, nonlinear, device, (z, y, mask), eval_seed
+        model, workload, art, nonlinear, device, (z, y, mask), eval_seed, (blocks, steps)
     )
     ties = run_ties()  # every rounding site on crafted x.5 inputs (real runs never hit a tie)
     baseline = check_sqnr(workload.name, recipe.name, nonlinear, art.meta, metrics["sqnr_db"], num_samples, eval_seed)
@@ -352,6 +355,8 @@ def verify_recipe(
         "caption_mask": "all tokens" if mask is None else f"{text_tokens} of {mask.shape[1]} tokens",
         "num_weight_sets": art.num_weight_sets,
         "step_to_set": art.weight_step_to_set,
+        "blocks_checked": "all" if emu.verify_blocks is None else sorted(emu.verify_blocks),
+        "steps_checked": "all" if emu.verify_steps is None else sorted(emu.verify_steps),
         "layers_checked": len(v.checked_names),
         "checks": v.checks,
         "mismatches": v.mismatches,
@@ -380,7 +385,7 @@ def verify_recipe(
     }
 
 
-def _checked_runs(model, workload, art, nonlinear, device, batch, eval_seed) -> tuple:
+def _checked_runs(model, workload, art, nonlinear, device, batch, eval_seed, subset=(None, None)) -> tuple:
     """(checked emulator, unchecked emulator, overflow message or None, final-sample metrics, whether the
     unchecked emulator, as users run it with its compiled blocks where they apply, gives the checked run's
     final sample bit for bit)."""
@@ -388,7 +393,9 @@ def _checked_runs(model, workload, art, nonlinear, device, batch, eval_seed) -> 
 
     z, y, mask = batch
     ref = sample(float_model_fn(model), model, workload, z, y, eval_seed, mask=mask)
-    emu = IntegerEmulator(model, art, nonlinear=nonlinear, device=device, verify=True)
+    emu = IntegerEmulator(
+        model, art, nonlinear=nonlinear, device=device, verify=True, verify_blocks=subset[0], verify_steps=subset[1]
+    )
     overflow = None
     try:
         out = sample(packed_caption_fn(emu.model_fn), model, workload, z, y, eval_seed, mask=mask)

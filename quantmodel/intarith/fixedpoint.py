@@ -43,7 +43,7 @@ import struct
 
 import torch
 
-from quantmodel.intarith import ckernels
+from quantmodel.intarith import ckernels, cudafused
 from workloads.errors import ConfigError
 
 ROUNDING = "half_to_even"
@@ -95,7 +95,7 @@ class ActQuantizer:
     (layer, weight set) with the static scale, call per forward. ``out_dtype``: int8 up to 8 bits,
     int16 up to 16, int32 above (at most 31 bits)."""
 
-    __slots__ = ("scale", "recip", "qmax", "out_dtype")
+    __slots__ = ("scale", "recip", "qmax", "out_dtype", "_recip_t")
 
     def __init__(self, scale: float, bits: int, out_dtype: torch.dtype | None = None):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 31:
@@ -104,10 +104,15 @@ class ActQuantizer:
         self.recip = act_reciprocal(scale)
         self.qmax = 2 ** (bits - 1) - 1
         self.out_dtype = out_dtype or (torch.int8 if bits <= 8 else torch.int16 if bits <= 16 else torch.int32)
+        self._recip_t = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             raise ConfigError("x.dtype", x.dtype, "a floating-point activation")
+        if self.qmax < 2**24 and cudafused.enabled(x):  # one fused kernel, the same steps
+            if self._recip_t is None or self._recip_t.device != x.device:
+                self._recip_t = torch.tensor(self.recip, dtype=torch.float32, device=x.device)
+            return cudafused.quantize_act(x, self._recip_t, self.qmax, self.out_dtype)
         n = x.numel()
         in_kind = ckernels.IN_KIND_FLOAT.get(x.dtype)
         if in_kind is not None and self.qmax < 2**24 and ckernels.usable(x) and ckernels.lib() is not None:
@@ -657,6 +662,8 @@ class Requantizer:
                 self._to(acc.device)
             # [numel, 1], or acc itself when writing into a 2-D block view of a wider output
             a2 = acc if out is not None and out.dim() == 2 and out.shape == acc.shape else acc.reshape(-1, 1)
+        if cudafused.enabled(acc) and acc.numel():  # one exact int64 kernel, no tie check, no sync
+            return self._cuda_fused(acc, a2, out)
         total_rows, ncols = a2.shape
         cpu = acc.device.type == "cpu"
         if out is None and (total_rows * ncols <= _CHUNK_ELEMS or not cpu):  # one block: fewest ops
@@ -686,6 +693,20 @@ class Requantizer:
             v.copy_(a)  # exact: |acc| <= 2**31
             res = self._pass(a, v, rbuf[:k] if rbuf is not None else None)
             o2[i : i + rows] = res
+        return out
+
+    def _cuda_fused(self, acc: torch.Tensor, a2: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """:mod:`~quantmodel.intarith.cudafused`'s requantization of ``a2`` (``acc`` viewed [R, N] or
+        [numel, 1]), into ``out`` when given."""
+        consts = self.__dict__.get("_cu")
+        if consts is None or consts[0].device != acc.device:
+            consts = self._cu = cudafused.requant_constants(self.m, self.s, acc.device)
+        res = cudafused.requantize(a2, consts, self.qmin, self.qmax, self.out_dtype)
+        if out is None:
+            return res.reshape(acc.shape)
+        if out.shape != acc.shape or out.dtype != self.out_dtype:
+            raise ConfigError("out", (tuple(out.shape), out.dtype), f"{tuple(acc.shape)} {self.out_dtype}")
+        out.copy_(res.reshape(acc.shape))
         return out
 
 

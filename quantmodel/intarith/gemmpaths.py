@@ -19,7 +19,7 @@ slower than the float units. Every path below returns the same integers, by cons
 :func:`choose` picks per shape class (small products; K within one float32 chunk; K past it) the path
 a one-time measurement found fastest on this machine. The measurement (a few products of each class,
 best of several interleaved runs) is cached as JSON beside the compiled C kernels, keyed by torch
-version, ATen CPU capability, oneDNN ISA limit, C kernel target and CPU flags, so it runs once per
+version, ATen CPU capability, oneDNN and MKL ISA limits, C kernel target and CPU flags, so it runs once per
 machine and setting.
 A path is chosen only where it gave the exact integers on the probes (checked against float64): with
 oneDNN limited to AVX2 on this project's VNNI CPU, ``torch._int_mm`` returns wrong integers (int16
@@ -191,7 +191,7 @@ def choose(m: int, k: int, n: int) -> str:
 
 
 def _cpu_key() -> str:
-    """What the measurement depends on: torch build, ATen capability, oneDNN ISA limit, C kernel target,
+    """What the measurement depends on: torch build, ATen capability, oneDNN and MKL ISA limits, C kernel target,
     CPU flags."""
     flags = ""
     try:
@@ -207,6 +207,8 @@ def _cpu_key() -> str:
         os.environ.get("QUANTMODEL_CKERNELS_MARCH", ""),
         flags,
     ]
+    if os.environ.get("MKL_ENABLE_INSTRUCTIONS"):  # the float32 path's BLAS limited (keys without it unchanged)
+        parts.append("mkl=" + os.environ["MKL_ENABLE_INSTRUCTIONS"])
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 

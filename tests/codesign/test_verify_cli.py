@@ -49,6 +49,24 @@ def test_verify_json_reports_zero_mismatches(capsys, wl):
     assert rep["fast_path"] == ("compiled" if ckernels.lib() is not None else "eager")
 
 
+def test_verify_a_subset_of_blocks_and_steps(capsys, wl):
+    """--layers / --steps: only block 1's integer ops, only in step 0, are checked (the others run the
+    unchecked path, which gives the same values); bad indices are refused before any work."""
+    common = ("verify", "--workload", wl, "--recipe", "asq-w8a8", "--prompts", "1", "--nonlinear", "int")
+    rc, out, _ = _run(capsys, *common, "--json")
+    full = json.loads(out)
+    rc, out, _ = _run(capsys, *common, "--layers", "1", "--steps", "0", "--json")
+    rep = json.loads(out)
+    assert rc == 0 and rep["ok"] is True and rep["mismatches"] == 0
+    assert rep["blocks_checked"] == [1] and rep["steps_checked"] == [0] and full["blocks_checked"] == "all"
+    assert set(rep["layer_sqnr_db"]) == {k for k in full["layer_sqnr_db"] if k.startswith("blocks.1.")}
+    assert 0 < rep["checks"] < full["checks"] / full["num_steps"]
+    assert rep["sample_sqnr_db"] == full["sample_sqnr_db"]  # the same sample: unchecked ops give the same values
+    for flag, bad in (("--layers", "7"), ("--steps", "0,x"), ("--layers", "")):
+        rc, out, err = _run(capsys, *common, flag, bad)
+        assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and flag[2:] in err
+
+
 def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
     art = tmp_path / "a.safetensors"
     rc, out, _ = _run(

@@ -1,10 +1,11 @@
 """The compiled blocks (quantmodel.emulator.program) are a speed-up only: a forward through them equals the
 emulator's eager forward bit for bit, in both vector-unit modes, for every recipe family (dynamic ones in
-int mode with every scale taken on line), float and integer attention products, both
+int mode with every scale taken on line; zero points, static and per token; channel-balanced dynamic
+recipes), float and integer attention products (static and dynamic, K past the float32 chunk limit), both
 temporal-embedding placements, several steps and inputs (weight sets sharing one buffer pool), one and
 two threads, and on shapes where the eager path splits its work (row-blocked softmax, flat-blocked
 GELU, column-blocked GEMMs); the int mode's per-step operands in C equal their Python definition, and a
-non-finite parameter is still reported; configurations outside the program's scope keep the eager path."""
+non-finite parameter is still reported; verifying runs keep the eager path."""
 
 import dataclasses
 
@@ -72,10 +73,31 @@ def test_program_equals_eager_forward_for_every_recipe_family(tiny_workload, tem
         for name in ("asq-w8a8", "tsq-tsw-w4a8", "tsq-w8a8")
     ]
     for recipe in recipes:
-        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps)
+        art = build_artifact(
+            model, recipe, stats if recipe.scheme != "dynamic" or recipe.smoothing else None, w.num_steps
+        )
         emu = _compare(model, art, w.num_steps, mode=mode)
         assert len(emu._programs) == len(set(art.step_to_set))  # one program per scale set
         assert len(emu._program_pools) == 1  # sharing one arena
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+def test_program_equals_eager_with_zero_points_balancing_and_dynamic_products(tiny_workload, mode):
+    """The recipes the program took over from the eager path: zero points (static and per token),
+    channel-balanced dynamic recipes (vidit-q), dynamic recipes with integer attention products."""
+    w = dataclasses.replace(tiny_workload, num_steps=2)
+    model, stats = _setup(w)
+    recipes = [get_recipe(name) for name in ("vidit-q-w8a8", "vidit-q-w6a6", "asq-asym-w8a8")]
+    recipes += [
+        dataclasses.replace(get_recipe("dynamic-w8a8"), channel_balance=True),  # symmetric, balanced
+        dataclasses.replace(get_recipe("static-asym-w6a6"), quantize_attention=True),
+        dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True),
+        dataclasses.replace(get_recipe("vidit-q-w4a8"), quantize_attention=True),
+    ]
+    for recipe in recipes:
+        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" or recipe.smoothing else None, 2)
+        emu = _compare(model, art, w.num_steps, mode=mode)
+        assert len(emu._programs) == len(set(art.step_to_set))
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])
@@ -109,14 +131,12 @@ def test_program_equals_eager_on_blocked_shapes_and_thread_counts(tiny_workload,
         torch.set_num_threads(n0)
 
 
-def test_out_of_scope_configurations_keep_the_eager_path(tiny_workload):
+def test_verifying_runs_keep_the_eager_path(tiny_workload):
     w = dataclasses.replace(tiny_workload, num_steps=2)
     model, stats = _setup(w)
     x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
-    dyn_attn = dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True)
     cases = [
-        (dyn_attn, "int", False),
-        (dyn_attn, "fp16", False),
+        (get_recipe("vidit-q-w8a8"), "int", True),
         (get_recipe("asq-w8a8"), "fp16", True),
         (get_recipe("asq-w8a8"), "int", True),
         (get_recipe("dynamic-w8a8"), "fp16", True),
@@ -248,6 +268,89 @@ def test_dynamic_quantize_and_rescale_in_c_equal_python_definition():
         assert torch.equal(y32, want) and torch.equal(y, want.clamp(-65504, 65504).half())
     x[3, 5] = float("nan")
     assert dll.qm_dyn_quant(x.data_ptr(), 0, rows, k, 7, q.data_ptr(), s.data_ptr()) == 1
+
+
+def test_dynamic_zero_point_quantize_and_rescale_in_c_equal_python_definition():
+    """qm_dyn_quant_zp = fixedpoint.dynamic_zero_points (fp16 and float32 rows; all-zero, all-positive,
+    all-negative and constant rows; exact half-way quotients; extremes near the float32 limit; rows
+    longer than the C block), non-finite rows refused; qm_dyn_rescale_zp = the emulator's float32
+    ((acc - z * colsum) * s_row) * w_scale + bias, then _hs."""
+    from quantmodel.intarith import fixedpoint
+
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(7)
+    for rows, k, dtype, bits in ((256, 64, torch.float16, 8), (9, 1500, torch.float32, 6), (16, 40, torch.float32, 4)):
+        x = (torch.randn(rows, k, generator=g) * 3).to(dtype)
+        x[1] = 0
+        x[3], x[4], x[5] = x[3].abs(), -x[4].abs(), -2.5
+        levels = 2**bits - 1
+        x[2] = 0
+        x[2, 0], x[2, 1] = levels * 0.25, 0  # range [0, levels / 4] -> scale exactly 0.25: exact ties below
+        x[2, 2:7] = torch.tensor([0.5, 1.5, 2.5, 3.5, 10.5]) * 0.25
+        if dtype == torch.float32:
+            x[6] = (torch.rand(k, generator=g) * 2 - 1) * 3e38
+        q, s, z = torch.empty(rows, k, dtype=torch.int8), torch.empty(rows), torch.empty(rows, dtype=torch.int32)
+        kind = 1 if dtype == torch.float16 else 0
+        assert dll.qm_dyn_quant_zp(x.data_ptr(), kind, rows, k, bits, q.data_ptr(), s.data_ptr(), z.data_ptr()) == 0
+        rq, rs, rz = fixedpoint.dynamic_zero_points(x.float(), bits)
+        assert torch.equal(s, rs) and torch.equal(z, rz) and torch.equal(q, rq)
+        lo = -(2 ** (bits - 1))
+        assert s[2] == 0.25 and z[2] == lo and (q[2, 2:7] - lo).tolist() == [0, 2, 2, 4, 10]  # half to even
+        w = torch.randint(-128, 128, (k, 24), generator=g, dtype=torch.int8)
+        colsum = w.int().sum(dim=0, dtype=torch.int32)
+        acc = (q.int() @ w.int()).contiguous()
+        w_scale, bias = torch.rand(24, generator=g) * 1e-2, torch.randn(24, generator=g)
+        want = ((acc - z[:, None] * colsum[None, :]).float() * s[:, None]) * w_scale[None, :] + bias
+        for out_f16, out in ((1, torch.empty(rows, 24, dtype=torch.float16)), (0, torch.empty(rows, 24))):
+            dll.qm_dyn_rescale_zp(
+                acc.data_ptr(),
+                rows,
+                24,
+                s.data_ptr(),
+                z.data_ptr(),
+                colsum.data_ptr(),
+                w_scale.data_ptr(),
+                bias.data_ptr(),
+                out.data_ptr(),
+                out_f16,
+            )
+            assert torch.equal(out, want.clamp(-65504, 65504).half() if out_f16 else want)
+        for bad in (float("nan"), float("inf")):
+            x[3, 5] = bad
+            assert dll.qm_dyn_quant_zp(x.data_ptr(), kind, rows, k, bits, q.data_ptr(), s.data_ptr(), z.data_ptr()) == 1
+
+
+def test_dynamic_attention_product_equals_eager_definition_past_the_float32_chunk_limit():
+    """ProgramOps.dyn_product (a dynamic recipe's integer QK^T / AV) = IntegerEmulator.matmul's dynamic
+    branch, for K within the exact float32 limit and past it (K chunks added in int32), fp16 and float32
+    operands, a strided (transposed) b, zero rows and exact ties."""
+    import types
+
+    from quantmodel.emulator.program import ProgramOps, _Builder
+    from quantmodel.intarith import fixedpoint
+
+    g = torch.Generator().manual_seed(8)
+    for k, dtype in ((40, torch.float16), (1100, torch.float32)):
+        a = (torch.randn(2, 3, 5, k, generator=g) * 4).to(dtype)
+        b = (torch.randn(2, 3, k, 7, generator=g) * 4).to(dtype)  # read through its transpose (strided rows)
+        a[0, 0, 1] = 0
+        a[0, 0, 2] = 0
+        a[0, 0, 2, :4] = torch.tensor([127.0, 0.5, 1.5, -2.5])  # scale exactly 1: half-way quotients
+        emu = types.SimpleNamespace(mode="fp16", static=False, qa=127, a_bits=8)
+        ops = ProgramOps(emu, ckernels.lib(), _Builder())
+        y = ops.dyn_product(a, b.transpose(-2, -1))
+        for step in ops.b.steps:
+            step()
+        af, bf = a.float(), b.float()  # IntegerEmulator.matmul, dynamic branch
+        sa = fixedpoint.symmetric_scale(af.abs().amax(dim=-1).double(), 8)
+        sb = fixedpoint.symmetric_scale(bf.abs().amax(dim=-2).double(), 8)
+        qa_ = torch.round(af.double() / sa[..., None]).clamp(-127, 127).to(torch.int8)
+        qb_ = torch.round(bf.double() / sb[..., None, :]).clamp(-127, 127).to(torch.int8)
+        acc = qa_.long() @ qb_.long()
+        assert acc.abs().max() < 2**31
+        want = (acc.to(torch.int32).float() * sa[..., None]) * sb[..., None, :]
+        assert qa_[0, 0, 2, :4].tolist() == [127, 0, 2, -2]
+        assert torch.equal(y, want)
 
 
 def test_dynamic_int_program_meets_a_non_finite_input_as_eager_does(tiny_workload):

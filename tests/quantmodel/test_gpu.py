@@ -52,10 +52,13 @@ def _cpu_and_cuda_samples(setup, recipe: str, mode: str, integer_attention: bool
     return cpu, sample(emu.model_fn, model, w, z, y)
 
 
+@pytest.mark.parametrize("fused", ["0", "1"])
 @pytest.mark.parametrize("recipe", ["asq-w8a8", "dynamic-w8a8"])
-def test_cuda_sample_equals_cpu_bit_for_bit_integer_only(setup, recipe):
+def test_cuda_sample_equals_cpu_bit_for_bit_integer_only(setup, recipe, fused, monkeypatch):
     """An integer-only chip (integer vector unit, quantized attention products): every op inside the
-    blocks is integer, so CUDA gives the CPU's final sample bit for bit."""
+    blocks is integer, so CUDA gives the CPU's final sample bit for bit, with and without the fused
+    CUDA requantization / activation quantization kernels (quantmodel.intarith.cudafused)."""
+    monkeypatch.setenv("QUANTMODEL_CUDA_FUSED", fused)
     cpu, gpu = _cpu_and_cuda_samples(setup, recipe, "int", integer_attention=True)
     assert torch.equal(cpu, gpu), f"{int((cpu != gpu).sum())} of {cpu.numel()} values differ"
 

@@ -163,12 +163,27 @@ void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride,
 
 /* ActQuantizer: q = rint(clamp(fp32(x) * recip, -qmax, qmax)); in kinds 0 f32, 1 f16; out 0 i8, 1 i16, 2 i32.
    chmul (optional, float32 holding fp16 values, one per channel of the last dim c): first the fp16-mode
-   SmoothQuant multiply x = h(h(x) * chmul[j]) (emulator._input_int8). */
+   SmoothQuant multiply x = h(h(x) * chmul[j]) (emulator._input_int8). act_quant has the bounds lo, hi and
+   an integer offset added after rounding (ZeroPointActQuantizer: clamp(x * recip, lo, hi) rounded, + z;
+   integer bounds, so clamping before rounding gives the same codes); qm_act_quant: -qmax, qmax, 0. */
 #define AQ_BODY(OT)                                                                                   \
-    for (int64_t i = 0; i < k; i++) o[i] = (OT)rintf(clampf(xs[i] * recip, -qmax, qmax));
+    for (int64_t i = 0; i < k; i++) o[i] = (OT)(rintf(clampf(xs[i] * recip, lo, hi)) + zero);
+
+static void act_quant(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, void* out,
+                      int out_kind, const float* chmul, int64_t c);
 
 void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
                   const float* chmul, int64_t c) {
+    act_quant(x, in_kind, n, recip, -qmax, qmax, 0.0f, out, out_kind, chmul, c);
+}
+
+void qm_act_quant_zp(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, int8_t* out,
+                     const float* chmul, int64_t c) {
+    act_quant(x, in_kind, n, recip, lo, hi, zero, out, 0, chmul, c);
+}
+
+static void act_quant(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, void* out,
+                      int out_kind, const float* chmul, int64_t c) {
     int64_t step = chmul ? (c < BLK ? c : BLK) : BLK;  /* with chmul: chunks never cross a row */
     int64_t rn = chmul ? c : n, rows = chmul ? (c > 0 ? n / c : 0) : 1;
     int64_t nch = rn > 0 ? (rn + step - 1) / step : 0, tot = rows * nch;
@@ -839,6 +854,77 @@ void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_
             for (int64_t j = 0; j < m; j++)
                 buf[j] = clampf(((float)a[j] * sr) * w_scale[j0 + j] + bias[j0 + j], -65504.0f, 65504.0f);
             f2h(buf, (f16*)out + r * n + j0, m);
+        }
+    })
+}
+
+/* Dynamic asymmetric recipes' per-token quantization (fixedpoint.dynamic_zero_points) of x [rows, k] (float32,
+   or fp16 widened: in_kind 0 / 1): per row lo = min(x, 0), hi = max(x, 0), scale s = fp32((hi - lo) /
+   (2^b - 1)) in float64 (1 for an all-zero row), zero point z = clamp(qmin - rint(lo / s)), codes
+   clamp(rint(x / s) + z) over the full signed range, every step in float64 as the torch definition.
+   Returns 1 (nothing to trust) when a row holds a non-finite value or its scale is not a positive
+   float32; the caller then runs the torch definition. Plain loops: gcc vectorises the float64 divisions,
+   rint (half to even) and clamps for the target (-fno-math-errno), the same IEEE operations. */
+int qm_dyn_quant_zp(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* out, float* s_out,
+                    int32_t* z_out) {
+    double qmin = -(double)((int64_t)1 << (bits - 1)), qmax = (double)(((int64_t)1 << (bits - 1)) - 1);
+    double levels = (double)(((int64_t)1 << bits) - 1);
+    int par = rows > 1 && rows * k >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
+        float buf[BLK];
+        float lo = 0.0f, hi = 0.0f;
+        int bad = 0;
+        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 1: the row's range (min / max: exact in any order) */
+            int64_t m = k - j0 < BLK ? k - j0 : BLK;
+            const float* v = (const float*)x + r * k + j0;
+            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+            for (int64_t j = 0; j < m; j++) {
+                float u = v[j];
+                bad |= !(fabsf(u) <= 3.4028234663852886e38f);
+                lo = u < lo ? u : lo;
+                hi = u > hi ? u : hi;
+            }
+        }
+        double span = (double)hi - (double)lo;
+        float s = span > 0.0 ? (float)(span / levels) : 1.0f;
+        if (bad || !(s > 0.0f) || !(fabsf(s) <= 3.4028234663852886e38f)) { s_out[r] = -1.0f; continue; }
+        double sd = (double)s;
+        double z = clampd(qmin - rint((double)lo / sd), qmin, qmax);
+        s_out[r] = s;
+        z_out[r] = (int32_t)z;
+        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 2: the codes */
+            int64_t m = k - j0 < BLK ? k - j0 : BLK;
+            const float* v = (const float*)x + r * k + j0;
+            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+            int8_t* o = out + r * k + j0;
+            for (int64_t j = 0; j < m; j++) o[j] = (int8_t)(int32_t)clampd(rint((double)v[j] / sd) + z, qmin, qmax);
+        }
+    })
+    for (int64_t r = 0; r < rows; r++)
+        if (s_out[r] < 0.0f) return 1;
+    return 0;
+}
+
+/* qm_dyn_rescale of the zero-point-corrected sums acc - z_row * colsum (int32, as the torch definition:
+   exact within the emulator's K bound) for dynamic asymmetric recipes. */
+void qm_dyn_rescale_zp(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const int32_t* z_row,
+                       const int32_t* colsum, const float* w_scale, const float* bias, void* out, int out_f16) {
+    int par = rows > 1 && rows * n >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
+        float buf[BLK];
+        float sr = s_row[r];
+        int64_t z = z_row[r];
+        for (int64_t j0 = 0; j0 < n; j0 += BLK) {
+            int64_t m = n - j0 < BLK ? n - j0 : BLK;
+            const int32_t* a = acc + r * n + j0;
+            const int32_t* cs = colsum + j0;
+            float* o = out_f16 ? buf : (float*)out + r * n + j0;
+            for (int64_t j = 0; j < m; j++) {
+                int32_t c = (int32_t)((int64_t)a[j] - z * (int64_t)cs[j]);
+                float y = ((float)c * sr) * w_scale[j0 + j] + bias[j0 + j];
+                o[j] = out_f16 ? clampf(y, -65504.0f, 65504.0f) : y;
+            }
+            if (out_f16) f2h(buf, (f16*)out + r * n + j0, m);
         }
     })
 }

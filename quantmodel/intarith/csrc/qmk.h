@@ -21,6 +21,8 @@ void qm_requant(const int32_t* acc, int64_t rows, int64_t n, int64_t acc_stride,
                 double qmax, void* out, int out_kind, int64_t out_stride);
 void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax, void* out, int out_kind,
                   const float* chmul, int64_t c);
+void qm_act_quant_zp(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, int8_t* out,
+                     const float* chmul, int64_t c);
 int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind);
 void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws);
 void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, void* out,
@@ -52,6 +54,10 @@ int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qm
                  float* s_out);
 void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const float* w_scale,
                     const float* bias, void* out, int out_f16);
+int qm_dyn_quant_zp(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* out, float* s_out,
+                    int32_t* z_out);
+void qm_dyn_rescale_zp(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const int32_t* z_row,
+                       const int32_t* colsum, const float* w_scale, const float* bias, void* out, int out_f16);
 void qm_split_heads_q8(const void* q, int in_kind, int64_t B, int64_t N, int64_t P, int64_t H, int64_t D,
                        const int64_t* mult, const int64_t* shift, int64_t qmax, float* out, int64_t tmask);
 int qm_mod_operands(const float* scale, const float* shift, int64_t pstride, const float* inv, int64_t bsz,

@@ -1,0 +1,88 @@
+"""The fused CUDA requantization and activation quantization (quantmodel.intarith.cudafused) give the
+eager definitions' values: the uncompiled functions on the CPU against the Requantizer / ActQuantizer
+(exact int64 vs the proven float64 path, near ties and saturation included), and on a GPU the
+compiled kernels against the CPU."""
+
+from fractions import Fraction
+
+import pytest
+import torch
+
+from quantmodel.intarith import ckernels, cudafused
+from quantmodel.intarith import fixedpoint as fp
+
+# (acc, multiplier, total shift) whose quotient lies within float64 rounding of a half integer
+NEAR_TIES = [(1967848214, 1171758570, 62), (708377561, 1126293188, 48), (1283343006, 1154394974, 40)]
+
+
+def _constants():
+    """Per-channel multipliers and shifts: near ties, ordinary, tiny (output 0), zero, saturating."""
+    scales = torch.tensor([1e-12, 3e-5, 0.37, 1.0, 1.5, 2.0**20, 0.0, 3.0e9, 2.0**-62])
+    m, s = fp.quantize_multipliers(scales)
+    m = torch.cat([torch.tensor([t[1] for t in NEAR_TIES]), m])
+    s = torch.cat([torch.tensor([t[2] - 31 for t in NEAR_TIES]), s])
+    return m, s
+
+
+def _acc(n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    acc = torch.randint(-(2**31), 2**31, (41, n), generator=g, dtype=torch.int64)
+    acc[0], acc[1], acc[2] = fp.INT32_MIN, fp.INT32_MAX, 0
+    for j, (a, _, _) in enumerate(NEAR_TIES):
+        acc[3:6, j] = torch.tensor([a, -a, a - 1])
+    return acc.to(torch.int32)
+
+
+def _oracle(a: int, m: int, s: int, q: int) -> int:
+    v = round(Fraction(a * m) / Fraction(2) ** s) if s >= 0 else a * m * 2 ** (-s)
+    return max(-q, min(q, v))
+
+
+@pytest.mark.parametrize("out_dtype, q", [(torch.int8, 127), (torch.int16, 32767), (torch.int32, fp.INT32_MAX)])
+def test_exact_int64_requantization_equals_the_float64_path_and_the_oracle(out_dtype, q):
+    m, sh = _constants()
+    acc = _acc(m.numel())
+    for mm, ss in ((m, sh), (m[0], sh[0]), (m[5], sh[5]), (m[-2], sh[-2])):  # per channel and per tensor
+        rq = fp.Requantizer(mm, ss, -q, q, out_dtype)
+        with ckernels.disabled():
+            want = rq(acc)
+        consts = cudafused.requant_constants(torch.as_tensor(mm), torch.as_tensor(ss) + fp.MULT_BITS, acc.device)
+        got = cudafused.requant_exact(acc, *consts, -q, q, out_dtype)
+        assert got.dtype == out_dtype and torch.equal(got, want)
+    consts = cudafused.requant_constants(m, sh + fp.MULT_BITS, acc.device)
+    got = cudafused.requant_exact(acc[:8], *consts, -q, q, out_dtype)  # rows: extremes, 0, near ties
+    exact = [[_oracle(a, int(mi), int(si) + 31, q) for a, mi, si in zip(row, m, sh)] for row in acc[:8].tolist()]
+    assert got.long().tolist() == exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_fused_activation_quantization_equals_the_act_quantizer(dtype):
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(64, 96, generator=g) * 40).to(dtype)
+    x[0, :8] = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 1e4, -1e4, 0.0], dtype=dtype)  # ties and saturation
+    for bits in (4, 6, 8, 12):
+        aq = fp.ActQuantizer(1.0 if bits == 8 else 0.75, bits)
+        with ckernels.disabled():
+            want = aq(x)
+        recip = torch.tensor(aq.recip, dtype=torch.float32)
+        got = cudafused.act_quant(x, recip, aq.qmax, aq.out_dtype)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_compiled_cuda_kernels_equal_the_cpu(monkeypatch):
+    monkeypatch.setenv("QUANTMODEL_CUDA_FUSED", "1")
+    m, sh = _constants()
+    acc = _acc(m.numel())
+    for q, dt in ((127, torch.int8), (32767, torch.int16)):
+        for mm, ss in ((m, sh), (m[4], sh[4])):
+            rq_cpu, rq_gpu = fp.Requantizer(mm, ss, -q, q, dt), fp.Requantizer(mm, ss, -q, q, dt, device="cuda")
+            assert torch.equal(rq_gpu(acc.cuda()).cpu(), rq_cpu(acc))
+            wide = torch.zeros((acc.shape[0], m.numel() + 3), dtype=dt, device="cuda")
+            if mm.dim():
+                rq_gpu(acc.cuda(), out=wide[:, 1 : 1 + m.numel()])
+                assert torch.equal(wide[:, 1 : 1 + m.numel()].cpu(), rq_cpu(acc)) and not wide[:, 0].any()
+    x = torch.randn(257, 131, generator=torch.Generator().manual_seed(2)) * 30
+    for dtype in (torch.float16, torch.float32):
+        aq = fp.ActQuantizer(0.37, 8)
+        assert torch.equal(aq(x.to(dtype).cuda()).cpu(), aq(x.to(dtype)))
