@@ -48,8 +48,9 @@ PREFETCH_POLICIES = ("jit", "early")
 _TOP_FIELDS = {"name", "description", "cost_workload", "quality", "recipes", "hardware"}
 _QUALITY_FIELDS = {"workload", "options"}
 # keyword arguments of the quality evaluation (quantmodel.eval.quality): calibration prompts, evaluation
-# samples, emulator backend and non-linear mode, a checkpoint for the quality model
-QUALITY_OPTIONS = {"num_prompts", "num_samples", "backend", "nonlinear", "checkpoint"}
+# samples, emulator backend and non-linear mode, a checkpoint for the quality model, whether the emulator
+# measures each layer's SQNR (eager) or runs its compiled program
+QUALITY_OPTIONS = {"num_prompts", "num_samples", "backend", "nonlinear", "checkpoint", "layer_sqnr"}
 _HW_FIELDS = {"base", "sampling", "samples", "seed", "axes", "prefetch"}
 _RANGE_FIELDS = {"min", "max", "scale", "integer"}
 # assumption: the most design points (hardware points x recipes) one spec may ask for. A 1,000-point
@@ -313,6 +314,8 @@ def _check_quality(quality: object) -> tuple[str | None, dict]:
         if not isinstance(q_opts, dict):
             raise ConfigError("spec.quality.options", q_opts, "a mapping of keyword arguments")
         check_known_fields("spec.quality.options", q_opts, QUALITY_OPTIONS)
+        if not isinstance(q_opts.get("layer_sqnr", False), bool):
+            raise ConfigError("spec.quality.options.layer_sqnr", q_opts["layer_sqnr"], "true or false")
     return q_wl, q_opts
 
 

@@ -168,7 +168,7 @@ _QUALITY = [
     ("q.nonlinear", STR, False, "", "vector-unit mode of the emulator: fp16 or int"),
     ("q.sqnr_db", F64, False, "dB", "final sample's SQNR against the float model's (inf for fp16)"),
     ("q.psnr_db", F64, False, "dB", "final sample's PSNR against the float model's (inf for fp16)"),
-    ("q.worst_layer_sqnr_db", F64, False, "dB", "SQNR of the worst quantized layer (NaN without the emulator)"),
+    ("q.worst_layer_sqnr_db", F64, False, "dB", "SQNR of the worst quantized layer (NaN unless the eager emulator measured it: layer_sqnr)"),
     ("q.worst_layer", STR, False, "", "name of that layer"),
     ("q.weight_storage_bytes", I64, False, "bytes", "weights stored: every weight set plus the float weights plus per-step scale tables (tsq)"),
     ("q.num_weight_sets", I64, False, "sets", "weight sets of the recipe"),

@@ -167,7 +167,7 @@ def evaluate_quality(workload_name: str, recipe_name: str, options: dict, prep_r
 
     prep = _resolve(prep_ref)
     model = _quality_model(workload_name, options)
-    kw = {k: options[k] for k in ("backend", "nonlinear", "num_samples") if k in options}
+    kw = {k: options[k] for k in ("backend", "nonlinear", "num_samples", "layer_sqnr") if k in options}
     res = quality.evaluate_recipe(
         model, get_workload(workload_name), recipe_name, stats=prep["stats"], reference_sample=prep["reference"], **kw
     )

@@ -137,3 +137,57 @@ def seed_floor(per_seed: pd.DataFrame, recipe: str, col: str) -> float:
     quantized and only the prompts' noise changes."""
     v = per_seed.loc[per_seed["recipe"] == recipe, col].to_numpy(dtype=np.float64)
     return float(v.max() - v.min()) if len(v) > 1 else float("nan")
+
+
+def subset_resolution(
+    clips: pd.DataFrame,
+    recipes: list[str],
+    sizes: tuple[int, ...] = (2, 4, 8, 16),
+    margins_db: tuple[float, ...] = (1.0, 2.0),
+    draws: int = 400,
+    seed: int = BOOT_SEED,
+) -> pd.DataFrame:
+    """What a quality axis measured on ``k`` clips of one seed (one calibration, as a sweep runs it)
+    resolves, against the whole study: for each ``k`` in ``sizes``, ``draws`` random draws of a seed
+    and ``k`` of its clips; per draw, each recipe's SQNR on those clips. Rows (size, margin_db):
+    ``pairs`` = recipe pairs whose whole-study SQNRs differ by at least the margin, ``p_all_ordered``
+    = the fraction of draws that order every such pair as the whole study does, and the median and
+    90th percentile of |SQNR on k clips - whole-study SQNR| over draws and recipes."""
+    rng = np.random.default_rng(seed)
+    seeds = sorted(clips["seed"].unique())
+    full, per = {}, {}
+    for r in recipes:
+        c = clips[clips["recipe"] == r]
+        full[r] = float(sqnr_db(c["ref_energy"].to_numpy()[None], c["err_energy"].to_numpy()[None]))
+        per[r] = {s: c[c["seed"] == s].sort_values("clip")[["ref_energy", "err_energy"]].to_numpy() for s in seeds}
+    n = min(len(v) for p in per.values() for v in p.values())
+    rows = []
+    for k in sizes:
+        est = np.empty((draws, len(recipes)))
+        for d in range(draws):
+            s, idx = seeds[rng.integers(len(seeds))], rng.choice(n, k, replace=False)
+            for j, r in enumerate(recipes):
+                e = per[r][s][idx]  # [k, (signal, error)]
+                est[d, j] = sqnr_db(e[None, :, 0], e[None, :, 1])
+        err = np.abs(est - np.array([full[r] for r in recipes]))
+        for m in margins_db:
+            pairs = [
+                (a, b)
+                for a in range(len(recipes))
+                for b in range(a + 1, len(recipes))
+                if abs(full[recipes[a]] - full[recipes[b]]) >= m
+            ]
+            ordered = np.ones(draws, dtype=bool)
+            for a, b in pairs:
+                ordered &= np.sign(est[:, a] - est[:, b]) == np.sign(full[recipes[a]] - full[recipes[b]])
+            rows.append(
+                {
+                    "clips": k,
+                    "margin_db": m,
+                    "pairs": len(pairs),
+                    "p_all_ordered": float(ordered.mean()),
+                    "abs_err_median_db": float(np.median(err)),
+                    "abs_err_p90_db": float(np.percentile(err, 90)),
+                }
+            )
+    return pd.DataFrame(rows)

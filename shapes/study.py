@@ -46,6 +46,7 @@ BITS = ("w8a8", "w6a6", "w4a8")
 SCHEMES = ("dynamic", "vidit-q", "static", "asq", "tsq", "tsq-tsw", "groups4", "groups4-cal", "groups4-tsq")
 SEEDS = (0, 1, 2)
 EVAL_PROMPT_SEED = 0  # the evaluation prompt set is fixed; seeds vary the noise and the calibration
+EVAL_POOL = 64  # the evaluation set's size (--prompts); shapes.trained draws the sweep's prompts from it
 
 
 def default_recipes() -> list[str]:
@@ -192,7 +193,7 @@ def _calibrate(model_cpu, w, feat_file, calib_prompts: int, seed: int):
 def run_study(
     recipes: list[str],
     out_csv: Path,
-    num_prompts: int = 64,
+    num_prompts: int = EVAL_POOL,
     seeds: tuple[int, ...] = SEEDS,
     calib_prompts: int = 8,
     backend: str = "fakequant",
@@ -284,7 +285,7 @@ def sensitivity(
     prompts = dataset.captions(evaluation_labels(num_prompts))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        feat = _calibration_file(enc, tmp, calib_prompts, seed, dataset.captions(evaluation_labels(64)))
+        feat = _calibration_file(enc, tmp, calib_prompts, seed, dataset.captions(evaluation_labels(EVAL_POOL)))
         stats = _calibrate(model_cpu, w, feat, calib_prompts, seed)
         ref = generate(model, enc, prompts, seed=seed).cpu()
         from tqdm import tqdm
@@ -496,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("results/quant_comparison.csv"))
     p.add_argument("--figure", type=Path, default=Path("docs/quant_comparison.png"))
     p.add_argument("--recipes", nargs="+", default=None)
-    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--prompts", type=int, default=EVAL_POOL)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--calib-prompts", type=int, default=8)
     p.add_argument("--backend", default="fakequant", choices=("fakequant", "emulator"))
@@ -504,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of float samples")
     p.add_argument("--tables", action="store_true", help="only print the markdown tables of --out")
+    p.add_argument(
+        "--resolution",
+        action="store_true",
+        help="only print what k clips of one seed resolve against the whole study of --out (the sweep's quality axis)",
+    )
     p.add_argument("--sensitivity", type=Path, default=None, help="write the per-layer sensitivity CSV here")
     p.add_argument("--sensitivity-prompts", type=int, default=16)
     a = p.parse_args(argv)
@@ -512,6 +518,11 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_path(a.sensitivity) as tmp:
             sens.to_csv(tmp, index=False)
         print(sensitivity_table(sens))
+        return 0
+    if a.resolution:
+        clips = pd.read_csv(clips_path(a.out))
+        recipes = a.recipes or [r for r in dict.fromkeys(clips["recipe"]) if r != "fp16"]
+        print(intervals.subset_resolution(clips, recipes).to_string(index=False))
         return 0
     if a.tables:
         rows, clips = pd.read_csv(a.out), pd.read_csv(clips_path(a.out))

@@ -5,6 +5,10 @@ generated clips.
 Why a module of its own: the workload preset names it (``trained: shapes.trained``), so
 ``quantmodel`` loads it by that name and never imports this package; the demo model stays a client
 of ``quantmodel``.
+
+Prompts follow the study's design (``shapes.study``): evaluation prompts come from the study's fixed
+evaluation set, calibration captions from the captions outside it, so the two never share a caption,
+whatever the numbers of prompts and seeds.
 """
 
 from __future__ import annotations
@@ -28,12 +32,32 @@ def _encoder():
     return load_shapes_model("cpu")[1]
 
 
-def prompts(num_samples: int, seed: int) -> tuple[dict, torch.Tensor]:
-    """(labels, caption features [n, 1, L, Ct]) of the prompt set drawn with ``seed``."""
-    labels = dataset.prompt_set(num_samples, seed=seed)
+def _features(labels: dict) -> torch.Tensor:
     with torch.no_grad():
-        y = caption_features(_encoder(), dataset.captions(labels)).cpu()
-    return labels, y
+        return caption_features(_encoder(), dataset.captions(labels)).cpu()
+
+
+def prompts(num_samples: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """(labels, caption features [n, 1, L, Ct]) of ``num_samples`` evaluation prompts: the study's
+    evaluation set (``shapes.study.evaluation_labels``, 64 prompts) in the order ``seed`` shuffles it,
+    repeated past 64 (repeated prompts get other noise)."""
+    from shapes.study import EVAL_POOL, evaluation_labels
+
+    pool = evaluation_labels(EVAL_POOL)
+    order = torch.randperm(EVAL_POOL, generator=torch.Generator().manual_seed(seed))
+    idx = order[torch.arange(num_samples) % EVAL_POOL]  # [n]
+    labels = {k: v[idx] for k, v in pool.items()}
+    return labels, _features(labels)
+
+
+def calibration_prompts(num_prompts: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """(labels, caption features [n, 1, L, Ct]) of ``num_prompts`` distinct calibration captions drawn
+    with ``seed`` from the captions outside the evaluation set (``shapes.study.calibration_labels``):
+    held out from every evaluation :func:`prompts` draws."""
+    from shapes.study import EVAL_POOL, calibration_labels, evaluation_labels
+
+    labels = calibration_labels(num_prompts, seed, dataset.captions(evaluation_labels(EVAL_POOL)))
+    return labels, _features(labels)
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ settings the check reports that it does not apply.
 Regenerate (after an intended change of quality) and measure the spread with::
 
     python -m quantmodel.eval.baseline --write            # the baseline file
+    python -m quantmodel.eval.baseline --write --missing  # add the recipes the file lacks
     python -m quantmodel.eval.baseline --spread 5         # SQNR over calibration / noise seeds 0..4
 """
 
@@ -26,7 +27,12 @@ from pathlib import Path
 BASELINE_PATH = Path(__file__).with_name("sqnr_baseline.json")
 WORKLOAD = "stdit-tiny"
 CALIB = {"num_prompts": 4, "seed": 0}  # verify's defaults (codesign verify --prompts 4 --seed 0)
-RECIPES = [f"{s}-w8a8" for s in ("static", "asq", "tsq-tsw", "groups4-cal", "dynamic")] + ["asq-w6a6", "asq-w4a8"]
+RECIPES = (
+    [f"{s}-w8a8" for s in ("static", "asq", "tsq-tsw", "groups4-cal", "dynamic")]
+    + ["asq-w6a6", "asq-w4a8"]
+    + ["tsq-w8a8", "groups4-tsq-w8a8", "vidit-q-w8a8", "vidit-q-w6a6", "vidit-q-w4a8"]  # per-step scales; ViDiT-Q
+    + [f"asq-{o}-w8a8" for o in ("asym", "pct", "mse", "ema", "sema", "asearch", "aggmean")]  # calibration options
+)
 MODES = ("fp16", "int")
 
 
@@ -108,14 +114,20 @@ class _Runs:
         return sample_metrics(ref, sample(fn, m, w, z, y, eval_seed, mask=mask))["sqnr_db"]
 
 
-def write_baseline(margin_db: float) -> dict:
+def write_baseline(margin_db: float, only_missing: bool = False) -> dict:
+    """Measure every recipe and mode (``only_missing``: keep the stored values, measure the others)."""
     from quantmodel.eval.quality import EVAL_SEED
     from quantmodel.quant.calibrate import model_fingerprint
 
     runs = _Runs()
-    values = {}
+    old = load_baseline()
+    if only_missing and old.get("model_fingerprint") != model_fingerprint(runs.model):
+        raise ValueError("the stored baseline is of another model: regenerate it all (--write)")
+    values = dict(old.get("sqnr_db", {})) if only_missing else {}
     for r in RECIPES:
         for mode in MODES:
+            if f"{r}/{mode}" in values:
+                continue
             values[f"{r}/{mode}"] = round(runs.sqnr(r, mode, CALIB["seed"], EVAL_SEED), 4)
             print(f"{r:<18} {mode:<4} {values[f'{r}/{mode}']:8.3f} dB", file=sys.stderr, flush=True)
     data = {
@@ -153,6 +165,7 @@ def spread(seeds: int, modes: tuple[str, ...] = ("fp16",)) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--write", action="store_true", help="regenerate sqnr_baseline.json")
+    p.add_argument("--missing", action="store_true", help="with --write: measure only recipes not stored yet")
     p.add_argument("--margin-db", type=float, help="margin stored with --write (default: the file's)")
     p.add_argument("--spread", type=int, default=0, help="measure SQNR over this many seeds")
     a = p.parse_args(argv)
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         margin = a.margin_db if a.margin_db is not None else load_baseline().get("margin_db")
         if margin is None:
             p.error("--margin-db is needed the first time")
-        write_baseline(float(margin))
+        write_baseline(float(margin), only_missing=a.missing)
     return 0
 
 

@@ -12,7 +12,8 @@ Metrics. ``sqnr_db = 10 log10(sum ref^2 / sum (q - ref)^2)`` over the whole fina
 Evaluation prompts are seeded differently from calibration prompts (held out).
 
 On a trained workload (one whose preset names a ``trained`` module: ``stdit-shapes`` names
-``shapes.trained``) the prompts are real captions (calibration too, with other captions), and the row
+``shapes.trained``) the prompts are real captions (calibration too, with captions no evaluation
+prompt uses), the sampler clips the predicted x0 to the pixel range, and the row
 also carries the video metrics that module computes (``shapes.videometrics`` for the shapes model): semantic
 accuracy of the clips against their prompts (the CLIP-score analogue), the Frechet distance of
 classifier features to real clips (the FVD analogue) and a temporal-consistency figure. That is the
@@ -71,8 +72,9 @@ def load_model(workload: Workload | str, checkpoint: str | None = None, seed: in
 def trained_module(workload: Workload | None) -> ModuleType | None:
     """The module a trained workload names in its ``trained`` field (``stdit-shapes``:
     ``shapes.trained``), else None. It provides ``load_model(device)``, ``prompts(n, seed) -> (labels,
-    y [n, 1, L, Ct])`` and ``video_metrics(video, reference, labels) -> dict``; loading it by name keeps
-    this package free of imports of its clients."""
+    y [n, 1, L, Ct])`` (evaluation), ``calibration_prompts(n, seed)`` (the same, from captions no
+    evaluation prompt uses) and ``video_metrics(video, reference, labels) -> dict``; loading it by name
+    keeps this package free of imports of its clients."""
     if workload is None or not getattr(workload, "trained", ""):
         return None
     return importlib.import_module(workload.trained)
@@ -94,8 +96,9 @@ def get_stats(
     wrap_model_fn=None,
 ) -> CalibStats:
     """Stats from a file (checked against the model and step count) or a fresh calibration
-    (on ``stdit-shapes``: real caption features of a held-out prompt set; ``text_tokens``: prompts
-    masked to that many real caption tokens; ``wrap_model_fn``: see ``calibrate``)."""
+    (on ``stdit-shapes``: real caption features of captions no evaluation prompt uses, the trained
+    module's ``calibration_prompts``; ``text_tokens``: prompts masked to that many real caption tokens;
+    ``wrap_model_fn``: see ``calibrate``; the workload's sampler already clips x0 on pixel-space models)."""
     tt = {"text_tokens": text_tokens, "wrap_model_fn": wrap_model_fn}
     if stats is None and text_features is None and trained_module(workload) is not None:
         import tempfile
@@ -104,7 +107,8 @@ def get_stats(
 
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "calib_y.safetensors")
-            save_file({"y": trained_prompts(workload, num_prompts, seed + 101)[1].contiguous()}, path)
+            y = trained_module(workload).calibration_prompts(num_prompts, seed + 101)[1]  # held-out captions
+            save_file({"y": y.contiguous()}, path)
             stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=path, **tt)
     elif stats is None:
         stats = calibrate(model, workload, num_prompts=num_prompts, seed=seed, text_features=text_features, **tt)
@@ -254,11 +258,15 @@ def evaluate_recipe(
     artifact: QuantArtifact | None = None,
     reference_sample: torch.Tensor | None = None,
     text_tokens: int | None = None,
+    layer_sqnr: bool | None = None,
     **calib,
 ) -> dict:
     """Final-sample SQNR/PSNR vs the float model, worst-layer SQNR (emulator backend), weight storage
     bytes of all weight sets and the number of weight sets. ``text_tokens`` masks the evaluation
-    prompts (and calibration, when it runs here) to that many real caption tokens."""
+    prompts (and calibration, when it runs here) to that many real caption tokens. ``layer_sqnr``
+    (default: with the emulator) measures every layer against its float input, which runs the eager
+    emulator; without it the emulator runs its compiled program (the same sample bit for bit, faster)
+    and the worst-layer columns are NaN and ""."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     z, y, mask = eval_batch(model, num_samples, seed, workload=workload, text_tokens=text_tokens)
     if reference_sample is None:
@@ -283,15 +291,14 @@ def evaluate_recipe(
         )
         row.update(video_metrics(workload, reference_sample, reference_sample, num_samples, seed))
         return row
+    layer_sqnr = backend == "emulator" if layer_sqnr is None else layer_sqnr and backend == "emulator"
     art = artifact or quantize_model(model, workload, recipe, stats, text_tokens=text_tokens, **calib)
-    fn, runner = recipe_model_fn(
-        model, workload, recipe, backend, nonlinear, artifact=art, layer_sqnr=(backend == "emulator")
-    )
+    fn, runner = recipe_model_fn(model, workload, recipe, backend, nonlinear, artifact=art, layer_sqnr=layer_sqnr)
     out = sample(fn, model, workload, z, y, seed, mask=mask)
     row.update(sample_metrics(reference_sample, out))
     row.update(video_metrics(workload, out, reference_sample, num_samples, seed))
     worst, worst_db = "", float("nan")
-    if backend == "emulator":
+    if layer_sqnr:
         layers = runner.verifier.layer_sqnr_db()
         worst = min(layers, key=layers.get)
         worst_db = layers[worst]

@@ -203,6 +203,9 @@ def test_quality_once_per_recipe_joined_on_every_point(tmp_path):
     bad = {**data, "quality": {"workload": "stdit-tiny", "options": {"num_promts": 1}}}
     with pytest.raises(ConfigError, match="num_promts"):
         spec_from_dict(bad)
+    bad = {**data, "quality": {"workload": "stdit-tiny", "options": {"layer_sqnr": "no"}}}
+    with pytest.raises(ConfigError, match="layer_sqnr"):
+        spec_from_dict(bad)
 
 
 def test_shipped_specs_load_and_sample_reproducibly():

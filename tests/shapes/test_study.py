@@ -85,6 +85,17 @@ def test_recipe_intervals_bracket_the_estimate_and_are_reproducible():
     assert acc["estimate"] == pytest.approx(2 / 3, abs=0.05) and acc["seed_min"] <= acc["seed_max"]
 
 
+def test_subset_resolution_orders_separated_recipes_and_sees_spread():
+    # b's error is 10x a's on every clip: every subset orders them, and the estimate on any subset
+    # differs from the whole set's only by the clips' own spread (here at most a few dB)
+    clips = _clips({"a": 1.0, "b": 10.0, "c": 10.5})
+    res = intervals.subset_resolution(clips, ["a", "b", "c"], sizes=(2, 8), margins_db=(1.0,), draws=50)
+    assert list(res["clips"]) == [2, 8] and (res["pairs"] == 2).all()  # a-b and a-c; b-c is 0.2 dB apart
+    assert (res["p_all_ordered"] == 1.0).all()
+    assert res["abs_err_median_db"].iloc[1] < res["abs_err_median_db"].iloc[0] < 3.0
+    assert res.equals(intervals.subset_resolution(clips, ["a", "b", "c"], sizes=(2, 8), margins_db=(1.0,), draws=50))
+
+
 def test_study_resumes_and_drops_unfinished_clip_rows(tmp_path):
     out = tmp_path / "q.csv"
     kw = dict(num_prompts=2, seeds=(0, 1), calib_prompts=1, num_steps=2)
