@@ -148,10 +148,10 @@ def optimize(
     objectives: list[str] = ("latency_s", "energy_j", "area_mm2"),
     constraints: list[str] = (),
     trials: int = 100,
-    sampler: str = "tpe",
+    sampler: str = "gp",
     **options,
 ) -> OptimizeSummary:
-    """A multi-objective search (Optuna: ``tpe``, ``nsga2`` or ``random``) of ``trials`` design points
+    """A multi-objective search (Optuna: ``gp``, ``tpe``, ``nsga2`` or ``random``) of ``trials`` design points
     over ``spec``'s axes and recipes, minimising ``objectives`` (result columns) subject to
     ``constraints`` (``"q.sqnr_db>=40"``), into the same results folder a sweep writes; ``options`` are
     :func:`codesign.optimize.optimize`'s (``seed``, ``batch``, ``jobs``, ``scheduler``, ``progress``)."""

@@ -1,11 +1,12 @@
 """Search, not only sampling: a multi-objective search (Optuna) over the space a sweep spec declares.
 
 A trial is one design point, the spec's hardware axes plus the recipe: list axes are categorical
-choices, range axes continuous (log-scaled where the spec says so). Optuna's sampler (TPE by
-default, multivariate; NSGA-II or plain random for comparison) asks for a batch of trials; the batch is computed by the
-sweep's own machinery (:func:`codesign.sweep.run_sweep` with explicit points), locally or on a Dask
-cluster, into the same resumable results folder, so ``codesign report`` reads a search like a sweep,
-and a point a sweep already computed is not computed again. The objectives (result columns, all
+choices (ordinal when they list three or more numbers in order), range axes continuous (log-scaled
+where the spec says so). Optuna's sampler (a Gaussian process with expected hypervolume improvement
+by default; multivariate TPE, NSGA-II or plain random for comparison) asks for a batch of trials; the
+batch is computed by the sweep's own machinery (:func:`codesign.sweep.run_sweep` with explicit
+points), locally or on a Dask cluster, into the same resumable results folder, so ``codesign report``
+reads a search like a sweep, and a point a sweep already computed is not computed again. The objectives (result columns, all
 minimised) are then told back; constraints (``q.sqnr_db>=40``, ``area_mm2<=4``) make a trial
 infeasible for the sampler without hiding it from the store.
 
@@ -28,7 +29,7 @@ from codesign.store import SCALAR_METRICS, load_quality, load_results
 from codesign.sweep import point_hw_dict, point_key, run_sweep, workload_identity
 from workloads.errors import ConfigError
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("gp", "tpe", "nsga2", "random")
 NUMERIC_METRICS = tuple(m for m in SCALAR_METRICS if m not in ("weight_placement", "prefetch_used"))
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 
@@ -82,6 +83,7 @@ class OptimizeSummary:
     history: list = dataclasses.field(
         default_factory=list
     )  # per trial in order: objectives, or None (refused/infeasible)
+    units: dict = dataclasses.field(default_factory=dict)  # objective or axis name -> unit of its value
 
     def to_json(self, objectives: list[str]) -> dict:
         """What ``codesign optimize --json`` prints (codesign/schemas/optimize.schema.json)."""
@@ -94,14 +96,21 @@ class OptimizeSummary:
             "feasible": self.feasible,
             "pareto": [
                 {
-                    "objectives": {o: float(row[o]) for o in objectives},
+                    "objectives": {o: self._valued(o, float(row[o])) for o in objectives},
                     "recipe": row["recipe"],
-                    "hardware": {k: v for k, v in row.items() if k not in objectives and k not in ("recipe", "key")},
+                    "hardware": {
+                        k: self._valued(k, v)
+                        for k, v in row.items()
+                        if k not in objectives and k not in ("recipe", "key")
+                    },
                     "key": row["key"],
                 }
                 for row in self.pareto
             ],
         }  # no wall-clock field: the same search prints the same bytes
+
+    def _valued(self, name: str, value) -> dict:
+        return {"value": value, "unit": self.units.get(name, "1")}
 
     def line(self) -> str:
         return (
@@ -128,16 +137,29 @@ def _check_columns(objectives: list[str], constraints: list[Constraint], spec: S
 
 
 def _sampler(name: str, seed: int):
+    import warnings
+
     import optuna
 
     if name not in SAMPLERS:
         raise ConfigError("sampler", name, " or ".join(SAMPLERS))
     # constraints reach the samplers through Trial.set_constraint (Optuna >= 5)
+    if name == "gp":  # the costs are a deterministic function of the point: no noise term to fit
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10, deterministic_objective=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _ordinal(values) -> bool:
+    """A list axis of three or more numbers in order (``mac.arrays: [1, 2, 4]``, ``tech.node_nm: [7, 5, 4]``)."""
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    steps = [b - a for a, b in zip(nums, nums[1:])]
+    return len(nums) == len(values) >= 3 and (all(d > 0 for d in steps) or all(d < 0 for d in steps))
 
 
 def suggest_point(trial, spec: SweepSpec, index: int) -> tuple[HardwarePoint, str]:
@@ -150,6 +172,8 @@ def suggest_point(trial, spec: SweepSpec, index: int) -> tuple[HardwarePoint, st
                 values[name] = trial.suggest_int(name, int(axis.min), int(axis.max), log=log)
             else:
                 values[name] = float(f"{trial.suggest_float(name, axis.min, axis.max, log=log):.6g}")
+        elif _ordinal(axis):  # an ordered scale: neighbours are alike, which GP and TPE can use
+            values[name] = axis[trial.suggest_int(name, 0, len(axis) - 1)]
         else:
             values[name] = axis[trial.suggest_categorical(name, list(range(len(axis))))]
     recipe = trial.suggest_categorical("recipe", list(spec.recipes))
@@ -168,7 +192,7 @@ def optimize(
     objectives: list[str],
     constraints: list[Constraint] = (),
     trials: int = 100,
-    sampler: str = "tpe",
+    sampler: str = "gp",
     seed: int = 0,
     batch: int = 10,
     jobs: int | None = None,
@@ -226,7 +250,20 @@ def optimize(
         done += len(asked)
         bar.update(len(asked))
     bar.close()
-    return _summary(study, objectives, trials, computed, failed, time.perf_counter() - t0)
+    s = _summary(study, objectives, trials, computed, failed, time.perf_counter() - t0)
+    s.units = value_units(spec, objectives)
+    return s
+
+
+def value_units(spec: SweepSpec, objectives: list[str]) -> dict[str, str]:
+    """The unit of each value the search reports: an objective's is its store column's, a range axis's
+    the hardware column's, a list axis's ``index`` (the sampler picks a position in the spec's list)."""
+    from codesign.store_schema import HW_COLUMNS, points_schema
+
+    units = {o: points_schema().field(o).metadata[b"unit"].decode() or "1" for o in objectives}
+    for name, axis in spec.axes:
+        units[name] = (HW_COLUMNS.get(name, ("",))[0] or "1") if isinstance(axis, RangeAxis) else "index"
+    return units
 
 
 def _fields(spec: SweepSpec) -> dict:

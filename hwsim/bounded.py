@@ -2,9 +2,10 @@
 
 The planner enumerates a GEMM's tiles one by one (their order decides which operand tiles are
 reloaded), so its time and memory grow with the tile count: a legal but huge GEMM (``gemm:1e14,1,1``)
-would run for hours or exhaust memory. A plan is refused before its tiles are enumerated when it
-would exceed ``MAX_GEMM_TILES``, with the number and the tile shape. A vector op's plan is a list of
-tiles too (an edited trace of 1e15 elements ran out of memory after minutes), under the same budget.
+would run for hours or exhaust memory. Beyond ``MAX_GEMM_TILES`` tiles a GEMM's numbers come from
+its closed form instead (``gemm_closed_form.py``); ``plan_gemm`` itself still refuses to enumerate
+them, with the number and the tile shape. A vector op's plan is a list of tiles too (an edited
+trace of 1e15 elements ran out of memory after minutes), under the same budget, refused.
 """
 
 from __future__ import annotations

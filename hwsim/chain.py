@@ -22,8 +22,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from hwsim import bounded
 from hwsim.config import HWConfig
 from hwsim.tiling import GemmUnit, Plan, _blocks, _round_up, block_ladder
+from workloads.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,12 @@ def plan_chain(u: ChainUnit, plan_part) -> Plan:
     tiles: list = []
     counts: dict[str, int] = {}
     caps = [1, 1, 1]
-    for n, rows in u.blocks():
-        p1, p2 = (plan_part(x) for x in u.parts(rows))
+    parts = [(n, [plan_part(x) for x in u.parts(rows)]) for n, rows in u.blocks()]
+    ntiles = sum(n * len(p.tiles) for n, ps in parts for p in ps)
+    if ntiles > bounded.MAX_GEMM_TILES or any(p.closed for _, ps in parts for p in ps):
+        # bounded work: a chain replays its parts' tiles one by one (the caller runs them apart)
+        raise ConfigError("workload", f"chain of {ntiles:,} tiles", f"at most {bounded.MAX_GEMM_TILES:,} tiles")
+    for n, (p1, p2) in parts:
         tiles += (p1.tiles + p2.tiles) * n
         for p in (p1, p2):
             for k, v in p.counts.items():

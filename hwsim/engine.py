@@ -226,6 +226,9 @@ class Machine:
         tiles = plan.tiles
         if not tiles:
             return
+        if plan.closed:  # a huge GEMM in closed form (hwsim/gemm_closed_form.py): its replay alone
+            yield from self._run_closed(plan, label)
+            return
         in_buf, w_buf, out_buf = Buffer(env, plan.in_cap), Buffer(env, plan.w_cap), Buffer(env, plan.out_cap)
         qa, qb, outq = Queue(env), Queue(env), Queue(env)
         env.process(self._loader(tiles, in_buf, 1, 0, 6, qa, label))
@@ -281,6 +284,18 @@ class Machine:
         t_end = env.now
         yield storer
         st["tail"] += env.now - t_end
+
+    def _run_closed(self, plan: Plan, label: str):
+        """A closed-form plan's cycles and counters, as its replay on an idle machine gives them.
+        It assumes the machine to itself: ``simulate`` refuses a step that swaps weights in the
+        background beside one (``closed_form_beside_swap``)."""
+        if self.background_active:
+            raise RuntimeError(f"{label}: a closed-form plan beside a background process")
+        cycles, counters = plan.closed
+        for k, v in counters.items():
+            self.st[k] += v
+        if cycles:
+            yield self.env.timeout(cycles)
 
     def _loader(self, tiles, buf, get_i: int, load_i: int, pre_i: int, ready, label):
         """One operand's loads, in tile order (input and weights each have their own DMA queue, so

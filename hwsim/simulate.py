@@ -23,11 +23,13 @@ import threading
 from collections import OrderedDict
 from operator import attrgetter
 
+from hwsim import bounded
 from hwsim.area import area_breakdown_mm2
 from hwsim.chain import ChainUnit, chainable, plan_chain, row_options
 from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
 from hwsim.engine import Machine
+from hwsim.gemm_closed_form import gemm_plan
 from hwsim.result import SimResult
 from hwsim.schedule import (
     FUSED_GEMMS,
@@ -53,7 +55,6 @@ from hwsim.tiling import (
     op_stages,
     plan_attention,
     plan_estimate,
-    plan_gemm,
     plan_vector,
     precision_of,
     stages_of,
@@ -452,7 +453,7 @@ def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool,
     top = gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)
     est = dict(top)
     bound = _GemmSearch(unit, hw).est.bound
-    plan = _fastest_replay([(x, bound) for x, _ in top], lambda x: plan_gemm(unit, hw, need_full_k, shape=x), hw)
+    plan = _fastest_replay([(x, bound) for x, _ in top], lambda x: gemm_plan(unit, hw, need_full_k, shape=x), hw)
     plans[(unit, need_full_k)] = plan
     bt, mt, kt, nt, wr = plan.tile_shape
     return (kt, nt, mt, bt, wr), est[(kt, nt, mt, bt, wr)]
@@ -506,7 +507,7 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
         try:
             if isinstance(unit, GemmUnit):
                 shape = _shape(unit, hw, plans, need_full_k)[0]
-                p = plans.get(key) or plan_gemm(unit, hw, need_full_k, shape=shape)  # a latency planner's
+                p = plans.get(key) or gemm_plan(unit, hw, need_full_k, shape=shape)  # a latency planner's
             elif isinstance(unit, ChainUnit):
                 p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
             elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
@@ -538,6 +539,8 @@ def _run_step(
     cycles and counters. One piece on purpose: the SimPy process (``sequence``) and the swap's
     completion callback share the step's state through the closure, and splitting them would
     only pass that state around."""
+    if swap is not None:
+        closed_form_beside_swap(us)
     m = Machine(hw, record)
     env = m.env
     n = len(us.units)
@@ -602,6 +605,19 @@ def _run_step(
     out.swap_wait = waits[0]
     out.events = m.events
     return out
+
+
+def closed_form_beside_swap(us: _Units) -> None:
+    """Refuse a step that swaps weights in the background beside a GEMM in closed form
+    (``gemm_closed_form``): its numbers are those of the GEMM with the machine to itself."""
+    for plan, label in zip(us.plans, us.labels):
+        if plan.closed:
+            raise ConfigError(
+                "workload",
+                label,
+                f"a GEMM of at most {bounded.MAX_GEMM_TILES:,} tiles in a step that swaps weights in the "
+                "background (this one is simulated in closed form, which assumes the machine to itself)",
+            )
 
 
 # ---- process-level caches --------------------------------------------------------------------------
@@ -788,6 +804,7 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
                     f"a static recipe: hardware {hw.name} has no on-line reduction unit "
                     "for dynamic quantization (vector.online_reduction: false)",
                 )
+    _check_dram_first(info, hw)
     r = _Run()
     r.trace, r.hw, r.prefetch, r.memo, r.info = trace, hw, prefetch, memo, info
     r.wplan = plan_weights(trace, hw, prefetch, info.sets, info.tables)
@@ -889,9 +906,33 @@ def _run_steps(r: _Run) -> None:
         r.twins.append(run(s, None, False) if r.swaps[s] is not None else o)
 
 
+def _check_dram_first(info: _TraceInfo, hw: HWConfig) -> None:
+    """``_check_dram`` before any planning, from the ops alone: a step's first op's main input and
+    its last op's output are read and written by a unit whatever the schedule fuses (a step of
+    one op: both, by one unit), so each is a lower bound on some unit's activation bytes. A
+    workload far beyond DRAM is refused at once, not after its GEMMs were planned."""
+    for s in info.reps:
+        ops = info.by_step[s]
+        first, last = ops[0], ops[-1]
+        if len(ops) == 1:
+            need, label = max(1, first.input_bytes) + max(1, first.output_bytes), first.name
+        else:
+            need, label = max((first.input_bytes - side_bytes(first), first.name), (last.output_bytes, last.name))
+        _refuse_dram(need, label, hw)
+
+
+def _refuse_dram(act: int, label: str, hw: HWConfig) -> None:
+    if act > hw.dram.capacity_bytes - hw.dram.weight_capacity_bytes:
+        raise ConfigError(
+            "dram.capacity_bytes",
+            hw.dram.capacity_bytes,
+            f"room for {label}'s {act} activation bytes beside "
+            f"dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}",
+        )
+
+
 def _check_dram(units, hw: HWConfig) -> None:
     """Each unit's activations (what it reads and writes in DRAM) must fit beside the weights."""
-    room = hw.dram.capacity_bytes - hw.dram.weight_capacity_bytes
     for us in units:
         for unit, label in zip(us.units, us.labels):
             if isinstance(unit, AttentionUnit):
@@ -902,13 +943,7 @@ def _check_dram(units, hw: HWConfig) -> None:
                 act = unit.first.a_bytes + unit.second.out_bytes
             else:
                 act = unit.in_bytes + unit.out_bytes
-            if act > room:
-                raise ConfigError(
-                    "dram.capacity_bytes",
-                    hw.dram.capacity_bytes,
-                    f"room for {label}'s {act} activation bytes beside "
-                    f"dram.weight_capacity_bytes={hw.dram.weight_capacity_bytes}",
-                )
+            _refuse_dram(act, label, hw)
 
 
 def unit_bound_cycles(unit, hw: HWConfig, plan: Plan) -> int:

@@ -253,6 +253,8 @@ class Plan:
     tile_shape: tuple = ()  # GEMM: (bt, mt, kt, nt, weight_reuse); attention: (bt, mq, nk); vector: (et,)
     estimate: tuple = ()  # (cycles, pJ) once plan_estimate has run (a plan belongs to one hardware)
     replayed: int = -1  # cycles of the plan replayed alone, once a latency planner has checked it
+    closed: tuple = ()  # (cycles, engine counters) of the replay alone, for a plan in closed form
+    # (``gemm_closed_form``: ``tiles`` then holds only its first and last tile)
 
 
 class NoFit(Exception):
@@ -818,20 +820,29 @@ def plan_gemm(
     if shape is None:
         shape = gemm_shape(u, hw, need_full_k, anchor)[0]
     srch = _GemmSearch(u, hw)
-    b_bpe, o_bpe = srch.b_bpe, srch.o_bpe
     kt, nt, mt, bt, weight_reuse = shape
-    nb_k = math.ceil(u.k / kt)
     check_gemm_tiles(u.batch, u.m, u.k, u.n, shape)  # bounded work: refuse before enumerating the tiles
     tiles, counts = _gemm_tiles(u, hw, srch, (kt, nt, mt, bt, weight_reuse))
-    res_bpe = u.res_bytes / (u.batch * u.m * u.n)
-    in_cap = 2 * math.ceil(bt * mt * kt * srch.a_tile_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
-    w_cap = 0 if u.b_resident else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * b_bpe) + 2 * u.pre_weight_bytes
-    out_cap = 2 * math.ceil(bt * mt * nt * (o_bpe if nb_k == 1 else PSUM_BYTES))
     counts["macs_" + u.precision] = u.macs
     counts.update(epilogue_counts(u))
     counts["dram_rd"] = sum(t[0] + t[3] for t in tiles)
     counts["dram_wr"] = sum(t[9] for t in tiles)
-    return Plan("mac", tiles, max(1, in_cap), max(1, w_cap), max(1, out_cap), counts, (bt, mt, kt, nt, weight_reuse))
+    return Plan("mac", tiles, *gemm_caps(u, srch, shape), counts, (bt, mt, kt, nt, weight_reuse))
+
+
+def gemm_caps(u: GemmUnit, srch, shape: tuple) -> tuple[int, int, int]:
+    """SRAM (input, weight, output) capacities of a GEMM plan: two tiles of each operand."""
+    kt, nt, mt, bt, _ = shape
+    nb_k = math.ceil(u.k / kt)
+    res_bpe = u.res_bytes / (u.batch * u.m * u.n)
+    in_cap = 2 * math.ceil(bt * mt * kt * srch.a_tile_bpe) + 2 * math.ceil(bt * mt * nt * res_bpe)
+    w_cap = (
+        0
+        if u.b_resident
+        else 2 * math.ceil((bt if u.b_per_item else 1) * kt * nt * srch.b_bpe) + 2 * u.pre_weight_bytes
+    )
+    out_cap = 2 * math.ceil(bt * mt * nt * (srch.o_bpe if nb_k == 1 else PSUM_BYTES))
+    return max(1, in_cap), max(1, w_cap), max(1, out_cap)
 
 
 def _gemm_order(u: GemmUnit, nb: tuple, weight_reuse: bool) -> list:
@@ -849,9 +860,11 @@ def _gemm_order(u: GemmUnit, nb: tuple, weight_reuse: bool) -> list:
     return order
 
 
-def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, dict]:
+def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ()) -> tuple[list, dict]:
     """The replay's tiles of a GEMM tiled as ``shape`` = (kt, nt, mt, bt, weight_reuse) and their
-    event counts. An operand tile is loaded when the order moves to a new tile of it; a fused
+    event counts; ``dims`` = (batch, m, n, k) cut instead of the unit's own (``gemm_closed_form``
+    drops whole interior blocks this way, keeping the edge blocks and the unit's bytes per
+    element). An operand tile is loaded when the order moves to a new tile of it; a fused
     pre-stage runs on every input load; the epilogue (post-stages, and a residual read with the
     last K step) on every output tile; DRAM bytes vanish where the unit hands over in SRAM.
     One piece on purpose: each tile's loads, SRAM reservations, stage cycles and counts depend on
@@ -860,7 +873,8 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
     kt, nt, mt, bt, weight_reuse = shape
     a_bpe, b_bpe, o_bpe, a_sram_bpe = srch.a_bpe, srch.b_bpe, srch.o_bpe, srch.a_sram_bpe
     tile_cycles = srch.tile_cycles
-    nb = (math.ceil(u.batch / bt), math.ceil(u.m / mt), math.ceil(u.n / nt), math.ceil(u.k / kt))
+    d_b, d_m, d_n, d_k = dims or (u.batch, u.m, u.n, u.k)
+    nb = (math.ceil(d_b / bt), math.ceil(d_m / mt), math.ceil(d_n / nt), math.ceil(d_k / kt))
     nb_k = nb[3]
     lanes = hw.vector.lanes
     pv, pd = stage_cycles_per_element(hw, u.pre)
@@ -944,7 +958,7 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple) -> tuple[list, di
     last = len(order) - 1
     for idx, t in enumerate(order):
         ib, im, jn, kk = t
-        b, m, n, k = sizes(ib, bt, u.batch), sizes(im, mt, u.m), sizes(jn, nt, u.n), sizes(kk, kt, u.k)
+        b, m, n, k = sizes(ib, bt, d_b), sizes(im, mt, d_m), sizes(jn, nt, d_n), sizes(kk, kt, d_k)
         prev = order[idx - 1] if idx else None
         nxt = order[idx + 1] if idx < last else None
         a_new = prev is None or a_id(prev) != a_id(t)

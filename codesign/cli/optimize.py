@@ -23,8 +23,8 @@ def register(sub) -> None:
     p.add_argument("--trials", type=int, default=100, help="design points to evaluate (default 100)")
     p.add_argument(
         "--sampler",
-        default="tpe",
-        help="tpe (default: best hypervolume in benchmarks/bench_optimize.py), nsga2, or random",
+        default="gp",
+        help="gp (default: Gaussian process, best hypervolume in benchmarks/bench_optimize.py), tpe, nsga2, or random",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=10, help="trials asked and computed together (default 10)")

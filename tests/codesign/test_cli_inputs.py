@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import hwsim
+import hwsim.config
 from codesign.cli import main
 from codesign.spec import content_hash
 from codesign.sweep import workload_identity
@@ -131,17 +132,32 @@ def test_ample_hardware_warns_and_the_header_shows_the_config(capsys, tmp_path):
 
 # ---- bounded work ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "workload, number",
+    "workload, field, number",
     [
-        ("gemm:99999999999999999999,1,1", "1e+20"),
-        ("gemm:100000000000000,1,1", "572,134,750 tiles"),
+        ("gemm:99999999999999999999,1,1", "workload", "1e+20"),  # beyond int64 MACs
+        ("gemm:100000000000000,1,1", "dram.capacity_bytes", "300000000000000 activation bytes"),  # 300 TB
     ],
 )
-def test_huge_gemm_refused_at_once(capsys, workload, number):
+def test_huge_gemm_refused_at_once(capsys, workload, field, number):
     t0 = time.perf_counter()
-    line = refused(capsys, "simulate", "--workload", workload, "--recipe", "asq-w8a8", field="workload")
+    line = refused(capsys, "simulate", "--workload", workload, "--recipe", "asq-w8a8", field=field)
     assert number in line
     assert time.perf_counter() - t0 < 20  # it hung for minutes / died with MemoryError
+
+
+def test_gemm_beyond_the_tile_budget_simulated_in_closed_form(capsys, tmp_path):
+    """1,041,667 tiles on a chip of 16 KiB buffers (once refused): simulated, in seconds."""
+    hw = hwsim.config.with_overrides(
+        hwsim.load_hw("edge-npu-lite"), {"sram.activation_buffer_bytes": 16384, "sram.weight_buffer_bytes": 16384}
+    )
+    (tmp_path / "hw.yaml").write_text(yaml.safe_dump(hwsim.hw_to_dict(hw)))
+    t0 = time.perf_counter()
+    rc, out, err = cli(
+        capsys, "simulate", "--workload", "gemm:100000000,8,8", "--recipe", "asq-w8a8", "--hw", tmp_path / "hw.yaml"
+    )
+    assert rc == 0, err
+    assert time.perf_counter() - t0 < 30
+    assert "6.4 GMAC" in out and "latency per video" in out
 
 
 def test_workload_beyond_the_op_budget_refused(capsys, tmp_path):

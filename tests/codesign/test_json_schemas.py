@@ -117,6 +117,10 @@ def test_schema_is_documented(name):
             walk(prop, where)
         if isinstance(node.get("items"), dict):
             walk(node["items"], path + "[]")
+        if isinstance(node.get("additionalProperties"), dict):  # a map's values: documented the same way
+            values = node["additionalProperties"]
+            assert values.get("type") not in ("number", "integer"), f"{path}: a map of bare numbers, no unit"
+            walk(values, path + "{}")
 
     walk(s, name)
 

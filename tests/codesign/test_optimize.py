@@ -45,14 +45,16 @@ def spec_path(tmp_path_factory):
 def searched(spec_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("res") / "r"
     spec = load_spec(spec_path)
-    s = optimize(spec, out, ["latency_s", "energy_j"], trials=12, batch=4, jobs=1, progress=False, seed=3)
+    # the default sampler (GP): 16 trials in batches of 4, so the last batch comes from the model, not
+    # from its 10 random start-up trials
+    s = optimize(spec, out, ["latency_s", "energy_j"], trials=16, batch=4, jobs=1, progress=False, seed=3)
     return spec, out, s
 
 
 def test_trials_stored_once_and_front_is_non_dominated(searched):
     spec, out, s = searched
     df = load_results(out)
-    assert s.trials == 12 and s.computed == len(df) == df["key"].nunique() <= 12
+    assert s.trials == 16 and s.computed == len(df) == df["key"].nunique() <= 16
     ok = df[df["status"] == "ok"]
     assert s.failed == (df["status"] == "failed").sum() and s.feasible == len(ok)
     pts = ok[["latency_s", "energy_j"]].values.tolist()
@@ -64,7 +66,7 @@ def test_trials_stored_once_and_front_is_non_dominated(searched):
 
 def test_rerun_resumes_from_the_store(searched):
     spec, out, s = searched
-    again = optimize(spec, out, ["latency_s", "energy_j"], trials=12, batch=4, jobs=1, progress=False, seed=3)
+    again = optimize(spec, out, ["latency_s", "energy_j"], trials=16, batch=4, jobs=1, progress=False, seed=3)
     assert again.computed == 0 and [r["key"] for r in again.pareto] == [r["key"] for r in s.pareto]
 
 
@@ -77,13 +79,71 @@ def test_dask_cluster_gives_the_same_points(searched, tmp_path):
             spec,
             tmp_path / "d",
             ["latency_s", "energy_j"],
-            trials=12,
+            trials=16,
             batch=4,
             scheduler=client,
             progress=False,
             seed=3,
         )
     assert [(r["key"], r["latency_s"]) for r in d.pareto] == [(r["key"], r["latency_s"]) for r in s.pareto]
+    assert d.history == s.history  # every trial, the model's included, not only the front
+
+
+def test_default_sampler_is_the_gp_and_a_seed_fixes_its_trials(searched, tmp_path):
+    """Same seed in a fresh folder: the same 16 trials (so a killed search resumes); another seed:
+    other trials."""
+    import inspect
+
+    from codesign import api
+
+    spec, _, s = searched
+    assert inspect.signature(optimize).parameters["sampler"].default == "gp"
+    assert inspect.signature(api.optimize).parameters["sampler"].default == "gp"
+    kw = dict(trials=16, batch=4, jobs=1, progress=False)
+    again = optimize(spec, tmp_path / "a", ["latency_s", "energy_j"], seed=3, **kw)
+    assert again.history == s.history and again.computed == s.computed
+    other = optimize(spec, tmp_path / "b", ["latency_s", "energy_j"], seed=4, **kw)
+    assert other.history != s.history
+
+
+def test_ordered_number_lists_are_ordinal_others_categorical():
+    """``mac.arrays: [1, 2, 4]`` and ``tech.node_nm: [7, 5, 4]`` are scales (an integer index the
+    model can interpolate); two values, strings or an unordered list stay categorical."""
+    import optuna
+
+    from codesign.optimize import suggest_point
+    from codesign.spec import spec_from_dict
+
+    spec = spec_from_dict(
+        {
+            "name": "ord",
+            "cost_workload": "stdit-tiny",
+            "recipes": ["asq-w8a8"],
+            "hardware": {
+                "base": "edge-npu",
+                "axes": {
+                    "mac.arrays": [1, 2, 4],
+                    "tech.node_nm": [7, 5, 4],
+                    "sram.weight_buffer_bytes": [2097152, 524288, 8388608],
+                    "mac.rows": [32, 64],
+                    "flash.part": ["ufs3.1", "ufs4.0"],
+                },
+            },
+        }
+    )
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    point, recipe = suggest_point(trial, spec, 0)
+    kinds = {k: type(d).__name__ for k, d in trial.distributions.items()}
+    assert kinds == {
+        "mac.arrays": "IntDistribution",
+        "tech.node_nm": "IntDistribution",
+        "sram.weight_buffer_bytes": "CategoricalDistribution",
+        "mac.rows": "CategoricalDistribution",
+        "flash.part": "CategoricalDistribution",
+        "recipe": "CategoricalDistribution",
+    }
+    chosen = dict(point.overrides)
+    assert chosen["mac.arrays"] == [1, 2, 4][trial.params["mac.arrays"]] and recipe == "asq-w8a8"
 
 
 def test_quality_constraint_is_respected(spec_path, tmp_path):
@@ -172,3 +232,21 @@ def test_nominal_clock_points_are_found_not_failed(tmp_path):
     )
     s = optimize(spec, tmp_path / "o", ["latency_s"], trials=3, batch=3, jobs=1, progress=False, sampler="random")
     assert s.failed == 0 and s.feasible == 3
+
+
+def test_json_front_values_carry_their_units(searched):
+    """Each reported value says its unit: an objective its store column's, a range axis the hardware
+    column's, a list axis ``index`` (its value is a position in the spec's list)."""
+    _, _, s = searched
+    out = s.to_json(["latency_s", "energy_j"])
+    assert out["pareto"] and len(out["pareto"]) == len(s.pareto)
+    for entry, row in zip(out["pareto"], s.pareto):
+        assert entry["objectives"] == {
+            "latency_s": {"value": row["latency_s"], "unit": "s"},
+            "energy_j": {"value": row["energy_j"], "unit": "J"},
+        }
+        hw = entry["hardware"]
+        assert hw["clock.freq_hz"] == {"value": row["clock.freq_hz"], "unit": "Hz"}
+        assert 6.0e8 <= hw["clock.freq_hz"]["value"] <= 1.2e9
+        for axis in ("mac.arrays", "sram.weight_buffer_bytes", "vector.online_reduction"):
+            assert hw[axis]["unit"] == "index" and hw[axis]["value"] == row[axis]
