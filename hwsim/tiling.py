@@ -952,23 +952,30 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ())
         return tile, (rd_c, wr_c, vec_c, dyn_c)
 
     order = _gemm_order(u, nb, weight_reuse)
+    # each dimension's block sizes, and each tile's operand identities (as ``a_id`` / ``b_id``)
+    size_of = [
+        [sizes(i, tile, total) for i in range(n)] for n, tile, total in zip(nb, (bt, mt, nt, kt), (d_b, d_m, d_n, d_k))
+    ]
+    sz_b, sz_m, sz_n, sz_k = size_of
+    a_ids = [a_id(t) for t in order]
+    b_ids = [b_id(t) for t in order] if not u.b_resident else None
     tiles = []
     made: dict = {}  # what makes a tile -> (tile, its counts): a GEMM's tiles come in few kinds
     sram_rd = sram_wr = vec_cycles = dyn_cycles = 0
     last = len(order) - 1
+    k_end = nb_k - 1
     for idx, t in enumerate(order):
         ib, im, jn, kk = t
-        b, m, n, k = sizes(ib, bt, d_b), sizes(im, mt, d_m), sizes(jn, nt, d_n), sizes(kk, kt, d_k)
-        prev = order[idx - 1] if idx else None
-        nxt = order[idx + 1] if idx < last else None
-        a_new = prev is None or a_id(prev) != a_id(t)
-        a_free = nxt is None or a_id(nxt) != a_id(t)
-        if u.b_resident:
+        a = a_ids[idx]
+        a_new = idx == 0 or a_ids[idx - 1] != a
+        a_free = idx == last or a_ids[idx + 1] != a
+        if b_ids is None:
             b_new = b_free = False
         else:
-            b_new = prev is None or b_id(prev) != b_id(t)
-            b_free = nxt is None or b_id(nxt) != b_id(t)
-        key = (b, m, n, k, a_new, a_free, b_new, b_free, idx == 0, kk == 0, kk == nb_k - 1)
+            bi = b_ids[idx]
+            b_new = idx == 0 or b_ids[idx - 1] != bi
+            b_free = idx == last or b_ids[idx + 1] != bi
+        key = (sz_b[ib], sz_m[im], sz_n[jn], sz_k[kk], a_new, a_free, b_new, b_free, idx == 0, kk == 0, kk == k_end)
         hit = made.get(key)
         if hit is None:
             hit = made[key] = one_tile(*key)
