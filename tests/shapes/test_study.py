@@ -85,6 +85,26 @@ def test_recipe_intervals_bracket_the_estimate_and_are_reproducible():
     assert acc["estimate"] == pytest.approx(2 / 3, abs=0.05) and acc["seed_min"] <= acc["seed_max"]
 
 
+def test_clip_sqnr_intervals_one_seed():
+    """The sweep's interval: over the clips of one calibration, paired between rows."""
+    rng = np.random.default_rng(3)
+    sig = np.tile(rng.uniform(1e3, 5e4, 4), (3, 1))  # [3 recipes, 4 clips], the same float clips
+    err = sig * np.array([[1e-3], [1e-2], [1e-2]])  # rows 0, 1: every clip at 30 / 20 dB exactly
+    err[2] *= rng.uniform(0.5, 2.0, 4)  # row 2: clips of different quality
+    est, lo, hi = intervals.clip_sqnr_intervals(sig, err)
+    np.testing.assert_allclose(est, 10 * np.log10(sig.sum(1) / err.sum(1)), rtol=1e-12)
+    np.testing.assert_allclose([est[0], lo[0], hi[0]], [30.0, 30.0, 30.0], atol=1e-9)  # no spread, no width
+    assert lo[2] < est[2] < hi[2]
+    again = intervals.clip_sqnr_intervals(sig, err)
+    assert all(np.array_equal(x, y) for x, y in zip((est, lo, hi), again))  # seeded: bit for bit
+    d = intervals.clip_sqnr_difference(sig[:2], err[:2])
+    assert d["estimate"] == pytest.approx(10.0, abs=1e-9) and d["lo"] == pytest.approx(10.0, abs=1e-9)
+    assert d["excludes_zero"]
+    assert not intervals.clip_sqnr_difference(sig[[2, 2]], err[[2, 2]])["excludes_zero"]
+    with pytest.raises(ValueError, match="recipes, clips"):
+        intervals.clip_sqnr_intervals(sig[0], err[0])
+
+
 def test_subset_resolution_orders_separated_recipes_and_sees_spread():
     # b's error is 10x a's on every clip: every subset orders them, and the estimate on any subset
     # differs from the whole set's only by the clips' own spread (here at most a few dB)
