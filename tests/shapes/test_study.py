@@ -105,6 +105,30 @@ def test_clip_sqnr_intervals_one_seed():
         intervals.clip_sqnr_intervals(sig[0], err[0])
 
 
+def test_summary_tables_are_the_files_figures():
+    """The at-a-glance tables (README, closing note) print what recipe_intervals and paired_difference
+    compute from the files, scheme by bit width, with the float model's floors."""
+    clips = _clips({"fp16": 0.0, "asq-w8a8": 1.0, "tsq-tsw-w8a8": 0.1})
+    clips.loc[clips["recipe"] == "fp16", "psnr_db"] = np.inf  # the float model: no SQNR row
+    rows = pd.DataFrame(
+        [
+            dict(recipe=r, seed=s, fd=fd + s, num_weight_sets=k, acc_mean=0.9)
+            for r, fd, k in (("fp16", 100.0, 0), ("asq-w8a8", 120.0, 1), ("tsq-tsw-w8a8", 110.0, 25))
+            for s in (0, 1, 2)
+        ]
+    )
+    md = study.summary_tables(rows, clips)
+    ci = intervals.recipe_intervals(clips).set_index(["recipe", "metric"])
+    asq = ci.loc[("asq-w8a8", "sqnr_db")]
+    assert f"| ASQ | {asq['estimate']:.1f} [{asq['lo']:.1f}, {asq['hi']:.1f}] | 1 |" in md
+    assert "| TSQ+TSW (per-step scales and weights) |" in md and "| 25 |" in md
+    assert "| naive static |" not in md  # schemes the files lack are left out
+    d = intervals.paired_difference(clips, "tsq-tsw-w8a8", "asq-w8a8", "sqnr_db")
+    assert d["estimate"] == pytest.approx(10.0, abs=1e-9)
+    assert "| tsq-tsw - asq (TSQ+TSW over ASQ) | +10.00 [+10.00, +10.00]* |" in md
+    assert "noise floor 2;" in md and "| ASQ | 121 [120, 122] |" in md  # FD: mean [min, max] over seeds
+
+
 def test_subset_resolution_orders_separated_recipes_and_sees_spread():
     # b's error is 10x a's on every clip: every subset orders them, and the estimate on any subset
     # differs from the whole set's only by the clips' own spread (here at most a few dB)
