@@ -156,3 +156,17 @@ def test_study_resumes_and_drops_unfinished_clip_rows(tmp_path):
     assert rows2.iloc[:4].equals(rows)  # nothing already done was recomputed
     md = study.tables(rows2, clips2)
     assert "| asq - static | W8A8 |" in md and "Noise floor" in md
+
+
+def test_readme_and_results_doc_print_the_shipped_files():
+    """README's quantization tables and docs/quant_results.md's are the generators' output on the
+    shipped result files, so a rerun of the study cannot leave a retyped figure behind."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = root / "results" / "quant_comparison.csv"
+    rows, clips = pd.read_csv(out), pd.read_csv(study.clips_path(out))
+    assert study.summary_tables(rows, clips) in (root / "README.md").read_text()
+    doc = (root / "docs" / "quant_results.md").read_text().splitlines()
+    missing = [ln for ln in study.tables(rows, clips).splitlines() if ln.strip() and ln not in doc]
+    assert not missing, f"docs/quant_results.md lacks {missing[:3]} (python -m shapes.study --tables)"
