@@ -87,9 +87,11 @@ def main(argv=None) -> int:
     for name in args.recipes.split(","):
         recipe = get_recipe(name)
         if recipe.scheme != "dynamic" and stats is None:
+            torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             stats = calibrate(model, w, num_prompts=1, batch_size=1)
-            print(f"  calibrated in {time.perf_counter() - t0:.1f} s (not timed below)", flush=True)
+            gib = torch.cuda.max_memory_allocated() / 2**30
+            print(f"  calibrated in {time.perf_counter() - t0:.1f} s, peak {gib:.1f} GiB (not timed below)", flush=True)
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps, w.name)
         if not args.no_fakequant:
             fq = FakeQuantModel(model, art)
