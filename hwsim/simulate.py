@@ -89,7 +89,11 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    that only grow with the buffers (``tiling.block_ladder``) and picks attention and chains by
 #    replay, skipping only candidates whose proven lower bound cannot win (``_fastest_replay``);
 #    the default edp2 planner's numbers are unchanged
-SIM_VERSION = "hwsim-8"
+# 9: a tile of fewer batch items (attention heads, matmul items) than MAC arrays runs one item per
+#    array when that is faster than cutting each item's output columns over all the arrays, so a
+#    tile is never slower on more arrays (tiling._tile_compute_cycles); chips with at most 2
+#    arrays, and so the presets, keep their numbers
+SIM_VERSION = "hwsim-9"
 _OP_KEY = attrgetter(
     "kind",
     "batch",

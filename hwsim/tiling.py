@@ -279,10 +279,16 @@ def _round_up(x: int, q: int) -> int:
 
 
 def _tile_compute_cycles(b: int, m: int, k: int, n: int, R: int, C: int, A: int, dataflow: str, rate: float) -> int:
-    """Array cycles of one full ``b x [m,k] x [k,n]`` tile, split over the arrays as the replay does."""
+    """Array cycles of one full ``b x [m,k] x [k,n]`` tile, split over the arrays as the replay does:
+    whole batch items per array when there are at least as many items as arrays; else the faster
+    of the output columns cut over the arrays (items one after another) and one item per array
+    with the other arrays idle. A chip with more arrays can always leave some idle, so a tile is
+    never slower on more arrays (a few items of a small matmul, e.g. attention heads, on 4 arrays:
+    one head each, not each head cut in 4 thin column strips that fill and drain as long)."""
     if b >= A:  # whole batch items per array
         return math.ceil(b / A) * systolic_cycles(m, k, n, R, C, dataflow, rate)
-    return b * systolic_cycles(m, k, math.ceil(n / A), R, C, dataflow, rate)  # output columns over arrays
+    split = b * systolic_cycles(m, k, math.ceil(n / A), R, C, dataflow, rate)  # output columns over arrays
+    return split if b == 1 else min(split, systolic_cycles(m, k, n, R, C, dataflow, rate))
 
 
 def _blocks(total: int, tile: int) -> list[tuple[int, int]]:
@@ -1087,10 +1093,7 @@ class _AttnCost:
             u, R, C, A, mac = self.u, self.R, self.C, self.A, self.hw.mac
 
             def one(mm, kk, nn, rate, a_bpe, b_bpe):
-                if b >= A:
-                    c = math.ceil(b / A) * systolic_cycles(mm, kk, nn, R, C, mac.dataflow, rate)
-                else:
-                    c = b * systolic_cycles(mm, kk, math.ceil(nn / A), R, C, mac.dataflow, rate)
+                c = _tile_compute_cycles(b, mm, kk, nn, R, C, A, mac.dataflow, rate)
                 rd = b * (
                     math.ceil(mm * kk * a_bpe) * math.ceil(nn / (A * C))
                     + math.ceil(kk * nn * b_bpe) * math.ceil(mm / R)
