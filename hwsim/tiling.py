@@ -855,15 +855,10 @@ def _gemm_order(u: GemmUnit, nb: tuple, weight_reuse: bool) -> list:
     """Tile visiting order: batch blocks, then (n outer, m inner) for weight reuse or (m outer,
     n inner), K innermost."""
     nb_b, nb_m, nb_n, nb_k = nb
-    order = []
-    for ib in range(nb_b):
-        outer, inner = (nb_n, nb_m) if weight_reuse else (nb_m, nb_n)
-        for jo in range(outer):
-            for ji in range(inner):
-                im, jn = (ji, jo) if weight_reuse else (jo, ji)
-                for kk in range(nb_k):
-                    order.append((ib, im, jn, kk))
-    return order
+    rb, rm, rn, rk = range(nb_b), range(nb_m), range(nb_n), range(nb_k)
+    if weight_reuse:
+        return [(ib, im, jn, kk) for ib in rb for jn in rn for im in rm for kk in rk]
+    return [(ib, im, jn, kk) for ib in rb for im in rm for jn in rn for kk in rk]
 
 
 def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ()) -> tuple[list, dict]:
