@@ -643,8 +643,19 @@ void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* 
    integers below 2**53, corrected by one with exact products: vectorisable, unlike an integer division),
    e = ((d_w + z q_ln2 + q_b)^2 + q_c) >> min(z, 40); out = min((e * (2^52 // sum e)) >> (52 - p), 2^p - 1).
    ebuf: n int64. */
+static void softmax_int_f64(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b,
+                            int64_t q_c, int64_t p, int32_t* out, int32_t* ebuf);
+
 void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b, int64_t q_c,
                     int64_t p, int32_t* out, int64_t* ebuf) {
+#if !defined(__AVX512DQ__)
+    int64_t a_lo = q_b - q_ln2 + 1, amax = q_b > -a_lo ? q_b : -a_lo;  /* |a| <= amax: a in (q_b - q_ln2, q_b] */
+    if (k >= 0 && k < 64 && q_ln2 >= 1 && q_ln2 < (((int64_t)1) << 24) && q_c >= 0 && amax < (((int64_t)1) << 16)
+        && amax * amax + q_c < (((int64_t)1) << 31) && p >= 0 && p <= 30) {
+        softmax_int_f64(q, rows, n, k, q_ln2, q_b, q_c, p, out, (int32_t*)ebuf);
+        return;
+    }
+#endif
     const double dl = (double)q_ln2;
     const int64_t lim = (((int64_t)1) << p) - 1;
     for (int64_t r = 0; r < rows; r++) {
@@ -671,10 +682,70 @@ void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_
     }
 }
 
+/* qm_softmax_int in float64 / int32 lanes (AVX2 has no 64-bit integer multiply or arithmetic shift; AVX-512 DQ
+   builds keep the int64 loop, faster there), for
+   constants where every exponential fits int32 (checked by the caller: |a| <= amax, a^2 + q_c < 2^31):
+   d_w = floor((q - max) 2^-k) in float64 (exact: integers below 2^34 scaled by a power of two); u = -d_w
+   is capped at 41 q_ln2 (then z >= 41 either way and e = poly >> 40 = 0 = poly >> 31, poly < 2^31), so
+   z, a and e are int32; e >> min(z, 31) equals e >> min(z, 40) for 0 <= e < 2^31; e * (2^52 // total) <= 2^52
+   is exact in float64 and its floor after * 2^-(52 - p) is the shift. The same integers as the loop above. */
+static void softmax_int_f64(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b,
+                            int64_t q_c, int64_t p, int32_t* out, int32_t* ebuf) {
+    const double dl = (double)q_ln2, inv2k = ldexp(1.0, (int)-k), umax = 41.0 * (double)q_ln2;
+    const double inv2s = ldexp(1.0, (int)(p - 52)), lim = (double)((((int64_t)1) << p) - 1);
+    const int32_t l2 = (int32_t)q_ln2, b32 = (int32_t)q_b, c32 = (int32_t)q_c;
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t* qr = q + r * n;
+        int32_t* o = out + r * n;
+        int32_t mx = qr[0];
+        for (int64_t i = 1; i < n; i++) mx = qr[i] > mx ? qr[i] : mx;
+        const double dmx = (double)mx;
+        for (int64_t i = 0; i < n; i++) {
+            double u = -floor(((double)qr[i] - dmx) * inv2k);
+            u = u < umax ? u : umax;
+            int32_t ui = (int32_t)u;
+            int32_t z = (int32_t)(u / dl);
+            z -= (z * l2 > ui);
+            z += ((z + 1) * l2 <= ui);
+            int32_t a = z * l2 - ui + b32;
+            ebuf[i] = (a * a + c32) >> (z < 31 ? z : 31);
+        }
+        int64_t total = 0;
+        for (int64_t i = 0; i < n; i++) total += ebuf[i];
+        const double factor = (double)((((int64_t)1) << 52) / total);
+        for (int64_t i = 0; i < n; i++) {
+            double v = floor(((double)ebuf[i] * factor) * inv2s);
+            o[i] = (int32_t)(v < lim ? v : lim);
+        }
+    }
+}
+
 /* intops.gelu_int elementwise: x_w = clamp(x >> k, +-sat), d = min(|x_w|, q_bb) - q_bb,
-   out = (x_w * (x_w >= 0 ? 2 q_one - d^2 : d^2)) >> t */
+   out = (x_w * (x_w >= 0 ? 2 q_one - d^2 : d^2)) >> t.
+   Without 64-bit integer multiplies (AVX2: no vpmullq) the int64 loop does not vectorise; where the constants
+   allow (checked first: k < 31, sat, 2 q_one, q_bb^2 below 2^31, sat (2 q_one + q_bb^2) < 2^53, q_bb^2 <= 2 q_one
+   <= 2^t so that |out| <= sat) x_w, d, d^2 and the factor are int32 and the product is formed in float64, where
+   it is an exact integer below 2^53 and floor(p 2^-t) is the shift. The same integers either way. */
 void qm_gelu_int(const int32_t* x, int64_t n, int64_t k, int64_t sat, int64_t q_bb, int64_t q_one, int64_t t,
                  int32_t* out) {
+#if !defined(__AVX512DQ__)
+    if (k >= 0 && k < 31 && t >= 0 && t < 63 && sat >= 0 && sat < (((int64_t)1) << 31) && q_bb >= 0
+        && q_bb < 46341 && q_one >= 0 && 2 * q_one < (((int64_t)1) << 31) && q_bb * q_bb <= 2 * q_one
+        && 2 * q_one <= (((int64_t)1) << t) && (double)sat * (double)(2 * q_one + q_bb * q_bb) < 0x1p53) {
+        const double inv2t = ldexp(1.0, (int)-t);
+        const int32_t s32 = (int32_t)sat, bb = (int32_t)q_bb, one2 = (int32_t)(2 * q_one), k32 = (int32_t)k;
+        for (int64_t i = 0; i < n; i++) {
+            int32_t xw = x[i] >> k32;
+            xw = xw < -s32 ? -s32 : (xw > s32 ? s32 : xw);
+            int32_t ax = xw < 0 ? -xw : xw;
+            int32_t d = (ax < bb ? ax : bb) - bb;
+            int32_t d2 = d * d;
+            int32_t f = xw >= 0 ? one2 - d2 : d2;
+            out[i] = (int32_t)floor(((double)xw * (double)f) * inv2t);
+        }
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) {
         int64_t xw = ((int64_t)x[i]) >> k;
         xw = xw < -sat ? -sat : (xw > sat ? sat : xw);
@@ -1154,61 +1225,106 @@ void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_
    gives the result, NaN included). */
 static inline float deq_s(int32_t q, double s) { return (float)((double)q * s); }
 
-static inline int absmax_step(float v, float* a) {
-    float u = fabsf(v);
-    if (u > *a) *a = u;
-    return !(u <= 3.4028234663852886e38f);
+/* max |f[i]| and whether a value was not finite, accumulated over calls. gcc does not vectorise a float max
+   reduction without -ffast-math's NaN assumptions, so AVX2 builds take 8 lanes by intrinsics (max_ps keeps
+   the running max on a NaN, which the not-finite flag reports anyway). max is exact in any order. */
+typedef struct { float a; int bad; } amax_acc;
+
+static void am_init(amax_acc* s) { s->a = 0.0f; s->bad = 0; }
+
+static void am_add(amax_acc* s, const float* f, int64_t n) {
+    int64_t i = 0;
+    float a = s->a;
+    int bad = s->bad;
+#if defined(__AVX2__)
+    if (n >= 8) {
+        const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
+        __m256 m = _mm256_set1_ps(a), nf = _mm256_setzero_ps();
+        for (; i + 8 <= n; i += 8) {
+            __m256 u = _mm256_andnot_ps(sign, _mm256_loadu_ps(f + i));
+            m = _mm256_max_ps(u, m);
+            nf = _mm256_or_ps(nf, _mm256_cmp_ps(u, big, _CMP_NLE_UQ));
+        }
+        float lane[8];
+        _mm256_storeu_ps(lane, m);
+        for (int j = 0; j < 8; j++) a = lane[j] > a ? lane[j] : a;
+        bad |= _mm256_movemask_ps(nf) != 0;
+    }
+#endif
+    for (; i < n; i++) {
+        float u = fabsf(f[i]);
+        a = u > a ? u : a;
+        bad |= !(u <= 3.4028234663852886e38f);
+    }
+    s->a = a;
+    s->bad = bad;
 }
+
+static double am_result(const amax_acc* s) { return s->bad ? -1.0 : (double)s->a; }
 
 /* emulator._static_scale's dynamic_of of a float tensor: max |x|, x float32 or fp16 (widened exactly). */
 double qm_absmax(const void* x, int in_kind, int64_t n) {
-    float a = 0.0f;
-    int bad = 0;
-    if (in_kind == 1) {
-        const f16* h = (const f16*)x;
-        for (int64_t i = 0; i < n; i++) bad |= absmax_step((float)h[i], &a);
-    } else {
-        const float* f = (const float*)x;
-        for (int64_t i = 0; i < n; i++) bad |= absmax_step(f[i], &a);
+    amax_acc s;
+    am_init(&s);
+    if (in_kind != 1) {
+        am_add(&s, (const float*)x, n);
+        return am_result(&s);
     }
-    return bad ? -1.0 : (double)a;
+    const f16* h = (const f16*)x;
+    float buf[BLK];
+    for (int64_t i = 0; i < n; i += BLK) {
+        int64_t m = n - i < BLK ? n - i : BLK;
+        h2f(h + i, buf, m);
+        am_add(&s, buf, m);
+    }
+    return am_result(&s);
 }
 
 /* datapath.modulated: max |fp32(x * sx) * (1 + scale) + shift|; x [B, N, C] int32, scale / shift float32
-   [B, 1, C] rows with row stride pstride. */
+   [B, 1, C] rows with row stride pstride. Values of a row chunk are formed in a buffer, then reduced. */
 double qm_mod_absmax(const int32_t* x, double sx, const float* scale, const float* shift, int64_t pstride,
                      int64_t bsz, int64_t n, int64_t c) {
-    float a = 0.0f;
-    int bad = 0;
+    amax_acc s;
+    am_init(&s);
+    float buf[BLK];
     for (int64_t b = 0; b < bsz; b++) {
         const float* sc = scale + b * pstride;
         const float* sh = shift + b * pstride;
         for (int64_t r = 0; r < n; r++) {
             const int32_t* xr = x + (b * n + r) * c;
-            for (int64_t j = 0; j < c; j++) {
-                float m = 1.0f + sc[j];
-                float p = deq_s(xr[j], sx) * m;
-                bad |= absmax_step(p + sh[j], &a);
+            for (int64_t j0 = 0; j0 < c; j0 += BLK) {
+                int64_t m = c - j0 < BLK ? c - j0 : BLK;
+                for (int64_t j = 0; j < m; j++) {
+                    float f = 1.0f + sc[j0 + j];
+                    float p = deq_s(xr[j0 + j], sx) * f;
+                    buf[j] = p + sh[j0 + j];
+                }
+                am_add(&s, buf, m);
             }
         }
     }
-    return bad ? -1.0 : (double)a;
+    return am_result(&s);
 }
 
 /* datapath.gated_sum: max |fp32(x * sx) + fp32(g * sg) * fp32(y * sy)|; x, y [B, N, C] int32, g [B, 1, C]
    int32 (NULL: the constant gate 1 at scale 1). */
 double qm_gated_absmax(const int32_t* x, double sx, const int32_t* g, double sg, const int32_t* y, double sy,
                        int64_t bsz, int64_t n, int64_t c) {
-    float a = 0.0f;
-    int bad = 0;
+    amax_acc s;
+    am_init(&s);
+    float buf[BLK];
     for (int64_t b = 0; b < bsz; b++)
         for (int64_t r = 0; r < n; r++) {
             int64_t o = (b * n + r) * c;
-            for (int64_t j = 0; j < c; j++) {
-                float gf = g ? deq_s(g[b * c + j], sg) : 1.0f;
-                float p = gf * deq_s(y[o + j], sy);
-                bad |= absmax_step(deq_s(x[o + j], sx) + p, &a);
+            for (int64_t j0 = 0; j0 < c; j0 += BLK) {
+                int64_t m = c - j0 < BLK ? c - j0 : BLK;
+                if (g)
+                    for (int64_t j = 0; j < m; j++)
+                        buf[j] = deq_s(x[o + j0 + j], sx) + deq_s(g[b * c + j0 + j], sg) * deq_s(y[o + j0 + j], sy);
+                else
+                    for (int64_t j = 0; j < m; j++) buf[j] = deq_s(x[o + j0 + j], sx) + 1.0f * deq_s(y[o + j0 + j], sy);
+                am_add(&s, buf, m);
             }
         }
-    return bad ? -1.0 : (double)a;
+    return am_result(&s);
 }
