@@ -204,6 +204,29 @@ class ProgramOps:
         self.dyn_int = not emu.static and emu.mode == "int"  # every int-mode scale taken on line
 
     # ---- pieces ---------------------------------------------------------------------------------------
+    def mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        """gemmpaths.mm(a, w, out=out) of int8 a [M, K] by w [K, N]. Where the path chosen for the shape is
+        the C kernel, its call is bound here (w packed once, the int16 copy of a in a program buffer): the
+        same kernel without the per-call dispatch; a path forced at run time (gemmpaths.forced) still wins."""
+        m, k = a.shape
+        n = w.shape[1]
+        if gemmpaths.choose(m, k, n) != "ckernel" or not (a.is_contiguous() and out.is_contiguous()) or 0 in (m, k, n):
+            self.b.call(gemmpaths.mm, a, w, out=out)
+            return
+        dll, bld = self.dll, self.b
+        bp = bld.const(gemmpaths._packed(w, dll))
+        ap = bld.buf(dll.qm_gemm_pack_a_size(m, k), torch.int16)
+        gemm = functools.partial(dll.qm_gemm_s8, a.data_ptr(), m, k, bp.data_ptr(), n, out.data_ptr(), ap.data_ptr())
+        forced, mm = gemmpaths._FORCED, gemmpaths.mm
+
+        def step():
+            if forced[0] is None:
+                gemm()
+            else:
+                mm(a, w, out=out)
+
+        bld.py(step, a, out, ap)
+
     def lp(self, name: str):
         """A static layer's prepared parameters (int8 codes, symmetric or with a zero point; fast prepared
         GEMM), else out of scope."""
@@ -263,7 +286,7 @@ class ProgramOps:
                 raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
 
         bld.py(step, x, q, s_row)
-        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        self.mm(q.view(rows, k), bld.const(p.w_t.contiguous()), acc)
         bld.call(
             self.dll.qm_dyn_rescale,
             acc.data_ptr(),
@@ -325,7 +348,7 @@ class ProgramOps:
                 q.copy_(rq), s_row.copy_(rs), z.copy_(rz)
 
         bld.py(step, x, q, s_row, z)
-        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
+        self.mm(q.view(rows, k), bld.const(p.w_t.contiguous()), acc)
         bld.call(
             self.dll.qm_dyn_rescale_zp,
             acc.data_ptr(),
@@ -416,7 +439,7 @@ class ProgramOps:
         esize = out.element_size()
         for off, wb, args, _kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
-            self.b.call(gemmpaths.mm, x2, wb, out=acc)
+            self.mm(x2, wb, acc)
             self.b.call(
                 self.dll.qm_requant,
                 acc.data_ptr(),
@@ -712,21 +735,47 @@ class ProgramOps:
         scales float32 [..., R]); a non-finite value raises the eager path's error."""
         bld, k = self.b, t.shape[-1]
         x = bld.buf(t.shape, t.dtype)
-        bld.call(x.copy_, t)  # contiguous rows
         rows = x.numel() // k
         q8, s = bld.buf(t.shape, torch.int8), bld.buf(t.shape[:-1], torch.float32)
+        qf = bld.buf(t.shape, torch.float32)
+        bits = self.emu.a_bits
+
+        def fail():  # a non-finite value: the eager definition raises
+            fixedpoint.symmetric_scale(x.float().abs().amax(dim=-1).double(), bits)
+            raise RuntimeError("emuprogram: non-finite attention operand not reported")
+
+        if 3 <= t.dim() <= 4 and t.dtype in ckernels.IN_KIND_FLOAT:  # one C call: gather, codes, float codes
+            t4 = t if t.dim() == 4 else t.unsqueeze(0)
+            dyn = functools.partial(
+                self.dll.qm_dyn_rows,
+                t.data_ptr(),
+                ckernels.IN_KIND_FLOAT[t.dtype],
+                *t4.shape[:3],
+                k,
+                *t4.stride(),
+                self.emu.qa,
+                x.data_ptr(),
+                q8.data_ptr(),
+                qf.data_ptr(),
+                s.data_ptr(),
+            )
+
+            def step():
+                if dyn():
+                    fail()
+
+            bld.py(step, t, x, q8, qf, s)
+            return qf, s
+        bld.call(x.copy_, t)  # contiguous rows
         quant = functools.partial(
             self.dll.qm_dyn_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], rows, k, self.emu.qa, q8.data_ptr()
         )
-        bits = self.emu.a_bits
 
         def step():
-            if quant(s.data_ptr()):  # a non-finite value: the eager definition raises
-                fixedpoint.symmetric_scale(x.float().abs().amax(dim=-1).double(), bits)
-                raise RuntimeError("emuprogram: non-finite attention operand not reported")
+            if quant(s.data_ptr()):
+                fail()
 
         bld.py(step, x, q8, s)
-        qf = bld.buf(t.shape, torch.float32)
         bld.call(qf.copy_, q8)
         return qf, s
 
@@ -745,6 +794,12 @@ class ProgramOps:
             bld.call(y.copy_, acc)  # acc.float()
         else:  # every partial sum below 2**24: the float32 product is the integer one
             bld.call(torch.matmul, qa_, qb_.transpose(-2, -1), out=y)
+        m, n = y.shape[-2], y.shape[-1]
+        if sa.shape[:-1] == sb.shape[:-1] == y.shape[:-2]:  # (y * s_a) * s_b in one C loop, the same two products
+            bld.call(
+                self.dll.qm_scale_rows_cols, y.data_ptr(), y.numel() // (m * n), m, n, sa.data_ptr(), sb.data_ptr()
+            )
+            return y
         bld.call(torch.mul, y, sa.unsqueeze(-1), out=y)
         bld.call(torch.mul, y, sb.unsqueeze(-2), out=y)
         return y
@@ -879,9 +934,16 @@ class ProgramOps:
                 out.data_ptr(),
             )
 
-            def step():  # as fixedpoint.dequantize: the C product only for a float32 scale and small codes
-                if not fixedpoint._is_f32(scale.v) or deq(qp, kind, n, scale.v, op, 0):
-                    out.copy_(fixedpoint.dequantize(q, scale.v))
+            deq64, is32, is_f32 = self.dll.qm_dequant_f64, q.dtype == torch.int32, fixedpoint._is_f32
+
+            def step():  # as fixedpoint.dequantize: the float32 C product for a float32 scale and small codes,
+                s = scale.v  # else its definition fp32(fl64(q) * s) (in C for int32 codes and a finite scale)
+                if is_f32(s) and not deq(qp, kind, n, s, op, 0):
+                    return
+                if is32 and math.isfinite(s):
+                    deq64(qp, n, s, op)
+                else:
+                    out.copy_(fixedpoint.dequantize(q, s))
 
             self.b.py(step, q, out)
             return out
@@ -1102,9 +1164,11 @@ class ProgramOps:
         eps = emu.mods[norm].eps
         eps_k, ln = bld.buf(19, torch.int64), bld.buf(x.q.shape, torch.int32)
         lnk, xp, ep, lp = self.dll.qm_layernorm_int, x.q.data_ptr(), eps_k.data_ptr(), ln.data_ptr()
+        eps_table = self.dll.qm_ln_eps_table
 
-        def layernorm():
-            eps_k.copy_(torch.tensor(intops.ln_eps_table(x.scale.v, c, eps), dtype=torch.int64))
+        def layernorm():  # the eps table in C (the same float64 operations); Python where that declines
+            if eps_table(x.scale.v, c, eps, ep):
+                eps_k.copy_(torch.tensor(intops.ln_eps_table(x.scale.v, c, eps), dtype=torch.int64))
             lnk(xp, b_ * n_, c, ep, lp)
 
         bld.py(layernorm, x.q, eps_k, ln)
@@ -1146,17 +1210,26 @@ class ProgramOps:
         one = IntVal(torch.ones(1, dtype=torch.int32), 1.0)
 
         gated_absmax, xp, yp = self.dll.qm_gated_absmax, x.q.data_ptr(), yq.data_ptr()
+        fused = gate is not None and gate.stride(2) == 1  # the gate quantized inside the same C call
+        gq_buf = None
+        if fused:
+            gq_buf, qmax = bld.buf((b_, 1, c), torch.int32), 2 ** (self.param_bits - 1) - 1
+            ga, gp, gs = self.dll.qm_gated_absmax_p, gate.data_ptr(), gate.stride(0) if b_ > 1 else 0
+            gqp = gq_buf.data_ptr()
 
         def out_range():  # one C pass (the torch definition for a non-finite value)
-            g = emu._param_int(gate) if gate is not None else one
-            gq = g.q.contiguous() if gate is not None else None
-            r = gated_absmax(xp, x.scale.v, None if gq is None else gq.data_ptr(), g.scale, yp, s_y.v, b_, n_, c)
+            r = ga(xp, x.scale.v, gp, gs, qmax, gqp, yp, s_y.v, b_, n_, c) if fused else -2.0
+            if r == -2.0:  # unfused, or a gate that is not finite (_param_int then reports it)
+                g = emu._param_int(gate) if gate is not None else one
+                gq = g.q.contiguous() if gate is not None else None
+                r = gated_absmax(xp, x.scale.v, None if gq is None else gq.data_ptr(), g.scale, yp, s_y.v, b_, n_, c)
             if r < 0:
+                g = emu._param_int(gate) if gate is not None else one
                 xf, gf = fixedpoint.dequantize(x.q, x.scale.v), fixedpoint.dequantize(g.q, g.scale)
                 r = float(datapath.gated_sum(xf, gf, fixedpoint.dequantize(yq, s_y.v)).abs().max())
             s_out.v = datapath.range_scale(r * self.res_headroom, self.res_bits)
 
-        bld.py(out_range, *(t for t in (x.q, yq, gate) if t is not None))
+        bld.py(out_range, *(t for t in (x.q, yq, gate, gq_buf) if t is not None))
         g = 2.0**intops.GUARD_BITS
         qr = 2 ** (self.res_bits - 1) - 1
         q = self.fix_madd_dyn(

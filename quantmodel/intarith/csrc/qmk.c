@@ -239,6 +239,12 @@ int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, in
     return 0;
 }
 
+/* fixedpoint.dequantize's definition for any scale: fp32(fl64(q) * s) of int32 codes (the float64 product of a
+   32-bit integer and a double, rounded once to float32), for scales that are not float32 values. */
+void qm_dequant_f64(const int32_t* q, int64_t n, double s, float* out) {
+    for (int64_t i = 0; i < n; i++) out[i] = (float)((double)q[i] * s);
+}
+
 /* ---- fp16 vector-unit kernels (intops fp16 mode): the same float32 operations in the same order ---- */
 /* intops.tree_sum of n floats: zero-padded pairwise tree; t has room for n floats */
 static float tree_sum_f(const float* x, int64_t n, float* t) {
@@ -619,6 +625,22 @@ static inline int64_t isqrt64(int64_t v) {  /* floor(sqrt(v)) for 0 <= v < 2**62
     return r;
 }
 
+/* intops.ln_eps_table: out[k] = floor(min(eps n / (S^2) / 4^k, 2^50)), k = 0..18, the same float64 operations in
+   the same order. Returns 1 (nothing written) when a value is NaN (the caller's Python definition then raises). */
+int qm_ln_eps_table(double scale, int64_t n, double eps, int64_t* out) {
+    if (!(scale * scale != 0.0)) return 1;  /* Python raises ZeroDivisionError */
+    double v0 = eps * (double)n / (scale * scale);
+    int64_t t[19];
+    for (int k = 0; k < 19; k++) {
+        double v = v0 / ldexp(1.0, 2 * k);
+        v = 0x1p50 < v ? 0x1p50 : v;
+        if (v != v || v < -0x1p62) return 1;
+        t[k] = (int64_t)floor(v);
+    }
+    memcpy(out, t, sizeof t);
+    return 0;
+}
+
 /* intops.layernorm_int per row of int32 x [rows, n]; eps_k: the 19-entry ln_eps_table */
 void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* eps_k, int32_t* out) {
     for (int64_t r = 0; r < rows; r++) {
@@ -903,6 +925,46 @@ int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qm
     for (int64_t r = 0; r < rows; r++)
         if (s_out[r] < 0.0f) return 1;
     return 0;
+}
+
+/* The dynamic integer products' operand codes (emulator.matmul, dynamic branch) of a strided [D0, D1, R, K] view
+   (float32, or fp16: in_kind 0 / 1; strides in elements): its rows copied to xbuf (contiguous, x's type), then
+   qm_dyn_quant's per-row scales and int8 codes (q8), and the codes as float32 (qf), the values the exact float
+   product reads. Returns 1 on a non-finite value, as qm_dyn_quant. */
+int qm_dyn_rows(const void* x, int in_kind, int64_t d0, int64_t d1, int64_t rows, int64_t k, int64_t s0, int64_t s1,
+                int64_t sr, int64_t sk, int64_t qmax, void* xbuf, int8_t* q8, float* qf, float* s_out) {
+    int64_t nr = d0 * d1 * rows;
+    for (int64_t i0 = 0; i0 < d0; i0++)
+        for (int64_t i1 = 0; i1 < d1; i1++)
+            for (int64_t r = 0; r < rows; r++) {
+                int64_t src = i0 * s0 + i1 * s1 + r * sr, dst = ((i0 * d1 + i1) * rows + r) * k;
+                if (in_kind == 1) {
+                    const f16* a = (const f16*)x + src;
+                    f16* b = (f16*)xbuf + dst;
+                    if (sk == 1) memcpy(b, a, (size_t)k * 2);
+                    else for (int64_t j = 0; j < k; j++) b[j] = a[j * sk];
+                } else {
+                    const float* a = (const float*)x + src;
+                    float* b = (float*)xbuf + dst;
+                    if (sk == 1) memcpy(b, a, (size_t)k * 4);
+                    else for (int64_t j = 0; j < k; j++) b[j] = a[j * sk];
+                }
+            }
+    if (qm_dyn_quant(xbuf, in_kind, nr, k, qmax, q8, s_out)) return 1;
+    for (int64_t i = 0; i < nr * k; i++) qf[i] = (float)q8[i];
+    return 0;
+}
+
+/* y [batch, m, n] float32 in place: (y * sa[b, i]) * sb[b, j], two float32 products in this order (the two
+   broadcast multiplies of the dynamic products' rescale). */
+void qm_scale_rows_cols(float* y, int64_t batch, int64_t m, int64_t n, const float* sa, const float* sb) {
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = 0; i < m; i++) {
+            float* yr = y + (b * m + i) * n;
+            const float a = sa[b * m + i];
+            const float* c = sb + b * n;
+            for (int64_t j = 0; j < n; j++) yr[j] = (yr[j] * a) * c[j];
+        }
 }
 
 /* Dynamic recipes' rescale of the int32 sums (the dyn_rescale op): y = (fp32(acc) * s_row) * w_scale + bias
@@ -1327,4 +1389,14 @@ double qm_gated_absmax(const int32_t* x, double sx, const int32_t* g, double sg,
             }
         }
     return am_result(&s);
+}
+
+/* the residual's output range with the gate quantized here (emulator._param_int of gate float32 [B, 1, C], row
+   stride gstride, to +-qmax: qm_param_quant, codes into gq) instead of in a separate call; -2 when the gate is
+   not finite (the caller's Python definition then reports it), else as qm_gated_absmax. */
+double qm_gated_absmax_p(const int32_t* x, double sx, const float* gate, int64_t gstride, int64_t qmax, int32_t* gq,
+                         const int32_t* y, double sy, int64_t bsz, int64_t n, int64_t c) {
+    double sg;
+    if (qm_param_quant(gate, bsz, c, gstride, qmax, gq, &sg)) return -2.0;
+    return qm_gated_absmax(x, sx, gq, sg, y, sy, bsz, n, c);
 }

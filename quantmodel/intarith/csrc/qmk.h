@@ -24,6 +24,7 @@ void qm_act_quant(const void* x, int in_kind, int64_t n, float recip, float qmax
 void qm_act_quant_zp(const void* x, int in_kind, int64_t n, float recip, float lo, float hi, float zero, int8_t* out,
                      const float* chmul, int64_t c);
 int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, int out_kind);
+void qm_dequant_f64(const int32_t* q, int64_t n, double s, float* out);
 void qm_ln_stats(const f16* x, int64_t rows, int64_t n, float eps, float* mean_out, float* ve_out, float* ws);
 void qm_ln_apply(const f16* x, int64_t rows, int64_t n, const float* mean, const float* rstd, void* out,
                  int mod, const float* scale, const float* shift, int64_t pstride, const float* inv,
@@ -40,6 +41,7 @@ void qm_gelu_pre(const f16* x, int64_t n, float* inner);
 void qm_gelu_post(const f16* x, int64_t n, const float* th, f16* out);
 void qm_fp16_axpy(const f16* x, const f16* y, const f16* g, const f16* c2, int64_t bsz, int64_t nrow,
                   int64_t c, int op, f16* out, float* ws);
+int qm_ln_eps_table(double scale, int64_t n, double eps, int64_t* out);
 void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* eps_k, int32_t* out);
 void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b,
                     int64_t q_c, int64_t p, int32_t* out, int64_t* ebuf);
@@ -52,6 +54,9 @@ int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int6
                    double* s_out);
 int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* out,
                  float* s_out);
+int qm_dyn_rows(const void* x, int in_kind, int64_t d0, int64_t d1, int64_t rows, int64_t k, int64_t s0, int64_t s1,
+                int64_t sr, int64_t sk, int64_t qmax, void* xbuf, int8_t* q8, float* qf, float* s_out);
+void qm_scale_rows_cols(float* y, int64_t batch, int64_t m, int64_t n, const float* sa, const float* sb);
 void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const float* w_scale,
                     const float* bias, void* out, int out_f16);
 int qm_dyn_quant_zp(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* out, float* s_out,
@@ -67,6 +72,8 @@ double qm_mod_absmax(const int32_t* x, double sx, const float* scale, const floa
                      int64_t bsz, int64_t n, int64_t c);
 double qm_gated_absmax(const int32_t* x, double sx, const int32_t* g, double sg, const int32_t* y, double sy,
                        int64_t bsz, int64_t n, int64_t c);
+double qm_gated_absmax_p(const int32_t* x, double sx, const float* gate, int64_t gstride, int64_t qmax, int32_t* gq,
+                         const int32_t* y, double sy, int64_t bsz, int64_t n, int64_t c);
 
 int64_t qm_gemm_pack_b_size(int64_t k, int64_t n);
 void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp);
