@@ -1090,15 +1090,21 @@ class ProgramOps:
             out.data_ptr(),
         )
         qmax, headroom, absmax = float(2 ** (bits - 1) - 1), self.res_headroom, self.dll.qm_absmax
+        fused = functools.partial(self.dll.qm_dyn_act_quant, xp, kind, n, float(headroom), 2 ** (bits - 1) - 1, op)
+        s_c = self.b.buf(1, torch.float64)
+        s_view, sp = s_c.numpy(), s_c.data_ptr()
 
         def step():
+            if not fused(sp):  # range, scale, reciprocal and codes in one C call
+                cell.v = float(s_view[0])
+                return
             a = absmax(xp, kind, n)
             if a < 0:  # a value is not finite: torch's max (NaN included), as eager
                 a = float(x.abs().max())
             cell.v = s = datapath.range_scale(a * headroom, bits)
             act(xp, kind, n, fixedpoint.act_reciprocal(s), qmax, op, ckernels.OUT_KIND[torch.int32], None, 0)
 
-        self.b.py(step, x, out)
+        self.b.py(step, x, out, s_c)
         return out, cell
 
     def int_softmax_dyn(self, q: torch.Tensor, s_q: Cell, attn_scale: float) -> torch.Tensor:

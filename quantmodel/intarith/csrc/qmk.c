@@ -801,6 +801,35 @@ static void rq_row_i32(const int32_t* a, int64_t n, double c, double lim, int64_
 /* intops fixed-point modulate / gated add over [B, N, C]:
    P = rq(A), p = sat32(rint(fl(P * F[b, c]) * 2^-16)), acc = sat32(p + R), out = clamp(rint(acc * 2^-8), qmin, qmax)
    with R = rq(Bq) (Bq given: the gated add's x) or R = Rbc[b, c] (the modulation's shift). ws: 2 * c doubles. */
+/* one row of qm_fix_madd in a single pass (P and R kept in registers); returns 1, with the row to be recomputed,
+   when an element of A or Bq is a near tie of its requantization (rq_row_i32's exact recomputation) */
+static int fix_madd_row_fused(const int32_t* a, double ca, double la, const double* f, const int32_t* bq, double cb,
+                              double lb, const double* rbc, int64_t c, double qmin, double qmax, int32_t* o) {
+    int tie = 0;
+    if (bq) {
+        for (int64_t j = 0; j < c; j++) {
+            double va = (double)a[j] * ca, ta = rint(va);
+            double vb = (double)bq[j] * cb, tb = rint(vb);
+            tie |= (fabs(va - ta) >= la) | (fabs(vb - tb) >= lb);
+            ta = clampd(ta, -2147483648.0, 2147483647.0);
+            tb = clampd(tb, -2147483648.0, 2147483647.0);
+            double pq = clampd(rint((ta * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
+            double acc = clampd(pq + tb, -2147483648.0, 2147483647.0);
+            o[j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
+        }
+    } else {
+        for (int64_t j = 0; j < c; j++) {
+            double va = (double)a[j] * ca, ta = rint(va);
+            tie |= fabs(va - ta) >= la;
+            ta = clampd(ta, -2147483648.0, 2147483647.0);
+            double pq = clampd(rint((ta * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
+            double acc = clampd(pq + rbc[j], -2147483648.0, 2147483647.0);
+            o[j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
+        }
+    }
+    return tie;
+}
+
 void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa, const double* F,
                  const int32_t* Bq, double cb, double lb, int64_t mb, int64_t sb, const double* Rbc,
                  int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out, double* ws) {
@@ -809,10 +838,14 @@ void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa,
         const double* f = F + b * c;
         for (int64_t r = 0; r < nrow; r++) {
             int64_t off = (b * nrow + r) * c;
+            int32_t* o = out + off;
+            if ((Bq || Rbc)
+                && !fix_madd_row_fused(A + off, ca, la, f, Bq ? Bq + off : NULL, cb, lb, Rbc ? Rbc + b * c : NULL, c,
+                                       qmin, qmax, o))
+                continue;
             rq_row_i32(A + off, c, ca, la, ma, sa, P);
             const double* rr = Rbc ? Rbc + b * c : R;
             if (Bq) rq_row_i32(Bq + off, c, cb, lb, mb, sb, R);
-            int32_t* o = out + off;
             for (int64_t j = 0; j < c; j++) {
                 double pq = clampd(rint((P[j] * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
                 double acc = clampd(pq + rr[j], -2147483648.0, 2147483647.0);
@@ -1011,7 +1044,26 @@ int qm_dyn_quant_zp(const void* x, int in_kind, int64_t rows, int64_t k, int64_t
             int64_t m = k - j0 < BLK ? k - j0 : BLK;
             const float* v = (const float*)x + r * k + j0;
             if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
-            for (int64_t j = 0; j < m; j++) {
+            int64_t j = 0;
+#if defined(__AVX2__)
+            /* the same min / max, 8 at a time (min_ps(u, lo) is u < lo ? u : lo, as below, NaN included) */
+            if (m >= 8) {
+                __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), nf = _mm256_setzero_ps();
+                const __m256 sgn = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
+                for (; j + 8 <= m; j += 8) {
+                    __m256 u = _mm256_loadu_ps(v + j);
+                    nf = _mm256_or_ps(nf, _mm256_cmp_ps(_mm256_andnot_ps(sgn, u), big, _CMP_NLE_UQ));
+                    vlo = _mm256_min_ps(u, vlo);
+                    vhi = _mm256_max_ps(u, vhi);
+                }
+                float l8[8], h8[8];
+                _mm256_storeu_ps(l8, vlo);
+                _mm256_storeu_ps(h8, vhi);
+                for (int i = 0; i < 8; i++) { lo = l8[i] < lo ? l8[i] : lo; hi = h8[i] > hi ? h8[i] : hi; }
+                bad |= _mm256_movemask_ps(nf) != 0;
+            }
+#endif
+            for (; j < m; j++) {
                 float u = v[j];
                 bad |= !(fabsf(u) <= 3.4028234663852886e38f);
                 lo = u < lo ? u : lo;
@@ -1399,4 +1451,23 @@ double qm_gated_absmax_p(const int32_t* x, double sx, const float* gate, int64_t
     double sg;
     if (qm_param_quant(gate, bsz, c, gstride, qmax, gq, &sg)) return -2.0;
     return qm_gated_absmax(x, sx, gq, sg, y, sy, bsz, n, c);
+}
+
+/* emulator._int of a float tensor without a calibrated range (program.to_int_dyn) in one call: a = qm_absmax(x),
+   s = fp32(a * headroom / qmax) (1 when a is 0: datapath.range_scale), then qm_act_quant at fp32(1 / s)
+   (fixedpoint.act_reciprocal) to int32 codes; *s_out = s. Returns 1 (nothing written) when a value is not finite
+   or s or 1 / s is not a finite float32: the caller's Python definition then gives the result or the error. */
+int qm_dyn_act_quant(const void* x, int in_kind, int64_t n, double headroom, int64_t qmax, int32_t* out,
+                     double* s_out) {
+    double a = qm_absmax(x, in_kind, n);
+    if (a < 0) return 1;
+    double am = a * headroom;
+    double v = am > 0 ? am / (double)qmax : 1.0;
+    float s = (float)v;
+    if (!(s <= 3.4028234663852886e38f) || !(s > 0.0f)) return 1;
+    double q = 1.0 / (double)s;
+    if (!(q < 3.4028234663852886e38)) return 1;
+    qm_act_quant(x, in_kind, n, (float)q, (float)(double)qmax, out, 2 /* int32: ckernels.I32 */, NULL, 0);
+    *s_out = (double)s;
+    return 0;
 }

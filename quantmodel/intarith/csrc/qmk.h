@@ -8,6 +8,8 @@
 
 #if !defined(__FLT16_MAX__)
 #error "the kernels need the C compiler's _Float16 type (gcc >= 12 or clang on x86-64 / AArch64)"
+int qm_dyn_act_quant(const void* x, int in_kind, int64_t n, double headroom, int64_t qmax, int32_t* out,
+                     double* s_out);
 int64_t qm_gemm_pack_b_size(int64_t k, int64_t n);
 void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp);
 int64_t qm_gemm_pack_a_size(int64_t m, int64_t k);
