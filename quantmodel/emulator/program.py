@@ -204,19 +204,29 @@ class ProgramOps:
         self.dyn_int = not emu.static and emu.mode == "int"  # every int-mode scale taken on line
 
     # ---- pieces ---------------------------------------------------------------------------------------
-    def mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-        """gemmpaths.mm(a, w, out=out) of int8 a [M, K] by w [K, N]. Where the path chosen for the shape is
-        the C kernel, its call is bound here (w packed once, the int16 copy of a in a program buffer): the
-        same kernel without the per-call dispatch; a path forced at run time (gemmpaths.forced) still wins."""
+    def c_gemm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> tuple | None:
+        """(packed w, int16 scratch for a) when the GEMM path chosen for a [M, K] by w [K, N] is the C kernel
+        (bound per program: w packed once, a's int16 copy in a program buffer), else None."""
         m, k = a.shape
         n = w.shape[1]
         if gemmpaths.choose(m, k, n) != "ckernel" or not (a.is_contiguous() and out.is_contiguous()) or 0 in (m, k, n):
+            return None
+        bp = self.b.const(gemmpaths._packed(w, self.dll))
+        return bp, self.b.buf(self.dll.qm_gemm_pack_a_size(m, k), torch.int16)
+
+    def mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        """gemmpaths.mm(a, w, out=out) of int8 a [M, K] by w [K, N]: on the C kernel path its call bound here
+        (:meth:`c_gemm`), the same kernel without the per-call dispatch; a path forced at run time
+        (gemmpaths.forced) still wins."""
+        bound = self.c_gemm(a, w, out)
+        if bound is None:
             self.b.call(gemmpaths.mm, a, w, out=out)
             return
-        dll, bld = self.dll, self.b
-        bp = bld.const(gemmpaths._packed(w, dll))
-        ap = bld.buf(dll.qm_gemm_pack_a_size(m, k), torch.int16)
-        gemm = functools.partial(dll.qm_gemm_s8, a.data_ptr(), m, k, bp.data_ptr(), n, out.data_ptr(), ap.data_ptr())
+        bp, ap = bound
+        m, k = a.shape
+        gemm = functools.partial(
+            self.dll.qm_gemm_s8, a.data_ptr(), m, k, bp.data_ptr(), w.shape[1], out.data_ptr(), ap.data_ptr()
+        )
         forced, mm = gemmpaths._FORCED, gemmpaths.mm
 
         def step():
@@ -225,7 +235,7 @@ class ProgramOps:
             else:
                 mm(a, w, out=out)
 
-        bld.py(step, a, out, ap)
+        self.b.py(step, a, out, ap)
 
     def lp(self, name: str):
         """A static layer's prepared parameters (int8 codes, symmetric or with a zero point; fast prepared
@@ -285,20 +295,46 @@ class ProgramOps:
                 emu.linear(name, x.clone())
                 raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
 
-        bld.py(step, x, q, s_row)
-        self.mm(q.view(rows, k), bld.const(p.w_t.contiguous()), acc)
-        bld.call(
-            self.dll.qm_dyn_rescale,
-            acc.data_ptr(),
-            rows,
-            n,
-            s_row.data_ptr(),
-            bld.const(p.w_scale.contiguous()).data_ptr(),
-            bld.const(p.bias.contiguous()).data_ptr(),
-            out.data_ptr(),
-            int(fp16),
+        w_t = bld.const(p.w_t.contiguous())
+        w_s, bias = bld.const(p.w_scale.contiguous()), bld.const(p.bias.contiguous())
+        rescale = functools.partial(
+            self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(), w_s.data_ptr(), bias.data_ptr()
         )
+        bound = self.c_gemm(q.view(rows, k), w_t, acc)
+        if bound is not None:  # quantize, GEMM and rescale in one C call (what the steps below do)
+            fused = functools.partial(
+                self.dll.qm_dyn_linear_s8,
+                *quant.args,
+                bound[0].data_ptr(),
+                n,
+                acc.data_ptr(),
+                bound[1].data_ptr(),
+                w_s.data_ptr(),
+                bias.data_ptr(),
+                out.data_ptr(),
+                int(fp16),
+            )
+            rs = functools.partial(rescale, out.data_ptr(), int(fp16))
+            self.fused_linear(fused, step, q.view(rows, k), w_t, acc, rs, x, q, s_row, acc, out, bound[1])
+            return out
+        bld.py(step, x, q, s_row)
+        self.mm(q.view(rows, k), w_t, acc)
+        bld.call(rescale, out.data_ptr(), int(fp16))
         return out
+
+    def fused_linear(self, fused, quant_step, q, w, acc, rescale, *touched: torch.Tensor) -> None:
+        """One step running a dynamic linear's fused C call; with a GEMM path forced at run time, or on a
+        non-finite input, the separate steps instead (the quantizer's step reports the input)."""
+        forced, mm = gemmpaths._FORCED, gemmpaths.mm
+
+        def step():
+            if forced[0] is None and not fused():
+                return
+            quant_step()
+            mm(q, w, out=acc)
+            rescale()
+
+        self.b.py(step, *touched)
 
     def dyn_smooth(self, p, x: torch.Tensor) -> torch.Tensor:
         """The explicit channel-balancing multiply of :meth:`IntegerEmulator.linear`'s dynamic branch:
@@ -347,21 +383,30 @@ class ProgramOps:
                 rq, rs, rz = fixedpoint.dynamic_zero_points(x.reshape(rows, k).float(), emu.a_bits)
                 q.copy_(rq), s_row.copy_(rs), z.copy_(rz)
 
-        bld.py(step, x, q, s_row, z)
-        self.mm(q.view(rows, k), bld.const(p.w_t.contiguous()), acc)
-        bld.call(
-            self.dll.qm_dyn_rescale_zp,
-            acc.data_ptr(),
-            rows,
-            n,
-            s_row.data_ptr(),
-            z.data_ptr(),
-            bld.const(p.colsum.contiguous()).data_ptr(),
-            bld.const(p.w_scale.contiguous()).data_ptr(),
-            bld.const(p.bias.contiguous()).data_ptr(),
-            out.data_ptr(),
-            int(fp16),
+        w_t = bld.const(p.w_t.contiguous())
+        consts = [bld.const(t.contiguous()).data_ptr() for t in (p.colsum, p.w_scale, p.bias)]
+        rescale = functools.partial(
+            self.dll.qm_dyn_rescale_zp, acc.data_ptr(), rows, n, s_row.data_ptr(), z.data_ptr(), *consts
         )
+        bound = self.c_gemm(q.view(rows, k), w_t, acc)
+        if bound is not None:  # quantize, GEMM and rescale in one C call (what the steps below do)
+            fused = functools.partial(
+                self.dll.qm_dyn_linear_zp_s8,
+                *quant.args,
+                bound[0].data_ptr(),
+                n,
+                acc.data_ptr(),
+                bound[1].data_ptr(),
+                *consts,
+                out.data_ptr(),
+                int(fp16),
+            )
+            rs = functools.partial(rescale, out.data_ptr(), int(fp16))
+            self.fused_linear(fused, step, q.view(rows, k), w_t, acc, rs, x, q, s_row, z, acc, out, bound[1])
+            return out
+        bld.py(step, x, q, s_row, z)
+        self.mm(q.view(rows, k), w_t, acc)
+        bld.call(rescale, out.data_ptr(), int(fp16))
         return out
 
     def layer(self, name: str, v, out_dtype: torch.dtype | None = None):
@@ -1138,10 +1183,16 @@ class ProgramOps:
         """:meth:`fix_madd` with ``real_a`` / ``real_b`` functions of the run-time scales."""
         out, ws = self.b.buf(qa_.shape, torch.int32), self.b.buf(2 * qa_.shape[2], torch.float64)
         fm = self.dll.qm_fix_madd
+        b_, n_, c = qa_.shape
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        fm_r = functools.partial(self.dll.qm_fix_madd_r, qa_.data_ptr())
+        tail = (ptr(r_bc), b_, n_, c, float(qmin), float(qmax), out.data_ptr(), ws.data_ptr())
+        fp, qbp = f.data_ptr(), ptr(qb)
 
-        def step():
-            rb = real_b() if qb is not None else 0.0
-            fm(*intops.fix_madd_args(qa_, real_a(), f, qb, rb, r_bc, qmin, qmax, out, ws))
+        def step():  # the constants derived in C (intops.fix_madd_args' values); Python for a refused factor
+            ra, rb = real_a(), real_b() if qb is not None else 0.0
+            if fm_r(ra, fp, qbp, rb, *tail):
+                fm(*intops.fix_madd_args(qa_, ra, f, qb, rb, r_bc, qmin, qmax, out, ws))
 
         self.b.py(step, *(t for t in (qa_, f, qb, r_bc, out, ws) if t is not None))
         return out

@@ -544,3 +544,79 @@ def test_program_with_the_bound_c_gemm_equals_eager_and_yields_to_a_forced_path(
             assert torch.equal(fast.forward(x, t, y, 0), want)
         monkeypatch.setattr(gemmpaths, "_mm_float32", real)
         assert len(calls) >= 7 * model.cfg.depth  # every block linear took the forced path
+
+
+def test_fix_madd_with_constants_derived_in_c_equals_the_python_constants():
+    """qm_fix_madd_r (the requantization constants of run-time factors derived in C) = qm_fix_madd with
+    intops.fix_madd_args' constants: factors giving every constant branch (zero, below 2**-32 where the
+    constant is 0, large ones, near ties checked or not), with and without the second operand; factors
+    quantize_multiplier refuses are declined (1, nothing written)."""
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(23)
+    b, n, c = 2, 5, 33
+    qa = torch.randint(-(2**24), 2**24, (b, n, c), generator=g, dtype=torch.int32)
+    qb = torch.randint(-(2**24), 2**24, (b, n, c), generator=g, dtype=torch.int32)
+    f = torch.randint(-(2**17), 2**17, (b, 1, c), generator=g).double()
+    r_bc = torch.randint(-(2**20), 2**20, (b, 1, c), generator=g).double()
+    ws = torch.empty(2 * c, dtype=torch.float64)
+    for ra, rb in ((0.37, 0.51), (0.0, 3.1e-7), (2.0**-70, 1.0), (3e9, 0.75), (2.0**-20 * 1.37, 2.0**-40), (1.0, 2.5)):
+        for use_b in (True, False):
+            want, got = torch.empty_like(qa), torch.empty_like(qa)
+            bq, rr = (qb, None) if use_b else (None, r_bc)
+            dll.qm_fix_madd(*intops.fix_madd_args(qa, ra, f, bq, rb, rr, -(2**23), 2**23 - 1, want, ws))
+            assert (
+                dll.qm_fix_madd_r(
+                    qa.data_ptr(),
+                    ra,
+                    f.data_ptr(),
+                    None if bq is None else bq.data_ptr(),
+                    rb,
+                    None if rr is None else rr.data_ptr(),
+                    b,
+                    n,
+                    c,
+                    -(2.0**23),
+                    2.0**23 - 1,
+                    got.data_ptr(),
+                    ws.data_ptr(),
+                )
+                == 0
+            )
+            assert torch.equal(got, want), (ra, rb, use_b)
+    for bad in (-1.0, float("nan"), float("inf")):
+        assert (
+            dll.qm_fix_madd_r(
+                qa.data_ptr(),
+                bad,
+                f.data_ptr(),
+                None,
+                0.0,
+                r_bc.data_ptr(),
+                b,
+                n,
+                c,
+                -1.0,
+                1.0,
+                got.data_ptr(),
+                ws.data_ptr(),
+            )
+            == 1
+        )
+        assert (
+            dll.qm_fix_madd_r(
+                qa.data_ptr(),
+                0.5,
+                f.data_ptr(),
+                qb.data_ptr(),
+                bad,
+                None,
+                b,
+                n,
+                c,
+                -1.0,
+                1.0,
+                got.data_ptr(),
+                ws.data_ptr(),
+            )
+            == 1
+        )

@@ -855,6 +855,35 @@ void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa,
     }
 }
 
+/* fixedpoint.per_tensor_consts(quantize_multiplier(r), INT32_MIN, INT32_MAX) (intops._rq_consts): (c, lim, m, s).
+   Returns 1 for a scale quantize_multiplier refuses (negative, NaN, infinite). */
+static void qmult(double r, int64_t* m, int64_t* sh);
+
+static int rq_consts_i32(double r, double* c, double* lim, int64_t* m, int64_t* s) {
+    if (!(r >= 0.0 && r <= 1.7976931348623157e308)) return 1;
+    int64_t sh;
+    qmult(r, m, &sh);
+    int64_t si = 31 + sh;
+    *c = (si >= 63 || *m == 0) ? 0.0 : (si < 0 ? 0x1p32 : ldexp((double)*m, (int)-si));
+    *lim = (si <= 53 - 31 || si >= 63 || *m == 0) ? 2.0 : 0.5 - 0x1p31 * 0x1p-52;
+    *s = si;
+    return 0;
+}
+
+/* qm_fix_madd with its requantization constants derived here from the real factors (scales known only at run
+   time: intops.fix_madd_args' _rq_consts, the same values); real_b is ignored without Bq. Returns 1 (nothing
+   written) for a factor quantize_multiplier refuses: the caller's Python path then raises its error. */
+int qm_fix_madd_r(const int32_t* A, double real_a, const double* F, const int32_t* Bq, double real_b,
+                  const double* Rbc, int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out,
+                  double* ws) {
+    double ca, la, cb = 0.0, lb = 2.0;
+    int64_t ma, sa, mb = 0, sb = 0;
+    if (rq_consts_i32(real_a, &ca, &la, &ma, &sa)) return 1;
+    if (Bq && rq_consts_i32(real_b, &cb, &lb, &mb, &sb)) return 1;
+    qm_fix_madd(A, ca, la, ma, sa, F, Bq, cb, lb, mb, sb, Rbc, bsz, nrow, c, qmin, qmax, out, ws);
+    return 0;
+}
+
 /* emulator._param_int: s = fp32(max|t| / qmax) (1 if all zero), q = clamp(rint(fl64(t / s)), +-qmax) as int32,
    t float32 rows [B, C] with row stride bstride. Returns 1 (nothing trustworthy) on a non-finite value. */
 int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int64_t qmax, int32_t* out, double* s_out) {
@@ -1469,5 +1498,27 @@ int qm_dyn_act_quant(const void* x, int in_kind, int64_t n, double headroom, int
     if (!(q < 3.4028234663852886e38)) return 1;
     qm_act_quant(x, in_kind, n, (float)q, (float)(double)qmax, out, 2 /* int32: ckernels.I32 */, NULL, 0);
     *s_out = (double)s;
+    return 0;
+}
+
+/* A dynamic-recipe linear layer on the C GEMM path as one call (the program's dyn_linear / dyn_linear_zp when the
+   GEMM path is the C kernel): qm_dyn_quant (zp: qm_dyn_quant_zp) of x [rows, k], qm_gemm_s8 with the packed
+   weights, then qm_dyn_rescale (zp: qm_dyn_rescale_zp) into out; the same calls, one after the other. Returns 1
+   (after writing partial results) on a non-finite input, as the quantizer; the caller then reports it. */
+int qm_dyn_linear_s8(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* q, float* s_row,
+                     const int16_t* bp, int64_t n, int32_t* acc, int16_t* ap, const float* w_scale, const float* bias,
+                     void* out, int out_f16) {
+    if (qm_dyn_quant(x, in_kind, rows, k, qmax, q, s_row)) return 1;
+    qm_gemm_s8(q, rows, k, bp, n, acc, ap);
+    qm_dyn_rescale(acc, rows, n, s_row, w_scale, bias, out, out_f16);
+    return 0;
+}
+
+int qm_dyn_linear_zp_s8(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* q, float* s_row,
+                        int32_t* z_row, const int16_t* bp, int64_t n, int32_t* acc, int16_t* ap, const int32_t* colsum,
+                        const float* w_scale, const float* bias, void* out, int out_f16) {
+    if (qm_dyn_quant_zp(x, in_kind, rows, k, bits, q, s_row, z_row)) return 1;
+    qm_gemm_s8(q, rows, k, bp, n, acc, ap);
+    qm_dyn_rescale_zp(acc, rows, n, s_row, z_row, colsum, w_scale, bias, out, out_f16);
     return 0;
 }

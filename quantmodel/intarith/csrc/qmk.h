@@ -15,6 +15,13 @@ void qm_gemm_pack_b(const int8_t* b, int64_t k, int64_t n, int16_t* bp);
 int64_t qm_gemm_pack_a_size(int64_t m, int64_t k);
 void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_t n, int32_t* out, int16_t* ap);
 
+int qm_dyn_linear_s8(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* q, float* s_row,
+                     const int16_t* bp, int64_t n, int32_t* acc, int16_t* ap, const float* w_scale, const float* bias,
+                     void* out, int out_f16);
+int qm_dyn_linear_zp_s8(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* q, float* s_row,
+                        int32_t* z_row, const int16_t* bp, int64_t n, int32_t* acc, int16_t* ap, const int32_t* colsum,
+                        const float* w_scale, const float* bias, void* out, int out_f16);
+
 #endif
 typedef _Float16 f16;
 
@@ -52,6 +59,9 @@ void qm_gelu_int(const int32_t* x, int64_t n, int64_t k, int64_t sat, int64_t q_
 void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa, const double* F,
                  const int32_t* Bq, double cb, double lb, int64_t mb, int64_t sb, const double* Rbc,
                  int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out, double* ws);
+int qm_fix_madd_r(const int32_t* A, double real_a, const double* F, const int32_t* Bq, double real_b,
+                  const double* Rbc, int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out,
+                  double* ws);
 int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int64_t qmax, int32_t* out,
                    double* s_out);
 int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* out,
