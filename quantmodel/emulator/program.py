@@ -94,7 +94,8 @@ class _Builder:
     def call(self, fn, *args, **kwargs) -> None:
         self.steps.append(functools.partial(fn, *args, **kwargs))
         owner = getattr(fn, "__self__", None)  # a tensor method (copy_) writes its tensor
-        self.touches.append((*args, *kwargs.values(), *((owner,) if isinstance(owner, torch.Tensor) else ())))
+        bound = (*fn.args, *fn.keywords.values()) if isinstance(fn, functools.partial) else ()  # pointers bound earlier
+        self.touches.append((*bound, *args, *kwargs.values(), *((owner,) if isinstance(owner, torch.Tensor) else ())))
 
     def py(self, fn, *tensors: torch.Tensor) -> None:
         """A Python step that reads or writes (only) ``tensors``."""
@@ -319,7 +320,7 @@ class ProgramOps:
             return out
         bld.py(step, x, q, s_row)
         self.mm(q.view(rows, k), w_t, acc)
-        bld.call(rescale, out.data_ptr(), int(fp16))
+        bld.call(rescale.func, *rescale.args, out.data_ptr(), int(fp16))  # every pointer seen by the planner
         return out
 
     def fused_linear(self, fused, quant_step, q, w, acc, rescale, *touched: torch.Tensor) -> None:
@@ -406,7 +407,7 @@ class ProgramOps:
             return out
         bld.py(step, x, q, s_row, z)
         self.mm(q.view(rows, k), w_t, acc)
-        bld.call(rescale, out.data_ptr(), int(fp16))
+        bld.call(rescale.func, *rescale.args, out.data_ptr(), int(fp16))  # every pointer seen by the planner
         return out
 
     def layer(self, name: str, v, out_dtype: torch.dtype | None = None):
