@@ -423,8 +423,8 @@ def test_compiled_int_kernels_equal_the_torch_ops(scale):
 @pytest.mark.skipif(
     ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
 )
-def test_compiled_softmax_and_gelu_equal_the_torch_ops_over_working_scales_and_constants():
-    """qm_softmax_int / qm_gelu_int take narrower (int32 / float64) lanes where the constants allow (builds
+def test_compiled_softmax_gelu_layernorm_equal_the_torch_ops_over_working_scales_and_constants():
+    """qm_softmax_int / qm_gelu_int / qm_layernorm_int take narrower (int32 / float64) lanes where the constants allow (builds
     without AVX-512 DQ) and int64 loops otherwise: the same integers as the torch ops at scales over the
     whole working range (every working shift, real spreads from tight to saturating), and for GELU
     constants on both sides of the narrow path's limits."""
@@ -437,6 +437,7 @@ def test_compiled_softmax_and_gelu_equal_the_torch_ops_over_working_scales_and_c
                 (io.softmax_int, (x, scale, 8)),
                 (io.softmax_int, (x, scale, 4)),
                 (io.gelu_int, (x, scale)),
+                (io.layernorm_int, (x, scale)),
             ):
                 if fn is io.softmax_int and scale * 2 ** io.working_shift(scale) > math.log(2):
                     continue

@@ -642,15 +642,55 @@ int qm_ln_eps_table(double scale, int64_t n, double eps, int64_t* out) {
 }
 
 /* intops.layernorm_int per row of int32 x [rows, n]; eps_k: the 19-entry ln_eps_table */
+#if defined(__AVX2__) && !defined(__AVX512DQ__)
+/* the variance and output loops of one qm_layernorm_int row in float64 lanes (AVX2 has no 64-bit integer
+   multiply or arithmetic shift), exactly: y_k = floor((x - mean) 2^-k) (integers below 2^33 scaled by a power of
+   two), each y_k^2 < 2^32 and their sum over n <= 2^20 values is below 2^52, so every addition is exact in any
+   order; |y_k| <= sd (y_k^2 <= var, eps >= 0), so |y_k * (2^50 // sd)| <= 2^50 and floor(p 2^-20) is the shift. */
+static void ln_row_f64(const int32_t* xr, int64_t n, int64_t mean, int64_t k, int64_t eps, int32_t* o) {
+    const double dm = (double)mean, inv2k = ldexp(1.0, (int)-k);
+    const __m256d vm = _mm256_set1_pd(dm), vk = _mm256_set1_pd(inv2k);
+    __m256d acc = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d x = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(xr + i)));
+        __m256d y = _mm256_floor_pd(_mm256_mul_pd(_mm256_sub_pd(x, vm), vk));
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(y, y));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, acc);
+    double var = (t[0] + t[1]) + (t[2] + t[3]);
+    for (int64_t j = i; j < n; j++) { double y = floor(((double)xr[j] - dm) * inv2k); var += y * y; }
+    int64_t v = (int64_t)var + eps;
+    int64_t sd = isqrt64(v < 1 ? 1 : v);
+    const __m256d vf = _mm256_set1_pd((double)((((int64_t)1) << 50) / sd)), v20 = _mm256_set1_pd(0x1p-20);
+    for (i = 0; i + 4 <= n; i += 4) {
+        __m256d x = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(xr + i)));
+        __m256d y = _mm256_floor_pd(_mm256_mul_pd(_mm256_sub_pd(x, vm), vk));
+        __m256d q = _mm256_floor_pd(_mm256_mul_pd(_mm256_mul_pd(y, vf), v20));
+        _mm_storeu_si128((__m128i*)(o + i), _mm256_cvtpd_epi32(q));  /* integral values: exact */
+    }
+    const int64_t factor = (((int64_t)1) << 50) / sd;
+    for (; i < n; i++) o[i] = (int32_t)((((xr[i] - mean) >> k) * factor) >> 20);
+}
+#endif
+
 void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* eps_k, int32_t* out) {
     for (int64_t r = 0; r < rows; r++) {
         const int32_t* xr = x + r * n;
         int64_t sum = 0;
-        for (int64_t i = 0; i < n; i++) sum += xr[i];
-        int64_t mean = floordiv(sum, n), amax = 0;
-        for (int64_t i = 0; i < n; i++) { int64_t y = xr[i] - mean; y = y < 0 ? -y : y; amax = y > amax ? y : amax; }
+        int32_t mn = n ? xr[0] : 0, mx = mn;
+        for (int64_t i = 0; i < n; i++) { sum += xr[i]; mn = xr[i] < mn ? xr[i] : mn; mx = xr[i] > mx ? xr[i] : mx; }
+        /* max |x - mean| = max(max - mean, mean - min): floor(sum / n) lies in [min, max] */
+        int64_t mean = floordiv(sum, n), amax = (int64_t)mx - mean > mean - (int64_t)mn ? (int64_t)mx - mean : mean - (int64_t)mn;
         int64_t k = bitlen(amax) - 15;
         k = k < 0 ? 0 : (k > 18 ? 18 : k);
+#if defined(__AVX2__) && !defined(__AVX512DQ__)
+        if (n <= (((int64_t)1) << 20) && eps_k[k] >= 0) {
+            ln_row_f64(xr, n, mean, k, eps_k[k], out + r * n);
+            continue;
+        }
+#endif
         int64_t var = 0;
         for (int64_t i = 0; i < n; i++) { int64_t yk = (xr[i] - mean) >> k; var += yk * yk; }
         var += eps_k[k];
