@@ -19,9 +19,11 @@ to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``)
 
 Scales taken on line: dynamic recipes in ``int`` mode quantize every integer kernel's input at the
 scale of its own abs-max, so those scales (and the kernel constants derived from them) exist only when
-the program runs. Each is a :class:`Cell`: the step that measures the range (a C pass, ``qm_absmax`` /
-``qm_mod_absmax`` / ``qm_gated_absmax``, the same float values the eager path builds to take its max)
-sets it, and the steps that read it derive their constants from it at run time.
+the program runs. Each is a :class:`Cell`: the step that measures the range (a C pass, ``qm_dyn_act_quant``,
+which also writes the codes, ``qm_mod_absmax`` / ``qm_gated_absmax_p``: the same float values the eager path
+builds to take its max) sets it, and the steps that read it derive their constants from it at run time, in C
+where that saves a Python step (``qm_fix_madd_r``, ``qm_ln_eps_table``). On the ``ckernel`` GEMM path a
+dynamic linear layer is one C call (``qm_dyn_linear_s8``: quantize, GEMM, rescale).
 
 Scope: CPU with the C kernels, not verifying; every recipe in both vector-unit modes: static and dynamic,
 symmetric or with zero points (static per tensor, dynamic per token), with or without smoothing /
