@@ -35,8 +35,8 @@ from workloads.presets import get_workload
 from workloads.recipes import get_recipe
 
 
-def _video(model_fn, w, cfg, dev) -> tuple[float, float]:
-    """Seconds and peak GiB of one CFG video (batch 1, so 2 rows per forward)."""
+def _video(model_fn, w, cfg, dev) -> tuple[float, float, torch.Tensor]:
+    """Seconds, peak GiB and final latent of one CFG video (batch 1, so 2 rows per forward)."""
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, cfg.in_channels, *cfg.input_size, generator=g).to(dev)
     y = torch.randn(1, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(dev)
@@ -47,9 +47,9 @@ def _video(model_fn, w, cfg, dev) -> tuple[float, float]:
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     with torch.no_grad():
-        sampler_for(w).sample(model_fn, z, y, y_null, torch.Generator().manual_seed(1))
+        out = sampler_for(w).sample(model_fn, z, y, y_null, torch.Generator().manual_seed(1))
     torch.cuda.synchronize()
-    return time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**30
+    return time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2**30, out.cpu()
 
 
 def _bf16_fn(bf):
@@ -77,33 +77,41 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}; {w.name}, {w.num_steps} steps, CFG batch 2")
     rows = []
     model = build_stdit(cfg, seed=0).to(dev)
-    s, m = _video(_bf16_fn(build_stdit(cfg, seed=0).to(dev, torch.bfloat16)), w, cfg, dev)
+    s, m, _ = _video(_bf16_fn(build_stdit(cfg, seed=0).to(dev, torch.bfloat16)), w, cfg, dev)
     rows.append(("float bf16", s, m))
     torch.cuda.empty_cache()
-    s, m = _video(lambda x, t, y, step: model(x, t, y), w, cfg, dev)
+    s, m, _ = _video(lambda x, t, y, step: model(x, t, y), w, cfg, dev)
     rows.append(("float fp32", s, m))
     print(f"  {rows[0][0]}: {rows[0][1]:.2f} s; {rows[1][0]}: {rows[1][1]:.2f} s", flush=True)
     stats = None
     for name in args.recipes.split(","):
         recipe = get_recipe(name)
         if recipe.scheme != "dynamic" and stats is None:
+            torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             stats = calibrate(model, w, num_prompts=1, batch_size=1)
-            print(f"  calibrated in {time.perf_counter() - t0:.1f} s (not timed below)", flush=True)
+            gib = torch.cuda.max_memory_allocated() / 2**30
+            print(f"  calibrated in {time.perf_counter() - t0:.1f} s, peak {gib:.1f} GiB (not timed below)", flush=True)
         art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, w.num_steps, w.name)
         if not args.no_fakequant:
             fq = FakeQuantModel(model, art)
-            s, m = _video(fq.model_fn, w, cfg, dev)
+            s, m, _ = _video(fq.model_fn, w, cfg, dev)
             rows.append((f"{name} fakequant", s, m))
             print(f"  {rows[-1][0]}: {s:.2f} s", flush=True)
             del fq
         for mode in args.modes.split(","):
+            first = None  # the fused and eager kernels must give the same final latent, bit for bit
             for fused in {"off": ["0"], "on": ["1"], "both": ["0", "1"]}[args.fused]:
                 os.environ["QUANTMODEL_CUDA_FUSED"] = fused
                 emu = IntegerEmulator(model, art, nonlinear=mode, device=dev)
-                s, m = _video(emu.model_fn, w, cfg, dev)
+                s, m, out = _video(emu.model_fn, w, cfg, dev)
                 rows.append((f"{name} emulator {mode}" + (" fused" if fused == "1" else ""), s, m))
-                print(f"  {rows[-1][0]}: {s:.2f} s", flush=True)
+                same = ""
+                if first is None:
+                    first = out
+                else:
+                    same = "; final latent equal to the eager kernels' bit for bit: " + str(torch.equal(first, out))
+                print(f"  {rows[-1][0]}: {s:.2f} s{same}", flush=True)
                 del emu
                 torch.cuda.empty_cache()
     base = rows[0][1]

@@ -115,6 +115,7 @@ TITLES = {
     "num_weight_sets": "weight sets K",
     "q.sqnr_db": "SQNR (dB)",
     "q.psnr_db": "PSNR (dB)",
+    "sqnr_interval": "SQNR 95 % over clips (dB)",
     "mac.arrays": "MAC arrays",
     "mac.rows": "array rows",
     "mac.cols": "array cols",
@@ -156,7 +157,7 @@ def _cell(v: object, scale: float) -> str:
         return "yes" if v else "no"
     if isinstance(v, (int, float, np.integer, np.floating)) and scale != 1.0:
         v = float(v) / scale
-    if isinstance(v, (float, np.floating)) and not np.isnan(v) and v == int(v) and abs(v) < 1e6:
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and v == int(v) and abs(v) < 1e6:
         return str(int(v))
     return _fmt(v)
 
@@ -273,14 +274,21 @@ def _quality_section(ok: pd.DataFrame, q: tuple | None) -> list[str]:
     if not q:
         return []
     # one row per recipe: quality does not depend on the chip
-    qcols = [
-        c
-        for c in ("q.sqnr_db", "q.psnr_db", "q.worst_layer_sqnr_db", "q.semantic_accuracy", "q.frechet_distance")
-        if c in ok.columns and ok[c].notna().any()
+    # SQNR (with its interval over the clips) and the worst layer; PSNR is SQNR plus a constant for the
+    # shared float reference, and semantic accuracy / Frechet distance on a sweep's few clips have no
+    # interval and sit inside the float model's own seed-to-seed spread: they stay in the store
+    qcols = [c for c in ("q.sqnr_db", "q.worst_layer_sqnr_db") if c in ok.columns and ok[c].notna().any()]
+    unshown = [
+        c for c in ("q.psnr_db", "q.semantic_accuracy", "q.frechet_distance") if c in ok.columns and ok[c].notna().any()
     ]
     per = ok.groupby("recipe", sort=False).first().reset_index()
     per = per.sort_values(["w_bits", "a_bits", "num_weight_sets"], ascending=[False, False, True])
-    return [
+    ci = clip_intervals(per)
+    if ci is not None:
+        per = per.merge(ci, on="recipe", how="left")
+        qcols.insert(qcols.index("q.sqnr_db") + 1, "sqnr_interval")
+        qcols.insert(qcols.index("sqnr_interval") + 1, "clips")
+    md = [
         "## Quality per recipe",
         "",
         f"Measured on {', '.join(map(str, ok['quality_workload'].dropna().unique()))} "
@@ -288,6 +296,102 @@ def _quality_section(ok: pd.DataFrame, q: tuple | None) -> list[str]:
         "there); storage and weight sets K are the cost workload's.",
         "",
         _md_table(per[["recipe", "num_weight_sets", "storage_bytes"] + qcols]),
+        "",
+    ]
+    md += _resolution_note(per, ci) if ci is not None else [_NO_CLIPS, ""]
+    if unshown:
+        md += [
+            f"Also stored per recipe, not shown: {', '.join(f'`{c}`' for c in unshown)} (PSNR is SQNR plus a "
+            "constant for the shared float reference; semantic accuracy and Frechet distance on so few clips "
+            "have no interval and sit inside the float model's own seed-to-seed spread: docs/quant_results.md "
+            "gives them over 64 clips x 3 seeds with their noise floors).",
+            "",
+        ]
+    return md
+
+
+_NO_CLIPS = (
+    "These quality rows carry no per-clip values (written before they were stored), so the SQNR has no "
+    "interval here: rerun the sweep into a fresh folder to get one."
+)
+
+
+def _clip_energies(row: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """A quality row's per-clip (signal, error) energies, or None where the row has none."""
+    sig, err = row.get("q.clip_signal_energy"), row.get("q.clip_error_energy")
+    if not isinstance(sig, str) or not isinstance(err, str) or not sig or not err:
+        return None
+    return np.array(sig.split(","), dtype=np.float64), np.array(err.split(","), dtype=np.float64)
+
+
+def clip_intervals(per: pd.DataFrame) -> pd.DataFrame | None:
+    """Per quantized recipe (one row each in ``per``): the SQNR recomputed from its per-clip energies,
+    its 95 % bootstrap interval over those clips (``shapes.intervals.clip_sqnr_intervals``: the same
+    replicates for every recipe, which sampled the same clips) and the number of clips. None when no
+    row has per-clip values (results stored before they were); a recipe without them gets no row."""
+    from shapes.intervals import clip_sqnr_intervals
+
+    energies = {r: e for r, e in ((r, _clip_energies(row)) for r, row in per.set_index("recipe").iterrows()) if e}
+    energies = {r: e for r, e in energies.items() if (e[1] > 0).any()}  # the float model: no error, no SQNR
+    if not energies:
+        return None
+    rows = []
+    for n in sorted({len(e[0]) for e in energies.values()}):
+        names = [r for r, e in energies.items() if len(e[0]) == n]
+        est, lo, hi = clip_sqnr_intervals(
+            np.stack([energies[r][0] for r in names]), np.stack([energies[r][1] for r in names])
+        )
+        rows += [
+            {"recipe": r, "sqnr_clips_db": e, "sqnr_interval": f"[{a:.1f}, {b:.1f}]", "clips": n}
+            for r, e, a, b in zip(names, est, lo, hi)
+        ]
+    return pd.DataFrame(rows)
+
+
+def adjacent_differences(per: pd.DataFrame) -> pd.DataFrame:
+    """Within each bit width, the recipes in SQNR order and each one's paired difference with the next
+    (same clips, same bootstrap replicates): which neighbours these clips tell apart."""
+    from shapes.intervals import clip_sqnr_difference
+
+    rows = []
+    for (w, a), g in per.dropna(subset=["sqnr_clips_db"]).groupby(["w_bits", "a_bits"], sort=False):
+        g = g.sort_values("sqnr_clips_db", ascending=False, kind="stable")
+        recs = list(g["recipe"])
+        for hi_r, lo_r in zip(recs, recs[1:]):
+            e = [_clip_energies(g.set_index("recipe").loc[r]) for r in (hi_r, lo_r)]
+            if len(e[0][0]) != len(e[1][0]):
+                continue
+            d = clip_sqnr_difference(np.stack([e[0][0], e[1][0]]), np.stack([e[0][1], e[1][1]]))
+            rows.append({"bits": f"W{w}A{a}", "pair": f"{hi_r} - {lo_r}", **d})
+    return pd.DataFrame(rows)
+
+
+def _resolution_note(per: pd.DataFrame, ci: pd.DataFrame) -> list[str]:
+    """What the quality column can and cannot tell apart, said plainly from its own clips."""
+    n = sorted(ci["clips"].unique())
+    clips = " or ".join(map(str, n))
+    md = [
+        f"SQNR intervals: 95 % percentile bootstrap over the {clips} clips each recipe sampled (the same "
+        "prompts and noise for every recipe, one calibration). They show the clip-to-clip spread only: the "
+        "calibration's own luck is not in them, and a bootstrap over so few clips is itself narrow, so a "
+        f"figure on {clips} clips can lie further from a large study's than its interval says "
+        "(docs/quality_axis.md measures how far, against 64 clips x 3 seeds; docs/quant_results.md has the "
+        "study's intervals).",
+        "",
+    ]
+    diffs = adjacent_differences(per)
+    if not len(diffs):
+        return md
+    told = int(diffs["excludes_zero"].sum())
+    cells = [
+        f"{d.bits} {d.pair}: {d.estimate:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}]{'*' if d.excludes_zero else ''}"
+        for d in diffs.itertuples()
+    ]
+    return md + [
+        f"Neighbours in SQNR order within each bit width, paired over the same clips (dB, 95 %; * = the "
+        f"interval excludes 0): {told} of {len(diffs)} neighbouring pairs are told apart on these clips.",
+        "",
+        *[f"- {c}" for c in cells],
         "",
     ]
 

@@ -173,6 +173,8 @@ _QUALITY = [
     ("q.weight_storage_bytes", I64, False, "bytes", "weights stored: every weight set plus the float weights plus per-step scale tables (tsq)"),
     ("q.num_weight_sets", I64, False, "sets", "weight sets of the recipe"),
     ("q.step_to_set", STR, False, "", "comma list: the weight set each denoising step uses"),
+    ("q.clip_signal_energy", STR, True, "", "comma list: each evaluated clip's float-sample energy sum(ref^2) (float64 repr; null in parts written before it was stored)"),
+    ("q.clip_error_energy", STR, True, "", "comma list: each evaluated clip's error energy sum((q - ref)^2); the SQNR of any set of clips is 10 log10 of the two sums' ratio"),
     ("q.semantic_accuracy", F64, True, "fraction", "stdit-shapes only: mean attribute accuracy of the classifier"),
     ("q.semantic_accuracy_all", F64, True, "fraction", "stdit-shapes only: clips with all five attributes right"),
     ("q.frechet_distance", F64, True, "", "stdit-shapes only: Frechet distance of the clips' features to real clips"),

@@ -51,7 +51,7 @@ class Buffer:
     __slots__ = ("env", "level", "waiters")
 
     def __init__(self, env: simpy.Environment, capacity: int):
-        self.env, self.level, self.waiters = env, capacity, []
+        self.env, self.level, self.waiters = env, capacity, deque()
 
     def take(self, amount: int):
         """None when taken now, else an event that fires once it is taken."""
@@ -66,7 +66,7 @@ class Buffer:
         self.level += amount
         w = self.waiters
         while w and self.level >= w[0][0]:
-            amount, ev = w.pop(0)
+            amount, ev = w.popleft()
             self.level -= amount
             ev.succeed()
 
@@ -77,7 +77,7 @@ class Queue:
     __slots__ = ("env", "items", "waiter")
 
     def __init__(self, env: simpy.Environment):
-        self.env, self.items, self.waiter = env, [], None
+        self.env, self.items, self.waiter = env, deque(), None
 
     def put(self, item) -> None:
         if self.waiter is not None:
@@ -92,6 +92,18 @@ class Queue:
         return ev
 
 
+def unit_params(hw: HWConfig) -> tuple:
+    """What a unit's run on an idle machine reads from the config beyond its plan: DMA engines,
+    cycles per byte of the DRAM controller and of one engine, descriptor setup (the flash is the
+    background swap's; the MAC arrays and vector unit are in the plan's tile cycles)."""
+    return (
+        hw.dma.engines,
+        dram_cycles_per_byte(hw),
+        hw.clock.freq_hz / hw.dma.bandwidth_bytes_per_s,
+        hw.dma.setup_cycles,
+    )
+
+
 class Machine:
     def __init__(self, hw: HWConfig, record: bool = False):
         self.env = simpy.Environment()
@@ -104,11 +116,9 @@ class Machine:
         self.bus_free = 0
         self.flash_free = 0
         self.vec_free = 0
-        freq = hw.clock.freq_hz
-        self.cpb_dram = dram_cycles_per_byte(hw)  # cycles per byte at the sustained bandwidth
-        self.cpb_dma = freq / hw.dma.bandwidth_bytes_per_s
-        self.cpb_flash = freq / hw.flash.bandwidth_bytes_per_s
-        self.setup = hw.dma.setup_cycles
+        # cycles per byte at the sustained DRAM bandwidth and of one engine, setup per descriptor
+        _, self.cpb_dram, self.cpb_dma, self.setup = unit_params(hw)
+        self.cpb_flash = hw.clock.freq_hz / hw.flash.bandwidth_bytes_per_s
         self.xfer_cycles: dict = {}  # bytes -> (controller cycles, engine cycles) of one engine's transfer
         self.split_cycles: dict = {}  # (bytes, engines) -> ``_split_costs``
         self.st = dict.fromkeys(STAT_KEYS, 0)  # the layers' counters
@@ -220,7 +230,11 @@ class Machine:
 
     # ---- one execution unit -------------------------------------------------------------------------
     def run_unit(self, plan: Plan, label: str):
-        """Replay a unit's tiles; returns when its last output tile is in DRAM."""
+        """Replay a unit's tiles; returns when its last output tile is in DRAM.
+
+        The loop is the replay's hot path: it keeps the time it knows (``now``: time moves only
+        where it yields) and its own counters (added to the step's at the end) rather than asking
+        the environment and the dict on every tile; the events it schedules are the same."""
         env = self.env
         st = self.st
         tiles = plan.tiles
@@ -239,51 +253,66 @@ class Machine:
         crit_key = "crit_mac" if plan.engine == "mac" else "crit_vector"  # the engine the unit waits on
         ev = self.events
         eng_name = plan.engine
-        alloc = 0
+        timeout, reserve_vector = env.timeout, self.reserve_vector
+        in_give, w_give, out_take, out_put = in_buf.give, w_buf.give, out_buf.take, outq.put
+        alloc = busy = crit = wait_vector = wait_memory = wait_store = 0
         qa_items, qb_items = qa.items, qb.items
+        qa_pop, qb_pop = qa_items.popleft, qb_items.popleft
+        now = env.now
         for t in tiles:
-            t0 = env.now
-            if qa_items:
-                qa_items.pop(0)
+            if qa_items and qb_items:  # both operands ready: no wait
+                qa_pop()
+                qb_pop()
             else:
-                yield qa.wait()
-            if qb_items:
-                qb_items.pop(0)
-            else:
-                yield qb.wait()
-            waited = env.now - t0
-            if waited:
-                pre = min(waited, t[6])  # part of the wait spent in the fused pre-stage
-                st["wait_vector"] += pre
-                st["wait_memory"] += waited - pre
+                t0 = now
+                if qa_items:
+                    qa_pop()
+                else:
+                    yield qa.wait()
+                if qb_items:
+                    qb_pop()
+                else:
+                    yield qb.wait()
+                now = env.now
+                waited = now - t0
+                if waited:
+                    pre = min(waited, t[6])  # part of the wait spent in the fused pre-stage
+                    wait_vector += pre
+                    wait_memory += waited - pre
             if t[8]:
                 alloc = t[8]
-                t1 = env.now
-                ev_ = out_buf.take(alloc)
+                ev_ = out_take(alloc)
                 if ev_ is not None:
+                    t1 = now
                     yield ev_
-                    st["wait_store"] += env.now - t1
-            c0 = env.now
+                    now = env.now
+                    wait_store += now - t1
             if is_mac:  # the arrays belong to this unit
-                st[busy_key] += t[7]
-                end = c0 + t[7]
+                busy += t[7]
+                end = now + t[7]
                 if ev is not None:
-                    ev.append((eng_name, c0, end, label))
+                    ev.append((eng_name, now, end, label))
             else:  # the vector unit may be shared with a background user
-                end = self.reserve_vector(t[7], st, label)
-            st[crit_key] += end - c0
-            if end > c0:
-                yield env.timeout(end - c0)
+                end = reserve_vector(t[7], st, label)
+            crit += end - now
+            if end > now:
+                yield timeout(end - now)
+                now = end
             if t[2]:
-                in_buf.give(t[2])
+                in_give(t[2])
             if t[5]:
-                w_buf.give(t[5])
+                w_give(t[5])
             if t[11]:
-                outq.put((t[9], t[10], alloc))
-        outq.put(None)
-        t_end = env.now
+                out_put((t[9], t[10], alloc))
+        out_put(None)
+        if is_mac:
+            st[busy_key] += busy
+        st[crit_key] += crit
+        st["wait_vector"] += wait_vector
+        st["wait_memory"] += wait_memory
+        st["wait_store"] += wait_store
         yield storer
-        st["tail"] += env.now - t_end
+        st["tail"] += env.now - now
 
     def _run_closed(self, plan: Plan, label: str):
         """A closed-form plan's cycles and counters, as its replay on an idle machine gives them.
@@ -303,39 +332,42 @@ class Machine:
         DMA it in, run the fused pre-stage (input only) on the vector unit, hand it to compute."""
         env = self.env
         st = self.st
-        reserve_xfer, timeout = self.reserve_xfer, env.timeout
+        reserve_xfer, reserve_vector, timeout = self.reserve_xfer, self.reserve_vector, env.timeout
+        take, put = buf.take, ready.put
         pre_label = label + " (pre)"
         for t in tiles:
             if t[get_i]:
-                ev = buf.take(t[get_i])
+                ev = take(t[get_i])
                 if ev is not None:
                     yield ev
             if t[load_i]:
                 end = reserve_xfer(t[load_i], st, label)
-                if end > env.now:
-                    yield timeout(end - env.now)
+                now = env.now
+                if end > now:
+                    yield timeout(end - now)
             if pre_i >= 0 and t[pre_i]:
-                yield timeout(self.reserve_vector(t[pre_i], st, pre_label) - env.now)
-            ready.put(t)
+                yield timeout(reserve_vector(t[pre_i], st, pre_label) - env.now)
+            put(t)
 
     def _storer(self, outq, out_buf, label):
         env = self.env
         st = self.st
         items = outq.items
+        pop, give, timeout = items.popleft, out_buf.give, env.timeout
         post_label = label + " (post)"
         while True:
             if items:
-                item = items.pop(0)
+                item = pop()
             else:
                 item = yield outq.wait()
             if item is None:
                 return
             nbytes, post, alloc = item
             if post:
-                yield env.timeout(self.reserve_vector(post, st, post_label) - env.now)
+                yield timeout(self.reserve_vector(post, st, post_label) - env.now)
             if nbytes:  # 0: the output stays in SRAM for the next unit (else as ``xfer``)
-                yield env.timeout(self.reserve_xfer(nbytes, st, label) - env.now)
-            out_buf.give(alloc)
+                yield timeout(self.reserve_xfer(nbytes, st, label) - env.now)
+            give(alloc)
 
     # ---- weight-set swap ------------------------------------------------------------------------------
     def start_swap(self, pieces: list, from_flash: bool, to_sram: bool, arrivals: list):

@@ -7,7 +7,10 @@ Speed comes from memoisation, never from a coarser model:
   simulated once and the others replayed;
 - inside a step, a unit (one GEMM with its fused vector stages, or one vector op) starts from an
   idle machine (the previous unit has drained) unless a background swap runs, so its cycles and
-  counters depend on the unit alone: the 28 identical blocks are simulated once each shape.
+  counters depend on the unit alone: the 28 identical blocks are simulated once each shape;
+- such a run depends on the unit's plan and the machine's transfer parameters alone
+  (``unit_run``), so it is kept by that content: chips that plan a unit with the same tiles, and
+  a latency planner's replay of the plan it picks and the step's run of that unit, share it.
 
 Both hold exactly because time is integer cycles; ``memo=False`` simulates everything and must give
 the same numbers bit for bit (tests/hwsim/test_hwsim_model.py::test_memoised_equals_unmemoised_exactly).
@@ -28,7 +31,7 @@ from hwsim.area import area_breakdown_mm2
 from hwsim.chain import ChainUnit, chainable, plan_chain, row_options
 from hwsim.config import HWConfig
 from hwsim.energy import energy_breakdown_j
-from hwsim.engine import Machine
+from hwsim.engine import Machine, unit_params
 from hwsim.gemm_closed_form import gemm_plan
 from hwsim.result import SimResult
 from hwsim.schedule import (
@@ -86,7 +89,11 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    that only grow with the buffers (``tiling.block_ladder``) and picks attention and chains by
 #    replay, skipping only candidates whose proven lower bound cannot win (``_fastest_replay``);
 #    the default edp2 planner's numbers are unchanged
-SIM_VERSION = "hwsim-8"
+# 9: a tile of fewer batch items (attention heads, matmul items) than MAC arrays runs one item per
+#    array when that is faster than cutting each item's output columns over all the arrays, so a
+#    tile is never slower on more arrays (tiling._tile_compute_cycles); chips with at most 2
+#    arrays, and so the presets, keep their numbers
+SIM_VERSION = "hwsim-9"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -485,11 +492,32 @@ def replay_cycles(plan: Plan, hw: HWConfig) -> int:
     """Cycles of a plan replayed alone on an idle machine: what a step spends on it (a unit starts
     once the one before has drained), computed once per plan."""
     if plan.replayed < 0:
-        m = Machine(hw)
-        m.env.process(m.run_unit(plan, ""))
-        m.env.run()
-        plan.replayed = m.env.now
+        plan.replayed = unit_run(plan, hw)[0]
     return plan.replayed
+
+
+def unit_run(plan: Plan, hw: HWConfig) -> tuple[int, dict]:
+    """(cycles, counters it adds) of a plan run alone on an idle machine (``engine.Machine``).
+
+    Such a run reads nothing but the plan and ``engine.unit_params`` (integer cycles, no state
+    left from before), so it is kept by that content in ``_RUNS``: chips that differ elsewhere
+    (buffers, node, flash, prefetch policy) and plan a unit with the same tiles share its run, and
+    a latency planner's replay of the plan it picks is the step's run of that unit. A plan in
+    closed form is cheap to run and not kept; ``simulate(memo=False)`` keeps nothing."""
+    fresh = getattr(_FRESH, "on", False)
+    key = None
+    if not plan.closed and not fresh:
+        key = (unit_params(hw), plan.engine, plan.in_cap, plan.w_cap, plan.out_cap, tuple(plan.tiles))
+        hit = _RUNS.get(key)
+        if hit is not None:
+            return hit
+    m = Machine(hw)
+    m.env.process(m.run_unit(plan, ""))
+    m.env.run()
+    out = (m.env.now, {k: v for k, v in m.st.items() if v})
+    if key is not None:
+        _RUNS.put(key, out)
+    return out
 
 
 def _plan_cost(plan: Plan, hw: HWConfig) -> tuple[float, float]:
@@ -585,6 +613,15 @@ def _run_step(
                         m.events.extend((e, t0 + a, t0 + b, lab + sfx) for e, a, b, sfx in hit[2])
                     unit_cycles[i] = hit[0]
                     continue
+            if memo is not None and not bg and not record:  # alone on an idle machine (``unit_run``)
+                cyc, delta = unit_run(us.plans[i], hw)
+                memo[unit] = (cyc, delta, None)
+                if cyc:
+                    yield env.timeout(cyc)
+                for k, v in delta.items():
+                    st[k] += v
+                unit_cycles[i] = cyc
+                continue
             snap = dict(st)
             nev = len(m.events) if record else 0
             yield from m.run_unit(us.plans[i], us.labels[i])
@@ -676,12 +713,14 @@ _PLANS = _LRU(4096)  # (hw hash, resident), (unit, need_full_k) -> Plan
 _UNIT_RUNS = _LRU(8192)  # (hw hash, prefetch, resident), unit -> (cycles, counter deltas, None)
 _UNIT_SETS = _LRU(64)  # (hw hash, step signature, resident) -> _Units
 _STEPS = _LRU(512)  # (hw hash, prefetch, step signature, resident, from_flash, swap) -> _StepOut
+_RUNS = _LRU(4096)  # (engine.unit_params, plan content) -> (cycles, counter deltas): ``unit_run``
+_FRESH = threading.local()  # .on while a ``simulate(memo=False)`` runs in this thread: keep nothing
 
 
 def clear_cache(traces: bool = True) -> None:
     """Forget every cached plan, unit and step, and (``traces``) trace analysis: the next call
     starts cold (``traces=False``: as for a new chip in a sweep, whose traces are already known)."""
-    for c in ((_TRACES,) if traces else ()) + (_PLANS, _UNIT_RUNS, _UNIT_SETS, _STEPS):
+    for c in ((_TRACES,) if traces else ()) + (_PLANS, _UNIT_RUNS, _UNIT_SETS, _STEPS, _RUNS):
         c.d.clear()
 
 
@@ -692,6 +731,7 @@ def cache_info() -> dict:
         "unit_runs": len(_UNIT_RUNS),
         "unit_sets": len(_UNIT_SETS),
         "steps": len(_STEPS),
+        "runs": len(_RUNS),
     }
 
 
@@ -791,9 +831,21 @@ def simulate(trace: Trace, hw: HWConfig, prefetch: str = "jit", timeline: bool =
 
     ``memo=True`` reuses, within the call and across calls in this process, whatever depends only
     on what it is keyed by (trace analysis; plans, unit runs, unit lists and whole steps keyed by
-    the hardware's content hash, the prefetch policy and weight residency): the numbers are those of
+    the hardware's content hash, the prefetch policy and weight residency; a unit's run alone by
+    its plan and ``engine.unit_params``): the numbers are those of
     ``memo=False``, which computes everything afresh, bit for bit (tests/hwsim/test_hwsim_model.py).
     """
+    if memo:
+        return _simulate(trace, hw, prefetch, timeline, memo)
+    was = getattr(_FRESH, "on", False)
+    _FRESH.on = True  # nor the runs a planner's replays share (``unit_run``)
+    try:
+        return _simulate(trace, hw, prefetch, timeline, memo)
+    finally:
+        _FRESH.on = was
+
+
+def _simulate(trace: Trace, hw: HWConfig, prefetch: str, timeline: bool, memo: bool) -> SimResult:
     info = _trace_info(trace, memo)
     if not hw.vector.online_reduction:
         for sid in range(len(info.reps)):

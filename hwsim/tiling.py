@@ -279,10 +279,16 @@ def _round_up(x: int, q: int) -> int:
 
 
 def _tile_compute_cycles(b: int, m: int, k: int, n: int, R: int, C: int, A: int, dataflow: str, rate: float) -> int:
-    """Array cycles of one full ``b x [m,k] x [k,n]`` tile, split over the arrays as the replay does."""
+    """Array cycles of one full ``b x [m,k] x [k,n]`` tile, split over the arrays as the replay does:
+    whole batch items per array when there are at least as many items as arrays; else the faster
+    of the output columns cut over the arrays (items one after another) and one item per array
+    with the other arrays idle. A chip with more arrays can always leave some idle, so a tile is
+    never slower on more arrays (a few items of a small matmul, e.g. attention heads, on 4 arrays:
+    one head each, not each head cut in 4 thin column strips that fill and drain as long)."""
     if b >= A:  # whole batch items per array
         return math.ceil(b / A) * systolic_cycles(m, k, n, R, C, dataflow, rate)
-    return b * systolic_cycles(m, k, math.ceil(n / A), R, C, dataflow, rate)  # output columns over arrays
+    split = b * systolic_cycles(m, k, math.ceil(n / A), R, C, dataflow, rate)  # output columns over arrays
+    return split if b == 1 else min(split, systolic_cycles(m, k, n, R, C, dataflow, rate))
 
 
 def _blocks(total: int, tile: int) -> list[tuple[int, int]]:
@@ -952,23 +958,30 @@ def _gemm_tiles(u: GemmUnit, hw: HWConfig, srch, shape: tuple, dims: tuple = ())
         return tile, (rd_c, wr_c, vec_c, dyn_c)
 
     order = _gemm_order(u, nb, weight_reuse)
+    # each dimension's block sizes, and each tile's operand identities (as ``a_id`` / ``b_id``)
+    size_of = [
+        [sizes(i, tile, total) for i in range(n)] for n, tile, total in zip(nb, (bt, mt, nt, kt), (d_b, d_m, d_n, d_k))
+    ]
+    sz_b, sz_m, sz_n, sz_k = size_of
+    a_ids = [a_id(t) for t in order]
+    b_ids = [b_id(t) for t in order] if not u.b_resident else None
     tiles = []
     made: dict = {}  # what makes a tile -> (tile, its counts): a GEMM's tiles come in few kinds
     sram_rd = sram_wr = vec_cycles = dyn_cycles = 0
     last = len(order) - 1
+    k_end = nb_k - 1
     for idx, t in enumerate(order):
         ib, im, jn, kk = t
-        b, m, n, k = sizes(ib, bt, d_b), sizes(im, mt, d_m), sizes(jn, nt, d_n), sizes(kk, kt, d_k)
-        prev = order[idx - 1] if idx else None
-        nxt = order[idx + 1] if idx < last else None
-        a_new = prev is None or a_id(prev) != a_id(t)
-        a_free = nxt is None or a_id(nxt) != a_id(t)
-        if u.b_resident:
+        a = a_ids[idx]
+        a_new = idx == 0 or a_ids[idx - 1] != a
+        a_free = idx == last or a_ids[idx + 1] != a
+        if b_ids is None:
             b_new = b_free = False
         else:
-            b_new = prev is None or b_id(prev) != b_id(t)
-            b_free = nxt is None or b_id(nxt) != b_id(t)
-        key = (b, m, n, k, a_new, a_free, b_new, b_free, idx == 0, kk == 0, kk == nb_k - 1)
+            bi = b_ids[idx]
+            b_new = idx == 0 or b_ids[idx - 1] != bi
+            b_free = idx == last or b_ids[idx + 1] != bi
+        key = (sz_b[ib], sz_m[im], sz_n[jn], sz_k[kk], a_new, a_free, b_new, b_free, idx == 0, kk == 0, kk == k_end)
         hit = made.get(key)
         if hit is None:
             hit = made[key] = one_tile(*key)
@@ -1080,10 +1093,7 @@ class _AttnCost:
             u, R, C, A, mac = self.u, self.R, self.C, self.A, self.hw.mac
 
             def one(mm, kk, nn, rate, a_bpe, b_bpe):
-                if b >= A:
-                    c = math.ceil(b / A) * systolic_cycles(mm, kk, nn, R, C, mac.dataflow, rate)
-                else:
-                    c = b * systolic_cycles(mm, kk, math.ceil(nn / A), R, C, mac.dataflow, rate)
+                c = _tile_compute_cycles(b, mm, kk, nn, R, C, A, mac.dataflow, rate)
                 rd = b * (
                     math.ceil(mm * kk * a_bpe) * math.ceil(nn / (A * C))
                     + math.ceil(kk * nn * b_bpe) * math.ceil(mm / R)

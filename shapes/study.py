@@ -383,8 +383,10 @@ PAIRS = (  # (a, b, the question a - b answers)
     ("tsq", "asq", "per-step scales over ASQ"),
     ("groups4", "asq", "4 step groups over ASQ"),
     ("tsq-tsw", "groups4", "TSQ+TSW over 4 step groups"),
+    ("groups4-tsq", "groups4", "4 scale groups on one weight set over 4 weight sets"),
     ("groups4-cal", "groups4", "calibrated over uniform group split"),
     ("dynamic", "vidit-q", "our dynamic over the ViDiT-Q baseline"),
+    ("vidit-q", "tsq-tsw", "the ViDiT-Q baseline over TSQ+TSW"),
 )
 
 
@@ -449,6 +451,110 @@ def tables(rows: pd.DataFrame, clips: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+LABELS = {  # scheme -> how the summary tables name it, in the order they list them
+    "static": "naive static",
+    "asq": "ASQ",
+    "groups4": "4 step groups, uniform split",
+    "groups4-cal": "4 step groups, calibrated split",
+    "groups4-tsq": "4 scale groups, one weight set (`groups4-tsq`)",
+    "tsq": "TSQ (per-step scales, one weight set)",
+    "tsq-tsw": "TSQ+TSW (per-step scales and weights)",
+    "dynamic": "dynamic (symmetric per-token)",
+    "vidit-q": "ViDiT-Q (asymmetric per-token, channel balancing, its mixed precision)",
+}
+
+
+def summary_tables(rows: pd.DataFrame, clips: pd.DataFrame) -> str:
+    """Markdown for a reader who wants the comparison at a glance (the README, a closing note): one row
+    per scheme, one column per bit width, for SQNR and semantic accuracy with their 95 % intervals and
+    Frechet distance with the float model's noise floor; then the paired SQNR differences of
+    :data:`PAIRS`. Every figure comes from the two files, as :func:`tables` computes them."""
+    ci = intervals.recipe_intervals(clips)
+    recipes = set(rows["recipe"])
+    n, seeds = int(clips["clip"].max()) + 1, sorted(clips["seed"].unique())
+    schemes = [s for s in LABELS if any(f"{s}-{b}" in recipes for b in BITS)]
+    bits = [b for b in BITS if any(f"{s}-{b}" in recipes for s in schemes)]
+
+    def cell(r: str, m: str, fmt: str) -> str:
+        c = ci[(ci["recipe"] == r) & (ci["metric"] == m)]
+        if not len(c):
+            return "-"
+        c = c.iloc[0]
+        return f"{c['estimate']:{fmt}} [{c['lo']:{fmt}}, {c['hi']:{fmt}}]"
+
+    def fd(r: str) -> str:
+        v = rows.loc[rows["recipe"] == r, "fd"]
+        return f"{v.mean():.0f} [{v.min():.0f}, {v.max():.0f}]" if len(v) else "-"
+
+    head = " | ".join(b.upper() for b in bits)
+    rule = "| --- " * (len(bits) + 1) + "|"
+
+    def block(title: str, body) -> list[str]:
+        out = [f"| {title} | {head} |", rule]
+        for s in schemes:
+            out.append(
+                f"| {LABELS[s]} | "
+                + " | ".join(body(f"{s}-{b}") if f"{s}-{b}" in recipes else "-" for b in bits)
+                + " |"
+            )
+        return out
+
+    sets = {
+        s: sorted(
+            {
+                int(rows.loc[rows["recipe"] == f"{s}-{b}", "num_weight_sets"].iloc[0])
+                for b in bits
+                if f"{s}-{b}" in recipes
+            }
+        )
+        for s in schemes
+    }
+    acc_fp = cell("fp16", "acc_mean", ".3f") if "fp16" in recipes else "-"
+    fd_floor = intervals.seed_floor(rows, "fp16", "fd")
+    acc_floor = intervals.seed_floor(rows, "fp16", "acc_mean")
+    out = [
+        f"{n} evaluation prompts x {len(seeds)} seeds (each seed its own noise and calibration); 95 % intervals:"
+        f" two-level percentile bootstrap (seeds, then clips), {intervals.NUM_BOOT} replicates.",
+        "",
+        "SQNR of the final sample against the float model's (dB) and weight sets stored:",
+        "",
+    ]
+    sq = block("SQNR dB", lambda r: cell(r, "sqnr_db", ".1f"))
+    sq[0] += " weight sets |"
+    sq[1] += " --- |"
+    sq[2:] = [ln + f" {'/'.join(map(str, sets[s]))} |" for ln, s in zip(sq[2:], schemes)]
+    out += sq
+    out += [
+        "",
+        f"Semantic accuracy (mean of the 5 attributes the classifier reads; float model {acc_fp}, its"
+        f" seed-to-seed noise floor {acc_floor:.3f}):",
+        "",
+        *block("semantic accuracy", lambda r: cell(r, "acc_mean", ".3f")),
+        "",
+        f"Frechet distance to real clips (mean over seeds [min, max]; float model {fd('fp16')}, its seed-to-seed"
+        f" noise floor {fd_floor:.0f}; lower is closer to real clips):",
+        "",
+        *block("FD", fd),
+        "",
+        "Paired SQNR differences a - b (same clips, same noise; dB, 95 %; * = the interval excludes 0):",
+        "",
+        f"| a - b | {head} |",
+        rule,
+    ]
+    for a, b, question in PAIRS:
+        cells = []
+        for bb in bits:
+            ra, rb = f"{a}-{bb}", f"{b}-{bb}"
+            if ra not in recipes or rb not in recipes:
+                cells.append("-")
+                continue
+            d = intervals.paired_difference(clips, ra, rb, "sqnr_db")
+            cells.append(f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]{'*' if d['excludes_zero'] else ''}")
+        if any(c != "-" for c in cells):
+            out.append(f"| {a} - {b} ({question}) | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def sensitivity_table(sens: pd.DataFrame, worst: int = 5) -> str:
     """Markdown: the ``worst`` layers of each recipe (lowest SQNR when quantized alone)."""
     out = ["| recipe | worst layers, quantized alone (final-sample SQNR dB) |", "| --- | --- |"]
@@ -506,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of float samples")
     p.add_argument("--tables", action="store_true", help="only print the markdown tables of --out")
     p.add_argument(
+        "--summary", action="store_true", help="only print the at-a-glance tables of --out (scheme x bit width)"
+    )
+    p.add_argument(
         "--resolution",
         action="store_true",
         help="only print what k clips of one seed resolve against the whole study of --out (the sweep's quality axis)",
@@ -523,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         clips = pd.read_csv(clips_path(a.out))
         recipes = a.recipes or [r for r in dict.fromkeys(clips["recipe"]) if r != "fp16"]
         print(intervals.subset_resolution(clips, recipes).to_string(index=False))
+        return 0
+    if a.summary:
+        print(summary_tables(pd.read_csv(a.out), pd.read_csv(clips_path(a.out))))
         return 0
     if a.tables:
         rows, clips = pd.read_csv(a.out), pd.read_csv(clips_path(a.out))

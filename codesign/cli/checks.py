@@ -77,3 +77,18 @@ def check_count(field: str, value: object, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         raise ConfigError(field, value, f"a positive integer of at most {limit:,}")
     return value
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(value: object) -> str:
+    """``--device``: cpu, or cuda where torch sees a CUDA device (checked before any model is built)."""
+    if value not in DEVICES:
+        raise ConfigError("device", value, " or ".join(DEVICES))
+    if value == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
+    return str(value)

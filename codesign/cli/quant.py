@@ -15,6 +15,7 @@ import math
 import sys
 
 from codesign.cli import progress_enabled
+from codesign.cli.checks import check_device
 from workloads.io import atomic_path
 
 BITS_DEFAULT = "w8a8,w6a6,w4a8"
@@ -22,6 +23,7 @@ BITS_DEFAULT = "w8a8,w6a6,w4a8"
 
 def _common(p, stats: bool = True) -> None:
     p.add_argument("--workload", required=True, help="preset name or YAML file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the model, calibration and emulator run there)")
     p.add_argument(
         "--checkpoint",
         help="OpenSora STDiT checkpoint (default: shipped weights of stdit-shapes, else a seeded random init)",
@@ -70,7 +72,6 @@ def register(sub) -> None:
     p.add_argument("--recipe", required=True)
     p.add_argument("--artifact", help="use this artifact instead of quantizing now")
     p.add_argument("--nonlinear", default="fp16", help="vector-unit mode: fp16 or int")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--layers", help="check only these blocks, e.g. 0,13,27 (default: all)")
     p.add_argument("--steps", help="check only these sampling steps, e.g. 0,50,99 (default: all)")
     p.add_argument("--json", action="store_true")
@@ -171,7 +172,7 @@ def run_calibrate(args) -> int:
     _check_out(args.out, (".safetensors",))
     w = _workload(args.workload)
     calib = _calib_kwargs(args)  # checked before the model is built
-    model = load_model(w, args.checkpoint, args.seed)
+    model = load_model(w, args.checkpoint, args.seed, device=check_device(args.device))
     st = calibrate(model, w, progress=progress_enabled(args), **calib)
     st.save(args.out)
     print(
@@ -189,7 +190,7 @@ def run_quantize(args) -> int:
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
     calib = _calib_kwargs(args)  # checked before the model is built
-    model = load_model(w, args.checkpoint, args.seed)
+    model = load_model(w, args.checkpoint, args.seed, device=check_device(args.device))
     art = quantize_model(model, w, recipe, args.stats, **calib)
     art.save(args.out)
     summary = {
@@ -249,13 +250,7 @@ def run_verify(args) -> int:
 
     if args.nonlinear not in NONLINEAR_MODES:
         raise ConfigError("nonlinear", args.nonlinear, " or ".join(NONLINEAR_MODES))
-    if args.device not in ("cpu", "cuda"):
-        raise ConfigError("device", args.device, "cpu or cuda")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
+    check_device(args.device)
     w = _workload(args.workload)
     recipe = get_recipe(args.recipe)
     calib = _calib_kwargs(args)  # checked before the model is built
@@ -398,7 +393,7 @@ def run_quality(args) -> int:
     if not recipes:
         raise ConfigError("recipes", args.recipes, "a comma-separated list of recipe names")
     calib = _calib_kwargs(args)  # checked before the model is built
-    model = load_model(w, args.checkpoint, args.seed)
+    model = load_model(w, args.checkpoint, args.seed, device=check_device(args.device))
     stats = None
     if any(r.quantized and (r.scheme != "dynamic" or r.smoothing) for r in recipes):
         stats = get_stats(model, w, args.stats, **calib)

@@ -14,7 +14,6 @@ from codesign.cli import jsonout, progress_enabled
 from workloads.io import atomic_path
 
 BACKENDS = ("emulator", "fakequant")
-DEVICES = ("cpu", "cuda")
 
 
 def register(sub) -> None:
@@ -43,7 +42,7 @@ def register(sub) -> None:
 
 def _check_args(args):
     """Every argument checked before any model is built (one line, exit 2 on a bad one)."""
-    from codesign.cli.checks import MAX_PROMPTS, check_count, check_in_file, check_out_file
+    from codesign.cli.checks import MAX_PROMPTS, check_count, check_device, check_in_file, check_out_file
     from quantmodel.emulator.integer import NONLINEAR_MODES
     from workloads.errors import ConfigError, require_positive_int
     from workloads.presets import Gemm, get_workload
@@ -61,13 +60,7 @@ def _check_args(args):
         raise ConfigError("backend", args.backend, " or ".join(BACKENDS))
     if args.nonlinear not in NONLINEAR_MODES:
         raise ConfigError("nonlinear", args.nonlinear, " or ".join(NONLINEAR_MODES))
-    if args.device not in DEVICES:
-        raise ConfigError("device", args.device, " or ".join(DEVICES))
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("device", "cuda", "cpu (no CUDA device here)")
+    check_device(args.device)
     recipe = get_recipe(args.recipe) if args.recipe else None
     if recipe is None and (args.artifact or args.stats or args.compare):
         flag = "artifact" if args.artifact else "stats" if args.stats else "compare"

@@ -229,6 +229,20 @@ def sample_metrics(ref: torch.Tensor, out: torch.Tensor) -> dict:
     }
 
 
+def clip_energies(ref: torch.Tensor, out: torch.Tensor) -> dict:
+    """Per-clip signal and error energy of ``out`` [n, ...] against ``ref`` [n, ...], as comma lists
+    (``repr`` of each float64: exact when read back). Why: the SQNR of any subset of the clips is
+    ``10 log10(sum signal / sum error)`` over it, so a report can put a bootstrap interval over the
+    clips on the figure without resampling anything (``shapes.intervals.clip_sqnr_intervals``)."""
+    ref, out = ref.double(), out.double()
+    sig = ref.pow(2).flatten(1).sum(1)  # [n]
+    err = (out - ref).pow(2).flatten(1).sum(1)  # [n]
+    return {
+        "clip_signal_energy": ",".join(repr(float(v)) for v in sig),
+        "clip_error_energy": ",".join(repr(float(v)) for v in err),
+    }
+
+
 def video_metrics(
     workload: Workload, video: torch.Tensor, reference: torch.Tensor, num_samples: int, seed: int = EVAL_SEED
 ) -> dict:
@@ -288,6 +302,7 @@ def evaluate_recipe(
             weight_storage_bytes=float_weight_bytes(model),
             num_weight_sets=0,
             step_to_set="",
+            **clip_energies(reference_sample, reference_sample),
         )
         row.update(video_metrics(workload, reference_sample, reference_sample, num_samples, seed))
         return row
@@ -296,6 +311,7 @@ def evaluate_recipe(
     fn, runner = recipe_model_fn(model, workload, recipe, backend, nonlinear, artifact=art, layer_sqnr=layer_sqnr)
     out = sample(fn, model, workload, z, y, seed, mask=mask)
     row.update(sample_metrics(reference_sample, out))
+    row.update(clip_energies(reference_sample, out))
     row.update(video_metrics(workload, out, reference_sample, num_samples, seed))
     worst, worst_db = "", float("nan")
     if layer_sqnr:

@@ -1,5 +1,6 @@
-"""Fused CUDA pipelines for the two elementwise steps every quantized linear pays: requantization of
-the int32 accumulator and static activation quantization.
+"""Fused CUDA pipelines for the two elementwise steps every quantized linear pays (requantization of
+the int32 accumulator and static activation quantization) and, through :func:`compiled`, for the
+integer vector unit's kernels (softmax, LayerNorm, GELU, the modulate / gated-add tail).
 
 Why: on a GPU the eager emulator spends most of its time in elementwise kernels (the float64
 requantization pipeline of :class:`~quantmodel.intarith.fixedpoint.Requantizer` is about ten passes
@@ -56,11 +57,18 @@ def act_quant(x: torch.Tensor, recip: torch.Tensor, qmax: int, out_dtype: torch.
 _compiled: dict = {}
 
 
-def _fn(name: str):
-    f = _compiled.get(name)
+def compiled(fn):
+    """``fn`` compiled once (``torch.compile``, dynamic shapes: one kernel serves every layer's shape and
+    constants). For functions of integer and IEEE ops without reassociation (the vector unit's int-mode
+    kernels in :mod:`~quantmodel.intarith.intops`, the two pipelines here), so their values are the eager ones."""
+    f = _compiled.get(fn)
     if f is None:
-        f = _compiled[name] = torch.compile(globals()[name], dynamic=True)
+        f = _compiled[fn] = torch.compile(fn, dynamic=True)
     return f
+
+
+def _fn(name: str):
+    return compiled(globals()[name])
 
 
 def requant_constants(m: torch.Tensor, s: torch.Tensor, device: torch.device) -> tuple:

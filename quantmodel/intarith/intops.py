@@ -36,7 +36,7 @@ which bounds every intermediate below 2**53 (so the float64 reference in
 Constants: i-exp ``exp(p) ~ 0.3585 (p + 1.353)^2 + 0.344`` on p in (-ln2, 0] with
 ``exp(x) = 2^-z exp(p)`` (I-BERT Alg. 2); i-erf ``erf(x) ~ sign(x)[-0.2888 (min(|x|, 1.769) -
 1.769)^2 + 1]`` (I-BERT Alg. 3; GELU = x/2 (1 + erf(x/sqrt 2)); the model's tanh GELU differs from
-erf GELU by < 5e-4); i-sqrt: integer Newton iterations (I-BERT Alg. 4). SiLU's sigmoid is a
+erf GELU by < 5e-4); i-sqrt: floor square root (I-BERT Alg. 4's integer Newton iterations; see :func:`isqrt`). SiLU's sigmoid is a
 two-element softmax of (x, 0) built on i-exp (I-ViT's Shiftmax idea of reusing the exp kernel).
 """
 
@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from quantmodel.intarith import ckernels
+from quantmodel.intarith import ckernels, cudafused
 from quantmodel.intarith.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
@@ -481,7 +481,11 @@ def i_exp(q: torch.Tensor, s_w: float) -> torch.Tensor:
     x = -z ln2 + p, p in (-ln2, 0]: z = floor(-q / q_ln2), q_p = q + z q_ln2,
     poly = (q_p + q_b)^2 + q_c, out = poly >> z (z capped at 40, where poly >> z is 0).
     """
-    q_ln2, q_b, q_c = exp_constants(s_w)
+    return _i_exp_q(q, *exp_constants(s_w))
+
+
+def _i_exp_q(q: torch.Tensor, q_ln2: int, q_b: int, q_c: int) -> torch.Tensor:
+    """:func:`i_exp` from its integer constants (integer ops only: compiled as is on CUDA)."""
     z = torch.div(-q, q_ln2, rounding_mode="floor")
     q_p = q + z * q_ln2
     a = q_p + q_b
@@ -502,25 +506,25 @@ def softmax_int(q: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch
     if q.dim() == 0 or q.shape[-1] > MAX_ROW:
         raise ConfigError("softmax row length", q.shape[-1] if q.dim() else 0, f"<= {MAX_ROW}")
     p = out_bits - 1
+    k = working_shift(scale)
+    consts = (k, *exp_constants(scale * 2.0**k), p)
     if q.dtype == torch.int32 and q.numel() and _c_ok(q) is not None:  # one C pass per row, same integers
-        k = working_shift(scale)
-        q_ln2, q_b, q_c = exp_constants(scale * 2.0**k)
         out = torch.empty(q.shape, dtype=torch.int32)
         n = q.shape[-1]
         ebuf = torch.empty(n, dtype=torch.int64)
-        ckernels.lib().qm_softmax_int(
-            q.data_ptr(), q.numel() // n, n, k, q_ln2, q_b, q_c, p, out.data_ptr(), ebuf.data_ptr()
-        )
+        ckernels.lib().qm_softmax_int(q.data_ptr(), q.numel() // n, n, *consts, out.data_ptr(), ebuf.data_ptr())
         return out, 2.0**-p
+    if cudafused.enabled(q) and q.numel():  # one compiled kernel, the same integer ops
+        return cudafused.compiled(_softmax_int_rows)(q, *consts), 2.0**-p
     # rows are independent: blocks of rows keep the int64 temporaries in cache (the same integers)
-    return _row_chunked(lambda b: _softmax_int_rows(b, scale, p), q, torch.int32), 2.0**-p
+    return _row_chunked(lambda b: _softmax_int_rows(b, *consts), q, torch.int32), 2.0**-p
 
 
-def _softmax_int_rows(q: torch.Tensor, scale: float, p: int) -> torch.Tensor:
-    x = _check_int("q", q)
+def _softmax_int_rows(q: torch.Tensor, k: int, q_ln2: int, q_b: int, q_c: int, p: int) -> torch.Tensor:
+    """softmax_int's row pipeline from its integer constants (integer ops only)."""
+    x = q.to(torch.int64)
     d = x - x.amax(dim=-1, keepdim=True)  # <= 0, |d| < 2^32
-    d_w, s_w = _to_working(d, scale)
-    e = i_exp(d_w, s_w)  # [..., n] < 2^28
+    e = _i_exp_q(torch.bitwise_right_shift(d, k), q_ln2, q_b, q_c)  # [..., n] < 2^28 (floor to S_w)
     total = e.sum(dim=-1, keepdim=True)  # >= poly(0) > 0
     factor = torch.div(torch.full_like(total, 2**SOFTMAX_NORM_BITS), total, rounding_mode="floor")
     out = torch.bitwise_right_shift(e * factor, SOFTMAX_NORM_BITS - p).clamp_(max=2**p - 1)
@@ -536,17 +540,14 @@ def bit_length(v: torch.Tensor) -> torch.Tensor:
 
 
 def isqrt(v: torch.Tensor) -> torch.Tensor:
-    """floor(sqrt(v)) for int64 v >= 0 (v < 2^62) by integer Newton iterations from 2^ceil(bits/2)."""
-    v0 = v.to(torch.int64)
-    v = v0.clamp(min=1)  # Newton needs x >= 1; isqrt(0) = 0 is restored at the end
-    bits = bit_length(v)
-    x = torch.bitwise_left_shift(torch.ones_like(v), (bits + 1) // 2)  # >= sqrt(v), >= 1
-    while True:
-        y = torch.bitwise_right_shift(x + torch.div(v, x, rounding_mode="floor"), 1)
-        done = y >= x
-        if bool(done.all()):
-            return torch.where(v0 == 0, torch.zeros_like(x), x)
-        x = torch.where(done, x, y)
+    """floor(sqrt(v)) for int64 0 <= v < 2^62: the float64 square root, floored, then one integer
+    correction each way. Exact: fl(sqrt(fl(v))) is within sqrt(v) * 2^-52 < 2^-21 of sqrt(v), so its
+    floor is isqrt(v) or one off, and r*r, (r+1)^2 < 2^63. The hardware's integer Newton iterations
+    (I-BERT Alg. 4) give the same integer; this form has no data-dependent loop (no host sync on a GPU)."""
+    v = v.to(torch.int64)
+    r = torch.sqrt(v.to(torch.float64)).floor().to(torch.int64)
+    r = r - (r * r > v).to(torch.int64)
+    return r + ((r + 1) * (r + 1) <= v).to(torch.int64)
 
 
 def ln_eps_table(scale: float, n: int, eps: float) -> list[int]:
@@ -572,18 +573,28 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
         eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64)
         ckernels.lib().qm_layernorm_int(q.data_ptr(), q.numel() // n, n, eps_k.data_ptr(), out.data_ptr())
         return out, math.sqrt(n) / 2.0**LN_OUT_BITS
+    eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=q.device)
     x = _check_int("q", q)
+    run = cudafused.compiled(_layernorm_int_rows) if cudafused.enabled(q) and q.numel() else _layernorm_int_rows
+    return run(x, eps_k), math.sqrt(n) / 2.0**LN_OUT_BITS
+
+
+def _layernorm_int_rows(x: torch.Tensor, eps_k: torch.Tensor) -> torch.Tensor:
+    """layernorm_int's row pipeline: x int64 [..., n], eps_k int64 [19] (:func:`ln_eps_table`) -> int32
+    (integer ops and one exactly corrected float64 square root: compiled as is on CUDA)."""
+    n = x.shape[-1]
     mean = torch.div(x.sum(dim=-1, keepdim=True), n, rounding_mode="floor")
     y = x - mean  # |y| < 2^32
     amax = y.abs().amax(dim=-1, keepdim=True)
-    k = (bit_length(amax) - LN_VAR_BITS).clamp_(0, 18)  # #{j < 18: amax >= 2^(15+j)}
+    k = torch.zeros_like(amax)  # #{j < 18: amax >= 2^(15+j)}: the row's leading-zero count
+    for j in range(18):
+        k = k + (amax >= 2 ** (LN_VAR_BITS + j)).to(torch.int64)
     y_k = torch.bitwise_right_shift(y, k)
-    eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=x.device)[k]
-    var = (y_k * y_k).sum(dim=-1, keepdim=True) + eps_k  # < 2^51
+    var = (y_k * y_k).sum(dim=-1, keepdim=True) + eps_k[k]  # < 2^51
     std = isqrt(var.clamp(min=1))
     factor = torch.div(torch.full_like(std, 2**LN_FACTOR_BITS), std, rounding_mode="floor")
     out = torch.bitwise_right_shift(y_k * factor, LN_FACTOR_BITS - LN_OUT_BITS)
-    return out.to(torch.int32), math.sqrt(n) / 2.0**LN_OUT_BITS
+    return out.to(torch.int32)
 
 
 def gelu_constants(s_w: float) -> tuple[int, int, int, float]:
@@ -607,6 +618,8 @@ def gelu_int(q: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
         out = torch.empty(q.shape, dtype=torch.int32)
         ckernels.lib().qm_gelu_int(q32.data_ptr(), q32.numel(), k, 2**SAT_BITS, q_bb, q_one, t, out.data_ptr())
         return out, out_scale
+    if cudafused.enabled(q) and q.numel():  # one compiled kernel, the same integer ops
+        return cudafused.compiled(_gelu_int_block)(q, k, q_bb, q_one, t), out_scale
     # elementwise: cache-sized blocks give the same integers
     return _flat_chunked(lambda b: _gelu_int_block(b, k, q_bb, q_one, t), q, torch.int32), out_scale
 
@@ -666,6 +679,14 @@ def _mul_round_q16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.mul_(b).mul_(2.0**-GATE_FRAC_BITS).round_().clamp_(INT32_MIN, INT32_MAX)
 
 
+def _madd_finish(a: torch.Tensor, f: torch.Tensor, r: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``_finish(sat32(_mul_round_q16(a, f) + r))`` of float64 integers, out of place (broadcasting a,
+    f and r): the modulate / gated-add tail as one kernel where it is compiled."""
+    p = (a * f * 2.0**-GATE_FRAC_BITS).round().clamp(INT32_MIN, INT32_MAX)
+    acc = (p + r).clamp(INT32_MIN, INT32_MAX)
+    return (acc * 2.0**-GUARD_BITS).round().clamp(qmin, qmax).to(torch.int32)
+
+
 def _finish(acc: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """clamp(round_half_even(acc / 2^8)) of float64 integers |acc| <= 2^31: exact (acc / 2^8 is)."""
     return acc.mul_(2.0**-GUARD_BITS).round_().clamp_(qmin, qmax).to(torch.int32)
@@ -702,6 +723,8 @@ def modulate_int(
     if out is not None:
         return out
     x_t = _at(q_x, s_x, s_t)
+    if cudafused.enabled(x_t) and x_t.numel():  # the steps below in one compiled kernel
+        return cudafused.compiled(_madd_finish)(x_t, m, r, qmin, qmax)
     if x_t.shape != torch.broadcast_shapes(x_t.shape, m.shape):
         x_t = x_t.expand(torch.broadcast_shapes(x_t.shape, m.shape)).clone()
     p = _mul_round_q16(x_t, m)
@@ -752,6 +775,8 @@ def gated_add_int(
     if out is not None:
         return out
     y_t = _at(q_y, s_y, s_t)
+    if cudafused.enabled(y_t) and y_t.numel():  # the steps below in one compiled kernel
+        return cudafused.compiled(_madd_finish)(y_t, g, _at(q_x, s_x, s_t), qmin, qmax)
     shape = torch.broadcast_shapes(y_t.shape, g.shape, q_x.shape)
     if y_t.shape != shape:
         y_t = y_t.expand(shape).clone()

@@ -277,3 +277,25 @@ def test_point_key_ignores_trained():
     # quality does depend on the trained model: its key changes only when one is named
     assert content_hash(workload_identity(w, for_quality=True)) == content_hash(legacy)
     assert workload_identity(trained, for_quality=True)["trained"] == "shapes.trained"
+
+
+# ---- --device of the quantization commands: checked before the model is built -----------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "--out", "s.safetensors"],
+        ["quantize", "--recipe", "asq-w8a8", "--out", "a.safetensors"],
+        ["quality", "--recipes", "asq", "--bits", "w8a8"],
+        ["verify", "--recipe", "asq-w8a8"],
+    ],
+)
+def test_quantization_commands_refuse_a_device_they_cannot_use(capsys, tmp_path, monkeypatch, argv):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, argv[0], "--workload", "stdit-tiny", *argv[1:], "--device", "tpu", field="device")
+    assert "cpu or cuda" in line
+    if not torch.cuda.is_available():
+        line = refused(capsys, argv[0], "--workload", "stdit-tiny", *argv[1:], "--device", "cuda", field="device")
+        assert "no CUDA device" in line
+    assert files_under(tmp_path) == []

@@ -123,3 +123,50 @@ def test_column_format_scales():
     assert _cell(7.483e10, column_format("storage_bytes")[1]) == "74.83"
     assert _cell(1.2e9, column_format("hw.clock.freq_hz")[1]) == "1.2"
     assert _cell(True, 1.0) == "yes" and _cell(float("nan"), 1.0) == "–"
+
+
+def _quality_rows(clip_db: dict[str, list[float]], hw_points: int = 2) -> pd.DataFrame:
+    """Points of a sweep with a quality axis: each recipe's per-clip SQNRs on the same 4 float clips."""
+    sig = np.array([4.0e4, 1.5e3, 2.2e4, 9.0e3])
+    rows = []
+    for recipe, dbs in clip_db.items():
+        err = sig * 10 ** (-np.asarray(dbs) / 10)
+        bits = recipe.rsplit("-", 1)[1]
+        for hw in range(hw_points):
+            rows.append(
+                {
+                    "recipe": recipe,
+                    "w_bits": int(bits[1]),
+                    "a_bits": int(bits[3]),
+                    "num_weight_sets": 1,
+                    "storage_bytes": 1e9,
+                    "hw_key": f"hw{hw}",
+                    "quality_workload": "stdit-shapes",
+                    "q.sqnr_db": float(10 * np.log10(sig.sum() / err.sum())),
+                    "q.num_weight_sets": 1,
+                    "q.clip_signal_energy": ",".join(repr(float(v)) for v in sig),
+                    "q.clip_error_energy": ",".join(repr(float(v)) for v in err),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_quality_column_carries_its_interval_over_clips():
+    from codesign.report import _quality_section, clip_intervals
+
+    ok = _quality_rows(
+        {"asq-w8a8": [25, 27, 29, 31], "tsq-tsw-w8a8": [30, 30, 30, 30], "dynamic-w8a8": [31, 29, 33, 32]}
+    )
+    per = ok.groupby("recipe", sort=False).first().reset_index()
+    ci = clip_intervals(per).set_index("recipe")
+    np.testing.assert_allclose(ci.loc[per["recipe"], "sqnr_clips_db"], per["q.sqnr_db"], rtol=1e-12)
+    assert ci.loc["tsq-tsw-w8a8", "sqnr_interval"] == "[30.0, 30.0]"  # every clip at 30 dB: no width
+    assert (ci["clips"] == 4).all()
+    md = "\n".join(_quality_section(ok, ("q.sqnr_db", "max")))
+    assert "| SQNR 95 % over clips (dB) | clips |" in md
+    assert "bootstrap over the 4 clips" in md and "calibration's own luck is not in them" in md
+    assert "of 2 neighbouring pairs are told apart" in md
+    # rows stored before the per-clip values were: the table says so instead of inventing an interval
+    old = ok.drop(columns=["q.clip_signal_energy", "q.clip_error_energy"])
+    md_old = "\n".join(_quality_section(old, ("q.sqnr_db", "max")))
+    assert "95 % over clips" not in md_old and "no per-clip values" in md_old

@@ -190,13 +190,22 @@ def test_unreachable_scheduler_exit_2(tmp_path):
 def test_quality_once_per_recipe_joined_on_every_point(tmp_path):
     data = yaml.safe_load(TINY.read_text())
     data["recipes"] = ["dynamic-w8a8"]  # no calibration needed: keeps the test quick
-    data["quality"] = {"workload": "stdit-tiny", "options": {"num_samples": 1, "backend": "fakequant"}}
+    data["quality"] = {"workload": "stdit-tiny", "options": {"num_samples": 2, "backend": "fakequant"}}
     data["hardware"]["axes"] = {"mac.rows": [16, 32]}
     spec = spec_from_dict(data)
     summary = run_sweep(spec, tmp_path / "q", jobs=1, progress=False)
     assert summary.quality_computed == 1 and summary.computed_points == 2
     df = load_results(tmp_path / "q")
     assert df["q.sqnr_db"].nunique() == 1 and np.isfinite(df["q.sqnr_db"]).all()
+    # the per-clip energies are stored, and their sums give the stored SQNR back
+    sig = np.array(df["q.clip_signal_energy"].iloc[0].split(","), dtype=float)
+    err = np.array(df["q.clip_error_energy"].iloc[0].split(","), dtype=float)
+    assert len(sig) == len(err) == 2 and (err > 0).all()
+    assert 10 * np.log10(sig.sum() / err.sum()) == pytest.approx(df["q.sqnr_db"].iloc[0], abs=1e-9)
+    from codesign.report import write_report
+
+    md = write_report(tmp_path / "q", tmp_path / "rep").read_text()
+    assert "SQNR 95 % over clips (dB)" in md and "bootstrap over the 2 clips" in md
     assert (df["q.num_weight_sets"] == 1).all()
     again = run_sweep(spec, tmp_path / "q", jobs=1, progress=False)
     assert again.quality_computed == 0 and again.computed_points == 0

@@ -132,8 +132,9 @@ def wrong_bias() -> Iterator[None]:
     """The int32 bias one LSB high on every channel of every layer."""
     orig = artifact._quantize_linear
 
-    def biased(tensors, pre, *args, **kw):
-        orig(tensors, pre, *args, **kw)
+    def biased(tensors, pres, *args, **kw):
+        orig(tensors, pres, *args, **kw)
+        pre = pres[1]  # (weight-set prefix, scale-set prefix): the int32 bias belongs to the scale set
         if pre + "bias_q" in tensors:
             tensors[pre + "bias_q"] = tensors[pre + "bias_q"] + 1
 

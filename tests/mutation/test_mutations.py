@@ -19,6 +19,7 @@ _spec.loader.exec_module(mut)
         ("half away from zero in activation quantization", "ties"),
         ("dropped fp16 rounding in GELU", "fp16 kernels"),
         ("zero point one code off", "constants"),
+        ("int32 bias off by one", "constants"),  # its patch follows _quantize_linear's signature
     ],
 )
 def test_planted_bug_fails_verify(bug, check):

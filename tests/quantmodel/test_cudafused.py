@@ -69,6 +69,34 @@ def test_fused_activation_quantization_equals_the_act_quantizer(dtype):
         assert got.dtype == want.dtype and torch.equal(got, want)
 
 
+def test_int_vector_kernels_compiled_give_the_eager_integers():
+    """The int-mode kernels that run compiled on CUDA (softmax, LayerNorm, GELU, the modulate / gated
+    add tail), compiled here by Inductor's CPU backend, equal their eager form: no reassociation, the
+    same floor divisions and shifts (saturated rows, all-zero rows and int32 extremes included)."""
+    from quantmodel.intarith import intops as io
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-(2**20), 2**20, (37, 300), generator=g, dtype=torch.int32)
+    q[0], q[1], q[2, ::2] = 0, 2**31 - 1, -(2**31)
+    for scale in (1e-3, 0.6):
+        k = io.working_shift(scale)
+        c = (k, *io.exp_constants(scale * 2.0**k), 7)
+        assert torch.equal(cudafused.compiled(io._softmax_int_rows)(q, *c), io._softmax_int_rows(q, *c))
+        eps = torch.tensor(io.ln_eps_table(scale, 300, 1e-6))
+        x = q.to(torch.int64)
+        assert torch.equal(cudafused.compiled(io._layernorm_int_rows)(x, eps), io._layernorm_int_rows(x, eps))
+        qb, qo, t, _ = io.gelu_constants(scale * 2.0**k)
+        assert torch.equal(cudafused.compiled(io._gelu_int_block)(q, k, qb, qo, t), io._gelu_int_block(q, k, qb, qo, t))
+    a = torch.randint(-(2**31), 2**31, (4, 50, 300), generator=g).double()
+    f = torch.randint(-(2**31), 2**31, (4, 1, 300), generator=g).double()
+    r = torch.randint(-(2**31), 2**31, (4, 1, 300), generator=g).double()
+    a[0, 0, :4] = torch.tensor([2.0**15, -(2.0**15), 3 * 2.0**15, 2.0**31 - 1])  # ties of the Q16 rounding
+    f[0, 0, :4] = 1.0
+    want = io._finish(io._sat32(io._mul_round_q16(a.clone(), f) + r), -127, 127)
+    assert torch.equal(io._madd_finish(a, f, r, -127, 127), want)
+    assert torch.equal(cudafused.compiled(io._madd_finish)(a, f, r, -127, 127), want)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_compiled_cuda_kernels_equal_the_cpu(monkeypatch):
     monkeypatch.setenv("QUANTMODEL_CUDA_FUSED", "1")

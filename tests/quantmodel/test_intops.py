@@ -127,6 +127,11 @@ def test_isqrt_exact():
     )
     r = io.isqrt(v)
     assert ((r * r <= v) & ((r + 1) * (r + 1) > v)).all()
+    # past float64's 53 bits: squares and their neighbours up to 2^62, where fl(v) and the float
+    # square root round (the integer corrections must undo it)
+    big = [n * n + d for n in (2**27 + 3, 2**30 - 1, 2**31 - 1, 3037000499 // 2) for d in (-1, 0, 1)] + [2**62 - 1]
+    rb = io.isqrt(torch.tensor(big))
+    assert rb.tolist() == [math.isqrt(b) for b in big]
     assert torch.equal(r.double(), ref.isqrt(v.double()))
 
 

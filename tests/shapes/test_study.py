@@ -85,6 +85,50 @@ def test_recipe_intervals_bracket_the_estimate_and_are_reproducible():
     assert acc["estimate"] == pytest.approx(2 / 3, abs=0.05) and acc["seed_min"] <= acc["seed_max"]
 
 
+def test_clip_sqnr_intervals_one_seed():
+    """The sweep's interval: over the clips of one calibration, paired between rows."""
+    rng = np.random.default_rng(3)
+    sig = np.tile(rng.uniform(1e3, 5e4, 4), (3, 1))  # [3 recipes, 4 clips], the same float clips
+    err = sig * np.array([[1e-3], [1e-2], [1e-2]])  # rows 0, 1: every clip at 30 / 20 dB exactly
+    err[2] *= rng.uniform(0.5, 2.0, 4)  # row 2: clips of different quality
+    est, lo, hi = intervals.clip_sqnr_intervals(sig, err)
+    np.testing.assert_allclose(est, 10 * np.log10(sig.sum(1) / err.sum(1)), rtol=1e-12)
+    np.testing.assert_allclose([est[0], lo[0], hi[0]], [30.0, 30.0, 30.0], atol=1e-9)  # no spread, no width
+    assert lo[2] < est[2] < hi[2]
+    again = intervals.clip_sqnr_intervals(sig, err)
+    assert all(np.array_equal(x, y) for x, y in zip((est, lo, hi), again))  # seeded: bit for bit
+    d = intervals.clip_sqnr_difference(sig[:2], err[:2])
+    assert d["estimate"] == pytest.approx(10.0, abs=1e-9) and d["lo"] == pytest.approx(10.0, abs=1e-9)
+    assert d["excludes_zero"]
+    assert not intervals.clip_sqnr_difference(sig[[2, 2]], err[[2, 2]])["excludes_zero"]
+    with pytest.raises(ValueError, match="recipes, clips"):
+        intervals.clip_sqnr_intervals(sig[0], err[0])
+
+
+def test_summary_tables_are_the_files_figures():
+    """The at-a-glance tables (README, closing note) print what recipe_intervals and paired_difference
+    compute from the files, scheme by bit width, with the float model's floors."""
+    clips = _clips({"fp16": 0.0, "asq-w8a8": 1.0, "tsq-tsw-w8a8": 0.1})
+    clips.loc[clips["recipe"] == "fp16", "psnr_db"] = np.inf  # the float model: no SQNR row
+    rows = pd.DataFrame(
+        [
+            dict(recipe=r, seed=s, fd=fd + s, num_weight_sets=k, acc_mean=0.9)
+            for r, fd, k in (("fp16", 100.0, 0), ("asq-w8a8", 120.0, 1), ("tsq-tsw-w8a8", 110.0, 25))
+            for s in (0, 1, 2)
+        ]
+    )
+    md = study.summary_tables(rows, clips)
+    ci = intervals.recipe_intervals(clips).set_index(["recipe", "metric"])
+    asq = ci.loc[("asq-w8a8", "sqnr_db")]
+    assert f"| ASQ | {asq['estimate']:.1f} [{asq['lo']:.1f}, {asq['hi']:.1f}] | 1 |" in md
+    assert "| TSQ+TSW (per-step scales and weights) |" in md and "| 25 |" in md
+    assert "| naive static |" not in md  # schemes the files lack are left out
+    d = intervals.paired_difference(clips, "tsq-tsw-w8a8", "asq-w8a8", "sqnr_db")
+    assert d["estimate"] == pytest.approx(10.0, abs=1e-9)
+    assert "| tsq-tsw - asq (TSQ+TSW over ASQ) | +10.00 [+10.00, +10.00]* |" in md
+    assert "noise floor 2;" in md and "| ASQ | 121 [120, 122] |" in md  # FD: mean [min, max] over seeds
+
+
 def test_subset_resolution_orders_separated_recipes_and_sees_spread():
     # b's error is 10x a's on every clip: every subset orders them, and the estimate on any subset
     # differs from the whole set's only by the clips' own spread (here at most a few dB)
@@ -112,3 +156,17 @@ def test_study_resumes_and_drops_unfinished_clip_rows(tmp_path):
     assert rows2.iloc[:4].equals(rows)  # nothing already done was recomputed
     md = study.tables(rows2, clips2)
     assert "| asq - static | W8A8 |" in md and "Noise floor" in md
+
+
+def test_readme_and_results_doc_print_the_shipped_files():
+    """README's quantization tables and docs/quant_results.md's are the generators' output on the
+    shipped result files, so a rerun of the study cannot leave a retyped figure behind."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = root / "results" / "quant_comparison.csv"
+    rows, clips = pd.read_csv(out), pd.read_csv(study.clips_path(out))
+    assert study.summary_tables(rows, clips) in (root / "README.md").read_text()
+    doc = (root / "docs" / "quant_results.md").read_text().splitlines()
+    missing = [ln for ln in study.tables(rows, clips).splitlines() if ln.strip() and ln not in doc]
+    assert not missing, f"docs/quant_results.md lacks {missing[:3]} (python -m shapes.study --tables)"
