@@ -19,9 +19,11 @@ to 16 bits) are computed per forward, in one C call per op (``qm_mod_operands``)
 
 Scales taken on line: dynamic recipes in ``int`` mode quantize every integer kernel's input at the
 scale of its own abs-max, so those scales (and the kernel constants derived from them) exist only when
-the program runs. Each is a :class:`Cell`: the step that measures the range (a C pass, ``qm_absmax`` /
-``qm_mod_absmax`` / ``qm_gated_absmax``, the same float values the eager path builds to take its max)
-sets it, and the steps that read it derive their constants from it at run time.
+the program runs. Each is a :class:`Cell`: the step that measures the range (a C pass, ``qm_dyn_act_quant``,
+which also writes the codes, ``qm_mod_absmax`` / ``qm_gated_absmax_p``: the same float values the eager path
+builds to take its max) sets it, and the steps that read it derive their constants from it at run time, in C
+where that saves a Python step (``qm_fix_madd_r``, ``qm_ln_eps_table``). On the ``ckernel`` GEMM path a
+dynamic linear layer is one C call (``qm_dyn_linear_s8``: quantize, GEMM, rescale).
 
 Scope: CPU with the C kernels, not verifying; every recipe in both vector-unit modes: static and dynamic,
 symmetric or with zero points (static per tensor, dynamic per token), with or without smoothing /
@@ -94,7 +96,8 @@ class _Builder:
     def call(self, fn, *args, **kwargs) -> None:
         self.steps.append(functools.partial(fn, *args, **kwargs))
         owner = getattr(fn, "__self__", None)  # a tensor method (copy_) writes its tensor
-        self.touches.append((*args, *kwargs.values(), *((owner,) if isinstance(owner, torch.Tensor) else ())))
+        bound = (*fn.args, *fn.keywords.values()) if isinstance(fn, functools.partial) else ()  # pointers bound earlier
+        self.touches.append((*bound, *args, *kwargs.values(), *((owner,) if isinstance(owner, torch.Tensor) else ())))
 
     def py(self, fn, *tensors: torch.Tensor) -> None:
         """A Python step that reads or writes (only) ``tensors``."""
@@ -204,6 +207,39 @@ class ProgramOps:
         self.dyn_int = not emu.static and emu.mode == "int"  # every int-mode scale taken on line
 
     # ---- pieces ---------------------------------------------------------------------------------------
+    def c_gemm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> tuple | None:
+        """(packed w, int16 scratch for a) when the GEMM path chosen for a [M, K] by w [K, N] is the C kernel
+        (bound per program: w packed once, a's int16 copy in a program buffer), else None."""
+        m, k = a.shape
+        n = w.shape[1]
+        if gemmpaths.choose(m, k, n) != "ckernel" or not (a.is_contiguous() and out.is_contiguous()) or 0 in (m, k, n):
+            return None
+        bp = self.b.const(gemmpaths._packed(w, self.dll))
+        return bp, self.b.buf(self.dll.qm_gemm_pack_a_size(m, k), torch.int16)
+
+    def mm(self, a: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+        """gemmpaths.mm(a, w, out=out) of int8 a [M, K] by w [K, N]: on the C kernel path its call bound here
+        (:meth:`c_gemm`), the same kernel without the per-call dispatch; a path forced at run time
+        (gemmpaths.forced) still wins."""
+        bound = self.c_gemm(a, w, out)
+        if bound is None:
+            self.b.call(gemmpaths.mm, a, w, out=out)
+            return
+        bp, ap = bound
+        m, k = a.shape
+        gemm = functools.partial(
+            self.dll.qm_gemm_s8, a.data_ptr(), m, k, bp.data_ptr(), w.shape[1], out.data_ptr(), ap.data_ptr()
+        )
+        forced, mm = gemmpaths._FORCED, gemmpaths.mm
+
+        def step():
+            if forced[0] is None:
+                gemm()
+            else:
+                mm(a, w, out=out)
+
+        self.b.py(step, a, out, ap)
+
     def lp(self, name: str):
         """A static layer's prepared parameters (int8 codes, symmetric or with a zero point; fast prepared
         GEMM), else out of scope."""
@@ -262,20 +298,46 @@ class ProgramOps:
                 emu.linear(name, x.clone())
                 raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
 
-        bld.py(step, x, q, s_row)
-        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
-        bld.call(
-            self.dll.qm_dyn_rescale,
-            acc.data_ptr(),
-            rows,
-            n,
-            s_row.data_ptr(),
-            bld.const(p.w_scale.contiguous()).data_ptr(),
-            bld.const(p.bias.contiguous()).data_ptr(),
-            out.data_ptr(),
-            int(fp16),
+        w_t = bld.const(p.w_t.contiguous())
+        w_s, bias = bld.const(p.w_scale.contiguous()), bld.const(p.bias.contiguous())
+        rescale = functools.partial(
+            self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(), w_s.data_ptr(), bias.data_ptr()
         )
+        bound = self.c_gemm(q.view(rows, k), w_t, acc)
+        if bound is not None:  # quantize, GEMM and rescale in one C call (what the steps below do)
+            fused = functools.partial(
+                self.dll.qm_dyn_linear_s8,
+                *quant.args,
+                bound[0].data_ptr(),
+                n,
+                acc.data_ptr(),
+                bound[1].data_ptr(),
+                w_s.data_ptr(),
+                bias.data_ptr(),
+                out.data_ptr(),
+                int(fp16),
+            )
+            rs = functools.partial(rescale, out.data_ptr(), int(fp16))
+            self.fused_linear(fused, step, q.view(rows, k), w_t, acc, rs, x, q, s_row, acc, out, bound[1])
+            return out
+        bld.py(step, x, q, s_row)
+        self.mm(q.view(rows, k), w_t, acc)
+        bld.call(rescale.func, *rescale.args, out.data_ptr(), int(fp16))  # every pointer seen by the planner
         return out
+
+    def fused_linear(self, fused, quant_step, q, w, acc, rescale, *touched: torch.Tensor) -> None:
+        """One step running a dynamic linear's fused C call; with a GEMM path forced at run time, or on a
+        non-finite input, the separate steps instead (the quantizer's step reports the input)."""
+        forced, mm = gemmpaths._FORCED, gemmpaths.mm
+
+        def step():
+            if forced[0] is None and not fused():
+                return
+            quant_step()
+            mm(q, w, out=acc)
+            rescale()
+
+        self.b.py(step, *touched)
 
     def dyn_smooth(self, p, x: torch.Tensor) -> torch.Tensor:
         """The explicit channel-balancing multiply of :meth:`IntegerEmulator.linear`'s dynamic branch:
@@ -324,21 +386,30 @@ class ProgramOps:
                 rq, rs, rz = fixedpoint.dynamic_zero_points(x.reshape(rows, k).float(), emu.a_bits)
                 q.copy_(rq), s_row.copy_(rs), z.copy_(rz)
 
-        bld.py(step, x, q, s_row, z)
-        bld.call(gemmpaths.mm, q, bld.const(p.w_t.contiguous()), out=acc)
-        bld.call(
-            self.dll.qm_dyn_rescale_zp,
-            acc.data_ptr(),
-            rows,
-            n,
-            s_row.data_ptr(),
-            z.data_ptr(),
-            bld.const(p.colsum.contiguous()).data_ptr(),
-            bld.const(p.w_scale.contiguous()).data_ptr(),
-            bld.const(p.bias.contiguous()).data_ptr(),
-            out.data_ptr(),
-            int(fp16),
+        w_t = bld.const(p.w_t.contiguous())
+        consts = [bld.const(t.contiguous()).data_ptr() for t in (p.colsum, p.w_scale, p.bias)]
+        rescale = functools.partial(
+            self.dll.qm_dyn_rescale_zp, acc.data_ptr(), rows, n, s_row.data_ptr(), z.data_ptr(), *consts
         )
+        bound = self.c_gemm(q.view(rows, k), w_t, acc)
+        if bound is not None:  # quantize, GEMM and rescale in one C call (what the steps below do)
+            fused = functools.partial(
+                self.dll.qm_dyn_linear_zp_s8,
+                *quant.args,
+                bound[0].data_ptr(),
+                n,
+                acc.data_ptr(),
+                bound[1].data_ptr(),
+                *consts,
+                out.data_ptr(),
+                int(fp16),
+            )
+            rs = functools.partial(rescale, out.data_ptr(), int(fp16))
+            self.fused_linear(fused, step, q.view(rows, k), w_t, acc, rs, x, q, s_row, z, acc, out, bound[1])
+            return out
+        bld.py(step, x, q, s_row, z)
+        self.mm(q.view(rows, k), w_t, acc)
+        bld.call(rescale.func, *rescale.args, out.data_ptr(), int(fp16))  # every pointer seen by the planner
         return out
 
     def layer(self, name: str, v, out_dtype: torch.dtype | None = None):
@@ -416,7 +487,7 @@ class ProgramOps:
         esize = out.element_size()
         for off, wb, args, _kind, _ in g._plan(rows):
             acc = self.b.buf((rows, wb.shape[1]), torch.int32)
-            self.b.call(gemmpaths.mm, x2, wb, out=acc)
+            self.mm(x2, wb, acc)
             self.b.call(
                 self.dll.qm_requant,
                 acc.data_ptr(),
@@ -712,21 +783,47 @@ class ProgramOps:
         scales float32 [..., R]); a non-finite value raises the eager path's error."""
         bld, k = self.b, t.shape[-1]
         x = bld.buf(t.shape, t.dtype)
-        bld.call(x.copy_, t)  # contiguous rows
         rows = x.numel() // k
         q8, s = bld.buf(t.shape, torch.int8), bld.buf(t.shape[:-1], torch.float32)
+        qf = bld.buf(t.shape, torch.float32)
+        bits = self.emu.a_bits
+
+        def fail():  # a non-finite value: the eager definition raises
+            fixedpoint.symmetric_scale(x.float().abs().amax(dim=-1).double(), bits)
+            raise RuntimeError("emuprogram: non-finite attention operand not reported")
+
+        if 3 <= t.dim() <= 4 and t.dtype in ckernels.IN_KIND_FLOAT:  # one C call: gather, codes, float codes
+            t4 = t if t.dim() == 4 else t.unsqueeze(0)
+            dyn = functools.partial(
+                self.dll.qm_dyn_rows,
+                t.data_ptr(),
+                ckernels.IN_KIND_FLOAT[t.dtype],
+                *t4.shape[:3],
+                k,
+                *t4.stride(),
+                self.emu.qa,
+                x.data_ptr(),
+                q8.data_ptr(),
+                qf.data_ptr(),
+                s.data_ptr(),
+            )
+
+            def step():
+                if dyn():
+                    fail()
+
+            bld.py(step, t, x, q8, qf, s)
+            return qf, s
+        bld.call(x.copy_, t)  # contiguous rows
         quant = functools.partial(
             self.dll.qm_dyn_quant, x.data_ptr(), ckernels.IN_KIND_FLOAT[x.dtype], rows, k, self.emu.qa, q8.data_ptr()
         )
-        bits = self.emu.a_bits
 
         def step():
-            if quant(s.data_ptr()):  # a non-finite value: the eager definition raises
-                fixedpoint.symmetric_scale(x.float().abs().amax(dim=-1).double(), bits)
-                raise RuntimeError("emuprogram: non-finite attention operand not reported")
+            if quant(s.data_ptr()):
+                fail()
 
         bld.py(step, x, q8, s)
-        qf = bld.buf(t.shape, torch.float32)
         bld.call(qf.copy_, q8)
         return qf, s
 
@@ -745,6 +842,12 @@ class ProgramOps:
             bld.call(y.copy_, acc)  # acc.float()
         else:  # every partial sum below 2**24: the float32 product is the integer one
             bld.call(torch.matmul, qa_, qb_.transpose(-2, -1), out=y)
+        m, n = y.shape[-2], y.shape[-1]
+        if sa.shape[:-1] == sb.shape[:-1] == y.shape[:-2]:  # (y * s_a) * s_b in one C loop, the same two products
+            bld.call(
+                self.dll.qm_scale_rows_cols, y.data_ptr(), y.numel() // (m * n), m, n, sa.data_ptr(), sb.data_ptr()
+            )
+            return y
         bld.call(torch.mul, y, sa.unsqueeze(-1), out=y)
         bld.call(torch.mul, y, sb.unsqueeze(-2), out=y)
         return y
@@ -879,9 +982,16 @@ class ProgramOps:
                 out.data_ptr(),
             )
 
-            def step():  # as fixedpoint.dequantize: the C product only for a float32 scale and small codes
-                if not fixedpoint._is_f32(scale.v) or deq(qp, kind, n, scale.v, op, 0):
-                    out.copy_(fixedpoint.dequantize(q, scale.v))
+            deq64, is32, is_f32 = self.dll.qm_dequant_f64, q.dtype == torch.int32, fixedpoint._is_f32
+
+            def step():  # as fixedpoint.dequantize: the float32 C product for a float32 scale and small codes,
+                s = scale.v  # else its definition fp32(fl64(q) * s) (in C for int32 codes and a finite scale)
+                if is_f32(s) and not deq(qp, kind, n, s, op, 0):
+                    return
+                if is32 and math.isfinite(s):
+                    deq64(qp, n, s, op)
+                else:
+                    out.copy_(fixedpoint.dequantize(q, s))
 
             self.b.py(step, q, out)
             return out
@@ -1028,15 +1138,21 @@ class ProgramOps:
             out.data_ptr(),
         )
         qmax, headroom, absmax = float(2 ** (bits - 1) - 1), self.res_headroom, self.dll.qm_absmax
+        fused = functools.partial(self.dll.qm_dyn_act_quant, xp, kind, n, float(headroom), 2 ** (bits - 1) - 1, op)
+        s_c = self.b.buf(1, torch.float64)
+        s_view, sp = s_c.numpy(), s_c.data_ptr()
 
         def step():
+            if not fused(sp):  # range, scale, reciprocal and codes in one C call
+                cell.v = float(s_view[0])
+                return
             a = absmax(xp, kind, n)
             if a < 0:  # a value is not finite: torch's max (NaN included), as eager
                 a = float(x.abs().max())
             cell.v = s = datapath.range_scale(a * headroom, bits)
             act(xp, kind, n, fixedpoint.act_reciprocal(s), qmax, op, ckernels.OUT_KIND[torch.int32], None, 0)
 
-        self.b.py(step, x, out)
+        self.b.py(step, x, out, s_c)
         return out, cell
 
     def int_softmax_dyn(self, q: torch.Tensor, s_q: Cell, attn_scale: float) -> torch.Tensor:
@@ -1070,10 +1186,16 @@ class ProgramOps:
         """:meth:`fix_madd` with ``real_a`` / ``real_b`` functions of the run-time scales."""
         out, ws = self.b.buf(qa_.shape, torch.int32), self.b.buf(2 * qa_.shape[2], torch.float64)
         fm = self.dll.qm_fix_madd
+        b_, n_, c = qa_.shape
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        fm_r = functools.partial(self.dll.qm_fix_madd_r, qa_.data_ptr())
+        tail = (ptr(r_bc), b_, n_, c, float(qmin), float(qmax), out.data_ptr(), ws.data_ptr())
+        fp, qbp = f.data_ptr(), ptr(qb)
 
-        def step():
-            rb = real_b() if qb is not None else 0.0
-            fm(*intops.fix_madd_args(qa_, real_a(), f, qb, rb, r_bc, qmin, qmax, out, ws))
+        def step():  # the constants derived in C (intops.fix_madd_args' values); Python for a refused factor
+            ra, rb = real_a(), real_b() if qb is not None else 0.0
+            if fm_r(ra, fp, qbp, rb, *tail):
+                fm(*intops.fix_madd_args(qa_, ra, f, qb, rb, r_bc, qmin, qmax, out, ws))
 
         self.b.py(step, *(t for t in (qa_, f, qb, r_bc, out, ws) if t is not None))
         return out
@@ -1102,9 +1224,11 @@ class ProgramOps:
         eps = emu.mods[norm].eps
         eps_k, ln = bld.buf(19, torch.int64), bld.buf(x.q.shape, torch.int32)
         lnk, xp, ep, lp = self.dll.qm_layernorm_int, x.q.data_ptr(), eps_k.data_ptr(), ln.data_ptr()
+        eps_table = self.dll.qm_ln_eps_table
 
-        def layernorm():
-            eps_k.copy_(torch.tensor(intops.ln_eps_table(x.scale.v, c, eps), dtype=torch.int64))
+        def layernorm():  # the eps table in C (the same float64 operations); Python where that declines
+            if eps_table(x.scale.v, c, eps, ep):
+                eps_k.copy_(torch.tensor(intops.ln_eps_table(x.scale.v, c, eps), dtype=torch.int64))
             lnk(xp, b_ * n_, c, ep, lp)
 
         bld.py(layernorm, x.q, eps_k, ln)
@@ -1146,17 +1270,26 @@ class ProgramOps:
         one = IntVal(torch.ones(1, dtype=torch.int32), 1.0)
 
         gated_absmax, xp, yp = self.dll.qm_gated_absmax, x.q.data_ptr(), yq.data_ptr()
+        fused = gate is not None and gate.stride(2) == 1  # the gate quantized inside the same C call
+        gq_buf = None
+        if fused:
+            gq_buf, qmax = bld.buf((b_, 1, c), torch.int32), 2 ** (self.param_bits - 1) - 1
+            ga, gp, gs = self.dll.qm_gated_absmax_p, gate.data_ptr(), gate.stride(0) if b_ > 1 else 0
+            gqp = gq_buf.data_ptr()
 
         def out_range():  # one C pass (the torch definition for a non-finite value)
-            g = emu._param_int(gate) if gate is not None else one
-            gq = g.q.contiguous() if gate is not None else None
-            r = gated_absmax(xp, x.scale.v, None if gq is None else gq.data_ptr(), g.scale, yp, s_y.v, b_, n_, c)
+            r = ga(xp, x.scale.v, gp, gs, qmax, gqp, yp, s_y.v, b_, n_, c) if fused else -2.0
+            if r == -2.0:  # unfused, or a gate that is not finite (_param_int then reports it)
+                g = emu._param_int(gate) if gate is not None else one
+                gq = g.q.contiguous() if gate is not None else None
+                r = gated_absmax(xp, x.scale.v, None if gq is None else gq.data_ptr(), g.scale, yp, s_y.v, b_, n_, c)
             if r < 0:
+                g = emu._param_int(gate) if gate is not None else one
                 xf, gf = fixedpoint.dequantize(x.q, x.scale.v), fixedpoint.dequantize(g.q, g.scale)
                 r = float(datapath.gated_sum(xf, gf, fixedpoint.dequantize(yq, s_y.v)).abs().max())
             s_out.v = datapath.range_scale(r * self.res_headroom, self.res_bits)
 
-        bld.py(out_range, *(t for t in (x.q, yq, gate) if t is not None))
+        bld.py(out_range, *(t for t in (x.q, yq, gate, gq_buf) if t is not None))
         g = 2.0**intops.GUARD_BITS
         qr = 2 ** (self.res_bits - 1) - 1
         q = self.fix_madd_dyn(

@@ -445,3 +445,178 @@ def test_range_scale_equals_the_float32_tensor_conversion():
             want = float(torch.tensor(v / q if v > 0 else 1.0, dtype=torch.float32))
             got = datapath.range_scale(v, bits)
             assert got == want or (math.isnan(got) and math.isnan(want)), (v, bits)
+
+
+def test_dynamic_int_helpers_in_c_equal_their_python_definition():
+    """qm_dequant_f64 = fixedpoint.dequantize at a float64-only scale (codes past 2**24); qm_ln_eps_table =
+    intops.ln_eps_table (declining a zero scale square, which Python refuses); qm_gated_absmax_p = the gate's
+    _param_int codes and qm_gated_absmax (-2 for a non-finite gate); qm_dyn_rows = qm_dyn_quant of the
+    contiguous copy of a strided view, codes widened to float32; qm_scale_rows_cols = (y * s_a) * s_b."""
+    from quantmodel.intarith import fixedpoint
+
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(21)
+    q = torch.randint(-(2**30), 2**30, (3, 77), generator=g, dtype=torch.int32)
+    for s in (3.0**0.5 / 2**30, 1.2345e-3, 2.0**-20, 7.1e-41):
+        out = torch.empty(q.shape)
+        dll.qm_dequant_f64(q.data_ptr(), q.numel(), s, out.data_ptr())
+        assert torch.equal(out, fixedpoint.dequantize(q, s)), s
+    for s, n, eps in ((1e-3, 64, 1e-6), (3.7e-9, 384, 1e-5), (2.0**-30, 7, 1e-6), (0.31, 1152, 0.0), (1e7, 64, 1e-6)):
+        t = torch.empty(19, dtype=torch.int64)
+        assert dll.qm_ln_eps_table(s, n, eps, t.data_ptr()) == 0
+        assert t.tolist() == intops.ln_eps_table(s, n, eps), (s, n, eps)
+    assert dll.qm_ln_eps_table(1e-200, 64, 1e-6, t.data_ptr()) == 1
+    emu = IntegerEmulator.__new__(IntegerEmulator)
+    b, n, c = 2, 9, 40
+    x = torch.randint(-(2**23), 2**23, (b, n, c), generator=g, dtype=torch.int32)
+    y = torch.randint(-(2**15), 2**15, (b, n, c), generator=g, dtype=torch.int32)
+    mod = torch.randn(b, 6, c, generator=g)
+    gate = mod[:, 2:3]  # a strided chunk, as the program's
+    gv = emu._param_int(gate)
+    gq = torch.empty(b, 1, c, dtype=torch.int32)
+    qmax = 2 ** (15) - 1
+    got = dll.qm_gated_absmax_p(
+        x.data_ptr(), 1e-3, gate.data_ptr(), gate.stride(0), qmax, gq.data_ptr(), y.data_ptr(), 2e-4, b, n, c
+    )
+    assert torch.equal(gq, gv.q)
+    assert got == dll.qm_gated_absmax(x.data_ptr(), 1e-3, gv.q.data_ptr(), gv.scale, y.data_ptr(), 2e-4, b, n, c)
+    mod[1, 2, 3] = float("inf")
+    assert (
+        dll.qm_gated_absmax_p(
+            x.data_ptr(), 1e-3, gate.data_ptr(), gate.stride(0), qmax, gq.data_ptr(), y.data_ptr(), 2e-4, b, n, c
+        )
+        == -2.0
+    )
+    for dtype, kind in ((torch.float32, 0), (torch.float16, 1)):
+        base = (torch.randn(2, 12, 3 * 4 * 8, generator=g) * 5).to(dtype)
+        for view in (
+            base.view(2, 12, 3, 4, 8)[:, :, 1].transpose(1, 2),
+            base.view(2, 12, 3, 4, 8)[:, :, 2].permute(0, 2, 3, 1),
+        ):
+            rows, k = view.shape[-2], view.shape[-1]
+            xb, q8 = torch.empty(view.shape, dtype=dtype), torch.empty(view.shape, dtype=torch.int8)
+            qf, s = torch.empty(view.shape), torch.empty(view.shape[:-1])
+            args = (view.data_ptr(), kind, *view.shape[:2], rows, k, *view.stride(), 127)
+            assert dll.qm_dyn_rows(*args, xb.data_ptr(), q8.data_ptr(), qf.data_ptr(), s.data_ptr()) == 0
+            want_q, want_s = torch.empty(view.shape, dtype=torch.int8), torch.empty(view.shape[:-1])
+            cont = view.contiguous()
+            assert (
+                dll.qm_dyn_quant(cont.data_ptr(), kind, cont.numel() // k, k, 127, want_q.data_ptr(), want_s.data_ptr())
+                == 0
+            )
+            assert torch.equal(xb, cont) and torch.equal(q8, want_q) and torch.equal(s, want_s)
+            assert torch.equal(qf, want_q.float())
+        base.view(2, 12, 3, 4, 8)[0, 3, 1, 2, 5] = float("nan")
+        view = base.view(2, 12, 3, 4, 8)[:, :, 1].transpose(1, 2)
+        xb, q8, qf, s = xb.view(view.shape), q8.view(view.shape), qf.view(view.shape), torch.empty(view.shape[:-1])
+        args = (view.data_ptr(), kind, *view.shape[:2], view.shape[-2], view.shape[-1], *view.stride(), 127)
+        assert dll.qm_dyn_rows(*args, xb.data_ptr(), q8.data_ptr(), qf.data_ptr(), s.data_ptr()) == 1
+    yv = torch.randn(6, 5, 7, generator=g)
+    sa, sb = torch.rand(6, 5, generator=g), torch.rand(6, 7, generator=g)
+    want = (yv * sa.unsqueeze(-1)) * sb.unsqueeze(-2)
+    dll.qm_scale_rows_cols(yv.data_ptr(), 6, 5, 7, sa.data_ptr(), sb.data_ptr())
+    assert torch.equal(yv, want)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int"])
+def test_program_with_the_bound_c_gemm_equals_eager_and_yields_to_a_forced_path(tiny_workload, mode, monkeypatch):
+    """With the C kernel as the GEMM path (what AVX2-only CPUs calibrate to), the program binds its call per
+    layer: still the eager forward's values, and a path forced at run time is still taken."""
+    from quantmodel.intarith import gemmpaths
+
+    monkeypatch.setenv("QUANTMODEL_GEMM", "ckernel")
+    w = dataclasses.replace(tiny_workload, num_steps=2)
+    model, stats = _setup(w)
+    for recipe in (get_recipe("asq-w8a8"), dataclasses.replace(get_recipe("dynamic-w8a8"), quantize_attention=True)):
+        art = build_artifact(model, recipe, stats if recipe.scheme != "dynamic" else None, 2)
+        fast = _compare(model, art, 2, mode=mode)
+        x, t, y = _inputs(model, torch.Generator().manual_seed(3), 0, 0)
+        want = fast.forward(x, t, y, 0)
+        calls = []
+        real = gemmpaths._mm_float32
+
+        def counted(a, b, out, calls=calls, real=real):
+            calls.append(1)
+            return real(a, b, out)
+
+        monkeypatch.setattr(gemmpaths, "_mm_float32", counted)
+        with gemmpaths.forced("float32"):
+            assert torch.equal(fast.forward(x, t, y, 0), want)
+        monkeypatch.setattr(gemmpaths, "_mm_float32", real)
+        assert len(calls) >= 7 * model.cfg.depth  # every block linear took the forced path
+
+
+def test_fix_madd_with_constants_derived_in_c_equals_the_python_constants():
+    """qm_fix_madd_r (the requantization constants of run-time factors derived in C) = qm_fix_madd with
+    intops.fix_madd_args' constants: factors giving every constant branch (zero, below 2**-32 where the
+    constant is 0, large ones, near ties checked or not), with and without the second operand; factors
+    quantize_multiplier refuses are declined (1, nothing written)."""
+    dll = ckernels.lib()
+    g = torch.Generator().manual_seed(23)
+    b, n, c = 2, 5, 33
+    qa = torch.randint(-(2**24), 2**24, (b, n, c), generator=g, dtype=torch.int32)
+    qb = torch.randint(-(2**24), 2**24, (b, n, c), generator=g, dtype=torch.int32)
+    f = torch.randint(-(2**17), 2**17, (b, 1, c), generator=g).double()
+    r_bc = torch.randint(-(2**20), 2**20, (b, 1, c), generator=g).double()
+    ws = torch.empty(2 * c, dtype=torch.float64)
+    for ra, rb in ((0.37, 0.51), (0.0, 3.1e-7), (2.0**-70, 1.0), (3e9, 0.75), (2.0**-20 * 1.37, 2.0**-40), (1.0, 2.5)):
+        for use_b in (True, False):
+            want, got = torch.empty_like(qa), torch.empty_like(qa)
+            bq, rr = (qb, None) if use_b else (None, r_bc)
+            dll.qm_fix_madd(*intops.fix_madd_args(qa, ra, f, bq, rb, rr, -(2**23), 2**23 - 1, want, ws))
+            assert (
+                dll.qm_fix_madd_r(
+                    qa.data_ptr(),
+                    ra,
+                    f.data_ptr(),
+                    None if bq is None else bq.data_ptr(),
+                    rb,
+                    None if rr is None else rr.data_ptr(),
+                    b,
+                    n,
+                    c,
+                    -(2.0**23),
+                    2.0**23 - 1,
+                    got.data_ptr(),
+                    ws.data_ptr(),
+                )
+                == 0
+            )
+            assert torch.equal(got, want), (ra, rb, use_b)
+    for bad in (-1.0, float("nan"), float("inf")):
+        assert (
+            dll.qm_fix_madd_r(
+                qa.data_ptr(),
+                bad,
+                f.data_ptr(),
+                None,
+                0.0,
+                r_bc.data_ptr(),
+                b,
+                n,
+                c,
+                -1.0,
+                1.0,
+                got.data_ptr(),
+                ws.data_ptr(),
+            )
+            == 1
+        )
+        assert (
+            dll.qm_fix_madd_r(
+                qa.data_ptr(),
+                0.5,
+                f.data_ptr(),
+                qb.data_ptr(),
+                bad,
+                None,
+                b,
+                n,
+                c,
+                -1.0,
+                1.0,
+                got.data_ptr(),
+                ws.data_ptr(),
+            )
+            == 1
+        )

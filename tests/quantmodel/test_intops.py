@@ -423,3 +423,44 @@ def test_compiled_int_kernels_equal_the_torch_ops(scale):
             want = fn(*args)
         got, want = (got[0], want[0]) if isinstance(got, tuple) else (got, want)
         assert got.dtype == want.dtype and torch.equal(got, want), fn.__name__
+
+
+@pytest.mark.skipif(
+    ckernels.lib() is None, reason="C kernels unavailable (no compiler) or disabled (QUANTMODEL_CKERNELS=0)"
+)
+def test_compiled_softmax_gelu_layernorm_equal_the_torch_ops_over_working_scales_and_constants():
+    """qm_softmax_int / qm_gelu_int / qm_layernorm_int take narrower (int32 / float64) lanes where the constants allow (builds
+    without AVX-512 DQ) and int64 loops otherwise: the same integers as the torch ops at scales over the
+    whole working range (every working shift, real spreads from tight to saturating), and for GELU
+    constants on both sides of the narrow path's limits."""
+    g = torch.Generator().manual_seed(17)
+    for scale in [2.0**e for e in torch.linspace(-31, -0.6, 23).tolist()]:
+        for spread in (0.05, 3.0, 3e4):
+            x = int_input(g, (4, 33, 19), scale, spread)
+            x[0, 0, :3] = torch.tensor([2**31 - 1, -(2**31), 0], dtype=torch.int32)
+            for fn, args in (
+                (io.softmax_int, (x, scale, 8)),
+                (io.softmax_int, (x, scale, 4)),
+                (io.gelu_int, (x, scale)),
+                (io.layernorm_int, (x, scale)),
+            ):
+                if fn is io.softmax_int and scale * 2 ** io.working_shift(scale) > math.log(2):
+                    continue
+                got = fn(*args)[0]
+                with ckernels.disabled():
+                    want = fn(*args)[0]
+                assert torch.equal(got, want), (fn.__name__, scale, spread)
+    dll = ckernels.lib()
+    x = int_input(g, (3000,), 2.0**-12, 3e3)
+    x[:4] = torch.tensor([2**31 - 1, -(2**31), 0, -1], dtype=torch.int32)
+    for k, q_bb, q_one, t in (
+        (0, 10245, 125_000_000, 28),
+        (3, 46340, 2**30 - 1, 31),
+        (0, 46341, 2**30, 31),
+        (2, 60_000, 2**33, 40),
+        (31, 5, 20, 6),
+        (0, 10245, 2**31, 33),
+    ):
+        out = torch.empty_like(x)
+        dll.qm_gelu_int(x.data_ptr(), x.numel(), k, 2**io.SAT_BITS, q_bb, q_one, t, out.data_ptr())
+        assert torch.equal(out, io._gelu_int_block(x, k, q_bb, q_one, t)), (k, q_bb, q_one, t)

@@ -239,6 +239,12 @@ int qm_dequant(const void* q, int in_kind, int64_t n, float scale, void* out, in
     return 0;
 }
 
+/* fixedpoint.dequantize's definition for any scale: fp32(fl64(q) * s) of int32 codes (the float64 product of a
+   32-bit integer and a double, rounded once to float32), for scales that are not float32 values. */
+void qm_dequant_f64(const int32_t* q, int64_t n, double s, float* out) {
+    for (int64_t i = 0; i < n; i++) out[i] = (float)((double)q[i] * s);
+}
+
 /* ---- fp16 vector-unit kernels (intops fp16 mode): the same float32 operations in the same order ---- */
 /* intops.tree_sum of n floats: zero-padded pairwise tree; t has room for n floats */
 static float tree_sum_f(const float* x, int64_t n, float* t) {
@@ -619,16 +625,72 @@ static inline int64_t isqrt64(int64_t v) {  /* floor(sqrt(v)) for 0 <= v < 2**62
     return r;
 }
 
+/* intops.ln_eps_table: out[k] = floor(min(eps n / (S^2) / 4^k, 2^50)), k = 0..18, the same float64 operations in
+   the same order. Returns 1 (nothing written) when a value is NaN (the caller's Python definition then raises). */
+int qm_ln_eps_table(double scale, int64_t n, double eps, int64_t* out) {
+    if (!(scale * scale != 0.0)) return 1;  /* Python raises ZeroDivisionError */
+    double v0 = eps * (double)n / (scale * scale);
+    int64_t t[19];
+    for (int k = 0; k < 19; k++) {
+        double v = v0 / ldexp(1.0, 2 * k);
+        v = 0x1p50 < v ? 0x1p50 : v;
+        if (v != v || v < -0x1p62) return 1;
+        t[k] = (int64_t)floor(v);
+    }
+    memcpy(out, t, sizeof t);
+    return 0;
+}
+
 /* intops.layernorm_int per row of int32 x [rows, n]; eps_k: the 19-entry ln_eps_table */
+#if defined(__AVX2__) && !defined(__AVX512DQ__)
+/* the variance and output loops of one qm_layernorm_int row in float64 lanes (AVX2 has no 64-bit integer
+   multiply or arithmetic shift), exactly: y_k = floor((x - mean) 2^-k) (integers below 2^33 scaled by a power of
+   two), each y_k^2 < 2^32 and their sum over n <= 2^20 values is below 2^52, so every addition is exact in any
+   order; |y_k| <= sd (y_k^2 <= var, eps >= 0), so |y_k * (2^50 // sd)| <= 2^50 and floor(p 2^-20) is the shift. */
+static void ln_row_f64(const int32_t* xr, int64_t n, int64_t mean, int64_t k, int64_t eps, int32_t* o) {
+    const double dm = (double)mean, inv2k = ldexp(1.0, (int)-k);
+    const __m256d vm = _mm256_set1_pd(dm), vk = _mm256_set1_pd(inv2k);
+    __m256d acc = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256d x = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(xr + i)));
+        __m256d y = _mm256_floor_pd(_mm256_mul_pd(_mm256_sub_pd(x, vm), vk));
+        acc = _mm256_add_pd(acc, _mm256_mul_pd(y, y));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, acc);
+    double var = (t[0] + t[1]) + (t[2] + t[3]);
+    for (int64_t j = i; j < n; j++) { double y = floor(((double)xr[j] - dm) * inv2k); var += y * y; }
+    int64_t v = (int64_t)var + eps;
+    int64_t sd = isqrt64(v < 1 ? 1 : v);
+    const __m256d vf = _mm256_set1_pd((double)((((int64_t)1) << 50) / sd)), v20 = _mm256_set1_pd(0x1p-20);
+    for (i = 0; i + 4 <= n; i += 4) {
+        __m256d x = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i*)(xr + i)));
+        __m256d y = _mm256_floor_pd(_mm256_mul_pd(_mm256_sub_pd(x, vm), vk));
+        __m256d q = _mm256_floor_pd(_mm256_mul_pd(_mm256_mul_pd(y, vf), v20));
+        _mm_storeu_si128((__m128i*)(o + i), _mm256_cvtpd_epi32(q));  /* integral values: exact */
+    }
+    const int64_t factor = (((int64_t)1) << 50) / sd;
+    for (; i < n; i++) o[i] = (int32_t)((((xr[i] - mean) >> k) * factor) >> 20);
+}
+#endif
+
 void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* eps_k, int32_t* out) {
     for (int64_t r = 0; r < rows; r++) {
         const int32_t* xr = x + r * n;
         int64_t sum = 0;
-        for (int64_t i = 0; i < n; i++) sum += xr[i];
-        int64_t mean = floordiv(sum, n), amax = 0;
-        for (int64_t i = 0; i < n; i++) { int64_t y = xr[i] - mean; y = y < 0 ? -y : y; amax = y > amax ? y : amax; }
+        int32_t mn = n ? xr[0] : 0, mx = mn;
+        for (int64_t i = 0; i < n; i++) { sum += xr[i]; mn = xr[i] < mn ? xr[i] : mn; mx = xr[i] > mx ? xr[i] : mx; }
+        /* max |x - mean| = max(max - mean, mean - min): floor(sum / n) lies in [min, max] */
+        int64_t mean = floordiv(sum, n), amax = (int64_t)mx - mean > mean - (int64_t)mn ? (int64_t)mx - mean : mean - (int64_t)mn;
         int64_t k = bitlen(amax) - 15;
         k = k < 0 ? 0 : (k > 18 ? 18 : k);
+#if defined(__AVX2__) && !defined(__AVX512DQ__)
+        if (n <= (((int64_t)1) << 20) && eps_k[k] >= 0) {
+            ln_row_f64(xr, n, mean, k, eps_k[k], out + r * n);
+            continue;
+        }
+#endif
         int64_t var = 0;
         for (int64_t i = 0; i < n; i++) { int64_t yk = (xr[i] - mean) >> k; var += yk * yk; }
         var += eps_k[k];
@@ -643,8 +705,19 @@ void qm_layernorm_int(const int32_t* x, int64_t rows, int64_t n, const int64_t* 
    integers below 2**53, corrected by one with exact products: vectorisable, unlike an integer division),
    e = ((d_w + z q_ln2 + q_b)^2 + q_c) >> min(z, 40); out = min((e * (2^52 // sum e)) >> (52 - p), 2^p - 1).
    ebuf: n int64. */
+static void softmax_int_f64(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b,
+                            int64_t q_c, int64_t p, int32_t* out, int32_t* ebuf);
+
 void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b, int64_t q_c,
                     int64_t p, int32_t* out, int64_t* ebuf) {
+#if !defined(__AVX512DQ__)
+    int64_t a_lo = q_b - q_ln2 + 1, amax = q_b > -a_lo ? q_b : -a_lo;  /* |a| <= amax: a in (q_b - q_ln2, q_b] */
+    if (k >= 0 && k < 64 && q_ln2 >= 1 && q_ln2 < (((int64_t)1) << 24) && q_c >= 0 && amax < (((int64_t)1) << 16)
+        && amax * amax + q_c < (((int64_t)1) << 31) && p >= 0 && p <= 30) {
+        softmax_int_f64(q, rows, n, k, q_ln2, q_b, q_c, p, out, (int32_t*)ebuf);
+        return;
+    }
+#endif
     const double dl = (double)q_ln2;
     const int64_t lim = (((int64_t)1) << p) - 1;
     for (int64_t r = 0; r < rows; r++) {
@@ -671,10 +744,70 @@ void qm_softmax_int(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_
     }
 }
 
+/* qm_softmax_int in float64 / int32 lanes (AVX2 has no 64-bit integer multiply or arithmetic shift; AVX-512 DQ
+   builds keep the int64 loop, faster there), for
+   constants where every exponential fits int32 (checked by the caller: |a| <= amax, a^2 + q_c < 2^31):
+   d_w = floor((q - max) 2^-k) in float64 (exact: integers below 2^34 scaled by a power of two); u = -d_w
+   is capped at 41 q_ln2 (then z >= 41 either way and e = poly >> 40 = 0 = poly >> 31, poly < 2^31), so
+   z, a and e are int32; e >> min(z, 31) equals e >> min(z, 40) for 0 <= e < 2^31; e * (2^52 // total) <= 2^52
+   is exact in float64 and its floor after * 2^-(52 - p) is the shift. The same integers as the loop above. */
+static void softmax_int_f64(const int32_t* q, int64_t rows, int64_t n, int64_t k, int64_t q_ln2, int64_t q_b,
+                            int64_t q_c, int64_t p, int32_t* out, int32_t* ebuf) {
+    const double dl = (double)q_ln2, inv2k = ldexp(1.0, (int)-k), umax = 41.0 * (double)q_ln2;
+    const double inv2s = ldexp(1.0, (int)(p - 52)), lim = (double)((((int64_t)1) << p) - 1);
+    const int32_t l2 = (int32_t)q_ln2, b32 = (int32_t)q_b, c32 = (int32_t)q_c;
+    for (int64_t r = 0; r < rows; r++) {
+        const int32_t* qr = q + r * n;
+        int32_t* o = out + r * n;
+        int32_t mx = qr[0];
+        for (int64_t i = 1; i < n; i++) mx = qr[i] > mx ? qr[i] : mx;
+        const double dmx = (double)mx;
+        for (int64_t i = 0; i < n; i++) {
+            double u = -floor(((double)qr[i] - dmx) * inv2k);
+            u = u < umax ? u : umax;
+            int32_t ui = (int32_t)u;
+            int32_t z = (int32_t)(u / dl);
+            z -= (z * l2 > ui);
+            z += ((z + 1) * l2 <= ui);
+            int32_t a = z * l2 - ui + b32;
+            ebuf[i] = (a * a + c32) >> (z < 31 ? z : 31);
+        }
+        int64_t total = 0;
+        for (int64_t i = 0; i < n; i++) total += ebuf[i];
+        const double factor = (double)((((int64_t)1) << 52) / total);
+        for (int64_t i = 0; i < n; i++) {
+            double v = floor(((double)ebuf[i] * factor) * inv2s);
+            o[i] = (int32_t)(v < lim ? v : lim);
+        }
+    }
+}
+
 /* intops.gelu_int elementwise: x_w = clamp(x >> k, +-sat), d = min(|x_w|, q_bb) - q_bb,
-   out = (x_w * (x_w >= 0 ? 2 q_one - d^2 : d^2)) >> t */
+   out = (x_w * (x_w >= 0 ? 2 q_one - d^2 : d^2)) >> t.
+   Without 64-bit integer multiplies (AVX2: no vpmullq) the int64 loop does not vectorise; where the constants
+   allow (checked first: k < 31, sat, 2 q_one, q_bb^2 below 2^31, sat (2 q_one + q_bb^2) < 2^53, q_bb^2 <= 2 q_one
+   <= 2^t so that |out| <= sat) x_w, d, d^2 and the factor are int32 and the product is formed in float64, where
+   it is an exact integer below 2^53 and floor(p 2^-t) is the shift. The same integers either way. */
 void qm_gelu_int(const int32_t* x, int64_t n, int64_t k, int64_t sat, int64_t q_bb, int64_t q_one, int64_t t,
                  int32_t* out) {
+#if !defined(__AVX512DQ__)
+    if (k >= 0 && k < 31 && t >= 0 && t < 63 && sat >= 0 && sat < (((int64_t)1) << 31) && q_bb >= 0
+        && q_bb < 46341 && q_one >= 0 && 2 * q_one < (((int64_t)1) << 31) && q_bb * q_bb <= 2 * q_one
+        && 2 * q_one <= (((int64_t)1) << t) && (double)sat * (double)(2 * q_one + q_bb * q_bb) < 0x1p53) {
+        const double inv2t = ldexp(1.0, (int)-t);
+        const int32_t s32 = (int32_t)sat, bb = (int32_t)q_bb, one2 = (int32_t)(2 * q_one), k32 = (int32_t)k;
+        for (int64_t i = 0; i < n; i++) {
+            int32_t xw = x[i] >> k32;
+            xw = xw < -s32 ? -s32 : (xw > s32 ? s32 : xw);
+            int32_t ax = xw < 0 ? -xw : xw;
+            int32_t d = (ax < bb ? ax : bb) - bb;
+            int32_t d2 = d * d;
+            int32_t f = xw >= 0 ? one2 - d2 : d2;
+            out[i] = (int32_t)floor(((double)xw * (double)f) * inv2t);
+        }
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) {
         int64_t xw = ((int64_t)x[i]) >> k;
         xw = xw < -sat ? -sat : (xw > sat ? sat : xw);
@@ -708,6 +841,35 @@ static void rq_row_i32(const int32_t* a, int64_t n, double c, double lim, int64_
 /* intops fixed-point modulate / gated add over [B, N, C]:
    P = rq(A), p = sat32(rint(fl(P * F[b, c]) * 2^-16)), acc = sat32(p + R), out = clamp(rint(acc * 2^-8), qmin, qmax)
    with R = rq(Bq) (Bq given: the gated add's x) or R = Rbc[b, c] (the modulation's shift). ws: 2 * c doubles. */
+/* one row of qm_fix_madd in a single pass (P and R kept in registers); returns 1, with the row to be recomputed,
+   when an element of A or Bq is a near tie of its requantization (rq_row_i32's exact recomputation) */
+static int fix_madd_row_fused(const int32_t* a, double ca, double la, const double* f, const int32_t* bq, double cb,
+                              double lb, const double* rbc, int64_t c, double qmin, double qmax, int32_t* o) {
+    int tie = 0;
+    if (bq) {
+        for (int64_t j = 0; j < c; j++) {
+            double va = (double)a[j] * ca, ta = rint(va);
+            double vb = (double)bq[j] * cb, tb = rint(vb);
+            tie |= (fabs(va - ta) >= la) | (fabs(vb - tb) >= lb);
+            ta = clampd(ta, -2147483648.0, 2147483647.0);
+            tb = clampd(tb, -2147483648.0, 2147483647.0);
+            double pq = clampd(rint((ta * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
+            double acc = clampd(pq + tb, -2147483648.0, 2147483647.0);
+            o[j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
+        }
+    } else {
+        for (int64_t j = 0; j < c; j++) {
+            double va = (double)a[j] * ca, ta = rint(va);
+            tie |= fabs(va - ta) >= la;
+            ta = clampd(ta, -2147483648.0, 2147483647.0);
+            double pq = clampd(rint((ta * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
+            double acc = clampd(pq + rbc[j], -2147483648.0, 2147483647.0);
+            o[j] = (int32_t)clampd(rint(acc * 0x1p-8), qmin, qmax);
+        }
+    }
+    return tie;
+}
+
 void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa, const double* F,
                  const int32_t* Bq, double cb, double lb, int64_t mb, int64_t sb, const double* Rbc,
                  int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out, double* ws) {
@@ -716,10 +878,14 @@ void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa,
         const double* f = F + b * c;
         for (int64_t r = 0; r < nrow; r++) {
             int64_t off = (b * nrow + r) * c;
+            int32_t* o = out + off;
+            if ((Bq || Rbc)
+                && !fix_madd_row_fused(A + off, ca, la, f, Bq ? Bq + off : NULL, cb, lb, Rbc ? Rbc + b * c : NULL, c,
+                                       qmin, qmax, o))
+                continue;
             rq_row_i32(A + off, c, ca, la, ma, sa, P);
             const double* rr = Rbc ? Rbc + b * c : R;
             if (Bq) rq_row_i32(Bq + off, c, cb, lb, mb, sb, R);
-            int32_t* o = out + off;
             for (int64_t j = 0; j < c; j++) {
                 double pq = clampd(rint((P[j] * f[j]) * 0x1p-16), -2147483648.0, 2147483647.0);
                 double acc = clampd(pq + rr[j], -2147483648.0, 2147483647.0);
@@ -727,6 +893,35 @@ void qm_fix_madd(const int32_t* A, double ca, double la, int64_t ma, int64_t sa,
             }
         }
     }
+}
+
+/* fixedpoint.per_tensor_consts(quantize_multiplier(r), INT32_MIN, INT32_MAX) (intops._rq_consts): (c, lim, m, s).
+   Returns 1 for a scale quantize_multiplier refuses (negative, NaN, infinite). */
+static void qmult(double r, int64_t* m, int64_t* sh);
+
+static int rq_consts_i32(double r, double* c, double* lim, int64_t* m, int64_t* s) {
+    if (!(r >= 0.0 && r <= 1.7976931348623157e308)) return 1;
+    int64_t sh;
+    qmult(r, m, &sh);
+    int64_t si = 31 + sh;
+    *c = (si >= 63 || *m == 0) ? 0.0 : (si < 0 ? 0x1p32 : ldexp((double)*m, (int)-si));
+    *lim = (si <= 53 - 31 || si >= 63 || *m == 0) ? 2.0 : 0.5 - 0x1p31 * 0x1p-52;
+    *s = si;
+    return 0;
+}
+
+/* qm_fix_madd with its requantization constants derived here from the real factors (scales known only at run
+   time: intops.fix_madd_args' _rq_consts, the same values); real_b is ignored without Bq. Returns 1 (nothing
+   written) for a factor quantize_multiplier refuses: the caller's Python path then raises its error. */
+int qm_fix_madd_r(const int32_t* A, double real_a, const double* F, const int32_t* Bq, double real_b,
+                  const double* Rbc, int64_t bsz, int64_t nrow, int64_t c, double qmin, double qmax, int32_t* out,
+                  double* ws) {
+    double ca, la, cb = 0.0, lb = 2.0;
+    int64_t ma, sa, mb = 0, sb = 0;
+    if (rq_consts_i32(real_a, &ca, &la, &ma, &sa)) return 1;
+    if (Bq && rq_consts_i32(real_b, &cb, &lb, &mb, &sb)) return 1;
+    qm_fix_madd(A, ca, la, ma, sa, F, Bq, cb, lb, mb, sb, Rbc, bsz, nrow, c, qmin, qmax, out, ws);
+    return 0;
 }
 
 /* emulator._param_int: s = fp32(max|t| / qmax) (1 if all zero), q = clamp(rint(fl64(t / s)), +-qmax) as int32,
@@ -834,6 +1029,46 @@ int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qm
     return 0;
 }
 
+/* The dynamic integer products' operand codes (emulator.matmul, dynamic branch) of a strided [D0, D1, R, K] view
+   (float32, or fp16: in_kind 0 / 1; strides in elements): its rows copied to xbuf (contiguous, x's type), then
+   qm_dyn_quant's per-row scales and int8 codes (q8), and the codes as float32 (qf), the values the exact float
+   product reads. Returns 1 on a non-finite value, as qm_dyn_quant. */
+int qm_dyn_rows(const void* x, int in_kind, int64_t d0, int64_t d1, int64_t rows, int64_t k, int64_t s0, int64_t s1,
+                int64_t sr, int64_t sk, int64_t qmax, void* xbuf, int8_t* q8, float* qf, float* s_out) {
+    int64_t nr = d0 * d1 * rows;
+    for (int64_t i0 = 0; i0 < d0; i0++)
+        for (int64_t i1 = 0; i1 < d1; i1++)
+            for (int64_t r = 0; r < rows; r++) {
+                int64_t src = i0 * s0 + i1 * s1 + r * sr, dst = ((i0 * d1 + i1) * rows + r) * k;
+                if (in_kind == 1) {
+                    const f16* a = (const f16*)x + src;
+                    f16* b = (f16*)xbuf + dst;
+                    if (sk == 1) memcpy(b, a, (size_t)k * 2);
+                    else for (int64_t j = 0; j < k; j++) b[j] = a[j * sk];
+                } else {
+                    const float* a = (const float*)x + src;
+                    float* b = (float*)xbuf + dst;
+                    if (sk == 1) memcpy(b, a, (size_t)k * 4);
+                    else for (int64_t j = 0; j < k; j++) b[j] = a[j * sk];
+                }
+            }
+    if (qm_dyn_quant(xbuf, in_kind, nr, k, qmax, q8, s_out)) return 1;
+    for (int64_t i = 0; i < nr * k; i++) qf[i] = (float)q8[i];
+    return 0;
+}
+
+/* y [batch, m, n] float32 in place: (y * sa[b, i]) * sb[b, j], two float32 products in this order (the two
+   broadcast multiplies of the dynamic products' rescale). */
+void qm_scale_rows_cols(float* y, int64_t batch, int64_t m, int64_t n, const float* sa, const float* sb) {
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = 0; i < m; i++) {
+            float* yr = y + (b * m + i) * n;
+            const float a = sa[b * m + i];
+            const float* c = sb + b * n;
+            for (int64_t j = 0; j < n; j++) yr[j] = (yr[j] * a) * c[j];
+        }
+}
+
 /* Dynamic recipes' rescale of the int32 sums (the dyn_rescale op): y = (fp32(acc) * s_row) * w_scale + bias
    in float32 (no fused multiply-add), then (out_f16) the emulator's saturating fp16 conversion (clamp to
    +-65504, round to nearest even), else float32. acc [rows, n]; s_row [rows]; w_scale, bias [n]. */
@@ -878,7 +1113,26 @@ int qm_dyn_quant_zp(const void* x, int in_kind, int64_t rows, int64_t k, int64_t
             int64_t m = k - j0 < BLK ? k - j0 : BLK;
             const float* v = (const float*)x + r * k + j0;
             if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
-            for (int64_t j = 0; j < m; j++) {
+            int64_t j = 0;
+#if defined(__AVX2__)
+            /* the same min / max, 8 at a time (min_ps(u, lo) is u < lo ? u : lo, as below, NaN included) */
+            if (m >= 8) {
+                __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), nf = _mm256_setzero_ps();
+                const __m256 sgn = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
+                for (; j + 8 <= m; j += 8) {
+                    __m256 u = _mm256_loadu_ps(v + j);
+                    nf = _mm256_or_ps(nf, _mm256_cmp_ps(_mm256_andnot_ps(sgn, u), big, _CMP_NLE_UQ));
+                    vlo = _mm256_min_ps(u, vlo);
+                    vhi = _mm256_max_ps(u, vhi);
+                }
+                float l8[8], h8[8];
+                _mm256_storeu_ps(l8, vlo);
+                _mm256_storeu_ps(h8, vhi);
+                for (int i = 0; i < 8; i++) { lo = l8[i] < lo ? l8[i] : lo; hi = h8[i] > hi ? h8[i] : hi; }
+                bad |= _mm256_movemask_ps(nf) != 0;
+            }
+#endif
+            for (; j < m; j++) {
                 float u = v[j];
                 bad |= !(fabsf(u) <= 3.4028234663852886e38f);
                 lo = u < lo ? u : lo;
@@ -1154,61 +1408,157 @@ void qm_gemm_s8(const int8_t* a, int64_t m, int64_t k, const int16_t* bp, int64_
    gives the result, NaN included). */
 static inline float deq_s(int32_t q, double s) { return (float)((double)q * s); }
 
-static inline int absmax_step(float v, float* a) {
-    float u = fabsf(v);
-    if (u > *a) *a = u;
-    return !(u <= 3.4028234663852886e38f);
+/* max |f[i]| and whether a value was not finite, accumulated over calls. gcc does not vectorise a float max
+   reduction without -ffast-math's NaN assumptions, so AVX2 builds take 8 lanes by intrinsics (max_ps keeps
+   the running max on a NaN, which the not-finite flag reports anyway). max is exact in any order. */
+typedef struct { float a; int bad; } amax_acc;
+
+static void am_init(amax_acc* s) { s->a = 0.0f; s->bad = 0; }
+
+static void am_add(amax_acc* s, const float* f, int64_t n) {
+    int64_t i = 0;
+    float a = s->a;
+    int bad = s->bad;
+#if defined(__AVX2__)
+    if (n >= 8) {
+        const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
+        __m256 m = _mm256_set1_ps(a), nf = _mm256_setzero_ps();
+        for (; i + 8 <= n; i += 8) {
+            __m256 u = _mm256_andnot_ps(sign, _mm256_loadu_ps(f + i));
+            m = _mm256_max_ps(u, m);
+            nf = _mm256_or_ps(nf, _mm256_cmp_ps(u, big, _CMP_NLE_UQ));
+        }
+        float lane[8];
+        _mm256_storeu_ps(lane, m);
+        for (int j = 0; j < 8; j++) a = lane[j] > a ? lane[j] : a;
+        bad |= _mm256_movemask_ps(nf) != 0;
+    }
+#endif
+    for (; i < n; i++) {
+        float u = fabsf(f[i]);
+        a = u > a ? u : a;
+        bad |= !(u <= 3.4028234663852886e38f);
+    }
+    s->a = a;
+    s->bad = bad;
 }
+
+static double am_result(const amax_acc* s) { return s->bad ? -1.0 : (double)s->a; }
 
 /* emulator._static_scale's dynamic_of of a float tensor: max |x|, x float32 or fp16 (widened exactly). */
 double qm_absmax(const void* x, int in_kind, int64_t n) {
-    float a = 0.0f;
-    int bad = 0;
-    if (in_kind == 1) {
-        const f16* h = (const f16*)x;
-        for (int64_t i = 0; i < n; i++) bad |= absmax_step((float)h[i], &a);
-    } else {
-        const float* f = (const float*)x;
-        for (int64_t i = 0; i < n; i++) bad |= absmax_step(f[i], &a);
+    amax_acc s;
+    am_init(&s);
+    if (in_kind != 1) {
+        am_add(&s, (const float*)x, n);
+        return am_result(&s);
     }
-    return bad ? -1.0 : (double)a;
+    const f16* h = (const f16*)x;
+    float buf[BLK];
+    for (int64_t i = 0; i < n; i += BLK) {
+        int64_t m = n - i < BLK ? n - i : BLK;
+        h2f(h + i, buf, m);
+        am_add(&s, buf, m);
+    }
+    return am_result(&s);
 }
 
 /* datapath.modulated: max |fp32(x * sx) * (1 + scale) + shift|; x [B, N, C] int32, scale / shift float32
-   [B, 1, C] rows with row stride pstride. */
+   [B, 1, C] rows with row stride pstride. Values of a row chunk are formed in a buffer, then reduced. */
 double qm_mod_absmax(const int32_t* x, double sx, const float* scale, const float* shift, int64_t pstride,
                      int64_t bsz, int64_t n, int64_t c) {
-    float a = 0.0f;
-    int bad = 0;
+    amax_acc s;
+    am_init(&s);
+    float buf[BLK];
     for (int64_t b = 0; b < bsz; b++) {
         const float* sc = scale + b * pstride;
         const float* sh = shift + b * pstride;
         for (int64_t r = 0; r < n; r++) {
             const int32_t* xr = x + (b * n + r) * c;
-            for (int64_t j = 0; j < c; j++) {
-                float m = 1.0f + sc[j];
-                float p = deq_s(xr[j], sx) * m;
-                bad |= absmax_step(p + sh[j], &a);
+            for (int64_t j0 = 0; j0 < c; j0 += BLK) {
+                int64_t m = c - j0 < BLK ? c - j0 : BLK;
+                for (int64_t j = 0; j < m; j++) {
+                    float f = 1.0f + sc[j0 + j];
+                    float p = deq_s(xr[j0 + j], sx) * f;
+                    buf[j] = p + sh[j0 + j];
+                }
+                am_add(&s, buf, m);
             }
         }
     }
-    return bad ? -1.0 : (double)a;
+    return am_result(&s);
 }
 
 /* datapath.gated_sum: max |fp32(x * sx) + fp32(g * sg) * fp32(y * sy)|; x, y [B, N, C] int32, g [B, 1, C]
    int32 (NULL: the constant gate 1 at scale 1). */
 double qm_gated_absmax(const int32_t* x, double sx, const int32_t* g, double sg, const int32_t* y, double sy,
                        int64_t bsz, int64_t n, int64_t c) {
-    float a = 0.0f;
-    int bad = 0;
+    amax_acc s;
+    am_init(&s);
+    float buf[BLK];
     for (int64_t b = 0; b < bsz; b++)
         for (int64_t r = 0; r < n; r++) {
             int64_t o = (b * n + r) * c;
-            for (int64_t j = 0; j < c; j++) {
-                float gf = g ? deq_s(g[b * c + j], sg) : 1.0f;
-                float p = gf * deq_s(y[o + j], sy);
-                bad |= absmax_step(deq_s(x[o + j], sx) + p, &a);
+            for (int64_t j0 = 0; j0 < c; j0 += BLK) {
+                int64_t m = c - j0 < BLK ? c - j0 : BLK;
+                if (g)
+                    for (int64_t j = 0; j < m; j++)
+                        buf[j] = deq_s(x[o + j0 + j], sx) + deq_s(g[b * c + j0 + j], sg) * deq_s(y[o + j0 + j], sy);
+                else
+                    for (int64_t j = 0; j < m; j++) buf[j] = deq_s(x[o + j0 + j], sx) + 1.0f * deq_s(y[o + j0 + j], sy);
+                am_add(&s, buf, m);
             }
         }
-    return bad ? -1.0 : (double)a;
+    return am_result(&s);
+}
+
+/* the residual's output range with the gate quantized here (emulator._param_int of gate float32 [B, 1, C], row
+   stride gstride, to +-qmax: qm_param_quant, codes into gq) instead of in a separate call; -2 when the gate is
+   not finite (the caller's Python definition then reports it), else as qm_gated_absmax. */
+double qm_gated_absmax_p(const int32_t* x, double sx, const float* gate, int64_t gstride, int64_t qmax, int32_t* gq,
+                         const int32_t* y, double sy, int64_t bsz, int64_t n, int64_t c) {
+    double sg;
+    if (qm_param_quant(gate, bsz, c, gstride, qmax, gq, &sg)) return -2.0;
+    return qm_gated_absmax(x, sx, gq, sg, y, sy, bsz, n, c);
+}
+
+/* emulator._int of a float tensor without a calibrated range (program.to_int_dyn) in one call: a = qm_absmax(x),
+   s = fp32(a * headroom / qmax) (1 when a is 0: datapath.range_scale), then qm_act_quant at fp32(1 / s)
+   (fixedpoint.act_reciprocal) to int32 codes; *s_out = s. Returns 1 (nothing written) when a value is not finite
+   or s or 1 / s is not a finite float32: the caller's Python definition then gives the result or the error. */
+int qm_dyn_act_quant(const void* x, int in_kind, int64_t n, double headroom, int64_t qmax, int32_t* out,
+                     double* s_out) {
+    double a = qm_absmax(x, in_kind, n);
+    if (a < 0) return 1;
+    double am = a * headroom;
+    double v = am > 0 ? am / (double)qmax : 1.0;
+    float s = (float)v;
+    if (!(s <= 3.4028234663852886e38f) || !(s > 0.0f)) return 1;
+    double q = 1.0 / (double)s;
+    if (!(q < 3.4028234663852886e38)) return 1;
+    qm_act_quant(x, in_kind, n, (float)q, (float)(double)qmax, out, 2 /* int32: ckernels.I32 */, NULL, 0);
+    *s_out = (double)s;
+    return 0;
+}
+
+/* A dynamic-recipe linear layer on the C GEMM path as one call (the program's dyn_linear / dyn_linear_zp when the
+   GEMM path is the C kernel): qm_dyn_quant (zp: qm_dyn_quant_zp) of x [rows, k], qm_gemm_s8 with the packed
+   weights, then qm_dyn_rescale (zp: qm_dyn_rescale_zp) into out; the same calls, one after the other. Returns 1
+   (after writing partial results) on a non-finite input, as the quantizer; the caller then reports it. */
+int qm_dyn_linear_s8(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* q, float* s_row,
+                     const int16_t* bp, int64_t n, int32_t* acc, int16_t* ap, const float* w_scale, const float* bias,
+                     void* out, int out_f16) {
+    if (qm_dyn_quant(x, in_kind, rows, k, qmax, q, s_row)) return 1;
+    qm_gemm_s8(q, rows, k, bp, n, acc, ap);
+    qm_dyn_rescale(acc, rows, n, s_row, w_scale, bias, out, out_f16);
+    return 0;
+}
+
+int qm_dyn_linear_zp_s8(const void* x, int in_kind, int64_t rows, int64_t k, int64_t bits, int8_t* q, float* s_row,
+                        int32_t* z_row, const int16_t* bp, int64_t n, int32_t* acc, int16_t* ap, const int32_t* colsum,
+                        const float* w_scale, const float* bias, void* out, int out_f16) {
+    if (qm_dyn_quant_zp(x, in_kind, rows, k, bits, q, s_row, z_row)) return 1;
+    qm_gemm_s8(q, rows, k, bp, n, acc, ap);
+    qm_dyn_rescale_zp(acc, rows, n, s_row, z_row, colsum, w_scale, bias, out, out_f16);
+    return 0;
 }
