@@ -69,11 +69,22 @@ def test_fused_activation_quantization_equals_the_act_quantizer(dtype):
         assert got.dtype == want.dtype and torch.equal(got, want)
 
 
-def test_int_vector_kernels_compiled_give_the_eager_integers():
+def test_int_vector_kernels_compiled_give_the_eager_integers(tmp_path, monkeypatch):
     """The int-mode kernels that run compiled on CUDA (softmax, LayerNorm, GELU, the modulate / gated
     add tail), compiled here by Inductor's CPU backend, equal their eager form: no reassociation, the
-    same floor divisions and shifts (saturated rows, all-zero rows and int32 extremes included)."""
+    same floor divisions and shifts (saturated rows, all-zero rows and int32 extremes included).
+    Inductor's C++ backend is built scalar (simdlen 1) into an empty cache: what CUDA runs is the graph
+    lowered to Triton, not the CPU's SIMD code, and Inductor's AVX2 vectorisation gives wrong integers
+    on GELU's mixed int32 / int64 arithmetic (torch 2.13, ATEN_CPU_CAPABILITY=avx2), as does a kernel
+    cached under another forced CPU capability."""
+    import torch._inductor.config as inductor_config
+
     from quantmodel.intarith import intops as io
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(inductor_config.cpp, "simdlen", 1)
+    monkeypatch.setattr(cudafused, "_compiled", {})
+    torch._dynamo.reset()
 
     g = torch.Generator().manual_seed(0)
     q = torch.randint(-(2**20), 2**20, (37, 300), generator=g, dtype=torch.int32)
