@@ -531,14 +531,6 @@ def _softmax_int_rows(q: torch.Tensor, k: int, q_ln2: int, q_b: int, q_c: int, p
     return out.to(torch.int32)
 
 
-def bit_length(v: torch.Tensor) -> torch.Tensor:
-    """Bit length of int64 v >= 0 (0 for 0), vectorised: the float64 exponent, corrected by one where
-    the conversion rounded v (> 2^53) up to the next power of two."""
-    bl = torch.frexp(v.to(torch.float64))[1].to(torch.int64).clamp_(max=63)  # 2^63 - small rounds to 2^63
-    over = (torch.bitwise_left_shift(torch.ones_like(bl), (bl - 1).clamp_(min=0)) > v) & (v > 0)
-    return bl - over.to(torch.int64)
-
-
 def isqrt(v: torch.Tensor) -> torch.Tensor:
     """floor(sqrt(v)) for int64 0 <= v < 2^62: the float64 square root, floored, then one integer
     correction each way. Exact: fl(sqrt(fl(v))) is within sqrt(v) * 2^-52 < 2^-21 of sqrt(v), so its
@@ -668,28 +660,19 @@ def _at(q: torch.Tensor, s_in: float, s_t: float) -> torch.Tensor:
     return requantize_scale(q, s_in / s_t, INT32_MIN, INT32_MAX, torch.float64)
 
 
-def _mul_round_q16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sat32(round_half_even(a * b / 2^16))`` for float64 integers |a|, |b| <= 2^31, in place in a.
-
-    Exact in float64 by the proof of :class:`~quantmodel.intarith.fixedpoint.Requantizer` (acc = a,
-    multiplier = b, s = 16; the sign of b does not enter the relative error bound): outputs saturate
-    at Q = 2^31 <= 2^(53 - 16), so every channel is safe and no near-tie check is needed.
-    ``fl(a * b) * 2^-16`` equals ``fl(a * b * 2^-16)`` (scaling by a power of two is exact here).
-    """
-    return a.mul_(b).mul_(2.0**-GATE_FRAC_BITS).round_().clamp_(INT32_MIN, INT32_MAX)
-
-
 def _madd_finish(a: torch.Tensor, f: torch.Tensor, r: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """``_finish(sat32(_mul_round_q16(a, f) + r))`` of float64 integers, out of place (broadcasting a,
-    f and r): the modulate / gated-add tail as one kernel where it is compiled."""
+    """The modulate / gated-add tail on float64 integers, broadcasting a, f and r [B or 1, N or 1, C]:
+    p = sat32(round_half_even(a * f / 2^16)), then clamp(round_half_even(sat32(p + r) / 2^8), qmin, qmax)
+    as int32 (one compiled kernel on CUDA).
+
+    Exact in float64 for |a|, |f|, |r| <= 2^31: the product's rounding is the proof of
+    :class:`~quantmodel.intarith.fixedpoint.Requantizer` (acc = a, multiplier = f, s = 16; the sign of f
+    does not enter the relative error bound; outputs saturate at 2^31 <= 2^(53 - 16), so no near-tie
+    check is needed), ``fl(a * f) * 2^-16`` equals ``fl(a * f * 2^-16)`` (a power of two), and
+    ``(p + r) / 2^8`` is exact."""
     p = (a * f * 2.0**-GATE_FRAC_BITS).round().clamp(INT32_MIN, INT32_MAX)
     acc = (p + r).clamp(INT32_MIN, INT32_MAX)
     return (acc * 2.0**-GUARD_BITS).round().clamp(qmin, qmax).to(torch.int32)
-
-
-def _finish(acc: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """clamp(round_half_even(acc / 2^8)) of float64 integers |acc| <= 2^31: exact (acc / 2^8 is)."""
-    return acc.mul_(2.0**-GUARD_BITS).round_().clamp_(qmin, qmax).to(torch.int32)
 
 
 def modulate_int(
@@ -711,7 +694,7 @@ def modulate_int(
     units: <= 0.5 + (|x| 2^-17 + s_t (|1 + scale| / 2 + 1.5)) / s_out (the Q16 factor limits very
     fine output scales; |1 + scale| must stay below 2^15). Operands broadcast
     (shift/scale [B, 1, C] against x [B, N, C]); all operands int32-range integer tensors.
-    The integers are carried in float64 (exact: every value is below 2^32, see _mul_round_q16).
+    The integers are carried in float64 (exact: every value is below 2^32, see _madd_finish).
     """
     for name, s in (("s_x", s_x), ("s_shift", s_shift), ("s_scale", s_scale), ("s_out", s_out)):
         _check_scale(name, s)
@@ -723,15 +706,8 @@ def modulate_int(
     if out is not None:
         return out
     x_t = _at(q_x, s_x, s_t)
-    if cudafused.enabled(x_t) and x_t.numel():  # the steps below in one compiled kernel
-        return cudafused.compiled(_madd_finish)(x_t, m, r, qmin, qmax)
-    if x_t.shape != torch.broadcast_shapes(x_t.shape, m.shape):
-        x_t = x_t.expand(torch.broadcast_shapes(x_t.shape, m.shape)).clone()
-    p = _mul_round_q16(x_t, m)
-    acc = (
-        p.add_(r).clamp_(INT32_MIN, INT32_MAX) if p.shape == torch.broadcast_shapes(p.shape, r.shape) else _sat32(p + r)
-    )
-    return _finish(acc, qmin, qmax)
+    run = cudafused.compiled(_madd_finish) if cudafused.enabled(x_t) and x_t.numel() else _madd_finish
+    return run(x_t, m, r, qmin, qmax)
 
 
 def modulate_factors(
@@ -763,7 +739,7 @@ def gated_add_int(
 
     s_t = s_out / 2^8: y_t = requant(y -> s_t); g = requant(gate -> Q16); p = round(y_t * g / 2^16);
     out = clamp(round((requant(x -> s_t) + p) / 2^8)); half to even, int32 saturation inside.
-    The integers are carried in float64 (exact, see _mul_round_q16).
+    The integers are carried in float64 (exact, see _madd_finish).
     """
     for name, s in (("s_x", s_x), ("s_y", s_y), ("s_gate", s_gate), ("s_out", s_out)):
         _check_scale(name, s)
@@ -775,13 +751,8 @@ def gated_add_int(
     if out is not None:
         return out
     y_t = _at(q_y, s_y, s_t)
-    if cudafused.enabled(y_t) and y_t.numel():  # the steps below in one compiled kernel
-        return cudafused.compiled(_madd_finish)(y_t, g, _at(q_x, s_x, s_t), qmin, qmax)
-    shape = torch.broadcast_shapes(y_t.shape, g.shape, q_x.shape)
-    if y_t.shape != shape:
-        y_t = y_t.expand(shape).clone()
-    p = _mul_round_q16(y_t, g)
-    return _finish(p.add_(_at(q_x, s_x, s_t)).clamp_(INT32_MIN, INT32_MAX), qmin, qmax)
+    run = cudafused.compiled(_madd_finish) if cudafused.enabled(y_t) and y_t.numel() else _madd_finish
+    return run(y_t, g, _at(q_x, s_x, s_t), qmin, qmax)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -824,7 +795,7 @@ def fix_madd_args(qa, real_a: float, f, qb, real_b: float, r_bc, qmin: int, qmax
 
 def _fix_madd_c(q_a: torch.Tensor, real_a: float, f: torch.Tensor, q_b, real_b, r_bc, qmin: int, qmax: int):
     """The fixed-point modulate / gated add pipeline in one C pass (see ckernels ``qm_fix_madd``):
-    ``_finish(sat32(_mul_round_q16(_at(q_a), f) + R))`` with R = ``_at(q_b)`` (q_b given, same shape as
+    ``_madd_finish(_at(q_a), f, R)`` with R = ``_at(q_b)`` (q_b given, same shape as
     q_a) or the per-(batch, channel) float64 integers ``r_bc`` [B, 1, C]; f float64 [B or 1, 1, C or 1].
     q_a [B, N, C]. None when the shapes or the kernels do not fit (the caller runs the torch ops)."""
     dll = ckernels.lib()

@@ -101,10 +101,11 @@ def test_int_vector_kernels_compiled_give_the_eager_integers(tmp_path, monkeypat
     a = torch.randint(-(2**31), 2**31, (4, 50, 300), generator=g).double()
     f = torch.randint(-(2**31), 2**31, (4, 1, 300), generator=g).double()
     r = torch.randint(-(2**31), 2**31, (4, 1, 300), generator=g).double()
-    a[0, 0, :4] = torch.tensor([2.0**15, -(2.0**15), 3 * 2.0**15, 2.0**31 - 1])  # ties of the Q16 rounding
-    f[0, 0, :4] = 1.0
-    want = io._finish(io._sat32(io._mul_round_q16(a.clone(), f) + r), -127, 127)
-    assert torch.equal(io._madd_finish(a, f, r, -127, 127), want)
+    # ties of the Q16 product (+-0.5, 1.5), saturation, ties of the final / 2^8 (0.5, 1.5)
+    a[0, 0, :6] = torch.tensor([2.0**15, -(2.0**15), 3 * 2.0**15, 2.0**31 - 1, 128 * 2.0**16, 384 * 2.0**16])
+    f[0, 0, :6], r[0, 0, :6] = 1.0, 0.0
+    want = io._madd_finish(a, f, r, -127, 127)
+    assert want[0, 0, :6].tolist() == [0, 0, 0, 127, 0, 2]
     assert torch.equal(cudafused.compiled(io._madd_finish)(a, f, r, -127, 127), want)
 
 
