@@ -355,12 +355,12 @@ def verify_recipe(
     if not recipe.quantized:
         raise ConfigError("recipe", recipe.name, "a quantized recipe (fp16 has no integer ops)")
     quantized_linears(model, recipe)  # a bad layer pattern fails before any calibration work
+    if device is not None:  # calibration and the float reference run there (a full-size one on the CPU takes hours)
+        model = model.to(device)
     st = _verify_stats(model, workload, recipe, stats, artifact, text_tokens, calib)
     art = artifact or build_artifact(model, recipe, st, workload.num_steps, workload.name)
     constants = _rederive_report(model, art, st)
     z, y, mask = eval_batch(model, num_samples, eval_seed, workload=workload, text_tokens=text_tokens)
-    if device is not None:  # the float reference samples with the same device's noise generator
-        model = model.to(device)
     emu, fast, overflow, metrics, fast_equal = _checked_runs(
         model, workload, art, nonlinear, device, (z, y, mask), eval_seed, (blocks, steps)
     )

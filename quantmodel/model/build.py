@@ -14,8 +14,10 @@ def build_stdit(cfg: STDiTConfig, device: str | torch.device = "cpu", seed: int 
     """A randomly initialised STDiT (v1.0) or STDiT3 (v1.2) of ``cfg`` (seeded), or a shape-only one
     on ``device='meta'``."""
     cls = STDiT3 if cfg.arch == "stdit3" else STDiT
+    # initialised on the CPU and then moved: the same seed gives the same weights on every device
+    # (a CUDA generator draws other numbers), so stats calibrated on a GPU fit the CPU model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        with torch.device(device):
+        with torch.device("meta" if str(device) == "meta" else "cpu"):
             model = cls(cfg)
-    return model.eval()
+    return model.to(device).eval()
