@@ -46,7 +46,9 @@ def main(argv=None) -> int:
     model = build_stdit(cfg, device=dev, seed=0)
     recipe = get_recipe(args.recipe)
     stats = calibrate(model, w, num_prompts=1, batch_size=1) if recipe.scheme != "dynamic" else None
-    emu = IntegerEmulator(model, build_artifact(model, recipe, stats, w.num_steps, w.name), nonlinear=args.mode, device=dev)
+    emu = IntegerEmulator(
+        model, build_artifact(model, recipe, stats, w.num_steps, w.name), nonlinear=args.mode, device=dev
+    )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g).to(dev)  # [2, C, T, H, W]: CFG rows
     y = torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g).to(dev)  # [2, 1, L, Ct]
@@ -62,7 +64,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     forward()
     where = torch.cuda.get_device_name(0) if cuda else f"CPU ({torch.backends.cpu.get_cpu_capability()})"
-    print(f"{where}, torch {torch.__version__}; {w.name} {recipe.name} {args.mode}: one forward {time.perf_counter() - t0:.3f} s")
+    print(
+        f"{where}, torch {torch.__version__}; {w.name} {recipe.name} {args.mode}: one forward {time.perf_counter() - t0:.3f} s"
+    )
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         forward()
