@@ -836,13 +836,28 @@ class ProgramOps:
         qb_, sb = self.dyn_rows(b_rows)
         k = a.shape[-1]
         y = bld.buf((*a.shape[:-1], b_rows.shape[-2]), torch.float32)
+        m, n = y.shape[-2], y.shape[-1]
+        if k * self.emu.qa * self.emu.qa <= 2**24 and k * n <= 8192 and sa.shape[:-1] == sb.shape[:-1] == y.shape[:-2]:
+            # the exact float product and the rescale in one C pass (the same sums and the same two products)
+            bld.call(
+                self.dll.qm_dyn_product,
+                qa_.data_ptr(),
+                qb_.data_ptr(),
+                y.numel() // (m * n),
+                m,
+                k,
+                n,
+                sa.data_ptr(),
+                sb.data_ptr(),
+                y.data_ptr(),
+            )
+            return y
         if k * self.emu.qa * self.emu.qa > 2**24:  # float32 over K chunks, added in int32 (exact)
             acc = bld.buf(y.shape, torch.int32)
             bld.call(gemmpaths.matmul_float_exact, qa_, qb_.transpose(-2, -1), out=acc)
             bld.call(y.copy_, acc)  # acc.float()
         else:  # every partial sum below 2**24: the float32 product is the integer one
             bld.call(torch.matmul, qa_, qb_.transpose(-2, -1), out=y)
-        m, n = y.shape[-2], y.shape[-1]
         if sa.shape[:-1] == sb.shape[:-1] == y.shape[:-2]:  # (y * s_a) * s_b in one C loop, the same two products
             bld.call(
                 self.dll.qm_scale_rows_cols, y.data_ptr(), y.numel() // (m * n), m, n, sa.data_ptr(), sb.data_ptr()

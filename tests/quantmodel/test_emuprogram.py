@@ -451,7 +451,9 @@ def test_dynamic_int_helpers_in_c_equal_their_python_definition():
     """qm_dequant_f64 = fixedpoint.dequantize at a float64-only scale (codes past 2**24); qm_ln_eps_table =
     intops.ln_eps_table (declining a zero scale square, which Python refuses); qm_gated_absmax_p = the gate's
     _param_int codes and qm_gated_absmax (-2 for a non-finite gate); qm_dyn_rows = qm_dyn_quant of the
-    contiguous copy of a strided view, codes widened to float32; qm_scale_rows_cols = (y * s_a) * s_b."""
+    contiguous copy of a strided view, codes widened to float32 (the copy itself written only for the report
+    of a non-finite value); qm_scale_rows_cols = (y * s_a) * s_b; qm_dyn_product = torch.matmul of the codes,
+    then those two products."""
     from quantmodel.intarith import fixedpoint
 
     dll = ckernels.lib()
@@ -504,18 +506,29 @@ def test_dynamic_int_helpers_in_c_equal_their_python_definition():
                 dll.qm_dyn_quant(cont.data_ptr(), kind, cont.numel() // k, k, 127, want_q.data_ptr(), want_s.data_ptr())
                 == 0
             )
-            assert torch.equal(xb, cont) and torch.equal(q8, want_q) and torch.equal(s, want_s)
-            assert torch.equal(qf, want_q.float())
+            assert torch.equal(q8, want_q) and torch.equal(s, want_s)
+            assert torch.equal(qf, want_q.float()) and not (qf.signbit() & (qf == 0)).any()
         base.view(2, 12, 3, 4, 8)[0, 3, 1, 2, 5] = float("nan")
         view = base.view(2, 12, 3, 4, 8)[:, :, 1].transpose(1, 2)
         xb, q8, qf, s = xb.view(view.shape), q8.view(view.shape), qf.view(view.shape), torch.empty(view.shape[:-1])
         args = (view.data_ptr(), kind, *view.shape[:2], view.shape[-2], view.shape[-1], *view.stride(), 127)
         assert dll.qm_dyn_rows(*args, xb.data_ptr(), q8.data_ptr(), qf.data_ptr(), s.data_ptr()) == 1
+        assert torch.equal(xb.nan_to_num(), view.contiguous().nan_to_num())  # the copy the report reads
     yv = torch.randn(6, 5, 7, generator=g)
     sa, sb = torch.rand(6, 5, generator=g), torch.rand(6, 7, generator=g)
     want = (yv * sa.unsqueeze(-1)) * sb.unsqueeze(-2)
     dll.qm_scale_rows_cols(yv.data_ptr(), 6, 5, 7, sa.data_ptr(), sb.data_ptr())
     assert torch.equal(yv, want)
+    for bsz, m, k, n in ((6, 5, 7, 19), (3, 16, 16, 16), (2, 128, 8, 16), (1, 9, 1040, 7)):
+        qmax = 127 if k <= 1024 else 63  # k * qmax^2 <= 2^24: every partial sum exact in float32
+        a = torch.randint(-qmax, qmax + 1, (bsz, m, k), generator=g).float()
+        bq = torch.randint(-qmax, qmax + 1, (bsz, n, k), generator=g).float()
+        a[0, 0], bq[0, 0] = qmax, -qmax  # the largest sums
+        sa, sb = torch.rand(bsz, m, generator=g) * 1e-2, torch.rand(bsz, n, generator=g) * 1e-2
+        y = torch.empty(bsz, m, n)
+        assert dll.qm_dyn_product(a.data_ptr(), bq.data_ptr(), bsz, m, k, n, sa.data_ptr(), sb.data_ptr(), y.data_ptr()) == 0
+        assert torch.equal(y, (torch.matmul(a, bq.transpose(-2, -1)) * sa.unsqueeze(-1)) * sb.unsqueeze(-2))
+    assert dll.qm_dyn_product(a.data_ptr(), bq.data_ptr(), 1, 9, 1040, 8, sa.data_ptr(), sb.data_ptr(), y.data_ptr()) == 1
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])

@@ -948,80 +948,167 @@ int qm_param_quant(const float* t, int64_t bsz, int64_t c, int64_t bstride, int6
    values (float32, or fp16 widened exactly), s = fp32(fl64(max|x|) / qmax) (1 when the row is all zero:
    fixedpoint.symmetric_scale), q = clamp(rint(fl64(x) / fl64(s)), +-qmax) (fixedpoint.quantize).
    Returns 1 on a non-finite value (the caller runs the Python definition, which reports it). */
-int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* out, float* s_out) {
-    int par = rows > 1 && rows * k >= PAR_MIN && NTHR > 1;
-    PAR_LOOP(par, for (int64_t r = 0; r < rows; r++) {
-        float buf[BLK];
-        float a = 0.0f;
-        int rb = 0;
-        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 1: max |x| */
-            int64_t m = k - j0 < BLK ? k - j0 : BLK;
-            const float* v = (const float*)x + r * k + j0;
-            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
-            int64_t j = 0;
+/* max |x| of m float32 values folded into *a; *rb set when one is not finite (exact in any order: the values
+   are non-negative, and a non-finite one is flagged separately) */
+static inline void amax_f32(const float* v, int64_t m, float* a_io, int* rb_io) {
+    float a = *a_io;
+    int rb = 0;
+    int64_t j = 0;
 #if defined(QMK_AVX512)
-            /* max of |x| (exact in any order: non-negative values; non-finite ones are flagged separately) */
-            __m512 am = _mm512_setzero_ps(), big = _mm512_set1_ps(3.4028234663852886e38f);
-            for (; j + 16 <= m; j += 16) {
-                __m512 u = _mm512_abs_ps(_mm512_loadu_ps(v + j));
-                rb |= _mm512_cmp_ps_mask(u, big, _CMP_LE_OQ) != 0xFFFF;
-                am = _mm512_max_ps(am, u);
-            }
-            float ar = _mm512_reduce_max_ps(am);
-            a = ar > a ? ar : a;
+    __m512 am = _mm512_setzero_ps(), big = _mm512_set1_ps(3.4028234663852886e38f);
+    for (; j + 16 <= m; j += 16) {
+        __m512 u = _mm512_abs_ps(_mm512_loadu_ps(v + j));
+        rb |= _mm512_cmp_ps_mask(u, big, _CMP_LE_OQ) != 0xFFFF;
+        am = _mm512_max_ps(am, u);
+    }
+    float ar = _mm512_reduce_max_ps(am);
+    a = ar > a ? ar : a;
 #elif defined(__AVX2__)
-            /* the same as above, 8 at a time (|x| by clearing the sign bit, as fabsf) */
-            __m256 am = _mm256_setzero_ps(), big = _mm256_set1_ps(3.4028234663852886e38f);
-            __m256 sgn = _mm256_set1_ps(-0.0f);
-            for (; j + 8 <= m; j += 8) {
-                __m256 u = _mm256_andnot_ps(sgn, _mm256_loadu_ps(v + j));
-                rb |= _mm256_movemask_ps(_mm256_cmp_ps(u, big, _CMP_LE_OQ)) != 0xFF;
-                am = _mm256_max_ps(am, u);
-            }
-            float a8[8];
-            _mm256_storeu_ps(a8, am);
-            for (int i = 0; i < 8; i++) a = a8[i] > a ? a8[i] : a;
+    /* the same, 8 at a time (|x| by clearing the sign bit, as fabsf) */
+    __m256 am = _mm256_setzero_ps(), big = _mm256_set1_ps(3.4028234663852886e38f);
+    __m256 sgn = _mm256_set1_ps(-0.0f);
+    for (; j + 8 <= m; j += 8) {
+        __m256 u = _mm256_andnot_ps(sgn, _mm256_loadu_ps(v + j));
+        rb |= _mm256_movemask_ps(_mm256_cmp_ps(u, big, _CMP_LE_OQ)) != 0xFF;
+        am = _mm256_max_ps(am, u);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    float ar = _mm_cvtss_f32(h);
+    a = ar > a ? ar : a;
 #endif
-            for (; j < m; j++) {
-                float u = fabsf(v[j]);
-                rb |= !(u <= 3.4028234663852886e38f);
-                a = u > a ? u : a;
+    for (; j < m; j++) {
+        float u = fabsf(v[j]);
+        rb |= !(u <= 3.4028234663852886e38f);
+        a = u > a ? u : a;
+    }
+    *a_io = a;
+    *rb_io |= rb;
+}
+
+/* The codes clamp(rint(fl64(x / s)), +-qm) of m float32 values at a float32 scale s > 0, into o8 (int8) and, when
+   of is not NULL, the same codes as float32 values; rcp = 1.0f / s.
+   Why fl64(x / s) has the exact quotient's rint: x and s are float32, so a quotient near a half-integer h but
+   not on it lies at least 2^-26 from it (x - h s is then a non-zero multiple of ulp(s) / 4), far more than
+   float64's rounding error for |x / s| <= 2^20; the float64 quotient therefore never rounds onto (or across)
+   a half-integer, and its rint is the exact quotient's.
+   AVX2 + FMA (s in [2^-90, 2^90], qm <= 2^12): the same integers without a division: q = x * (1/s) is within
+   2^-11 of the quotient (relative error below 2^-23), so n = rint(q) is the result unless q lies within 2^-10
+   of a half-integer. For a vector with such a lane, the exact sign of x - (n +- 0.5) s, one fused
+   multiply-add each (rounding keeps the sign, and the scale range keeps the value out of the subnormals), says
+   whether the quotient lies past the half-integer next to n (then n +- 1) or on it (then the even neighbour,
+   as rint). Elsewhere float64 divisions as the definition. */
+static inline void dq_codes(const float* v, int64_t m, float s, float rcp, double qm, int8_t* o8, float* of) {
+    int64_t j = 0;
+    double sd = (double)s;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (s >= 0x1p-90f && s <= 0x1p90f && qm <= 0x1p12) {
+        const __m256 vs = _mm256_set1_ps(s), vr = _mm256_set1_ps(rcp);
+        const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+        const __m256 hi = _mm256_set1_ps((float)qm), lo = _mm256_set1_ps((float)-qm);
+        const __m256 sgn = _mm256_set1_ps(-0.0f), near = _mm256_set1_ps(0.5f - 0x1p-10f);
+        for (; j + 8 <= m; j += 8) {
+            __m256 x = _mm256_loadu_ps(v + j), q = _mm256_mul_ps(x, vr);
+            __m256 n = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), r = n;
+            /* |q - n| <= 1/2 - 2^-10 puts the quotient within 1/2 - 2^-11 of n (qm <= 2^12): n is its rint */
+            if (_mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sgn, _mm256_sub_ps(q, n)), near, _CMP_GT_OQ))) {
+                __m256 hu = _mm256_add_ps(n, half), hd = _mm256_sub_ps(n, half);
+                __m256 up = _mm256_fnmadd_ps(hu, vs, x), dn = _mm256_fnmadd_ps(hd, vs, x);  /* x - hu s, x - hd s */
+                r = _mm256_blendv_ps(n, _mm256_add_ps(n, one), _mm256_cmp_ps(up, zero, _CMP_GT_OQ));
+                r = _mm256_blendv_ps(r, _mm256_round_ps(hu, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                     _mm256_cmp_ps(up, zero, _CMP_EQ_OQ));
+                r = _mm256_blendv_ps(r, _mm256_sub_ps(n, one), _mm256_cmp_ps(dn, zero, _CMP_LT_OQ));
+                r = _mm256_blendv_ps(r, _mm256_round_ps(hd, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                     _mm256_cmp_ps(dn, zero, _CMP_EQ_OQ));
+            }
+            __m256i w = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+            if (of) _mm256_storeu_ps(of + j, _mm256_cvtepi32_ps(w));  /* through int32: +0.0 for a zero code */
+            __m128i p = _mm_packs_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+            _mm_storel_epi64((__m128i*)(o8 + j), _mm_packs_epi16(p, p));
+        }
+    }
+#endif
+    int64_t j1 = j;
+#if defined(QMK_AVX512)
+    /* the float64 steps, 8 at a time: quotient, round half to even, clamp, narrow */
+    __m512d vs8 = _mm512_set1_pd(sd), lo8 = _mm512_set1_pd(-qm), hi8 = _mm512_set1_pd(qm);
+    for (; j + 8 <= m; j += 8) {
+        __m512d d = _mm512_div_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v + j)), vs8);
+        d = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        d = _mm512_min_pd(_mm512_max_pd(d, lo8), hi8);
+        _mm_storel_epi64((__m128i*)(o8 + j), _mm256_cvtepi32_epi8(_mm512_cvtpd_epi32(d)));
+    }
+#elif defined(__AVX2__)
+    /* the same, 4 at a time; the clamped integers narrow exactly (saturating packs) */
+    __m256d vs4 = _mm256_set1_pd(sd), lo4 = _mm256_set1_pd(-qm), hi4 = _mm256_set1_pd(qm);
+    for (; j + 4 <= m; j += 4) {
+        __m256d d = _mm256_div_pd(_mm256_cvtps_pd(_mm_loadu_ps(v + j)), vs4);
+        d = _mm256_round_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        d = _mm256_min_pd(_mm256_max_pd(d, lo4), hi4);
+        __m128i w = _mm256_cvtpd_epi32(d);
+        w = _mm_packs_epi32(w, w);  /* int32 -> int16 */
+        w = _mm_packs_epi16(w, w);  /* int16 -> int8: the 4 codes in the low 4 bytes */
+        int32_t four = _mm_cvtsi128_si32(w);
+        memcpy(o8 + j, &four, 4);
+    }
+#endif
+    for (; j < m; j++) o8[j] = (int8_t)clampd(rint((double)v[j] / sd), -qm, qm);
+    if (of)
+        for (int64_t i = j1; i < m; i++) of[i] = (float)o8[i];
+}
+
+/* The scales fp32(fl64(a / qm)) (1 for a = 0) of n row maxima a >= 0, in place, and their float32 reciprocals
+   rc: qm_dyn_quant's per-row steps, 4 rows per float64 division where AVX2 is available. */
+static void dq_scales(float* as, float* rc, int64_t n, double qm) {
+    int64_t i = 0;
+#if defined(__AVX2__)
+    const __m256d q4 = _mm256_set1_pd(qm);
+    const __m128 one = _mm_set1_ps(1.0f), zero = _mm_setzero_ps();
+    for (; i + 4 <= n; i += 4) {
+        __m128 a = _mm_loadu_ps(as + i);
+        __m128 s = _mm256_cvtpd_ps(_mm256_div_pd(_mm256_cvtps_pd(a), q4));
+        s = _mm_blendv_ps(one, s, _mm_cmpgt_ps(a, zero));
+        _mm_storeu_ps(as + i, s);
+        _mm_storeu_ps(rc + i, _mm_div_ps(one, s));
+    }
+#endif
+    for (; i < n; i++) {
+        float s = as[i] > 0.0f ? (float)((double)as[i] / qm) : 1.0f;
+        as[i] = s;
+        rc[i] = 1.0f / s;
+    }
+}
+
+int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qmax, int8_t* out, float* s_out) {
+    int64_t nch = (rows + 15) / 16;  /* chunks of 16 rows: their maxima, their scales (dq_scales), their codes */
+    int par = nch > 1 && rows * k >= PAR_MIN && NTHR > 1;
+    PAR_LOOP(par, for (int64_t c = 0; c < nch; c++) {
+        float buf[BLK], am[16], rc[16];
+        int bad[16];
+        int64_t r0 = c * 16, cn = rows - r0 < 16 ? rows - r0 : 16;
+        for (int64_t i = 0; i < cn; i++) {  /* pass 1: max |x| */
+            int64_t r = r0 + i;
+            am[i] = 0.0f;
+            bad[i] = 0;
+            for (int64_t j0 = 0; j0 < k; j0 += BLK) {
+                int64_t m = k - j0 < BLK ? k - j0 : BLK;
+                const float* v = (const float*)x + r * k + j0;
+                if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+                amax_f32(v, m, &am[i], &bad[i]);
             }
         }
-        if (rb) { s_out[r] = -1.0f; continue; }  /* marked; reported after the loop */
-        float s = a > 0.0f ? (float)((double)a / (double)qmax) : 1.0f;
-        s_out[r] = s;
-        double qm = (double)qmax, sd = (double)s;
-        for (int64_t j0 = 0; j0 < k; j0 += BLK) {  /* pass 2: the codes */
-            int64_t m = k - j0 < BLK ? k - j0 : BLK;
-            const float* v = (const float*)x + r * k + j0;
-            if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
-            int8_t* o = out + r * k + j0;
-            int64_t j = 0;
-#if defined(QMK_AVX512)
-            /* the same IEEE steps, 8 at a time: float64 quotient, round half to even, clamp, narrow */
-            __m512d vs = _mm512_set1_pd(sd), lo = _mm512_set1_pd(-qm), hi = _mm512_set1_pd(qm);
-            for (; j + 8 <= m; j += 8) {
-                __m512d d = _mm512_div_pd(_mm512_cvtps_pd(_mm256_loadu_ps(v + j)), vs);
-                d = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                d = _mm512_min_pd(_mm512_max_pd(d, lo), hi);
-                _mm_storel_epi64((__m128i*)(o + j), _mm256_cvtepi32_epi8(_mm512_cvtpd_epi32(d)));
+        dq_scales(am, rc, cn, (double)qmax);
+        for (int64_t i = 0; i < cn; i++) {  /* pass 2: the codes */
+            int64_t r = r0 + i;
+            s_out[r] = bad[i] ? -1.0f : am[i];  /* a non-finite row marked; reported after the loop */
+            if (bad[i]) continue;
+            for (int64_t j0 = 0; j0 < k; j0 += BLK) {
+                int64_t m = k - j0 < BLK ? k - j0 : BLK;
+                const float* v = (const float*)x + r * k + j0;
+                if (in_kind == 1) { h2f((const f16*)x + r * k + j0, buf, m); v = buf; }
+                dq_codes(v, m, am[i], rc[i], (double)qmax, out + r * k + j0, NULL);
             }
-#elif defined(__AVX2__)
-            /* the same IEEE steps, 4 at a time; the clamped integers narrow exactly (saturating packs) */
-            __m256d vs = _mm256_set1_pd(sd), lo = _mm256_set1_pd(-qm), hi = _mm256_set1_pd(qm);
-            for (; j + 4 <= m; j += 4) {
-                __m256d d = _mm256_div_pd(_mm256_cvtps_pd(_mm_loadu_ps(v + j)), vs);
-                d = _mm256_round_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                d = _mm256_min_pd(_mm256_max_pd(d, lo), hi);
-                __m128i w = _mm256_cvtpd_epi32(d);
-                w = _mm_packs_epi32(w, w);  /* int32 -> int16 */
-                w = _mm_packs_epi16(w, w);  /* int16 -> int8: the 4 codes in the low 4 bytes */
-                int32_t four = _mm_cvtsi128_si32(w);
-                memcpy(o + j, &four, 4);
-            }
-#endif
-            for (; j < m; j++) o[j] = (int8_t)clampd(rint((double)v[j] / sd), -qm, qm);
         }
     })
     for (int64_t r = 0; r < rows; r++)
@@ -1030,13 +1117,53 @@ int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qm
 }
 
 /* The dynamic integer products' operand codes (emulator.matmul, dynamic branch) of a strided [D0, D1, R, K] view
-   (float32, or fp16: in_kind 0 / 1; strides in elements): its rows copied to xbuf (contiguous, x's type), then
-   qm_dyn_quant's per-row scales and int8 codes (q8), and the codes as float32 (qf), the values the exact float
-   product reads. Returns 1 on a non-finite value, as qm_dyn_quant. */
+   (float32, or fp16: in_kind 0 / 1; strides in elements): qm_dyn_quant's per-row scales and int8 codes of its
+   rows (q8, contiguous), and the codes as float32 (qf), the values the exact float product reads. Rows of at
+   most BLK values go in chunks, without a copy where they are contiguous float32 (gathered into a stack buffer
+   otherwise); xbuf (x's type, contiguous) receives the rows only for longer rows or on a non-finite value (the
+   caller's report reads it). Returns 1 on a non-finite value, as qm_dyn_quant. */
 int qm_dyn_rows(const void* x, int in_kind, int64_t d0, int64_t d1, int64_t rows, int64_t k, int64_t s0, int64_t s1,
                 int64_t sr, int64_t sk, int64_t qmax, void* xbuf, int8_t* q8, float* qf, float* s_out) {
     int64_t nr = d0 * d1 * rows;
-    for (int64_t i0 = 0; i0 < d0; i0++)
+    if (k <= BLK) {  /* chunks of rows: their maxima, then their scales 4 at a time, then their codes */
+        float cb[4 * BLK], am[64], rc[64];
+        f16 hb[BLK];
+        int64_t per = 4 * BLK / k < 64 ? 4 * BLK / k : 64;
+        for (int64_t c0 = 0; c0 < nr; c0 += per) {
+            int64_t cn = nr - c0 < per ? nr - c0 : per;
+            const float* rp[64];
+            int rb = 0;
+            for (int64_t i = 0; i < cn; i++) {
+                int64_t row = c0 + i, r = row % rows, i1 = (row / rows) % d1, i0 = row / (rows * d1);
+                int64_t src = i0 * s0 + i1 * s1 + r * sr;
+                float* b = cb + i * k;
+                rp[i] = b;
+                if (in_kind == 1) {
+                    const f16* a = (const f16*)x + src;
+                    if (sk != 1) {
+                        for (int64_t j = 0; j < k; j++) hb[j] = a[j * sk];
+                        a = hb;
+                    }
+                    h2f(a, b, k);
+                } else if (sk == 1) {
+                    rp[i] = (const float*)x + src;
+                } else {
+                    const float* a = (const float*)x + src;
+                    for (int64_t j = 0; j < k; j++) b[j] = a[j * sk];
+                }
+                am[i] = 0.0f;
+                amax_f32(rp[i], k, &am[i], &rb);
+            }
+            if (rb) break;
+            dq_scales(am, rc, cn, (double)qmax);
+            for (int64_t i = 0; i < cn; i++) {
+                s_out[c0 + i] = am[i];
+                dq_codes(rp[i], k, am[i], rc[i], (double)qmax, q8 + (c0 + i) * k, qf + (c0 + i) * k);
+            }
+            if (c0 + cn == nr) return 0;
+        }
+    }
+    for (int64_t i0 = 0; i0 < d0; i0++)  /* long rows, or a non-finite value: the contiguous copy first */
         for (int64_t i1 = 0; i1 < d1; i1++)
             for (int64_t r = 0; r < rows; r++) {
                 int64_t src = i0 * s0 + i1 * s1 + r * sr, dst = ((i0 * d1 + i1) * rows + r) * k;
@@ -1067,6 +1194,56 @@ void qm_scale_rows_cols(float* y, int64_t batch, int64_t m, int64_t n, const flo
             const float* c = sb + b * n;
             for (int64_t j = 0; j < n; j++) yr[j] = (yr[j] * a) * c[j];
         }
+}
+
+/* The dynamic integer products' exact float product and rescale in one pass (qm_dyn_rows' float codes, then
+   qm_scale_rows_cols): y[b, i, j] = ((sum_t A[b, i, t] B[b, j, t]) * sa[b, i]) * sb[b, j] for A [batch, m, k],
+   B [batch, n, k] float32 integer codes with k * max|A| * max|B| <= 2^24. Every product and partial sum is then
+   an integer below 2^24 in magnitude, exact in float32 in any order (a fused multiply-add included), so the
+   sum is torch.matmul's; the two float32 products follow in qm_scale_rows_cols' order. B[b] is transposed into
+   a stack buffer so that each output row is a sum of k scaled rows (vectors across j). Returns 1 (nothing
+   written) when k * n exceeds that buffer (8192 values); the caller then keeps torch.matmul. */
+int qm_dyn_product(const float* A, const float* B, int64_t batch, int64_t m, int64_t k, int64_t n, const float* sa,
+                   const float* sb, float* y) {
+    if (k * n > 8192) return 1;
+    float bt[8192];
+    for (int64_t b = 0; b < batch; b++) {
+        const float* bb = B + b * n * k;
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t t = 0; t < k; t++) bt[t * n + j] = bb[j * k + t];
+        const float* c = sb + b * n;
+        for (int64_t i = 0; i < m; i++) {
+            const float* ar = A + (b * m + i) * k;
+            float* yr = y + (b * m + i) * n;
+            const float a = sa[b * m + i];
+            int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+            for (; j + 16 <= n; j += 16) {
+                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+                for (int64_t t = 0; t < k; t++) {
+                    __m256 av = _mm256_set1_ps(ar[t]);
+                    s0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(bt + t * n + j), s0);
+                    s1 = _mm256_fmadd_ps(av, _mm256_loadu_ps(bt + t * n + j + 8), s1);
+                }
+                __m256 va = _mm256_set1_ps(a);
+                _mm256_storeu_ps(yr + j, _mm256_mul_ps(_mm256_mul_ps(s0, va), _mm256_loadu_ps(c + j)));
+                _mm256_storeu_ps(yr + j + 8, _mm256_mul_ps(_mm256_mul_ps(s1, va), _mm256_loadu_ps(c + j + 8)));
+            }
+            for (; j + 8 <= n; j += 8) {
+                __m256 s0 = _mm256_setzero_ps();
+                for (int64_t t = 0; t < k; t++)
+                    s0 = _mm256_fmadd_ps(_mm256_set1_ps(ar[t]), _mm256_loadu_ps(bt + t * n + j), s0);
+                _mm256_storeu_ps(yr + j, _mm256_mul_ps(_mm256_mul_ps(s0, _mm256_set1_ps(a)), _mm256_loadu_ps(c + j)));
+            }
+#endif
+            for (; j < n; j++) {
+                float acc = 0.0f;
+                for (int64_t t = 0; t < k; t++) acc += ar[t] * bt[t * n + j];
+                yr[j] = (acc * a) * c[j];
+            }
+        }
+    }
+    return 0;
 }
 
 /* Dynamic recipes' rescale of the int32 sums (the dyn_rescale op): y = (fp32(acc) * s_row) * w_scale + bias

@@ -68,6 +68,8 @@ int qm_dyn_quant(const void* x, int in_kind, int64_t rows, int64_t k, int64_t qm
                  float* s_out);
 int qm_dyn_rows(const void* x, int in_kind, int64_t d0, int64_t d1, int64_t rows, int64_t k, int64_t s0, int64_t s1,
                 int64_t sr, int64_t sk, int64_t qmax, void* xbuf, int8_t* q8, float* qf, float* s_out);
+int qm_dyn_product(const float* A, const float* B, int64_t batch, int64_t m, int64_t k, int64_t n, const float* sa,
+                   const float* sb, float* y);
 void qm_scale_rows_cols(float* y, int64_t batch, int64_t m, int64_t n, const float* sa, const float* sb);
 void qm_dyn_rescale(const int32_t* acc, int64_t rows, int64_t n, const float* s_row, const float* w_scale,
                     const float* bias, void* out, int out_f16);
