@@ -526,9 +526,14 @@ def test_dynamic_int_helpers_in_c_equal_their_python_definition():
         a[0, 0], bq[0, 0] = qmax, -qmax  # the largest sums
         sa, sb = torch.rand(bsz, m, generator=g) * 1e-2, torch.rand(bsz, n, generator=g) * 1e-2
         y = torch.empty(bsz, m, n)
-        assert dll.qm_dyn_product(a.data_ptr(), bq.data_ptr(), bsz, m, k, n, sa.data_ptr(), sb.data_ptr(), y.data_ptr()) == 0
+        assert (
+            dll.qm_dyn_product(a.data_ptr(), bq.data_ptr(), bsz, m, k, n, sa.data_ptr(), sb.data_ptr(), y.data_ptr())
+            == 0
+        )
         assert torch.equal(y, (torch.matmul(a, bq.transpose(-2, -1)) * sa.unsqueeze(-1)) * sb.unsqueeze(-2))
-    assert dll.qm_dyn_product(a.data_ptr(), bq.data_ptr(), 1, 9, 1040, 8, sa.data_ptr(), sb.data_ptr(), y.data_ptr()) == 1
+    assert (
+        dll.qm_dyn_product(a.data_ptr(), bq.data_ptr(), 1, 9, 1040, 8, sa.data_ptr(), sb.data_ptr(), y.data_ptr()) == 1
+    )
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int"])
