@@ -116,10 +116,17 @@ def row_options(first: GemmUnit, second: GemmUnit, hw: HWConfig) -> list[int]:
     return out
 
 
-def plan_chain(u: ChainUnit, plan_part) -> Plan:
+def plan_chain(u: ChainUnit, plan_part, barrier: bool = False) -> Plan:
     """The chain's tiles: per row block, the first GEMM's tiles then the second's, each planned
     by ``plan_part(gemm_unit) -> Plan`` (the caller's tile search and cache). Buffers: the larger
-    of the two parts' (each part fits what the hidden block leaves); counts: the parts' summed."""
+    of the two parts' (each part fits what the hidden block leaves); counts: the parts' summed.
+
+    ``barrier`` (the latency planner's chain): each part starts once the one before has drained,
+    so the chain takes exactly the sum of its parts' replays alone, and a part tiled for its own
+    fastest replay is tiled for the chain's. Without it the next part's loads overlap the last
+    one's tail, which is faster by that overlap, but then which part tilings are best depends on
+    both together, and a chip with more of a resource (whose parts' best tilings change) could
+    run the chain slower than a smaller chip does."""
     tiles: list = []
     counts: dict[str, int] = {}
     caps = [1, 1, 1]
@@ -134,4 +141,5 @@ def plan_chain(u: ChainUnit, plan_part) -> Plan:
             for k, v in p.counts.items():
                 counts[k] = counts.get(k, 0) + n * v
             caps = [max(caps[0], p.in_cap), max(caps[1], p.w_cap), max(caps[2], p.out_cap)]
-    return Plan("mac", tiles, caps[0], caps[1], caps[2], counts, ("chain", u.rows))
+    seq = tuple(p for n, ps in parts for _ in range(n) for p in ps) if barrier else ()
+    return Plan("mac", tiles, caps[0], caps[1], caps[2], counts, ("chain", u.rows), parts=seq)

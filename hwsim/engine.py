@@ -243,6 +243,10 @@ class Machine:
         if plan.closed:  # a huge GEMM in closed form (hwsim/gemm_closed_form.py): its replay alone
             yield from self._run_closed(plan, label)
             return
+        if plan.parts:  # each part once the one before has drained (its last output stored)
+            for part in plan.parts:
+                yield from self.run_unit(part, label)
+            return
         in_buf, w_buf, out_buf = Buffer(env, plan.in_cap), Buffer(env, plan.w_cap), Buffer(env, plan.out_cap)
         qa, qb, outq = Queue(env), Queue(env), Queue(env)
         env.process(self._loader(tiles, in_buf, 1, 0, 6, qa, label))

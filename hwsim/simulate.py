@@ -93,7 +93,12 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    array when that is faster than cutting each item's output columns over all the arrays, so a
 #    tile is never slower on more arrays (tiling._tile_compute_cycles); chips with at most 2
 #    arrays, and so the presets, keep their numbers
-SIM_VERSION = "hwsim-9"
+# 10: the latency planner tiles a GEMM by the fastest replay of its whole ladder (power-of-two row,
+#    batch, depth and width blocks; was: the best 8 by estimate), with a tighter replay lower bound
+#    (each loader's and the storer's transfers one after another), and runs a chain's GEMMs one
+#    after another with the machine drained between them, so the chain takes the sum of its parts'
+#    replays; the default edp2 planner's numbers are unchanged
+SIM_VERSION = "hwsim-10"
 _OP_KEY = attrgetter(
     "kind",
     "batch",
@@ -423,23 +428,23 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
 
 def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> tuple:
     """(tiling, (cycles, pJ)) of a GEMM unit (``tiling.gemm_shape``), cached beside the plans; a
-    unit with quantization stages starts from its static twin's tiling. A latency planner replays
-    the best ``REPLAY_CHECKED`` tilings by estimate and keeps the fastest replay (its plan is cached
-    for ``_plan``), so the closed form's error cannot pick a slower one among them."""
+    unit with quantization stages starts from its static twin's tiling. A latency planner instead
+    takes the fastest replay of its whole ladder (``_fastest_shape``; its plan is cached for
+    ``_plan``)."""
     key = ("shape", unit, need_full_k)
     hit = plans.get(key)
     if hit is None:
-        anchor = None
-        twin = static_twin(unit)
-        if twin is not unit:  # the static twin's tiling (shared with the static recipe's GEMM)
-            try:
-                anchor = _shape(twin, hw, plans, _needs_full_k(twin))[0]
-            except (ConfigError, NoFit):
-                pass
         try:
             if hw.planner.objective == "latency":
-                hit = _fastest_shape(unit, hw, plans, need_full_k, anchor)
+                hit = _fastest_shape(unit, hw, plans, need_full_k)
             else:
+                anchor = None
+                twin = static_twin(unit)
+                if twin is not unit:  # the static twin's tiling (shared with the static recipe's GEMM)
+                    try:
+                        anchor = _shape(twin, hw, plans, _needs_full_k(twin))[0]
+                    except (ConfigError, NoFit):
+                        pass
                 hit = gemm_shape(unit, hw, need_full_k, anchor)
         except NoFit as e:
             if need_full_k:
@@ -449,21 +454,20 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
     return hit
 
 
-REPLAY_CHECKED = 8  # tilings a latency planner replays per GEMM unit at most (assumption: a compiler's autotuner
-# measures a handful of candidates, not every one)
-
-
-def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool, anchor) -> tuple:
-    """A latency planner's tiling: of the best ``REPLAY_CHECKED`` by estimate, the one of fastest
-    replay (``_fastest_replay``, which skips those whose lower bound cannot win); its plan is
-    cached for ``_plan``."""
-    top = gemm_shape(unit, hw, need_full_k, anchor, top=REPLAY_CHECKED)
-    est = dict(top)
-    bound = _GemmSearch(unit, hw).est.bound
-    plan = _fastest_replay([(x, bound) for x, _ in top], lambda x: gemm_plan(unit, hw, need_full_k, shape=x), hw)
+def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool) -> tuple:
+    """A latency planner's tiling: the fastest replay of every tiling of its ladder
+    (``_GemmSearch.ladder``: a candidate set that only grows with the buffers, the DRAM and DMA
+    rates and the arrays), exactly (``_fastest_replay`` skips only tilings whose lower bound
+    cannot win); its plan is cached for ``_plan``. No static-twin start: the exact choice over
+    the twin's ladder (a superset of the fused GEMM's, each tiling no slower) already orders them."""
+    srch = _GemmSearch(unit, hw)
+    cands = srch.ladder(need_full_k)
+    if not cands:
+        gemm_shape(unit, hw, need_full_k)  # raises NoFit, naming the buffer
+    plan = _fastest_replay(cands, lambda x: gemm_plan(unit, hw, need_full_k, shape=x), hw)
     plans[(unit, need_full_k)] = plan
     bt, mt, kt, nt, wr = plan.tile_shape
-    return (kt, nt, mt, bt, wr), est[(kt, nt, mt, bt, wr)]
+    return (kt, nt, mt, bt, wr), srch.est(kt, nt, mt, bt, wr)[:2]
 
 
 def _fastest_replay(cands: list, build, hw: HWConfig, limit: int | None = None) -> Plan:
@@ -507,7 +511,7 @@ def unit_run(plan: Plan, hw: HWConfig) -> tuple[int, dict]:
     fresh = getattr(_FRESH, "on", False)
     key = None
     if not plan.closed and not fresh:
-        key = (unit_params(hw), plan.engine, plan.in_cap, plan.w_cap, plan.out_cap, tuple(plan.tiles))
+        key = (unit_params(hw), plan.engine, plan.in_cap, plan.w_cap, plan.out_cap, bool(plan.parts), tuple(plan.tiles))
         hit = _RUNS.get(key)
         if hit is not None:
             return hit
@@ -537,7 +541,9 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
                 shape = _shape(unit, hw, plans, need_full_k)[0]
                 p = plans.get(key) or gemm_plan(unit, hw, need_full_k, shape=shape)  # a latency planner's
             elif isinstance(unit, ChainUnit):
-                p = plan_chain(unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)))
+                p = plan_chain(
+                    unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)), hw.planner.objective == "latency"
+                )
             elif isinstance(unit, AttentionUnit) and hw.planner.objective == "latency":
                 p = _fastest_replay(
                     attention_blockings(unit, hw, ladder=True), lambda b: plan_attention(unit, hw, b), hw

@@ -255,6 +255,8 @@ class Plan:
     replayed: int = -1  # cycles of the plan replayed alone, once a latency planner has checked it
     closed: tuple = ()  # (cycles, engine counters) of the replay alone, for a plan in closed form
     # (``gemm_closed_form``: ``tiles`` then holds only its first and last tile)
+    parts: tuple = ()  # plans run one after another, each on the machine drained by the one before
+    # (a latency planner's chain, ``chain.plan_chain``); ``tiles`` and ``counts`` are then theirs joined
 
 
 class NoFit(Exception):
@@ -477,7 +479,30 @@ class _Estimate:
         w1 += u.pre_weight_bytes
         b_e, m_e, n_e = (x - (math.ceil(x / t) - 1) * t for x, t in ((u.batch, bt), (u.m, mt), (u.n, nt)))
         out1 = math.ceil(b_e * m_e * n_e * self.o_bpe) if u.dram_out else 0
-        return replay_lower_bound(comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1)
+        bound = replay_lower_bound(comp, self.pre_cycles * fa + self.post_cycles, dram, self.hw, (a1, w1), out1)
+        # each operand's loader runs its transfers one after another (``engine.Machine._loader``),
+        # each at least a DMA setup plus its bytes at ``transfer_cycles_per_byte``, and the input's
+        # pre-stage after its load; the last tile computes after both loaders are done, and its
+        # output leaves after it
+        hw, setup = self.hw, self.hw.dma.setup_cycles
+        tcpb = transfer_cycles_per_byte(hw)
+        nb_b = math.ceil(u.batch / bt)
+        n_a = max(nb_b * nb_m * nb_k * fa if u.dram_in else 0, nb_b * nb_m * nb_n if u.res_bytes else 0)
+        a_in = (u.a_bytes * fa if u.dram_in else 0) + u.res_bytes
+        b_in = self._b_in(fb_item, nb_n, nb_k, nb_b)
+        n_b = 0 if u.b_resident else nb_n * nb_k * fb_item * (nb_b if (u.b_per_item or nb_n > 1 or nb_k > 1) else 1)
+        n_b = max(n_b, 1 if u.pre_weight_bytes else 0)
+        k_e = u.k - (nb_k - 1) * kt
+        tail = self.tile_cycles(b_e, m_e, k_e, n_e)[0] + (setup + out1 * tcpb if out1 else 0.0)
+        lane_a = n_a * setup + a_in * tcpb + self.pre_cycles * fa
+        lane_b = n_b * setup + (b_in + u.pre_weight_bytes) * tcpb
+        # the storer runs each output tile's post-stage then its store, one after another, from
+        # the first tile's compute on (after that tile's operands are in)
+        n_out = nb_b * nb_m * nb_n if u.dram_out else 0
+        lane_o = self.post_cycles + n_out * setup + (u.out_bytes if u.dram_out else 0) * tcpb
+        if lane_o:
+            lane_o += max(a1, w1) * tcpb + (setup if a1 or w1 else 0) + self.tile_cycles(b0, m0, k0, n0)[0]
+        return max(bound, math.floor(max(max(lane_a, lane_b) + tail, lane_o) * (1 - 1e-12)))
 
     def _sums(self, kt: int, nt: int, mt: int, bt: int) -> tuple[int, int]:
         """(array cycles, SRAM bytes the arrays read) of every tile of a tiling, summed over its
@@ -572,13 +597,27 @@ N_SPLITS = (2, 3, 4, 5, 6, 8)
 K_SPLITS = (2, 3, 4, 6, 8, 12, 16, 24, 32)  # K cut in d near-equal parts rounded up to R
 
 
-def _gemm_tile_options(u: GemmUnit, R: int, C: int, A: int, need_full_k: bool) -> tuple[list[int], list[int]]:
-    """Depths ``kt`` and widths ``nt`` a GEMM may be tiled with, from its shape and the arrays alone."""
+# The latency planner's coarser ladders (powers of two): it replays every candidate that its lower
+# bound cannot rule out (``simulate._fastest_replay``), so it weighs fewer than the closed-form search
+LADDER_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LADDER_SPLITS = (2, 4, 8)
+
+
+def _gemm_tile_options(
+    u: GemmUnit, R: int, C: int, A: int, need_full_k: bool, coarse: bool = False
+) -> tuple[list[int], list[int]]:
+    """Depths ``kt`` and widths ``nt`` a GEMM may be tiled with, from its shape and the arrays alone
+    (``coarse``: the latency planner's power-of-two ladders)."""
+    multiples, n_splits, k_splits = (LADDER_COUNTS, LADDER_SPLITS, LADDER_COUNTS[1:6]) if coarse else (
+        N_MULTIPLES,
+        N_SPLITS,
+        K_SPLITS,
+    )
     k_opts = {u.k}
     if not need_full_k:
         kmin = min(u.k, R)
         k_opts.add(kmin)
-        for d in K_SPLITS:
+        for d in k_splits:
             kt = _round_up(math.ceil(u.k / d), R)
             if kmin <= kt < u.k:
                 k_opts.add(kt)
@@ -587,8 +626,8 @@ def _gemm_tile_options(u: GemmUnit, R: int, C: int, A: int, need_full_k: bool) -
         # widths of one array and of every power-of-two subset of the arrays up to all of them, so a
         # chip with more arrays keeps the widths a chip with fewer would use
         widths = {C, A * C} | {C << i for i in range(A.bit_length()) if (1 << i) <= A}
-        n_opts |= {s * j for s in widths for j in N_MULTIPLES if s * j < u.n}
-        n_opts |= {nt for d in N_SPLITS if (nt := _round_up(math.ceil(u.n / d), C)) < u.n}
+        n_opts |= {s * j for s in widths for j in multiples if s * j < u.n}
+        n_opts |= {nt for d in n_splits if (nt := _round_up(math.ceil(u.n / d), C)) < u.n}
     return sorted(k_opts, reverse=True), sorted(n_opts, reverse=True)
 
 
@@ -634,10 +673,9 @@ class _GemmSearch:
         objective = hw.planner.objective
         self.merit = lambda cycles, energy_pj: figure_of_merit(cycles, energy_pj, objective)
 
-    def rows_that_fit(self, kt: int, nt: int) -> tuple[int, int] | None:
-        """(mt, bt): the most rows (whole rows of the arrays) and batch items that fit beside a
-        ``kt x nt`` weight tile, double-buffered; None when the tile does not fit. For fixed
-        (kt, nt, order) more rows never cost more (same row folds, fewer reloads and tiles)."""
+    def room(self, kt: int, nt: int) -> tuple[int, int] | None:
+        """(rows, batch items) that fit beside a ``kt x nt`` weight tile, double-buffered, before
+        any rounding; None when the tile does not fit. Both only grow with the buffers."""
         u, wbuf, abuf = self.u, self.hw.sram.weight_buffer_bytes, tile_buffer_bytes(self.u, self.hw)
         if not u.b_resident and nt * kt * self.b_bpe > wbuf // 2 - u.pre_weight_bytes:
             return None
@@ -646,17 +684,55 @@ class _GemmSearch:
         rows = int(abuf // (2 * kt * self.a_tile_bpe + 2 * nt * (out_bpe_sram + self.res_bpe)))
         if rows < 1:
             return None
-        if rows < u.m:  # balanced row blocks: as many blocks as the most rows need, evened out
-            most = _round_down(rows, self.R)
-            blocks = math.ceil(u.m / most)
-            return min(most, _round_up(math.ceil(u.m / blocks), self.R)), 1
         bt = 1
-        if nt == u.n and nb_k == 1:
+        if rows >= u.m and nt == u.n and nb_k == 1:
             bt = min(u.batch, rows // u.m)
             if u.b_per_item and not u.b_resident:
                 bt = min(bt, max(1, int((wbuf // 2) // max(1.0, u.k * u.n * self.b_bpe))))
             bt = max(1, bt)
-        return u.m, bt
+        return rows, bt
+
+    def rows_that_fit(self, kt: int, nt: int) -> tuple[int, int] | None:
+        """(mt, bt): the most rows (whole rows of the arrays) and batch items that fit beside a
+        ``kt x nt`` weight tile, double-buffered; None when the tile does not fit. For fixed
+        (kt, nt, order) more rows never cost more (same row folds, fewer reloads and tiles)."""
+        room = self.room(kt, nt)
+        if room is None:
+            return None
+        rows, bt = room
+        if rows < self.u.m:  # balanced row blocks: as many blocks as the most rows need, evened out
+            most = _round_down(rows, self.R)
+            blocks = math.ceil(self.u.m / most)
+            return min(most, _round_up(math.ceil(self.u.m / blocks), self.R)), 1
+        return self.u.m, bt
+
+    def ladder(self, need_full_k: bool) -> list[tuple]:
+        """Every tiling a latency planner weighs, as (shape, replay lower bound), best estimate
+        first: each (depth, width) of ``_gemm_tile_options`` that fits the weight buffer, each row
+        block of ``block_ladder`` (and batch block, when all rows fit) that fits the activation
+        buffer beside it, both loop orders. The ladders read the shape and the arrays' geometry
+        alone and a bigger buffer fits whatever a smaller one fits, so a chip with more SRAM, DRAM
+        bandwidth or arrays (of the powers of two the widths are drawn for) weighs a superset;
+        ``simulate._fastest_replay`` then picks the fastest replay of them exactly."""
+        u, R = self.u, self.R
+        k_opts, n_opts = _gemm_tile_options(u, R, self.C, self.A, need_full_k, coarse=True)
+        m_ladder, b_ladder = block_ladder(u.m, R, LADDER_COUNTS), block_ladder(u.batch, 1, LADDER_COUNTS)
+        ranked = []
+        for kt in k_opts:
+            for nt in n_opts:
+                room = self.room(kt, nt)
+                if room is None:
+                    continue
+                rows, most_b = room
+                opts = [(mt, 1) for mt in m_ladder if mt <= rows]
+                if rows >= u.m:
+                    opts += [(u.m, bt) for bt in b_ladder if 1 < bt <= most_b]
+                for mt, bt in opts:
+                    for wr in (True, False):
+                        cycles, energy_pj, ntiles = self.est(kt, nt, mt, bt, wr)
+                        ranked.append(((self.merit(cycles, energy_pj), ntiles, -kt, not wr), (kt, nt, mt, bt, wr)))
+        ranked.sort(key=lambda c: c[0])
+        return [(shape, self.est.bound) for _, shape in ranked]
 
     def search(self, need_full_k: bool, top: int = 1) -> list[tuple]:
         """The ``top`` candidates (kt, nt, mt, bt, weight_reuse) of least objective, best first

@@ -1,6 +1,6 @@
 """The latency planner's search: the replay lower bound it prunes with never exceeds a replay (so
-its attention choice is the fastest replay of the whole ladder), and its ladders only grow with
-the buffers (a bigger chip keeps every block a smaller one tries)."""
+its attention and GEMM choices are the fastest replays of their whole ladders), and its ladders
+only grow with the buffers (a bigger chip keeps every block a smaller one tries)."""
 
 import dataclasses
 
@@ -79,9 +79,25 @@ def test_gemm_bound_never_above_replay(chip):
         _gemm(2048, 768, 192, pre="layernorm+quantize", a_extra_sram_bpe=1.0, post="gelu", res_bytes=2048 * 192),
     )
     for u in units:
-        bound = _GemmSearch(u, hw).est.bound
+        srch = _GemmSearch(u, hw)
+        bound = srch.est.bound
         for shape, _ in gemm_shape(u, hw, top=12):
             assert bound(*shape) <= replay_cycles(plan_gemm(u, hw, shape=shape), hw), (chip, u.m, shape)
+        ladder = srch.ladder(False)
+        for shape, b in ladder[:: max(1, len(ladder) // 40)]:  # the latency planner's candidates, spread
+            assert b(*shape) <= replay_cycles(plan_gemm(u, hw, shape=shape), hw), (chip, u.m, shape)
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_gemm_choice_is_the_fastest_replay_of_its_ladder(chip):
+    """The latency planner's GEMM tiling replays no slower than any tiling of its ladder: the
+    pruning by lower bound loses nothing."""
+    hw = _latency(chip)
+    u = _gemm(2048, 768, 192, pre="layernorm+quantize", a_extra_sram_bpe=1.0, post="gelu", res_bytes=2048 * 192)
+    cands = _GemmSearch(u, hw).ladder(False)
+    replays = [replay_cycles(plan_gemm(u, hw, shape=s), hw) for s, _ in cands]
+    best = _fastest_replay(cands, lambda s: plan_gemm(u, hw, shape=s), hw)
+    assert len(cands) > 20 and replay_cycles(best, hw) == min(replays)
 
 
 def test_ladders_only_grow_with_the_buffers():
@@ -100,5 +116,9 @@ def test_ladders_only_grow_with_the_buffers():
     rows_small = {x for x in block_ladder(g.m, small.mac.rows) if x <= fit_small[0]}
     rows_big = {x for x in block_ladder(g.m, big.mac.rows) if x <= fit_big[0]}
     assert rows_small < rows_big
+    for u in (g, _gemm(2048, 768, 192, post="gelu", res_bytes=2048 * 192)):  # the latency planner's GEMM ladder
+        g_small = {s for s, _ in _GemmSearch(u, small).ladder(False)}
+        g_big = {s for s, _ in _GemmSearch(u, big).ladder(False)}
+        assert g_small < g_big
     assert block_ladder(2048, 32) == sorted(block_ladder(2048, 32), reverse=True)
     assert 2048 in block_ladder(2048, 32) and 32 in block_ladder(2048, 32)
