@@ -94,10 +94,11 @@ from workloads.trace import GEMM_KINDS, KINDS, TRACE_VERSION, Trace
 #    tile is never slower on more arrays (tiling._tile_compute_cycles); chips with at most 2
 #    arrays, and so the presets, keep their numbers
 # 10: the latency planner tiles a GEMM by the fastest replay of its whole ladder (power-of-two row,
-#    batch, depth and width blocks; was: the best 8 by estimate), with a tighter replay lower bound
-#    (each loader's and the storer's transfers one after another), and runs a chain's GEMMs one
-#    after another with the machine drained between them, so the chain takes the sum of its parts'
-#    replays; the default edp2 planner's numbers are unchanged
+#    batch, depth and width blocks, on all the MAC arrays or half, a quarter, ... of them; was: the
+#    best 8 by estimate), with a tighter replay lower bound (each loader's and the storer's
+#    transfers one after another), runs a chain's GEMMs with the machine drained between them (the
+#    chain takes the sum of its parts' replays) and decides the SRAM hand-overs jointly (dynamic
+#    programming, was: pair by pair); the default edp2 planner's numbers are unchanged
 SIM_VERSION = "hwsim-10"
 _OP_KEY = attrgetter(
     "kind",
@@ -361,7 +362,11 @@ class _Units:
         objective is no worse. The tensor holds its bytes of the activation buffer while the
         first unit writes it and the second reads it, so both are planned in what is left
         (``held_bytes``); the DRAM write is skipped only when the second unit is its one reader
-        (else it is written as well, and only the read is saved)."""
+        (else it is written as well, and only the read is saved). The latency planner decides
+        every edge together (``_hand_over_exact``); the others pair by pair, greedily."""
+        if self.hw.planner.objective == "latency":
+            self._hand_over_exact()
+            return
         quarter = self.hw.sram.activation_buffer_bytes // 4
         for u in range(len(self.units) - 1):
             a, b = self.units[u], self.units[u + 1]
@@ -381,6 +386,64 @@ class _Units:
             if _merit([qa, qb], self.hw) <= _merit([self.plans[u], self.plans[u + 1]], self.hw):
                 self.units[u], self.units[u + 1] = na, nb
                 self.plans[u], self.plans[u + 1] = qa, qb
+
+    def _handover_edge(self, u: int) -> bool:
+        """Whether unit ``u`` may hand its output over in SRAM to unit ``u + 1`` (``_hand_over``)."""
+        a, b = self.units[u], self.units[u + 1]
+        last, head = self.covered[u][-1], self.covered[u + 1][0]
+        return (
+            _handover_kind(a)
+            and _handover_kind(b)
+            and last + 1 == head
+            and self.edges.feeds(last, head)
+            and a.out_bytes <= self.hw.sram.activation_buffer_bytes // 4
+            and out_elements(self.ops[last]) == in_elements(self.ops[head])
+        )
+
+    def _hand_over_exact(self) -> None:
+        """The latency planner's hand-over: which edges hand over, chosen jointly for least total
+        (replayed cycles, then pJ) by dynamic programming over the units in order (state: whether
+        the unit's input arrives in SRAM), each unit planned for what it holds (its input, its
+        output, or both). The optimum over every feasible combination: a chip with a bigger buffer
+        (more combinations fit, each unit no slower) never ends up slower, as a greedy pass
+        deciding pair by pair could."""
+        n, hw = len(self.units), self.hw
+        edge = [self._handover_edge(u) for u in range(n - 1)] + [False]
+        only = [edge[u] and self.edges.readers[self.covered[u][-1]] <= set(self.covered[u + 1]) for u in range(n)]
+
+        def variant(u: int, hin: bool, hout: bool):
+            if not hin and not hout:
+                return self.units[u], self.plans[u]
+            x = self.units[u]
+            held = x.held_bytes + (self.units[u - 1].out_bytes if hin else 0) + (x.out_bytes if hout else 0)
+            kw = {"held_bytes": held}
+            if hin:
+                kw["dram_in"] = False
+            if hout:
+                kw["dram_out"] = not only[u]
+            x = dataclasses.replace(x, **kw)
+            try:
+                return x, self._plan(x, _needs_full_k(x))
+            except (NoFit, ConfigError):
+                return None
+
+        # best[h] = (cost so far, choices) with unit u's input handed over (h) or not
+        best = {False: ((0, 0.0), [])}
+        for u in range(n):
+            nxt: dict = {}
+            for hin, (cost, path) in best.items():
+                for hout in (False, True) if edge[u] else (False,):
+                    v = variant(u, hin, hout)
+                    if v is None:
+                        continue
+                    c, e = _plan_cost(v[1], hw)
+                    cand = ((cost[0] + c, cost[1] + e), path + [v])
+                    if hout not in nxt or cand[0] < nxt[hout][0]:
+                        nxt[hout] = cand
+            best = nxt
+        _, path = best[False]
+        self.units = [x for x, _ in path]
+        self.plans = [p for _, p in path]
 
 
 def _merit(plans: list, hw: HWConfig) -> tuple:
@@ -460,14 +523,51 @@ def _fastest_shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool)
     rates and the arrays), exactly (``_fastest_replay`` skips only tilings whose lower bound
     cannot win); its plan is cached for ``_plan``. No static-twin start: the exact choice over
     the twin's ladder (a superset of the fused GEMM's, each tiling no slower) already orders them."""
-    srch = _GemmSearch(unit, hw)
-    cands = srch.ladder(need_full_k)
+    searches = {a: _GemmSearch(unit, _with_arrays(hw, a)) for a in _array_counts(hw.mac.arrays)}
+    cands = [((a, x), b) for a, srch in searches.items() for x, b in srch.ladder(need_full_k)]
     if not cands:
         gemm_shape(unit, hw, need_full_k)  # raises NoFit, naming the buffer
-    plan = _fastest_replay(cands, lambda x: gemm_plan(unit, hw, need_full_k, shape=x), hw)
+    bounds = {a: srch.est.bound for a, srch in searches.items()}
+    plan = _fastest_replay(
+        [(c, lambda a, x: bounds[a](*x)) for c, _ in cands],
+        lambda c: dataclasses.replace(gemm_plan(unit, _with_arrays(hw, c[0]), need_full_k, shape=c[1]), arrays=c[0]),
+        hw,
+    )
     plans[(unit, need_full_k)] = plan
     bt, mt, kt, nt, wr = plan.tile_shape
-    return (kt, nt, mt, bt, wr), srch.est(kt, nt, mt, bt, wr)[:2]
+    a = plan.arrays or hw.mac.arrays
+    return (kt, nt, mt, bt, wr), searches[a].est(kt, nt, mt, bt, wr)[:2], a
+
+
+def _array_counts(arrays: int) -> list[int]:
+    """MAC arrays a latency planner's GEMM tiling may use: all, then half, a quarter, ... down to
+    one. A chip with twice the arrays may run every plan of the chip with half (its other arrays
+    idle), so its choices are a superset; it needs to because a plan is not always faster on more
+    arrays: the vector unit serves the loaders' pre-stages and the storer's post-stages in the
+    order they ask (``engine.Machine.reserve_vector``), and tiles that finish sooner can queue a
+    post-stage ahead of the next tile's pre-stage and stall the arrays (a list-scheduling anomaly,
+    Graham 1969: measured 272,344 -> 298,796 cycles for one MLP block of stdit-shapes on 4 -> 8
+    arrays with the same tiling)."""
+    out = [arrays]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+_ARRAYS_HW: dict = {}
+
+
+def _with_arrays(hw: HWConfig, arrays: int) -> HWConfig:
+    """``hw`` using ``arrays`` of its MAC arrays (the config itself when all), made once per config."""
+    if arrays == hw.mac.arrays:
+        return hw
+    key = (id(hw), arrays)
+    hit = _ARRAYS_HW.get(key)
+    if hit is None or hit[0] is not hw:
+        if len(_ARRAYS_HW) >= 256:
+            _ARRAYS_HW.clear()
+        hit = _ARRAYS_HW[key] = (hw, dataclasses.replace(hw, mac=dataclasses.replace(hw.mac, arrays=arrays)))
+    return hit[1]
 
 
 def _fastest_replay(cands: list, build, hw: HWConfig, limit: int | None = None) -> Plan:
@@ -538,8 +638,10 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
     if p is None:
         try:
             if isinstance(unit, GemmUnit):
-                shape = _shape(unit, hw, plans, need_full_k)[0]
-                p = plans.get(key) or gemm_plan(unit, hw, need_full_k, shape=shape)  # a latency planner's
+                hit = _shape(unit, hw, plans, need_full_k)
+                p = plans.get(key) or gemm_plan(
+                    unit, _with_arrays(hw, hit[2]) if len(hit) > 2 else hw, need_full_k, shape=hit[0]
+                )  # a latency planner's
             elif isinstance(unit, ChainUnit):
                 p = plan_chain(
                     unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)), hw.planner.objective == "latency"

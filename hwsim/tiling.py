@@ -255,6 +255,7 @@ class Plan:
     replayed: int = -1  # cycles of the plan replayed alone, once a latency planner has checked it
     closed: tuple = ()  # (cycles, engine counters) of the replay alone, for a plan in closed form
     # (``gemm_closed_form``: ``tiles`` then holds only its first and last tile)
+    arrays: int = 0  # MAC arrays its tile cycles are for, when fewer than the chip has (a latency planner's choice)
     parts: tuple = ()  # plans run one after another, each on the machine drained by the one before
     # (a latency planner's chain, ``chain.plan_chain``); ``tiles`` and ``counts`` are then theirs joined
 
@@ -608,10 +609,14 @@ def _gemm_tile_options(
 ) -> tuple[list[int], list[int]]:
     """Depths ``kt`` and widths ``nt`` a GEMM may be tiled with, from its shape and the arrays alone
     (``coarse``: the latency planner's power-of-two ladders)."""
-    multiples, n_splits, k_splits = (LADDER_COUNTS, LADDER_SPLITS, LADDER_COUNTS[1:6]) if coarse else (
-        N_MULTIPLES,
-        N_SPLITS,
-        K_SPLITS,
+    multiples, n_splits, k_splits = (
+        (LADDER_COUNTS, LADDER_SPLITS, LADDER_COUNTS[1:6])
+        if coarse
+        else (
+            N_MULTIPLES,
+            N_SPLITS,
+            K_SPLITS,
+        )
     )
     k_opts = {u.k}
     if not need_full_k:
