@@ -182,11 +182,12 @@ def test_bounds_and_more_resources_over_sweep_chips(setting, objective):
 
 @pytest.mark.slow
 def test_every_resource_on_the_first_chips(setting):
-    """The latency planner, every resource made bigger on each of the first 40 chips (the test
-    above grows one per chip)."""
+    """The latency planner, every resource made bigger on each of the first 16 chips (the test
+    above grows one per chip). MORE's figures were measured on the first 40; 16 keep the suite
+    under about 10 minutes on 2 cores."""
     chips, trace = setting
     bad = []
-    for d in chips[:40]:
+    for d in chips[:16]:
         bad += _check_chip(trace, d, list(MORE), "latency")
     assert not bad, bad[:5]
 
