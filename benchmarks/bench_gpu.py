@@ -9,6 +9,7 @@ memory. Ratios are against the bf16 float model (<= 2.0 meets the goal).
     python benchmarks/bench_gpu.py --workload opensora-v1.0-16x512x512 --recipes asq-w8a8 --modes fp16
     python benchmarks/bench_gpu.py --steps 10                        # shorter videos (the ratio holds per step)
     python benchmarks/bench_gpu.py --fused on                        # only the fused CUDA kernels (default: both)
+    python benchmarks/bench_gpu.py --graphs both                     # the blocks eager and as a CUDA graph
 
 Each model runs one untimed warm-up forward first (compilation of the fused CUDA kernels, cuBLAS set-up).
 Static recipes are calibrated first on the same GPU (one prompt; not timed). TSQ+TSW needs one weight
@@ -67,6 +68,12 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--fused", default="both", choices=("off", "on", "both"), help="the fused CUDA kernels (QUANTMODEL_CUDA_FUSED)"
     )
+    ap.add_argument(
+        "--graphs",
+        default="on",
+        choices=("off", "on", "both"),
+        help="the blocks as a CUDA graph (QUANTMODEL_CUDA_GRAPHS)",
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here", file=sys.stderr)
@@ -100,24 +107,31 @@ def main(argv=None) -> int:
             print(f"  {rows[-1][0]}: {s:.2f} s", flush=True)
             del fq
         for mode in args.modes.split(","):
-            first = None  # the fused and eager kernels must give the same final latent, bit for bit
-            for fused in {"off": ["0"], "on": ["1"], "both": ["0", "1"]}[args.fused]:
-                os.environ["QUANTMODEL_CUDA_FUSED"] = fused
-                emu = IntegerEmulator(model, art, nonlinear=mode, device=dev)
-                s, m, out = _video(emu.model_fn, w, cfg, dev)
-                rows.append((f"{name} emulator {mode}" + (" fused" if fused == "1" else ""), s, m))
-                same = ""
-                if first is None:
-                    first = out
-                else:
-                    same = "; final latent equal to the eager kernels' bit for bit: " + str(torch.equal(first, out))
-                print(f"  {rows[-1][0]}: {s:.2f} s{same}", flush=True)
-                del emu
-                torch.cuda.empty_cache()
+            first = None  # every variant must give the same final latent, bit for bit
+            onoff = {"off": ["0"], "on": ["1"], "both": ["0", "1"]}
+            for fused in onoff[args.fused]:
+                for graphs in onoff[args.graphs]:
+                    os.environ["QUANTMODEL_CUDA_FUSED"], os.environ["QUANTMODEL_CUDA_GRAPHS"] = fused, graphs
+                    emu = IntegerEmulator(model, art, nonlinear=mode, device=dev)
+                    s, m, out = _video(emu.model_fn, w, cfg, dev)
+                    label = (
+                        f"{name} emulator {mode}"
+                        + (" fused" if fused == "1" else "")
+                        + (" graph" if graphs == "1" else "")
+                    )
+                    rows.append((label, s, m))
+                    same = f"; graph replays {emu.graphs.replays}"
+                    if first is None:
+                        first = out
+                    else:
+                        same += f"; final latent equal to the first variant's bit for bit: {torch.equal(first, out)}"
+                    print(f"  {label}: {s:.2f} s{same}", flush=True)
+                    del emu
+                    torch.cuda.empty_cache()
     base = rows[0][1]
-    print(f"\n{'model':<28} {'video s':>9} {'s/step':>8} {'x bf16':>7} {'peak GiB':>9}")
+    print(f"\n{'model':<36} {'video s':>9} {'s/step':>8} {'x bf16':>7} {'peak GiB':>9}")
     for label, s, m in rows:
-        print(f"{label:<28} {s:>9.2f} {s / w.num_steps:>8.3f} {s / base:>7.2f} {m:>9.1f}")
+        print(f"{label:<36} {s:>9.2f} {s / w.num_steps:>8.3f} {s / base:>7.2f} {m:>9.1f}")
     return 0
 
 

@@ -72,7 +72,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantmodel.emulator import datapath
+from quantmodel.emulator import cudagraph, datapath
 from quantmodel.emulator import program as emuprogram
 from quantmodel.emulator.block import IntVal, head_layout, head_views, run_blocks, shape_of
 from quantmodel.emulator.block import vmap as _vmap
@@ -206,6 +206,25 @@ class _LinearParams:
     colsum: torch.Tensor | None = None  # int32 [n]: sum_k weight_q (dynamic asymmetric correction)
 
 
+class StepChunk:
+    """One of a block's six modulation chunks (``table[None] + t0`` [B, 1, C], chunk ``i``) where the
+    int mode stages its per-step operands on the host (:mod:`~quantmodel.emulator.cudagraph`): ``dev``
+    is the device tensor the eager path uses, ``at(t0_host)`` the same values computed on the host
+    (float32 adds: identical on both)."""
+
+    __slots__ = ("table", "t0", "b", "i", "host_table")
+
+    def __init__(self, table: torch.Tensor, t0: torch.Tensor, b: int, i: int, host_table: torch.Tensor):
+        self.table, self.t0, self.b, self.i, self.host_table = table, t0, b, i, host_table
+
+    @property
+    def dev(self) -> torch.Tensor:
+        return (self.table[None] + self.t0.reshape(self.b, 6, -1))[:, self.i : self.i + 1]
+
+    def at(self, t0_host: torch.Tensor) -> torch.Tensor:
+        return (self.host_table[None] + t0_host.reshape(self.b, 6, -1))[:, self.i : self.i + 1]
+
+
 def _indices(field_name: str, values, n: int) -> frozenset | None:
     """A set of indices in 0..n-1 (None: all), refused with one line otherwise."""
     if values is None:
@@ -278,6 +297,11 @@ class IntegerEmulator:
         self.use_program = True  # run the blocks as a compiled emuprogram.BlockProgram where it applies
         self._programs: dict = {}  # (wset, x shape, y shape) -> BlockProgram or None (out of its scope)
         self._program_pools: dict = {}  # (x shape, y shape) -> the arena shared by those programs
+        self.graphs = cudagraph.StepGraphs(self.device)  # CUDA: the blocks as a replayed graph
+        # stage the int mode's per-step operands from the host (None: on CUDA, where it saves the syncs;
+        # True elsewhere too, which tests use to check the staged path on the CPU)
+        self.stage_operands: bool | None = None
+        self._host_copies: dict = {}  # id(device tensor) -> (tensor, its copy on the host)
 
     # ---- per-set parameters ---------------------------------------------------------------------
     def linear_params(self, name: str) -> _LinearParams | None:
@@ -791,7 +815,7 @@ class IntegerEmulator:
         """(p, shift, scale) with the consumer's SmoothQuant factors folded in if it has them."""
         p = self.linear_params(consumer)
         if p is not None and p.smooth is not None and p.fold == "modulate":
-            inv = 1.0 / p.smooth
+            inv = 1.0 / (p.smooth if p.smooth.device == scale.device else self._host_copy(p.smooth))
             scale = (1 + scale) * inv - 1
             shift = shift * inv
         return p, shift, scale
@@ -812,6 +836,11 @@ class IntegerEmulator:
 
     def modulate(self, name: str, v, shift: torch.Tensor, scale: torch.Tensor, consumer: str):
         """x * (1 + scale) + shift, with the consumer's SmoothQuant factors folded in if it has them."""
+        if isinstance(shift, StepChunk):
+            out = self._modulate_staged(name, v, shift, scale, consumer)
+            if out is not None:
+                return out
+            shift, scale = shift.dev, scale.dev
         raw = (shift, scale)
         p, shift, scale = self._fold_mod(consumer, shift, scale)
         if self.mode == "fp16":
@@ -836,9 +865,35 @@ class IntegerEmulator:
                 q,
                 reference.modulate_int(iv.q.cpu(), iv.scale, sh.q.cpu(), sh.scale, sc.q.cpu(), sc.scale, s_out, lo, hi),
             )
+        return self._modulated(q, p, s_out, hi)
+
+    def _modulated(self, q: torch.Tensor, p: _LinearParams | None, s_out: float, hi: int) -> IntVal:
         if p is not None and p.zq is not None:
             return IntVal((q + p.x_zero).to(torch.int8), s_out)
         return IntVal(q.to(torch.int8) if hi <= 127 else q, s_out)
+
+    def _modulate_staged(self, name: str, v, shift: StepChunk, scale: StepChunk, consumer: str) -> IntVal | None:
+        """modulate's int path with its per-step operands staged from the host (the same integers);
+        None where the output scale is not a calibrated constant."""
+        p = self.linear_params(consumer)
+        if p is not None and p.zq is not None:
+            s_out, lo, hi = p.x_scale, p.zq.lo, p.zq.hi
+        elif p is not None and p.static:
+            s_out, lo, hi = p.x_scale, -self.qa, self.qa
+        elif self._absmax(name, "out") is not None:
+            s_out = self._static_scale(name, "out", 16, RES_HEADROOM)
+            lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
+        else:
+            return None
+        iv = self._int(name, "in0", v, RES_BITS)
+
+        def operands(t0_host: torch.Tensor) -> tuple:
+            _, sh_f, sc_f = self._fold_mod(consumer, shift.at(t0_host), scale.at(t0_host))
+            sh, sc = self._param_int(sh_f), self._param_int(sc_f)
+            return intops.modulate_factors(sh.q, sh.scale, sc.q, sc.scale, s_out)
+
+        m, r = self.graphs.stage(operands)
+        return self._modulated(intops.modulate_apply(iv.q, iv.scale, m, r, s_out, lo, hi), p, s_out, hi)
 
     def residual(self, name: str, x, y, gate: torch.Tensor | None):
         """x + gate * y (gate None: plain add); int mode keeps the residual stream as RES_BITS codes."""
@@ -856,6 +911,19 @@ class IntegerEmulator:
             if gate is None:  # fp16 add = fp32 add rounded (intops doc)
                 return self._vcheck("add", xf + yf, fp16ref.add, xf, yf)
             return self._vcheck("gated_add", intops.gated_add_fp16(xf, yf, gate), fp16ref.add, xf, yf, gate)
+        if isinstance(gate, StepChunk):
+            if self._absmax(name, "out") is not None:
+                ix = self._int(name, "in0", x, RES_BITS)
+                iy = self._int(name, "in1", y, 16)
+                s_out = self._static_scale(name, "out", RES_BITS, RES_HEADROOM)
+
+                def operands(t0_host: torch.Tensor) -> tuple:
+                    g = self._param_int(gate.at(t0_host))
+                    return (intops.gate_q16(g.q, g.scale),)
+
+                (g16,) = self.graphs.stage(operands)
+                return IntVal(intops.gated_add_apply(ix.q, ix.scale, iy.q, iy.scale, g16, s_out, -QR, QR), s_out)
+            gate = gate.dev
         ix = self._int(name, "in0", x, RES_BITS)
         iy = self._int(name, "in1", y, 16)
         g = (
@@ -985,7 +1053,28 @@ class IntegerEmulator:
         return self.linear(pre + ".proj", out)
 
     def modulation(self, table: torch.Tensor, t0: torch.Tensor, b: int) -> tuple:
+        if self._staging():  # int mode on CUDA: the per-step operands come from the host
+            host = self._host_copy(table)
+            return tuple(StepChunk(table, t0, b, i, host) for i in range(6))
         return (table[None] + t0.reshape(b, 6, -1)).chunk(6, dim=1)  # [B, 6, C] float32
+
+    def _staging(self) -> bool:
+        """Int mode, static recipe, on CUDA with the float parts on the CPU, not verifying this block:
+        the modulate and gate operands are computed on the host and copied in (no host sync; what lets
+        :mod:`~quantmodel.emulator.cudagraph` replay the blocks)."""
+        return (
+            self.mode == "int"
+            and self.static
+            and self.verifier is None
+            and self.host_device.type == "cpu"
+            and self.graphs._t0_host is not None
+        )
+
+    def _host_copy(self, t: torch.Tensor) -> torch.Tensor:
+        hit = self._host_copies.get(id(t))
+        if hit is None or hit[0] is not t:
+            hit = self._host_copies[id(t)] = (t, t.detach().to(self.host_device))
+        return hit[1]
 
     def swap_tokens(self, v, b: int, t: int, s: int):
         c = shape_of(v)[-1]
@@ -1017,11 +1106,21 @@ class IntegerEmulator:
         h = hm.pos_add(h.reshape(b, cfg.num_temporal, cfg.num_spatial, -1), pe)
         h = h.reshape(b, cfg.num_temporal * cfg.num_spatial, -1).to(dev)
         t = hm.t_embedder(timestep)
-        t0 = hm.t_block(t).to(dev)
+        t0_host = hm.t_block(t)
+        t0 = t0_host.to(dev)
         yy = hm.y_embedder(y).squeeze(1).to(dev)
         prog = self._program(tuple(h.shape), tuple(yy.shape))
         if prog is not None:  # the same values as the eager blocks below, with the per-op work done once
             out = prog.run(h, yy, t0)
+        elif self.verifier is None and (self.stage_operands or (self.stage_operands is None and dev.type == "cuda")):
+            # operands staged from the host; on CUDA the blocks replayed as a graph: the same values
+            key = (self.wset, tuple(h.shape), tuple(yy.shape), tuple(t0.shape))
+            try:
+                out = self.graphs.run(
+                    key, lambda h_, y_, t0_: run_blocks(self, m, h_, y_, t0_), h, yy, t0, t0_host, self.static
+                )
+            finally:
+                self.graphs._t0_host = None
         else:
             out = run_blocks(self, m, h, yy, t0)
         self.verifier, self.exact = self._checking

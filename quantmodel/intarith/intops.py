@@ -698,10 +698,19 @@ def modulate_int(
     """
     for name, s in (("s_x", s_x), ("s_shift", s_shift), ("s_scale", s_scale), ("s_out", s_out)):
         _check_scale(name, s)
-    s_t = s_out / 2.0**GUARD_BITS
     _check_int("q_x", q_x, keep32=True), _check_int("q_scale", q_scale, keep32=True)
     _check_int("q_shift", q_shift, keep32=True)
     m, r = modulate_factors(q_shift, s_shift, q_scale, s_scale, s_out)
+    return modulate_apply(q_x, s_x, m, r, s_out, qmin, qmax)
+
+
+def modulate_apply(
+    q_x: torch.Tensor, s_x: float, m: torch.Tensor, r: torch.Tensor, s_out: float, qmin: int, qmax: int
+) -> torch.Tensor:
+    """:func:`modulate_int` given its per-step operands (``m``, ``r`` from :func:`modulate_factors`, on
+    q_x's device): the part that touches the activations, with no host-side work that depends on data
+    (so a CUDA graph can replay it with new operands)."""
+    s_t = s_out / 2.0**GUARD_BITS
     out = _fix_madd_c(q_x, s_x / s_t, m, None, None, r, qmin, qmax)
     if out is not None:
         return out
@@ -743,10 +752,17 @@ def gated_add_int(
     """
     for name, s in (("s_x", s_x), ("s_y", s_y), ("s_gate", s_gate), ("s_out", s_out)):
         _check_scale(name, s)
-    s_t = s_out / 2.0**GUARD_BITS
     _check_int("q_x", q_x, keep32=True), _check_int("q_y", q_y, keep32=True)
     _check_int("q_gate", q_gate, keep32=True)
-    g = gate_q16(q_gate, s_gate)
+    return gated_add_apply(q_x, s_x, q_y, s_y, gate_q16(q_gate, s_gate), s_out, qmin, qmax)
+
+
+def gated_add_apply(
+    q_x: torch.Tensor, s_x: float, q_y: torch.Tensor, s_y: float, g: torch.Tensor, s_out: float, qmin: int, qmax: int
+) -> torch.Tensor:
+    """:func:`gated_add_int` given its Q16 gate ``g`` (:func:`gate_q16`, on q_y's device), as
+    :func:`modulate_apply`."""
+    s_t = s_out / 2.0**GUARD_BITS
     out = _fix_madd_c(q_y, s_y / s_t, g, q_x, s_x / s_t, None, qmin, qmax)
     if out is not None:
         return out

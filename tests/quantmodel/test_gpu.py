@@ -85,6 +85,26 @@ def test_cuda_sample_with_float_parts_differs_far_below_the_quantization_error(s
     assert device_db >= quant_db + 10.0, (quant_db, device_db)
 
 
+@pytest.mark.parametrize("mode", ["int", "fp16"])
+@pytest.mark.parametrize("recipe", ["asq-w8a8", "tsq-tsw-w8a8"])
+def test_cuda_graph_replay_equals_the_eager_blocks(setup, recipe, mode, monkeypatch):
+    """The blocks replayed as a CUDA graph (quantmodel.emulator.cudagraph) give the eager CUDA blocks'
+    sample bit for bit; with one weight set per video (ASQ) every step after the first is a replay,
+    with one per step (TSQ+TSW) none is (no capture per step)."""
+    w, model, stats, z, y = setup
+    art = build_artifact(model, dataclasses.replace(get_recipe(recipe), quantize_attention=True), stats, w.num_steps)
+    out, replays = {}, {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("QUANTMODEL_CUDA_GRAPHS", graphs)
+        emu = IntegerEmulator(
+            build_stdit(STDiTConfig.from_workload(w), seed=0).cuda(), art, nonlinear=mode, device="cuda"
+        )
+        out[graphs] = sample(emu.model_fn, model, w, z, y)
+        replays[graphs] = emu.graphs.replays
+    assert torch.equal(out["0"], out["1"]), f"{int((out['0'] != out['1']).sum())} values differ"
+    assert replays == {"0": 0, "1": w.num_steps - 1 if recipe == "asq-w8a8" else 0}
+
+
 @pytest.mark.parametrize("recipe", ["asq-w8a8", "dynamic-w8a8"])
 def test_cuda_verify_zero_mismatches(setup, recipe):
     w, model, stats, _, _ = setup
