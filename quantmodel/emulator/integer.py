@@ -416,17 +416,17 @@ class IntegerEmulator:
 
     def _requant(self, name: str, v: IntVal, real, qmin: int, qmax: int, out_scale: float) -> IntVal:
         """Integer rescale of an integer tensor (per tensor, or per channel = last dim), verified."""
-        if isinstance(real, torch.Tensor):
-            key = (self.wset, name, v.scale)
-            mm = self._mult_cache.get(key)
-            if mm is None:
+        if isinstance(real, torch.Tensor):  # per channel: prepared once per (set, op, input scale, range)
+            key = (self.wset, name, v.scale, qmin, qmax)
+            hit = self._mult_cache.get(key)
+            if hit is None:  # (a Requantizer held here: requantize() would read its constants back per call)
                 m, s = fixedpoint.quantize_multipliers(real)
-                mm = (m.to(self.device), s.to(self.device))
-                self._mult_cache[key] = mm
-            m, s = mm
+                hit = self._mult_cache[key] = (m, s, fixedpoint.Requantizer(m, s, qmin, qmax, torch.int32, self.device))
+            m, s, rq = hit
+            out = rq(v.q)
         else:
             m, s = fixedpoint.quantize_multiplier(float(real))
-        out = fixedpoint.requantize(v.q, m, s, qmin, qmax)
+            out = fixedpoint.requantize(v.q, m, s, qmin, qmax)
         if self.exact:
             ref = reference.requantize(
                 v.q.cpu(),
