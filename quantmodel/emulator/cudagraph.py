@@ -124,7 +124,7 @@ class StepGraphs:
                 out = forward(*inputs)
             if self._views:
                 raise RuntimeError(f"the forward staged {len(shapes) - len(self._views)} of {len(shapes)} operands")
-        except RuntimeError as e:  # an op a graph cannot hold: this key runs eagerly from now on
+        except Exception as e:  # an op a graph cannot hold: this key runs eagerly from now on
             self.failed.add(key)
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             frames = [f for f in traceback.extract_tb(e.__traceback__) if "quantmodel" in f.filename]
