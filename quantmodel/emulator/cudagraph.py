@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from quantmodel.intarith import fixedpoint
+
 
 def enabled(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("QUANTMODEL_CUDA_GRAPHS", "1") != "0"
@@ -49,6 +51,7 @@ class _Captured:
     fns: list  # the staging closures, in the order the forward asked for them
     flat: torch.Tensor  # float64 [total]: every staged operand, one after another
     sizes: list = field(default_factory=list)  # numel of each staged operand, in order
+    keep: list = field(default_factory=list)  # the Requantizers whose device constants the kernels read
 
 
 class StepGraphs:
@@ -120,7 +123,7 @@ class StepGraphs:
         self._views, self._capture_fns = views, []
         try:
             torch.cuda.synchronize(self.device)
-            with torch.cuda.graph(graph):
+            with fixedpoint.kept_requantizers() as kept, torch.cuda.graph(graph):
                 out = forward(*inputs)
             if self._views:
                 raise RuntimeError(f"the forward staged {len(shapes) - len(self._views)} of {len(shapes)} operands")
@@ -136,7 +139,7 @@ class StepGraphs:
         finally:
             self._views = None
         flat_sizes = [n for op in sizes for n in op]
-        self.captured = _Captured(key, graph, inputs, out, self._capture_fns, flat, flat_sizes)
+        self.captured = _Captured(key, graph, inputs, out, self._capture_fns, flat, flat_sizes, kept)
         return self.captured
 
     def _replay(self, c: _Captured, h, y, t0, t0_host) -> torch.Tensor:

@@ -38,6 +38,7 @@ integer. Weights (offline, per channel) keep :func:`quantize`: ``round_half_even
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 
@@ -695,13 +696,18 @@ class Requantizer:
             o2[i : i + rows] = res
         return out
 
+    def cuda_constants(self, device: torch.device) -> tuple:
+        """(m, clamped s, zero mask, saturate mask) on ``device``: what :func:`cudafused.requant_exact`
+        reads (kept: a CUDA graph replays kernels that read them)."""
+        consts = self.__dict__.get("_cu")
+        if consts is None or consts[0].device != device:
+            consts = self._cu = cudafused.requant_constants(self.m, self.s, device)
+        return consts
+
     def _cuda_fused(self, acc: torch.Tensor, a2: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         """:mod:`~quantmodel.intarith.cudafused`'s requantization of ``a2`` (``acc`` viewed [R, N] or
         [numel, 1]), into ``out`` when given."""
-        consts = self.__dict__.get("_cu")
-        if consts is None or consts[0].device != acc.device:
-            consts = self._cu = cudafused.requant_constants(self.m, self.s, acc.device)
-        res = cudafused.requantize(a2, consts, self.qmin, self.qmax, self.out_dtype)
+        res = cudafused.requantize(a2, self.cuda_constants(acc.device), self.qmin, self.qmax, self.out_dtype)
         if out is None:
             return res.reshape(acc.shape)
         if out.shape != acc.shape or out.dtype != self.out_dtype:
@@ -721,6 +727,22 @@ def _is_int(v) -> bool:
 _REQUANTIZERS: dict = {}
 
 
+_KEEP: list = []  # while a CUDA graph is captured: every Requantizer handed out (see kept_requantizers)
+
+
+@contextlib.contextmanager
+def kept_requantizers():
+    """Inside, every Requantizer that :func:`requantize` hands out is also appended to the yielded list.
+    A CUDA graph captured inside reads their device constants at every replay, so its owner holds the
+    list: the memo below may drop them (it is cleared when full) and their memory must not be reused."""
+    kept: list = []
+    _KEEP.append(kept)
+    try:
+        yield kept
+    finally:
+        _KEEP.remove(kept)
+
+
 def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype, device: torch.device) -> Requantizer:
     """A prepared Requantizer, memoised by the *values* of its constants (never by object identity),
     so repeated :func:`requantize` calls with the same layer constants skip the set-up."""
@@ -737,6 +759,8 @@ def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype
             _REQUANTIZERS.clear()
         rq = Requantizer(multiplier, shift, qmin, qmax, out_dtype, device)
         _REQUANTIZERS[key] = rq
+    for kept in _KEEP:
+        kept.append(rq)
     return rq
 
 

@@ -52,6 +52,7 @@ from quantmodel.intarith.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     _is_f32,
+    _requantizer,
     per_tensor_consts,
     quantize_multiplier,
     requantize_scale,
@@ -675,6 +676,28 @@ def _madd_finish(a: torch.Tensor, f: torch.Tensor, r: torch.Tensor, qmin: int, q
     return (acc * 2.0**-GUARD_BITS).round().clamp(qmin, qmax).to(torch.int32)
 
 
+def _at_consts(real: float, device: torch.device) -> tuple:
+    """The device constants of ``_at``'s requantizer for ``real`` (cudafused.requant_exact's m, s,
+    zero, saturate), prepared once per value (the static scales repeat every forward)."""
+    m, sh = quantize_multiplier(float(real))
+    return _requantizer(m, sh, INT32_MIN, INT32_MAX, torch.float64, device).cuda_constants(device)
+
+
+def _madd_at(q, m_, s_, z_, sat_, f, r, qmin: int, qmax: int) -> torch.Tensor:
+    """``_madd_finish(_at(q), f, r)`` with ``_at`` as its CUDA kernel computes it (exact int64
+    requantization to int32 range, as float64): the same values, one pass (the float64 intermediate
+    is never written)."""
+    a = cudafused.requant_exact(q, m_, s_, z_, sat_, INT32_MIN, INT32_MAX, torch.float64)
+    return _madd_finish(a, f, r, qmin, qmax)
+
+
+def _madd_at2(qa, ma, sa, za, sata, f, qb, mb, sb, zb, satb, qmin: int, qmax: int) -> torch.Tensor:
+    """``_madd_finish(_at(qa), f, _at(qb))`` in one pass, as :func:`_madd_at`."""
+    a = cudafused.requant_exact(qa, ma, sa, za, sata, INT32_MIN, INT32_MAX, torch.float64)
+    b = cudafused.requant_exact(qb, mb, sb, zb, satb, INT32_MIN, INT32_MAX, torch.float64)
+    return _madd_finish(a, f, b, qmin, qmax)
+
+
 def modulate_int(
     q_x: torch.Tensor,
     s_x: float,
@@ -714,6 +737,8 @@ def modulate_apply(
     out = _fix_madd_c(q_x, s_x / s_t, m, None, None, r, qmin, qmax)
     if out is not None:
         return out
+    if cudafused.enabled(q_x) and q_x.numel():  # one compiled kernel: _at fused into the tail
+        return cudafused.compiled(_madd_at)(q_x, *_at_consts(s_x / s_t, q_x.device), m, r, qmin, qmax)
     x_t = _at(q_x, s_x, s_t)
     run = cudafused.compiled(_madd_finish) if cudafused.enabled(x_t) and x_t.numel() else _madd_finish
     return run(x_t, m, r, qmin, qmax)
@@ -766,6 +791,9 @@ def gated_add_apply(
     out = _fix_madd_c(q_y, s_y / s_t, g, q_x, s_x / s_t, None, qmin, qmax)
     if out is not None:
         return out
+    if cudafused.enabled(q_y) and q_y.numel():  # one compiled kernel: both _at fused into the tail
+        cy, cx = _at_consts(s_y / s_t, q_y.device), _at_consts(s_x / s_t, q_y.device)
+        return cudafused.compiled(_madd_at2)(q_y, *cy, g, q_x, *cx, qmin, qmax)
     y_t = _at(q_y, s_y, s_t)
     run = cudafused.compiled(_madd_finish) if cudafused.enabled(y_t) and y_t.numel() else _madd_finish
     return run(y_t, g, _at(q_x, s_x, s_t), qmin, qmax)

@@ -109,6 +109,47 @@ def test_int_vector_kernels_compiled_give_the_eager_integers(tmp_path, monkeypat
     assert torch.equal(cudafused.compiled(io._madd_finish)(a, f, r, -127, 127), want)
 
 
+def test_fused_modulate_and_gated_add_equal_the_unfused_path(tmp_path, monkeypatch):
+    """On CUDA the modulate / gated add run as one kernel with the input requantization(s) fused in
+    (intops._madd_at, _madd_at2: no float64 intermediate): the same integers as the C loop and as the
+    unfused torch ops, here on the CPU with the CUDA branch forced (uncompiled, then compiled by
+    Inductor's scalar CPU backend, as above), over scales that saturate, round to ties and vanish."""
+    import torch._inductor.config as inductor_config
+
+    from quantmodel.intarith import intops as io
+
+    g = torch.Generator().manual_seed(3)
+    qx = torch.randint(-(2**23), 2**23, (2, 40, 96), generator=g, dtype=torch.int32)
+    qy = torch.randint(-(2**15), 2**15, (2, 40, 96), generator=g, dtype=torch.int32)
+    qx[0, 0, :4] = torch.tensor([2**23 - 1, -(2**23), 0, 1])
+    f = torch.randint(-(2**17), 2**17, (2, 1, 96), generator=g).double()
+    r = torch.randint(-(2**20), 2**20, (2, 1, 96), generator=g).double()
+    cases = [(1e-3, 0.07, 0.05), (0.25, 1e-2, 3e-4), (2.0**-20, 4.0, 1e-9)]  # (s_x, s_y, s_out)
+
+    def run():
+        out = []
+        for s_x, s_y, s_out in cases:
+            out.append(io.modulate_apply(qx, s_x, f, r, s_out, -127, 127))
+            out.append(io.gated_add_apply(qx, s_x, qy, s_y, f, s_out, -(2**23) + 1, 2**23 - 1))
+        return out
+
+    with ckernels.disabled():
+        unfused = run()
+    want = run()  # the C loop where it is built
+    assert all(torch.equal(a, b) for a, b in zip(unfused, want, strict=True))
+    monkeypatch.setattr(cudafused, "enabled", lambda t: True)
+    with ckernels.disabled():
+        monkeypatch.setattr(cudafused, "compiled", lambda fn: fn)
+        assert all(torch.equal(a, b) for a, b in zip(run(), want, strict=True))
+        monkeypatch.undo()
+        monkeypatch.setattr(cudafused, "enabled", lambda t: True)
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(inductor_config.cpp, "simdlen", 1)
+        monkeypatch.setattr(cudafused, "_compiled", {})
+        torch._dynamo.reset()
+        assert all(torch.equal(a, b) for a, b in zip(run(), want, strict=True))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_compiled_cuda_kernels_equal_the_cpu(monkeypatch):
     monkeypatch.setenv("QUANTMODEL_CUDA_FUSED", "1")
