@@ -79,12 +79,15 @@ def test_int_vector_kernels_compiled_give_the_eager_integers(tmp_path, monkeypat
     cached under another forced CPU capability."""
     import torch._inductor.config as inductor_config
 
-    from quantmodel.intarith import intops as io
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(inductor_config.cpp, "simdlen", 1)
     monkeypatch.setattr(cudafused, "_compiled", {})
     torch._dynamo.reset()
+    with inductor_config.patch({"cpp.simdlen": 1}):  # (monkeypatch's undo would delete the key)
+        _compiled_vector_kernels_equal_eager()
+
+
+def _compiled_vector_kernels_equal_eager():
+    from quantmodel.intarith import intops as io
 
     g = torch.Generator().manual_seed(0)
     q = torch.randint(-(2**20), 2**20, (37, 300), generator=g, dtype=torch.int32)
@@ -137,17 +140,17 @@ def test_fused_modulate_and_gated_add_equal_the_unfused_path(tmp_path, monkeypat
         unfused = run()
     want = run()  # the C loop where it is built
     assert all(torch.equal(a, b) for a, b in zip(unfused, want, strict=True))
+    compiled = cudafused.compiled
     monkeypatch.setattr(cudafused, "enabled", lambda t: True)
     with ckernels.disabled():
         monkeypatch.setattr(cudafused, "compiled", lambda fn: fn)
         assert all(torch.equal(a, b) for a, b in zip(run(), want, strict=True))
-        monkeypatch.undo()
-        monkeypatch.setattr(cudafused, "enabled", lambda t: True)
+        monkeypatch.setattr(cudafused, "compiled", compiled)
         monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-        monkeypatch.setattr(inductor_config.cpp, "simdlen", 1)
         monkeypatch.setattr(cudafused, "_compiled", {})
         torch._dynamo.reset()
-        assert all(torch.equal(a, b) for a, b in zip(run(), want, strict=True))
+        with inductor_config.patch({"cpp.simdlen": 1}):
+            assert all(torch.equal(a, b) for a, b in zip(run(), want, strict=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
