@@ -446,7 +446,7 @@ class IntegerEmulator:
             return self._input_int8_zp(name, v, p, mul)
         if isinstance(v, IntVal):
             if mul:
-                real = v.scale / (p.smooth.double().cpu() * p.x_scale)
+                real = v.scale / (self._host_copy(p.smooth).double() * p.x_scale)
                 return self._requant(name + ".smooth", v, real, -self.qa, self.qa, p.x_scale).q.to(torch.int8), None
             if v.scale == p.x_scale and v.q.dtype == torch.int8:
                 return v.q, None
@@ -479,7 +479,7 @@ class IntegerEmulator:
         if isinstance(v, IntVal):
             if v.scale == p.x_scale and v.q.dtype == torch.int8 and not mul:  # a producer's codes at z
                 return v.q, None
-            real = v.scale / (p.smooth.double().cpu() * p.x_scale) if mul else v.scale / p.x_scale
+            real = v.scale / (self._host_copy(p.smooth).double() * p.x_scale) if mul else v.scale / p.x_scale
             c = self._requant(name + (".smooth" if mul else ""), v, real, lo, hi, p.x_scale).q
             return (c + z).to(torch.int8), None
         x = v
@@ -1071,9 +1071,10 @@ class IntegerEmulator:
         )
 
     def _host_copy(self, t: torch.Tensor) -> torch.Tensor:
+        """A model constant's copy on the CPU, made once (a copy per call would be a host sync)."""
         hit = self._host_copies.get(id(t))
         if hit is None or hit[0] is not t:
-            hit = self._host_copies[id(t)] = (t, t.detach().to(self.host_device))
+            hit = self._host_copies[id(t)] = (t, t.detach().cpu())
         return hit[1]
 
     def swap_tokens(self, v, b: int, t: int, s: int):
