@@ -25,7 +25,11 @@ SATURATE = 1 << 40  # beyond every int32 output range: clamps to qmin / qmax by 
 
 
 def enabled(t: torch.Tensor) -> bool:
-    return t.device.type == "cuda" and os.environ.get("QUANTMODEL_CUDA_FUSED", "1") != "0"
+    return enabled_on(t.device)
+
+
+def enabled_on(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get("QUANTMODEL_CUDA_FUSED", "1") != "0"
 
 
 def requant_exact(
@@ -47,6 +51,13 @@ def requant_exact(
     r = torch.where(zero, torch.zeros_like(r), r)
     r = torch.where(sat, torch.sign(p) * SATURATE, r)
     return r.clamp(qmin, qmax).to(out_dtype)
+
+
+def requant_bias_exact(acc, bias, m, sc, zero, sat, qmin: int, qmax: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """:func:`requant_exact` of ``acc + bias`` (int32 [R, N] + int32 [N]): the bias added in the same
+    pass (int64, so the same sum as int32 wherever int32 holds it, which the GEMM's overflow bound
+    proves), not as a separate pass over the accumulator."""
+    return requant_exact(acc.to(torch.int64) + bias, m, sc, zero, sat, qmin, qmax, out_dtype)
 
 
 def act_quant(x: torch.Tensor, recip: torch.Tensor, qmax: int, out_dtype: torch.dtype) -> torch.Tensor:
@@ -81,6 +92,10 @@ def requant_constants(m: torch.Tensor, s: torch.Tensor, device: torch.device) ->
 
 def requantize(acc: torch.Tensor, consts: tuple, qmin: int, qmax: int, out_dtype: torch.dtype) -> torch.Tensor:
     return _fn("requant_exact")(acc, *consts, qmin, qmax, out_dtype)
+
+
+def requantize_bias(acc, bias, consts: tuple, qmin: int, qmax: int, out_dtype: torch.dtype) -> torch.Tensor:
+    return _fn("requant_bias_exact")(acc, bias, *consts, qmin, qmax, out_dtype)
 
 
 def quantize_act(x: torch.Tensor, recip: torch.Tensor, qmax: int, out_dtype: torch.dtype) -> torch.Tensor:

@@ -696,6 +696,18 @@ class Requantizer:
             o2[i : i + rows] = res
         return out
 
+    def fuses_bias(self, device: torch.device, n: int) -> bool:
+        """Whether :meth:`with_bias` applies on ``device`` to an [R, n] accumulator: the fused CUDA
+        kernels, and one multiplier per column or per tensor."""
+        return cudafused.enabled_on(device) and (not self.per_channel or self.m.shape == (n,))
+
+    def with_bias(self, acc: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``self(acc + bias)`` for an int32 accumulator [R, N] and an int32 bias [N] whose sums the
+        caller proved within int32: one fused CUDA kernel (see :meth:`fuses_bias`), no pass writing the
+        biased accumulator."""
+        consts = self.cuda_constants(acc.device)
+        return cudafused.requantize_bias(acc, bias, consts, self.qmin, self.qmax, self.out_dtype)
+
     def cuda_constants(self, device: torch.device) -> tuple:
         """(m, clamped s, zero mask, saturate mask) on ``device``: what :func:`cudafused.requant_exact`
         reads (kept: a CUDA graph replays kernels that read them)."""

@@ -198,6 +198,8 @@ def int_linear_requant(
     x2, w_t, bias, _, wide = _prepare(x.reshape(-1, k), w_t, bias, layer, device)
     if w_t.dim() != 2:
         raise ConfigError("w_t.dim", w_t.dim(), "2 ([K, N])")
+    if wide is None and bias is not None and x2.shape[0] and rq.fuses_bias(x2.device, n):
+        return rq.with_bias(_int_mm_2d(x2, w_t), bias).reshape(*lead, n)  # CUDA: bias added in the requantization
     if wide is not None or x2.device.type != "cpu" or x2.shape[0] == 0:
         acc = wide if wide is not None else _int_mm_2d(x2, w_t, bias)
         return rq(acc).reshape(*lead, n)

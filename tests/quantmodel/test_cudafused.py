@@ -55,6 +55,22 @@ def test_exact_int64_requantization_equals_the_float64_path_and_the_oracle(out_d
     assert got.long().tolist() == exact
 
 
+def test_bias_fused_requantization_equals_requantizing_the_biased_accumulator(monkeypatch):
+    """A linear layer's bias added inside the CUDA requantization kernel (Requantizer.with_bias) gives
+    the requantization of ``acc + bias``: per channel and per tensor, biases near the int32 bound."""
+    monkeypatch.setattr(cudafused, "compiled", lambda fn: fn)  # the function CUDA compiles, run as is
+    m, sh = _constants()
+    n = m.numel()
+    acc = (_acc(n).to(torch.int64) // 4).to(torch.int32)
+    bias = torch.randint(-(2**29), 2**29, (n,), generator=torch.Generator().manual_seed(4), dtype=torch.int32)
+    bias[0], bias[1] = 2**29, -(2**29)
+    for mm, ss in ((m, sh), (m[4], sh[4])):
+        rq = fp.Requantizer(mm, ss, -32767, 32767, torch.int16)
+        with ckernels.disabled():
+            want = rq(acc + bias)
+        assert torch.equal(rq.with_bias(acc, bias), want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_fused_activation_quantization_equals_the_act_quantizer(dtype):
     g = torch.Generator().manual_seed(5)
