@@ -8,19 +8,14 @@ import pytest
 import torch
 
 from quantmodel.intarith import fixedpoint
-from quantmodel.model.build import build_stdit
-from quantmodel.model.config import STDiTConfig
 from quantmodel.quant.artifact import build_artifact
-from quantmodel.quant.calibrate import calibrate
 from quantmodel.quant.rederive import multiplier_shift, rederive
 from workloads.recipes import get_recipe
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_workload):
-    w = dataclasses.replace(tiny_workload, num_steps=4)
-    model = build_stdit(STDiTConfig.from_workload(w), seed=0)
-    return w, model, calibrate(model, w, num_prompts=1)
+def setup(calibrated_tiny):
+    return calibrated_tiny(4)
 
 
 @pytest.mark.parametrize(

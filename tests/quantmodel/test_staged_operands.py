@@ -11,18 +11,13 @@ import pytest
 import torch
 
 from quantmodel.emulator.integer import IntegerEmulator, StepChunk
-from quantmodel.model.build import build_stdit
-from quantmodel.model.config import STDiTConfig
 from quantmodel.quant.artifact import build_artifact
-from quantmodel.quant.calibrate import calibrate
 from workloads.recipes import get_recipe
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_workload):
-    w = dataclasses.replace(tiny_workload, num_steps=3)
-    model = build_stdit(STDiTConfig.from_workload(w), seed=0)
-    return w, model, calibrate(model, w, num_prompts=1)
+def setup(calibrated_tiny):
+    return calibrated_tiny(3)
 
 
 @pytest.mark.parametrize(
