@@ -52,7 +52,6 @@ class _Captured:
     out: torch.Tensor  # what the captured forward returned (overwritten by each replay)
     fns: list  # the staging closures, in the order the forward asked for them
     flat: torch.Tensor  # float64 [total]: every staged operand, one after another
-    sizes: list = field(default_factory=list)  # numel of each staged operand, in order
     keep: list = field(default_factory=list)  # the Requantizers whose device constants the kernels read
 
 
@@ -69,7 +68,7 @@ class StepGraphs:
         self.failed: set = set()
         self.captured: _Captured | None = None
         self._t0_host = None
-        self._log: list | None = None  # (fn, shapes) of the eager forward being recorded
+        self._log: list | None = None  # the staged operands' shapes, per stage() call of this eager forward
         self._views: list | None = None  # while capturing: the staged views still to hand out
         self._last_log: list = []  # the staged shapes of the last eager forward
         self._capture_fns: list = []
@@ -89,10 +88,21 @@ class StepGraphs:
         return tuple(o.pin_memory().to(self.device, non_blocking=True) for o in outs)
 
     # ---- a forward ------------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Inside :meth:`run`: the forward may stage its per-step operands."""
+        return self._t0_host is not None
+
     def run(self, key: tuple, forward, h, y, t0, t0_host, graphable: bool = True) -> torch.Tensor:
         """``forward(h, y, t0)``: replayed where ``key`` has a graph, captured where it ran last time
         too (and ``graphable``: the forward makes no host sync), else eager."""
         self._t0_host = t0_host
+        try:
+            return self._run(key, forward, h, y, t0, t0_host, graphable)
+        finally:
+            self._t0_host = None
+
+    def _run(self, key, forward, h, y, t0, t0_host, graphable: bool) -> torch.Tensor:
         c = self.captured
         if c is not None and c.key == key:
             return self._replay(c, h, y, t0, t0_host)
@@ -140,8 +150,7 @@ class StepGraphs:
             return None
         finally:
             self._views = None
-        flat_sizes = [n for op in sizes for n in op]
-        self.captured = _Captured(key, graph, inputs, out, self._capture_fns, flat, flat_sizes, kept)
+        self.captured = _Captured(key, graph, inputs, out, self._capture_fns, flat, kept)
         return self.captured
 
     def _replay(self, c: _Captured, h, y, t0, t0_host) -> torch.Tensor:
@@ -149,7 +158,7 @@ class StepGraphs:
             dst.copy_(src, non_blocking=True)
         if c.fns:
             parts = [o.reshape(-1) for fn in c.fns for o in fn(t0_host)]
-            staged = torch.cat(parts).to(torch.float64).pin_memory()
+            staged = torch.cat(parts).pin_memory()  # float64, like the flat buffer
             if staged.numel() != c.flat.numel():
                 raise RuntimeError(f"staged operands changed size: {staged.numel()} != {c.flat.numel()}")
             c.flat.copy_(staged, non_blocking=True)

@@ -1067,7 +1067,7 @@ class IntegerEmulator:
             and self.static
             and self.verifier is None
             and self.host_device.type == "cpu"
-            and self.graphs._t0_host is not None
+            and self.graphs.active
         )
 
     def _host_copy(self, t: torch.Tensor) -> torch.Tensor:
@@ -1116,12 +1116,8 @@ class IntegerEmulator:
         elif self.verifier is None and (self.stage_operands or (self.stage_operands is None and dev.type == "cuda")):
             # operands staged from the host; on CUDA the blocks replayed as a graph: the same values
             key = (self.wset, tuple(h.shape), tuple(yy.shape), tuple(t0.shape))
-            try:
-                out = self.graphs.run(
-                    key, lambda h_, y_, t0_: run_blocks(self, m, h_, y_, t0_), h, yy, t0, t0_host, self.static
-                )
-            finally:
-                self.graphs._t0_host = None
+            blocks = lambda h_, y_, t0_: run_blocks(self, m, h_, y_, t0_)  # noqa: E731
+            out = self.graphs.run(key, blocks, h, yy, t0, t0_host, self.static)
         else:
             out = run_blocks(self, m, h, yy, t0)
         self.verifier, self.exact = self._checking
