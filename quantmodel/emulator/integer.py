@@ -849,15 +849,7 @@ class IntegerEmulator:
             return self._vcheck("modulate", intops.modulate_fp16(x, shift, scale), fp16ref.modulate, x, *raw, smooth)
         iv = self._int(name, "in0", v, RES_BITS)
         sh, sc = self._param_int(shift), self._param_int(scale)
-        if p is not None and p.zq is not None:  # asymmetric: centred codes, z added below
-            s_out, lo, hi = p.x_scale, p.zq.lo, p.zq.hi
-        elif p is not None and p.static:  # straight into the GEMM's int8 input
-            s_out, lo, hi = p.x_scale, -self.qa, self.qa
-        else:
-            s_out = self._static_scale(
-                name, "out", 16, RES_HEADROOM, dynamic_of=lambda: datapath.modulated(self._f32(iv), shift, scale)
-            )
-            lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
+        s_out, lo, hi = self._modulate_out(name, p, lambda: datapath.modulated(self._f32(iv), shift, scale))
         q = intops.modulate_int(iv.q, iv.scale, sh.q, sh.scale, sc.q, sc.scale, s_out, lo, hi)
         if self.exact:
             self._check_int(
@@ -866,6 +858,18 @@ class IntegerEmulator:
                 reference.modulate_int(iv.q.cpu(), iv.scale, sh.q.cpu(), sh.scale, sc.q.cpu(), sc.scale, s_out, lo, hi),
             )
         return self._modulated(q, p, s_out, hi)
+
+    def _modulate_out(self, name: str, p: _LinearParams | None, dynamic_of) -> tuple | None:
+        """(s_out, lo, hi) of a modulation's int output: the consumer's int8 input scale and range, or a
+        16-bit scale (calibrated; else from ``dynamic_of``, and None when that is None too)."""
+        if p is not None and p.zq is not None:  # asymmetric: centred codes, z added by _modulated
+            return p.x_scale, p.zq.lo, p.zq.hi
+        if p is not None and p.static:  # straight into the GEMM's int8 input
+            return p.x_scale, -self.qa, self.qa
+        if dynamic_of is None and self._absmax(name, "out") is None:
+            return None
+        q16 = fixedpoint.qrange(16)[1]
+        return self._static_scale(name, "out", 16, RES_HEADROOM, dynamic_of=dynamic_of), -q16, q16
 
     def _modulated(self, q: torch.Tensor, p: _LinearParams | None, s_out: float, hi: int) -> IntVal:
         if p is not None and p.zq is not None:
@@ -876,15 +880,10 @@ class IntegerEmulator:
         """modulate's int path with its per-step operands staged from the host (the same integers);
         None where the output scale is not a calibrated constant."""
         p = self.linear_params(consumer)
-        if p is not None and p.zq is not None:
-            s_out, lo, hi = p.x_scale, p.zq.lo, p.zq.hi
-        elif p is not None and p.static:
-            s_out, lo, hi = p.x_scale, -self.qa, self.qa
-        elif self._absmax(name, "out") is not None:
-            s_out = self._static_scale(name, "out", 16, RES_HEADROOM)
-            lo, hi = -fixedpoint.qrange(16)[1], fixedpoint.qrange(16)[1]
-        else:
+        rng = self._modulate_out(name, p, None)
+        if rng is None:
             return None
+        s_out, lo, hi = rng
         iv = self._int(name, "in0", v, RES_BITS)
 
         def operands(t0_host: torch.Tensor) -> tuple:
