@@ -315,7 +315,7 @@ class IntegerEmulator:
         wkey = a._key(g, name, "weight_q")  # scale sets sharing one weight set (tsq) share its copy
         w_t = self._cache.get(wkey)
         if w_t is None:
-            w_t = self._cache[wkey] = a.get(g, name, "weight_q").t().contiguous().to(dev)
+            w_t = self._cache[wkey] = intgemm.device_layout(a.get(g, name, "weight_q").to(dev).t())
         p = _LinearParams(
             w_t=w_t,
             w_scale=a.get(g, name, "w_scale").to(dev),

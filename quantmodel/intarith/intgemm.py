@@ -235,7 +235,7 @@ class PreparedLinear:
     def __init__(self, w_t: torch.Tensor, bias: torch.Tensor | None, rq: Requantizer, layer: str = "?"):
         if w_t.dtype != torch.int8 or w_t.dim() != 2:
             raise ConfigError("w_t", (w_t.dtype, tuple(w_t.shape)), "int8 [K, N]")
-        self.w_t, self.bias, self.rq, self.layer = w_t.contiguous(), bias, rq, layer
+        self.w_t, self.bias, self.rq, self.layer = device_layout(w_t), bias, rq, layer
         k, n = w_t.shape
         self.k, self.n = k, n
         cm = 0 if bias is None else _bias_absmax(bias)
@@ -345,6 +345,15 @@ def _mm_bias(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> tor
     return acc if bias is None else acc.add_(bias)  # int32, cannot wrap: the bound includes the bias
 
 
+def device_layout(w_t: torch.Tensor) -> torch.Tensor:
+    """A [K, N] weight in the layout its device's GEMM reads without a copy: row-major on the CPU
+    (the column blocks slice it), column-major on CUDA (cuBLASLt's int8 "TN" wants the right operand
+    so). Store weights this way once, at load time; the values are the same."""
+    if w_t.device.type == "cuda":
+        return w_t if w_t.t().is_contiguous() else w_t.t().contiguous().t()
+    return w_t.contiguous()
+
+
 def _int_mm_2d(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """[M, K] x [K, N] (+ bias [N]) -> [M, N] int32."""
     if a.device.type != "cuda":
@@ -365,8 +374,9 @@ def _int_mm_2d(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     if (mp, kp, np_) != (m, k, n):  # zero padding: extra terms are 0 * x, sums unchanged
         a = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
         b = torch.nn.functional.pad(b, (0, np_ - n, 0, kp - k))
-    # cuBLASLt int8 wants the right operand column-major (its "TN" layout)
-    acc = torch._int_mm(a.contiguous(), b.t().contiguous().t())[:m, :n]
+    # cuBLASLt int8 wants the right operand column-major (its "TN" layout): no copy for a weight
+    # stored by device_layout
+    acc = torch._int_mm(a.contiguous(), device_layout(b))[:m, :n]
     return acc if bias is None else acc + bias
 
 

@@ -105,6 +105,18 @@ def test_cuda_graph_replay_equals_the_eager_blocks(setup, recipe, mode, monkeypa
     assert replays == {"0": 0, "1": w.num_steps - 1 if recipe == "asq-w8a8" else 0}
 
 
+def test_cuda_weights_stored_once_in_the_gemm_layout(setup):
+    """On CUDA each linear layer's int8 weight is held once, column-major (cuBLASLt's int8 layout), so
+    no GEMM call copies it: the prepared GEMM reads the same storage."""
+    w, model, stats, _, _ = setup
+    art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    emu = IntegerEmulator(build_stdit(STDiTConfig.from_workload(w), seed=0).cuda(), art, device="cuda")
+    for name in emu.linears:
+        p = emu.linear_params(name)
+        assert p.w_t.is_cuda and p.w_t.t().is_contiguous(), name
+        assert p.gemm.w_t.data_ptr() == p.w_t.data_ptr(), name
+
+
 @pytest.mark.parametrize("recipe", ["asq-w8a8", "dynamic-w8a8"])
 def test_cuda_verify_zero_mismatches(setup, recipe):
     w, model, stats, _, _ = setup
