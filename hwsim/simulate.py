@@ -490,10 +490,10 @@ def _attention_unit(qk, av) -> AttentionUnit | None:
 
 
 def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> tuple:
-    """(tiling, (cycles, pJ)) of a GEMM unit (``tiling.gemm_shape``), cached beside the plans; a
-    unit with quantization stages starts from its static twin's tiling. A latency planner instead
-    takes the fastest replay of its whole ladder (``_fastest_shape``; its plan is cached for
-    ``_plan``)."""
+    """(tiling, (cycles, pJ), MAC arrays it runs on) of a GEMM unit (``tiling.gemm_shape``: all the
+    arrays), cached beside the plans; a unit with quantization stages starts from its static twin's
+    tiling. A latency planner instead takes the fastest replay of its whole ladder, on all the arrays
+    or fewer (``_fastest_shape``; its plan is cached for ``_plan``)."""
     key = ("shape", unit, need_full_k)
     hit = plans.get(key)
     if hit is None:
@@ -508,7 +508,7 @@ def _shape(unit: GemmUnit, hw: HWConfig, plans: dict, need_full_k: bool = False)
                         anchor = _shape(twin, hw, plans, _needs_full_k(twin))[0]
                     except (ConfigError, NoFit):
                         pass
-                hit = gemm_shape(unit, hw, need_full_k, anchor)
+                hit = (*gemm_shape(unit, hw, need_full_k, anchor), hw.mac.arrays)
         except NoFit as e:
             if need_full_k:
                 raise
@@ -640,8 +640,8 @@ def _plan(unit, hw: HWConfig, plans: dict, need_full_k: bool = False) -> Plan:
             if isinstance(unit, GemmUnit):
                 hit = _shape(unit, hw, plans, need_full_k)
                 p = plans.get(key) or gemm_plan(
-                    unit, _with_arrays(hw, hit[2]) if len(hit) > 2 else hw, need_full_k, shape=hit[0]
-                )  # a latency planner's
+                    unit, _with_arrays(hw, hit[2]), need_full_k, shape=hit[0]
+                )  # a latency planner cached its own
             elif isinstance(unit, ChainUnit):
                 p = plan_chain(
                     unit, lambda part: _plan(part, hw, plans, _needs_full_k(part)), hw.planner.objective == "latency"
