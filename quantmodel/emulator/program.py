@@ -298,31 +298,36 @@ class ProgramOps:
                 emu.linear(name, x.clone())
                 raise RuntimeError(f"emuprogram: {name}: non-finite input not reported")
 
+        consts = [bld.const(t.contiguous()).data_ptr() for t in (p.w_scale, p.bias)]
+        rescale = functools.partial(self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(), *consts)
+        return self.dyn_gemm(p, quant, step, self.dll.qm_dyn_linear_s8, rescale, consts, q, acc, out, (x, q, s_row))
+
+    def dyn_gemm(self, p, quant, quant_step, fused_c, rescale, consts, q, acc, out, touched) -> torch.Tensor:
+        """The part both dynamic linears share after their quantizer: the int8 GEMM and the rescale, as one
+        fused C call (``fused_c``: the quantizer's arguments, the GEMM's, ``consts``; ``q`` [rows, K]) where the C GEMM
+        takes the shape, else the quantizer's step, the GEMM and the rescale in turn. ``touched``: what
+        the quantizer's step reads or writes."""
+        bld, fp16 = self.b, int(self.emu.mode == "fp16")
         w_t = bld.const(p.w_t.contiguous())
-        w_s, bias = bld.const(p.w_scale.contiguous()), bld.const(p.bias.contiguous())
-        rescale = functools.partial(
-            self.dll.qm_dyn_rescale, acc.data_ptr(), rows, n, s_row.data_ptr(), w_s.data_ptr(), bias.data_ptr()
-        )
-        bound = self.c_gemm(q.view(rows, k), w_t, acc)
+        bound = self.c_gemm(q, w_t, acc)
         if bound is not None:  # quantize, GEMM and rescale in one C call (what the steps below do)
             fused = functools.partial(
-                self.dll.qm_dyn_linear_s8,
+                fused_c,
                 *quant.args,
                 bound[0].data_ptr(),
-                n,
+                acc.shape[1],
                 acc.data_ptr(),
                 bound[1].data_ptr(),
-                w_s.data_ptr(),
-                bias.data_ptr(),
+                *consts,
                 out.data_ptr(),
-                int(fp16),
+                fp16,
             )
-            rs = functools.partial(rescale, out.data_ptr(), int(fp16))
-            self.fused_linear(fused, step, q.view(rows, k), w_t, acc, rs, x, q, s_row, acc, out, bound[1])
+            rs = functools.partial(rescale, out.data_ptr(), fp16)
+            self.fused_linear(fused, quant_step, q, w_t, acc, rs, *touched, acc, out, bound[1])
             return out
-        bld.py(step, x, q, s_row)
-        self.mm(q.view(rows, k), w_t, acc)
-        bld.call(rescale.func, *rescale.args, out.data_ptr(), int(fp16))  # every pointer seen by the planner
+        bld.py(quant_step, *touched)
+        self.mm(q, w_t, acc)
+        bld.call(rescale.func, *rescale.args, out.data_ptr(), fp16)  # every pointer seen by the planner
         return out
 
     def fused_linear(self, fused, quant_step, q, w, acc, rescale, *touched: torch.Tensor) -> None:
@@ -386,31 +391,13 @@ class ProgramOps:
                 rq, rs, rz = fixedpoint.dynamic_zero_points(x.reshape(rows, k).float(), emu.a_bits)
                 q.copy_(rq), s_row.copy_(rs), z.copy_(rz)
 
-        w_t = bld.const(p.w_t.contiguous())
         consts = [bld.const(t.contiguous()).data_ptr() for t in (p.colsum, p.w_scale, p.bias)]
         rescale = functools.partial(
             self.dll.qm_dyn_rescale_zp, acc.data_ptr(), rows, n, s_row.data_ptr(), z.data_ptr(), *consts
         )
-        bound = self.c_gemm(q.view(rows, k), w_t, acc)
-        if bound is not None:  # quantize, GEMM and rescale in one C call (what the steps below do)
-            fused = functools.partial(
-                self.dll.qm_dyn_linear_zp_s8,
-                *quant.args,
-                bound[0].data_ptr(),
-                n,
-                acc.data_ptr(),
-                bound[1].data_ptr(),
-                *consts,
-                out.data_ptr(),
-                int(fp16),
-            )
-            rs = functools.partial(rescale, out.data_ptr(), int(fp16))
-            self.fused_linear(fused, step, q.view(rows, k), w_t, acc, rs, x, q, s_row, z, acc, out, bound[1])
-            return out
-        bld.py(step, x, q, s_row, z)
-        self.mm(q.view(rows, k), w_t, acc)
-        bld.call(rescale.func, *rescale.args, out.data_ptr(), int(fp16))  # every pointer seen by the planner
-        return out
+        return self.dyn_gemm(
+            p, quant, step, self.dll.qm_dyn_linear_zp_s8, rescale, consts, q, acc, out, (x, q, s_row, z)
+        )
 
     def layer(self, name: str, v, out_dtype: torch.dtype | None = None):
         """A block linear on a value: a static layer's codes at its y_scale (int16, or ``out_dtype``), a
