@@ -736,6 +736,9 @@ def _is_int(v) -> bool:
     return isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.device.type == "cpu"
 
 
+# str(device) -> {the constants' values -> Requantizer}: one memo per device, so the host's per-step
+# requantizers (the staged operands: new values every step, some 170 a forward at full depth) never
+# evict the ones a device forward asks for again every step
 _REQUANTIZERS: dict = {}
 
 
@@ -764,13 +767,16 @@ def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype
             return (str(t.dtype), tuple(t.shape), t.detach().cpu().numpy().tobytes())
         return ("py", int(t))
 
-    key = (val(multiplier), val(shift), qmin, qmax, out_dtype, str(device))
-    rq = _REQUANTIZERS.get(key)
+    key = (val(multiplier), val(shift), qmin, qmax, out_dtype)
+    memo = _REQUANTIZERS.setdefault(str(device), {})
+    rq = memo.get(key)
     if rq is None:
-        if len(_REQUANTIZERS) >= _CACHE_MAX:
-            _REQUANTIZERS.clear()
+        # full: start again, but never while a CUDA graph is captured (its forward would then make
+        # constants the eager forward before it had made, copying them to the device inside the capture)
+        if len(memo) >= _CACHE_MAX and not _KEEP:
+            memo.clear()
         rq = Requantizer(multiplier, shift, qmin, qmax, out_dtype, device)
-        _REQUANTIZERS[key] = rq
+        memo[key] = rq
     for kept in _KEEP:
         kept.append(rq)
     return rq
