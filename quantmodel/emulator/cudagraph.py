@@ -53,7 +53,7 @@ class _Captured:
     out: torch.Tensor  # what the captured forward returned (overwritten by each replay)
     fns: list  # the staging closures, in the order the forward asked for them
     flat: torch.Tensor  # float64 [total]: every staged operand, one after another
-    keep: list = field(default_factory=list)  # the Requantizers whose device constants the kernels read
+    keep: list = field(default_factory=list)  # the memoised device constants the kernels read
 
 
 class StepGraphs:
@@ -136,7 +136,7 @@ class StepGraphs:
         self._views, self._capture_fns = views, []
         try:
             torch.cuda.synchronize(self.device)
-            with fixedpoint.kept_requantizers() as kept, torch.cuda.graph(graph):
+            with fixedpoint.kept_constants() as kept, torch.cuda.graph(graph):
                 out = forward(*inputs)
             if self._views:
                 raise RuntimeError(f"the forward staged {len(shapes) - len(self._views)} of {len(shapes)} operands")

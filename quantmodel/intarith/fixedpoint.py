@@ -402,7 +402,7 @@ def rounding_right_shift(x: torch.Tensor, s: int | torch.Tensor) -> torch.Tensor
     return torch.where(s == 0, x, out)
 
 
-_CACHE_MAX = 1024  # prepared Requantizers kept by requantize() (keyed by their constants' values)
+_CACHE_MAX = 1024  # per device: prepared Requantizers kept by requantize(), constants by device_constant()
 _F64_EXP_BIAS = 1023
 
 
@@ -736,26 +736,55 @@ def _is_int(v) -> bool:
     return isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.device.type == "cpu"
 
 
-# str(device) -> {the constants' values -> Requantizer}: one memo per device, so the host's per-step
-# requantizers (the staged operands: new values every step, some 170 a forward at full depth) never
-# evict the ones a device forward asks for again every step
-_REQUANTIZERS: dict = {}
-
-
-_KEEP: list = []  # while a CUDA graph is captured: every Requantizer handed out (see kept_requantizers)
+_KEEP: list = []  # while a CUDA graph is captured: every memoised constant handed out (see kept_constants)
 
 
 @contextlib.contextmanager
-def kept_requantizers():
-    """Inside, every Requantizer that :func:`requantize` hands out is also appended to the yielded list.
-    A CUDA graph captured inside reads their device constants at every replay, so its owner holds the
-    list: the memo below may drop them (it is cleared when full) and their memory must not be reused."""
+def kept_constants():
+    """Inside, every memoised device constant handed out (the Requantizers of :func:`requantize`, the
+    values of :func:`device_constant`) is also appended to the yielded list. A CUDA graph captured
+    inside reads them at every replay, so its owner holds the list: a memo may drop them (it is cleared
+    when full) and their memory must not be reused."""
     kept: list = []
     _KEEP.append(kept)
     try:
         yield kept
     finally:
         _KEEP.remove(kept)
+
+
+class _DeviceMemo:
+    """Values made once per (device, key). One memo per device, so the host's per-step constants (the
+    staged operands' requantizers: new values every step, some 170 a forward at full depth) never
+    evict what a device forward asks for again every step; cleared when full, but never while a CUDA
+    graph is captured (its forward would then remake what the eager forward before it had made,
+    copying it to the device inside the capture)."""
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self.by_device: dict = {}  # str(device) -> {key -> value}
+
+    def get(self, device, key, make):
+        memo = self.by_device.setdefault(str(device), {})
+        v = memo.get(key)
+        if v is None:
+            if len(memo) >= self.max_size and not _KEEP:
+                memo.clear()
+            v = memo[key] = make()
+        for kept in _KEEP:
+            kept.append(v)
+        return v
+
+
+_REQUANTIZERS = _DeviceMemo(_CACHE_MAX)
+_CONSTANTS = _DeviceMemo(_CACHE_MAX)
+
+
+def device_constant(device: torch.device, key: tuple, make):
+    """``make()`` (a tensor on ``device``) memoised by ``key``, a value key of what it holds: a
+    kernel's per-layer constant built from Python numbers is copied to the device once, not on every
+    call (on CUDA each copy is a host transfer, and one a CUDA graph capture cannot hold)."""
+    return _CONSTANTS.get(device, key, make)
 
 
 def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype, device: torch.device) -> Requantizer:
@@ -768,18 +797,7 @@ def _requantizer(multiplier, shift, qmin: int, qmax: int, out_dtype: torch.dtype
         return ("py", int(t))
 
     key = (val(multiplier), val(shift), qmin, qmax, out_dtype)
-    memo = _REQUANTIZERS.setdefault(str(device), {})
-    rq = memo.get(key)
-    if rq is None:
-        # full: start again, but never while a CUDA graph is captured (its forward would then make
-        # constants the eager forward before it had made, copying them to the device inside the capture)
-        if len(memo) >= _CACHE_MAX and not _KEEP:
-            memo.clear()
-        rq = Requantizer(multiplier, shift, qmin, qmax, out_dtype, device)
-        memo[key] = rq
-    for kept in _KEEP:
-        kept.append(rq)
-    return rq
+    return _REQUANTIZERS.get(device, key, lambda: Requantizer(multiplier, shift, qmin, qmax, out_dtype, device))
 
 
 def requantize(

@@ -53,6 +53,7 @@ from quantmodel.intarith.fixedpoint import (
     INT32_MIN,
     _is_f32,
     _requantizer,
+    device_constant,
     per_tensor_consts,
     quantize_multiplier,
     requantize_scale,
@@ -561,12 +562,15 @@ def layernorm_int(q: torch.Tensor, scale: float, eps: float = 1e-6) -> tuple[tor
     n = q.shape[-1] if q.dim() else 1
     if n > MAX_ROW:
         raise ConfigError("layernorm row length", n, f"<= {MAX_ROW}")
+    eps_k = device_constant(  # int64 [19], on the device once per (scale, n, eps)
+        q.device,
+        ("ln_eps", scale, n, eps),
+        lambda: torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=q.device),
+    )
     if q.dtype == torch.int32 and q.numel() and _c_ok(q) is not None:  # one C pass per row, same integers
         out = torch.empty(q.shape, dtype=torch.int32)
-        eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64)
         ckernels.lib().qm_layernorm_int(q.data_ptr(), q.numel() // n, n, eps_k.data_ptr(), out.data_ptr())
         return out, math.sqrt(n) / 2.0**LN_OUT_BITS
-    eps_k = torch.tensor(ln_eps_table(scale, n, eps), dtype=torch.int64, device=q.device)
     x = _check_int("q", q)
     run = cudafused.compiled(_layernorm_int_rows) if cudafused.enabled(q) and q.numel() else _layernorm_int_rows
     return run(x, eps_k), math.sqrt(n) / 2.0**LN_OUT_BITS

@@ -187,18 +187,18 @@ def test_requantize_memo_keeps_a_devices_requantizers_through_host_churn():
     """requantize() memoises prepared Requantizers per device: the host's ever-new per-step constants
     (staged operands) never evict a device's (a CUDA graph captured after them must find every
     constant the eager forward made), and nothing is evicted while a graph is being captured
-    (``kept_requantizers``). The device here is ``meta``, which holds tensors without a GPU."""
+    (``kept_constants``). The device here is ``meta``, which holds tensors without a GPU."""
     meta, cpu = torch.device("meta"), torch.device("cpu")
     dev_rq = fp._requantizer(1 << 30, 3, -127, 127, torch.int8, meta)
     for i in range(fp._CACHE_MAX + 5):  # more new host constants than the memo holds
         fp._requantizer((1 << 30) + i, 3, -127, 127, torch.int8, cpu)
     assert fp._requantizer(1 << 30, 3, -127, 127, torch.int8, meta) is dev_rq
-    with fp.kept_requantizers() as kept:
+    with fp.kept_constants() as kept:
         for i in range(fp._CACHE_MAX + 5):
             fp._requantizer((1 << 29) + i, 2, -127, 127, torch.int8, meta)
         assert fp._requantizer(1 << 30, 3, -127, 127, torch.int8, meta) is dev_rq  # not cleared meanwhile
     assert kept[-1] is dev_rq and len(kept) == fp._CACHE_MAX + 6
-    fp._REQUANTIZERS.pop("meta")
+    fp._REQUANTIZERS.by_device.pop("meta")
 
 
 # (acc, multiplier, s = 31 + shift): acc * multiplier is a few units from an odd multiple of 2**(s-1),

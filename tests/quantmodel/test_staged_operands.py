@@ -6,6 +6,7 @@ into the modulation, zero points, per-step weight sets and integer attention, ov
 StepGraphs bookkeeping (eager forwards never capture off CUDA) is exercised along the way."""
 
 import dataclasses
+import traceback
 
 import pytest
 import torch
@@ -58,3 +59,56 @@ def test_step_chunk_is_the_modulation_chunk(setup):
     for i in range(6):
         c = StepChunk(blk.scale_shift_table, t0, 2, i, blk.scale_shift_table.detach().clone())
         assert torch.equal(c.dev, want[i]) and torch.equal(c.at(t0), want[i])
+
+
+@pytest.mark.parametrize("mode", ["int", "fp16"])
+def test_blocks_make_no_tensor_from_host_data_once_warm(setup, mode):
+    """What a CUDA graph capture needs of the blocks: the forward it captures repeats an eager one, and
+    outside the staged operands that forward makes no tensor from Python or host data (on CUDA each is
+    a host-to-device copy, which a capture cannot hold; per-layer constants are made once, on the first
+    forward). Checked on the CPU with staging forced, integer attention products included."""
+    from torch.overrides import TorchFunctionMode
+
+    w, model, stats = setup
+    art = build_artifact(
+        model, dataclasses.replace(get_recipe("asq-w8a8"), quantize_attention=True), stats, w.num_steps
+    )
+    emu = IntegerEmulator(model, art, nonlinear=mode)
+    emu.use_program, emu.stage_operands = False, True
+    in_stage = [False]
+    stage = emu.graphs.stage
+
+    def staged(fn):
+        def host(t0_host):
+            in_stage[0] = True
+            try:
+                return fn(t0_host)
+            finally:
+                in_stage[0] = False
+
+        return stage(host)
+
+    emu.graphs.stage = staged
+    made = []
+
+    class Factories(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") in ("tensor", "as_tensor", "from_numpy") and not in_stage[0]:
+                at = [f for f in traceback.extract_stack() if "quantmodel" in f.filename][-1]
+                made.append(f"{func.__name__} at {at.filename.rsplit('quantmodel', 1)[-1]}:{at.lineno}")
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(3)
+    cfg = model.cfg
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g)
+    y = torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
+    emu.forward(x, torch.tensor([999] * 2), y, 0)
+    run = emu.graphs.run
+
+    def watched(*args):
+        with Factories():
+            return run(*args)
+
+    emu.graphs.run = watched
+    emu.forward(x, torch.tensor([500] * 2), y, 1)
+    assert made == []
