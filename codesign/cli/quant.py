@@ -260,9 +260,7 @@ def run_verify(args) -> int:
     art = None
     if args.artifact:
         art = QuantArtifact.load(args.artifact)
-        art.check_model(model)
-        if art.recipe.name != recipe.name:
-            raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
+        art.check_use(model, recipe.name, w.num_steps)
     rep = verify_recipe(
         model,
         w,

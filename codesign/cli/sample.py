@@ -100,7 +100,6 @@ def run(args) -> int:
     from quantmodel.model.config import STDiTConfig
     from quantmodel.model.samplers import sampler_for
     from quantmodel.quant.artifact import QuantArtifact
-    from workloads.errors import ConfigError
 
     w, recipe = _check_args(args)
     cfg = STDiTConfig.from_workload(w)
@@ -139,11 +138,7 @@ def run(args) -> int:
         art = None
         if args.artifact:
             art = QuantArtifact.load(args.artifact)
-            art.check_model(model)
-            if art.recipe.name != recipe.name:
-                raise ConfigError("artifact", f"recipe {art.recipe.name}", f"an artifact of recipe {recipe.name}")
-            if len(art.step_to_set) != w.num_steps:
-                raise ConfigError("steps", w.num_steps, f"{len(art.step_to_set)} (the artifact's step count)")
+            art.check_use(model, recipe.name, w.num_steps)
         fn, _ = recipe_model_fn(
             model,
             w,

@@ -227,6 +227,15 @@ class QuantArtifact:
                 f"an artifact quantized from this model ({model_fingerprint(model)})",
             )
 
+    def check_use(self, model: STDiT, recipe: str, num_steps: int) -> None:
+        """That this artifact may stand for ``recipe`` on ``model`` in a ``num_steps``-step sampler (a
+        file named on a command line): one ConfigError naming what differs."""
+        self.check_model(model)
+        if self.recipe.name != recipe:
+            raise ConfigError("artifact", f"recipe {self.recipe.name}", f"an artifact of recipe {recipe}")
+        if len(self.step_to_set) != num_steps:
+            raise ConfigError("steps", num_steps, f"{len(self.step_to_set)} (the artifact's step count)")
+
     def annotate(self, trace):
         """The quantized op trace of this artifact (its recipe and its step-to-set map, which for a
         calibrated split is not the uniform one) for the hardware model."""

@@ -76,6 +76,14 @@ def test_quantize_then_verify_artifact_and_quality_csv(capsys, wl, tmp_path):
     rc, out, _ = _run(capsys, "verify", "--workload", wl, "--recipe", "tsq-tsw-w8a8", "--artifact", str(art), "--json")
     rep = json.loads(out)  # an artifact without --stats: recalibrated with the settings it records
     assert rc == 0 and rep["mismatches"] == 0 and rep["constants"]["ok"] and rep["constants"]["compared"] > 0
+    d = yaml.safe_load(open(wl))
+    d["num_steps"] += 1
+    (tmp_path / "more_steps.yaml").write_text(yaml.safe_dump(d))
+    for other, field in (("--recipe", "artifact"), ("--workload", "steps")):  # another recipe, step count
+        args = ["--workload", wl, "--recipe", "tsq-tsw-w8a8"]
+        args[args.index(other) + 1] = "asq-w8a8" if other == "--recipe" else str(tmp_path / "more_steps.yaml")
+        rc, out, err = _run(capsys, "verify", *args, "--artifact", str(art))
+        assert rc == 2 and not out and len(err.strip().splitlines()) == 1 and f"error: {field}:" in err, err
     csv = tmp_path / "q.csv"
     rc, out, _ = _run(
         capsys,
