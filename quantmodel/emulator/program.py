@@ -303,10 +303,10 @@ class ProgramOps:
         return self.dyn_gemm(p, quant, step, self.dll.qm_dyn_linear_s8, rescale, consts, q, acc, out, (x, q, s_row))
 
     def dyn_gemm(self, p, quant, quant_step, fused_c, rescale, consts, q, acc, out, touched) -> torch.Tensor:
-        """The part both dynamic linears share after their quantizer: the int8 GEMM and the rescale, as one
-        fused C call (``fused_c``: the quantizer's arguments, the GEMM's, ``consts``; ``q`` [rows, K]) where the C GEMM
-        takes the shape, else the quantizer's step, the GEMM and the rescale in turn. ``touched``: what
-        the quantizer's step reads or writes."""
+        """What both dynamic linears do after setting up their quantizer: quantize (``quant``, into the
+        codes ``q`` [rows, K]), the int8 GEMM into ``acc`` and the ``rescale`` into ``out``, as one fused
+        C call (``fused_c``, taking the quantizer's arguments, the GEMM's and ``consts``) where the C GEMM
+        takes the shape, else as three steps. ``touched``: what the quantizer's step reads or writes."""
         bld, fp16 = self.b, int(self.emu.mode == "fp16")
         w_t = bld.const(p.w_t.contiguous())
         bound = self.c_gemm(q, w_t, acc)
