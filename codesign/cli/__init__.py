@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "codesign.cli.quant",
     "codesign.cli.validate",
 ]
+# the subcommands that run the model: their process keeps the host memory it frees
+MODEL_COMMANDS = frozenset({"sample", "calibrate", "quantize", "verify", "quality"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.log_quiet)
     warnings.showwarning = _one_line_warning if not args.log_quiet else (lambda *a, **k: None)
+    if args.command in MODEL_COMMANDS:  # full-size steps reuse the host's pages (quantmodel.emulator.hostmem)
+        from quantmodel.emulator.hostmem import keep_freed_host_memory
+
+        keep_freed_host_memory()
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
