@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from quantmodel.emulator import hostmem
 from quantmodel.emulator.integer import FakeQuantModel, IntegerEmulator
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
         help="the blocks as a CUDA graph (QUANTMODEL_CUDA_GRAPHS)",
     )
     args = ap.parse_args(argv)
+    hostmem.keep_freed_host_memory()  # as the codesign model commands: a step's host tensors reuse pages
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from collections import Counter
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from quantmodel.emulator import hostmem
 from quantmodel.emulator.integer import IntegerEmulator
 from quantmodel.model.build import build_stdit
 from quantmodel.model.config import STDiTConfig
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="denoising steps calibrated (the forward runs step 0)")
     ap.add_argument("--rows", type=int, default=25, help="rows of each table")
     args = ap.parse_args(argv)
+    hostmem.keep_freed_host_memory()  # as the codesign model commands: a step's host tensors reuse pages
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     w = dataclasses.replace(get_workload(args.workload), num_steps=args.steps)
