@@ -1221,17 +1221,6 @@ class FakeQuantModel:
         return p
 
     @torch.no_grad()
-    def _caption(self, y: torch.Tensor) -> torch.Tensor:
-        """The projected caption [B, L, C] on the device. A sampler passes the same captions every step,
-        so they are embedded once and reused while ``y`` is equal (the same values; 17 ms a step of a
-        2-core host's time at full size, and a host-to-device copy)."""
-        memo = self._caption_memo
-        if memo is not None and memo[0].shape == y.shape and torch.equal(memo[0], y):
-            return memo[1]
-        yy = self.host.y_embedder(y).squeeze(1).to(self.device)  # [B, L, C]
-        self._caption_memo = (y.clone(), yy)
-        return yy
-
     def model_fn(self, x, t, y, step):
         self.wset = self.art.step_to_set[step]
         return self.model(x, t, y)
