@@ -63,3 +63,18 @@ def test_kept_host_memory_serves_a_steps_tensors_without_page_faults():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     faults_per_step, pages = map(int, out.split())
     assert faults_per_step < pages // 20, (faults_per_step, pages)
+
+
+def test_model_fns_build_no_autograd_graph(calibrated_tiny):
+    """A sampler's model_fn keeps no autograd graph (at full size one would hold every activation of
+    the 28 blocks): the integer emulator's and the fake-quant model's outputs need no grad."""
+    from quantmodel.emulator.integer import FakeQuantModel
+
+    w, model, stats = calibrated_tiny(3)
+    art = build_artifact(model, get_recipe("asq-w8a8"), stats, w.num_steps)
+    cfg, g = model.cfg, torch.Generator().manual_seed(4)
+    x = torch.randn(2, cfg.in_channels, *cfg.input_size, generator=g)
+    y = torch.randn(2, 1, cfg.model_max_length, cfg.caption_channels, generator=g)
+    t = torch.tensor([999, 999])
+    for fn in (IntegerEmulator(model, art).model_fn, FakeQuantModel(model, art).model_fn):
+        assert not fn(x, t, y, 0).requires_grad
