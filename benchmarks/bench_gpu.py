@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         help="the blocks as a CUDA graph (QUANTMODEL_CUDA_GRAPHS)",
     )
     args = ap.parse_args(argv)
-    hostmem.keep_freed_host_memory()  # as the codesign model commands: a step's host tensors reuse pages
+    hostmem.keep_freed_host_memory()  # as `codesign ... --device cuda` does: a step's host tensors reuse pages
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here", file=sys.stderr)
         return 2

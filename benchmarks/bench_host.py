@@ -5,7 +5,7 @@ the CPU run's sample bit for bit): patch and position embedding, timestep and ca
 final layer. The GPU waits for them every step, so they count against the GPU speed goal
 (``bench_gpu.py``). This benchmark times them on this CPU (no GPU needed; the blocks are not run):
 ``IntegerEmulator.embed`` and ``finish`` of one CFG step (batch 2) at full size, in two child processes
-side by side, glibc's default allocator against the kept host memory the ``codesign`` command turns
+side by side, glibc's default allocator against the kept host memory that ``--device cuda`` runs turn
 on (:mod:`quantmodel.emulator.hostmem`), with the minor page faults per step; and the caption
 projection, which the emulator does once per prompt, against doing it every step.
 

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="denoising steps calibrated (the forward runs step 0)")
     ap.add_argument("--rows", type=int, default=25, help="rows of each table")
     args = ap.parse_args(argv)
-    hostmem.keep_freed_host_memory()  # as the codesign model commands: a step's host tensors reuse pages
+    hostmem.keep_freed_host_memory()  # as `codesign ... --device cuda` does: a step's host tensors reuse pages
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     w = dataclasses.replace(get_workload(args.workload), num_steps=args.steps)

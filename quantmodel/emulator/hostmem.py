@@ -9,9 +9,11 @@ unmaps it when freed: every step faults in every page again. Measured with
 the kernel zeroing pages, not arithmetic. Serving large blocks from the heap and keeping freed memory
 at its top (up to 2 GiB) makes the pages of one step's tensors the next step's.
 
-The setting is the process's (glibc has no per-call choice), so the ``codesign`` command and the GPU
-benchmarks turn it on; a library user calls :func:`keep_freed_host_memory` once. Values are unchanged:
-only where the bytes live. Elsewhere than glibc (musl, macOS) it does nothing and says so.
+The setting is the process's (glibc has no per-call choice): the ``codesign`` commands turn it on
+when they run on CUDA (``--device cuda``), as do the GPU benchmarks; a library user calls
+:func:`keep_freed_host_memory` once. Values are unchanged: only where the bytes live. The process
+holds what it frees, so its resident memory stays near its peak. Elsewhere than glibc (musl, macOS)
+it does nothing and says so.
 """
 
 from __future__ import annotations

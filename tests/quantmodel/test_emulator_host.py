@@ -78,3 +78,21 @@ def test_model_fns_build_no_autograd_graph(calibrated_tiny):
     t = torch.tensor([999, 999])
     for fn in (IntegerEmulator(model, art).model_fn, FakeQuantModel(model, art).model_fn):
         assert not fn(x, t, y, 0).requires_grad
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("device, kept", [("cuda", True), ("cpu", None)])
+def test_codesign_keeps_host_memory_only_for_cuda_runs(tmp_path, device, kept):
+    """``--device cuda`` turns the setting on before the command runs (without a GPU the command then
+    refuses the device, exit 2); a CPU run leaves the allocator alone."""
+    script = textwrap.dedent(
+        f"""
+        from codesign.cli import main
+        from quantmodel.emulator import hostmem
+        main(["-q", "calibrate", "--workload", "stdit-tiny", "--device", "{device}", "--prompts", "1",
+              "--out", r"{tmp_path / "stats.safetensors"}"])
+        print(hostmem._applied)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == str(kept)
