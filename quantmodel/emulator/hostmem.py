@@ -13,7 +13,7 @@ The setting is the process's (glibc has no per-call choice): the ``codesign`` co
 when they run on CUDA (``--device cuda``), as do the GPU benchmarks; a library user calls
 :func:`keep_freed_host_memory` once. Values are unchanged: only where the bytes live. The process
 holds what it frees, so its resident memory stays near its peak. Elsewhere than glibc (musl, macOS)
-it does nothing and says so.
+it does nothing and returns False.
 """
 
 from __future__ import annotations
