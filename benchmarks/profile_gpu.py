@@ -1,6 +1,7 @@
 """Where the emulator's time goes on a GPU: one CFG forward (2 rows) under torch.profiler.
 
-Prints the forward's wall time, the kernels and ops that take the most device time and the most host
+Prints the forward's wall time (and the host's float parts before and after the blocks, timed on
+their own), the kernels and ops that take the most device time and the most host
 time, and (CUDA) how many host syncs one forward makes and from which source lines. It answers the
 question bench_gpu.py's ratio raises: GPU-bound (elementwise kernels, GEMMs) or host-bound (dispatch,
 syncs)? Static recipes are calibrated first over the workload's steps (not profiled).
@@ -69,6 +70,19 @@ def main(argv=None) -> int:
     print(
         f"{where}, torch {torch.__version__}; {w.name} {recipe.name} {args.mode}: one forward {time.perf_counter() - t0:.3f} s"
     )
+
+    def timed(fn):
+        s0 = time.perf_counter()
+        with torch.no_grad():
+            out = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - s0
+
+    # the host's float parts on their own: what the GPU waits for each step
+    (h, t_emb, _, _), embed_s = timed(lambda: emu.embed(x, t, y))
+    _, finish_s = timed(lambda: emu.finish(h, t_emb))
+    print(f"  of which on the host before the blocks (embed) {embed_s * 1e3:.1f} ms, after them (finish) {finish_s * 1e3:.1f} ms")
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         forward()
