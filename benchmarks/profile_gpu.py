@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     # the host's float parts on their own: what the GPU waits for each step
     (h, t_emb, _, _), embed_s = timed(lambda: emu.embed(x, t, y))
     _, finish_s = timed(lambda: emu.finish(h, t_emb))
-    print(f"  of which on the host before the blocks (embed) {embed_s * 1e3:.1f} ms, after them (finish) {finish_s * 1e3:.1f} ms")
+    print(
+        f"  of which on the host before the blocks (embed) {embed_s * 1e3:.1f} ms, after them (finish) {finish_s * 1e3:.1f} ms"
+    )
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         forward()
