@@ -911,10 +911,10 @@ class IntegerEmulator:
             if gate is None:  # fp16 add = fp32 add rounded (intops doc)
                 return self._vcheck("add", xf + yf, fp16ref.add, xf, yf)
             return self._vcheck("gated_add", intops.gated_add_fp16(xf, yf, gate), fp16ref.add, xf, yf, gate)
+        ix = self._int(name, "in0", x, RES_BITS)
+        iy = self._int(name, "in1", y, 16)
         if isinstance(gate, StepChunk):
             if self._absmax(name, "out") is not None:
-                ix = self._int(name, "in0", x, RES_BITS)
-                iy = self._int(name, "in1", y, 16)
                 s_out = self._static_scale(name, "out", RES_BITS, RES_HEADROOM)
 
                 def operands(t0_host: torch.Tensor) -> tuple:
@@ -924,8 +924,6 @@ class IntegerEmulator:
                 (g16,) = self.graphs.stage(operands)
                 return IntVal(intops.gated_add_apply(ix.q, ix.scale, iy.q, iy.scale, g16, s_out, -QR, QR), s_out)
             gate = gate.dev
-        ix = self._int(name, "in0", x, RES_BITS)
-        iy = self._int(name, "in1", y, 16)
         g = (
             self._param_int(gate)
             if gate is not None
